@@ -1,0 +1,28 @@
+"""qkv: every classic attention mechanism behind one Query-Key-Value interface.
+
+>>> import torch, qkv
+>>> q, k, v = torch.randn(2, 8, 5, 16), torch.randn(2, 8, 7, 16), torch.randn(2, 8, 7, 16)
+>>> r = qkv.attention(q, k, v, mask=qkv.masks.causal("bottom_right"), need_weights=True)
+>>> r.out.shape, r.weights.shape, r.backend
+(torch.Size([2, 8, 5, 16]), torch.Size([2, 8, 5, 7]), 'reference')
+"""
+
+# functional first: it defines the scores and normalizers the backends import.
+from . import functional  # isort: skip
+from . import backends, masks
+from ._types import AttentionOutput
+from .backends import BackendNotSupportedError
+from .functional import attention, dispatch_report
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AttentionOutput",
+    "BackendNotSupportedError",
+    "__version__",
+    "attention",
+    "backends",
+    "dispatch_report",
+    "functional",
+    "masks",
+]

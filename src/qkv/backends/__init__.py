@@ -1,0 +1,20 @@
+"""Attention backends: one signature, ``supports(inputs) -> reasons``, explicit choice or auto."""
+
+from .base import AttentionInputs, Backend, BackendNotSupportedError
+from .dispatch import BACKENDS, PRIORITY, DispatchReport, choose, get_backend, register_backend
+from .reference import ReferenceBackend
+from .sdpa import SdpaBackend
+
+__all__ = [
+    "BACKENDS",
+    "PRIORITY",
+    "AttentionInputs",
+    "Backend",
+    "BackendNotSupportedError",
+    "DispatchReport",
+    "ReferenceBackend",
+    "SdpaBackend",
+    "choose",
+    "get_backend",
+    "register_backend",
+]

@@ -1,0 +1,50 @@
+"""PyTorch's fused ``F.scaled_dot_product_attention`` (flash / memory-efficient / math kernels).
+
+Equal to the reference backend within tolerance for the ``dot`` and ``scaled_dot`` scores with
+bool masks and additive biases. It does not return weights or the log-sum-exp.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .._types import AttentionOutput
+from .base import AttentionInputs, zero_unreachable_keys
+
+__all__ = ["SdpaBackend"]
+
+
+class SdpaBackend:
+    name = "sdpa"
+
+    def supports(self, inputs: AttentionInputs) -> list[str]:
+        reasons = []
+        if inputs.score not in ("dot", "scaled_dot"):
+            reasons.append(f"score {inputs.score!r}: SDPA computes only dot/scaled_dot scores")
+        if inputs.need_weights:
+            reasons.append("need_weights=True: SDPA does not return attention weights")
+        if inputs.query.shape[-2] == 0 or inputs.key.shape[-2] == 0:
+            reasons.append("an empty sequence (Tq = 0 or Tk = 0)")
+        if inputs.bias is not None and inputs.bias.requires_grad and torch.is_grad_enabled():
+            reasons.append("a bias that requires grad: SDPA does not differentiate its attn_mask")
+        return reasons
+
+    def run(self, inputs: AttentionInputs) -> AttentionOutput:
+        q, k, v, mask, bias = inputs.query, inputs.key, inputs.value, inputs.mask, inputs.bias
+        if mask is not None:
+            k, v = zero_unreachable_keys(k, v, mask)
+        attn_mask = mask
+        if bias is not None:
+            attn_mask = bias.to(q.dtype)
+            if mask is not None:
+                attn_mask = attn_mask.masked_fill(~mask, float("-inf"))
+        out = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=attn_mask,
+            dropout_p=inputs.dropout_p if inputs.dropout_active else 0.0,
+            scale=inputs.scale,
+        )
+        return AttentionOutput(out=out, weights=None, lse=None, backend=self.name)

@@ -1,0 +1,22 @@
+"""Pure attention math: scores, normalizers, the ``attention`` entry point, kernel regression."""
+
+# scores and normalize first: the backends import them while this package initializes.
+from . import normalize, scores
+from .normalize import masked_softmax
+from .scores import additive, cosine, dot, gaussian, general, scaled_dot
+
+from .attention import attention, dispatch_report  # isort: skip
+
+__all__ = [
+    "additive",
+    "attention",
+    "cosine",
+    "dispatch_report",
+    "dot",
+    "gaussian",
+    "general",
+    "masked_softmax",
+    "normalize",
+    "scaled_dot",
+    "scores",
+]
