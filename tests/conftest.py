@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from hypothesis import settings
 
 
 @pytest.fixture(autouse=True)
@@ -28,3 +29,8 @@ def pytest_terminal_summary(terminalreporter):
                     worst, where = value, rep.nodeid
     if where is not None:
         terminalreporter.write_line(f"qkv: worst error ratio over the run: {worst:.3f} ({where})")
+
+
+# Reproducible property tests: the same examples on every run and machine.
+settings.register_profile("qkv", derandomize=True, database=None, print_blob=True)
+settings.load_profile("qkv")

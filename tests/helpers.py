@@ -56,9 +56,10 @@ def naive_attention(
     full_shape = (*lead, tq, tk)
     m = torch.ones(full_shape, dtype=torch.bool) if mask is None else mask.expand(full_shape)
     b = None if bias is None else bias.expand(full_shape)
-    qf, kf, vf = (t.reshape(-1, t.shape[-2], t.shape[-1]) for t in (q, k, v))
-    mf = m.reshape(-1, tq, tk)
-    bf = None if b is None else b.reshape(-1, tq, tk)
+    n_lead = math.prod(lead)
+    qf, kf, vf = (t.reshape(n_lead, t.shape[-2], t.shape[-1]) for t in (q, k, v))
+    mf = m.reshape(n_lead, tq, tk)
+    bf = None if b is None else b.reshape(n_lead, tq, tk)
     outs, weights = [], []
     for n in range(qf.shape[0]):
         logits = naive_score(score, qf[n], kf[n], **params) * scale
