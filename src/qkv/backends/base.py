@@ -13,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import torch
 from torch import Tensor
 
 from .._types import AttentionOutput
@@ -56,11 +55,6 @@ class AttentionInputs:
     @property
     def dropout_active(self) -> bool:
         return self.training and self.dropout_p > 0.0
-
-    @property
-    def requires_grad(self) -> bool:
-        ts = (self.query, self.key, self.value, self.bias)
-        return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
 
     def logits(self, query: Tensor, key: Tensor) -> Tensor:
         """``score(q, k) * scale``: (..., Tq, D), (..., Tk, D) -> (..., Tq, Tk)."""
