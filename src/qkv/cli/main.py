@@ -1,0 +1,168 @@
+"""``qkv``: the command-line entry point (``qkv = "qkv.cli.main:main"``).
+
+    qkv --version
+    qkv explain [...]     every step of an attention computation (see ``qkv explain --help``)
+    qkv demo              the three worked examples of the source articles, one after the other
+    qkv bench [ARGS...]   runs ./benchmarks/attention_dense.py (from a qkv checkout)
+
+:func:`main` returns the exit code instead of exiting; user errors print
+``qkv: error: <message>`` on stderr and return 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import runpy
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import CommandError
+from . import explain as explain_cmd
+
+__all__ = ["BENCH_SCRIPT", "build_parser", "main"]
+
+BENCH_SCRIPT = Path("benchmarks") / "attention_dense.py"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so :func:`main` can return the code."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise CommandError(message, usage=self.format_usage())
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return f"qkv {__version__}"
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .. import explain as ex
+
+    examples = [
+        ("seq2seq", "1/3  Seq2Seq with attention (article 000): one decoder step", ex.explain_seq2seq()),
+        ("self_attention", "2/3  Self-attention (article 004), step by step", ex.explain_self_attention()),
+        (
+            "kernel_regression",
+            "3/3  Kernel regression (article 001): attention before deep learning",
+            ex.explain_kernel_regression(),
+        ),
+    ]
+    if args.json:
+        doc = {name: e.to_dict() for name, _, e in examples}
+        print(json.dumps(doc, indent=2, allow_nan=False))
+        return 0
+    for i, (_, heading, e) in enumerate(examples):
+        if i:
+            print()
+        bar = "#" * (len(heading) + 4)
+        print(f"{bar}\n# {heading} #\n{bar}\n")
+        print(e.to_text(precision=args.precision))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    script = Path.cwd() / BENCH_SCRIPT
+    if not script.is_file():
+        raise CommandError(
+            f"{BENCH_SCRIPT.as_posix()} not found in {Path.cwd()}: run `qkv bench` from the root of a "
+            "qkv checkout"
+        )
+    saved_argv, saved_path = sys.argv[:], sys.path[:]
+    sys.argv = [str(script), *args.args]
+    sys.path.insert(0, str(script.parent))  # as `python benchmarks/attention_dense.py` would
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as e:
+        return _exit_code(e.code)
+    finally:
+        sys.argv, sys.path[:] = saved_argv, saved_path
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="qkv",
+        description="qkv: every classic attention mechanism behind one Query-Key-Value interface.",
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    explain_cmd.add_parser(sub)
+    demo = sub.add_parser(
+        "demo",
+        help="run explain on the three worked examples of the source articles",
+        description="The Seq2Seq example, the self-attention walk-through, the kernel-regression example.",
+    )
+    explain_cmd.add_output_options(demo)
+    demo.set_defaults(handler=_demo)
+    bench = sub.add_parser(
+        "bench",
+        help=f"run ./{BENCH_SCRIPT.as_posix()} (from a qkv checkout)",
+        description=f"Runs ./{BENCH_SCRIPT.as_posix()} as a script; the remaining arguments are passed to it.",
+    )
+    bench.add_argument(
+        "args", nargs="*", metavar="ARG", help="arguments for the benchmark script, passed as is"
+    )
+    bench.set_defaults(handler=_bench)
+    return parser
+
+
+def _exit_code(code: object) -> int:
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)  # sys.exit("message") convention
+    return 1
+
+
+_NUMBER_LIST = re.compile(r"^-[\d.]")
+
+
+def _join_negative_values(argv: list[str]) -> list[str]:
+    """``--query -1,2`` -> ``--query=-1,2``: argparse would take ``-1,2`` for an option."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a in explain_cmd.VECTOR_OPTIONS and i + 1 < len(argv) and _NUMBER_LIST.match(argv[i + 1]):
+            out.append(f"{a}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``qkv`` command with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    # Everything after `bench` belongs to the benchmark script, options included (argparse's
+    # REMAINDER would reject a leading "--size").
+    bench_args: list[str] | None = None
+    command_at = next((i for i, a in enumerate(args_list) if not a.startswith("-")), None)
+    if command_at is not None and args_list[command_at] == "bench":
+        args_list, bench_args = args_list[: command_at + 1], args_list[command_at + 1 :]
+    try:
+        args = parser.parse_args(_join_negative_values(args_list))
+        if bench_args is not None:
+            args.args = bench_args
+        if getattr(args, "handler", None) is None:
+            raise CommandError("a command is required: explain, demo or bench", usage=parser.format_usage())
+        return args.handler(args)
+    except CommandError as e:
+        if e.usage:
+            sys.stderr.write(e.usage)
+        print(f"qkv: error: {e.message}", file=sys.stderr)
+        return 2
+    except SystemExit as e:  # --help and --version exit through argparse
+        return _exit_code(e.code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""The ``qkv`` command: in-process ``main([...])`` runs, the entry points, clear errors (exit 2)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import qkv
+from qkv.cli.main import main
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def run_json(capsys, *argv: str) -> dict:
+    code, out, err = run(capsys, "explain", "--json", *argv)
+    assert code == 0, err
+    return json.loads(out)
+
+
+# ----------------------------------------------------------------------------- explain
+
+
+def test_explain_default_prints_the_seq2seq_steps(capsys):
+    code, out, err = run(capsys, "explain")
+    assert code == 0
+    assert err == ""
+    for needle in ("Seq2Seq", "s0", "h1", "1.5000", "3.5000", "0.1192", "0.8808", "2.7616", "3.7616"):
+        assert needle in out
+    assert out.count("Step ") == 6
+
+
+def test_explain_json_default(capsys):
+    d = run_json(capsys)
+    w = [1 / (1 + math.exp(2)), 1 / (1 + math.exp(-2))]
+    assert d["scores"] == [1.5, 3.5]
+    assert d["weights"] == pytest.approx(w, abs=1e-12)
+    assert d["output"] == pytest.approx([w[0] * 1 + w[1] * 3, w[0] * 2 + w[1] * 4], abs=1e-12)
+    assert d["inputs"]["query"] == [0.5, 0.5]
+    assert [s["name"] for s in d["steps"]][-1] == "output"
+
+
+@pytest.mark.parametrize("score", ["dot", "scaled_dot", "general", "additive", "gaussian", "cosine"])
+def test_explain_every_score(capsys, score):
+    d = run_json(capsys, "--score", score)
+    assert d["score"] == score
+    assert sum(d["weights"]) == pytest.approx(1.0, abs=1e-12)
+    assert len(d["output"]) == 2
+
+
+def test_explain_score_options_change_the_numbers(capsys):
+    base = run_json(capsys, "--score", "general")
+    assert run_json(capsys, "--score", "general", "--seed", "0")["weights"] == base["weights"]
+    assert run_json(capsys, "--score", "general", "--seed", "3")["weights"] != base["weights"]
+    g1 = run_json(capsys, "--score", "gaussian")
+    g2 = run_json(capsys, "--score", "gaussian", "--sigma", "3")
+    assert g2["parameters"]["sigma"] == 3.0
+    assert g1["weights"] != g2["weights"]
+    c = run_json(capsys, "--score", "cosine", "--temperature", "0.1")
+    assert c["parameters"]["temperature"] == 0.1
+    a = run_json(capsys, "--score", "additive", "--hidden", "5")
+    assert len(a["parameters"]["v"]) == 5
+    s = run_json(capsys, "--scale", "0.5")
+    assert s["scaled_scores"] == [0.75, 1.75]
+
+
+def test_explain_custom_vectors_and_negative_numbers(capsys):
+    d = run_json(capsys, "--query", "-1,2", "--keys", "1,0;0,1", "--values", "10;20")
+    w = [1 / (1 + math.exp(3)), 1 / (1 + math.exp(-3))]
+    assert d["scores"] == [-1.0, 2.0]
+    assert d["weights"] == pytest.approx(w, abs=1e-12)
+    assert d["output"] == pytest.approx([10 * w[0] + 20 * w[1]], abs=1e-12)
+    assert run_json(capsys, "--query=-1,2", "--keys", "1,0;0,1", "--values", "10;20") == d
+    two = run_json(capsys, "--query", "0.5,0.5;1,0")
+    assert len(two["weights"]) == 2
+    assert len(two["weights"][0]) == 2
+
+
+def test_explain_precision(capsys):
+    code, out, _ = run(capsys, "explain", "--precision", "2")
+    assert code == 0
+    assert "0.12" in out
+    assert "0.1192" not in out
+    _, out6, _ = run(capsys, "explain", "--precision", "6")
+    assert "0.119203" in out6
+
+
+def test_explain_kernel_regression(capsys):
+    d = run_json(capsys, "--kernel-regression")
+    assert d["output"] == [45.5]
+    assert d["weights"] == [0.5, 0.5]
+    d = run_json(capsys, "--kernel-regression", "--query", "56.5")
+    assert d["output"][0] == pytest.approx(43 / (1 + math.exp(-1)) + 48 / (1 + math.exp(1)), abs=1e-12)
+    d = run_json(capsys, "--kernel-regression", "--query", "56,57", "--sigma", "2")
+    assert d["output"][1] == 45.5
+    code, out, _ = run(capsys, "explain", "--kernel-regression")
+    assert code == 0
+    assert "45.5000" in out
+    assert "0.5000" in out
+
+
+def test_explain_self_attention(capsys):
+    d = run_json(capsys, "--self-attention", "--tokens", "I,love,cats")
+    assert d["tokens"] == ["I", "love", "cats"]
+    assert len(d["weights"]) == 3
+    assert all(sum(row) == pytest.approx(1.0, abs=1e-12) for row in d["weights"])
+    names = [s["name"] for s in d["steps"]]
+    assert names[:4] == ["x", "W_q", "W_k", "W_v"]
+    code, out, _ = run(capsys, "explain", "--self-attention", "--d-model", "3", "--d-k", "2")
+    assert code == 0
+    assert "sqrt(2)" in out
+    assert "Z = A V" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [
+        (["--query", "1,x"], "--query"),
+        (["--query", ""], "--query"),
+        (["--keys", "1,2;3"], "--keys"),
+        (["--keys", "1,2;;3,4"], "--keys"),
+        (["--keys", "1,2,3"], "--keys"),
+        (["--values", "1;2;3"], "--values"),
+        (["--values", "nan;1"], "--values"),
+        (["--sigma", "0", "--score", "gaussian"], "--sigma"),
+        (["--temperature", "abc"], "--temperature"),
+        (["--precision", "-1"], "--precision"),
+        (["--score", "nope"], "--score"),
+        (["--tokens", "a,b"], "--tokens"),
+        (["--self-attention", "--score", "dot"], "--score"),
+        (["--kernel-regression", "--seed", "1"], "--seed"),
+        (["--kernel-regression", "--keys", "1,2;3,4"], "--keys"),
+        (["--self-attention", "--kernel-regression"], "--kernel-regression"),
+        (["--bogus"], "--bogus"),
+    ],
+)
+def test_explain_bad_input_is_a_clear_error(capsys, argv, option):
+    code, out, err = run(capsys, "explain", *argv)
+    assert code == 2
+    assert out == ""
+    assert "qkv: error:" in err
+    assert option in err
+    assert "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------- main, demo, bench
+
+
+def test_version_and_help(capsys):
+    code, out, _ = run(capsys, "--version")
+    assert code == 0
+    assert out.strip() == f"qkv {qkv.__version__}"
+    code, out, _ = run(capsys, "explain", "--help")
+    assert code == 0
+    assert "--kernel-regression" in out
+
+
+def test_no_command_is_an_error(capsys):
+    code, _, err = run(capsys)
+    assert code == 2
+    assert "qkv: error: a command is required" in err
+
+
+def test_demo_runs_the_three_examples(capsys):
+    code, out, _ = run(capsys, "demo")
+    assert code == 0
+    assert out.index("Seq2Seq") < out.index("Self-attention") < out.index("Kernel regression")
+    for needle in ("1/3", "2/3", "3/3", "0.8808", "2.7616", "45.5000"):
+        assert needle in out
+    code, out, _ = run(capsys, "demo", "--json")
+    assert code == 0
+    d = json.loads(out)
+    assert list(d) == ["seq2seq", "self_attention", "kernel_regression"]
+    assert d["kernel_regression"]["output"] == [45.5]
+
+
+def test_bench_without_the_script_is_a_clear_error(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, "bench")
+    assert code == 2
+    assert "qkv: error: benchmarks/attention_dense.py not found" in err
+
+
+def test_bench_runs_the_script_with_its_arguments(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "benchmarks").mkdir()
+    script = tmp_path / "benchmarks" / "attention_dense.py"
+    script.write_text(
+        "import sys\nif __name__ == '__main__':\n    print('bench args', sys.argv[1:])\n"
+        "    sys.exit(3 if '--fail' in sys.argv else 0)\n"
+    )
+    argv_before = sys.argv[:]
+    code, out, _ = run(capsys, "bench", "--size", "64")
+    assert code == 0
+    assert "bench args ['--size', '64']" in out
+    assert sys.argv == argv_before
+    code, _, _ = run(capsys, "bench", "--fail")
+    assert code == 3
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+def _console_script() -> list[str]:
+    exe = Path(sys.executable).parent / ("qkv.exe" if os.name == "nt" else "qkv")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "qkv"]
+
+
+@pytest.mark.parametrize("entry", ["console_script", "python_-m_qkv"])
+def test_entry_points_in_a_subprocess(entry):
+    cmd = _console_script() if entry == "console_script" else [sys.executable, "-m", "qkv"]
+    r = subprocess.run([*cmd, "explain", "--json"], capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["weights"] == pytest.approx([0.1192, 0.8808], abs=1e-4)
+    assert d["output"] == pytest.approx([2.7616, 3.7616], abs=1e-4)
+    bad = subprocess.run(
+        [*cmd, "explain", "--keys", "1,2;3"], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert bad.returncode == 2
+    assert "qkv: error: argument --keys" in bad.stderr
+    assert "Traceback" not in bad.stderr
