@@ -9,20 +9,42 @@
 
 # functional first: it defines the scores and normalizers the backends import.
 from . import functional  # isort: skip
-from . import backends, masks
+from . import backends, explain, masks, modules
 from ._types import AttentionOutput
 from .backends import BackendNotSupportedError
 from .functional import attention, dispatch_report
+from .modules import (
+    AdditiveAttention,
+    AdditiveScore,
+    CosineScore,
+    DotProductAttention,
+    GaussianScore,
+    GeneralScore,
+    LuongAttention,
+    MultiHeadAttention,
+    NadarayaWatson,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdditiveAttention",
+    "AdditiveScore",
     "AttentionOutput",
     "BackendNotSupportedError",
+    "CosineScore",
+    "DotProductAttention",
+    "GaussianScore",
+    "GeneralScore",
+    "LuongAttention",
+    "MultiHeadAttention",
+    "NadarayaWatson",
     "__version__",
     "attention",
     "backends",
     "dispatch_report",
+    "explain",
     "functional",
     "masks",
+    "modules",
 ]

@@ -6,6 +6,8 @@ from .normalize import masked_softmax
 from .scores import additive, cosine, dot, gaussian, general, scaled_dot
 
 from .attention import attention, dispatch_report  # isort: skip
+from . import kernel_regression  # isort: skip
+from .kernel_regression import nadaraya_watson  # isort: skip
 
 __all__ = [
     "additive",
@@ -15,7 +17,9 @@ __all__ = [
     "dot",
     "gaussian",
     "general",
+    "kernel_regression",
     "masked_softmax",
+    "nadaraya_watson",
     "normalize",
     "scaled_dot",
     "scores",

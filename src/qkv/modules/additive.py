@@ -1,0 +1,115 @@
+"""Additive (Bahdanau) attention with d2l's shapes.
+
+Shape legend (see :mod:`qkv._types`)::
+
+    B   batch          A   hidden size of the score MLP
+    Tq  query length   Dq  query features
+    Tk  key length     Dk  key features      Dv  value features
+
+    queries (B, Tq, Dq), keys (B, Tk, Dk), values (B, Tk, Dv), valid_lens (B,) or (B, Tq)
+    -> out (B, Tq, Dv), weights (B, Tq, Tk)
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from .._types import AttentionOutput
+from ..functional.attention import attention
+from ..masks.core import MaskLike
+from ._lengths import lengths_mask
+from .multihead import _check_dropout
+from .scores import AdditiveScore
+
+__all__ = ["AdditiveAttention"]
+
+
+class AdditiveAttention(nn.Module):
+    """Bahdanau attention: ``softmax_j(v^T tanh(W_q q_i + W_k k_j))`` weights over ``values``.
+
+    Bahdanau, Cho, Bengio 2014, "Neural Machine Translation by Jointly Learning to Align and
+    Translate"; the module of d2l.ai section 11.3 ("Attention Scoring Functions"), with its
+    ``valid_lens`` masking. Keys and queries may have different feature dims.
+
+    One deliberate difference from d2l: a row with ``valid_len = 0`` has no key to attend, so
+    its output and weights are 0 (d2l's ``-1e6`` fill gives uniform weights instead).
+
+    Args:
+        query_dim: ``Dq``; key_dim: ``Dk``; hidden_dim: ``A``.
+        dropout: dropout on the weights, only in training mode.
+
+    Attributes:
+        score: the :class:`qkv.modules.AdditiveScore` (``w_query``, ``w_key``, ``v``).
+
+    Raises:
+        ValueError: a dim that is not a positive int, ``dropout`` outside ``[0, 1)``.
+    """
+
+    def __init__(self, *, query_dim: int, key_dim: int, hidden_dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.score = AdditiveScore(query_dim=query_dim, key_dim=key_dim, hidden_dim=hidden_dim)
+        self.dropout = _check_dropout(dropout)
+
+    def forward(
+        self,
+        queries: Tensor,
+        keys: Tensor,
+        values: Tensor,
+        valid_lens: Tensor | None = None,
+        *,
+        mask: MaskLike | None = None,
+        need_weights: bool = False,
+    ) -> AttentionOutput:
+        """Args:
+            queries ``(B, Tq, Dq)``, keys ``(B, Tk, Dk)``, values ``(B, Tk, Dv)``.
+            valid_lens: integer ``(B,)`` or ``(B, Tq)``: key ``j`` is visible when
+                ``j < valid_len``.
+            mask: an extra bool mask (True = may attend) ANDed with ``valid_lens``,
+                broadcastable to ``(B, Tq, Tk)``.
+            need_weights: also return the weights ``(B, Tq, Tk)``.
+
+        Returns:
+            :class:`qkv.AttentionOutput` with ``out (B, Tq, Dv)``.
+
+        Raises:
+            ValueError: inputs that are not 3-D, feature dims other than ``Dq``/``Dk``,
+                mismatched batch sizes or key/value lengths, bad ``valid_lens`` shapes.
+        """
+        _check_d2l_inputs(queries, keys, values, query_dim=self.score.query_dim, key_dim=self.score.key_dim)
+        bsz, q_len, kv_len = queries.shape[0], queries.shape[1], keys.shape[1]
+        attn_mask = lengths_mask(valid_lens, mask, batch=bsz, q_len=q_len, kv_len=kv_len)
+        return attention(
+            queries,
+            keys,
+            values,
+            score=self.score,
+            mask=attn_mask,
+            dropout_p=self.dropout,
+            training=self.training,
+            need_weights=need_weights,
+        )
+
+    def extra_repr(self) -> str:
+        return f"dropout={self.dropout}"
+
+
+def _check_d2l_inputs(
+    queries: Tensor, keys: Tensor, values: Tensor, *, query_dim: int | None, key_dim: int | None
+) -> None:
+    """3-D ``(B, T, D)`` inputs with matching batch and key/value lengths (clear errors)."""
+    for name, t, dim in (("queries", queries, query_dim), ("keys", keys, key_dim), ("values", values, None)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 3:
+            raise ValueError(f"{name}: expected shape (B, T, D), got {tuple(t.shape)}")
+        if dim is not None and t.shape[-1] != dim:
+            raise ValueError(f"{name}: expected feature dim {dim}, got shape {tuple(t.shape)}")
+    if not queries.shape[0] == keys.shape[0] == values.shape[0]:
+        raise ValueError(
+            f"keys/values: expected batch size B={queries.shape[0]} like queries, got "
+            f"keys {tuple(keys.shape)} and values {tuple(values.shape)}"
+        )
+    if values.shape[1] != keys.shape[1]:
+        raise ValueError(
+            f"values: expected Tk={keys.shape[1]} rows like keys {tuple(keys.shape)}, got {tuple(values.shape)}"
+        )
