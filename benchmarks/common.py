@@ -1,0 +1,401 @@
+"""Shared helpers of the qkv benchmark suites (the measurement protocol: PERFORMANCE.md).
+
+- :func:`time_interleaved`: warm up, then time the contenders round by round, in orders where
+  each follows each other one equally often (:func:`balanced_orders`), so that drift and
+  carry-over on a shared machine hit all of them alike; optionally redo the rounds during which
+  other processes kept the CPUs busy (:class:`CpuLoad`, :func:`wait_for_quiet`); report medians.
+- :func:`matmul_contender` / :func:`measure_roof`: the machine's measured roof, an n^3 matmul.
+- :func:`peak_rss_growth`: peak resident memory of one call above the resident memory before it.
+- :func:`machine_info`, :class:`CpuLoad`: what ran where, and how busy the rest of the machine was.
+- :func:`markdown_table`, :func:`write_json`, :func:`log`: output.
+
+Suites import this module either as ``benchmarks.common`` or, when run as a script from
+``benchmarks/`` on ``sys.path`` (``python benchmarks/<suite>.py``, ``qkv bench``), as ``common``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import datetime as _dt
+import gc
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "MEMORY_METHOD",
+    "Contender",
+    "CpuLoad",
+    "Timing",
+    "balanced_orders",
+    "log",
+    "machine_info",
+    "markdown_table",
+    "matmul_contender",
+    "measure_roof",
+    "paired_ratio",
+    "peak_rss_growth",
+    "time_interleaved",
+    "wait_for_quiet",
+    "write_json",
+]
+
+MEMORY_METHOD = (
+    "peak RSS growth: one untimed call after the timed ones; gc + malloc_trim, read VmRSS, reset the "
+    "process high-water mark (write 5 to /proc/self/clear_refs), call, read VmHWM; report VmHWM - VmRSS. "
+    "Inputs (and grad_output) exist before the call and are not counted; everything the call allocates "
+    "and touches is (outputs, autograd saved tensors, gradients, workspaces), whatever allocates it."
+)
+
+
+def log(msg: str) -> None:
+    """A progress line on stderr (stdout stays free for results)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+@dataclass
+class Contender:
+    """One thing to time. ``run`` is one repetition; ``before`` runs untimed before each call
+    (e.g. drop the gradients of the previous one); ``reps`` lowers the repetitions of a slow
+    contender (it then takes part in the first ``reps`` rounds only)."""
+
+    name: str
+    run: Callable[[], object]
+    before: Callable[[], object] | None = None
+    reps: int | None = None
+    warmup: int = 1
+
+
+@dataclass
+class Timing:
+    name: str
+    samples: list[float] = field(default_factory=list)  # seconds, in round order
+    rounds: list[int] = field(default_factory=list)  # the round of each sample
+    loads: list[float | None] = field(default_factory=list)  # other processes' load in that round
+    redone: int = 0  # rounds thrown away (busy machine) and run again
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def min(self) -> float:
+        return min(self.samples)
+
+    @property
+    def max(self) -> float:
+        return max(self.samples)
+
+    @property
+    def mean_other_load(self) -> float | None:
+        known = [x for x in self.loads if x is not None]
+        return statistics.fmean(known) if known else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "reps": len(self.samples),
+            "median_s": self.median,
+            "min_s": self.min,
+            "max_s": self.max,
+            "samples_s": self.samples,
+            "other_load_cores_per_rep": self.loads,
+            "rounds_redone": self.redone,
+        }
+
+
+def balanced_orders(n: int) -> list[list[int]]:
+    """Orders of ``n`` contenders (a Williams design) in which every contender comes right after
+    every other one equally often: n orders for even n, 2n for odd n.
+
+    What ran just before changes a call's time (caches, CPU state): at T=1024 an SDPA call is
+    about 3% slower right after a 2048^3 matmul or the reference than right after another SDPA
+    call, more than a cache flush or an untimed priming call removes. A plain rotation
+    (A B C, B C A, C A B) has A after C twice as often as after B; these orders do not.
+    """
+    if n <= 2:
+        return [list(range(n)), list(range(n))[::-1]] if n == 2 else [list(range(n))]
+    first, lo, hi = [0], 1, n - 1
+    while len(first) < n:
+        first.append(lo)
+        lo += 1
+        if len(first) < n:
+            first.append(hi)
+            hi -= 1
+    rows = [[(x + i) % n for x in first] for i in range(n)]
+    return rows + [row[::-1] for row in rows] if n % 2 else rows
+
+
+def _call(c: Contender) -> float:
+    if c.before is not None:
+        c.before()
+    t0 = time.perf_counter()
+    c.run()
+    return time.perf_counter() - t0
+
+
+def time_interleaved(
+    contenders: Sequence[Contender],
+    reps: int,
+    *,
+    balanced: bool = True,
+    label: str = "",
+    progress: bool = True,
+    max_other_load: float | None = None,
+    max_redo: int = 0,
+    wait_s: float = 0.0,
+) -> dict[str, Timing]:
+    """Warm every contender up (``warmup`` untimed calls each, interleaved), then time
+    ``reps`` rounds; each round calls every contender still owed a repetition once.
+
+    With ``balanced`` the rounds cycle through :func:`balanced_orders`, so that every contender
+    follows every other one equally often (exactly so when ``reps`` is a multiple of the number of
+    orders and every contender runs every round). With ``max_other_load``, a round during which other processes
+    kept more cores busy than that is thrown away and run again (after waiting up to ``wait_s``
+    for a quiet machine), at most ``max_redo`` times per call; the load of every kept round is
+    recorded either way. Returns the timings by name, samples in round order.
+    """
+    if reps < 1:
+        raise ValueError(f"reps: expected >= 1, got {reps}")
+    names = [c.name for c in contenders]
+    if len(set(names)) != len(names):
+        raise ValueError(f"contender names must be unique, got {names}")
+    for w in range(max(c.warmup for c in contenders)):
+        for c in contenders:
+            if w < c.warmup:
+                dt = _call(c)
+                if progress:
+                    log(f"{label} warm-up {w + 1} {c.name}: {dt * 1e3:.2f} ms")
+    out = {c.name: Timing(c.name) for c in contenders}
+    orders = balanced_orders(len(contenders)) if balanced else [list(range(len(contenders)))]
+    r, redone = 0, 0
+    while r < reps:
+        order = [contenders[i] for i in orders[r % len(orders)]]
+        load = CpuLoad().start()
+        got = {}
+        for c in order:
+            if r < (c.reps or reps):
+                got[c.name] = _call(c)
+                if progress:
+                    log(f"{label} rep {r + 1}/{c.reps or reps} {c.name}: {got[c.name] * 1e3:.2f} ms")
+        other = load.stop()
+        if max_other_load is not None and other is not None and other > max_other_load and redone < max_redo:
+            redone += 1
+            if progress:
+                log(f"{label} round {r + 1} thrown away: other processes kept {other:.2f} cores busy")
+            wait_for_quiet(wait_s, threshold=max_other_load)
+            continue
+        for name, dt in got.items():
+            out[name].samples.append(dt)
+            out[name].rounds.append(r)
+            out[name].loads.append(other)
+        r += 1
+    for t in out.values():
+        t.redone = redone
+    return out
+
+
+def paired_ratio(a: Timing, b: Timing) -> float:
+    """Median over the rounds both ran of ``a_i / b_i``: less sensitive to drift between rounds
+    than ``median(a) / median(b)``."""
+    b_by_round = dict(zip(b.rounds, b.samples, strict=True))
+    ratios = [x / b_by_round[r] for r, x in zip(a.rounds, a.samples, strict=True) if r in b_by_round]
+    return statistics.median(ratios)
+
+
+# ----------------------------------------------------------------------------- roof
+
+
+def matmul_contender(n: int = 2048, dtype: torch.dtype = torch.float32, name: str | None = None) -> Contender:
+    """An ``n x n @ n x n`` matmul (``2 n^3`` FLOPs) into a preallocated output."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(dtype)
+    b = torch.randn(n, n, generator=g).to(dtype)
+    c = torch.empty(n, n, dtype=dtype)
+    return Contender(name or f"matmul-{n}-{str(dtype).removeprefix('torch.')}", lambda: torch.mm(a, b, out=c))
+
+
+def measure_roof(n: int = 2048, dtype: torch.dtype = torch.float32, reps: int = 5) -> dict[str, Any]:
+    """Median time of an n^3 matmul and its GFLOP/s (``2 n^3 / t``)."""
+    c = matmul_contender(n, dtype)
+    t = time_interleaved([c], reps, label=f"roof {c.name}", progress=False)[c.name]
+    return {
+        "n": n,
+        "dtype": str(dtype).removeprefix("torch."),
+        **t.to_dict(),
+        "gflops": 2 * n**3 / t.median / 1e9,
+    }
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def _status_kib(field_name: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    raise KeyError(field_name)
+
+
+def _malloc_trim() -> None:
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_growth(fn: Callable[[], object], before: Callable[[], object] | None = None) -> int | None:
+    """Bytes by which the process's peak RSS during ``fn()`` exceeds its RSS just before
+    (see :data:`MEMORY_METHOD`); ``None`` where the peak cannot be reset (not Linux)."""
+    if before is not None:
+        before()
+    gc.collect()
+    _malloc_trim()
+    try:
+        base = _status_kib("VmRSS")
+    except (OSError, KeyError):
+        return None
+    if not _reset_peak_rss():
+        return None
+    fn()
+    return max(0, _status_kib("VmHWM") - base) * 1024
+
+
+# ----------------------------------------------------------------------------- machine
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_describe(repo: Path) -> dict[str, Any]:
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(repo), *args], capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+
+    try:
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def machine_info(repo: Path | None = None) -> dict[str, Any]:
+    """CPU model, cores, threads, torch and Python versions, date (UTC), and the git state."""
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        affinity = None
+    info: dict[str, Any] = {
+        "cpu_model": _cpu_model(),
+        "os_cpu_count": os.cpu_count(),
+        "cpus_available": affinity,
+        "torch_num_threads": torch.get_num_threads(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "platform": platform.platform(),
+        "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+    if repo is not None:
+        info["git"] = _git_describe(repo)
+    return info
+
+
+class CpuLoad:
+    """How many cores other processes kept busy between :meth:`start` and :meth:`stop`
+    (all-CPU busy time from /proc/stat minus this process's own CPU time, over wall time)."""
+
+    _HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    @staticmethod
+    def _busy_s() -> float | None:
+        try:
+            with open("/proc/stat") as f:
+                v = [int(x) for x in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait
+        steal = v[7] if len(v) > 7 else 0
+        guest = sum(v[8:10]) if len(v) > 9 else 0  # already counted in user/nice
+        return (sum(v) - idle - steal - guest) / CpuLoad._HZ
+
+    @staticmethod
+    def _own_s() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    def start(self) -> CpuLoad:
+        self._t0, self._busy0, self._own0 = time.perf_counter(), self._busy_s(), self._own_s()
+        return self
+
+    def stop(self) -> float | None:
+        """Mean number of cores busy with other processes since :meth:`start`."""
+        busy1, wall = self._busy_s(), time.perf_counter() - self._t0
+        if busy1 is None or self._busy0 is None or wall <= 0:
+            return None
+        other = (busy1 - self._busy0) - (self._own_s() - self._own0)
+        return max(0.0, other / wall)
+
+
+def wait_for_quiet(max_wait_s: float, threshold: float = 0.25, window_s: float = 1.0) -> dict[str, Any]:
+    """Sleep in ``window_s`` steps until other processes keep at most ``threshold`` cores busy,
+    or ``max_wait_s`` has passed. Returns the time waited and the last load measured."""
+    t0 = time.perf_counter()
+    other = None
+    while max_wait_s > 0:
+        load = CpuLoad().start()
+        time.sleep(window_s)
+        other = load.stop()
+        waited = time.perf_counter() - t0
+        if other is None or other <= threshold or waited >= max_wait_s:
+            break
+        log(f"waiting for a quieter machine: other processes keep {other:.2f} cores busy ({waited:.0f} s)")
+    return {"waited_s": time.perf_counter() - t0, "other_load_cores": other}
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]], align: str | None = None) -> str:
+    """A GitHub markdown table; ``align`` is one letter per column (``l``/``r``), default left."""
+    align = align or "l" * len(headers)
+    sep = ["---:" if a == "r" else "---" for a in align]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(sep) + "|"]
+    lines += ["| " + " | ".join(str(x) for x in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_json(path: Path, obj: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2) + "\n")
