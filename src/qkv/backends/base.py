@@ -11,14 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Protocol
 
+import torch
 from torch import Tensor
 
 from .._types import AttentionOutput
 from ..functional import scores as _scores
+from ..masks.core import Mask
 
-__all__ = ["AttentionInputs", "Backend", "BackendNotSupportedError"]
+__all__ = ["AttentionInputs", "Backend", "BackendNotSupportedError", "check_fits", "slice_block"]
 
 
 class BackendNotSupportedError(ValueError):
@@ -34,9 +37,14 @@ class AttentionInputs:
         score: the score's name (``"dot"``, ...) or ``"custom"`` for a callable.
         score_fn: ``(q, k) -> logits (..., Tq, Tk)`` before ``scale``.
         score_kwargs: parameters bound into ``score_fn`` (for reporting).
-        mask: bool, True = may attend, broadcastable to ``(..., H, Tq, Tk)``, or None.
+        pattern: the caller's :class:`qkv.masks.Mask` (kept lazy: block-aware backends never
+            build it densely), or None.
+        tensor_mask: the caller's bool tensor mask, already fitted to the layout, or None.
         bias: float, added to the scaled logits, same broadcast rule, or None.
         scale: the factor applied to the logits.
+
+    :attr:`mask` is the dense bool mask (True = may attend, broadcastable to
+    ``(..., H, Tq, Tk)``) or None, built from ``pattern`` the first time a backend asks.
     """
 
     query: Tensor
@@ -45,12 +53,59 @@ class AttentionInputs:
     score: str
     score_fn: Callable[[Tensor, Tensor], Tensor]
     scale: float
-    mask: Tensor | None = None
+    pattern: Mask | None = None
+    tensor_mask: Tensor | None = None
     bias: Tensor | None = None
     dropout_p: float = 0.0
     training: bool = False
     need_weights: bool = False
     score_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def q_len(self) -> int:
+        return self.query.shape[-2]
+
+    @property
+    def kv_len(self) -> int:
+        return self.key.shape[-2]
+
+    @property
+    def logits_shape(self) -> tuple[int, ...]:
+        return (*self.query.shape[:-1], self.kv_len)
+
+    @property
+    def has_mask(self) -> bool:
+        return self.pattern is not None or self.tensor_mask is not None
+
+    @cached_property
+    def mask(self) -> Tensor | None:
+        """The dense bool mask, broadcastable to :attr:`logits_shape` (built once, lazily)."""
+        if self.pattern is None:
+            return self.tensor_mask
+        dense = self.pattern.materialize(self.q_len, self.kv_len, device=self.query.device)
+        check_fits("mask", dense, self.logits_shape)
+        return dense
+
+    def mask_block(self, q0: int, q1: int, k0: int, k1: int) -> Tensor | None:
+        """The mask of queries ``q0:q1`` x keys ``k0:k1``, broadcastable to
+        ``(..., H, q1 - q0, k1 - k0)``, without building the whole mask."""
+        if self.pattern is not None:
+            dev = self.query.device
+            b = (
+                torch.arange(self.query.shape[-4], device=dev).view(-1, 1, 1, 1)
+                if self.query.dim() >= 4
+                else torch.zeros(1, 1, 1, 1, dtype=torch.long, device=dev)
+            )
+            h = torch.arange(self.query.shape[-3], device=dev).view(1, -1, 1, 1)
+            q_idx = torch.arange(q0, q1, device=dev).view(1, 1, -1, 1)
+            kv_idx = torch.arange(k0, k1, device=dev).view(1, 1, 1, -1)
+            return self.pattern.mask_mod(self.q_len, self.kv_len)(b, h, q_idx, kv_idx)
+        if self.tensor_mask is None:
+            return None
+        return slice_block(self.tensor_mask, q0, q1, k0, k1)
+
+    def bias_block(self, q0: int, q1: int, k0: int, k1: int) -> Tensor | None:
+        return None if self.bias is None else slice_block(self.bias, q0, q1, k0, k1)
 
     @property
     def dropout_active(self) -> bool:
@@ -82,3 +137,24 @@ def zero_unreachable_keys(key: Tensor, value: Tensor, mask: Tensor) -> tuple[Ten
     if bool(reachable.all()):
         return key, value
     return key.masked_fill(~reachable, 0), value.masked_fill(~reachable, 0)
+
+
+def slice_block(t: Tensor, q0: int, q1: int, k0: int, k1: int) -> Tensor:
+    """``t[..., q0:q1, k0:k1]`` for a tensor broadcastable to ``(..., Tq, Tk)`` (size-1 dims stay)."""
+    rows = slice(None) if t.shape[-2] == 1 else slice(q0, q1)
+    cols = slice(None) if t.shape[-1] == 1 else slice(k0, k1)
+    return t[..., rows, cols]
+
+
+def check_fits(name: str, t: Tensor, logits_shape: tuple[int, ...]) -> Tensor:
+    """Raise a clear error unless ``t`` broadcasts to ``logits_shape`` without growing it."""
+    try:
+        fits = torch.broadcast_shapes(t.shape, logits_shape) == logits_shape
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(
+            f"{name}: shape {tuple(t.shape)} is not broadcastable to the scores' shape "
+            f"(..., H, Tq, Tk) = {logits_shape}"
+        )
+    return t

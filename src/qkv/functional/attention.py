@@ -13,12 +13,11 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from .._types import AttentionOutput
 from ..backends import dispatch
-from ..backends.base import AttentionInputs
+from ..backends.base import AttentionInputs, check_fits
 from ..masks.core import Mask, MaskLike, check_bool_mask
 from . import scores as _scores
 
@@ -139,16 +138,7 @@ def _fit_extra(name: str, t: Tensor, n_in: int, logits_shape: tuple[int, ...], r
         t = t.reshape((1,) * (3 - t.dim()) + tuple(t.shape)).unsqueeze(-3)  # (B, 1, Tq, Tk)
     elif n_in == 2 and t.dim() > 2:
         raise ValueError(f"{name}: for 2-D (T, D) inputs expected at most 2 dims, got {tuple(t.shape)}")
-    try:
-        fits = torch.broadcast_shapes(t.shape, logits_shape) == logits_shape
-    except RuntimeError:
-        fits = False
-    if not fits:
-        raise ValueError(
-            f"{name}: shape {tuple(t.shape)} is not broadcastable to the scores' shape "
-            f"(..., H, Tq, Tk) = {logits_shape}"
-        )
-    return t
+    return check_fits(name, t, logits_shape)
 
 
 def prepare(
@@ -196,15 +186,13 @@ def prepare(
         q, k, v = (t[None, None] for t in (q, k, v))
     elif n_in == 3:  # (B, T, D) -> (B, 1, T, D): one head
         q, k, v = (t.unsqueeze(-3) for t in (q, k, v))
-    q_len, kv_len = q.shape[-2], k.shape[-2]
-    logits_shape = (*q.shape[:-1], kv_len)
+    logits_shape = (*q.shape[:-1], k.shape[-2])  # (..., H, Tq, Tk)
 
-    if mask is not None:
-        if isinstance(mask, Mask):
-            mask = mask.materialize(q_len, kv_len, device=q.device)  # (1, 1, Tq, Tk) or (B, H, ...)
-            if n_in == 2 and mask.dim() > 2 and all(s == 1 for s in mask.shape[:-2]):
-                mask = mask.reshape(mask.shape[-2:])
-        mask = _fit_extra("mask", check_bool_mask(mask, "mask"), n_in, logits_shape, q)
+    pattern = tensor_mask = None
+    if isinstance(mask, Mask):
+        pattern = mask  # stays lazy: (1, 1, Tq, Tk) or (B, H, Tq, Tk) when a backend builds it
+    elif mask is not None:
+        tensor_mask = _fit_extra("mask", check_bool_mask(mask, "mask"), n_in, logits_shape, q)
     if bias is not None:
         if not isinstance(bias, Tensor) or not bias.is_floating_point():
             got = bias.dtype if isinstance(bias, Tensor) else type(bias).__name__
@@ -213,7 +201,7 @@ def prepare(
 
     inputs = AttentionInputs(
         query=q, key=k, value=v, score=score_name, score_fn=score_fn, scale=float(scale),
-        mask=mask, bias=bias, dropout_p=float(dropout_p), training=bool(training),
+        pattern=pattern, tensor_mask=tensor_mask, bias=bias, dropout_p=float(dropout_p), training=bool(training),
         need_weights=bool(need_weights), score_kwargs=kwargs,
     )  # fmt: skip
 
