@@ -1,6 +1,8 @@
 """Attention backends: one signature, ``supports(inputs) -> reasons``, explicit choice or auto."""
 
 from .base import AttentionInputs, Backend, BackendNotSupportedError
+from .blocksparse import BlockSparseBackend
+from .chunked import ChunkedBackend
 from .dispatch import BACKENDS, PRIORITY, DispatchReport, choose, get_backend, register_backend
 from .reference import ReferenceBackend
 from .sdpa import SdpaBackend
@@ -11,6 +13,8 @@ __all__ = [
     "AttentionInputs",
     "Backend",
     "BackendNotSupportedError",
+    "BlockSparseBackend",
+    "ChunkedBackend",
     "DispatchReport",
     "ReferenceBackend",
     "SdpaBackend",

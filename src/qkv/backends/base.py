@@ -42,6 +42,9 @@ class AttentionInputs:
         tensor_mask: the caller's bool tensor mask, already fitted to the layout, or None.
         bias: float, added to the scaled logits, same broadcast rule, or None.
         scale: the factor applied to the logits.
+        need_weights, weights_for: the caller wants weights (all, or ``(heads, rows)``); a
+            backend returns them only if it has them anyway, else ``qkv.attention`` computes
+            them on demand (:mod:`qkv.backends.weights`).
 
     :attr:`mask` is the dense bool mask (True = may attend, broadcastable to
     ``(..., H, Tq, Tk)``) or None, built from ``pattern`` the first time a backend asks.
@@ -59,6 +62,7 @@ class AttentionInputs:
     dropout_p: float = 0.0
     training: bool = False
     need_weights: bool = False
+    weights_for: tuple[Any, Any] | None = None
     score_kwargs: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -86,26 +90,34 @@ class AttentionInputs:
         check_fits("mask", dense, self.logits_shape)
         return dense
 
-    def mask_block(self, q0: int, q1: int, k0: int, k1: int) -> Tensor | None:
-        """The mask of queries ``q0:q1`` x keys ``k0:k1``, broadcastable to
-        ``(..., H, q1 - q0, k1 - k0)``, without building the whole mask."""
+    def mask_block(
+        self, q0: int, q1: int, k0: int, k1: int, *, rows: Tensor | None = None, heads: Tensor | None = None
+    ) -> Tensor | None:
+        """The mask of queries ``q0:q1`` (or the positions ``rows``) x keys ``k0:k1``, for all
+        heads (or ``heads``), broadcastable to ``(..., H', Tq', k1 - k0)``, without building the
+        whole mask."""
         if self.pattern is not None:
             dev = self.query.device
-            b = (
-                torch.arange(self.query.shape[-4], device=dev).view(-1, 1, 1, 1)
-                if self.query.dim() >= 4
-                else torch.zeros(1, 1, 1, 1, dtype=torch.long, device=dev)
-            )
-            h = torch.arange(self.query.shape[-3], device=dev).view(1, -1, 1, 1)
-            q_idx = torch.arange(q0, q1, device=dev).view(1, 1, -1, 1)
-            kv_idx = torch.arange(k0, k1, device=dev).view(1, 1, 1, -1)
-            return self.pattern.mask_mod(self.q_len, self.kv_len)(b, h, q_idx, kv_idx)
+            q_idx = torch.arange(q0, q1, device=dev) if rows is None else rows
+            kv_idx = torch.arange(k0, k1, device=dev)
+            if self.pattern.depends_on_batch_head:
+                b = torch.arange(self.query.shape[-4], device=dev).view(-1, 1, 1, 1)
+                h = torch.arange(self.query.shape[-3], device=dev) if heads is None else heads
+                h = h.view(1, -1, 1, 1)
+            else:
+                b = h = torch.zeros(1, 1, 1, 1, dtype=torch.long, device=dev)
+            fn = self.pattern.mask_mod(self.q_len, self.kv_len)
+            return fn(b, h, q_idx.view(1, 1, -1, 1), kv_idx.view(1, 1, 1, -1))
         if self.tensor_mask is None:
             return None
-        return slice_block(self.tensor_mask, q0, q1, k0, k1)
+        return slice_block(self.tensor_mask, q0, q1, k0, k1, rows=rows, heads=heads)
 
-    def bias_block(self, q0: int, q1: int, k0: int, k1: int) -> Tensor | None:
-        return None if self.bias is None else slice_block(self.bias, q0, q1, k0, k1)
+    def bias_block(
+        self, q0: int, q1: int, k0: int, k1: int, *, rows: Tensor | None = None, heads: Tensor | None = None
+    ) -> Tensor | None:
+        if self.bias is None:
+            return None
+        return slice_block(self.bias, q0, q1, k0, k1, rows=rows, heads=heads)
 
     @property
     def dropout_active(self) -> bool:
@@ -139,11 +151,16 @@ def zero_unreachable_keys(key: Tensor, value: Tensor, mask: Tensor) -> tuple[Ten
     return key.masked_fill(~reachable, 0), value.masked_fill(~reachable, 0)
 
 
-def slice_block(t: Tensor, q0: int, q1: int, k0: int, k1: int) -> Tensor:
-    """``t[..., q0:q1, k0:k1]`` for a tensor broadcastable to ``(..., Tq, Tk)`` (size-1 dims stay)."""
-    rows = slice(None) if t.shape[-2] == 1 else slice(q0, q1)
-    cols = slice(None) if t.shape[-1] == 1 else slice(k0, k1)
-    return t[..., rows, cols]
+def slice_block(
+    t: Tensor, q0: int, q1: int, k0: int, k1: int, *, rows: Tensor | None = None, heads: Tensor | None = None
+) -> Tensor:
+    """``t[..., q0:q1, k0:k1]`` (or rows ``rows``, heads ``heads``) for a tensor broadcastable
+    to ``(..., H, Tq, Tk)``; its size-1 (broadcast) dims stay."""
+    if heads is not None and t.dim() >= 3 and t.shape[-3] != 1:
+        t = t.index_select(-3, heads)
+    if t.shape[-2] != 1:
+        t = t[..., q0:q1, :] if rows is None else t.index_select(-2, rows)
+    return t if t.shape[-1] == 1 else t[..., k0:k1]
 
 
 def check_fits(name: str, t: Tensor, logits_shape: tuple[int, ...]) -> Tensor:

@@ -7,17 +7,46 @@ run raises :class:`BackendNotSupportedError` listing its reasons: never a silent
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .base import AttentionInputs, Backend, BackendNotSupportedError
+from .blocksparse import BlockSparseBackend
+from .chunked import ChunkedBackend
 from .reference import ReferenceBackend
 from .sdpa import SdpaBackend
 
 __all__ = ["BACKENDS", "PRIORITY", "DispatchReport", "choose", "get_backend", "register_backend"]
 
-BACKENDS: dict[str, Backend] = {"reference": ReferenceBackend(), "sdpa": SdpaBackend()}
+BACKENDS: dict[str, Backend] = {
+    "reference": ReferenceBackend(),
+    "sdpa": SdpaBackend(),
+    "chunked": ChunkedBackend(),
+    "blocksparse": BlockSparseBackend(),
+}
 # Fastest first; "reference" supports everything and ends the list.
-PRIORITY: list[str] = ["sdpa", "reference"]
+PRIORITY: list[str] = ["blocksparse", "sdpa", "chunked", "reference"]
+
+
+# With all weights asked for on a problem this small, the reference (which builds them
+# anyway) beats a fast backend plus a second pass.
+WEIGHTS_IN_ONE_PASS_MAX = 1 << 22
+
+
+def _reasons(name: str, inputs: AttentionInputs, auto: bool) -> list[str]:
+    """Why backend ``name`` will not run: what it cannot do, and (for auto) what it should not."""
+    backend = BACKENDS[name]
+    reasons = backend.supports(inputs)
+    if not auto or reasons or name == "reference":
+        return reasons
+    if inputs.need_weights and inputs.weights_for is None:
+        size = math.prod(inputs.logits_shape)
+        if size <= WEIGHTS_IN_ONE_PASS_MAX:
+            return [
+                f"need_weights on a small problem ({size} logits): the reference returns them in one pass"
+            ]
+    skip = getattr(backend, "auto_skip", None)
+    return skip(inputs) if skip is not None else []
 
 
 def register_backend(backend: Backend, *, before: str = "reference") -> None:
@@ -53,7 +82,7 @@ class DispatchReport:
 
 
 def report(inputs: AttentionInputs, requested: str) -> DispatchReport:
-    reasons = {name: BACKENDS[name].supports(inputs) for name in PRIORITY}
+    reasons = {name: _reasons(name, inputs, requested == "auto") for name in PRIORITY}
     if requested == "auto":
         chosen = next((n for n in PRIORITY if not reasons[n]), None)
     else:
@@ -66,9 +95,8 @@ def choose(inputs: AttentionInputs, requested: str) -> Backend:
     """The backend to run: the first supported one for ``auto``, else the requested one."""
     if requested == "auto":
         for name in PRIORITY:
-            backend = BACKENDS[name]
-            if not backend.supports(inputs):
-                return backend
+            if not _reasons(name, inputs, auto=True):
+                return BACKENDS[name]
         raise BackendNotSupportedError("no backend supports these inputs")  # pragma: no cover
     backend = get_backend(requested)
     reasons = backend.supports(inputs)

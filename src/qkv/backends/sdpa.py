@@ -1,7 +1,8 @@
 """PyTorch's fused ``F.scaled_dot_product_attention`` (flash / memory-efficient / math kernels).
 
 Equal to the reference backend within tolerance for the ``dot`` and ``scaled_dot`` scores with
-bool masks and additive biases. It does not return weights or the log-sum-exp.
+bool masks and additive biases. It returns neither weights nor the log-sum-exp: asked for
+weights, ``qkv.attention`` computes them in a second pass (:mod:`qkv.backends.weights`).
 """
 
 from __future__ import annotations
@@ -17,18 +18,26 @@ __all__ = ["SdpaBackend"]
 
 class SdpaBackend:
     name = "sdpa"
+    auto_max_dense_mask = 1 << 26  # elements of a dense mask auto may build from a pattern
 
     def supports(self, inputs: AttentionInputs) -> list[str]:
         reasons = []
         if inputs.score not in ("dot", "scaled_dot"):
             reasons.append(f"score {inputs.score!r}: SDPA computes only dot/scaled_dot scores")
-        if inputs.need_weights:
-            reasons.append("need_weights=True: SDPA does not return attention weights")
         if inputs.query.shape[-2] == 0 or inputs.key.shape[-2] == 0:
             reasons.append("an empty sequence (Tq = 0 or Tk = 0)")
         if inputs.bias is not None and inputs.bias.requires_grad and torch.is_grad_enabled():
             reasons.append("a bias that requires grad: SDPA does not differentiate its attn_mask")
         return reasons
+
+    def auto_skip(self, inputs: AttentionInputs) -> list[str]:
+        """``auto`` does not build a huge dense mask from a pattern: chunked skips blocks."""
+        if inputs.pattern is not None and inputs.q_len * inputs.kv_len > self.auto_max_dense_mask:
+            mib = inputs.q_len * inputs.kv_len / 2**20
+            return [
+                f"a pattern at Tq x Tk = {inputs.q_len} x {inputs.kv_len}: its dense mask would take {mib:.0f} MiB"
+            ]
+        return []
 
     def run(self, inputs: AttentionInputs) -> AttentionOutput:
         q, k, v, mask, bias = inputs.query, inputs.key, inputs.value, inputs.mask, inputs.bias

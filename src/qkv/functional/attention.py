@@ -9,6 +9,7 @@ fastest backend that can run the inputs, and the result names it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +19,7 @@ from torch import Tensor
 from .._types import AttentionOutput
 from ..backends import dispatch
 from ..backends.base import AttentionInputs, check_fits
+from ..backends.weights import as_index, attention_weights
 from ..masks.core import Mask, MaskLike, check_bool_mask
 from . import scores as _scores
 
@@ -39,6 +41,7 @@ def attention(
     training: bool = False,
     backend: str = "auto",
     need_weights: bool = False,
+    weights_for: tuple[Any, Any] | None = None,
     score_kwargs: dict[str, Any] | None = None,
 ) -> AttentionOutput:
     """Attention of ``query`` over ``key``/``value``.
@@ -64,7 +67,13 @@ def attention(
         dropout_p, training: dropout on the weights, only when ``training=True``.
         backend: ``"auto"``, ``"reference"`` or ``"sdpa"``. An explicit backend that cannot run
             the inputs raises :class:`qkv.backends.BackendNotSupportedError` with the reasons.
-        need_weights: also return the weights (``auto`` then picks a backend that has them).
+        need_weights: also return the weights ``(..., H, Tq, Tk)``. Backends that do not build
+            them (sdpa, blocksparse, ...) still run: the weights come from a second, exact pass
+            over key blocks (from the log-sum-exp when the backend returns it), so asking for
+            weights never forces the slow path on a large problem.
+        weights_for: ``(heads, rows)``: only these heads (dim -3) and query rows (dim -2),
+            each an int, a sequence, a slice or None (all); implies ``need_weights``. The
+            weights are then ``(..., len(heads), len(rows), Tk)``.
 
     Rows with no key to attend give output 0, weights 0 and gradients 0. NaN or inf placed in
     masked-out positions does not change the result. Half-precision inputs are normalized in
@@ -72,12 +81,29 @@ def attention(
     """
     inputs, restore = prepare(
         query, key, value, score=score, mask=mask, bias=bias, scale=scale, dropout_p=dropout_p,
-        training=training, need_weights=need_weights, score_kwargs=score_kwargs,
+        training=training, need_weights=need_weights, weights_for=weights_for,
+        score_kwargs=score_kwargs,
     )  # fmt: skip
     if not isinstance(backend, str):
         raise TypeError(f"backend: expected a name (str), got {type(backend).__name__}")
     result = dispatch.choose(inputs, backend).run(inputs)
+    if inputs.need_weights:
+        heads, rows = inputs.weights_for or (None, None)
+        if result.weights is None:
+            weights = attention_weights(inputs, heads=heads, rows=rows, lse=result.lse)
+        else:
+            weights = _select(result.weights, heads, rows)
+        result = dataclasses.replace(result, weights=weights)
     return restore(result)
+
+
+def _select(weights: Tensor, heads, rows) -> Tensor:
+    """Weights of the chosen heads (dim -3) and rows (dim -2) of full weights."""
+    h_idx = as_index(heads, weights.shape[-3], "heads", weights.device)
+    r_idx = as_index(rows, weights.shape[-2], "rows", weights.device)
+    if h_idx is not None:
+        weights = weights.index_select(-3, h_idx)
+    return weights if r_idx is None else weights.index_select(-2, r_idx)
 
 
 def dispatch_report(query: Tensor, key: Tensor, value: Tensor, *, backend: str = "auto", **kwargs):
@@ -101,6 +127,14 @@ def _check_tensor(name: str, t: Any) -> Tensor:
     if t.dim() < 2:
         raise ValueError(f"{name}: expected shape (..., T, D) with at least 2 dims, got {tuple(t.shape)}")
     return t
+
+
+def _check_weights_for(weights_for):
+    if weights_for is None:
+        return None
+    if not isinstance(weights_for, (tuple, list)) or len(weights_for) != 2:
+        raise TypeError(f"weights_for: expected a pair (heads, rows), got {weights_for!r}")
+    return tuple(weights_for)
 
 
 def _resolve_score(score: ScoreLike, score_kwargs: dict[str, Any] | None):
@@ -143,7 +177,8 @@ def _fit_extra(name: str, t: Tensor, n_in: int, logits_shape: tuple[int, ...], r
 
 def prepare(
     query, key, value, *, score: ScoreLike = "scaled_dot", mask=None, bias=None, scale=None,
-    dropout_p: float = 0.0, training: bool = False, need_weights: bool = False, score_kwargs=None,
+    dropout_p: float = 0.0, training: bool = False, need_weights: bool = False, weights_for=None,
+    score_kwargs=None,
 ):  # fmt: skip
     """Validate the arguments of :func:`attention`; return the backend inputs and a function
     that brings a result back to the caller's layout."""
@@ -202,7 +237,8 @@ def prepare(
     inputs = AttentionInputs(
         query=q, key=k, value=v, score=score_name, score_fn=score_fn, scale=float(scale),
         pattern=pattern, tensor_mask=tensor_mask, bias=bias, dropout_p=float(dropout_p), training=bool(training),
-        need_weights=bool(need_weights), score_kwargs=kwargs,
+        need_weights=bool(need_weights) or weights_for is not None,
+        weights_for=_check_weights_for(weights_for), score_kwargs=kwargs,
     )  # fmt: skip
 
     def restore(result: AttentionOutput) -> AttentionOutput:

@@ -10,16 +10,25 @@ and with bool tensors::
 Other conventions are converted at the edge by named helpers: :func:`from_lengths` (d2l's
 ``valid_lens``) and :func:`key_padding` (torch's ``key_padding_mask``, where True = ignore).
 Additive float biases are never masks: pass them as ``bias=``.
+
+Every mask also describes its **block layout** (:class:`BlockLayout`): for a tiling of the
+``(Tq, Tk)`` plane into ``q_block x kv_block`` tiles, which tiles may hold an allowed pair
+(``any``) and which are entirely allowed (``all``). Block-sparse backends skip the tiles that
+are not ``any`` and skip the in-tile mask where ``all``. Patterns compute it analytically from
+block boundaries in ``O(nQB * nKB)``, never building ``Tq x Tk``; bool tensors and masks without
+an analytic layout reduce their dense matrix per tile.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "BlockLayout",
     "Mask",
     "MaskLike",
     "causal",
@@ -31,20 +40,199 @@ __all__ = [
 ]
 
 MaskFn = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+Device = torch.device | str | None
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """Which ``q_block x kv_block`` tiles of the ``(Tq, Tk)`` plane a mask touches.
+
+    ``nQB = ceil(Tq / q_block)`` and ``nKB = ceil(Tk / kv_block)``; the last tiles of each axis
+    may be partial and only their real positions count. Aggregated over batch and heads
+    (``any`` is the union over ``(b, h)``, ``all`` the intersection).
+
+    Attributes:
+        any: bool ``(nQB, nKB)``: the tile MAY hold an allowed ``(q, kv)`` pair. Never False
+            where some pair is allowed (a superset of the exact answer is legal: it only costs
+            time). Exact for every single built-in pattern.
+        all: bool ``(nQB, nKB)``: EVERY real pair of the tile is allowed (the in-tile mask can
+            be skipped). Never True where some pair is masked (a subset is legal). ``all``
+            implies ``any``.
+    """
+
+    q_len: int
+    kv_len: int
+    q_block: int
+    kv_block: int
+    any: Tensor
+    all: Tensor
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(nQB, nKB)``."""
+        return (self.any.shape[0], self.any.shape[1])
+
+    def density(self) -> float:
+        """Fraction of tiles that must be computed: ``any.sum() / any.numel()`` (0.0 if empty)."""
+        n = self.any.numel()
+        return float(self.any.sum()) / n if n else 0.0
+
+    def kv_counts(self) -> Tensor:
+        """long ``(nQB,)``: the number of ``any`` key blocks of each query block."""
+        return self.any.sum(dim=1, dtype=torch.long)
+
+    def kv_indices(self) -> Tensor:
+        """long ``(nQB, max_count)``: the ``any`` key-block indices of each query block,
+        ascending, padded on the right with -1."""
+        n_qb, n_kb = self.shape
+        width = int(self.kv_counts().max()) if n_qb else 0
+        cols = torch.arange(n_kb, device=self.any.device).expand(n_qb, n_kb)
+        keys = torch.where(self.any, cols, torch.full_like(cols, n_kb))  # absent -> n_kb, sorts last
+        idx = keys.sort(dim=1).values[:, :width]
+        return torch.where(idx == n_kb, torch.full_like(idx, -1), idx)
+
+    def __repr__(self) -> str:
+        n_qb, n_kb = self.shape
+        return (
+            f"BlockLayout(Tq={self.q_len}, Tk={self.kv_len}, blocks={self.q_block}x{self.kv_block}, "
+            f"grid={n_qb}x{n_kb}, any={int(self.any.sum())}, all={int(self.all.sum())})"
+        )
+
+
+def check_int(owner: str, name: str, value, minimum: int) -> int:
+    """Raise a clear error unless ``value`` is an int ``>= minimum`` (bools are refused)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{owner}: {name} must be an int >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{owner}: {name} must be >= {minimum}, got {value}")
+    return value
+
+
+def block_bounds(length: int, block: int, device: Device = None) -> tuple[Tensor, Tensor]:
+    """First and last (inclusive) real index of each of the ``ceil(length / block)`` blocks."""
+    n = -(-length // block)
+    first = torch.arange(n, device=device) * block
+    last = torch.clamp(first + (block - 1), max=max(length - 1, 0))
+    return first, last  # (n,), (n,)
+
+
+def _pool(x: Tensor, length: int, block: int, dim: int, reduce_all: bool) -> Tensor:
+    """Reduce axis ``dim`` (size ``length`` or 1 = broadcast) of a 2-D bool tensor per block."""
+    n = -(-length // block)
+    if x.shape[dim] == 1:
+        return x.expand(*(n if d == dim else s for d, s in enumerate(x.shape)))
+    x = x.movedim(dim, 0)  # (length, other)
+    pad = n * block - length
+    if pad:  # partial last block: pad with the neutral element so only real positions count
+        x = torch.cat([x, x.new_full((pad, x.shape[1]), reduce_all)])
+    x = x.reshape(n, block, x.shape[1])  # (n, block, other)
+    x = x.all(dim=1) if reduce_all else x.any(dim=1)
+    return x.movedim(0, dim)
+
+
+def reduce_dense(
+    dense: Tensor, q_len: int, kv_len: int, q_block: int, kv_block: int
+) -> tuple[Tensor, Tensor]:
+    """Exact ``(any, all)`` per tile of a dense bool mask broadcastable to ``(..., Tq, Tk)``.
+
+    Size-1 (broadcast) query or key axes are never expanded, so a padding mask ``(B, 1, 1, Tk)``
+    costs ``O(B * Tk)``.
+    """
+    d = dense
+    while d.dim() < 2:
+        d = d.unsqueeze(0)
+    d = d.reshape(-1, d.shape[-2], d.shape[-1])  # (N, Tq or 1, Tk or 1)
+    if d.shape[0] == 0:  # an empty batch allows nothing
+        d = d.new_zeros(1, d.shape[1], d.shape[2])
+    union, inter = d.any(dim=0), d.all(dim=0)  # over batch and heads
+    any_ = _pool(_pool(union, q_len, q_block, 0, False), kv_len, kv_block, 1, False)
+    all_ = _pool(_pool(inter, q_len, q_block, 0, True), kv_len, kv_block, 1, True)
+    return any_.contiguous(), all_.contiguous()
+
+
+def band_layout(
+    q_len: int, kv_len: int, q_block: int, kv_block: int, lo: int | None, hi: int | None, device: Device
+) -> tuple[Tensor, Tensor]:
+    """Exact tiles of the band ``lo <= kv - q <= hi`` (``None`` = unbounded on that side).
+
+    In a tile the differences ``kv - q`` take every integer value in
+    ``[k_first - q_last, k_last - q_first]``: it meets the band (any) or lies inside it (all).
+    """
+    qf, ql = block_bounds(q_len, q_block, device)
+    kf, kl = block_bounds(kv_len, kv_block, device)
+    d_min = kf[None, :] - ql[:, None]  # (nQB, nKB) smallest kv - q in the tile
+    d_max = kl[None, :] - qf[:, None]  # (nQB, nKB) largest
+    any_ = torch.ones_like(d_min, dtype=torch.bool)
+    all_ = torch.ones_like(d_min, dtype=torch.bool)
+    if lo is not None:
+        any_ &= d_max >= lo
+        all_ &= d_min >= lo
+    if hi is not None:
+        any_ &= d_min <= hi
+        all_ &= d_max <= hi
+    return any_, all_
 
 
 class Mask:
     """A boolean attention pattern that knows how to build itself for any ``(Tq, Tk)``.
 
     Subclasses implement :meth:`mask_mod`, which returns ``fn(b, h, q_idx, kv_idx)``; the
-    indices are integer tensors that broadcast against each other and the result is a bool
-    tensor of their broadcast shape (True = may attend).
+    indices are integer tensors of any broadcastable shapes (e.g. ``q_idx (nQB, bq, 1)``,
+    ``kv_idx (nQB, 1, span)``, ``b = h = tensor(0)``) and the result is a bool tensor of the
+    broadcast shape of ``q_idx`` and ``kv_idx`` (and of ``b``, ``h`` when the mask depends on
+    them). Indices are always in range: callers clamp and mask their own padding.
+
+    Subclasses with an analytic block layout override :meth:`_layout`; the default reduces the
+    dense matrix per tile.
     """
 
     name = "mask"
 
     def mask_mod(self, q_len: int, kv_len: int) -> MaskFn:
         raise NotImplementedError
+
+    @property
+    def depends_on_batch_head(self) -> bool:
+        """True when ``mask_mod``'s result may vary with ``b`` or ``h``; when False, callers
+        may evaluate it once with ``b = h = 0``. Unknown subclasses are assumed to depend."""
+        return True
+
+    def block_layout(
+        self, q_len: int, kv_len: int, q_block: int, kv_block: int, *, device: Device = None
+    ) -> BlockLayout:
+        """The :class:`BlockLayout` of this mask for ``q_block x kv_block`` tiles of ``(Tq, Tk)``.
+
+        Union over batch and heads for ``any``, intersection for ``all``. Built-in patterns
+        compute it in ``O(nQB * nKB)`` without a ``Tq x Tk`` tensor.
+        """
+        check_int("block_layout", "q_len", q_len, 0)
+        check_int("block_layout", "kv_len", kv_len, 0)
+        check_int("block_layout", "q_block", q_block, 1)
+        check_int("block_layout", "kv_block", kv_block, 1)
+        # Masks are immutable: remember the last few layouts (forward and backward, training
+        # steps and the fast backends all ask for the same one).
+        cache = self.__dict__.setdefault("_layout_cache", {})
+        key = (q_len, kv_len, q_block, kv_block, str(device))
+        if key in cache:
+            return cache[key]
+        n_qb, n_kb = -(-q_len // q_block), -(-kv_len // kv_block)
+        if n_qb == 0 or n_kb == 0:
+            empty = torch.zeros(n_qb, n_kb, dtype=torch.bool, device=device)
+            layout = BlockLayout(q_len, kv_len, q_block, kv_block, empty, empty.clone())
+        else:
+            any_, all_ = self._layout(q_len, kv_len, q_block, kv_block, device)
+            any_ = any_.to(device=device, dtype=torch.bool).expand(n_qb, n_kb).contiguous()
+            all_ = all_.to(device=device, dtype=torch.bool).expand(n_qb, n_kb) & any_
+            layout = BlockLayout(q_len, kv_len, q_block, kv_block, any_, all_)
+        if len(cache) >= 8:
+            cache.pop(next(iter(cache)))
+        cache[key] = layout
+        return layout
+
+    def _layout(self, q_len: int, kv_len: int, q_block: int, kv_block: int, device: Device):
+        """``(any, all)`` bool ``(nQB, nKB)`` (default: dense reduction of :meth:`materialize`)."""
+        dense = self.materialize(q_len, kv_len, device=device)
+        return reduce_dense(dense, q_len, kv_len, q_block, kv_block)
 
     def materialize(self, q_len: int, kv_len: int, *, device: torch.device | str | None = None) -> Tensor:
         """The dense bool matrix ``(1, 1, Tq, Tk)`` (or ``(B, H, Tq, Tk)`` if it depends on them)."""
@@ -92,8 +280,16 @@ class _TensorMask(Mask):
             )
         return t if device is None else t.to(device)
 
+    @property
+    def depends_on_batch_head(self) -> bool:
+        return any(s > 1 for s in self.tensor.shape[:-2])
+
+    def _layout(self, q_len, kv_len, q_block, kv_block, device):
+        any_, all_ = reduce_dense(self.materialize(q_len, kv_len), q_len, kv_len, q_block, kv_block)
+        return any_.to(device), all_.to(device)
+
     def mask_mod(self, q_len, kv_len):
-        t = self.tensor
+        t = self.materialize(q_len, kv_len)
         while t.dim() < 4:
             t = t.unsqueeze(0)
         t4 = t.expand(*t.shape[:2], q_len, kv_len)
@@ -116,6 +312,18 @@ class _Combined(Mask):
         b = self.right.materialize(q_len, kv_len, device=device)
         return a & b if self.op == "&" else a | b
 
+    @property
+    def depends_on_batch_head(self) -> bool:
+        return self.left.depends_on_batch_head or self.right.depends_on_batch_head
+
+    def _layout(self, q_len, kv_len, q_block, kv_block, device):
+        # & : any(a)&any(b) is a superset, all(a)&all(b) exact; | : any exact, all a subset.
+        a_any, a_all = self.left._layout(q_len, kv_len, q_block, kv_block, device)
+        b_any, b_all = self.right._layout(q_len, kv_len, q_block, kv_block, device)
+        if self.op == "&":
+            return a_any & b_any, a_all & b_all
+        return a_any | b_any, a_all | b_all
+
     def mask_mod(self, q_len, kv_len):
         fa, fb = self.left.mask_mod(q_len, kv_len), self.right.mask_mod(q_len, kv_len)
         if self.op == "&":
@@ -131,6 +339,15 @@ class _Not(Mask):
     def materialize(self, q_len, kv_len, *, device=None):
         return ~self.inner.materialize(q_len, kv_len, device=device)
 
+    @property
+    def depends_on_batch_head(self) -> bool:
+        return self.inner.depends_on_batch_head
+
+    def _layout(self, q_len, kv_len, q_block, kv_block, device):
+        # some pair allowed by ~a <=> not all allowed by a; all allowed by ~a <=> none by a
+        a_any, a_all = self.inner._layout(q_len, kv_len, q_block, kv_block, device)
+        return ~a_all, ~a_any
+
     def mask_mod(self, q_len, kv_len):
         f = self.inner.mask_mod(q_len, kv_len)
         return lambda b, h, q, kv: ~f(b, h, q, kv)
@@ -139,8 +356,13 @@ class _Not(Mask):
 class _Full(Mask):
     name = "full"
 
+    depends_on_batch_head = False
+
     def mask_mod(self, q_len, kv_len):
         return lambda b, h, q, kv: torch.ones_like(q >= kv)
+
+    def _layout(self, q_len, kv_len, q_block, kv_block, device):
+        return band_layout(q_len, kv_len, q_block, kv_block, None, None, device)
 
 
 class _Causal(Mask):
@@ -165,9 +387,14 @@ class _Causal(Mask):
             return 0
         return 0 if self.alignment == "top_left" else kv_len - q_len
 
+    depends_on_batch_head = False
+
     def mask_mod(self, q_len, kv_len):
         off = self.offset(q_len, kv_len)
         return lambda b, h, q, kv: kv <= q + off
+
+    def _layout(self, q_len, kv_len, q_block, kv_block, device):
+        return band_layout(q_len, kv_len, q_block, kv_block, None, self.offset(q_len, kv_len), device)
 
 
 def causal(alignment: str | None = None) -> Mask:

@@ -1,0 +1,299 @@
+"""The ``chunked`` backend: FlashAttention's online softmax in PyTorch, for every score.
+
+Equal to the reference backend within tolerance; memory ``O(Tq x block)`` instead of
+``O(Tq x Tk)``. Shapes (any leading dims ``...``)::
+
+    query (..., H, Tq, D), key (..., H, Tk, D), value (..., H, Tk, Dv)
+    -> out (..., H, Tq, Dv), lse (..., H, Tq)
+
+Forward, for each query block and each key block it may attend (Milakov & Gimelshein 2018;
+Dao et al. 2022)::
+
+    s    = score(q_blk, k_blk) * scale + bias_blk, masked to -inf
+    m'   = max(m, rowmax(s));  p = exp(s - m')
+    l    = l * exp(m - m') + rowsum(p);  acc = acc * exp(m - m') + p @ v_blk
+    out  = acc / l;  lse = m + log(l)
+
+Backward recomputes each block from the saved ``lse`` instead of storing ``Tq x Tk``
+(FlashAttention-2, Dao 2023)::
+
+    p = exp(s - lse);  dV += p^T dO;  dP = dO V^T;  dS = p * (dP - rowsum(dO * O))
+
+and sends ``dS * scale`` through the score: directly for dot scores, through autograd on the
+recomputed block for the others (their parameters included). Blocks that a
+:class:`qkv.masks.Mask` pattern never touches are skipped (its block layout says which), and
+blocks it fully allows skip the mask. Rows with nothing to attend give 0 and lse ``-inf``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .._types import AttentionOutput
+from ..functional import scores as _scores
+from .base import AttentionInputs, slice_block
+
+__all__ = ["ChunkedBackend", "block_logits", "iter_blocks", "score_parameters"]
+
+_DOT = ("dot", "scaled_dot")
+
+
+def score_parameters(inputs: AttentionInputs) -> tuple[list[str], list[Tensor], Callable]:
+    """The score's tensor parameters and a builder ``make(params) -> score_fn``.
+
+    Named scores take theirs from ``score_kwargs``; an ``nn.Module`` score from its
+    parameters (called with :func:`torch.func.functional_call`); a plain callable has none.
+    """
+    if inputs.score == "custom":
+        fn = inputs.score_fn
+        if isinstance(fn, nn.Module):
+            names = [n for n, _ in fn.named_parameters()]
+            tensors = [p for _, p in fn.named_parameters()]
+
+            def make(params, fn=fn, names=names):
+                return lambda q, k: torch.func.functional_call(fn, dict(zip(names, params)), (q, k))
+
+            return names, tensors, make
+        return [], [], lambda params: fn
+    fn = _scores.SCORES[inputs.score][0]
+    names = [n for n, t in inputs.score_kwargs.items() if isinstance(t, Tensor)]
+    tensors = [inputs.score_kwargs[n] for n in names]
+    fixed = {n: t for n, t in inputs.score_kwargs.items() if n not in names}
+
+    def make(params, fn=fn, names=names, fixed=fixed):
+        kw = dict(fixed, **dict(zip(names, params)))
+        return (lambda q, k: fn(q, k, **kw)) if kw else fn
+
+    return names, tensors, make
+
+
+@dataclass(frozen=True)
+class _Block:
+    k0: int
+    k1: int
+    partial: bool  # True: apply the mask inside the block
+
+
+def iter_blocks(
+    inputs: AttentionInputs, q_block: int, kv_block: int
+) -> Iterator[tuple[int, int, list[_Block]]]:
+    """Yield ``(q0, q1, key blocks)``: only the key blocks the mask may allow, each marked
+    partial unless the mask allows all of it."""
+    tq, tk = inputs.q_len, inputs.kv_len
+    n_kb = math.ceil(tk / kv_block)
+    layout = None
+    if inputs.pattern is not None and tq and tk:
+        layout = inputs.pattern.block_layout(tq, tk, q_block, kv_block)
+        any_blocks, all_blocks = layout.any.tolist(), layout.all.tolist()
+    for qi, q0 in enumerate(range(0, tq, q_block)):
+        q1 = min(q0 + q_block, tq)
+        blocks = []
+        for kj in range(n_kb):
+            k0, k1 = kj * kv_block, min((kj + 1) * kv_block, tk)
+            if layout is not None:
+                if not any_blocks[qi][kj]:
+                    continue
+                blocks.append(_Block(k0, k1, not all_blocks[qi][kj]))
+            else:
+                blocks.append(_Block(k0, k1, inputs.tensor_mask is not None))
+        yield q0, q1, blocks
+
+
+def _compute_dtype(t: Tensor) -> torch.dtype:
+    return torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else t.dtype
+
+
+def block_logits(
+    inputs: AttentionInputs,
+    score_fn: Callable,
+    qb: Tensor,
+    kb: Tensor,
+    q0: int,
+    q1: int,
+    blk: _Block,
+    keep: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """``(raw, logits)``: ``raw = score(qb, kb)`` (autograd-connected to its inputs) and
+    ``logits = raw * scale + bias`` in the compute dtype, ``-inf`` where ``keep`` is False."""
+    raw = score_fn(qb, kb)  # (..., bq, bk)
+    s = raw.to(_compute_dtype(qb))
+    if inputs.scale != 1.0:
+        s = s * inputs.scale
+    bias = inputs.bias_block(q0, q1, blk.k0, blk.k1)
+    if bias is not None:
+        s = s + bias.to(s.dtype)
+    if keep is not None:
+        s = s.masked_fill(~keep, float("-inf"))
+    return raw, s
+
+
+def _clean_block(kb: Tensor, vb: Tensor, keep: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Zero keys/values no query of this block may attend (NaN there must not leak)."""
+    if keep is None:
+        return kb, vb
+    dead = ~keep.any(dim=-2).unsqueeze(-1)  # (..., bk, 1)
+    if not bool(dead.any()):
+        return kb, vb
+    return kb.masked_fill(dead, 0), vb.masked_fill(dead, 0)
+
+
+class _ChunkedAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, inputs, make_score, q_block, kv_block, q, k, v, bias, *params):
+        score_fn = make_score(params)
+        cdt = _compute_dtype(q)
+        lead = q.shape[:-2]
+        tq, dv = q.shape[-2], v.shape[-1]
+        out = q.new_zeros((*lead, tq, dv), dtype=v.dtype)
+        lse = q.new_full((*lead, tq), float("-inf"), dtype=cdt)
+        for q0, q1, blocks in iter_blocks(inputs, q_block, kv_block):
+            qb = q[..., q0:q1, :]
+            m = q.new_full((*lead, q1 - q0), float("-inf"), dtype=cdt)
+            l_sum = q.new_zeros((*lead, q1 - q0), dtype=cdt)
+            acc = q.new_zeros((*lead, q1 - q0, dv), dtype=cdt)
+            for blk in blocks:
+                kb, vb = k[..., blk.k0 : blk.k1, :], v[..., blk.k0 : blk.k1, :]
+                keep = inputs.mask_block(q0, q1, blk.k0, blk.k1) if blk.partial else None
+                kb, vb = _clean_block(kb, vb, keep)
+                _, s = block_logits(inputs, score_fn, qb, kb, q0, q1, blk, keep)
+                m_new = torch.maximum(m, s.amax(-1))
+                m_safe = m_new.masked_fill(m_new == float("-inf"), 0.0)
+                p = torch.exp(s - m_safe.unsqueeze(-1))  # (..., bq, bk)
+                corr = torch.exp(m - m_safe)
+                l_sum = l_sum * corr + p.sum(-1)
+                acc = acc * corr.unsqueeze(-1) + (p.to(vb.dtype) @ vb).to(cdt)
+                m = m_new
+            empty = l_sum == 0
+            out[..., q0:q1, :] = (acc / l_sum.masked_fill(empty, 1.0).unsqueeze(-1)).to(v.dtype)
+            m_safe = m.masked_fill(m == float("-inf"), 0.0)
+            lse[..., q0:q1] = (m_safe + torch.log(l_sum)).masked_fill(empty, float("-inf"))
+        ctx.inputs, ctx.make_score, ctx.blocks = inputs, make_score, (q_block, kv_block)
+        ctx.save_for_backward(q, k, v, bias, out, lse, *params)
+        ctx.mark_non_differentiable(lse)
+        return out, lse
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, d_out, _d_lse):
+        q, k, v, bias, out, lse, *params = ctx.saved_tensors
+        inputs, (q_block, kv_block) = ctx.inputs, ctx.blocks
+        cdt = _compute_dtype(q)
+        d_out = d_out.to(cdt)
+        delta = (d_out * out.to(cdt)).sum(-1)  # (..., Tq): rowsum(dO * O)
+        # exp(s - lse) must be 0 on empty rows (lse = -inf): use +inf there.
+        lse_safe = lse.masked_fill(lse == float("-inf"), float("inf"))
+        dq = torch.zeros_like(q, dtype=cdt)
+        dk = torch.zeros_like(k, dtype=cdt)
+        dv = torch.zeros_like(v, dtype=cdt)
+        need_bias = bias is not None and ctx.needs_input_grad[7]
+        dbias = torch.zeros_like(bias, dtype=cdt) if need_bias else None
+        dparams = [torch.zeros_like(p, dtype=cdt) for p in params]
+        fast = inputs.score in _DOT
+        leaves = [p.detach().requires_grad_() for p in params]
+        score_fn = ctx.make_score(leaves)
+        for q0, q1, blocks in iter_blocks(inputs, q_block, kv_block):
+            qb, do_b = q[..., q0:q1, :], d_out[..., q0:q1, :]
+            for blk in blocks:
+                kb, vb = k[..., blk.k0 : blk.k1, :], v[..., blk.k0 : blk.k1, :]
+                keep = inputs.mask_block(q0, q1, blk.k0, blk.k1) if blk.partial else None
+                kb, vb = _clean_block(kb, vb, keep)
+                if fast:
+                    _, s = block_logits(inputs, score_fn, qb, kb, q0, q1, blk, keep)
+                else:
+                    qb_leaf, kb_leaf = qb.detach().requires_grad_(), kb.detach().requires_grad_()
+                    with torch.enable_grad():
+                        raw, s = block_logits(inputs, score_fn, qb_leaf, kb_leaf, q0, q1, blk, keep)
+                p = torch.exp(s.detach() - lse_safe[..., q0:q1].unsqueeze(-1))  # (..., bq, bk)
+                dv[..., blk.k0 : blk.k1, :] += p.transpose(-2, -1) @ do_b
+                dp = do_b @ vb.to(cdt).transpose(-2, -1)
+                ds = p * (dp - delta[..., q0:q1].unsqueeze(-1))  # dL/d(logits)
+                if need_bias:
+                    view = slice_block(dbias, q0, q1, blk.k0, blk.k1)
+                    view += ds.sum_to_size(view.shape)
+                g = ds * inputs.scale if inputs.scale != 1.0 else ds
+                if fast:
+                    dq[..., q0:q1, :] += g @ kb.to(cdt)
+                    dk[..., blk.k0 : blk.k1, :] += g.transpose(-2, -1) @ qb.to(cdt)
+                else:
+                    grads = torch.autograd.grad(
+                        raw, [qb_leaf, kb_leaf, *leaves], g.to(raw.dtype), allow_unused=True
+                    )
+                    if grads[0] is not None:
+                        dq[..., q0:q1, :] += grads[0]
+                    if grads[1] is not None:
+                        dk[..., blk.k0 : blk.k1, :] += grads[1]
+                    for acc, gp in zip(dparams, grads[2:]):
+                        if gp is not None:
+                            acc += gp
+        grads_params = [d.to(p.dtype) for d, p in zip(dparams, params)]
+        return (
+            None, None, None, None,
+            dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype),
+            None if dbias is None else dbias.to(bias.dtype),
+            *grads_params,
+        )  # fmt: skip
+
+
+class ChunkedBackend:
+    """Online-softmax attention over key blocks for every score, mask, pattern and bias.
+
+    Args:
+        q_block, kv_block: block sizes (rows of queries, keys) for dot scores; other scores
+            shrink ``kv_block`` so a block's intermediate (e.g. additive's ``bq x bk x A``)
+            stays near ``max_block_elements``.
+    """
+
+    name = "chunked"
+    auto_min_logits = 1 << 22
+
+    def __init__(self, q_block: int = 128, kv_block: int = 512, max_block_elements: int = 1 << 22) -> None:
+        self.q_block, self.kv_block, self.max_block_elements = q_block, kv_block, max_block_elements
+
+    def supports(self, inputs: AttentionInputs) -> list[str]:
+        reasons = []
+        if inputs.dropout_active:
+            reasons.append("dropout: the chunked backend has no attention dropout")
+        fn = inputs.score_fn
+        if inputs.score == "custom" and not isinstance(fn, nn.Module) and torch.is_grad_enabled():
+            reasons.append(
+                "a custom score that is not an nn.Module: its backward cannot reach tensors the "
+                "callable closes over (wrap it in an nn.Module)"
+            )
+        return reasons
+
+    def block_sizes(self, inputs: AttentionInputs) -> tuple[int, int]:
+        """(q_block, kv_block) for these inputs: smaller key blocks for wide scores."""
+        q_block, kv_block = self.q_block, self.kv_block
+        width = 1
+        if inputs.score == "additive":
+            width = inputs.score_kwargs["w_query"].shape[0]
+        elif inputs.score == "gaussian" or isinstance(inputs.score_fn, nn.Module):
+            width = inputs.query.shape[-1]
+        lead = math.prod(inputs.query.shape[:-2])
+        while kv_block > 16 and lead * q_block * kv_block * width > self.max_block_elements:
+            kv_block //= 2
+        return q_block, kv_block
+
+    def auto_skip(self, inputs: AttentionInputs) -> list[str]:
+        """Why ``auto`` passes over this backend although it could run."""
+        size = math.prod(inputs.logits_shape)
+        if size < self.auto_min_logits:
+            return [f"small problem ({size} logits < {self.auto_min_logits}): the reference is faster"]
+        return []
+
+    def run(self, inputs: AttentionInputs) -> AttentionOutput:
+        out, lse = chunked_attention(inputs, *self.block_sizes(inputs))
+        return AttentionOutput(out=out, weights=None, lse=lse, backend=self.name)
+
+
+def chunked_attention(inputs: AttentionInputs, q_block: int, kv_block: int) -> tuple[Tensor, Tensor]:
+    """``(out, lse)`` of :class:`ChunkedBackend` with explicit block sizes."""
+    _, params, make = score_parameters(inputs)
+    return _ChunkedAttention.apply(
+        inputs, make, q_block, kv_block, inputs.query, inputs.key, inputs.value, inputs.bias, *params
+    )

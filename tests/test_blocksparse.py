@@ -1,0 +1,111 @@
+"""The blocksparse backend equals the reference on every pattern, forward and backward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import qkv
+from qkv import masks
+from qkv.backends import BACKENDS
+
+from helpers import GRAD_FACTOR, assert_error_ratio
+
+
+@pytest.fixture(autouse=True)
+def small_blocks(monkeypatch):
+    monkeypatch.setattr(BACKENDS["blocksparse"], "q_block", 4)
+    monkeypatch.setattr(BACKENDS["blocksparse"], "kv_block", 8)
+    monkeypatch.setattr(BACKENDS["blocksparse"], "_plans", type(BACKENDS["blocksparse"]._plans)())
+
+
+PATTERNS = {
+    "window": lambda t: masks.sliding_window(5),
+    "causal_local": lambda t: masks.sliding_window(6, 0),
+    "dilated": lambda t: masks.dilated(3, 2),
+    "block_local": lambda t: masks.block_local(6),
+    "causal": lambda t: masks.causal(),
+    "longformer": lambda t: masks.longformer(4, [0, 1, t - 1]),
+    "bigbird": lambda t: masks.bigbird(4, 3, 1, 1, seed=0),
+    "padded_window": lambda t: masks.sliding_window(6) & masks.from_lengths(torch.tensor([t - 7, 0]), t),
+    "document": lambda t: masks.document(torch.tensor([0] * 10 + [1] * (t - 20) + [2] * 10)),
+}
+
+
+@pytest.mark.parametrize("name", list(PATTERNS))
+@pytest.mark.parametrize("t", [37, 64])
+def test_blocksparse_error_ratio(request, name, t):
+    g = torch.Generator().manual_seed(3)
+    q64, k64, v64 = (
+        torch.randn(2, 3, t, 8, generator=g, dtype=torch.float64).requires_grad_() for _ in range(3)
+    )
+    pattern = PATTERNS[name](t)
+    golden = qkv.attention(q64, k64, v64, mask=pattern, backend="reference").out
+    q, k, v = (x.detach().float().requires_grad_() for x in (q64, k64, v64))
+    impl = qkv.attention(q, k, v, mask=pattern, backend="blocksparse")
+    assert impl.backend == "blocksparse"
+    eager = qkv.attention(q, k, v, mask=pattern, backend="reference").out
+    assert_error_ratio(request, impl.out, golden, eager)
+    go = torch.randn(golden.shape, generator=g, dtype=torch.float64)
+    gg = torch.autograd.grad(golden, (q64, k64, v64), go)
+    gi = torch.autograd.grad(impl.out, (q, k, v), go.float())
+    ge = torch.autograd.grad(eager, (q, k, v), go.float())
+    for a, b, c in zip(gi, gg, ge):
+        assert_error_ratio(request, a, b, c, factor=GRAD_FACTOR, what="grad")
+
+
+def test_blocksparse_gradcheck():
+    q, k, v = (torch.randn(1, 2, 13, 3, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    pattern = masks.longformer(2, [0])
+    assert torch.autograd.gradcheck(
+        lambda q, k, v: qkv.attention(q, k, v, mask=pattern, backend="blocksparse").out, (q, k, v)
+    )
+
+
+@pytest.mark.parametrize("garbage", [float("nan"), float("inf")])
+def test_blocksparse_garbage_in_padded_keys(garbage):
+    q, k, v = (torch.randn(2, 2, 40, 8) for _ in range(3))
+    pattern = masks.sliding_window(5) & masks.from_lengths(torch.tensor([30, 40]), 40)
+
+    def run(k, v):
+        qq, kk, vv = (t.clone().requires_grad_() for t in (q, k, v))
+        r = qkv.attention(qq, kk, vv, mask=pattern, backend="blocksparse")
+        return r.out, torch.autograd.grad(r.out.sum(), (qq, kk, vv))
+
+    clean = run(k, v)
+    k2, v2 = k.clone(), v.clone()
+    k2[0, :, 30:] = garbage
+    v2[0, :, 30:] = garbage
+    dirty = run(k2, v2)
+    assert torch.equal(clean[0], dirty[0])
+    for a, b in zip(clean[1], dirty[1]):
+        assert torch.equal(a, b)
+
+
+def test_blocksparse_plan_is_cached_and_never_builds_the_dense_mask(monkeypatch):
+    pattern = masks.sliding_window(5)
+    q, k, v = (torch.randn(1, 2, 64, 8) for _ in range(3))
+
+    def boom(*a, **k):
+        raise AssertionError("the dense mask was built")
+
+    monkeypatch.setattr(type(pattern), "materialize", boom)
+    backend = BACKENDS["blocksparse"]
+    first = qkv.attention(q, k, v, mask=pattern, backend="blocksparse").out
+    assert len(backend._plans) == 1
+    second = qkv.attention(q, k, v, mask=pattern, backend="blocksparse").out
+    assert len(backend._plans) == 1
+    assert torch.equal(first, second)
+
+
+def test_blocksparse_reasons_and_auto():
+    q, k, v = (torch.randn(1, 2, 64, 8) for _ in range(3))
+    with pytest.raises(qkv.BackendNotSupportedError, match="no mask pattern"):
+        qkv.attention(q, k, v, backend="blocksparse")
+    with pytest.raises(qkv.BackendNotSupportedError, match=r"score 'gaussian'"):
+        qkv.attention(q, k, v, score="gaussian", mask=masks.sliding_window(3), backend="blocksparse")
+    assert qkv.attention(q, k, v, mask=masks.sliding_window(3)).backend == "blocksparse"
+    dense = masks.sliding_window(60)
+    rep = qkv.dispatch_report(q, k, v, mask=dense)
+    assert rep.chosen == "sdpa"
+    assert any("dense pattern" in r for r in rep.reasons["blocksparse"])

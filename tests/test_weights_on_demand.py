@@ -1,0 +1,77 @@
+"""Weights on demand: exact weights from any backend, for chosen heads and rows."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import qkv
+from qkv import masks
+
+
+def _inputs(t=50):
+    g = torch.Generator().manual_seed(5)
+    return [torch.randn(2, 4, t, 8, generator=g, dtype=torch.float64) for _ in range(3)]
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "chunked", "blocksparse", "reference"])
+@pytest.mark.parametrize("mask_kind", ["none", "window", "padded"])
+def test_weights_equal_reference(backend, mask_kind):
+    q, k, v = _inputs()
+    mask = {
+        "none": None,
+        "window": masks.sliding_window(4),
+        "padded": masks.causal() & masks.from_lengths(torch.tensor([30, 0]), 50),
+    }[mask_kind]
+    if backend == "blocksparse" and mask is None:
+        pytest.skip("blocksparse needs a pattern")
+    ref = qkv.attention(q, k, v, mask=mask, backend="reference", need_weights=True)
+    r = qkv.attention(q, k, v, mask=mask, backend=backend, need_weights=True)
+    assert r.backend == backend
+    torch.testing.assert_close(r.weights, ref.weights, rtol=0, atol=1e-12)
+    torch.testing.assert_close(r.out, ref.out, rtol=0, atol=1e-12)
+    sel = qkv.attention(q, k, v, mask=mask, backend=backend, weights_for=([1, 3], slice(10, 20)))
+    torch.testing.assert_close(sel.weights, ref.weights[:, [1, 3], 10:20], rtol=0, atol=1e-12)
+
+
+def test_weights_with_score_bias_and_half():
+    q, k, v = (t.float() for t in _inputs())
+    bias = torch.randn(1, 4, 50, 50)
+    ref = qkv.attention(q, k, v, score="gaussian", bias=bias, backend="reference", need_weights=True)
+    r = qkv.attention(q, k, v, score="gaussian", bias=bias, backend="chunked", weights_for=(2, None))
+    torch.testing.assert_close(r.weights, ref.weights[:, 2:3], rtol=0, atol=1e-6)
+    qh, kh, vh = (t.bfloat16() for t in (q, k, v))
+    w = qkv.attention(qh, kh, vh, backend="sdpa", need_weights=True).weights
+    assert w.dtype == torch.bfloat16
+    torch.testing.assert_close(w.float().sum(-1), torch.ones(2, 4, 50), rtol=0, atol=2e-2)
+
+
+def test_auto_keeps_fast_path_for_large_problems():
+    q, k, v = (torch.randn(1, 2, 2048, 16) for _ in range(3))
+    with torch.no_grad():
+        r = qkv.attention(q, k, v, need_weights=True)
+    assert r.backend == "sdpa"
+    assert r.weights.shape == (1, 2, 2048, 2048)
+    torch.testing.assert_close(r.weights.sum(-1), torch.ones(1, 2, 2048))
+    small = qkv.attention(q[:, :, :8], k[:, :, :8], v[:, :, :8], need_weights=True)
+    assert small.backend == "reference"
+
+
+def test_weights_for_layouts_and_errors():
+    q, k, v = torch.randn(3, 6, 8), torch.randn(3, 7, 8), torch.randn(3, 7, 5)
+    r = qkv.attention(q, k, v, weights_for=(None, [0, 5]), backend="sdpa")
+    ref = qkv.attention(q, k, v, need_weights=True, backend="reference")
+    torch.testing.assert_close(r.weights, ref.weights[:, [0, 5]])
+    with pytest.raises(ValueError, match=r"weights_for: rows must lie in \[0, 6\)"):
+        qkv.attention(q, k, v, weights_for=(None, [6]))
+    with pytest.raises(TypeError, match=r"weights_for: expected a pair \(heads, rows\)"):
+        qkv.attention(q, k, v, weights_for=[1])
+
+
+def test_weights_do_not_change_outputs_bitwise():
+    q, k, v = (torch.randn(1, 2, 64, 8) for _ in range(3))
+    for backend in ("sdpa", "chunked", "blocksparse"):
+        mask = masks.sliding_window(3) if backend == "blocksparse" else None
+        a = qkv.attention(q, k, v, mask=mask, backend=backend).out
+        b = qkv.attention(q, k, v, mask=mask, backend=backend, need_weights=True).out
+        assert torch.equal(a, b)
