@@ -8,14 +8,17 @@ import torch
 import qkv
 from qkv import masks
 from qkv.backends import BACKENDS
+from qkv.functional.attention import prepare
 
 from helpers import GRAD_FACTOR, assert_error_ratio
 
 
-@pytest.fixture(autouse=True)
-def small_blocks(monkeypatch):
-    monkeypatch.setattr(BACKENDS["blocksparse"], "q_block", 4)
-    monkeypatch.setattr(BACKENDS["blocksparse"], "kv_block", 8)
+@pytest.fixture(autouse=True, params=[(4, 8), (8, 8), (16, 8)], ids=["gather", "band", "band2"])
+def small_blocks(request, monkeypatch):
+    """(4, 8) tiles always gather; (8, 8) and (16, 8) take the strided band path for windows."""
+    q_block, kv_block = request.param
+    monkeypatch.setattr(BACKENDS["blocksparse"], "q_block", q_block)
+    monkeypatch.setattr(BACKENDS["blocksparse"], "kv_block", kv_block)
     monkeypatch.setattr(BACKENDS["blocksparse"], "_plans", type(BACKENDS["blocksparse"]._plans)())
 
 
@@ -109,3 +112,35 @@ def test_blocksparse_reasons_and_auto():
     rep = qkv.dispatch_report(q, k, v, mask=dense)
     assert rep.chosen == "sdpa"
     assert any("dense pattern" in r for r in rep.reasons["blocksparse"])
+
+
+def test_band_path_is_taken_for_windows():
+    backend = BACKENDS["blocksparse"]
+    q = torch.randn(1, 2, 64, 8)
+    inputs, _ = prepare(q, q, q, mask=masks.sliding_window(9))
+    plan = backend.plan(inputs)
+    if backend.q_block % backend.kv_block == 0:
+        assert type(plan).__name__ == "_Band"
+    else:
+        assert isinstance(plan, list)
+
+
+@pytest.mark.parametrize("garbage", [float("nan"), float("-inf")])
+def test_garbage_in_a_key_no_query_attends(garbage):
+    """Key 20 is masked for every query (~global_tokens): garbage there changes nothing."""
+    pattern = masks.sliding_window(5) & ~masks.global_tokens([20])
+    q, k, v = (torch.randn(1, 2, 48, 8) for _ in range(3))
+
+    def run(k, v):
+        qq, kk, vv = (t.clone().requires_grad_() for t in (q, k, v))
+        r = qkv.attention(qq, kk, vv, mask=pattern, backend="blocksparse")
+        return r.out, torch.autograd.grad(r.out.sum(), (qq, kk, vv))
+
+    clean = run(k, v)
+    k2, v2 = k.clone(), v.clone()
+    k2[:, :, 20] = garbage
+    v2[:, :, 20] = garbage
+    dirty = run(k2, v2)
+    assert torch.equal(clean[0], dirty[0])
+    for a, b in zip(clean[1], dirty[1]):
+        assert torch.equal(a, b)

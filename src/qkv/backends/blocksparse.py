@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -103,13 +103,16 @@ class BlockSparseBackend:
             self._plans.popitem(last=False)
         return chunks
 
-    def _make_plan(self, inputs: AttentionInputs) -> list[_Chunk]:
+    def _make_plan(self, inputs: AttentionInputs) -> list[_Chunk] | _Band:
         q, pattern = inputs.query, inputs.pattern
         bq, bk, tq, tk = self.q_block, self.kv_block, inputs.q_len, inputs.kv_len
         b, h, _, d = q.shape
         dv = inputs.value.shape[-1]
         dev = q.device
         layout = self.layout(inputs)
+        band = self._band(inputs, layout)
+        if band is not None:
+            return band
         counts = layout.kv_counts()  # (nQB,)
         kv_index = layout.kv_indices().to(dev)  # (nQB, maxC), -1 padded
         full = layout.all
@@ -154,7 +157,75 @@ class BlockSparseBackend:
                 chunks.append(_Chunk(rows, _as_range(part), idx, keep, dead))
         return chunks
 
+    def _band(self, inputs: AttentionInputs, layout) -> _Band | None:
+        """A plan without gathers when every query block attends one run of consecutive key
+        blocks that slides with it (sliding windows, causal local): the spans are then
+        overlapping strided views of the (padded) keys."""
+        bq, bk, tq, tk = self.q_block, self.kv_block, inputs.q_len, inputs.kv_len
+        if bq % bk or inputs.pattern.depends_on_batch_head:
+            return None
+        step = bq // bk  # key blocks per query block
+        any_ = layout.any
+        n_qb, n_kb = any_.shape
+        has = any_.any(dim=1)
+        if not bool(has.any()):
+            return None
+        cols = torch.arange(n_kb).expand(n_qb, n_kb)
+        first = torch.where(any_, cols, n_kb).amin(dim=1)
+        last = torch.where(any_, cols, -1).amax(dim=1)
+        shift = torch.arange(n_qb) * step
+        lo = int((first - shift)[has].min())
+        hi = int((last - shift)[has].max())
+        width = hi - lo + 1
+        if width * n_qb > 1.25 * float(any_.sum()) + n_qb:  # too much waste: gather instead
+            return None
+        dev = inputs.query.device
+        pad_left = max(0, -lo) * bk
+        end = pad_left + ((n_qb - 1) * step + lo + width) * bk  # end of the last span, padded coords
+        pad_right = max(0, end - pad_left - tk)
+        q_pos = torch.arange(n_qb * bq, device=dev).view(n_qb, bq, 1)
+        starts = (torch.arange(n_qb, device=dev) * step + lo) * bk  # first key of each span
+        kv_pos = starts.view(n_qb, 1, 1) + torch.arange(width * bk, device=dev).view(1, 1, -1)
+        valid = (q_pos < tq) & (kv_pos >= 0) & (kv_pos < tk)
+        zero = torch.zeros((), dtype=torch.long, device=dev)
+        fn = inputs.pattern.mask_mod(tq, tk)
+        keep = fn(zero, zero, q_pos.clamp_max(tq - 1), kv_pos.clamp(0, tk - 1)) & valid  # (nQB, bq, S)
+        in_range = (kv_pos >= 0) & (kv_pos < tk)  # padding positions are zeros already
+        dead = (~keep.any(dim=-2, keepdim=True) & in_range).transpose(-1, -2)  # (nQB, S, 1)
+        return _Band(pad_left, pad_right, width, keep, dead if bool(dead.any()) else None)
+
+    def _run_band(self, inputs: AttentionInputs, band: _Band) -> Tensor:
+        q, k, v = inputs.query, inputs.key, inputs.value
+        bq, bk, tq = self.q_block, self.kv_block, inputs.q_len
+        b, h = q.shape[:2]
+        n_qb = band.keep.shape[0]
+        span = band.width * bk
+        q5 = _pad_blocks(q, bq)  # (B, H, nQB, bq, D)
+        kp = F.pad(k, (0, 0, band.pad_left, band.pad_right))  # (B, H, Tk + pads, D)
+        vp = F.pad(v, (0, 0, band.pad_left, band.pad_right))
+        mask = band.additive(q.dtype)  # (nQB, 1, bq, S): 0 / -inf, built once per dtype
+        dropout = inputs.dropout_p if inputs.dropout_active else 0.0
+        outs = []
+        for i in range(b):  # one strided view per sample: spans overlap in memory, no copy
+            ks = _spans(kp[i], n_qb, bq, span)  # (nQB, H, S, D)
+            vs = _spans(vp[i], n_qb, bq, span)
+            if band.dead is not None:  # keys no row of a block may attend: NaN must not leak
+                dead = band.dead.unsqueeze(1)  # (nQB, 1, S, 1)
+                ks, vs = ks.masked_fill(dead, 0), vs.masked_fill(dead, 0)
+            outs.append(
+                F.scaled_dot_product_attention(
+                    q5[i].transpose(0, 1), ks, vs, attn_mask=mask, dropout_p=dropout, scale=inputs.scale
+                )  # (nQB, H, bq, Dv)
+            )
+        out = outs[0].unsqueeze(0) if b == 1 else torch.stack(outs)  # (B, nQB, H, bq, Dv)
+        return out.transpose(1, 2).reshape(b, h, n_qb * bq, -1)[:, :, :tq]
+
     def run(self, inputs: AttentionInputs) -> AttentionOutput:
+        plan = self.plan(inputs)
+        if isinstance(plan, _Band):
+            return AttentionOutput(
+                out=self._run_band(inputs, plan), weights=None, lse=None, backend=self.name
+            )
         q, k, v = inputs.query, inputs.key, inputs.value
         bq, bk, tq = self.q_block, self.kv_block, inputs.q_len
         b, h, _, d = q.shape
@@ -164,7 +235,7 @@ class BlockSparseBackend:
         n_qb = q5.shape[2]
         dropout = inputs.dropout_p if inputs.dropout_active else 0.0
         rows_done, outs = [], []
-        for c in self.plan(inputs):
+        for c in plan:
             n, width = c.idx.shape
             qg = q5[:, :, c.span] if c.span is not None else q5[:, :, c.rows]  # (B, H, n, bq, D)
             kg = k5[:, :, c.idx].reshape(b, h, n, width * bk, d)  # (B, H, n, S, D)
@@ -197,6 +268,34 @@ class _Chunk:
     idx: Tensor  # long (n, C): key-block ids (padding slots point at block 0, masked)
     keep: Tensor | None  # bool (n, bq, S) or (B, H, n, bq, S); None = every pair allowed
     dead: Tensor | None  # bool (..., n, S, 1): keys no row of the block may attend
+
+
+@dataclass(frozen=True)
+class _Band:
+    """A banded plan: query block i attends keys ``[i*bq - pad_left, ... + width*kv_block)``
+    of the keys padded by ``pad_left``/``pad_right`` zeros."""
+
+    pad_left: int
+    pad_right: int
+    width: int  # key blocks per span
+    keep: Tensor  # bool (nQB, bq, S)
+    dead: Tensor | None  # bool (nQB, S, 1)
+    _additive: dict = field(default_factory=dict, compare=False)
+
+    def additive(self, dtype: torch.dtype) -> Tensor:
+        """The mask as an additive float (nQB, 1, bq, S) in ``dtype``: the fused kernel would
+        otherwise convert the bool mask on every call."""
+        if dtype not in self._additive:
+            zeros = torch.zeros(self.keep.shape, dtype=dtype, device=self.keep.device)
+            self._additive[dtype] = zeros.masked_fill_(~self.keep, float("-inf")).unsqueeze(1)
+        return self._additive[dtype]
+
+
+def _spans(t: Tensor, n: int, step: int, span: int) -> Tensor:
+    """(H, T', D) -> overlapping windows (n, H, span, D): window i starts at row i * step."""
+    h, _, d = t.shape
+    s_h, s_t, s_d = t.stride()
+    return t.as_strided((n, h, span, d), (step * s_t, s_h, s_t, s_d), t.storage_offset())
 
 
 def _as_range(ids: list[int]) -> slice | None:
