@@ -30,10 +30,11 @@ from .base import AttentionInputs
 __all__ = ["BlockSparseBackend"]
 
 
-def _pad_blocks(t: Tensor, block: int) -> Tensor:
-    """(B, H, T, D) -> (B, H, nB, block, D), zero-padded to a whole number of blocks."""
+def _pad_blocks(t: Tensor, block: int, extra: int = 0) -> Tensor:
+    """(B, H, T, D) -> (B, H, nB + extra, block, D), zero-padded to whole blocks (plus
+    ``extra`` all-zero blocks)."""
     b, h, n, d = t.shape
-    n_blocks = math.ceil(n / block)
+    n_blocks = math.ceil(n / block) + extra
     if n_blocks * block != n:
         t = F.pad(t, (0, 0, 0, n_blocks * block - n))
     return t.view(b, h, n_blocks, block, d)
@@ -118,11 +119,14 @@ class BlockSparseBackend:
         full = layout.all
         mask_fn = pattern.mask_mod(tq, tk)
         per_bh = pattern.depends_on_batch_head
-        # Group query blocks by ceil(log2(count)): similar spans pad little.
+        # Group query blocks by their number of key blocks (or by ceil(log2) of it when there
+        # are many different counts): spans are then padded little or not at all.
+        distinct = len(set(counts.tolist()) - {0})
         groups: dict[int, list[int]] = {}
         for i, c in enumerate(counts.tolist()):
             if c:
-                groups.setdefault((c - 1).bit_length(), []).append(i)
+                groups.setdefault(c if distinct <= 16 else (c - 1).bit_length(), []).append(i)
+        n_kb = layout.shape[1]  # padding slots point at block n_kb: an all-zero block
         span_bytes = b * h * bk * (d + dv) * q.element_size()
         chunks = []
         for members in groups.values():
@@ -133,15 +137,15 @@ class BlockSparseBackend:
                 rows = torch.tensor(part, device=dev)
                 idx = kv_index[rows, :width]  # (n, C), -1 = padding slot
                 slot_ok = idx >= 0
-                idx = idx.clamp_min(0)
+                idx = torch.where(slot_ok, idx, n_kb)
                 n = len(part)
                 q_pos = (rows * bq).view(n, 1, 1) + torch.arange(bq, device=dev).view(1, bq, 1)
                 kv_pos = (idx * bk).view(n, width, 1) + torch.arange(bk, device=dev).view(1, 1, bk)
                 kv_pos = kv_pos.view(n, 1, width * bk)
-                valid = (q_pos < tq) & (kv_pos < tk) & slot_ok.repeat_interleave(bk, dim=1).view(n, 1, -1)
-                is_full = bool(full[rows.cpu().unsqueeze(1), idx.cpu()][slot_ok.cpu()].all()) and bool(
-                    valid.all()
-                )
+                valid = (q_pos < tq) & (kv_pos < tk)  # padding slots start at n_kb * bk >= Tk
+                in_range = kv_pos < tk  # the rest is zero padding: nothing can leak from it
+                blocks_full = full[rows.cpu().unsqueeze(1), idx.clamp_max(n_kb - 1).cpu()]
+                is_full = bool(blocks_full.all()) and bool(valid.all())
                 keep = dead = None
                 if not is_full:
                     q_pos, kv_pos = q_pos.clamp_max(tq - 1), kv_pos.clamp_max(tk - 1)  # real positions only
@@ -152,7 +156,8 @@ class BlockSparseBackend:
                     else:  # (n, bq, S), shared by batch and heads
                         zero = torch.zeros((), dtype=torch.long, device=dev)
                         keep = mask_fn(zero, zero, q_pos, kv_pos) & valid
-                    dead = ~keep.any(dim=-2).unsqueeze(-1)  # (..., n, S, 1): keys no row may attend
+                    # keys no row may attend, among the real ones: NaN placed there must not leak
+                    dead = (~keep.any(dim=-2, keepdim=True) & in_range).transpose(-1, -2)  # (..., n, S, 1)
                     dead = dead if bool(dead.any()) else None
                 chunks.append(_Chunk(rows, _as_range(part), idx, keep, dead))
         return chunks
@@ -220,6 +225,9 @@ class BlockSparseBackend:
         out = outs[0].unsqueeze(0) if b == 1 else torch.stack(outs)  # (B, nQB, H, bq, Dv)
         return out.transpose(1, 2).reshape(b, h, n_qb * bq, -1)[:, :, :tq]
 
+    def _n_kb(self, inputs: AttentionInputs) -> int:
+        return math.ceil(inputs.kv_len / self.kv_block)
+
     def run(self, inputs: AttentionInputs) -> AttentionOutput:
         plan = self.plan(inputs)
         if isinstance(plan, _Band):
@@ -231,17 +239,22 @@ class BlockSparseBackend:
         b, h, _, d = q.shape
         dv = v.shape[-1]
         q5 = _pad_blocks(q, bq)  # (B, H, nQB, bq, D)
-        k5, v5 = _pad_blocks(k, bk), _pad_blocks(v, bk)  # (B, H, nKB, bk, D)
+        # (B*H, nKB + 1, bk*D): key/value blocks as rows, plus one zero block for padding slots
+        extra = int(any(bool((c.idx == c.idx.new_tensor(self._n_kb(inputs))).any()) for c in plan))
+        k_rows = _pad_blocks(k, bk, extra=extra).view(b * h, -1, bk * d)
+        v_rows = _pad_blocks(v, bk, extra=extra).view(b * h, -1, bk * dv)
         n_qb = q5.shape[2]
         dropout = inputs.dropout_p if inputs.dropout_active else 0.0
         rows_done, outs = [], []
         for c in plan:
             n, width = c.idx.shape
             qg = q5[:, :, c.span] if c.span is not None else q5[:, :, c.rows]  # (B, H, n, bq, D)
-            kg = k5[:, :, c.idx].reshape(b, h, n, width * bk, d)  # (B, H, n, S, D)
-            vg = v5[:, :, c.idx].reshape(b, h, n, width * bk, dv)
+            flat = c.idx.flatten()
+            kg = k_rows.index_select(1, flat).view(b, h, n, width * bk, d)  # (B, H, n, S, D)
+            vg = v_rows.index_select(1, flat).view(b, h, n, width * bk, dv)
             if c.dead is not None:  # NaN/inf in keys no row may attend must not leak
-                kg, vg = kg.masked_fill(c.dead, 0), vg.masked_fill(c.dead, 0)
+                kg.masked_fill_(c.dead, 0)  # in place: kg, vg are fresh gathers, not views
+                vg.masked_fill_(c.dead, 0)
             # the fused kernel wants 4-D (batch, heads, L, E): fold (B, n) -> batch
             out = F.scaled_dot_product_attention(
                 _fold(qg), _fold(kg), _fold(vg),
