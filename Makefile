@@ -33,7 +33,8 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 
 bench: setup
-	$(VENV)/bin/qkv bench
+	$(VENV)/bin/qkv bench dense
+	@if [ -f benchmarks/attention_long.py ]; then $(VENV)/bin/qkv bench long; fi
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache

@@ -229,3 +229,14 @@ def test_entry_points_in_a_subprocess(entry):
     assert bad.returncode == 2
     assert "qkv: error: argument --keys" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_bench_picks_a_suite_by_name(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "attention_long.py").write_text(
+        "import sys\nif __name__ == '__main__':\n    print('long args', sys.argv[1:])\n"
+    )
+    code, out, _ = run(capsys, "bench", "long", "--quick")
+    assert code == 0
+    assert "long args ['--quick']" in out

@@ -3,7 +3,7 @@
     qkv --version
     qkv explain [...]     every step of an attention computation (see ``qkv explain --help``)
     qkv demo              the three worked examples of the source articles, one after the other
-    qkv bench [ARGS...]   runs ./benchmarks/attention_dense.py (from a qkv checkout)
+    qkv bench [SUITE] [ARGS...]   runs ./benchmarks/attention_<SUITE>.py (dense by default; long)
 
 :func:`main` returns the exit code instead of exiting; user errors print
 ``qkv: error: <message>`` on stderr and return 2, never a traceback.
@@ -24,7 +24,15 @@ from . import explain as explain_cmd
 
 __all__ = ["BENCH_SCRIPT", "build_parser", "main"]
 
+BENCH_SUITES = ("dense", "long")
 BENCH_SCRIPT = Path("benchmarks") / "attention_dense.py"
+
+
+def _bench_script(args: list[str]) -> tuple[Path, list[str]]:
+    """``[SUITE] ARGS...`` -> the suite's script and the arguments left for it."""
+    if args and args[0] in BENCH_SUITES:
+        return Path("benchmarks") / f"attention_{args[0]}.py", args[1:]
+    return BENCH_SCRIPT, args
 
 
 class _Parser(argparse.ArgumentParser):
@@ -66,14 +74,15 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    script = Path.cwd() / BENCH_SCRIPT
+    relative, rest = _bench_script(args.args)
+    script = Path.cwd() / relative
     if not script.is_file():
         raise CommandError(
-            f"{BENCH_SCRIPT.as_posix()} not found in {Path.cwd()}: run `qkv bench` from the root of a "
+            f"{relative.as_posix()} not found in {Path.cwd()}: run `qkv bench` from the root of a "
             "qkv checkout"
         )
     saved_argv, saved_path = sys.argv[:], sys.path[:]
-    sys.argv = [str(script), *args.args]
+    sys.argv = [str(script), *rest]
     sys.path.insert(0, str(script.parent))  # as `python benchmarks/attention_dense.py` would
     try:
         runpy.run_path(str(script), run_name="__main__")
@@ -101,11 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_demo)
     bench = sub.add_parser(
         "bench",
-        help=f"run ./{BENCH_SCRIPT.as_posix()} (from a qkv checkout)",
-        description=f"Runs ./{BENCH_SCRIPT.as_posix()} as a script; the remaining arguments are passed to it.",
+        help="run a benchmark suite: dense (default) or long (from a qkv checkout)",
+        description=(
+            "Runs ./benchmarks/attention_SUITE.py as a script (SUITE: dense, the default, or long); "
+            "the remaining arguments are passed to it."
+        ),
     )
     bench.add_argument(
-        "args", nargs="*", metavar="ARG", help="arguments for the benchmark script, passed as is"
+        "args", nargs="*", metavar="[SUITE] ARG", help="a suite name, then arguments for its script"
     )
     bench.set_defaults(handler=_bench)
     return parser
