@@ -76,8 +76,8 @@ class DispatchReport:
         lines = [f"requested: {self.requested}; runs: {self.chosen or 'nothing (see reasons)'}"]
         for name in PRIORITY:
             why = self.reasons.get(name, [])
-            mark = "ok" if not why else "; ".join(why)
-            lines.append(f"  {name:<10} {mark}")
+            mark = "; ".join(why) if why else ("ok <- runs" if name == self.chosen else "ok")
+            lines.append(f"  {name:<12} {mark}")
         return "\n".join(lines)
 
 
