@@ -114,15 +114,20 @@ def test_blocksparse_reasons_and_auto():
     assert any("dense pattern" in r for r in rep.reasons["blocksparse"])
 
 
-def test_band_path_is_taken_for_windows():
+def test_plan_pieces_for_windows_and_longformer():
+    """Windows are one band of strided views (no gather); Longformer adds gathered extras."""
     backend = BACKENDS["blocksparse"]
     q = torch.randn(1, 2, 64, 8)
-    inputs, _ = prepare(q, q, q, mask=masks.sliding_window(9))
-    plan = backend.plan(inputs)
-    if backend.q_block % backend.kv_block == 0:
-        assert type(plan).__name__ == "_Band"
-    else:
-        assert isinstance(plan, list)
+    window, _ = prepare(q, q, q, mask=masks.sliding_window(9))
+    plan = backend.plan(window)
+    banded = backend.q_block % backend.kv_block == 0
+    assert (plan.width > 0) == banded
+    if banded:
+        assert [p.idx is None for p in plan.pieces] == [True]
+    longformer, _ = prepare(q, q, q, mask=masks.longformer(9, [0, 1]))
+    kinds = [p.idx is None for p in backend.plan(longformer).pieces]
+    assert kinds.count(False) >= 1
+    assert kinds.count(True) == int(banded)
 
 
 @pytest.mark.parametrize("garbage", [float("nan"), float("-inf")])

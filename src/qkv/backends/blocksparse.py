@@ -1,22 +1,28 @@
 """The ``blocksparse`` backend: compute only the key blocks a sparse pattern touches.
 
 Equal to the reference backend within tolerance, for ``dot``/``scaled_dot`` scores with a
-:class:`qkv.masks.Mask` pattern (sliding window, Longformer, BigBird, ...). Memory is
-``O(T x window)``, never ``O(T^2)``: no ``Tq x Tk`` tensor is built. Shapes::
+:class:`qkv.masks.Mask` pattern (sliding window, Longformer, BigBird, ...), forward and backward.
+Memory is ``O(T x window)``: no ``Tq x Tk`` tensor is ever built. Shapes::
 
-    query (B, H, Tq, D), key (B, H, Tk, D), value (B, H, Tk, Dv) -> out (B, H, Tq, Dv)
+    query (B, H, Tq, D), key (B, H, Tk, D), value (B, H, Tk, Dv)
+    -> out (B, H, Tq, Dv), lse (B, H, Tq)
 
-How: the pattern's block layout lists, for each query block, the key blocks it may attend.
-Query blocks are grouped by how many key blocks they need (so one global row does not pad every
-other row to the full length); each group gathers its key/value blocks into a contiguous span
-``(blocks, C * kv_block, D)`` and runs PyTorch's fused SDPA kernel on ``(blocks, q_block, span)``
-with the in-block mask evaluated from the pattern's ``mask_mod``. Every query row sees all its
-keys in one softmax, so the result is exact, and the backward comes from SDPA and the gathers.
+How. The pattern's block layout says which ``q_block x kv_block`` tiles may hold an allowed
+pair. They are split into pieces, each one call of PyTorch's fused CPU attention kernel:
+
+* the **band**: the run of key blocks that slides with the query block (a sliding window's
+  diagonal). Every query block's span is an overlapping strided *view* of the keys: no copy.
+* the **extras**: the other tiles of each query block (global columns, random blocks, whole
+  rows of global tokens), gathered per query block and grouped by count so none is padded.
+
+A row's pieces are merged exactly by their log-sum-exps (``out = sum_p exp(lse_p - lse) out_p``,
+``lse = logsumexp_p lse_p``), the same merge FlashAttention uses across key blocks. The backward
+runs the fused kernel's backward on each piece with the merged output and log-sum-exp (as ring
+attention does), and adds the key gradients back through the views and gathers.
 """
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -29,51 +35,43 @@ from .base import AttentionInputs
 
 __all__ = ["BlockSparseBackend"]
 
-
-def _pad_blocks(t: Tensor, block: int, extra: int = 0) -> Tensor:
-    """(B, H, T, D) -> (B, H, nB + extra, block, D), zero-padded to whole blocks (plus
-    ``extra`` all-zero blocks)."""
-    b, h, n, d = t.shape
-    n_blocks = math.ceil(n / block) + extra
-    if n_blocks * block != n:
-        t = F.pad(t, (0, 0, 0, n_blocks * block - n))
-    return t.view(b, h, n_blocks, block, d)
+_ops = torch.ops.aten
+_FLASH = getattr(_ops, "_scaled_dot_product_flash_attention_for_cpu", None)
+_FLASH_BACKWARD = getattr(_ops, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
 
 
 class BlockSparseBackend:
     """Block-sparse attention for patterns (see the module docstring).
 
     Args:
-        q_block, kv_block: tile sizes (64 matches the fused kernel's sweet spot on CPU).
-        max_gather_bytes: bound on the gathered key+value span of one group chunk (forward
-            memory stays near this, plus the output).
+        q_block, kv_block: tile sizes; ``q_block`` must be a multiple of ``kv_block`` for the
+            band (else everything is gathered). 64 suits the fused CPU kernel.
         auto_max_density: ``auto`` prefers SDPA on the dense mask above this fraction of tiles.
     """
 
     name = "blocksparse"
 
-    def __init__(
-        self,
-        q_block: int = 64,
-        kv_block: int = 64,
-        max_gather_bytes: int = 64 << 20,
-        auto_max_density: float = 0.5,
-    ) -> None:
-        self.q_block, self.kv_block = q_block, kv_block
-        self.max_gather_bytes, self.auto_max_density = max_gather_bytes, auto_max_density
+    def __init__(self, q_block: int = 64, kv_block: int = 64, auto_max_density: float = 0.5) -> None:
+        self.q_block, self.kv_block, self.auto_max_density = q_block, kv_block, auto_max_density
         self.cache_size = 8
         self._plans: OrderedDict = OrderedDict()
 
     def supports(self, inputs: AttentionInputs) -> list[str]:
         reasons = []
+        if _FLASH is None or _FLASH_BACKWARD is None:
+            reasons.append(f"torch {torch.__version__} lacks the fused CPU attention kernel with log-sum-exp")
         if inputs.pattern is None:
             reasons.append("no mask pattern (blocksparse needs a qkv.masks.Mask such as sliding_window)")
         if inputs.score not in ("dot", "scaled_dot"):
             reasons.append(f"score {inputs.score!r}: blocksparse runs dot/scaled_dot (use chunked)")
         if inputs.bias is not None:
             reasons.append("bias: blocksparse does not gather biases (use chunked)")
+        if inputs.dropout_active:
+            reasons.append("dropout: blocksparse has no attention dropout")
         if inputs.query.dim() != 4:
             reasons.append(f"layout: expected 4-D (B, H, T, D) inputs, got {inputs.query.dim()}-D")
+        elif inputs.query.device.type != "cpu":
+            reasons.append(f"device {inputs.query.device.type}: blocksparse runs the CPU kernel (use flex)")
         if inputs.q_len == 0 or inputs.kv_len == 0:
             reasons.append("an empty sequence (Tq = 0 or Tk = 0)")
         return reasons
@@ -89,243 +87,371 @@ class BlockSparseBackend:
     def layout(self, inputs: AttentionInputs):
         return inputs.pattern.block_layout(inputs.q_len, inputs.kv_len, self.q_block, self.kv_block)
 
-    def plan(self, inputs: AttentionInputs) -> list[_Chunk]:
-        """The gather plan of these inputs (cached per pattern, lengths, shapes and device)."""
-        q, v, pattern = inputs.query, inputs.value, inputs.pattern
-        b, h, _, d = q.shape
-        key = (id(pattern), inputs.q_len, inputs.kv_len, b, h, d, v.shape[-1], q.element_size(), q.device)
+    def plan(self, inputs: AttentionInputs) -> _Plan:
+        """The pieces of these inputs (cached per pattern, lengths, batch and device)."""
+        pattern = inputs.pattern
+        b, h = inputs.query.shape[:2]
+        key = (
+            id(pattern),
+            inputs.q_len,
+            inputs.kv_len,
+            b,
+            h,
+            self.q_block,
+            self.kv_block,
+            inputs.query.device,
+        )
         hit = self._plans.get(key)
         if hit is not None and hit[0] is pattern:
             self._plans.move_to_end(key)
             return hit[1]
-        chunks = self._make_plan(inputs)
-        self._plans[key] = (pattern, chunks)
+        plan = _make_plan(inputs, self.layout(inputs), self.q_block, self.kv_block)
+        self._plans[key] = (pattern, plan)
         while len(self._plans) > self.cache_size:
             self._plans.popitem(last=False)
-        return chunks
-
-    def _make_plan(self, inputs: AttentionInputs) -> list[_Chunk] | _Band:
-        q, pattern = inputs.query, inputs.pattern
-        bq, bk, tq, tk = self.q_block, self.kv_block, inputs.q_len, inputs.kv_len
-        b, h, _, d = q.shape
-        dv = inputs.value.shape[-1]
-        dev = q.device
-        layout = self.layout(inputs)
-        band = self._band(inputs, layout)
-        if band is not None:
-            return band
-        counts = layout.kv_counts()  # (nQB,)
-        kv_index = layout.kv_indices().to(dev)  # (nQB, maxC), -1 padded
-        full = layout.all
-        mask_fn = pattern.mask_mod(tq, tk)
-        per_bh = pattern.depends_on_batch_head
-        # Group query blocks by their number of key blocks (or by ceil(log2) of it when there
-        # are many different counts): spans are then padded little or not at all.
-        distinct = len(set(counts.tolist()) - {0})
-        groups: dict[int, list[int]] = {}
-        for i, c in enumerate(counts.tolist()):
-            if c:
-                groups.setdefault(c if distinct <= 16 else (c - 1).bit_length(), []).append(i)
-        n_kb = layout.shape[1]  # padding slots point at block n_kb: an all-zero block
-        span_bytes = b * h * bk * (d + dv) * q.element_size()
-        chunks = []
-        for members in groups.values():
-            width = int(counts[members].max())
-            size = max(1, self.max_gather_bytes // (span_bytes * width))
-            for start in range(0, len(members), size):
-                part = members[start : start + size]
-                rows = torch.tensor(part, device=dev)
-                idx = kv_index[rows, :width]  # (n, C), -1 = padding slot
-                slot_ok = idx >= 0
-                idx = torch.where(slot_ok, idx, n_kb)
-                n = len(part)
-                q_pos = (rows * bq).view(n, 1, 1) + torch.arange(bq, device=dev).view(1, bq, 1)
-                kv_pos = (idx * bk).view(n, width, 1) + torch.arange(bk, device=dev).view(1, 1, bk)
-                kv_pos = kv_pos.view(n, 1, width * bk)
-                valid = (q_pos < tq) & (kv_pos < tk)  # padding slots start at n_kb * bk >= Tk
-                in_range = kv_pos < tk  # the rest is zero padding: nothing can leak from it
-                blocks_full = full[rows.cpu().unsqueeze(1), idx.clamp_max(n_kb - 1).cpu()]
-                is_full = bool(blocks_full.all()) and bool(valid.all())
-                keep = dead = None
-                if not is_full:
-                    q_pos, kv_pos = q_pos.clamp_max(tq - 1), kv_pos.clamp_max(tk - 1)  # real positions only
-                    if per_bh:  # (B, H, n, bq, S)
-                        b_idx = torch.arange(b, device=dev).view(b, 1, 1, 1, 1)
-                        h_idx = torch.arange(h, device=dev).view(1, h, 1, 1, 1)
-                        keep = mask_fn(b_idx, h_idx, q_pos, kv_pos) & valid
-                    else:  # (n, bq, S), shared by batch and heads
-                        zero = torch.zeros((), dtype=torch.long, device=dev)
-                        keep = mask_fn(zero, zero, q_pos, kv_pos) & valid
-                    # keys no row may attend, among the real ones: NaN placed there must not leak
-                    dead = (~keep.any(dim=-2, keepdim=True) & in_range).transpose(-1, -2)  # (..., n, S, 1)
-                    dead = dead if bool(dead.any()) else None
-                chunks.append(_Chunk(rows, _as_range(part), idx, keep, dead))
-        return chunks
-
-    def _band(self, inputs: AttentionInputs, layout) -> _Band | None:
-        """A plan without gathers when every query block attends one run of consecutive key
-        blocks that slides with it (sliding windows, causal local): the spans are then
-        overlapping strided views of the (padded) keys."""
-        bq, bk, tq, tk = self.q_block, self.kv_block, inputs.q_len, inputs.kv_len
-        if bq % bk or inputs.pattern.depends_on_batch_head:
-            return None
-        step = bq // bk  # key blocks per query block
-        any_ = layout.any
-        n_qb, n_kb = any_.shape
-        has = any_.any(dim=1)
-        if not bool(has.any()):
-            return None
-        cols = torch.arange(n_kb).expand(n_qb, n_kb)
-        first = torch.where(any_, cols, n_kb).amin(dim=1)
-        last = torch.where(any_, cols, -1).amax(dim=1)
-        shift = torch.arange(n_qb) * step
-        lo = int((first - shift)[has].min())
-        hi = int((last - shift)[has].max())
-        width = hi - lo + 1
-        if width * n_qb > 1.25 * float(any_.sum()) + n_qb:  # too much waste: gather instead
-            return None
-        dev = inputs.query.device
-        pad_left = max(0, -lo) * bk
-        end = pad_left + ((n_qb - 1) * step + lo + width) * bk  # end of the last span, padded coords
-        pad_right = max(0, end - pad_left - tk)
-        q_pos = torch.arange(n_qb * bq, device=dev).view(n_qb, bq, 1)
-        starts = (torch.arange(n_qb, device=dev) * step + lo) * bk  # first key of each span
-        kv_pos = starts.view(n_qb, 1, 1) + torch.arange(width * bk, device=dev).view(1, 1, -1)
-        valid = (q_pos < tq) & (kv_pos >= 0) & (kv_pos < tk)
-        zero = torch.zeros((), dtype=torch.long, device=dev)
-        fn = inputs.pattern.mask_mod(tq, tk)
-        keep = fn(zero, zero, q_pos.clamp_max(tq - 1), kv_pos.clamp(0, tk - 1)) & valid  # (nQB, bq, S)
-        in_range = (kv_pos >= 0) & (kv_pos < tk)  # padding positions are zeros already
-        dead = (~keep.any(dim=-2, keepdim=True) & in_range).transpose(-1, -2)  # (nQB, S, 1)
-        return _Band(pad_left, pad_right, width, keep, dead if bool(dead.any()) else None)
-
-    def _run_band(self, inputs: AttentionInputs, band: _Band) -> Tensor:
-        q, k, v = inputs.query, inputs.key, inputs.value
-        bq, bk, tq = self.q_block, self.kv_block, inputs.q_len
-        b, h = q.shape[:2]
-        n_qb = band.keep.shape[0]
-        span = band.width * bk
-        q5 = _pad_blocks(q, bq)  # (B, H, nQB, bq, D)
-        kp = F.pad(k, (0, 0, band.pad_left, band.pad_right))  # (B, H, Tk + pads, D)
-        vp = F.pad(v, (0, 0, band.pad_left, band.pad_right))
-        mask = band.additive(q.dtype)  # (nQB, 1, bq, S): 0 / -inf, built once per dtype
-        dropout = inputs.dropout_p if inputs.dropout_active else 0.0
-        outs = []
-        for i in range(b):  # one strided view per sample: spans overlap in memory, no copy
-            ks = _spans(kp[i], n_qb, bq, span)  # (nQB, H, S, D)
-            vs = _spans(vp[i], n_qb, bq, span)
-            if band.dead is not None:  # keys no row of a block may attend: NaN must not leak
-                dead = band.dead.unsqueeze(1)  # (nQB, 1, S, 1)
-                ks, vs = ks.masked_fill(dead, 0), vs.masked_fill(dead, 0)
-            outs.append(
-                F.scaled_dot_product_attention(
-                    q5[i].transpose(0, 1), ks, vs, attn_mask=mask, dropout_p=dropout, scale=inputs.scale
-                )  # (nQB, H, bq, Dv)
-            )
-        out = outs[0].unsqueeze(0) if b == 1 else torch.stack(outs)  # (B, nQB, H, bq, Dv)
-        return out.transpose(1, 2).reshape(b, h, n_qb * bq, -1)[:, :, :tq]
-
-    def _n_kb(self, inputs: AttentionInputs) -> int:
-        return math.ceil(inputs.kv_len / self.kv_block)
+        return plan
 
     def run(self, inputs: AttentionInputs) -> AttentionOutput:
         plan = self.plan(inputs)
-        if isinstance(plan, _Band):
-            return AttentionOutput(
-                out=self._run_band(inputs, plan), weights=None, lse=None, backend=self.name
-            )
-        q, k, v = inputs.query, inputs.key, inputs.value
-        bq, bk, tq = self.q_block, self.kv_block, inputs.q_len
-        b, h, _, d = q.shape
-        dv = v.shape[-1]
-        q5 = _pad_blocks(q, bq)  # (B, H, nQB, bq, D)
-        # (B*H, nKB + 1, bk*D): key/value blocks as rows, plus one zero block for padding slots
-        extra = int(any(bool((c.idx == c.idx.new_tensor(self._n_kb(inputs))).any()) for c in plan))
-        k_rows = _pad_blocks(k, bk, extra=extra).view(b * h, -1, bk * d)
-        v_rows = _pad_blocks(v, bk, extra=extra).view(b * h, -1, bk * dv)
-        n_qb = q5.shape[2]
-        dropout = inputs.dropout_p if inputs.dropout_active else 0.0
-        rows_done, outs = [], []
-        for c in plan:
-            n, width = c.idx.shape
-            qg = q5[:, :, c.span] if c.span is not None else q5[:, :, c.rows]  # (B, H, n, bq, D)
-            flat = c.idx.flatten()
-            kg = k_rows.index_select(1, flat).view(b, h, n, width * bk, d)  # (B, H, n, S, D)
-            vg = v_rows.index_select(1, flat).view(b, h, n, width * bk, dv)
-            if c.dead is not None:  # NaN/inf in keys no row may attend must not leak
-                kg.masked_fill_(c.dead, 0)  # in place: kg, vg are fresh gathers, not views
-                vg.masked_fill_(c.dead, 0)
-            # the fused kernel wants 4-D (batch, heads, L, E): fold (B, n) -> batch
-            out = F.scaled_dot_product_attention(
-                _fold(qg), _fold(kg), _fold(vg),
-                attn_mask=None if c.keep is None else _fold_mask(c.keep, b),
-                dropout_p=dropout,
-                scale=inputs.scale,
-            )  # fmt: skip
-            outs.append(out.view(b, n, h, bq, dv))
-            rows_done.append(c.rows)
-        out = torch.cat(outs, dim=1) if outs else q.new_zeros((b, 0, h, bq, dv))  # (B, N, H, bq, Dv)
-        rows = torch.cat(rows_done) if rows_done else torch.zeros(0, dtype=torch.long, device=q.device)
-        if rows.numel() != n_qb or not torch.equal(rows, torch.arange(n_qb, device=rows.device)):
-            out = q.new_zeros((b, n_qb, h, bq, dv), dtype=v.dtype).index_copy(1, rows, out)
-        out = out.transpose(1, 2).reshape(b, h, n_qb * bq, dv)[:, :, :tq]  # (B, H, Tq, Dv)
-        return AttentionOutput(out=out, weights=None, lse=None, backend=self.name)
+        out, lse = _BlockSparseAttention.apply(inputs.query, inputs.key, inputs.value, plan, inputs.scale)
+        return AttentionOutput(out=out, weights=None, lse=lse, backend=self.name)
+
+
+# ----------------------------------------------------------------------------- the plan
 
 
 @dataclass(frozen=True)
-class _Chunk:
-    """One SDPA call: ``n`` query blocks and their ``C`` key blocks each."""
+class _Piece:
+    """One fused-kernel call: ``n`` query blocks against ``S`` keys each."""
 
     rows: Tensor  # long (n,): query-block ids
-    span: slice | None  # the same ids as a slice when contiguous (no gather copy)
-    idx: Tensor  # long (n, C): key-block ids (padding slots point at block 0, masked)
-    keep: Tensor | None  # bool (n, bq, S) or (B, H, n, bq, S); None = every pair allowed
-    dead: Tensor | None  # bool (..., n, S, 1): keys no row of the block may attend
-
-
-@dataclass(frozen=True)
-class _Band:
-    """A banded plan: query block i attends keys ``[i*bq - pad_left, ... + width*kv_block)``
-    of the keys padded by ``pad_left``/``pad_right`` zeros."""
-
-    pad_left: int
-    pad_right: int
-    width: int  # key blocks per span
-    keep: Tensor  # bool (nQB, bq, S)
-    dead: Tensor | None  # bool (nQB, S, 1)
+    span: slice | None  # the same ids as a slice when they are consecutive
+    idx: Tensor | None  # long (n, C): gathered key-block ids (n_kb = the zero block); None = band
+    # In the kernel's order; with a leading B (and H instead of 1) when the pattern depends on
+    # the batch or head:
+    keep: Tensor  # bool (n, 1, bq, S) | (B, n, H, bq, S)
+    row_any: Tensor  # bool (n, 1, bq) | (B, n, H, bq): the row has a key in this piece
+    dead: Tensor | None  # bool (n, 1, S, 1) | (B, n, H, S, 1): real keys no row may attend
     _additive: dict = field(default_factory=dict, compare=False)
 
     def additive(self, dtype: torch.dtype) -> Tensor:
-        """The mask as an additive float (nQB, 1, bq, S) in ``dtype``: the fused kernel would
-        otherwise convert the bool mask on every call."""
+        """The mask as 0 / -inf in ``dtype`` (same shape as ``keep``), built once per dtype."""
         if dtype not in self._additive:
             zeros = torch.zeros(self.keep.shape, dtype=dtype, device=self.keep.device)
-            self._additive[dtype] = zeros.masked_fill_(~self.keep, float("-inf")).unsqueeze(1)
+            self._additive[dtype] = zeros.masked_fill_(~self.keep, float("-inf"))
         return self._additive[dtype]
 
 
-def _spans(t: Tensor, n: int, step: int, span: int) -> Tensor:
-    """(H, T', D) -> overlapping windows (n, H, span, D): window i starts at row i * step."""
-    h, _, d = t.shape
-    s_h, s_t, s_d = t.stride()
-    return t.as_strided((n, h, span, d), (step * s_t, s_h, s_t, s_d), t.storage_offset())
+@dataclass(frozen=True)
+class _Plan:
+    q_block: int
+    kv_block: int
+    n_qb: int
+    n_kb: int
+    step: int  # key blocks per query block (q_block // kv_block)
+    lo: int  # band: query block i sees key blocks i*step+lo .. i*step+lo+width-1
+    width: int  # 0: no band
+    pad_left: int  # zero keys added before the keys for the band's views
+    pad_right: int
+    per_batch: bool
+    pieces: list[_Piece]
 
 
 def _as_range(ids: list[int]) -> slice | None:
-    return slice(ids[0], ids[-1] + 1) if ids == list(range(ids[0], ids[-1] + 1)) else None
+    return slice(ids[0], ids[-1] + 1) if ids and ids == list(range(ids[0], ids[-1] + 1)) else None
 
 
-def _fold(t: Tensor) -> Tensor:
-    """(B, H, n, L, E) -> (B*n, H, L, E); a strided view when B == 1 (no copy)."""
-    b, h, n, length, e = t.shape
-    if b == 1:
-        return t[0].transpose(0, 1)
-    return t.transpose(1, 2).reshape(b * n, h, length, e)
+def _make_plan(inputs: AttentionInputs, layout, bq: int, bk: int) -> _Plan:
+    tq, tk, dev = inputs.q_len, inputs.kv_len, inputs.query.device
+    b = inputs.query.shape[0]
+    any_ = layout.any.cpu()  # (nQB, nKB)
+    n_qb, n_kb = any_.shape
+    step = bq // bk if bq % bk == 0 else 0
+    per_batch = inputs.pattern.depends_on_batch_head
+    fn = inputs.pattern.mask_mod(tq, tk)
+    rows_all = torch.arange(n_qb)
+    cols_all = torch.arange(n_kb)
+
+    # The band: offsets (key block - query block * step) that most query blocks use.
+    lo, width = 0, 0
+    nonempty = any_.any(dim=1)
+    if step and bool(nonempty.any()):
+        offsets = cols_all.view(1, -1) - rows_all.view(-1, 1) * step  # (nQB, nKB)
+        used = torch.zeros(n_kb + n_qb * step + 1, dtype=torch.long)
+        base = n_qb * step
+        used.index_add_(0, (offsets[any_] + base), torch.ones(int(any_.sum()), dtype=torch.long))
+        common = torch.nonzero(used >= 0.5 * float(nonempty.sum())).flatten() - base
+        if common.numel():
+            lo, width = int(common.min()), int(common.max() - common.min() + 1)
+    in_band = torch.zeros_like(any_)
+    if width:
+        off = cols_all.view(1, -1) - rows_all.view(-1, 1) * step
+        in_band = (off >= lo) & (off < lo + width)
+    extras = any_ & ~in_band
+
+    h = inputs.query.shape[1]
+
+    def evaluate(q_pos: Tensor, kv_pos: Tensor) -> tuple[Tensor, Tensor]:
+        """keep (n, 1, bq, S) | (B, n, H, bq, S) and the real-key flag (n, 1, 1, S), for query
+        positions (n, bq) and key positions (n, S)."""
+        q4, kv4 = q_pos.view(q_pos.shape[0], 1, -1, 1), kv_pos.view(kv_pos.shape[0], 1, 1, -1)
+        real = (kv4 >= 0) & (kv4 < tk)
+        valid = (q4 < tq) & real
+        qc, kc = q4.clamp(0, tq - 1), kv4.clamp(0, tk - 1)
+        if per_batch:
+            bb = torch.arange(b, device=dev).view(b, 1, 1, 1, 1)
+            hh = torch.arange(h, device=dev).view(1, 1, h, 1, 1)
+            keep = fn(bb, hh, qc.unsqueeze(0), kc.unsqueeze(0)) & valid
+        else:
+            zero = torch.zeros((), dtype=torch.long, device=dev)
+            keep = fn(zero, zero, qc, kc) & valid
+        return keep, real
+
+    def piece(rows: list[int], idx: Tensor | None) -> _Piece:
+        r = torch.tensor(rows, device=dev)
+        q_pos = (r * bq).view(-1, 1) + torch.arange(bq, device=dev).view(1, bq)  # (n, bq)
+        if idx is None:
+            starts = (r * step + lo) * bk
+            kv_pos = starts.view(-1, 1) + torch.arange(width * bk, device=dev).view(1, -1)  # (n, S)
+        else:
+            kv_pos = (idx * bk).view(len(rows), -1, 1) + torch.arange(bk, device=dev).view(1, 1, bk)
+            kv_pos = kv_pos.view(len(rows), -1)
+            kv_pos = torch.where(kv_pos >= n_kb * bk, -1, kv_pos)  # the zero block: no key
+        keep, real = evaluate(q_pos, kv_pos)
+        dead = (~keep.any(dim=-2) & real.squeeze(-2)).unsqueeze(-1)  # (n, 1, S, 1) | (B, n, H, S, 1)
+        return _Piece(
+            rows=r,
+            span=_as_range(rows),
+            idx=idx,
+            keep=keep,
+            row_any=keep.any(dim=-1),
+            dead=dead if bool(dead.any()) else None,
+        )
+
+    pieces = []
+    if width:
+        band_rows = torch.nonzero((any_ & in_band).any(dim=1)).flatten().tolist()
+        if band_rows:  # one consecutive run: the views need no gather
+            pieces.append(piece(list(range(band_rows[0], band_rows[-1] + 1)), None))
+    counts = extras.sum(dim=1)
+    distinct = len(set(counts.tolist()) - {0})
+    groups: dict[int, list[int]] = {}
+    for i, c in enumerate(counts.tolist()):
+        if c:
+            groups.setdefault(c if distinct <= 16 else (c - 1).bit_length(), []).append(i)
+    cap = max(1, (32 << 20) // (b * bq * bk * 4))  # bound one gather's rows x blocks
+    for members in groups.values():
+        c_max = int(counts[members].max())
+        per_piece = max(1, cap // c_max)
+        for start in range(0, len(members), per_piece):
+            rows = members[start : start + per_piece]
+            cols = [torch.nonzero(extras[i]).flatten() for i in rows]
+            idx = torch.full((len(rows), c_max), n_kb, dtype=torch.long)
+            for j, c in enumerate(cols):
+                idx[j, : c.numel()] = c
+            pieces.append(piece(rows, idx.to(dev)))
+    pad_left = max(0, -lo) * bk if width else 0
+    end = ((n_qb - 1) * step + lo + width) * bk if width else 0  # last band key, unpadded coords
+    pad_right = max(0, end - tk) if width else 0
+    return _Plan(bq, bk, n_qb, n_kb, step, lo, width, pad_left, pad_right, per_batch, pieces)
 
 
-def _fold_mask(keep: Tensor, b: int) -> Tensor:
-    """(n, bq, S) -> (n|B*n, 1, bq, S); (B, H, n, bq, S) -> (B*n, H, bq, S)."""
-    if keep.dim() == 5:
-        return _fold(keep)
-    keep = keep.unsqueeze(1)
-    return keep if b == 1 else keep.repeat(b, 1, 1, 1)
+# ----------------------------------------------------------------------------- the kernel calls
+
+
+def _blocks(t: Tensor, block: int, n_blocks: int) -> Tensor:
+    """(H, T, D) -> (H, n_blocks, block, D), zero-padded."""
+    h, n, d = t.shape
+    if n_blocks * block != n:
+        t = F.pad(t, (0, 0, 0, n_blocks * block - n))
+    return t.view(h, n_blocks, block, d)
+
+
+class _Sample:
+    """The views and gathers of one batch sample ``(H, T, D)`` for the plan's pieces."""
+
+    def __init__(self, plan: _Plan, k: Tensor, v: Tensor) -> None:
+        self.plan = plan
+        bk = plan.kv_block
+        if plan.width:
+            pads = (0, 0, plan.pad_left, plan.pad_right)
+            self.k_pad, self.v_pad = F.pad(k, pads), F.pad(v, pads)  # (H, T', D)
+        if any(p.idx is not None for p in plan.pieces):
+            # key/value blocks as rows, plus the zero block for padding slots: (H, nKB + 1, bk * D)
+            self.k_rows = _blocks(k, bk, plan.n_kb + 1).flatten(2)
+            self.v_rows = _blocks(v, bk, plan.n_kb + 1).flatten(2)
+
+    def keys(self, p: _Piece, b: int) -> tuple[Tensor, Tensor]:
+        """(n, H, S, D) keys and values of piece ``p`` (zeros where no row may attend)."""
+        plan, bk = self.plan, self.plan.kv_block
+        if p.idx is None:
+            first = int(p.rows[0])
+            offset = plan.pad_left + (first * plan.step + plan.lo) * bk
+            ks = _spans(self.k_pad, offset, p.rows.numel(), plan.q_block, plan.width * bk)
+            vs = _spans(self.v_pad, offset, p.rows.numel(), plan.q_block, plan.width * bk)
+            if p.dead is not None:  # out of place: the views overlap
+                dead = p.dead[b] if plan.per_batch else p.dead
+                ks, vs = ks.masked_fill(dead, 0), vs.masked_fill(dead, 0)
+            return ks, vs
+        n, c = p.idx.shape
+        h = self.k_rows.shape[0]
+        flat = p.idx.flatten()
+        ks = self.k_rows.index_select(1, flat).view(h, n, c * bk, -1).transpose(0, 1)
+        vs = self.v_rows.index_select(1, flat).view(h, n, c * bk, -1).transpose(0, 1)
+        if p.dead is not None:  # in place: fresh gathers
+            dead = p.dead[b] if plan.per_batch else p.dead
+            ks.masked_fill_(dead, 0)
+            vs.masked_fill_(dead, 0)
+        return ks, vs
+
+
+def _spans(t: Tensor, offset: int, n: int, stride_rows: int, span: int) -> Tensor:
+    """Overlapping windows of ``t`` (H, T', D): (n, H, span, D), window i starting at row
+    ``offset + i * stride_rows``. A view: nothing is copied."""
+    h, _, d = t.shape
+    s_h, s_t, s_d = t.stride()
+    return t.as_strided(
+        (n, h, span, d), (stride_rows * s_t, s_h, s_t, s_d), t.storage_offset() + offset * s_t
+    )
+
+
+def _flash(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    """The fused kernel's (out, lse); it needs one head size, so the smaller side is
+    zero-padded (zeros change neither the scores nor the output)."""
+    d, dv = q.shape[-1], v.shape[-1]
+    if d < dv:
+        q, k = F.pad(q, (0, dv - d)), F.pad(k, (0, dv - d))
+    elif dv < d:
+        v = F.pad(v, (0, d - dv))
+    out, lse = _FLASH(q, k, v, 0.0, False, attn_mask=mask, scale=scale)
+    return out[..., :dv], lse
+
+
+def _flash_backward(do, q, k, v, out, lse, mask, scale) -> tuple[Tensor, Tensor, Tensor]:
+    """The fused kernel's backward for one piece, given the *merged* output and lse."""
+    d, dv = q.shape[-1], v.shape[-1]
+    if d < dv:
+        q, k = F.pad(q, (0, dv - d)), F.pad(k, (0, dv - d))
+    elif dv < d:
+        v, do, out = (F.pad(t, (0, d - dv)) for t in (v, do, out))
+    gq, gk, gv = _FLASH_BACKWARD(do, q, k, v, out, lse, 0.0, False, attn_mask=mask, scale=scale)
+    return gq[..., :d], gk[..., :d], gv[..., :dv]
+
+
+def _rows(t: Tensor, p: _Piece) -> Tensor:
+    """Rows of the piece from a (nQB, ...) tensor."""
+    return t[p.span] if p.span is not None else t.index_select(0, p.rows)
+
+
+def _mask(p: _Piece, dtype: torch.dtype, b: int, per_batch: bool) -> Tensor:
+    m = p.additive(dtype)
+    return m[b] if per_batch else m
+
+
+def _compute_dtype(t: Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+class _BlockSparseAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, plan: _Plan, scale: float):
+        bq = plan.q_block
+        bsz, h, tq, _ = q.shape
+        dv = v.shape[-1]
+        cdt = _compute_dtype(q)
+        outs, lses = [], []
+        for b in range(bsz):
+            sample = _Sample(plan, k[b], v[b])
+            q5 = _blocks(q[b], bq, plan.n_qb).transpose(0, 1)  # (nQB, H, bq, D)
+            out = q.new_zeros((plan.n_qb, h, bq, dv), dtype=cdt)
+            lse = q.new_full((plan.n_qb, h, bq), float("-inf"), dtype=cdt)
+            for i, p in enumerate(plan.pieces):
+                ks, vs = sample.keys(p, b)
+                o, l_p = _flash(_rows(q5, p), ks, vs, _mask(p, q.dtype, b, plan.per_batch), scale)
+                row_any = p.row_any[b] if plan.per_batch else p.row_any  # (n, 1|H, bq)
+                l_p = l_p.to(cdt).masked_fill(~row_any, float("-inf"))  # the kernel says 0 there
+                _merge(out, lse, p, o.to(cdt), l_p, first=i == 0)
+            outs.append(out.transpose(0, 1).reshape(h, plan.n_qb * bq, dv)[:, :tq])
+            lses.append(lse.transpose(0, 1).reshape(h, plan.n_qb * bq)[:, :tq])
+        out = (outs[0].unsqueeze(0) if bsz == 1 else torch.stack(outs)).to(v.dtype)  # (B, H, Tq, Dv)
+        lse = lses[0].unsqueeze(0) if bsz == 1 else torch.stack(lses)  # (B, H, Tq)
+        ctx.plan, ctx.scale = plan, scale
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.mark_non_differentiable(lse)
+        return out, lse
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, d_out, _d_lse):
+        q, k, v, out, lse = ctx.saved_tensors
+        plan, scale = ctx.plan, ctx.scale
+        bq, bk = plan.q_block, plan.kv_block
+        bsz, h, tq, d = q.shape
+        tk = k.shape[-2]
+        cdt = _compute_dtype(q)
+        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        d_out = d_out.to(q.dtype)
+        for b in range(bsz):
+            sample = _Sample(plan, k[b], v[b])
+            q5 = _blocks(q[b], bq, plan.n_qb).transpose(0, 1)  # (nQB, H, bq, D)
+            do5 = _blocks(d_out[b], bq, plan.n_qb).transpose(0, 1)
+            out5 = _blocks(out[b], bq, plan.n_qb).transpose(0, 1)
+            lse_b = lse[b].masked_fill(lse[b] == float("-inf"), float("inf"))  # exp(s - lse) = 0
+            lse5 = _blocks(lse_b.unsqueeze(-1), bq, plan.n_qb).squeeze(-1).transpose(0, 1)  # (nQB, H, bq)
+            dq5 = torch.zeros(q5.shape, dtype=cdt, device=q.device)
+            gathered = hasattr(sample, "k_rows")
+            if gathered:
+                dk_rows = torch.zeros(sample.k_rows.shape, dtype=cdt, device=q.device)
+                dv_rows = torch.zeros(sample.v_rows.shape, dtype=cdt, device=q.device)
+            if plan.width:
+                dk_pad = torch.zeros(sample.k_pad.shape, dtype=cdt, device=q.device)
+                dv_pad = torch.zeros(sample.v_pad.shape, dtype=cdt, device=q.device)
+            for p in plan.pieces:
+                ks, vs = sample.keys(p, b)
+                gq, gk, gv = _flash_backward(
+                    _rows(do5, p).contiguous(), _rows(q5, p), ks, vs, _rows(out5, p).contiguous(),
+                    _rows(lse5, p).contiguous(), _mask(p, q.dtype, b, plan.per_batch), scale,
+                )  # fmt: skip
+                dq5.index_add_(0, p.rows, gq.to(cdt))
+                n = p.rows.numel()
+                if p.idx is None:  # band views: block w of span i is padded block i*step+lo+w
+                    gk5 = gk.reshape(n, h, plan.width, bk, d).to(cdt)
+                    gv5 = gv.reshape(n, h, plan.width, bk, -1).to(cdt)
+                    dkb = dk_pad.view(h, -1, bk, d)
+                    dvb = dv_pad.view(h, -1, bk, dv_pad.shape[-1])
+                    first = plan.pad_left // bk + p.rows * plan.step + plan.lo
+                    for w in range(plan.width):
+                        dkb.index_add_(1, first + w, gk5[:, :, w].transpose(0, 1))
+                        dvb.index_add_(1, first + w, gv5[:, :, w].transpose(0, 1))
+                else:
+                    flat = p.idx.flatten()
+                    c = p.idx.shape[1]
+                    dk_rows.index_add_(1, flat, gk.transpose(0, 1).reshape(h, n * c, -1).to(cdt))
+                    dv_rows.index_add_(1, flat, gv.transpose(0, 1).reshape(h, n * c, -1).to(cdt))
+            dq[b] = dq5.transpose(0, 1).reshape(h, plan.n_qb * bq, d)[:, :tq].to(q.dtype)
+            gk_b = gv_b = 0
+            if gathered:
+                gk_b = dk_rows.view(h, -1, d)[:, :tk]
+                gv_b = dv_rows.view(h, -1, v.shape[-1])[:, :tk]
+            if plan.width:
+                gk_b = gk_b + dk_pad[:, plan.pad_left : plan.pad_left + tk]
+                gv_b = gv_b + dv_pad[:, plan.pad_left : plan.pad_left + tk]
+            dk[b], dv[b] = gk_b.to(k.dtype), gv_b.to(v.dtype)
+        return dq, dk, dv, None, None
+
+
+def _merge(out: Tensor, lse: Tensor, p: _Piece, o: Tensor, l_p: Tensor, *, first: bool) -> None:
+    """Fold one piece's (out, lse) into the running ones of its rows (in place); the first
+    piece is simply written (pieces hold distinct tiles, so no row is seen twice by it)."""
+    if first:
+        merged, new_l = o, l_p
+    else:
+        old_o, old_l = _rows(out, p), _rows(lse, p)
+        new_l = torch.logaddexp(old_l, l_p)
+        safe = new_l.masked_fill(new_l == float("-inf"), 0.0)
+        merged = old_o * torch.exp(old_l - safe).unsqueeze(-1) + o * torch.exp(l_p - safe).unsqueeze(-1)
+    if p.span is not None:
+        out[p.span], lse[p.span] = merged, new_l
+    else:
+        out.index_copy_(0, p.rows, merged)
+        lse.index_copy_(0, p.rows, new_l)
