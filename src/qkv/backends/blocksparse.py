@@ -134,6 +134,27 @@ class _Piece:
     dead: Tensor | None  # bool (n, 1, S, 1) | (B, n, H, S, 1): real keys no row may attend
     _additive: dict = field(default_factory=dict, compare=False)
 
+    def part(self, a: int, b: int, per_batch: bool) -> _Piece:
+        """The piece restricted to its rows ``a:b`` (views, no copies)."""
+        if a == 0 and b >= self.rows.numel():
+            return self
+        cut = (slice(None), slice(a, b)) if per_batch else (slice(a, b),)
+        span = (
+            None
+            if self.span is None
+            else slice(self.span.start + a, self.span.start + min(b, self.rows.numel()))
+        )
+        part = _Piece(
+            rows=self.rows[a:b],
+            span=span,
+            idx=None if self.idx is None else self.idx[a:b],
+            keep=self.keep[cut],
+            row_any=self.row_any[cut],
+            dead=None if self.dead is None else self.dead[cut],
+        )
+        part._additive.update({dt: m[cut] for dt, m in self._additive.items()})
+        return part
+
     def additive(self, dtype: torch.dtype) -> Tensor:
         """The mask as 0 / -inf in ``dtype`` (same shape as ``keep``), built once per dtype."""
         if dtype not in self._additive:
@@ -353,6 +374,8 @@ def _compute_dtype(t: Tensor) -> torch.dtype:
 
 
 class _BlockSparseAttention(torch.autograd.Function):
+    backward_rows = 16  # query blocks per backward kernel call
+
     @staticmethod
     def forward(ctx, q, k, v, plan: _Plan, scale: float):
         bq = plan.q_block
@@ -406,7 +429,13 @@ class _BlockSparseAttention(torch.autograd.Function):
             if plan.width:
                 dk_pad = torch.zeros(sample.k_pad.shape, dtype=cdt, device=q.device)
                 dv_pad = torch.zeros(sample.v_pad.shape, dtype=cdt, device=q.device)
-            for p in plan.pieces:
+            # Row slices of each piece bound the kernel's per-span gradient buffers.
+            parts = [
+                whole.part(a, a + _BlockSparseAttention.backward_rows, plan.per_batch)
+                for whole in plan.pieces
+                for a in range(0, whole.rows.numel(), _BlockSparseAttention.backward_rows)
+            ]
+            for p in parts:
                 ks, vs = sample.keys(p, b)
                 gq, gk, gv = _flash_backward(
                     _rows(do5, p).contiguous(), _rows(q5, p), ks, vs, _rows(out5, p).contiguous(),
