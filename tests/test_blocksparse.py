@@ -7,7 +7,7 @@ import torch
 
 import qkv
 from qkv import masks
-from qkv.backends import BACKENDS
+from qkv.backends import BACKENDS, blocksparse
 from qkv.functional.attention import prepare
 
 from helpers import GRAD_FACTOR, assert_error_ratio
@@ -19,6 +19,7 @@ def small_blocks(request, monkeypatch):
     q_block, kv_block = request.param
     monkeypatch.setattr(BACKENDS["blocksparse"], "q_block", q_block)
     monkeypatch.setattr(BACKENDS["blocksparse"], "kv_block", kv_block)
+    monkeypatch.setattr(blocksparse._BlockSparseAttention, "backward_rows", 3)  # exercise row slices
     monkeypatch.setattr(BACKENDS["blocksparse"], "_plans", type(BACKENDS["blocksparse"]._plans)())
 
 
