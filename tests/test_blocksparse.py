@@ -150,3 +150,20 @@ def test_garbage_in_a_key_no_query_attends(garbage):
     assert torch.equal(clean[0], dirty[0])
     for a, b in zip(clean[1], dirty[1]):
         assert torch.equal(a, b)
+
+
+def test_patterns_flow_through_multihead_attention():
+    torch.manual_seed(0)
+    mha = qkv.MultiHeadAttention(embed_dim=16, num_heads=2, backend="blocksparse")
+    x = torch.randn(2, 70, 16, requires_grad=True)
+    pad = torch.zeros(2, 70, dtype=torch.bool)
+    pad[1, 60:] = True
+    pattern = masks.longformer(5, [0, 1])
+    fast = mha(x, mask=pattern, key_padding_mask=pad)
+    mha.backend = "reference"
+    slow = mha(x, mask=pattern, key_padding_mask=pad)
+    assert fast.backend == "blocksparse"
+    torch.testing.assert_close(fast.out, slow.out, rtol=0, atol=1e-5)
+    g_fast = torch.autograd.grad(fast.out.sum(), x)[0]
+    g_slow = torch.autograd.grad(slow.out.sum(), x)[0]
+    torch.testing.assert_close(g_fast, g_slow, rtol=0, atol=1e-5)
