@@ -116,3 +116,26 @@ def assert_error_ratio(request, impl, golden, eager, *, factor=OUT_FACTOR, what=
         request.node.user_properties.append(("error_ratio", r))
     assert r <= factor, f"{what}: error ratio {r:.3f} > {factor} (impl vs golden, relative to eager)"
     return r
+
+
+# ----------------------------------------------------------------------------- masking invariants
+
+
+def assert_garbage_changes_nothing(q, k, v, *, where, garbage, **attention_kwargs):
+    """Outputs and all gradients are bitwise equal when ``garbage`` replaces keys and values
+    at ``where`` (an index into (B, H, Tk)) that the mask hides from every query."""
+    import qkv
+
+    def run(k, v):
+        qq, kk, vv = (t.clone().requires_grad_() for t in (q, k, v))
+        r = qkv.attention(qq, kk, vv, **attention_kwargs)
+        return r.out, torch.autograd.grad(r.out.sum(), (qq, kk, vv))
+
+    clean_out, clean_grads = run(k, v)
+    k2, v2 = k.clone(), v.clone()
+    k2[where] = garbage
+    v2[where] = garbage
+    dirty_out, dirty_grads = run(k2, v2)
+    assert torch.equal(clean_out, dirty_out)
+    for a, b in zip(clean_grads, dirty_grads):
+        assert torch.equal(a, b)
