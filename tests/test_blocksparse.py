@@ -112,8 +112,12 @@ def test_plan_pieces_for_windows_and_longformer():
     plan = backend.plan(window)
     banded = backend.q_block % backend.kv_block == 0
     assert (plan.width > 0) == banded
-    if banded:
-        assert [p.idx is None for p in plan.pieces] == [True]
+    if banded:  # one band of views; the query blocks at the edges gather their few tiles
+        kinds = [p.idx is None for p in plan.pieces]
+        assert kinds[0]
+        assert kinds.count(True) == 1
+        interior = plan.pieces[0].rows
+        assert interior.numel() >= plan.n_qb - 4
     longformer, _ = prepare(q, q, q, mask=masks.longformer(9, [0, 1]))
     kinds = [p.idx is None for p in backend.plan(longformer).pieces]
     assert kinds.count(False) >= 1

@@ -170,10 +170,8 @@ class _Plan:
     n_qb: int
     n_kb: int
     step: int  # key blocks per query block (q_block // kv_block)
-    lo: int  # band: query block i sees key blocks i*step+lo .. i*step+lo+width-1
+    lo: int  # band: query block i sees key blocks i*step+lo .. i*step+lo+width-1 (views of the keys)
     width: int  # 0: no band
-    pad_left: int  # zero keys added before the keys for the band's views
-    pad_right: int
     per_batch: bool
     pieces: list[_Piece]
 
@@ -208,6 +206,11 @@ def _make_plan(inputs: AttentionInputs, layout, bq: int, bk: int) -> _Plan:
     if width:
         off = cols_all.view(1, -1) - rows_all.view(-1, 1) * step
         in_band = (off >= lo) & (off < lo + width)
+        # Only query blocks whose whole span lies inside the keys use the views (no padded
+        # copy of the keys); the few at the edges gather their tiles like the extras.
+        start = (rows_all * step + lo) * bk
+        inside = (start >= 0) & (start + width * bk <= tk)
+        in_band &= inside.view(-1, 1)
     extras = any_ & ~in_band
 
     h = inputs.query.shape[1]
@@ -271,10 +274,9 @@ def _make_plan(inputs: AttentionInputs, layout, bq: int, bk: int) -> _Plan:
             for j, c in enumerate(cols):
                 idx[j, : c.numel()] = c
             pieces.append(piece(rows, idx.to(dev)))
-    pad_left = max(0, -lo) * bk if width else 0
-    end = ((n_qb - 1) * step + lo + width) * bk if width else 0  # last band key, unpadded coords
-    pad_right = max(0, end - tk) if width else 0
-    return _Plan(bq, bk, n_qb, n_kb, step, lo, width, pad_left, pad_right, per_batch, pieces)
+    if not any(p.idx is None for p in pieces):
+        width = 0
+    return _Plan(bq, bk, n_qb, n_kb, step, lo, width, per_batch, pieces)
 
 
 # ----------------------------------------------------------------------------- the kernel calls
@@ -294,9 +296,7 @@ class _Sample:
     def __init__(self, plan: _Plan, k: Tensor, v: Tensor) -> None:
         self.plan = plan
         bk = plan.kv_block
-        if plan.width:
-            pads = (0, 0, plan.pad_left, plan.pad_right)
-            self.k_pad, self.v_pad = F.pad(k, pads), F.pad(v, pads)  # (H, T', D)
+        self.k, self.v = k, v  # (H, Tk, D): the band's spans are views of these
         if any(p.idx is not None for p in plan.pieces):
             # key/value blocks as rows, plus the zero block for padding slots: (H, nKB + 1, bk * D)
             self.k_rows = _blocks(k, bk, plan.n_kb + 1).flatten(2)
@@ -307,9 +307,9 @@ class _Sample:
         plan, bk = self.plan, self.plan.kv_block
         if p.idx is None:
             first = int(p.rows[0])
-            offset = plan.pad_left + (first * plan.step + plan.lo) * bk
-            ks = _spans(self.k_pad, offset, p.rows.numel(), plan.q_block, plan.width * bk)
-            vs = _spans(self.v_pad, offset, p.rows.numel(), plan.q_block, plan.width * bk)
+            offset = (first * plan.step + plan.lo) * bk
+            ks = _spans(self.k, offset, p.rows.numel(), plan.q_block, plan.width * bk)
+            vs = _spans(self.v, offset, p.rows.numel(), plan.q_block, plan.width * bk)
             if p.dead is not None:  # out of place: the views overlap
                 dead = p.dead[b] if plan.per_batch else p.dead
                 ks, vs = ks.masked_fill(dead, 0), vs.masked_fill(dead, 0)
@@ -427,8 +427,8 @@ class _BlockSparseAttention(torch.autograd.Function):
                 dk_rows = torch.zeros(sample.k_rows.shape, dtype=cdt, device=q.device)
                 dv_rows = torch.zeros(sample.v_rows.shape, dtype=cdt, device=q.device)
             if plan.width:
-                dk_pad = torch.zeros(sample.k_pad.shape, dtype=cdt, device=q.device)
-                dv_pad = torch.zeros(sample.v_pad.shape, dtype=cdt, device=q.device)
+                dk_band = torch.zeros((h, plan.n_kb * bk, d), dtype=cdt, device=q.device)
+                dv_band = torch.zeros((h, plan.n_kb * bk, v.shape[-1]), dtype=cdt, device=q.device)
             # Row slices of each piece bound the kernel's per-span gradient buffers.
             parts = [
                 whole.part(a, a + _BlockSparseAttention.backward_rows, plan.per_batch)
@@ -446,9 +446,9 @@ class _BlockSparseAttention(torch.autograd.Function):
                 if p.idx is None:  # band views: block w of span i is padded block i*step+lo+w
                     gk5 = gk.reshape(n, h, plan.width, bk, d).to(cdt)
                     gv5 = gv.reshape(n, h, plan.width, bk, -1).to(cdt)
-                    dkb = dk_pad.view(h, -1, bk, d)
-                    dvb = dv_pad.view(h, -1, bk, dv_pad.shape[-1])
-                    first = plan.pad_left // bk + p.rows * plan.step + plan.lo
+                    dkb = dk_band.view(h, -1, bk, d)
+                    dvb = dv_band.view(h, -1, bk, dv_band.shape[-1])
+                    first = p.rows * plan.step + plan.lo
                     for w in range(plan.width):
                         dkb.index_add_(1, first + w, gk5[:, :, w].transpose(0, 1))
                         dvb.index_add_(1, first + w, gv5[:, :, w].transpose(0, 1))
@@ -463,8 +463,8 @@ class _BlockSparseAttention(torch.autograd.Function):
                 gk_b = dk_rows.view(h, -1, d)[:, :tk]
                 gv_b = dv_rows.view(h, -1, v.shape[-1])[:, :tk]
             if plan.width:
-                gk_b = gk_b + dk_pad[:, plan.pad_left : plan.pad_left + tk]
-                gv_b = gv_b + dv_pad[:, plan.pad_left : plan.pad_left + tk]
+                gk_b = gk_b + dk_band[:, :tk]
+                gv_b = gv_b + dv_band[:, :tk]
             dk[b], dv[b] = gk_b.to(k.dtype), gv_b.to(v.dtype)
         return dq, dk, dv, None, None
 
