@@ -126,7 +126,9 @@ class _Piece:
 
     rows: Tensor  # long (n,): query-block ids
     span: slice | None  # the same ids as a slice when they are consecutive
-    idx: Tensor | None  # long (n, C): gathered key-block ids (n_kb = the zero block); None = band
+    # long (n, C): gathered key-block ids per query block (n_kb = the zero block); (C,): blocks
+    # shared by all the query blocks; None: the band
+    idx: Tensor | None
     # In the kernel's order; with a leading B (and H instead of 1) when the pattern depends on
     # the batch or head:
     keep: Tensor  # bool (n, 1, bq, S) | (B, n, H, bq, S)
@@ -147,7 +149,7 @@ class _Piece:
         part = _Piece(
             rows=self.rows[a:b],
             span=span,
-            idx=None if self.idx is None else self.idx[a:b],
+            idx=self.idx if self.idx is None or self.idx.dim() == 1 else self.idx[a:b],
             keep=self.keep[cut],
             row_any=self.row_any[cut],
             dead=None if self.dead is None else self.dead[cut],
@@ -231,17 +233,24 @@ def _make_plan(inputs: AttentionInputs, layout, bq: int, bk: int) -> _Plan:
             keep = fn(zero, zero, qc, kc) & valid
         return keep, real
 
-    def piece(rows: list[int], idx: Tensor | None) -> _Piece:
+    def piece(rows: list[int], idx: Tensor | None, tile_ok: Tensor | None = None) -> _Piece:
+        """idx: None (band), (n, C) per-row key blocks, or (C,) blocks shared by the rows;
+        tile_ok (n, C): which of those tiles this piece owns (the others belong to another)."""
         r = torch.tensor(rows, device=dev)
+        n = len(rows)
         q_pos = (r * bq).view(-1, 1) + torch.arange(bq, device=dev).view(1, bq)  # (n, bq)
         if idx is None:
             starts = (r * step + lo) * bk
             kv_pos = starts.view(-1, 1) + torch.arange(width * bk, device=dev).view(1, -1)  # (n, S)
         else:
-            kv_pos = (idx * bk).view(len(rows), -1, 1) + torch.arange(bk, device=dev).view(1, 1, bk)
-            kv_pos = kv_pos.view(len(rows), -1)
+            blocks = idx.expand(n, -1)  # (n, C)
+            kv_pos = (blocks * bk).view(n, -1, 1) + torch.arange(bk, device=dev).view(1, 1, bk)
+            kv_pos = kv_pos.reshape(n, -1)
             kv_pos = torch.where(kv_pos >= n_kb * bk, -1, kv_pos)  # the zero block: no key
         keep, real = evaluate(q_pos, kv_pos)
+        if tile_ok is not None:  # tiles another piece owns: masked here (but still real keys)
+            owned = tile_ok.to(dev).repeat_interleave(bk, dim=1).view(n, 1, 1, -1)
+            keep = keep & owned
         dead = (~keep.any(dim=-2) & real.squeeze(-2)).unsqueeze(-1)  # (n, 1, S, 1) | (B, n, H, S, 1)
         return _Piece(
             rows=r,
@@ -257,6 +266,15 @@ def _make_plan(inputs: AttentionInputs, layout, bq: int, bk: int) -> _Plan:
         band_rows = torch.nonzero((any_ & in_band).any(dim=1)).flatten().tolist()
         if band_rows:  # one consecutive run: the views need no gather
             pieces.append(piece(list(range(band_rows[0], band_rows[-1] + 1)), None))
+    # Shared columns (global tokens): key blocks that are extras of most query blocks are one
+    # piece whose keys are gathered once and broadcast over the query blocks.
+    n_rows = int(extras.any(dim=1).sum())
+    shared = torch.nonzero(extras.sum(dim=0) >= max(2, 0.5 * n_rows)).flatten()
+    if shared.numel():
+        owners = torch.nonzero(extras[:, shared].any(dim=1)).flatten().tolist()
+        pieces.append(piece(owners, shared.to(dev), tile_ok=extras[owners][:, shared]))
+        extras = extras.clone()
+        extras[:, shared] = False
     counts = extras.sum(dim=1)
     distinct = len(set(counts.tolist()) - {0})
     groups: dict[int, list[int]] = {}
@@ -314,8 +332,17 @@ class _Sample:
                 dead = p.dead[b] if plan.per_batch else p.dead
                 ks, vs = ks.masked_fill(dead, 0), vs.masked_fill(dead, 0)
             return ks, vs
-        n, c = p.idx.shape
         h = self.k_rows.shape[0]
+        n = p.rows.numel()
+        if p.idx.dim() == 1:  # shared blocks: gathered once, broadcast over the query blocks
+            c = p.idx.numel()
+            ks = self.k_rows.index_select(1, p.idx).view(h, c * bk, -1).expand(n, h, c * bk, -1)
+            vs = self.v_rows.index_select(1, p.idx).view(h, c * bk, -1).expand(n, h, c * bk, -1)
+            if p.dead is not None:  # out of place: the rows share one copy
+                dead = p.dead[b] if plan.per_batch else p.dead
+                ks, vs = ks.masked_fill(dead, 0), vs.masked_fill(dead, 0)
+            return ks, vs
+        c = p.idx.shape[1]
         flat = p.idx.flatten()
         ks = self.k_rows.index_select(1, flat).view(h, n, c * bk, -1).transpose(0, 1)
         vs = self.v_rows.index_select(1, flat).view(h, n, c * bk, -1).transpose(0, 1)
@@ -452,6 +479,10 @@ class _BlockSparseAttention(torch.autograd.Function):
                     for w in range(plan.width):
                         dkb.index_add_(1, first + w, gk5[:, :, w].transpose(0, 1))
                         dvb.index_add_(1, first + w, gv5[:, :, w].transpose(0, 1))
+                elif p.idx.dim() == 1:  # shared blocks: sum over the query blocks first
+                    c = p.idx.numel()
+                    dk_rows.index_add_(1, p.idx, gk.sum(0).reshape(h, c, -1).to(cdt))
+                    dv_rows.index_add_(1, p.idx, gv.sum(0).reshape(h, c, -1).to(cdt))
                 else:
                     flat = p.idx.flatten()
                     c = p.idx.shape[1]
