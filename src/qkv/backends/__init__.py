@@ -3,6 +3,7 @@
 from .base import AttentionInputs, Backend, BackendNotSupportedError
 from .blocksparse import BlockSparseBackend
 from .chunked import ChunkedBackend
+from .flex import FlexBackend
 from .dispatch import BACKENDS, PRIORITY, DispatchReport, choose, get_backend, register_backend
 from .reference import ReferenceBackend
 from .sdpa import SdpaBackend
@@ -15,6 +16,7 @@ __all__ = [
     "BackendNotSupportedError",
     "BlockSparseBackend",
     "ChunkedBackend",
+    "FlexBackend",
     "DispatchReport",
     "ReferenceBackend",
     "SdpaBackend",

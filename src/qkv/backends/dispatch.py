@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from .base import AttentionInputs, Backend, BackendNotSupportedError
 from .blocksparse import BlockSparseBackend
 from .chunked import ChunkedBackend
+from .flex import FlexBackend
 from .reference import ReferenceBackend
 from .sdpa import SdpaBackend
 
@@ -23,9 +24,10 @@ BACKENDS: dict[str, Backend] = {
     "sdpa": SdpaBackend(),
     "chunked": ChunkedBackend(),
     "blocksparse": BlockSparseBackend(),
+    "flex": FlexBackend(),
 }
 # Fastest first; "reference" supports everything and ends the list.
-PRIORITY: list[str] = ["blocksparse", "sdpa", "chunked", "reference"]
+PRIORITY: list[str] = ["blocksparse", "sdpa", "flex", "chunked", "reference"]
 
 
 # With all weights asked for on a problem this small, the reference (which builds them
