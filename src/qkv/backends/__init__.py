@@ -3,8 +3,8 @@
 from .base import AttentionInputs, Backend, BackendNotSupportedError
 from .blocksparse import BlockSparseBackend
 from .chunked import ChunkedBackend
-from .flex import FlexBackend
 from .dispatch import BACKENDS, PRIORITY, DispatchReport, choose, get_backend, register_backend
+from .flex import FlexBackend
 from .reference import ReferenceBackend
 from .sdpa import SdpaBackend
 
@@ -16,8 +16,8 @@ __all__ = [
     "BackendNotSupportedError",
     "BlockSparseBackend",
     "ChunkedBackend",
-    "FlexBackend",
     "DispatchReport",
+    "FlexBackend",
     "ReferenceBackend",
     "SdpaBackend",
     "choose",
