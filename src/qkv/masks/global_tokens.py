@@ -34,15 +34,17 @@ class _GlobalTokens(Mask):
         return table
 
     def mask_mod(self, q_len, kv_len):
-        cache: dict = {}
+        # Built (and validated) now, not inside fn: compilers that trace fn (FlexAttention)
+        # cannot read tensor values; moving the table to another device is traceable.
+        base = self._table(q_len, kv_len, "cpu")
+        cache: dict = {base.device: base}
 
         def fn(b, h, q, kv):
             if q.device not in cache:
-                cache[q.device] = self._table(q_len, kv_len, q.device)
+                cache[q.device] = base.to(q.device)
             table = cache[q.device]
             return table[q] | table[kv]
 
-        self._table(q_len, kv_len, "cpu")  # validate now, not at the first call
         return fn
 
     def _layout(self, q_len, kv_len, q_block, kv_block, device):
