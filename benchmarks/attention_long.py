@@ -51,36 +51,22 @@ import torch.nn.functional as F
 import qkv
 from qkv.backends import BACKENDS
 
-try:
-    from benchmarks.common import (
-        MEMORY_METHOD,
-        Contender,
-        log,
-        machine_info,
-        markdown_table,
-        matmul_contender,
-        measure_roof,
-        paired_ratio,
-        peak_rss_growth,
-        time_interleaved,
-        wait_for_quiet,
-        write_json,
-    )
-except ModuleNotFoundError:  # run as a script: benchmarks/ is on sys.path
-    from common import (  # type: ignore[no-redef]
-        MEMORY_METHOD,
-        Contender,
-        log,
-        machine_info,
-        markdown_table,
-        matmul_contender,
-        measure_roof,
-        paired_ratio,
-        peak_rss_growth,
-        time_interleaved,
-        wait_for_quiet,
-        write_json,
-    )
+# common.py sits beside this file, however it is run (script, -m, qkv bench)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (
+    MEMORY_METHOD,
+    Contender,
+    log,
+    machine_info,
+    markdown_table,
+    matmul_contender,
+    measure_roof,
+    paired_ratio,
+    peak_rss_growth,
+    time_interleaved,
+    wait_for_quiet,
+    write_json,
+)
 
 SUITE = "attention_long"
 REPO = Path(__file__).resolve().parent.parent
