@@ -129,6 +129,9 @@ class _Piece:
     # long (n, C): gathered key-block ids per query block (n_kb = the zero block); (C,): blocks
     # shared by all the query blocks; None: the band
     idx: Tensor | None
+    # (first block, block step) when every row's idx is one consecutive run starting at
+    # first + row * step and inside the keys: the keys are then a view, not a gather
+    run: tuple[int, int] | None
     # In the kernel's order; with a leading B (and H instead of 1) when the pattern depends on
     # the batch or head:
     keep: Tensor  # bool (n, 1, bq, S) | (B, n, H, bq, S)
@@ -150,6 +153,7 @@ class _Piece:
             rows=self.rows[a:b],
             span=span,
             idx=self.idx if self.idx is None or self.idx.dim() == 1 else self.idx[a:b],
+            run=None if self.run is None else (self.run[0] + a * self.run[1], self.run[1]),
             keep=self.keep[cut],
             row_any=self.row_any[cut],
             dead=None if self.dead is None else self.dead[cut],
@@ -176,6 +180,20 @@ class _Plan:
     width: int  # 0: no band
     per_batch: bool
     pieces: list[_Piece]
+
+
+def _run(idx: Tensor | None, n_kb: int, tk: int, bk: int) -> tuple[int, int] | None:
+    """(first, step) when idx (n, C) rows are consecutive blocks first + j*step + (0..C-1),
+    all whole blocks inside the keys; else None."""
+    if idx is None or idx.dim() != 2 or idx.numel() == 0:
+        return None
+    n, c = idx.shape
+    first = int(idx[0, 0])
+    step = int(idx[1, 0] - idx[0, 0]) if n > 1 else 0
+    expected = first + step * torch.arange(n).view(-1, 1) + torch.arange(c).view(1, -1)
+    if step < 0 or not torch.equal(idx.cpu(), expected) or (int(expected.max()) + 1) * bk > tk:
+        return None
+    return first, step
 
 
 def _as_range(ids: list[int]) -> slice | None:
@@ -251,15 +269,42 @@ def _make_plan(inputs: AttentionInputs, layout, bq: int, bk: int) -> _Plan:
         if tile_ok is not None:  # tiles another piece owns: masked here (but still real keys)
             owned = tile_ok.to(dev).repeat_interleave(bk, dim=1).view(n, 1, 1, -1)
             keep = keep & owned
-        dead = (~keep.any(dim=-2) & real.squeeze(-2)).unsqueeze(-1)  # (n, 1, S, 1) | (B, n, H, S, 1)
-        return _Piece(
+        fields = dict(
             rows=r,
             span=_as_range(rows),
             idx=idx,
+            run=_run(idx, n_kb, tk, bk),
             keep=keep,
             row_any=keep.any(dim=-1),
-            dead=dead if bool(dead.any()) else None,
         )
+        return fields, kv_pos, keep.any(dim=-2), real.squeeze(-2)  # attended (n, 1, S) | (B, n, H, S)
+
+    def finish(raw: list) -> list[_Piece]:
+        """Mark the dead keys of each piece: real keys that no query of the whole pattern may
+        attend (NaN placed there must not leak through 0 * NaN). Keys attended elsewhere hold
+        real values and need no zeroing (and no copy)."""
+
+        def where(kv_pos: Tensor) -> tuple:
+            """Index of each (piece position) into reach: (n, 1, S), or per (b, h)."""
+            pos = torch.where((kv_pos >= 0) & (kv_pos < tk), kv_pos, tk).unsqueeze(
+                -2
+            )  # (n, 1, S); tk: no key
+            if not per_batch:
+                return (pos,)
+            bb = torch.arange(b, device=dev).view(b, 1, 1, 1)
+            hh = torch.arange(h, device=dev).view(1, 1, h, 1)
+            return bb, hh, pos.unsqueeze(0)  # broadcast to (B, n, H, S)
+
+        reach = torch.zeros((b, h, tk + 1) if per_batch else (tk + 1,), dtype=torch.bool, device=dev)
+        for _, kv_pos, attended, _ in raw:
+            idx = torch.broadcast_tensors(*where(kv_pos), attended)[:-1]
+            reach[tuple(i[attended.expand_as(i)] for i in idx)] = True
+        pieces = []
+        for fields, kv_pos, attended, real in raw:
+            unreachable = ~reach[where(kv_pos)]  # (n, 1, S) | (B, n, H, S)
+            dead = (~attended & real & unreachable).unsqueeze(-1)  # (n, 1, S, 1) | (B, n, H, S, 1)
+            pieces.append(_Piece(**fields, dead=dead if bool(dead.any()) else None))
+        return pieces
 
     pieces = []
     if width:
@@ -292,9 +337,9 @@ def _make_plan(inputs: AttentionInputs, layout, bq: int, bk: int) -> _Plan:
             for j, c in enumerate(cols):
                 idx[j, : c.numel()] = c
             pieces.append(piece(rows, idx.to(dev)))
-    if not any(p.idx is None for p in pieces):
+    if not any(fields["idx"] is None for fields, *_ in pieces):
         width = 0
-    return _Plan(bq, bk, n_qb, n_kb, step, lo, width, per_batch, pieces)
+    return _Plan(bq, bk, n_qb, n_kb, step, lo, width, per_batch, finish(pieces))
 
 
 # ----------------------------------------------------------------------------- the kernel calls
@@ -343,6 +388,14 @@ class _Sample:
                 ks, vs = ks.masked_fill(dead, 0), vs.masked_fill(dead, 0)
             return ks, vs
         c = p.idx.shape[1]
+        if p.run is not None:  # consecutive blocks: overlapping views, no gather
+            first, step = p.run
+            ks = _spans(self.k, first * bk, n, step * bk, c * bk)
+            vs = _spans(self.v, first * bk, n, step * bk, c * bk)
+            if p.dead is not None:
+                dead = p.dead[b] if plan.per_batch else p.dead
+                ks, vs = ks.masked_fill(dead, 0), vs.masked_fill(dead, 0)
+            return ks, vs
         flat = p.idx.flatten()
         ks = self.k_rows.index_select(1, flat).view(h, n, c * bk, -1).transpose(0, 1)
         vs = self.v_rows.index_select(1, flat).view(h, n, c * bk, -1).transpose(0, 1)
@@ -506,10 +559,15 @@ def _merge(out: Tensor, lse: Tensor, p: _Piece, o: Tensor, l_p: Tensor, *, first
     if first:
         merged, new_l = o, l_p
     else:
-        old_o, old_l = _rows(out, p), _rows(lse, p)
+        # out' = out + (o - out) * exp(l_p - lse'), lse' = logaddexp(lse, l_p): one fused lerp
+        old_l = _rows(lse, p)
         new_l = torch.logaddexp(old_l, l_p)
-        safe = new_l.masked_fill(new_l == float("-inf"), 0.0)
-        merged = old_o * torch.exp(old_l - safe).unsqueeze(-1) + o * torch.exp(l_p - safe).unsqueeze(-1)
+        weight = torch.exp(l_p - new_l.masked_fill(new_l == float("-inf"), 0.0)).unsqueeze(-1)
+        if p.span is not None:
+            out[p.span].lerp_(o, weight)
+            lse[p.span] = new_l
+            return
+        merged = _rows(out, p).lerp_(o, weight)
     if p.span is not None:
         out[p.span], lse[p.span] = merged, new_l
     else:
