@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from .._types import AttentionOutput
 from ..functional import scores as _scores
-from .base import AttentionInputs, slice_block
+from .base import AttentionInputs, slice_block, zero_unreachable_keys
 
 __all__ = ["ChunkedBackend", "block_logits", "iter_blocks", "score_parameters"]
 
@@ -113,9 +113,7 @@ def block_logits(
     score_fn: Callable,
     qb: Tensor,
     kb: Tensor,
-    q0: int,
-    q1: int,
-    blk: _Block,
+    bias: Tensor | None,
     keep: Tensor | None,
 ) -> tuple[Tensor, Tensor]:
     """``(raw, logits)``: ``raw = score(qb, kb)`` (autograd-connected to its inputs) and
@@ -124,22 +122,11 @@ def block_logits(
     s = raw.to(_compute_dtype(qb))
     if inputs.scale != 1.0:
         s = s * inputs.scale
-    bias = inputs.bias_block(q0, q1, blk.k0, blk.k1)
     if bias is not None:
         s = s + bias.to(s.dtype)
     if keep is not None:
         s = s.masked_fill(~keep, float("-inf"))
     return raw, s
-
-
-def _clean_block(kb: Tensor, vb: Tensor, keep: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Zero keys/values no query of this block may attend (NaN there must not leak)."""
-    if keep is None:
-        return kb, vb
-    dead = ~keep.any(dim=-2).unsqueeze(-1)  # (..., bk, 1)
-    if not bool(dead.any()):
-        return kb, vb
-    return kb.masked_fill(dead, 0), vb.masked_fill(dead, 0)
 
 
 class _ChunkedAttention(torch.autograd.Function):
@@ -159,8 +146,9 @@ class _ChunkedAttention(torch.autograd.Function):
             for blk in blocks:
                 kb, vb = k[..., blk.k0 : blk.k1, :], v[..., blk.k0 : blk.k1, :]
                 keep = inputs.mask_block(q0, q1, blk.k0, blk.k1) if blk.partial else None
-                kb, vb = _clean_block(kb, vb, keep)
-                _, s = block_logits(inputs, score_fn, qb, kb, q0, q1, blk, keep)
+                if keep is not None:  # NaN in keys no row of the block may attend must not leak
+                    kb, vb = zero_unreachable_keys(kb, vb, keep)
+                _, s = block_logits(inputs, score_fn, qb, kb, inputs.bias_block(q0, q1, blk.k0, blk.k1), keep)
                 m_new = torch.maximum(m, s.amax(-1))
                 m_safe = m_new.masked_fill(m_new == float("-inf"), 0.0)
                 p = torch.exp(s - m_safe.unsqueeze(-1))  # (..., bq, bk)
@@ -201,13 +189,23 @@ class _ChunkedAttention(torch.autograd.Function):
             for blk in blocks:
                 kb, vb = k[..., blk.k0 : blk.k1, :], v[..., blk.k0 : blk.k1, :]
                 keep = inputs.mask_block(q0, q1, blk.k0, blk.k1) if blk.partial else None
-                kb, vb = _clean_block(kb, vb, keep)
+                if keep is not None:  # NaN in keys no row of the block may attend must not leak
+                    kb, vb = zero_unreachable_keys(kb, vb, keep)
                 if fast:
-                    _, s = block_logits(inputs, score_fn, qb, kb, q0, q1, blk, keep)
+                    _, s = block_logits(
+                        inputs, score_fn, qb, kb, inputs.bias_block(q0, q1, blk.k0, blk.k1), keep
+                    )
                 else:
                     qb_leaf, kb_leaf = qb.detach().requires_grad_(), kb.detach().requires_grad_()
                     with torch.enable_grad():
-                        raw, s = block_logits(inputs, score_fn, qb_leaf, kb_leaf, q0, q1, blk, keep)
+                        raw, s = block_logits(
+                            inputs,
+                            score_fn,
+                            qb_leaf,
+                            kb_leaf,
+                            inputs.bias_block(q0, q1, blk.k0, blk.k1),
+                            keep,
+                        )
                 p = torch.exp(s.detach() - lse_safe[..., q0:q1].unsqueeze(-1))  # (..., bq, bk)
                 dv[..., blk.k0 : blk.k1, :] += p.transpose(-2, -1) @ do_b
                 dp = do_b @ vb.to(cdt).transpose(-2, -1)

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from .base import AttentionInputs
+from .chunked import block_logits
 
 __all__ = ["as_index", "attention_weights"]
 
@@ -47,18 +48,9 @@ def as_index(sel: Selection, size: int, name: str, device) -> Tensor | None:
 
 def _logits(inputs: AttentionInputs, q: Tensor, k: Tensor, k0: int, k1: int, rows, heads) -> Tensor:
     """Masked logits of the selected rows/heads against keys ``k0:k1`` in the compute dtype."""
-    s = inputs.score_fn(q, k)
-    if s.dtype in (torch.float16, torch.bfloat16):
-        s = s.float()
-    if inputs.scale != 1.0:
-        s = s * inputs.scale
     bias = inputs.bias_block(0, inputs.q_len, k0, k1, rows=rows, heads=heads)
-    if bias is not None:
-        s = s + bias.to(s.dtype)
     keep = inputs.mask_block(0, inputs.q_len, k0, k1, rows=rows, heads=heads)
-    if keep is not None:
-        s = s.masked_fill(~keep, float("-inf"))
-    return s
+    return block_logits(inputs, inputs.score_fn, q, k, bias, keep)[1]
 
 
 @torch.no_grad()
