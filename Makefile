@@ -9,7 +9,7 @@ WHEELS ?= /opt/wheels
 FIND_LINKS := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS),)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup browser demo test lint bench clean
 
 setup: $(STAMP)
 
@@ -24,7 +24,13 @@ $(STAMP): requirements-lock.txt pyproject.toml
 demo: setup
 	$(VENV)/bin/qkv demo
 
-test: setup
+# The browser tests drive Debian's chromium; install it when missing (skipped, with a warning, without root).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { echo "installing Debian's chromium for the browser tests..."; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || echo "warning: could not install chromium; the browser tests will be skipped"; }
+
+test: setup browser
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -n 2 -q $(PYTEST_ARGS)
 

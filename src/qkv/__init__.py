@@ -10,7 +10,7 @@
 # functional first: it defines the scores and normalizers the backends import.
 from . import functional  # isort: skip
 from . import backends, explain, masks, modules
-from ._types import AttentionOutput
+from ._types import AttentionMaps, AttentionOutput
 from .backends import BackendNotSupportedError
 from .functional import attention, dispatch_report
 from .modules import (
@@ -30,6 +30,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AdditiveAttention",
     "AdditiveScore",
+    "AttentionMaps",
     "AttentionOutput",
     "BackendNotSupportedError",
     "CosineScore",

@@ -14,11 +14,11 @@ broadcastable to ``(B, H, Tq, Tk)``. Additive biases are float tensors passed as
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import Tensor
 
-__all__ = ["AttentionOutput"]
+__all__ = ["AttentionMaps", "AttentionOutput"]
 
 
 @dataclass(frozen=True)
@@ -45,3 +45,30 @@ class AttentionOutput:
         # Allows ``out, weights = qkv.attention(...)`` like torch's MultiheadAttention.
         yield self.out
         yield self.weights
+
+
+@dataclass
+class AttentionMaps:
+    """The attention weights of a model's forward pass, by kind, for visualization.
+
+    Each entry is a list over layers of ``(B, H, Tq, Tk)`` tensors (an RNN decoder's
+    attention is one layer with one head). Models return this when asked for their weights;
+    :mod:`qkv.viz` and :mod:`qkv.interpret` consume it.
+
+    Attributes:
+        encoder: encoder self-attention, ``Tq = Tk = source length``.
+        decoder: decoder (causal) self-attention, ``Tq = Tk = target length``.
+        cross: decoder-to-encoder attention, ``Tq = target``, ``Tk = source length``.
+    """
+
+    encoder: list[Tensor] = field(default_factory=list)
+    decoder: list[Tensor] = field(default_factory=list)
+    cross: list[Tensor] = field(default_factory=list)
+
+    def kinds(self) -> dict[str, list[Tensor]]:
+        """The non-empty kinds, ``{"encoder": [...], ...}``."""
+        return {
+            k: v
+            for k, v in (("encoder", self.encoder), ("decoder", self.decoder), ("cross", self.cross))
+            if v
+        }
