@@ -21,7 +21,14 @@ from .._types import AttentionOutput
 from ..functional import scores as _scores
 from ..masks.core import Mask
 
-__all__ = ["AttentionInputs", "Backend", "BackendNotSupportedError", "check_fits", "slice_block"]
+__all__ = [
+    "AttentionInputs",
+    "Backend",
+    "BackendNotSupportedError",
+    "check_fits",
+    "slice_block",
+    "softmax_only",
+]
 
 
 class BackendNotSupportedError(ValueError):
@@ -45,6 +52,10 @@ class AttentionInputs:
         need_weights, weights_for: the caller wants weights (all, or ``(heads, rows)``); a
             backend returns them only if it has them anyway, else ``qkv.attention`` computes
             them on demand (:mod:`qkv.backends.weights`).
+        normalize: the normalizer's name (``"softmax"``, ``"sparsemax"``, ...; see
+            :data:`qkv.functional.normalize.NORMALIZERS`) or ``"custom"`` for a callable.
+        normalize_fn: ``(logits, mask) -> weights`` with its parameters bound, or None for
+            softmax (backends compute softmax themselves).
 
     :attr:`mask` is the dense bool mask (True = may attend, broadcastable to
     ``(..., H, Tq, Tk)``) or None, built from ``pattern`` the first time a backend asks.
@@ -64,6 +75,8 @@ class AttentionInputs:
     need_weights: bool = False
     weights_for: tuple[Any, Any] | None = None
     score_kwargs: dict[str, Any] = field(default_factory=dict)
+    normalize: str = "softmax"
+    normalize_fn: Callable[[Tensor, Tensor | None], Tensor] | None = None
 
     @property
     def q_len(self) -> int:
@@ -140,6 +153,16 @@ class Backend(Protocol):
     def supports(self, inputs: AttentionInputs) -> list[str]: ...
 
     def run(self, inputs: AttentionInputs) -> AttentionOutput: ...
+
+
+def softmax_only(inputs: AttentionInputs, backend: str) -> list[str]:
+    """The reason a softmax-only backend gives for a non-softmax ``normalize``, or none."""
+    if inputs.normalize == "softmax":
+        return []
+    what = (
+        "a custom normalize callable" if inputs.normalize == "custom" else f"normalize {inputs.normalize!r}"
+    )
+    return [f"{what}: {backend} computes softmax weights only (the reference runs every normalizer)"]
 
 
 def zero_unreachable_keys(key: Tensor, value: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._types import AttentionOutput
-from .base import AttentionInputs
+from .base import AttentionInputs, softmax_only
 
 __all__ = ["BlockSparseBackend"]
 
@@ -57,7 +57,7 @@ class BlockSparseBackend:
         self._plans: OrderedDict = OrderedDict()
 
     def supports(self, inputs: AttentionInputs) -> list[str]:
-        reasons = []
+        reasons = softmax_only(inputs, "blocksparse")
         if _FLASH is None or _FLASH_BACKWARD is None:
             reasons.append(f"torch {torch.__version__} lacks the fused CPU attention kernel with log-sum-exp")
         if inputs.pattern is None:

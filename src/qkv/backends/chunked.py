@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from .._types import AttentionOutput
 from ..functional import scores as _scores
-from .base import AttentionInputs, slice_block, zero_unreachable_keys
+from .base import AttentionInputs, slice_block, softmax_only, zero_unreachable_keys
 
 __all__ = ["ChunkedBackend", "block_logits", "iter_blocks", "score_parameters"]
 
@@ -253,7 +253,7 @@ class ChunkedBackend:
         self.q_block, self.kv_block, self.max_block_elements = q_block, kv_block, max_block_elements
 
     def supports(self, inputs: AttentionInputs) -> list[str]:
-        reasons = []
+        reasons = softmax_only(inputs, "chunked (online softmax)")
         if inputs.dropout_active:
             reasons.append("dropout: the chunked backend has no attention dropout")
         fn = inputs.score_fn

@@ -52,7 +52,7 @@ from torch import Tensor
 
 from .._types import AttentionOutput
 from ..masks.core import Mask
-from .base import AttentionInputs, zero_unreachable_keys
+from .base import AttentionInputs, softmax_only, zero_unreachable_keys
 
 __all__ = ["FlexBackend", "flex_available", "layout_block_mask"]
 
@@ -223,7 +223,7 @@ class FlexBackend:
     def supports(self, inputs: AttentionInputs) -> list[str]:
         if _IMPORT_ERROR is not None:
             return [_IMPORT_ERROR]
-        reasons = []
+        reasons = softmax_only(inputs, "FlexAttention")
         q = inputs.query
         if inputs.score not in _SCORES:
             what = "a custom score callable" if inputs.score == "custom" else f"score {inputs.score!r}"

@@ -4,13 +4,16 @@
     weights = softmax(logits over the keys allowed by mask)   (..., H, Tq, Tk)
     out     = weights @ V                                     (..., H, Tq, Dv)
 
-It supports every score, mask, bias, dtype and device, always returns the weights when asked
-and the log-sum-exp always. Every other backend must equal it within tolerance.
+It supports every score, mask, bias, dtype, device and normalizer (softmax, sparsemax,
+entmax, top-k, Gumbel, hard, a callable: see :mod:`qkv.functional.normalize`), always returns
+the weights when asked and the log-sum-exp for softmax (None for the other normalizers). Every
+other backend must equal it within tolerance.
 """
 
 from __future__ import annotations
 
 import torch.nn.functional as F
+from torch import Tensor
 
 from .._types import AttentionOutput
 from ..functional.normalize import masked_softmax
@@ -32,7 +35,10 @@ class ReferenceBackend:
         logits = inputs.logits(q, k)  # (..., H, Tq, Tk)
         if inputs.bias is not None:
             logits = logits + inputs.bias
-        weights, lse = masked_softmax(logits, mask)  # softmax in float32 for half inputs
+        if inputs.normalize == "softmax":
+            weights, lse = masked_softmax(logits, mask)  # softmax in float32 for half inputs
+        else:
+            weights, lse = _normalized(inputs, logits, mask), None
         attn = weights
         if inputs.dropout_active:
             attn = F.dropout(weights, p=inputs.dropout_p, training=True)
@@ -43,3 +49,15 @@ class ReferenceBackend:
             lse=lse,
             backend=self.name,
         )
+
+
+def _normalized(inputs: AttentionInputs, logits: Tensor, mask: Tensor | None) -> Tensor:
+    """The weights of a non-softmax normalizer, checked to have the logits' shape."""
+    weights = inputs.normalize_fn(logits, mask)
+    if not isinstance(weights, Tensor) or weights.shape != logits.shape:
+        got = tuple(weights.shape) if isinstance(weights, Tensor) else type(weights).__name__
+        raise ValueError(
+            f"normalize {inputs.normalize!r}: expected weights of the logits' shape "
+            f"(..., H, Tq, Tk) = {tuple(logits.shape)}, got {got}"
+        )
+    return weights

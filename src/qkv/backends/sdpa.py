@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from .._types import AttentionOutput
-from .base import AttentionInputs, zero_unreachable_keys
+from .base import AttentionInputs, softmax_only, zero_unreachable_keys
 
 __all__ = ["SdpaBackend"]
 
@@ -21,7 +21,7 @@ class SdpaBackend:
     auto_max_dense_mask = 1 << 26  # elements of a dense mask auto may build from a pattern
 
     def supports(self, inputs: AttentionInputs) -> list[str]:
-        reasons = []
+        reasons = softmax_only(inputs, "SDPA")
         if inputs.score not in ("dot", "scaled_dot"):
             reasons.append(f"score {inputs.score!r}: SDPA computes only dot/scaled_dot scores")
         if inputs.query.shape[-2] == 0 or inputs.key.shape[-2] == 0:

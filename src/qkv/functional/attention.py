@@ -1,6 +1,6 @@
 """``qkv.attention``: every attention of the source articles behind one Query-Key-Value call.
 
-    score -> scale -> (+ bias) -> mask -> softmax -> weighted sum of values
+    score -> scale -> (+ bias) -> mask -> normalize (softmax by default) -> weighted sum of values
 
 The call validates and normalizes its inputs, then runs one backend (see ``qkv.backends``):
 the readable ``reference`` (the specification) or PyTorch's fused ``sdpa``; ``auto`` picks the
@@ -22,6 +22,7 @@ from ..backends.base import AttentionInputs, check_fits
 from ..backends.weights import as_index, attention_weights
 from ..masks.core import Mask, MaskLike, check_bool_mask
 from . import scores as _scores
+from .normalize import NormalizerFn, resolve_normalizer
 
 __all__ = ["attention", "dispatch_report", "prepare"]
 
@@ -43,6 +44,8 @@ def attention(
     need_weights: bool = False,
     weights_for: tuple[Any, Any] | None = None,
     score_kwargs: dict[str, Any] | None = None,
+    normalize: str | NormalizerFn = "softmax",
+    normalize_kwargs: dict[str, Any] | None = None,
 ) -> AttentionOutput:
     """Attention of ``query`` over ``key``/``value``.
 
@@ -74,6 +77,16 @@ def attention(
         weights_for: ``(heads, rows)``: only these heads (dim -3) and query rows (dim -2),
             each an int, a sequence, a slice or None (all); implies ``need_weights``. The
             weights are then ``(..., len(heads), len(rows), Tk)``.
+        normalize: how logits become weights: ``"softmax"`` (default), ``"sparsemax"``,
+            ``"entmax15"``, ``"entmax_bisect"`` (``alpha``), ``"topk"`` (``k``), ``"gumbel"``
+            (``tau``, ``hard``, ``generator``), ``"hard"`` (one-hot argmax), see
+            :mod:`qkv.functional.normalize`; or a callable ``(logits, mask) -> weights`` that
+            gets the scaled, biased logits ``(..., H, Tq, Tk)`` and the bool mask (True = may
+            attend, broadcastable, or None) and must give weights of the logits' shape (it
+            owns what masked entries and fully masked rows get). Only the reference backend
+            runs a non-softmax normalizer (``auto`` picks it; the fast backends refuse with
+            a reason), and ``lse`` is then None.
+        normalize_kwargs: parameters of a named normalizer, e.g. ``{"k": 4}`` for ``"topk"``.
 
     Rows with no key to attend give output 0, weights 0 and gradients 0. NaN or inf placed in
     masked-out positions does not change the result. Half-precision inputs are normalized in
@@ -82,7 +95,7 @@ def attention(
     inputs, restore = prepare(
         query, key, value, score=score, mask=mask, bias=bias, scale=scale, dropout_p=dropout_p,
         training=training, need_weights=need_weights, weights_for=weights_for,
-        score_kwargs=score_kwargs,
+        score_kwargs=score_kwargs, normalize=normalize, normalize_kwargs=normalize_kwargs,
     )  # fmt: skip
     if not isinstance(backend, str):
         raise TypeError(f"backend: expected a name (str), got {type(backend).__name__}")
@@ -178,7 +191,7 @@ def _fit_extra(name: str, t: Tensor, n_in: int, logits_shape: tuple[int, ...], r
 def prepare(
     query, key, value, *, score: ScoreLike = "scaled_dot", mask=None, bias=None, scale=None,
     dropout_p: float = 0.0, training: bool = False, need_weights: bool = False, weights_for=None,
-    score_kwargs=None,
+    score_kwargs=None, normalize="softmax", normalize_kwargs=None,
 ):  # fmt: skip
     """Validate the arguments of :func:`attention`; return the backend inputs and a function
     that brings a result back to the caller's layout."""
@@ -204,6 +217,7 @@ def prepare(
             f"value: expected Tk = {k.shape[-2]} rows like key {tuple(k.shape)}, got {tuple(v.shape)}"
         )
     score_name, score_fn, kwargs = _resolve_score(score, score_kwargs)
+    normalize_name, normalize_fn = resolve_normalizer(normalize, normalize_kwargs)
     if score_name in ("dot", "scaled_dot", "gaussian", "cosine") and q.shape[-1] != k.shape[-1]:
         raise ValueError(
             f"key: score {score_name!r} needs the feature dim D of query ({q.shape[-1]}) "
@@ -238,7 +252,8 @@ def prepare(
         query=q, key=k, value=v, score=score_name, score_fn=score_fn, scale=float(scale),
         pattern=pattern, tensor_mask=tensor_mask, bias=bias, dropout_p=float(dropout_p), training=bool(training),
         need_weights=bool(need_weights) or weights_for is not None,
-        weights_for=_check_weights_for(weights_for), score_kwargs=kwargs,
+        weights_for=_check_weights_for(weights_for), score_kwargs=kwargs, normalize=normalize_name,
+        normalize_fn=None if normalize_name == "softmax" else normalize_fn,
     )  # fmt: skip
 
     def restore(result: AttentionOutput) -> AttentionOutput:
