@@ -1,0 +1,279 @@
+"""One self-contained HTML file to explore attention: head view, model view, matrix view.
+
+The page needs nothing but itself: the JavaScript and CSS are read from this package's
+``templates/`` and inlined, the weights are embedded, and it opens from ``file://`` with no
+network (no CDN, no font, no URL at all).
+
+Data contract
+-------------
+
+``data`` is :class:`qkv.AttentionMaps`, a mapping from kind to weights, or one array:
+
+- kinds: ``"encoder"`` (source self-attention, ``Tq = Tk = Ts``), ``"decoder"`` (target
+  self-attention, ``Tq = Tk = Tt``), ``"cross"`` (target queries over source keys,
+  ``Tq = Tt``, ``Tk = Ts``); a bare array is ``"encoder"`` (self-attention of one sequence);
+- weights of a kind: a list over layers of ``(B, H, Tq, Tk)`` (batch ``batch_index`` is shown,
+  as :class:`~qkv.AttentionMaps` holds them) or ``(H, Tq, Tk)``; or one array
+  ``(L, H, Tq, Tk)``, ``(L, B, H, Tq, Tk)``, ``(H, Tq, Tk)`` (one layer) or ``(Tq, Tk)``.
+  Tensors, numpy arrays and nested lists are all accepted; values must be finite.
+
+``tokens`` is one list (self-attention: used for every side) or
+``{"source": [...], "target": [...]}``; ``None`` numbers the positions. ``scores`` optionally
+maps a method name to one value per token, e.g. ``{"rollout": [...], "integrated_gradients":
+[...]}``: a plain list belongs to the source tokens (the only sequence of self-attention), a
+``{"source": [...], "target": [...]}`` mapping names the sides.
+
+Storage: each ``(Tq, Tk)`` head matrix is quantized to 16 bits over its own range
+``[min, max]`` (absolute error at most ``(max - min) / 131070``, below 1e-5 for weights in
+[0, 1]) and embedded as base64: 2.7 bytes per weight, so all-MiniLM-L6-v2 on 128 tokens
+(6 layers x 12 heads x 128 x 128 = 1.2M weights) is a 3.2 MB page.
+
+Safety: the data sits in ``<script type="application/json" id="qkv-data">`` with ``<``, ``>``,
+``&``, U+2028 and U+2029 written as ``\\uXXXX`` escapes, so no token can close the script
+element; the page puts tokens on screen only through ``textContent``, attribute setters and
+canvas ``fillText``, never as HTML.
+
+Test hook: ``window.qkvViewer`` (``ready``, ``state()``, ``setKind/setLayer/setHead/setView``,
+``weight(kind, layer, head, i, j)``, ``matrixWeightAt(clientX, clientY)``,
+``matrixCellCenter(i, j)``, ``headTokenCenter(side, i)``, ``timings``).
+"""
+
+from __future__ import annotations
+
+import base64
+import ctypes
+import html as _html
+import json
+import re
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .._types import AttentionMaps
+from ._inputs import as_float, labels, stack_layers
+
+__all__ = ["KINDS", "VIEWS", "render_html", "save_html"]
+
+KINDS = ("encoder", "decoder", "cross")
+VIEWS = ("head", "model", "matrix")
+# (query side, key side) of each kind
+_SIDES = {"encoder": ("source", "source"), "decoder": ("target", "target"), "cross": ("target", "source")}
+_LEVELS = 65535  # 16-bit quantization
+_SLOT = re.compile(r"\{\{(title|css|js|data)\}\}")
+_JSON_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def _template(name: str) -> str:
+    return resources.files("qkv.viz").joinpath("templates", name).read_text(encoding="utf-8")
+
+
+def _by_kind(data: object) -> dict[str, object]:
+    if isinstance(data, AttentionMaps):
+        kinds: dict[str, object] = dict(data.kinds())
+    elif isinstance(data, Mapping):
+        unknown = [k for k in data if k not in KINDS]
+        if unknown:
+            raise ValueError(
+                f"data: unknown attention kind {unknown[0]!r}; expected some of {', '.join(KINDS)}"
+            )
+        kinds = {k: data[k] for k in KINDS if k in data and data[k] is not None}
+    else:
+        kinds = {"encoder": data}
+    if not kinds:
+        raise ValueError(f"data: no attention weights given (expected at least one of {', '.join(KINDS)})")
+    return kinds
+
+
+def _quantize(weights: Tensor) -> tuple[list[float], list[float], str]:
+    """(L, H, Tq, Tk) -> per-head ranges and base64 of little-endian uint16 codes."""
+    n_layers, n_heads, tq, tk = weights.shape
+    flat = weights.reshape(n_layers * n_heads, tq * tk)  # (L*H, Tq*Tk)
+    lo = flat.amin(dim=1)  # (L*H,)
+    hi = flat.amax(dim=1)
+    span = torch.where(hi > lo, hi - lo, torch.ones_like(hi))
+    codes = torch.round((flat - lo[:, None]) / span[:, None] * _LEVELS).to(torch.int32)  # (L*H, Tq*Tk)
+    pairs = torch.stack((codes & 0xFF, codes >> 8), dim=-1).to(torch.uint8).contiguous()  # (L*H, Tq*Tk, 2)
+    # copy the contiguous CPU buffer out in one call (bytes(storage) walks it element by element,
+    # and tensor.numpy() would make numpy a requirement)
+    raw = ctypes.string_at(pairs.data_ptr(), pairs.numel())
+    return lo.tolist(), hi.tolist(), base64.b64encode(raw).decode("ascii")
+
+
+def _side_lengths(weights: dict[str, Tensor]) -> dict[str, int]:
+    """Token count of each side, checked for agreement between kinds."""
+    lengths: dict[str, int] = {}
+    for kind, w in weights.items():
+        q_side, k_side = _SIDES[kind]
+        for side, n, what in ((q_side, w.shape[2], "query"), (k_side, w.shape[3], "key")):
+            if side in lengths and lengths[side] != n:
+                raise ValueError(
+                    f"data: the {kind} attention has {n} {what} positions but another kind has "
+                    f"{lengths[side]} {side} tokens"
+                )
+            lengths[side] = n
+    return lengths
+
+
+def _tokens(tokens: object, lengths: dict[str, int]) -> dict[str, list[str]]:
+    if tokens is None:
+        return {side: [str(i) for i in range(n)] for side, n in lengths.items()}
+    if isinstance(tokens, Mapping):
+        unknown = [k for k in tokens if k not in ("source", "target")]
+        if unknown:
+            raise ValueError(f"tokens: unknown side {unknown[0]!r}; expected 'source' and/or 'target'")
+        out = {}
+        for side, n in lengths.items():
+            if side not in tokens:
+                raise ValueError(f"tokens: the attention needs {side} tokens ({n} of them), got none")
+            out[side] = labels(
+                f"tokens[{side!r}]", tokens[side], n, what=f"({side} positions of the attention)"
+            )
+        return out
+    if len(set(lengths.values())) > 1:
+        raise ValueError(
+            f"tokens: one list was given but the source has {lengths['source']} and the target "
+            f"{lengths['target']} positions; pass {{'source': [...], 'target': [...]}}"
+        )
+    n = next(iter(lengths.values()))
+    one = labels("tokens", tokens, n, what="(positions of the attention)")
+    return dict.fromkeys(lengths, one)
+
+
+def _scores(scores: object, token_lists: dict[str, list[str]]) -> list[dict]:
+    if scores is None:
+        return []
+    if not isinstance(scores, Mapping):
+        raise TypeError(
+            f"scores: expected a mapping from method name to per-token values, got {type(scores).__name__}"
+        )
+    default_side = "source" if "source" in token_lists else "target"
+    out = []
+    for method, values in scores.items():
+        by_side = values if isinstance(values, Mapping) else {default_side: values}
+        for side, v in by_side.items():
+            name = f"scores[{method!r}][{side!r}]" if isinstance(values, Mapping) else f"scores[{method!r}]"
+            if side not in token_lists:
+                raise ValueError(f"{name}: there are no {side!r} tokens (sides: {', '.join(token_lists)})")
+            t = as_float(name, v, ndim=1, what="per-token")
+            if t.shape[0] != len(token_lists[side]):
+                raise ValueError(
+                    f"{name}: expected {len(token_lists[side])} values (one per {side} token), got {t.shape[0]}"
+                )
+            if not torch.isfinite(t).all():
+                raise ValueError(f"{name}: expected finite values, got NaN or inf")
+            out.append({"name": str(method), "side": side, "values": [round(x, 6) for x in t.tolist()]})
+    return out
+
+
+def _payload(data, tokens, *, title: str, scores, batch_index: int, view: str) -> dict:
+    if view not in VIEWS:
+        raise ValueError(f"view: expected one of {', '.join(VIEWS)}, got {view!r}")
+    weights = {}
+    for kind, value in _by_kind(data).items():
+        w = stack_layers(f"data[{kind!r}]", value, batch_index=batch_index)  # (L, H, Tq, Tk)
+        if w.shape[2] == 0 or w.shape[3] == 0 or w.shape[0] == 0 or w.shape[1] == 0:
+            raise ValueError(
+                f"data[{kind!r}]: expected at least one layer, head, query and key, got {tuple(w.shape)}"
+            )
+        if kind != "cross" and w.shape[2] != w.shape[3]:
+            raise ValueError(f"data[{kind!r}]: self-attention needs Tq == Tk, got shape {tuple(w.shape)}")
+        bad = ~torch.isfinite(w)
+        if bad.any():
+            layer, head = (int(i) for i in bad.nonzero()[0][:2])
+            raise ValueError(f"data[{kind!r}]: non-finite weight (NaN or inf) in layer {layer}, head {head}")
+        weights[kind] = w
+    token_lists = _tokens(tokens, _side_lengths(weights))
+    kinds = []
+    for kind, w in weights.items():
+        lo, hi, blob = _quantize(w)
+        q_side, k_side = _SIDES[kind]
+        kinds.append(
+            {
+                "name": kind,
+                "layers": w.shape[0],
+                "heads": w.shape[1],
+                "tq": w.shape[2],
+                "tk": w.shape[3],
+                "queries": q_side,
+                "keys": k_side,
+                "lo": lo,
+                "hi": hi,
+                "data": blob,
+            }
+        )
+    return {
+        "version": 1,
+        "title": str(title),
+        "view": view,
+        "tokens": token_lists,
+        "kinds": kinds,
+        "scores": _scores(scores, token_lists),
+    }
+
+
+def _script_json(payload: dict) -> str:
+    """JSON that is safe inside a ``<script>`` element (nothing can close it)."""
+    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return re.sub("[<>&\u2028\u2029]", lambda m: _JSON_ESCAPES[m.group(0)], text)
+
+
+def render_html(
+    data,
+    tokens=None,
+    *,
+    title: str = "qkv attention",
+    scores: Mapping | None = None,
+    batch_index: int = 0,
+    view: str = "head",
+) -> str:
+    """The viewer page as a string (see the module docstring for the data contract).
+
+    Args:
+        data: :class:`qkv.AttentionMaps`, ``{"encoder"|"decoder"|"cross": weights}`` or one
+            weights array (self-attention).
+        tokens: one list of strings, ``{"source": [...], "target": [...]}`` or ``None``.
+        title: page title (shown as text, never as markup).
+        scores: per-token importance, ``{"method": [...]}`` or
+            ``{"method": {"source": [...], "target": [...]}}``; drawn as a bar of tokens.
+        batch_index: which batch element to show when the weights carry a batch dim.
+        view: the view shown first: ``"head"``, ``"model"`` or ``"matrix"``.
+
+    Views: *head* (query tokens left, key tokens right, one line per pair with opacity =
+    weight; one head or all heads in colours; hover or click a token to isolate its lines and
+    read its weights), *model* (a thumbnail per layer x head; click one to open it), *matrix*
+    (the heatmap of one head, or the mean of all, with a "query -> key: weight" tooltip).
+
+    Raises:
+        ValueError: unknown kinds, shapes that disagree with each other or with the tokens,
+            non-finite weights or scores, ``batch_index`` out of range, unknown ``view``.
+        TypeError: inputs that are not arrays / token lists.
+    """
+    payload = _payload(data, tokens, title=title, scores=scores, batch_index=batch_index, view=view)
+    parts = {
+        "title": _html.escape(str(title)),
+        "css": _template("viewer.css"),
+        "js": _template("viewer.js"),
+        "data": _script_json(payload),
+    }
+    for name in ("css", "js"):
+        if re.search(r"</(script|style)", parts[name], flags=re.I):  # pragma: no cover - packaging guard
+            raise RuntimeError(f"qkv.viz template viewer.{name} must not contain a closing script/style tag")
+    return _SLOT.sub(lambda m: parts[m.group(1)], _template("viewer.html"))
+
+
+def save_html(path: str | Path, data, tokens=None, **kwargs) -> Path:
+    """Write :func:`render_html` ``(data, tokens, **kwargs)`` to ``path`` (UTF-8) and return it.
+
+    Raises:
+        ValueError: ``path`` does not end in ``.html`` or ``.htm`` (and what
+            :func:`render_html` raises).
+    """
+    p = Path(path)
+    if p.suffix.lower() not in (".html", ".htm"):
+        raise ValueError(f"path: expected a file name ending in .html or .htm, got {str(path)!r}")
+    text = render_html(data, tokens, **kwargs)
+    p.write_text(text, encoding="utf-8")
+    return p
