@@ -1,0 +1,238 @@
+"""Parallel text from a TSV file (the Tatoeba / manythings.org Anki format).
+
+One pair per line: ``source<TAB>target[<TAB>anything...]``; extra columns (Tatoeba's
+attribution) are ignored. The file is UTF-8 (a byte-order mark is tolerated). Lines without a
+tab or with an empty side are skipped and reported (a ``UserWarning`` naming the first line
+numbers, and ``meta["malformed"]``); blank lines are skipped silently.
+"""
+
+from __future__ import annotations
+
+import os
+import unicodedata
+import warnings
+from pathlib import Path
+
+from ._rng import SeededRandom
+from .corpus import Corpus, Example, _check_frac, long_threshold, split_counts
+
+__all__ = ["load_tsv", "normalize_text"]
+
+_SHOWN = 10  # malformed line numbers named in the warning
+_KEPT = 100  # malformed line numbers recorded in meta
+_JOINERS = "'’-‐"  # kept between letters: "don't", "well-known"
+_DIGIT_SEPARATORS = ".,:"  # kept between digits: "3.14", "1,000", "10:30"
+
+
+def _is_punct(c: str) -> bool:
+    return unicodedata.category(c)[0] in "PS"
+
+
+def _split_punct(text: str) -> str:
+    out: list[str] = []
+    n = len(text)
+    for i, c in enumerate(text):
+        if _is_punct(c):
+            prev = text[i - 1] if i > 0 else ""
+            nxt = text[i + 1] if i + 1 < n else ""
+            if c in _JOINERS and prev.isalnum() and nxt.isalpha():
+                out.append(c)
+                continue
+            if c in _DIGIT_SEPARATORS and prev.isdigit() and nxt.isdigit():
+                out.append(c)
+                continue
+            out.append(f" {c} ")
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def normalize_text(
+    text: str, *, lowercase: bool = False, split_punct: bool = False, normalize_spaces: bool = True
+) -> str:
+    """Normalize one side of a pair; always Unicode NFC.
+
+    Args:
+        lowercase: ``str.lower()``.
+        split_punct: surround punctuation and symbols with spaces (``"Hello!"`` -> ``"Hello !"``,
+            ``"«Oui»"`` -> ``"« Oui »"``), except apostrophes and hyphens inside words
+            (``"don't"``, ``"Qu'est-ce"``) and ``. , :`` between digits (``"3.14"``).
+        normalize_spaces: every run of Unicode white space (tabs, no-break space U+00A0,
+            narrow no-break space U+202F, ...) becomes one ASCII space; ends are stripped.
+
+    >>> normalize_text("Bonjour\\u202f!  Ça va ?", lowercase=True, split_punct=True)
+    'bonjour ! ça va ?'
+    """
+    text = unicodedata.normalize("NFC", text)
+    if lowercase:
+        text = text.lower()
+    if split_punct:
+        text = _split_punct(text)
+    if normalize_spaces or split_punct:
+        text = " ".join(text.split())
+    return text
+
+
+def _report(path: Path, lines: list[int], count: int) -> str:
+    shown = ", ".join(map(str, lines[:_SHOWN]))
+    more = f" and {count - _SHOWN} more" if count > _SHOWN else ""
+    return (
+        f"load_tsv: skipped {count} malformed line(s) of '{path}' (expected 'source<TAB>target', "
+        f"both non-empty): line {shown}{more}"
+    )
+
+
+def load_tsv(
+    path: str | os.PathLike,
+    *,
+    lowercase: bool = False,
+    split_punct: bool = False,
+    normalize_spaces: bool = True,
+    max_len: int | None = None,
+    valid_frac: float = 0.05,
+    test_frac: float = 0.05,
+    seed: int = 0,
+    long_quantile: float = 0.75,
+    reverse: bool = False,
+    dedupe: bool = True,
+    name: str | None = None,
+) -> Corpus:
+    """Read a TSV of sentence pairs into a :class:`Corpus` (no gold alignment).
+
+    Each side goes through :func:`normalize_text`. Pairs are then split at random (seeded)
+    into train/valid/test by source sentence: all translations of one source sentence land
+    in the same split, so no test source is seen in training. ``test_long`` is the part of
+    test at or above :func:`qkv.data.corpus.long_threshold` (source tokens).
+
+    Args:
+        path: the file.
+        lowercase, split_punct, normalize_spaces: see :func:`normalize_text`.
+        max_len: drop pairs with more than ``max_len`` whitespace tokens on either side.
+        valid_frac, test_frac: fractions of the source sentences held out.
+        seed: the split's seed.
+        long_quantile: ``test_long`` keeps at most the longest ``1 - long_quantile`` of test.
+        reverse: swap the columns (read ``target<TAB>source``).
+        dedupe: drop repeated pairs (after normalization), keeping the first.
+        name: the corpus name (default: the file name without extension).
+
+    Returns:
+        A :class:`Corpus`; ``meta`` has ``lines``, ``blank``, ``malformed`` (count),
+        ``malformed_lines`` (the first 100 line numbers), ``too_long``, ``duplicates``, the
+        options, ``long_threshold`` and ``sizes``.
+
+    Raises:
+        FileNotFoundError: no such file. OSError: the file cannot be read (both name the path).
+        ValueError: not UTF-8 (names the path and the line), an empty file, a file without
+            any valid line, bad options.
+
+    Warns:
+        UserWarning: malformed lines were skipped (first line numbers and the count).
+    """
+    path = Path(path)
+    if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1):
+        raise ValueError(f"max_len: expected None or an int >= 1, got {max_len!r}")
+    _check_frac("long_quantile", long_quantile)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"load_tsv: no such file: '{path}'") from None
+    except OSError as e:
+        raise OSError(f"load_tsv: cannot read '{path}': {e.strerror or e}") from None
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    if not data.strip():
+        raise ValueError(f"load_tsv: '{path}' is empty")
+
+    raw_lines = data.split(b"\n")
+    if raw_lines and raw_lines[-1] == b"":
+        raw_lines.pop()  # the final newline ends the last line
+    pairs: list[tuple[str, str]] = []
+    seen: set[tuple[str, str]] = set()
+    malformed: list[int] = []
+    n_malformed = blank = too_long = duplicates = 0
+    for lineno, raw in enumerate(raw_lines, start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(
+                f"load_tsv: '{path}' line {lineno} is not valid UTF-8 "
+                f"(byte 0x{raw[e.start]:02x} at column {e.start + 1})"
+            ) from None
+        line = line.rstrip("\r")
+        if not line.strip():
+            blank += 1
+            continue
+        cols = line.split("\t")
+        src, tgt = (cols[0], cols[1]) if len(cols) >= 2 else ("", "")
+        if reverse:
+            src, tgt = tgt, src
+        opts = {"lowercase": lowercase, "split_punct": split_punct, "normalize_spaces": normalize_spaces}
+        src, tgt = normalize_text(src, **opts).strip(), normalize_text(tgt, **opts).strip()
+        if not src or not tgt:
+            n_malformed += 1
+            if len(malformed) < _KEPT:
+                malformed.append(lineno)
+            continue
+        if max_len is not None and (len(src.split()) > max_len or len(tgt.split()) > max_len):
+            too_long += 1
+            continue
+        if dedupe:
+            if (src, tgt) in seen:
+                duplicates += 1
+                continue
+            seen.add((src, tgt))
+        pairs.append((src, tgt))
+    if n_malformed:
+        warnings.warn(_report(path, malformed, n_malformed), UserWarning, stacklevel=2)
+    if not pairs:
+        raise ValueError(
+            f"load_tsv: '{path}' has no usable pair ({len(raw_lines)} lines: {n_malformed} malformed, "
+            f"{blank} blank, {too_long} longer than max_len={max_len})"
+        )
+
+    # split by source sentence, groups in order of first appearance, then a seeded shuffle
+    groups: dict[str, list[int]] = {}
+    for i, (src, _) in enumerate(pairs):
+        groups.setdefault(src, []).append(i)
+    order = list(groups)
+    SeededRandom(seed, "tsv-split").shuffle(order)
+    _, n_valid, n_test = split_counts(len(order), valid_frac, test_frac)
+    parts = {
+        "test": order[:n_test],
+        "valid": order[n_test : n_test + n_valid],
+        "train": order[n_test + n_valid :],
+    }
+    splits: dict[str, list[Example]] = {}
+    for split, sources in parts.items():
+        idx = sorted(i for s in sources for i in groups[s])  # file order inside a split
+        splits[split] = [Example(pairs[i][0], pairs[i][1], None) for i in idx]
+    threshold = None
+    splits["test_long"] = []
+    if splits["test"]:
+        threshold = long_threshold([len(e.source.split()) for e in splits["test"]], long_quantile)
+        splits["test_long"] = [e for e in splits["test"] if len(e.source.split()) >= threshold]
+    splits = {k: splits[k] for k in ("train", "valid", "test", "test_long")}
+    meta = {
+        "generator": "tsv",
+        "path": str(path),
+        "lines": len(raw_lines),
+        "blank": blank,
+        "malformed": n_malformed,
+        "malformed_lines": malformed,
+        "too_long": too_long,
+        "duplicates": duplicates,
+        "pairs": len(pairs),
+        "lowercase": lowercase,
+        "split_punct": split_punct,
+        "normalize_spaces": normalize_spaces,
+        "max_len": max_len,
+        "reverse": reverse,
+        "dedupe": dedupe,
+        "valid_frac": valid_frac,
+        "test_frac": test_frac,
+        "seed": seed,
+        "long_quantile": long_quantile,
+        "long_threshold": threshold,
+        "sizes": {k: len(v) for k, v in splits.items()},
+    }
+    return Corpus(name=name or path.stem, splits=splits, meta=meta)
