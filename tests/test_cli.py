@@ -170,13 +170,13 @@ def test_no_command_is_an_error(capsys):
     assert "qkv: error: a command is required" in err
 
 
-def test_demo_runs_the_three_examples(capsys):
-    code, out, _ = run(capsys, "demo")
+def test_demo_examples_runs_the_three_examples(capsys):
+    code, out, _ = run(capsys, "demo", "--examples")
     assert code == 0
     assert out.index("Seq2Seq") < out.index("Self-attention") < out.index("Kernel regression")
     for needle in ("1/3", "2/3", "3/3", "0.8808", "2.7616", "45.5000"):
         assert needle in out
-    code, out, _ = run(capsys, "demo", "--json")
+    code, out, _ = run(capsys, "demo", "--examples", "--json")
     assert code == 0
     d = json.loads(out)
     assert list(d) == ["seq2seq", "self_attention", "kernel_regression"]

@@ -1,0 +1,233 @@
+"""Transformer encoder-decoder translation (Vaswani et al. 2017), one readable file.
+
+Pre-LN blocks (Xiong et al. 2020: LayerNorm before each sub-layer, which trains without
+warm-up tricks at small sizes) on :class:`qkv.MultiHeadAttention`, sinusoidal positions,
+optional embeddings shared between source, target and the output layer.
+
+    encoder layer   x = x + Drop(SelfAttn(LN(x), source padding))
+                    x = x + Drop(FFN(LN(x)))
+    decoder layer   y = y + Drop(SelfAttn(LN(y), causal))
+                    y = y + Drop(CrossAttn(LN(y), memory, source padding))
+                    y = y + Drop(FFN(LN(y)))
+
+Shapes (B batch, S source length, T target length, E model size, V vocabulary)::
+
+    src (B, S) long, src_lengths (B,), tgt_in (B, T) = <sos> y_1 .. y_{T-1}
+    -> logits (B, T, V); with need_weights an AttentionMaps with per layer
+       encoder (B, H, S, S), decoder (B, H, T, T), cross (B, H, T, S)
+
+The step interface (``encode`` -> ``init_state`` -> ``step``) matches
+:class:`qkv.models.seq2seq.Seq2Seq`; a step re-runs the decoder over the prefix decoded so
+far (targets here are short; each step costs O(t) attention rows).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .._types import AttentionMaps
+from ..masks import causal
+from ..modules import MultiHeadAttention
+
+__all__ = ["Transformer", "TransformerConfig", "sinusoidal_positions"]
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """Hyper-parameters of :class:`Transformer` (keyword-only, JSON-serializable).
+
+    Attributes:
+        src_vocab, tgt_vocab: vocabulary sizes (ids 0..3 are <pad> <sos> <eos> <unk>).
+        d_model, num_heads, ff_dim: sizes (``d_model % num_heads == 0``).
+        encoder_layers, decoder_layers: depths.
+        dropout: on embeddings, attention outputs and the FFN.
+        share_embeddings: one embedding table for source, target and the output layer
+            (needs ``src_vocab == tgt_vocab``, a joint vocabulary); the target embedding is
+            always tied to the output layer.
+        max_len: longest sequence the positions cover.
+    """
+
+    src_vocab: int
+    tgt_vocab: int
+    d_model: int = 128
+    num_heads: int = 4
+    ff_dim: int = 256
+    encoder_layers: int = 2
+    decoder_layers: int = 2
+    dropout: float = 0.1
+    share_embeddings: bool = False
+    max_len: int = 512
+    pad_id: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("src_vocab", "tgt_vocab", "d_model", "num_heads", "ff_dim", "max_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
+        for name in ("encoder_layers", "decoder_layers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name}: expected an int >= 0, got {value!r}")
+        if self.d_model % self.num_heads:
+            raise ValueError(
+                f"d_model: expected a multiple of num_heads={self.num_heads}, got {self.d_model}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout!r}")
+        if self.share_embeddings and self.src_vocab != self.tgt_vocab:
+            raise ValueError(
+                "share_embeddings: needs one joint vocabulary (src_vocab == tgt_vocab), "
+                f"got {self.src_vocab} and {self.tgt_vocab}"
+            )
+
+    def to_dict(self) -> dict:
+        return {"kind": "transformer", **asdict(self)}
+
+
+def sinusoidal_positions(length: int, dim: int) -> Tensor:
+    """``PE[p, 2i] = sin(p / 10000^(2i/d))``, ``PE[p, 2i+1] = cos(...)``: ``(length, dim)``."""
+    pos = torch.arange(length, dtype=torch.float64).unsqueeze(1)  # (T, 1)
+    inv = torch.exp(torch.arange(0, dim, 2, dtype=torch.float64) * (-math.log(10000.0) / dim))  # (ceil(d/2),)
+    pe = torch.zeros(length, dim, dtype=torch.float64)
+    pe[:, 0::2] = torch.sin(pos * inv)
+    pe[:, 1::2] = torch.cos(pos * inv[: dim // 2])
+    return pe.to(torch.get_default_dtype())
+
+
+class FeedForward(nn.Sequential):
+    def __init__(self, d_model: int, ff_dim: int, dropout: float) -> None:
+        super().__init__(
+            nn.Linear(d_model, ff_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ff_dim, d_model)
+        )
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
+        self.self_attn = MultiHeadAttention(
+            embed_dim=cfg.d_model, num_heads=cfg.num_heads, dropout=cfg.dropout
+        )
+        self.ff = FeedForward(cfg.d_model, cfg.ff_dim, cfg.dropout)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, pad: Tensor, need_weights: bool) -> tuple[Tensor, Tensor | None]:
+        h = self.norm1(x)
+        a = self.self_attn(h, key_padding_mask=pad, need_weights=need_weights)
+        x = x + self.drop(a.out)
+        return x + self.drop(self.ff(self.norm2(x))), a.weights
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(cfg.d_model) for _ in range(3))
+        self.self_attn = MultiHeadAttention(
+            embed_dim=cfg.d_model, num_heads=cfg.num_heads, dropout=cfg.dropout
+        )
+        self.cross_attn = MultiHeadAttention(
+            embed_dim=cfg.d_model, num_heads=cfg.num_heads, dropout=cfg.dropout
+        )
+        self.ff = FeedForward(cfg.d_model, cfg.ff_dim, cfg.dropout)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(
+        self, y: Tensor, memory: Tensor, pad: Tensor, need_weights: bool
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        h = self.norm1(y)
+        s = self.self_attn(h, mask=causal(), need_weights=need_weights)
+        y = y + self.drop(s.out)
+        c = self.cross_attn(self.norm2(y), memory, memory, key_padding_mask=pad, need_weights=need_weights)
+        y = y + self.drop(c.out)
+        return y + self.drop(self.ff(self.norm3(y))), s.weights, c.weights
+
+
+class Transformer(nn.Module):
+    """Encoder-decoder Transformer translator; see the module docstring."""
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        cfg = self.config = config
+        self.tgt_embed = nn.Embedding(cfg.tgt_vocab, cfg.d_model, padding_idx=cfg.pad_id)
+        self.src_embed = (
+            self.tgt_embed
+            if cfg.share_embeddings
+            else nn.Embedding(cfg.src_vocab, cfg.d_model, padding_idx=cfg.pad_id)
+        )
+        self.register_buffer("positions", sinusoidal_positions(cfg.max_len, cfg.d_model), persistent=False)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.encoder = nn.ModuleList([EncoderLayer(cfg) for _ in range(cfg.encoder_layers)])
+        self.decoder = nn.ModuleList([DecoderLayer(cfg) for _ in range(cfg.decoder_layers)])
+        self.enc_norm, self.dec_norm = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
+        self.out = nn.Linear(cfg.d_model, cfg.tgt_vocab, bias=False)
+        self.out.weight = self.tgt_embed.weight  # tied output layer (Press & Wolf 2017)
+        nn.init.normal_(self.tgt_embed.weight, std=cfg.d_model**-0.5)
+        if not cfg.share_embeddings:
+            nn.init.normal_(self.src_embed.weight, std=cfg.d_model**-0.5)
+
+    def _embed(self, table: nn.Embedding, ids: Tensor) -> Tensor:
+        if ids.shape[1] > self.config.max_len:
+            raise ValueError(f"sequence length {ids.shape[1]} exceeds max_len={self.config.max_len}")
+        x = table(ids) * math.sqrt(self.config.d_model) + self.positions[: ids.shape[1]]  # (B, T, E)
+        return self.drop(x)
+
+    def encode(
+        self, src: Tensor, src_lengths: Tensor, *, maps: AttentionMaps | None = None
+    ) -> dict[str, Tensor]:
+        """Run the encoder; the memory every decoding step reads (batch first)."""
+        valid = torch.arange(src.shape[1], device=src.device) < src_lengths.unsqueeze(1)  # (B, S)
+        x = self._embed(self.src_embed, src)
+        for layer in self.encoder:
+            x, w = layer(x, ~valid, maps is not None)
+            if maps is not None:
+                maps.encoder.append(w)
+        return {"states": self.enc_norm(x), "mask": valid, "lengths": src_lengths}
+
+    def decode(
+        self, tgt_in: Tensor, memory: dict[str, Tensor], *, maps: AttentionMaps | None = None
+    ) -> Tensor:
+        """Decoder over a whole (teacher-forced) target prefix -> logits (B, T, V)."""
+        y = self._embed(self.tgt_embed, tgt_in)
+        for layer in self.decoder:
+            y, ws, wc = layer(y, memory["states"], ~memory["mask"], maps is not None)
+            if maps is not None:
+                maps.decoder.append(ws)
+                maps.cross.append(wc)
+        return self.out(self.dec_norm(y))
+
+    def forward(
+        self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor, *, teacher_forcing: float = 1.0,
+        generator: torch.Generator | None = None, need_weights: bool = False,
+    ) -> Tensor | tuple[Tensor, AttentionMaps]:  # fmt: skip
+        """Teacher-forced logits ``(B, T, V)`` (and the attention maps with ``need_weights``).
+
+        ``teacher_forcing`` must be 1: a Transformer decodes every position in parallel.
+        """
+        if teacher_forcing != 1.0:
+            raise ValueError(
+                f"teacher_forcing: the Transformer trains with full teacher forcing (1.0), got {teacher_forcing!r}"
+            )
+        maps = AttentionMaps() if need_weights else None
+        memory = self.encode(src, src_lengths, maps=maps)
+        logits = self.decode(tgt_in, memory, maps=maps)
+        return (logits, maps) if need_weights else logits
+
+    # ------------------------------------------------------------------ step interface
+    def init_state(self, memory: dict[str, Tensor]) -> dict[str, Tensor]:
+        bsz = memory["states"].shape[0]
+        return {"prefix": torch.zeros(bsz, 0, dtype=torch.long, device=memory["states"].device)}
+
+    def step(
+        self, prev: Tensor, state: dict[str, Tensor], memory: dict[str, Tensor]
+    ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+        """Previous tokens ``(B,)`` -> logits ``(B, V)``, new state, and the last layer's cross
+        attention of this position averaged over heads ``(B, S)``."""
+        prefix = torch.cat([state["prefix"], prev.unsqueeze(1)], dim=1)  # (B, t+1)
+        maps = AttentionMaps()
+        logits = self.decode(prefix, memory, maps=maps)
+        weights = maps.cross[-1][:, :, -1].mean(dim=1) if maps.cross else None  # (B, H, S) -> (B, S)
+        return logits[:, -1], {"prefix": prefix}, weights
