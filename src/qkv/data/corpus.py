@@ -250,9 +250,11 @@ def generated_splits(
 ) -> tuple[dict[str, list[Example]], int | None]:
     """Fill the four splits from a stream of distinct items in random order.
 
-    ``long_from=None``: the first ``size`` items give test, valid, train in that order and
+    ``long_from=None``: the first ``size`` items are dealt to test, valid and train evenly
+    along the stream (so a small stratum that the stream exhausts early, such as the ten
+    one-digit numbers, is split in proportion rather than held out whole), and
     ``test_long`` is the part of test at or above :func:`long_threshold`. ``long_from=K``:
-    items whose source has fewer than ``K`` tokens fill test, valid, train; ``long_size``
+    items whose source has fewer than ``K`` tokens are dealt the same way; ``long_size``
     others with ``K`` or more fill ``test_long``. Returns the splits and the threshold.
 
     Raises:
@@ -279,10 +281,22 @@ def generated_splits(
                 f"than {plan.long_from} tokens (size={plan.size} asked) and {len(long_examples)} with "
                 f"{plan.long_from} or more (long_size={plan.long_size} asked)"
             )
-    a, b = plan.n_test, plan.n_test + plan.n_valid
-    test, valid, train = chosen[:a], chosen[a:b], chosen[b:]
+    test, valid, train = _interleave(chosen, plan.n_test, plan.n_valid)
     threshold: int | None = plan.long_from
     if plan.long_from is None and test:
         threshold = long_threshold([len(e.source.split()) for e in test], plan.long_quantile)
         long_examples = [e for e in test if len(e.source.split()) >= threshold]
     return {"train": train, "valid": valid, "test": test, "test_long": long_examples}, threshold
+
+
+def _interleave(items: list[Example], n_test: int, n_valid: int) -> tuple[list, list, list]:
+    """Deal ``items`` (in stream order) to exactly ``n_test`` test and ``n_valid`` valid
+    examples spread evenly along the stream; the rest is train."""
+    size = len(items)
+    test, rest = [], []
+    for i, e in enumerate(items):
+        (test if (i + 1) * n_test // size > i * n_test // size else rest).append(e)
+    valid, train = [], []
+    for j, e in enumerate(rest):
+        (valid if (j + 1) * n_valid // len(rest) > j * n_valid // len(rest) else train).append(e)
+    return test, valid, train

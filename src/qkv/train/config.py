@@ -69,6 +69,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "keep": 2,  # checkpoints kept
         "valid_decode": 300,  # validation sentences decoded greedily for exact match
         "max_decode_len": 0,  # decoding limit (0 = 2 x the longest training target + 10)
+        "threads": 0,  # torch CPU threads while training (0 = torch's default); small RNNs run best on 1
     },
 }
 

@@ -166,9 +166,7 @@ def train(
         stop_after_steps: stop (and checkpoint) after this many optimizer steps in this call,
             as an interruption would (tests use it to check exact resumption).
     """
-    from ..data import batches, encode_pairs, num_batches
-    from .checkpoint import find_latest, load_checkpoint, save_checkpoint
-    from .progress import Progress
+    from .checkpoint import find_latest, load_checkpoint
 
     stream = sys.stderr if stream is None else stream
     out = Path(out_dir)
@@ -182,6 +180,21 @@ def train(
         raise FileExistsError(
             f"out: {str(out)!r} already holds a run; pass --resume to continue it or choose another --out"
         )
+    t = cfg["train"]
+    threads_before = torch.get_num_threads()
+    if int(t.get("threads", 0) or 0) > 0:
+        torch.set_num_threads(int(t["threads"]))
+    try:
+        return _train(cfg, out, ckpt, stream, progress, stop_after_steps)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train(cfg, out: Path, ckpt, stream, progress: bool, stop_after_steps: int | None) -> TrainResult:
+    from ..data import batches, encode_pairs, num_batches
+    from .checkpoint import save_checkpoint
+    from .progress import Progress
+
     t = cfg["train"]
     _seed_everything(int(t["seed"]))
     corpus, src_tok, tgt_tok = prepare_data(cfg)

@@ -1,0 +1,172 @@
+"""Attention capture from Hugging Face ``transformers`` models (used by :func:`qkv.capture`).
+
+``transformers`` >= 5 models declare which module classes produce their attention weights
+(``_can_record_outputs``: ``"attentions"``, ``"cross_attentions"``... -> a class, a class name
+or an ``OutputRecorder(class, index, layer_name)``); with eager attention those modules return
+``(output, weights, ...)`` on every call. Capture:
+
+1. switches every config of the model to ``"eager"`` attention (``set_attn_implementation``),
+2. puts a forward hook on each declared attention module that reads ``output[index]``
+   (``(B, H, Tq, Tk)``) and changes nothing,
+3. on exit removes the hooks and restores each config's previous implementation.
+
+The outputs are therefore bitwise those of the eager model; against the model's own
+implementation (``sdpa`` by default) they agree within floating-point tolerance. In training
+mode the weights are the ones after attention dropout, as ``transformers`` returns them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+
+from torch import nn
+
+from ..capture import CapturedAttention, attention_kind, select_heads
+
+__all__ = ["attention_modules", "capture_hf"]
+
+
+def _specs(model: nn.Module) -> list[tuple[str, type | None, str | None, int, str | None]]:
+    """``(key, target_class, class_name, index, layer_name)`` of a model's attention recorders."""
+    out = []
+    for key, value in (getattr(model, "_can_record_outputs", None) or {}).items():
+        if "attention" not in key:
+            continue
+        for spec in value if isinstance(value, list) else [value]:
+            if isinstance(spec, type):
+                out.append((key, spec, None, 1, None))
+            elif isinstance(spec, str):
+                out.append((key, None, spec, 1, None))
+            else:  # an OutputRecorder
+                out.append(
+                    (
+                        key,
+                        getattr(spec, "target_class", None),
+                        getattr(spec, "class_name", None),
+                        getattr(spec, "index", 1),
+                        getattr(spec, "layer_name", None),
+                    )
+                )
+    return out
+
+
+def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module, int, str]]:
+    """``(qualified name, module, index of the weights in its output, kind)`` of every attention
+    module a ``transformers`` model declares, in model order. Each sub-model (a nested
+    ``PreTrainedModel``, e.g. BART's encoder and decoder) uses its own declarations."""
+    from transformers import PreTrainedModel
+
+    found: list[tuple[str, nn.Module, int, str]] = []
+    seen: set[int] = set()
+
+    def visit(module: nn.Module, name: str, specs) -> None:
+        if isinstance(module, PreTrainedModel) and _specs(module):
+            specs = _specs(module)
+        for key, cls, class_name, index, layer_name in specs:
+            hit = (cls is not None and isinstance(module, cls)) or (
+                class_name is not None and name.endswith(class_name)
+            )
+            if hit and layer_name is not None:
+                hit = "." + layer_name.strip(".") + "." in "." + name + "."
+            if hit and id(module) not in seen:
+                seen.add(id(module))
+                kind = "cross" if "cross" in key else attention_kind(name)
+                found.append((name, module, index, kind))
+                break
+        for child_name, child in module.named_children():
+            visit(child, f"{name}.{child_name}" if name else child_name, specs)
+
+    visit(model, "", [])
+    return found
+
+
+def _configs(model: nn.Module) -> list:
+    from transformers import PreTrainedModel
+
+    configs, seen = [], set()
+    todo = [getattr(m, "config", None) for m in model.modules() if isinstance(m, PreTrainedModel)]
+    while todo:
+        cfg = todo.pop(0)
+        if cfg is None or id(cfg) in seen:
+            continue
+        seen.add(id(cfg))
+        configs.append(cfg)
+        todo.extend(getattr(cfg, key, None) for key in (getattr(cfg, "sub_configs", None) or {}))
+    return configs
+
+
+def _implementation(cfg) -> str | None:
+    return getattr(cfg, "_attn_implementation", None)
+
+
+@contextmanager
+def _eager(model: nn.Module) -> Iterator[None]:
+    """Eager attention for every config of ``model`` for the duration; then the old ones."""
+    configs = _configs(model)
+    internal = "_attn_implementation_internal"
+    saved = [
+        (cfg, internal, getattr(cfg, internal))
+        if hasattr(cfg, internal)
+        else (cfg, "_attn_implementation", _implementation(cfg))
+        for cfg in configs
+    ]
+
+    def restore() -> None:
+        for cfg, attr, value in saved:
+            setattr(cfg, attr, value)
+
+    try:
+        if any(_implementation(cfg) != "eager" for cfg in configs):
+            if hasattr(model, "set_attn_implementation"):
+                model.set_attn_implementation("eager")
+            else:
+                for cfg in configs:
+                    cfg._attn_implementation = "eager"
+        stuck = sorted({str(_implementation(cfg)) for cfg in configs if _implementation(cfg) != "eager"})
+        if stuck:
+            raise RuntimeError(
+                f"capture: could not switch {type(model).__name__} to eager attention (still {', '.join(stuck)}); "
+                "load it with attn_implementation='eager' or call it with output_attentions=True"
+            )
+        yield
+    finally:
+        restore()
+
+
+@contextmanager
+def capture_hf(
+    model: nn.Module, *, kinds: frozenset[str], heads: list[int] | None, detach: bool
+) -> Iterator[CapturedAttention]:
+    """:func:`qkv.capture` for a ``transformers`` model (see the module docstring).
+
+    Raises:
+        RuntimeError: the model declares no attention modules (``transformers`` < 5, or a
+            model without ``_can_record_outputs``), or cannot run eager attention.
+        ValueError: no attention module of the requested kinds.
+    """
+    found = attention_modules(model)
+    if not found:
+        import transformers
+
+        raise RuntimeError(
+            f"capture: {type(model).__name__} declares no attention modules to record "
+            f"(transformers {transformers.__version__}; needs _can_record_outputs, transformers >= 5); "
+            "call it with output_attentions=True instead"
+        )
+    targets = [t for t in found if t[3] in kinds]
+    if not targets:
+        have = ", ".join(f"{n} ({k})" for n, _, _, k in found[:6])
+        raise ValueError(f"kinds: no attention module of kinds {sorted(kinds)} in model; it has {have}, ...")
+    maps = CapturedAttention([n for n, _, _, _ in targets], {n: k for n, _, _, k in found})
+    with ExitStack() as stack:
+        stack.enter_context(_eager(model))
+        for name, module, index, _ in targets:
+
+            def hook(mod, args, output, name=name, index=index):
+                w = output[index] if isinstance(output, tuple) and len(output) > index else None
+                if w is not None:
+                    maps.record(name, select_heads(w.detach() if detach else w, heads, name))
+
+            stack.callback(module.register_forward_hook(hook).remove)
+        yield maps

@@ -1,0 +1,14 @@
+"""Which input tokens matter: attention rollout and flow (Abnar & Zuidema 2020),
+gradient-weighted rollout (Chefer et al. 2021), integrated gradients (Sundararajan et al. 2017,
+through Captum: ``pip install 'qkv[interpret]'``), and :func:`token_scores` for viewers.
+
+Every method ends in token scores ``(T,)``: rollout-like results are ``(T, T)`` matrices (row
+``i``: what reaches output position ``i``) that :func:`token_scores` reduces.
+"""
+
+from .flow import flow
+from .gradients import grad_rollout, integrated_gradients
+from .rollout import layer_matrices, rollout
+from .scores import token_scores
+
+__all__ = ["flow", "grad_rollout", "integrated_gradients", "layer_matrices", "rollout", "token_scores"]
