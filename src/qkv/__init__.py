@@ -9,9 +9,10 @@
 
 # functional first: it defines the scores and normalizers the backends import.
 from . import functional  # isort: skip
-from . import backends, explain, masks, modules
+from . import backends, data, explain, interop, interpret, masks, models, modules, train, viz
 from ._types import AttentionMaps, AttentionOutput
 from .backends import BackendNotSupportedError
+from .capture import capture
 from .functional import attention, dispatch_report
 from .modules import (
     AdditiveAttention,
@@ -43,9 +44,16 @@ __all__ = [
     "__version__",
     "attention",
     "backends",
+    "capture",
+    "data",
     "dispatch_report",
     "explain",
     "functional",
+    "interop",
+    "interpret",
     "masks",
+    "models",
     "modules",
+    "train",
+    "viz",
 ]

@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 __all__ = ["DEMO_CORPUS", "DEMO_MODELS", "demo_config", "run_demo"]
 
 DEMO_CORPUS = {"corpus": "numbers-de", "size": 24000, "seed": 0, "options": {"max_value": 999_999_999}}
@@ -41,18 +43,18 @@ DEMO_CORPUS = {"corpus": "numbers-de", "size": 24000, "seed": 0, "options": {"ma
 DEMO_MODELS: dict[str, dict[str, Any]] = {
     "none": {
         "preset": "none",
-        "model": {"embed_dim": 64, "hidden_dim": 192, "dropout": 0.1},
-        "train": {"epochs": 10, "lr": 3e-3},
+        "model": {"embed_dim": 64, "hidden_dim": 256, "dropout": 0.1},
+        "train": {"epochs": 3, "lr": 3e-3, "threads": 1},
     },
     "bahdanau": {
         "preset": "bahdanau",
         "model": {"embed_dim": 64, "hidden_dim": 128, "dropout": 0.1},
-        "train": {"epochs": 10, "lr": 3e-3},
+        "train": {"epochs": 3, "lr": 3e-3, "threads": 1},
     },
     "transformer": {
         "preset": "transformer",
         "model": {"d_model": 128, "num_heads": 4, "ff_dim": 256, "encoder_layers": 2, "decoder_layers": 2},
-        "train": {"epochs": 12, "lr": 1e-3, "warmup": 200},
+        "train": {"epochs": 6, "lr": 1e-3, "warmup": 200, "threads": 2},
     },
 }
 
@@ -66,9 +68,10 @@ def demo_config(name: str, *, quick: bool = False) -> dict[str, Any]:
     train = {"batch_size": 64, "patience": 0, "valid_decode": 200, **spec["train"]}
     model = dict(spec["model"])
     if quick:
-        data["size"] = 1500
-        train["epochs"] = 2
-        train["valid_decode"] = 50
+        data["size"] = 600
+        train["epochs"] = 1
+        train["valid_decode"] = 20
+        train["threads"] = 1
     return resolve({"data": data, "model": model, "train": train}, preset=spec["preset"])
 
 
@@ -99,6 +102,7 @@ def run_demo(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train, evaluate and report; returns the metrics written to ``metrics.json``."""
+    from .checkpoint import load_checkpoint
     from .loop import load_corpus, train
     from .translator import Translator
 
@@ -130,7 +134,9 @@ def run_demo(
         if corpus is None:
             corpus = load_corpus(cfg["data"])
         tr = Translator.load(run)
-        from .checkpoint import load_checkpoint
+        threads_before = torch.get_num_threads()
+        if cfg["train"]["threads"]:
+            torch.set_num_threads(int(cfg["train"]["threads"]))
 
         history = load_checkpoint(run).state.get("history", [])
         seconds = load_checkpoint(run).state.get("seconds", 0.0)
@@ -143,6 +149,7 @@ def run_demo(
         for split in ("test", "test_long"):
             _say(f"      evaluating {name} on {split} ({len(corpus[split])} examples)")
             entry[split] = _rounded(tr.evaluate(corpus[split]))
+        torch.set_num_threads(threads_before)
         report[name] = entry
         _say(
             f"      {name}: exact match {entry['test']['exact_match']:.3f} (long inputs "

@@ -265,7 +265,7 @@ def _train(cfg, out: Path, ckpt, stream, progress: bool, stop_after_steps: int |
                 tok_here += ntok
                 if bar is not None:
                     rate = tok_here / max(time.perf_counter() - t0, 1e-9)
-                    bar.update(1, epoch=st["epoch"] + 1, loss=f"{float(loss):.3f}", tok_s=f"{rate:,.0f}")
+                    bar.update(1, epoch=st["epoch"] + 1, loss=f"{float(loss.detach()):.3f}", tok_s=f"{rate:,.0f}")
                 if t["save_every"] and st["step"] % int(t["save_every"]) == 0:
                     st["seconds"] = seconds_before + time.perf_counter() - started
                     save()
