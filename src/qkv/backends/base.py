@@ -26,6 +26,7 @@ __all__ = [
     "Backend",
     "BackendNotSupportedError",
     "check_fits",
+    "plain_causal",
     "slice_block",
     "softmax_only",
 ]
@@ -198,3 +199,13 @@ def check_fits(name: str, t: Tensor, logits_shape: tuple[int, ...]) -> Tensor:
             f"(..., H, Tq, Tk) = {logits_shape}"
         )
     return t
+
+
+def plain_causal(inputs: AttentionInputs) -> bool:
+    """The mask is exactly ``qkv.masks.causal()`` over a square ``Tq == Tk`` (no other mask):
+    the case of SDPA's ``is_causal=True`` kernel, which never builds the ``T x T`` matrix."""
+    from ..masks.core import _Causal
+
+    return (
+        isinstance(inputs.pattern, _Causal) and inputs.tensor_mask is None and inputs.q_len == inputs.kv_len
+    )

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._types import AttentionOutput
-from .base import AttentionInputs, softmax_only
+from .base import AttentionInputs, plain_causal, softmax_only
 
 __all__ = ["BlockSparseBackend"]
 
@@ -77,6 +77,8 @@ class BlockSparseBackend:
         return reasons
 
     def auto_skip(self, inputs: AttentionInputs) -> list[str]:
+        if inputs.bias is None and plain_causal(inputs):
+            return ["a plain causal mask: SDPA's is_causal kernel is faster"]
         if inputs.q_len < 2 * self.q_block or inputs.kv_len < 2 * self.kv_block:
             return ["short sequences: the dense kernels are faster"]
         density = self.layout(inputs).density()

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from .._types import AttentionOutput
-from .base import AttentionInputs, softmax_only, zero_unreachable_keys
+from .base import AttentionInputs, plain_causal, softmax_only, zero_unreachable_keys
 
 __all__ = ["SdpaBackend"]
 
@@ -40,7 +40,16 @@ class SdpaBackend:
         return []
 
     def run(self, inputs: AttentionInputs) -> AttentionOutput:
-        q, k, v, mask, bias = inputs.query, inputs.key, inputs.value, inputs.mask, inputs.bias
+        q, k, v, bias = inputs.query, inputs.key, inputs.value, inputs.bias
+        dropout_p = inputs.dropout_p if inputs.dropout_active else 0.0
+        if bias is None and plain_causal(inputs):
+            # Square causal: SDPA's own causal kernel, no dense mask (every key is reachable
+            # by the last query, so nothing needs zeroing).
+            out = F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, dropout_p=dropout_p, scale=inputs.scale
+            )
+            return AttentionOutput(out=out, weights=None, lse=None, backend=self.name)
+        mask = inputs.mask
         if mask is not None:
             k, v = zero_unreachable_keys(k, v, mask)
         attn_mask = mask
@@ -53,7 +62,7 @@ class SdpaBackend:
             k,
             v,
             attn_mask=attn_mask,
-            dropout_p=inputs.dropout_p if inputs.dropout_active else 0.0,
+            dropout_p=dropout_p,
             scale=inputs.scale,
         )
         return AttentionOutput(out=out, weights=None, lse=None, backend=self.name)
