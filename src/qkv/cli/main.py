@@ -3,6 +3,7 @@
     qkv --version
     qkv explain [...]     every step of an attention computation (see ``qkv explain --help``)
     qkv train / translate / evaluate   translation models (see ``qkv train --help``)
+    qkv viz               attention of MiniLM or a trained model as an offline HTML viewer / figure
     qkv demo              train attention translators on built-in data, write a report
     qkv demo --examples   the three worked examples of the source articles, one after the other
     qkv bench [SUITE] [ARGS...]   runs ./benchmarks/attention_<SUITE>.py (dense by default; long)
@@ -24,6 +25,7 @@ from pathlib import Path
 from . import CommandError
 from . import explain as explain_cmd
 from . import translate as translate_cmd
+from . import viz as viz_cmd
 
 __all__ = ["BENCH_SCRIPT", "build_parser", "main"]
 
@@ -119,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     explain_cmd.add_parser(sub)
     translate_cmd.add_parsers(sub)
+    viz_cmd.add_parser(sub)
     demo = sub.add_parser(
         "demo",
         help="train attention translators on built-in data and write a report (--examples: the worked examples)",
@@ -200,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.overrides = overrides
         if getattr(args, "handler", None) is None:
             raise CommandError(
-                "a command is required: explain, train, translate, evaluate, demo or bench",
+                "a command is required: explain, train, translate, evaluate, viz, demo or bench",
                 usage=parser.format_usage(),
             )
         return args.handler(args)

