@@ -114,6 +114,7 @@ def run_demo(
     started = time.perf_counter()
     report: dict[str, Any] = {}
     corpus = None
+    jobs = []  # (name, cfg, run, resume) still to train
     for i, name in enumerate(models, 1):
         cfg = demo_config(name, quick=quick)
         run = out / name
@@ -125,12 +126,20 @@ def run_demo(
             status = "none"
         if status == "done":
             _say(f"[{i}/{len(models)}] {name}: already trained in {run} (use --fresh to retrain)")
-        else:
-            verb = "resuming" if status == "partial" else "training"
-            _say(
-                f"[{i}/{len(models)}] {name}: {verb} on {cfg['data']['corpus']} ({cfg['data']['size']} pairs)"
-            )
-            train(cfg, run, resume=status == "partial", progress=progress)
+            continue
+        verb = "resuming" if status == "partial" else "training"
+        _say(f"[{i}/{len(models)}] {name}: {verb} on {cfg['data']['corpus']} ({cfg['data']['size']} pairs)")
+        jobs.append((name, cfg, run, status == "partial"))
+    # One-thread models (small RNNs) train side by side, one process per core; the rest after.
+    single = [j for j in jobs if cfg_threads(j[1]) == 1]
+    if len(single) > 1 and (os.cpu_count() or 1) > 1:
+        _train_parallel(single, progress)
+        jobs = [j for j in jobs if j not in single]
+    for _, cfg, run, resume in jobs:
+        train(cfg, run, resume=resume, progress=progress)
+    for name in models:
+        cfg = demo_config(name, quick=quick)
+        run = out / name
         if corpus is None:
             corpus = load_corpus(cfg["data"])
         tr = Translator.load(run)
@@ -168,6 +177,46 @@ def run_demo(
     )
     _say(_summary_table(report))
     return report
+
+
+def cfg_threads(cfg: dict[str, Any]) -> int:
+    return int(cfg["train"].get("threads", 0) or 0)
+
+
+class _Lines:
+    """A stream that is not a terminal: progress bars of parallel runs print plain lines."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
+def _train_child(cfg: dict[str, Any], run: str, resume: bool, progress: bool) -> None:
+    from .loop import train
+
+    train(cfg, run, resume=resume, progress=progress, stream=_Lines(sys.stderr))
+
+
+def _train_parallel(jobs, progress: bool) -> None:
+    """Train one-thread models in separate processes at once (each checkpoints as usual)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    names = ", ".join(j[0] for j in jobs)
+    _say(f"      {names}: training side by side, one process and one thread each")
+    workers = min(len(jobs), os.cpu_count() or 1)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(_train_child, cfg, str(run), resume, progress) for _, cfg, run, resume in jobs]
+        for f in futures:
+            f.result()
 
 
 def _rounded(metrics: dict[str, Any]) -> dict[str, Any]:
