@@ -1,9 +1,10 @@
-"""Multi-head attention (Vaswani et al. 2017, "Attention Is All You Need", section 3.2.2).
+"""Multi-head attention (Vaswani et al. 2017, "Attention Is All You Need", section 3.2.2), with
+grouped-query attention, rotary positions, additive position biases and KV caches.
 
 Shape legend (see :mod:`qkv._types`)::
 
-    B   batch              H   heads
-    Tq  query length       Tk  key/value length
+    B   batch              H   heads              Hkv  key/value heads (num_kv_heads)
+    Tq  query length       Tk  key/value length   G    query heads per key/value head = H / Hkv
     E   embed_dim          Dh  head dim = E / H
     Ek  kdim               Ev  vdim
 
@@ -23,6 +24,8 @@ from torch import Tensor, nn
 from .._types import AttentionOutput
 from ..functional.attention import attention
 from ..masks.core import Mask, MaskLike, check_bool_mask, key_padding
+from .kv_cache import CacheStep, KVCache, StaticKVCache
+from .positional import PositionalBias, RotaryEmbedding
 from .scores import _check_dim
 
 __all__ = ["MultiHeadAttention"]
@@ -42,6 +45,21 @@ class MultiHeadAttention(nn.Module):
     ``torch.nn.MultiheadAttention`` with separate projections, so :meth:`from_torch` and
     :meth:`to_torch` copy weights both ways and give equal outputs within tolerance.
 
+    **Grouped-query attention** (GQA; Ainslie et al. 2023, "GQA: Training Generalized
+    Multi-Query Transformer Models from Multi-Head Checkpoints"): with ``num_kv_heads = Hkv <
+    H`` the key and value projections have ``Hkv * Dh`` outputs and query head ``h`` uses
+    key/value head ``h // G`` (``G = H / Hkv``), the ``repeat_interleave`` grouping of
+    ``F.scaled_dot_product_attention(..., enable_gqa=True)``. ``Hkv = 1`` is multi-query
+    attention (Shazeer 2019). The result equals multi-head attention with each key/value head
+    repeated ``G`` times. Key/value heads are never copied: the ``G`` query heads of a group
+    are stacked as extra query rows of one ``(B, Hkv, G*Tq, Dh)`` call (each row attends
+    independently, so this is exact); with a lazy :class:`qkv.masks.Mask` pattern the key/value
+    heads are repeated instead, so block-sparse backends still see the pattern.
+
+    **Rotary positions** (``rotary=``): queries and keys are rotated by their positions
+    (:class:`qkv.modules.RotaryEmbedding`) after projection; without a cache the positions are
+    ``0 .. Tq - 1`` and ``0 .. Tk - 1``, with a cache they come from it.
+
     Args:
         embed_dim: ``E``, the model dim (query and output features).
         num_heads: ``H``; ``E`` must be divisible by it.
@@ -50,15 +68,20 @@ class MultiHeadAttention(nn.Module):
         dropout: dropout probability on the attention weights, applied only in training
             mode (``self.training``).
         backend: passed to :func:`qkv.attention` (``"auto"``, ``"reference"``, ``"sdpa"``).
+        num_kv_heads: ``Hkv``, a divisor of ``H`` (default ``H``: multi-head attention).
+        rotary: a :class:`qkv.modules.RotaryEmbedding` over ``Dh`` features, or True for
+            ``RotaryEmbedding(Dh)``; None or False: no rotation.
 
     Attributes:
-        q_proj ``Linear(E, E)``, k_proj ``Linear(Ek, E)``, v_proj ``Linear(Ev, E)``,
+        q_proj ``Linear(E, E)``, k_proj ``Linear(Ek, Hkv*Dh)``, v_proj ``Linear(Ev, Hkv*Dh)``,
         out_proj ``Linear(E, E)``. Projection weights are Xavier-uniform and biases zero, as
-        in torch.
+        in torch. ``rotary``: the rotary module or None (no parameters).
 
     Raises:
         ValueError: a dim that is not a positive int, ``embed_dim`` not divisible by
-            ``num_heads``, ``dropout`` outside ``[0, 1)``.
+            ``num_heads``, ``num_heads`` not divisible by ``num_kv_heads``, ``dropout``
+            outside ``[0, 1)``, a rotary module whose head dim is not ``Dh``.
+        TypeError: ``rotary`` not a RotaryEmbedding, bool or None.
     """
 
     def __init__(
@@ -71,6 +94,8 @@ class MultiHeadAttention(nn.Module):
         bias: bool = True,
         dropout: float = 0.0,
         backend: str = "auto",
+        num_kv_heads: int | None = None,
+        rotary: RotaryEmbedding | bool | None = None,
     ) -> None:
         super().__init__()
         self.embed_dim = _check_dim("embed_dim", embed_dim)
@@ -81,6 +106,12 @@ class MultiHeadAttention(nn.Module):
                 f"(head dim would be {embed_dim / num_heads:.3g})"
             )
         self.head_dim = embed_dim // num_heads
+        self.num_kv_heads = num_heads if num_kv_heads is None else _check_dim("num_kv_heads", num_kv_heads)
+        if num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_kv_heads: expected a divisor of num_heads={num_heads} (each key/value head "
+                f"serves num_heads / num_kv_heads query heads), got {num_kv_heads}"
+            )
         self.kdim = embed_dim if kdim is None else _check_dim("kdim", kdim)
         self.vdim = embed_dim if vdim is None else _check_dim("vdim", vdim)
         self.dropout = _check_dropout(dropout)
@@ -88,10 +119,28 @@ class MultiHeadAttention(nn.Module):
             raise TypeError(f"backend: expected a name (str), got {type(backend).__name__}")
         self.backend = backend
         self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
-        self.k_proj = nn.Linear(self.kdim, embed_dim, bias=bias)
-        self.v_proj = nn.Linear(self.vdim, embed_dim, bias=bias)
+        kv_dim = self.num_kv_heads * self.head_dim
+        self.k_proj = nn.Linear(self.kdim, kv_dim, bias=bias)
+        self.v_proj = nn.Linear(self.vdim, kv_dim, bias=bias)
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+        self.rotary = self._make_rotary(rotary)
         self.reset_parameters()
+
+    def _make_rotary(self, rotary: object) -> RotaryEmbedding | None:
+        if rotary is None or rotary is False:
+            return None
+        if rotary is True:
+            if self.head_dim % 2:
+                raise ValueError(f"rotary: needs an even head dim, got Dh = {self.head_dim}")
+            return RotaryEmbedding(self.head_dim)
+        if not isinstance(rotary, RotaryEmbedding):
+            raise TypeError(f"rotary: expected a RotaryEmbedding, True or None, got {type(rotary).__name__}")
+        if rotary.head_dim != self.head_dim:
+            raise ValueError(
+                f"rotary: expected a RotaryEmbedding over the head dim Dh={self.head_dim}, "
+                f"got head_dim={rotary.head_dim}"
+            )
+        return rotary
 
     def reset_parameters(self) -> None:
         for proj in (self.q_proj, self.k_proj, self.v_proj):
@@ -106,8 +155,9 @@ class MultiHeadAttention(nn.Module):
         return self.q_proj.bias is not None
 
     def extra_repr(self) -> str:
+        gqa = f", num_kv_heads={self.num_kv_heads}" if self.num_kv_heads != self.num_heads else ""
         return (
-            f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, kdim={self.kdim}, "
+            f"embed_dim={self.embed_dim}, num_heads={self.num_heads}{gqa}, kdim={self.kdim}, "
             f"vdim={self.vdim}, bias={self.has_bias}, dropout={self.dropout}, backend={self.backend!r}"
         )
 
@@ -123,6 +173,8 @@ class MultiHeadAttention(nn.Module):
         key_padding_mask: Tensor | None = None,
         need_weights: bool = False,
         average_weights: bool = False,
+        bias: Tensor | PositionalBias | None = None,
+        cache: KVCache | StaticKVCache | None = None,
     ) -> AttentionOutput:
         """Attend from ``query`` to ``key``/``value``.
 
@@ -141,6 +193,26 @@ class MultiHeadAttention(nn.Module):
             need_weights: also return the attention weights (before dropout).
             average_weights: return them averaged over heads, ``(B, Tq, Tk)``, instead of per
                 head, ``(B, H, Tq, Tk)``. Requires ``need_weights=True``.
+            bias: added to the scaled logits: a float tensor broadcastable to
+                ``(B, H, Tq, Tk)`` (e.g. :func:`qkv.modules.alibi_bias`), or a position-bias
+                module (:class:`qkv.modules.ALiBi`, :class:`qkv.modules.T5RelativeBias`) that
+                is called with the query and key positions (``0 .. Tq-1`` and ``0 .. Tk-1``
+                without a cache, the cache's positions with one).
+            cache: incremental decoding (:mod:`qkv.modules.kv_cache`).
+
+                - :class:`qkv.modules.KVCache` / :class:`qkv.modules.SlidingWindowKVCache`:
+                  causal self-attention over the new tokens ``query (B, Tq, E)`` (``key`` and
+                  ``value`` default to it and must have ``Tq`` rows). Their keys/values are
+                  appended to the cache; the queries attend every cached key at a position
+                  ``<=`` their own (within the window). ``key_padding_mask`` is ``(B, Tq)``
+                  for the new tokens; the cache remembers earlier padding. ``mask``, if any,
+                  must be a bool tensor broadcastable to ``(B, H, Tq, Tk)`` with ``Tk`` the
+                  keys attended after the update (``cache.length`` afterwards for a
+                  ``KVCache``).
+                - :class:`qkv.modules.StaticKVCache`: cross-attention to a fixed memory. The
+                  first call projects ``key``/``value`` (and ``key_padding_mask (B, Tk)``) into
+                  it; later calls reuse them and may pass ``key=None``. No rotary, and ``bias``
+                  must be a tensor.
 
         Returns:
             :class:`qkv.AttentionOutput` with ``out (B, Tq, E)``, ``weights`` (or None),
@@ -150,35 +222,61 @@ class MultiHeadAttention(nn.Module):
 
         Raises:
             ValueError: inputs that are not 3-D, feature dims other than ``E``/``Ek``/``Ev``,
-                batch or key/value lengths that differ, a ``key_padding_mask`` that is not
-                ``(B, Tk)``, a mask not broadcastable to ``(B, H, Tq, Tk)``,
-                ``average_weights`` without ``need_weights``.
-            TypeError: masks that are not bool.
+                batch or key/value lengths that differ, a ``key_padding_mask`` of the wrong
+                shape, a mask or bias not broadcastable to ``(B, H, Tq, Tk)``,
+                ``average_weights`` without ``need_weights``; with a cache: key/value rows
+                other than ``Tq``, a :class:`qkv.masks.Mask` pattern (the cache builds the
+                causal mask itself), rotary or a bias module with a ``StaticKVCache``.
+            TypeError: masks that are not bool, a bias that is neither a float tensor nor a
+                position-bias module, a cache of another type.
         """
-        key = query if key is None else key
-        value = key if value is None else value
-        self._check_inputs(query, key, value)
+        if cache is not None and not isinstance(cache, (KVCache, StaticKVCache)):
+            raise TypeError(
+                f"cache: expected a KVCache, SlidingWindowKVCache or StaticKVCache, got {type(cache).__name__}"
+            )
         if average_weights and not need_weights:
             raise ValueError("average_weights: True needs need_weights=True")
-        bsz, q_len, _ = query.shape
-        kv_len = key.shape[1]
-        attn_mask = self._combine_masks(mask, key_padding_mask, bsz, q_len, kv_len)
+        if cache is None:
+            key = query if key is None else key
+            value = key if value is None else value
+            self._check_inputs(query, key, value)
+            bsz, q_len, _ = query.shape
+            attn_mask = self._combine_masks(mask, key_padding_mask, bsz, q_len, key.shape[1])
+            q, k, v = self._project(query, key, value)
 
-        heads, dh = self.num_heads, self.head_dim
-        q = self.q_proj(query).view(bsz, q_len, heads, dh).transpose(1, 2)  # (B, H, Tq, Dh)
-        k = self.k_proj(key).view(bsz, kv_len, heads, dh).transpose(1, 2)  # (B, H, Tk, Dh)
-        v = self.v_proj(value).view(bsz, kv_len, heads, dh).transpose(1, 2)  # (B, H, Tk, Dh)
-        res = attention(
-            q,
-            k,
-            v,
-            score="scaled_dot",
-            mask=attn_mask,
-            dropout_p=self.dropout,
-            training=self.training,
-            backend=self.backend,
-            need_weights=need_weights,
-        )
+            def positions() -> tuple[Tensor, Tensor]:
+                dev = query.device
+                return torch.arange(q_len, device=dev), torch.arange(key.shape[1], device=dev)
+
+            if self.rotary is not None:  # positions 0 .. Tq - 1 and 0 .. Tk - 1
+                q, k = self.rotary.rotate(q), self.rotary.rotate(k)
+        else:
+            if isinstance(mask, Mask):
+                raise ValueError(
+                    "mask: with a cache pass extra masks as bool tensors (B, H, Tq, Tk); the cache builds "
+                    f"the causal mask from positions itself, got the pattern {mask!r}"
+                )
+            self._check_inputs(query, None, None)
+            bsz, q_len, _ = query.shape
+            if isinstance(cache, KVCache):  # check what can be checked before the cache changes
+                kv_len = cache.attended_length(q_len)
+                self._combine_masks(mask, None, bsz, q_len, kv_len)
+                if isinstance(bias, Tensor):
+                    self._resolve_bias(bias, None, (bsz, self.num_heads, q_len, kv_len))
+            step, q = self._cached_step(query, key, value, key_padding_mask, cache, bias)
+            k, v = step.key, step.value
+
+            def positions() -> tuple[Tensor, Tensor]:
+                return step.q_positions, step.k_positions
+
+            user = self._combine_masks(mask, None, bsz, q_len, k.shape[2])
+            attn_mask = step.mask()
+            if user is not None:
+                attn_mask = user if attn_mask is None else attn_mask & user
+        bias_t = self._resolve_bias(bias, positions, (bsz, self.num_heads, q_len, k.shape[2]))
+        if bias_t is not None:
+            bias_t = bias_t.to(q.dtype)
+        res = self._attend(q, k, v, attn_mask, bias_t, need_weights)
         out = res.out.transpose(1, 2).reshape(bsz, q_len, self.embed_dim)  # (B, Tq, E)
         out = self.out_proj(out)
         weights = res.weights
@@ -186,12 +284,149 @@ class MultiHeadAttention(nn.Module):
             weights = weights.mean(dim=1)  # (B, H, Tq, Tk) -> (B, Tq, Tk)
         return AttentionOutput(out=out, weights=weights, lse=res.lse, backend=res.backend)
 
-    def _check_inputs(self, query: Tensor, key: Tensor, value: Tensor) -> None:
+    # ------------------------------------------------------------------------- forward parts
+
+    def _project(self, query: Tensor, key: Tensor | None, value: Tensor | None):
+        """q ``(B, H, Tq, Dh)`` and, when key is given, k, v ``(B, Hkv, Tk, Dh)``."""
+        bsz, q_len, _ = query.shape
+        heads, kv_heads, dh = self.num_heads, self.num_kv_heads, self.head_dim
+        q = self.q_proj(query).view(bsz, q_len, heads, dh).transpose(1, 2)  # (B, H, Tq, Dh)
+        if key is None:
+            return q, None, None
+        kv_len = key.shape[1]
+        k = self.k_proj(key).view(bsz, kv_len, kv_heads, dh).transpose(1, 2)  # (B, Hkv, Tk, Dh)
+        v = self.v_proj(value).view(bsz, kv_len, kv_heads, dh).transpose(1, 2)  # (B, Hkv, Tk, Dh)
+        return q, k, v
+
+    def _cached_step(self, query, key, value, key_padding_mask, cache, bias) -> tuple[CacheStep, Tensor]:
+        """Project the new tokens, update the cache, return its step and the (rotated) queries."""
+        if isinstance(cache, StaticKVCache):
+            if self.rotary is not None:
+                raise ValueError("rotary: not defined for cross-attention to a StaticKVCache memory")
+            if bias is not None and not isinstance(bias, Tensor):
+                raise ValueError(
+                    "bias: a position-bias module needs self-attention positions; with a StaticKVCache "
+                    "pass a bias tensor"
+                )
+            if cache.filled:
+                self._check_inputs(query, None, None)
+                keep = self._keep(key_padding_mask, query.shape[0], cache.length, "Tk")
+                q, _, _ = self._project(query, None, None)
+                return cache.step(query.shape[1], keep=keep), q
+            if key is None:
+                raise ValueError("key: the first call with an empty StaticKVCache must pass the memory")
+            value = key if value is None else value
+            self._check_inputs(query, key, value)
+            keep = self._keep(key_padding_mask, query.shape[0], key.shape[1], "Tk")
+            q, k, v = self._project(query, key, value)
+            cache.fill(k, v, keep=keep)
+            return cache.step(query.shape[1]), q
+        key = query if key is None else key
+        value = key if value is None else value
+        self._check_inputs(query, key, value)
+        bsz, q_len, _ = query.shape
+        if key.shape[1] != q_len:
+            raise ValueError(
+                f"key: with a KVCache the keys are the new tokens, expected Tq={q_len} rows like query, "
+                f"got {tuple(key.shape)}"
+            )
+        keep = self._keep(key_padding_mask, bsz, q_len, "Tq")
+        q, k, v = self._project(query, key, value)
+        if self.rotary is not None:  # the new tokens sit at positions offset .. offset + Tq - 1
+            q = self.rotary.rotate(q, offset=cache.offset)
+            k = self.rotary.rotate(k, offset=cache.offset)
+        return cache.update(k, v, keep=keep), q
+
+    @staticmethod
+    def _keep(key_padding_mask: Tensor | None, bsz: int, length: int, label: str) -> Tensor | None:
+        """torch's ``key_padding_mask`` (True = padding) -> keep (True = may attend)."""
+        if key_padding_mask is None:
+            return None
+        check_bool_mask(key_padding_mask, "key_padding_mask")
+        if tuple(key_padding_mask.shape) != (bsz, length):
+            raise ValueError(
+                f"key_padding_mask: expected shape (B, {label}) = ({bsz}, {length}) with True = padding, "
+                f"got {tuple(key_padding_mask.shape)}"
+            )
+        return ~key_padding_mask
+
+    @staticmethod
+    def _resolve_bias(bias, positions, target: tuple[int, ...]) -> Tensor | None:
+        """A float bias tensor broadcastable to ``(B, H, Tq, Tk)``, or None; a position-bias
+        module is called with ``positions() -> (q_positions (Tq,), k_positions (Tk,))``."""
+        if bias is None:
+            return None
+        if not isinstance(bias, Tensor):
+            if not isinstance(bias, PositionalBias):
+                raise TypeError(
+                    "bias: expected a float tensor or a position-bias module (ALiBi, T5RelativeBias), "
+                    f"got {type(bias).__name__}"
+                )
+            bias = bias.from_positions(*positions())  # (H, Tq, Tk)
+        if not bias.is_floating_point():
+            raise TypeError(f"bias: expected a float tensor (additive; masks go to mask=), got {bias.dtype}")
+        try:
+            fits = bias.dim() <= 4 and torch.broadcast_shapes(bias.shape, target) == target
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise ValueError(
+                f"bias: expected a shape broadcastable to (B, H, Tq, Tk) = {target}, got {tuple(bias.shape)}"
+            )
+        return bias
+
+    def _attend(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        attn_mask: MaskLike | None,
+        bias: Tensor | None,
+        need_weights: bool,
+    ) -> AttentionOutput:
+        """``attention(q (B, H, Tq, Dh), k, v (B, Hkv, Tk, Dh))`` with key/value heads shared by
+        groups of ``G`` query heads; results in the ``(B, H, ...)`` layout."""
+        g = self.num_heads // self.num_kv_heads
+        kwargs = dict(
+            score="scaled_dot", dropout_p=self.dropout, training=self.training, backend=self.backend,
+            need_weights=need_weights,
+        )  # fmt: skip
+        if g == 1:
+            return attention(q, k, v, mask=attn_mask, bias=bias, **kwargs)
+        if isinstance(attn_mask, Mask):
+            # A lazy pattern indexes rows by position: repeat the key/value heads instead.
+            k = k.repeat_interleave(g, dim=1)  # (B, Hkv, Tk, Dh) -> (B, H, Tk, Dh)
+            v = v.repeat_interleave(g, dim=1)
+            return attention(q, k, v, mask=attn_mask, bias=bias, **kwargs)
+        bsz, heads, q_len, dh = q.shape
+        kv_heads = self.num_kv_heads
+        # Query head h = kvh * G + j attends with key/value head kvh: stack the G heads of a
+        # group as rows, row j * Tq + i.
+        qg = q.reshape(bsz, kv_heads, g * q_len, dh)  # (B, H, Tq, Dh) -> (B, Hkv, G*Tq, Dh)
+        res = attention(
+            qg,
+            k,
+            v,
+            mask=None if attn_mask is None else _fold_heads(attn_mask, heads, kv_heads, q_len),
+            bias=None if bias is None else _fold_heads(bias, heads, kv_heads, q_len),
+            **kwargs,
+        )
+        tk = k.shape[2]
+        return AttentionOutput(
+            out=res.out.reshape(bsz, heads, q_len, v.shape[-1]),  # (B, Hkv, G*Tq, Dh) -> (B, H, Tq, Dh)
+            weights=None if res.weights is None else res.weights.reshape(bsz, heads, q_len, tk),
+            lse=None if res.lse is None else res.lse.reshape(bsz, heads, q_len),
+            backend=res.backend,
+        )
+
+    def _check_inputs(self, query: Tensor, key: Tensor | None, value: Tensor | None) -> None:
         for name, t, dim, label in (
             ("query", query, self.embed_dim, "E"),
             ("key", key, self.kdim, "kdim"),
             ("value", value, self.vdim, "vdim"),
         ):
+            if t is None:  # a filled StaticKVCache: only the query comes in
+                return
             if not isinstance(t, Tensor):
                 raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
             if t.dim() != 3 or t.shape[-1] != dim:
@@ -288,7 +523,18 @@ class MultiHeadAttention(nn.Module):
 
         Its weights are packed into ``in_proj_weight`` when ``kdim == vdim == E``, else kept
         as ``q_proj_weight``/``k_proj_weight``/``v_proj_weight``, as torch does.
+
+        Raises:
+            ValueError: grouped-query attention (``num_kv_heads < num_heads``) or rotary
+                positions, which torch's module does not have.
         """
+        if self.num_kv_heads != self.num_heads:
+            raise ValueError(
+                f"num_kv_heads: torch.nn.MultiheadAttention has no grouped-query attention "
+                f"(num_kv_heads={self.num_kv_heads} < num_heads={self.num_heads})"
+            )
+        if self.rotary is not None:
+            raise ValueError("rotary: torch.nn.MultiheadAttention has no rotary positions")
         ref = self.out_proj.weight
         m = nn.MultiheadAttention(
             self.embed_dim, self.num_heads, dropout=self.dropout, bias=self.has_bias,
@@ -309,3 +555,16 @@ class MultiHeadAttention(nn.Module):
                 m.out_proj.bias.copy_(self.out_proj.bias)
         m.train(self.training)
         return m
+
+
+def _fold_heads(t: Tensor, heads: int, kv_heads: int, q_len: int) -> Tensor:
+    """A mask or bias broadcastable to ``(B, H, Tq, Tk)`` in the grouped layout
+    ``(B, Hkv or 1, G*Tq or 1, Tk)``, row ``j * Tq + i`` being query ``i`` of head ``kvh * G + j``."""
+    g = heads // kv_heads
+    t = t.reshape((1,) * (4 - t.dim()) + tuple(t.shape))  # (b, h, tq, tk), each maybe 1
+    b, h, tq, tk = t.shape
+    if tq == 1 and h == 1:  # the same for every row of every head
+        return t
+    if h == 1:  # (b, 1, Tq, tk) -> (b, 1, G, Tq, tk) -> (b, 1, G*Tq, tk)
+        return t.expand(b, 1, q_len, tk).unsqueeze(2).expand(b, 1, g, q_len, tk).reshape(b, 1, g * q_len, tk)
+    return t.expand(b, heads, q_len, tk).reshape(b, kv_heads, g * q_len, tk)  # (b, H, Tq, tk) -> grouped
