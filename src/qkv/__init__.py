@@ -15,32 +15,46 @@ from .backends import BackendNotSupportedError
 from .capture import capture
 from .functional import attention, dispatch_report
 from .modules import (
+    AdaptiveSpanAttention,
     AdditiveAttention,
     AdditiveScore,
+    CapsuleRouting,
     CosineScore,
     DotProductAttention,
+    DynamicConv,
     GaussianScore,
     GeneralScore,
+    HardAttention,
+    KVCache,
+    LightConv,
     LuongAttention,
     MultiHeadAttention,
     NadarayaWatson,
+    RotaryEmbedding,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaptiveSpanAttention",
     "AdditiveAttention",
     "AdditiveScore",
     "AttentionMaps",
     "AttentionOutput",
     "BackendNotSupportedError",
+    "CapsuleRouting",
     "CosineScore",
     "DotProductAttention",
+    "DynamicConv",
     "GaussianScore",
     "GeneralScore",
+    "HardAttention",
+    "KVCache",
+    "LightConv",
     "LuongAttention",
     "MultiHeadAttention",
     "NadarayaWatson",
+    "RotaryEmbedding",
     "__version__",
     "attention",
     "backends",

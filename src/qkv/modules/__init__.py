@@ -6,8 +6,11 @@ Position encodings (:mod:`.positional`) and KV caches for decoding (:mod:`.kv_ca
 here too.
 """
 
+from .adaptive_span import AdaptiveSpanAttention
 from .additive import AdditiveAttention
 from .dot_product import DotProductAttention
+from .dynamic_conv import DynamicConv, LightConv
+from .hard import HardAttention, HardAttentionOutput, ReinforceBaseline, reinforce_loss
 from .kernel_regression import NadarayaWatson
 from .kv_cache import CacheStep, KVCache, SlidingWindowKVCache, StaticKVCache
 from .luong import LuongAttention
@@ -26,23 +29,31 @@ from .positional import (
     sinusoidal_table,
     t5_relative_buckets,
 )
+from .routing import CapsuleRouting
 from .scores import AdditiveScore, CosineScore, GaussianScore, GeneralScore
 
 __all__ = [
     "ALiBi",
+    "AdaptiveSpanAttention",
     "AdditiveAttention",
     "AdditiveScore",
     "CacheStep",
+    "CapsuleRouting",
     "CosineScore",
     "DotProductAttention",
+    "DynamicConv",
     "GaussianScore",
     "GeneralScore",
+    "HardAttention",
+    "HardAttentionOutput",
     "KVCache",
     "LearnedPositionalEncoding",
+    "LightConv",
     "LuongAttention",
     "MultiHeadAttention",
     "NadarayaWatson",
     "PositionalBias",
+    "ReinforceBaseline",
     "RotaryEmbedding",
     "SinusoidalPositionalEncoding",
     "SlidingWindowKVCache",
@@ -52,6 +63,7 @@ __all__ = [
     "alibi_slopes",
     "apply_rotary",
     "positional",
+    "reinforce_loss",
     "sinusoidal_table",
     "t5_relative_buckets",
 ]
