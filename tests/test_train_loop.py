@@ -23,7 +23,14 @@ def tiny(model="bahdanau", **train_kw):
         {
             "data": {"corpus": "numbers", "size": 300, "options": {"max_value": 999}},
             "model": small,
-            "train": {"epochs": 2, "batch_size": 32, "valid_decode": 10, "warmup": 2, **train_kw},
+            "train": {
+                "epochs": 2,
+                "batch_size": 32,
+                "valid_decode": 10,
+                "warmup": 2,
+                "threads": 1,
+                **train_kw,
+            },
         },
         preset=model,
     )
