@@ -12,6 +12,19 @@ The model of article 000 and its attention variants of article 002:
     luong-local  the same with local attention: local-m (p_t = t) or local-p (predicted p_t,
                  Gaussian around it), window [p_t - D, p_t + D]
 
+The normalizer of bahdanau and luong (``normalize``) turns scores into weights:
+
+    softmax      the papers' soft attention (default)
+    sparsemax    Martins & Astudillo 2016: exact zeros on low-scoring source positions
+    entmax15     Peters, Niculae, Martins 2019: 1.5-entmax, sparse and smoother than sparsemax
+    hard         stochastic hard attention (Xu et al. 2015, section 4.1): training samples one
+                 source position per step, s_t ~ softmax(scores), and reads its state only;
+                 the scores learn by REINFORCE (:meth:`Seq2Seq.auxiliary_loss`); evaluation
+                 and decoding take the argmax
+    gumbel       straight-through Gumbel-softmax (Jang, Gu, Poole 2017) in training: forward
+                 one-hot at argmax(scores + Gumbel noise), backward the gradient of
+                 softmax((scores + noise) / gumbel_tau); the argmax at evaluation
+
 Shapes (B batch, S source length, T target length, V vocabulary, H hidden size)::
 
     src (B, S) long, src_lengths (B,), tgt_in (B, T) = <sos> y_1 .. y_{T-1}
@@ -25,6 +38,7 @@ tensor of the memory and the state has the batch first, so a beam reorders it wi
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -33,11 +47,15 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from .._types import AttentionMaps
 from ..functional.local import local_attention, local_centers
+from ..functional.normalize import sample_hard
 from ..modules import AdditiveAttention, LuongAttention
+from ..modules.hard import ReinforceBaseline, reinforce_loss
 
-__all__ = ["ATTENTIONS", "Seq2Seq", "Seq2SeqConfig"]
+__all__ = ["ATTENTIONS", "NORMALIZERS", "Seq2Seq", "Seq2SeqConfig"]
 
 ATTENTIONS = ("none", "bahdanau", "luong", "luong-local")
+#: The values of :attr:`Seq2SeqConfig.normalize` (see the module docstring).
+NORMALIZERS = ("softmax", "sparsemax", "entmax15", "hard", "gumbel")
 
 
 @dataclass(frozen=True)
@@ -54,6 +72,13 @@ class Seq2SeqConfig:
         luong_score: ``"dot"``, ``"general"`` or ``"concat"`` (luong and luong-local).
         local_mode: ``"m"`` or ``"p"``; window: ``D``, the half-width of the local window.
         dropout: on embeddings and RNN outputs.
+        normalize: one of ``NORMALIZERS`` (bahdanau and luong; the others take only
+            ``"softmax"``).
+        gumbel_tau: the Gumbel-softmax temperature of ``normalize="gumbel"``.
+        entropy_weight: the entropy bonus ``lambda_e`` of the REINFORCE loss
+            (``normalize="hard"``).
+        baseline_decay: the decay of the moving-average reward baseline (``normalize="hard"``;
+            Xu et al. use 0.9).
     """
 
     src_vocab: int
@@ -69,6 +94,10 @@ class Seq2SeqConfig:
     window: int = 3
     dropout: float = 0.1
     pad_id: int = 0
+    normalize: str = "softmax"
+    gumbel_tau: float = 1.0
+    entropy_weight: float = 0.01
+    baseline_decay: float = 0.9
 
     def __post_init__(self) -> None:
         for name in ("src_vocab", "tgt_vocab", "embed_dim", "hidden_dim", "num_layers"):
@@ -80,6 +109,7 @@ class Seq2SeqConfig:
             "rnn": ("gru", "lstm"),
             "luong_score": ("dot", "general", "concat"),
             "local_mode": ("m", "p"),
+            "normalize": NORMALIZERS,
         }
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
@@ -88,6 +118,21 @@ class Seq2SeqConfig:
             raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout!r}")
         if self.window < 0:
             raise ValueError(f"window: expected an int >= 0, got {self.window!r}")
+        if self.normalize != "softmax" and self.attention not in ("bahdanau", "luong"):
+            raise ValueError(
+                f"normalize: attention={self.attention!r} supports only 'softmax' "
+                f"(other normalizers need bahdanau or luong), got {self.normalize!r}"
+            )
+        checks = {
+            "gumbel_tau": (lambda x: x > 0, "a finite number > 0"),
+            "entropy_weight": (lambda x: x >= 0, "a finite number >= 0"),
+            "baseline_decay": (lambda x: 0 <= x < 1, "a number in [0, 1)"),
+        }
+        for name, (good, want) in checks.items():
+            value = getattr(self, name)
+            number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if not number or not good(value):
+                raise ValueError(f"{name}: expected {want}, got {value!r}")
 
     def to_dict(self) -> dict:
         return {"kind": "seq2seq", **asdict(self)}
@@ -148,8 +193,11 @@ class Seq2Seq(nn.Module):
         self.cells = nn.ModuleList(
             [cell(cfg.embed_dim + extra if i == 0 else hid, hid) for i in range(cfg.num_layers)]
         )
+        # The modules' own normalizer is the evaluation rule; training may override it per call
+        # (sampling for hard attention, Gumbel noise): see _training_normalizer.
+        norm = {"hard": "hard", "gumbel": "hard"}.get(cfg.normalize, cfg.normalize)
         if att == "bahdanau":
-            self.attn = AdditiveAttention(query_dim=hid, key_dim=mem_dim, hidden_dim=hid)
+            self.attn = AdditiveAttention(query_dim=hid, key_dim=mem_dim, hidden_dim=hid, normalize=norm)
             self.out = nn.Linear(hid + mem_dim + cfg.embed_dim, cfg.tgt_vocab)
         elif att == "none":
             self.attn = None
@@ -157,11 +205,13 @@ class Seq2Seq(nn.Module):
         else:
             # Luong: keys are the source states projected to the decoder size, h_s.
             self.src_proj = nn.Linear(mem_dim, hid, bias=False) if mem_dim != hid else nn.Identity()
-            self.attn = LuongAttention(score=cfg.luong_score, query_dim=hid, key_dim=hid)
+            self.attn = LuongAttention(score=cfg.luong_score, query_dim=hid, key_dim=hid, normalize=norm)
             self.combine = nn.Linear(2 * hid, hid, bias=False)  # W_c [c_t; h_t]
             self.out = nn.Linear(hid, cfg.tgt_vocab)
             if att == "luong-local" and cfg.local_mode == "p":
                 self.predict_pos = nn.Sequential(nn.Linear(hid, hid), nn.Tanh(), nn.Linear(hid, 1))
+        if cfg.normalize == "hard":
+            self.baseline = ReinforceBaseline(decay=cfg.baseline_decay)
 
     # ------------------------------------------------------------------ step interface
     def encode(self, src: Tensor, src_lengths: Tensor) -> dict[str, Tensor]:
@@ -195,6 +245,37 @@ class Seq2Seq(nn.Module):
     ) -> tuple[Tensor, dict[str, Tensor], Tensor | None]:
         """One decoder step: previous tokens ``(B,)`` -> logits ``(B, V)``, new state, and the
         attention over the source ``(B, S)`` (None for ``attention="none"``)."""
+        return self._step(prev, state, memory, None)
+
+    def _training_normalizer(self, sampled: list[tuple[Tensor, Tensor]] | None) -> dict:
+        """The ``normalize=`` override of one training step (empty: the module's own).
+
+        ``"hard"`` samples ``s_t ~ softmax(scores)`` (:func:`qkv.functional.sample_hard`, torch's
+        global generator, so a resumed run draws the same positions) and appends its
+        ``(log p(s_t), H(p_t))``, each ``(B,)``, to ``sampled``.
+        """
+        cfg = self.config
+        if not self.training or cfg.normalize not in ("hard", "gumbel"):
+            return {}
+        if cfg.normalize == "gumbel":
+            return {"normalize": "gumbel", "normalize_kwargs": {"tau": cfg.gumbel_tau, "hard": True}}
+
+        def sample(logits: Tensor, keep: Tensor | None) -> Tensor:
+            # logits (B, 1, 1, S): one head, one decoder step
+            one_hot, log_prob, entropy = sample_hard(logits, keep)
+            if sampled is not None:
+                sampled.append((log_prob.reshape(-1), entropy.reshape(-1)))  # (B, 1, 1) -> (B,)
+            return one_hot
+
+        return {"normalize": sample}
+
+    def _step(
+        self,
+        prev: Tensor,
+        state: dict[str, Tensor],
+        memory: dict[str, Tensor],
+        sampled: list[tuple[Tensor, Tensor]] | None,
+    ) -> tuple[Tensor, dict[str, Tensor], Tensor | None]:
         cfg = self.config
         emb = self.drop(self.embed(prev))  # (B, E)
         h_prev = state["h"]
@@ -204,7 +285,14 @@ class Seq2Seq(nn.Module):
             rnn_in = torch.cat([emb, context], dim=-1)
         elif cfg.attention == "bahdanau":
             query = h_prev[:, -1].unsqueeze(1)  # s_{t-1}, (B, 1, H)
-            res = self.attn(query, memory["states"], memory["states"], memory["lengths"], need_weights=True)
+            res = self.attn(
+                query,
+                memory["states"],
+                memory["states"],
+                memory["lengths"],
+                need_weights=True,
+                **self._training_normalizer(sampled),
+            )
             context, weights = res.out.squeeze(1), res.weights.squeeze(1)  # (B, mem), (B, S)
             rnn_in = torch.cat([emb, context], dim=-1)
         else:
@@ -218,7 +306,7 @@ class Seq2Seq(nn.Module):
         if cfg.attention in ("none", "bahdanau"):
             logits = self.out(torch.cat([top, context, emb], dim=-1))
         else:
-            context, weights = self._luong_context(top, state["t"], memory)
+            context, weights = self._luong_context(top, state["t"], memory, sampled)
             attentional = torch.tanh(self.combine(torch.cat([context, top], dim=-1)))  # h~_t
             new["feed"] = attentional
             logits = self.out(self.drop(attentional))
@@ -239,11 +327,20 @@ class Seq2Seq(nn.Module):
                 x = self.drop(x)
         return torch.stack(hs, dim=1), (torch.stack(cs, dim=1) if cs else None)
 
-    def _luong_context(self, h_t: Tensor, t: Tensor, memory: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    def _luong_context(
+        self, h_t: Tensor, t: Tensor, memory: dict[str, Tensor], sampled: list | None
+    ) -> tuple[Tensor, Tensor]:
         cfg = self.config
         keys, values, mask = memory["keys"], memory["keys"], memory["mask"]
         if cfg.attention == "luong":
-            res = self.attn(h_t, keys, values, valid_lens=memory["lengths"], need_weights=True)
+            res = self.attn(
+                h_t,
+                keys,
+                values,
+                valid_lens=memory["lengths"],
+                need_weights=True,
+                **self._training_normalizer(sampled),
+            )
             return res.out, res.weights
         # Local attention: centre p_t per example, window D.
         if cfg.local_mode == "m":
@@ -274,18 +371,25 @@ class Seq2Seq(nn.Module):
         teacher_forcing: float = 1.0,
         generator: torch.Generator | None = None,
         need_weights: bool = False,
+        record: dict[str, Tensor] | None = None,
     ) -> Tensor | tuple[Tensor, AttentionMaps]:
         """Teacher-forced (or partly free-running) decoding of ``tgt_in`` -> logits (B, T, V).
 
         With ``teacher_forcing < 1`` each step feeds the model's own previous prediction with
         probability ``1 - teacher_forcing`` (per example, drawn from ``generator`` or torch's
         global generator, so a resumed run draws the same coins).
+
+        ``record``: a dict that receives what :meth:`auxiliary_loss` needs. With
+        ``normalize="hard"`` in training mode: ``"attention_log_prob"`` ``(B, T)``, the
+        log-probability of each sampled source position (differentiable w.r.t. the score's
+        parameters), and ``"attention_entropy"`` ``(B, T)``. Otherwise it stays empty.
         """
         if not 0.0 <= teacher_forcing <= 1.0:
             raise ValueError(f"teacher_forcing: expected a ratio in [0, 1], got {teacher_forcing!r}")
         memory = self.encode(src, src_lengths)
         state = self.init_state(memory)
         steps, attn = [], []
+        sampled: list[tuple[Tensor, Tensor]] = []
         prev = tgt_in[:, 0]
         for t in range(tgt_in.shape[1]):
             if t > 0:
@@ -293,17 +397,71 @@ class Seq2Seq(nn.Module):
                 if teacher_forcing < 1.0:
                     coin = torch.rand(prev.shape, generator=generator, device=prev.device) >= teacher_forcing
                     prev = torch.where(coin, steps[-1].argmax(-1), prev)
-            logits, state, weights = self.step(prev, state, memory)
+            logits, state, weights = self._step(prev, state, memory, sampled)
             steps.append(logits)
             if weights is not None:
                 attn.append(weights)
         logits = torch.stack(steps, dim=1)  # (B, T, V)
+        if record is not None and sampled:
+            record["attention_log_prob"] = torch.stack([lp for lp, _ in sampled], dim=1)  # (B, T)
+            record["attention_entropy"] = torch.stack([h for _, h in sampled], dim=1)  # (B, T)
         if not need_weights:
             return logits
         maps = AttentionMaps()
         if attn:
             maps.cross.append(torch.stack(attn, dim=1).unsqueeze(1))  # (B, 1, T, S)
         return logits, maps
+
+    def auxiliary_loss(self, record: dict[str, Tensor], logits: Tensor, targets: Tensor) -> Tensor | None:
+        """The REINFORCE surrogate loss of hard attention, to add to the task loss (None when
+        ``record`` holds no sampled attention: every other configuration).
+
+        Xu et al. 2015, section 4.1, with a per-token reward: the choice ``s_t`` of step ``t``
+        is rewarded with the log-likelihood of the gold token it helped predict,
+        ``R_t = log p(y_t | y_<t, s_<=t)`` (detached; the negative per-token loss), against a
+        moving-average baseline ``b`` (:class:`qkv.modules.hard.ReinforceBaseline`, updated
+        here with this batch's mean reward; the very first batch, with no history, uses its own
+        mean), plus an entropy bonus::
+
+            loss = -mean_t[(R_t - b) log p(s_t)] - entropy_weight * mean_t[H(p_t)]
+
+        over the non-padding target tokens (:func:`qkv.modules.hard.reinforce_loss`). Its
+        gradient reaches only the attention scores; the task loss trains the rest, through the
+        attended source states.
+
+        Args:
+            record: what :meth:`forward` wrote into its ``record=`` dict.
+            logits: that forward's ``(B, T, V)``; targets: the gold tokens ``(B, T)``
+                (``pad_id`` = padding).
+
+        Raises:
+            ValueError: ``targets`` whose shape is not ``logits``' ``(B, T)``.
+        """
+        log_prob = record.get("attention_log_prob")
+        if log_prob is None:
+            return None
+        if tuple(targets.shape) != tuple(logits.shape[:2]) or log_prob.shape != targets.shape:
+            raise ValueError(
+                f"targets: expected shape (B, T) = {tuple(logits.shape[:2])} like the logits and the "
+                f"recorded attention, got {tuple(targets.shape)}"
+            )
+        valid = targets != self.config.pad_id  # (B, T)
+        if not bool(valid.any()):
+            return None
+        with torch.no_grad():
+            logp = torch.log_softmax(logits.float(), dim=-1)  # (B, T, V)
+            reward = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)[valid]  # (N,) log p(y_t)
+        first = int(self.baseline.steps) == 0
+        baseline = self.baseline(reward)  # b before this batch; the average takes this batch in
+        if first:  # no history yet: this batch's mean reward, not 0
+            baseline = reward.mean()
+        return reinforce_loss(
+            reward,
+            log_prob[valid],
+            baseline,
+            entropy=record["attention_entropy"][valid],
+            entropy_weight=self.config.entropy_weight,
+        )
 
 
 def _check_batch(src: Tensor, src_lengths: Tensor, vocab: int) -> None:

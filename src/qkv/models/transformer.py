@@ -4,6 +4,25 @@ Pre-LN blocks (Xiong et al. 2020: LayerNorm before each sub-layer, which trains 
 warm-up tricks at small sizes) on :class:`qkv.MultiHeadAttention`, sinusoidal positions,
 optional embeddings shared between source, target and the output layer.
 
+Two choices replace parts of the original (defaults: the original):
+
+    mixer        what mixes positions in the encoder and decoder self-attention sub-layers:
+                 "attention" (multi-head attention), "lightconv" or "dynamicconv" (Wu et al.
+                 2019, "Pay Less Attention with Lightweight and Dynamic Convolutions": a GLU,
+                 a softmax-normalized depthwise convolution of width kernel_size, centered in
+                 the encoder and causal in the decoder). Cross-attention stays attention.
+    positional   "sinusoidal" (Vaswani et al. 2017, added to the embeddings), "learned"
+                 (a trained vector per position, per side), "rope" (rotary queries and keys in
+                 self-attention, Su et al. 2021), "alibi" (a linear distance penalty on the
+                 self-attention logits, Press et al. 2021: symmetric in the encoder, causal in
+                 the decoder), "t5" (a learned bias per relative-position bucket and head,
+                 one table per stack, Raffel et al. 2020) or "none". rope, alibi and t5 act on
+                 self-attention logits, so they need mixer="attention". Note: the symmetric
+                 ALiBi encoder bias -m|i - j| cannot tell left from right, and cross-attention
+                 has no positions, so a source and its reverse give the decoder the same
+                 memory: with "alibi" the model cannot learn order-sensitive translation
+                 (benchmarks/compare_variants.py measures it); rope and t5 see the direction.
+
     encoder layer   x = x + Drop(SelfAttn(LN(x), source padding))
                     x = x + Drop(FFN(LN(x)))
     decoder layer   y = y + Drop(SelfAttn(LN(y), causal))
@@ -32,8 +51,15 @@ from torch import Tensor, nn
 from .._types import AttentionMaps
 from ..masks import causal
 from ..modules import MultiHeadAttention
+from ..modules.dynamic_conv import DynamicConv, LightConv
+from ..modules.positional import positional as build_positional
 
-__all__ = ["Transformer", "TransformerConfig", "sinusoidal_positions"]
+__all__ = ["MIXERS", "POSITIONALS", "Transformer", "TransformerConfig", "sinusoidal_positions"]
+
+#: The values of :attr:`TransformerConfig.mixer` and :attr:`TransformerConfig.positional`.
+MIXERS = ("attention", "lightconv", "dynamicconv")
+POSITIONALS = ("sinusoidal", "learned", "rope", "alibi", "t5", "none")
+_LOGIT_POSITIONALS = ("rope", "alibi", "t5")  # act on self-attention logits
 
 
 @dataclass(frozen=True)
@@ -48,7 +74,11 @@ class TransformerConfig:
         share_embeddings: one embedding table for source, target and the output layer
             (needs ``src_vocab == tgt_vocab``, a joint vocabulary); the target embedding is
             always tied to the output layer.
-        max_len: longest sequence the positions cover.
+        max_len: longest sequence the positions cover ("sinusoidal" and "learned"; the
+            relative kinds have no limit).
+        mixer: one of ``MIXERS``: the encoder and decoder self-attention sub-layers.
+        kernel_size: the convolution width of the ``"lightconv"``/``"dynamicconv"`` mixers.
+        positional: one of ``POSITIONALS``.
     """
 
     src_vocab: int
@@ -62,9 +92,12 @@ class TransformerConfig:
     share_embeddings: bool = False
     max_len: int = 512
     pad_id: int = 0
+    mixer: str = "attention"
+    kernel_size: int = 7
+    positional: str = "sinusoidal"
 
     def __post_init__(self) -> None:
-        for name in ("src_vocab", "tgt_vocab", "d_model", "num_heads", "ff_dim", "max_len"):
+        for name in ("src_vocab", "tgt_vocab", "d_model", "num_heads", "ff_dim", "max_len", "kernel_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
@@ -78,6 +111,19 @@ class TransformerConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout!r}")
+        for name, valid in (("mixer", MIXERS), ("positional", POSITIONALS)):
+            if getattr(self, name) not in valid:
+                raise ValueError(f"{name}: expected one of {', '.join(valid)}, got {getattr(self, name)!r}")
+        if self.mixer != "attention" and self.positional in _LOGIT_POSITIONALS:
+            raise ValueError(
+                f"positional: {self.positional!r} acts on self-attention logits, which mixer={self.mixer!r} "
+                "does not have; use sinusoidal, learned or none"
+            )
+        if self.positional == "rope" and (self.d_model // self.num_heads) % 2:
+            raise ValueError(
+                f"positional: 'rope' rotates feature pairs and needs an even head dim, "
+                f"got d_model / num_heads = {self.d_model // self.num_heads}"
+            )
         if self.share_embeddings and self.src_vocab != self.tgt_vocab:
             raise ValueError(
                 "share_embeddings: needs one joint vocabulary (src_vocab == tgt_vocab), "
@@ -105,19 +151,44 @@ class FeedForward(nn.Sequential):
         )
 
 
+def _self_mixer(cfg: TransformerConfig, *, causal: bool) -> nn.Module:
+    """The self-attention sub-layer: multi-head attention (rotary under "rope") or a
+    LightConv/DynamicConv block (causal in the decoder, centered in the encoder)."""
+    if cfg.mixer == "attention":
+        return MultiHeadAttention(
+            embed_dim=cfg.d_model,
+            num_heads=cfg.num_heads,
+            dropout=cfg.dropout,
+            **({"rotary": True} if cfg.positional == "rope" else {}),
+        )
+    conv = LightConv if cfg.mixer == "lightconv" else DynamicConv
+    return conv(
+        embed_dim=cfg.d_model,
+        kernel_size=cfg.kernel_size,
+        num_heads=cfg.num_heads,
+        causal=causal,
+        weight_dropout=cfg.dropout,
+    )
+
+
+def _bias_kwargs(bias: Tensor | None) -> dict:
+    return {} if bias is None else {"bias": bias}
+
+
 class EncoderLayer(nn.Module):
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
-        self.self_attn = MultiHeadAttention(
-            embed_dim=cfg.d_model, num_heads=cfg.num_heads, dropout=cfg.dropout
-        )
+        self.self_attn = _self_mixer(cfg, causal=False)
         self.ff = FeedForward(cfg.d_model, cfg.ff_dim, cfg.dropout)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor, pad: Tensor, need_weights: bool) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self, x: Tensor, pad: Tensor, need_weights: bool, bias: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """``bias``: a position bias ``(H, S, S)`` for the attention logits, or None."""
         h = self.norm1(x)
-        a = self.self_attn(h, key_padding_mask=pad, need_weights=need_weights)
+        a = self.self_attn(h, key_padding_mask=pad, need_weights=need_weights, **_bias_kwargs(bias))
         x = x + self.drop(a.out)
         return x + self.drop(self.ff(self.norm2(x))), a.weights
 
@@ -126,9 +197,8 @@ class DecoderLayer(nn.Module):
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
         self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(cfg.d_model) for _ in range(3))
-        self.self_attn = MultiHeadAttention(
-            embed_dim=cfg.d_model, num_heads=cfg.num_heads, dropout=cfg.dropout
-        )
+        self.self_attn = _self_mixer(cfg, causal=True)
+        self.causal_mask = cfg.mixer == "attention"  # a convolution mixer is causal by itself
         self.cross_attn = MultiHeadAttention(
             embed_dim=cfg.d_model, num_heads=cfg.num_heads, dropout=cfg.dropout
         )
@@ -136,10 +206,14 @@ class DecoderLayer(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(
-        self, y: Tensor, memory: Tensor, pad: Tensor, need_weights: bool
+        self, y: Tensor, memory: Tensor, pad: Tensor, need_weights: bool, bias: Tensor | None = None
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """``bias``: a position bias ``(H, T, T)`` for the self-attention logits, or None."""
         h = self.norm1(y)
-        s = self.self_attn(h, mask=causal(), need_weights=need_weights)
+        if self.causal_mask:
+            s = self.self_attn(h, mask=causal(), need_weights=need_weights, **_bias_kwargs(bias))
+        else:
+            s = self.self_attn(h, need_weights=need_weights)
         y = y + self.drop(s.out)
         c = self.cross_attn(self.norm2(y), memory, memory, key_padding_mask=pad, need_weights=need_weights)
         y = y + self.drop(c.out)
@@ -158,7 +232,10 @@ class Transformer(nn.Module):
             if cfg.share_embeddings
             else nn.Embedding(cfg.src_vocab, cfg.d_model, padding_idx=cfg.pad_id)
         )
-        self.register_buffer("positions", sinusoidal_positions(cfg.max_len, cfg.d_model), persistent=False)
+        if cfg.positional == "sinusoidal":
+            self.register_buffer(
+                "positions", sinusoidal_positions(cfg.max_len, cfg.d_model), persistent=False
+            )
         self.drop = nn.Dropout(cfg.dropout)
         self.encoder = nn.ModuleList([EncoderLayer(cfg) for _ in range(cfg.encoder_layers)])
         self.decoder = nn.ModuleList([DecoderLayer(cfg) for _ in range(cfg.decoder_layers)])
@@ -168,12 +245,32 @@ class Transformer(nn.Module):
         nn.init.normal_(self.tgt_embed.weight, std=cfg.d_model**-0.5)
         if not cfg.share_embeddings:
             nn.init.normal_(self.src_embed.weight, std=cfg.d_model**-0.5)
+        # Other position kinds (built last, so the default model draws its initial weights
+        # exactly as before they existed).
+        if cfg.positional == "learned":  # one table per side: x + P[0 .. T-1]
+            self.src_positions = build_positional("learned", dim=cfg.d_model, max_len=cfg.max_len)
+            self.tgt_positions = build_positional("learned", dim=cfg.d_model, max_len=cfg.max_len)
+        elif cfg.positional in ("alibi", "t5"):  # biases (H, T, T), shared by the layers of a stack
+            heads = cfg.num_heads
+            self.enc_bias = build_positional(cfg.positional, num_heads=heads, causal=False)
+            self.dec_bias = build_positional(cfg.positional, num_heads=heads, causal=True)
 
-    def _embed(self, table: nn.Embedding, ids: Tensor) -> Tensor:
-        if ids.shape[1] > self.config.max_len:
+    def _embed(self, table: nn.Embedding, ids: Tensor, *, side: str = "src") -> Tensor:
+        kind = self.config.positional
+        if kind in ("sinusoidal", "learned") and ids.shape[1] > self.config.max_len:
             raise ValueError(f"sequence length {ids.shape[1]} exceeds max_len={self.config.max_len}")
-        x = table(ids) * math.sqrt(self.config.d_model) + self.positions[: ids.shape[1]]  # (B, T, E)
+        x = table(ids) * math.sqrt(self.config.d_model)  # (B, T, E)
+        if kind == "sinusoidal":
+            x = x + self.positions[: ids.shape[1]]
+        elif kind == "learned":
+            x = (self.src_positions if side == "src" else self.tgt_positions)(x)
         return self.drop(x)
+
+    def _position_bias(self, stack: str, length: int) -> Tensor | None:
+        """ALiBi / T5 bias ``(H, T, T)`` of a stack's self-attention (positions 0 .. T-1), or None."""
+        if self.config.positional not in ("alibi", "t5"):
+            return None
+        return (self.enc_bias if stack == "encoder" else self.dec_bias)(length)
 
     def encode(
         self, src: Tensor, src_lengths: Tensor, *, maps: AttentionMaps | None = None
@@ -181,8 +278,9 @@ class Transformer(nn.Module):
         """Run the encoder; the memory every decoding step reads (batch first)."""
         valid = torch.arange(src.shape[1], device=src.device) < src_lengths.unsqueeze(1)  # (B, S)
         x = self._embed(self.src_embed, src)
+        bias = self._position_bias("encoder", src.shape[1])
         for layer in self.encoder:
-            x, w = layer(x, ~valid, maps is not None)
+            x, w = layer(x, ~valid, maps is not None, bias)
             if maps is not None:
                 maps.encoder.append(w)
         return {"states": self.enc_norm(x), "mask": valid, "lengths": src_lengths}
@@ -191,9 +289,10 @@ class Transformer(nn.Module):
         self, tgt_in: Tensor, memory: dict[str, Tensor], *, maps: AttentionMaps | None = None
     ) -> Tensor:
         """Decoder over a whole (teacher-forced) target prefix -> logits (B, T, V)."""
-        y = self._embed(self.tgt_embed, tgt_in)
+        y = self._embed(self.tgt_embed, tgt_in, side="tgt")
+        bias = self._position_bias("decoder", tgt_in.shape[1])
         for layer in self.decoder:
-            y, ws, wc = layer(y, memory["states"], ~memory["mask"], maps is not None)
+            y, ws, wc = layer(y, memory["states"], ~memory["mask"], maps is not None, bias)
             if maps is not None:
                 maps.decoder.append(ws)
                 maps.cross.append(wc)

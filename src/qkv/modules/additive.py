@@ -12,10 +12,13 @@ Shape legend (see :mod:`qkv._types`)::
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor, nn
 
 from .._types import AttentionOutput
 from ..functional.attention import attention
+from ..functional.normalize import NormalizerFn, resolve_normalizer
 from ..masks.core import MaskLike
 from ._lengths import lengths_mask
 from .multihead import _check_dropout
@@ -27,6 +30,9 @@ __all__ = ["AdditiveAttention"]
 class AdditiveAttention(nn.Module):
     """Bahdanau attention: ``softmax_j(v^T tanh(W_q q_i + W_k k_j))`` weights over ``values``.
 
+    The softmax is the default normalizer; ``normalize="sparsemax"``, ``"entmax15"``, ... (any
+    name or callable of :func:`qkv.attention`'s ``normalize=``) replaces it.
+
     Bahdanau, Cho, Bengio 2014, "Neural Machine Translation by Jointly Learning to Align and
     Translate"; the module of d2l.ai section 11.3 ("Attention Scoring Functions"), with its
     ``valid_lens`` masking. Keys and queries may have different feature dims.
@@ -37,18 +43,32 @@ class AdditiveAttention(nn.Module):
     Args:
         query_dim: ``Dq``; key_dim: ``Dk``; hidden_dim: ``A``.
         dropout: dropout on the weights, only in training mode.
+        normalize: how logits become weights (default ``"softmax"``): a name of
+            :data:`qkv.functional.normalize.NORMALIZERS` or a callable ``(logits, mask) -> weights``.
+        normalize_kwargs: parameters of a named normalizer (e.g. ``{"k": 2}`` for ``"topk"``).
 
     Attributes:
         score: the :class:`qkv.modules.AdditiveScore` (``w_query``, ``w_key``, ``v``).
 
     Raises:
-        ValueError: a dim that is not a positive int, ``dropout`` outside ``[0, 1)``.
+        ValueError: a dim that is not a positive int, ``dropout`` outside ``[0, 1)``, an unknown
+            normalizer or parameters it does not take.
     """
 
-    def __init__(self, *, query_dim: int, key_dim: int, hidden_dim: int, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        *,
+        query_dim: int,
+        key_dim: int,
+        hidden_dim: int,
+        dropout: float = 0.0,
+        normalize: str | NormalizerFn = "softmax",
+        normalize_kwargs: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self.score = AdditiveScore(query_dim=query_dim, key_dim=key_dim, hidden_dim=hidden_dim)
         self.dropout = _check_dropout(dropout)
+        self.normalize, self.normalize_kwargs = _check_normalize(normalize, normalize_kwargs)
 
     def forward(
         self,
@@ -59,6 +79,8 @@ class AdditiveAttention(nn.Module):
         *,
         mask: MaskLike | None = None,
         need_weights: bool = False,
+        normalize: str | NormalizerFn | None = None,
+        normalize_kwargs: dict[str, Any] | None = None,
     ) -> AttentionOutput:
         """Args:
             queries ``(B, Tq, Dq)``, keys ``(B, Tk, Dk)``, values ``(B, Tk, Dv)``.
@@ -67,6 +89,8 @@ class AdditiveAttention(nn.Module):
             mask: an extra bool mask (True = may attend) ANDed with ``valid_lens``,
                 broadcastable to ``(B, Tq, Tk)``.
             need_weights: also return the weights ``(B, Tq, Tk)``.
+            normalize, normalize_kwargs: this call's normalizer instead of the module's (None:
+                the module's). A callable gets the logits ``(B, 1, Tq, Tk)`` and the mask.
 
         Returns:
             :class:`qkv.AttentionOutput` with ``out (B, Tq, Dv)``.
@@ -87,10 +111,43 @@ class AdditiveAttention(nn.Module):
             dropout_p=self.dropout,
             training=self.training,
             need_weights=need_weights,
+            **_normalize_args(self, normalize, normalize_kwargs),
         )
 
     def extra_repr(self) -> str:
-        return f"dropout={self.dropout}"
+        return f"dropout={self.dropout}{_normalize_repr(self)}"
+
+
+def _check_normalize(
+    normalize: str | NormalizerFn, normalize_kwargs: dict[str, Any] | None
+) -> tuple[str | NormalizerFn, dict[str, Any] | None]:
+    """Validate a module's normalizer at construction (clear errors now, not at the first call)."""
+    resolve_normalizer(normalize, normalize_kwargs)
+    return normalize, (dict(normalize_kwargs) if normalize_kwargs else None)
+
+
+def _normalize_args(
+    module: nn.Module, normalize: str | NormalizerFn | None, normalize_kwargs: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The ``normalize=``/``normalize_kwargs=`` of one call: the call's, else the module's.
+    Nothing for the default softmax, so the default call is exactly the softmax one."""
+    if normalize is None:
+        if normalize_kwargs is not None:
+            raise ValueError("normalize_kwargs: given without normalize=; pass both (or neither)")
+        normalize, normalize_kwargs = module.normalize, module.normalize_kwargs
+    if isinstance(normalize, str) and normalize == "softmax" and not normalize_kwargs:
+        return {}
+    return {"normalize": normalize, "normalize_kwargs": normalize_kwargs}
+
+
+def _normalize_repr(module: nn.Module) -> str:
+    norm = module.normalize
+    if isinstance(norm, str) and norm == "softmax":
+        return ""
+    name = norm if isinstance(norm, str) else getattr(norm, "__name__", type(norm).__name__)
+    return f", normalize={name!r}" + (
+        f", normalize_kwargs={module.normalize_kwargs}" if module.normalize_kwargs else ""
+    )
 
 
 def _check_d2l_inputs(

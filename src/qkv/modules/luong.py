@@ -13,13 +13,16 @@ Shape legend (see :mod:`qkv._types`)::
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor, nn
 
 from .._types import AttentionOutput
 from ..functional.attention import attention
+from ..functional.normalize import NormalizerFn
 from ..masks.core import MaskLike
 from ._lengths import lengths_mask
-from .additive import _check_d2l_inputs
+from .additive import _check_d2l_inputs, _check_normalize, _normalize_args, _normalize_repr
 from .scores import AdditiveScore, GeneralScore, _check_dim
 
 __all__ = ["LuongAttention"]
@@ -37,13 +40,17 @@ class LuongAttention(nn.Module):
         concat   v_a^T tanh(W_a [h_t; h_s])        (= v^T tanh(W_q h_t + W_k h_s): an AdditiveScore)
 
     No scaling is applied. The attentional state ``tanh(W_c [c_t; h_t])`` belongs to the
-    decoder that uses this module, not here.
+    decoder that uses this module, not here. ``normalize=`` replaces the softmax (e.g.
+    ``"sparsemax"``: Martins & Astudillo 2016; ``"entmax15"``: Peters et al. 2019).
 
     Args:
         score: ``"dot"``, ``"general"`` or ``"concat"``.
         query_dim: ``Dq``.
         key_dim: ``Dk`` (default ``Dq``); ``"dot"`` needs ``Dk == Dq``.
         hidden_dim: ``A`` for ``"concat"`` (default ``Dq``); not accepted by other scores.
+        normalize: how logits become weights (default ``"softmax"``): a name of
+            :data:`qkv.functional.normalize.NORMALIZERS` or a callable ``(logits, mask) -> weights``.
+        normalize_kwargs: parameters of a named normalizer.
 
     Attributes:
         score: ``"dot"`` (a string) or the score module (GeneralScore / AdditiveScore).
@@ -51,7 +58,7 @@ class LuongAttention(nn.Module):
     Raises:
         ValueError: an unknown score (lists the valid ones), a dim that is not a positive int,
             ``key_dim != query_dim`` for ``"dot"``, ``hidden_dim`` with a score other than
-            ``"concat"``.
+            ``"concat"``, an unknown normalizer or parameters it does not take.
     """
 
     def __init__(
@@ -61,8 +68,11 @@ class LuongAttention(nn.Module):
         query_dim: int,
         key_dim: int | None = None,
         hidden_dim: int | None = None,
+        normalize: str | NormalizerFn = "softmax",
+        normalize_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.normalize, self.normalize_kwargs = _check_normalize(normalize, normalize_kwargs)
         if score not in _LUONG_SCORES:
             raise ValueError(f"score: expected one of {', '.join(_LUONG_SCORES)}, got {score!r}")
         self.score_name = score
@@ -96,6 +106,8 @@ class LuongAttention(nn.Module):
         valid_lens: Tensor | None = None,
         mask: MaskLike | None = None,
         need_weights: bool = False,
+        normalize: str | NormalizerFn | None = None,
+        normalize_kwargs: dict[str, Any] | None = None,
     ) -> AttentionOutput:
         """Args:
             query: decoder states ``(B, Tq, Dq)``, or ``(B, Dq)`` for one step.
@@ -104,6 +116,8 @@ class LuongAttention(nn.Module):
             valid_lens: integer ``(B,)`` or ``(B, Tq)`` source lengths.
             mask: an extra bool mask (True = may attend) ANDed with ``valid_lens``.
             need_weights: also return the alignment weights.
+            normalize, normalize_kwargs: this call's normalizer instead of the module's (None:
+                the module's). A callable gets the logits ``(B, 1, Tq, Tk)`` and the mask.
 
         Returns:
             :class:`qkv.AttentionOutput`: ``out`` is the context ``(B, Tq, Dv)`` (``(B, Dv)``
@@ -120,7 +134,15 @@ class LuongAttention(nn.Module):
         _check_d2l_inputs(query, keys, values, query_dim=self.query_dim, key_dim=self.key_dim)
         bsz, q_len, kv_len = query.shape[0], query.shape[1], keys.shape[1]
         attn_mask = lengths_mask(valid_lens, mask, batch=bsz, q_len=q_len, kv_len=kv_len)
-        res = attention(query, keys, values, score=self.score, mask=attn_mask, need_weights=need_weights)
+        res = attention(
+            query,
+            keys,
+            values,
+            score=self.score,
+            mask=attn_mask,
+            need_weights=need_weights,
+            **_normalize_args(self, normalize, normalize_kwargs),
+        )
         if not one_step:
             return res
         weights = None if res.weights is None else res.weights.squeeze(1)  # (B, 1, Tk) -> (B, Tk)
@@ -128,4 +150,4 @@ class LuongAttention(nn.Module):
         return AttentionOutput(out=res.out.squeeze(1), weights=weights, lse=lse, backend=res.backend)
 
     def extra_repr(self) -> str:
-        return f"score={self.score_name!r}"
+        return f"score={self.score_name!r}{_normalize_repr(self)}"

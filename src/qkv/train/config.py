@@ -29,11 +29,12 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
 
 _SEQ2SEQ_KEYS = {
     "kind", "attention", "rnn", "embed_dim", "hidden_dim", "num_layers", "bidirectional",
-    "luong_score", "local_mode", "window", "dropout",
+    "luong_score", "local_mode", "window", "dropout", "normalize", "gumbel_tau", "entropy_weight",
+    "baseline_decay",
 }  # fmt: skip
 _TRANSFORMER_KEYS = {
     "kind", "d_model", "num_heads", "ff_dim", "encoder_layers", "decoder_layers", "dropout",
-    "share_embeddings", "max_len",
+    "share_embeddings", "max_len", "mixer", "kernel_size", "positional",
 }  # fmt: skip
 
 DEFAULTS: dict[str, dict[str, Any]] = {

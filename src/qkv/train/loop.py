@@ -93,7 +93,17 @@ def learning_rate(step: int, t: dict[str, Any], total_steps: int) -> float:
 
 
 def _loss(model: nn.Module, batch, t: dict[str, Any]) -> tuple[Tensor, int]:
-    logits = model(batch.src, batch.src_lengths, batch.tgt_in, teacher_forcing=float(t["teacher_forcing"]))
+    """Token cross entropy, plus the model's auxiliary loss when it has one.
+
+    A model with an ``auxiliary_loss(record, logits, targets)`` method (e.g. the REINFORCE
+    term of hard attention in :class:`qkv.models.seq2seq.Seq2Seq`) is called with a ``record``
+    dict its forward fills; a term it returns (not None) is added to the loss.
+    """
+    record: dict[str, Tensor] = {}
+    extra = {"record": record} if hasattr(model, "auxiliary_loss") else {}
+    logits = model(
+        batch.src, batch.src_lengths, batch.tgt_in, teacher_forcing=float(t["teacher_forcing"]), **extra
+    )
     ntok = int((batch.tgt_out != 0).sum())
     loss = nn.functional.cross_entropy(
         logits.reshape(-1, logits.shape[-1]).float(),
@@ -101,6 +111,10 @@ def _loss(model: nn.Module, batch, t: dict[str, Any]) -> tuple[Tensor, int]:
         ignore_index=0,
         label_smoothing=float(t["label_smoothing"]),
     )
+    if record:
+        aux = model.auxiliary_loss(record, logits, batch.tgt_out)
+        if aux is not None:
+            loss = loss + aux
     return loss, ntok
 
 
@@ -265,7 +279,9 @@ def _train(cfg, out: Path, ckpt, stream, progress: bool, stop_after_steps: int |
                 tok_here += ntok
                 if bar is not None:
                     rate = tok_here / max(time.perf_counter() - t0, 1e-9)
-                    bar.update(1, epoch=st["epoch"] + 1, loss=f"{float(loss.detach()):.3f}", tok_s=f"{rate:,.0f}")
+                    bar.update(
+                        1, epoch=st["epoch"] + 1, loss=f"{float(loss.detach()):.3f}", tok_s=f"{rate:,.0f}"
+                    )
                 if t["save_every"] and st["step"] % int(t["save_every"]) == 0:
                     st["seconds"] = seconds_before + time.perf_counter() - started
                     save()
