@@ -31,7 +31,7 @@ from ..functional.normalize import sample_hard
 from ..masks.core import MaskLike
 from ._lengths import lengths_mask
 from .additive import _check_d2l_inputs
-from .scores import AdditiveScore, GeneralScore, _check_dim, _check_positive
+from .scores import _check_dim, _check_positive, score_module
 
 __all__ = ["HardAttention", "HardAttentionOutput", "ReinforceBaseline", "reinforce_loss"]
 
@@ -140,18 +140,10 @@ class HardAttention(nn.Module):
             raise ValueError(
                 f"hidden_dim: only used by score='additive', got hidden_dim={hidden_dim!r} with {score!r}"
             )
-        if score == "dot":
-            if self.key_dim != self.query_dim:
-                raise ValueError(
-                    f"key_dim: score='dot' needs key_dim == query_dim={query_dim}, got {self.key_dim} "
-                    "(use score='general')"
-                )
-            self.score: str | nn.Module = "dot"
-        elif score == "general":
-            self.score = GeneralScore(query_dim=self.query_dim, key_dim=self.key_dim)
-        else:
-            hidden = query_dim if hidden_dim is None else _check_dim("hidden_dim", hidden_dim)
-            self.score = AdditiveScore(query_dim=self.query_dim, key_dim=self.key_dim, hidden_dim=hidden)
+        hidden = query_dim if hidden_dim is None else _check_dim("hidden_dim", hidden_dim)
+        self.score: str | nn.Module = score_module(
+            score, query_dim=self.query_dim, key_dim=self.key_dim, hidden_dim=hidden
+        )
 
     def forward(
         self,

@@ -23,7 +23,7 @@ from ..functional.normalize import NormalizerFn
 from ..masks.core import MaskLike
 from ._lengths import lengths_mask
 from .additive import _check_d2l_inputs, _check_normalize, _normalize_args, _normalize_repr
-from .scores import AdditiveScore, GeneralScore, _check_dim
+from .scores import _check_dim, score_module
 
 __all__ = ["LuongAttention"]
 
@@ -82,20 +82,14 @@ class LuongAttention(nn.Module):
             raise ValueError(
                 f"hidden_dim: only used by score='concat', got hidden_dim={hidden_dim!r} with {score!r}"
             )
-        if score == "dot":
-            if self.key_dim != self.query_dim:
-                raise ValueError(
-                    f"key_dim: score='dot' needs key_dim == query_dim={query_dim}, got {self.key_dim} "
-                    "(use score='general')"
-                )
-            self.score: str | nn.Module = "dot"
-        elif score == "general":
-            self.score = GeneralScore(query_dim=self.query_dim, key_dim=self.key_dim)
-        else:
+        if score == "concat":
             self.hidden_dim = query_dim if hidden_dim is None else _check_dim("hidden_dim", hidden_dim)
-            self.score = AdditiveScore(
-                query_dim=self.query_dim, key_dim=self.key_dim, hidden_dim=self.hidden_dim
-            )
+        self.score: str | nn.Module = score_module(
+            "additive" if score == "concat" else score,
+            query_dim=self.query_dim,
+            key_dim=self.key_dim,
+            hidden_dim=getattr(self, "hidden_dim", query_dim),
+        )
 
     def forward(
         self,

@@ -204,3 +204,18 @@ class CosineScore(nn.Module):
 
     def extra_repr(self) -> str:
         return f"temperature={_as_float(self.temperature):.4g}, learnable={self.learnable}"
+
+
+def score_module(kind: str, *, query_dim: int, key_dim: int, hidden_dim: int) -> str | nn.Module:
+    """The score of a one-head attention module by kind: ``"dot"`` (needs ``key_dim ==
+    query_dim``), ``"general"`` (a :class:`GeneralScore`) or ``"additive"`` (an
+    :class:`AdditiveScore` with ``hidden_dim``); dims already checked by the caller."""
+    if kind == "dot":
+        if key_dim != query_dim:
+            raise ValueError(
+                f"key_dim: score='dot' needs key_dim == query_dim={query_dim}, got {key_dim} (use score='general')"
+            )
+        return "dot"
+    if kind == "general":
+        return GeneralScore(query_dim=query_dim, key_dim=key_dim)
+    return AdditiveScore(query_dim=query_dim, key_dim=key_dim, hidden_dim=hidden_dim)
