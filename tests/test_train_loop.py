@@ -147,9 +147,13 @@ def test_cli_train_translate_evaluate_on_a_tsv_file(tmp_path, capsys):
         )  # fmt: skip
     assert code == 0, stdout
     assert "done: step" in stdout
-    code, stdout, _ = run(capsys, "translate", "--checkpoint", str(out), "a h", "--beam", "2")
+    png = tmp_path / "attention.png"
+    code, stdout, _ = run(
+        capsys, "translate", "--checkpoint", str(out), "a h", "--beam", "2", "--heatmap", str(png)
+    )
     assert code == 0
     assert "source: 0:a 1:h" in stdout
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     code, stdout, _ = run(capsys, "translate", "--checkpoint", str(out), "a h", "--json", "--beam", "2")
     doc = json.loads(stdout)
     assert doc[0]["source"] == "a h" and isinstance(doc[0]["translation"], str)
