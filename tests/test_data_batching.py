@@ -95,9 +95,9 @@ def test_resume_mid_epoch_with_start():
     resumed = list(batches(pairs, batch_size=8, seed=5, epoch=1, sort_within=2, start=4))
     assert len(resumed) == len(full) - 4
     for a, b in zip(full[4:], resumed):
-        assert (
-            torch.equal(a.src, b.src) and torch.equal(a.tgt_out, b.tgt_out) and torch.equal(a.index, b.index)
-        )
+        assert torch.equal(a.src, b.src)
+        assert torch.equal(a.tgt_out, b.tgt_out)
+        assert torch.equal(a.index, b.index)
 
 
 def test_bucketing_reduces_padding():
