@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     MEMORY_METHOD,
     Contender,
+    int_list,
     log,
     machine_info,
     markdown_table,
@@ -319,21 +320,11 @@ def to_markdown(res: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- CLI
 
 
-def _ints(s: str) -> list[int]:
-    try:
-        vals = [int(x) for x in s.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
-    if not vals or min(vals) < 0:
-        raise argparse.ArgumentTypeError(f"expected integers >= 0, got {s!r}")
-    return vals
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke run: T=1024, 2 reps; writes *_quick.*")
     p.add_argument("--t", type=int, default=None, help="sequence length (default 4096)")
-    p.add_argument("--spans", type=_ints, default=None, help="spans Z (default 4096,1024,256,64)")
+    p.add_argument("--spans", type=int_list(0), default=None, help="spans Z (default 4096,1024,256,64)")
     p.add_argument("--reps", type=int, default=None, help="timed repetitions (default 7)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="output folder")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory calls")

@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     MEMORY_METHOD,
     Contender,
+    int_list,
     log,
     machine_info,
     markdown_table,
@@ -428,20 +429,10 @@ def to_markdown(res: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- CLI
 
 
-def _sizes(s: str) -> list[int]:
-    try:
-        sizes = [int(x) for x in s.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive sizes, got {s!r}")
-    return sizes
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke run: T=256,512, 3 reps; writes *_quick.*")
-    p.add_argument("--sizes", type=_sizes, default=None, help="sequence lengths (default 1024,4096)")
+    p.add_argument("--sizes", type=int_list(1), default=None, help="sequence lengths (default 1024,4096)")
     p.add_argument(
         "--reps", type=int, default=None, help="timed repetitions per contender (default 12, >= 5)"
     )

@@ -56,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     MEMORY_METHOD,
     Contender,
+    int_list,
     log,
     machine_info,
     markdown_table,
@@ -990,16 +991,6 @@ def _median_of(res, key, name) -> float:
 # ----------------------------------------------------------------------------- CLI
 
 
-def _ints(s: str) -> list[int]:
-    try:
-        out = [int(x) for x in s.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
-    if not out or min(out) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {s!r}")
-    return out
-
-
 def _names(s: str) -> list[str]:
     out = [x.strip() for x in s.split(",") if x.strip()]
     bad = [x for x in out if x not in PATTERN_NAMES]
@@ -1014,7 +1005,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--quick", action="store_true", help="smoke run: T=256,512, 3 reps, small extras; writes *_quick.*"
     )
     p.add_argument(
-        "--sizes", type=_ints, default=None, help="sequence lengths (default 1024,4096,16384; 32768 allowed)"
+        "--sizes",
+        type=int_list(1),
+        default=None,
+        help="sequence lengths (default 1024,4096,16384; 32768 allowed)",
     )
     p.add_argument(
         "--patterns", type=_names, default=None, help=f"subset of {','.join(PATTERN_NAMES)} (default all)"
@@ -1033,7 +1027,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flex-dense-max-t", type=int, default=4096, help="largest T for dense FlexAttention")
     p.add_argument("--dense-bwd-max-t", type=int, default=4096, help="largest T for dense forward+backward")
     p.add_argument(
-        "--flex-block", type=_ints, default=[64, 64], help="FlexAttention tiles q,kv (default 64,64)"
+        "--flex-block", type=int_list(1), default=[64, 64], help="FlexAttention tiles q,kv (default 64,64)"
     )
     p.add_argument(
         "--warm-compile-cache",

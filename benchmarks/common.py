@@ -15,6 +15,7 @@ Suites import this module either as ``benchmarks.common`` or, when run as a scri
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import ctypes
 import datetime as _dt
@@ -399,3 +400,18 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]], ali
 def write_json(path: Path, obj: object) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def int_list(minimum: int):
+    """An argparse ``type=``: comma-separated integers, each ``>= minimum`` (``"1024,4096"``)."""
+
+    def parse(text: str) -> list[int]:
+        try:
+            values = [int(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        if not values or min(values) < minimum:
+            raise argparse.ArgumentTypeError(f"expected integers >= {minimum}, got {text!r}")
+        return values
+
+    return parse
