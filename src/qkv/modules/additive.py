@@ -150,6 +150,21 @@ def _normalize_repr(module: nn.Module) -> str:
     )
 
 
+def _step_inputs(
+    query: Tensor, keys: Tensor, values: Tensor | None, valid_lens, mask, *, query_dim: int, key_dim: int
+) -> tuple[Tensor, Tensor, bool, MaskLike | None]:
+    """The shared start of the one-head modules that also take one decoder step: a ``(B, Dq)``
+    query becomes ``(B, 1, Dq)`` (``one_step``), ``values`` defaults to ``keys``, inputs are
+    checked and ``valid_lens``/``mask`` combined. Returns ``(query, values, one_step, mask)``."""
+    values = keys if values is None else values
+    one_step = isinstance(query, Tensor) and query.dim() == 2
+    if one_step:
+        query = query.unsqueeze(1)  # (B, Dq) -> (B, 1, Dq)
+    _check_d2l_inputs(query, keys, values, query_dim=query_dim, key_dim=key_dim)
+    bsz, q_len, kv_len = query.shape[0], query.shape[1], keys.shape[1]
+    return query, values, one_step, lengths_mask(valid_lens, mask, batch=bsz, q_len=q_len, kv_len=kv_len)
+
+
 def _check_d2l_inputs(
     queries: Tensor, keys: Tensor, values: Tensor, *, query_dim: int | None, key_dim: int | None
 ) -> None:

@@ -21,8 +21,7 @@ from .._types import AttentionOutput
 from ..functional.attention import attention
 from ..functional.normalize import NormalizerFn
 from ..masks.core import MaskLike
-from ._lengths import lengths_mask
-from .additive import _check_d2l_inputs, _check_normalize, _normalize_args, _normalize_repr
+from .additive import _check_normalize, _normalize_args, _normalize_repr, _step_inputs
 from .scores import _check_dim, score_module
 
 __all__ = ["LuongAttention"]
@@ -121,13 +120,9 @@ class LuongAttention(nn.Module):
         Raises:
             ValueError: wrong dims or feature sizes, mismatched batch sizes or lengths.
         """
-        values = keys if values is None else values
-        one_step = isinstance(query, Tensor) and query.dim() == 2
-        if one_step:
-            query = query.unsqueeze(1)  # (B, Dq) -> (B, 1, Dq)
-        _check_d2l_inputs(query, keys, values, query_dim=self.query_dim, key_dim=self.key_dim)
-        bsz, q_len, kv_len = query.shape[0], query.shape[1], keys.shape[1]
-        attn_mask = lengths_mask(valid_lens, mask, batch=bsz, q_len=q_len, kv_len=kv_len)
+        query, values, one_step, attn_mask = _step_inputs(
+            query, keys, values, valid_lens, mask, query_dim=self.query_dim, key_dim=self.key_dim
+        )
         res = attention(
             query,
             keys,
