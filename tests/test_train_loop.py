@@ -189,3 +189,17 @@ def test_pickle_offered_as_checkpoint_is_refused(tmp_path, capsys):
     assert code == 2
     assert "checkpoint.pt" in err or "pickle" in err.lower()
     assert not marker.exists()
+
+
+def test_validation_decoding_limit_counts_target_tokens_not_words():
+    from qkv.data import Example, build_tokenizer
+    from qkv.train.loop import _max_len
+
+    examples = [Example("a b", "quatre vingt dix")]
+    chars = build_tokenizer("char", [e.target for e in examples])
+    words = build_tokenizer("word", [e.target for e in examples])
+    cfg = tiny()
+    assert _max_len(cfg, examples, chars) == 2 * len("quatre vingt dix") + 10
+    assert _max_len(cfg, examples, words) == 2 * 3 + 10
+    cfg["train"]["max_decode_len"] = 7
+    assert _max_len(cfg, examples, chars) == 7

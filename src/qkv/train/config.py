@@ -69,7 +69,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "save_every": 0,  # also checkpoint every N steps (0 = at the end of each epoch only)
         "keep": 2,  # checkpoints kept
         "valid_decode": 300,  # validation sentences decoded greedily for exact match
-        "max_decode_len": 0,  # decoding limit (0 = 2 x the longest training target + 10)
+        "max_decode_len": 0,  # decoding limit in target tokens (0 = 2 x the longest validation target + 10)
         "threads": 0,  # torch CPU threads while training (0 = torch's default); small RNNs run best on 1
     },
 }

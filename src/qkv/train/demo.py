@@ -147,8 +147,8 @@ def run_demo(
         if cfg["train"]["threads"]:
             torch.set_num_threads(int(cfg["train"]["threads"]))
 
-        history = load_checkpoint(run).state.get("history", [])
-        seconds = load_checkpoint(run).state.get("seconds", 0.0)
+        state = load_checkpoint(run).state
+        history, seconds = state.get("history", []), state.get("seconds", 0.0)
         entry: dict[str, Any] = {
             "train_seconds": round(float(seconds), 1),
             "tokens_per_s": round(sum(h["tokens_per_s"] for h in history) / max(len(history), 1), 1),

@@ -360,15 +360,17 @@ def _valid_exact_match(model, examples, src_tok, tgt_tok, cfg) -> float:
     from .translator import decode_examples
 
     hyps = decode_examples(
-        model, examples, src_tok, tgt_tok, beam=1, batch_size=128, max_len=_max_len(cfg, examples)
+        model, examples, src_tok, tgt_tok, beam=1, batch_size=128, max_len=_max_len(cfg, examples, tgt_tok)
     )
     good = sum(h == " ".join(e.target.split()) for h, e in zip(hyps, examples))
     return good / max(len(examples), 1)
 
 
-def _max_len(cfg, examples) -> int:
+def _max_len(cfg, examples, tgt_tok) -> int:
+    """The decoding limit of validation: ``max_decode_len``, else 2 x the longest target in
+    the target tokenizer's tokens (characters for ``char``, pieces for ``bpe``) + 10."""
     limit = int(cfg["train"].get("max_decode_len", 0) or 0)
     if limit:
         return limit
-    longest = max((len(e.target.split()) for e in examples), default=10)
+    longest = max((len(tgt_tok.encode(e.target)) for e in examples), default=10)
     return 2 * longest + 10
