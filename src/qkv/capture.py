@@ -305,6 +305,10 @@ def capture(
         yield maps
 
 
+# Keyword arguments that make a call to qkv.MultiHeadAttention torch-style (see its forward).
+_TORCH_CALL_KEYS = ("attn_mask", "is_causal", "average_attn_weights")
+
+
 def _hook(
     stack: ExitStack,
     name: str,
@@ -318,27 +322,39 @@ def _hook(
     asked: list[tuple[bool, bool]] = []  # per active call: (need_weights, average_weights) of the caller
 
     def pre_hook(mod, args, kwargs):
-        need, avg = bool(kwargs.get("need_weights", False)), bool(kwargs.get("average_weights", False))
+        torch_call = any(kwargs.get(k) is not None for k in _TORCH_CALL_KEYS)
+        if torch_call:  # torch's convention: weights by default, averaged by default
+            need = kwargs.get("need_weights") is not False
+            avg = kwargs.get("average_attn_weights") is not False
+            kwargs = dict(kwargs, need_weights=True, average_attn_weights=False)
+        else:
+            need, avg = bool(kwargs.get("need_weights", False)), bool(kwargs.get("average_weights", False))
+            kwargs = dict(kwargs, need_weights=True)
+            if "average_weights" in kwargs:
+                kwargs["average_weights"] = False
         asked.append((need, avg))
         if detach:
             auto.call(need)
-        kwargs = dict(kwargs, need_weights=True)
-        if "average_weights" in kwargs:
-            kwargs["average_weights"] = False
         return args, kwargs
 
     def post_hook(mod, args, kwargs, output):
         need, avg = asked.pop() if asked else (True, False)
         auto.restore()
-        if not isinstance(output, AttentionOutput) or output.weights is None:
+        if isinstance(output, tuple) and len(output) == 2 and isinstance(output[1], torch.Tensor):
+            out, w = output  # a torch-style call: (out, weights (B, H, Tq, Tk))
+        elif isinstance(output, AttentionOutput) and output.weights is not None:
+            out, w = output.out, output.weights
+        else:
             return None
-        w = output.weights
         rec = _as_bhqk(w)
         rec = rec.detach() if detach else rec
         maps.record(name, rec if rnn else select_heads(rec, heads, name))
+        given = (w.mean(dim=1) if avg else w) if need else None
+        if isinstance(output, tuple):
+            return out, given
         if need and not avg:
             return None
-        return dataclasses.replace(output, weights=w.mean(dim=1) if avg else None)
+        return dataclasses.replace(output, weights=given)
 
     if not detach and isinstance(getattr(module, "backend", None), str):
         saved = module.backend

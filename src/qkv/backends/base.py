@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any, Protocol
 
 import torch
@@ -78,6 +77,9 @@ class AttentionInputs:
     score_kwargs: dict[str, Any] = field(default_factory=dict)
     normalize: str = "softmax"
     normalize_fn: Callable[[Tensor, Tensor | None], Tensor] | None = None
+    # Built lazily (a plain dict rather than functools.cached_property, whose lock
+    # torch.compile cannot trace).
+    _cache: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def q_len(self) -> int:
@@ -95,14 +97,15 @@ class AttentionInputs:
     def has_mask(self) -> bool:
         return self.pattern is not None or self.tensor_mask is not None
 
-    @cached_property
+    @property
     def mask(self) -> Tensor | None:
         """The dense bool mask, broadcastable to :attr:`logits_shape` (built once, lazily)."""
         if self.pattern is None:
             return self.tensor_mask
-        dense = self.pattern.materialize(self.q_len, self.kv_len, device=self.query.device)
-        check_fits("mask", dense, self.logits_shape)
-        return dense
+        if "mask" not in self._cache:
+            dense = self.pattern.materialize(self.q_len, self.kv_len, device=self.query.device)
+            self._cache["mask"] = check_fits("mask", dense, self.logits_shape)
+        return self._cache["mask"]
 
     def mask_block(
         self, q0: int, q1: int, k0: int, k1: int, *, rows: Tensor | None = None, heads: Tensor | None = None
@@ -170,7 +173,7 @@ def zero_unreachable_keys(key: Tensor, value: Tensor, mask: Tensor) -> tuple[Ten
     """Zero the keys/values that no query may attend, so NaN/inf placed there cannot leak
     through ``0 * NaN`` in the matmuls (forward or backward). Their gradients become 0."""
     reachable = mask.any(dim=-2).unsqueeze(-1)  # (..., Tk, 1)
-    if bool(reachable.all()):
+    if not torch.compiler.is_compiling() and bool(reachable.all()):  # traced: no data-dependent branch
         return key, value
     return key.masked_fill(~reachable, 0), value.masked_fill(~reachable, 0)
 

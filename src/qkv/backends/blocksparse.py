@@ -115,8 +115,37 @@ class BlockSparseBackend:
 
     def run(self, inputs: AttentionInputs) -> AttentionOutput:
         plan = self.plan(inputs)
-        out, lse = _BlockSparseAttention.apply(inputs.query, inputs.key, inputs.value, plan, inputs.scale)
+        key, value = inputs.key, inputs.value
+        nan_keys = torch.isnan(key).any(dim=-1) | torch.isnan(value).any(dim=-1)  # (B, H, Tk)
+        nan_keys = nan_keys if bool(nan_keys.any()) else None
+        if nan_keys is not None:  # inside a block, masked entries would meet them as NaN + -inf
+            key = key.masked_fill(nan_keys.unsqueeze(-1), 0.0)
+            value = value.masked_fill(nan_keys.unsqueeze(-1), 0.0)
+        out, lse = _BlockSparseAttention.apply(inputs.query, key, value, plan, inputs.scale)
+        if nan_keys is not None:
+            hit = _rows_attending(inputs, nan_keys)  # (B, H, Tq)
+            out = out.masked_fill(hit.unsqueeze(-1), float("nan"))
+            lse = lse.masked_fill(hit, float("nan"))
         return AttentionOutput(out=out, weights=None, lse=lse, backend=self.name)
+
+
+def _rows_attending(inputs: AttentionInputs, keys: Tensor) -> Tensor:
+    """Which query rows the pattern lets attend any of ``keys`` (bool ``(B, H, Tk)``):
+    bool ``(B, H, Tq)``. Only the marked key positions are evaluated."""
+    dev = keys.device
+    idx = keys.flatten(0, -2).any(dim=0).nonzero().flatten()  # key positions marked somewhere
+    bsz, heads = keys.shape[0], keys.shape[1]
+    if inputs.pattern.depends_on_batch_head:
+        b, h = (
+            torch.arange(bsz, device=dev).view(-1, 1, 1, 1),
+            torch.arange(heads, device=dev).view(1, -1, 1, 1),
+        )
+    else:
+        b = h = torch.zeros(1, 1, 1, 1, dtype=torch.long, device=dev)
+    fn = inputs.pattern.mask_mod(inputs.q_len, inputs.kv_len)
+    q_idx = torch.arange(inputs.q_len, device=dev).view(1, 1, -1, 1)
+    allowed = fn(b, h, q_idx, idx.view(1, 1, 1, -1))  # (B|1, H|1, Tq, n)
+    return (allowed & keys[..., idx].unsqueeze(-2)).any(dim=-1)
 
 
 # ----------------------------------------------------------------------------- the plan

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from .._types import AttentionOutput
 from .base import AttentionInputs, plain_causal, softmax_only, zero_unreachable_keys
@@ -48,7 +49,7 @@ class SdpaBackend:
             out = F.scaled_dot_product_attention(
                 q, k, v, is_causal=True, dropout_p=dropout_p, scale=inputs.scale
             )
-            return AttentionOutput(out=out, weights=None, lse=None, backend=self.name)
+            return AttentionOutput(out=_nan_rows(out, q, None), weights=None, lse=None, backend=self.name)
         mask = inputs.mask
         if mask is not None:
             k, v = zero_unreachable_keys(k, v, mask)
@@ -65,4 +66,15 @@ class SdpaBackend:
             dropout_p=dropout_p,
             scale=inputs.scale,
         )
-        return AttentionOutput(out=out, weights=None, lse=None, backend=self.name)
+        return AttentionOutput(out=_nan_rows(out, q, mask), weights=None, lse=None, backend=self.name)
+
+
+def _nan_rows(out: Tensor, query: Tensor, mask: Tensor | None) -> Tensor:
+    """NaN propagates as in eager PyTorch: a query row holding NaN gives a NaN output row when
+    it attends any key. (SDPA's fused CPU kernels return zeros for such a row at some sizes.)"""
+    bad = torch.isnan(query).any(dim=-1, keepdim=True)  # (..., Tq, 1)
+    if mask is not None:  # a row with no key gives 0 on every backend, whatever its query holds
+        has_key = mask.any(dim=-1, keepdim=True)
+        out = out.masked_fill(~has_key, 0.0)
+        bad = bad & has_key
+    return out.masked_fill(bad, float("nan"))

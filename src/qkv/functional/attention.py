@@ -89,7 +89,9 @@ def attention(
         normalize_kwargs: parameters of a named normalizer, e.g. ``{"k": 4}`` for ``"topk"``.
 
     Rows with no key to attend give output 0, weights 0 and gradients 0. NaN or inf placed in
-    masked-out positions does not change the result. Half-precision inputs are normalized in
+    masked-out positions does not change the result. Otherwise NaN propagates as in eager
+    PyTorch, on every backend: a query row holding NaN gives a NaN output row, and a NaN in a
+    key or value that a row attends makes that row NaN. Half-precision inputs are normalized in
     float32.
     """
     inputs, restore = prepare(
@@ -216,6 +218,12 @@ def prepare(
         raise ValueError(
             f"value: expected Tk = {k.shape[-2]} rows like key {tuple(k.shape)}, got {tuple(v.shape)}"
         )
+    for name, t in (("query", q), ("key", k)):
+        if t.shape[-1] == 0:
+            raise ValueError(
+                f"{name}: expected a feature dim D >= 1 (the last dim; scores compare D features), "
+                f"got shape {tuple(t.shape)}"
+            )
     score_name, score_fn, kwargs = _resolve_score(score, score_kwargs)
     normalize_name, normalize_fn = resolve_normalizer(normalize, normalize_kwargs)
     if score_name in ("dot", "scaled_dot", "gaussian", "cosine") and q.shape[-1] != k.shape[-1]:

@@ -417,17 +417,22 @@ def full() -> Mask:
     return _Full()
 
 
-def check_bool_mask(mask: Tensor, name: str = "mask") -> Tensor:
-    """Raise a clear error unless ``mask`` is a bool tensor."""
+# The convention of torch's ``key_padding_mask``, named in every message about it.
+PADDING_MEANING = "True = padding, never attended"
+
+
+def check_bool_mask(mask: Tensor, name: str = "mask", meaning: str = "True = may attend") -> Tensor:
+    """Raise a clear error unless ``mask`` is a bool tensor; the message states the argument's
+    own convention ``meaning`` (``"True = padding"`` for a ``key_padding_mask``...)."""
     if not isinstance(mask, Tensor):
         raise TypeError(f"{name}: expected a bool tensor or a qkv.masks.Mask, got {type(mask).__name__}")
     if mask.dtype != torch.bool:
         hint = (
             " (float masks are additive biases: pass them as bias=)"
             if mask.is_floating_point()
-            else " (convert with mask.bool(); True = may attend)"
+            else f" (convert with {name}.bool(); {meaning})"
         )
-        raise TypeError(f"{name}: expected dtype torch.bool (True = may attend), got {mask.dtype}{hint}")
+        raise TypeError(f"{name}: expected dtype torch.bool ({meaning}), got {mask.dtype}{hint}")
     return mask
 
 
@@ -461,7 +466,7 @@ def from_lengths(valid_lens: Tensor, kv_len: int) -> Tensor:
 def key_padding(pad_mask: Tensor) -> Tensor:
     """Convert torch's ``key_padding_mask`` (``(B, Tk)``, True = padding, ignore) to qkv's
     convention: bool ``(B, 1, 1, Tk)`` with True = may attend."""
-    check_bool_mask(pad_mask, "key_padding_mask")
+    check_bool_mask(pad_mask, "key_padding_mask", PADDING_MEANING)
     if pad_mask.dim() != 2:
         raise ValueError(f"key_padding_mask: expected shape (B, Tk), got {tuple(pad_mask.shape)}")
     return ~pad_mask[:, None, None, :]

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from .._types import AttentionOutput
 from ..functional.adaptive_span import _check_ramp, adaptive_span_attention, span_penalty, span_window
-from ..masks.core import check_bool_mask
+from ..masks.core import PADDING_MEANING, check_bool_mask
 from .multihead import _check_dropout
 from .scores import _check_dim
 
@@ -158,7 +158,7 @@ class AdaptiveSpanAttention(nn.Module):
         bsz, t, _ = x.shape
         key_mask = None
         if key_padding_mask is not None:
-            check_bool_mask(key_padding_mask, "key_padding_mask")
+            check_bool_mask(key_padding_mask, "key_padding_mask", PADDING_MEANING)
             if tuple(key_padding_mask.shape) != (bsz, t):
                 raise ValueError(
                     f"key_padding_mask: expected shape (B, T) = ({bsz}, {t}) with True = padding, "

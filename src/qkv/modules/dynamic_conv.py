@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from .._types import AttentionOutput
 from ..functional.dynamic_conv import conv_padding, dynamic_conv, light_conv
-from ..masks.core import check_bool_mask
+from ..masks.core import PADDING_MEANING, check_bool_mask
 from .scores import _check_dim
 
 __all__ = ["DynamicConv", "LightConv"]
@@ -71,7 +71,7 @@ class _ConvBlock(nn.Module):
             raise ValueError(f"x: expected shape (B, T, E={self.embed_dim}), got {got}")
         key_mask = None
         if key_padding_mask is not None:
-            check_bool_mask(key_padding_mask, "key_padding_mask")
+            check_bool_mask(key_padding_mask, "key_padding_mask", PADDING_MEANING)
             if tuple(key_padding_mask.shape) != tuple(x.shape[:2]):
                 raise ValueError(
                     f"key_padding_mask: expected shape (B, T) = {tuple(x.shape[:2])} with True = padding, "

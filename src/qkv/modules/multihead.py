@@ -11,9 +11,12 @@ Shape legend (see :mod:`qkv._types`)::
     query (B, Tq, E), key (B, Tk, Ek), value (B, Tk, Ev)
     -> out (B, Tq, E), weights (B, H, Tq, Tk) or, averaged over heads, (B, Tq, Tk)
 
-A drop-in for ``torch.nn.MultiheadAttention(batch_first=True)`` with qkv's conventions: masks
-are bool with True = may attend (``key_padding_mask`` keeps torch's True = padding), rows with
-no key give zeros instead of NaN, and weights are returned, never stored.
+A drop-in for ``torch.nn.MultiheadAttention``: called with torch's arguments (``attn_mask``,
+``is_causal``, ...) it follows torch's conventions and returns torch's ``(out, weights)`` pair,
+so it replaces the attention inside ``nn.TransformerEncoderLayer``/``DecoderLayer``. Called
+the qkv way, masks are bool with True = may attend (``key_padding_mask`` keeps torch's True =
+padding). Either way rows with no key give zeros instead of NaN, and weights are returned,
+never stored.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from torch import Tensor, nn
 
 from .._types import AttentionOutput
 from ..functional.attention import attention
-from ..masks.core import Mask, MaskLike, check_bool_mask, key_padding
+from ..masks.core import PADDING_MEANING, Mask, MaskLike, causal, check_bool_mask, key_padding
+from ..masks.torch_masks import from_torch_attn_mask, from_torch_key_padding, is_causal_matrix
 from .kv_cache import CacheStep, KVCache, StaticKVCache
 from .positional import PositionalBias, RotaryEmbedding
 from .scores import _check_dim
@@ -71,6 +75,9 @@ class MultiHeadAttention(nn.Module):
         num_kv_heads: ``Hkv``, a divisor of ``H`` (default ``H``: multi-head attention).
         rotary: a :class:`qkv.modules.RotaryEmbedding` over ``Dh`` features, or True for
             ``RotaryEmbedding(Dh)``; None or False: no rotation.
+        batch_first: inputs are ``(B, T, E)`` (default, unlike torch's ``False``) or, when
+            False, ``(T, B, E)``.
+        device, dtype: where and how the parameters are created, as in torch.
 
     Attributes:
         q_proj ``Linear(E, E)``, k_proj ``Linear(Ek, Hkv*Dh)``, v_proj ``Linear(Ev, Hkv*Dh)``,
@@ -96,8 +103,14 @@ class MultiHeadAttention(nn.Module):
         backend: str = "auto",
         num_kv_heads: int | None = None,
         rotary: RotaryEmbedding | bool | None = None,
+        batch_first: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        if not isinstance(batch_first, bool):
+            raise TypeError(f"batch_first: expected a bool, got {type(batch_first).__name__}")
+        self.batch_first = batch_first
         self.embed_dim = _check_dim("embed_dim", embed_dim)
         self.num_heads = _check_dim("num_heads", num_heads)
         if embed_dim % num_heads:
@@ -125,6 +138,8 @@ class MultiHeadAttention(nn.Module):
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
         self.rotary = self._make_rotary(rotary)
         self.reset_parameters()
+        if device is not None or dtype is not None:
+            self.to(device=device, dtype=dtype)
 
     def _make_rotary(self, rotary: object) -> RotaryEmbedding | None:
         if rotary is None or rotary is False:
@@ -159,55 +174,90 @@ class MultiHeadAttention(nn.Module):
         return (
             f"embed_dim={self.embed_dim}, num_heads={self.num_heads}{gqa}, kdim={self.kdim}, "
             f"vdim={self.vdim}, bias={self.has_bias}, dropout={self.dropout}, backend={self.backend!r}"
+            + ("" if self.batch_first else ", batch_first=False")
         )
 
     # ------------------------------------------------------------------------- forward
+
+    # What torch's Transformer layers read before choosing their fused fast path. qkv keeps
+    # separate projections, so the fused kernel (which would bypass qkv) is never taken.
+    _qkv_same_embed_dim = False
+    in_proj_weight = None
+    in_proj_bias = None
+    bias_k = None
+    bias_v = None
+    add_zero_attn = False
 
     def forward(
         self,
         query: Tensor,
         key: Tensor | None = None,
         value: Tensor | None = None,
+        key_padding_mask: Tensor | None = None,
+        need_weights: bool | None = None,
+        attn_mask: Tensor | None = None,
+        average_attn_weights: bool | None = None,
+        is_causal: bool | None = None,
         *,
         mask: MaskLike | None = None,
-        key_padding_mask: Tensor | None = None,
-        need_weights: bool = False,
         average_weights: bool = False,
         bias: Tensor | PositionalBias | None = None,
         cache: KVCache | StaticKVCache | None = None,
-    ) -> AttentionOutput:
+    ) -> AttentionOutput | tuple[Tensor, Tensor | None]:
         """Attend from ``query`` to ``key``/``value``.
+
+        Two calling conventions meet here and are converted at this edge:
+
+        - **qkv's** (``mask=``, True = may attend): returns an :class:`qkv.AttentionOutput`.
+        - **torch's** (``nn.MultiheadAttention.forward``, positional order included): a call
+          that names ``attn_mask``, ``is_causal`` or ``average_attn_weights`` returns torch's
+          pair ``(out, weights)``, with torch's defaults ``need_weights=True`` and
+          ``average_attn_weights=True``. This is what ``nn.TransformerEncoderLayer``,
+          ``nn.TransformerDecoderLayer`` and ``nn.Transformer`` do, so the module can replace
+          their attention (see :meth:`from_torch`).
+
+        Passing both ``mask`` and ``attn_mask`` raises. Layout: ``(B, T, E)`` with
+        ``batch_first=True`` (the default), ``(T, B, E)`` with ``batch_first=False``, or an
+        unbatched ``(T, E)``; outputs and weights come back in the same layout.
 
         Args:
             query: ``(B, Tq, E)``.
             key: ``(B, Tk, Ek)``; default ``query`` (self-attention).
             value: ``(B, Tk, Ev)``; default ``key``.
-            mask: bool, True = may attend, broadcastable to ``(B, H, Tq, Tk)`` (a ``(Tq, Tk)``
-                matrix, ``(B, 1, Tq, Tk)``...), or a :class:`qkv.masks.Mask` such as
-                ``qkv.masks.causal()``. A per-sample ``(B, Tq, Tk)`` mask must be passed as
-                ``(B, 1, Tq, Tk)`` (a 3-D mask broadcasts as ``(H, Tq, Tk)``). Note: torch's
-                bool ``attn_mask`` is the opposite (True = not allowed): pass ``~attn_mask``;
-                torch's ``(B*H, Tq, Tk)`` masks become ``(~m).view(B, H, Tq, Tk)``.
-            key_padding_mask: ``(B, Tk)`` bool with torch's convention, True = padding
-                (ignored). Combined with ``mask`` by AND.
-            need_weights: also return the attention weights (before dropout).
-            average_weights: return them averaged over heads, ``(B, Tq, Tk)``, instead of per
-                head, ``(B, H, Tq, Tk)``. Requires ``need_weights=True``.
+            key_padding_mask: ``(B, Tk)`` with torch's convention: bool True = padding (never
+                attended), or float added to the scores (``-inf`` = padding). Combined with
+                the other masks.
+            need_weights: also return the attention weights (before dropout). Default False
+                (qkv call), True (torch call).
+            attn_mask: torch's attention mask: bool with True = *not* allowed, or float added
+                to the scores; ``(Tq, Tk)`` or ``(B * num_heads, Tq, Tk)`` (row ``b * H + h``).
+            average_attn_weights: torch's name of ``average_weights`` (default True in a torch
+                call).
+            is_causal: the causal mask (query ``i`` sees keys ``j <= i``). With ``attn_mask``
+                it is torch's hint that the mask is causal: the mask is checked, and a mask
+                that is not causal raises instead of being silently replaced.
+            mask: bool, True = may attend, or a :class:`qkv.masks.Mask` such as
+                ``qkv.masks.causal()``. Accepted tensor shapes (each can mean only one
+                thing): ``(Tq, Tk)``, ``(1, Tq, Tk)``, and 4-D ``(B or 1, H or 1, Tq, Tk)``; a
+                per-sample mask is ``(B, 1, Tq, Tk)``, a per-head one ``(1, H, Tq, Tk)``. A
+                3-D ``(n, Tq, Tk)`` with ``n > 1`` is refused (per sample or per head?).
+            average_weights: return the weights averaged over heads, ``(B, Tq, Tk)``, instead
+                of per head, ``(B, H, Tq, Tk)``. Requires ``need_weights=True``.
             bias: added to the scaled logits: a float tensor broadcastable to
                 ``(B, H, Tq, Tk)`` (e.g. :func:`qkv.modules.alibi_bias`), or a position-bias
                 module (:class:`qkv.modules.ALiBi`, :class:`qkv.modules.T5RelativeBias`) that
                 is called with the query and key positions (``0 .. Tq-1`` and ``0 .. Tk-1``
                 without a cache, the cache's positions with one).
-            cache: incremental decoding (:mod:`qkv.modules.kv_cache`).
+            cache: incremental decoding (:mod:`qkv.modules.kv_cache`), qkv calls only.
 
                 - :class:`qkv.modules.KVCache` / :class:`qkv.modules.SlidingWindowKVCache`:
                   causal self-attention over the new tokens ``query (B, Tq, E)`` (``key`` and
                   ``value`` default to it and must have ``Tq`` rows). Their keys/values are
                   appended to the cache; the queries attend every cached key at a position
                   ``<=`` their own (within the window). ``key_padding_mask`` is ``(B, Tq)``
-                  for the new tokens; the cache remembers earlier padding. ``mask``, if any,
-                  must be a bool tensor broadcastable to ``(B, H, Tq, Tk)`` with ``Tk`` the
-                  keys attended after the update (``cache.length`` afterwards for a
+                  bool for the new tokens; the cache remembers earlier padding. ``mask``, if
+                  any, must be a bool tensor broadcastable to ``(B, H, Tq, Tk)`` with ``Tk``
+                  the keys attended after the update (``cache.length`` afterwards for a
                   ``KVCache``).
                 - :class:`qkv.modules.StaticKVCache`: cross-attention to a fixed memory. The
                   first call projects ``key``/``value`` (and ``key_padding_mask (B, Tk)``) into
@@ -215,31 +265,166 @@ class MultiHeadAttention(nn.Module):
                   must be a tensor.
 
         Returns:
-            :class:`qkv.AttentionOutput` with ``out (B, Tq, E)``, ``weights`` (or None),
-            ``lse (B, H, Tq)`` when the backend gives it, and the backend's name. Queries with
-            no key to attend get a zero attention vector, so their ``out`` is
-            ``out_proj.bias`` (zeros without bias); their weights are zero, never NaN.
+            qkv call: :class:`qkv.AttentionOutput` with ``out (B, Tq, E)``, ``weights`` (or
+            None), ``lse (B, H, Tq)`` when the backend gives it, and the backend's name.
+            torch call: the tuple ``(out, weights or None)``. Queries with no key to attend
+            get a zero attention vector, so their ``out`` is ``out_proj.bias`` (zeros without
+            bias; torch gives NaN there); their weights are zero, never NaN.
 
         Raises:
-            ValueError: inputs that are not 3-D, feature dims other than ``E``/``Ek``/``Ev``,
-                batch or key/value lengths that differ, a ``key_padding_mask`` of the wrong
-                shape, a mask or bias not broadcastable to ``(B, H, Tq, Tk)``,
-                ``average_weights`` without ``need_weights``; with a cache: key/value rows
-                other than ``Tq``, a :class:`qkv.masks.Mask` pattern (the cache builds the
-                causal mask itself), rotary or a bias module with a ``StaticKVCache``.
-            TypeError: masks that are not bool, a bias that is neither a float tensor nor a
+            ValueError: inputs of the wrong rank, feature dims other than ``E``/``Ek``/``Ev``,
+                batch or key/value lengths that differ, a mask of a shape that is refused or
+                not broadcastable, ``mask`` with ``attn_mask``, ``is_causal`` with an
+                ``attn_mask`` that is not causal, ``average_weights`` without
+                ``need_weights``; with a cache: key/value rows other than ``Tq``, a
+                :class:`qkv.masks.Mask` pattern (the cache builds the causal mask itself), a
+                torch-style mask, rotary or a bias module with a ``StaticKVCache``.
+            TypeError: masks of another dtype, a bias that is neither a float tensor nor a
                 position-bias module, a cache of another type.
         """
+        torch_call = attn_mask is not None or average_attn_weights is not None or is_causal is not None
+        if mask is not None and attn_mask is not None:
+            raise ValueError(
+                "mask/attn_mask: pass one, not both: mask= is qkv's convention (True = may attend), "
+                "attn_mask= is torch's (bool True = not allowed, or float added to the scores)"
+            )
+        if average_attn_weights is not None and average_weights:
+            raise ValueError(
+                "average_weights/average_attn_weights: the same option under two names: pass one"
+            )
+        average = bool(average_attn_weights) if average_attn_weights is not None else average_weights
+        if need_weights is None:
+            need_weights = torch_call
+            average = average if average_attn_weights is not None or not torch_call else True
+        if average and not need_weights:
+            raise ValueError("average_weights: True needs need_weights=True")
         if cache is not None and not isinstance(cache, (KVCache, StaticKVCache)):
             raise TypeError(
                 f"cache: expected a KVCache, SlidingWindowKVCache or StaticKVCache, got {type(cache).__name__}"
             )
-        if average_weights and not need_weights:
-            raise ValueError("average_weights: True needs need_weights=True")
+        if cache is not None and (attn_mask is not None or is_causal):
+            raise ValueError(
+                "attn_mask/is_causal: with a cache the causal mask comes from the cache; pass other masks "
+                "as mask= (bool, True = may attend)"
+            )
+        query, key, value, key_padding_mask, to_layout = self._to_batch_first(
+            query, key, value, key_padding_mask
+        )
+        extra = None
         if cache is None:
             key = query if key is None else key
             value = key if value is None else value
             self._check_inputs(query, key, value)
+            mask, extra = self._torch_masks(
+                mask, attn_mask, bool(is_causal), key_padding_mask, *query.shape[:2], key.shape[1]
+            )
+            key_padding_mask = None  # folded into mask
+        res = self._forward_batch_first(
+            query, key, value, mask, key_padding_mask, bool(need_weights), bias, cache, extra
+        )
+        weights = res.weights
+        if weights is not None and average:
+            weights = weights.mean(dim=1)  # (B, H, Tq, Tk) -> (B, Tq, Tk)
+        out, weights = to_layout(res.out, weights)
+        if torch_call:
+            return out, weights
+        return AttentionOutput(out=out, weights=weights, lse=res.lse, backend=res.backend)
+
+    # ------------------------------------------------------------------------- the edge
+
+    def _to_batch_first(self, query, key, value, key_padding_mask):
+        """Inputs in the module's layout -> ``(B, T, E)`` (and their ``key_padding_mask``), and
+        the function that brings the output ``(B, Tq, E)`` and weights ``(B, [H,] Tq, Tk)``
+        back. Layouts: batch first, ``(T, B, E)``, unbatched ``(T, E)``, and the nested
+        tensors torch's ``TransformerEncoder`` makes of padded batches in inference."""
+        if not isinstance(query, Tensor):
+            raise TypeError(f"query: expected a torch.Tensor, got {type(query).__name__}")
+        if query.is_nested:
+            return self._unnest(query, key, value, key_padding_mask)
+        unbatched = query.dim() == 2 and all(t is None or t.dim() == 2 for t in (key, value))
+        if unbatched:  # (T, E) -> (1, T, E)
+            query, key, value = (None if t is None else t.unsqueeze(0) for t in (query, key, value))
+            if key_padding_mask is not None:
+                key_padding_mask = key_padding_mask.unsqueeze(0)  # (Tk,) -> (1, Tk)
+        elif not self.batch_first and query.dim() == 3:  # (T, B, E) -> (B, T, E)
+            query, key, value = (
+                None if t is None or t.dim() != 3 else t.transpose(0, 1) for t in (query, key, value)
+            )
+
+        def back(out: Tensor, weights: Tensor | None) -> tuple[Tensor, Tensor | None]:
+            if unbatched:
+                return out.squeeze(0), None if weights is None else weights.squeeze(0)
+            if not self.batch_first:
+                out = out.transpose(0, 1)  # (B, Tq, E) -> (Tq, B, E); weights stay batch first
+            return out, weights
+
+        return query, key, value, key_padding_mask, back
+
+    @staticmethod
+    def _unnest(query, key, value, key_padding_mask):
+        """A nested ``query`` (self-attention) -> padded ``(B, T, E)`` and its padding; the
+        output goes back to a nested tensor of the same lengths."""
+        if any(t is not None and t is not query for t in (key, value)) or key_padding_mask is not None:
+            raise ValueError(
+                "query: a nested tensor is supported for self-attention only (key and value the same "
+                "nested tensor, no key_padding_mask: the nesting is the padding)"
+            )
+        lengths = [t.shape[0] for t in query.unbind()]
+        padded = query.to_padded_tensor(0.0)  # (B, T, E)
+        pad = (
+            torch.arange(padded.shape[1], device=padded.device)[None, :]
+            >= torch.tensor(lengths, device=padded.device)[:, None]
+        )  # (B, T), True = padding
+
+        def back(out: Tensor, weights: Tensor | None) -> tuple[Tensor, Tensor | None]:
+            parts = [out[b, :n] for b, n in enumerate(lengths)]
+            return torch.nested.as_nested_tensor(parts, layout=query.layout), weights
+
+        return padded, padded, padded, pad, back
+
+    def _torch_masks(self, mask, attn_mask, is_causal, key_padding_mask, bsz, q_len, kv_len):
+        """torch's ``attn_mask``/``is_causal``/``key_padding_mask`` and qkv's ``mask`` -> one
+        qkv ``mask`` (True = may attend) and an additive bias from float masks (or None)."""
+        extra = []
+        mask = self._check_user_mask(mask)
+        if attn_mask is not None:
+            mask, add = from_torch_attn_mask(attn_mask, bsz, self.num_heads, q_len, kv_len)
+            if is_causal:
+                if not is_causal_matrix(mask, add):
+                    raise ValueError(
+                        "is_causal: True says attn_mask is the causal mask, but it is not (without "
+                        "is_causal the mask is used as given; torch would silently ignore it)"
+                    )
+                mask = causal()  # the lazy pattern: fast causal kernels, no dense mask
+            extra.append(add)
+        elif is_causal:
+            mask = causal() if mask is None else causal() & mask
+        if key_padding_mask is not None:
+            keep, add = from_torch_key_padding(key_padding_mask, bsz, kv_len)  # (B, 1, 1, Tk)
+            mask = keep if mask is None else mask & keep
+            extra.append(add)
+        extra = [t for t in extra if t is not None]
+        return mask, (sum(extra[1:], extra[0]) if extra else None)
+
+    @staticmethod
+    def _check_user_mask(mask: MaskLike | None) -> MaskLike | None:
+        """qkv's ``mask=``: refuse the 3-D layout that could be per sample or per head."""
+        if isinstance(mask, Tensor) and mask.dim() == 3 and mask.shape[0] != 1:
+            raise ValueError(
+                f"mask: a 3-D mask {tuple(mask.shape)} could be per sample (B, Tq, Tk) or per head "
+                "(H, Tq, Tk); pass (B, 1, Tq, Tk) per sample, (1, H, Tq, Tk) per head, (Tq, Tk) or "
+                "(1, Tq, Tk) for all, or torch's attn_mask= with (B * num_heads, Tq, Tk)"
+            )
+        return mask
+
+    # ------------------------------------------------------------------------- forward, batch first
+
+    def _forward_batch_first(
+        self, query, key, value, mask, key_padding_mask, need_weights, bias, cache, extra
+    ):
+        """The attention of ``(B, T, E)`` inputs with qkv's masks; ``extra`` is an additive
+        bias from torch's float masks (or None). Weights are per head."""
+        if cache is None:
             bsz, q_len, _ = query.shape
             attn_mask = self._combine_masks(mask, key_padding_mask, bsz, q_len, key.shape[1])
             q, k, v = self._project(query, key, value)
@@ -256,6 +441,7 @@ class MultiHeadAttention(nn.Module):
                     "mask: with a cache pass extra masks as bool tensors (B, H, Tq, Tk); the cache builds "
                     f"the causal mask from positions itself, got the pattern {mask!r}"
                 )
+            mask = self._check_user_mask(mask)
             self._check_inputs(query, None, None)
             bsz, q_len, _ = query.shape
             if isinstance(cache, KVCache):  # check what can be checked before the cache changes
@@ -274,15 +460,13 @@ class MultiHeadAttention(nn.Module):
             if user is not None:
                 attn_mask = user if attn_mask is None else attn_mask & user
         bias_t = self._resolve_bias(bias, positions, (bsz, self.num_heads, q_len, k.shape[2]))
+        if extra is not None:
+            bias_t = extra if bias_t is None else bias_t + extra
         if bias_t is not None:
             bias_t = bias_t.to(q.dtype)
         res = self._attend(q, k, v, attn_mask, bias_t, need_weights)
         out = res.out.transpose(1, 2).reshape(bsz, q_len, self.embed_dim)  # (B, Tq, E)
-        out = self.out_proj(out)
-        weights = res.weights
-        if weights is not None and average_weights:
-            weights = weights.mean(dim=1)  # (B, H, Tq, Tk) -> (B, Tq, Tk)
-        return AttentionOutput(out=out, weights=weights, lse=res.lse, backend=res.backend)
+        return AttentionOutput(out=self.out_proj(out), weights=res.weights, lse=res.lse, backend=res.backend)
 
     # ------------------------------------------------------------------------- forward parts
 
@@ -342,7 +526,7 @@ class MultiHeadAttention(nn.Module):
         """torch's ``key_padding_mask`` (True = padding) -> keep (True = may attend)."""
         if key_padding_mask is None:
             return None
-        check_bool_mask(key_padding_mask, "key_padding_mask")
+        check_bool_mask(key_padding_mask, "key_padding_mask", PADDING_MEANING)
         if tuple(key_padding_mask.shape) != (bsz, length):
             raise ValueError(
                 f"key_padding_mask: expected shape (B, {label}) = ({bsz}, {length}) with True = padding, "
@@ -460,7 +644,7 @@ class MultiHeadAttention(nn.Module):
                 )
         if key_padding_mask is None:
             return mask
-        check_bool_mask(key_padding_mask, "key_padding_mask")
+        check_bool_mask(key_padding_mask, "key_padding_mask", PADDING_MEANING)
         if tuple(key_padding_mask.shape) != (bsz, kv_len):
             raise ValueError(
                 f"key_padding_mask: expected shape (B, Tk) = ({bsz}, {kv_len}) with True = padding, "
@@ -475,20 +659,18 @@ class MultiHeadAttention(nn.Module):
     def from_torch(cls, m: nn.MultiheadAttention, *, backend: str = "auto") -> MultiHeadAttention:
         """A copy of ``torch.nn.MultiheadAttention`` ``m`` (same weights, device and dtype).
 
-        Outputs equal ``m``'s within floating-point tolerance, given the same inputs and the
-        mask conventions translated (``mask = ~attn_mask`` for a bool ``attn_mask``).
+        Called with torch's arguments, the copy gives ``m``'s outputs within floating-point
+        tolerance, so it can replace ``m`` inside torch's layers::
+
+            layer = nn.TransformerEncoderLayer(64, 4, batch_first=True)
+            layer.self_attn = qkv.MultiHeadAttention.from_torch(layer.self_attn)
 
         Raises:
             TypeError: ``m`` is not an ``nn.MultiheadAttention``.
-            ValueError: ``m.batch_first`` is False, or ``m`` uses ``add_bias_kv`` or
-                ``add_zero_attn`` (unsupported).
+            ValueError: ``m`` uses ``add_bias_kv`` or ``add_zero_attn`` (unsupported).
         """
         if not isinstance(m, nn.MultiheadAttention):
             raise TypeError(f"m: expected a torch.nn.MultiheadAttention, got {type(m).__name__}")
-        if not m.batch_first:
-            raise ValueError(
-                "m: expected batch_first=True (qkv modules take (B, T, E)), got batch_first=False"
-            )
         if m.bias_k is not None or m.bias_v is not None:
             raise ValueError("m: add_bias_kv=True is not supported by qkv.modules.MultiHeadAttention")
         if m.add_zero_attn:
@@ -497,8 +679,9 @@ class MultiHeadAttention(nn.Module):
         has_bias = m.in_proj_bias is not None
         new = cls(
             embed_dim=m.embed_dim, num_heads=m.num_heads, kdim=m.kdim, vdim=m.vdim,
-            bias=has_bias, dropout=m.dropout, backend=backend,
-        ).to(device=ref.device, dtype=ref.dtype)  # fmt: skip
+            bias=has_bias, dropout=m.dropout, backend=backend, batch_first=m.batch_first,
+            device=ref.device, dtype=ref.dtype,
+        )  # fmt: skip
         e = m.embed_dim
         if m._qkv_same_embed_dim:
             w_q, w_k, w_v = m.in_proj_weight.detach().split(e, dim=0)  # 3 x (E, E)
@@ -519,7 +702,7 @@ class MultiHeadAttention(nn.Module):
         return new
 
     def to_torch(self) -> nn.MultiheadAttention:
-        """An equivalent ``torch.nn.MultiheadAttention(batch_first=True)`` (weights copied).
+        """An equivalent ``torch.nn.MultiheadAttention`` (weights and ``batch_first`` copied).
 
         Its weights are packed into ``in_proj_weight`` when ``kdim == vdim == E``, else kept
         as ``q_proj_weight``/``k_proj_weight``/``v_proj_weight``, as torch does.
@@ -538,7 +721,7 @@ class MultiHeadAttention(nn.Module):
         ref = self.out_proj.weight
         m = nn.MultiheadAttention(
             self.embed_dim, self.num_heads, dropout=self.dropout, bias=self.has_bias,
-            kdim=self.kdim, vdim=self.vdim, batch_first=True, device=ref.device, dtype=ref.dtype,
+            kdim=self.kdim, vdim=self.vdim, batch_first=self.batch_first, device=ref.device, dtype=ref.dtype,
         )  # fmt: skip
         with torch.no_grad():
             if m._qkv_same_embed_dim:
