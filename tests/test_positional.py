@@ -223,7 +223,7 @@ def test_alibi_attention_equals_the_papers_key_position_form():
     slopes = alibi_slopes(h, dtype=F64)
     paper = slopes[:, None, None] * torch.arange(t, dtype=F64)  # (H, 1, Tk)
     causal = torch.ones(t, t, dtype=torch.bool).tril()
-    ours = qkv.attention(q, k, v, bias=alibi_bias(h, t, t, dtype=F64), mask=qkv.masks.causal())
+    ours = qkv.attention(q, k, v, bias=alibi_bias(h, t, t, dtype=F64)[None], mask=qkv.masks.causal())
     ref, _ = naive_attention(q, k, v, bias=paper.expand(h, t, t), mask=causal)
     torch.testing.assert_close(ours.out, ref, rtol=0, atol=1e-12)
 
@@ -232,7 +232,7 @@ def test_gradcheck_attention_with_alibi_and_t5_bias_float64():
     torch.manual_seed(0)
     h, t = 2, 4
     q, k, v = (torch.randn(1, h, t, 4, dtype=F64, requires_grad=True) for _ in range(3))
-    bias = alibi_bias(h, t, t, dtype=F64)
+    bias = alibi_bias(h, t, t, dtype=F64)[None]  # (1, H, Tq, Tk): per head
 
     def f(q, k, v):
         return qkv.attention(q, k, v, bias=bias, mask=qkv.masks.causal(), backend="reference").out
@@ -247,7 +247,7 @@ def test_gradcheck_attention_with_alibi_and_t5_bias_float64():
                 torch.arange(t)[None] - torch.arange(t)[:, None], num_buckets=8, max_distance=16
             ),
             w,
-        ).permute(2, 0, 1)
+        ).permute(2, 0, 1)[None]  # (1, H, Tq, Tk)
         return qkv.attention(q.detach(), k.detach(), v.detach(), bias=b).out
 
     assert torch.autograd.gradcheck(g, (w,))

@@ -207,8 +207,8 @@ def check_fits(name: str, t: Tensor, logits_shape: tuple[int, ...]) -> Tensor:
 def plain_causal(inputs: AttentionInputs) -> bool:
     """The mask is exactly ``qkv.masks.causal()`` over a square ``Tq == Tk`` (no other mask):
     the case of SDPA's ``is_causal=True`` kernel, which never builds the ``T x T`` matrix."""
-    from ..masks.core import _Causal
-
     return (
-        isinstance(inputs.pattern, _Causal) and inputs.tensor_mask is None and inputs.q_len == inputs.kv_len
+        inputs.pattern is not None
+        and inputs.tensor_mask is None
+        and inputs.pattern.is_plain_causal(inputs.q_len, inputs.kv_len)
     )

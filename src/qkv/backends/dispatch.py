@@ -1,23 +1,38 @@
 """Backend registry and the ``auto`` choice.
 
 ``auto`` walks :data:`PRIORITY` and runs the first backend whose ``supports`` returns no
-reasons; the result's ``backend`` field names it. An explicitly requested backend that cannot
-run raises :class:`BackendNotSupportedError` listing its reasons: never a silent fallback.
+reasons, that it does not pass over for speed (``auto_skip``) and whose memory plan fits in the
+device's available memory (:mod:`qkv.backends.memory`); when none of those is left, the first
+that can run and fits, whatever its speed. The result's ``backend`` field names it. An
+explicitly requested backend that cannot run raises :class:`BackendNotSupportedError` listing
+its reasons, and one that cannot fit raises :class:`MemoryPlanError` (a subclass) saying what
+it needs and which backend fits: never a silent fallback.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from . import memory
 from .base import AttentionInputs, Backend, BackendNotSupportedError
 from .blocksparse import BlockSparseBackend
 from .chunked import ChunkedBackend
 from .flex import FlexBackend
+from .memory import MemoryPlanError
 from .reference import ReferenceBackend
 from .sdpa import SdpaBackend
 
-__all__ = ["BACKENDS", "PRIORITY", "DispatchReport", "choose", "get_backend", "register_backend"]
+__all__ = [
+    "BACKENDS",
+    "PRIORITY",
+    "DispatchReport",
+    "MemoryPlanError",
+    "check_weights_fit",
+    "choose",
+    "get_backend",
+    "register_backend",
+]
 
 BACKENDS: dict[str, Backend] = {
     "reference": ReferenceBackend(),
@@ -35,12 +50,56 @@ PRIORITY: list[str] = ["blocksparse", "sdpa", "flex", "chunked", "reference"]
 WEIGHTS_IN_ONE_PASS_MAX = 1 << 22
 
 
-def _reasons(name: str, inputs: AttentionInputs, auto: bool) -> list[str]:
-    """Why backend ``name`` will not run: what it cannot do, and (for auto) what it should not."""
-    backend = BACKENDS[name]
-    reasons = backend.supports(inputs)
-    if not auto or reasons or name == "reference":
-        return reasons
+class _Budget:
+    """The memory a plan for ``inputs`` may use, read once per dispatch and only when some
+    estimate is large enough to be checked (reading it costs ~20 µs)."""
+
+    def __init__(self, inputs: AttentionInputs) -> None:
+        self.device = inputs.query.device
+        self.available: int | None = None
+        self.budget: int | None = None
+        self._inputs = inputs
+        self._tiny: bool | None = None
+
+    @property
+    def tiny(self) -> bool:
+        """No built-in plan for these inputs can need checking (tiny calls skip the estimates)."""
+        if self._tiny is None:
+            self._tiny = memory.below_check(self._inputs)
+        return self._tiny
+
+    def fits(self, needed: int | None) -> bool:
+        if needed is None or needed <= memory.MIN_CHECKED_BYTES:
+            return True
+        if self.budget is None:
+            self.available, self.budget = memory.budget_bytes(self.device)
+        return needed <= self.budget
+
+
+@dataclass
+class _Verdict:
+    """Why a backend will not run: it cannot (``unsupported``), auto prefers another one for
+    speed (``slower``), or its plan does not fit in memory (``memory``)."""
+
+    unsupported: list[str]
+    slower: list[str] = field(default_factory=list)
+    memory: list[str] = field(default_factory=list)
+    needed: int | None = None
+
+    @property
+    def reasons(self) -> list[str]:
+        return self.unsupported + self.slower + self.memory
+
+    @property
+    def can_run(self) -> bool:
+        """It supports the inputs and its plan fits (auto's speed preferences aside)."""
+        return not self.unsupported and not self.memory
+
+
+def _slower(name: str, backend: Backend, inputs: AttentionInputs) -> list[str]:
+    """Why ``auto`` passes over a backend that could run: another one is faster here."""
+    if name == "reference":
+        return []
     if inputs.need_weights and inputs.weights_for is None:
         size = math.prod(inputs.logits_shape)
         if size <= WEIGHTS_IN_ONE_PASS_MAX:
@@ -51,8 +110,43 @@ def _reasons(name: str, inputs: AttentionInputs, auto: bool) -> list[str]:
     return skip(inputs) if skip is not None else []
 
 
+def _verdict(
+    name: str, inputs: AttentionInputs, auto: bool, budget: _Budget, *, full: bool = True
+) -> _Verdict:
+    """What stops backend ``name``: what it cannot do, (for auto) what it should not, and
+    whether its memory plan fits: estimated for a backend that supports the inputs, and (unless
+    ``full``) that auto does not already pass over for speed."""
+    backend = BACKENDS[name]
+    verdict = _Verdict(unsupported=backend.supports(inputs))
+    if verdict.unsupported:
+        return verdict
+    if auto:
+        verdict.slower = _slower(name, backend, inputs)
+        if verdict.slower and not full:
+            return verdict
+    if budget.tiny and name in memory.ESTIMATES and not hasattr(backend, "memory_bytes"):
+        return verdict
+    verdict.needed = memory.estimate_bytes(backend, inputs)
+    if not budget.fits(verdict.needed):
+        verdict.memory = [
+            f"memory: needs about {memory.format_bytes(verdict.needed)}, "
+            f"{memory.format_bytes(budget.available)} available "
+            f"(plans use at most {memory.SAFETY_FRACTION:.0%})"
+        ]
+    return verdict
+
+
+def _reasons(name: str, inputs: AttentionInputs, auto: bool) -> list[str]:
+    """Why backend ``name`` will not run: what it cannot do, (for auto) what it should not,
+    and what does not fit in memory."""
+    return _verdict(name, inputs, auto, _Budget(inputs)).reasons
+
+
 def register_backend(backend: Backend, *, before: str = "reference") -> None:
-    """Add a backend to the registry, tried by ``auto`` just before ``before``."""
+    """Add a backend to the registry, tried by ``auto`` just before ``before``.
+
+    Give it a ``memory_bytes(inputs) -> int`` method (or an entry in
+    :data:`qkv.backends.memory.ESTIMATES`) for ``auto`` to check that its plan fits."""
     BACKENDS[backend.name] = backend
     if backend.name in PRIORITY:
         PRIORITY.remove(backend.name)
@@ -68,44 +162,110 @@ def get_backend(name: str) -> Backend:
 
 @dataclass(frozen=True)
 class DispatchReport:
-    """Which backend ``auto`` (or the requested one) picks, and why each other was not taken."""
+    """Which backend ``auto`` (or the requested one) picks, and why each other was not taken.
+
+    Attributes:
+        reasons: backend name -> why it does not run (empty: it could).
+        memory: backend name -> its estimated peak bytes (None where unsupported, unknown, or
+            too small to check).
+        available: the bytes available on the device, when some plan was large enough to
+            check (None otherwise).
+    """
 
     requested: str
     chosen: str | None
     reasons: dict[str, list[str]]
+    memory: dict[str, int | None] = field(default_factory=dict)
+    available: int | None = None
 
     def __str__(self) -> str:
         lines = [f"requested: {self.requested}; runs: {self.chosen or 'nothing (see reasons)'}"]
         for name in PRIORITY:
             why = self.reasons.get(name, [])
-            mark = "; ".join(why) if why else ("ok <- runs" if name == self.chosen else "ok")
+            mark = "; ".join(why) if why else "ok"
+            if name == self.chosen:  # with reasons: auto's fallback when memory is short
+                mark += " <- runs: the backends auto prefers do not fit in memory" if why else " <- runs"
             lines.append(f"  {name:<12} {mark}")
         return "\n".join(lines)
 
 
+def _pick(verdicts: dict[str, _Verdict]) -> str | None:
+    """auto's pick: the first backend with no reason at all, else the first that can run and
+    fits in memory (auto's speed preferences give way to memory)."""
+    return next((n for n, v in verdicts.items() if not v.reasons), None) or next(
+        (n for n, v in verdicts.items() if v.can_run), None
+    )
+
+
 def report(inputs: AttentionInputs, requested: str) -> DispatchReport:
-    reasons = {name: _reasons(name, inputs, requested == "auto") for name in PRIORITY}
-    if requested == "auto":
-        chosen = next((n for n in PRIORITY if not reasons[n]), None)
+    budget = _Budget(inputs)
+    auto = requested == "auto"
+    verdicts = {name: _verdict(name, inputs, auto, budget) for name in PRIORITY}
+    if auto:
+        chosen = _pick(verdicts)
     else:
         get_backend(requested)
-        chosen = requested if not reasons.get(requested) else None
-    return DispatchReport(requested=requested, chosen=chosen, reasons=reasons)
+        chosen = requested if requested in verdicts and not verdicts[requested].reasons else None
+    return DispatchReport(
+        requested=requested,
+        chosen=chosen,
+        reasons={name: v.reasons for name, v in verdicts.items()},
+        memory={name: v.needed for name, v in verdicts.items()},
+        available=budget.available,
+    )
 
 
 def choose(inputs: AttentionInputs, requested: str) -> Backend:
-    """The backend to run: the first supported one for ``auto``, else the requested one."""
+    """The backend to run: auto's pick (see the module docstring), else the requested one.
+
+    Raises:
+        BackendNotSupportedError: the requested backend cannot run these inputs.
+        MemoryPlanError: its plan (or, for auto, every plan) does not fit in memory.
+    """
+    budget = _Budget(inputs)
     if requested == "auto":
-        for name in PRIORITY:
-            if not _reasons(name, inputs, auto=True):
+        verdicts: dict[str, _Verdict] = {}
+        for name in PRIORITY:  # first pass: memory is estimated only where speed allows
+            verdicts[name] = _verdict(name, inputs, True, budget, full=False)
+            if not verdicts[name].reasons:
                 return BACKENDS[name]
-        raise BackendNotSupportedError("no backend supports these inputs")  # pragma: no cover
+        for name, v in verdicts.items():  # nothing preferred fits: the others' plans
+            if v.slower:
+                verdicts[name] = _verdict(name, inputs, True, budget)
+        name = _pick(verdicts)
+        if name is not None:
+            return BACKENDS[name]
+        needs = ", ".join(
+            f"{n} {memory.format_bytes(v.needed)}" for n, v in verdicts.items() if v.needed is not None
+        )
+        raise MemoryPlanError(
+            f"no backend fits these inputs in memory (needs about: {needs}; "
+            f"{memory.format_bytes(budget.available or 0)} available, plans use at most "
+            f"{memory.SAFETY_FRACTION:.0%}): shorten the sequences or split the batch",
+            needed=min((v.needed for v in verdicts.values() if v.needed is not None), default=0),
+            available=budget.available or 0,
+        )
     backend = get_backend(requested)
-    reasons = backend.supports(inputs)
-    if reasons:
+    verdict = _verdict(requested, inputs, False, budget)
+    if verdict.unsupported:
         raise BackendNotSupportedError(
             f"backend {requested!r} cannot run these inputs: "
-            + "; ".join(reasons)
+            + "; ".join(verdict.unsupported)
             + " (use backend='auto' to pick one that can)"
         )
+    if verdict.memory:
+        fits = []  # (name, bytes) of the other backends that can run and fit
+        for name in PRIORITY:
+            other = _verdict(name, inputs, False, budget) if name != requested else None
+            if other is not None and other.can_run and other.needed is not None:
+                fits.append((name, other.needed))
+        raise memory.backend_error(requested, inputs, verdict.needed, budget.available, fits)
     return backend
+
+
+def check_weights_fit(inputs: AttentionInputs) -> None:
+    """Raise :class:`MemoryPlanError` when the weights ``inputs`` asks for (all of them with
+    ``need_weights=True``, or a ``weights_for=`` part) cannot fit in memory; the message
+    proposes a ``weights_for=`` that does. Called by :func:`qkv.attention` before it runs."""
+    if inputs.need_weights:
+        memory.check_weights(inputs)

@@ -20,7 +20,7 @@ from .._types import AttentionOutput
 from ..backends import dispatch
 from ..backends.base import AttentionInputs, check_fits
 from ..backends.weights import as_index, attention_weights
-from ..masks.core import Mask, MaskLike, check_bool_mask
+from ..masks.core import Mask, MaskLike, check_ambiguous_layout, check_bool_mask
 from . import scores as _scores
 from .normalize import NormalizerFn, resolve_normalizer
 
@@ -101,7 +101,9 @@ def attention(
     )  # fmt: skip
     if not isinstance(backend, str):
         raise TypeError(f"backend: expected a name (str), got {type(backend).__name__}")
-    result = dispatch.choose(inputs, backend).run(inputs)
+    chosen = dispatch.choose(inputs, backend)
+    dispatch.check_weights_fit(inputs)
+    result = chosen.run(inputs)
     if inputs.need_weights:
         heads, rows = inputs.weights_for or (None, None)
         if result.weights is None:
@@ -179,10 +181,25 @@ def _resolve_score(score: ScoreLike, score_kwargs: dict[str, Any] | None):
     return score, AttentionInputs.score_function(score, kwargs), kwargs
 
 
+def _check_pattern_fits(pattern: Mask, logits_shape: tuple[int, ...]) -> None:
+    """A pattern made for another batch or number of heads is refused before any backend runs
+    (a backend that evaluates it block by block would otherwise index only part of it)."""
+    bh = pattern.batch_head_shape
+    lead = (*logits_shape[:-2],)
+    target = (lead[-2] if len(lead) >= 2 else 1, lead[-1] if lead else 1)
+    if bh is not None and any(n not in (1, m) for n, m in zip(bh, target, strict=True)):
+        raise ValueError(
+            f"mask: the pattern {pattern!r} is for (B, H) = {tuple(bh)}, the inputs have (B, H) = {target}"
+        )
+
+
 def _fit_extra(name: str, t: Tensor, n_in: int, logits_shape: tuple[int, ...], ref: Tensor) -> Tensor:
     """Bring a mask or bias to the (at least 4-D) layout of the logits and check it fits."""
     if t.device != ref.device:
         raise ValueError(f"{name}: expected device {ref.device} like query, got {t.device}")
+    check_ambiguous_layout(name, t, n_in)
+    if t.dim() < 2:  # (Tk,) or a scalar: the same for every query
+        t = t.reshape(1, -1) if t.dim() == 1 else t.reshape(1, 1)
     if n_in == 3 and t.dim() <= 3:
         t = t.reshape((1,) * (3 - t.dim()) + tuple(t.shape)).unsqueeze(-3)  # (B, 1, Tq, Tk)
     elif n_in == 2 and t.dim() > 2:
@@ -248,6 +265,7 @@ def prepare(
     pattern = tensor_mask = None
     if isinstance(mask, Mask):
         pattern = mask  # stays lazy: (1, 1, Tq, Tk) or (B, H, Tq, Tk) when a backend builds it
+        _check_pattern_fits(pattern, logits_shape)
     elif mask is not None:
         tensor_mask = _fit_extra("mask", check_bool_mask(mask, "mask"), n_in, logits_shape, q)
     if bias is not None:

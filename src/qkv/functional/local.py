@@ -117,6 +117,11 @@ def local_attention(
     if mask is not None:
         if mask.dtype != torch.bool:
             raise TypeError(f"mask: expected a bool tensor (True = may attend), got {mask.dtype}")
+        if tuple(mask.shape) not in ((bsz, kv_len), (bsz, q_len, kv_len)):
+            raise ValueError(
+                f"mask: expected shape (B, Tk) = {(bsz, kv_len)} or (B, Tq, Tk) = {(bsz, q_len, kv_len)} "
+                f"(True = may attend), got {tuple(mask.shape)}"
+            )
         allowed = allowed & (mask.unsqueeze(1) if mask.dim() == 2 else mask)
     weights, lse = masked_softmax(logits, allowed)
     if gaussian:

@@ -32,6 +32,7 @@ __all__ = [
     "Mask",
     "MaskLike",
     "causal",
+    "check_ambiguous_layout",
     "check_bool_mask",
     "from_lengths",
     "full",
@@ -197,6 +198,24 @@ class Mask:
         may evaluate it once with ``b = h = 0``. Unknown subclasses are assumed to depend."""
         return True
 
+    @property
+    def batch_head_shape(self) -> tuple[int, int] | None:
+        """``(b, h)``: the batch and head sizes this pattern is defined for (1 = the same for
+        all), or None when unknown. :func:`qkv.attention` checks it against its inputs so that a
+        pattern built for another batch is refused before any backend runs."""
+        return (1, 1) if not self.depends_on_batch_head else None
+
+    def is_plain_causal(self, q_len: int, kv_len: int) -> bool:
+        """Whether this pattern is exactly the square causal mask at ``(Tq, Tk)`` (``Tq == Tk``,
+        query ``i`` sees keys ``j <= i``): the case fused kernels run from a flag
+        (SDPA's ``is_causal=True``) without building a ``Tq x Tk`` matrix."""
+        return False
+
+    @property
+    def is_full(self) -> bool:
+        """Whether every query may attend every key (:func:`full`)."""
+        return False
+
     def block_layout(
         self, q_len: int, kv_len: int, q_block: int, kv_block: int, *, device: Device = None
     ) -> BlockLayout:
@@ -269,8 +288,13 @@ class _TensorMask(Mask):
     """A bool tensor seen as a pattern (it must already fit the lengths it is used with)."""
 
     def __init__(self, tensor: Tensor) -> None:
-        self.tensor = check_bool_mask(tensor, "mask")
+        self.tensor = check_ambiguous_layout("mask", check_bool_mask(tensor, "mask"), 4)
         self.name = f"tensor{tuple(tensor.shape)}"
+
+    @property
+    def batch_head_shape(self) -> tuple[int, int]:
+        lead = (1,) * (4 - self.tensor.dim()) + tuple(self.tensor.shape[:-2])
+        return lead[-2], lead[-1]
 
     def materialize(self, q_len, kv_len, *, device=None):
         t = self.tensor
@@ -316,6 +340,18 @@ class _Combined(Mask):
     def depends_on_batch_head(self) -> bool:
         return self.left.depends_on_batch_head or self.right.depends_on_batch_head
 
+    @property
+    def batch_head_shape(self) -> tuple[int, int] | None:
+        a, b = self.left.batch_head_shape, self.right.batch_head_shape
+        if a is None or b is None:
+            return None
+        try:
+            return tuple(torch.broadcast_shapes(a, b))
+        except RuntimeError as err:
+            raise ValueError(
+                f"mask: {self.left.name} is for (B, H) = {a} and {self.right.name} for {b}: they do not combine"
+            ) from err
+
     def _layout(self, q_len, kv_len, q_block, kv_block, device):
         # & : any(a)&any(b) is a superset, all(a)&all(b) exact; | : any exact, all a subset.
         a_any, a_all = self.left._layout(q_len, kv_len, q_block, kv_block, device)
@@ -343,6 +379,10 @@ class _Not(Mask):
     def depends_on_batch_head(self) -> bool:
         return self.inner.depends_on_batch_head
 
+    @property
+    def batch_head_shape(self) -> tuple[int, int] | None:
+        return self.inner.batch_head_shape
+
     def _layout(self, q_len, kv_len, q_block, kv_block, device):
         # some pair allowed by ~a <=> not all allowed by a; all allowed by ~a <=> none by a
         a_any, a_all = self.inner._layout(q_len, kv_len, q_block, kv_block, device)
@@ -357,6 +397,7 @@ class _Full(Mask):
     name = "full"
 
     depends_on_batch_head = False
+    is_full = True
 
     def mask_mod(self, q_len, kv_len):
         return lambda b, h, q, kv: torch.ones_like(q >= kv)
@@ -388,6 +429,9 @@ class _Causal(Mask):
         return 0 if self.alignment == "top_left" else kv_len - q_len
 
     depends_on_batch_head = False
+
+    def is_plain_causal(self, q_len: int, kv_len: int) -> bool:
+        return q_len == kv_len
 
     def mask_mod(self, q_len, kv_len):
         off = self.offset(q_len, kv_len)
@@ -434,6 +478,20 @@ def check_bool_mask(mask: Tensor, name: str = "mask", meaning: str = "True = may
         )
         raise TypeError(f"{name}: expected dtype torch.bool ({meaning}), got {mask.dtype}{hint}")
     return mask
+
+
+def check_ambiguous_layout(name: str, t: Tensor, logits_dims: int) -> Tensor:
+    """Refuse a mask or bias with fewer dims than the logits ``(..., H, Tq, Tk)`` whose dims
+    before ``(Tq, Tk)`` are not all 1: a ``(n, Tq, Tk)`` tensor could be per sample or per head
+    (the two coincide when ``B == H``), and a layout that can mean two things is never guessed.
+    ``(Tk,)``, ``(Tq, Tk)`` and ``(1, Tq, Tk)`` mean one thing and pass."""
+    if logits_dims >= 4 and 3 <= t.dim() < logits_dims and any(s != 1 for s in t.shape[:-2]):
+        raise ValueError(
+            f"{name}: a {t.dim()}-D {name} {tuple(t.shape)} could be per sample or per head; give all "
+            f"{logits_dims} dims: (B, 1, Tq, Tk) per sample, (1, H, Tq, Tk) per head, (B, H, Tq, Tk) for "
+            "both, or (Tq, Tk) / (1, Tq, Tk) for every sample and head"
+        )
+    return t
 
 
 def from_lengths(valid_lens: Tensor, kv_len: int) -> Tensor:

@@ -21,6 +21,10 @@ class _Document(Mask):
     def depends_on_batch_head(self) -> bool:
         return self.seq_ids.shape[0] > 1
 
+    @property
+    def batch_head_shape(self) -> tuple[int, int]:
+        return self.seq_ids.shape[0], 1
+
     def _check(self, q_len: int, kv_len: int) -> None:
         t = self.seq_ids.shape[1]
         if q_len != t or kv_len != t:

@@ -267,10 +267,10 @@ class Transformer(nn.Module):
         return self.drop(x)
 
     def _position_bias(self, stack: str, length: int) -> Tensor | None:
-        """ALiBi / T5 bias ``(H, T, T)`` of a stack's self-attention (positions 0 .. T-1), or None."""
+        """ALiBi / T5 bias ``(1, H, T, T)`` of a stack's self-attention (positions 0 .. T-1), or None."""
         if self.config.positional not in ("alibi", "t5"):
             return None
-        return (self.enc_bias if stack == "encoder" else self.dec_bias)(length)
+        return (self.enc_bias if stack == "encoder" else self.dec_bias)(length)[None]  # per head
 
     def encode(
         self, src: Tensor, src_lengths: Tensor, *, maps: AttentionMaps | None = None

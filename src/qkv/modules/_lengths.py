@@ -39,4 +39,7 @@ def lengths_mask(
             f"got {tuple(valid_lens.shape)}"
         )
     keep = from_lengths(valid_lens, kv_len)  # (B, 1, 1, Tk) or (B, 1, Tq, Tk)
+    if isinstance(mask, Tensor) and mask.dim() <= 3:
+        # the one-head layout of qkv.attention: (B, Tq, Tk) is per sample -> (B, 1, Tq, Tk)
+        mask = mask.reshape((1,) * (3 - mask.dim()) + tuple(mask.shape)).unsqueeze(-3)
     return keep if mask is None else mask & keep

@@ -26,7 +26,15 @@ from torch import Tensor, nn
 
 from .._types import AttentionOutput
 from ..functional.attention import attention
-from ..masks.core import PADDING_MEANING, Mask, MaskLike, causal, check_bool_mask, key_padding
+from ..masks.core import (
+    PADDING_MEANING,
+    Mask,
+    MaskLike,
+    causal,
+    check_ambiguous_layout,
+    check_bool_mask,
+    key_padding,
+)
 from ..masks.torch_masks import from_torch_attn_mask, from_torch_key_padding, is_causal_matrix
 from .kv_cache import CacheStep, KVCache, StaticKVCache
 from .positional import PositionalBias, RotaryEmbedding
@@ -348,7 +356,8 @@ class MultiHeadAttention(nn.Module):
                 key_padding_mask = key_padding_mask.unsqueeze(0)  # (Tk,) -> (1, Tk)
         elif not self.batch_first and query.dim() == 3:  # (T, B, E) -> (B, T, E)
             query, key, value = (
-                None if t is None or t.dim() != 3 else t.transpose(0, 1) for t in (query, key, value)
+                t.transpose(0, 1) if isinstance(t, Tensor) and t.dim() == 3 else t
+                for t in (query, key, value)
             )
 
         def back(out: Tensor, weights: Tensor | None) -> tuple[Tensor, Tensor | None]:
@@ -546,7 +555,7 @@ class MultiHeadAttention(nn.Module):
                     "bias: expected a float tensor or a position-bias module (ALiBi, T5RelativeBias), "
                     f"got {type(bias).__name__}"
                 )
-            bias = bias.from_positions(*positions())  # (H, Tq, Tk)
+            bias = bias.from_positions(*positions())[None]  # (1, H, Tq, Tk): per head
         if not bias.is_floating_point():
             raise TypeError(f"bias: expected a float tensor (additive; masks go to mask=), got {bias.dtype}")
         try:
@@ -557,7 +566,7 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(
                 f"bias: expected a shape broadcastable to (B, H, Tq, Tk) = {target}, got {tuple(bias.shape)}"
             )
-        return bias
+        return check_ambiguous_layout("bias", bias, 4)
 
     def _attend(
         self,

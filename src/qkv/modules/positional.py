@@ -15,7 +15,7 @@ Where each kind acts (the ``role`` attribute of each module, used by :func:`posi
                    q, k (B, H, T, D) -> rotated q, k               MultiHeadAttention(rotary=...)
     role "bias"    ALiBi, T5RelativeBias
                    -> bias (H, Tq, Tk) added to the logits         MultiHeadAttention(..., bias=...)
-                                                                   or qkv.attention(..., bias=...)
+                                                                   or qkv.attention(..., bias=b[None])
 
 Positions are integers ``0, 1, ...``; ``offset=`` shifts them for incremental decoding (the
 first new token of step ``t`` of a KV-cached decoder is at position ``t``).
@@ -243,6 +243,11 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor, *, interleaved: bool = Fal
     for name, t in (("cos", cos), ("sin", sin)):
         if t.shape[-1] != d:
             raise ValueError(f"{name}: expected last dim D={d} like x {tuple(x.shape)}, got {tuple(t.shape)}")
+        if x.dim() >= 4 and 3 <= t.dim() < x.dim() and any(n != 1 for n in t.shape[:-2]):
+            raise ValueError(
+                f"{name}: a {t.dim()}-D {tuple(t.shape)} next to x {tuple(x.shape)} could be per sample "
+                "or per head; give (T, D), or 4-D (B, 1, T, D) per sample / (1, H, T, D) per head"
+            )
     return x * cos + _rotate_pairs(x, interleaved) * sin
 
 
@@ -440,7 +445,8 @@ def alibi_bias(
     (``qkv.masks.causal(...)``), as the paper does; ``causal=False`` is the symmetric
     ``-m_h * |pos_i - j|`` for encoders. Query ``i`` sits at ``pos_i = q_offset + i``, by default
     bottom-right aligned (``q_offset = Tk - Tq``: the last query is the newest token, as in
-    KV-cached decoding). Use as ``qkv.attention(q, k, v, bias=alibi_bias(H, Tq, Tk), mask=...)``.
+    KV-cached decoding). Use as ``qkv.attention(q, k, v, bias=alibi_bias(H, Tq, Tk)[None], mask=...)`` (the
+    leading 1 says the bias is per head, the same for every sample).
 
     Shapes: -> ``(H, Tq, Tk)``.
 
