@@ -11,7 +11,7 @@
 from . import functional  # isort: skip
 from . import backends, data, explain, interop, interpret, masks, models, modules, train, viz
 from ._types import AttentionMaps, AttentionOutput
-from .backends import BackendNotSupportedError
+from .backends import BackendNotSupportedError, MemoryPlanError
 from .capture import capture
 from .functional import attention, dispatch_report
 from .modules import (
@@ -52,6 +52,7 @@ __all__ = [
     "KVCache",
     "LightConv",
     "LuongAttention",
+    "MemoryPlanError",
     "MultiHeadAttention",
     "NadarayaWatson",
     "RotaryEmbedding",

@@ -5,6 +5,7 @@ from .blocksparse import BlockSparseBackend
 from .chunked import ChunkedBackend
 from .dispatch import BACKENDS, PRIORITY, DispatchReport, choose, get_backend, register_backend
 from .flex import FlexBackend
+from .memory import MemoryPlanError
 from .reference import ReferenceBackend
 from .sdpa import SdpaBackend
 
@@ -18,6 +19,7 @@ __all__ = [
     "ChunkedBackend",
     "DispatchReport",
     "FlexBackend",
+    "MemoryPlanError",
     "ReferenceBackend",
     "SdpaBackend",
     "choose",
