@@ -4,7 +4,7 @@ Shapes B=1, H=8, D=64, fp32, T=4096 (--t). Contenders, on the same q, k, v:
 
     sdpa-causal   F.scaled_dot_product_attention(q, k, v, is_causal=True)   (the baseline)
     full          qkv.attention(q, k, v, mask=qkv.masks.causal())           (backend auto)
-    span-Z        qkv.functional.adaptive_span.adaptive_span_attention(q, k, v, z, ramp=R),
+    span-Z        qkv.api.adaptive_span.adaptive_span_attention(q, k, v, z, ramp=R),
                   every head's span z = Z (--spans, default 4096,1024,256,64), R = 32
 
 for the forward pass (under torch.no_grad()) and forward+backward (out.backward(grad_output),
@@ -31,24 +31,39 @@ import torch
 import torch.nn.functional as F
 
 import qkv
-from qkv.functional.adaptive_span import adaptive_span_attention, span_window
+from qkv.api.adaptive_span import adaptive_span_attention, span_window
 
 # common.py sits beside this file, however it is run (script, -m, qkv bench)
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (
-    MEMORY_METHOD,
-    Contender,
-    int_list,
-    log,
-    machine_info,
-    markdown_table,
-    matmul_contender,
-    paired_ratio,
-    peak_rss_growth,
-    time_interleaved,
-    wait_for_quiet,
-    write_json,
-)
+if __package__:  # imported as a package module (`qkv bench`, `python -m benchmarks.<suite>`)
+    from .common import (
+        MEMORY_METHOD,
+        Contender,
+        int_list,
+        log,
+        machine_info,
+        markdown_table,
+        matmul_contender,
+        paired_ratio,
+        peak_rss_growth,
+        time_interleaved,
+        wait_for_quiet,
+        write_json,
+    )
+else:  # python benchmarks/<suite>.py: the script's directory is first on sys.path
+    from common import (
+        MEMORY_METHOD,
+        Contender,
+        int_list,
+        log,
+        machine_info,
+        markdown_table,
+        matmul_contender,
+        paired_ratio,
+        peak_rss_growth,
+        time_interleaved,
+        wait_for_quiet,
+        write_json,
+    )
 
 SUITE = "adaptive_span"
 REPO = Path(__file__).resolve().parent.parent
@@ -321,7 +336,7 @@ def to_markdown(res: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke run: T=1024, 2 reps; writes *_quick.*")
     p.add_argument("--t", type=int, default=None, help="sequence length (default 4096)")
     p.add_argument("--spans", type=int_list(0), default=None, help="spans Z (default 4096,1024,256,64)")

@@ -52,22 +52,38 @@ import qkv
 from qkv.backends import BACKENDS
 
 # common.py sits beside this file, however it is run (script, -m, qkv bench)
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (
-    MEMORY_METHOD,
-    Contender,
-    int_list,
-    log,
-    machine_info,
-    markdown_table,
-    matmul_contender,
-    measure_roof,
-    paired_ratio,
-    peak_rss_growth,
-    time_interleaved,
-    wait_for_quiet,
-    write_json,
-)
+if __package__:  # imported as a package module (`qkv bench`, `python -m benchmarks.<suite>`)
+    from .common import (
+        MEMORY_METHOD,
+        Contender,
+        int_list,
+        log,
+        machine_info,
+        markdown_table,
+        matmul_contender,
+        measure_roof,
+        paired_ratio,
+        peak_rss_growth,
+        time_interleaved,
+        wait_for_quiet,
+        write_json,
+    )
+else:  # python benchmarks/<suite>.py: the script's directory is first on sys.path
+    from common import (
+        MEMORY_METHOD,
+        Contender,
+        int_list,
+        log,
+        machine_info,
+        markdown_table,
+        matmul_contender,
+        measure_roof,
+        paired_ratio,
+        peak_rss_growth,
+        time_interleaved,
+        wait_for_quiet,
+        write_json,
+    )
 
 SUITE = "attention_long"
 REPO = Path(__file__).resolve().parent.parent
@@ -1000,7 +1016,7 @@ def _names(s: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--quick", action="store_true", help="smoke run: T=256,512, 3 reps, small extras; writes *_quick.*"
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 
 import torch
@@ -19,13 +20,13 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=os.path.basename(__file__), description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -69,7 +70,8 @@ def main() -> None:
     for name, ms in med.items():
         print(f"  {name:<13} {ms:8.2f} ms   x{ms / med['plain']:.2f}")
     print(f"  captured maps: {tuple(maps.stack().shape)}; hidden states bitwise equal: {same}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

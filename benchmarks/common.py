@@ -9,8 +9,10 @@
 - :func:`machine_info`, :class:`CpuLoad`: what ran where, and how busy the rest of the machine was.
 - :func:`markdown_table`, :func:`write_json`, :func:`log`: output.
 
-Suites import this module either as ``benchmarks.common`` or, when run as a script from
-``benchmarks/`` on ``sys.path`` (``python benchmarks/<suite>.py``, ``qkv bench``), as ``common``.
+Suites import this module as their sibling: ``.common`` when they are imported as a package
+module (``qkv bench``, ``python -m benchmarks.<suite>``), ``common`` when run as a script
+(``python benchmarks/<suite>.py`` puts ``benchmarks/`` first on ``sys.path``); none changes
+``sys.path``. Each suite's entry point is ``main(argv: list[str] | None) -> int``.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 On the demo's ``numbers-de`` corpus (digits -> German number words, up to 9 digits; the word
 order differs from the digit order: 34 -> "vier und dreißig"), with ``--size`` pairs (default
-12,000, half the demo's), each variant is trained with ``qkv.train.loop.train`` and evaluated
+12,000, half the demo's), each variant is trained with ``qkv.translation.training.train`` and evaluated
 with ``Translator.evaluate`` on ``test`` and ``test_long`` (the longest inputs):
 
     (a) Bahdanau: soft (softmax) vs hard attention trained with REINFORCE vs straight-through
@@ -13,7 +13,7 @@ with ``Translator.evaluate`` on ``test`` and ``test_long`` (the longest inputs):
         stays attention)
     (d) Transformer: sinusoidal vs RoPE vs ALiBi vs T5 relative positions
 
-Sizes are the demo's (``qkv.train.demo.DEMO_MODELS``): Bahdanau embed 64 / hidden 128, 3 epochs,
+Sizes are the demo's (``qkv.translation.demo.DEMO_MODELS``): Bahdanau embed 64 / hidden 128, 3 epochs,
 lr 3e-3; Transformer d_model 128, 4 heads, ff 256, 2 + 2 layers, lr 1e-3, warm-up 200, and
 ``--tf-epochs`` (default 8) epochs since the corpus is half the demo's. Every run uses one torch
 thread; two runs go at a time, in separate processes (2 cores). Training seconds are wall time
@@ -37,8 +37,10 @@ from pathlib import Path
 from typing import Any
 
 # common.py sits beside this file, however it is run
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import log, machine_info, markdown_table, write_json
+if __package__:  # imported as a package module (`qkv bench`, `python -m benchmarks.<suite>`)
+    from .common import log, machine_info, markdown_table, write_json
+else:  # python benchmarks/<suite>.py: the script's directory is first on sys.path
+    from common import log, machine_info, markdown_table, write_json
 
 SUITE = "compare_variants"
 REPO = Path(__file__).resolve().parent.parent
@@ -68,7 +70,7 @@ GROUPS = {
 def config(name: str, *, size: int, rnn_epochs: int, tf_epochs: int) -> dict[str, Any]:
     """The full training config of one variant (the demo's sizes, one thread)."""
     from qkv.train.config import resolve
-    from qkv.train.demo import DEMO_CORPUS, DEMO_MODELS
+    from qkv.translation.demo import DEMO_CORPUS, DEMO_MODELS
 
     _, preset, overrides = VARIANTS[name]
     spec = DEMO_MODELS[preset]
@@ -91,8 +93,8 @@ def run_variant(name: str, cfg: dict[str, Any], workdir: str) -> dict[str, Any]:
     """Train and evaluate one variant (in a child process, one torch thread)."""
     import torch
 
-    from qkv.train.loop import load_corpus, train
-    from qkv.train.translator import Translator
+    from qkv.translation.training import load_corpus, train
+    from qkv.translation.translator import Translator
 
     torch.set_num_threads(1)
     load_start = os.getloadavg()[0]
@@ -123,8 +125,8 @@ def _fmt(x, spec: str = ".3f") -> str:
     return "-" if x is None else format(x, spec)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.splitlines()[0])
     p.add_argument(
         "--size", type=int, default=12000, help="pairs generated (train 90%%, valid/test 5%% each)"
     )
@@ -136,7 +138,7 @@ def main() -> None:
         "--keep", default="", help="keep the run directories here (default: a temporary directory)"
     )
     p.add_argument("--quick", action="store_true")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.quick:
         args.size, args.rnn_epochs, args.tf_epochs = 1500, 1, 1
     names = [n for n in VARIANTS if not args.only or n in args.only.split(",")]
@@ -224,7 +226,8 @@ def main() -> None:
     (out / f"{SUITE}{suffix}.md").write_text(text, encoding="utf-8")
     print(text)
     log(f"wrote {out / SUITE}{suffix}.json and .md ({total:.0f} s)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

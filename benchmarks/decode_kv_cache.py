@@ -33,16 +33,26 @@ import qkv
 from qkv.modules import KVCache, MultiHeadAttention
 
 # common.py sits beside this file, however it is run (script, -m, qkv bench)
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (
-    Contender,
-    log,
-    machine_info,
-    markdown_table,
-    time_interleaved,
-    wait_for_quiet,
-    write_json,
-)
+if __package__:  # imported as a package module (`qkv bench`, `python -m benchmarks.<suite>`)
+    from .common import (
+        Contender,
+        log,
+        machine_info,
+        markdown_table,
+        time_interleaved,
+        wait_for_quiet,
+        write_json,
+    )
+else:  # python benchmarks/<suite>.py: the script's directory is first on sys.path
+    from common import (
+        Contender,
+        log,
+        machine_info,
+        markdown_table,
+        time_interleaved,
+        wait_for_quiet,
+        write_json,
+    )
 
 SUITE = "decode_kv_cache"
 REPO = Path(__file__).resolve().parent.parent
@@ -296,7 +306,7 @@ def to_markdown(res: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke run: 16 new tokens, 2 reps; writes *_quick.*")
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--dim", type=int, default=256, help="model dim E (default 256)")

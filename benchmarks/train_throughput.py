@@ -22,13 +22,16 @@ from typing import Any
 import torch
 
 from qkv.data import batches, encode_pairs
+from qkv.models.builders import build_model
 from qkv.train.config import resolve
-from qkv.train.demo import DEMO_CORPUS, DEMO_MODELS
-from qkv.train.loop import _loss, build_model, prepare_data
+from qkv.translation.demo import DEMO_CORPUS, DEMO_MODELS
+from qkv.translation.training import _loss, prepare_data
 
 # common.py sits beside this file, however it is run
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import log, machine_info, markdown_table, wait_for_quiet, write_json
+if __package__:  # imported as a package module (`qkv bench`, `python -m benchmarks.<suite>`)
+    from .common import log, machine_info, markdown_table, wait_for_quiet, write_json
+else:  # python benchmarks/<suite>.py: the script's directory is first on sys.path
+    from common import log, machine_info, markdown_table, wait_for_quiet, write_json
 
 SUITE = "train_throughput"
 REPO = Path(__file__).resolve().parent.parent
@@ -43,13 +46,13 @@ def config(name: str) -> dict[str, Any]:
     return resolve({"data": {**DEMO_CORPUS, "size": 4000}, "model": model}, preset=name)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=10, help="optimizer steps per round")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", default="1,2")
     p.add_argument("--quick", action="store_true")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.quick:
         args.steps, args.rounds = 2, 2
     threads = [int(x) for x in args.threads.split(",")]
@@ -117,7 +120,8 @@ def main() -> None:
     )
     (out / f"{SUITE}{suffix}.md").write_text(md, encoding="utf-8")
     log(f"wrote {out / (SUITE + suffix)}.json and .md")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

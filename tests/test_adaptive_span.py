@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import qkv
-from qkv.functional import adaptive_span as span_mod
-from qkv.functional.adaptive_span import (
+from qkv.api import adaptive_span as span_mod
+from qkv.api.adaptive_span import (
     adaptive_span_attention,
     soft_span_mask,
     span_penalty,

@@ -7,8 +7,8 @@ import torch
 
 import qkv
 from qkv import masks
+from qkv.api import prepare
 from qkv.backends import BACKENDS, blocksparse
-from qkv.functional.attention import prepare
 
 from helpers import GRAD_FACTOR, assert_error_ratio, assert_garbage_changes_nothing
 

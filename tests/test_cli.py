@@ -195,8 +195,7 @@ def test_bench_runs_the_script_with_its_arguments(capsys, tmp_path, monkeypatch)
     (tmp_path / "benchmarks").mkdir()
     script = tmp_path / "benchmarks" / "attention_dense.py"
     script.write_text(
-        "import sys\nif __name__ == '__main__':\n    print('bench args', sys.argv[1:])\n"
-        "    sys.exit(3 if '--fail' in sys.argv else 0)\n"
+        "def main(argv):\n    print('bench args', argv)\n    return 3 if '--fail' in argv else 0\n"
     )
     argv_before = sys.argv[:]
     code, out, _ = run(capsys, "bench", "--size", "64")
@@ -235,7 +234,7 @@ def test_bench_picks_a_suite_by_name(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "benchmarks").mkdir()
     (tmp_path / "benchmarks" / "attention_long.py").write_text(
-        "import sys\nif __name__ == '__main__':\n    print('long args', sys.argv[1:])\n"
+        "def main(argv):\n    print('long args', argv)\n"
     )
     code, out, _ = run(capsys, "bench", "long", "--quick")
     assert code == 0

@@ -199,7 +199,7 @@ def test_pair_prints_the_cosine_similarity(minilm, capsys, tmp_path):
 
 def _train(root, model: str, epochs: int, lr: float):
     from qkv.train.config import resolve
-    from qkv.train.loop import train
+    from qkv.translation.training import train
 
     small = (
         {"embed_dim": 16, "hidden_dim": 24}
@@ -229,7 +229,7 @@ def runs(tmp_path_factory):
 
 
 def test_transformer_checkpoint_shows_every_map(runs, capsys, tmp_path):
-    from qkv.train.translator import Translator
+    from qkv.translation.translator import Translator
 
     sentence = "3 4 5"
     expected = Translator.load(runs["transformer"]).translate([sentence])[0]
@@ -262,7 +262,7 @@ def test_transformer_checkpoint_shows_every_map(runs, capsys, tmp_path):
 
 
 def test_rnn_checkpoint_has_cross_attention_only(runs, capsys, tmp_path):
-    from qkv.train.translator import Translator
+    from qkv.translation.translator import Translator
 
     sentence = "7 0 8"
     expected = Translator.load(runs["bahdanau"]).translate([sentence])[0]

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import qkv
+from qkv.api import prepare
 from qkv.backends import BACKENDS, BackendNotSupportedError
 from qkv.backends.flex import FlexBackend, _cpu_compile_supported, flex_available, layout_block_mask
-from qkv.functional.attention import prepare
 from qkv.masks import Mask
 from qkv.masks import core as mask_core
 

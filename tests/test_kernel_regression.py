@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from qkv.functional.kernel_regression import nadaraya_watson
+from qkv.api.kernel_regression import nadaraya_watson
 from qkv.modules import NadarayaWatson
 
 F64 = torch.float64

@@ -13,9 +13,9 @@ import torch
 
 import qkv
 from qkv import masks
+from qkv.api import prepare
 from qkv.backends import BackendNotSupportedError, memory
 from qkv.backends.memory import MemoryPlanError
-from qkv.functional.attention import prepare
 
 GB = 10**9
 MB = 10**6
@@ -161,7 +161,7 @@ def test_small_plans_never_read_the_memory(monkeypatch):
 
 def test_the_budget_is_80_percent_of_the_available(available):
     q = k = v = torch.randn(1, 1, 1024, 8)
-    needed = memory.estimate_bytes("reference", prepare(q, k, v)[0])
+    needed = memory.estimate_bytes(qkv.backends.BACKENDS["reference"], prepare(q, k, v)[0])
     assert needed == 3 * 1024 * 1024 * 4
     available(int(needed / 0.8) + 8)
     assert qkv.attention(q, k, v, backend="reference").backend == "reference"
@@ -173,7 +173,7 @@ def test_the_budget_is_80_percent_of_the_available(available):
 def test_estimates_follow_the_plans():
     def est(backend, n=4096, **kwargs):
         q = k = v = torch.randn(1, 2, n, 8)
-        return memory.estimate_bytes(backend, prepare(q, k, v, **kwargs)[0])
+        return memory.estimate_bytes(qkv.backends.BACKENDS[backend], prepare(q, k, v, **kwargs)[0])
 
     L = 2 * 4096 * 4096
     assert est("reference") == 3 * L * 4

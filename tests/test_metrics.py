@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from qkv.train import aer, alignment_from_weights, bleu, chrf, exact_match
+from qkv.translation.metrics import aer, alignment_from_weights, bleu, chrf, exact_match
 
 # ----------------------------------------------------------------------------- BLEU / chrF
 

@@ -168,3 +168,36 @@ def test_bad_arguments():
     bar = Progress(1, desc="t", stream=Stream(tty=False))
     with pytest.raises(ValueError, match="n: expected an int >= 0, got -1"):
         bar.update(-1)
+
+
+def test_terminal_bar_is_tqdm_and_shares_the_terminal_with_tqdm_writes():
+    from tqdm import tqdm
+
+    out, clock = Stream(tty=True), Clock()
+    bar = Progress(10, desc="t", stream=out, clock=clock, width=200)
+    clock.t = 1.0
+    bar.update(3)
+    drawn = bar.line()
+    before = out.getvalue()
+    tqdm.write("from elsewhere", file=out)  # any tqdm user's message: the bar moves below it
+    after = out.getvalue()[len(before) :]
+    assert after == "\r" + " " * len(drawn) + "\r" + "from elsewhere\n" + "\r" + drawn
+    bar.close()
+
+
+def test_quiet_log_mode_writes_plain_lines_only():
+    out, clock = Stream(tty=False), Clock()
+    with Progress(4, desc="t", stream=out, clock=clock, log_interval=2) as bar:
+        for i in range(4):
+            clock.t = i + 1.0
+            bar.update(loss=1.0)
+        bar.write("note")
+    text = out.getvalue()
+    assert bar._bar is None  # no tqdm bar: nothing redraws in place
+    assert "\r" not in text and "\x1b" not in text
+    assert text.splitlines() == [
+        "t: 25% 1/4 step [00:01<00:03, 1.00 step/s] loss=1",
+        "t: 75% 3/4 step [00:03<00:01, 1.00 step/s] loss=1",
+        "note",
+        "t: done 4/4 step in 00:04 (1.00 step/s) loss=1",
+    ]

@@ -19,10 +19,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import qkv
+from qkv.api import prepare
 from qkv.backends.blocksparse import BlockSparseBackend
 from qkv.backends.chunked import ChunkedBackend
 from qkv.backends.flex import FlexBackend, flex_available
-from qkv.functional.attention import prepare
 from qkv.modules import (
     AdditiveAttention,
     ALiBi,
@@ -597,6 +597,20 @@ def test_apply_rotary_refuses_3d_cos_sin_on_4d_inputs():
 
 
 # ----------------------------------------------------------------------------- capture
+
+
+def test_capture_of_unbatched_multihead_records_heads_not_batch():
+    """An unbatched ``(T, E)`` call returns weights ``(H, Tq, Tk)``; capture must record
+    ``(1, H, Tq, Tk)``, not read the heads as a batch."""
+    mha = _mha(heads=2)
+    model = torch.nn.Sequential()
+    model.add_module("self_attn", mha)
+    x = torch.randn(3, 8, dtype=F64)
+    with qkv.capture(model) as maps:
+        res = mha(x, need_weights=True)
+    rec = maps["self_attn"][0]
+    assert tuple(rec.shape) == (1, 2, 3, 3)
+    torch.testing.assert_close(rec[0], res.weights, **TOL)
 
 
 @pytest.mark.parametrize("backend", ["reference", "sdpa", "chunked", "auto"])

@@ -9,8 +9,8 @@ from safetensors.torch import load_file
 from qkv.cli.main import main
 from qkv.train.checkpoint import find_latest, load_checkpoint
 from qkv.train.config import parse_override, resolve
-from qkv.train.loop import learning_rate, train
-from qkv.train.translator import Translator
+from qkv.train.loop import learning_rate
+from qkv.translation import Translator, train
 
 
 def tiny(model="bahdanau", **train_kw):
@@ -60,7 +60,7 @@ def test_resume_is_bitwise_exact(tmp_path, model):
 
 
 def test_keyboard_interrupt_saves_and_resume_continues(tmp_path, monkeypatch):
-    import qkv.train.loop as loop
+    import qkv.translation.training as loop
 
     cfg = tiny()
     calls = {"n": 0}
@@ -121,7 +121,7 @@ def test_translator_evaluates_and_aligns(tmp_path):
     r = tr.translate("4 2")[0]
     assert r.attention is not None and r.attention.shape == (len(r.target_tokens) + 1, 2)
     torch.testing.assert_close(r.attention.sum(-1), torch.ones(r.attention.shape[0]))
-    from qkv.train.loop import load_corpus
+    from qkv.translation import load_corpus
 
     m = tr.evaluate(load_corpus(cfg["data"])["test"][:10])
     assert set(m) >= {"n", "exact_match", "bleu", "chrf", "aer"}
@@ -193,7 +193,7 @@ def test_pickle_offered_as_checkpoint_is_refused(tmp_path, capsys):
 
 def test_validation_decoding_limit_counts_target_tokens_not_words():
     from qkv.data import Example, build_tokenizer
-    from qkv.train.loop import _max_len
+    from qkv.translation.training import _max_len
 
     examples = [Example("a b", "quatre vingt dix")]
     chars = build_tokenizer("char", [e.target for e in examples])

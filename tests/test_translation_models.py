@@ -6,7 +6,7 @@ import torch
 from qkv.functional.local import local_attention, local_centers
 from qkv.models.seq2seq import ATTENTIONS, Seq2Seq, Seq2SeqConfig
 from qkv.models.transformer import Transformer, TransformerConfig, sinusoidal_positions
-from qkv.train.decode import beam_search, greedy
+from qkv.translation.decode import beam_search, greedy
 
 from helpers import naive_attention
 

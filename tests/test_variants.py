@@ -15,8 +15,8 @@ from qkv.modules import AdditiveAttention, LuongAttention
 from qkv.modules.dynamic_conv import DynamicConv, LightConv
 from qkv.train.checkpoint import find_latest
 from qkv.train.config import resolve
-from qkv.train.decode import greedy
-from qkv.train.loop import _loss, train
+from qkv.translation.decode import greedy
+from qkv.translation.training import _loss, train
 
 V = 12
 

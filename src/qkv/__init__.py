@@ -11,9 +11,9 @@
 from . import functional  # isort: skip
 from . import backends, data, explain, interop, interpret, masks, models, modules, train, viz
 from ._types import AttentionMaps, AttentionOutput
+from .api import attention, dispatch_report
 from .backends import BackendNotSupportedError, MemoryPlanError
 from .capture import capture
-from .functional import attention, dispatch_report
 from .modules import (
     AdaptiveSpanAttention,
     AdditiveAttention,

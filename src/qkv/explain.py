@@ -31,8 +31,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .api import attention
 from .functional import scores as _scores
-from .functional.attention import attention
 from .functional.normalize import masked_softmax
 
 __all__ = [
@@ -314,7 +314,7 @@ class _Core:
 
 def _compute(q: Tensor, k: Tensor, v: Tensor, score: str, params: dict, scale: float) -> _Core:
     """Scores from qkv.functional.scores, weights/output from qkv.attention, cross-checked."""
-    fn = _scores.SCORES[score][0]  # scaled_dot's raw score is dot: its 1/sqrt(D) is the scale
+    fn = _scores.SPECS[score].fn  # scaled_dot's raw score is dot: its 1/sqrt(D) is the scale
     raw = fn(q, k, **params)  # (Tq, Tk)
     scaled = raw * scale if scale != 1.0 else raw
     result = attention(
@@ -452,7 +452,7 @@ def explain(
         raise ValueError("keys: expected at least one key")
     if v.shape[0] != k.shape[0]:
         raise ValueError(f"values: expected {k.shape[0]} rows (one per key), got {v.shape[0]}")
-    if score in ("dot", "scaled_dot", "gaussian", "cosine") and q.shape[1] != k.shape[1]:
+    if score in _scores.SPECS and _scores.SPECS[score].same_dim and q.shape[1] != k.shape[1]:
         raise ValueError(
             f"keys: score {score!r} needs keys of the query's dimension {q.shape[1]}, got {k.shape[1]}"
         )

@@ -1,9 +1,9 @@
 """Attention backends: one signature, ``supports(inputs) -> reasons``, explicit choice or auto."""
 
-from .base import AttentionInputs, Backend, BackendNotSupportedError
+from .base import AttentionInputs, Backend, BackendNotSupportedError, Capabilities
 from .blocksparse import BlockSparseBackend
 from .chunked import ChunkedBackend
-from .dispatch import BACKENDS, PRIORITY, DispatchReport, choose, get_backend, register_backend
+from .dispatch import BACKENDS, PRIORITY, DispatchReport, choose, get_backend
 from .flex import FlexBackend
 from .memory import MemoryPlanError
 from .reference import ReferenceBackend
@@ -16,6 +16,7 @@ __all__ = [
     "Backend",
     "BackendNotSupportedError",
     "BlockSparseBackend",
+    "Capabilities",
     "ChunkedBackend",
     "DispatchReport",
     "FlexBackend",
@@ -24,5 +25,4 @@ __all__ = [
     "SdpaBackend",
     "choose",
     "get_backend",
-    "register_backend",
 ]

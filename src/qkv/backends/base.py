@@ -1,8 +1,10 @@
 """The one signature every backend implements.
 
-A backend is an object with a ``name``, ``supports(inputs) -> list[str]`` (empty when it can
-run these inputs; otherwise one human-readable reason per obstacle) and
-``run(inputs) -> AttentionOutput``. Backends see :class:`AttentionInputs`, already validated
+A backend is an object with a ``name``, declared :class:`Capabilities` (what it accepts:
+scores, bias, dropout, ...), ``supports(inputs) -> list[str]`` (empty when it can run these
+inputs; otherwise one human-readable reason per obstacle: :func:`not_supported_reasons` for the
+declared capabilities plus its own), ``auto_skip(inputs) -> list[str]`` (why ``auto`` should
+prefer another although it could run) and ``run(inputs) -> AttentionOutput``. Backends see :class:`AttentionInputs`, already validated
 and normalized by :func:`qkv.attention`: at least 4-D tensors ``(B, H, T, D)``, a dense bool
 mask (or None), a resolved scale.
 """
@@ -16,15 +18,18 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from .._checks import broadcasts_to
 from .._types import AttentionOutput
-from ..functional import scores as _scores
+from ..functional.scores import SPECS, Score
 from ..masks.core import Mask
 
 __all__ = [
     "AttentionInputs",
     "Backend",
     "BackendNotSupportedError",
+    "Capabilities",
     "check_fits",
+    "not_supported_reasons",
     "plain_causal",
     "slice_block",
     "softmax_only",
@@ -41,9 +46,8 @@ class AttentionInputs:
 
     Attributes:
         query, key, value: ``(..., H, Tq, D)``, ``(..., H, Tk, D)``, ``(..., H, Tk, Dv)``.
-        score: the score's name (``"dot"``, ...) or ``"custom"`` for a callable.
-        score_fn: ``(q, k) -> logits (..., Tq, Tk)`` before ``scale``.
-        score_kwargs: parameters bound into ``score_fn`` (for reporting).
+        score: the resolved :class:`qkv.functional.scores.Score` (its ``name``, bound ``fn``,
+            ``params`` and the properties backends read: ``dot_like``, ``same_dim``, ...).
         pattern: the caller's :class:`qkv.masks.Mask` (kept lazy: block-aware backends never
             build it densely), or None.
         tensor_mask: the caller's bool tensor mask, already fitted to the layout, or None.
@@ -64,8 +68,7 @@ class AttentionInputs:
     query: Tensor
     key: Tensor
     value: Tensor
-    score: str
-    score_fn: Callable[[Tensor, Tensor], Tensor]
+    score: Score
     scale: float
     pattern: Mask | None = None
     tensor_mask: Tensor | None = None
@@ -74,12 +77,21 @@ class AttentionInputs:
     training: bool = False
     need_weights: bool = False
     weights_for: tuple[Any, Any] | None = None
-    score_kwargs: dict[str, Any] = field(default_factory=dict)
     normalize: str = "softmax"
     normalize_fn: Callable[[Tensor, Tensor | None], Tensor] | None = None
     # Built lazily (a plain dict rather than functools.cached_property, whose lock
     # torch.compile cannot trace).
     _cache: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    @property
+    def score_fn(self) -> Callable[[Tensor, Tensor], Tensor]:
+        """``(q, k) -> logits (..., Tq, Tk)`` before ``scale`` (the score's bound function)."""
+        return self.score.fn
+
+    @property
+    def score_kwargs(self) -> dict[str, Any]:
+        """The parameters bound into :attr:`score_fn`."""
+        return self.score.params
 
     @property
     def q_len(self) -> int:
@@ -145,16 +157,82 @@ class AttentionInputs:
         s = self.score_fn(query, key)
         return s if self.scale == 1.0 else s * self.scale
 
-    @staticmethod
-    def score_function(name: str, kwargs: dict[str, Any]) -> Callable[[Tensor, Tensor], Tensor]:
-        fn = _scores.SCORES[name][0]
-        return (lambda q, k: fn(q, k, **kwargs)) if kwargs else fn
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend accepts, declared once on the backend class; :func:`not_supported_reasons`
+    turns every mismatch with the inputs into a human-readable reason.
+
+    Attributes:
+        label: how the reasons name the backend (``"SDPA"``, ...).
+        dot_only: it runs only dot-product scores (:attr:`ScoreSpec.dot_like`).
+        scores: the score names it runs, or None for every named score.
+        custom_scores: whether it runs a callable score.
+        softmax_only: whether it computes softmax weights only (no other normalizer).
+        bias: whether it takes an additive bias.
+        bias_grad: whether that bias may require grad.
+        dropout: whether it has attention dropout.
+        needs_pattern: whether it needs a lazy :class:`qkv.masks.Mask` pattern.
+        empty: whether it runs ``Tq = 0`` or ``Tk = 0``.
+        instead: the backend to use for what it refuses (added to score/bias reasons).
+    """
+
+    label: str
+    dot_only: bool = False
+    scores: frozenset[str] | None = None
+    custom_scores: bool = True
+    softmax_only: bool = False
+    bias: bool = True
+    bias_grad: bool = True
+    dropout: bool = True
+    needs_pattern: bool = False
+    empty: bool = True
+    instead: str = ""
+
+
+def not_supported_reasons(caps: Capabilities, inputs: AttentionInputs) -> list[str]:
+    """One reason per declared capability the inputs need and the backend lacks (empty: it can
+    run them, as far as its declaration goes)."""
+    use = f" (use {caps.instead})" if caps.instead else ""
+    reasons = softmax_only(inputs, caps.label) if caps.softmax_only else []
+    score = inputs.score
+    runs = [n for n, spec in SPECS.items() if not caps.dot_only or spec.dot_like]
+    runs = [n for n in runs if caps.scores is None or n in caps.scores]
+    if score.spec is None and not caps.custom_scores:
+        reasons.append(f"a custom score callable: {caps.label} runs only {', '.join(runs)}{use}")
+    elif score.spec is not None and score.name not in runs:
+        reasons.append(f"score {score.name!r}: {caps.label} runs only {', '.join(runs)}{use}")
+    if caps.needs_pattern and inputs.pattern is None:
+        reasons.append(f"no mask pattern ({caps.label} needs a qkv.masks.Mask such as sliding_window)")
+    if inputs.bias is not None and not caps.bias:
+        reasons.append(f"bias: {caps.label} takes no additive bias{use}")
+    elif (
+        inputs.bias is not None
+        and not caps.bias_grad
+        and inputs.bias.requires_grad
+        and torch.is_grad_enabled()
+    ):
+        reasons.append(f"a bias that requires grad: {caps.label} does not differentiate its bias{use}")
+    if inputs.dropout_active and not caps.dropout:
+        reasons.append(f"dropout: {caps.label} has no attention dropout")
+    if not caps.empty and (inputs.q_len == 0 or inputs.kv_len == 0):
+        reasons.append("an empty sequence (Tq = 0 or Tk = 0)")
+    return reasons
 
 
 class Backend(Protocol):
-    name: str
+    """The one signature of a backend (see the module docstring)."""
 
-    def supports(self, inputs: AttentionInputs) -> list[str]: ...
+    name: str
+    capabilities: Capabilities
+
+    def supports(self, inputs: AttentionInputs) -> list[str]:
+        """Why it cannot run ``inputs`` (empty: it can)."""
+        ...
+
+    def auto_skip(self, inputs: AttentionInputs) -> list[str]:
+        """Why ``auto`` should pass over it although it could run (empty: take it)."""
+        ...
 
     def run(self, inputs: AttentionInputs) -> AttentionOutput: ...
 
@@ -192,11 +270,7 @@ def slice_block(
 
 def check_fits(name: str, t: Tensor, logits_shape: tuple[int, ...]) -> Tensor:
     """Raise a clear error unless ``t`` broadcasts to ``logits_shape`` without growing it."""
-    try:
-        fits = torch.broadcast_shapes(t.shape, logits_shape) == logits_shape
-    except RuntimeError:
-        fits = False
-    if not fits:
+    if not broadcasts_to(t.shape, logits_shape):
         raise ValueError(
             f"{name}: shape {tuple(t.shape)} is not broadcastable to the scores' shape "
             f"(..., H, Tq, Tk) = {logits_shape}"

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._types import AttentionOutput
-from .base import AttentionInputs, plain_causal, softmax_only
+from .base import AttentionInputs, Capabilities, not_supported_reasons, plain_causal
 
 __all__ = ["BlockSparseBackend"]
 
@@ -50,6 +50,10 @@ class BlockSparseBackend:
     """
 
     name = "blocksparse"
+    capabilities = Capabilities(
+        "blocksparse", dot_only=True, custom_scores=False, softmax_only=True, bias=False, dropout=False,
+        needs_pattern=True, empty=False, instead="backend='chunked'",
+    )  # fmt: skip
 
     def __init__(self, q_block: int = 64, kv_block: int = 64, auto_max_density: float = 0.5) -> None:
         self.q_block, self.kv_block, self.auto_max_density = q_block, kv_block, auto_max_density
@@ -57,23 +61,13 @@ class BlockSparseBackend:
         self._plans: OrderedDict = OrderedDict()
 
     def supports(self, inputs: AttentionInputs) -> list[str]:
-        reasons = softmax_only(inputs, "blocksparse")
+        reasons = not_supported_reasons(self.capabilities, inputs)
         if _FLASH is None or _FLASH_BACKWARD is None:
             reasons.append(f"torch {torch.__version__} lacks the fused CPU attention kernel with log-sum-exp")
-        if inputs.pattern is None:
-            reasons.append("no mask pattern (blocksparse needs a qkv.masks.Mask such as sliding_window)")
-        if inputs.score not in ("dot", "scaled_dot"):
-            reasons.append(f"score {inputs.score!r}: blocksparse runs dot/scaled_dot (use chunked)")
-        if inputs.bias is not None:
-            reasons.append("bias: blocksparse does not gather biases (use chunked)")
-        if inputs.dropout_active:
-            reasons.append("dropout: blocksparse has no attention dropout")
         if inputs.query.dim() != 4:
             reasons.append(f"layout: expected 4-D (B, H, T, D) inputs, got {inputs.query.dim()}-D")
         elif inputs.query.device.type != "cpu":
             reasons.append(f"device {inputs.query.device.type}: blocksparse runs the CPU kernel (use flex)")
-        if inputs.q_len == 0 or inputs.kv_len == 0:
-            reasons.append("an empty sequence (Tq = 0 or Tk = 0)")
         return reasons
 
     def auto_skip(self, inputs: AttentionInputs) -> list[str]:

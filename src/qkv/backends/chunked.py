@@ -35,12 +35,10 @@ import torch
 from torch import Tensor, nn
 
 from .._types import AttentionOutput
-from ..functional import scores as _scores
-from .base import AttentionInputs, slice_block, softmax_only, zero_unreachable_keys
+from .base import AttentionInputs, Capabilities, not_supported_reasons, slice_block, zero_unreachable_keys
+from .online_softmax import OnlineSoftmax
 
 __all__ = ["ChunkedBackend", "block_logits", "iter_blocks", "score_parameters"]
-
-_DOT = ("dot", "scaled_dot")
 
 
 def score_parameters(inputs: AttentionInputs) -> tuple[list[str], list[Tensor], Callable]:
@@ -49,7 +47,7 @@ def score_parameters(inputs: AttentionInputs) -> tuple[list[str], list[Tensor], 
     Named scores take theirs from ``score_kwargs``; an ``nn.Module`` score from its
     parameters (called with :func:`torch.func.functional_call`); a plain callable has none.
     """
-    if inputs.score == "custom":
+    if inputs.score.spec is None:
         fn = inputs.score_fn
         if isinstance(fn, nn.Module):
             names = [n for n, _ in fn.named_parameters()]
@@ -60,7 +58,7 @@ def score_parameters(inputs: AttentionInputs) -> tuple[list[str], list[Tensor], 
 
             return names, tensors, make
         return [], [], lambda params: fn
-    fn = _scores.SCORES[inputs.score][0]
+    fn = inputs.score.spec.fn
     names = [n for n, t in inputs.score_kwargs.items() if isinstance(t, Tensor)]
     tensors = [inputs.score_kwargs[n] for n in names]
     fixed = {n: t for n, t in inputs.score_kwargs.items() if n not in names}
@@ -140,26 +138,16 @@ class _ChunkedAttention(torch.autograd.Function):
         lse = q.new_full((*lead, tq), float("-inf"), dtype=cdt)
         for q0, q1, blocks in iter_blocks(inputs, q_block, kv_block):
             qb = q[..., q0:q1, :]
-            m = q.new_full((*lead, q1 - q0), float("-inf"), dtype=cdt)
-            l_sum = q.new_zeros((*lead, q1 - q0), dtype=cdt)
-            acc = q.new_zeros((*lead, q1 - q0, dv), dtype=cdt)
+            rows = OnlineSoftmax((*lead, q1 - q0), cdt, q.device, value_dim=dv)
             for blk in blocks:
                 kb, vb = k[..., blk.k0 : blk.k1, :], v[..., blk.k0 : blk.k1, :]
                 keep = inputs.mask_block(q0, q1, blk.k0, blk.k1) if blk.partial else None
                 if keep is not None:  # NaN in keys no row of the block may attend must not leak
                     kb, vb = zero_unreachable_keys(kb, vb, keep)
                 _, s = block_logits(inputs, score_fn, qb, kb, inputs.bias_block(q0, q1, blk.k0, blk.k1), keep)
-                m_new = torch.maximum(m, s.amax(-1))
-                m_safe = m_new.masked_fill(m_new == float("-inf"), 0.0)
-                p = torch.exp(s - m_safe.unsqueeze(-1))  # (..., bq, bk)
-                corr = torch.exp(m - m_safe)
-                l_sum = l_sum * corr + p.sum(-1)
-                acc = acc * corr.unsqueeze(-1) + (p.to(vb.dtype) @ vb).to(cdt)
-                m = m_new
-            empty = l_sum == 0
-            out[..., q0:q1, :] = (acc / l_sum.masked_fill(empty, 1.0).unsqueeze(-1)).to(v.dtype)
-            m_safe = m.masked_fill(m == float("-inf"), 0.0)
-            lse[..., q0:q1] = (m_safe + torch.log(l_sum)).masked_fill(empty, float("-inf"))
+                rows.update(s, vb)
+            out[..., q0:q1, :] = rows.out(v.dtype)
+            lse[..., q0:q1] = rows.lse()
         ctx.inputs, ctx.make_score, ctx.blocks = inputs, make_score, (q_block, kv_block)
         ctx.save_for_backward(q, k, v, bias, out, lse, *params)
         ctx.mark_non_differentiable(lse)
@@ -181,7 +169,7 @@ class _ChunkedAttention(torch.autograd.Function):
         need_bias = bias is not None and ctx.needs_input_grad[7]
         dbias = torch.zeros_like(bias, dtype=cdt) if need_bias else None
         dparams = [torch.zeros_like(p, dtype=cdt) for p in params]
-        fast = inputs.score in _DOT
+        fast = inputs.score.dot_like
         leaves = [p.detach().requires_grad_() for p in params]
         score_fn = ctx.make_score(leaves)
         for q0, q1, blocks in iter_blocks(inputs, q_block, kv_block):
@@ -252,12 +240,11 @@ class ChunkedBackend:
     def __init__(self, q_block: int = 128, kv_block: int = 512, max_block_elements: int = 1 << 22) -> None:
         self.q_block, self.kv_block, self.max_block_elements = q_block, kv_block, max_block_elements
 
+    capabilities = Capabilities("chunked (online softmax)", softmax_only=True, dropout=False)
+
     def supports(self, inputs: AttentionInputs) -> list[str]:
-        reasons = softmax_only(inputs, "chunked (online softmax)")
-        if inputs.dropout_active:
-            reasons.append("dropout: the chunked backend has no attention dropout")
-        fn = inputs.score_fn
-        if inputs.score == "custom" and not isinstance(fn, nn.Module) and torch.is_grad_enabled():
+        reasons = not_supported_reasons(self.capabilities, inputs)
+        if inputs.score.spec is None and not inputs.score.is_module and torch.is_grad_enabled():
             reasons.append(
                 "a custom score that is not an nn.Module: its backward cannot reach tensors the "
                 "callable closes over (wrap it in an nn.Module)"
@@ -267,11 +254,7 @@ class ChunkedBackend:
     def block_sizes(self, inputs: AttentionInputs) -> tuple[int, int]:
         """(q_block, kv_block) for these inputs: smaller key blocks for wide scores."""
         q_block, kv_block = self.q_block, self.kv_block
-        width = 1
-        if inputs.score == "additive":
-            width = inputs.score_kwargs["w_query"].shape[0]
-        elif inputs.score == "gaussian" or isinstance(inputs.score_fn, nn.Module):
-            width = inputs.query.shape[-1]
+        width = inputs.score.width(inputs.query.shape[-1])
         lead = math.prod(inputs.query.shape[:-2])
         while kv_block > 16 and lead * q_block * kv_block * width > self.max_block_elements:
             kv_block //= 2

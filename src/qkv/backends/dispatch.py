@@ -1,6 +1,8 @@
 """Backend registry and the ``auto`` choice.
 
-``auto`` walks :data:`PRIORITY` and runs the first backend whose ``supports`` returns no
+The choice depends on the output problem alone: asking for weights never changes the kernel
+(the weights come from the backend that ran or from the exact second pass of
+:mod:`qkv.backends.attention_weights`). ``auto`` walks :data:`PRIORITY` and runs the first backend whose ``supports`` returns no
 reasons, that it does not pass over for speed (``auto_skip``) and whose memory plan fits in the
 device's available memory (:mod:`qkv.backends.memory`); when none of those is left, the first
 that can run and fits, whatever its speed. The result's ``backend`` field names it. An
@@ -11,7 +13,6 @@ it needs and which backend fits: never a silent fallback.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from . import memory
@@ -31,7 +32,6 @@ __all__ = [
     "check_weights_fit",
     "choose",
     "get_backend",
-    "register_backend",
 ]
 
 BACKENDS: dict[str, Backend] = {
@@ -43,11 +43,6 @@ BACKENDS: dict[str, Backend] = {
 }
 # Fastest first; "reference" supports everything and ends the list.
 PRIORITY: list[str] = ["blocksparse", "sdpa", "flex", "chunked", "reference"]
-
-
-# With all weights asked for on a problem this small, the reference (which builds them
-# anyway) beats a fast backend plus a second pass.
-WEIGHTS_IN_ONE_PASS_MAX = 1 << 22
 
 
 class _Budget:
@@ -96,20 +91,6 @@ class _Verdict:
         return not self.unsupported and not self.memory
 
 
-def _slower(name: str, backend: Backend, inputs: AttentionInputs) -> list[str]:
-    """Why ``auto`` passes over a backend that could run: another one is faster here."""
-    if name == "reference":
-        return []
-    if inputs.need_weights and inputs.weights_for is None:
-        size = math.prod(inputs.logits_shape)
-        if size <= WEIGHTS_IN_ONE_PASS_MAX:
-            return [
-                f"need_weights on a small problem ({size} logits): the reference returns them in one pass"
-            ]
-    skip = getattr(backend, "auto_skip", None)
-    return skip(inputs) if skip is not None else []
-
-
 def _verdict(
     name: str, inputs: AttentionInputs, auto: bool, budget: _Budget, *, full: bool = True
 ) -> _Verdict:
@@ -121,7 +102,7 @@ def _verdict(
     if verdict.unsupported:
         return verdict
     if auto:
-        verdict.slower = _slower(name, backend, inputs)
+        verdict.slower = backend.auto_skip(inputs)
         if verdict.slower and not full:
             return verdict
     if budget.tiny and name in memory.ESTIMATES and not hasattr(backend, "memory_bytes"):
@@ -134,23 +115,6 @@ def _verdict(
             f"(plans use at most {memory.SAFETY_FRACTION:.0%})"
         ]
     return verdict
-
-
-def _reasons(name: str, inputs: AttentionInputs, auto: bool) -> list[str]:
-    """Why backend ``name`` will not run: what it cannot do, (for auto) what it should not,
-    and what does not fit in memory."""
-    return _verdict(name, inputs, auto, _Budget(inputs)).reasons
-
-
-def register_backend(backend: Backend, *, before: str = "reference") -> None:
-    """Add a backend to the registry, tried by ``auto`` just before ``before``.
-
-    Give it a ``memory_bytes(inputs) -> int`` method (or an entry in
-    :data:`qkv.backends.memory.ESTIMATES`) for ``auto`` to check that its plan fits."""
-    BACKENDS[backend.name] = backend
-    if backend.name in PRIORITY:
-        PRIORITY.remove(backend.name)
-    PRIORITY.insert(PRIORITY.index(before), backend.name)
 
 
 def get_backend(name: str) -> Backend:

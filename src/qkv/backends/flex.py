@@ -52,7 +52,7 @@ from torch import Tensor
 
 from .._types import AttentionOutput
 from ..masks.core import Mask
-from .base import AttentionInputs, softmax_only, zero_unreachable_keys
+from .base import AttentionInputs, Capabilities, not_supported_reasons, zero_unreachable_keys
 
 __all__ = ["FlexBackend", "flex_available", "layout_block_mask"]
 
@@ -69,7 +69,6 @@ try:  # torch >= 2.9: return_aux replaces the deprecated return_lse
 except ImportError:  # pragma: no cover
     AuxRequest = None  # type: ignore[assignment,misc]
 
-_SCORES = ("dot", "scaled_dot", "general", "cosine", "gaussian")
 _COMPILED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Each new (shape, pattern kind) is a new graph for dynamo; torch's default limit (8) would
 # silently fall back to the unfused eager implementation (dense T x T scores) after that.
@@ -207,6 +206,11 @@ class FlexBackend:
     """
 
     name = "flex"
+    # FlexAttention scores are q . k with a score_mod: the scores rewritten that way (see _score_mod)
+    capabilities = Capabilities(
+        "FlexAttention", scores=frozenset({"dot", "scaled_dot", "general", "cosine", "gaussian"}),
+        custom_scores=False, softmax_only=True, dropout=False, empty=False, instead="backend='chunked'",
+    )  # fmt: skip
 
     def __init__(
         self, *, compile: bool = False, block_size: tuple[int, int] | None = None, cache_size: int = 32
@@ -223,18 +227,8 @@ class FlexBackend:
     def supports(self, inputs: AttentionInputs) -> list[str]:
         if _IMPORT_ERROR is not None:
             return [_IMPORT_ERROR]
-        reasons = softmax_only(inputs, "FlexAttention")
+        reasons = not_supported_reasons(self.capabilities, inputs)
         q = inputs.query
-        if inputs.score not in _SCORES:
-            what = "a custom score callable" if inputs.score == "custom" else f"score {inputs.score!r}"
-            reasons.append(
-                f"{what}: FlexAttention scores are q . k (with a score_mod); flex runs "
-                f"{', '.join(_SCORES)} (use backend='chunked')"
-            )
-        if inputs.dropout_active:
-            reasons.append("dropout: FlexAttention has no attention dropout")
-        if inputs.q_len == 0 or inputs.kv_len == 0:
-            reasons.append("an empty sequence (Tq = 0 or Tk = 0)")
         if q.dim() > 4 and self._depends_on_lead(inputs):
             reasons.append(
                 f"{q.dim()}-D inputs with a mask or bias over the leading dims: FlexAttention "
@@ -261,7 +255,7 @@ class FlexBackend:
             ]
         if not self.compile:
             return ["eager FlexAttention is unfused (dense scores): auto picks flex only when compiled"]
-        if not inputs.has_mask and inputs.bias is None and inputs.score in ("dot", "scaled_dot"):
+        if not inputs.has_mask and inputs.bias is None and inputs.score.dot_like:
             return ["no mask, bias or score_mod: SDPA's fused kernels run plain dense attention"]
         return []
 
@@ -356,14 +350,14 @@ class FlexBackend:
         ``score_mod`` equals ``score(q, k) * scale + bias``."""
         scale, p = inputs.scale, inputs.score_kwargs
         mods: list[Callable] = []
-        if inputs.score == "general":  # q^T W k = (q W) . k
+        if inputs.score.name == "general":  # q^T W k = (q W) . k
             q = q @ p["weight"].to(q.dtype)
-        elif inputs.score == "cosine":  # cos(q, k) / temperature
+        elif inputs.score.name == "cosine":  # cos(q, k) / temperature
             eps = p.get("eps", 1e-8)
             q = q / q.norm(dim=-1, keepdim=True).clamp_min(eps)
             k = k / k.norm(dim=-1, keepdim=True).clamp_min(eps)
             q = q / p.get("temperature", 1.0)
-        elif inputs.score == "gaussian":  # -|q - k|^2 / (2 s^2) = q'.k' - |q'|^2/2 - |k'|^2/2, q' = q/s
+        elif inputs.score.name == "gaussian":  # -|q - k|^2 / (2 s^2) = q'.k' - |q'|^2/2 - |k'|^2/2, q' = q/s
             sigma = p.get("sigma", 1.0)
             q, k = q / sigma, k / sigma
             q_sq = q.pow(2).sum(-1) * (0.5 * scale)  # (B, H, Tq)

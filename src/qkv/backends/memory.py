@@ -47,7 +47,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..masks.core import Mask, _Causal, _Full
+from ..masks.core import Mask
 from .base import AttentionInputs, BackendNotSupportedError, plain_causal
 
 __all__ = [
@@ -210,23 +210,15 @@ def _needs_grad(inputs: AttentionInputs) -> bool:
 def _score_width(inputs: AttentionInputs) -> int:
     """Features per logit a score builds before reducing: ``A`` for additive, ``D`` for
     gaussian and score modules (``(..., Tq, Tk, W)`` intermediates), 1 for dot-like scores."""
-    if inputs.score == "additive":
-        return int(inputs.score_kwargs["w_query"].shape[0])
-    if inputs.score == "gaussian" or isinstance(inputs.score_fn, nn.Module):
-        return int(inputs.query.shape[-1])
-    return 1
+    return inputs.score.width(int(inputs.query.shape[-1]))
 
 
 def _pattern_lead(pattern: Mask, batch: int) -> int:
-    """Product of the leading dims of the dense mask ``pattern.materialize`` builds: those of a
-    bool tensor inside it, the batch for other patterns that depend on it, else 1."""
-    tensor = getattr(pattern, "tensor", None)
-    if isinstance(tensor, Tensor):
-        return math.prod(tensor.shape[:-2])
-    parts = [getattr(pattern, name, None) for name in ("left", "right", "inner")]
-    parts = [p for p in parts if isinstance(p, Mask)]
-    if parts:
-        return max(_pattern_lead(p, batch) for p in parts)
+    """Product of the leading dims of the dense mask ``pattern.materialize`` builds: its
+    declared ``(b, h)`` sizes, or the batch for a pattern that depends on it without saying."""
+    shape = pattern.batch_head_shape
+    if shape is not None:
+        return math.prod(shape)
     return batch if pattern.depends_on_batch_head else 1
 
 
@@ -240,7 +232,8 @@ def _pattern_elements(inputs: AttentionInputs) -> int:
 def _cheap_pattern(inputs: AttentionInputs) -> bool:
     """No pattern, or one (causal, full) that is a comparison of two aranges: no tables, and
     a dense mask of bools only."""
-    return inputs.pattern is None or isinstance(inputs.pattern, (_Causal, _Full))
+    p = inputs.pattern
+    return p is None or p.is_full or p.is_plain_causal(inputs.q_len, inputs.kv_len)
 
 
 def _dense_mask_bytes(inputs: AttentionInputs) -> tuple[int, int]:
@@ -432,13 +425,8 @@ def below_check(inputs: AttentionInputs) -> bool:
 
 
 def estimate_bytes(backend: Any, inputs: AttentionInputs) -> int | None:
-    """Estimated peak extra bytes of running ``backend`` (an object or a registered name) on
-    ``inputs``, or None when it has no estimate. Call it only for a backend that supports the
-    inputs."""
-    if isinstance(backend, str):
-        from .dispatch import get_backend
-
-        backend = get_backend(backend)
+    """Estimated peak extra bytes of running ``backend`` on ``inputs``, or None when it has no
+    estimate. Call it only for a backend that supports the inputs."""
     own = getattr(backend, "memory_bytes", None)
     if own is not None:
         return int(own(inputs))

@@ -17,15 +17,19 @@ from torch import Tensor
 
 from .._types import AttentionOutput
 from ..functional.normalize import masked_softmax
-from .base import AttentionInputs, zero_unreachable_keys
+from .base import AttentionInputs, Capabilities, zero_unreachable_keys
 
 __all__ = ["ReferenceBackend"]
 
 
 class ReferenceBackend:
     name = "reference"
+    capabilities = Capabilities("reference")  # everything
 
     def supports(self, inputs: AttentionInputs) -> list[str]:
+        return []
+
+    def auto_skip(self, inputs: AttentionInputs) -> list[str]:
         return []
 
     def run(self, inputs: AttentionInputs) -> AttentionOutput:

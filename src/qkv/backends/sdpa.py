@@ -12,24 +12,21 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._types import AttentionOutput
-from .base import AttentionInputs, plain_causal, softmax_only, zero_unreachable_keys
+from .base import AttentionInputs, Capabilities, not_supported_reasons, plain_causal, zero_unreachable_keys
 
 __all__ = ["SdpaBackend"]
 
 
 class SdpaBackend:
     name = "sdpa"
+    capabilities = Capabilities(
+        "SDPA", dot_only=True, custom_scores=False, softmax_only=True, bias_grad=False, empty=False,
+        instead="backend='chunked'",
+    )  # fmt: skip
     auto_max_dense_mask = 1 << 26  # elements of a dense mask auto may build from a pattern
 
     def supports(self, inputs: AttentionInputs) -> list[str]:
-        reasons = softmax_only(inputs, "SDPA")
-        if inputs.score not in ("dot", "scaled_dot"):
-            reasons.append(f"score {inputs.score!r}: SDPA computes only dot/scaled_dot scores")
-        if inputs.query.shape[-2] == 0 or inputs.key.shape[-2] == 0:
-            reasons.append("an empty sequence (Tq = 0 or Tk = 0)")
-        if inputs.bias is not None and inputs.bias.requires_grad and torch.is_grad_enabled():
-            reasons.append("a bias that requires grad: SDPA does not differentiate its attn_mask")
-        return reasons
+        return not_supported_reasons(self.capabilities, inputs)
 
     def auto_skip(self, inputs: AttentionInputs) -> list[str]:
         """``auto`` does not build a huge dense mask from a pattern: chunked skips blocks."""

@@ -17,11 +17,12 @@ import math
 import re
 from typing import Any
 
+from ..functional.scores import SPECS
 from . import CommandError
 
 __all__ = ["add_parser", "parse_numbers", "render", "run"]
 
-SCORES = ("dot", "scaled_dot", "general", "additive", "gaussian", "cosine")
+SCORES = tuple(SPECS)  # every named score
 
 # Options that take a list of numbers: "-1,2" must stay their value, not become an option.
 VECTOR_OPTIONS = ("--query", "--keys", "--values")

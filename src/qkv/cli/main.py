@@ -6,7 +6,7 @@
     qkv viz               attention of MiniLM or a trained model as an offline HTML viewer / figure
     qkv demo              train attention translators on built-in data, write a report
     qkv demo --examples   the three worked examples of the source articles, one after the other
-    qkv bench [SUITE] [ARGS...]   runs ./benchmarks/attention_<SUITE>.py (dense by default; long)
+    qkv bench [SUITE] [ARGS...]   main(ARGS) of ./benchmarks/attention_<SUITE>.py (dense by default; long)
 
 :func:`main` returns the exit code instead of exiting; user errors print
 ``qkv: error: <message>`` on stderr and return 2, never a traceback.
@@ -15,12 +15,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
+import importlib.machinery
+import importlib.util
 import json
 import re
-import runpy
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import ModuleType
 
 from . import CommandError
 from . import explain as explain_cmd
@@ -55,7 +59,7 @@ def _version() -> str:
 
 def _demo(args: argparse.Namespace) -> int:
     if not args.examples:
-        from ..train.demo import run_demo
+        from ..translation.demo import run_demo
 
         try:
             report = run_demo(args.out, fresh=args.fresh, quick=args.quick)
@@ -92,7 +96,30 @@ def _examples(args: argparse.Namespace) -> int:
     return 0
 
 
+# The package `qkv bench` imports benchmarks/ as (the directory is not a package installed with
+# qkv): each suite then imports its siblings relatively, and nothing is added to sys.path.
+_BENCH_PACKAGE = "_qkv_benchmarks"
+
+
+@contextlib.contextmanager
+def _benchmark_suite(script: Path) -> Iterator[ModuleType]:
+    """Import ``script`` (``benchmarks/<suite>.py``) as ``_qkv_benchmarks.<suite>``, a module of a
+    package whose directory is ``script``'s; afterwards the package and its modules are removed
+    from ``sys.modules`` (another checkout's benchmarks may be run next)."""
+    spec = importlib.machinery.ModuleSpec(_BENCH_PACKAGE, None, is_package=True)
+    spec.submodule_search_locations = [str(script.parent)]
+    sys.modules[_BENCH_PACKAGE] = importlib.util.module_from_spec(spec)
+    importlib.invalidate_caches()  # the directory may have changed since the last import from it
+    try:
+        yield importlib.import_module(f"{_BENCH_PACKAGE}.{script.stem}")
+    finally:
+        for name in [n for n in sys.modules if n == _BENCH_PACKAGE or n.startswith(_BENCH_PACKAGE + ".")]:
+            del sys.modules[name]
+
+
 def _bench(args: argparse.Namespace) -> int:
+    """Run a benchmark suite's ``main(argv)`` with the remaining arguments (``sys.argv`` and
+    ``sys.path`` stay as they are)."""
     relative, rest = _bench_script(args.args)
     script = Path.cwd() / relative
     if not script.is_file():
@@ -100,16 +127,14 @@ def _bench(args: argparse.Namespace) -> int:
             f"{relative.as_posix()} not found in {Path.cwd()}: run `qkv bench` from the root of a "
             "qkv checkout"
         )
-    saved_argv, saved_path = sys.argv[:], sys.path[:]
-    sys.argv = [str(script), *rest]
-    sys.path.insert(0, str(script.parent))  # as `python benchmarks/attention_dense.py` would
     try:
-        runpy.run_path(str(script), run_name="__main__")
-    except SystemExit as e:
+        with _benchmark_suite(script) as suite:
+            entry = getattr(suite, "main", None)
+            if not callable(entry):
+                raise CommandError(f"{relative.as_posix()}: expected a function main(argv) to run")
+            return _exit_code(entry(list(rest)))
+    except SystemExit as e:  # argparse (--help, bad arguments) and sys.exit() inside the suite
         return _exit_code(e.code)
-    finally:
-        sys.argv, sys.path[:] = saved_argv, saved_path
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,8 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         help="run a benchmark suite: dense (default) or long (from a qkv checkout)",
         description=(
-            "Runs ./benchmarks/attention_SUITE.py as a script (SUITE: dense, the default, or long); "
-            "the remaining arguments are passed to it."
+            "Runs the main(argv) of ./benchmarks/attention_SUITE.py (SUITE: dense, the default, or "
+            "long) with the remaining arguments."
         ),
     )
     bench.add_argument(

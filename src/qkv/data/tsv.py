@@ -132,99 +132,30 @@ def load_tsv(
     if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1):
         raise ValueError(f"max_len: expected None or an int >= 1, got {max_len!r}")
     _check_frac("long_quantile", long_quantile)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"load_tsv: no such file: '{path}'") from None
-    except OSError as e:
-        raise OSError(f"load_tsv: cannot read '{path}': {e.strerror or e}") from None
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    if not data.strip():
-        raise ValueError(f"load_tsv: '{path}' is empty")
-
-    raw_lines = data.split(b"\n")
-    if raw_lines and raw_lines[-1] == b"":
-        raw_lines.pop()  # the final newline ends the last line
-    pairs: list[tuple[str, str]] = []
-    seen: set[tuple[str, str]] = set()
-    malformed: list[int] = []
-    n_malformed = blank = too_long = duplicates = 0
-    for lineno, raw in enumerate(raw_lines, start=1):
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise ValueError(
-                f"load_tsv: '{path}' line {lineno} is not valid UTF-8 "
-                f"(byte 0x{raw[e.start]:02x} at column {e.start + 1})"
-            ) from None
-        line = line.rstrip("\r")
-        if not line.strip():
-            blank += 1
-            continue
-        cols = line.split("\t")
-        src, tgt = (cols[0], cols[1]) if len(cols) >= 2 else ("", "")
-        if reverse:
-            src, tgt = tgt, src
-        opts = {"lowercase": lowercase, "split_punct": split_punct, "normalize_spaces": normalize_spaces}
-        src, tgt = normalize_text(src, **opts).strip(), normalize_text(tgt, **opts).strip()
-        if not src or not tgt:
-            n_malformed += 1
-            if len(malformed) < _KEPT:
-                malformed.append(lineno)
-            continue
-        if max_len is not None and (len(src.split()) > max_len or len(tgt.split()) > max_len):
-            too_long += 1
-            continue
-        if dedupe:
-            if (src, tgt) in seen:
-                duplicates += 1
-                continue
-            seen.add((src, tgt))
-        pairs.append((src, tgt))
-    if n_malformed:
-        warnings.warn(_report(path, malformed, n_malformed), UserWarning, stacklevel=2)
+    raw_lines = _read_lines(path)
+    norm = {"lowercase": lowercase, "split_punct": split_punct, "normalize_spaces": normalize_spaces}
+    pairs, counts, malformed = _parse_pairs(
+        path, raw_lines, norm, max_len=max_len, reverse=reverse, dedupe=dedupe
+    )
+    if counts["malformed"]:
+        warnings.warn(_report(path, malformed, counts["malformed"]), UserWarning, stacklevel=2)
     if not pairs:
         raise ValueError(
-            f"load_tsv: '{path}' has no usable pair ({len(raw_lines)} lines: {n_malformed} malformed, "
-            f"{blank} blank, {too_long} longer than max_len={max_len})"
+            f"load_tsv: '{path}' has no usable pair ({len(raw_lines)} lines: {counts['malformed']} malformed, "
+            f"{counts['blank']} blank, {counts['too_long']} longer than max_len={max_len})"
         )
-
-    # split by source sentence, groups in order of first appearance, then a seeded shuffle
-    groups: dict[str, list[int]] = {}
-    for i, (src, _) in enumerate(pairs):
-        groups.setdefault(src, []).append(i)
-    order = list(groups)
-    SeededRandom(seed, "tsv-split").shuffle(order)
-    _, n_valid, n_test = split_counts(len(order), valid_frac, test_frac)
-    parts = {
-        "test": order[:n_test],
-        "valid": order[n_test : n_test + n_valid],
-        "train": order[n_test + n_valid :],
-    }
-    splits: dict[str, list[Example]] = {}
-    for split, sources in parts.items():
-        idx = sorted(i for s in sources for i in groups[s])  # file order inside a split
-        splits[split] = [Example(pairs[i][0], pairs[i][1], None) for i in idx]
-    threshold = None
-    splits["test_long"] = []
-    if splits["test"]:
-        threshold = long_threshold([len(e.source.split()) for e in splits["test"]], long_quantile)
-        splits["test_long"] = [e for e in splits["test"] if len(e.source.split()) >= threshold]
-    splits = {k: splits[k] for k in ("train", "valid", "test", "test_long")}
+    splits, threshold = _split_by_source(pairs, seed, valid_frac, test_frac, long_quantile)
     meta = {
         "generator": "tsv",
         "path": str(path),
         "lines": len(raw_lines),
-        "blank": blank,
-        "malformed": n_malformed,
+        "blank": counts["blank"],
+        "malformed": counts["malformed"],
         "malformed_lines": malformed,
-        "too_long": too_long,
-        "duplicates": duplicates,
+        "too_long": counts["too_long"],
+        "duplicates": counts["duplicates"],
         "pairs": len(pairs),
-        "lowercase": lowercase,
-        "split_punct": split_punct,
-        "normalize_spaces": normalize_spaces,
+        **norm,
         "max_len": max_len,
         "reverse": reverse,
         "dedupe": dedupe,
@@ -236,3 +167,95 @@ def load_tsv(
         "sizes": {k: len(v) for k, v in splits.items()},
     }
     return Corpus(name=name or path.stem, splits=splits, meta=meta)
+
+
+def _read_lines(path: Path) -> list[bytes]:
+    """The lines of the file as bytes (a UTF-8 byte-order mark dropped, the final newline too)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"load_tsv: no such file: '{path}'") from None
+    except OSError as e:
+        raise OSError(f"load_tsv: cannot read '{path}': {e.strerror or e}") from None
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    if not data.strip():
+        raise ValueError(f"load_tsv: '{path}' is empty")
+    raw_lines = data.split(b"\n")
+    if raw_lines and raw_lines[-1] == b"":
+        raw_lines.pop()  # the final newline ends the last line
+    return raw_lines
+
+
+def _parse_pairs(
+    path: Path,
+    raw_lines: list[bytes],
+    norm: dict[str, bool],
+    *,
+    max_len: int | None,
+    reverse: bool,
+    dedupe: bool,
+) -> tuple[list[tuple[str, str]], dict[str, int], list[int]]:
+    """The normalized pairs kept, the counts of lines skipped (``blank``, ``malformed``,
+    ``too_long``, ``duplicates``) and the first malformed line numbers."""
+    pairs: list[tuple[str, str]] = []
+    seen: set[tuple[str, str]] = set()
+    malformed: list[int] = []
+    counts = dict.fromkeys(("blank", "malformed", "too_long", "duplicates"), 0)
+    for lineno, raw in enumerate(raw_lines, start=1):
+        try:
+            line = raw.decode("utf-8").rstrip("\r")
+        except UnicodeDecodeError as e:
+            raise ValueError(
+                f"load_tsv: '{path}' line {lineno} is not valid UTF-8 "
+                f"(byte 0x{raw[e.start]:02x} at column {e.start + 1})"
+            ) from None
+        if not line.strip():
+            counts["blank"] += 1
+            continue
+        cols = line.split("\t")
+        src, tgt = (cols[0], cols[1]) if len(cols) >= 2 else ("", "")
+        if reverse:
+            src, tgt = tgt, src
+        src, tgt = normalize_text(src, **norm).strip(), normalize_text(tgt, **norm).strip()
+        if not src or not tgt:
+            counts["malformed"] += 1
+            if len(malformed) < _KEPT:
+                malformed.append(lineno)
+        elif max_len is not None and (len(src.split()) > max_len or len(tgt.split()) > max_len):
+            counts["too_long"] += 1
+        elif dedupe and (src, tgt) in seen:
+            counts["duplicates"] += 1
+        else:
+            if dedupe:
+                seen.add((src, tgt))
+            pairs.append((src, tgt))
+    return pairs, counts, malformed
+
+
+def _split_by_source(
+    pairs: list[tuple[str, str]], seed: int, valid_frac: float, test_frac: float, long_quantile: float
+) -> tuple[dict[str, list[Example]], int | None]:
+    """train/valid/test/test_long split by source sentence (groups in order of first
+    appearance, then a seeded shuffle; file order inside a split), and the long threshold."""
+    groups: dict[str, list[int]] = {}
+    for i, (src, _) in enumerate(pairs):
+        groups.setdefault(src, []).append(i)
+    order = list(groups)
+    SeededRandom(seed, "tsv-split").shuffle(order)
+    _, n_valid, n_test = split_counts(len(order), valid_frac, test_frac)
+    parts = {
+        "train": order[n_test + n_valid :],
+        "valid": order[n_test : n_test + n_valid],
+        "test": order[:n_test],
+    }
+    splits: dict[str, list[Example]] = {}
+    for split, sources in parts.items():
+        idx = sorted(i for s in sources for i in groups[s])
+        splits[split] = [Example(pairs[i][0], pairs[i][1], None) for i in idx]
+    threshold = None
+    splits["test_long"] = []
+    if splits["test"]:
+        threshold = long_threshold([len(e.source.split()) for e in splits["test"]], long_quantile)
+        splits["test_long"] = [e for e in splits["test"] if len(e.source.split()) >= threshold]
+    return splits, threshold

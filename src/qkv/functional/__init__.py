@@ -1,7 +1,14 @@
-"""Pure attention math: scores, normalizers, the ``attention`` entry point, kernel regression."""
+"""Pure attention math: scores, normalizers, local attention, dynamic convolutions, routing.
 
-# scores and normalize first: the backends import them while this package initializes.
-from . import normalize, scores
+Nothing here chooses a backend: the entry point :func:`qkv.attention` and the compositions that
+call it (adaptive span, Nadaraya-Watson) live in :mod:`qkv.api`, above :mod:`qkv.backends`.
+Their old names here still work, with a ``DeprecationWarning``.
+"""
+
+from .._moved import moved_attribute
+from . import adaptive_span, kernel_regression, local, normalize, routing, scores
+from .dynamic_conv import light_conv
+from .local import local_attention, local_centers
 from .normalize import (
     entmax15,
     entmax_bisect,
@@ -12,24 +19,26 @@ from .normalize import (
     sparsemax,
     topk_softmax,
 )
+from .routing import dynamic_routing, margin_loss, squash
 from .scores import additive, cosine, dot, gaussian, general, scaled_dot
 
-from .attention import attention, dispatch_report  # isort: skip
-from . import kernel_regression  # isort: skip
-from .kernel_regression import nadaraya_watson  # isort: skip
-from . import adaptive_span, local, routing  # isort: skip
-from .adaptive_span import adaptive_span_attention, span_penalty  # isort: skip
-from .dynamic_conv import light_conv  # isort: skip
-from .local import local_attention, local_centers  # isort: skip
-from .routing import dynamic_routing, margin_loss, squash  # isort: skip
+_MOVED = {
+    "attention": "qkv.api.attention",
+    "dispatch_report": "qkv.api.attention",
+    "nadaraya_watson": "qkv.api.kernel_regression",
+    "adaptive_span_attention": "qkv.api.adaptive_span",
+    "span_penalty": "qkv.api.adaptive_span",
+}
+
+
+def __getattr__(name: str):
+    return moved_attribute(__name__, name, _MOVED)
+
 
 __all__ = [
     "adaptive_span",
-    "adaptive_span_attention",
     "additive",
-    "attention",
     "cosine",
-    "dispatch_report",
     "dot",
     "dynamic_routing",
     "entmax15",
@@ -45,13 +54,11 @@ __all__ = [
     "local_centers",
     "margin_loss",
     "masked_softmax",
-    "nadaraya_watson",
     "normalize",
     "routing",
     "sample_hard",
     "scaled_dot",
     "scores",
-    "span_penalty",
     "sparsemax",
     "squash",
     "topk_softmax",

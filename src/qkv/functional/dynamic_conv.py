@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._checks import check_bool_mask
 from .._types import AttentionOutput
-from ..masks.core import check_bool_mask
 
 __all__ = ["banded_weights", "conv_padding", "dynamic_conv", "light_conv"]
 

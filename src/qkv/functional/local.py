@@ -104,12 +104,10 @@ def local_attention(
     if callable(score) and not isinstance(score, str):
         logits = score(query, key)
     else:
-        if score not in _scores.SCORES:
-            raise ValueError(f"score: unknown score {score!r}; valid names: {', '.join(_scores.SCORES)}")
-        fn = _scores.SCORES[score][0]
-        logits = fn(query, key, **(score_kwargs or {}))  # (B, Tq, Tk)
-        if score == "scaled_dot":
-            logits = logits * _scores.default_scale(score, query.shape[-1])
+        resolved = _scores.resolve_score(score, score_kwargs)
+        logits = resolved.fn(query, key)  # (B, Tq, Tk)
+        if resolved.default_scale(query.shape[-1]) != 1.0:
+            logits = logits * resolved.default_scale(query.shape[-1])
 
     positions = torch.arange(kv_len, device=query.device, dtype=center.dtype)  # (Tk,)
     dist = positions.view(1, 1, kv_len) - center.unsqueeze(-1)  # (B, Tq, Tk)

@@ -39,6 +39,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._checks import broadcasts_to
+
 __all__ = [
     "NORMALIZERS",
     "entmax15",
@@ -105,11 +107,7 @@ def _check_logits(logits: Any, mask: Any, dim: Any) -> int:
         if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
             got = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
             raise TypeError(f"mask: expected a bool tensor (True = keep), got {got}")
-        try:
-            fits = torch.broadcast_shapes(mask.shape, logits.shape) == logits.shape
-        except RuntimeError:
-            fits = False
-        if not fits:
+        if not broadcasts_to(mask.shape, logits.shape):
             raise ValueError(
                 f"mask: shape {tuple(mask.shape)} is not broadcastable to the logits' shape {tuple(logits.shape)}"
             )

@@ -20,20 +20,32 @@ Higher means "attend more". ``qkv.attention`` multiplies the logits by ``scale``
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 __all__ = [
     "SCORES",
+    "SPECS",
+    "Score",
+    "ScoreFn",
+    "ScoreLike",
+    "ScoreSpec",
     "additive",
     "cosine",
     "default_scale",
     "dot",
     "gaussian",
     "general",
+    "resolve_score",
     "scaled_dot",
 ]
+
+ScoreFn = Callable[[Tensor, Tensor], Tensor]
+ScoreLike = str | ScoreFn
 
 
 def dot(query: Tensor, key: Tensor) -> Tensor:
@@ -102,12 +114,130 @@ def default_scale(score: str, head_dim: int) -> float:
     return 1.0 / math.sqrt(head_dim) if score == "scaled_dot" else 1.0
 
 
+@dataclass(frozen=True)
+class ScoreSpec:
+    """What a named score is: its function, parameters and the properties backends read.
+
+    Attributes:
+        name: the name ``qkv.attention(score=...)`` takes.
+        fn: ``(query, key, **params) -> logits``.
+        required, optional: names of its parameters (``score_kwargs``).
+        dot_like: the logits are ``q . k`` (times the scale): fused dot-product kernels
+            (SDPA, the block-sparse kernel) run it.
+        same_dim: query and key must have the same feature dim ``D``.
+        scaled: the default scale is ``1/sqrt(D)`` (else 1).
+        width: the size of the per-logit intermediate the score builds (1, or the hidden size
+            of additive, or ``D`` of the difference-based scores): how much memory a block of
+            logits costs to score.
+    """
+
+    name: str
+    fn: Callable[..., Tensor]
+    required: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ()
+    dot_like: bool = False
+    same_dim: bool = False
+    scaled: bool = False
+    width: Callable[[dict[str, Any], int], int] = field(default=lambda params, d: 1, repr=False)
+
+
+SPECS: dict[str, ScoreSpec] = {
+    spec.name: spec
+    for spec in (
+        ScoreSpec("dot", dot, dot_like=True, same_dim=True),
+        # the 1/sqrt(D) of scaled_dot is applied as its default ``scale``
+        ScoreSpec("scaled_dot", dot, dot_like=True, same_dim=True, scaled=True),
+        ScoreSpec("general", general, required=("weight",)),
+        ScoreSpec(
+            "additive", additive, required=("w_query", "w_key", "v"),
+            width=lambda params, d: int(params["w_query"].shape[0]),
+        ),
+        ScoreSpec("gaussian", gaussian, optional=("sigma",), same_dim=True, width=lambda params, d: d),
+        ScoreSpec("cosine", cosine, optional=("temperature", "eps"), same_dim=True),
+    )
+}  # fmt: skip
+
 # name -> (function, names of required parameters, names of optional parameters)
 SCORES: dict[str, tuple[object, tuple[str, ...], tuple[str, ...]]] = {
-    "dot": (dot, (), ()),
-    "scaled_dot": (dot, (), ()),  # the 1/sqrt(D) is applied as the default ``scale``
-    "general": (general, ("weight",), ()),
-    "additive": (additive, ("w_query", "w_key", "v"), ()),
-    "gaussian": (gaussian, (), ("sigma",)),
-    "cosine": (cosine, (), ("temperature", "eps")),
+    name: (spec.fn, spec.required, spec.optional) for name, spec in SPECS.items()
 }
+
+
+@dataclass(frozen=True)
+class Score:
+    """A score resolved once, at the public entry: the record every backend reads.
+
+    Attributes:
+        spec: the named score's :class:`ScoreSpec`, or None for a callable.
+        fn: ``(q, k) -> logits (..., Tq, Tk)`` with the parameters bound (before ``scale``).
+        params: the bound parameters (``score_kwargs``).
+    """
+
+    spec: ScoreSpec | None
+    fn: ScoreFn
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """The score's name, ``"custom"`` for a callable."""
+        return "custom" if self.spec is None else self.spec.name
+
+    @property
+    def dot_like(self) -> bool:
+        return self.spec is not None and self.spec.dot_like
+
+    @property
+    def same_dim(self) -> bool:
+        return self.spec is not None and self.spec.same_dim
+
+    @property
+    def is_module(self) -> bool:
+        """A callable that is an ``nn.Module`` (its parameters are reachable for gradients)."""
+        return isinstance(self.fn, nn.Module)
+
+    def default_scale(self, head_dim: int) -> float:
+        return 1.0 / math.sqrt(head_dim) if self.spec is not None and self.spec.scaled else 1.0
+
+    def width(self, head_dim: int) -> int:
+        """Size of the per-logit intermediate (a callable module counts as ``D``)."""
+        if self.spec is None:
+            return head_dim if self.is_module else 1
+        return self.spec.width(self.params, head_dim)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def resolve_score(score: ScoreLike, score_kwargs: dict[str, Any] | None = None) -> Score:
+    """A name (with ``score_kwargs``) or a callable ``(q, k) -> logits`` -> a :class:`Score`.
+
+    Raises:
+        ValueError: an unknown name (the valid ones are listed), missing or unknown
+            parameters, ``score_kwargs`` with a callable.
+    """
+    kwargs = dict(score_kwargs or {})
+    if callable(score) and not isinstance(score, str):
+        if kwargs:
+            raise ValueError("score_kwargs: only valid with a named score; bind them into your callable")
+        return Score(None, score)
+    if not isinstance(score, str) or score not in SPECS:
+        valid = ", ".join(SPECS)
+        raise ValueError(
+            f"score: unknown score {score!r}; valid names: {valid}, or a callable (q, k) -> logits"
+        )
+    spec = SPECS[score]
+    missing = [p for p in spec.required if p not in kwargs]
+    if missing:
+        raise ValueError(
+            f"score {score!r} needs parameters {missing} in score_kwargs "
+            f"(or use the module qkv.{'GeneralScore' if score == 'general' else 'AdditiveScore'})"
+        )
+    unknown = [p for p in kwargs if p not in spec.required + spec.optional]
+    if unknown:
+        raise ValueError(
+            f"score_kwargs: {unknown} are not parameters of score {score!r} "
+            f"(expected {list(spec.required + spec.optional) or 'none'})"
+        )
+    fn = spec.fn
+    bound = (lambda q, k: fn(q, k, **kwargs)) if kwargs else fn
+    return Score(spec, bound, kwargs)

@@ -10,6 +10,10 @@ or an ``OutputRecorder(class, index, layer_name)``); with eager attention those 
    (``(B, H, Tq, Tk)``) and changes nothing,
 3. on exit removes the hooks and restores each config's previous implementation.
 
+The eager switch is the model's own setting, scoped to the ``with`` block: while it lasts, any
+call of that model runs eager attention (from any thread); captures of the same model that
+overlap share it, and the last one to exit restores the implementation. Nothing else changes.
+
 The outputs are therefore bitwise those of the eager model; against the model's own
 implementation (``sdpa`` by default) they agree within floating-point tolerance. In training
 mode the weights are the ones after attention dropout, as ``transformers`` returns them.
@@ -17,14 +21,26 @@ mode the weights are the ones after attention dropout, as ``transformers`` retur
 
 from __future__ import annotations
 
+import sys
+import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
 from torch import nn
 
-from ..capture import CapturedAttention, attention_kind, select_heads
+# The recorded structure only: qkv.capture imports this module (for transformers models), never
+# the other way round.
+from .._captured import CapturedAttention, attention_kind, select_heads
 
-__all__ = ["attention_modules", "capture_hf"]
+__all__ = ["attention_modules", "capture_hf", "is_transformers_model"]
+
+
+def is_transformers_model(model: nn.Module) -> bool:
+    """Whether ``model`` is a ``transformers.PreTrainedModel`` (False when ``transformers`` was
+    never imported: then no such model exists)."""
+    transformers = sys.modules.get("transformers")
+    base = getattr(transformers, "PreTrainedModel", None) if transformers is not None else None
+    return base is not None and isinstance(model, base)
 
 
 def _specs(model: nn.Module) -> list[tuple[str, type | None, str | None, int, str | None]]:
@@ -100,9 +116,12 @@ def _implementation(cfg) -> str | None:
     return getattr(cfg, "_attn_implementation", None)
 
 
-@contextmanager
-def _eager(model: nn.Module) -> Iterator[None]:
-    """Eager attention for every config of ``model`` for the duration; then the old ones."""
+def _switch_to_eager(model: nn.Module) -> list[tuple[object, str, object]]:
+    """Switch every config of ``model`` to eager attention; return what to restore.
+
+    Raises:
+        RuntimeError: some config stays on another implementation (nothing is left switched).
+    """
     configs = _configs(model)
     internal = "_attn_implementation_internal"
     saved = [
@@ -111,11 +130,6 @@ def _eager(model: nn.Module) -> Iterator[None]:
         else (cfg, "_attn_implementation", _implementation(cfg))
         for cfg in configs
     ]
-
-    def restore() -> None:
-        for cfg, attr, value in saved:
-            setattr(cfg, attr, value)
-
     try:
         if any(_implementation(cfg) != "eager" for cfg in configs):
             if hasattr(model, "set_attn_implementation"):
@@ -129,9 +143,43 @@ def _eager(model: nn.Module) -> Iterator[None]:
                 f"capture: could not switch {type(model).__name__} to eager attention (still {', '.join(stuck)}); "
                 "load it with attn_implementation='eager' or call it with output_attentions=True"
             )
+    except BaseException:
+        _restore(saved)
+        raise
+    return saved
+
+
+def _restore(saved: list[tuple[object, str, object]]) -> None:
+    for cfg, attr, value in saved:
+        setattr(cfg, attr, value)
+
+
+# Captures running per model: id(model) -> [how many, what to restore]. The eager switch is the
+# model's own setting (its configs), never a process-wide one: the first capture of a model
+# makes it and the last one to exit undoes it, so captures that overlap, also from several
+# threads, never leave a model switched.
+_EAGER_LOCK = threading.Lock()
+_EAGER_USERS: dict[int, list] = {}
+
+
+@contextmanager
+def _eager(model: nn.Module) -> Iterator[None]:
+    """Eager attention for every config of ``model`` while any capture of it runs; then the old
+    implementations."""
+    key = id(model)  # the model outlives the block: its captures hold it
+    with _EAGER_LOCK:
+        users = _EAGER_USERS.get(key)
+        if users is None:
+            users = _EAGER_USERS[key] = [0, _switch_to_eager(model)]
+        users[0] += 1
+    try:
         yield
     finally:
-        restore()
+        with _EAGER_LOCK:
+            users[0] -= 1
+            if users[0] == 0:
+                del _EAGER_USERS[key]
+                _restore(users[1])
 
 
 @contextmanager

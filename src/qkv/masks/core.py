@@ -27,7 +27,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .._checks import PADDING_MEANING, check_bool_mask
+
 __all__ = [
+    "PADDING_MEANING",
     "BlockLayout",
     "Mask",
     "MaskLike",
@@ -459,25 +462,6 @@ def causal(alignment: str | None = None) -> Mask:
 def full() -> Mask:
     """Every query may attend every key (the identity of ``&``)."""
     return _Full()
-
-
-# The convention of torch's ``key_padding_mask``, named in every message about it.
-PADDING_MEANING = "True = padding, never attended"
-
-
-def check_bool_mask(mask: Tensor, name: str = "mask", meaning: str = "True = may attend") -> Tensor:
-    """Raise a clear error unless ``mask`` is a bool tensor; the message states the argument's
-    own convention ``meaning`` (``"True = padding"`` for a ``key_padding_mask``...)."""
-    if not isinstance(mask, Tensor):
-        raise TypeError(f"{name}: expected a bool tensor or a qkv.masks.Mask, got {type(mask).__name__}")
-    if mask.dtype != torch.bool:
-        hint = (
-            " (float masks are additive biases: pass them as bias=)"
-            if mask.is_floating_point()
-            else f" (convert with {name}.bool(); {meaning})"
-        )
-        raise TypeError(f"{name}: expected dtype torch.bool ({meaning}), got {mask.dtype}{hint}")
-    return mask
 
 
 def check_ambiguous_layout(name: str, t: Tensor, logits_dims: int) -> Tensor:

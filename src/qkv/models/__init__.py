@@ -1,5 +1,6 @@
 """Models built on qkv's attention, one readable file each."""
 
 from .bert import BertConfig, BertModel, BertOutput, mean_pool
+from .builders import MODEL_KINDS, build_model, config_keys
 
-__all__ = ["BertConfig", "BertModel", "BertOutput", "mean_pool"]
+__all__ = ["MODEL_KINDS", "BertConfig", "BertModel", "BertOutput", "build_model", "config_keys", "mean_pool"]

@@ -254,10 +254,8 @@ class BertModel(nn.Module):
                 (positions, token types and the LayerNorm still apply). For attribution
                 methods such as integrated gradients.
             need_weights: also return every layer's attention weights (``attentions``).
-                The hidden states agree with those without weights within floating-point
-                tolerance (``auto`` runs the reference backend when weights are asked on a
-                small problem); :func:`qkv.capture` records the weights with bitwise-equal
-                hidden states.
+                Asking for weights never changes the kernel, so the hidden states are
+                bitwise those without weights; :func:`qkv.capture` records the weights too.
 
         Returns:
             :class:`BertOutput`.

@@ -30,7 +30,7 @@ Shapes (B batch, S source length, T target length, V vocabulary, H hidden size):
     src (B, S) long, src_lengths (B,), tgt_in (B, T) = <sos> y_1 .. y_{T-1}
     -> logits (B, T, V); with need_weights the cross attention (B, 1, T, S) in AttentionMaps
 
-Decoding (greedy and beam search in :mod:`qkv.train.decode`) uses the step interface shared
+Decoding (greedy and beam search in :mod:`qkv.translation.decode`) uses the step interface shared
 with :mod:`qkv.models.transformer`: ``encode`` -> ``init_state`` -> ``step`` repeatedly; every
 tensor of the memory and the state has the batch first, so a beam reorders it with
 ``index_select(0, ...)``.

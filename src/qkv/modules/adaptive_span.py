@@ -16,11 +16,10 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .._checks import check_dim, check_dropout
 from .._types import AttentionOutput
-from ..functional.adaptive_span import _check_ramp, adaptive_span_attention, span_penalty, span_window
+from ..api.adaptive_span import adaptive_span_attention, check_ramp, span_penalty, span_window
 from ..masks.core import PADDING_MEANING, check_bool_mask
-from .multihead import _check_dropout
-from .scores import _check_dim
 
 __all__ = ["AdaptiveSpanAttention"]
 
@@ -28,7 +27,7 @@ __all__ = ["AdaptiveSpanAttention"]
 class AdaptiveSpanAttention(nn.Module):
     """Self-attention where head ``h`` weights a key at distance ``x`` by the soft mask
     ``m_z(x) = clamp((R + z_h - x) / R, 0, 1)`` and renormalizes (the paper's equation; see
-    :func:`qkv.functional.adaptive_span.adaptive_span_attention`).
+    :func:`qkv.api.adaptive_span.adaptive_span_attention`).
 
     The span is stored as a fraction, ``z_h = max_span * clamp(span_fraction_h, 0, 1)``, as in
     the paper's code. Add :meth:`span_penalty` to the loss so that spans shrink unless they
@@ -75,8 +74,8 @@ class AdaptiveSpanAttention(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        self.embed_dim = _check_dim("embed_dim", embed_dim)
-        self.num_heads = _check_dim("num_heads", num_heads)
+        self.embed_dim = check_dim("embed_dim", embed_dim)
+        self.num_heads = check_dim("num_heads", num_heads)
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim: expected a multiple of num_heads={num_heads}, got {embed_dim}")
         self.head_dim = embed_dim // num_heads
@@ -85,7 +84,7 @@ class AdaptiveSpanAttention(nn.Module):
         if not math.isfinite(max_span):
             raise ValueError(f"max_span: expected a finite number, got {max_span!r}")
         self.max_span = float(max_span)
-        self.ramp = _check_ramp(ramp)
+        self.ramp = check_ramp(ramp)
         if (
             isinstance(init_span, bool)
             or not isinstance(init_span, (int, float))
@@ -93,8 +92,8 @@ class AdaptiveSpanAttention(nn.Module):
         ):
             raise ValueError(f"init_span: expected a number in [0, max_span={max_span}], got {init_span!r}")
         self.causal = bool(causal)
-        self.dropout = _check_dropout(dropout)
-        self.block_size = _check_dim("block_size", block_size)
+        self.dropout = check_dropout(dropout)
+        self.block_size = check_dim("block_size", block_size)
         if not isinstance(backend, str):
             raise TypeError(f"backend: expected a name (str), got {type(backend).__name__}")
         self.backend = backend

@@ -16,12 +16,12 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from .._checks import check_dropout
 from .._types import AttentionOutput
-from ..functional.attention import attention
+from ..api import attention
 from ..functional.normalize import NormalizerFn, resolve_normalizer
 from ..masks.core import MaskLike
 from ._lengths import lengths_mask
-from .multihead import _check_dropout
 from .scores import AdditiveScore
 
 __all__ = ["AdditiveAttention"]
@@ -67,7 +67,7 @@ class AdditiveAttention(nn.Module):
     ) -> None:
         super().__init__()
         self.score = AdditiveScore(query_dim=query_dim, key_dim=key_dim, hidden_dim=hidden_dim)
-        self.dropout = _check_dropout(dropout)
+        self.dropout = check_dropout(dropout)
         self.normalize, self.normalize_kwargs = _check_normalize(normalize, normalize_kwargs)
 
     def forward(

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .._checks import check_dropout
 from .._types import AttentionOutput
-from ..functional.attention import attention
+from ..api import attention
 from ..masks.core import MaskLike
 from ._lengths import lengths_mask
 from .additive import _check_d2l_inputs
-from .multihead import _check_dropout
 
 __all__ = ["DotProductAttention"]
 
@@ -42,7 +42,7 @@ class DotProductAttention(nn.Module):
 
     def __init__(self, *, dropout: float = 0.0, scaled: bool = True, backend: str = "auto") -> None:
         super().__init__()
-        self.dropout = _check_dropout(dropout)
+        self.dropout = check_dropout(dropout)
         self.scaled = bool(scaled)
         self.backend = backend
 
@@ -55,6 +55,7 @@ class DotProductAttention(nn.Module):
         *,
         mask: MaskLike | None = None,
         need_weights: bool = False,
+        backend: str | None = None,
     ) -> AttentionOutput:
         """Args:
             queries ``(B, Tq, D)``, keys ``(B, Tk, D)``, values ``(B, Tk, Dv)``.
@@ -62,6 +63,7 @@ class DotProductAttention(nn.Module):
                 ``j < valid_len``.
             mask: an extra bool mask (True = may attend) ANDed with ``valid_lens``.
             need_weights: also return the weights ``(B, Tq, Tk)``.
+            backend: this call's backend instead of the module's (None: the module's).
 
         Returns:
             :class:`qkv.AttentionOutput` with ``out (B, Tq, Dv)``.
@@ -84,7 +86,7 @@ class DotProductAttention(nn.Module):
             mask=attn_mask,
             dropout_p=self.dropout,
             training=self.training,
-            backend=self.backend,
+            backend=self.backend if backend is None else backend,
             need_weights=need_weights,
         )
 

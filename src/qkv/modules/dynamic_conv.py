@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._checks import check_dim
 from .._types import AttentionOutput
 from ..functional.dynamic_conv import conv_padding, dynamic_conv, light_conv
 from ..masks.core import PADDING_MEANING, check_bool_mask
-from .scores import _check_dim
 
 __all__ = ["DynamicConv", "LightConv"]
 
@@ -40,8 +40,8 @@ class _ConvBlock(nn.Module):
         bias: bool,
     ) -> None:
         super().__init__()
-        self.embed_dim = _check_dim("embed_dim", embed_dim)
-        self.num_heads = _check_dim("num_heads", num_heads)
+        self.embed_dim = check_dim("embed_dim", embed_dim)
+        self.num_heads = check_dim("num_heads", num_heads)
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim: expected a multiple of num_heads={num_heads}, got {embed_dim}")
         conv_padding(kernel_size, causal)  # validates kernel_size

@@ -26,11 +26,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..functional.attention import attention
+from .._checks import check_dim, check_positive
+from ..api import attention
 from ..functional.normalize import sample_hard
 from ..masks.core import MaskLike
 from .additive import _step_inputs
-from .scores import _check_dim, _check_positive, score_module
+from .scores import score_module
 
 __all__ = ["HardAttention", "HardAttentionOutput", "ReinforceBaseline", "reinforce_loss"]
 
@@ -127,19 +128,19 @@ class HardAttention(nn.Module):
             raise ValueError(f"score: expected one of {', '.join(_SCORES)}, got {score!r}")
         self.mode = mode
         self.score_name = score
-        self.query_dim = _check_dim("query_dim", query_dim)
-        self.key_dim = query_dim if key_dim is None else _check_dim("key_dim", key_dim)
+        self.query_dim = check_dim("query_dim", query_dim)
+        self.key_dim = query_dim if key_dim is None else check_dim("key_dim", key_dim)
         if (k is not None) != (mode == "topk"):
             raise ValueError(f"k: required by mode='topk' and only used there, got k={k!r} with {mode!r}")
-        self.k = None if k is None else _check_dim("k", k)
+        self.k = None if k is None else check_dim("k", k)
         if tau is not None and mode != "gumbel":
             raise ValueError(f"tau: only used by mode='gumbel', got tau={tau!r} with {mode!r}")
-        self.tau = 1.0 if tau is None else _check_positive("tau", tau)
+        self.tau = 1.0 if tau is None else check_positive("tau", tau)
         if hidden_dim is not None and score != "additive":
             raise ValueError(
                 f"hidden_dim: only used by score='additive', got hidden_dim={hidden_dim!r} with {score!r}"
             )
-        hidden = query_dim if hidden_dim is None else _check_dim("hidden_dim", hidden_dim)
+        hidden = query_dim if hidden_dim is None else check_dim("hidden_dim", hidden_dim)
         self.score: str | nn.Module = score_module(
             score, query_dim=self.query_dim, key_dim=self.key_dim, hidden_dim=hidden
         )

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from .._types import AttentionOutput
-from ..functional.kernel_regression import KERNELS, _check_bandwidth, nadaraya_watson
+from ..api.kernel_regression import KERNELS, check_bandwidth, nadaraya_watson
 from .scores import _as_float
 
 __all__ = ["NadarayaWatson"]
@@ -27,7 +27,7 @@ __all__ = ["NadarayaWatson"]
 class NadarayaWatson(nn.Module):
     """Nadaraya-Watson regression ``f(x) = sum_i softmax_i(log K(||x - x_i|| / h)) y_i``
     (Nadaraya 1964, Watson 1964; d2l.ai section 11.2), computed by
-    :func:`qkv.functional.kernel_regression.nadaraya_watson`.
+    :func:`qkv.api.kernel_regression.nadaraya_watson`.
 
     With ``learnable=True`` the bandwidth ``h`` is a parameter (stored as ``log_bandwidth``
     so it stays positive) that :meth:`fit` trains by leave-one-out mean squared error: each
@@ -52,7 +52,7 @@ class NadarayaWatson(nn.Module):
             raise ValueError(f"kernel: expected one of {', '.join(KERNELS)}, got {kernel!r}")
         if isinstance(bandwidth, Tensor):
             raise TypeError("bandwidth: expected a number (the initial value), got a Tensor")
-        bandwidth = _check_bandwidth(bandwidth)
+        bandwidth = check_bandwidth(bandwidth)
         if learnable and kernel == "boxcar":
             raise ValueError(
                 "learnable: the boxcar kernel's prediction has zero gradient w.r.t. the bandwidth; "

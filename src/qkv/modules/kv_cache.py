@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .scores import _check_dim
+from .._checks import check_dim
 
 __all__ = ["CacheStep", "KVCache", "SlidingWindowKVCache", "StaticKVCache"]
 
@@ -133,7 +133,7 @@ class KVCache:
     window: int | None = None
 
     def __init__(self, *, max_len: int | None = None) -> None:
-        self.max_len = None if max_len is None else _check_dim("max_len", max_len)
+        self.max_len = None if max_len is None else check_dim("max_len", max_len)
         self.reset()
 
     def reset(self) -> None:
@@ -270,7 +270,7 @@ class SlidingWindowKVCache(KVCache):
     """
 
     def __init__(self, window: int) -> None:
-        self.window = _check_dim("window", window)
+        self.window = check_dim("window", window)
         super().__init__(max_len=None)
 
     def __repr__(self) -> str:

@@ -17,12 +17,13 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from .._checks import check_dim
 from .._types import AttentionOutput
-from ..functional.attention import attention
+from ..api import attention
 from ..functional.normalize import NormalizerFn
 from ..masks.core import MaskLike
 from .additive import _check_normalize, _normalize_args, _normalize_repr, _step_inputs
-from .scores import _check_dim, score_module
+from .scores import score_module
 
 __all__ = ["LuongAttention"]
 
@@ -75,14 +76,14 @@ class LuongAttention(nn.Module):
         if score not in _LUONG_SCORES:
             raise ValueError(f"score: expected one of {', '.join(_LUONG_SCORES)}, got {score!r}")
         self.score_name = score
-        self.query_dim = _check_dim("query_dim", query_dim)
-        self.key_dim = query_dim if key_dim is None else _check_dim("key_dim", key_dim)
+        self.query_dim = check_dim("query_dim", query_dim)
+        self.key_dim = query_dim if key_dim is None else check_dim("key_dim", key_dim)
         if hidden_dim is not None and score != "concat":
             raise ValueError(
                 f"hidden_dim: only used by score='concat', got hidden_dim={hidden_dim!r} with {score!r}"
             )
         if score == "concat":
-            self.hidden_dim = query_dim if hidden_dim is None else _check_dim("hidden_dim", hidden_dim)
+            self.hidden_dim = query_dim if hidden_dim is None else check_dim("hidden_dim", hidden_dim)
         self.score: str | nn.Module = score_module(
             "additive" if score == "concat" else score,
             query_dim=self.query_dim,

@@ -24,8 +24,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .._checks import broadcasts_to, check_dim, check_dropout
 from .._types import AttentionOutput
-from ..functional.attention import attention
+from ..api import attention
 from ..masks.core import (
     PADDING_MEANING,
     Mask,
@@ -38,15 +39,8 @@ from ..masks.core import (
 from ..masks.torch_masks import from_torch_attn_mask, from_torch_key_padding, is_causal_matrix
 from .kv_cache import CacheStep, KVCache, StaticKVCache
 from .positional import PositionalBias, RotaryEmbedding
-from .scores import _check_dim
 
 __all__ = ["MultiHeadAttention"]
-
-
-def _check_dropout(dropout: object) -> float:
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout: expected a number in [0, 1), got {dropout!r}")
-    return float(dropout)
 
 
 class MultiHeadAttention(nn.Module):
@@ -119,23 +113,23 @@ class MultiHeadAttention(nn.Module):
         if not isinstance(batch_first, bool):
             raise TypeError(f"batch_first: expected a bool, got {type(batch_first).__name__}")
         self.batch_first = batch_first
-        self.embed_dim = _check_dim("embed_dim", embed_dim)
-        self.num_heads = _check_dim("num_heads", num_heads)
+        self.embed_dim = check_dim("embed_dim", embed_dim)
+        self.num_heads = check_dim("num_heads", num_heads)
         if embed_dim % num_heads:
             raise ValueError(
                 f"embed_dim: expected a multiple of num_heads={num_heads}, got {embed_dim} "
                 f"(head dim would be {embed_dim / num_heads:.3g})"
             )
         self.head_dim = embed_dim // num_heads
-        self.num_kv_heads = num_heads if num_kv_heads is None else _check_dim("num_kv_heads", num_kv_heads)
+        self.num_kv_heads = num_heads if num_kv_heads is None else check_dim("num_kv_heads", num_kv_heads)
         if num_heads % self.num_kv_heads:
             raise ValueError(
                 f"num_kv_heads: expected a divisor of num_heads={num_heads} (each key/value head "
                 f"serves num_heads / num_kv_heads query heads), got {num_kv_heads}"
             )
-        self.kdim = embed_dim if kdim is None else _check_dim("kdim", kdim)
-        self.vdim = embed_dim if vdim is None else _check_dim("vdim", vdim)
-        self.dropout = _check_dropout(dropout)
+        self.kdim = embed_dim if kdim is None else check_dim("kdim", kdim)
+        self.vdim = embed_dim if vdim is None else check_dim("vdim", vdim)
+        self.dropout = check_dropout(dropout)
         if not isinstance(backend, str):
             raise TypeError(f"backend: expected a name (str), got {type(backend).__name__}")
         self.backend = backend
@@ -211,6 +205,7 @@ class MultiHeadAttention(nn.Module):
         average_weights: bool = False,
         bias: Tensor | PositionalBias | None = None,
         cache: KVCache | StaticKVCache | None = None,
+        backend: str | None = None,
     ) -> AttentionOutput | tuple[Tensor, Tensor | None]:
         """Attend from ``query`` to ``key``/``value``.
 
@@ -271,6 +266,9 @@ class MultiHeadAttention(nn.Module):
                   first call projects ``key``/``value`` (and ``key_padding_mask (B, Tk)``) into
                   it; later calls reuse them and may pass ``key=None``. No rotary, and ``bias``
                   must be a tensor.
+            backend: this call's backend instead of the module's (None: the module's); e.g.
+                :func:`qkv.capture` with ``detach=False`` runs its hooked calls with
+                ``"reference"``, whose weights are the tensor the output is computed from.
 
         Returns:
             qkv call: :class:`qkv.AttentionOutput` with ``out (B, Tq, E)``, ``weights`` (or
@@ -328,7 +326,7 @@ class MultiHeadAttention(nn.Module):
             )
             key_padding_mask = None  # folded into mask
         res = self._forward_batch_first(
-            query, key, value, mask, key_padding_mask, bool(need_weights), bias, cache, extra
+            query, key, value, mask, key_padding_mask, bool(need_weights), bias, cache, extra, backend
         )
         weights = res.weights
         if weights is not None and average:
@@ -429,7 +427,7 @@ class MultiHeadAttention(nn.Module):
     # ------------------------------------------------------------------------- forward, batch first
 
     def _forward_batch_first(
-        self, query, key, value, mask, key_padding_mask, need_weights, bias, cache, extra
+        self, query, key, value, mask, key_padding_mask, need_weights, bias, cache, extra, backend=None
     ):
         """The attention of ``(B, T, E)`` inputs with qkv's masks; ``extra`` is an additive
         bias from torch's float masks (or None). Weights are per head."""
@@ -473,7 +471,7 @@ class MultiHeadAttention(nn.Module):
             bias_t = extra if bias_t is None else bias_t + extra
         if bias_t is not None:
             bias_t = bias_t.to(q.dtype)
-        res = self._attend(q, k, v, attn_mask, bias_t, need_weights)
+        res = self._attend(q, k, v, attn_mask, bias_t, need_weights, backend)
         out = res.out.transpose(1, 2).reshape(bsz, q_len, self.embed_dim)  # (B, Tq, E)
         return AttentionOutput(out=self.out_proj(out), weights=res.weights, lse=res.lse, backend=res.backend)
 
@@ -558,11 +556,7 @@ class MultiHeadAttention(nn.Module):
             bias = bias.from_positions(*positions())[None]  # (1, H, Tq, Tk): per head
         if not bias.is_floating_point():
             raise TypeError(f"bias: expected a float tensor (additive; masks go to mask=), got {bias.dtype}")
-        try:
-            fits = bias.dim() <= 4 and torch.broadcast_shapes(bias.shape, target) == target
-        except RuntimeError:
-            fits = False
-        if not fits:
+        if not broadcasts_to(bias.shape, target, max_dims=4):
             raise ValueError(
                 f"bias: expected a shape broadcastable to (B, H, Tq, Tk) = {target}, got {tuple(bias.shape)}"
             )
@@ -576,12 +570,14 @@ class MultiHeadAttention(nn.Module):
         attn_mask: MaskLike | None,
         bias: Tensor | None,
         need_weights: bool,
+        backend: str | None = None,
     ) -> AttentionOutput:
         """``attention(q (B, H, Tq, Dh), k, v (B, Hkv, Tk, Dh))`` with key/value heads shared by
         groups of ``G`` query heads; results in the ``(B, H, ...)`` layout."""
         g = self.num_heads // self.num_kv_heads
         kwargs = dict(
-            score="scaled_dot", dropout_p=self.dropout, training=self.training, backend=self.backend,
+            score="scaled_dot", dropout_p=self.dropout, training=self.training,
+            backend=self.backend if backend is None else backend,
             need_weights=need_weights,
         )  # fmt: skip
         if g == 1:
@@ -643,11 +639,7 @@ class MultiHeadAttention(nn.Module):
         if mask is not None and not isinstance(mask, Mask):
             check_bool_mask(mask, "mask")
             target = (bsz, self.num_heads, q_len, kv_len)
-            try:
-                fits = mask.dim() <= 4 and torch.broadcast_shapes(mask.shape, target) == target
-            except RuntimeError:
-                fits = False
-            if not fits:
+            if not broadcasts_to(mask.shape, target, max_dims=4):
                 raise ValueError(
                     f"mask: expected a shape broadcastable to (B, H, Tq, Tk) = {target}, got {tuple(mask.shape)}"
                 )

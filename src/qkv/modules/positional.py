@@ -29,7 +29,7 @@ from typing import Literal, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from .scores import _check_dim
+from .._checks import check_dim, check_dropout
 
 __all__ = [
     "ALiBi",
@@ -57,12 +57,6 @@ def _check_base(base: object) -> float:
     if isinstance(base, bool) or not isinstance(base, (int, float)) or not math.isfinite(base) or base <= 1:
         raise ValueError(f"base: expected a finite number > 1, got {base!r}")
     return float(base)
-
-
-def _check_dropout(dropout: object) -> float:
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout: expected a number in [0, 1), got {dropout!r}")
-    return float(dropout)
 
 
 def _check_offset(offset: object) -> int:
@@ -108,7 +102,7 @@ def sinusoidal_table(
 
     Shapes: ``positions (...)`` -> ``(..., dim)``.
     """
-    _check_dim("dim", dim)
+    check_dim("dim", dim)
     base = _check_base(base)
     pos = positions.to(torch.float64).unsqueeze(-1)  # (..., 1)
     two_i = torch.arange(0, dim, 2, dtype=torch.float64, device=positions.device)  # (ceil(dim/2),)
@@ -144,10 +138,10 @@ class SinusoidalPositionalEncoding(nn.Module):
 
     def __init__(self, dim: int, *, max_len: int = 4096, base: float = 10000.0, dropout: float = 0.0):
         super().__init__()
-        self.dim = _check_dim("dim", dim)
-        self.max_len = _check_dim("max_len", max_len)
+        self.dim = check_dim("dim", dim)
+        self.max_len = check_dim("max_len", max_len)
         self.base = _check_base(base)
-        self.drop = nn.Dropout(_check_dropout(dropout))
+        self.drop = nn.Dropout(check_dropout(dropout))
         table = sinusoidal_table(torch.arange(max_len), dim, base=self.base, dtype=torch.float32)
         self.register_buffer("table", table, persistent=False)  # (max_len, E)
 
@@ -184,10 +178,10 @@ class LearnedPositionalEncoding(nn.Module):
 
     def __init__(self, dim: int, *, max_len: int = 1024, dropout: float = 0.0):
         super().__init__()
-        self.dim = _check_dim("dim", dim)
-        self.max_len = _check_dim("max_len", max_len)
+        self.dim = check_dim("dim", dim)
+        self.max_len = check_dim("max_len", max_len)
         self.embedding = nn.Embedding(max_len, dim)
-        self.drop = nn.Dropout(_check_dropout(dropout))
+        self.drop = nn.Dropout(check_dropout(dropout))
         nn.init.normal_(self.embedding.weight, std=0.02)
 
     def extra_repr(self) -> str:
@@ -278,7 +272,7 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, head_dim: int, *, base: float = 10000.0, interleaved: bool = False):
         super().__init__()
-        _check_dim("head_dim", head_dim)
+        check_dim("head_dim", head_dim)
         if head_dim % 2:
             raise ValueError(f"head_dim: expected an even int (features rotate in pairs), got {head_dim}")
         self.head_dim = head_dim
@@ -409,7 +403,7 @@ def alibi_slopes(num_heads: int, *, dtype: torch.dtype = torch.float32, device=N
     Raises:
         ValueError: ``num_heads`` not a positive int.
     """
-    _check_dim("num_heads", num_heads)
+    check_dim("num_heads", num_heads)
 
     def power_of_two(n: int) -> list[float]:
         return [2.0 ** (-8.0 * (h + 1) / n) for h in range(n)]
@@ -471,7 +465,7 @@ class ALiBi(nn.Module):
 
     def __init__(self, num_heads: int, *, causal: bool = True):
         super().__init__()
-        self.num_heads = _check_dim("num_heads", num_heads)
+        self.num_heads = check_dim("num_heads", num_heads)
         self.causal = bool(causal)
         self.register_buffer("slopes", alibi_slopes(num_heads), persistent=False)  # (H,)
 
@@ -563,7 +557,7 @@ class T5RelativeBias(nn.Module):
         self, num_heads: int, *, num_buckets: int = 32, max_distance: int = 128, bidirectional: bool = True
     ):
         super().__init__()
-        self.num_heads = _check_dim("num_heads", num_heads)
+        self.num_heads = check_dim("num_heads", num_heads)
         _check_buckets(num_buckets, max_distance, bidirectional)
         self.num_buckets, self.max_distance = num_buckets, max_distance
         self.bidirectional = bool(bidirectional)
@@ -646,7 +640,7 @@ def positional(
     def need(name: str, value):
         if value is None:
             raise ValueError(f"{name}: positional({kind!r}) needs {name}, got None")
-        return _check_dim(name, value)
+        return check_dim(name, value)
 
     if kind == "sinusoidal":
         return SinusoidalPositionalEncoding(need("dim", dim), max_len=max_len, base=base, dropout=dropout)

@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .._checks import check_dim
 from .._types import AttentionOutput
 from ..functional.routing import capsule_predictions, dynamic_routing
-from .scores import _check_dim
 
 __all__ = ["CapsuleRouting"]
 
@@ -44,11 +44,11 @@ class CapsuleRouting(nn.Module):
         self, *, in_capsules: int, in_dim: int, out_capsules: int, out_dim: int, iterations: int = 3
     ) -> None:
         super().__init__()
-        self.in_capsules = _check_dim("in_capsules", in_capsules)
-        self.in_dim = _check_dim("in_dim", in_dim)
-        self.out_capsules = _check_dim("out_capsules", out_capsules)
-        self.out_dim = _check_dim("out_dim", out_dim)
-        self.iterations = _check_dim("iterations", iterations)
+        self.in_capsules = check_dim("in_capsules", in_capsules)
+        self.in_dim = check_dim("in_dim", in_dim)
+        self.out_capsules = check_dim("out_capsules", out_capsules)
+        self.out_dim = check_dim("out_dim", out_dim)
+        self.iterations = check_dim("iterations", iterations)
         self.weight = nn.Parameter(torch.empty(in_capsules, out_capsules, out_dim, in_dim))
         nn.init.normal_(self.weight, std=in_dim**-0.5)
 

@@ -24,28 +24,12 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .._checks import check_dim, check_positive
 from ..functional import scores as _scores
 
+check_dim, check_positive = check_dim, check_positive  # the names this package uses
+
 __all__ = ["AdditiveScore", "CosineScore", "GaussianScore", "GeneralScore"]
-
-
-def _check_dim(name: str, value: object) -> int:
-    """A positive int (``bool`` excluded) or a ValueError naming the argument."""
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name}: expected a positive int, got {value!r}")
-    return value
-
-
-def _check_positive(name: str, value: object) -> float:
-    """A finite number > 0 or a ValueError naming the argument."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
-    return float(value)
 
 
 def _as_float(x: float | Tensor) -> float:
@@ -73,8 +57,8 @@ class GeneralScore(nn.Module):
 
     def __init__(self, *, query_dim: int, key_dim: int) -> None:
         super().__init__()
-        self.query_dim = _check_dim("query_dim", query_dim)
-        self.key_dim = _check_dim("key_dim", key_dim)
+        self.query_dim = check_dim("query_dim", query_dim)
+        self.key_dim = check_dim("key_dim", key_dim)
         self.weight = nn.Parameter(torch.empty(query_dim, key_dim))  # (Dq, Dk)
         self.reset_parameters()
 
@@ -112,9 +96,9 @@ class AdditiveScore(nn.Module):
 
     def __init__(self, *, query_dim: int, key_dim: int, hidden_dim: int) -> None:
         super().__init__()
-        self.query_dim = _check_dim("query_dim", query_dim)
-        self.key_dim = _check_dim("key_dim", key_dim)
-        self.hidden_dim = _check_dim("hidden_dim", hidden_dim)
+        self.query_dim = check_dim("query_dim", query_dim)
+        self.key_dim = check_dim("key_dim", key_dim)
+        self.hidden_dim = check_dim("hidden_dim", hidden_dim)
         self.w_query = nn.Linear(query_dim, hidden_dim, bias=False)
         self.w_key = nn.Linear(key_dim, hidden_dim, bias=False)
         self.v = nn.Parameter(torch.empty(hidden_dim))  # (A,)
@@ -151,7 +135,7 @@ class GaussianScore(nn.Module):
 
     def __init__(self, *, sigma: float = 1.0, learnable: bool = False) -> None:
         super().__init__()
-        sigma = _check_positive("sigma", sigma)
+        sigma = check_positive("sigma", sigma)
         self.learnable = bool(learnable)
         if self.learnable:
             self.log_sigma = nn.Parameter(torch.tensor(math.log(sigma)))
@@ -187,7 +171,7 @@ class CosineScore(nn.Module):
 
     def __init__(self, *, temperature: float = 1.0, learnable: bool = False) -> None:
         super().__init__()
-        temperature = _check_positive("temperature", temperature)
+        temperature = check_positive("temperature", temperature)
         self.learnable = bool(learnable)
         if self.learnable:
             self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)))

@@ -554,11 +554,9 @@ def _check_step(step: object) -> int:
 
 
 def _versions() -> dict[str, str]:
-    import qkv  # at call time the package is fully imported
-
     st = _safetensors_torch()
     return {
-        "qkv": qkv.__version__,
+        "qkv": _module_version("qkv"),  # the installed distribution's (importing qkv would be a cycle)
         "torch": torch.__version__,
         "safetensors": getattr(st, "__version__", None) or _module_version("safetensors"),
         "python": platform.python_version(),
@@ -614,6 +612,44 @@ def _prune(directory: Path, current: Path, keep: int | None) -> None:
         shutil.rmtree(trash, ignore_errors=True)
 
 
+def _encode(model, optimizer, scheduler, step, config, vocab, metrics, state):
+    """The tensors of ``model.safetensors`` and ``training.safetensors`` and the ``meta.json``
+    document of a checkpoint (TypeError, naming the place, for anything that cannot be stored)."""
+    model_sd = model.state_dict()
+    model_tensors, model_aliases = _prepare_tensors(model_sd, "model")
+    training: dict[str, Tensor] = {}
+    meta: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "step": step,
+        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config": _Encoder("config", None)(dict(config)),
+        "vocab": _Encoder("vocab", None)(vocab),
+        "metrics": _Encoder("metrics", None)(metrics),
+        "state": _Encoder("state", training)(state),
+        "optimizer": None,
+        "scheduler": None,
+    }
+    if optimizer is not None:
+        sd = optimizer.state_dict()
+        meta["optimizer"] = {
+            "class": type(optimizer).__qualname__,
+            "state": _Encoder("optimizer.state", training)(sd["state"]),
+            "param_groups": _Encoder("optimizer.param_groups", training)(sd["param_groups"]),
+        }
+    if scheduler is not None:
+        meta["scheduler"] = {
+            "class": type(scheduler).__qualname__,
+            "state": _Encoder("scheduler", training)(scheduler.state_dict()),
+        }
+    meta["rng"] = _rng_capture(training)
+    training_tensors, training_aliases = _prepare_tensors(training, "training")
+    meta["model_keys"] = list(model_sd)
+    meta["aliases"] = {MODEL_FILE: model_aliases, TRAINING_FILE: training_aliases}
+    meta["versions"] = _versions()
+    return model_tensors, training_tensors, meta
+
+
 def save_checkpoint(
     directory: str | os.PathLike,
     *,
@@ -665,40 +701,10 @@ def save_checkpoint(
             f"config: expected a dict, got {type(config).__name__} (for a dataclass, pass dataclasses.asdict(config))"
         )
     st = _safetensors_torch()
-
     # Everything is encoded before the disk is touched: a value that cannot be stored fails here.
-    model_sd = model.state_dict()
-    model_tensors, model_aliases = _prepare_tensors(model_sd, "model")
-    training: dict[str, Tensor] = {}
-    meta: dict[str, Any] = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "step": step,
-        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "config": _Encoder("config", None)(dict(config)),
-        "vocab": _Encoder("vocab", None)(vocab),
-        "metrics": _Encoder("metrics", None)(metrics),
-        "state": _Encoder("state", training)(state),
-        "optimizer": None,
-        "scheduler": None,
-    }
-    if optimizer is not None:
-        sd = optimizer.state_dict()
-        meta["optimizer"] = {
-            "class": type(optimizer).__qualname__,
-            "state": _Encoder("optimizer.state", training)(sd["state"]),
-            "param_groups": _Encoder("optimizer.param_groups", training)(sd["param_groups"]),
-        }
-    if scheduler is not None:
-        meta["scheduler"] = {
-            "class": type(scheduler).__qualname__,
-            "state": _Encoder("scheduler", training)(scheduler.state_dict()),
-        }
-    meta["rng"] = _rng_capture(training)
-    training_tensors, training_aliases = _prepare_tensors(training, "training")
-    meta["model_keys"] = list(model_sd)
-    meta["aliases"] = {MODEL_FILE: model_aliases, TRAINING_FILE: training_aliases}
-    meta["versions"] = _versions()
+    model_tensors, training_tensors, meta = _encode(
+        model, optimizer, scheduler, step, config, vocab, metrics, state
+    )
 
     directory = Path(directory)
     if not directory.is_dir():

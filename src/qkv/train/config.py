@@ -7,6 +7,10 @@ A run's configuration is a nested dict with three tables, ``data``, ``model`` an
 Values of overrides are read as TOML (``3``, ``1e-3``, ``true``, ``"text"``); anything that is
 not valid TOML is taken as a string, so ``--data.corpus=numbers-de`` works unquoted. Unknown
 keys are errors that list the valid keys, so a typo never trains the wrong model silently.
+
+The valid ``[model]`` keys are the fields of the model's config dataclass
+(:class:`~qkv.models.seq2seq.Seq2SeqConfig`, :class:`~qkv.models.transformer.TransformerConfig`,
+read through :func:`qkv.models.builders.config_keys`), so they never drift from the models.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import copy
 import tomllib
 from pathlib import Path
 from typing import Any
+
+from ..models.builders import KIND_NAMES, MODEL_KINDS, config_keys
 
 __all__ = ["DEFAULTS", "MODEL_PRESETS", "load_config", "merge", "parse_override", "resolve"]
 
@@ -26,16 +32,6 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "luong-local": {"kind": "seq2seq", "attention": "luong-local", "local_mode": "p", "window": 3},
     "transformer": {"kind": "transformer"},
 }
-
-_SEQ2SEQ_KEYS = {
-    "kind", "attention", "rnn", "embed_dim", "hidden_dim", "num_layers", "bidirectional",
-    "luong_score", "local_mode", "window", "dropout", "normalize", "gumbel_tau", "entropy_weight",
-    "baseline_decay",
-}  # fmt: skip
-_TRANSFORMER_KEYS = {
-    "kind", "d_model", "num_heads", "ff_dim", "encoder_layers", "decoder_layers", "dropout",
-    "share_embeddings", "max_len", "mixer", "kernel_size", "positional",
-}  # fmt: skip
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {
@@ -151,9 +147,9 @@ def _validate(cfg: dict) -> None:
                 f"config [{table}]: unknown keys {sorted(extra)}; valid: {', '.join(sorted(valid))}"
             )
     kind = cfg["model"].get("kind", "seq2seq")
-    valid = {"seq2seq": _SEQ2SEQ_KEYS, "transformer": _TRANSFORMER_KEYS}.get(kind)
-    if valid is None:
-        raise ValueError(f"config [model]: kind: expected 'seq2seq' or 'transformer', got {kind!r}")
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"config [model]: kind: expected {KIND_NAMES}, got {kind!r}")
+    valid = config_keys(kind)
     extra = set(cfg["model"]) - valid
     if extra:
         raise ValueError(

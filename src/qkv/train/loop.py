@@ -1,82 +1,95 @@
-"""The training loop of qkv's translation models: data -> model -> optimizer -> checkpoints.
+"""The model-agnostic training loop: optimizer steps, epochs, validation, checkpoints, exact resume.
 
-:func:`train` is what ``qkv train`` runs. It is resumable exactly: everything random (dropout,
-teacher-forcing coins) draws from torch's global generator, whose state is checkpointed; the
-batch order of an epoch is a pure function of ``(seed, epoch)``, so a resumed run skips the
-batches already done; the learning rate is a function of the step. On CPU a run interrupted
-after K/2 steps and resumed gives bitwise the same weights and losses as a run of K steps.
+A :class:`Trainer` trains any model a :class:`Task` describes (its batches, its loss, its
+validation); it knows nothing of translation. :func:`qkv.translation.train`, what
+``qkv train`` runs, builds a translation task, model and optimizer from a config and hands
+them to a Trainer. The pieces, in the spirit of minGPT's ``trainer.py``:
 
-Ctrl-C (KeyboardInterrupt) saves a checkpoint at the current batch and returns cleanly.
+- :meth:`Trainer.fit` runs epochs until the step budget, early stopping or an interruption;
+- :meth:`Trainer.run_epoch` takes the optimizer steps of one epoch (:meth:`Trainer.step`);
+- :meth:`Trainer.end_epoch` validates, records the epoch, checkpoints and decides early stopping;
+- :meth:`Trainer.save` writes the run's checkpoint.
+
+Runs resume exactly: everything random (dropout, teacher-forcing coins) draws from torch's
+global generator, whose state is checkpointed; the batch order of an epoch must be a pure
+function of ``(seed, epoch)`` (a task's contract), so a resumed run skips the batches already
+done; the learning rate is a function of the step (:func:`learning_rate`). On CPU a run
+interrupted after K/2 steps and resumed gives bitwise the same weights and losses as a run of
+K steps. Ctrl-C (KeyboardInterrupt) saves a checkpoint at the current batch and returns cleanly.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TextIO
 
 import torch
 from torch import Tensor, nn
 
-from ..models.seq2seq import Seq2Seq, Seq2SeqConfig
-from ..models.transformer import Transformer, TransformerConfig
+from .._moved import moved_attribute
+from .checkpoint import Checkpoint, find_latest, load_checkpoint, save_checkpoint
+from .progress import Progress
 
-# Batches are drawn from windows of 20 batches sorted by length: ~2% padding instead of ~30%.
-_SORT_WITHIN = 20
+__all__ = [
+    "RunState",
+    "Task",
+    "TrainResult",
+    "Trainer",
+    "learning_rate",
+    "open_run",
+    "seed_everything",
+    "torch_threads",
+]
 
-__all__ = ["TrainResult", "build_model", "learning_rate", "prepare_data", "train", "validation_loss"]
-
-
-def build_model(model_cfg: dict[str, Any], *, src_vocab: int, tgt_vocab: int) -> nn.Module:
-    """A :class:`Seq2Seq` or :class:`Transformer` from the ``[model]`` table."""
-    fields = {k: v for k, v in model_cfg.items() if k != "kind"}
-    kind = model_cfg.get("kind", "seq2seq")
-    if kind == "seq2seq":
-        return Seq2Seq(Seq2SeqConfig(src_vocab=src_vocab, tgt_vocab=tgt_vocab, **fields))
-    if kind == "transformer":
-        return Transformer(TransformerConfig(src_vocab=src_vocab, tgt_vocab=tgt_vocab, **fields))
-    raise ValueError(f"model.kind: expected 'seq2seq' or 'transformer', got {kind!r}")
-
-
-def prepare_data(cfg: dict[str, Any]):
-    """The corpus and the two tokenizers (built on the training split only) of a config."""
-    from .. import data as qdata
-
-    d = cfg["data"]
-    corpus = load_corpus(d)
-    train_ex = corpus["train"]
-    kw = {"vocab_size": d["bpe_vocab"]} if d["tokenizer"] == "bpe" else {}
-    src_tok = qdata.build_tokenizer(d["tokenizer"], [e.source for e in train_ex], **kw)
-    tgt_tok = qdata.build_tokenizer(d["tokenizer"], [e.target for e in train_ex], **kw)
-    return corpus, src_tok, tgt_tok
+# The translation recipe that used to live here: qkv.translation.training (deprecated names below).
+_MOVED = {
+    "build_model": "qkv.models.builders",
+    "load_corpus": "qkv.translation.training",
+    "prepare_data": "qkv.translation.training",
+    "train": "qkv.translation.training",
+    "validation_loss": "qkv.translation.training",
+    "_loss": "qkv.translation.training",
+    "_max_len": "qkv.translation.training",
+    "_SORT_WITHIN": "qkv.translation.training",
+}
 
 
-def load_corpus(d: dict[str, Any]):
-    """The corpus of a ``[data]`` table: a built-in name or a TSV path."""
-    from .. import data as qdata
+def __getattr__(name: str) -> Any:
+    """Deprecated names, moved out of the model-agnostic loop (see :mod:`qkv._moved`)."""
+    return moved_attribute(__name__, name, _MOVED)
 
-    name = str(d["corpus"])
-    if name in qdata.BUILTIN_CORPORA:
-        return qdata.builtin(name, size=d["size"], seed=d["seed"], **d.get("options", {}))
-    path = Path(name)
-    if not path.exists():
-        raise ValueError(
-            f"data.corpus: {name!r} is neither a built-in corpus ({', '.join(qdata.BUILTIN_CORPORA)}) "
-            "nor an existing file"
-        )
-    return qdata.load_tsv(
-        path,
-        lowercase=d["lowercase"],
-        split_punct=d["split_punct"],
-        max_len=d["max_len"] or None,
-        valid_frac=d["valid_frac"],
-        test_frac=d["test_frac"],
-        seed=d["seed"],
-    )
+
+class Task(Protocol):
+    """What a :class:`Trainer` needs to know about a model family and its data.
+
+    Attributes:
+        batches_per_epoch: the number of batches :meth:`batches` yields from ``start=0``.
+        count_unit: what :meth:`loss` counts (``"target tok"``), for the epoch summary line.
+    """
+
+    batches_per_epoch: int
+    count_unit: str
+
+    def batches(self, epoch: int, start: int) -> Iterable[Any]:
+        """The batches of ``epoch`` from batch ``start`` on; a pure function of the seed and
+        ``epoch``, so a resumed run continues where it stopped."""
+        ...
+
+    def loss(self, model: nn.Module, batch: Any) -> tuple[Tensor, int]:
+        """The mean loss of a batch (to minimize) and the number of units it averages over."""
+        ...
+
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        """Validation metrics: ``valid_loss`` (lower is better; early stopping and the ``best/``
+        checkpoint follow it) and any others (recorded and printed with the epoch)."""
+        ...
 
 
 def learning_rate(step: int, t: dict[str, Any], total_steps: int) -> float:
@@ -92,59 +105,69 @@ def learning_rate(step: int, t: dict[str, Any], total_steps: int) -> float:
     return float(t["min_lr"]) + 0.5 * (lr - float(t["min_lr"])) * (1 + math.cos(math.pi * progress))
 
 
-def _loss(model: nn.Module, batch, t: dict[str, Any]) -> tuple[Tensor, int]:
-    """Token cross entropy, plus the model's auxiliary loss when it has one.
+def seed_everything(seed: int) -> None:
+    """Seed Python's and torch's global generators."""
+    random.seed(seed)
+    torch.manual_seed(seed)
 
-    A model with an ``auxiliary_loss(record, logits, targets)`` method (e.g. the REINFORCE
-    term of hard attention in :class:`qkv.models.seq2seq.Seq2Seq`) is called with a ``record``
-    dict its forward fills; a term it returns (not None) is added to the loss.
+
+def open_run(out_dir: str | Path, *, resume: bool) -> Checkpoint | None:
+    """The latest checkpoint of a run to resume, or None for a new run.
+
+    Raises:
+        FileNotFoundError: ``resume`` but ``out_dir`` holds no checkpoint.
+        FileExistsError: not ``resume`` but ``out_dir`` already holds a run (never overwritten).
     """
-    record: dict[str, Tensor] = {}
-    extra = {"record": record} if hasattr(model, "auxiliary_loss") else {}
-    logits = model(
-        batch.src, batch.src_lengths, batch.tgt_in, teacher_forcing=float(t["teacher_forcing"]), **extra
-    )
-    ntok = int((batch.tgt_out != 0).sum())
-    loss = nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(),
-        batch.tgt_out.reshape(-1),
-        ignore_index=0,
-        label_smoothing=float(t["label_smoothing"]),
-    )
-    if record:
-        aux = model.auxiliary_loss(record, logits, batch.tgt_out)
-        if aux is not None:
-            loss = loss + aux
-    return loss, ntok
-
-
-@torch.no_grad()
-def validation_loss(model: nn.Module, pairs, *, batch_size: int) -> float:
-    """Mean teacher-forced cross entropy per target token (no dropout, no label smoothing)."""
-    from ..data import batches
-
-    was = model.training
-    model.eval()
-    total, count = 0.0, 0
-    for b in batches(pairs, batch_size=batch_size, shuffle=False, seed=0):
-        logits = model(b.src, b.src_lengths, b.tgt_in)
-        total += float(
-            nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]).float(),
-                b.tgt_out.reshape(-1),
-                ignore_index=0,
-                reduction="sum",
-            )
+    out = Path(out_dir)
+    if resume:
+        if find_latest(out) is None:
+            raise FileNotFoundError(f"--resume: no checkpoint in {str(out)!r}")
+        return load_checkpoint(out)
+    if find_latest(out) is not None:
+        raise FileExistsError(
+            f"out: {str(out)!r} already holds a run; pass --resume to continue it or choose another --out"
         )
-        count += int((b.tgt_out != 0).sum())
-    model.train(was)
-    return total / max(count, 1)
+    return None
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run with ``threads`` torch CPU threads (0 or None: torch's default), restored after."""
+    before = torch.get_num_threads()
+    if int(threads or 0) > 0:
+        torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@dataclass
+class RunState:
+    """Everything a resumed run needs to continue exactly: plain numbers, checkpointed as JSON
+    (the ``state`` of each checkpoint)."""
+
+    epoch: int = 0
+    batch: int = 0  # batches of the current epoch done
+    step: int = 0
+    best: float = math.inf  # the best validation loss
+    bad_epochs: int = 0  # epochs since it improved
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0  # training time over all sessions
+    epoch_loss: float = 0.0  # sum of loss x count over the current epoch
+    epoch_tokens: int = 0
+    finished: bool = False  # stopped early
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> RunState:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in state.items() if k in names})
 
 
 @dataclass
 class TrainResult:
-    """What :func:`train` returns: the run directory, the step reached, per-epoch history, the
-    best validation loss, and whether it stopped early or was interrupted."""
+    """What :meth:`Trainer.fit` returns: the run directory, the step reached, per-epoch history,
+    the best validation loss, and whether it stopped early or was interrupted."""
 
     out_dir: Path
     step: int
@@ -155,222 +178,176 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def train(
-    cfg: dict[str, Any],
-    out_dir: str | Path,
-    *,
-    resume: bool = False,
-    progress: bool = True,
-    stream=None,
-    stop_after_steps: int | None = None,
-) -> TrainResult:
-    """Train the model a config describes; checkpoints go to ``out_dir``.
+class Trainer:
+    """Trains ``model`` on ``task`` with ``optimizer``; checkpoints go to ``out_dir``.
 
     Args:
-        cfg: a full config from :func:`qkv.train.config.resolve`.
-        out_dir: the run directory (``ckpt-*`` checkpoints, ``latest.json``, ``best/``).
-        resume: continue from the latest checkpoint in ``out_dir`` (its config wins; an
-            existing run directory without ``resume`` is an error, so nothing is overwritten).
-        progress: show a progress bar with loss, tokens/s and ETA on ``stream`` (stderr).
-        stop_after_steps: stop (and checkpoint) after this many optimizer steps in this call,
-            as an interruption would (tests use it to check exact resumption).
+        settings: the ``[train]`` table: ``epochs``, ``max_steps``, the learning-rate schedule
+            (``lr``, ``warmup``, ``schedule``, ``min_lr``), ``clip``, ``save_every``,
+            ``keep`` and ``patience`` (see :data:`qkv.train.config.DEFAULTS`).
+        config, vocab: stored in every checkpoint (the run's full config; its vocabularies).
+        desc: the progress bar's label; progress: show it on ``stream`` (stderr).
     """
-    from .checkpoint import find_latest, load_checkpoint
 
-    stream = sys.stderr if stream is None else stream
-    out = Path(out_dir)
-    ckpt = None
-    if resume:
-        if find_latest(out) is None:
-            raise FileNotFoundError(f"--resume: no checkpoint in {str(out)!r}")
-        ckpt = load_checkpoint(out)
-        cfg = ckpt.config
-    elif find_latest(out) is not None:
-        raise FileExistsError(
-            f"out: {str(out)!r} already holds a run; pass --resume to continue it or choose another --out"
+    def __init__(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, *, settings: dict[str, Any],
+        out_dir: str | Path, config: dict[str, Any], vocab: dict[str, Any] | None = None,
+        desc: str = "train", progress: bool = True, stream: TextIO | None = None,
+    ):  # fmt: skip
+        self.model, self.optimizer, self.task, self.t = model, optimizer, task, settings
+        self.out, self.config, self.vocab = Path(out_dir), config, vocab
+        self.desc, self.progress = desc, progress
+        self.stream = sys.stderr if stream is None else stream
+        self.state = RunState()
+        total = int(settings["epochs"]) * task.batches_per_epoch
+        self.total_steps = min(total, int(settings["max_steps"])) if settings["max_steps"] else total
+        self.bar: Progress | None = None
+        self._started, self._seconds_before, self._steps_here = 0.0, 0.0, 0
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        """Continue from ``checkpoint``: weights, optimizer, global RNG state and the run state."""
+        checkpoint.restore(self.model, self.optimizer, rng=True)
+        self.state = RunState.from_dict(checkpoint.state)
+
+    # ---- the run
+
+    def fit(self, *, stop_after_steps: int | None = None) -> TrainResult:
+        """Train until the last epoch, ``max_steps``, early stopping or Ctrl-C.
+
+        Args:
+            stop_after_steps: stop (and checkpoint) after this many optimizer steps in this call,
+                as an interruption would (tests use it to check exact resumption).
+        """
+        st = self.state
+        result = TrainResult(
+            out_dir=self.out, step=st.step, history=list(st.history), best_valid_loss=st.best
         )
-    t = cfg["train"]
-    threads_before = torch.get_num_threads()
-    if int(t.get("threads", 0) or 0) > 0:
-        torch.set_num_threads(int(t["threads"]))
-    try:
-        return _train(cfg, out, ckpt, stream, progress, stop_after_steps)
-    finally:
-        torch.set_num_threads(threads_before)
+        self._started, self._seconds_before, self._steps_here = time.perf_counter(), st.seconds, 0
+        if self.progress:
+            self.bar = Progress(self.total_steps, desc=self.desc, stream=self.stream)
+        self.model.train()
+        try:
+            while st.epoch < int(self.t["epochs"]) and st.step < self.total_steps:
+                counted, seconds = self.run_epoch(stop_after_steps)
+                if self._stopped_mid_epoch(stop_after_steps):
+                    result.interrupted = True
+                    break
+                if self.end_epoch(counted / max(seconds, 1e-9)):
+                    result.stopped_early = True
+                    break
+        except KeyboardInterrupt:
+            result.interrupted = True
+            self._say("interrupted: saving a checkpoint...")
+        finally:
+            if self.bar is not None:
+                self.bar.close()
+        if result.interrupted:
+            self.save()
+            print(f"checkpoint saved at step {st.step}; continue with --resume", file=self.stream)
+        result.step, result.history, result.best_valid_loss = st.step, list(st.history), st.best
+        result.seconds = self._seconds()
+        return result
 
+    def run_epoch(self, stop_after_steps: int | None = None) -> tuple[int, float]:
+        """The optimizer steps of the current epoch, from the batch it stopped at; returns the
+        units counted and the seconds taken. Stops early at the step budget or after
+        ``stop_after_steps`` steps of this :meth:`fit`."""
+        st, t = self.state, self.t
+        started, counted = time.perf_counter(), 0
+        for i, batch in enumerate(self.task.batches(st.epoch, st.batch), start=st.batch):
+            loss, count = self.step(batch)
+            st.batch = i + 1
+            st.epoch_loss += loss * count
+            st.epoch_tokens += count
+            counted += count
+            if self.bar is not None:
+                rate = counted / max(time.perf_counter() - started, 1e-9)
+                self.bar.update(1, epoch=st.epoch + 1, loss=f"{loss:.3f}", tok_s=f"{rate:,.0f}")
+            if t["save_every"] and st.step % int(t["save_every"]) == 0:
+                self.save()
+            if st.step >= self.total_steps or self._budget_spent(stop_after_steps):
+                break
+        return counted, time.perf_counter() - started
 
-def _train(cfg, out: Path, ckpt, stream, progress: bool, stop_after_steps: int | None) -> TrainResult:
-    from ..data import batches, encode_pairs, num_batches
-    from .checkpoint import save_checkpoint
-    from .progress import Progress
+    def step(self, batch: Any) -> tuple[float, int]:
+        """One optimizer step on ``batch``; returns the loss and the units it averaged over."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.state.step, self.t, self.total_steps)
+        loss, count = self.task.loss(self.model, batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.t["clip"]:
+            nn.utils.clip_grad_norm_(self.model.parameters(), float(self.t["clip"]))
+        self.optimizer.step()
+        self.state.step += 1
+        self._steps_here += 1
+        return float(loss.detach()), count
 
-    t = cfg["train"]
-    _seed_everything(int(t["seed"]))
-    corpus, src_tok, tgt_tok = prepare_data(cfg)
-    if ckpt is not None:
-        from ..data import tokenizer_from_dict
+    def end_epoch(self, count_per_s: float) -> bool:
+        """Validate, record and checkpoint the epoch just finished (and ``best/`` when it
+        improved); returns True to stop early (``patience`` epochs without improvement)."""
+        st = self.state
+        metrics = self.task.validate(self.model)
+        self.model.train()  # validation may leave the model in eval mode (decoding does)
+        vloss = metrics["valid_loss"]
+        record = {
+            "epoch": st.epoch + 1,
+            "step": st.step,
+            "train_loss": st.epoch_loss / max(st.epoch_tokens, 1),
+            "valid_loss": vloss,
+            "tokens_per_s": count_per_s,
+            **metrics,
+        }
+        st.history.append(record)
+        st.epoch += 1
+        st.batch, st.epoch_loss, st.epoch_tokens = 0, 0.0, 0
+        improved = vloss < st.best - 1e-6
+        st.best, st.bad_epochs = (vloss, 0) if improved else (st.best, st.bad_epochs + 1)
+        self._say(self._epoch_line(record, metrics))
+        self.save()
+        if improved:
+            save_checkpoint(self.out / "best", model=self.model, step=st.step, config=self.config,
+                            vocab=self.vocab, metrics={"valid_loss": vloss, **record}, state={}, keep=1)  # fmt: skip
+        if not (self.t["patience"] and st.bad_epochs >= int(self.t["patience"])):
+            return False
+        st.finished = True
+        self.save()
+        self._say(f"early stopping: no better validation loss for {st.bad_epochs} epochs")
+        return True
 
-        src_tok = tokenizer_from_dict(ckpt.vocab["source"])
-        tgt_tok = tokenizer_from_dict(ckpt.vocab["target"])
-    train_pairs = encode_pairs(corpus["train"], src_tok, tgt_tok)
-    valid_pairs = encode_pairs(corpus["valid"], src_tok, tgt_tok)
-    model = build_model(cfg["model"], src_vocab=len(src_tok), tgt_vocab=len(tgt_tok))
-    opt = torch.optim.AdamW(model.parameters(), lr=float(t["lr"]), weight_decay=float(t["weight_decay"]))
-    bsz = int(t["batch_size"])
-    per_epoch = num_batches(len(train_pairs), bsz)
-    total = int(t["epochs"]) * per_epoch
-    if t["max_steps"]:
-        total = min(total, int(t["max_steps"]))
-    vocab = {"source": src_tok.to_dict(), "target": tgt_tok.to_dict()}
-    # Everything a resumed run needs to continue exactly (plain numbers, checkpointed as JSON).
-    st = {
-        "epoch": 0, "batch": 0, "step": 0, "best": math.inf, "bad_epochs": 0, "history": [], "seconds": 0.0,
-        "epoch_loss": 0.0, "epoch_tokens": 0, "finished": False,
-    }  # fmt: skip
-    if ckpt is not None:
-        ckpt.restore(model, opt, rng=True)
-        st.update(ckpt.state)
-    result = TrainResult(
-        out_dir=out, step=st["step"], history=list(st["history"]), best_valid_loss=st["best"]
-    )
-
-    def save(**extra) -> None:
+    def save(self) -> None:
+        """Checkpoint the run: weights, optimizer, RNG and :class:`RunState` (``keep`` kept)."""
+        st = self.state
+        st.seconds = self._seconds()
         save_checkpoint(
-            out, model=model, optimizer=opt, step=st["step"], config=cfg, vocab=vocab,
-            metrics={"history": st["history"], **extra}, state=dict(st), keep=int(t["keep"]),
+            self.out, model=self.model, optimizer=self.optimizer, step=st.step, config=self.config,
+            vocab=self.vocab, metrics={"history": st.history}, state=asdict(st), keep=int(self.t["keep"]),
         )  # fmt: skip
 
-    started, steps_here = time.perf_counter(), 0
-    seconds_before = float(st["seconds"])
-    bar = (
-        Progress(
-            total, desc=f"train {cfg['model'].get('attention', cfg['model'].get('kind'))}", stream=stream
+    # ---- helpers
+
+    def _seconds(self) -> float:
+        return self._seconds_before + time.perf_counter() - self._started
+
+    def _budget_spent(self, stop_after_steps: int | None) -> bool:
+        return stop_after_steps is not None and self._steps_here >= stop_after_steps
+
+    def _stopped_mid_epoch(self, stop_after_steps: int | None) -> bool:
+        st = self.state
+        return (
+            self._budget_spent(stop_after_steps)
+            and st.batch < self.task.batches_per_epoch
+            and st.step < self.total_steps
         )
-        if progress
-        else None
-    )
-    model.train()
-    try:
-        while st["epoch"] < int(t["epochs"]) and st["step"] < total:
-            t0, tok_here = time.perf_counter(), 0
-            epoch_batches = batches(
-                train_pairs, batch_size=bsz, shuffle=True, seed=int(t["seed"]), epoch=st["epoch"],
-                sort_within=_SORT_WITHIN, start=st["batch"],
-            )  # fmt: skip
-            for i, batch in enumerate(epoch_batches, start=st["batch"]):
-                for group in opt.param_groups:
-                    group["lr"] = learning_rate(st["step"], t, total)
-                loss, ntok = _loss(model, batch, t)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if t["clip"]:
-                    nn.utils.clip_grad_norm_(model.parameters(), float(t["clip"]))
-                opt.step()
-                st["step"] += 1
-                st["batch"] = i + 1
-                steps_here += 1
-                st["epoch_loss"] += float(loss.detach()) * ntok
-                st["epoch_tokens"] += ntok
-                tok_here += ntok
-                if bar is not None:
-                    rate = tok_here / max(time.perf_counter() - t0, 1e-9)
-                    bar.update(
-                        1, epoch=st["epoch"] + 1, loss=f"{float(loss.detach()):.3f}", tok_s=f"{rate:,.0f}"
-                    )
-                if t["save_every"] and st["step"] % int(t["save_every"]) == 0:
-                    st["seconds"] = seconds_before + time.perf_counter() - started
-                    save()
-                if st["step"] >= total or (stop_after_steps is not None and steps_here >= stop_after_steps):
-                    break
-            if (
-                stop_after_steps is not None
-                and steps_here >= stop_after_steps
-                and st["batch"] < per_epoch
-                and st["step"] < total
-            ):
-                result.interrupted = True
-                break
-            # ---- end of epoch: validate, early stopping, checkpoint
-            vloss = validation_loss(model, valid_pairs, batch_size=bsz * 2)
-            record = {
-                "epoch": st["epoch"] + 1,
-                "step": st["step"],
-                "train_loss": st["epoch_loss"] / max(st["epoch_tokens"], 1),
-                "valid_loss": vloss,
-                "tokens_per_s": tok_here / max(time.perf_counter() - t0, 1e-9),
-            }
-            if t["valid_decode"]:
-                record["valid_exact_match"] = _valid_exact_match(
-                    model, corpus["valid"][: int(t["valid_decode"])], src_tok, tgt_tok, cfg
-                )
-            st["history"].append(record)
-            st["epoch"] += 1
-            st["batch"], st["epoch_loss"], st["epoch_tokens"] = 0, 0.0, 0
-            improved = vloss < st["best"] - 1e-6
-            if improved:
-                st["best"], st["bad_epochs"] = vloss, 0
-            else:
-                st["bad_epochs"] += 1
-            msg = (
-                f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}, valid loss {vloss:.4f}"
-                + (
-                    f", valid exact match {record['valid_exact_match']:.3f}"
-                    if "valid_exact_match" in record
-                    else ""
-                )
-                + f", {record['tokens_per_s']:,.0f} target tok/s"
-            )
-            if bar is not None:
-                bar.write(msg)
-            st["seconds"] = seconds_before + time.perf_counter() - started
-            save()
-            if improved:
-                save_checkpoint(out / "best", model=model, step=st["step"], config=cfg, vocab=vocab,
-                                metrics={"valid_loss": vloss, **record}, state={}, keep=1)  # fmt: skip
-            if t["patience"] and st["bad_epochs"] >= int(t["patience"]):
-                result.stopped_early = st["finished"] = True
-                save()
-                if bar is not None:
-                    bar.write(f"early stopping: no better validation loss for {st['bad_epochs']} epochs")
-                break
-    except KeyboardInterrupt:
-        result.interrupted = True
-        if bar is not None:
-            bar.write("interrupted: saving a checkpoint...")
-    finally:
-        if bar is not None:
-            bar.close()
-    if result.interrupted:
-        st["seconds"] = seconds_before + time.perf_counter() - started
-        save()
-        print(f"checkpoint saved at step {st['step']}; continue with --resume", file=stream)
-    result.step = st["step"]
-    result.history = list(st["history"])
-    result.best_valid_loss = st["best"]
-    result.seconds = seconds_before + time.perf_counter() - started
-    return result
 
+    def _epoch_line(self, record: dict[str, Any], metrics: dict[str, float]) -> str:
+        """``epoch 3: train loss 0.4210, valid loss 0.5120, valid exact match 0.870, 9,512 target tok/s``"""
+        extra = "".join(f", {k.replace('_', ' ')} {v:.3f}" for k, v in metrics.items() if k != "valid_loss")
+        return (
+            f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}, valid loss {record['valid_loss']:.4f}"
+            f"{extra}, {record['tokens_per_s']:,.0f} {self.task.count_unit}/s"
+        )
 
-def _valid_exact_match(model, examples, src_tok, tgt_tok, cfg) -> float:
-    from .translator import decode_examples
-
-    hyps = decode_examples(
-        model, examples, src_tok, tgt_tok, beam=1, batch_size=128, max_len=_max_len(cfg, examples, tgt_tok)
-    )
-    good = sum(h == " ".join(e.target.split()) for h, e in zip(hyps, examples))
-    return good / max(len(examples), 1)
-
-
-def _max_len(cfg, examples, tgt_tok) -> int:
-    """The decoding limit of validation: ``max_decode_len``, else 2 x the longest target in
-    the target tokenizer's tokens (characters for ``char``, pieces for ``bpe``) + 10."""
-    limit = int(cfg["train"].get("max_decode_len", 0) or 0)
-    if limit:
-        return limit
-    longest = max((len(tgt_tok.encode(e.target)) for e in examples), default=10)
-    return 2 * longest + 10
+    def _say(self, message: str) -> None:
+        if self.bar is not None:
+            self.bar.write(message)

@@ -1,6 +1,6 @@
-"""A small progress display for training and evaluation loops.
+"""A small progress display for training and evaluation loops: tqdm on a terminal, log lines elsewhere.
 
-On a terminal one line is redrawn in place (``\\r``) at most every ``min_interval`` seconds::
+On a terminal one line is redrawn in place at most every ``min_interval`` seconds::
 
     train:  42%|########            | 420/1000 step [01:03<01:27, 6.65 step/s] loss=2.314 tok_s=12.4k
 
@@ -10,10 +10,16 @@ On anything else (CI logs, pipes, files) a plain line is printed at most every
     train: 42% 420/1000 step [01:03<01:27, 6.65 step/s] loss=2.314 tok_s=12.4k
 
 Closing prints a summary line: ``train: done 1000/1000 step in 02:30 (6.67 step/s) loss=1.92``.
+
+The terminal work (redrawing in place, erasing, printing messages above the bar without
+tearing it, sharing the terminal with other bars) is tqdm's. :class:`Progress` only decides
+what the line says and when it is shown, by the same rule in both modes: tqdm has no sparse
+log mode, and the line format (rounded clock, average rate, compact fields) is qkv's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import sys
@@ -24,14 +30,14 @@ from typing import Any, TextIO
 __all__ = ["Progress"]
 
 _BAR = 20
+_SUFFIXES = (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3))
 
 
 def _clock_text(seconds: float) -> str:
-    """``mm:ss``, or ``h:mm:ss`` from one hour on."""
+    """``mm:ss``, or ``h:mm:ss`` from one hour on (rounded to the second)."""
     if not math.isfinite(seconds) or seconds < 0:
         return "?"
-    s = round(seconds)
-    h, rest = divmod(s, 3600)
+    h, rest = divmod(round(seconds), 3600)
     m, s = divmod(rest, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
 
@@ -46,18 +52,35 @@ def _value_text(value: Any) -> str:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if abs(value) >= 1e4:
-        for suffix, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-            if abs(value) >= scale:
-                return (
-                    f"{value / scale:.3g}{suffix}"
-                    if abs(value / scale) < 1000
-                    else f"{value / scale:.0f}{suffix}"
-                )
+        suffix, scale = next(s for s in _SUFFIXES if abs(value) >= s[1])
+        return f"{value / scale:.3g}{suffix}" if abs(value / scale) < 1000 else f"{value / scale:.0f}{suffix}"
     if isinstance(value, int):
         return str(value)
     if value != 0 and abs(value) < 1e-3:
         return f"{value:.3e}"
     return f"{value:.4g}"
+
+
+def _quietly(action: Callable[..., object], *args: Any, **kwargs: Any) -> None:
+    """Run an output action; a closed pipe or stream must not stop training."""
+    with contextlib.suppress(OSError, ValueError):
+        action(*args, **kwargs)
+
+
+def _line_bar(stream: TextIO):
+    """A tqdm bar that shows the line it is given (tqdm is imported here: only terminals need it).
+
+    The line is the bar's description (``bar_format="{desc}"``), drawn by
+    ``set_description_str``; ``delay=inf`` keeps tqdm from drawing on its own (at creation,
+    when closing); ``position=0`` pins the line, and with ``nrows=2`` a terminal that reports
+    no height (0 rows, some pseudo-terminals) still shows it.
+    """
+    from tqdm import tqdm
+
+    return tqdm(
+        total=None, file=stream, bar_format="{desc}", delay=math.inf, position=0, leave=False,
+        disable=False, ncols=0, nrows=2, mininterval=0, miniters=0,
+    )  # fmt: skip
 
 
 class Progress:
@@ -127,7 +150,7 @@ class Progress:
         self.start = clock()
         self.closed = False
         self._last_shown: float | None = None  # when the bar was drawn / the last log line printed
-        self._drawn = 0  # length of the line currently on a terminal
+        self._bar = _line_bar(self.stream) if tty and not disable else None
 
     # -- context manager
 
@@ -179,24 +202,21 @@ class Progress:
     # -- output
 
     def _emit(self, text: str) -> None:
-        try:
+        def write() -> None:
             self.stream.write(text)
             self.stream.flush()
-        except (OSError, ValueError):  # a closed pipe or stream must not stop training
-            pass
+
+        _quietly(write)
 
     def _columns(self) -> int:
         return self.width if self.width is not None else shutil.get_terminal_size((100, 20)).columns
 
-    def _draw(self) -> None:
-        line = self.line()[: max(self._columns() - 1, 1)]
-        self._emit("\r" + line + " " * max(self._drawn - len(line), 0))
-        self._drawn = len(line)
-
-    def _clear(self) -> None:
-        if self._drawn:
-            self._emit("\r" + " " * self._drawn + "\r")
-            self._drawn = 0
+    def _show(self) -> None:
+        """Redraw the line on a terminal, or print it as a log line."""
+        if self._bar is None:
+            self._emit(self.line() + "\n")
+            return
+        _quietly(self._bar.set_description_str, self.line()[: max(self._columns() - 1, 1)], refresh=True)
 
     def update(self, n: int = 1, **fields: Any) -> None:
         """Count ``n`` more units (0 to only change fields) and set fields like ``loss=...``.
@@ -213,27 +233,19 @@ class Progress:
         now = self.clock()
         interval = self.min_interval if self.tty else self.log_interval
         due = self._last_shown is None or now - self._last_shown >= interval
-        if self.tty:
-            finished = self.total is not None and self.n >= self.total
-            if due or finished:
-                self._draw()
-                self._last_shown = now
-        elif due:
-            self._emit(self.line() + "\n")
+        finished = self.tty and self.total is not None and self.n >= self.total
+        if due or finished:  # a terminal also shows the last step at once
+            self._show()
             self._last_shown = now
 
     def write(self, message: str) -> None:
         """Print ``message`` on its own line above the bar (the bar is redrawn below it)."""
         if self.disable:
             return
-        if self.tty and not self.closed:
-            drawn = self._drawn
-            self._clear()
+        if self._bar is None or self.closed or self._last_shown is None:
             self._emit(f"{message}\n")
-            if drawn:
-                self._draw()
-        else:
-            self._emit(f"{message}\n")
+            return
+        _quietly(self._bar.write, message, file=self.stream)  # tqdm erases the bars, prints, redraws them
 
     def summary(self) -> str:
         """The final line: units done, total time, average rate and the last fields."""
@@ -251,6 +263,8 @@ class Progress:
         self.closed = True
         if self.disable:
             return
-        if self.tty:
-            self._clear()
+        if self._bar is not None:
+            if self._last_shown is not None:
+                _quietly(self._bar.clear)
+            self._bar.close()
         self._emit(self.summary() + "\n")

@@ -1,0 +1,180 @@
+"""Validation at the public entry: :func:`prepare` checks every argument of
+:func:`qkv.attention` once and turns them into the :class:`qkv.backends.AttentionInputs` that
+backends trust (layout ``(..., H, T, D)``, a resolved score and scale, masks and biases fitted
+to the logits). Modules call :func:`qkv.attention` and rely on it instead of re-checking.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from torch import Tensor
+
+from .._types import AttentionOutput
+from ..backends.base import AttentionInputs, check_fits
+from ..functional import scores as _scores
+from ..functional.normalize import resolve_normalizer
+from ..masks.core import Mask, check_ambiguous_layout, check_bool_mask
+
+__all__ = ["ScoreLike", "prepare"]
+
+ScoreLike = _scores.ScoreLike
+
+
+def _check_tensor(name: str, t: Any) -> Tensor:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {t.dtype}")
+    if t.dim() < 2:
+        raise ValueError(f"{name}: expected shape (..., T, D) with at least 2 dims, got {tuple(t.shape)}")
+    return t
+
+
+def _check_weights_for(weights_for):
+    if weights_for is None:
+        return None
+    if not isinstance(weights_for, (tuple, list)) or len(weights_for) != 2:
+        raise TypeError(f"weights_for: expected a pair (heads, rows), got {weights_for!r}")
+    return tuple(weights_for)
+
+
+def _check_pattern_fits(pattern: Mask, logits_shape: tuple[int, ...]) -> None:
+    """A pattern made for another batch or number of heads is refused before any backend runs
+    (a backend that evaluates it block by block would otherwise index only part of it)."""
+    bh = pattern.batch_head_shape
+    lead = (*logits_shape[:-2],)
+    target = (lead[-2] if len(lead) >= 2 else 1, lead[-1] if lead else 1)
+    if bh is not None and any(n not in (1, m) for n, m in zip(bh, target, strict=True)):
+        raise ValueError(
+            f"mask: the pattern {pattern!r} is for (B, H) = {tuple(bh)}, the inputs have (B, H) = {target}"
+        )
+
+
+def _fit_extra(name: str, t: Tensor, n_in: int, logits_shape: tuple[int, ...], ref: Tensor) -> Tensor:
+    """Bring a mask or bias to the (at least 4-D) layout of the logits and check it fits."""
+    if t.device != ref.device:
+        raise ValueError(f"{name}: expected device {ref.device} like query, got {t.device}")
+    check_ambiguous_layout(name, t, n_in)
+    if t.dim() < 2:  # (Tk,) or a scalar: the same for every query
+        t = t.reshape(1, -1) if t.dim() == 1 else t.reshape(1, 1)
+    if n_in == 3 and t.dim() <= 3:
+        t = t.reshape((1,) * (3 - t.dim()) + tuple(t.shape)).unsqueeze(-3)  # (B, 1, Tq, Tk)
+    elif n_in == 2 and t.dim() > 2:
+        raise ValueError(f"{name}: for 2-D (T, D) inputs expected at most 2 dims, got {tuple(t.shape)}")
+    return check_fits(name, t, logits_shape)
+
+
+def _check_qkv(query, key, value) -> tuple[Tensor, Tensor, Tensor]:
+    """Tensors of one dtype and device, equal leading dims, ``Tk`` rows in key and value."""
+    q = _check_tensor("query", query)
+    k = _check_tensor("key", key)
+    v = _check_tensor("value", value)
+    for name, t in (("key", k), ("value", v)):
+        if t.dtype != q.dtype:
+            raise TypeError(f"{name}: expected dtype {q.dtype} like query, got {t.dtype}")
+        if t.device != q.device:
+            raise ValueError(f"{name}: expected device {q.device} like query, got {t.device}")
+        if t.dim() != q.dim():
+            raise ValueError(
+                f"{name}: expected {q.dim()} dims like query {tuple(q.shape)}, got {tuple(t.shape)}"
+            )
+        if t.shape[:-2] != q.shape[:-2]:
+            raise ValueError(
+                f"{name}: leading (batch, head) dims {tuple(t.shape[:-2])} differ from "
+                f"query's {tuple(q.shape[:-2])}"
+            )
+    if k.shape[-2] != v.shape[-2]:
+        raise ValueError(
+            f"value: expected Tk = {k.shape[-2]} rows like key {tuple(k.shape)}, got {tuple(v.shape)}"
+        )
+    for name, t in (("query", q), ("key", k)):
+        if t.shape[-1] == 0:
+            raise ValueError(
+                f"{name}: expected a feature dim D >= 1 (the last dim; scores compare D features), "
+                f"got shape {tuple(t.shape)}"
+            )
+    return q, k, v
+
+
+def _check_scale(scale, score: _scores.Score, head_dim: int) -> float:
+    if scale is None:
+        return score.default_scale(head_dim)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise TypeError(f"scale: expected a finite number, got {scale!r}")
+    return float(scale)
+
+
+def _fit_mask_and_bias(mask, bias, n_in: int, logits_shape: tuple[int, ...], ref: Tensor):
+    """``(pattern, tensor_mask, bias)`` fitted to the logits ``(..., H, Tq, Tk)``."""
+    pattern = tensor_mask = None
+    if isinstance(mask, Mask):
+        pattern = mask  # stays lazy: (1, 1, Tq, Tk) or (B, H, Tq, Tk) when a backend builds it
+        _check_pattern_fits(pattern, logits_shape)
+    elif mask is not None:
+        tensor_mask = _fit_extra("mask", check_bool_mask(mask, "mask"), n_in, logits_shape, ref)
+    if bias is not None:
+        if not isinstance(bias, Tensor) or not bias.is_floating_point():
+            got = bias.dtype if isinstance(bias, Tensor) else type(bias).__name__
+            raise TypeError(f"bias: expected a float tensor (additive; masks go to mask=), got {got}")
+        bias = _fit_extra("bias", bias, n_in, logits_shape, ref)
+    return pattern, tensor_mask, bias
+
+
+def _restorer(n_in: int):
+    """The function that brings a ``(..., H, T, .)`` result back to a 2-D or 3-D caller."""
+
+    def restore(result: AttentionOutput) -> AttentionOutput:
+        if n_in >= 4:
+            return result
+        lead = (0, 0) if n_in == 2 else (slice(None), 0)
+
+        def back(t, trailing):
+            return None if t is None else t[(*lead, *([slice(None)] * trailing))]
+
+        return AttentionOutput(
+            out=back(result.out, 2),
+            weights=back(result.weights, 2),
+            lse=back(result.lse, 1),
+            backend=result.backend,
+        )
+
+    return restore
+
+
+def prepare(
+    query, key, value, *, score: ScoreLike = "scaled_dot", mask=None, bias=None, scale=None,
+    dropout_p: float = 0.0, training: bool = False, need_weights: bool = False, weights_for=None,
+    score_kwargs=None, normalize="softmax", normalize_kwargs=None,
+):  # fmt: skip
+    """Validate the arguments of :func:`qkv.attention`; return the backend inputs and a
+    function that brings a result back to the caller's layout."""
+    q, k, v = _check_qkv(query, key, value)
+    resolved = _scores.resolve_score(score, score_kwargs)
+    normalize_name, normalize_fn = resolve_normalizer(normalize, normalize_kwargs)
+    if resolved.same_dim and q.shape[-1] != k.shape[-1]:
+        raise ValueError(
+            f"key: score {resolved.name!r} needs the feature dim D of query ({q.shape[-1]}) "
+            f"and key ({k.shape[-1]}) to match"
+        )
+    scale = _check_scale(scale, resolved, q.shape[-1])
+    if not (isinstance(dropout_p, (int, float)) and 0.0 <= dropout_p < 1.0):
+        raise ValueError(f"dropout_p: expected a number in [0, 1), got {dropout_p!r}")
+
+    n_in = q.dim()
+    if n_in == 2:  # (T, D) -> (1, 1, T, D)
+        q, k, v = (t[None, None] for t in (q, k, v))
+    elif n_in == 3:  # (B, T, D) -> (B, 1, T, D): one head
+        q, k, v = (t.unsqueeze(-3) for t in (q, k, v))
+    logits_shape = (*q.shape[:-1], k.shape[-2])  # (..., H, Tq, Tk)
+    pattern, tensor_mask, bias = _fit_mask_and_bias(mask, bias, n_in, logits_shape, q)
+
+    inputs = AttentionInputs(
+        query=q, key=k, value=v, score=resolved, scale=scale, pattern=pattern, tensor_mask=tensor_mask,
+        bias=bias, dropout_p=float(dropout_p), training=bool(training),
+        need_weights=bool(need_weights) or weights_for is not None,
+        weights_for=_check_weights_for(weights_for), normalize=normalize_name,
+        normalize_fn=None if normalize_name == "softmax" else normalize_fn,
+    )  # fmt: skip
+    return inputs, _restorer(n_in)

@@ -1,0 +1,109 @@
+"""Attention weights on demand: exact weights for chosen heads and query rows, computed in a
+second pass over key blocks, so a model on a fast backend never has to run on the slow path to
+be visualized.
+
+    weights[..., h, i, j] = exp(score(q_i, k_j) * scale + bias_ij - lse_i)    (0 where masked)
+
+``lse`` (the row's log-sum-exp) comes from the backend when it returns one (chunked, reference);
+otherwise a first online pass over the key blocks computes it for the chosen rows only. Shapes::
+
+    query (..., H, Tq, D), key (..., H, Tk, D) -> weights (..., H', Tq', Tk)
+
+with ``H' = len(heads)`` and ``Tq' = len(rows)`` (all of them by default). Equal to the
+reference backend's weights within tolerance; fully masked rows are zeros.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from .base import AttentionInputs
+from .chunked import block_logits
+from .online_softmax import OnlineSoftmax
+
+__all__ = ["as_index", "attention_weights", "weights_and_lse"]
+
+Selection = int | Sequence[int] | slice | Tensor | None
+
+
+def as_index(sel: Selection, size: int, name: str, device) -> Tensor | None:
+    """A long index tensor for a selection of heads or rows (None = all), validated."""
+    if sel is None:
+        return None
+    if isinstance(sel, slice):
+        idx = torch.arange(size, device=device)[sel]
+    elif isinstance(sel, int):
+        idx = torch.tensor([sel], device=device)
+    else:
+        idx = torch.as_tensor(sel, device=device).flatten()
+        if idx.is_floating_point() or idx.dtype == torch.bool:
+            raise TypeError(f"weights_for: {name} must be integers, got dtype {idx.dtype}")
+        idx = idx.long()
+    if idx.numel() and (int(idx.min()) < -size or int(idx.max()) >= size):
+        raise ValueError(f"weights_for: {name} must lie in [0, {size}), got {idx.tolist()}")
+    return idx % size if size else idx
+
+
+def _logits(inputs: AttentionInputs, q: Tensor, k: Tensor, k0: int, k1: int, rows, heads) -> Tensor:
+    """Masked logits of the selected rows/heads against keys ``k0:k1`` in the compute dtype."""
+    bias = inputs.bias_block(0, inputs.q_len, k0, k1, rows=rows, heads=heads)
+    keep = inputs.mask_block(0, inputs.q_len, k0, k1, rows=rows, heads=heads)
+    return block_logits(inputs, inputs.score_fn, q, k, bias, keep)[1]
+
+
+@torch.no_grad()
+def attention_weights(
+    inputs: AttentionInputs,
+    *,
+    heads: Selection = None,
+    rows: Selection = None,
+    lse: Tensor | None = None,
+    kv_block: int = 1024,
+) -> Tensor:
+    """Exact attention weights of ``inputs`` for the chosen ``heads`` (dim -3) and query
+    ``rows`` (dim -2), one key block at a time (memory: the result plus one block).
+
+    The weights are not differentiable (they are for inspection); the attention output is.
+    """
+    return weights_and_lse(inputs, heads=heads, rows=rows, lse=lse, kv_block=kv_block)[0]
+
+
+@torch.no_grad()
+def weights_and_lse(
+    inputs: AttentionInputs,
+    *,
+    heads: Selection = None,
+    rows: Selection = None,
+    lse: Tensor | None = None,
+    kv_block: int = 1024,
+) -> tuple[Tensor, Tensor]:
+    """:func:`attention_weights` and the log-sum-exp ``(..., H', Tq')`` of the selected rows
+    (the given ``lse``, or the one the first pass computed)."""
+    q, k = inputs.query, inputs.key
+    dev = q.device
+    h_idx = as_index(heads, q.shape[-3], "heads", dev)
+    r_idx = as_index(rows, inputs.q_len, "rows", dev)
+    rows_all = torch.arange(inputs.q_len, device=dev) if r_idx is None else r_idx
+    if h_idx is not None:
+        q, k = q.index_select(-3, h_idx), k.index_select(-3, h_idx)
+        lse = None if lse is None else lse.index_select(-2, h_idx)
+    if r_idx is not None:
+        q = q.index_select(-2, r_idx)
+        lse = None if lse is None else lse.index_select(-1, r_idx)
+    tk = inputs.kv_len
+    cdt = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    blocks = [(k0, min(k0 + kv_block, tk)) for k0 in range(0, tk, kv_block)]
+    if lse is None:  # first pass: the online log-sum-exp of the selected rows
+        running = OnlineSoftmax(q.shape[:-1], cdt, dev)
+        for k0, k1 in blocks:
+            running.update(_logits(inputs, q, k[..., k0:k1, :], k0, k1, rows_all, h_idx))
+        lse = running.lse()
+    lse_safe = lse.to(cdt).masked_fill(lse == float("-inf"), float("inf")).unsqueeze(-1)
+    out = q.new_empty((*q.shape[:-1], tk), dtype=q.dtype)
+    for k0, k1 in blocks:
+        s = _logits(inputs, q, k[..., k0:k1, :], k0, k1, rows_all, h_idx)
+        out[..., k0:k1] = torch.exp(s - lse_safe).to(q.dtype)
+    return out, lse

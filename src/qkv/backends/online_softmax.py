@@ -1,0 +1,62 @@
+"""The online softmax (Milakov & Gimelshein 2018; FlashAttention, Dao et al. 2022): a row's
+softmax over keys seen one block at a time, without keeping the row.
+
+For each block of logits ``s (..., rows, bk)`` (``-inf`` where masked)::
+
+    m'  = max(m, rowmax(s));  p = exp(s - m')
+    l   = l * exp(m - m') + rowsum(p)              the running sum of exp(s - m)
+    acc = acc * exp(m - m') + p @ v_blk            the running weighted sum (when values are given)
+
+and at the end ``lse = m + log(l)``, ``out = acc / l``. Rows that saw no allowed key keep
+``l = 0``: their ``lse`` is ``-inf`` and their output 0. Used by the chunked backend (with
+values) and by the weights' first pass (log-sum-exp only).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["OnlineSoftmax"]
+
+
+class OnlineSoftmax:
+    """Running max, sum and (optionally) weighted values of rows ``rows_shape``, in ``dtype``.
+
+    Args:
+        rows_shape: ``(..., rows)``.
+        value_dim: ``Dv`` to accumulate ``softmax @ v`` too; None for the log-sum-exp only.
+    """
+
+    def __init__(
+        self,
+        rows_shape: tuple[int, ...],
+        dtype: torch.dtype,
+        device: torch.device,
+        value_dim: int | None = None,
+    ) -> None:
+        self.m = torch.full(rows_shape, float("-inf"), dtype=dtype, device=device)
+        self.l = torch.zeros(rows_shape, dtype=dtype, device=device)
+        self.acc = (
+            None if value_dim is None else torch.zeros((*rows_shape, value_dim), dtype=dtype, device=device)
+        )
+
+    def update(self, s: Tensor, value: Tensor | None = None) -> None:
+        """Take one block of logits ``s (..., rows, bk)`` (and its values ``(..., bk, Dv)``)."""
+        m_new = torch.maximum(self.m, s.amax(-1))
+        m_safe = m_new.masked_fill(m_new == float("-inf"), 0.0)  # a row with nothing yet: no shift
+        p = torch.exp(s - m_safe.unsqueeze(-1))  # (..., rows, bk)
+        corr = torch.exp(self.m - m_safe)
+        self.l = self.l * corr + p.sum(-1)
+        if self.acc is not None:
+            self.acc = self.acc * corr.unsqueeze(-1) + (p.to(value.dtype) @ value).to(self.acc.dtype)
+        self.m = m_new
+
+    def lse(self) -> Tensor:
+        """``(..., rows)``: the log-sum-exp of every row, ``-inf`` where nothing was allowed."""
+        m_safe = self.m.masked_fill(self.m == float("-inf"), 0.0)
+        return (m_safe + torch.log(self.l)).masked_fill(self.l == 0, float("-inf"))
+
+    def out(self, dtype: torch.dtype) -> Tensor:
+        """``(..., rows, Dv)``: ``softmax @ v`` of every row, 0 where nothing was allowed."""
+        return (self.acc / self.l.masked_fill(self.l == 0, 1.0).unsqueeze(-1)).to(dtype)

@@ -1,0 +1,43 @@
+"""Translation: training recipe, inference, evaluation metrics and the demo of qkv's translation models.
+
+- :mod:`qkv.translation.training`: :func:`train` (what ``qkv train`` runs) builds the corpus,
+  tokenizers, model and a :class:`TranslationTask` from a config and runs the model-agnostic
+  :class:`qkv.train.loop.Trainer`.
+- :mod:`qkv.translation.decode`: greedy and beam-search decoding, and :func:`decode_limit`, the
+  one rule for how long an output may get.
+- :mod:`qkv.translation.translator`: :class:`Translator`, a trained model loaded from a
+  checkpoint: translate, align, evaluate.
+- :mod:`qkv.translation.metrics`: BLEU, chrF, exact match (sacrebleu), attention-derived word
+  alignments and the alignment error rate.
+- :mod:`qkv.translation.demo`: ``qkv demo``, attention versus the fixed-context bottleneck.
+
+The layers: :mod:`qkv.translation` builds on :mod:`qkv.train`, :mod:`qkv.models` and
+:mod:`qkv.data`; none of those imports it.
+"""
+
+from .decode import Hypothesis, beam_search, decode_limit, greedy
+from .demo import run_demo
+from .metrics import aer, alignment_from_weights, bleu, chrf, exact_match
+from .training import TranslationTask, load_corpus, prepare_data, train, validation_loss
+from .translator import Translation, Translator, decode_examples
+
+__all__ = [
+    "Hypothesis",
+    "Translation",
+    "TranslationTask",
+    "Translator",
+    "aer",
+    "alignment_from_weights",
+    "beam_search",
+    "bleu",
+    "chrf",
+    "decode_examples",
+    "decode_limit",
+    "exact_match",
+    "greedy",
+    "load_corpus",
+    "prepare_data",
+    "run_demo",
+    "train",
+    "validation_loss",
+]

@@ -1,0 +1,216 @@
+"""Greedy and beam-search decoding for qkv's translation models.
+
+Both work on any model with the step interface of :mod:`qkv.models.seq2seq`::
+
+    memory = model.encode(src, src_lengths)          # dict of batch-first tensors
+    state = model.init_state(memory)                 # dict of batch-first tensors
+    logits, state, attn = model.step(prev, state, memory)   # (B,) -> (B, V), ..., (B, S) or None
+
+Beam search keeps ``K`` hypotheses per sentence in a flat ``(B*K)`` batch and reorders the
+memory and state with ``index_select(0, ...)``. Finished hypotheses are ranked by
+``log p / length ** alpha`` (``alpha = 0`` is the raw log-probability; Wu et al. 2016 use a
+similar length normalization). With ``beam=1`` it returns exactly greedy's tokens.
+
+How many tokens either may emit is :func:`decode_limit`, the one decoding-length rule of
+validation during training, :class:`~qkv.translation.translator.Translator` and ``qkv evaluate``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Hypothesis", "beam_search", "decode_limit", "greedy"]
+
+SOS, EOS = 1, 2
+
+
+def decode_limit(
+    max_decode_len: int | None,
+    *,
+    references: Iterable[int] | None = None,
+    sources: Iterable[int] = (),
+) -> int:
+    """The most tokens decoding may emit (``max_len`` of :func:`greedy` and :func:`beam_search`).
+
+    The rule, for every decoding qkv does:
+
+    1. ``max_decode_len`` (the ``[train]`` setting) when it is set (> 0);
+    2. else, when the references are known, ``2 * R + 10``, ``R`` the length of the longest
+       reference in target tokens (characters for ``char``, pieces for ``bpe``; 10 without
+       references): a correct output always fits and a runaway one stops early. Validation
+       during training decodes this way, to bound its cost;
+    3. else ``3 * S + 10``, ``S`` the length of the longest source in source tokens (16 without
+       sources): the factor 3 leaves room for targets longer than their sources.
+       :class:`~qkv.translation.translator.Translator` (``qkv translate``, ``qkv evaluate``)
+       decodes this way: what a model translates, and how it is evaluated, never depends on
+       the reference.
+
+    Args:
+        max_decode_len: the explicit limit, or 0 / None.
+        references: the reference lengths in target tokens, when known.
+        sources: the source lengths in source tokens.
+    """
+    limit = int(max_decode_len or 0)
+    if limit > 0:
+        return limit
+    if references is not None:
+        return 2 * max(references, default=10) + 10
+    return 3 * max(sources, default=16) + 10
+
+
+@dataclass
+class Hypothesis:
+    """One decoded sentence: token ids (without <sos>/<eos>), total log-probability, and the
+    attention of each output token over the source ``(len(tokens) + 1, S)`` (the last row is
+    the attention when <eos> was emitted), or None for attention-free models."""
+
+    tokens: list[int]
+    score: float
+    attention: Tensor | None
+
+
+def _select(tree: dict[str, Tensor], index: Tensor) -> dict[str, Tensor]:
+    return {k: v.index_select(0, index) for k, v in tree.items()}
+
+
+@torch.no_grad()
+def greedy(model: nn.Module, src: Tensor, src_lengths: Tensor, *, max_len: int = 64) -> list[Hypothesis]:
+    """Batched greedy decoding: the most probable token at every step, until <eos> or ``max_len``."""
+    _check_max_len(max_len)
+    memory = model.encode(src, src_lengths)
+    state = model.init_state(memory)
+    bsz = src.shape[0]
+    prev = torch.full((bsz,), SOS, dtype=torch.long, device=src.device)
+    done = torch.zeros(bsz, dtype=torch.bool, device=src.device)
+    tokens, scores, attns = [], torch.zeros(bsz, dtype=torch.float64), []
+    for _ in range(max_len):
+        logits, state, attn = model.step(prev, state, memory)
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        prev = logp.argmax(-1)
+        scores += torch.where(done, 0.0, logp.gather(1, prev.unsqueeze(1)).squeeze(1)).double().cpu()
+        tokens.append(prev)
+        attns.append(attn)
+        done = done | (prev == EOS)
+        if bool(done.all()):
+            break
+    out = []
+    ids = torch.stack(tokens, dim=1).tolist()  # (B, steps)
+    for b in range(bsz):
+        seq = ids[b]
+        n = seq.index(EOS) if EOS in seq else len(seq)
+        att = None
+        if attns[0] is not None:
+            att = torch.stack([a[b] for a in attns[: min(n + 1, len(attns))]])  # (n+1, S)
+            att = att[:, : int(src_lengths[b])]
+        out.append(Hypothesis(tokens=seq[:n], score=float(scores[b]), attention=att))
+    return out
+
+
+@torch.no_grad()
+def beam_search(
+    model: nn.Module,
+    src: Tensor,
+    src_lengths: Tensor,
+    *,
+    beam: int = 4,
+    max_len: int = 64,
+    alpha: float = 1.0,
+) -> list[Hypothesis]:
+    """Beam search with length normalization ``score / len ** alpha``; one best hypothesis per
+    sentence. ``beam=1`` gives greedy's tokens."""
+    if not isinstance(beam, int) or isinstance(beam, bool) or beam < 1:
+        raise ValueError(f"beam: expected an int >= 1, got {beam!r}")
+    if not isinstance(alpha, (int, float)) or alpha < 0:
+        raise ValueError(f"alpha: expected a number >= 0, got {alpha!r}")
+    _check_max_len(max_len)
+    bsz, dev = src.shape[0], src.device
+    memory = model.encode(src, src_lengths)
+    expand = torch.arange(bsz, device=dev).repeat_interleave(beam)  # (B*K,)
+    memory = _select(memory, expand)
+    state = model.init_state(memory)
+    prev = torch.full((bsz * beam,), SOS, dtype=torch.long, device=dev)
+    # Only the first copy of each sentence is live at the start (the K copies are identical).
+    scores = torch.full((bsz, beam), float("-inf"), dtype=torch.float64, device=dev)
+    scores[:, 0] = 0.0
+    history = torch.zeros(bsz * beam, 0, dtype=torch.long, device=dev)
+    att_hist: list[Tensor] = []  # per step (B*K, S), reordered with the beams
+    finished: list[list[tuple[float, list[int], Tensor | None, float]]] = [[] for _ in range(bsz)]
+    settled = [False] * bsz
+    for _ in range(max_len):
+        logits, state, attn = model.step(prev, state, memory)
+        logp = torch.log_softmax(logits.double(), dim=-1)  # (B*K, V)
+        vocab = logp.shape[-1]
+        cand = (scores.view(-1, 1) + logp).view(bsz, beam * vocab)  # (B, K*V)
+        top, idx = cand.topk(min(2 * beam, cand.shape[1]), dim=1)  # room for finished ones
+        origin, token = idx // vocab, idx % vocab  # (B, 2K)
+        new_scores = torch.full((bsz, beam), float("-inf"), dtype=torch.float64, device=dev)
+        new_origin = torch.zeros(bsz, beam, dtype=torch.long, device=dev)
+        new_token = torch.full((bsz, beam), EOS, dtype=torch.long, device=dev)
+        top_l, origin_l, token_l = top.tolist(), origin.tolist(), token.tolist()
+        for b in range(bsz):
+            if settled[b]:
+                continue
+            k = 0
+            for score, o, tok in zip(top_l[b], origin_l[b], token_l[b]):
+                if score == float("-inf") or k == beam:
+                    break
+                flat = b * beam + o
+                if tok == EOS:
+                    seq = history[flat].tolist()
+                    att = _gather_attention(att_hist, attn, flat, int(src_lengths[b]))
+                    finished[b].append((score / (len(seq) + 1) ** alpha, seq, att, score))
+                    continue
+                new_scores[b, k], new_origin[b, k], new_token[b, k] = score, o, tok
+                k += 1
+        # Stop a sentence once its best finished hypothesis beats every live one's best possible.
+        flat_origin = (torch.arange(bsz, device=dev).unsqueeze(1) * beam + new_origin).view(-1)
+        history = torch.cat([history.index_select(0, flat_origin), new_token.view(-1, 1)], dim=1)
+        if attn is not None:
+            att_hist = [a.index_select(0, flat_origin) for a in att_hist] + [
+                attn.index_select(0, flat_origin)
+            ]
+        state = _select(state, flat_origin)
+        scores, prev = new_scores, new_token.view(-1)
+        settled = [settled[b] or _settled(finished[b], new_scores[b], beam, alpha) for b in range(bsz)]
+        if all(settled):
+            break
+    out = []
+    for b in range(bsz):
+        pool = finished[b]
+        if not pool:  # nothing ended with <eos> within max_len: take the best live beam
+            k = int(scores[b].argmax())
+            flat = b * beam + k
+            seq = history[flat].tolist()
+            att = _gather_attention(att_hist, None, flat, int(src_lengths[b]))
+            pool = [(float(scores[b, k]) / max(len(seq), 1) ** alpha, seq, att, float(scores[b, k]))]
+        _, seq, att, raw = max(pool, key=lambda p: p[0])
+        out.append(Hypothesis(tokens=seq, score=raw, attention=att))
+    return out
+
+
+def _settled(finished, live: Tensor, beam: int, alpha: float) -> bool:
+    """A sentence is done when ``beam`` hypotheses have ended, when nothing is live, or (for
+    ``alpha = 0``) when no live beam can beat the best finished one: log-probabilities only
+    decrease as tokens are added."""
+    top = float(live.max())
+    if len(finished) >= beam or top == float("-inf"):
+        return True
+    return alpha == 0 and bool(finished) and top <= max(f[0] for f in finished)
+
+
+def _gather_attention(hist: list[Tensor], last: Tensor | None, flat: int, src_len: int) -> Tensor | None:
+    rows = [a[flat] for a in hist]
+    if last is not None:
+        rows.append(last[flat])
+    if not rows:
+        return None
+    return torch.stack(rows)[:, :src_len]
+
+
+def _check_max_len(max_len: int) -> None:
+    if not isinstance(max_len, int) or isinstance(max_len, bool) or max_len < 1:
+        raise ValueError(f"max_len: expected an int >= 1, got {max_len!r}")

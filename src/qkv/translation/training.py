@@ -1,0 +1,209 @@
+"""Training a translation model from a config: what ``qkv train`` runs.
+
+:func:`train` turns a config (:func:`qkv.train.config.resolve`) into the pieces of the
+model-agnostic :class:`qkv.train.loop.Trainer`: the corpus and its tokenizers
+(:func:`prepare_data`), the model (:func:`qkv.models.builders.build_model`), AdamW, and a
+:class:`TranslationTask`, the translation side of the loop: batches of encoded sentence pairs,
+teacher-forced token cross entropy (:func:`_loss`), and validation by loss and, for the first
+``valid_decode`` validation sentences, greedy exact match.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .. import data as qdata
+from ..models.builders import build_model
+from ..train.loop import Trainer, TrainResult, open_run, seed_everything, torch_threads
+from .decode import decode_limit
+from .translator import decode_examples
+
+__all__ = ["TranslationTask", "load_corpus", "prepare_data", "train", "validation_loss"]
+
+# Batches are drawn from windows of 20 batches sorted by length: ~2% padding instead of ~30%.
+_SORT_WITHIN = 20
+
+
+def load_corpus(d: dict[str, Any]):
+    """The corpus of a ``[data]`` table: a built-in name or a TSV path."""
+    name = str(d["corpus"])
+    if name in qdata.BUILTIN_CORPORA:
+        return qdata.builtin(name, size=d["size"], seed=d["seed"], **d.get("options", {}))
+    path = Path(name)
+    if not path.exists():
+        raise ValueError(
+            f"data.corpus: {name!r} is neither a built-in corpus ({', '.join(qdata.BUILTIN_CORPORA)}) "
+            "nor an existing file"
+        )
+    return qdata.load_tsv(
+        path,
+        lowercase=d["lowercase"],
+        split_punct=d["split_punct"],
+        max_len=d["max_len"] or None,
+        valid_frac=d["valid_frac"],
+        test_frac=d["test_frac"],
+        seed=d["seed"],
+    )
+
+
+def prepare_data(cfg: dict[str, Any]):
+    """The corpus and the two tokenizers (built on the training split only) of a config."""
+    d = cfg["data"]
+    corpus = load_corpus(d)
+    train_ex = corpus["train"]
+    kw = {"vocab_size": d["bpe_vocab"]} if d["tokenizer"] == "bpe" else {}
+    src_tok = qdata.build_tokenizer(d["tokenizer"], [e.source for e in train_ex], **kw)
+    tgt_tok = qdata.build_tokenizer(d["tokenizer"], [e.target for e in train_ex], **kw)
+    return corpus, src_tok, tgt_tok
+
+
+def _loss(model: nn.Module, batch, t: dict[str, Any]) -> tuple[Tensor, int]:
+    """Token cross entropy, plus the model's auxiliary loss when it has one.
+
+    A model with an ``auxiliary_loss(record, logits, targets)`` method (e.g. the REINFORCE
+    term of hard attention in :class:`qkv.models.seq2seq.Seq2Seq`) is called with a ``record``
+    dict its forward fills; a term it returns (not None) is added to the loss.
+    """
+    record: dict[str, Tensor] = {}
+    extra = {"record": record} if hasattr(model, "auxiliary_loss") else {}
+    logits = model(
+        batch.src, batch.src_lengths, batch.tgt_in, teacher_forcing=float(t["teacher_forcing"]), **extra
+    )
+    ntok = int((batch.tgt_out != 0).sum())
+    loss = nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(),
+        batch.tgt_out.reshape(-1),
+        ignore_index=0,
+        label_smoothing=float(t["label_smoothing"]),
+    )
+    if record:
+        aux = model.auxiliary_loss(record, logits, batch.tgt_out)
+        if aux is not None:
+            loss = loss + aux
+    return loss, ntok
+
+
+@torch.no_grad()
+def validation_loss(model: nn.Module, pairs, *, batch_size: int) -> float:
+    """Mean teacher-forced cross entropy per target token (no dropout, no label smoothing)."""
+    was = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for b in qdata.batches(pairs, batch_size=batch_size, shuffle=False, seed=0):
+        logits = model(b.src, b.src_lengths, b.tgt_in)
+        total += float(
+            nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]).float(),
+                b.tgt_out.reshape(-1),
+                ignore_index=0,
+                reduction="sum",
+            )
+        )
+        count += int((b.tgt_out != 0).sum())
+    model.train(was)
+    return total / max(count, 1)
+
+
+def _max_len(cfg, examples, tgt_tok) -> int:
+    """The decoding limit of validation: :func:`~qkv.translation.decode.decode_limit` from the
+    references (``max_decode_len``, else 2 x the longest target in the target tokenizer's
+    tokens + 10)."""
+    references = [len(tgt_tok.encode(e.target)) for e in examples]
+    return decode_limit(cfg["train"].get("max_decode_len"), references=references)
+
+
+def _valid_exact_match(model, examples, src_tok, tgt_tok, cfg) -> float:
+    hyps = decode_examples(
+        model, examples, src_tok, tgt_tok, beam=1, batch_size=128, max_len=_max_len(cfg, examples, tgt_tok)
+    )
+    good = sum(h == " ".join(e.target.split()) for h, e in zip(hyps, examples))
+    return good / max(len(examples), 1)
+
+
+class TranslationTask:
+    """The translation side of the :class:`~qkv.train.loop.Trainer`: shuffled length-sorted
+    batches of encoded pairs, the loss of :func:`_loss`, and validation by
+    :func:`validation_loss` and (``valid_decode`` > 0) greedy exact match."""
+
+    count_unit = "target tok"
+
+    def __init__(self, cfg: dict[str, Any], corpus, src_tok, tgt_tok):
+        self.cfg, self.t = cfg, cfg["train"]
+        self.src_tok, self.tgt_tok = src_tok, tgt_tok
+        self.train_pairs = qdata.encode_pairs(corpus["train"], src_tok, tgt_tok)
+        self.valid_pairs = qdata.encode_pairs(corpus["valid"], src_tok, tgt_tok)
+        self.valid_examples = corpus["valid"][: int(self.t["valid_decode"])]
+        self.batch_size = int(self.t["batch_size"])
+        self.batches_per_epoch = qdata.num_batches(len(self.train_pairs), self.batch_size)
+
+    def batches(self, epoch: int, start: int):
+        return qdata.batches(
+            self.train_pairs, batch_size=self.batch_size, shuffle=True, seed=int(self.t["seed"]),
+            epoch=epoch, sort_within=_SORT_WITHIN, start=start,
+        )  # fmt: skip
+
+    def loss(self, model: nn.Module, batch) -> tuple[Tensor, int]:
+        return _loss(model, batch, self.t)  # looked up at call time: tests replace _loss
+
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        metrics = {"valid_loss": validation_loss(model, self.valid_pairs, batch_size=self.batch_size * 2)}
+        if self.t["valid_decode"]:
+            metrics["valid_exact_match"] = _valid_exact_match(
+                model, self.valid_examples, self.src_tok, self.tgt_tok, self.cfg
+            )
+        return metrics
+
+
+def train(
+    cfg: dict[str, Any],
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    stream=None,
+    stop_after_steps: int | None = None,
+) -> TrainResult:
+    """Train the model a config describes; checkpoints go to ``out_dir``.
+
+    Args:
+        cfg: a full config from :func:`qkv.train.config.resolve`.
+        out_dir: the run directory (``ckpt-*`` checkpoints, ``latest.json``, ``best/``).
+        resume: continue from the latest checkpoint in ``out_dir`` (its config wins; an
+            existing run directory without ``resume`` is an error, so nothing is overwritten).
+        progress: show a progress bar with loss, tokens/s and ETA on ``stream`` (stderr).
+        stop_after_steps: stop (and checkpoint) after this many optimizer steps in this call,
+            as an interruption would (tests use it to check exact resumption).
+    """
+    stream = sys.stderr if stream is None else stream
+    ckpt = open_run(out_dir, resume=resume)
+    if ckpt is not None:
+        cfg = ckpt.config
+    with torch_threads(cfg["train"].get("threads")):
+        trainer = _trainer(cfg, Path(out_dir), ckpt, progress=progress, stream=stream)
+        return trainer.fit(stop_after_steps=stop_after_steps)
+
+
+def _trainer(cfg: dict[str, Any], out: Path, ckpt, *, progress: bool, stream) -> Trainer:
+    """Data, model, optimizer and task of a config, in a Trainer (restored from ``ckpt``)."""
+    t = cfg["train"]
+    seed_everything(int(t["seed"]))
+    corpus, src_tok, tgt_tok = prepare_data(cfg)
+    if ckpt is not None:  # the vocabularies the model was built with
+        src_tok = qdata.tokenizer_from_dict(ckpt.vocab["source"])
+        tgt_tok = qdata.tokenizer_from_dict(ckpt.vocab["target"])
+    task = TranslationTask(cfg, corpus, src_tok, tgt_tok)
+    model = build_model(cfg["model"], src_vocab=len(src_tok), tgt_vocab=len(tgt_tok))
+    opt = torch.optim.AdamW(model.parameters(), lr=float(t["lr"]), weight_decay=float(t["weight_decay"]))
+    trainer = Trainer(
+        model, opt, task, settings=t, out_dir=out, config=cfg,
+        vocab={"source": src_tok.to_dict(), "target": tgt_tok.to_dict()},
+        desc=f"train {cfg['model'].get('attention', cfg['model'].get('kind'))}", progress=progress, stream=stream,
+    )  # fmt: skip
+    if ckpt is not None:
+        trainer.restore(ckpt)
+    return trainer

@@ -1,0 +1,186 @@
+"""The split of training and translation: a model-agnostic Trainer, one decoding-length rule,
+the layering (qkv.train never imports qkv.translation) and the deprecated old import paths."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import nn
+
+import qkv.models
+import qkv.translation
+from qkv.data import build_tokenizer
+from qkv.train import DEFAULTS, Trainer, load_checkpoint
+from qkv.translation import Translator, decode_limit
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "qkv"
+
+# ----------------------------------------------------------------------------- the Trainer
+
+
+class Regression:
+    """A task that is not translation: linear regression on fixed random data."""
+
+    count_unit = "example"
+
+    def __init__(self, n: int = 64, batch_size: int = 8):
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, 3, generator=g)
+        self.y = self.x @ torch.tensor([1.0, -2.0, 0.5])
+        self.batch_size = batch_size
+        self.batches_per_epoch = n // batch_size
+
+    def batches(self, epoch, start):
+        order = torch.randperm(len(self.x), generator=torch.Generator().manual_seed(epoch))
+        for i in range(start, self.batches_per_epoch):
+            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+            yield self.x[idx], self.y[idx]
+
+    def loss(self, model, batch):
+        x, y = batch
+        return F.mse_loss(model(x).squeeze(-1), y), len(y)
+
+    @torch.no_grad()
+    def validate(self, model):
+        return {"valid_loss": float(F.mse_loss(model(self.x).squeeze(-1), self.y)), "valid_r": 0.5}
+
+
+def _fit(out, *, stop=None, resume=False, patience=0):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.Dropout(0.1), nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    settings = {**DEFAULTS["train"], "epochs": 3, "lr": 0.05, "warmup": 0, "patience": patience}
+    trainer = Trainer(model, opt, Regression(), settings=settings, out_dir=out, config={"task": "regression"})
+    if resume:
+        trainer.restore(load_checkpoint(out))
+    return trainer.fit(stop_after_steps=stop), model
+
+
+def test_trainer_trains_any_task_and_resumes_exactly(tmp_path):
+    full, model = _fit(tmp_path / "full")
+    assert full.step == 24 and len(full.history) == 3 and not full.interrupted
+    assert full.history[-1]["valid_loss"] < full.history[0]["valid_loss"]
+    assert full.history[0]["valid_r"] == 0.5  # extra validation metrics are recorded
+    assert (tmp_path / "full" / "best").is_dir()
+    half, _ = _fit(tmp_path / "half", stop=11)
+    assert half.interrupted and half.step == 11
+    torch.manual_seed(99)  # the checkpoint restores the RNG
+    rest, resumed = _fit(tmp_path / "half", resume=True)
+    assert rest.step == 24
+    assert [h["train_loss"] for h in rest.history] == [h["train_loss"] for h in full.history]
+    for a, b in zip(model.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_resume_in_a_later_epoch_is_exact_after_validation_decoding(tmp_path):
+    """Validation decoding switches the model to eval mode; the next epoch trains with dropout
+    again, so a run resumed in epoch 2 matches an uninterrupted one."""
+    from qkv.train import find_latest, resolve
+    from qkv.translation import train
+
+    cfg = resolve(
+        {
+            "data": {"corpus": "numbers", "size": 300, "options": {"max_value": 999}},
+            "model": {"embed_dim": 16, "hidden_dim": 24, "dropout": 0.3},
+            "train": {"epochs": 2, "batch_size": 32, "valid_decode": 10, "warmup": 2, "threads": 1},
+        },
+        preset="bahdanau",
+    )
+    full = train(cfg, tmp_path / "full", progress=False)
+    half = train(cfg, tmp_path / "half", progress=False, stop_after_steps=12)  # 9 batches an epoch
+    assert half.interrupted and len(half.history) == 1
+    rest = train(cfg, tmp_path / "half", resume=True, progress=False)
+    assert [h["train_loss"] for h in rest.history] == [h["train_loss"] for h in full.history]
+    a, b = (load_file(str(find_latest(tmp_path / run) / "model.safetensors")) for run in ("full", "half"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_trainer_prints_epochs_and_stops_early(tmp_path, capsys):
+    class Worse(Regression):
+        def validate(self, model):
+            return {"valid_loss": 1.0}
+
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    settings = {**DEFAULTS["train"], "epochs": 5, "patience": 2, "warmup": 0}
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    trainer = Trainer(model, opt, Worse(), settings=settings, out_dir=tmp_path, config={}, progress=True)
+    result = trainer.fit()
+    err = capsys.readouterr().err
+    assert result.stopped_early and len(result.history) == 3  # best at 1, then 2 epochs without
+    assert "epoch 1: train loss" in err and "example/s" in err
+    assert "early stopping: no better validation loss for 2 epochs" in err
+    assert load_checkpoint(tmp_path).state["finished"] is True
+
+
+# ----------------------------------------------------------------------------- decoding length
+
+
+def test_one_decoding_length_rule():
+    assert decode_limit(7, references=[50]) == 7  # the setting wins
+    assert decode_limit(0, references=[3, 5]) == 2 * 5 + 10  # validation: from the references
+    assert decode_limit(None, references=[]) == 2 * 10 + 10
+    assert decode_limit(0, sources=[4, 2]) == 3 * 4 + 10  # translation: from the sources
+    assert decode_limit(0) == 3 * 16 + 10
+    words = build_tokenizer("word", ["a b c d"])
+    tr = Translator(None, words, words, {"train": {"max_decode_len": 0}})
+    assert tr.max_len(["a b c", "d"]) == decode_limit(0, sources=[3, 1]) == 19
+    tr.config["train"]["max_decode_len"] = 5
+    assert tr.max_len(["a b c"]) == 5
+
+
+# ----------------------------------------------------------------------------- layering
+
+
+def _imports(path: Path) -> set[str]:
+    """The modules a file imports statically, resolved to absolute names."""
+    package = ".".join(path.relative_to(SRC.parent).with_suffix("").parts)
+    if path.name != "__init__.py":
+        package = package.rsplit(".", 1)[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+            out.add(".".join(p for p in (base, node.module or "") if p))
+    return out
+
+
+@pytest.mark.parametrize("layer", ["train", "models", "data"])
+def test_lower_layers_never_import_translation(layer):
+    for path in sorted((SRC / layer).glob("*.py")):
+        bad = {m for m in _imports(path) if m == "qkv" or m.startswith(("qkv.translation", "qkv.cli"))}
+        assert not bad, f"{path.name} imports {bad}"
+
+
+# ----------------------------------------------------------------------------- old import paths
+
+MOVED = [
+    ("qkv.train.translator", "Translator", qkv.translation.Translator),
+    ("qkv.train.translator", "decode_examples", qkv.translation.decode_examples),
+    ("qkv.train.decode", "greedy", qkv.translation.greedy),
+    ("qkv.train.decode", "beam_search", qkv.translation.beam_search),
+    ("qkv.train.metrics", "aer", qkv.translation.aer),
+    ("qkv.train.demo", "run_demo", qkv.translation.run_demo),
+    ("qkv.train", "bleu", qkv.translation.bleu),
+    ("qkv.train.loop", "train", qkv.translation.train),
+    ("qkv.train.loop", "load_corpus", qkv.translation.load_corpus),
+    ("qkv.train.loop", "prepare_data", qkv.translation.prepare_data),
+    ("qkv.train.loop", "build_model", qkv.models.build_model),
+]
+
+
+@pytest.mark.parametrize(("old", "name", "new"), MOVED)
+def test_old_import_paths_still_work_with_a_deprecation_warning(old, name, new):
+    module = importlib.import_module(old)
+    with pytest.warns(DeprecationWarning, match=rf"{old}\.{name} moved to qkv\."):
+        assert getattr(module, name) is new
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        module.nope
