@@ -226,145 +226,160 @@ def _as_range(ids: list[int]) -> slice | None:
 
 
 def _make_plan(inputs: AttentionInputs, layout, bq: int, bk: int) -> _Plan:
-    tq, tk, dev = inputs.q_len, inputs.kv_len, inputs.query.device
-    b = inputs.query.shape[0]
-    any_ = layout.any.cpu()  # (nQB, nKB)
-    n_qb, n_kb = any_.shape
-    step = bq // bk if bq % bk == 0 else 0
-    per_batch = inputs.pattern.depends_on_batch_head
-    fn = inputs.pattern.mask_mod(tq, tk)
-    rows_all = torch.arange(n_qb)
-    cols_all = torch.arange(n_kb)
+    return _Planner(inputs, layout, bq, bk).plan()
 
-    # The band: offsets (key block - query block * step) that most query blocks use.
-    lo, width = 0, 0
-    nonempty = any_.any(dim=1)
-    if step and bool(nonempty.any()):
-        offsets = cols_all.view(1, -1) - rows_all.view(-1, 1) * step  # (nQB, nKB)
-        used = torch.zeros(n_kb + n_qb * step + 1, dtype=torch.long)
-        base = n_qb * step
-        used.index_add_(0, (offsets[any_] + base), torch.ones(int(any_.sum()), dtype=torch.long))
-        common = torch.nonzero(used >= 0.5 * float(nonempty.sum())).flatten() - base
-        if common.numel():
-            lo, width = int(common.min()), int(common.max() - common.min() + 1)
-    in_band = torch.zeros_like(any_)
-    if width:
-        off = cols_all.view(1, -1) - rows_all.view(-1, 1) * step
-        in_band = (off >= lo) & (off < lo + width)
-        # Only query blocks whose whole span lies inside the keys use the views (no padded
-        # copy of the keys); the few at the edges gather their tiles like the extras.
-        start = (rows_all * step + lo) * bk
-        inside = (start >= 0) & (start + width * bk <= tk)
-        in_band &= inside.view(-1, 1)
-    extras = any_ & ~in_band
 
-    h = inputs.query.shape[1]
+class _Planner:
+    """Builds a :class:`_Plan`: the band of key blocks most query blocks share (key views, no
+    gather), the columns most query blocks also use (global tokens: gathered once), and the
+    remaining tiles gathered per group of query blocks."""
 
-    def evaluate(q_pos: Tensor, kv_pos: Tensor) -> tuple[Tensor, Tensor]:
+    def __init__(self, inputs: AttentionInputs, layout, bq: int, bk: int) -> None:
+        self.tq, self.tk, self.dev = inputs.q_len, inputs.kv_len, inputs.query.device
+        self.b, self.h = inputs.query.shape[0], inputs.query.shape[1]
+        self.bq, self.bk = bq, bk
+        self.any_ = layout.any.cpu()  # (nQB, nKB)
+        self.n_qb, self.n_kb = self.any_.shape
+        self.step = bq // bk if bq % bk == 0 else 0
+        self.per_batch = inputs.pattern.depends_on_batch_head
+        self.fn = inputs.pattern.mask_mod(self.tq, self.tk)
+        self.lo, self.width, self.in_band = self._band()
+
+    def _band(self) -> tuple[int, int, Tensor]:
+        """The band: offsets (key block - query block * step) that most query blocks use, and
+        which tiles lie in it (only for query blocks whose whole span lies inside the keys, so
+        views need no padded copy; the few at the edges gather their tiles like the extras)."""
+        any_, step, n_qb, n_kb = self.any_, self.step, self.n_qb, self.n_kb
+        rows_all, cols_all = torch.arange(n_qb), torch.arange(n_kb)
+        lo, width = 0, 0
+        nonempty = any_.any(dim=1)
+        if step and bool(nonempty.any()):
+            offsets = cols_all.view(1, -1) - rows_all.view(-1, 1) * step  # (nQB, nKB)
+            used = torch.zeros(n_kb + n_qb * step + 1, dtype=torch.long)
+            base = n_qb * step
+            used.index_add_(0, (offsets[any_] + base), torch.ones(int(any_.sum()), dtype=torch.long))
+            common = torch.nonzero(used >= 0.5 * float(nonempty.sum())).flatten() - base
+            if common.numel():
+                lo, width = int(common.min()), int(common.max() - common.min() + 1)
+        in_band = torch.zeros_like(any_)
+        if width:
+            off = cols_all.view(1, -1) - rows_all.view(-1, 1) * step
+            in_band = (off >= lo) & (off < lo + width)
+            start = (rows_all * step + lo) * self.bk
+            inside = (start >= 0) & (start + width * self.bk <= self.tk)
+            in_band &= inside.view(-1, 1)
+        return lo, width, in_band
+
+    def _evaluate(self, q_pos: Tensor, kv_pos: Tensor) -> tuple[Tensor, Tensor]:
         """keep (n, 1, bq, S) | (B, n, H, bq, S) and the real-key flag (n, 1, 1, S), for query
         positions (n, bq) and key positions (n, S)."""
+        tq, tk, dev, b, h = self.tq, self.tk, self.dev, self.b, self.h
         q4, kv4 = q_pos.view(q_pos.shape[0], 1, -1, 1), kv_pos.view(kv_pos.shape[0], 1, 1, -1)
         real = (kv4 >= 0) & (kv4 < tk)
         valid = (q4 < tq) & real
         qc, kc = q4.clamp(0, tq - 1), kv4.clamp(0, tk - 1)
-        if per_batch:
+        if self.per_batch:
             bb = torch.arange(b, device=dev).view(b, 1, 1, 1, 1)
             hh = torch.arange(h, device=dev).view(1, 1, h, 1, 1)
-            keep = fn(bb, hh, qc.unsqueeze(0), kc.unsqueeze(0)) & valid
+            keep = self.fn(bb, hh, qc.unsqueeze(0), kc.unsqueeze(0)) & valid
         else:
             zero = torch.zeros((), dtype=torch.long, device=dev)
-            keep = fn(zero, zero, qc, kc) & valid
+            keep = self.fn(zero, zero, qc, kc) & valid
         return keep, real
 
-    def piece(rows: list[int], idx: Tensor | None, tile_ok: Tensor | None = None) -> _Piece:
+    def _piece(self, rows: list[int], idx: Tensor | None, tile_ok: Tensor | None = None):
         """idx: None (band), (n, C) per-row key blocks, or (C,) blocks shared by the rows;
         tile_ok (n, C): which of those tiles this piece owns (the others belong to another)."""
+        dev, bq, bk, n_kb = self.dev, self.bq, self.bk, self.n_kb
         r = torch.tensor(rows, device=dev)
         n = len(rows)
         q_pos = (r * bq).view(-1, 1) + torch.arange(bq, device=dev).view(1, bq)  # (n, bq)
         if idx is None:
-            starts = (r * step + lo) * bk
-            kv_pos = starts.view(-1, 1) + torch.arange(width * bk, device=dev).view(1, -1)  # (n, S)
+            starts = (r * self.step + self.lo) * bk
+            kv_pos = starts.view(-1, 1) + torch.arange(self.width * bk, device=dev).view(1, -1)  # (n, S)
         else:
             blocks = idx.expand(n, -1)  # (n, C)
             kv_pos = (blocks * bk).view(n, -1, 1) + torch.arange(bk, device=dev).view(1, 1, bk)
             kv_pos = kv_pos.reshape(n, -1)
             kv_pos = torch.where(kv_pos >= n_kb * bk, -1, kv_pos)  # the zero block: no key
-        keep, real = evaluate(q_pos, kv_pos)
+        keep, real = self._evaluate(q_pos, kv_pos)
         if tile_ok is not None:  # tiles another piece owns: masked here (but still real keys)
             owned = tile_ok.to(dev).repeat_interleave(bk, dim=1).view(n, 1, 1, -1)
             keep = keep & owned
         fields = dict(
-            rows=r,
-            span=_as_range(rows),
-            idx=idx,
-            run=_run(idx, n_kb, tk, bk),
-            keep=keep,
+            rows=r, span=_as_range(rows), idx=idx, run=_run(idx, n_kb, self.tk, bk), keep=keep,
             row_any=keep.any(dim=-1),
-        )
+        )  # fmt: skip
         return fields, kv_pos, keep.any(dim=-2), real.squeeze(-2)  # attended (n, 1, S) | (B, n, H, S)
 
-    def finish(raw: list) -> list[_Piece]:
+    def _where(self, kv_pos: Tensor) -> tuple:
+        """Index of each (piece position) into the reach table: (n, 1, S), or per (b, h)."""
+        pos = torch.where((kv_pos >= 0) & (kv_pos < self.tk), kv_pos, self.tk).unsqueeze(-2)  # tk: no key
+        if not self.per_batch:
+            return (pos,)
+        bb = torch.arange(self.b, device=self.dev).view(self.b, 1, 1, 1)
+        hh = torch.arange(self.h, device=self.dev).view(1, 1, self.h, 1)
+        return bb, hh, pos.unsqueeze(0)  # broadcast to (B, n, H, S)
+
+    def _finish(self, raw: list) -> list[_Piece]:
         """Mark the dead keys of each piece: real keys that no query of the whole pattern may
         attend (NaN placed there must not leak through 0 * NaN). Keys attended elsewhere hold
         real values and need no zeroing (and no copy)."""
-
-        def where(kv_pos: Tensor) -> tuple:
-            """Index of each (piece position) into reach: (n, 1, S), or per (b, h)."""
-            pos = torch.where((kv_pos >= 0) & (kv_pos < tk), kv_pos, tk).unsqueeze(
-                -2
-            )  # (n, 1, S); tk: no key
-            if not per_batch:
-                return (pos,)
-            bb = torch.arange(b, device=dev).view(b, 1, 1, 1)
-            hh = torch.arange(h, device=dev).view(1, 1, h, 1)
-            return bb, hh, pos.unsqueeze(0)  # broadcast to (B, n, H, S)
-
-        reach = torch.zeros((b, h, tk + 1) if per_batch else (tk + 1,), dtype=torch.bool, device=dev)
+        shape = (self.b, self.h, self.tk + 1) if self.per_batch else (self.tk + 1,)
+        reach = torch.zeros(shape, dtype=torch.bool, device=self.dev)
         for _, kv_pos, attended, _ in raw:
-            idx = torch.broadcast_tensors(*where(kv_pos), attended)[:-1]
+            idx = torch.broadcast_tensors(*self._where(kv_pos), attended)[:-1]
             reach[tuple(i[attended.expand_as(i)] for i in idx)] = True
         pieces = []
         for fields, kv_pos, attended, real in raw:
-            unreachable = ~reach[where(kv_pos)]  # (n, 1, S) | (B, n, H, S)
+            unreachable = ~reach[self._where(kv_pos)]  # (n, 1, S) | (B, n, H, S)
             dead = (~attended & real & unreachable).unsqueeze(-1)  # (n, 1, S, 1) | (B, n, H, S, 1)
             pieces.append(_Piece(**fields, dead=dead if bool(dead.any()) else None))
         return pieces
 
-    pieces = []
-    if width:
-        band_rows = torch.nonzero((any_ & in_band).any(dim=1)).flatten().tolist()
-        if band_rows:  # one consecutive run: the views need no gather
-            pieces.append(piece(list(range(band_rows[0], band_rows[-1] + 1)), None))
-    # Shared columns (global tokens): key blocks that are extras of most query blocks are one
-    # piece whose keys are gathered once and broadcast over the query blocks.
-    n_rows = int(extras.any(dim=1).sum())
-    shared = torch.nonzero(extras.sum(dim=0) >= max(2, 0.5 * n_rows)).flatten()
-    if shared.numel():
-        owners = torch.nonzero(extras[:, shared].any(dim=1)).flatten().tolist()
-        pieces.append(piece(owners, shared.to(dev), tile_ok=extras[owners][:, shared]))
-        extras = extras.clone()
-        extras[:, shared] = False
-    counts = extras.sum(dim=1)
-    distinct = len(set(counts.tolist()) - {0})
-    groups: dict[int, list[int]] = {}
-    for i, c in enumerate(counts.tolist()):
-        if c:
-            groups.setdefault(c if distinct <= 16 else (c - 1).bit_length(), []).append(i)
-    cap = max(1, (32 << 20) // (b * bq * bk * 4))  # bound one gather's rows x blocks
-    for members in groups.values():
-        c_max = int(counts[members].max())
-        per_piece = max(1, cap // c_max)
-        for start in range(0, len(members), per_piece):
-            rows = members[start : start + per_piece]
-            cols = [torch.nonzero(extras[i]).flatten() for i in rows]
-            idx = torch.full((len(rows), c_max), n_kb, dtype=torch.long)
-            for j, c in enumerate(cols):
-                idx[j, : c.numel()] = c
-            pieces.append(piece(rows, idx.to(dev)))
-    if not any(fields["idx"] is None for fields, *_ in pieces):
-        width = 0
-    return _Plan(bq, bk, n_qb, n_kb, step, lo, width, per_batch, finish(pieces))
+    def _extra_pieces(self, extras: Tensor) -> list:
+        """The tiles outside the band: shared columns (global tokens: key blocks that are extras
+        of most query blocks, gathered once and broadcast), then per-row gathers grouped by how
+        many tiles a row has."""
+        pieces = []
+        n_rows = int(extras.any(dim=1).sum())
+        shared = torch.nonzero(extras.sum(dim=0) >= max(2, 0.5 * n_rows)).flatten()
+        if shared.numel():
+            owners = torch.nonzero(extras[:, shared].any(dim=1)).flatten().tolist()
+            pieces.append(self._piece(owners, shared.to(self.dev), tile_ok=extras[owners][:, shared]))
+            extras = extras.clone()
+            extras[:, shared] = False
+        counts = extras.sum(dim=1)
+        distinct = len(set(counts.tolist()) - {0})
+        groups: dict[int, list[int]] = {}
+        for i, c in enumerate(counts.tolist()):
+            if c:
+                groups.setdefault(c if distinct <= 16 else (c - 1).bit_length(), []).append(i)
+        cap = max(1, (32 << 20) // (self.b * self.bq * self.bk * 4))  # bound one gather's rows x blocks
+        for members in groups.values():
+            c_max = int(counts[members].max())
+            per_piece = max(1, cap // c_max)
+            for start in range(0, len(members), per_piece):
+                rows = members[start : start + per_piece]
+                cols = [torch.nonzero(extras[i]).flatten() for i in rows]
+                idx = torch.full((len(rows), c_max), self.n_kb, dtype=torch.long)
+                for j, c in enumerate(cols):
+                    idx[j, : c.numel()] = c
+                pieces.append(self._piece(rows, idx.to(self.dev)))
+        return pieces
+
+    def plan(self) -> _Plan:
+        pieces = []
+        if self.width:
+            band_rows = torch.nonzero((self.any_ & self.in_band).any(dim=1)).flatten().tolist()
+            if band_rows:  # one consecutive run: the views need no gather
+                pieces.append(self._piece(list(range(band_rows[0], band_rows[-1] + 1)), None))
+        pieces += self._extra_pieces(self.any_ & ~self.in_band)
+        width = self.width if any(fields["idx"] is None for fields, *_ in pieces) else 0
+        return _Plan(
+            self.bq, self.bk, self.n_qb, self.n_kb, self.step, self.lo, width, self.per_batch,
+            self._finish(pieces),
+        )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- the kernel calls
