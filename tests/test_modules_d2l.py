@@ -62,7 +62,7 @@ def test_additive_per_query_lengths_and_zero_length_row():
     )
     q.requires_grad_(True)
     lens = torch.tensor([[1, 3, 5], [0, 2, 4]])
-    res = att(q, k, v, lens, need_weights=True)
+    res = att(q, k, v, valid_lens=lens, need_weights=True)
     logits = att.score(q, k)
     w = softmax_rows_with_lengths(logits, lens)
     torch.testing.assert_close(res.weights, w, rtol=0, atol=1e-14)
@@ -94,7 +94,7 @@ def test_dot_product_formula(scaled, backend):
         torch.randn(2, 5, 6, dtype=F64),
     )
     lens = torch.tensor([0, 3])
-    res = att(q, k, v, lens)
+    res = att(q, k, v, valid_lens=lens)
     logits = torch.einsum("bqd,bkd->bqk", q, k) / (math.sqrt(4) if scaled else 1.0)
     w = softmax_rows_with_lengths(logits, lens)
     assert res.out.shape == (2, 3, 6)
@@ -208,3 +208,17 @@ def test_d2l_forward_errors():
         DotProductAttention()(q, k, v)
     with pytest.raises(ValueError, match=r"queries: expected feature dim 4, got shape \(2, 3, 3\)"):
         LuongAttention(score="general", query_dim=4, key_dim=4)(q, k)
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: AdditiveAttention(query_dim=4, key_dim=4, hidden_dim=8), DotProductAttention]
+)
+def test_positional_valid_lens_is_deprecated_but_equal(make):
+    att = make()
+    q, k, v = torch.randn(2, 3, 4), torch.randn(2, 5, 4), torch.randn(2, 5, 6)
+    lens = torch.tensor([2, 5])
+    with pytest.warns(DeprecationWarning, match="pass valid_lens= by name"):
+        old = att(q, k, v, lens)
+    assert torch.equal(old.out, att(q, k, v, valid_lens=lens).out)
+    with pytest.raises(TypeError, match="valid_lens= by name, got 5 positional arguments"):
+        att(q, k, v, lens, lens)

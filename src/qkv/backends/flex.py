@@ -298,9 +298,6 @@ class FlexBackend:
             self._cache.popitem(last=False)
         return bm, reach
 
-    def clear_cache(self) -> None:
-        self._cache.clear()
-
     # -- run -----------------------------------------------------------------------------
 
     def run(self, inputs: AttentionInputs) -> AttentionOutput:

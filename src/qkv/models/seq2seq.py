@@ -289,7 +289,7 @@ class Seq2Seq(nn.Module):
                 query,
                 memory["states"],
                 memory["states"],
-                memory["lengths"],
+                valid_lens=memory["lengths"],
                 need_weights=True,
                 **self._training_normalizer(sampled),
             )

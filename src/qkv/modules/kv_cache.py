@@ -173,10 +173,6 @@ class KVCache:
         """``Tk``, the keys the next update of ``n`` steps will attend (cached + new)."""
         return self._length + n
 
-    def next_positions(self, n: int, device=None) -> Tensor:
-        """Positions the next ``n`` new steps will take, ``(n,)``."""
-        return torch.arange(self.offset, self.offset + n, device=device)
-
     def _check_compatible(self, key: Tensor) -> None:
         if self._key is None:
             return

@@ -1,5 +1,9 @@
 """Luong ("global") attention: the dot, general and concat scores.
 
+Named as in d2l.ai (``queries``, ``keys``, ``values``, ``valid_lens``), the one exception to
+qkv's torch vocabulary (``query``, ``key``, ``value``, ``embed_dim``); ``valid_lens`` is
+keyword-only, as everywhere in qkv.
+
 Shape legend (see :mod:`qkv._types`)::
 
     B   batch                    Dq  query (decoder state) features
