@@ -41,13 +41,14 @@ if __package__:  # imported as a package module (`qkv bench`, `python -m benchma
         int_list,
         log,
         machine_info,
+        machine_line,
         markdown_table,
         matmul_contender,
         paired_ratio,
         peak_rss_growth,
         time_interleaved,
         wait_for_quiet,
-        write_json,
+        write_report,
     )
 else:  # python benchmarks/<suite>.py: the script's directory is first on sys.path
     from common import (
@@ -56,13 +57,14 @@ else:  # python benchmarks/<suite>.py: the script's directory is first on sys.pa
         int_list,
         log,
         machine_info,
+        machine_line,
         markdown_table,
         matmul_contender,
         paired_ratio,
         peak_rss_growth,
         time_interleaved,
         wait_for_quiet,
-        write_json,
+        write_report,
     )
 
 SUITE = "adaptive_span"
@@ -255,7 +257,6 @@ def run_suite(
 
 def to_markdown(res: dict[str, Any]) -> str:
     m, cfg = res["machine"], res["config"]
-    git = m.get("git") or {}
     lines = [
         f"# {SUITE}: full causal attention against adaptive span (Sukhbaatar et al. 2019)",
         "",
@@ -264,11 +265,7 @@ def to_markdown(res: dict[str, Any]) -> str:
         "contenders interleaved in balanced rounds after warm-up, the roof matmul timed in the same rounds. "
         "Ratio = time / time of sdpa-causal (paired = median of per-round ratios).",
         "",
-        f"Machine: {m['cpu_model']}, {m['os_cpu_count']} CPUs ({m['cpus_available']} available), "
-        f"torch.get_num_threads() = {m['torch_num_threads']}, torch {m['torch_version']} "
-        f"({m['torch_cpu_capability']}), Python {m['python_version']}; {m['date_utc']}; load average "
-        f"{m['load_average_1m']:.2f} at start; qkv at {(git.get('commit') or '?')[:10]}"
-        f"{' + uncommitted changes' if git.get('dirty') else ''}.",
+        machine_line(m),
         "",
     ]
     rows = []
@@ -371,12 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         wait_quiet_s=wait_quiet,
         max_other_load=None if args.max_other_load < 0 else args.max_other_load,
     )
-    stem = SUITE + ("_quick" if args.quick else "")
-    write_json(args.out / f"{stem}.json", res)
-    md = to_markdown(res)
-    (args.out / f"{stem}.md").write_text(md)
-    print(md)
-    log(f"wrote {args.out / stem}.json and .md")
+    write_report(args.out, SUITE, args.quick, res, to_markdown)
     fwd = {c["contender"]: c["ratio_to_baseline"] for c in res["cases"] if c["mode"] == "fwd"}
     log(
         "forward time / sdpa-causal: " + ", ".join(f"{k} {v:.3f}" for k, v in fwd.items() if math.isfinite(v))

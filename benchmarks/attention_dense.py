@@ -38,6 +38,7 @@ if __package__:  # imported as a package module (`qkv bench`, `python -m benchma
         int_list,
         log,
         machine_info,
+        machine_line,
         markdown_table,
         matmul_contender,
         measure_roof,
@@ -45,7 +46,7 @@ if __package__:  # imported as a package module (`qkv bench`, `python -m benchma
         peak_rss_growth,
         time_interleaved,
         wait_for_quiet,
-        write_json,
+        write_report,
     )
 else:  # python benchmarks/<suite>.py: the script's directory is first on sys.path
     from common import (
@@ -54,6 +55,7 @@ else:  # python benchmarks/<suite>.py: the script's directory is first on sys.pa
         int_list,
         log,
         machine_info,
+        machine_line,
         markdown_table,
         matmul_contender,
         measure_roof,
@@ -61,7 +63,7 @@ else:  # python benchmarks/<suite>.py: the script's directory is first on sys.pa
         peak_rss_growth,
         time_interleaved,
         wait_for_quiet,
-        write_json,
+        write_report,
     )
 
 SUITE = "attention_dense"
@@ -344,7 +346,6 @@ def _mib(b: int | None) -> str:
 
 def to_markdown(res: dict[str, Any]) -> str:
     m, cfg = res["machine"], res["config"]
-    git = m.get("git") or {}
     lines = [
         f"# {SUITE}: dense scaled-dot attention, qkv against PyTorch SDPA",
         "",
@@ -353,10 +354,7 @@ def to_markdown(res: dict[str, Any]) -> str:
         "warm-up, with the roof matmul timed in the same rounds. Ratio = time / sdpa time "
         "(paired = median of per-round ratios).",
         "",
-        f"Machine: {m['cpu_model']}, {m['os_cpu_count']} CPUs ({m['cpus_available']} available), "
-        f"torch.get_num_threads() = {m['torch_num_threads']}, torch {m['torch_version']} "
-        f"({m['torch_cpu_capability']}), Python {m['python_version']}; {m['date_utc']}; "
-        f"qkv at {(git.get('commit') or '?')[:10]}{' + uncommitted changes' if git.get('dirty') else ''}.",
+        machine_line(m, load=False),
         "",
     ]
     rows = []
@@ -498,12 +496,7 @@ def main(argv: list[str] | None = None) -> int:
         wait_quiet_s=wait_quiet,
         max_other_load=None if args.max_other_load < 0 else args.max_other_load,
     )
-    stem = SUITE + ("_quick" if args.quick else "")
-    write_json(args.out / f"{stem}.json", res)
-    md = to_markdown(res)
-    (args.out / f"{stem}.md").write_text(md)
-    print(md)
-    log(f"wrote {args.out / stem}.json and .md")
+    write_report(args.out, SUITE, args.quick, res, to_markdown)
     ratios = {(c["T"], c["mode"]): c["ratio_to_sdpa"] for c in res["cases"] if c["contender"] == "qkv-auto"}
     worst = max(ratios.values())
     log(

@@ -59,6 +59,7 @@ if __package__:  # imported as a package module (`qkv bench`, `python -m benchma
         int_list,
         log,
         machine_info,
+        machine_line,
         markdown_table,
         matmul_contender,
         measure_roof,
@@ -66,7 +67,7 @@ if __package__:  # imported as a package module (`qkv bench`, `python -m benchma
         peak_rss_growth,
         time_interleaved,
         wait_for_quiet,
-        write_json,
+        write_report,
     )
 else:  # python benchmarks/<suite>.py: the script's directory is first on sys.path
     from common import (
@@ -75,6 +76,7 @@ else:  # python benchmarks/<suite>.py: the script's directory is first on sys.pa
         int_list,
         log,
         machine_info,
+        machine_line,
         markdown_table,
         matmul_contender,
         measure_roof,
@@ -82,7 +84,7 @@ else:  # python benchmarks/<suite>.py: the script's directory is first on sys.pa
         peak_rss_growth,
         time_interleaved,
         wait_for_quiet,
-        write_json,
+        write_report,
     )
 
 SUITE = "attention_long"
@@ -784,7 +786,6 @@ def targets(res: dict[str, Any]) -> list[list[str]]:
 
 def to_markdown(res: dict[str, Any]) -> str:
     m, cfg = res["machine"], res["config"]
-    git = m.get("git") or {}
     lines = [
         f"# {SUITE}: sparse patterns at long T, qkv against SDPA, FlexAttention and local-attention",
         "",
@@ -794,11 +795,9 @@ def to_markdown(res: dict[str, Any]) -> str:
         "rounds. Ratio = time / qkv-auto's time (paired = median of per-round ratios). `ideal` = the "
         "pattern's FLOPs at the roof measured in the same rounds.",
         "",
-        f"Machine: {m['cpu_model']}, {m['os_cpu_count']} CPUs ({m['cpus_available']} available), "
-        f"torch.get_num_threads() = {m['torch_num_threads']}, torch {m['torch_version']} "
-        f"({m['torch_cpu_capability']}), Python {m['python_version']}; {m['date_utc']}; "
-        f"qkv at {(git.get('commit') or '?')[:10]}{' + uncommitted changes' if git.get('dirty') else ''}; "
-        f"local-attention {cfg['local_attention']['version'] or 'not installed'}.",
+        machine_line(
+            m, load=False, extra=f"; local-attention {cfg['local_attention']['version'] or 'not installed'}"
+        ),
         "",
         "Patterns: " + "; ".join(f"{n} = `{p}`" for n, p in cfg["patterns"].items()) + ".",
         "",
@@ -1105,12 +1104,7 @@ def main(argv: list[str] | None = None) -> int:
     if local_attention_module() is None:
         log("note: local-attention is not installed: its rows are skipped (pip install local-attention)")
     res = run_suite(sizes, names, opts)
-    stem = SUITE + ("_quick" if args.quick else "")
-    write_json(args.out / f"{stem}.json", res)
-    md = to_markdown(res)
-    (args.out / f"{stem}.md").write_text(md)
-    print(md)
-    log(f"wrote {args.out / stem}.json and .md")
+    write_report(args.out, SUITE, args.quick, res, to_markdown)
     return 0
 
 

@@ -417,3 +417,28 @@ def int_list(minimum: int):
         return values
 
     return parse
+
+
+def machine_line(m: dict[str, Any], *, load: bool = True, extra: str = "") -> str:
+    """The report's "Machine: ..." sentence from :func:`machine_info` (CPU, threads, torch,
+    Python, date, load average at start, the qkv commit), with ``extra`` appended."""
+    git = m.get("git") or {}
+    at_start = f"load average {m['load_average_1m']:.2f} at start; " if load else ""
+    dirty = " + uncommitted changes" if git.get("dirty") else ""
+    return (
+        f"Machine: {m['cpu_model']}, {m['os_cpu_count']} CPUs ({m['cpus_available']} available), "
+        f"torch.get_num_threads() = {m['torch_num_threads']}, torch {m['torch_version']} "
+        f"({m['torch_cpu_capability']}), Python {m['python_version']}; {m['date_utc']}; {at_start}"
+        f"qkv at {(git.get('commit') or '?')[:10]}{dirty}{extra}."
+    )
+
+
+def write_report(out: Path, suite: str, quick: bool, res: dict[str, Any], to_markdown) -> str:
+    """Write ``<suite>[_quick].json`` and ``.md`` under ``out``, print the markdown, log where."""
+    stem = suite + ("_quick" if quick else "")
+    write_json(out / f"{stem}.json", res)
+    md = to_markdown(res)
+    (out / f"{stem}.md").write_text(md)
+    print(md)
+    log(f"wrote {out / stem}.json and .md")
+    return md

@@ -38,20 +38,22 @@ if __package__:  # imported as a package module (`qkv bench`, `python -m benchma
         Contender,
         log,
         machine_info,
+        machine_line,
         markdown_table,
         time_interleaved,
         wait_for_quiet,
-        write_json,
+        write_report,
     )
 else:  # python benchmarks/<suite>.py: the script's directory is first on sys.path
     from common import (
         Contender,
         log,
         machine_info,
+        machine_line,
         markdown_table,
         time_interleaved,
         wait_for_quiet,
-        write_json,
+        write_report,
     )
 
 SUITE = "decode_kv_cache"
@@ -223,7 +225,6 @@ def run_suite(cfg: dict[str, int], reps: int, recompute_reps: int, wait_quiet_s:
 
 def to_markdown(res: dict[str, Any]) -> str:
     m, cfg = res["machine"], res["config"]
-    git = m.get("git") or {}
     lines = [
         f"# {SUITE}: greedy decoding with a KV cache against full recomputation",
         "",
@@ -234,11 +235,7 @@ def to_markdown(res: dict[str, Any]) -> str:
         "recompute); the cached contenders are interleaved in balanced rounds after warm-up, the "
         "recompute contenders likewise in their own rounds.",
         "",
-        f"Machine: {m['cpu_model']}, {m['os_cpu_count']} CPUs ({m['cpus_available']} available), "
-        f"torch.get_num_threads() = {m['torch_num_threads']}, torch {m['torch_version']} "
-        f"({m['torch_cpu_capability']}), Python {m['python_version']}; {m['date_utc']}; load average "
-        f"(1 min) at start {m['load_average_1m']:.2f}; "
-        f"qkv at {(git.get('commit') or '?')[:10]}{' + uncommitted changes' if git.get('dirty') else ''}.",
+        machine_line(m),
         "",
     ]
     rows = []
@@ -356,12 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         wait_quiet,
         None if args.max_other_load < 0 else args.max_other_load,
     )
-    stem = SUITE + ("_quick" if args.quick else "")
-    write_json(args.out / f"{stem}.json", res)
-    md = to_markdown(res)
-    (args.out / f"{stem}.md").write_text(md)
-    print(md)
-    log(f"wrote {args.out / stem}.json and .md")
+    write_report(args.out, SUITE, args.quick, res, to_markdown)
     return 0
 
 
