@@ -65,7 +65,7 @@ __all__ = [
 ]
 
 SAFETY_FRACTION = 0.8  # a plan may use at most this share of the available memory
-MIN_CHECKED_BYTES = 1 << 20  # plans below this are never refused (no memory read)
+MIN_CHECKED_BYTES = 4 << 20  # plans below this are never refused (no memory read)
 UNKNOWN_AVAILABLE = 1 << 62  # when the free memory cannot be read: never refuse
 PATTERN_BYTES = 18  # peak bytes per element while a pattern builds its dense mask
 PATTERN_KEPT_BYTES = 4  # bytes per element a built dense mask holds (with the allocator's slack)
@@ -411,7 +411,7 @@ ESTIMATES: dict[str, Callable[[Any, AttentionInputs], int]] = {
 def below_check(inputs: AttentionInputs) -> bool:
     """True when no plan of the built-in backends (:data:`ESTIMATES`) can exceed
     :data:`MIN_CHECKED_BYTES`, by a bound cheaper than the estimates: 256 bytes per logit, plus
-    64 W for a wide score, plus 128 per input element (patterns excluded: tables, blocksparse's
+    64 W for a wide score, plus 64 per input element (patterns excluded: tables, blocksparse's
     gathers). Keep it above every estimate when editing them. Inside a graph being traced
     (``torch.compile``, ``torch.export``) nothing is planned: no data reaches the planner there."""
     if torch.compiler.is_compiling():
@@ -421,7 +421,7 @@ def below_check(inputs: AttentionInputs) -> bool:
     q = inputs.query
     logits = math.prod(q.shape[:-1]) * inputs.kv_len
     elements = q.numel() + inputs.key.numel() + inputs.value.numel()
-    return logits * (256 + 64 * _score_width(inputs)) + 128 * elements <= MIN_CHECKED_BYTES
+    return logits * (256 + 64 * _score_width(inputs)) + 64 * elements <= MIN_CHECKED_BYTES
 
 
 def estimate_bytes(backend: Any, inputs: AttentionInputs) -> int | None:
