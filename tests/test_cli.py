@@ -239,3 +239,140 @@ def test_bench_picks_a_suite_by_name(capsys, tmp_path, monkeypatch):
     code, out, _ = run(capsys, "bench", "long", "--quick")
     assert code == 0
     assert "long args ['--quick']" in out
+
+
+# ----------------------------------------------------------------------------- the small things
+
+
+def test_error_message_keeps_every_quote():
+    from qkv.cli import error_message
+
+    assert (
+        error_message(FileNotFoundError("config: no such file 'x.toml'")) == "config: no such file 'x.toml'"
+    )
+    assert error_message(KeyError("config: no key 'model'")) == "config: no key 'model'"  # not its repr
+    assert error_message(KeyError("model")) == "model"
+    assert error_message(KeyError(3)) == "3"
+    assert error_message(ValueError('"quoted" at both ends"')) == '"quoted" at both ends"'
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        FileNotFoundError("checkpoint: no such file 'model.safetensors'"),
+        KeyError("checkpoint: no key 'vocab' in 'state.json'"),
+    ],
+)
+def test_checkpoint_errors_keep_their_closing_quote(capsys, tmp_path, monkeypatch, error):
+    """`qkv viz --checkpoint`: the message ended "... 'model.safetensors" (the strip of
+    KeyError's quotes also ate the message's own closing quote)."""
+    from qkv.translation.translator import Translator
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(Translator, "load", classmethod(fail))
+    code, out, err = run(
+        capsys, "viz", "--checkpoint", str(tmp_path), "1 2", "--out", str(tmp_path / "a.html")
+    )
+    assert (code, out) == (2, "")
+    want = error.args[0]
+    assert err.strip() == f"qkv: error: --checkpoint: {want}"
+
+
+def test_train_missing_config_keeps_the_closing_quote(capsys, tmp_path):
+    """`qkv train x.toml` printed "no such file 'x.toml" (its closing quote stripped)."""
+    missing = tmp_path / "x.toml"
+    code, _, err = run(capsys, "train", str(missing))
+    assert code == 2
+    assert err.strip().endswith(f"no such file {str(missing)!r}")
+
+
+@pytest.mark.parametrize("argv", [["explain"], ["demo", "--examples"], ["explain", "--json"]])
+def test_closed_pipe_ends_quietly(argv):
+    """`qkv explain | head -2`: the reader has gone; no BrokenPipeError traceback, no
+    "Exception ignored" at exit, the exit code a shell gives a writer whose reader left."""
+    read, write = os.pipe()
+    os.close(read)  # no reader at all: the first write fails, whatever the pipe buffer holds
+    try:
+        r = subprocess.run(
+            [*_console_script(), *argv],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        os.close(write)
+    assert r.stderr == ""
+    assert r.returncode == 141  # 128 + SIGPIPE
+
+
+def test_demo_help_describes_the_demo(capsys):
+    code, out, _ = run(capsys, "demo", "--help")
+    assert code == 0
+    text = " ".join(out.split())
+    for needle in (
+        "none, the seq2seq baseline that reads one fixed context vector",
+        "bahdanau",
+        "transformer",
+        "report.html",
+        "wrong ones marked",
+        "--json print the metrics (what metrics.json holds)",
+        "--precision N with --examples: decimals shown",
+        "--out DIR output directory (default runs/demo)",
+    ):
+        assert needle in text, needle
+    assert "print the steps as one JSON object instead" not in text  # explain's text, not the demo's
+
+
+def test_demo_options_of_the_other_mode_are_errors(capsys):
+    code, out, err = run(capsys, "demo", "--examples", "--quick")
+    assert (code, out) == (2, "")
+    assert "qkv: error: --quick: not used with --examples" in err
+    code, _, err = run(capsys, "demo", "--precision", "2", "--out", "/nonexistent/never")
+    assert code == 2
+    assert "qkv: error: --precision: only used with --examples" in err
+    code, out, _ = run(capsys, "demo", "--examples", "--precision", "2")
+    assert code == 0 and "0.88" in out and "0.8808" not in out
+
+
+def test_bench_help_is_the_commands_own(capsys, tmp_path, monkeypatch):
+    """`qkv bench --help` printed the dense script's help ("usage: attention_dense.py"), or
+    failed outside a checkout; it describes `qkv bench` and its suites now."""
+    monkeypatch.chdir(tmp_path)  # no benchmarks/ here: the help needs none
+    for flag in ("--help", "-h"):
+        code, out, err = run(capsys, "bench", flag)
+        assert code == 0, err
+        text = " ".join(out.split())
+        assert out.startswith("usage: qkv bench [-h] [SUITE] [ARGS ...]")
+        for needle in (
+            "dense (the default; benchmarks/attention_dense.py)",
+            "long (benchmarks/attention_long.py)",
+            "`qkv bench SUITE --help` lists them",
+        ):
+            assert needle in text, needle
+        assert "attention_dense.py [-h]" not in out
+
+
+def test_bench_suite_help_goes_to_the_suite(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "attention_long.py").write_text(
+        "def main(argv):\n    print('long args', argv)\n"
+    )
+    code, out, _ = run(capsys, "bench", "long", "--help")
+    assert code == 0
+    assert "long args ['--help']" in out
+
+
+def test_explain_shows_bidi_controls_in_labels(capsys):
+    """A U+202E in a --tokens label reversed the rest of its row in a terminal: it is written as
+    its code point now; --json keeps the exact label (as a \\u escape)."""
+    code, out, _ = run(capsys, "explain", "--self-attention", "--tokens", "I,\u202elove,cats")
+    assert code == 0
+    assert "\u27e8U+202E\u27e9love" in out
+    assert "\u202e" not in out
+    d = run_json(capsys, "--self-attention", "--tokens", "I,\u202elove,cats")
+    assert d["tokens"] == ["I", "\u202elove", "cats"]

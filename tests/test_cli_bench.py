@@ -56,7 +56,7 @@ def test_bench_runs_the_repository_suites(capsys, monkeypatch):
     """The real suites load without sys.path changes (``--help``: their argparse exits 0)."""
     monkeypatch.chdir(REPO)
     path = sys.path[:]
-    for suite, name in (((), "attention_dense.py"), (("long",), "attention_long.py")):
+    for suite, name in ((("dense",), "attention_dense.py"), (("long",), "attention_long.py")):
         code, out = _run(capsys, *suite, "--help")
         assert code == 0
         assert out.startswith(f"usage: {name} [-h] [--quick]")

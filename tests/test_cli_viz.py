@@ -372,3 +372,28 @@ def test_similarity_scores_use_the_pair(minilm, capsys, tmp_path):
         lambda o: F.normalize(mean_pool(o.last_hidden_state, mask), dim=-1)[0] @ ref,
     )[0]
     assert (got - token_scores(rel, exclude_self=True)).abs().max() < 1e-5
+
+
+def test_default_scores_are_grad_rollout_under_a_true_header(minilm, capsys, tmp_path):
+    """Rollout gives nearly everything to [CLS] on MiniLM and explains no output, yet it was the
+    default and printed under "token scores (the sentence embedding ...)". The default is grad
+    now, and each method says what it scores."""
+    out = tmp_path / "cat.html"
+    code, stdout, err = run(capsys, "--model", "minilm", "The cat sat on the mat.", "--out", str(out))
+    assert code == 0, err
+    assert [s["name"] for s in payload(out.read_text(encoding="utf-8"))["scores"]] == ["grad_rollout"]
+    lines = stdout.splitlines()
+    assert lines[0] == "token scores (1 = the largest of each method):"
+    assert lines[1].split()[0] == "grad_rollout"
+    assert lines[2] == "grad_rollout: explains the sentence embedding along its own direction"
+    scores = dict(zip(lines[1].split()[1::2], map(float, lines[1].split()[2::2])))
+    assert max(scores, key=scores.get) == "cat"  # not [CLS]
+    code, stdout, err = run(
+        capsys, "--model", "minilm", "The cat sat on the mat.", "--out", str(out), "--scores", "rollout"
+    )
+    assert code == 0, err
+    assert "embedding" not in stdout
+    assert re.search(r"^  rollout\s+\[CLS\] \+1\.00", stdout, flags=re.M)  # why it is not the default
+    assert "rollout: from the attention alone (what the other tokens mix into each position)" in stdout
+    code, stdout, _ = run(capsys, "--help")
+    assert "grad (gradient-weighted rollout, the default)" in " ".join(stdout.split())

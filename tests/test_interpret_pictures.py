@@ -85,11 +85,44 @@ def test_sentence_picture_holds_the_models_maps_and_scores(bert):
     rel = grad_rollout(model, batch.model_inputs(), lambda o: mean_pool(o.last_hidden_state, mask)[0] @ unit)
     want = token_scores(rel[0], exclude_self=True)
     torch.testing.assert_close(torch.tensor(picture.scores["grad_rollout"]), want, rtol=0, atol=1e-6)
-    assert (
-        picture.notes[0] == "token scores (the sentence embedding along its own direction; 1 = the largest):"
-    )
+    assert picture.notes[0] == "token scores (1 = the largest of each method):"
     assert picture.notes[1].split()[:3] == ["rollout", "[CLS]", f"{picture.scores['rollout'][0]:+.2f}"]
-    assert len(picture.notes) == 3
+    assert picture.notes[2].split()[0] == "grad_rollout"
+    assert len(picture.notes) == 5  # header, two rows, what each method scores
+
+
+def test_score_header_says_what_each_method_explains(bert):
+    """Rollout reads the attention alone: it must not be printed under a header about the
+    sentence embedding (the old header put every method there)."""
+    model, tok = bert
+    notes = sentence_picture(model, tok, "the cat sat", methods=["rollout"]).notes
+    assert notes[0] == "token scores (1 = the largest of each method):"
+    assert notes[2] == (
+        "rollout: from the attention alone (what the other tokens mix into each position); "
+        "it explains no output"
+    )
+    assert not any("embedding" in line for line in notes)
+    notes = sentence_picture(model, tok, "the cat sat", methods=["rollout", "grad_rollout"]).notes
+    assert notes[-1] == "grad_rollout: explains the sentence embedding along its own direction"
+    pair = sentence_picture(model, tok, "a cat sat", other="the dog ran", methods=["rollout", "grad_rollout"])
+    assert pair.notes[-2].startswith("rollout: from the attention alone")
+    assert pair.notes[-1] == "grad_rollout: explains the cosine similarity of the two sentences"
+
+
+def test_gradient_weighted_rollout_is_the_default_score(bert):
+    model, tok = bert
+    picture = sentence_picture(model, tok, "the cat sat")
+    assert list(picture.scores) == ["grad_rollout"]
+    assert picture.notes[-1] == "grad_rollout: explains the sentence embedding along its own direction"
+
+
+def test_score_notes_show_bidi_controls_as_code_points():
+    from qkv.interpret.pictures import _score_notes
+
+    notes = _score_notes(["[CLS]", "abc\u202edef", "\u2066x\u2069"], {"rollout": [1.0, 0.5, 0.0]}, "y")
+    assert "abc\u27e8U+202E\u27e9def +0.50" in notes[1]
+    assert "\u27e8U+2066\u27e9x\u27e8U+2069\u27e9 +0.00" in notes[1]
+    assert not any(c in line for line in notes for c in "\u202e\u2066\u2069")
 
 
 def test_sentence_picture_of_a_pair_explains_the_similarity(bert):

@@ -167,7 +167,7 @@ def test_loads_offline_without_errors(open_viewer, example):
     assert v.js("qkvViewer.state()") == {
         "kind": "encoder",
         "layer": 0,
-        "head": 0,
+        "head": "all",  # every head at first, one colour each
         "view": "head",
         "focus": None,
     }
@@ -246,6 +246,7 @@ def test_head_view_hover_isolates_a_token_and_lists_its_weights(open_viewer, exa
     path, weights, tokens = example
     v = open_viewer(path)
     v.page.select_option("#kind", "cross")
+    v.page.select_option("#head", "0")
     plain = v.canvas_hash("head-canvas")
     at = v.js("qkvViewer.headTokenCenter('q', 2)")
     v.page.mouse.move(at["x"], at["y"])
@@ -383,4 +384,127 @@ def test_minilm_sized_page_size_and_first_render(open_viewer, tmp_path, capsys, 
     assert v.load_s < 5  # target: 2 s
     assert v.page.is_visible("#head-canvas")  # back in the head view
     assert not v.page.is_visible("#model-grid")
+    v.assert_clean()
+
+
+# Canvas pixels by hue: how many strongly coloured pixels lie within 12 degrees of each hue
+HUE_COUNTS = """([id, hues]) => {
+  const c = document.getElementById(id);
+  const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+  const counts = hues.map(() => 0);
+  for (let p = 0; p < d.length; p += 4) {
+    const r = d[p] / 255, g = d[p + 1] / 255, b = d[p + 2] / 255;
+    const max = Math.max(r, g, b), min = Math.min(r, g, b), chroma = max - min;
+    if (chroma < 0.15) continue;  // white, grey and black text
+    let h = max === r ? ((g - b) / chroma) % 6 : max === g ? (b - r) / chroma + 2 : (r - g) / chroma + 4;
+    h = (h * 60 + 360) % 360;
+    hues.forEach((want, i) => {
+      const diff = Math.abs(h - want);
+      if (Math.min(diff, 360 - diff) <= 12) counts[i] += 1;
+    });
+  }
+  return counts;
+}"""
+BIDI_TOKENS = ["abc\u202edef", "\u2066x\u2069", "\u200eL\u200f", "\u061cA", "\u202dZ\u202c", "plain"]
+BIDI_SHOWN = [
+    "abc\u27e8U+202E\u27e9def",
+    "\u27e8U+2066\u27e9x\u27e8U+2069\u27e9",
+    "\u27e8U+200E\u27e9L\u27e8U+200F\u27e9",
+    "\u27e8U+061C\u27e9A",
+    "\u27e8U+202D\u27e9Z\u27e8U+202C\u27e9",
+    "plain",
+]
+
+
+@pytest.fixture(scope="module")
+def bert_page(tmp_path_factory):
+    """One sequence (as BERT's): 2 layers x 3 heads of self-attention, one token list, scores."""
+    gen = torch.Generator().manual_seed(3)
+    tokens = ["[CLS]", "the", "cat", "sat", "on", "mat", "[SEP]"]
+    w = torch.softmax(3 * torch.randn(2, 3, 7, 7, generator=gen, dtype=torch.float64), dim=-1)
+    path = tmp_path_factory.mktemp("bert") / "bert.html"
+    save_html(
+        path, w, tokens, title="MiniLM-like", scores={"grad_rollout": [0.2, 0.5, 1, 0.4, 0.1, 0.9, 0.2]}
+    )
+    return path
+
+
+def test_head_view_draws_every_head_in_its_colour_then_one(open_viewer, bert_page):
+    """The head view used to open on head 0 alone, in one faint blue: now every head is drawn,
+    one colour per head (hues 0, 120, 240 for 3 heads), and picking a head leaves its colour only."""
+    v = open_viewer(bert_page)
+    hues = [0, 120, 240]
+    lines = v.js("qkvViewer.lines")
+    assert lines["heads"] == [0, 1, 2]
+    assert len(set(lines["colours"].values())) == 3
+    assert v.page.locator("#head-legend span").all_text_contents() == ["head 0", "head 1", "head 2"]
+    counts = v.js(HUE_COUNTS, ["head-canvas", hues])
+    assert min(counts) > 150, counts  # every head's colour is on screen
+    v.page.select_option("#head", "1")
+    assert v.js("qkvViewer.lines")["heads"] == [1]
+    assert v.page.locator("#head-legend span").all_text_contents() == ["head 1"]
+    red, green, blue = v.js(HUE_COUNTS, ["head-canvas", hues])
+    assert green > 150 and red == 0 and blue == 0, (red, green, blue)
+    # the strongest line of the head is opaque (the faint head had opacity = weight): head 1 is
+    # hsl(120, 70%, 42%) = rgb(32, 182, 32); over white, opacity a leaves red at 255 - 223 a
+    reddest = v.js("""() => {
+      const c = document.getElementById("head-canvas");
+      const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+      let least = 255;
+      for (let p = 0; p < d.length; p += 4) {
+        if (d[p + 1] - d[p] > 40) least = Math.min(least, d[p]);
+      }
+      return least;
+    }""")
+    assert reddest < 45, reddest
+    v.page.keyboard.press("ArrowRight")
+    assert v.js("qkvViewer.lines")["heads"] == [2]
+    v.assert_clean()
+
+
+def test_axes_are_named_by_the_kind_of_attention(open_viewer, bert_page, example):
+    v = open_viewer(bert_page)  # one sequence: tokens, queries, keys
+    assert v.js("qkvViewer.labels()") == {"queries": "queries", "keys": "keys", "sides": {"source": "tokens"}}
+    assert v.page.inner_text(".score-side") == "tokens"
+    v.page.click("button[data-view=matrix]")
+    assert v.page.inner_text("#matrix-hint").startswith("Rows: queries. Columns: keys. ")
+    assert "source" not in v.page.inner_text("body")
+    v.assert_clean()
+    v = open_viewer(example[0])  # a translation: each axis says its side
+    labels = {
+        kind: v.js(f"(qkvViewer.setKind('{kind}'), qkvViewer.labels())") for kind in ("encoder", "cross")
+    }
+    assert (labels["encoder"]["queries"], labels["encoder"]["keys"]) == ("queries (source)", "keys (source)")
+    assert (labels["cross"]["queries"], labels["cross"]["keys"]) == ("queries (target)", "keys (source)")
+    assert labels["cross"]["sides"] == {"source": "source", "target": "target"}
+    v.page.click("button[data-view=matrix]")
+    assert v.page.inner_text("#matrix-hint").startswith("Rows: queries (target). Columns: keys (source). ")
+    v.assert_clean()
+
+
+def test_bidi_controls_are_shown_never_applied(open_viewer, tmp_path):
+    """A token with U+202E (right-to-left override) used to reverse itself and the text after it;
+    every bidi control now shows as its code point, in chips, tooltips, title and canvas."""
+    w = softmax_weights(1, 2, len(BIDI_TOKENS), len(BIDI_TOKENS))
+    path = tmp_path / "bidi.html"
+    title = "evil \u202etxt.exe"
+    save_html(path, w, BIDI_TOKENS, title=title, scores={"rollout": [1.0] * len(BIDI_TOKENS)})
+    assert "\u202e" in path.read_text(encoding="utf-8")  # the data keeps the exact strings
+    v = open_viewer(path)
+    assert v.page.locator(".chip").all_text_contents() == BIDI_SHOWN
+    assert v.page.inner_text("#qkv-title") == "evil \u27e8U+202E\u27e9txt.exe"
+    assert v.page.title() == "evil \u27e8U+202E\u27e9txt.exe"
+    assert v.js("qkvViewer.visible('a\u2067b')") == "a\u27e8U+2067\u27e9b"
+    controls = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+    assert v.js("([s]) => [...document.body.innerText].filter((c) => s.includes(c)).length", [controls]) == 0
+    at = v.js("qkvViewer.headTokenCenter('q', 0)")
+    v.page.mouse.move(at["x"], at["y"])
+    assert v.tooltip().startswith(f"query {BIDI_SHOWN[0]} (0), ")
+    v.page.click("button[data-view=matrix]")
+    at = v.js("qkvViewer.matrixCellCenter(0, 1)")
+    v.page.mouse.move(at["x"], at["y"])
+    assert v.tooltip().split("\n")[0].startswith(f"{BIDI_SHOWN[0]} -> {BIDI_SHOWN[1]}: ")
+    # the chip of the override token reads left to right: "abc" before "def" on screen
+    box = v.page.locator(".chip").nth(0).bounding_box()
+    assert box["width"] > 60  # the code point takes room: it is drawn, not applied
     v.assert_clean()

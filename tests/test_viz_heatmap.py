@@ -265,3 +265,69 @@ def test_mask_refuses_non_boolean_input():
         viz.mask(torch.ones(1, 3, 3, dtype=torch.bool))
     fig = viz.mask([[True, False], [True, True]], rows=["a", "b"], cols=["c", "d"])
     assert tick_texts(fig.axes[0].get_xticklabels()) == ["c", "d"]
+
+
+def test_alignment_of_a_long_input_is_legible():
+    """The demo's long inputs (9 digits -> 13 German words): the labels were 10 pt in cells
+    drawn small, the single digits turned 60 degrees; now 11 pt, level, in larger cells."""
+    source = list("475107460")
+    target = ["vier", "hundert", "fünf", "und", "siebzig", "millionen", "ein", "hundert", "sieben"]
+    target += ["tausend", "vier", "hundert", "sechzig"]
+    fig = viz.alignment(softmax_weights(len(target), len(source)), source, target)
+    ax = fig.axes[0]
+    rgba(fig)  # lay out
+    width, height = fig.get_size_inches()
+    assert width >= 6.0 and height >= 6.3, (width, height)
+    for label in [*ax.get_xticklabels(), *ax.get_yticklabels()]:
+        assert label.get_fontsize() >= 11, label
+    assert all(t.get_rotation() == 0 for t in ax.get_xticklabels())  # digits stay level
+    assert tick_texts(ax.get_xticklabels()) == source
+    box = ax.get_window_extent()  # display pixels at the figure's dpi
+    row_pt = box.height / len(target) / fig.dpi * 72
+    assert row_pt >= 20, row_pt  # each row holds its 11 pt label with room to spare
+    assert ax.xaxis.label.get_fontsize() >= 11 and ax.yaxis.label.get_fontsize() >= 11
+
+
+def test_tick_font_shrinks_only_with_many_tokens():
+    from qkv.viz.heatmap import _tick_fontsize
+
+    assert _tick_fontsize(9) == _tick_fontsize(24) == 11
+    assert _tick_fontsize(40) == 9 and _tick_fontsize(128) == 7
+    fig = viz.heatmap(softmax_weights(30, 30), [f"t{i}" for i in range(30)], [f"t{i}" for i in range(30)])
+    assert {t.get_fontsize() for t in fig.axes[0].get_yticklabels()} == {9}
+
+
+def test_bidi_controls_in_labels_and_titles_are_shown_not_applied():
+    tokens = ["abc\u202edef", "\u2066x\u2069", "plain"]
+    shown = ["abc\u27e8U+202E\u27e9def", "\u27e8U+2066\u27e9x\u27e8U+2069\u27e9", "plain"]
+    fig = viz.heatmap(softmax_weights(3, 3), tokens, tokens, title="t \u202eitle")
+    ax = fig.axes[0]
+    rgba(fig)
+    assert tick_texts(ax.get_xticklabels()) == shown
+    assert tick_texts(ax.get_yticklabels()) == shown
+    assert ax.get_title() == "t \u27e8U+202E\u27e9itle"
+    fig = viz.grid(softmax_weights(1, 2, 3, 3), tokens, title="\u200fgrid")
+    assert fig.get_suptitle() == "\u27e8U+200F\u27e9grid"
+    assert tick_texts(fig.axes[0].get_yticklabels()) == shown
+    fig = viz.alignment(softmax_weights(3, 3), tokens, tokens)
+    assert tick_texts(fig.axes[0].get_xticklabels()) == shown
+    assert viz.visible_text("\u061c\u200e\u202a\u202b\u2068") == (
+        "\u27e8U+061C\u27e9\u27e8U+200E\u27e9\u27e8U+202A\u27e9\u27e8U+202B\u27e9\u27e8U+2068\u27e9"
+    )
+    assert viz.visible_text("\u05e9\u05dc\u05d5\u05dd") == "\u05e9\u05dc\u05d5\u05dd"  # Hebrew letters stay
+
+
+def test_grid_labels_the_outer_panels():
+    """The panels share their axes: a panel drawn without labels used to clear them for all, so a
+    grid of 32 tokens or fewer showed none."""
+    tokens = ["[CLS]", "the", "cat", "[SEP]"]
+    fig = viz.grid(softmax_weights(2, 3, 4, 4), tokens)
+    rgba(fig)
+    panels = fig.axes[:6]  # 2 x 3, row by row; then the colour bar
+
+    def shown(labels):
+        return [t.get_text() for t in labels if t.get_visible() and t.get_text()]
+
+    assert [shown(ax.get_yticklabels()) for ax in panels] == [tokens, [], [], tokens, [], []]
+    assert [shown(ax.get_xticklabels()) for ax in panels] == [[], [], [], tokens, tokens, tokens]
+    assert {t.get_fontsize() for t in panels[0].get_yticklabels()} == {8}

@@ -207,3 +207,31 @@ def test_errors_name_the_argument():
         ValueError, match=r"^data\['encoder'\]: expected attention weights of shape \(L, H, Tq, Tk\)"
     ):
         render_html(torch.rand(1, 1, 1, 1, 2, 2))
+
+
+def test_axis_labels_follow_the_kind_of_attention():
+    """One sequence (BERT) is "tokens" with "queries" and "keys" axes, not "source"; a
+    translation names the side of each axis."""
+    p = payload_of(render_html(softmax_weights(1, 2, 3, 3), ["[CLS]", "hi", "[SEP]"]))
+    kind = p["kinds"][0]
+    assert (kind["queryLabel"], kind["keyLabel"]) == ("queries", "keys")
+    assert p["sideLabels"] == {"source": "tokens"}
+    maps = {"encoder": softmax_weights(1, 1, 4, 4), "cross": softmax_weights(1, 1, 3, 4)}
+    p = payload_of(render_html(maps, {"source": list("abcd"), "target": list("xyz")}))
+    labels = {k["name"]: (k["queryLabel"], k["keyLabel"]) for k in p["kinds"]}
+    assert labels == {
+        "encoder": ("queries (source)", "keys (source)"),
+        "cross": ("queries (target)", "keys (source)"),
+    }
+    assert p["sideLabels"] == {"source": "source", "target": "target"}
+    assert "source" not in template("viewer.js").split("KIND_LABELS")[0].split("BIDI")[-1]
+
+
+def test_bidi_controls_in_the_title_are_shown_and_the_data_kept():
+    tokens = ["a\u202eb", "c"]
+    page = render_html(softmax_weights(1, 1, 2, 2), tokens, title="x\u202ey")
+    assert "<title>x\u27e8U+202E\u27e9y</title>" in page
+    p = payload_of(page)
+    assert p["tokens"]["source"] == tokens and p["title"] == "x\u202ey"  # shown by the script
+    js = template("viewer.js")
+    assert "\\u061C\\u200E\\u200F\\u202A-\\u202E\\u2066-\\u2069" in js

@@ -114,12 +114,18 @@ def _tokens(text: str) -> list[str]:
     return tokens
 
 
-def add_output_options(p: argparse.ArgumentParser) -> None:
+def add_output_options(
+    p: argparse.ArgumentParser,
+    *,
+    precision_help: str = "decimals shown in the text layout (default 4; --json keeps full precision)",
+    json_help: str = "print the steps as one JSON object instead",
+    precision_default: int | None = 4,
+) -> None:
+    """``--precision N`` and ``--json``, with help texts that say what they do in ``p``'s command."""
     p.add_argument(
-        "--precision", type=_int_in(0, 15), default=4, metavar="N",
-        help="decimals shown in the text layout (default 4; --json keeps full precision)",
-    )  # fmt: skip
-    p.add_argument("--json", action="store_true", help="print the steps as one JSON object instead")
+        "--precision", type=_int_in(0, 15), default=precision_default, metavar="N", help=precision_help
+    )
+    p.add_argument("--json", action="store_true", help=json_help)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -258,9 +264,14 @@ def _name_option(message: str) -> str:
 
 
 def render(explanation, args: argparse.Namespace) -> str:
+    """The text layout, or ``--json`` (which writes every non-ASCII character as ``\\uXXXX``).
+    Bidi control characters in ``--tokens`` are shown as code points in the text layout
+    (:func:`qkv.viz.visible_text`): a U+202E in a label would reverse the rest of its row."""
     if args.json:
         return json.dumps(explanation.to_dict(), indent=2, allow_nan=False)
-    return explanation.to_text(precision=args.precision)
+    from ..viz import visible_text
+
+    return visible_text(explanation.to_text(precision=args.precision))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,7 +9,9 @@
     qkv bench [SUITE] [ARGS...]   main(ARGS) of ./benchmarks/attention_<SUITE>.py (dense by default; long)
 
 :func:`main` returns the exit code instead of exiting; user errors print
-``qkv: error: <message>`` on stderr and return 2, never a traceback.
+``qkv: error: <message>`` on stderr and return 2, never a traceback. A reader that goes away
+(``qkv explain | head -2``) ends the command quietly with exit code 141 (128 + SIGPIPE, what a
+shell reports for ``yes | head``), as a Unix filter does.
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ import importlib
 import importlib.machinery
 import importlib.util
 import json
+import os
 import re
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 
-from . import CommandError
+from . import CommandError, error_message
 from . import explain as explain_cmd
 from . import translate as translate_cmd
 from . import viz as viz_cmd
@@ -57,18 +60,26 @@ def _version() -> str:
     return f"qkv {__version__}"
 
 
-def _demo(args: argparse.Namespace) -> int:
-    if not args.examples:
-        from ..translation.demo import run_demo
+DEMO_OUT = "runs/demo"
 
-        try:
-            report = run_demo(args.out, fresh=args.fresh, quick=args.quick)
-        except (ValueError, ImportError, FileExistsError) as e:
-            raise CommandError(str(e)) from None
-        if args.json:
-            print(json.dumps(report, indent=2, allow_nan=False))
-        return 0
-    return _examples(args)
+
+def _demo(args: argparse.Namespace) -> int:
+    if args.examples:
+        unused = [o for o, v in (("--out", args.out), ("--fresh", args.fresh), ("--quick", args.quick)) if v]
+        if unused:
+            raise CommandError(f"{'/'.join(unused)}: not used with --examples (it trains nothing)")
+        return _examples(args)
+    if args.precision is not None:
+        raise CommandError("--precision: only used with --examples (the report's numbers are fixed)")
+    from ..translation.demo import run_demo
+
+    try:
+        report = run_demo(args.out or DEMO_OUT, fresh=args.fresh, quick=args.quick)
+    except (ValueError, ImportError, FileExistsError) as e:
+        raise CommandError(error_message(e)) from None
+    if args.json:
+        print(json.dumps(report, indent=2, allow_nan=False))
+    return 0
 
 
 def _examples(args: argparse.Namespace) -> int:
@@ -92,7 +103,7 @@ def _examples(args: argparse.Namespace) -> int:
             print()
         bar = "#" * (len(heading) + 4)
         print(f"{bar}\n# {heading} #\n{bar}\n")
-        print(e.to_text(precision=args.precision))
+        print(e.to_text(precision=4 if args.precision is None else args.precision))
     return 0
 
 
@@ -149,30 +160,61 @@ def build_parser() -> argparse.ArgumentParser:
     viz_cmd.add_parser(sub)
     demo = sub.add_parser(
         "demo",
-        help="train attention translators on built-in data and write a report (--examples: the worked examples)",
+        help="train three translators (no attention, Bahdanau, Transformer) and write a report; "
+        "--examples: print the worked examples",
         description=(
-            "Trains the fixed-context baseline, Bahdanau attention and a small Transformer on the built-in "
-            "number corpus, evaluates them (also on the long inputs) and writes runs/demo/metrics.json, "
-            "heatmaps and runs/demo/report.html. A finished model is reused on the next run (--fresh retrains). "
-            "With --examples: the three worked examples of the source articles instead."
+            "Trains three translators on the built-in numbers-de corpus (numbers written as digits -> "
+            "German number words): none, the seq2seq baseline that reads one fixed context vector; "
+            "bahdanau, seq2seq with additive attention; transformer, a small Transformer. Evaluates each "
+            "on the held-out test set and on its longest inputs, and writes into --out: metrics.json, "
+            "heatmaps/*.png (where the attention models look on long inputs) and report.html (one offline "
+            "page: the scores, the heatmaps and each model's translations, wrong ones marked). A few "
+            "minutes on 2 cores; a finished model is reused on the next run (--fresh retrains it). "
+            "With --examples: nothing is trained; the three worked examples of the source articles "
+            "(Seq2Seq, self-attention, kernel regression) are printed step by step."
         ),
+        epilog="Examples: qkv demo;  qkv demo --quick --out /tmp/demo;  qkv demo --examples --precision 2",
     )
-    demo.add_argument("--examples", action="store_true", help="print the three worked examples and exit")
-    demo.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
+    demo.add_argument(
+        "--examples",
+        action="store_true",
+        help="print the three worked examples step by step (trains nothing)",
+    )
+    demo.add_argument("--out", default=None, metavar="DIR", help=f"output directory (default {DEMO_OUT})")
     demo.add_argument("--fresh", action="store_true", help="retrain even when a finished model is there")
-    demo.add_argument("--quick", action="store_true", help="a much smaller run (seconds; for smoke tests)")
-    explain_cmd.add_output_options(demo)
+    demo.add_argument(
+        "--quick",
+        action="store_true",
+        help="a much smaller run (600 pairs, one epoch, seconds): a smoke test, its scores mean nothing",
+    )
+    explain_cmd.add_output_options(
+        demo,
+        precision_help="with --examples: decimals shown (default 4)",
+        json_help="print the metrics (what metrics.json holds) on stdout when done; with --examples: "
+        "the three examples as one JSON object",
+        precision_default=None,
+    )
     demo.set_defaults(handler=_demo)
     bench = sub.add_parser(
         "bench",
-        help="run a benchmark suite: dense (default) or long (from a qkv checkout)",
+        usage="qkv bench [-h] [SUITE] [ARGS ...]",
+        help="run a benchmark suite of a qkv checkout: dense (default) or long",
         description=(
-            "Runs the main(argv) of ./benchmarks/attention_SUITE.py (SUITE: dense, the default, or "
-            "long) with the remaining arguments."
+            "Runs a benchmark suite of a qkv checkout (from the checkout's root; the suites are not "
+            "installed with qkv). SUITE: dense (the default; benchmarks/attention_dense.py): dense "
+            "scaled-dot attention, qkv.attention against PyTorch SDPA; long (benchmarks/attention_long.py): "
+            "qkv's backends on long sparse patterns (window, Longformer, BigBird) against SDPA, "
+            "FlexAttention and local-attention. Every argument after SUITE goes to the suite's script, "
+            "options included: `qkv bench SUITE --help` lists them. Results are written under "
+            "benchmarks/results."
         ),
+        epilog="Examples: qkv bench --quick;  qkv bench long --sizes 1024,4096;  qkv bench long --help",
     )
     bench.add_argument(
-        "args", nargs="*", metavar="[SUITE] ARG", help="a suite name, then arguments for its script"
+        "args",
+        nargs="*",
+        metavar="SUITE ARGS",
+        help=f"a suite ({', '.join(BENCH_SUITES)}; default {BENCH_SUITES[0]}), then arguments for its script",
     )
     bench.set_defaults(handler=_bench)
     return parser
@@ -207,6 +249,21 @@ def _join_negative_values(argv: list[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``qkv`` command with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    try:
+        code = _run(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
+    except BrokenPipeError:
+        # The reader went away (`qkv explain | head -2`): stop quietly. stdout is pointed at
+        # /dev/null so that the interpreter's flush at exit cannot raise (and print) again.
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # no real file descriptor
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        return 141  # 128 + SIGPIPE
+    return code
+
+
+def _run(argv: Sequence[str] | None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     # Everything after `bench` belongs to the benchmark script, options included (argparse's
@@ -215,6 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     command_at = next((i for i, a in enumerate(args_list) if not a.startswith("-")), None)
     if command_at is not None and args_list[command_at] == "bench":
         args_list, bench_args = args_list[: command_at + 1], args_list[command_at + 1 :]
+        if bench_args[:1] in (["-h"], ["--help"]):  # `qkv bench --help`: this command's help
+            args_list, bench_args = [*args_list, "--help"], None
     overrides: list[str] = []
     if command_at is not None and args_list[command_at] == "train":
         # --table.key=value overrides go to the config, not to argparse.

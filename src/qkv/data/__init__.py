@@ -5,7 +5,8 @@
 - built-in corpora generated offline and deterministically: :func:`numbers_corpus`
   (num2words), :func:`dates_corpus` (babel), by name with :func:`builtin` /
   :data:`BUILTIN_CORPORA`;
-- :func:`load_tsv` for Tatoeba/Anki-style ``source<TAB>target`` files;
+- :func:`load_tsv` for Tatoeba/Anki-style ``source<TAB>target`` files, :func:`normalize_text`
+  and :class:`TextFormat` (a model's normalization of inputs and detokenization of outputs);
 - tokenizers with fixed special ids (``<pad>`` 0, ``<sos>`` 1, ``<eos>`` 2, ``<unk>`` 3):
   :class:`WordTokenizer`, :class:`CharTokenizer`, :class:`BPETokenizer`;
 - :func:`encode_pairs` and :func:`batches` (padded :class:`Batch` tensors, an order that is a
@@ -19,6 +20,7 @@ from .builtin import BUILTIN_CORPORA, builtin
 from .corpus import SPLITS, Corpus, Example, long_threshold
 from .dates import date_example, dates_corpus
 from .numbers import NUMBER_LANGUAGES, number_alignment, number_annotation, number_tokens, numbers_corpus
+from .text import TextFormat, normalize_text, split_punct_tokens
 from .tokenize import (
     SPECIALS,
     BPETokenizer,
@@ -28,7 +30,7 @@ from .tokenize import (
     build_tokenizer,
     tokenizer_from_dict,
 )
-from .tsv import load_tsv, normalize_text
+from .tsv import DataWarning, load_tsv
 
 __all__ = [
     "BUILTIN_CORPORA",
@@ -39,8 +41,10 @@ __all__ = [
     "Batch",
     "CharTokenizer",
     "Corpus",
+    "DataWarning",
     "EncodedPair",
     "Example",
+    "TextFormat",
     "Tokenizer",
     "WordTokenizer",
     "batches",
@@ -59,5 +63,6 @@ __all__ = [
     "number_tokens",
     "numbers_corpus",
     "plan_batches",
+    "split_punct_tokens",
     "tokenizer_from_dict",
 ]

@@ -37,6 +37,10 @@ class Example:
         alignment: gold alignment links ``(i, j)``: source token ``i`` and target token ``j``
             (indices into ``source.split()`` and ``target.split()``) express the same thing;
             sorted, no duplicates. ``None`` where no gold alignment is known (TSV data).
+        raw_source, raw_target: the sentences as written, before normalization (TSV data:
+            what a user would type, and the text a translation is scored against); ``None``
+            when ``source``/``target`` are the text itself (built-in corpora). See
+            :attr:`source_text` and :attr:`target_text`.
 
     Raises:
         TypeError: a side that is not a str.
@@ -46,11 +50,13 @@ class Example:
     source: str
     target: str
     alignment: tuple[tuple[int, int], ...] | None = None
+    raw_source: str | None = None
+    raw_target: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("source", "target"):
+        for name in ("source", "target", "raw_source", "raw_target"):
             value = getattr(self, name)
-            if not isinstance(value, str):
+            if not isinstance(value, str) and not (name.startswith("raw_") and value is None):
                 raise TypeError(f"Example.{name}: expected a str, got {type(value).__name__}")
         if self.alignment is not None:
             s, t = len(self.source.split()), len(self.target.split())
@@ -61,6 +67,16 @@ class Example:
                         f"Example.alignment: link {link} outside the {s} source x {t} target tokens "
                         f"of {self.source!r} -> {self.target!r}"
                     )
+
+    @property
+    def source_text(self) -> str:
+        """The source as written: ``raw_source``, else ``source``."""
+        return self.source if self.raw_source is None else self.raw_source
+
+    @property
+    def target_text(self) -> str:
+        """The target as written (the reference of BLEU and chrF): ``raw_target``, else ``target``."""
+        return self.target if self.raw_target is None else self.raw_target
 
     @property
     def source_tokens(self) -> list[str]:

@@ -2,8 +2,9 @@
 
 One pair per line: ``source<TAB>target[<TAB>anything...]``; extra columns (Tatoeba's
 attribution) are ignored. The file is UTF-8 (a byte-order mark is tolerated). Lines without a
-tab or with an empty side are skipped and reported (a ``UserWarning`` naming the first line
-numbers, and ``meta["malformed"]``); blank lines are skipped silently.
+tab or with an empty side are skipped and reported (a :class:`DataWarning`, a ``UserWarning``
+naming the first line numbers, and ``meta["malformed"]``); blank lines are skipped silently.
+Normalization (:func:`normalize_text`) lives in :mod:`qkv.data.text`.
 """
 
 from __future__ import annotations
@@ -15,62 +16,19 @@ from pathlib import Path
 
 from ._rng import SeededRandom
 from .corpus import Corpus, Example, _check_frac, long_threshold, split_counts
+from .text import normalize_text
 
-__all__ = ["load_tsv", "normalize_text"]
+__all__ = ["DataWarning", "load_tsv", "normalize_text"]
 
 _SHOWN = 10  # malformed line numbers named in the warning
 _KEPT = 100  # malformed line numbers recorded in meta
-_JOINERS = "'’-‐"  # kept between letters: "don't", "well-known"
-_DIGIT_SEPARATORS = ".,:"  # kept between digits: "3.14", "1,000", "10:30"
 
 
-def _is_punct(c: str) -> bool:
-    return unicodedata.category(c)[0] in "PS"
+class DataWarning(UserWarning):
+    """Something in the data was skipped or looks wrong (malformed TSV lines); a ``UserWarning``.
 
-
-def _split_punct(text: str) -> str:
-    out: list[str] = []
-    n = len(text)
-    for i, c in enumerate(text):
-        if _is_punct(c):
-            prev = text[i - 1] if i > 0 else ""
-            nxt = text[i + 1] if i + 1 < n else ""
-            if c in _JOINERS and prev.isalnum() and nxt.isalpha():
-                out.append(c)
-                continue
-            if c in _DIGIT_SEPARATORS and prev.isdigit() and nxt.isdigit():
-                out.append(c)
-                continue
-            out.append(f" {c} ")
-        else:
-            out.append(c)
-    return "".join(out)
-
-
-def normalize_text(
-    text: str, *, lowercase: bool = False, split_punct: bool = False, normalize_spaces: bool = True
-) -> str:
-    """Normalize one side of a pair; always Unicode NFC.
-
-    Args:
-        lowercase: ``str.lower()``.
-        split_punct: surround punctuation and symbols with spaces (``"Hello!"`` -> ``"Hello !"``,
-            ``"«Oui»"`` -> ``"« Oui »"``), except apostrophes and hyphens inside words
-            (``"don't"``, ``"Qu'est-ce"``) and ``. , :`` between digits (``"3.14"``).
-        normalize_spaces: every run of Unicode white space (tabs, no-break space U+00A0,
-            narrow no-break space U+202F, ...) becomes one ASCII space; ends are stripped.
-
-    >>> normalize_text("Bonjour\\u202f!  Ça va ?", lowercase=True, split_punct=True)
-    'bonjour ! ça va ?'
+    The ``qkv`` command prints these as ``warning: <message>`` on stderr.
     """
-    text = unicodedata.normalize("NFC", text)
-    if lowercase:
-        text = text.lower()
-    if split_punct:
-        text = _split_punct(text)
-    if normalize_spaces or split_punct:
-        text = " ".join(text.split())
-    return text
 
 
 def _report(path: Path, lines: list[int], count: int) -> str:
@@ -99,7 +57,9 @@ def load_tsv(
 ) -> Corpus:
     """Read a TSV of sentence pairs into a :class:`Corpus` (no gold alignment).
 
-    Each side goes through :func:`normalize_text`. Pairs are then split at random (seeded)
+    Each side goes through :func:`normalize_text`; each example also keeps both sides as
+    written (``raw_source``, ``raw_target``: Unicode NFC, ends stripped, columns swapped with
+    ``reverse``), the text references are scored against. Pairs are then split at random (seeded)
     into train/valid/test by source sentence: all translations of one source sentence land
     in the same split, so no test source is seen in training. ``test_long`` is the part of
     test at or above :func:`qkv.data.corpus.long_threshold` (source tokens).
@@ -111,7 +71,7 @@ def load_tsv(
         valid_frac, test_frac: fractions of the source sentences held out.
         seed: the split's seed.
         long_quantile: ``test_long`` keeps at most the longest ``1 - long_quantile`` of test.
-        reverse: swap the columns (read ``target<TAB>source``).
+        reverse: swap the columns (translate from the second column to the first).
         dedupe: drop repeated pairs (after normalization), keeping the first.
         name: the corpus name (default: the file name without extension).
 
@@ -126,7 +86,8 @@ def load_tsv(
             any valid line, bad options.
 
     Warns:
-        UserWarning: malformed lines were skipped (first line numbers and the count).
+        DataWarning: (a ``UserWarning``) malformed lines were skipped (first line numbers and
+            the count).
     """
     path = Path(path)
     if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1):
@@ -138,7 +99,7 @@ def load_tsv(
         path, raw_lines, norm, max_len=max_len, reverse=reverse, dedupe=dedupe
     )
     if counts["malformed"]:
-        warnings.warn(_report(path, malformed, counts["malformed"]), UserWarning, stacklevel=2)
+        warnings.warn(_report(path, malformed, counts["malformed"]), DataWarning, stacklevel=2)
     if not pairs:
         raise ValueError(
             f"load_tsv: '{path}' has no usable pair ({len(raw_lines)} lines: {counts['malformed']} malformed, "
@@ -195,10 +156,10 @@ def _parse_pairs(
     max_len: int | None,
     reverse: bool,
     dedupe: bool,
-) -> tuple[list[tuple[str, str]], dict[str, int], list[int]]:
-    """The normalized pairs kept, the counts of lines skipped (``blank``, ``malformed``,
+) -> tuple[list[tuple[str, str, str, str]], dict[str, int], list[int]]:
+    """The pairs kept (normalized source and target, then both as written), the counts of lines skipped (``blank``, ``malformed``,
     ``too_long``, ``duplicates``) and the first malformed line numbers."""
-    pairs: list[tuple[str, str]] = []
+    pairs: list[tuple[str, str, str, str]] = []
     seen: set[tuple[str, str]] = set()
     malformed: list[int] = []
     counts = dict.fromkeys(("blank", "malformed", "too_long", "duplicates"), 0)
@@ -217,6 +178,7 @@ def _parse_pairs(
         src, tgt = (cols[0], cols[1]) if len(cols) >= 2 else ("", "")
         if reverse:
             src, tgt = tgt, src
+        raw_src, raw_tgt = (unicodedata.normalize("NFC", x).strip() for x in (src, tgt))
         src, tgt = normalize_text(src, **norm).strip(), normalize_text(tgt, **norm).strip()
         if not src or not tgt:
             counts["malformed"] += 1
@@ -229,17 +191,21 @@ def _parse_pairs(
         else:
             if dedupe:
                 seen.add((src, tgt))
-            pairs.append((src, tgt))
+            pairs.append((src, tgt, raw_src, raw_tgt))
     return pairs, counts, malformed
 
 
 def _split_by_source(
-    pairs: list[tuple[str, str]], seed: int, valid_frac: float, test_frac: float, long_quantile: float
+    pairs: list[tuple[str, str, str, str]],
+    seed: int,
+    valid_frac: float,
+    test_frac: float,
+    long_quantile: float,
 ) -> tuple[dict[str, list[Example]], int | None]:
     """train/valid/test/test_long split by source sentence (groups in order of first
     appearance, then a seeded shuffle; file order inside a split), and the long threshold."""
     groups: dict[str, list[int]] = {}
-    for i, (src, _) in enumerate(pairs):
+    for i, (src, *_) in enumerate(pairs):
         groups.setdefault(src, []).append(i)
     order = list(groups)
     SeededRandom(seed, "tsv-split").shuffle(order)
@@ -252,7 +218,7 @@ def _split_by_source(
     splits: dict[str, list[Example]] = {}
     for split, sources in parts.items():
         idx = sorted(i for s in sources for i in groups[s])
-        splits[split] = [Example(pairs[i][0], pairs[i][1], None) for i in idx]
+        splits[split] = [Example(*pairs[i][:2], None, *pairs[i][2:]) for i in idx]
     threshold = None
     splits["test_long"] = []
     if splits["test"]:

@@ -484,7 +484,7 @@ def sample_hard(
         ``entropy = 0``, with zero gradients.
 
     Raises:
-        as :func:`sparsemax`.
+        TypeError, ValueError: as :func:`sparsemax`.
     """
     dim = _check_logits(logits, mask, dim)
     z, in_dtype = _masked_rows(logits, mask, dim)  # (..., Tk), masked = -inf

@@ -8,9 +8,11 @@ tokenizer's tokens (``[CLS]`` and ``[SEP]`` included) and token scores, each nor
 largest absolute value (:func:`qkv.interpret.token_scores`):
 
 - ``rollout``: attention rollout (Abnar & Zuidema 2020), the mean over all output rows with
-  each row's own token left out (what the other tokens mix into the mean-pooled embedding);
-- ``grad_rollout``: gradient-weighted rollout (Chefer et al. 2021) of the target ``y`` below,
-  scored the same way;
+  each row's own token left out (what the other tokens mix into the mean-pooled embedding).
+  It reads the attention alone and explains no output: on MiniLM nearly all of it goes to
+  ``[CLS]`` (most heads park their attention there), so it is not the default;
+- ``grad_rollout`` (the default): gradient-weighted rollout (Chefer et al. 2021) of the target
+  ``y`` below, scored the same way: each map weighted by how much it moves ``y``;
 - ``integrated_gradients``: integrated gradients (Sundararajan et al. 2017, Captum, ``pip
   install 'qkv[interpret]'``) of ``y`` with respect to the word embeddings; baseline: every word
   replaced by ``[PAD]``, ``[CLS]``/``[SEP]`` kept.
@@ -34,10 +36,14 @@ from dataclasses import dataclass, field
 
 from .._types import AttentionMaps
 
-__all__ = ["SCORE_METHODS", "AttentionPicture", "sentence_picture", "translation_picture"]
+__all__ = ["DEFAULT_METHODS", "SCORE_METHODS", "AttentionPicture", "sentence_picture", "translation_picture"]
 
 #: The token-score methods of :func:`sentence_picture`, in the order they are computed.
 SCORE_METHODS = ("rollout", "grad_rollout", "integrated_gradients")
+#: What :func:`sentence_picture` (and ``qkv viz --model``) scores by default.
+DEFAULT_METHODS = ("grad_rollout",)
+# methods that explain a target (the embedding or a similarity); rollout reads the attention only
+_EXPLAINING = ("grad_rollout", "integrated_gradients")
 _TITLE_CHARS = 80
 
 
@@ -75,7 +81,7 @@ def sentence_picture(
     sentence: str,
     *,
     other: str | None = None,
-    methods: Sequence[str] = ("rollout",),
+    methods: Sequence[str] = DEFAULT_METHODS,
     ig_steps: int = 32,
     name: str = "BERT",
     check_maps: Callable[[AttentionMaps], None] | None = None,
@@ -89,7 +95,8 @@ def sentence_picture(
         sentence: the text to show.
         other: a second sentence: the scores then explain the cosine similarity of the two
             (printed in ``notes``); the maps stay those of ``sentence``.
-        methods: token scores to compute, some of :data:`SCORE_METHODS` (may be empty).
+        methods: token scores to compute, some of :data:`SCORE_METHODS` (may be empty;
+            default :data:`DEFAULT_METHODS`).
         ig_steps: integration points of ``integrated_gradients``.
         name: the model's name in the title.
         check_maps: called with the maps before the (slower) scores are computed, e.g. to
@@ -142,7 +149,7 @@ def sentence_picture(
 
         similarity = float(target(own[None])[0])
         notes.append(f"cosine similarity: {similarity:.4f}")
-        what = "their cosine similarity"
+        what = "the cosine similarity of the two sentences"
 
     scores: dict[str, list[float]] = {}
     for method in dict.fromkeys(methods):
@@ -166,12 +173,7 @@ def sentence_picture(
 
             s = token_scores(integrated_gradients(model_fn, words, baseline, steps=ig_steps)[0])
         scores[method] = [float(v) for v in s]
-    if scores:
-        notes.append(f"token scores ({what}; 1 = the largest):")
-        width = max(len(m) for m in scores)
-        for method, values in scores.items():
-            cells = "  ".join(f"{t} {v:+.2f}" for t, v in zip(tokens, values))
-            notes.append(f"  {method:<{width}}  {cells}")
+    notes.extend(_score_notes(tokens, scores, what))
     n_layers, n_heads = len(maps.encoder), maps.encoder[0].shape[1]
     title = f"{name}: {_short(sentence)}"
     if other is not None:
@@ -184,6 +186,30 @@ def sentence_picture(
         scores=scores,
         notes=notes,
     )
+
+
+def _score_notes(tokens: list[str], scores: dict[str, list[float]], what: str) -> list[str]:
+    """The scores as text: a header, one row per method, then what each method scores (rollout
+    reads the attention alone; only the gradient methods explain ``what``). Bidi control
+    characters in tokens are written as code points (:func:`qkv.viz.visible_text`)."""
+    from ..viz import visible_text
+
+    if not scores:
+        return []
+    width = max(len(m) for m in scores)
+    lines = ["token scores (1 = the largest of each method):"]
+    for method, values in scores.items():
+        cells = "  ".join(f"{visible_text(t)} {v:+.2f}" for t, v in zip(tokens, values))
+        lines.append(f"  {method:<{width}}  {cells}")
+    if "rollout" in scores:
+        lines.append(
+            "rollout: from the attention alone (what the other tokens mix into each position); "
+            "it explains no output"
+        )
+    explaining = [m for m in scores if m in _EXPLAINING]
+    if explaining:
+        lines.append(f"{' and '.join(explaining)}: explain{'s' if len(explaining) == 1 else ''} {what}")
+    return lines
 
 
 def translation_picture(translator, sentence: str) -> AttentionPicture:
@@ -206,6 +232,7 @@ def translation_picture(translator, sentence: str) -> AttentionPicture:
 
     from ..data.tokenize import Tokenizer
     from ..translation.decode import greedy
+    from ..viz import visible_text
 
     tr = translator
     ids = tr.src_tok.encode(sentence) or [Tokenizer.UNK]
@@ -238,5 +265,5 @@ def translation_picture(translator, sentence: str) -> AttentionPicture:
             f"{', '.join(parts)} (layers x heads), {len(source_tokens)} source x "
             f"{len(target_tokens)} target tokens"
         ),
-        notes=[f"translation: {text}"],
+        notes=[f"translation: {visible_text(text)}"],
     )

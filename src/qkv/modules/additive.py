@@ -87,7 +87,7 @@ class AdditiveAttention(nn.Module):
         normalize_kwargs: dict[str, Any] | None = None,
     ) -> AttentionOutput:
         """Args:
-            queries ``(B, Tq, Dq)``, keys ``(B, Tk, Dk)``, values ``(B, Tk, Dv)``.
+            queries, keys, values: ``(B, Tq, Dq)``, ``(B, Tk, Dk)``, ``(B, Tk, Dv)``.
             valid_lens: integer ``(B,)`` or ``(B, Tq)``: key ``j`` is visible when
                 ``j < valid_len``.
             mask: an extra bool mask (True = may attend) ANDed with ``valid_lens``,

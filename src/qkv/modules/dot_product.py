@@ -62,7 +62,7 @@ class DotProductAttention(nn.Module):
         backend: str | None = None,
     ) -> AttentionOutput:
         """Args:
-            queries ``(B, Tq, D)``, keys ``(B, Tk, D)``, values ``(B, Tk, Dv)``.
+            queries, keys, values: ``(B, Tq, D)``, ``(B, Tk, D)``, ``(B, Tk, Dv)``.
             valid_lens: integer ``(B,)`` or ``(B, Tq)``: key ``j`` is visible when
                 ``j < valid_len``.
             mask: an extra bool mask (True = may attend) ANDed with ``valid_lens``.

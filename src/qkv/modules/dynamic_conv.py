@@ -105,7 +105,7 @@ class LightConv(_ConvBlock):
         bias: biases of the projections.
 
     Attributes:
-        in_proj ``Linear(E, 2E)`` (then GLU), weight ``(H, K)``, out_proj ``Linear(E, E)``.
+        in_proj, weight, out_proj: ``Linear(E, 2E)`` (then GLU), ``(H, K)``, ``Linear(E, E)``.
 
     Raises:
         ValueError: dims that are not positive ints, ``E`` not divisible by ``H``, dropout
@@ -154,8 +154,8 @@ class DynamicConv(_ConvBlock):
     Args: as :class:`LightConv`.
 
     Attributes:
-        in_proj ``Linear(E, 2E)`` (then GLU), weight_proj ``Linear(E, H * K)``, out_proj
-        ``Linear(E, E)``.
+        in_proj, weight_proj, out_proj: ``Linear(E, 2E)`` (then GLU), ``Linear(E, H * K)``,
+            ``Linear(E, E)``.
 
     Raises:
         ValueError: as :class:`LightConv`.

@@ -82,9 +82,10 @@ class MultiHeadAttention(nn.Module):
         device, dtype: where and how the parameters are created, as in torch.
 
     Attributes:
-        q_proj ``Linear(E, E)``, k_proj ``Linear(Ek, Hkv*Dh)``, v_proj ``Linear(Ev, Hkv*Dh)``,
-        out_proj ``Linear(E, E)``. Projection weights are Xavier-uniform and biases zero, as
-        in torch. ``rotary``: the rotary module or None (no parameters).
+        q_proj, k_proj, v_proj, out_proj: ``Linear(E, E)``, ``Linear(Ek, Hkv*Dh)``,
+            ``Linear(Ev, Hkv*Dh)``, ``Linear(E, E)``. Projection weights are Xavier-uniform and
+            biases zero, as in torch.
+        rotary: the rotary module or None (no parameters).
 
     Raises:
         ValueError: a dim that is not a positive int, ``embed_dim`` not divisible by

@@ -18,6 +18,7 @@ from .._moved import moved_attribute
 from .checkpoint import (
     Checkpoint,
     CheckpointError,
+    CorruptCheckpointError,
     UnsafeCheckpointError,
     find_latest,
     load_checkpoint,
@@ -32,6 +33,7 @@ __all__ = [
     "MODEL_PRESETS",
     "Checkpoint",
     "CheckpointError",
+    "CorruptCheckpointError",
     "Progress",
     "RunState",
     "Task",

@@ -43,6 +43,7 @@ import random
 import re
 import secrets
 import shutil
+import stat
 import struct
 import time
 import warnings
@@ -57,6 +58,7 @@ from torch import Tensor, nn
 __all__ = [
     "Checkpoint",
     "CheckpointError",
+    "CorruptCheckpointError",
     "UnsafeCheckpointError",
     "find_latest",
     "load_checkpoint",
@@ -86,6 +88,15 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used: missing file, bad digest, unknown format version.
 
     The message names the path.
+    """
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint file that is damaged: truncated (a copy or a disk that filled up), empty,
+    missing, not valid JSON, or whose SHA-256 differs from the one recorded at save time.
+
+    The message names the file and says what is wrong with it. Loading a run directory skips
+    such a checkpoint for the newest intact one, with a warning (:func:`load_checkpoint`).
     """
 
 
@@ -277,6 +288,21 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _new_file_mode(directory: Path) -> int | None:
+    """The permissions a file created in ``directory`` gets (0666 less the umask, or what the
+    directory's default ACL says), read from a probe file: the umask cannot be read without
+    setting it, which would race with other threads. None on Windows (no such modes)."""
+    if os.name == "nt":
+        return None
+    probe = directory / f".mode-{secrets.token_hex(4)}"
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        return stat.S_IMODE(os.fstat(fd).st_mode)
+    finally:
+        os.close(fd)
+        probe.unlink()
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -322,38 +348,95 @@ def _describe_unsafe(head: bytes) -> str:
     return f"unrecognized content (first bytes {head[:8]!r})"
 
 
+def _looks_unsafe(head: bytes) -> bool:
+    """A zip archive (``torch.save``) or a pickle stream with a protocol header."""
+    return head.startswith(b"PK\x03\x04") or (len(head) >= 2 and head[0] == 0x80 and 1 <= head[1] <= 5)
+
+
 def _check_safetensors(path: Path) -> None:
-    """Raise unless ``path`` starts like a safetensors file (u64 header size + JSON header)."""
+    """Raise unless ``path`` is a whole safetensors file: a u64 header size, a JSON header, and
+    exactly the tensor bytes the header declares (read from the header; the data is not read).
+
+    Raises:
+        CorruptCheckpointError: a missing, empty or truncated file, or a safetensors header
+            that does not match the file's size.
+        UnsafeCheckpointError: a pickle, a zip archive or anything else that is not safetensors.
+    """
     if not path.is_file():
-        raise CheckpointError(f"{path}: missing file")
+        raise CorruptCheckpointError(f"{path}: missing file")
+    size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(16)
-        size = path.stat().st_size
-        if len(head) >= 9:
+        if len(head) >= 9 and head[8:9] == b"{":  # the u64 header size, then the JSON header
             (n,) = struct.unpack("<Q", head[:8])
-            if 2 <= n <= min(size - 8, _MAX_SAFETENSORS_HEADER) and head[8:9] == b"{":
+            if n <= _MAX_SAFETENSORS_HEADER:
+                if 8 + n > size:
+                    raise CorruptCheckpointError(
+                        f"{path}: truncated: its safetensors header declares {n:,} bytes of header alone, "
+                        f"but the file has {size:,} bytes in all; the file was cut short (an interrupted "
+                        "copy or write, a full disk)"
+                    )
                 f.seek(8)
                 try:
                     header = json.loads(f.read(n))
                 except (UnicodeDecodeError, ValueError):
                     header = None
-                if isinstance(header, dict):
-                    return
+                if not isinstance(header, dict):
+                    raise CorruptCheckpointError(
+                        f"{path}: corrupt: the safetensors header is not a JSON object"
+                    )
+                _check_data_size(path, header, 8 + n, size)
+                return
+    if size == 0:
+        raise CorruptCheckpointError(
+            f"{path}: corrupt: the file is empty (0 bytes); it was never fully written"
+        )
+    if not _looks_unsafe(head) and size < 9:
+        raise CorruptCheckpointError(
+            f"{path}: truncated: {size} bytes, too short to be a safetensors file (8 bytes of header size, "
+            "then the header)"
+        )
     raise UnsafeCheckpointError(
         f"{path}: expected a safetensors file, found {_describe_unsafe(head)}. {_CONVERT_HINT}"
     )
 
 
+def _check_data_size(path: Path, header: dict, data_start: int, size: int) -> None:
+    """The tensors of a safetensors header must end exactly at the end of the file."""
+    end = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+            raise CorruptCheckpointError(
+                f"{path}: corrupt: tensor {name!r} has no valid data_offsets in the header"
+            )
+        end = max(end, offsets[1])
+    expected = data_start + end
+    if size < expected:
+        raise CorruptCheckpointError(
+            f"{path}: truncated: its safetensors header declares {expected:,} bytes, the file has {size:,} "
+            f"({expected - size:,} missing); the file was cut short (an interrupted copy or write, a full disk)"
+        )
+    if size > expected:
+        raise CorruptCheckpointError(
+            f"{path}: corrupt: {size - expected:,} bytes after the last tensor its safetensors header declares"
+        )
+
+
 def _read_json(path: Path) -> Any:
     if not path.is_file():
-        raise CheckpointError(f"{path}: missing file")
+        raise CorruptCheckpointError(f"{path}: missing file")
     data = path.read_bytes()
+    if not data.strip():
+        raise CorruptCheckpointError(f"{path}: corrupt: the file is empty; it was never fully written")
     if not data.lstrip()[:1] == b"{":
         raise UnsafeCheckpointError(f"{path}: expected a JSON file, found {_describe_unsafe(data[:16])}")
     try:
         return json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e}); the file is corrupt") from e
+        raise CorruptCheckpointError(f"{path}: not valid JSON ({e}); the file is corrupt or truncated") from e
 
 
 def _unsafe_files(directory: Path) -> list[Path]:
@@ -380,18 +463,33 @@ def _complete(path: Path) -> list[tuple[int, Path]]:
     return sorted(found, reverse=True)
 
 
-def _fallback(path: Path) -> Path | None:
-    """The complete ``ckpt-*`` with the highest step; else a checkpoint that a save of the
-    same step had moved aside when it was killed (a window of two renames)."""
-    found = _complete(path)
-    if found:
-        return found[0][1]
+def _candidates(directory: Path) -> tuple[list[Path], bool]:
+    """The complete checkpoints of a run directory in the order to try them, and whether
+    ``latest.json`` names a checkpoint that is missing.
+
+    First the one ``latest.json`` names, then the complete ``ckpt-*`` directories by step,
+    newest first, then checkpoints a save of the same step had moved aside when it was killed
+    (a window of two renames).
+    """
+    order: list[Path] = []
+    dangling = False
+    if (directory / LATEST_FILE).exists():
+        try:
+            target = _from_pointer(directory)
+        except CorruptCheckpointError as e:  # the checkpoints themselves may be fine: look at them
+            warnings.warn(f"{e}; ignoring it and taking the checkpoint with the highest step", stacklevel=4)
+            target = False
+        if target is None:
+            dangling = True
+        elif target:
+            order.append(target)
+    order += [p for _, p in _complete(directory) if p not in order]
     replaced = sorted(
-        (int(m.group(1)), p)
-        for p in path.iterdir()
-        if (m := _REPLACED_RE.match(p.name)) and (p / META_FILE).is_file()
+        ((int(m.group(1)), p) for p in directory.iterdir() if (m := _REPLACED_RE.match(p.name))),
+        reverse=True,
     )
-    return replaced[-1][1] if replaced else None
+    order += [p for _, p in replaced if (p / META_FILE).is_file()]
+    return order, dangling
 
 
 def _from_pointer(directory: Path) -> Path | None:
@@ -399,38 +497,107 @@ def _from_pointer(directory: Path) -> Path | None:
     pointer = _read_json(directory / LATEST_FILE)
     name = pointer.get("checkpoint") if isinstance(pointer, dict) else None
     if not isinstance(name, str) or not _CKPT_RE.match(name):
-        raise CheckpointError(
-            f"{directory / LATEST_FILE}: expected a 'checkpoint' entry like 'ckpt-00000100'"
+        raise CorruptCheckpointError(
+            f"{directory / LATEST_FILE}: corrupt: expected a 'checkpoint' entry like 'ckpt-00000100'"
         )
     target = directory / name
     return target if (target / META_FILE).is_file() else None
 
 
-def find_latest(directory: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint of a run directory, or ``None`` if it has none.
-
-    Follows ``latest.json``; without one (or if it names a checkpoint that is gone) takes the
-    complete ``ckpt-*`` directory with the highest step. Digests are not checked here.
+def _check_intact(ckpt: Path) -> None:
+    """The checks that need no hashing: ``meta.json`` is a JSON object, and both safetensors
+    files are whole (their headers match their sizes, which match those recorded at save time).
 
     Raises:
-        CheckpointError: ``latest.json`` is not valid JSON or names no checkpoint.
-        UnsafeCheckpointError: ``latest.json`` is not a JSON file.
+        CorruptCheckpointError: what is damaged, naming the file.
+        UnsafeCheckpointError: a file that is not JSON or safetensors.
+    """
+    meta = _read_json(ckpt / META_FILE)
+    if not isinstance(meta, dict):
+        raise CorruptCheckpointError(f"{ckpt / META_FILE}: corrupt: expected a JSON object")
+    files = meta.get("files")
+    for name in (MODEL_FILE, TRAINING_FILE):
+        _check_safetensors(ckpt / name)
+        _check_size(ckpt / name, files.get(name) if isinstance(files, dict) else None)
+
+
+def _check_size(path: Path, recorded: Any) -> None:
+    """``path`` has the size ``meta.json`` recorded for it at save time (when it recorded one)."""
+    expected = recorded.get("bytes") if isinstance(recorded, dict) else None
+    if isinstance(expected, int) and not isinstance(expected, bool):
+        size = path.stat().st_size
+        if size < expected:
+            raise CorruptCheckpointError(
+                f"{path}: truncated: {size:,} bytes, {expected:,} when it was saved ({expected - size:,} missing)"
+            )
+        if size > expected:
+            raise CorruptCheckpointError(
+                f"{path}: corrupt: {size:,} bytes, {expected:,} when it was saved; the file was changed"
+            )
+
+
+def _first_intact(directory: Path, order: list[Path], dangling: bool, open_one):
+    """``(open_one(ckpt), ckpt, skipped)`` for the first checkpoint of ``order`` that
+    ``open_one`` opens without a :class:`CorruptCheckpointError`; a warning names the ones
+    skipped and why. Raises the error of the newest when none opens."""
+    errors: list[tuple[Path, CorruptCheckpointError]] = []
+    for ckpt in order:
+        try:
+            result = open_one(ckpt)
+        except CorruptCheckpointError as e:
+            errors.append((ckpt, e))
+            continue
+        if errors:
+            why = "; ".join(str(e) for _, e in errors)
+            warnings.warn(
+                f"{directory}: skipped {len(errors)} damaged checkpoint{'s' if len(errors) > 1 else ''} "
+                f"({why}); using {ckpt.name}, the newest intact one",
+                stacklevel=3,
+            )
+        elif dangling:
+            warnings.warn(
+                f"{directory / LATEST_FILE} names a checkpoint that is missing; loading {ckpt.name}",
+                stacklevel=3,
+            )
+        return result, ckpt, [p for p, _ in errors]
+    if len(errors) == 1:
+        raise errors[0][1]
+    raise CorruptCheckpointError(
+        f"{directory}: no intact checkpoint: " + "; ".join(str(e) for _, e in errors)
+    ) from errors[0][1]
+
+
+def find_latest(directory: str | os.PathLike) -> Path | None:
+    """The newest intact checkpoint of a run directory, or ``None`` if it has none.
+
+    Follows ``latest.json``; without one (or if it names a checkpoint that is gone) takes the
+    complete ``ckpt-*`` directory with the highest step. A damaged checkpoint (a truncated or
+    empty file, sizes that differ from those recorded at save time, a ``meta.json`` that is not
+    valid JSON) is skipped for the next newest, with a warning. Digests are not checked here
+    (that reads every byte): :func:`load_checkpoint` checks them.
+
+    Raises:
+        CorruptCheckpointError: the run directory has checkpoints, all of them damaged (a
+            damaged ``latest.json`` is only a warning: the checkpoints are looked at instead).
+        UnsafeCheckpointError: ``latest.json``, a ``meta.json`` or a ``model.safetensors`` is a
+            pickle or another file that is not JSON or safetensors.
     """
     directory = Path(directory)
     if not directory.is_dir():
         return None
-    if (directory / LATEST_FILE).exists():
-        target = _from_pointer(directory)
-        if target is not None:
-            return target
-    return _fallback(directory)
+    order, _ = _candidates(directory)
+    if not order:
+        return None
+    _, ckpt, _ = _first_intact(directory, order, False, _check_intact)
+    return ckpt
 
 
-def _resolve(path: Path) -> Path:
-    """The ``ckpt-*`` directory that ``path`` designates."""
+def _resolve(path: Path) -> tuple[list[Path], bool]:
+    """The ``ckpt-*`` directories that ``path`` designates, in the order to try them (one for
+    a ``ckpt-*`` directory or its ``meta.json``), and whether ``latest.json`` dangles."""
     if path.is_file():
         if path.name == META_FILE:
-            return path.parent
+            return [path.parent], False
         if path.name == LATEST_FILE:
             path = path.parent
         else:
@@ -447,18 +614,10 @@ def _resolve(path: Path) -> Path:
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint or run directory")
     if (path / META_FILE).is_file():
-        return path
-    pointer = (path / LATEST_FILE).exists()
-    target = _from_pointer(path) if pointer else None
-    if target is not None:
-        return target
-    found = _fallback(path)
-    if found is not None:
-        if pointer:
-            warnings.warn(
-                f"{path / LATEST_FILE} names a checkpoint that is missing; loading {found.name}", stacklevel=3
-            )
-        return found
+        return [path], False
+    order, dangling = _candidates(path)
+    if order:
+        return order, dangling
     unsafe = _unsafe_files(path)
     if unsafe:
         names = ", ".join(p.name for p in unsafe)
@@ -715,8 +874,11 @@ def save_checkpoint(
     tmp.mkdir()
     try:
         files = {}
+        mode = _new_file_mode(tmp)
         for name, tensors in ((MODEL_FILE, model_tensors), (TRAINING_FILE, training_tensors)):
             st.save_file(tensors, str(tmp / name), metadata={"format": "pt"})
+            if mode is not None:  # safetensors writes 0600 whatever the umask; files here follow it
+                os.chmod(tmp / name, mode)
             sha, size = _fsync_file(tmp / name)
             files[name] = {"sha256": sha, "bytes": size}
         meta["files"] = files
@@ -773,6 +935,8 @@ class Checkpoint:
         rng_state: ``{"torch": uint8 tensor, "cuda": [uint8 tensor per device], "python":
             {...}, "numpy": {...} or None}``.
         meta: the raw ``meta.json`` (versions, digests, RNG states...).
+        skipped: newer checkpoints of the run directory that were damaged and skipped (see
+            :func:`load_checkpoint`).
     """
 
     path: Path
@@ -786,6 +950,7 @@ class Checkpoint:
     scheduler_state: dict | None = None
     rng_state: dict = field(default_factory=dict, repr=False)
     meta: dict = field(default_factory=dict, repr=False)
+    skipped: list[Path] = field(default_factory=list, repr=False)
 
     def restore(
         self,
@@ -824,19 +989,20 @@ class Checkpoint:
 
 def _load_tensors(path: Path, expected: Any, device: str, verify: bool) -> dict[str, Tensor]:
     _check_safetensors(path)
+    _check_size(path, expected)
     if verify:
         if not isinstance(expected, dict) or "sha256" not in expected:
             raise CheckpointError(f"{path}: meta.json records no digest for this file")
         sha = _sha256(path)
         if sha != expected["sha256"]:
-            raise CheckpointError(
+            raise CorruptCheckpointError(
                 f"{path}: SHA-256 mismatch (file {sha[:16]}..., meta.json {str(expected['sha256'])[:16]}...); "
                 "the file is corrupt or was changed after saving"
             )
     try:
         return _safetensors_torch().load_file(str(path), device=device)
     except Exception as e:  # safetensors raises its own error types on malformed files
-        raise CheckpointError(f"{path}: cannot read the safetensors file ({e})") from e
+        raise CorruptCheckpointError(f"{path}: cannot read the safetensors file ({e})") from e
 
 
 def load_checkpoint(
@@ -851,14 +1017,31 @@ def load_checkpoint(
             the CPU; ``optimizer.load_state_dict`` moves them next to their parameters.
         verify: check the SHA-256 of both safetensors files against ``meta.json``.
 
+    From a run directory, a damaged newest checkpoint (:class:`CorruptCheckpointError`: a
+    truncated or empty file, a digest mismatch, a ``meta.json`` that is not valid JSON) is
+    skipped for the newest intact one, with a warning that says what is wrong; the skipped
+    ones are listed in :attr:`Checkpoint.skipped`. A ``ckpt-*`` directory given directly is
+    loaded or refused, never substituted.
+
     Raises:
         UnsafeCheckpointError: a pickle, ``torch.save`` zip or any other non-safetensors /
             non-JSON file where a checkpoint file is expected (including a ``.pt`` file passed
             as ``path``).
-        CheckpointError: missing files, a digest mismatch, a format version this qkv does not
-            know, no checkpoint in the directory.
+        CorruptCheckpointError: a truncated, empty or missing file, a digest mismatch (in a
+            run directory: every checkpoint damaged).
+        CheckpointError: a format version this qkv does not know, no checkpoint in the directory.
     """
-    ckpt = _resolve(Path(path))
+    path = Path(path)
+    order, dangling = _resolve(path)
+    if len(order) == 1 and not dangling:
+        return _load_one(order[0], map_location, verify)
+    ckpt, _, skipped = _first_intact(path, order, dangling, lambda c: _load_one(c, map_location, verify))
+    ckpt.skipped = skipped
+    return ckpt
+
+
+def _load_one(ckpt: Path, map_location: str | torch.device, verify: bool) -> Checkpoint:
+    """The checkpoint in the ``ckpt-*`` directory ``ckpt`` (see :func:`load_checkpoint`)."""
     meta = _read_json(ckpt / META_FILE)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{ckpt / META_FILE}: not a qkv checkpoint (format {meta.get('format')!r})")

@@ -96,6 +96,8 @@ class Progress:
     Args:
         total: the number of units expected, or ``None`` when unknown (no bar, no ETA).
         desc: a short label at the start of the line.
+        initial: the units already done before this display started (a resumed run): the
+            count continues from it, and the rate and ETA count only the units done here.
         unit: the name of one unit (``"step"``, ``"batch"``, ``"sentence"``).
         stream: where to write; ``None`` means ``sys.stderr`` at construction time.
         min_interval: seconds between redraws on a terminal.
@@ -106,11 +108,11 @@ class Progress:
         disable: print nothing (e.g. on all ranks but the first).
         clock: a function returning seconds (``time.monotonic``); tests pass a fake one.
 
-    The rate is the average since the start, ``n / elapsed``, and the ETA is
+    The rate is the average since the start, ``(n - initial) / elapsed``, and the ETA is
     ``(total - n) / rate``.
 
     Raises:
-        ValueError: a negative ``total``, non-positive intervals.
+        ValueError: a negative ``total`` or ``initial``, non-positive intervals.
     """
 
     def __init__(
@@ -118,6 +120,7 @@ class Progress:
         total: int | None,
         *,
         desc: str,
+        initial: int = 0,
         unit: str = "step",
         stream: TextIO | None = None,
         min_interval: float = 0.5,
@@ -129,6 +132,8 @@ class Progress:
     ):
         if total is not None and (isinstance(total, bool) or not isinstance(total, int) or total < 0):
             raise ValueError(f"total: expected an int >= 0 or None, got {total!r}")
+        if isinstance(initial, bool) or not isinstance(initial, int) or initial < 0:
+            raise ValueError(f"initial: expected an int >= 0, got {initial!r}")
         for name, value in (("min_interval", min_interval), ("log_interval", log_interval)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise ValueError(f"{name}: expected a number of seconds >= 0, got {value!r}")
@@ -145,7 +150,8 @@ class Progress:
         self.width = width
         self.disable = disable
         self.clock = clock
-        self.n = 0
+        self.initial = initial
+        self.n = initial
         self.fields: dict[str, Any] = {}
         self.start = clock()
         self.closed = False
@@ -168,7 +174,8 @@ class Progress:
         return max(self.clock() - self.start, 0.0)
 
     def _rate(self, elapsed: float) -> float | None:
-        return self.n / elapsed if elapsed > 0 and self.n > 0 else None
+        done = self.n - self.initial
+        return done / elapsed if elapsed > 0 and done > 0 else None
 
     def _rate_text(self, rate: float | None) -> str:
         if rate is None:
@@ -248,11 +255,13 @@ class Progress:
         _quietly(self._bar.write, message, file=self.stream)  # tqdm erases the bars, prints, redraws them
 
     def summary(self) -> str:
-        """The final line: units done, total time, average rate and the last fields."""
+        """The final line: units done, time and average rate here (and where it resumed), the last fields."""
         elapsed = self.elapsed
         done = f"{self.n}/{self.total}" if self.total is not None else f"{self.n}"
         word = "done" if self.total is None or self.n >= self.total else "stopped at"
-        text = f"{self.desc}: {word} {done} {self.unit} in {_clock_text(elapsed)} ({self._rate_text(self._rate(elapsed))})"
+        rate = self._rate_text(self._rate(elapsed))
+        resumed = f", resumed at {self.initial}" if self.initial else ""
+        text = f"{self.desc}: {word} {done} {self.unit} in {_clock_text(elapsed)} ({rate}{resumed})"
         fields = self._fields_text()
         return f"{text} {fields}" if fields else text
 

@@ -17,20 +17,23 @@ The layers: :mod:`qkv.translation` builds on :mod:`qkv.train`, :mod:`qkv.models`
 
 from .decode import Hypothesis, beam_search, decode_limit, greedy
 from .demo import run_demo
-from .metrics import aer, alignment_from_weights, bleu, chrf, exact_match
+from .metrics import aer, alignment_from_weights, bleu, bleu_signed, chrf, corpus_scores, exact_match
 from .training import TranslationTask, load_corpus, prepare_data, train, validation_loss
-from .translator import Translation, Translator, decode_examples
+from .translator import Translation, TranslationWarning, Translator, decode_examples
 
 __all__ = [
     "Hypothesis",
     "Translation",
     "TranslationTask",
+    "TranslationWarning",
     "Translator",
     "aer",
     "alignment_from_weights",
     "beam_search",
     "bleu",
+    "bleu_signed",
     "chrf",
+    "corpus_scores",
     "decode_examples",
     "decode_limit",
     "exact_match",

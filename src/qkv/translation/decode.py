@@ -13,6 +13,15 @@ similar length normalization). With ``beam=1`` it returns exactly greedy's token
 
 How many tokens either may emit is :func:`decode_limit`, the one decoding-length rule of
 validation during training, :class:`~qkv.translation.translator.Translator` and ``qkv evaluate``.
+
+**Degenerate repetition.** A model that meets words it never saw often loops on a fragment
+(``"tom tom tom ..."``, ``"est-ce que est-ce que ..."``) up to the limit. With
+``max_repeats=k`` both decoders stop a sentence as soon as its output ends with the same
+fragment of 1 to :data:`REPEAT_SPAN` tokens ``k`` times in a row, and drop the ``k - 1`` extra
+copies (``Hypothesis.stop == "repetition"``). :class:`~qkv.translation.translator.Translator`
+takes ``k`` from the training targets (:func:`longest_repeat`): one more than the most times
+any fragment repeats back to back in a training target, and at least 3, so an output never
+repeats more than the data ever did.
 """
 
 from __future__ import annotations
@@ -23,9 +32,60 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Hypothesis", "beam_search", "decode_limit", "greedy"]
+__all__ = [
+    "REPEAT_SPAN",
+    "Hypothesis",
+    "beam_search",
+    "decode_limit",
+    "greedy",
+    "longest_repeat",
+    "repeat_cut",
+]
 
 SOS, EOS = 1, 2
+
+#: The longest fragment (in tokens) the repetition rule looks for.
+REPEAT_SPAN = 8
+
+
+def repeat_cut(tokens: list[int], max_repeats: int, *, span: int = REPEAT_SPAN) -> int | None:
+    """Where to cut ``tokens`` when they end with one fragment (1 to ``span`` tokens) repeated
+    ``max_repeats`` times in a row: the length that keeps one copy; None when they do not.
+
+    >>> repeat_cut([7, 5, 6, 5, 6, 5, 6], 3)
+    3
+    """
+    n_tok = len(tokens)
+    for n in range(1, span + 1):
+        if n * max_repeats > n_tok:
+            break
+        tail = tokens[n_tok - n :]
+        if all(tokens[n_tok - (i + 1) * n : n_tok - i * n] == tail for i in range(1, max_repeats)):
+            return n_tok - (max_repeats - 1) * n
+    return None
+
+
+def longest_repeat(sequences: Iterable[list[int]], *, span: int = REPEAT_SPAN) -> int:
+    """The most times any fragment of 1 to ``span`` tokens repeats back to back in one of
+    ``sequences`` (1 when nothing repeats; 0 for no tokens at all)."""
+    best = 0
+    for seq in sequences:
+        if seq:
+            best = max(best, 1)
+        for n in range(1, min(span, len(seq) // 2) + 1):
+            run = 0  # positions i with seq[i] == seq[i - n], in a row
+            for i in range(n, len(seq)):
+                run = run + 1 if seq[i] == seq[i - n] else 0
+                if run >= n:
+                    best = max(best, run // n + 1)
+    return best
+
+
+def _check_repeats(max_repeats: int | None) -> None:
+    if max_repeats is not None and (
+        not isinstance(max_repeats, int) or isinstance(max_repeats, bool) or max_repeats < 2
+    ):
+        raise ValueError(f"max_repeats: expected None or an int >= 2, got {max_repeats!r}")
 
 
 def decode_limit(
@@ -66,11 +126,15 @@ def decode_limit(
 class Hypothesis:
     """One decoded sentence: token ids (without <sos>/<eos>), total log-probability, and the
     attention of each output token over the source ``(len(tokens) + 1, S)`` (the last row is
-    the attention when <eos> was emitted), or None for attention-free models."""
+    the attention when <eos> was emitted), or None for attention-free models. ``stop`` says
+    why it ended: ``"eos"``, ``"limit"`` (``max_len`` tokens without <eos>) or
+    ``"repetition"`` (see ``max_repeats``; ``score`` is then the log-probability of the tokens
+    kept)."""
 
     tokens: list[int]
     score: float
     attention: Tensor | None
+    stop: str = "eos"
 
 
 def _select(tree: dict[str, Tensor], index: Tensor) -> dict[str, Tensor]:
@@ -78,35 +142,57 @@ def _select(tree: dict[str, Tensor], index: Tensor) -> dict[str, Tensor]:
 
 
 @torch.no_grad()
-def greedy(model: nn.Module, src: Tensor, src_lengths: Tensor, *, max_len: int = 64) -> list[Hypothesis]:
-    """Batched greedy decoding: the most probable token at every step, until <eos> or ``max_len``."""
+def greedy(
+    model: nn.Module, src: Tensor, src_lengths: Tensor, *, max_len: int = 64, max_repeats: int | None = None
+) -> list[Hypothesis]:
+    """Batched greedy decoding: the most probable token at every step, until <eos>, ``max_len``
+    tokens, or (``max_repeats``) a fragment repeated that many times in a row (see the module
+    docstring)."""
     _check_max_len(max_len)
+    _check_repeats(max_repeats)
     memory = model.encode(src, src_lengths)
     state = model.init_state(memory)
     bsz = src.shape[0]
     prev = torch.full((bsz,), SOS, dtype=torch.long, device=src.device)
     done = torch.zeros(bsz, dtype=torch.bool, device=src.device)
-    tokens, scores, attns = [], torch.zeros(bsz, dtype=torch.float64), []
+    tokens, step_logp, attns = [], [], []
+    seqs: list[list[int]] = [[] for _ in range(bsz)]
+    cut: list[int | None] = [None] * bsz  # tokens kept by the repetition rule
     for _ in range(max_len):
         logits, state, attn = model.step(prev, state, memory)
         logp = torch.log_softmax(logits.float(), dim=-1)
         prev = logp.argmax(-1)
-        scores += torch.where(done, 0.0, logp.gather(1, prev.unsqueeze(1)).squeeze(1)).double().cpu()
+        step_logp.append(torch.where(done, 0.0, logp.gather(1, prev.unsqueeze(1)).squeeze(1)).double().cpu())
         tokens.append(prev)
         attns.append(attn)
         done = done | (prev == EOS)
+        if max_repeats is not None:
+            live = (~done).tolist()
+            for b, tok in enumerate(prev.tolist()):
+                if live[b]:
+                    seqs[b].append(tok)
+                    cut[b] = repeat_cut(seqs[b], max_repeats)
+                    if cut[b] is not None:
+                        done[b] = True
         if bool(done.all()):
             break
     out = []
     ids = torch.stack(tokens, dim=1).tolist()  # (B, steps)
+    logps = torch.stack(step_logp, dim=1)  # (B, steps)
     for b in range(bsz):
         seq = ids[b]
-        n = seq.index(EOS) if EOS in seq else len(seq)
+        if cut[b] is not None:
+            n, stop = cut[b], "repetition"
+        elif EOS in seq:
+            n, stop = seq.index(EOS), "eos"
+        else:
+            n, stop = len(seq), "limit"
+        score = float(logps[b, : n + (stop == "eos")].sum())
         att = None
         if attns[0] is not None:
             att = torch.stack([a[b] for a in attns[: min(n + 1, len(attns))]])  # (n+1, S)
             att = att[:, : int(src_lengths[b])]
-        out.append(Hypothesis(tokens=seq[:n], score=float(scores[b]), attention=att))
+        out.append(Hypothesis(tokens=seq[:n], score=score, attention=att, stop=stop))
     return out
 
 
@@ -119,14 +205,18 @@ def beam_search(
     beam: int = 4,
     max_len: int = 64,
     alpha: float = 1.0,
+    max_repeats: int | None = None,
 ) -> list[Hypothesis]:
     """Beam search with length normalization ``score / len ** alpha``; one best hypothesis per
-    sentence. ``beam=1`` gives greedy's tokens."""
+    sentence. ``beam=1`` gives greedy's tokens. With ``max_repeats``, a candidate that would end
+    with a fragment repeated that many times in a row ends instead, as if <eos> came, with the
+    extra copies dropped (see the module docstring)."""
     if not isinstance(beam, int) or isinstance(beam, bool) or beam < 1:
         raise ValueError(f"beam: expected an int >= 1, got {beam!r}")
     if not isinstance(alpha, (int, float)) or alpha < 0:
         raise ValueError(f"alpha: expected a number >= 0, got {alpha!r}")
     _check_max_len(max_len)
+    _check_repeats(max_repeats)
     bsz, dev = src.shape[0], src.device
     memory = model.encode(src, src_lengths)
     expand = torch.arange(bsz, device=dev).repeat_interleave(beam)  # (B*K,)
@@ -137,8 +227,10 @@ def beam_search(
     scores = torch.full((bsz, beam), float("-inf"), dtype=torch.float64, device=dev)
     scores[:, 0] = 0.0
     history = torch.zeros(bsz * beam, 0, dtype=torch.long, device=dev)
+    running = torch.zeros(bsz * beam, 0, dtype=torch.float64, device=dev)  # score after each token
     att_hist: list[Tensor] = []  # per step (B*K, S), reordered with the beams
-    finished: list[list[tuple[float, list[int], Tensor | None, float]]] = [[] for _ in range(bsz)]
+    # per sentence: (normalized score, tokens, attention, raw score, stop)
+    finished: list[list[tuple[float, list[int], Tensor | None, float, str]]] = [[] for _ in range(bsz)]
     settled = [False] * bsz
     for _ in range(max_len):
         logits, state, attn = model.step(prev, state, memory)
@@ -162,13 +254,23 @@ def beam_search(
                 if tok == EOS:
                     seq = history[flat].tolist()
                     att = _gather_attention(att_hist, attn, flat, int(src_lengths[b]))
-                    finished[b].append((score / (len(seq) + 1) ** alpha, seq, att, score))
+                    finished[b].append((score / (len(seq) + 1) ** alpha, seq, att, score, "eos"))
+                    continue
+                cut = None if max_repeats is None else repeat_cut([*history[flat].tolist(), tok], max_repeats)
+                if cut is not None:
+                    seq = history[flat].tolist()[:cut]
+                    raw = float(running[flat, cut - 1])
+                    att = _gather_attention(att_hist, attn, flat, int(src_lengths[b]))
+                    att = None if att is None else att[: cut + 1]
+                    finished[b].append((raw / (cut + 1) ** alpha, seq, att, raw, "repetition"))
                     continue
                 new_scores[b, k], new_origin[b, k], new_token[b, k] = score, o, tok
                 k += 1
         # Stop a sentence once its best finished hypothesis beats every live one's best possible.
         flat_origin = (torch.arange(bsz, device=dev).unsqueeze(1) * beam + new_origin).view(-1)
         history = torch.cat([history.index_select(0, flat_origin), new_token.view(-1, 1)], dim=1)
+        if max_repeats is not None:
+            running = torch.cat([running.index_select(0, flat_origin), new_scores.view(-1, 1)], dim=1)
         if attn is not None:
             att_hist = [a.index_select(0, flat_origin) for a in att_hist] + [
                 attn.index_select(0, flat_origin)
@@ -186,9 +288,10 @@ def beam_search(
             flat = b * beam + k
             seq = history[flat].tolist()
             att = _gather_attention(att_hist, None, flat, int(src_lengths[b]))
-            pool = [(float(scores[b, k]) / max(len(seq), 1) ** alpha, seq, att, float(scores[b, k]))]
-        _, seq, att, raw = max(pool, key=lambda p: p[0])
-        out.append(Hypothesis(tokens=seq, score=raw, attention=att))
+            raw = float(scores[b, k])
+            pool = [(raw / max(len(seq), 1) ** alpha, seq, att, raw, "limit")]
+        _, seq, att, raw, stop = max(pool, key=lambda p: p[0])
+        out.append(Hypothesis(tokens=seq, score=raw, attention=att, stop=stop))
     return out
 
 

@@ -15,7 +15,10 @@ writes into the output directory (``runs/demo``):
                       with exact_match (fraction), bleu, chrf and aer (attention models)
     <model>/          the run directories (checkpoints; ``qkv translate --checkpoint`` works on them)
     heatmaps/*.png    attention alignments of long test inputs
-    report.html       one self-contained page (images inlined) that opens offline
+    report.html       one self-contained page (images inlined) that opens offline: the scores,
+                      the heatmaps (shown at their size, 96 px per inch, so their labels read at
+                      their point size) and each model's translation of a few test inputs and
+                      of the longest ones, the wrong ones marked
 
 A model whose run already finished with the same configuration is reused; an interrupted one
 resumes exactly where it stopped; ``fresh=True`` retrains.
@@ -30,6 +33,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +43,7 @@ from ..train.loop import torch_threads
 from .training import load_corpus, train
 from .translator import Translator
 
-__all__ = ["DEMO_CORPUS", "DEMO_MODELS", "demo_config", "run_demo"]
+__all__ = ["DEMO_CORPUS", "DEMO_MODELS", "demo_config", "example_rows", "run_demo"]
 
 DEMO_CORPUS = {"corpus": "numbers-de", "size": 24000, "seed": 0, "options": {"max_value": 999_999_999}}
 
@@ -112,12 +116,13 @@ def run_demo(
     corpus = load_corpus(demo_config(models[0], quick=quick)["data"])  # the models share the corpus
     report = {name: _evaluate(name, demo_config(name, quick=quick), out / name, corpus) for name in models}
     figures = _heatmaps(out, models, corpus)
+    examples = example_rows(out, models, corpus)
     meta = {
         "corpus": DEMO_CORPUS | {"quick": quick, "long_threshold": corpus.meta.get("long_threshold")},
         "seconds": round(time.perf_counter() - started, 1),
     }
     _atomic_write(out / "metrics.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
-    _atomic_write(out / "report.html", _report_html(report, figures, meta, corpus))
+    _atomic_write(out / "report.html", _report_html(report, figures, meta, examples))
     _say(
         f"wrote {out / 'metrics.json'}, {out / 'report.html'} and {len(figures)} heatmaps ({meta['seconds']:.0f} s)"
     )
@@ -234,31 +239,75 @@ def _summary_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _heatmaps(out: Path, models, corpus, count: int = 2) -> list[tuple[str, Path]]:
-    """Alignment heatmaps of the longest test inputs for each attention model."""
+def _translate(tr: Translator, sources: list[str]):
+    """Greedy translations for the report, which shows every output and marks the wrong ones
+    (so the per-sentence warnings of doubtful outputs are not printed as well)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return tr.translate(sources)
+
+
+def _longest(examples, count: int) -> list:
+    return sorted(examples, key=lambda e: -len(e.source.split()))[:count]
+
+
+def _same(output: str, reference: str) -> bool:
+    """The exact match of :meth:`Translator.evaluate`: equal up to white space."""
+    return output.split() == reference.split()
+
+
+def _heatmaps(out: Path, models, corpus, count: int = 2) -> list[tuple[str, Path, tuple[float, float]]]:
+    """Alignment heatmaps of the longest test inputs for each attention model:
+    ``(caption, path, (width, height) in inches)``, input by input."""
     try:
         from ..viz import alignment
     except ImportError:
         return []
     folder = out / "heatmaps"
     folder.mkdir(exist_ok=True)
-    examples = sorted(corpus["test_long"], key=lambda e: -len(e.source.split()))[:count]
+    examples = _longest(corpus["test_long"], count)
     figures = []
     for name in models:
-        tr = Translator.load(out / name)
-        for k, r in enumerate(tr.translate([e.source for e in examples])):
+        for k, r in enumerate(_translate(Translator.load(out / name), [e.source_text for e in examples])):
             if r.attention is None:
                 continue
             path = folder / f"{name}-{k + 1}.png"
-            gold = examples[k].alignment if r.text == " ".join(examples[k].target.split()) else None
-            alignment(
-                r.attention[: len(r.target_tokens)], r.source_tokens, r.target_tokens, gold=gold, path=path
+            right = _same(r.text, examples[k].target_text)
+            gold = examples[k].alignment if right else None
+            fig = alignment(
+                r.attention[: len(r.target_tokens)],
+                r.source_tokens,
+                r.target_tokens,
+                gold=gold,
+                title=f"{name} ({'right' if right else 'wrong'})",
+                path=path,
             )
-            import matplotlib.pyplot as plt
+            size = tuple(float(x) for x in fig.get_size_inches())
+            mark = "right" if right else f"wrong; the reference is {examples[k].target_text}"
+            figures.append((k, f"{name}: {r.source} -> {r.text} ({mark})", path, size))
+    figures.sort(key=lambda f: f[0])  # input by input: the models side by side
+    return [f[1:] for f in figures]
 
-            plt.close("all")
-            figures.append((f"{name}: {r.source} -> {r.text}", path))
-    return figures
+
+def example_rows(out: str | Path, models, corpus, *, count: int = 4) -> list[dict[str, Any]]:
+    """Each model's translation of the first ``count`` test inputs and of the ``count`` longest
+    ones (``test_long``, where the fixed-context baseline breaks down; not repeated among the
+    first): one row per input,
+    ``{"split", "source", "reference", "outputs": {model: {"text", "right"}}}``; ``right`` is
+    the exact match of :meth:`Translator.evaluate`."""
+    longest = _longest(corpus["test_long"], count)
+    taken = {e.source for e in longest}
+    chosen = [("test", e) for e in [e for e in corpus["test"] if e.source not in taken][:count]]
+    chosen += [("test_long", e) for e in longest]
+    rows = [
+        {"split": split, "source": e.source_text, "reference": e.target_text, "outputs": {}}
+        for split, e in chosen
+    ]
+    for name in models:
+        translations = _translate(Translator.load(Path(out) / name), [row["source"] for row in rows])
+        for row, r in zip(rows, translations):
+            row["outputs"][name] = {"text": r.text, "right": _same(r.text, row["reference"])}
+    return rows
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -270,7 +319,48 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _report_html(report: dict[str, Any], figures, meta: dict[str, Any], corpus) -> str:
+def _examples_html(rows: list[dict[str, Any]], models) -> str:
+    """The translations table: one row per input, one column per model; wrong outputs marked
+    (a cross, red), right ones ticked; each group ends with the count of right outputs."""
+    esc = html.escape
+    head = "".join(f"<th>{esc(m)}</th>" for m in models)
+    groups = (
+        ("test", "Held-out test inputs"),
+        ("test_long", "The longest inputs (test_long): where one fixed context vector runs out"),
+    )
+    parts = [f"<table class='examples'><tr><th>input</th><th>reference</th>{head}</tr>"]
+    for split, heading in groups:
+        chosen = [r for r in rows if r["split"] == split]
+        if not chosen:
+            continue
+        parts.append(f"<tr class='group'><th colspan='{2 + len(models)}'>{esc(heading)}</th></tr>")
+        for r in chosen:
+            cells = []
+            for m in models:
+                o = r["outputs"][m]
+                if o["right"]:
+                    cells.append(
+                        f"<td class='right'><span class='mark'>&#10003;</span> {esc(o['text'])}</td>"
+                    )
+                else:
+                    cells.append(
+                        "<td class='wrong' title='differs from the reference'>"
+                        f"<span class='mark'>&#10007;</span> {esc(o['text']) or '<i>(empty)</i>'}</td>"
+                    )
+            parts.append(
+                f"<tr><td><code>{esc(r['source'])}</code></td><td>{esc(r['reference'])}</td>{''.join(cells)}</tr>"
+            )
+        counts = "".join(
+            f"<td>{sum(r['outputs'][m]['right'] for r in chosen)} of {len(chosen)} right</td>" for m in models
+        )
+        parts.append(f"<tr class='count'><td colspan='2'>right</td>{counts}</tr>")
+    parts.append("</table>")
+    return "".join(parts)
+
+
+def _report_html(
+    report: dict[str, Any], figures, meta: dict[str, Any], examples: list[dict[str, Any]]
+) -> str:
     esc = html.escape
     rows = []
     for name, e in report.items():
@@ -294,27 +384,42 @@ def _report_html(report: dict[str, Any], figures, meta: dict[str, Any], corpus) 
             + "</tr>"
         )
     imgs = []
-    for caption, path in figures:
+    for caption, path, (width, _) in figures:
         data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+        # at its size in inches (96 CSS px each): the figure's 11 pt labels read as 11 pt
         imgs.append(
-            f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{esc(caption)}</figcaption></figure>"
+            f'<figure style="max-width: {width:.2f}in"><img alt="{esc(caption)}" style="width: {width:.2f}in" '
+            f'src="data:image/png;base64,{data}"><figcaption>{esc(caption)}</figcaption></figure>'
         )
-    examples = "".join(
-        f"<tr><td><code>{esc(e.source)}</code></td><td>{esc(e.target)}</td></tr>" for e in corpus["test"][:5]
+    models = list(report)
+    quick = (
+        "<p class='quick'>A <code>--quick</code> run: tiny data, one epoch; its scores and "
+        "translations show that the pipeline works, nothing about the models.</p>"
+        if meta["corpus"].get("quick")
+        else ""
     )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>qkv demo: attention vs the fixed context</title>
 <style>
-body {{ font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem; color: #222; }}
+body {{ font-family: system-ui, sans-serif; max-width: 80rem; margin: 2rem auto; padding: 0 1rem; color: #222; }}
+p {{ max-width: 60rem; }}
 table {{ border-collapse: collapse; margin: 1rem 0; }}
 td, th {{ border: 1px solid #ccc; padding: .3rem .6rem; text-align: right; }}
 td:first-child, th:first-child {{ text-align: left; }}
-figure {{ display: inline-block; margin: .5rem; }} img {{ max-width: 28rem; }}
-figcaption {{ font-size: .85rem; color: #555; max-width: 28rem; }}
+.figures {{ display: flex; flex-wrap: wrap; gap: 1rem; align-items: flex-start; }}
+figure {{ margin: 0; }} img {{ max-width: 100%; height: auto; display: block; }}
+figcaption {{ font-size: .9rem; color: #444; }}
+table.examples td, table.examples th {{ text-align: left; vertical-align: top; }}
+table.examples code {{ white-space: nowrap; }}
+table.examples tr.group th {{ background: #f3f5f7; font-weight: 600; }}
+table.examples tr.count td {{ color: #555; font-style: italic; }}
+td.wrong {{ background: #fde8e8; color: #8a1111; }}
+td.right {{ color: #1d5e20; }}
+.mark {{ font-weight: 700; }}
+.quick {{ background: #fff6d6; padding: .4rem .6rem; }}
 </style></head><body>
 <h1>Attention vs the fixed-context bottleneck</h1>
-<p>Three translators trained on the built-in corpus <code>{esc(meta["corpus"]["corpus"])}</code>
+{quick}<p>Three translators trained on the built-in corpus <code>{esc(meta["corpus"]["corpus"])}</code>
 ({meta["corpus"]["size"]} generated pairs: numbers written as digits, translated into German number
 words, whose order differs from the digits': 34 &rarr; <i>vier und dreißig</i>). The baseline
 <b>none</b> reads one fixed context vector, the encoder's final state (the Seq2Seq of article 000);
@@ -329,9 +434,13 @@ against the gold word alignment (lower is better; the Transformer's is the mean 
 heads).</p>
 <h2>Where the models look</h2>
 <p>Each row is a German word being written; each column a digit of the input. Outlined cells are the gold
-alignment.</p>
-{"".join(imgs) or "<p>(heatmaps need matplotlib: pip install 'qkv[viz]')</p>"}
-<h2>Test examples</h2><table><tr><th>source</th><th>target</th></tr>{examples}</table>
+alignment (drawn when the translation is right).</p>
+<div class="figures">{"".join(imgs) or "<p>(heatmaps need matplotlib: pip install 'qkv[viz]')</p>"}</div>
+<h2>Test examples</h2>
+<p>Each model's greedy translation; <span class="mark">&#10007;</span> marks an output that differs from
+the reference (red), <span class="mark">&#10003;</span> one that matches it. The baseline reads the whole
+input through one fixed-size vector: on the longest inputs that is where it fails.</p>
+{_examples_html(examples, models)}
 <p>Total demo time {meta["seconds"]:.0f} s. Translate with
 <code>qkv translate --checkpoint runs/demo/bahdanau "4 2 0 7"</code>.</p>
 </body></html>

@@ -1,7 +1,13 @@
 """Evaluation metrics: translation quality (BLEU, chrF, exact match) and word alignment (AER).
 
 Translation metrics are corpus-level and computed by sacrebleu (Post 2018, "A Call for
-Clarity in Reporting BLEU Scores") so numbers are comparable with published ones:
+Clarity in Reporting BLEU Scores"). With their defaults (:func:`bleu`, :func:`chrf`,
+:func:`corpus_scores`: cased, sacrebleu's ``13a`` tokenization of *detokenized* text against
+references as written) they are sacrebleu's standard scores, the ones comparable with
+published numbers, identified by the signature sacrebleu prints
+(``nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:...``). Scores of pre-tokenized or
+lowercased text are other variants (``tokenize="none"``, ``lowercase=True``): report them
+under their own names, with their signatures:
 
     BLEU = BP * exp(mean_n log p_n),  n = 1..4,  BP = min(1, exp(1 - ref_len / hyp_len))
     chrF = (1 + beta^2) P R / (beta^2 P + R),  P, R averaged over character n-grams 1..6, beta = 2
@@ -23,7 +29,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["aer", "alignment_from_weights", "bleu", "chrf", "exact_match"]
+__all__ = ["aer", "alignment_from_weights", "bleu", "bleu_signed", "chrf", "corpus_scores", "exact_match"]
 
 Link = tuple[int, int]
 
@@ -51,14 +57,18 @@ def _check_pairs(hypotheses: Sequence[str], references: Sequence[str]) -> None:
         raise ValueError("hypotheses: expected at least one sentence, got an empty list")
 
 
-def bleu(hypotheses: Sequence[str], references: Sequence[str], *, tokenize: str = "13a") -> float:
+def bleu(
+    hypotheses: Sequence[str], references: Sequence[str], *, tokenize: str = "13a", lowercase: bool = False
+) -> float:
     """Corpus BLEU in ``[0, 100]`` (sacrebleu, one reference per hypothesis).
 
     Args:
         hypotheses: system outputs, detokenized text.
         references: one reference per hypothesis.
         tokenize: sacrebleu tokenizer: ``"13a"`` (default, WMT), ``"zh"`` for Chinese,
-            ``"intl"``, ``"char"``, ``"none"``...
+            ``"intl"``, ``"char"``, ``"none"`` (text already tokenized: sacrebleu's check for
+            tokenized input is then skipped)...
+        lowercase: case-insensitive BLEU (not the standard, cased one).
 
     Zero n-gram counts are smoothed with sacrebleu's default ``exp`` method (each order
     without a match counts as ``1 / (2^k * total)``, ``k = 1, 2, ...``).
@@ -67,8 +77,46 @@ def bleu(hypotheses: Sequence[str], references: Sequence[str], *, tokenize: str 
         ValueError: lengths differ or the corpus is empty.
         ImportError: sacrebleu is not installed.
     """
+    return _bleu(hypotheses, references, tokenize=tokenize, lowercase=lowercase)[0]
+
+
+def bleu_signed(
+    hypotheses: Sequence[str], references: Sequence[str], *, tokenize: str = "13a", lowercase: bool = False
+) -> tuple[float, str]:
+    """:func:`bleu` and sacrebleu's signature of the variant
+    (``nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:...`` for the standard one)."""
+    return _bleu(hypotheses, references, tokenize=tokenize, lowercase=lowercase)
+
+
+def _bleu(hypotheses, references, *, tokenize: str, lowercase: bool) -> tuple[float, str]:
     _check_pairs(hypotheses, references)
-    return float(_sacrebleu().corpus_bleu(list(hypotheses), [list(references)], tokenize=tokenize).score)
+    metric = _sacrebleu().BLEU(tokenize=tokenize, lowercase=lowercase, force=tokenize == "none")
+    score = metric.corpus_score(list(hypotheses), [list(references)]).score
+    return float(score), str(metric.get_signature())
+
+
+def _chrf(hypotheses, references, *, word_order: int = 0, beta: int = 2) -> tuple[float, str]:
+    _check_pairs(hypotheses, references)
+    metric = _sacrebleu().CHRF(word_order=word_order, beta=beta)
+    score = metric.corpus_score(list(hypotheses), [list(references)]).score
+    return float(score), str(metric.get_signature())
+
+
+def corpus_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, float | str]:
+    """sacrebleu's standard corpus BLEU and chrF of detokenized text, with their signatures.
+
+    Returns:
+        ``{"bleu", "bleu_signature", "chrf", "chrf_signature"}``; a signature reads e.g.
+        ``nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0`` (what to print next to
+        the score: it says how the number was computed).
+
+    Raises:
+        ValueError: lengths differ or the corpus is empty.
+        ImportError: sacrebleu is not installed.
+    """
+    b, b_sig = _bleu(hypotheses, references, tokenize="13a", lowercase=False)
+    c, c_sig = _chrf(hypotheses, references)
+    return {"bleu": b, "bleu_signature": b_sig, "chrf": c, "chrf_signature": c_sig}
 
 
 def chrf(
@@ -83,9 +131,7 @@ def chrf(
         ValueError: lengths differ or the corpus is empty.
         ImportError: sacrebleu is not installed.
     """
-    _check_pairs(hypotheses, references)
-    sb = _sacrebleu()
-    return float(sb.corpus_chrf(list(hypotheses), [list(references)], word_order=word_order, beta=beta).score)
+    return _chrf(hypotheses, references, word_order=word_order, beta=beta)[0]
 
 
 def exact_match(hypotheses: Sequence[str], references: Sequence[str]) -> float:

@@ -11,6 +11,7 @@ teacher-forced token cross entropy (:func:`_loss`), and validation by loss and, 
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +21,36 @@ from torch import Tensor, nn
 from .. import data as qdata
 from ..models.builders import build_model
 from ..train.loop import Trainer, TrainResult, open_run, seed_everything, torch_threads
-from .decode import decode_limit
+from .decode import decode_limit, longest_repeat
 from .translator import decode_examples
 
-__all__ = ["TranslationTask", "load_corpus", "prepare_data", "train", "validation_loss"]
+__all__ = [
+    "TranslationTask",
+    "count_parameters",
+    "inference_facts",
+    "load_corpus",
+    "prepare_data",
+    "text_format",
+    "train",
+    "validation_loss",
+]
 
 # Batches are drawn from windows of 20 batches sorted by length: ~2% padding instead of ~30%.
 _SORT_WITHIN = 20
+# Training source words stored for the unknown-word warning of translate (most frequent first).
+_MAX_SOURCE_WORDS = 100_000
 
 
 def load_corpus(d: dict[str, Any]):
-    """The corpus of a ``[data]`` table: a built-in name or a TSV path."""
+    """The corpus of a ``[data]`` table: a built-in name or a TSV path (``reverse``: its second
+    column is the source)."""
     name = str(d["corpus"])
     if name in qdata.BUILTIN_CORPORA:
+        if d.get("reverse"):
+            raise ValueError(
+                f"data.reverse: only for TSV files; the built-in corpus {name!r} has a fixed direction "
+                f"(reversed ones exist, e.g. numbers-en-digits; see {', '.join(qdata.BUILTIN_CORPORA)})"
+            )
         return qdata.builtin(name, size=d["size"], seed=d["seed"], **d.get("options", {}))
     path = Path(name)
     if not path.exists():
@@ -48,7 +66,44 @@ def load_corpus(d: dict[str, Any]):
         valid_frac=d["valid_frac"],
         test_frac=d["test_frac"],
         seed=d["seed"],
+        reverse=bool(d.get("reverse", False)),
     )
+
+
+def text_format(d: dict[str, Any], corpus) -> qdata.TextFormat:
+    """The text steps of training, stored in every checkpoint: the TSV normalization options,
+    and the spacing and case of the training targets as written (to detokenize outputs);
+    identity for built-in corpora (their text is used as generated)."""
+    if str(d["corpus"]) in qdata.BUILTIN_CORPORA:
+        return qdata.TextFormat()
+    return qdata.TextFormat.learn(
+        [e.target_text for e in corpus["train"]],
+        lowercase=bool(d["lowercase"]),
+        split_punct=bool(d["split_punct"]),
+    )
+
+
+def inference_facts(train_examples, train_pairs) -> dict[str, Any]:
+    """What translation checks inputs and outputs against, from the training split: the
+    repetition limit (one more than the most times a fragment repeats back to back in a
+    training target, at least 3), the longest source in tokens, and the source words (the
+    ``_MAX_SOURCE_WORDS`` most frequent; ``source_words_complete`` says whether that is all)."""
+    counts: dict[str, int] = {}
+    for e in train_examples:
+        for w in e.source.split():
+            counts[w] = counts.get(w, 0) + 1
+    words = sorted(counts, key=lambda w: (-counts[w], w))
+    return {
+        "max_repeats": max(3, longest_repeat(p.tgt for p in train_pairs) + 1),
+        "longest_source": max((len(p.src) for p in train_pairs), default=0),
+        "source_words": words[:_MAX_SOURCE_WORDS],
+        "source_words_complete": len(words) <= _MAX_SOURCE_WORDS,
+    }
+
+
+def count_parameters(model: nn.Module) -> int:
+    """The model's parameters (a tensor shared by two layers counted once)."""
+    return sum(p.numel() for p in model.parameters())
 
 
 def prepare_data(cfg: dict[str, Any]):
@@ -89,8 +144,9 @@ def _loss(model: nn.Module, batch, t: dict[str, Any]) -> tuple[Tensor, int]:
 
 
 @torch.no_grad()
-def validation_loss(model: nn.Module, pairs, *, batch_size: int) -> float:
-    """Mean teacher-forced cross entropy per target token (no dropout, no label smoothing)."""
+def validation_loss(model: nn.Module, pairs, *, batch_size: int) -> float | None:
+    """Mean teacher-forced cross entropy per target token (no dropout, no label smoothing);
+    None when ``pairs`` hold no target token (an empty validation split has no loss, not 0)."""
     was = model.training
     model.eval()
     total, count = 0.0, 0
@@ -106,7 +162,7 @@ def validation_loss(model: nn.Module, pairs, *, batch_size: int) -> float:
         )
         count += int((b.tgt_out != 0).sum())
     model.train(was)
-    return total / max(count, 1)
+    return total / count if count else None
 
 
 def _max_len(cfg, examples, tgt_tok) -> int:
@@ -125,16 +181,42 @@ def _valid_exact_match(model, examples, src_tok, tgt_tok, cfg) -> float:
     return good / max(len(examples), 1)
 
 
+def _check_splits(d: dict[str, Any], corpus) -> None:
+    """Refuse an empty training split; warn about an empty validation split."""
+    sizes = {k: len(corpus[k]) for k in ("train", "valid", "test")}
+    counts = f"{sizes['train']} train, {sizes['valid']} valid, {sizes['test']} test"
+    if not sizes["train"]:
+        raise ValueError(
+            f"data: the training split of {str(d['corpus'])!r} is empty ({counts} pairs); nothing to train on. "
+            "Use more pairs, or lower data.valid_frac and data.test_frac"
+        )
+    if not sizes["valid"]:
+        warnings.warn(
+            f"data: the validation split of {str(d['corpus'])!r} is empty ({counts} pairs, "
+            f"valid_frac={d['valid_frac']}): no validation loss (reported as n/a), no early stopping, "
+            "no best/ checkpoint. Use more pairs or a larger data.valid_frac",
+            qdata.DataWarning,
+            stacklevel=5,  # the caller of train()
+        )
+
+
 class TranslationTask:
     """The translation side of the :class:`~qkv.train.loop.Trainer`: shuffled length-sorted
     batches of encoded pairs, the loss of :func:`_loss`, and validation by
-    :func:`validation_loss` and (``valid_decode`` > 0) greedy exact match."""
+    :func:`validation_loss` and (``valid_decode`` > 0) greedy exact match.
+
+    Raises:
+        ValueError: the training split is empty. An empty validation split is a
+            :class:`~qkv.data.DataWarning`: the run trains, its validation loss is None ("n/a"),
+            and there is no early stopping and no ``best/`` checkpoint.
+    """
 
     count_unit = "target tok"
 
     def __init__(self, cfg: dict[str, Any], corpus, src_tok, tgt_tok):
         self.cfg, self.t = cfg, cfg["train"]
         self.src_tok, self.tgt_tok = src_tok, tgt_tok
+        _check_splits(cfg["data"], corpus)
         self.train_pairs = qdata.encode_pairs(corpus["train"], src_tok, tgt_tok)
         self.valid_pairs = qdata.encode_pairs(corpus["valid"], src_tok, tgt_tok)
         self.valid_examples = corpus["valid"][: int(self.t["valid_decode"])]
@@ -150,9 +232,9 @@ class TranslationTask:
     def loss(self, model: nn.Module, batch) -> tuple[Tensor, int]:
         return _loss(model, batch, self.t)  # looked up at call time: tests replace _loss
 
-    def validate(self, model: nn.Module) -> dict[str, float]:
+    def validate(self, model: nn.Module) -> dict[str, float | None]:
         metrics = {"valid_loss": validation_loss(model, self.valid_pairs, batch_size=self.batch_size * 2)}
-        if self.t["valid_decode"]:
+        if self.t["valid_decode"] and self.valid_examples:
             metrics["valid_exact_match"] = _valid_exact_match(
                 model, self.valid_examples, self.src_tok, self.tgt_tok, self.cfg
             )
@@ -167,6 +249,7 @@ def train(
     progress: bool = True,
     stream=None,
     stop_after_steps: int | None = None,
+    announce: bool | None = None,
 ) -> TrainResult:
     """Train the model a config describes; checkpoints go to ``out_dir``.
 
@@ -178,17 +261,24 @@ def train(
         progress: show a progress bar with loss, tokens/s and ETA on ``stream`` (stderr).
         stop_after_steps: stop (and checkpoint) after this many optimizer steps in this call,
             as an interruption would (tests use it to check exact resumption).
+        announce: print a line about the model on ``stream`` before training (its parameter
+            count, the training pairs, the vocabulary sizes); default: when ``progress``.
     """
     stream = sys.stderr if stream is None else stream
     ckpt = open_run(out_dir, resume=resume)
     if ckpt is not None:
         cfg = ckpt.config
     with torch_threads(cfg["train"].get("threads")):
-        trainer = _trainer(cfg, Path(out_dir), ckpt, progress=progress, stream=stream)
+        trainer = _trainer(
+            cfg, Path(out_dir), ckpt, progress=progress, stream=stream,
+            announce=progress if announce is None else announce,
+        )  # fmt: skip
         return trainer.fit(stop_after_steps=stop_after_steps)
 
 
-def _trainer(cfg: dict[str, Any], out: Path, ckpt, *, progress: bool, stream) -> Trainer:
+def _trainer(
+    cfg: dict[str, Any], out: Path, ckpt, *, progress: bool, stream, announce: bool = False
+) -> Trainer:
     """Data, model, optimizer and task of a config, in a Trainer (restored from ``ckpt``)."""
     t = cfg["train"]
     seed_everything(int(t["seed"]))
@@ -199,10 +289,24 @@ def _trainer(cfg: dict[str, Any], out: Path, ckpt, *, progress: bool, stream) ->
     task = TranslationTask(cfg, corpus, src_tok, tgt_tok)
     model = build_model(cfg["model"], src_vocab=len(src_tok), tgt_vocab=len(tgt_tok))
     opt = torch.optim.AdamW(model.parameters(), lr=float(t["lr"]), weight_decay=float(t["weight_decay"]))
+    vocab = {"source": src_tok.to_dict(), "target": tgt_tok.to_dict()}
+    if ckpt is not None and "text" in ckpt.vocab:
+        vocab.update(text=ckpt.vocab["text"], inference=ckpt.vocab["inference"])
+    else:
+        vocab.update(
+            text=text_format(cfg["data"], corpus).to_dict(),
+            inference=inference_facts(corpus["train"], task.train_pairs),
+        )
+    name = cfg["model"].get("attention", cfg["model"].get("kind"))
+    if announce:
+        print(
+            f"model: {name}, {count_parameters(model):,} parameters; {len(task.train_pairs):,} training pairs, "
+            f"vocabularies of {len(src_tok):,} source and {len(tgt_tok):,} target tokens",
+            file=stream,
+        )
     trainer = Trainer(
-        model, opt, task, settings=t, out_dir=out, config=cfg,
-        vocab={"source": src_tok.to_dict(), "target": tgt_tok.to_dict()},
-        desc=f"train {cfg['model'].get('attention', cfg['model'].get('kind'))}", progress=progress, stream=stream,
+        model, opt, task, settings=t, out_dir=out, config=cfg, vocab=vocab,
+        desc=f"train {name}", progress=progress, stream=stream,
     )  # fmt: skip
     if ckpt is not None:
         trainer.restore(ckpt)

@@ -7,12 +7,19 @@ Shape legend (see :mod:`qkv._types`)::
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 
 import torch
 from torch import Tensor
 
-__all__ = ["as_float", "check_batch_index", "labels", "stack_layers"]
+__all__ = ["BIDI_CONTROLS", "as_float", "check_batch_index", "labels", "stack_layers", "visible_text"]
+
+#: The Unicode bidirectional control characters (``Bidi_Control``): ALM U+061C, LRM U+200E,
+#: RLM U+200F, LRE..RLO U+202A-U+202E, LRI..PDI U+2066-U+2069. In a token they would reorder
+#: the text around it (U+202E shows "abc" as "cba"); :func:`visible_text` shows them instead.
+BIDI_CONTROLS = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+_BIDI = re.compile(f"[{BIDI_CONTROLS}]")
 
 
 def as_float(name: str, value: object, *, ndim: int | None = None, what: str = "") -> Tensor:
@@ -115,3 +122,9 @@ def labels(name: str, tokens: object, count: int | None = None, *, what: str = "
     if count is not None and len(out) != count:
         raise ValueError(f"{name}: expected {count} labels{' ' + what if what else ''}, got {len(out)}")
     return out
+
+
+def visible_text(text: object) -> str:
+    """``str(text)`` with every bidi control character written as its code point,
+    ``"\u202eabc"`` -> ``"⟨U+202E⟩abc"``: shown, never applied (figures, terminals, the viewer)."""
+    return _BIDI.sub(lambda m: f"\u27e8U+{ord(m.group(0)):04X}\u27e9", str(text))

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ._inputs import as_float, labels, stack_layers
+from ._inputs import as_float, labels, stack_layers, visible_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -34,8 +34,15 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["alignment", "grid", "heatmap", "kernel_regression", "mask"]
 
 _FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
+#: dots per inch of saved figures; shown at 96 CSS px per inch (``width: Win``), a figure's
+#: points are the reader's points
+_DPI = 150
 # above this many tokens an axis is labelled at every k-th position only
 _MAX_TICKS = 64
+# inches per token of a heatmap (a cell holds an 11 pt label with room to spare)
+_CELL = 0.35
+# labels up to this many characters stay horizontal along the x axis
+_SHORT_LABEL = 3
 
 
 def _matplotlib():
@@ -68,13 +75,19 @@ def _check_path(path: str | Path | None) -> Path | None:
 
 def _save(fig: Figure, path: Path | None) -> None:
     if path is not None:
-        fig.savefig(path, format=_FORMATS[path.suffix.lower()], dpi=150)
+        fig.savefig(path, format=_FORMATS[path.suffix.lower()], dpi=_DPI)
 
 
 def _size(n_rows: int, n_cols: int, extra_width: float = 0.0) -> tuple[float, float]:
-    width = min(max(2.0 + 0.32 * n_cols + extra_width, 3.5), 14.0)
-    height = min(max(1.6 + 0.32 * n_rows, 2.8), 14.0)
+    width = min(max(2.0 + _CELL * n_cols + extra_width, 3.5), 16.0)
+    height = min(max(1.8 + _CELL * n_rows, 2.8), 16.0)
     return width, height
+
+
+def _tick_fontsize(count: int) -> float:
+    """Points of the token labels of an axis with ``count`` tokens: 11 up to 24 tokens, then
+    smaller as the cells shrink (a figure grows to 16 inches at most)."""
+    return 11.0 if count <= 24 else 9.0 if count <= 40 else 7.0
 
 
 def _limits(values: torch.Tensor) -> tuple[float, float]:
@@ -86,19 +99,32 @@ def _limits(values: torch.Tensor) -> tuple[float, float]:
     return lo, (hi if hi > lo else lo + 1.0)
 
 
-def _ticks(axis, names: list[str] | None, count: int, *, rotate: bool, top: bool = False) -> None:
-    """Label an axis with token strings (never parsed as mathtext); every k-th one when many."""
+def _ticks(
+    axis,
+    names: list[str] | None,
+    count: int,
+    *,
+    rotate: bool,
+    top: bool = False,
+    fontsize: float | None = None,
+) -> None:
+    """Label an axis with token strings (never parsed as mathtext, bidi controls shown as code
+    points); every k-th one when many. ``rotate``: x-axis labels longer than 3 characters are
+    turned 60 degrees (short ones, digits or symbols, stay level)."""
     if names is None:
         return
     step = max(1, math.ceil(count / _MAX_TICKS))
     positions = list(range(0, count, step))
-    shown = [names[i] for i in positions]
+    shown = [visible_text(names[i]) for i in positions]
+    size = _tick_fontsize(count) if fontsize is None else fontsize
     axis.set_ticks(positions)
-    if rotate:
+    if rotate and max(len(t) for t in shown) > _SHORT_LABEL:
         align = "left" if top else "right"
-        axis.set_ticklabels(shown, rotation=60, ha=align, rotation_mode="anchor", parse_math=False)
+        axis.set_ticklabels(
+            shown, rotation=60, ha=align, rotation_mode="anchor", parse_math=False, fontsize=size
+        )
     else:
-        axis.set_ticklabels(shown, parse_math=False)
+        axis.set_ticklabels(shown, parse_math=False, fontsize=size)
 
 
 def _draw_matrix(
@@ -111,12 +137,13 @@ def _draw_matrix(
     vmin: float,
     vmax: float,
     annotate: bool,
+    fontsize: float | None = None,
 ):
     image = ax.imshow(
         weights.numpy(), cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest", aspect="auto"
     )
-    _ticks(ax.xaxis, cols, weights.shape[1], rotate=True)
-    _ticks(ax.yaxis, rows, weights.shape[0], rotate=False)
+    _ticks(ax.xaxis, cols, weights.shape[1], rotate=True, fontsize=fontsize)
+    _ticks(ax.yaxis, rows, weights.shape[0], rotate=False, fontsize=fontsize)
     if rows is None:
         ax.set_yticks([])
     if cols is None:
@@ -182,14 +209,14 @@ def heatmap(
     lo = auto_lo if vmin is None else float(vmin)
     hi = auto_hi if vmax is None else float(vmax)
     if ax is None:
-        fig = _figure(_size(tq, tk, 1.2 if colorbar else 0.0))
+        fig = _figure(_size(tq, tk, 1.0 if colorbar else 0.0))
         ax = fig.add_subplot()
     else:
         _matplotlib()
         fig = ax.figure
     image = _draw_matrix(ax, w, row_names, col_names, cmap=cmap, vmin=lo, vmax=hi, annotate=annotate)
     if title is not None:
-        ax.set_title(title)
+        ax.set_title(visible_text(title))
     if colorbar:
         fig.colorbar(image, ax=ax, shrink=0.9)
     _save(fig, target)
@@ -262,27 +289,31 @@ def grid(
     axes = fig.subplots(len(layer_ids), len(head_ids), squeeze=False, sharex=True, sharey=True)
     image = None
     label_axes = max(tq, tk) <= 32
+    label_size = 8.0 if max(tq, tk) <= 12 else 6.0
     for r, layer in enumerate(layer_ids):
         for c, head in enumerate(head_ids):
             ax = axes[r][c]
+            # the axes are shared: every panel sets the same labels (a panel without would clear
+            # them for all), and only the outer ones show them
             image = _draw_matrix(
                 ax,
                 shown[r, c],
-                row_names if (label_axes and c == 0) else None,
-                col_names if (label_axes and r == len(layer_ids) - 1) else None,
+                row_names if label_axes else None,
+                col_names if label_axes else None,
                 cmap=cmap,
                 vmin=lo,
                 vmax=hi,
                 annotate=False,
+                fontsize=label_size,
             )
             if r == 0:
                 ax.set_title(f"head {head}", fontsize=9)
             if c == 0:
                 ax.set_ylabel(f"layer {layer}", fontsize=9)
-            ax.tick_params(labelsize=6)
+            ax.tick_params(labelleft=c == 0, labelbottom=r == len(layer_ids) - 1)
     fig.colorbar(image, ax=axes, shrink=0.6)
     if title is not None:
-        fig.suptitle(title)
+        fig.suptitle(visible_text(title))
     _save(fig, target)
     return fig
 
@@ -339,8 +370,8 @@ def alignment(
     ax.xaxis.tick_top()
     ax.xaxis.set_label_position("top")
     _ticks(ax.xaxis, src, n_source, rotate=True, top=True)
-    ax.set_xlabel("source")
-    ax.set_ylabel("target")
+    ax.set_xlabel("source", fontsize=11)
+    ax.set_ylabel("target", fontsize=11)
     from matplotlib.patches import Rectangle
 
     for s, t in pairs:
@@ -416,7 +447,7 @@ def kernel_regression(
     right.set_ylabel("queries (sorted)")
     fig.colorbar(image, ax=right, shrink=0.9, label="attention weight")
     if title is not None:
-        fig.suptitle(title)
+        fig.suptitle(visible_text(title))
     _save(fig, target)
     return fig
 
@@ -489,6 +520,6 @@ def mask(
         ax.set_yticks([i - 0.5 for i in range(1, tq)], minor=True)
         ax.grid(which="minor", color="white", linewidth=0.8)
         ax.tick_params(which="minor", length=0)
-    ax.set_title(title if title is not None else f"{int(m.sum())} of {tq * tk} allowed")
+    ax.set_title(visible_text(title) if title is not None else f"{int(m.sum())} of {tq * tk} allowed")
     _save(fig, target)
     return fig

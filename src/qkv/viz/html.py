@@ -31,9 +31,20 @@ Storage: each ``(Tq, Tk)`` head matrix is quantized to 16 bits over its own rang
 Safety: the data sits in ``<script type="application/json" id="qkv-data">`` with ``<``, ``>``,
 ``&``, U+2028 and U+2029 written as ``\\uXXXX`` escapes, so no token can close the script
 element; the page puts tokens on screen only through ``textContent``, attribute setters and
-canvas ``fillText``, never as HTML.
+canvas ``fillText``, never as HTML. Bidirectional control characters (U+202E and the others of
+:data:`qkv.viz._inputs.BIDI_CONTROLS`) in tokens or the title are shown as their code points,
+``⟨U+202E⟩``, never applied; the embedded data keeps the exact strings.
 
-Test hook: ``window.qkvViewer`` (``ready``, ``state()``, ``setKind/setLayer/setHead/setView``,
+Labels: the axes are named by the kind of attention. A page of one sequence (BERT, or any
+self-attention given one token list) calls it "tokens" and its axes "queries" and "keys"; a
+translation (source and target) says which side each axis is: "queries (target)" and
+"keys (source)" for cross-attention.
+
+Head view: every head of the layer at once, one colour per head, overlaid (as BertViz draws
+it); the Head selector (or the arrow keys) shows one.
+
+Test hook: ``window.qkvViewer`` (``ready``, ``state()``, ``labels()``, ``lines`` (the heads and
+colours last drawn), ``visible(text)``, ``setKind/setLayer/setHead/setView``,
 ``weight(kind, layer, head, i, j)``, ``matrixWeightAt(clientX, clientY)``,
 ``matrixCellCenter(i, j)``, ``headTokenCenter(side, i)``, ``timings``).
 """
@@ -53,7 +64,7 @@ import torch
 from torch import Tensor
 
 from .._types import AttentionMaps
-from ._inputs import as_float, labels, stack_layers
+from ._inputs import as_float, labels, stack_layers, visible_text
 
 __all__ = ["KINDS", "VIEWS", "render_html", "save_html"]
 
@@ -186,6 +197,8 @@ def _payload(data, tokens, *, title: str, scores, batch_index: int, view: str) -
             raise ValueError(f"data[{kind!r}]: non-finite weight (NaN or inf) in layer {layer}, head {head}")
         weights[kind] = w
     token_lists = _tokens(tokens, _side_lengths(weights))
+    # one sequence (BERT): its tokens are "tokens"; a translation names its sides
+    one_sequence = len(token_lists) == 1
     kinds = []
     for kind, w in weights.items():
         lo, hi, blob = _quantize(w)
@@ -199,6 +212,8 @@ def _payload(data, tokens, *, title: str, scores, batch_index: int, view: str) -
                 "tk": w.shape[3],
                 "queries": q_side,
                 "keys": k_side,
+                "queryLabel": "queries" if one_sequence else f"queries ({q_side})",
+                "keyLabel": "keys" if one_sequence else f"keys ({k_side})",
                 "lo": lo,
                 "hi": hi,
                 "data": blob,
@@ -209,6 +224,7 @@ def _payload(data, tokens, *, title: str, scores, batch_index: int, view: str) -
         "title": str(title),
         "view": view,
         "tokens": token_lists,
+        "sideLabels": {side: "tokens" if one_sequence else side for side in token_lists},
         "kinds": kinds,
         "scores": _scores(scores, token_lists),
     }
@@ -242,8 +258,8 @@ def render_html(
         view: the view shown first: ``"head"``, ``"model"`` or ``"matrix"``.
 
     Views: *head* (query tokens left, key tokens right, one line per pair with opacity =
-    weight; one head or all heads in colours; hover or click a token to isolate its lines and
-    read its weights), *model* (a thumbnail per layer x head; click one to open it), *matrix*
+    weight over the largest shown; all heads overlaid at first, one colour per head, or one
+    head; hover or click a token to isolate its lines and read its weights), *model* (a thumbnail per layer x head; click one to open it), *matrix*
     (the heatmap of one head, or the mean of all, with a "query -> key: weight" tooltip).
 
     Raises:
@@ -253,7 +269,7 @@ def render_html(
     """
     payload = _payload(data, tokens, title=title, scores=scores, batch_index=batch_index, view=view)
     parts = {
-        "title": _html.escape(str(title)),
+        "title": _html.escape(visible_text(title)),
         "css": _template("viewer.css"),
         "js": _template("viewer.js"),
         "data": _script_json(payload),

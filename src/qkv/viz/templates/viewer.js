@@ -2,7 +2,8 @@
  *
  * Reads the JSON in <script id="qkv-data">, decodes the 16-bit weights and draws three views on
  * <canvas>: head (token lines), model (layer x head thumbnails) and matrix (heatmap). Token
- * strings reach the page only through textContent, attribute setters and canvas fillText.
+ * strings reach the page only through textContent, attribute setters and canvas fillText, and
+ * only after visible(): bidirectional control characters show as their code points, never act.
  */
 (function () {
   "use strict";
@@ -17,7 +18,9 @@
     [94, 201, 98], [132, 212, 75], [173, 220, 48], [216, 226, 25], [253, 231, 37],
   ];
   const LUT = buildLut();
-  const SINGLE_HEAD_COLOUR = "#2f6fb0";
+  // Unicode bidi controls (ALM, LRM, RLM, LRE..RLO, LRI..PDI): shown as <U+XXXX>, never applied,
+  // so no token can reverse or reorder the text around it.
+  const BIDI = /[\u061C\u200E\u200F\u202A-\u202E\u2066-\u2069]/g;
   // Software canvases spend ~0.1 ms per long anti-aliased line: keep one drawing to a few thousand
   // lines (the strongest) and skip lines too faint to see.
   const LINE_BUDGET = 3000;
@@ -51,6 +54,13 @@
       }
     }
     return lut;
+  }
+
+  function visible(text) {
+    return String(text).replace(
+      BIDI,
+      (c) => "\u27E8U+" + c.charCodeAt(0).toString(16).toUpperCase().padStart(4, "0") + "\u27E9"
+    );
   }
 
   function clamp(v, lo, hi) {
@@ -90,6 +100,8 @@
       tk: spec.tk,
       querySide: spec.queries,
       keySide: spec.keys,
+      queryLabel: spec.queryLabel || "queries (" + spec.queries + ")",
+      keyLabel: spec.keyLabel || "keys (" + spec.keys + ")",
       queries: tokens[spec.queries],
       keys: tokens[spec.keys],
       values: values,
@@ -264,19 +276,27 @@
     return out;
   }
 
-  // the lines to draw: (head, query, key, opacity), weakest first, at most LINE_BUDGET of them
+  // the lines to draw: (head, query, key, opacity), weakest first, at most LINE_BUDGET of them.
+  // Opacity is the weight over the largest weight of the shown heads (so the strongest line is
+  // opaque and weights of long rows, all small, still show).
   function collectLines(k, heads, focus) {
     const iFrom = focus && focus.side === "q" ? focus.i : 0;
     const iTo = focus && focus.side === "q" ? focus.i + 1 : k.tq;
     const jFrom = focus && focus.side === "k" ? focus.i : 0;
     const jTo = focus && focus.side === "k" ? focus.i + 1 : k.tk;
+    let peak = 0;
+    for (const h of heads) {
+      const m = matrixOf(k, state.layer, h);
+      for (let p = 0; p < m.length; p++) peak = Math.max(peak, Math.abs(m[p]));
+    }
+    const scale = peak > 0 ? peak : 1;
     const lines = [];
     for (const h of heads) {
       const m = matrixOf(k, state.layer, h);
       for (let i = iFrom; i < iTo; i++) {
         const row = i * k.tk;
         for (let j = jFrom; j < jTo; j++) {
-          const a = Math.min(1, Math.abs(m[row + j]) / k.opacityScale);
+          const a = Math.min(1, Math.abs(m[row + j]) / scale);
           if (a >= MIN_LINE_OPACITY) lines.push({ h: h, i: i, j: j, a: a });
         }
       }
@@ -289,8 +309,8 @@
   function strokeLines(ctx, L, k, heads, focus) {
     const found = collectLines(k, heads, focus);
     const colours = {};
-    for (const h of heads) colours[h] = heads.length > 1 ? headColour(h, k.heads) : SINGLE_HEAD_COLOUR;
-    ctx.lineWidth = focus ? 2 : Math.max(k.tq, k.tk) <= 40 ? 1.5 : 1;
+    for (const h of heads) colours[h] = headColour(h, k.heads); // one colour per head, as in the legend
+    ctx.lineWidth = focus ? 2 : Math.max(k.tq, k.tk) <= 40 ? 2 : 1;
     let current = -1;
     for (const line of found.lines) {
       if (line.h !== current) {
@@ -304,7 +324,7 @@
       ctx.stroke();
     }
     ctx.globalAlpha = 1;
-    hook.lines = { drawn: found.lines.length, total: found.total };
+    hook.lines = { drawn: found.lines.length, total: found.total, heads: heads.slice(), colours: colours };
     return hook.lines;
   }
 
@@ -320,9 +340,9 @@
     ctx.fillStyle = "#5b6570";
     ctx.textBaseline = "middle";
     ctx.textAlign = "right";
-    ctx.fillText("queries (" + k.querySide + ")", L.xq, 14);
+    ctx.fillText(k.queryLabel, L.xq, 14);
     ctx.textAlign = "left";
-    ctx.fillText("keys (" + k.keySide + ")", L.xk, 14);
+    ctx.fillText(k.keyLabel, L.xk, 14);
 
     ctx.font = L.font;
     let vec = null;
@@ -597,7 +617,7 @@
       row.dataset.side = s.side;
       const label = document.createElement("span");
       label.className = "score-side";
-      label.textContent = s.side;
+      label.textContent = (payload.sideLabels || {})[s.side] || s.side;
       row.appendChild(label);
       s.values.forEach((v, t) => {
         const chip = document.createElement("span");
@@ -646,21 +666,19 @@
     const k = kind();
     const all = state.head === "all";
     $("head-hint").textContent =
-      "Lines go from each query to the keys it attends to; opacity = weight" +
-      (all ? ", colour = head" : "") +
+      "Lines go from each query to the keys it attends to; opacity = weight (the largest is opaque), " +
+      (all ? "colour = head, all heads overlaid (pick one in Head)" : "colour = head " + state.head) +
       ". Hover a token to isolate its lines and read its weights; click to pin it.";
     const legend = $("head-legend");
     legend.replaceChildren();
-    if (all) {
-      for (let h = 0; h < k.heads; h++) {
-        const s = document.createElement("span");
-        s.style.backgroundColor = headColour(h, k.heads);
-        s.textContent = "head " + h;
-        legend.appendChild(s);
-      }
+    for (const h of selectedHeads(k)) {
+      const s = document.createElement("span");
+      s.style.backgroundColor = headColour(h, k.heads);
+      s.textContent = "head " + h;
+      legend.appendChild(s);
     }
     $("matrix-hint").textContent =
-      "Rows: queries (" + k.querySide + " tokens). Columns: keys (" + k.keySide + " tokens). " +
+      "Rows: " + k.queryLabel + ". Columns: " + k.keyLabel + ". " +
       (all ? "Mean over heads. " : "") +
       "Colour from 0 to the largest weight of this matrix; hover a cell to read it.";
   }
@@ -841,6 +859,12 @@
     view: state.view,
     focus: state.focus ? { side: state.focus.side, i: state.focus.i } : null,
   });
+  hook.labels = () => ({
+    queries: kind().queryLabel,
+    keys: kind().keyLabel,
+    sides: Object.assign({}, payload.sideLabels || {}),
+  });
+  hook.visible = (text) => visible(text);
   hook.kinds = () => kinds.map((k) => ({ name: k.name, layers: k.layers, heads: k.heads, tq: k.tq, tk: k.tk }));
   hook.setKind = (name) => setKind(name);
   hook.setLayer = (layer) => setLayer(layer);
@@ -866,11 +890,15 @@
 
   function init() {
     payload = JSON.parse($("qkv-data").textContent);
+    // everything shown is made visible once here; the weights are untouched
+    payload.title = visible(payload.title);
+    for (const side of Object.keys(payload.tokens)) payload.tokens[side] = payload.tokens[side].map(visible);
     $("qkv-title").textContent = payload.title;
     document.title = payload.title;
     kinds = payload.kinds.map((spec) => decodeKind(spec, payload.tokens));
     hook.timings.decode = performance.now() - started;
-    state = { kind: 0, layer: 0, head: 0, view: payload.view, focus: null, pinned: false, hover: null };
+    // all heads at first (one colour each, overlaid); the Head selector or the arrow keys pick one
+    state = { kind: 0, layer: 0, head: "all", view: payload.view, focus: null, pinned: false, hover: null };
     fillSelect($("kind"), kinds.map((k) => [k.name, KIND_LABELS[k.name] || k.name]));
     $("kind-box").hidden = kinds.length < 2;
     wire();
