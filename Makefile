@@ -9,7 +9,7 @@ WHEELS ?= /opt/wheels
 FIND_LINKS := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS),)
 PYTEST_ARGS ?=
 
-.PHONY: setup browser demo test lint bench clean
+.PHONY: setup browser demo test lint bench docs clean
 
 setup: $(STAMP)
 
@@ -33,7 +33,14 @@ browser:
 test: setup browser
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -n 2 -q $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory docs
+	QKV_DOCS_SITE=$(SITE) $(PY) -m pytest -n 2 -q $(PYTEST_ARGS)
+
+# The documentation site (mkdocs.yml): offline, and --strict, so a broken link or reference fails.
+SITE ?= site
+docs: setup
+	@start=$$(date +%s); NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir $(SITE) \
+	  && echo "docs: built $(SITE)/index.html in $$(( $$(date +%s) - start )) s"
 
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -45,4 +52,4 @@ bench: setup
 	@if [ -f benchmarks/attention_long.py ]; then $(VENV)/bin/qkv bench long; fi
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build site src/*.egg-info .pytest_cache .ruff_cache

@@ -12,7 +12,7 @@ gradients to q, k, v and, for span-Z, to the span). Adaptive span crops the keys
 window W = ceil(Z + R) - 1 before scoring: each block of 64 queries scores a strip of 64 + W
 keys, so the work falls with the span (Z >= T: no mask is left, plain causal attention runs). An fp32 2048^3 matmul, the roof, is timed in the same
 rounds. Each mode: warm-up, then interleaved rounds in balanced orders, median reported (the
-measurement protocol: PERFORMANCE.md).
+measurement protocol: docs/performance/index.md).
 
     python benchmarks/adaptive_span.py           # writes benchmarks/results/adaptive_span.{json,md}
     python benchmarks/adaptive_span.py --quick   # smoke: T=1024, 2 reps -> adaptive_span_quick.*

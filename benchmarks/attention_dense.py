@@ -9,7 +9,7 @@ Shapes B=1, H=8, D=64, fp32, T in --sizes (default 1024,4096). Contenders:
 for the forward pass (under torch.no_grad()) and forward+backward (out.backward(grad_output)
 with a fixed random grad_output; q, k, v grads dropped before every call). An fp32 2048^3
 matmul, the roof, is timed in the same rounds. Each case: warm-up, then interleaved rounds,
-median reported (the measurement protocol: PERFORMANCE.md). The rounds follow balanced orders
+median reported (the measurement protocol: docs/performance/index.md). The rounds follow balanced orders
 (with the roof, 4 contenders and 4 orders: the default 12 reps make three full cycles).
 
     python benchmarks/attention_dense.py            # writes benchmarks/results/attention_dense.{json,md}

@@ -7,7 +7,7 @@ B=1, H=8, D=64, fp32, T in --sizes (default 1024,4096,16384; 32768 on request). 
     longformer   qkv.masks.longformer(256, range(16)): window 256 + 16 global tokens
     bigbird      qkv.masks.bigbird(64, 3, 2, 2, seed=0): block 64, 3 window blocks, 2 global, 2 random
 
-Contenders, side by side in one process (interleaved, balanced rounds; PERFORMANCE.md):
+Contenders, side by side in one process (interleaved, balanced rounds; docs/performance/index.md):
 
     qkv-auto          qkv.attention(q, k, v, mask=pattern)                (backend="auto")
     qkv-chunked       ... backend="chunked"
@@ -694,7 +694,7 @@ def _ms(s: float | None) -> str:
 
 
 def targets(res: dict[str, Any]) -> list[list[str]]:
-    """The issue's targets as measured (only those whose cases ran)."""
+    """The suite's targets as measured (only those whose cases ran)."""
     by = {(c["pattern"], c["T"], c["mode"], c["contender"]): c for c in res["cases"]}
     rows = []
 
@@ -856,7 +856,7 @@ def to_markdown(res: dict[str, Any]) -> str:
     )
     tg = targets(res)
     if tg:
-        lines += ["", "## Targets (issue 3) as measured", "", markdown_table(["target", "measured", ""], tg)]
+        lines += ["", "## Targets as measured", "", markdown_table(["target", "measured", ""], tg)]
     if res["skipped"]:
         lines += [
             "",

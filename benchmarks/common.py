@@ -1,4 +1,4 @@
-"""Shared helpers of the qkv benchmark suites (the measurement protocol: PERFORMANCE.md).
+"""Shared helpers of the qkv benchmark suites (the measurement protocol: docs/performance/index.md).
 
 - :func:`time_interleaved`: warm up, then time the contenders round by round, in orders where
   each follows each other one equally often (:func:`balanced_orders`), so that drift and

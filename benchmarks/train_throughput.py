@@ -4,7 +4,7 @@ Every model of ``qkv train --model`` (none, bahdanau, luong, luong-local, transf
 sizes of ``qkv demo`` on the built-in ``numbers-de`` corpus (digits -> German number words, up
 to 9 digits), batch 64, AdamW, CPU, fp32, with 1 and 2 torch threads. Each case: warm-up
 steps, then the median over rounds of ``--steps`` optimizer steps (forward, backward, clip,
-step), interleaved across models so load changes hit them alike (PERFORMANCE.md).
+step), interleaved across models so load changes hit them alike (docs/performance/index.md).
 
     python benchmarks/train_throughput.py                 # writes benchmarks/results/train_throughput.{json,md}
     python benchmarks/train_throughput.py --quick         # smoke run

@@ -20,7 +20,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_terminal_summary(terminalreporter):
-    """Print the worst error ratio of the run (a dashboard figure, see TESTING.md)."""
+    """Print the worst error ratio of the run (a dashboard figure, see CONTRIBUTING.md)."""
     worst, where = 0.0, None
     for key in ("passed", "failed"):
         for rep in terminalreporter.stats.get(key, []):

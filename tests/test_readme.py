@@ -1,41 +1,168 @@
-"""The README is the front door: every Python example in it runs, every `qkv explain` line works."""
+"""Every example of the README and the documentation runs, and prints what the page says.
+
+The pages: README.md, CONTRIBUTING.md and docs/**/*.md (the reference pages generated from the
+code are checked in tests/test_docs_build.py). The conventions are in tests/docs_examples.py:
+
+- python blocks run, and their stdout must equal their ``#>`` lines (``...`` = any text);
+- every ``qkv`` command of a bash or console block parses with the real parser (command,
+  subcommand, options, the config keys of ``--table.key=value`` overrides), the cheap ones run
+  (help, ``explain``, ``demo --examples``, ``viz --model minilm``) and, in a console block,
+  print what the page shows; a console command that cannot be compared says so on its line;
+- ``make`` targets, scripts run with ``python`` and ``pip install`` extras exist.
+"""
 
 from __future__ import annotations
 
 import re
-import shlex
-from pathlib import Path
+import tomllib
 
 import pytest
 
-from qkv.cli.main import main
+from docs_examples import (
+    CONSOLE,
+    NOT_COMPARED,
+    PYTHON,
+    ROOT,
+    SHELL,
+    blocks,
+    commands,
+    difference,
+    expected_output,
+    matches,
+    pages,
+    qkv_args,
+    run_python,
+    run_qkv,
+    runs,
+    shows_error,
+)
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-TEXT = README.read_text(encoding="utf-8")
-PYTHON_BLOCKS = re.findall(r"```python\n(.*?)```", TEXT, flags=re.S)
-CLI_LINES = [
-    line.split("#")[0].strip()
-    for block in re.findall(r"```bash\n(.*?)```", TEXT, flags=re.S)
-    for line in block.splitlines()
-    if line.startswith("qkv explain")
-]
+PAGES = pages()
+BLOCKS = [b for p in PAGES for b in blocks(p)]
+PYTHON_BLOCKS = [b for b in BLOCKS if b.lang in PYTHON]
+COMMANDS = [c for b in BLOCKS if b.lang in SHELL | CONSOLE for c in commands(b)]
+QKV_COMMANDS = [c for c in COMMANDS if qkv_args(c.argv) is not None]
+OTHER_COMMANDS = [c for c in COMMANDS if qkv_args(c.argv) is None]
+README = ROOT / "README.md"
 
 
-def test_readme_has_examples():
-    assert len(PYTHON_BLOCKS) >= 6
-    assert len(CLI_LINES) >= 5
+def test_pages_have_examples():
+    assert len(PAGES) >= 15
+    assert len(PYTHON_BLOCKS) >= 40
+    assert sum(runs(qkv_args(c.argv)) for c in QKV_COMMANDS) >= 10
+    assert any(b.path == README for b in PYTHON_BLOCKS)
 
 
-@pytest.mark.parametrize("index", range(len(PYTHON_BLOCKS)))
-def test_python_example_runs(index, capsys):
-    exec(compile(PYTHON_BLOCKS[index], f"README.md[python block {index}]", "exec"), {})
-    out = capsys.readouterr().out
-    # printed values shown in the README comments must match what the code prints
-    for expected in re.findall(r"print\(.*?\)\s+# (tensor\(\[\[.*?\]\]\))", PYTHON_BLOCKS[index]):
-        assert expected in out
+@pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=lambda b: b.name)
+def test_python_example(block, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # an example that writes files writes them here
+    got = run_python(block)
+    want = expected_output(block.lines)
+    if not want:
+        assert not got, f"{block.name} prints but shows no output: write it as `#> ` lines under the print"
+        return
+    assert matches(want, got), f"{block.name}: the output differs from the page\n{difference(want, got)}"
 
 
-@pytest.mark.parametrize("line", CLI_LINES)
-def test_cli_example_runs(line, capsys):
-    assert main(shlex.split(line)[1:]) == 0
-    assert capsys.readouterr().out.strip()
+def _check_parses(args: list[str]) -> None:
+    """The command, its subcommand and options exist (parsed by the parser `qkv` runs)."""
+    from qkv.cli import main as cli
+    from qkv.cli import translate as translate_cmd
+    from qkv.models.builders import MODEL_KINDS, config_keys
+    from qkv.train.config import DEFAULTS, parse_override
+
+    command = next((a for a in args if not a.startswith("-")), None)
+    if command == "bench":  # everything after the suite goes to the suite's own parser
+        rest = args[args.index("bench") + 1 :]
+        suite = rest[0] if rest and not rest[0].startswith("-") else cli.BENCH_SUITES[0]
+        assert suite in cli.BENCH_SUITES, f"qkv bench: no suite {suite!r}"
+        assert (ROOT / "benchmarks" / f"attention_{suite}.py").is_file()
+        return
+    if command == "train":
+        overrides = [a for a in args if translate_cmd.OVERRIDE.match(a)]
+        for text in overrides:
+            path, _ = parse_override(text)
+            table, key = path[0], path[1]
+            assert table in DEFAULTS, f"{text}: no table [{table}]"
+            valid = set().union(*map(config_keys, MODEL_KINDS)) if table == "model" else set(DEFAULTS[table])
+            assert key in valid, f"{text}: no key {key!r} in [{table}]"
+        args = [a for a in args if a not in overrides]
+        for a in args:
+            if a.endswith(".toml"):
+                assert (ROOT / a).is_file(), f"no config file {a}"
+    join = getattr(cli, "_join_negative_values", lambda a: a)  # `--query -1,2` as `qkv` reads it
+    parsed = cli.build_parser().parse_args(join(args))
+    assert getattr(parsed, "handler", None) is not None, f"qkv {' '.join(args)}: no command"
+
+
+@pytest.mark.parametrize("cmd", QKV_COMMANDS, ids=lambda c: c.name)
+def test_qkv_command(cmd, tmp_path, monkeypatch):
+    args = qkv_args(cmd.argv)
+    shown = cmd.output is not None and any(line.strip() for line in cmd.output)
+    if not runs(args):
+        _check_parses(args)
+        assert not shown or NOT_COMPARED.search(cmd.comment), (
+            f"{cmd.name}: `{cmd.line}` does not run in the tests, so its output cannot be compared: "
+            "say why on its line, e.g. `# depends on the trained model`"
+        )
+        return
+    if not {"-h", "--help", "--version"} & set(args):
+        _check_parses(args)
+    # bench runs the suites of the checkout; viz writes its files in the current folder
+    monkeypatch.chdir(ROOT if "bench" in args else tmp_path)
+    code, out, err = run_qkv(args)
+    if shows_error(cmd.output):  # a documented mistake: exit code 2 and the message shown
+        assert code == 2, f"`{cmd.line}` exited with {code}, expected the error the page shows"
+        out = err
+    else:
+        assert code == 0, f"`{cmd.line}` exited with {code}: {err}"
+    assert out.strip()
+    if shown and not NOT_COMPARED.search(cmd.comment):
+        want = "\n".join(cmd.output)
+        assert matches(want, out), f"{cmd.name}: `{cmd.line}` prints\n{difference(want, out)}"
+
+
+def _make_targets() -> set[str]:
+    text = (ROOT / "Makefile").read_text(encoding="utf-8")
+    return {m.group(1) for m in re.finditer(r"^([\w.-]+):", text, flags=re.M)}
+
+
+def _extras() -> set[str]:
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        return set(tomllib.load(f)["project"]["optional-dependencies"])
+
+
+@pytest.mark.parametrize("cmd", OTHER_COMMANDS, ids=lambda c: c.name)
+def test_other_command(cmd):
+    """What else the pages tell a user to type exists: make targets, scripts, extras."""
+    argv = cmd.argv
+    program = argv[0].rsplit("/", 1)[-1]
+    if program == "make":
+        missing = {a for a in argv[1:] if not a.startswith("-") and "=" not in a} - _make_targets()
+        assert not missing, f"{cmd.name}: no make target {sorted(missing)}"
+    elif program.startswith("python") and len(argv) > 1 and argv[1].endswith(".py"):
+        assert (ROOT / argv[1]).is_file(), f"{cmd.name}: no script {argv[1]}"
+    elif program == "pip" or argv[1:3] == ["-m", "pip"]:
+        for arg in argv:
+            m = re.fullmatch(r"(?:qkv|\.|-e \.)\[([\w,-]+)\]", arg)
+            if m:
+                assert set(m.group(1).split(",")) <= _extras(), f"{cmd.name}: unknown extra in {arg}"
+
+
+def test_readme_is_a_front_door():
+    """The README stays short and leads into the documentation."""
+    text = README.read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 200
+    assert re.search(r"\]\(docs/getting-started\.md\)", text)
+
+
+@pytest.mark.parametrize("name", ["README.md", "CONTRIBUTING.md"])
+def test_root_page_links_exist(name):
+    """Read in the repository, the links of the README and CONTRIBUTING.md lead to files that
+    exist (mkdocs --strict checks them again on the site, where they are pages too)."""
+    text = (ROOT / name).read_text(encoding="utf-8")
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    local = [link for link in links if not re.match(r"[a-z]+://", link)]
+    assert local
+    for link in local:
+        assert (ROOT / link).exists(), f"{name} links to {link}, which does not exist in the repository"

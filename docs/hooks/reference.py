@@ -1,0 +1,377 @@
+"""MkDocs hook: the pages that are generated from the code, so that they cannot drift from it.
+
+- ``reference/cli.md``: the help of every ``qkv`` command, from the argparse parser that
+  ``qkv`` itself runs (:func:`qkv.cli.main.build_parser`).
+- ``reference/config.md``: the configuration keys of ``qkv train`` with their types and
+  defaults, from ``qkv.train.config.DEFAULTS`` (descriptions from its comments) and the model
+  config dataclasses of ``qkv.models.builders.MODEL_KINDS`` (descriptions from their docstrings).
+- ``index.md`` and ``contributing.md``: ``README.md`` and ``CONTRIBUTING.md`` of the repository,
+  their ``docs/...`` links made relative to the site.
+
+``python docs/hooks/reference.py OUTDIR`` writes the generated pages to OUTDIR, for a look
+without building the site.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import dataclasses
+import inspect
+import io
+import os
+import re
+import sys
+import tokenize
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# The pages written by this hook (site path -> function giving the markdown).
+GENERATED = ("reference/cli.md", "reference/config.md", "index.md", "contributing.md")
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line
+
+
+@contextlib.contextmanager
+def _columns(width: int) -> Iterator[None]:
+    """argparse wraps help text to $COLUMNS: fix it so that the page is the same everywhere."""
+    old = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = str(width)
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = old
+
+
+def _subcommands(parser) -> list[tuple[str, str, Any]]:
+    """(name, one-line help, parser) of each subcommand, in the order ``qkv --help`` lists them."""
+    import argparse
+
+    out = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help or "" for a in action._choices_actions}
+            out += [(name, helps.get(name, ""), sub) for name, sub in action.choices.items()]
+    return out
+
+
+def cli_markdown() -> str:
+    from qkv.cli.main import build_parser
+
+    with _columns(100):
+        parser = build_parser()
+        top = parser.format_help()
+        commands = _subcommands(parser)
+        helps = {name: sub.format_help() for name, _, sub in commands}
+    lines = [
+        "# Command line",
+        "",
+        "`qkv` is installed with the package (`qkv = qkv.cli.main:main`). This page is generated from",
+        "the parser the command itself runs, so it always shows what `qkv <command> --help` prints.",
+        "User errors print `qkv: error: <message>` on stderr and exit with code 2.",
+        "",
+        "| command | what it does |",
+        "|---|---|",
+    ]
+    for name, help_text, _ in commands:
+        lines.append(f"| [`qkv {name}`](#qkv-{name}) | {_cell(help_text)} |")
+    lines += [
+        "",
+        "The keys that `qkv train` reads from a TOML file or from `--table.key=value` overrides are",
+        "listed with their types and defaults in [Configuration keys](config.md).",
+        "",
+        "## qkv",
+        "",
+        "```text",
+        top.rstrip(),
+        "```",
+    ]
+    for name, _, _ in commands:
+        lines += ["", f"## qkv {name}", "", "```text", helps[name].rstrip(), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration keys
+
+
+def _comments_of_defaults(source: str, name: str = "DEFAULTS") -> dict[tuple[str, str], str]:
+    """``{(table, key): comment}`` for the dict literal ``name = {table: {key: value}}`` in
+    ``source``: the comment at the end of the key's line, or the comment lines right above it."""
+    comments: dict[int, str] = {}
+    code_lines: set[int] = set()
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            comments[tok.start[0]] = tok.string.lstrip("#").strip()
+        elif tok.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT):
+            code_lines.add(tok.start[0])
+    out: dict[tuple[str, str], str] = {}
+    for node in ast.walk(ast.parse(source)):
+        target = getattr(node, "target", None) or (getattr(node, "targets", None) or [None])[0]
+        if not (isinstance(target, ast.Name) and target.id == name and isinstance(node.value, ast.Dict)):
+            continue
+        for table, inner in zip(node.value.keys, node.value.values):
+            if not (isinstance(table, ast.Constant) and isinstance(inner, ast.Dict)):
+                continue
+            for key in inner.keys:
+                if not isinstance(key, ast.Constant):
+                    continue
+                line = key.lineno
+                if line in comments:  # `"key": value,  # comment`
+                    text = comments[line]
+                else:  # comment lines right above the key
+                    above, i = [], line - 1
+                    while i in comments and i not in code_lines:
+                        above.insert(0, comments[i])
+                        i -= 1
+                    text = " ".join(above)
+                out[(table.value, key.value)] = text
+    return out
+
+
+def _attribute_docs(cls: type) -> dict[str, str]:
+    """``{field: description}`` from the ``Attributes:`` section of a dataclass docstring.
+
+    Entries may name several fields (``embed_dim, hidden_dim: sizes``) or hold several
+    ``name: text`` parts separated by ``;`` (``local_mode: ...; window: ...``)."""
+    doc = inspect.getdoc(cls) or ""
+    match = re.search(r"^Attributes:\n(.*?)(?:\n\S|\Z)", doc, flags=re.S | re.M)
+    if not match:
+        return {}
+    entries: list[str] = []
+    for line in match.group(1).splitlines():
+        if re.match(r"^ {4}\S", line):
+            entries.append(line.strip())
+        elif entries and line.strip():
+            entries[-1] += " " + line.strip()
+    fields = {f.name for f in dataclasses.fields(cls)}
+    out: dict[str, str] = {}
+    for entry in entries:
+        # split "a: x; b: y" where b is a field name
+        parts = re.split(r";\s+(?=(?:\w+(?:,\s*\w+)*):\s)", entry)
+        for part in parts:
+            head, _, text = part.partition(":")
+            names = [n.strip() for n in head.split(",")]
+            if all(n in fields for n in names):
+                for n in names:
+                    out[n] = text.strip()
+    return out
+
+
+def _md_text(text: str, module: Any = None) -> str:
+    """Docstring text as markdown: reST roles become code, ``NAME`` of a tuple constant of
+    ``module`` becomes its values."""
+    text = re.sub(r":\w+:`~?([^`]+)`", lambda m: f"`{m.group(1).split('.')[-1]}`", text)
+
+    def constant(m: re.Match) -> str:
+        value = getattr(module, m.group(1), None) if module is not None else None
+        if isinstance(value, tuple) and value and all(isinstance(v, str) for v in value):
+            return ", ".join(f"`{v}`" for v in value)
+        return f"`{m.group(1)}`"
+
+    text = re.sub(r"``([A-Z][A-Z_0-9]+)``", constant, text)
+    text = re.sub(r"``([^`]+)``", r"`\1`", text)
+    return _cell(text)
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, str):
+        return f'`"{value}"`'
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, dict):
+        return "`{}`" if not value else f"`{value!r}`"
+    return f"`{value!r}`"
+
+
+def _toml_type(value: Any) -> str:
+    return {bool: "bool", int: "int", float: "float", str: "string", dict: "table"}.get(type(value), "")
+
+
+# Descriptions of the keys whose line in DEFAULTS has no comment (a comment there wins).
+# tests/test_docs_build.py checks that every key named here still exists.
+KEY_NOTES: dict[tuple[str, str], str] = {
+    ("data", "bpe_vocab"): "vocabulary size of the BPE tokenizer (tokenizer = bpe)",
+    ("data", "lowercase"): "TSV: lowercase both sides",
+    ("data", "split_punct"): "TSV: make punctuation separate tokens",
+    ("data", "valid_frac"): "TSV: fraction of the pairs held out for validation (grouped by source sentence)",
+    ("data", "test_frac"): "TSV: fraction of the pairs held out for the test split",
+    ("data", "seed"): "seed of the corpus generation (built-in) or of the split (TSV)",
+    ("train", "epochs"): "passes over the training split",
+    ("train", "batch_size"): "sentence pairs per batch",
+    ("train", "lr"): "peak learning rate (AdamW), reached after the warm-up",
+    ("train", "min_lr"): "learning rate at the end of the cosine schedule",
+    ("train", "weight_decay"): "AdamW weight decay",
+    ("train", "label_smoothing"): "label smoothing of the cross entropy",
+    (
+        "train",
+        "teacher_forcing",
+    ): "RNNs: fraction of steps fed the gold previous token (0.7: their own prediction 30% of the time)",
+    ("train", "seed"): "seed of the initialization, the batch order and dropout",
+}
+
+
+def config_markdown() -> str:
+    import qkv.train.config as config
+    from qkv.models.builders import MODEL_KINDS, config_keys
+
+    comments = _comments_of_defaults(inspect.getsource(config))
+    lines = [
+        "# Configuration keys",
+        "",
+        "`qkv train` reads a run's configuration from three tables, `[data]`, `[model]` and `[train]`:",
+        "the defaults below, then the model preset of `--model NAME`, then a TOML file, then",
+        '`--table.key=value` overrides (values are read as TOML: `3`, `1e-3`, `true`, `"text"`).',
+        "An unknown key is an error that lists the valid ones. This page is generated from the code",
+        "(`qkv.train.config.DEFAULTS` and the model config dataclasses), so it lists exactly the keys",
+        "`qkv train` accepts. See [Translation](../guides/translation.md) for how to train, and",
+        "[the command line](cli.md#qkv-train) for the options of `qkv train`.",
+        "",
+        "```bash",
+        "qkv train configs/transformer.toml --train.epochs=5 --model.d_model=64",
+        "```",
+    ]
+    for table in ("data", "train"):
+        lines += ["", f"## [{table}]", "", "| key | type | default | description |", "|---|---|---|---|"]
+        for key, value in config.DEFAULTS[table].items():
+            text = _md_text(comments.get((table, key)) or KEY_NOTES.get((table, key), ""))
+            lines.append(f"| `{key}` | {_toml_type(value)} | {_value(value)} | {text} |")
+    renamed = getattr(config, "RENAMED_TRAIN_KEYS", {})
+    if renamed:
+        pairs = ", ".join(f"`{old}` (now `{new}`)" for old, new in renamed.items())
+        lines += ["", f"Earlier names still read, with a deprecation warning: {pairs}."]
+    lines += [
+        "",
+        "## [model]",
+        "",
+        "`kind` picks the model class; the other keys are the fields of its config dataclass (the",
+        "vocabulary sizes and the padding id come from the data). `qkv train --model NAME` starts",
+        "from one of these presets:",
+        "",
+        "| `--model` | `[model]` table it starts from |",
+        "|---|---|",
+    ]
+    for name, preset in config.MODEL_PRESETS.items():
+        table = ", ".join(f"{k} = {_value(v).strip('`')}" for k, v in preset.items())
+        lines.append(f"| `{name}` | `{table}` |")
+    for kind, (model_cls, config_cls) in MODEL_KINDS.items():
+        module = sys.modules[config_cls.__module__]
+        docs = _attribute_docs(config_cls)
+        valid = config_keys(kind)
+        lines += [
+            "",
+            f'### kind = "{kind}"',
+            "",
+            f"`{model_cls.__name__}`, configured by `{config_cls.__module__}.{config_cls.__name__}`.",
+            "",
+            "| key | type | default | description |",
+            "|---|---|---|---|",
+        ]
+        for f in dataclasses.fields(config_cls):
+            if f.name not in valid:
+                continue
+            if f.default is not dataclasses.MISSING:
+                default = _value(f.default)
+            elif f.default_factory is not dataclasses.MISSING:
+                default = _value(f.default_factory())
+            else:
+                default = "required"
+            type_name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+            lines.append(
+                f"| `{f.name}` | {type_name} | {default} | {_md_text(docs.get(f.name, ''), module)} |"
+            )
+    notes = inspect.getdoc(config) or ""
+    if notes:
+        lines += ["", "## Notes", "", "From the documentation of `qkv.train.config`:", ""]
+        lines += [_md_block(notes)]
+    return "\n".join(lines) + "\n"
+
+
+def _md_block(text: str) -> str:
+    """A module docstring as markdown (reST literal blocks become code blocks)."""
+    text = re.sub(r":\w+:`~?([^`]+)`", lambda m: f"`{m.group(1).split('.')[-1]}`", text)
+    text = re.sub(r"``([^`]+)``", r"`\1`", text)
+    out: list[str] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.endswith("::") and i + 1 < len(lines):
+            out.append(line[:-1])
+            block: list[str] = []
+            i += 1
+            while i < len(lines) and (not lines[i].strip() or lines[i].startswith("    ")):
+                block.append(lines[i][4:])
+                i += 1
+            while block and not block[0].strip():
+                block.pop(0)
+            while block and not block[-1].strip():
+                block.pop()
+            out += ["", "```text", *block, "```", ""]
+            continue
+        out.append(line)
+        i += 1
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# README.md and CONTRIBUTING.md as site pages
+
+
+def _site_links(text: str) -> str:
+    """Repository links -> site links: ``docs/x.md`` -> ``x.md``, the two root files -> their pages."""
+    text = re.sub(r"\]\(docs/", "](", text)
+    text = text.replace("](CONTRIBUTING.md", "](contributing.md").replace("](README.md", "](index.md")
+    return text
+
+
+def readme_markdown() -> str:
+    return _site_links((ROOT / "README.md").read_text(encoding="utf-8"))
+
+
+def contributing_markdown() -> str:
+    return _site_links((ROOT / "CONTRIBUTING.md").read_text(encoding="utf-8"))
+
+
+def page_markdown(uri: str) -> str:
+    return {
+        "reference/cli.md": cli_markdown,
+        "reference/config.md": config_markdown,
+        "index.md": readme_markdown,
+        "contributing.md": contributing_markdown,
+    }[uri]()
+
+
+# ---------------------------------------------------------------------------------------------
+# The MkDocs hook
+
+
+def on_files(files, config):
+    from mkdocs.structure.files import File
+
+    for uri in GENERATED:
+        if files.get_file_from_path(uri) is not None:
+            raise ValueError(f"docs/{uri} is generated by docs/hooks/reference.py: remove the file")
+        files.append(File.generated(config, uri, content=page_markdown(uri)))
+    return files
+
+
+if __name__ == "__main__":
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else "generated-docs")
+    for uri in GENERATED:
+        path = out / uri
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(page_markdown(uri), encoding="utf-8")
+        print(f"wrote {path}")
