@@ -106,8 +106,9 @@ def local_attention(
     else:
         resolved = _scores.resolve_score(score, score_kwargs)
         logits = resolved.fn(query, key)  # (B, Tq, Tk)
-        if resolved.default_scale(query.shape[-1]) != 1.0:
-            logits = logits * resolved.default_scale(query.shape[-1])
+        scale = resolved.default_scale(query.shape[-1])
+        if scale != 1.0:
+            logits = logits * scale
 
     positions = torch.arange(kv_len, device=query.device, dtype=center.dtype)  # (Tk,)
     dist = positions.view(1, 1, kv_len) - center.unsqueeze(-1)  # (B, Tq, Tk)

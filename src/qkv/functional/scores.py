@@ -110,8 +110,10 @@ def cosine(query: Tensor, key: Tensor, temperature: float | Tensor = 1.0, eps: f
 
 
 def default_scale(score: str, head_dim: int) -> float:
-    """The factor ``qkv.attention`` multiplies the logits by when ``scale=None``."""
-    return 1.0 / math.sqrt(head_dim) if score == "scaled_dot" else 1.0
+    """The factor ``qkv.attention`` multiplies the logits by when ``scale=None``: ``1/sqrt(D)``
+    for a score whose :class:`ScoreSpec` says ``scaled`` (``scaled_dot``), else 1."""
+    spec = SPECS.get(score)
+    return 1.0 / math.sqrt(head_dim) if spec is not None and spec.scaled else 1.0
 
 
 @dataclass(frozen=True)
@@ -196,7 +198,7 @@ class Score:
         return isinstance(self.fn, nn.Module)
 
     def default_scale(self, head_dim: int) -> float:
-        return 1.0 / math.sqrt(head_dim) if self.spec is not None and self.spec.scaled else 1.0
+        return default_scale(self.name, head_dim)
 
     def width(self, head_dim: int) -> int:
         """Size of the per-logit intermediate (a callable module counts as ``D``)."""

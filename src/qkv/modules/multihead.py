@@ -34,7 +34,6 @@ from ..masks.core import (
     causal,
     check_ambiguous_layout,
     check_bool_mask,
-    key_padding,
 )
 from ..masks.torch_masks import from_torch_attn_mask, from_torch_key_padding, is_causal_matrix
 from .kv_cache import CacheStep, KVCache, StaticKVCache
@@ -434,7 +433,7 @@ class MultiHeadAttention(nn.Module):
         bias from torch's float masks (or None). Weights are per head."""
         if cache is None:
             bsz, q_len, _ = query.shape
-            attn_mask = self._combine_masks(mask, key_padding_mask, bsz, q_len, key.shape[1])
+            attn_mask = self._check_mask(mask, bsz, q_len, key.shape[1])
             q, k, v = self._project(query, key, value)
 
             def positions() -> tuple[Tensor, Tensor]:
@@ -454,7 +453,7 @@ class MultiHeadAttention(nn.Module):
             bsz, q_len, _ = query.shape
             if isinstance(cache, KVCache):  # check what can be checked before the cache changes
                 kv_len = cache.attended_length(q_len)
-                self._combine_masks(mask, None, bsz, q_len, kv_len)
+                self._check_mask(mask, bsz, q_len, kv_len)
                 if isinstance(bias, Tensor):
                     self._resolve_bias(bias, None, (bsz, self.num_heads, q_len, kv_len))
             step, q = self._cached_step(query, key, value, key_padding_mask, cache, bias)
@@ -463,7 +462,7 @@ class MultiHeadAttention(nn.Module):
             def positions() -> tuple[Tensor, Tensor]:
                 return step.q_positions, step.k_positions
 
-            user = self._combine_masks(mask, None, bsz, q_len, k.shape[2])
+            user = self._check_mask(mask, bsz, q_len, k.shape[2])
             attn_mask = step.mask()
             if user is not None:
                 attn_mask = user if attn_mask is None else attn_mask & user
@@ -633,10 +632,10 @@ class MultiHeadAttention(nn.Module):
                 f"value: expected Tk={key.shape[1]} rows like key {tuple(key.shape)}, got {tuple(value.shape)}"
             )
 
-    def _combine_masks(
-        self, mask: MaskLike | None, key_padding_mask: Tensor | None, bsz: int, q_len: int, kv_len: int
-    ) -> MaskLike | None:
-        """``mask & key_padding(key_padding_mask)``, checked against ``(B, H, Tq, Tk)``."""
+    def _check_mask(self, mask: MaskLike | None, bsz: int, q_len: int, kv_len: int) -> MaskLike | None:
+        """A bool ``mask`` checked against ``(B, H, Tq, Tk)`` (patterns pass as they are); torch's
+        ``key_padding_mask`` is already folded in at the edge (:meth:`_torch_masks`) or taken by
+        the cache."""
         if mask is not None and not isinstance(mask, Mask):
             check_bool_mask(mask, "mask")
             target = (bsz, self.num_heads, q_len, kv_len)
@@ -644,16 +643,7 @@ class MultiHeadAttention(nn.Module):
                 raise ValueError(
                     f"mask: expected a shape broadcastable to (B, H, Tq, Tk) = {target}, got {tuple(mask.shape)}"
                 )
-        if key_padding_mask is None:
-            return mask
-        check_bool_mask(key_padding_mask, "key_padding_mask", PADDING_MEANING)
-        if tuple(key_padding_mask.shape) != (bsz, kv_len):
-            raise ValueError(
-                f"key_padding_mask: expected shape (B, Tk) = ({bsz}, {kv_len}) with True = padding, "
-                f"got {tuple(key_padding_mask.shape)}"
-            )
-        keep = key_padding(key_padding_mask)  # (B, 1, 1, Tk), True = may attend
-        return keep if mask is None else mask & keep
+        return mask
 
     # ------------------------------------------------------------------------- torch interop
 
