@@ -250,8 +250,7 @@ def _train(args: argparse.Namespace) -> int:
         raise CommandError(error_message(e)) from None
     last = result.history[-1] if result.history else {}
     status = "interrupted" if result.interrupted else ("stopped early" if result.stopped_early else "done")
-    best = result.best_valid_loss
-    best_text = f"{best:.4f}" if math.isfinite(best) else "n/a (no validation data)"
+    best_text = best_loss_text(result)
     print(
         f"{status}: step {result.step}, best valid loss {best_text}"
         + (f", valid exact match {last['valid_exact_match']:.3f}" if "valid_exact_match" in last else "")
@@ -379,3 +378,12 @@ def _evaluate(args: argparse.Namespace) -> int:
             f"{stops.get('limit', 0)} reached the length limit"
         )
     return 0
+
+
+def best_loss_text(result) -> str:
+    """The best validation loss of a training result as the summary line prints it."""
+    best = result.best_valid_loss
+    if math.isfinite(best):
+        return f"{best:.4f}"
+    # no epoch ended yet (a run stopped in its first epoch), or an empty validation split
+    return "n/a (no epoch finished yet)" if not result.history else "n/a (no validation data)"
