@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 
-from qkv.data import batches, encode_pairs
 from qkv.models.builders import build_model
 from qkv.train.config import resolve
+from qkv.translation.data import batches, encode_pairs
 from qkv.translation.demo import DEMO_CORPUS, DEMO_MODELS
 from qkv.translation.training import _loss, prepare_data
 

@@ -1,6 +1,6 @@
 """qkv.interpret.pictures: one input's attention ready to show (what ``qkv viz`` writes), on
 small random models: the maps equal the model's own, the scores equal qkv.interpret's methods
-called directly, the translation's cross-attention equals what greedy decoding reported."""
+called directly."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qkv.data.tokenize import WordTokenizer
 from qkv.interop import TokenBatch
 from qkv.interpret import (
     AttentionPicture,
@@ -18,7 +17,6 @@ from qkv.interpret import (
     rollout,
     sentence_picture,
     token_scores,
-    translation_picture,
 )
 from qkv.models import BertConfig, BertModel, mean_pool
 
@@ -168,46 +166,3 @@ def test_sentence_picture_integrated_gradients_keep_the_special_tokens(bert):
     ig = picture.scores["integrated_gradients"]
     assert ig[0] == 0.0 and ig[-1] == 0.0  # (x - baseline) = 0 at [CLS] and [SEP]
     assert max(abs(v) for v in ig) == pytest.approx(1.0)
-
-
-def _translator(preset: str, model: dict):
-    from qkv.models.builders import build_model
-    from qkv.train.config import resolve
-    from qkv.translation import Translator
-
-    torch.manual_seed(1)
-    cfg = resolve({"model": model}, preset=preset)
-    src = WordTokenizer.build(["1 2 3 4 5 6 7"])
-    tgt = WordTokenizer.build(["eins zwei drei vier"])
-    net = build_model(cfg["model"], src_vocab=len(src), tgt_vocab=len(tgt)).eval()
-    return Translator(net, src, tgt, cfg)
-
-
-def test_translation_picture_shows_every_map_of_the_greedy_translation():
-    tr = _translator(
-        "transformer", {"d_model": 16, "num_heads": 2, "ff_dim": 16, "encoder_layers": 1, "decoder_layers": 2}
-    )
-    expected = tr.translate(["3 4 5"])[0]
-    picture = translation_picture(tr, "3 4 5")
-    n_t = len(expected.target_tokens) + 1
-    assert picture.tokens == {"source": ["3", "4", "5"], "target": [*expected.target_tokens, "<eos>"]}
-    assert picture.notes == [f"translation: {expected.text}"]
-    assert set(picture.maps.kinds()) == {"encoder", "decoder", "cross"}
-    assert [t.shape for t in picture.maps.cross] == [(1, 2, n_t, 3)] * 2
-    # the rows of the steps greedy decoding made (an untrained model may stop at the length limit
-    # without <eos>: one row fewer than the picture's)
-    rows = expected.attention.shape[0]
-    assert rows in (n_t - 1, n_t)
-    torch.testing.assert_close(
-        picture.maps.cross[-1][0].mean(0)[:rows], expected.attention, rtol=0, atol=1e-5
-    )
-    assert picture.summary == (
-        f"encoder 1x2, decoder 2x2, cross 2x2 (layers x heads), 3 source x {n_t} target tokens"
-    )
-    assert picture.title.startswith("transformer: 3 4 5 -> ")
-
-
-def test_translation_picture_of_a_model_without_attention():
-    tr = _translator("none", {"embed_dim": 8, "hidden_dim": 8})
-    with pytest.raises(ValueError, match=r"this model \(none\) has no attention to show"):
-        translation_picture(tr, "1 2")

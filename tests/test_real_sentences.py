@@ -19,8 +19,15 @@ from torch import nn
 
 import english_french as ef
 from qkv.cli.main import main
-from qkv.data import Example, TextFormat, encode_pairs, load_tsv, normalize_text, split_punct_tokens
 from qkv.translation import Translator, load_corpus, prepare_data
+from qkv.translation.data import (
+    Example,
+    TextFormat,
+    encode_pairs,
+    load_tsv,
+    normalize_text,
+    split_punct_tokens,
+)
 from qkv.translation.decode import EOS, beam_search, greedy, longest_repeat, repeat_cut
 from qkv.translation.metrics import bleu, bleu_signed, corpus_scores
 from qkv.translation.training import count_parameters, inference_facts, text_format
@@ -235,9 +242,9 @@ def test_unknown_words_and_empty_input_warn_and_repetition_stops(parrot):
 
 
 def test_a_source_too_long_for_the_transformer_is_a_clear_error_and_the_limit_is_capped():
-    from qkv.data import build_tokenizer
     from qkv.models.transformer import Transformer, TransformerConfig
     from qkv.train.config import resolve
+    from qkv.translation.data import build_tokenizer
 
     tok = build_tokenizer("word", ["a b c d e f g"])
     model = Transformer(TransformerConfig(src_vocab=len(tok), tgt_vocab=len(tok), d_model=16, num_heads=2,

@@ -605,7 +605,7 @@ def test_an_explicit_checkpoint_is_never_substituted(tmp_path):
 
 
 def test_an_empty_validation_split_warns_and_reports_no_loss(tmp_path):
-    from qkv.data import DataWarning
+    from qkv.translation.data import DataWarning
 
     tsv = tmp_path / "one.tsv"
     tsv.write_text("a b\tc d\n", encoding="utf-8")
@@ -622,8 +622,8 @@ def test_an_empty_validation_split_warns_and_reports_no_loss(tmp_path):
 
 
 def test_an_empty_training_split_is_refused():
-    from qkv.data import build_tokenizer
-    from qkv.data.corpus import Example
+    from qkv.translation.data import build_tokenizer
+    from qkv.translation.data.corpus import Example
     from qkv.translation.training import TranslationTask
 
     cfg = tiny()

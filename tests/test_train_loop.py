@@ -141,7 +141,7 @@ def test_cli_train_translate_evaluate_on_a_tsv_file(tmp_path, capsys):
     lines.insert(3, "no tab on this line")
     tsv.write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = tmp_path / "run"
-    # the command prints the loader's warning as a message (the library warns: test_data_tsv.py)
+    # the command prints the loader's warning as a message (the library warns: test_translation_data_tsv.py)
     code, stdout, err = run(
         capsys, "train", "--data", str(tsv), "--model", "luong", "--out", str(out), "--quiet",
         "--train.epochs=1", "--model.hidden_dim=16", "--model.embed_dim=8", "--data.valid_frac=0.1",
@@ -194,7 +194,7 @@ def test_pickle_offered_as_checkpoint_is_refused(tmp_path, capsys):
 
 
 def test_validation_decoding_limit_counts_target_tokens_not_words():
-    from qkv.data import Example, build_tokenizer
+    from qkv.translation.data import Example, build_tokenizer
     from qkv.translation.training import _max_len
 
     examples = [Example("a b", "quatre vingt dix")]

@@ -1,5 +1,12 @@
 """qkv: every classic attention mechanism behind one Query-Key-Value interface.
 
+``import qkv`` loads the attention library: :mod:`qkv.api` (``qkv.attention``), :mod:`qkv.masks`,
+:mod:`qkv.backends`, :mod:`qkv.functional`, :mod:`qkv.modules`, :mod:`qkv.models`,
+:func:`qkv.capture`, :mod:`qkv.explain`, :mod:`qkv.interpret` and :mod:`qkv.viz`, and none of
+their optional dependencies. The rest is imported by name when used, like ``torch.distributed``:
+the applications (``import qkv.translation``), the training loop beneath them
+(``import qkv.train``) and the Hugging Face interop (``import qkv.interop``).
+
 >>> import torch, qkv
 >>> q, k, v = torch.randn(2, 8, 5, 16), torch.randn(2, 8, 7, 16), torch.randn(2, 8, 7, 16)
 >>> r = qkv.attention(q, k, v, mask=qkv.masks.causal("bottom_right"), need_weights=True)
@@ -9,7 +16,7 @@
 
 # functional first: it defines the scores and normalizers the backends import.
 from . import functional  # isort: skip
-from . import backends, data, explain, interop, interpret, masks, models, modules, train, viz
+from . import api, backends, explain, interpret, masks, models, modules, viz
 from ._types import AttentionMaps, AttentionOutput
 from .api import attention, dispatch_report
 from .backends import BackendNotSupportedError, MemoryPlanError
@@ -57,18 +64,16 @@ __all__ = [
     "NadarayaWatson",
     "RotaryEmbedding",
     "__version__",
+    "api",
     "attention",
     "backends",
     "capture",
-    "data",
     "dispatch_report",
     "explain",
     "functional",
-    "interop",
     "interpret",
     "masks",
     "models",
     "modules",
-    "train",
     "viz",
 ]

@@ -129,7 +129,7 @@ def add_parsers(sub) -> None:
 def _warnings_as_messages() -> Iterator[None]:
     """Show warnings as ``warning: <message>`` lines on stderr (no file, line or source line);
     qkv's own (data and translation warnings) every time they occur."""
-    from ..data import DataWarning
+    from ..translation.data import DataWarning
     from ..translation.translator import TranslationWarning
 
     def show(message, category, filename, lineno, file=None, line=None) -> None:
@@ -335,7 +335,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     try:
         with _warnings_as_messages():
             if args.data:
-                from ..data import load_tsv
+                from ..translation.data import load_tsv
 
                 d = tr.config["data"]
                 corpus = load_tsv(

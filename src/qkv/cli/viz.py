@@ -301,7 +301,7 @@ def _load_translator(path: str):
 
 
 def _translation_picture(args: argparse.Namespace, plan: _Plan) -> AttentionPicture:
-    from ..interpret.pictures import translation_picture
+    from ..translation.pictures import translation_picture
 
     translator = _load_translator(args.checkpoint)
     try:

@@ -5,14 +5,15 @@ through Captum: ``pip install 'qkv[interpret]'``), and :func:`token_scores` for 
 Every method ends in token scores ``(T,)``: rollout-like results are ``(T, T)`` matrices (row
 ``i``: what reaches output position ``i``) that :func:`token_scores` reduces.
 
-:mod:`qkv.interpret.pictures`: one input's attention ready to show (``qkv viz``): a sentence
-through a pretrained encoder with its token scores (:func:`sentence_picture`), or a translation
-model on its own translation (:func:`translation_picture`).
+:mod:`qkv.interpret.pictures`: one input's attention ready to show (``qkv viz``,
+:class:`AttentionPicture`): a sentence through a pretrained encoder with its token scores
+(:func:`sentence_picture`). An application adds its own pictures (a translation model on its
+own translation: :func:`qkv.translation.pictures.translation_picture`).
 """
 
 from .flow import flow
 from .gradients import grad_rollout, integrated_gradients
-from .pictures import AttentionPicture, sentence_picture, translation_picture
+from .pictures import AttentionPicture, sentence_picture
 from .rollout import layer_matrices, rollout
 from .scores import token_scores
 
@@ -25,5 +26,4 @@ __all__ = [
     "rollout",
     "sentence_picture",
     "token_scores",
-    "translation_picture",
 ]

@@ -1,7 +1,9 @@
-"""One input's attention, ready to show: the maps of a pretrained encoder on a sentence (with
-token scores) or of a translation model on its own translation, with their tokens, a title and
-a one-line summary. ``qkv viz`` writes these as the HTML viewer (:func:`qkv.viz.save_html`) or
-a figure (:mod:`qkv.viz.heatmap`); the functions here compute, they draw and write nothing.
+"""One input's attention, ready to show (:class:`AttentionPicture`): the maps of a model on one
+input with their tokens, a title and a one-line summary. Here: a pretrained encoder on a sentence,
+with token scores; an application adds its own (the translation one is
+:func:`qkv.translation.pictures.translation_picture`). ``qkv viz`` writes these as the HTML viewer
+(:func:`qkv.viz.save_html`) or a figure (:mod:`qkv.viz.heatmap`); the functions here compute,
+they draw and write nothing.
 
 Sentence (:func:`sentence_picture`): the encoder self-attention ``(L, H, T, T)`` over the
 tokenizer's tokens (``[CLS]`` and ``[SEP]`` included) and token scores, each normalized by its
@@ -21,12 +23,6 @@ Target ``y`` of one sentence: its mean-pooled embedding ``e(x)`` measured along 
 direction, ``y = <e(x), e0 / |e0|>`` with ``e0`` the embedding of the sentence, held fixed
 (``y = |e0|`` at the sentence; the gradient there is that of the norm). Of a pair ``A B``: the
 cosine similarity ``cos(e(A), e(B))``, explained over A's tokens.
-
-Translation (:func:`translation_picture`): the sentence is translated greedily, then the model
-is run teacher-forced on its own output to collect every attention map: encoder and decoder
-self-attention and cross-attention for a Transformer, cross-attention only for an RNN. Each
-target position is the decoder step that emits that token, the last one ``<eos>``; so the
-cross-attention rows are :class:`qkv.translation.Translation`'s ``attention``.
 """
 
 from __future__ import annotations
@@ -36,7 +32,7 @@ from dataclasses import dataclass, field
 
 from .._types import AttentionMaps
 
-__all__ = ["DEFAULT_METHODS", "SCORE_METHODS", "AttentionPicture", "sentence_picture", "translation_picture"]
+__all__ = ["DEFAULT_METHODS", "SCORE_METHODS", "AttentionPicture", "sentence_picture", "short_title"]
 
 #: The token-score methods of :func:`sentence_picture`, in the order they are computed.
 SCORE_METHODS = ("rollout", "grad_rollout", "integrated_gradients")
@@ -70,7 +66,9 @@ class AttentionPicture:
     notes: list[str] = field(default_factory=list)
 
 
-def _short(text: str) -> str:
+def short_title(text: str) -> str:
+    """``text`` on one line (runs of whitespace made one space), cut to 80 characters with
+    ``...`` when longer: a piece of a picture's title."""
     text = " ".join(text.split())
     return text if len(text) <= _TITLE_CHARS else text[: _TITLE_CHARS - 3] + "..."
 
@@ -175,9 +173,9 @@ def sentence_picture(
         scores[method] = [float(v) for v in s]
     notes.extend(_score_notes(tokens, scores, what))
     n_layers, n_heads = len(maps.encoder), maps.encoder[0].shape[1]
-    title = f"{name}: {_short(sentence)}"
+    title = f"{name}: {short_title(sentence)}"
     if other is not None:
-        title += f"  (vs. {_short(other)})"
+        title += f"  (vs. {short_title(other)})"
     return AttentionPicture(
         maps=maps,
         tokens=tokens,
@@ -210,60 +208,3 @@ def _score_notes(tokens: list[str], scores: dict[str, list[float]], what: str) -
     if explaining:
         lines.append(f"{' and '.join(explaining)}: explain{'s' if len(explaining) == 1 else ''} {what}")
     return lines
-
-
-def translation_picture(translator, sentence: str) -> AttentionPicture:
-    """Every attention map of a translation model on ``sentence`` and its own greedy
-    translation (see the module docstring).
-
-    Args:
-        translator: a :class:`qkv.translation.Translator` (e.g. ``Translator.load(run)``).
-        sentence: the source text.
-
-    Returns:
-        :class:`AttentionPicture` with ``tokens = {"source": S tokens, "target": T + 1 tokens}``
-        (the translation, then ``<eos>``) and the maps of each kind, each layer ``(1, H, T + 1,
-        S)`` for cross-attention; ``notes`` holds ``"translation: ..."``.
-
-    Raises:
-        ValueError: the model has no attention (a fixed-context decoder).
-    """
-    import torch
-
-    from ..data.tokenize import Tokenizer
-    from ..translation.decode import greedy
-    from ..viz import visible_text
-
-    tr = translator
-    ids = tr.src_tok.encode(sentence) or [Tokenizer.UNK]
-    src = torch.tensor([ids], dtype=torch.long)  # (1, S)
-    lengths = torch.tensor([len(ids)], dtype=torch.long)  # (1,)
-    tr.model.eval()
-    hyp = greedy(tr.model, src, lengths, max_len=tr.max_len([sentence]))[0]
-    text = " ".join(tr.tgt_tok.decode(hyp.tokens).split())
-    tgt_in = torch.tensor([[Tokenizer.SOS, *hyp.tokens]], dtype=torch.long)  # (1, T + 1)
-    with torch.no_grad():
-        _, maps = tr.model(src, lengths, tgt_in, need_weights=True)
-    if not maps.kinds():
-        raise ValueError(
-            f"this model ({tr.config['model'].get('attention', 'none')}) has no attention to show: "
-            "its decoder reads one fixed context vector"
-        )
-    source_tokens = tr.src_tok.tokens(sentence)
-    if len(source_tokens) != len(ids):  # words the vocabulary lacks show as <unk>
-        source_tokens = [tr.src_tok.id_to_token(i) for i in ids]
-    target_tokens = [*(tr.tgt_tok.id_to_token(i) for i in hyp.tokens), "<eos>"]
-    parts = [
-        f"{kind} {len(layers)}x{layers[0].shape[1]}" for kind, layers in maps.kinds().items()
-    ]  # layers x heads of each kind
-    kind = tr.config["model"].get("attention") or tr.config["model"].get("kind", "model")
-    return AttentionPicture(
-        maps=maps,
-        tokens={"source": source_tokens, "target": target_tokens},
-        title=f"{kind}: {_short(sentence)} -> {_short(text)}",
-        summary=(
-            f"{', '.join(parts)} (layers x heads), {len(source_tokens)} source x "
-            f"{len(target_tokens)} target tokens"
-        ),
-        notes=[f"translation: {visible_text(text)}"],
-    )

@@ -63,7 +63,7 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {
-        "corpus": "numbers",  # a built-in corpus name (qkv.data.BUILTIN_CORPORA) or a .tsv path
+        "corpus": "numbers",  # a built-in corpus name (qkv.translation.data.BUILTIN_CORPORA) or a .tsv path
         "size": 20000,  # built-in corpora: examples generated
         "options": {},  # built-in corpora: extra keyword arguments of the generator
         "tokenizer": "word",  # word | char | bpe

@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .. import data as qdata
 from ..models.builders import build_model
 from ..train.loop import Trainer, TrainResult, open_run, seed_everything, torch_threads
+from . import data as qdata
 from .decode import decode_limit, longest_repeat
 from .translator import decode_examples
 
@@ -207,7 +207,7 @@ class TranslationTask:
 
     Raises:
         ValueError: the training split is empty. An empty validation split is a
-            :class:`~qkv.data.DataWarning`: the run trains, its validation loss is None ("n/a"),
+            :class:`~qkv.translation.data.DataWarning`: the run trains, its validation loss is None ("n/a"),
             and there is no early stopping and no ``best/`` checkpoint.
     """
 

@@ -5,7 +5,7 @@
     >>> r.text, r.alignment_text()
 
 What a model reads and writes is text in its training form. :meth:`Translator.translate`
-applies the training steps stored in the checkpoint (a :class:`~qkv.data.TextFormat`): the
+applies the training steps stored in the checkpoint (a :class:`~qkv.translation.data.TextFormat`): the
 normalization of the training text (``"Is Tom ill?"`` -> ``"is tom ill ?"`` for a model trained
 with ``lowercase`` and ``split_punct``), then the tokenizer; the output is made text again
 (``"Tom est-il malade ?"``: punctuation reattached, case restored). ``qkv translate`` and
@@ -37,9 +37,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..data import BUILTIN_CORPORA, TextFormat, batches, encode_pairs, tokenizer_from_dict
 from ..models.builders import build_model
 from ..train.checkpoint import find_latest, load_checkpoint
+from .data import BUILTIN_CORPORA, TextFormat, batches, encode_pairs, tokenizer_from_dict
 from .decode import Hypothesis, beam_search, decode_limit, greedy
 from .metrics import aer as aer_fn
 from .metrics import alignment_from_weights, bleu_signed, corpus_scores, exact_match
@@ -111,7 +111,7 @@ class Translation:
 
     Attributes:
         source: the input as given.
-        text: the translation as text (detokenized, case restored: see :class:`~qkv.data.TextFormat`).
+        text: the translation as text (detokenized, case restored: see :class:`~qkv.translation.data.TextFormat`).
         source_tokens, target_tokens: the model's tokens of the normalized input and of its output.
         score: the log-probability of the output.
         attention: see above; None for attention-free models and empty inputs.
@@ -168,7 +168,7 @@ class Translator:
     ``best/`` checkpoint when there is one, else the latest).
 
     Args:
-        text: the :class:`~qkv.data.TextFormat` of training (default: :func:`text_format_of`
+        text: the :class:`~qkv.translation.data.TextFormat` of training (default: :func:`text_format_of`
             the config).
         inference: facts about the training data that guard decoding, as ``qkv train``
             stores them: ``max_repeats`` (the repetition rule of :mod:`qkv.translation.decode`),

@@ -249,7 +249,7 @@ def dates_corpus(
             gets one of them uniformly at random. ``("long", "full")`` adds weekdays and
             varies the lengths more.
         long_from, long_size, valid_frac, test_frac, long_quantile: the splits, as in
-            :func:`qkv.data.numbers_corpus`.
+            :func:`qkv.translation.data.numbers_corpus`.
         name: the corpus name (default ``"dates-<locale>"``).
 
     Returns:

@@ -1,4 +1,4 @@
-"""qkv.data.load_tsv: malformed lines reported with line numbers, errors name the path, normalization."""
+"""qkv.translation.data.load_tsv: malformed lines reported with line numbers, errors name the path, normalization."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import warnings
 
 import pytest
 
-from qkv.data import load_tsv, normalize_text
+from qkv.translation.data import load_tsv, normalize_text
 
 
 def write(tmp_path, text: str | bytes, name: str = "pairs.tsv"):

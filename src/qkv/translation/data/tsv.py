@@ -4,7 +4,7 @@ One pair per line: ``source<TAB>target[<TAB>anything...]``; extra columns (Tatoe
 attribution) are ignored. The file is UTF-8 (a byte-order mark is tolerated). Lines without a
 tab or with an empty side are skipped and reported (a :class:`DataWarning`, a ``UserWarning``
 naming the first line numbers, and ``meta["malformed"]``); blank lines are skipped silently.
-Normalization (:func:`normalize_text`) lives in :mod:`qkv.data.text`.
+Normalization (:func:`normalize_text`) lives in :mod:`qkv.translation.data.text`.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def load_tsv(
     ``reverse``), the text references are scored against. Pairs are then split at random (seeded)
     into train/valid/test by source sentence: all translations of one source sentence land
     in the same split, so no test source is seen in training. ``test_long`` is the part of
-    test at or above :func:`qkv.data.corpus.long_threshold` (source tokens).
+    test at or above :func:`qkv.translation.data.corpus.long_threshold` (source tokens).
 
     Args:
         path: the file.

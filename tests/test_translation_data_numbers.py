@@ -1,4 +1,4 @@
-"""qkv.data numbers corpus: num2words round trip, gold alignments by hand, splits, determinism."""
+"""qkv.translation.data numbers corpus: num2words round trip, gold alignments by hand, splits, determinism."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 
 num2words = pytest.importorskip("num2words").num2words
 
-from qkv.data import NUMBER_LANGUAGES, builtin, number_alignment, number_tokens, numbers_corpus  # noqa: E402
+from qkv.translation.data import NUMBER_LANGUAGES, builtin, number_alignment, number_tokens, numbers_corpus  # noqa: E402
 
 WORD_LANGS = [lang for lang in NUMBER_LANGUAGES if lang != "digits"]
 COMPOUND = {"de", "it", "nl"}
@@ -135,7 +135,7 @@ def _fingerprint(c) -> str:
 
 def test_same_corpus_in_a_fresh_process_with_another_hash_seed():
     code = (
-        "import hashlib, json, qkv.data as d\n"
+        "import hashlib, json, qkv.translation.data as d\n"
         "c = d.builtin('numbers-en-de', size=300, seed=5)\n"
         "rows = [[e.source, e.target, e.alignment] for k in c.splits for e in c.splits[k]]\n"
         "print(hashlib.sha256(json.dumps(rows).encode()).hexdigest())\n"

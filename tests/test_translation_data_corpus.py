@@ -1,4 +1,4 @@
-"""qkv.data Example, Corpus, long_threshold and the built-in corpora by name."""
+"""qkv.translation.data Example, Corpus, long_threshold and the built-in corpora by name."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from qkv.data import BUILTIN_CORPORA, SPLITS, Corpus, Example, builtin, long_threshold
+from qkv.translation.data import BUILTIN_CORPORA, SPLITS, Corpus, Example, builtin, long_threshold
 
 
 def test_example_checks_and_alignment_matrix():

@@ -1,6 +1,6 @@
 """Text in and out of a translation model: the normalization of training, and its undoing for reading.
 
-:func:`normalize_text` is what :func:`qkv.data.load_tsv` does to each side of a pair (Unicode
+:func:`normalize_text` is what :func:`qkv.translation.data.load_tsv` does to each side of a pair (Unicode
 NFC, optionally lowercase, optionally punctuation split off words, white space collapsed).
 A model only ever sees that form, so whatever it is asked to translate must be normalized
 the same way, and what it writes is in that form too (``"tom est malade ?"``).

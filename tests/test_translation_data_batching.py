@@ -1,4 +1,4 @@
-"""qkv.data batching: padding layout, every example once, order a pure function of (seed, epoch)."""
+"""qkv.translation.data batching: padding layout, every example once, order a pure function of (seed, epoch)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from qkv.data import (
+from qkv.translation.data import (
     EncodedPair,
     Example,
     Tokenizer,

@@ -9,7 +9,7 @@ optional gold word alignment. A :class:`Corpus` holds four splits:
     test_long   held-out examples with the longest sources (length generalization)
 
 How ``test_long`` is chosen depends on the generator (see :func:`long_threshold` and the
-``long_from`` argument of :func:`qkv.data.numbers_corpus`); ``meta["long_threshold"]`` records
+``long_from`` argument of :func:`qkv.translation.data.numbers_corpus`); ``meta["long_threshold"]`` records
 the source length (in tokens) from which an example counts as long.
 """
 

@@ -1,4 +1,4 @@
-"""qkv.data tokenizers: special ids, round trips, unknowns, to_dict/from_dict, BPE on train only."""
+"""qkv.translation.data tokenizers: special ids, round trips, unknowns, to_dict/from_dict, BPE on train only."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from qkv.data import (
+from qkv.translation.data import (
     BPETokenizer,
     CharTokenizer,
     Tokenizer,

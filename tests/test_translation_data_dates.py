@@ -1,4 +1,4 @@
-"""qkv.data dates corpus: babel round trip, gold alignment by hand, splits, determinism."""
+"""qkv.translation.data dates corpus: babel round trip, gold alignment by hand, splits, determinism."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 bdates = pytest.importorskip("babel.dates")
 
-from qkv.data import date_example, dates_corpus  # noqa: E402
+from qkv.translation.data import date_example, dates_corpus  # noqa: E402
 
 
 def _iso(e) -> dt.date:

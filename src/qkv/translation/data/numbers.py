@@ -33,7 +33,7 @@ Numbers are drawn without replacement: the number of digits uniformly, then the 
 uniformly among the numbers with that many digits that are left, so every magnitude is
 represented (the small pools run out first). Valid and test numbers never occur in train.
 With ``long_from=None`` the splits cover all lengths and ``test_long`` is the subset of test
-with the longest sources (:func:`qkv.data.corpus.long_threshold`); with ``long_from=K`` train,
+with the longest sources (:func:`qkv.translation.data.corpus.long_threshold`); with ``long_from=K`` train,
 valid and test only have sources shorter than ``K`` tokens and ``test_long`` holds held-out
 numbers whose source has ``K`` tokens or more (extrapolation to longer inputs).
 """
@@ -549,7 +549,7 @@ def numbers_corpus(
         long_size: size of ``test_long`` when ``long_from`` is set (default: the test size).
         valid_frac, test_frac: fractions of ``size`` held out for valid and test.
         long_quantile: with ``long_from=None``, ``test_long`` keeps at most the longest
-            ``1 - long_quantile`` of test (see :func:`qkv.data.corpus.long_threshold`).
+            ``1 - long_quantile`` of test (see :func:`qkv.translation.data.corpus.long_threshold`).
         name: the corpus name (default ``"numbers-<source>-<target>"``).
 
     Returns:

@@ -44,8 +44,8 @@ BUILTIN_CORPORA: dict[str, str] = {name: spec[2] for name, spec in _SPECS.items(
 def builtin(name: str, **overrides: Any) -> Corpus:
     """Generate the built-in corpus ``name`` (see :data:`BUILTIN_CORPORA`).
 
-    ``overrides`` go to the generator (:func:`qkv.data.numbers_corpus` or
-    :func:`qkv.data.dates_corpus`): ``size``, ``seed``, ``long_from``, ``max_value``... The
+    ``overrides`` go to the generator (:func:`qkv.translation.data.numbers_corpus` or
+    :func:`qkv.translation.data.dates_corpus`): ``size``, ``seed``, ``long_from``, ``max_value``... The
     languages that define the corpus (``source``/``target``, ``locale``) are fixed; call the
     generator directly for other pairs.
 

@@ -215,7 +215,7 @@ class WordTokenizer(_VocabTokenizer):
 
     ``decode`` joins tokens with single spaces, so it inverts ``encode`` on text whose words
     are all known and separated by single spaces (what the built-in corpora and
-    :func:`qkv.data.load_tsv` give).
+    :func:`qkv.translation.data.load_tsv` give).
     """
 
     kind = "word"

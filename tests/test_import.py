@@ -1,0 +1,91 @@
+"""``import qkv`` loads the attention library only: no training loop, no application, no CLI,
+no Hugging Face interop and none of the heavy optional dependencies; the applications load when
+imported by name. Each check runs in a fresh interpreter, where ``sys.modules`` starts empty."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+#: What ``import qkv`` loads: the library.
+LIBRARY = (
+    "api",
+    "masks",
+    "backends",
+    "functional",
+    "modules",
+    "models",
+    "capture",
+    "explain",
+    "interpret",
+    "viz",
+)
+#: What it must not load: the applications, the training loop beneath them, the commands, interop.
+NOT_LOADED = ("qkv.train", "qkv.translation", "qkv.cli", "qkv.interop")
+#: Optional dependencies that only applications, interop or figures need.
+HEAVY = ("tqdm", "transformers", "matplotlib", "captum", "sacrebleu", "tokenizers", "safetensors")
+
+# Prints, as JSON, the modules loaded by `import torch` alone and then by `import qkv`.
+_PROBE = """
+import json, sys
+import torch
+after_torch = sorted(sys.modules)
+import qkv
+print(json.dumps({"torch": after_torch, "qkv": sorted(sys.modules),
+                  "library": [hasattr(qkv, n) for n in %r]}))
+"""
+
+
+def _fresh(code: str) -> str:
+    """stdout of ``code`` run by a new interpreter on this source tree."""
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+@pytest.fixture(scope="module")
+def loaded() -> dict:
+    return json.loads(_fresh(_PROBE % (LIBRARY,)))
+
+
+def _under(modules: list[str], package: str) -> list[str]:
+    return [m for m in modules if m == package or m.startswith(package + ".")]
+
+
+def test_import_qkv_loads_the_library(loaded):
+    assert loaded["library"] == [True] * len(LIBRARY)
+
+
+@pytest.mark.parametrize("package", NOT_LOADED)
+def test_import_qkv_loads_no_application_nor_training(loaded, package):
+    assert _under(loaded["qkv"], package) == []
+
+
+@pytest.mark.parametrize("dependency", HEAVY)
+def test_import_qkv_loads_no_heavy_dependency(loaded, dependency):
+    # torch itself may load some (torch.hub imports tqdm when it is installed): qkv adds none
+    added = set(loaded["qkv"]) - set(loaded["torch"])
+    assert _under(sorted(added), dependency) == []
+
+
+def test_import_qkv_translation_loads_the_application_and_its_trainer():
+    code = (
+        "import json, sys\n"
+        "import qkv.translation\n"
+        "from qkv.translation.data import SPECIALS, WordTokenizer\n"
+        "tok = WordTokenizer.build(['a b c'])\n"
+        "print(json.dumps({'ids': tok.encode('a b c'), 'specials': len(SPECIALS),\n"
+        "                  'train': 'qkv.train.loop' in sys.modules,\n"
+        "                  'picture': qkv.translation.translation_picture.__module__}))\n"
+    )
+    out = json.loads(_fresh(code))
+    # four special ids first (<pad> 0, <sos> 1, <eos> 2, <unk> 3), then the words
+    assert out == {"ids": [4, 5, 6], "specials": 4, "train": True, "picture": "qkv.translation.pictures"}
