@@ -331,14 +331,14 @@ def _mha(heads=2, kv_heads=None, e=8):
     return qkv.MultiHeadAttention(embed_dim=e, num_heads=heads, num_kv_heads=kv_heads).double().eval()
 
 
-@pytest.mark.parametrize("entry", ["mask", "is_causal", "cache", "gqa"])
+@pytest.mark.parametrize("entry", ["mask", "cache", "gqa"])
 def test_multihead_refuses_a_3d_mask_when_batch_equals_heads(entry):
     """MultiHeadAttention ``mask=(B, Tq, Tk)`` with ``B == num_heads``: refused, on every path."""
     mha = _mha(heads=2, kv_heads=1 if entry == "gqa" else None)
     x = torch.randn(2, 3, 8, dtype=F64)
     m = torch.ones(2, 3, 3, dtype=torch.bool)
     m[0, :, 1:] = False
-    kwargs = {"is_causal": True} if entry == "is_causal" else {"cache": KVCache()} if entry == "cache" else {}
+    kwargs = {"cache": KVCache()} if entry == "cache" else {}
     with pytest.raises(ValueError, match="mask"):
         mha(x, mask=m, **kwargs)
     # the per-sample spelling runs and equals the loop golden

@@ -31,6 +31,7 @@ from .modules import (
     MultiHeadAttention,
     NadarayaWatson,
     RotaryEmbedding,
+    TorchMultiheadAttention,
 )
 
 __version__ = "0.1.0"
@@ -56,6 +57,7 @@ __all__ = [
     "MultiHeadAttention",
     "NadarayaWatson",
     "RotaryEmbedding",
+    "TorchMultiheadAttention",
     "__version__",
     "attention",
     "backends",
