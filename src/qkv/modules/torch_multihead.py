@@ -46,9 +46,10 @@ class TorchMultiheadAttention(nn.MultiheadAttention):
     result is the same function); :func:`qkv.capture` attaches hooks, which turns that path off.
 
     Args:
-        embed_dim, num_heads, dropout, bias, add_bias_kv, add_zero_attn, kdim, vdim,
-            batch_first, device, dtype: as ``torch.nn.MultiheadAttention`` (same defaults:
-            ``batch_first=False``).
+        embed_dim: ``E``; the other arguments up to ``dtype`` (``num_heads``, ``dropout``,
+            ``bias``, ``add_bias_kv``, ``add_zero_attn``, ``kdim``, ``vdim``, ``batch_first``,
+            ``device``, ``dtype``) as ``torch.nn.MultiheadAttention``, with its defaults
+            (``batch_first=False``).
         backend: keyword only, passed to :func:`qkv.attention` (``"auto"``, ``"reference"``,
             ``"sdpa"``...).
 
