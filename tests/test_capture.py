@@ -187,8 +187,8 @@ def test_kinds_and_heads_select_what_is_hooked():
     model = Toy().eval()
     src, tgt, lengths = _inputs()
     with torch.no_grad(), capture(model, kinds=["cross"], heads=[1, 3]) as maps:
-        assert not model.encoder[0].self_attn._forward_pre_hooks  # not hooked at all
-        assert model.decoder[0].cross_attn._forward_pre_hooks
+        assert not model.encoder[0].self_attn.attend._forward_pre_hooks  # not hooked at all
+        assert model.decoder[0].cross_attn.attend._forward_pre_hooks  # the one hook point
         model(src, tgt, lengths)
     with torch.no_grad(), capture(model, kinds="cross") as every_head:
         model(src, tgt, lengths)

@@ -306,6 +306,8 @@ def test_errors_name_the_argument():
     with pytest.raises(TypeError, match="bias: expected a float tensor or a position-bias module"):
         m(x, bias="alibi")
     with pytest.raises(ValueError, match=r"bias: expected a shape broadcastable to \(B, H, Tq, Tk\)"):
+        m(x, bias=torch.zeros(1, 3, 3, 3, dtype=F64))
+    with pytest.raises(ValueError, match=r"bias: a 3-D bias \(3, 3, 3\) could be per sample or per head"):
         m(x, bias=torch.zeros(3, 3, 3, dtype=F64))
     with pytest.raises(TypeError, match="bias: expected a float tensor"):
         m(x, bias=torch.zeros(3, 3, dtype=torch.bool))
@@ -316,7 +318,7 @@ def test_errors_name_the_argument():
     ):
         m(x, cache=cache, mask=torch.ones(3, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"bias: expected a shape broadcastable"):
-        m(x, cache=cache, bias=torch.zeros(4, 3, 4, dtype=F64))
+        m(x, cache=cache, bias=torch.zeros(1, 4, 3, 4, dtype=F64))
     assert cache.length == cache.offset == 0
     cache = KVCache(max_len=4)
     with torch.no_grad():

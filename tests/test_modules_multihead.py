@@ -284,9 +284,32 @@ def test_constructor_errors(kwargs, match):
         MultiHeadAttention(**kwargs)
 
 
-def test_constructor_is_keyword_only():
+def test_constructor_takes_dims_positionally_and_the_rest_by_keyword():
+    m = MultiHeadAttention(8, 2)
+    assert (m.embed_dim, m.num_heads, m.head_dim) == (8, 2, 4)
     with pytest.raises(TypeError):
-        MultiHeadAttention(8, 2)
+        MultiHeadAttention(8, 2, 4)  # kdim is keyword-only
+
+
+def test_torch_convention_is_refused_with_the_adapter_named():
+    """torch's arguments are qkv.TorchMultiheadAttention's: refused, never reinterpreted."""
+    m = MultiHeadAttention(E, H)
+    x = torch.randn(2, 3, E)
+    for kwargs in ({"attn_mask": torch.zeros(3, 3, dtype=torch.bool)}, {"is_causal": True},
+                   {"average_attn_weights": False}):  # fmt: skip
+        with pytest.raises(
+            TypeError,
+            match=rf"{next(iter(kwargs))}: torch.nn.MultiheadAttention's argument.*qkv.TorchMultiheadAttention",
+        ):
+            m(x, x, x, **kwargs)
+    with pytest.raises(TypeError, match=r"got 5 positional arguments.*qkv.TorchMultiheadAttention"):
+        m(x, x, x, None, False)  # torch's positional key_padding_mask, need_weights
+    with pytest.raises(TypeError, match=r"forward: got an unexpected keyword argument 'need_weight'"):
+        m(x, need_weight=True)
+    # the qkv call returns an AttentionOutput, never torch's pair
+    res = m(x, need_weights=True)
+    assert isinstance(res, qkv.AttentionOutput)
+    assert res.weights.shape == (2, H, 3, 3)
 
 
 def test_forward_errors():
@@ -308,14 +331,15 @@ def test_forward_errors():
         qm(q, k, v[:, :4])
     with pytest.raises(ValueError, match=r"key_padding_mask: expected shape \(B, Tk\) = \(2, 5\)"):
         qm(q, k, v, key_padding_mask=torch.zeros(2, 4, dtype=torch.bool))
-    with pytest.raises(
-        TypeError, match=r"key_padding_mask: expected dtype torch.bool or a float dtype \(bool True = padding"
-    ):
+    with pytest.raises(TypeError, match=r"key_padding_mask: expected dtype torch.bool \(True = padding"):
         qm(q, k, v, key_padding_mask=torch.zeros(2, 5, dtype=torch.long))
+    with pytest.raises(TypeError, match=r"key_padding_mask: expected dtype torch.bool \(True = padding"):
+        qm(q, k, v, key_padding_mask=torch.zeros(2, 5))  # torch's float padding: the adapter's
     with pytest.raises(TypeError, match=r"mask: expected dtype torch.bool"):
         qm(q, k, v, mask=torch.zeros(3, 5))
     with pytest.raises(
-        ValueError, match=r"mask: expected a shape broadcastable to \(B, H, Tq, Tk\) = \(2, 2, 3, 5\)"
+        ValueError,
+        match=r"mask: shape \(4, 5\) is not broadcastable to the scores' shape \(\.\.\., H, Tq, Tk\) = \(2, 2, 3, 5\)",
     ):
         qm(q, k, v, mask=torch.ones(4, 5, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"average_weights: True needs need_weights=True"):

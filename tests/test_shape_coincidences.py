@@ -331,14 +331,14 @@ def _mha(heads=2, kv_heads=None, e=8):
     return qkv.MultiHeadAttention(embed_dim=e, num_heads=heads, num_kv_heads=kv_heads).double().eval()
 
 
-@pytest.mark.parametrize("entry", ["mask", "is_causal", "cache", "gqa"])
+@pytest.mark.parametrize("entry", ["mask", "cache", "gqa"])
 def test_multihead_refuses_a_3d_mask_when_batch_equals_heads(entry):
     """MultiHeadAttention ``mask=(B, Tq, Tk)`` with ``B == num_heads``: refused, on every path."""
     mha = _mha(heads=2, kv_heads=1 if entry == "gqa" else None)
     x = torch.randn(2, 3, 8, dtype=F64)
     m = torch.ones(2, 3, 3, dtype=torch.bool)
     m[0, :, 1:] = False
-    kwargs = {"is_causal": True} if entry == "is_causal" else {"cache": KVCache()} if entry == "cache" else {}
+    kwargs = {"cache": KVCache()} if entry == "cache" else {}
     with pytest.raises(ValueError, match="mask"):
         mha(x, mask=m, **kwargs)
     # the per-sample spelling runs and equals the loop golden
@@ -600,17 +600,18 @@ def test_apply_rotary_refuses_3d_cos_sin_on_4d_inputs():
 
 
 def test_capture_of_unbatched_multihead_records_heads_not_batch():
-    """An unbatched ``(T, E)`` call returns weights ``(H, Tq, Tk)``; capture must record
-    ``(1, H, Tq, Tk)``, not read the heads as a batch."""
-    mha = _mha(heads=2)
+    """An unbatched ``(T, E)`` call of the torch drop-in returns per-head weights ``(H, Tq, Tk)``;
+    capture must record ``(1, H, Tq, Tk)``, not read the heads as a batch."""
+    torch.manual_seed(0)
+    mha = qkv.TorchMultiheadAttention(8, 2).double().eval()
     model = torch.nn.Sequential()
     model.add_module("self_attn", mha)
     x = torch.randn(3, 8, dtype=F64)
     with qkv.capture(model) as maps:
-        res = mha(x, need_weights=True)
+        _, w = mha(x, x, x, average_attn_weights=False)
     rec = maps["self_attn"][0]
     assert tuple(rec.shape) == (1, 2, 3, 3)
-    torch.testing.assert_close(rec[0], res.weights, **TOL)
+    torch.testing.assert_close(rec[0], w, **TOL)
 
 
 @pytest.mark.parametrize("backend", ["reference", "sdpa", "chunked", "auto"])

@@ -38,6 +38,7 @@ from .modules import (
     MultiHeadAttention,
     NadarayaWatson,
     RotaryEmbedding,
+    TorchMultiheadAttention,
 )
 
 __version__ = "0.1.0"
@@ -63,6 +64,7 @@ __all__ = [
     "MultiHeadAttention",
     "NadarayaWatson",
     "RotaryEmbedding",
+    "TorchMultiheadAttention",
     "__version__",
     "api",
     "attention",

@@ -8,17 +8,19 @@
 
 What is recorded (shape legend in :mod:`qkv._types`):
 
-- every qkv attention module inside ``model``: :class:`qkv.MultiHeadAttention` (``(B, H, Tq,
-  Tk)`` per head) and the RNN attentions :class:`qkv.AdditiveAttention`,
+- every qkv attention module inside ``model``: :class:`qkv.MultiHeadAttention` and
+  :class:`qkv.TorchMultiheadAttention` (``(B, H, Tq, Tk)`` per head) and the RNN attentions :class:`qkv.AdditiveAttention`,
   :class:`qkv.LuongAttention`, :class:`qkv.DotProductAttention` (one head: ``(B, 1, Tq, Tk)``;
   a one-step Luong query gives ``(B, 1, 1, Tk)``);
 - Hugging Face ``transformers`` models: the modules their class declares as attention
   recorders, run with eager attention for the duration (see :mod:`qkv.interop.hf_attention`).
 
-How outputs stay the same: a forward pre-hook asks each module for its weights
-(``need_weights=True``, per head) and a forward hook records them and gives the caller the
-output it asked for (``weights=None`` if it did not ask, the head average if it asked for
-``average_weights``). Asking for weights never changes the kernel: ``auto`` chooses the backend
+How outputs stay the same: one rule for every module. Each has a hook point that takes
+``need_weights=`` and returns an :class:`qkv.AttentionOutput`: the attention step ``attend``
+shared by the two multi-head modules (per head, whatever convention the module speaks), the
+RNN attentions themselves. A forward pre-hook on it asks for the weights (``need_weights=True``)
+and a forward hook records them and gives back ``weights=None`` if the call did not ask; the
+module then averages or returns them as its own convention says. Asking for weights never changes the kernel: ``auto`` chooses the backend
 from the output problem alone, and the weights come from that backend or, for fast backends
 that do not build them, from an exact second pass (:mod:`qkv.backends.attention_weights`). So the
 attention output is bitwise the one the model computes without capture.
@@ -45,17 +47,23 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 
-import torch
 from torch import Tensor, nn
 
 from ._captured import ATTENTION_KINDS, CapturedAttention, attention_kind, select_heads
 from ._types import AttentionOutput
-from .modules import AdditiveAttention, DotProductAttention, LuongAttention, MultiHeadAttention
+from .modules import (
+    AdditiveAttention,
+    DotProductAttention,
+    LuongAttention,
+    MultiHeadAttention,
+    TorchMultiheadAttention,
+)
 
 __all__ = ["ATTENTION_KINDS", "CapturedAttention", "attention_kind", "capture"]
 
 _RNN_ATTENTION = (AdditiveAttention, LuongAttention, DotProductAttention)
-_QKV_ATTENTION = (MultiHeadAttention, *_RNN_ATTENTION)
+_MULTI_HEAD = (MultiHeadAttention, TorchMultiheadAttention)
+_QKV_ATTENTION = (*_MULTI_HEAD, *_RNN_ATTENTION)
 
 
 def _check_kinds(kinds: Iterable[str] | str | None) -> frozenset[str]:
@@ -166,8 +174,11 @@ def capture(
         yield maps
 
 
-# Keyword arguments that make a call to qkv.MultiHeadAttention torch-style (see its forward).
-_TORCH_CALL_KEYS = ("attn_mask", "is_causal", "average_attn_weights")
+def _hook_point(module: nn.Module) -> nn.Module:
+    """Where ``module``'s weights are read: the attention step ``attend`` of the multi-head
+    modules (whatever convention the module speaks), the module itself for the RNN attentions.
+    Either way a call takes ``need_weights=`` and returns an :class:`qkv.AttentionOutput`."""
+    return module.attend if isinstance(module, _MULTI_HEAD) else module
 
 
 def _hook(
@@ -178,57 +189,37 @@ def _hook(
     heads: list[int] | None,
     detach: bool,
 ) -> None:
-    """Hook ``module`` for the duration of ``stack``: each call asks for per-head weights, the
-    weights are recorded in ``maps[name]``, and the caller gets back what it asked for."""
+    """Hook ``module`` for the duration of ``stack``: each call of its hook point asks for
+    weights, they are recorded in ``maps[name]``, and the caller gets back what it asked for."""
     rnn = isinstance(module, _RNN_ATTENTION)  # one head: ``heads`` does not apply
-    graph_backend = not detach and _takes_backend(module)  # this call's weights carry gradients
-    # What the caller of each running call asked for, (need_weights, average_weights), per
-    # thread: the module may be called from several threads, and calls may nest.
+    point = _hook_point(module)
+    graph_backend = not detach and _takes_backend(point)  # this call's weights carry gradients
+    # Whether the caller of each running call asked for weights, per thread: the module may
+    # be called from several threads, and calls may nest.
     calls = threading.local()
 
-    def running() -> list[tuple[bool, bool]]:
+    def running() -> list[bool]:
         if not hasattr(calls, "asked"):
             calls.asked = []
         return calls.asked
 
     def pre_hook(mod, args, kwargs):
-        torch_call = any(kwargs.get(k) is not None for k in _TORCH_CALL_KEYS)
-        if torch_call:  # torch's convention: weights by default, averaged by default
-            need = kwargs.get("need_weights") is not False
-            avg = kwargs.get("average_attn_weights") is not False
-            kwargs = dict(kwargs, need_weights=True, average_attn_weights=False)
-        else:
-            need, avg = bool(kwargs.get("need_weights", False)), bool(kwargs.get("average_weights", False))
-            kwargs = dict(kwargs, need_weights=True)
-            if "average_weights" in kwargs:
-                kwargs["average_weights"] = False
+        running().append(bool(kwargs.get("need_weights", False)))
+        kwargs = dict(kwargs, need_weights=True)
         if graph_backend:
             kwargs["backend"] = "reference"  # this call only: its weights are what `out` is made of
-        running().append((need, avg))
         return args, kwargs
 
     def post_hook(mod, args, kwargs, output):
         asked = running()
-        need, avg = asked.pop() if asked else (True, False)
-        if output is None:  # the call raised (this hook is always called)
-            return None
-        if isinstance(output, tuple) and len(output) == 2 and isinstance(output[1], torch.Tensor):
-            out, w = output  # a torch-style call: (out, weights (B, H, Tq, Tk))
-        elif isinstance(output, AttentionOutput) and output.weights is not None:
-            out, w = output.out, output.weights
-        else:
-            return None
-        # one-head modules: (B, [Tq,] Tk) -> (B, 1, Tq, Tk); an unbatched multi-head call gives
-        # (H, Tq, Tk): heads, not a batch
-        rec = _as_bhqk(w) if rnn else (w[None] if w.dim() == 3 else w)
+        need = asked.pop() if asked else True
+        if not isinstance(output, AttentionOutput) or output.weights is None:
+            return None  # the call raised (this hook is always called), or gave no weights
+        w = output.weights  # per head (B, H, Tq, Tk); one-head modules: (B, [Tq,] Tk)
+        rec = _as_bhqk(w) if rnn else w
         rec = rec.detach() if detach else rec
         maps.record(name, rec if rnn else select_heads(rec, heads, name))
-        given = (w.mean(dim=-3) if avg else w) if need else None
-        if isinstance(output, tuple):
-            return out, given
-        if need and not avg:
-            return None
-        return dataclasses.replace(output, weights=given)
+        return None if need else dataclasses.replace(output, weights=None)
 
-    stack.callback(module.register_forward_pre_hook(pre_hook, with_kwargs=True).remove)
-    stack.callback(module.register_forward_hook(post_hook, with_kwargs=True, always_call=True).remove)
+    stack.callback(point.register_forward_pre_hook(pre_hook, with_kwargs=True).remove)
+    stack.callback(point.register_forward_hook(post_hook, with_kwargs=True, always_call=True).remove)

@@ -31,6 +31,7 @@ from .positional import (
 )
 from .routing import CapsuleRouting
 from .scores import AdditiveScore, CosineScore, GaussianScore, GeneralScore
+from .torch_multihead import TorchMultiheadAttention
 
 __all__ = [
     "ALiBi",
@@ -59,6 +60,7 @@ __all__ = [
     "SlidingWindowKVCache",
     "StaticKVCache",
     "T5RelativeBias",
+    "TorchMultiheadAttention",
     "alibi_bias",
     "alibi_slopes",
     "apply_rotary",
