@@ -1,5 +1,7 @@
 """Translation: training recipe, inference, evaluation metrics and the demo of qkv's translation models.
 
+- :mod:`qkv.translation.config`: the run config (:class:`RunConfig`: ``[data]``, ``[model]``,
+  ``[train]``), model presets, :func:`resolve` and :func:`resume_config`.
 - :mod:`qkv.translation.training`: :func:`train` (what ``qkv train`` runs) builds the corpus,
   tokenizers, model and a :class:`TranslationTask` from a config and runs the model-agnostic
   :class:`qkv.train.loop.Trainer`.
@@ -15,6 +17,7 @@ The layers: :mod:`qkv.translation` builds on :mod:`qkv.train`, :mod:`qkv.models`
 :mod:`qkv.data`; none of those imports it.
 """
 
+from .config import MODEL_PRESETS, DataConfig, RunConfig, TranslationTrainConfig, resolve, resume_config
 from .decode import Hypothesis, beam_search, decode_limit, greedy
 from .demo import run_demo
 from .metrics import aer, alignment_from_weights, bleu, bleu_signed, chrf, corpus_scores, exact_match
@@ -22,9 +25,13 @@ from .training import TranslationTask, load_corpus, prepare_data, train, validat
 from .translator import Translation, TranslationWarning, Translator, decode_examples
 
 __all__ = [
+    "MODEL_PRESETS",
+    "DataConfig",
     "Hypothesis",
+    "RunConfig",
     "Translation",
     "TranslationTask",
+    "TranslationTrainConfig",
     "TranslationWarning",
     "Translator",
     "aer",
@@ -40,6 +47,8 @@ __all__ = [
     "greedy",
     "load_corpus",
     "prepare_data",
+    "resolve",
+    "resume_config",
     "run_demo",
     "train",
     "validation_loss",
