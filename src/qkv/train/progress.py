@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from tqdm import tqdm
@@ -17,10 +18,13 @@ class LogLines:
     ``close``) as plain lines for logs and pipes: tqdm's meter without the bar, printed every
     ``every`` units and once at the end; rate and ETA count only the units done here."""
 
-    def __init__(self, total: int, *, initial: int, desc: str, unit: str, stream: TextIO, every: int):
+    def __init__(
+        self, total: int, *, initial: int = 0, desc: str, unit: str = "step", stream: TextIO, every: int = 100,
+        clock: Callable[[], float] = time.monotonic,
+    ):  # fmt: skip
         self.total, self.n, self.initial, self.every = total, initial, initial, every
-        self.desc, self.unit, self.stream = desc, unit, stream
-        self.postfix, self.start, self.closed = "", time.monotonic(), False
+        self.desc, self.unit, self.stream, self.clock = desc, unit, stream, clock
+        self.postfix, self.start, self.closed = "", clock(), False
 
     def update(self, n: int = 1) -> None:
         self.n += n
@@ -31,7 +35,7 @@ class LogLines:
         self.postfix = ", ".join(f"{k}={v}" for k, v in fields.items())
 
     def line(self) -> str:
-        elapsed = time.monotonic() - self.start
+        elapsed = self.clock() - self.start
         return tqdm.format_meter(
             self.n, self.total, elapsed, ncols=0, prefix=self.desc, unit=self.unit,
             postfix=self.postfix or None, initial=self.initial,
