@@ -339,9 +339,10 @@ def _evaluate(args: argparse.Namespace) -> int:
                 )
                 examples = corpus["train"] if args.split == "test" else corpus[args.split]
             else:
+                from ..translation.config import DataConfig
                 from ..translation.training import load_corpus
 
-                examples = load_corpus(tr.config["data"])[args.split]
+                examples = load_corpus(DataConfig(**tr.config["data"]))[args.split]
             if args.limit:
                 examples = examples[: args.limit]
             metrics = rounded_metrics(tr.evaluate(examples, beam=args.beam, alpha=args.alpha))
