@@ -172,15 +172,15 @@ def test_sentence_picture_integrated_gradients_keep_the_special_tokens(bert):
 
 def _translator(preset: str, model: dict):
     from qkv.models.builders import build_model
-    from qkv.train.config import resolve
     from qkv.translation import Translator
+    from qkv.translation.config import resolve
 
     torch.manual_seed(1)
     cfg = resolve({"model": model}, preset=preset)
     src = WordTokenizer.build(["1 2 3 4 5 6 7"])
     tgt = WordTokenizer.build(["eins zwei drei vier"])
-    net = build_model(cfg["model"], src_vocab=len(src), tgt_vocab=len(tgt)).eval()
-    return Translator(net, src, tgt, cfg)
+    net = build_model(cfg.model, src_vocab=len(src), tgt_vocab=len(tgt)).eval()
+    return Translator(net, src, tgt, cfg.to_dict())
 
 
 def test_translation_picture_shows_every_map_of_the_greedy_translation():
