@@ -1,15 +1,12 @@
 """The model-agnostic training loop, in the spirit of minGPT's ``trainer.py``.
 
-A :class:`Trainer` trains any model a :class:`Task` describes (batches, loss, validation):
-:meth:`Trainer.fit` runs epochs (:meth:`~Trainer.run_epoch`, :meth:`~Trainer.step`,
-:meth:`~Trainer.end_epoch`) until the last one, ``max_steps``, early stopping or a stop.
-
-Runs resume exactly: randomness draws from the global generators (checkpointed, :mod:`~qkv.train.rng`),
-an epoch's batch order is a pure function of ``(seed, epoch)`` (a task's contract) and the
-learning rate one of the step, so a run stopped anywhere and resumed is bitwise the run that
-never stopped (on CPU). SIGINT and SIGTERM (in the main thread, not over an ignored signal)
-stop at the next step boundary with a checkpoint (exit code 130 / 143); a second one stops at
-once, the step under way rewound, except during the weight update. SIGKILL loses at most
+A :class:`Trainer` trains any model a :class:`Task` describes: :meth:`Trainer.fit` runs epochs
+(:meth:`~Trainer.run_epoch` of :meth:`~Trainer.step`, then :meth:`~Trainer.end_epoch`) until the
+last one, ``max_steps``, early stopping or a stop. A run resumes bitwise (on CPU): randomness
+draws from the global generators (checkpointed, :mod:`~qkv.train.rng`), an epoch's batch order
+is a pure function of ``(seed, epoch)`` (a task's contract) and the learning rate one of the
+step. SIGINT and SIGTERM stop at the next step boundary with a checkpoint (exit code 130 / 143);
+a second one stops at once, the step under way rewound (never mid-update). SIGKILL loses at most
 ``save_every_minutes`` / ``save_every_steps`` of work.
 """
 
@@ -41,8 +38,8 @@ __all__ = ["RunState", "Task", "TrainResult", "Trainer", "learning_rate", "open_
 
 
 class Task(Protocol):
-    """What a :class:`Trainer` needs to know of a model family and its data: the number of
-    batches of an epoch, and the unit its loss counts (``"target tok"``) for the epoch line."""
+    """What a :class:`Trainer` needs to know of a model family and its data: the batches of an
+    epoch, and the unit its loss counts (``"target tok"``) for the epoch line."""
 
     batches_per_epoch: int
     count_unit: str
@@ -84,20 +81,22 @@ def open_run(out_dir: str | Path, *, resume: bool) -> Checkpoint | None:
         FileNotFoundError: ``resume`` but no checkpoint. FileExistsError: not ``resume`` but a
             run is there (never overwritten). CheckpointError: every checkpoint is damaged.
     """
-    out = Path(out_dir)
-    if not resume:
-        if list_checkpoints(out):
-            raise FileExistsError(f"out: {str(out)!r} already holds a run; pass --resume to continue it or choose another --out")  # fmt: skip
-        return None
-    if not list_checkpoints(out):
-        raise FileNotFoundError(f"--resume: no checkpoint in {str(out)!r}")
-    ckpt = load_checkpoint(out)
-    for damaged in ckpt.skipped:
+    out, held = Path(out_dir), bool(list_checkpoints(out_dir))
+    if held != resume:
+        if resume:
+            raise FileNotFoundError(f"--resume: no checkpoint in {str(out)!r}")
+        raise FileExistsError(f"out: {str(out)!r} already holds a run; pass --resume or choose another --out")
+    ckpt = load_checkpoint(out) if resume else None
+    for damaged in ckpt.skipped if ckpt else ():
         target, n = damaged.with_name(f"{damaged.name}.damaged"), 1
         while target.exists():
             target, n = damaged.with_name(f"{damaged.name}.damaged-{n}"), n + 1
         os.replace(damaged, target)
-        warnings.warn(f"the damaged checkpoint {damaged.name} was moved to {target.name} (kept for inspection; delete it when done); the run continues from {ckpt.path.name} (step {ckpt.step})", stacklevel=2)  # fmt: skip
+        warnings.warn(
+            f"the damaged checkpoint {damaged.name} was moved to {target.name} (kept for inspection; "
+            f"delete it when done); the run continues from {ckpt.path.name} (step {ckpt.step})",
+            stacklevel=2,
+        )
     return ckpt
 
 
@@ -114,7 +113,7 @@ class RunState:
     seconds: float = 0.0  # training time over all sessions
     epoch_loss: float = 0.0  # sum of loss x count over the current epoch
     epoch_tokens: int = 0
-    epoch_seconds: float = 0.0  # seconds spent in the steps of the current epoch, over all sessions
+    epoch_seconds: float = 0.0  # seconds in the steps of the current epoch, over all sessions
     finished: bool = False  # stopped early
 
 
@@ -154,10 +153,9 @@ class Trainer:
         self.out, self.run_config, self.vocab = Path(out_dir), run_config, vocab
         self.desc, self.progress, self.clock = desc, progress, clock
         self.stream = sys.stderr if stream is None else stream
-        self.state = RunState()
+        self.state, self.bar = RunState(), None
         total = config.epochs * task.batches_per_epoch
         self.total_steps = min(total, config.max_steps) if config.max_steps else total
-        self.bar: Any = None
         self._last_save, self._saved_step, self._steps_here, self._seconds_before = 0.0, -1, 0, 0.0
         self._stop_signal: int | None = None  # the signal that asked the run to stop
         self._phase: str | None = None  # "step": forward/backward; "update": weights changing
@@ -166,8 +164,7 @@ class Trainer:
     def restore(self, checkpoint: Checkpoint) -> None:
         """Continue from ``checkpoint``: weights, optimizer, random generators, run state."""
         checkpoint.restore(self.model, self.optimizer)
-        self.state = RunState(**checkpoint.state)
-        self._saved_step = checkpoint.step
+        self.state, self._saved_step = RunState(**checkpoint.state), checkpoint.step
 
     def fit(self, *, stop_after_steps: int | None = None) -> TrainResult:
         """Train until the end, early stopping or a stop; ``stop_after_steps`` stops (and
@@ -177,10 +174,11 @@ class Trainer:
         self._started, self._seconds_before, self._steps_here = time.perf_counter(), st.seconds, 0
         self._last_save, self._stop_signal, self._phase = self.clock(), None, None
         if self.progress:
-            start = min(st.step, self.total_steps)
-            self.bar = progress_bar(self.total_steps, initial=start, desc=self.desc, stream=self.stream)
+            self.bar = progress_bar(self.total_steps, initial=min(st.step, self.total_steps), desc=self.desc,
+                                    stream=self.stream)  # fmt: skip
         if st.step > 0 and self._work_left():
-            self._tell(f"resuming from step {st.step} of {self.total_steps} (epoch {st.epoch + 1}, batch {st.batch} of {self.task.batches_per_epoch})")  # fmt: skip
+            self._print(f"resuming from step {st.step} of {self.total_steps} (epoch {st.epoch + 1}, "
+                        f"batch {st.batch} of {self.task.batches_per_epoch})", always=True)  # fmt: skip
         with self._stop_signals():
             consistent = self._fit(result, stop_after_steps)
         if not result.stopped_early and self._work_left():
@@ -216,12 +214,14 @@ class Trainer:
     def _save_interrupted(self, consistent: bool) -> None:
         st, why = self.state, self._signal_name()
         if not consistent:
-            self._tell(f"{why} during the weight update of step {st.step + 1}: nothing saved (the weights are half updated); the last checkpoint (step {self._saved_step}) stands; continue with --resume")  # fmt: skip
+            self._print(f"{why} during the weight update of step {st.step + 1}: nothing saved (the weights "
+                        f"are half updated); the last checkpoint (step {self._saved_step}) stands; continue "
+                        "with --resume", always=True)  # fmt: skip
             return
-        self._tell(f"{why}: stopping after step {st.step}, saving a checkpoint...")
+        self._print(f"{why}: stopping after step {st.step}, saving a checkpoint...", always=True)
         if self._saved_step != st.step:
             self.save()
-        self._tell(f"checkpoint saved at step {st.step}; continue with --resume")
+        self._print(f"checkpoint saved at step {st.step}; continue with --resume", always=True)
 
     def run_epoch(self, stop_after_steps: int | None = None) -> None:
         """The optimizer steps of the current epoch from the batch it stopped at, until its end,
@@ -283,24 +283,26 @@ class Trainer:
         if vloss is not None:
             st.best, st.bad_epochs = (vloss, 0) if improved else (st.best, st.bad_epochs + 1)
         self._phase = None
-        self._say(self._epoch_line(record, metrics))
+        self._print(self._epoch_line(record, metrics))
         if improved:
             save_checkpoint(self.out / "best", model=self.model, step=st.step, config=self.run_config,
-                            vocab=self.vocab, metrics={"valid_loss": vloss, **record}, state={}, keep=1)  # fmt: skip
+                            vocab=self.vocab, metrics=record, state={}, keep=1)  # fmt: skip
         self.save()
         if vloss is None or not (self.config.patience and st.bad_epochs >= self.config.patience):
             return False
         st.finished = True
         self.save()
-        self._say(f"early stopping: no better validation loss for {st.bad_epochs} epochs")
+        self._print(f"early stopping: no better validation loss for {st.bad_epochs} epochs")
         return True
 
     def save(self) -> None:
         """Checkpoint the run (the newest ``keep_last`` kept)."""
         st = self.state
         st.seconds = self._seconds()
-        save_checkpoint(self.out, model=self.model, optimizer=self.optimizer, step=st.step, config=self.run_config,
-                        vocab=self.vocab, metrics={"history": st.history}, state=asdict(st), keep=self.config.keep_last)  # fmt: skip
+        save_checkpoint(
+            self.out, model=self.model, optimizer=self.optimizer, step=st.step, config=self.run_config,
+            vocab=self.vocab, state=asdict(st), keep=self.config.keep_last,
+        )  # fmt: skip
         self._last_save, self._saved_step = self.clock(), st.step
 
     def _periodic_save(self) -> None:
@@ -315,8 +317,8 @@ class Trainer:
 
     def _should_stop(self, stop_after_steps: int | None) -> bool:
         """A signal asked the run to stop, or this fit's step budget is spent."""
-        budget_spent = stop_after_steps is not None and self._steps_here >= stop_after_steps
-        return self._stop_signal is not None or budget_spent
+        spent = stop_after_steps is not None and self._steps_here >= stop_after_steps
+        return self._stop_signal is not None or spent
 
     def _signal_name(self) -> str:
         if self._stop_signal is None:
@@ -361,20 +363,14 @@ class Trainer:
         extra = "".join(
             f", {k.replace('_', ' ')} {shown(v, 3)}" for k, v in metrics.items() if k != "valid_loss"
         )
-        return (f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}, valid loss {shown(record['valid_loss'], 4)}"
-                f"{extra}, {record['tokens_per_s']:,.0f} {self.task.count_unit}/s")  # fmt: skip
+        return (f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}, valid loss "
+                f"{shown(record['valid_loss'], 4)}{extra}, "
+                f"{record['tokens_per_s']:,.0f} {self.task.count_unit}/s")  # fmt: skip
 
-    def _say(self, message: str) -> None:
-        """A line above the progress bar (nothing without one)."""
-        if self.bar is not None:
+    def _print(self, message: str, *, always: bool = False) -> None:
+        """A line above the progress bar; without one, only the lines the user must see."""
+        if self.bar is not None and not getattr(self.bar, "closed", getattr(self.bar, "disable", False)):
             self.bar.write(message, file=self.stream)
-
-    def _tell(self, message: str) -> None:
-        """A line the user must see, bar or not."""
-        if self.bar is not None and not (
-            getattr(self.bar, "disable", False) or getattr(self.bar, "closed", False)
-        ):
-            self.bar.write(message, file=self.stream)
-            return
-        with contextlib.suppress(OSError, ValueError):
-            print(message, file=self.stream, flush=True)
+        elif always or self.bar is not None:
+            with contextlib.suppress(OSError, ValueError):
+                print(message, file=self.stream, flush=True)

@@ -14,13 +14,13 @@ __all__ = ["LogLines", "progress_bar"]
 
 
 class LogLines:
-    """The part of tqdm's interface a loop uses (``update``, ``set_postfix``, ``write``,
-    ``close``) as plain lines for logs and pipes: tqdm's meter without the bar, printed every
-    ``every`` units and once at the end; rate and ETA count only the units done here."""
+    """What a loop uses of tqdm (``update``, ``set_postfix``, ``write``, ``close``) as plain
+    lines for logs and pipes: tqdm's meter without the bar, printed every ``every`` units and
+    once at the end; rate and ETA count only the units done here."""
 
     def __init__(
-        self, total: int, *, initial: int = 0, desc: str, unit: str = "step", stream: TextIO, every: int = 100,
-        clock: Callable[[], float] = time.monotonic,
+        self, total: int, *, initial: int = 0, desc: str, unit: str = "step", stream: TextIO,
+        every: int = 100, clock: Callable[[], float] = time.monotonic,
     ):  # fmt: skip
         self.total, self.n, self.initial, self.every = total, initial, initial, every
         self.desc, self.unit, self.stream, self.clock = desc, unit, stream, clock
