@@ -96,7 +96,7 @@ class TranslationTrainConfig(TrainConfig):
     loss and validation keys of translation."""
 
     label_smoothing: float = 0.0
-    teacher_forcing: float = 1.0  # the probability of feeding the reference token
+    teacher_forcing: float = 1.0
     valid_decode: int = 300  # validation sentences decoded greedily for exact match
     max_decode_len: int = 0  # decoding limit in target tokens (0 = 2 x the longest reference + 10)
 
