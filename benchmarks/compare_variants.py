@@ -27,6 +27,7 @@ them within this table only.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import multiprocessing as mp
 import os
 import sys
@@ -69,7 +70,7 @@ GROUPS = {
 
 def config(name: str, *, size: int, rnn_epochs: int, tf_epochs: int) -> dict[str, Any]:
     """The full training config of one variant (the demo's sizes, one thread)."""
-    from qkv.train.config import resolve
+    from qkv.translation.config import resolve
     from qkv.translation.demo import DEMO_CORPUS, DEMO_MODELS
 
     _, preset, overrides = VARIANTS[name]
@@ -89,7 +90,7 @@ def zero_fraction(weights) -> float | None:
     return zeros / sum(w.numel() for w in maps)
 
 
-def run_variant(name: str, cfg: dict[str, Any], workdir: str) -> dict[str, Any]:
+def run_variant(name: str, cfg, workdir: str) -> dict[str, Any]:
     """Train and evaluate one variant (in a child process, one torch thread)."""
     import torch
 
@@ -100,7 +101,7 @@ def run_variant(name: str, cfg: dict[str, Any], workdir: str) -> dict[str, Any]:
     load_start = os.getloadavg()[0]
     run = Path(workdir) / name
     result = train(cfg, run, progress=False)
-    corpus = load_corpus(cfg["data"])
+    corpus = load_corpus(cfg.data)
     tr = Translator.load(run)
     entry: dict[str, Any] = {
         "train_seconds": round(result.seconds, 1),
@@ -114,7 +115,7 @@ def run_variant(name: str, cfg: dict[str, Any], workdir: str) -> dict[str, Any]:
     for split in ("test", "test_long"):
         m = tr.evaluate(corpus[split])
         entry[split] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in m.items()}
-    if cfg["model"].get("kind", "seq2seq") == "seq2seq":
+    if cfg.model.get("kind", "seq2seq") == "seq2seq":
         zf = zero_fraction(tr.forced_attention(corpus["test"]))
         entry["test"]["zero_weight_fraction"] = None if zf is None else round(zf, 4)
     entry["eval_seconds"] = round(time.perf_counter() - t0, 1)
@@ -170,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": total,
         "groups": {g: [n for n in names if g in VARIANTS[n][0]] for g in GROUPS},
         "variants": {
-            n: {"config": {"model": cfgs[n]["model"], "train": cfgs[n]["train"]}, **results[n]} for n in names
+            n: {"config": {"model": cfgs[n].model, "train": dataclasses.asdict(cfgs[n].train)}, **results[n]}
+            for n in names
         },
     }
     suffix = "_quick" if args.quick else ""

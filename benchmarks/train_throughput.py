@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from qkv.models.builders import build_model
-from qkv.train.config import resolve
+from qkv.translation.config import resolve
 from qkv.translation.data import batches, encode_pairs
 from qkv.translation.demo import DEMO_CORPUS, DEMO_MODELS
 from qkv.translation.training import _loss, prepare_data
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         corpus, src_tok, tgt_tok = prepare_data(cfg)
         pairs = encode_pairs(corpus["train"], src_tok, tgt_tok)
         torch.manual_seed(0)
-        model = build_model(cfg["model"], src_vocab=len(src_tok), tgt_vocab=len(tgt_tok))
+        model = build_model(cfg.model, src_vocab=len(src_tok), tgt_vocab=len(tgt_tok))
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         plan = list(batches(pairs, batch_size=64, shuffle=True, seed=0, sort_within=20))
         setups[name] = (cfg, model, opt, plan)
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(steps):
                 b = plan[cursor[name] % len(plan)]
                 cursor[name] += 1
-                loss, ntok = _loss(model, b, cfg["train"])
+                loss, ntok = _loss(model, b, cfg.train)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

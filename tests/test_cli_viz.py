@@ -198,7 +198,7 @@ def test_pair_prints_the_cosine_similarity(minilm, capsys, tmp_path):
 
 
 def _train(root, model: str, epochs: int, lr: float):
-    from qkv.train.config import resolve
+    from qkv.translation.config import resolve
     from qkv.translation.training import train
 
     small = (

@@ -30,7 +30,7 @@ def test_quick_demo_writes_metrics_heatmaps_and_an_offline_report(tmp_path, caps
     from qkv.translation.demo import demo_config, example_rows
     from qkv.translation.training import load_corpus
 
-    corpus = load_corpus(demo_config("none", quick=True)["data"])
+    corpus = load_corpus(demo_config("none", quick=True).data)
     rows = example_rows(out, list(metrics), corpus)
     assert len(rows) == 8 and [r["split"] for r in rows] == ["test"] * 4 + ["test_long"] * 4
     assert len({r["source"] for r in rows}) == 8  # no input twice

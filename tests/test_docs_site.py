@@ -99,13 +99,14 @@ def test_config_reference_lists_every_key_with_its_default():
     import dataclasses as dc
 
     from qkv.models.builders import MODEL_KINDS, config_keys
-    from qkv.train.config import DEFAULTS, MODEL_PRESETS
+    from qkv.translation.config import MODEL_PRESETS, RunConfig
 
     hook = _hook()
     text = hook.config_markdown()
+    defaults = RunConfig().to_dict()
     for table in ("data", "train"):
         section = text.split(f"## [{table}]")[1].split("\n## ")[0]
-        for key, value in DEFAULTS[table].items():
+        for key, value in defaults[table].items():
             assert re.search(rf"^\| `{key}` \| \w* \| {re.escape(hook._value(value))} \|", section, re.M), key
     for kind, (_, config_cls) in MODEL_KINDS.items():
         section = text.split(f'### kind = "{kind}"')[1].split("\n### ")[0]
@@ -114,7 +115,7 @@ def test_config_reference_lists_every_key_with_its_default():
     for preset in MODEL_PRESETS:
         assert f"| `{preset}` |" in text
     for table, key in hook.KEY_NOTES:  # hand-written notes only for keys that exist
-        assert key in DEFAULTS[table], f"KEY_NOTES names [{table}] {key}, which is not a key any more"
+        assert key in defaults[table], f"KEY_NOTES names [{table}] {key}, which is not a key any more"
 
 
 def test_home_page_is_the_readme_with_site_links():

@@ -69,7 +69,8 @@ def _check_parses(args: list[str]) -> None:
     from qkv.cli import main as cli
     from qkv.cli import translate as translate_cmd
     from qkv.models.builders import MODEL_KINDS, config_keys
-    from qkv.train.config import DEFAULTS, parse_override
+    from qkv.train.config import parse_override
+    from qkv.translation.config import RunConfig
 
     command = next((a for a in args if not a.startswith("-")), None)
     if command == "bench":  # everything after the suite goes to the suite's own parser
@@ -83,8 +84,9 @@ def _check_parses(args: list[str]) -> None:
         for text in overrides:
             path, _ = parse_override(text)
             table, key = path[0], path[1]
-            assert table in DEFAULTS, f"{text}: no table [{table}]"
-            valid = set().union(*map(config_keys, MODEL_KINDS)) if table == "model" else set(DEFAULTS[table])
+            defaults = RunConfig().to_dict()
+            assert table in defaults, f"{text}: no table [{table}]"
+            valid = set().union(*map(config_keys, MODEL_KINDS)) if table == "model" else set(defaults[table])
             assert key in valid, f"{text}: no key {key!r} in [{table}]"
         args = [a for a in args if a not in overrides]
         for a in args:

@@ -8,6 +8,7 @@ the commands.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -43,13 +44,14 @@ def run(capsys, *argv):
 
 
 def tsv_config(path, **data):
-    from qkv.train.config import load_config, resolve
+    from qkv.train.config import load_toml
+    from qkv.translation.config import resolve
 
     overrides = [
         f"--data.corpus={json.dumps(str(path))}",
         *(f"--data.{k}={json.dumps(v)}" for k, v in data.items()),
     ]
-    return resolve(load_config("configs/tsv-example.toml"), overrides=overrides)
+    return resolve(load_toml("configs/tsv-example.toml"), overrides=overrides)
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +103,9 @@ def parrot(pairs_tsv):
     table = {tuple(src_tok.encode(e.source)): tgt_tok.encode(e.target) for e in examples}
     model = Parrot(table, len(tgt_tok))
     facts = inference_facts(examples, encode_pairs(examples, src_tok, tgt_tok))
-    tr = Translator(model, src_tok, tgt_tok, cfg, text=text_format(cfg["data"], corpus), inference=facts)
+    tr = Translator(
+        model, src_tok, tgt_tok, cfg.to_dict(), text=text_format(cfg.data, corpus), inference=facts
+    )
     return tr, examples
 
 
@@ -243,13 +247,13 @@ def test_unknown_words_and_empty_input_warn_and_repetition_stops(parrot):
 
 def test_a_source_too_long_for_the_transformer_is_a_clear_error_and_the_limit_is_capped():
     from qkv.models.transformer import Transformer, TransformerConfig
-    from qkv.train.config import resolve
+    from qkv.translation.config import resolve
     from qkv.translation.data import build_tokenizer
 
     tok = build_tokenizer("word", ["a b c d e f g"])
     model = Transformer(TransformerConfig(src_vocab=len(tok), tgt_vocab=len(tok), d_model=16, num_heads=2,
                                           ff_dim=16, encoder_layers=1, decoder_layers=1, max_len=12)).eval()  # fmt: skip
-    tr = Translator(model, tok, tok, resolve(preset="transformer"))
+    tr = Translator(model, tok, tok, resolve(preset="transformer").to_dict())
     with pytest.raises(
         ValueError, match=r"input 1 .* is 20 source tokens long; this model reads at most 12 .*Split"
     ):
@@ -429,24 +433,25 @@ def test_the_tsv_transformer_config_trains(pairs_tsv, tmp_path, capsys):
 def test_every_config_file_resolves():
     from pathlib import Path
 
-    from qkv.train.config import MODEL_PRESETS, load_config, resolve
+    from qkv.train.config import load_toml
+    from qkv.translation.config import MODEL_PRESETS, resolve
 
     for path in sorted(Path("configs").glob("*.toml")):
-        resolve(load_config(path))
+        resolve(load_toml(path))
     for preset in MODEL_PRESETS:
-        resolve(load_config("configs/tsv-example.toml"), preset=preset)
+        resolve(load_toml("configs/tsv-example.toml"), preset=preset)
 
 
 def test_train_help_lists_the_keys_and_show_config_prints_a_valid_config(capsys, tmp_path):
     import tomllib
 
-    from qkv.train.config import DEFAULTS, resolve
+    from qkv.translation.config import RunConfig, resolve
 
     code, stdout, _ = run(capsys, "train", "--help")
     assert code == 0
     text = " ".join(stdout.split())
     for table in ("data", "train"):
-        for key in DEFAULTS[table]:
+        for key in RunConfig().to_dict()[table]:
             assert f"{key}=" in text, key
     assert "--show-config" in text and "configs/tsv-example.toml" in text and "--data.reverse" in text
     code, stdout, _ = run(capsys, "train", "configs/tsv-example.toml", "--model", "transformer", "--data.reverse",
@@ -455,15 +460,15 @@ def test_train_help_lists_the_keys_and_show_config_prints_a_valid_config(capsys,
     shown = tomllib.loads(stdout)
     assert shown["data"]["reverse"] is True and shown["train"]["lr"] == 1e-4
     assert shown["model"]["kind"] == "transformer" and shown["model"]["d_model"] == 128
-    again = resolve(shown)
-    assert again["data"] == shown["data"] and again["train"] == shown["train"]
+    again = resolve(shown).to_dict()
+    assert again["data"] == {"options": {}, **shown["data"]} and again["train"] == shown["train"]
     assert again["model"] == {k: v for k, v in shown["model"].items() if k != "preset"}
     assert not (tmp_path / "runs").exists()
 
 
 def test_data_reverse_translates_from_the_second_column(pairs_tsv, tmp_path, capsys):
     cfg = tsv_config(pairs_tsv, reverse=True)
-    corpus = load_corpus(cfg["data"])
+    corpus = load_corpus(cfg.data)
     english = {p[0] for p in ef.pairs(500, seed=1)}
     assert all(x.target_text in english for x in corpus["train"])
     out = tmp_path / "rev"
@@ -473,4 +478,4 @@ def test_data_reverse_translates_from_the_second_column(pairs_tsv, tmp_path, cap
     tr = Translator.load(out)
     assert tr.config["data"]["reverse"] is True and "malade" in tr.inference["source_words"]
     with pytest.raises(ValueError, match=r"data\.reverse: only for TSV files"):
-        load_corpus({**cfg["data"], "corpus": "numbers"})
+        load_corpus(dataclasses.replace(cfg.data, corpus="numbers"))

@@ -1,5 +1,5 @@
 """The split of training and translation: a model-agnostic Trainer, one decoding-length rule,
-the layering (qkv.train never imports qkv.translation) and the deprecated old import paths."""
+the layering (qkv.train never imports qkv.translation) and no leftover of the old paths."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 import qkv.models
+import qkv.train
 import qkv.translation
-from qkv.train import DEFAULTS, Trainer, load_checkpoint
+from qkv.train import TrainConfig, Trainer, load_checkpoint
 from qkv.translation import Translator, decode_limit
 from qkv.translation.data import build_tokenizer
 
@@ -55,8 +56,8 @@ def _fit(out, *, stop=None, resume=False, patience=0):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 8), nn.Dropout(0.1), nn.Linear(8, 1))
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    settings = {**DEFAULTS["train"], "epochs": 3, "lr": 0.05, "warmup": 0, "patience": patience}
-    trainer = Trainer(model, opt, Regression(), settings=settings, out_dir=out, config={"task": "regression"})
+    config = TrainConfig(epochs=3, lr=0.05, warmup=0, patience=patience)
+    trainer = Trainer(model, opt, Regression(), config=config, out_dir=out, run_config={"task": "regression"})
     if resume:
         trainer.restore(load_checkpoint(out))
     return trainer.fit(stop_after_steps=stop), model
@@ -81,8 +82,8 @@ def test_trainer_trains_any_task_and_resumes_exactly(tmp_path):
 def test_resume_in_a_later_epoch_is_exact_after_validation_decoding(tmp_path):
     """Validation decoding switches the model to eval mode; the next epoch trains with dropout
     again, so a run resumed in epoch 2 matches an uninterrupted one."""
-    from qkv.train import find_latest, resolve
-    from qkv.translation import train
+    from qkv.train import find_latest
+    from qkv.translation import resolve, train
 
     cfg = resolve(
         {
@@ -108,9 +109,9 @@ def test_trainer_prints_epochs_and_stops_early(tmp_path, capsys):
 
     torch.manual_seed(0)
     model = nn.Linear(3, 1)
-    settings = {**DEFAULTS["train"], "epochs": 5, "patience": 2, "warmup": 0}
+    config = TrainConfig(epochs=5, patience=2, warmup=0)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    trainer = Trainer(model, opt, Worse(), settings=settings, out_dir=tmp_path, config={}, progress=True)
+    trainer = Trainer(model, opt, Worse(), config=config, out_dir=tmp_path, run_config={}, progress=True)
     result = trainer.fit()
     err = capsys.readouterr().err
     assert result.stopped_early and len(result.history) == 3  # best at 1, then 2 epochs without
@@ -129,9 +130,9 @@ def test_one_decoding_length_rule():
     assert decode_limit(0, sources=[4, 2]) == 3 * 4 + 10  # translation: from the sources
     assert decode_limit(0) == 3 * 16 + 10
     words = build_tokenizer("word", ["a b c d"])
-    tr = Translator(None, words, words, {"train": {"max_decode_len": 0}})
+    tr = Translator(None, words, words, {}, inference={"max_decode_len": 0})  # inference reads no [train]
     assert tr.max_len(["a b c", "d"]) == decode_limit(0, sources=[3, 1]) == 19
-    tr.config["train"]["max_decode_len"] = 5
+    tr.inference["max_decode_len"] = 5
     assert tr.max_len(["a b c"]) == 5
 
 
@@ -160,27 +161,18 @@ def test_lower_layers_never_import_translation(layer):
         assert not bad, f"{path.name} imports {bad}"
 
 
-# ----------------------------------------------------------------------------- old import paths
-
-MOVED = [
-    ("qkv.train.translator", "Translator", qkv.translation.Translator),
-    ("qkv.train.translator", "decode_examples", qkv.translation.decode_examples),
-    ("qkv.train.decode", "greedy", qkv.translation.greedy),
-    ("qkv.train.decode", "beam_search", qkv.translation.beam_search),
-    ("qkv.train.metrics", "aer", qkv.translation.aer),
-    ("qkv.train.demo", "run_demo", qkv.translation.run_demo),
-    ("qkv.train", "bleu", qkv.translation.bleu),
-    ("qkv.train.loop", "train", qkv.translation.train),
-    ("qkv.train.loop", "load_corpus", qkv.translation.load_corpus),
-    ("qkv.train.loop", "prepare_data", qkv.translation.prepare_data),
-    ("qkv.train.loop", "build_model", qkv.models.build_model),
-]
+# ----------------------------------------------------------------------------- no old paths
 
 
-@pytest.mark.parametrize(("old", "name", "new"), MOVED)
-def test_old_import_paths_still_work_with_a_deprecation_warning(old, name, new):
-    module = importlib.import_module(old)
-    with pytest.warns(DeprecationWarning, match=rf"{old}\.{name} moved to qkv\."):
-        assert getattr(module, name) is new
-    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
-        module.nope
+@pytest.mark.parametrize(
+    "old", ["qkv.train.translator", "qkv.train.decode", "qkv.train.metrics", "qkv.train.demo"]
+)
+def test_the_old_translation_modules_of_train_are_gone(old):
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module(old)
+
+
+@pytest.mark.parametrize("name", ["bleu", "train", "load_corpus", "DEFAULTS", "MODEL_PRESETS", "resolve"])
+def test_train_holds_no_translation_names(name):
+    assert not hasattr(qkv.train, name)
+    assert not hasattr(qkv.train.loop, name)

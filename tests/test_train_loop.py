@@ -8,10 +8,11 @@ import torch
 from safetensors.torch import load_file
 
 from qkv.cli.main import main
+from qkv.train import TrainConfig
 from qkv.train.checkpoint import find_latest, load_checkpoint
-from qkv.train.config import parse_override, resolve
+from qkv.train.config import parse_override
 from qkv.train.loop import learning_rate
-from qkv.translation import Translator, train
+from qkv.translation import Translator, resolve, resume_config, train
 
 
 def tiny(model="bahdanau", **train_kw):
@@ -92,27 +93,57 @@ def test_existing_run_is_never_overwritten(tmp_path):
 
 
 def test_learning_rate_schedule():
-    t = {"lr": 1.0, "warmup": 10, "schedule": "cosine", "min_lr": 0.1}
+    t = TrainConfig(lr=1.0, warmup=10, schedule="cosine", min_lr=0.1)
     assert learning_rate(0, t, 110) == pytest.approx(0.1)
     assert learning_rate(9, t, 110) == pytest.approx(1.0)
     assert learning_rate(60, t, 110) == pytest.approx(0.55)
     assert learning_rate(110, t, 110) == pytest.approx(0.1)
-    assert learning_rate(50, {**t, "schedule": "inverse_sqrt"}, 110) == pytest.approx((10 / 51) ** 0.5)
+    inverse_sqrt = TrainConfig(lr=1.0, warmup=10, schedule="inverse_sqrt")
+    assert learning_rate(50, inverse_sqrt, 110) == pytest.approx((10 / 51) ** 0.5)
 
 
 def test_config_overrides_and_errors():
     assert parse_override("--train.lr=1e-3") == (["train", "lr"], 0.001)
     assert parse_override("--data.corpus=numbers-de") == (["data", "corpus"], "numbers-de")
     cfg = resolve(preset="luong", overrides=["--model.luong_score=concat", "--train.epochs=3"])
-    assert cfg["model"]["attention"] == "luong" and cfg["model"]["luong_score"] == "concat"
+    assert cfg.model["attention"] == "luong" and cfg.model["luong_score"] == "concat"
+    assert cfg.train.epochs == 3
     with pytest.raises(ValueError, match=r"config \[train\]: unknown keys \['lrr'\]"):
         resolve(overrides=["--train.lrr=1"])
     with pytest.raises(ValueError, match=r"unknown keys \['d_model'\]"):
         resolve(preset="bahdanau", overrides=["--model.d_model=3"])
     with pytest.raises(ValueError, match="model: unknown model 'gpt'"):
         resolve(preset="gpt")
-    with pytest.raises(ValueError, match="epochs: expected an int >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"config \[train\] epochs: expected an int >= 1, got 0"):
         resolve(overrides=["--train.epochs=0"])
+    with pytest.raises(
+        ValueError, match=r"config \[data\] tokenizer: expected word \| char \| bpe, got 'bytes'"
+    ):
+        resolve(overrides=["--data.tokenizer=bytes"])
+    with pytest.raises(ValueError, match=r"config \[train\] schedule: expected constant \| cosine"):
+        resolve(overrides=["--train.schedule=linear"])
+    with pytest.raises(
+        ValueError, match=r"config \[train\] teacher_forcing: expected a ratio in \[0, 1\], got 1.5"
+    ):
+        resolve(overrides=["--train.teacher_forcing=1.5"])
+
+
+def test_resume_config_applies_safe_overrides_and_refuses_the_rest():
+    run = resolve(preset="transformer", overrides=["--model.d_model=32", "--train.epochs=2"]).to_dict()
+    cfg, applied = resume_config(
+        run, ["--train.epochs=5", "--train.save_every_steps=10", "--model.d_model=32"]
+    )
+    assert applied == ["train.epochs=5", "train.save_every_steps=10"]  # an unchanged value is no change
+    assert (cfg.train.epochs, cfg.train.save_every_steps, cfg.model["d_model"]) == (5, 10, 32)
+    assert (
+        cfg.model == run["model"] and cfg.data == resolve().data
+    )  # validated against the run, not the defaults
+    for override, key in [("--train.lr=1", "train.lr"), ("--model.d_model=64", "model.d_model"),
+                          ("--data.corpus=dates-fr", "data.corpus")]:  # fmt: skip
+        with pytest.raises(ValueError, match=rf"--resume: {re.escape(key)} cannot change in a run under way"):
+            resume_config(run, [override])
+    with pytest.raises(ValueError, match=r"\[train\] epochs: expected an int >= 1, got 0"):
+        resume_config(run, ["--train.epochs=0"])
 
 
 def test_translator_evaluates_and_aligns(tmp_path):
@@ -124,7 +155,7 @@ def test_translator_evaluates_and_aligns(tmp_path):
     torch.testing.assert_close(r.attention.sum(-1), torch.ones(r.attention.shape[0]))
     from qkv.translation import load_corpus
 
-    m = tr.evaluate(load_corpus(cfg["data"])["test"][:10])
+    m = tr.evaluate(load_corpus(cfg.data)["test"][:10])
     assert set(m) >= {"n", "exact_match", "bleu", "chrf", "aer"}
     assert 0.0 <= m["exact_match"] <= 1.0 and 0.0 <= m["aer"] <= 1.0
 
@@ -189,7 +220,9 @@ def test_pickle_offered_as_checkpoint_is_refused(tmp_path, capsys):
     (run_dir / "checkpoint.pt").write_bytes(pickle.dumps(Evil()))
     code, _, err = run(capsys, "translate", "--checkpoint", str(run_dir), "x")
     assert code == 2
-    assert "checkpoint.pt" in err or "pickle" in err.lower()
+    assert "no checkpoint found" in err
+    code, _, err = run(capsys, "translate", "--checkpoint", str(run_dir / "checkpoint.pt"), "x")
+    assert code == 2 and "checkpoint.pt: expected a run or ckpt-* directory" in err
     assert not marker.exists()
 
 
@@ -203,5 +236,19 @@ def test_validation_decoding_limit_counts_target_tokens_not_words():
     cfg = tiny()
     assert _max_len(cfg, examples, chars) == 2 * len("quatre vingt dix") + 10
     assert _max_len(cfg, examples, words) == 2 * 3 + 10
-    cfg["train"]["max_decode_len"] = 7
-    assert _max_len(cfg, examples, chars) == 7
+    assert _max_len(tiny(max_decode_len=7), examples, chars) == 7
+
+
+def test_cli_resume_takes_the_runs_config_and_safe_overrides(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    common = ["--data.size=200", "--train.valid_decode=2", "--model.hidden_dim=8", "--model.embed_dim=8"]
+    code, _, _ = run(capsys, "train", "--out", out, "--quiet", "--train.epochs=1", *common)
+    assert code == 0
+    code, shown, _ = run(capsys, "train", "--out", out, "--resume", "--show-config", "--train.epochs=2")
+    assert code == 0 and "hidden_dim = 8\n" in shown and "epochs = 2\n" in shown  # the run's config
+    code, stdout, err = run(capsys, "train", "--out", out, "--resume", "--quiet", "--train.epochs=2")
+    assert code == 0 and "resuming with train.epochs=2" in err and "done: step" in stdout
+    assert load_checkpoint(out).config["train"]["epochs"] == 2
+    assert len(load_checkpoint(out).state["history"]) == 2
+    code, _, err = run(capsys, "train", "--out", out, "--resume", "--model.hidden_dim=16")
+    assert code == 2 and "model.hidden_dim cannot change in a run under way (the run has 8, got 16)" in err

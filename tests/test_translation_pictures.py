@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from qkv.models.builders import build_model
-from qkv.train.config import resolve
 from qkv.translation import Translator
+from qkv.translation.config import resolve
 from qkv.translation.data.tokenize import WordTokenizer
 from qkv.translation.pictures import translation_picture
 
@@ -19,8 +19,8 @@ def _translator(preset: str, model: dict):
     cfg = resolve({"model": model}, preset=preset)
     src = WordTokenizer.build(["1 2 3 4 5 6 7"])
     tgt = WordTokenizer.build(["eins zwei drei vier"])
-    net = build_model(cfg["model"], src_vocab=len(src), tgt_vocab=len(tgt)).eval()
-    return Translator(net, src, tgt, cfg)
+    net = build_model(cfg.model, src_vocab=len(src), tgt_vocab=len(tgt)).eval()
+    return Translator(net, src, tgt, cfg.to_dict())
 
 
 def test_translation_picture_shows_every_map_of_the_greedy_translation():

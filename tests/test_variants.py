@@ -14,7 +14,7 @@ from qkv.models.transformer import Transformer, TransformerConfig
 from qkv.modules import AdditiveAttention, LuongAttention
 from qkv.modules.dynamic_conv import DynamicConv, LightConv
 from qkv.train.checkpoint import find_latest
-from qkv.train.config import resolve
+from qkv.translation.config import TranslationTrainConfig, resolve
 from qkv.translation.decode import greedy
 from qkv.translation.training import _loss, train
 
@@ -64,7 +64,7 @@ class Batch:
         self.src, self.src_lengths, self.tgt_in, self.tgt_out = src, lengths, tgt_in, tgt_out
 
 
-TRAIN = {"teacher_forcing": 1.0, "label_smoothing": 0.0}
+TRAIN = TranslationTrainConfig(teacher_forcing=1.0, label_smoothing=0.0)
 
 SEQ2SEQ_OPTIONS = [
     ("bahdanau", "sparsemax"),
@@ -407,8 +407,8 @@ def test_defaults_are_unchanged():
     )
     assert list(tf.state_dict()) == TRANSFORMER_KEYS
     cfg = resolve(preset="bahdanau")
-    assert set(cfg["model"]) == {"kind", "attention"}
-    assert "mixer" not in resolve(preset="transformer")["model"]
+    assert set(cfg.model) == {"kind", "attention"}
+    assert "mixer" not in resolve(preset="transformer").model
     # the default model's loss is the plain token cross entropy
     m = seq2seq().train()
     batch = _fixed_batch()
@@ -462,6 +462,6 @@ def test_config_errors():
     with pytest.raises(ValueError, match="positional: expected one of sinusoidal, learned, rope"):
         TransformerConfig(src_vocab=5, tgt_vocab=5, positional="relative")
     cfg = resolve(preset="transformer", overrides=["--model.mixer=dynamicconv", "--model.kernel_size=5"])
-    assert cfg["model"]["mixer"] == "dynamicconv" and cfg["model"]["kernel_size"] == 5
+    assert cfg.model["mixer"] == "dynamicconv" and cfg.model["kernel_size"] == 5
     cfg = resolve(preset="bahdanau", overrides=["--model.normalize=hard", "--model.entropy_weight=0.02"])
-    assert cfg["model"]["normalize"] == "hard"
+    assert cfg.model["normalize"] == "hard"

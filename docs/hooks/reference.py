@@ -3,7 +3,8 @@
 - ``reference/cli.md``: the help of every ``qkv`` command, from the argparse parser that
   ``qkv`` itself runs (:func:`qkv.cli.main.build_parser`).
 - ``reference/config.md``: the configuration keys of ``qkv train`` with their types and
-  defaults, from ``qkv.train.config.DEFAULTS`` (descriptions from its comments) and the model
+  defaults, from the table dataclasses of ``qkv.translation.config`` (descriptions from their
+  field comments) and the model
   config dataclasses of ``qkv.models.builders.MODEL_KINDS`` (descriptions from their docstrings).
 - ``index.md`` and ``contributing.md``: ``README.md`` and ``CONTRIBUTING.md`` of the repository,
   their ``docs/...`` links made relative to the site.
@@ -22,6 +23,7 @@ import io
 import os
 import re
 import sys
+import textwrap
 import tokenize
 from collections.abc import Iterator
 from pathlib import Path
@@ -107,37 +109,23 @@ def _cell(text: str) -> str:
 # Configuration keys
 
 
-def _comments_of_defaults(source: str, name: str = "DEFAULTS") -> dict[tuple[str, str], str]:
-    """``{(table, key): comment}`` for the dict literal ``name = {table: {key: value}}`` in
-    ``source``: the comment at the end of the key's line, or the comment lines right above it."""
-    comments: dict[int, str] = {}
-    code_lines: set[int] = set()
-    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-        if tok.type == tokenize.COMMENT:
-            comments[tok.start[0]] = tok.string.lstrip("#").strip()
-        elif tok.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT):
-            code_lines.add(tok.start[0])
-    out: dict[tuple[str, str], str] = {}
-    for node in ast.walk(ast.parse(source)):
-        target = getattr(node, "target", None) or (getattr(node, "targets", None) or [None])[0]
-        if not (isinstance(target, ast.Name) and target.id == name and isinstance(node.value, ast.Dict)):
+def _field_comments(cls: type) -> dict[str, str]:
+    """``{field: comment}`` of a dataclass and the dataclasses it extends: the comment at the
+    end of each field's line in the class source."""
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
             continue
-        for table, inner in zip(node.value.keys, node.value.values):
-            if not (isinstance(table, ast.Constant) and isinstance(inner, ast.Dict)):
-                continue
-            for key in inner.keys:
-                if not isinstance(key, ast.Constant):
-                    continue
-                line = key.lineno
-                if line in comments:  # `"key": value,  # comment`
-                    text = comments[line]
-                else:  # comment lines right above the key
-                    above, i = [], line - 1
-                    while i in comments and i not in code_lines:
-                        above.insert(0, comments[i])
-                        i -= 1
-                    text = " ".join(above)
-                out[(table.value, key.value)] = text
+        source = textwrap.dedent(inspect.getsource(klass))
+        tokens = tokenize.generate_tokens(io.StringIO(source).readline)
+        comments = {t.start[0]: t.string.lstrip("#").strip() for t in tokens if t.type == tokenize.COMMENT}
+        for node in ast.walk(ast.parse(source)):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and node.lineno in comments
+            ):
+                out[node.target.id] = comments[node.lineno]
     return out
 
 
@@ -200,7 +188,7 @@ def _toml_type(value: Any) -> str:
     return {bool: "bool", int: "int", float: "float", str: "string", dict: "table"}.get(type(value), "")
 
 
-# Descriptions of the keys whose line in DEFAULTS has no comment (a comment there wins).
+# Descriptions of the keys whose field has no comment (a comment there wins).
 # tests/test_docs_build.py checks that every key named here still exists.
 KEY_NOTES: dict[tuple[str, str], str] = {
     ("data", "bpe_vocab"): "vocabulary size of the BPE tokenizer (tokenizer = bpe)",
@@ -224,10 +212,10 @@ KEY_NOTES: dict[tuple[str, str], str] = {
 
 
 def config_markdown() -> str:
-    import qkv.train.config as config
+    import qkv.train.config as train_config
+    import qkv.translation.config as config
     from qkv.models.builders import MODEL_KINDS, config_keys
 
-    comments = _comments_of_defaults(inspect.getsource(config))
     lines = [
         "# Configuration keys",
         "",
@@ -235,7 +223,7 @@ def config_markdown() -> str:
         "the defaults below, then the model preset of `--model NAME`, then a TOML file, then",
         '`--table.key=value` overrides (values are read as TOML: `3`, `1e-3`, `true`, `"text"`).',
         "An unknown key is an error that lists the valid ones. This page is generated from the code",
-        "(`qkv.train.config.DEFAULTS` and the model config dataclasses), so it lists exactly the keys",
+        "(`qkv.translation.config` and the model config dataclasses), so it lists exactly the keys",
         "`qkv train` accepts. See [Translation](../guides/translation.md) for how to train, and",
         "[the command line](cli.md#qkv-train) for the options of `qkv train`.",
         "",
@@ -243,15 +231,13 @@ def config_markdown() -> str:
         "qkv train configs/transformer.toml --train.epochs=5 --model.d_model=64",
         "```",
     ]
-    for table in ("data", "train"):
+    for table, cls in (("data", config.DataConfig), ("train", config.TranslationTrainConfig)):
         lines += ["", f"## [{table}]", "", "| key | type | default | description |", "|---|---|---|---|"]
-        for key, value in config.DEFAULTS[table].items():
-            text = _md_text(comments.get((table, key)) or KEY_NOTES.get((table, key), ""))
-            lines.append(f"| `{key}` | {_toml_type(value)} | {_value(value)} | {text} |")
-    renamed = getattr(config, "RENAMED_TRAIN_KEYS", {})
-    if renamed:
-        pairs = ", ".join(f"`{old}` (now `{new}`)" for old, new in renamed.items())
-        lines += ["", f"Earlier names still read, with a deprecation warning: {pairs}."]
+        comments = _field_comments(cls)
+        for f in dataclasses.fields(cls):
+            value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            text = _md_text(comments.get(f.name) or KEY_NOTES.get((table, f.name), ""))
+            lines.append(f"| `{f.name}` | {_toml_type(value)} | {_value(value)} | {text} |")
     lines += [
         "",
         "## [model]",
@@ -292,10 +278,8 @@ def config_markdown() -> str:
             lines.append(
                 f"| `{f.name}` | {type_name} | {default} | {_md_text(docs.get(f.name, ''), module)} |"
             )
-    notes = inspect.getdoc(config) or ""
-    if notes:
-        lines += ["", "## Notes", "", "From the documentation of `qkv.train.config`:", ""]
-        lines += [_md_block(notes)]
+    for module in (config, train_config):
+        lines += ["", f"## Notes from `{module.__name__}`", "", _md_block(inspect.getdoc(module) or "")]
     return "\n".join(lines) + "\n"
 
 

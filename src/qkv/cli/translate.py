@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import re
@@ -25,7 +26,7 @@ from typing import Any
 
 from . import CommandError, error_message
 
-__all__ = ["OVERRIDE", "add_parsers", "config_toml"]
+__all__ = ["OVERRIDE", "add_parsers"]
 
 #: A dotted config override such as ``--train.lr=1e-3``; a bare ``--data.reverse`` means ``=true``.
 OVERRIDE = re.compile(r"^--[A-Za-z_]+\.[A-Za-z_.]+(=|$)")
@@ -34,9 +35,9 @@ _USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, ImportError, Key
 
 
 def add_parsers(sub) -> None:
-    from ..train.config import DEFAULTS, MODEL_PRESETS
+    from ..translation.config import MODEL_PRESETS, TranslationTrainConfig
 
-    t = DEFAULTS["train"]
+    t = TranslationTrainConfig()
 
     tr = sub.add_parser(
         "train",
@@ -48,10 +49,10 @@ def add_parsers(sub) -> None:
             "Stopping loses nothing: Ctrl-C (SIGINT) or SIGTERM finishes the step under way, saves a "
             "checkpoint and exits with 130 or 143 (a second signal stops at once); --resume then continues "
             "exactly (bitwise on the same machine). A run killed outright (SIGKILL, a crash, a power cut) "
-            f"loses at most about {t['save_every_minutes']:g} minutes of training: besides the end of every epoch, a checkpoint "
-            f"is saved every {t['save_every_minutes']:g} minutes (--train.save_every_minutes; "
+            f"loses at most about {t.save_every_minutes:g} minutes of training: besides the end of every epoch, a checkpoint "
+            f"is saved every {t.save_every_minutes:g} minutes (--train.save_every_minutes; "
             "--train.save_every_steps=N for every N steps), and the newest "
-            f"{t['keep_last']} are kept (--train.keep_last). Training runs on {t['threads']} torch thread "
+            f"{t.keep_last} are kept (--train.keep_last). Training runs on {t.threads} torch thread "
             "by default (--train.threads=N): more gains little on these models and collapses next to "
             "another busy process."
         ),
@@ -66,7 +67,9 @@ def add_parsers(sub) -> None:
         "--resume",
         action="store_true",
         help="continue the run in --out exactly where it stopped, from its newest intact checkpoint "
-        "(a damaged newer one is reported, moved aside and skipped)",
+        "(a damaged newer one is reported, moved aside and skipped), with the run's own config; overrides "
+        "may change only how long it runs and how it saves (--train.epochs, max_steps, patience, "
+        "save_every_minutes, save_every_steps, keep_last)",
     )
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.add_argument(
@@ -143,20 +146,6 @@ def _warnings_as_messages() -> Iterator[None]:
         yield
 
 
-def _model_table(model: dict[str, Any]) -> dict[str, Any]:
-    """A ``[model]`` table with every field of its kind, the defaults of those it does not set."""
-    import dataclasses
-
-    from ..models.builders import MODEL_KINDS, config_keys
-
-    kind = model.get("kind", "seq2seq")
-    if kind not in MODEL_KINDS:
-        return dict(model)
-    keys = config_keys(kind)
-    fields = {f.name: f.default for f in dataclasses.fields(MODEL_KINDS[kind][1]) if f.name in keys}
-    return {"kind": kind, **fields, **model}
-
-
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -169,27 +158,6 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, dict):
         return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"config value {value!r}: not representable in TOML")
-
-
-def _preset_of(model: dict[str, Any]) -> str | None:
-    """The preset a ``[model]`` table starts from: ``transformer``, or the attention's name."""
-    from ..train.config import MODEL_PRESETS
-
-    name = "transformer" if model.get("kind") == "transformer" else model.get("attention")
-    return name if name in MODEL_PRESETS else None
-
-
-def config_toml(cfg: dict[str, Any]) -> str:
-    """A full config as TOML (``[data]``, ``[model]`` with its preset and every field,
-    ``[train]``): what ``qkv train --show-config`` prints, a valid config file."""
-    lines: list[str] = []
-    for table in ("data", "model", "train"):
-        values = cfg[table]
-        if table == "model":
-            preset = _preset_of(values)
-            values = {**({"preset": preset} if preset else {}), **_model_table(values)}
-        lines += [f"[{table}]", *(f"{k} = {_toml_value(v)}" for k, v in values.items()), ""]
-    return "\n".join(lines)
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -207,10 +175,11 @@ class _HelpFormatter(argparse.HelpFormatter):
 
 
 def _config_epilog() -> str:
-    from ..train.config import DEFAULTS
+    from ..translation.config import DataConfig, TranslationTrainConfig
 
     def table(name: str) -> str:
-        return ", ".join(f"{k}={_toml_value(v)}" for k, v in DEFAULTS[name].items())
+        values = dataclasses.asdict(DataConfig() if name == "data" else TranslationTrainConfig())
+        return ", ".join(f"{k}={_toml_value(v)}" for k, v in values.items())
 
     return (
         f"Config keys and their defaults. [data]: {table('data')}. [train]: {table('train')}. "
@@ -230,20 +199,23 @@ def _override(text: str) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ..train.config import load_config, resolve
+    from ..train.config import load_toml
+    from ..translation.config import resolve
     from ..translation.training import train
 
     try:
-        file_cfg = load_config(args.config) if args.config else {}
+        file_cfg = load_toml(args.config) if args.config else {}
         overrides = [_override(o) for o in args.overrides]
         if args.data:
             overrides.insert(0, f"--data.corpus={json.dumps(args.data)}")
         cfg = resolve(file_cfg, preset=args.model, overrides=overrides)
-        if args.show_config:
-            print(config_toml(cfg), end="")
-            return 0
-        name = args.model or cfg["model"].get("attention", cfg["model"].get("kind"))
+        name = args.model or cfg.model.get("attention", cfg.model.get("kind"))
         out = Path(args.out or Path("runs") / str(name))
+        if args.resume:
+            cfg = _resumed_config(out, args, overrides)
+        if args.show_config:
+            print(cfg.to_toml(), end="")
+            return 0
         with _warnings_as_messages():
             result = train(cfg, out, resume=args.resume, progress=not args.quiet, announce=True)
     except _USER_ERRORS as e:
@@ -257,6 +229,25 @@ def _train(args: argparse.Namespace) -> int:
         + f", {result.seconds:.1f} s; checkpoints in {out}"
     )
     return result.exit_code  # 0, or 130 / 143 after SIGINT / SIGTERM
+
+
+def _resumed_config(out: Path, args: argparse.Namespace, overrides: list[str]):
+    """The config a ``--resume`` continues with: the run's own, with the overrides it allows
+    (announced); a config file or ``--model`` cannot change a run under way."""
+    from ..train.checkpoint import find_latest, load_checkpoint
+    from ..translation.config import model_preset, resume_config
+
+    if args.config:
+        raise ValueError(f"--resume: the run in {str(out)!r} keeps its own config; drop {args.config!r} (overrides may change --train.epochs and the other keys of --help)")  # fmt: skip
+    if find_latest(out) is None:
+        raise FileNotFoundError(f"--resume: no checkpoint in {str(out)!r}")
+    run_config = load_checkpoint(out, verify=False).config
+    if args.model and model_preset(run_config["model"]) != args.model:
+        raise ValueError(f"--resume: the run in {str(out)!r} trains {model_preset(run_config['model'])!r}, not --model {args.model!r}")  # fmt: skip
+    cfg, applied = resume_config(run_config, overrides)
+    if applied and not args.show_config:
+        print(f"resuming with {', '.join(applied)}", file=sys.stderr)
+    return cfg
 
 
 def _load(path: str):
@@ -348,9 +339,10 @@ def _evaluate(args: argparse.Namespace) -> int:
                 )
                 examples = corpus["train"] if args.split == "test" else corpus[args.split]
             else:
+                from ..translation.config import DataConfig
                 from ..translation.training import load_corpus
 
-                examples = load_corpus(tr.config["data"])[args.split]
+                examples = load_corpus(DataConfig(**tr.config["data"]))[args.split]
             if args.limit:
                 examples = examples[: args.limit]
             metrics = rounded_metrics(tr.evaluate(examples, beam=args.beam, alpha=args.alpha))

@@ -1,58 +1,27 @@
-"""Training infrastructure, for any model: the loop, checkpoints, progress display and run configs.
-
-- :mod:`qkv.train.loop`: the model-agnostic :class:`Trainer` (optimizer steps, epochs,
-  validation, early stopping, exact resume) of a :class:`Task`, and the learning-rate schedule.
-- :mod:`qkv.train.checkpoint`: atomic safetensors + JSON checkpoints with exact resume,
-  never pickle.
-- :mod:`qkv.train.progress`: a progress bar (tqdm) on a terminal, sparse log lines elsewhere.
-- :mod:`qkv.train.config`: run configs: defaults, model presets, TOML files, dotted overrides.
-
-What is specific to translation (the ``qkv train`` recipe, decoding, the translator, the
-metrics, the demo) lives in :mod:`qkv.translation`. The metrics are still importable from
-here, deprecated.
+"""Training for any model: the :class:`Trainer` over a :class:`Task` (:mod:`~qkv.train.loop`),
+its ``[train]`` table (:class:`TrainConfig`), safe atomic checkpoints with exact resume
+(:mod:`~qkv.train.checkpoint`, :mod:`~qkv.train.rng`, :mod:`~qkv.train.atomic`) and progress
+(:mod:`~qkv.train.progress`). Applications (:mod:`qkv.translation`) bring their tasks and tables.
 """
 
-from typing import Any
-
-from .._moved import moved_attribute
-from .checkpoint import (
-    Checkpoint,
-    CheckpointError,
-    CorruptCheckpointError,
-    UnsafeCheckpointError,
-    find_latest,
-    load_checkpoint,
-    save_checkpoint,
-)
-from .config import DEFAULTS, MODEL_PRESETS, load_config, resolve
+from .checkpoint import Checkpoint, CheckpointError, find_latest, load_checkpoint, save_checkpoint
+from .config import TrainConfig, load_toml, parse_override
 from .loop import RunState, Task, Trainer, TrainResult, learning_rate
-from .progress import Progress
+from .progress import progress_bar
 
 __all__ = [
-    "DEFAULTS",
-    "MODEL_PRESETS",
     "Checkpoint",
     "CheckpointError",
-    "CorruptCheckpointError",
-    "Progress",
     "RunState",
     "Task",
+    "TrainConfig",
     "TrainResult",
     "Trainer",
-    "UnsafeCheckpointError",
     "find_latest",
     "learning_rate",
     "load_checkpoint",
-    "load_config",
-    "resolve",
+    "load_toml",
+    "parse_override",
+    "progress_bar",
     "save_checkpoint",
 ]
-
-_MOVED = dict.fromkeys(
-    ["aer", "alignment_from_weights", "bleu", "chrf", "exact_match"], "qkv.translation.metrics"
-)
-
-
-def __getattr__(name: str) -> Any:
-    """The evaluation metrics, moved to :mod:`qkv.translation.metrics` (deprecated here)."""
-    return moved_attribute(__name__, name, _MOVED)

@@ -2,6 +2,8 @@
 evaluation metrics, pictures and demo. Imported only when used (``import qkv.translation``;
 ``import qkv`` does not load it).
 
+- :mod:`qkv.translation.config`: the run config (:class:`RunConfig`: ``[data]``, ``[model]``,
+  ``[train]``), model presets, :func:`resolve` and :func:`resume_config`.
 - :mod:`qkv.translation.data`: the corpora (built-in numbers and dates, TSV files), text
   normalization, tokenizers and batches that the translation models read.
 - :mod:`qkv.translation.training`: :func:`train` (what ``qkv train`` runs) builds the corpus,
@@ -21,6 +23,7 @@ The layers: :mod:`qkv.translation` builds on :mod:`qkv.train` and the library
 (:mod:`qkv.models`, :mod:`qkv.interpret`, :mod:`qkv.viz`); none of those imports it.
 """
 
+from .config import MODEL_PRESETS, DataConfig, RunConfig, TranslationTrainConfig, resolve, resume_config
 from .decode import Hypothesis, beam_search, decode_limit, greedy
 from .demo import run_demo
 from .metrics import aer, alignment_from_weights, bleu, bleu_signed, chrf, corpus_scores, exact_match
@@ -29,9 +32,13 @@ from .training import TranslationTask, load_corpus, prepare_data, train, validat
 from .translator import Translation, TranslationWarning, Translator, decode_examples
 
 __all__ = [
+    "MODEL_PRESETS",
+    "DataConfig",
     "Hypothesis",
+    "RunConfig",
     "Translation",
     "TranslationTask",
+    "TranslationTrainConfig",
     "TranslationWarning",
     "Translator",
     "aer",
@@ -47,6 +54,8 @@ __all__ = [
     "greedy",
     "load_corpus",
     "prepare_data",
+    "resolve",
+    "resume_config",
     "run_demo",
     "train",
     "translation_picture",

@@ -38,9 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from ..train.checkpoint import find_latest, load_checkpoint
-from ..train.config import resolve
-from ..train.loop import torch_threads
-from .training import load_corpus, train
+from .config import RunConfig, resolve
+from .training import load_corpus, torch_threads, train
 from .translator import Translator
 
 __all__ = ["DEMO_CORPUS", "DEMO_MODELS", "demo_config", "example_rows", "run_demo"]
@@ -67,7 +66,7 @@ DEMO_MODELS: dict[str, dict[str, Any]] = {
 }
 
 
-def demo_config(name: str, *, quick: bool = False) -> dict[str, Any]:
+def demo_config(name: str, *, quick: bool = False) -> RunConfig:
     """The full training config of one demo model."""
     spec = DEMO_MODELS[name]
     data = dict(DEMO_CORPUS)
@@ -81,15 +80,15 @@ def demo_config(name: str, *, quick: bool = False) -> dict[str, Any]:
     return resolve({"data": data, "model": model, "train": train}, preset=spec["preset"])
 
 
-def _status(run: Path, cfg: dict[str, Any]) -> str:
+def _status(run: Path, cfg: RunConfig) -> str:
     """``"done"``, ``"partial"`` (resume it), ``"other"`` (a different config) or ``"none"``."""
     if find_latest(run) is None:
         return "none"
     ck = load_checkpoint(run)
-    if json.dumps(ck.config, sort_keys=True) != json.dumps(cfg, sort_keys=True):
+    if json.dumps(ck.config, sort_keys=True) != json.dumps(cfg.to_dict(), sort_keys=True):
         return "other"
     st = ck.state
-    total_epochs = cfg["train"]["epochs"]
+    total_epochs = cfg.train.epochs
     return "done" if st.get("epoch", 0) >= total_epochs or st.get("finished") else "partial"
 
 
@@ -113,7 +112,7 @@ def run_demo(
         raise ValueError(f"models: unknown {unknown}; valid: {', '.join(DEMO_MODELS)}")
     started = time.perf_counter()
     _train_all(_plan(out, models, fresh=fresh, quick=quick), progress)
-    corpus = load_corpus(demo_config(models[0], quick=quick)["data"])  # the models share the corpus
+    corpus = load_corpus(demo_config(models[0], quick=quick).data)  # the models share the corpus
     report = {name: _evaluate(name, demo_config(name, quick=quick), out / name, corpus) for name in models}
     figures = _heatmaps(out, models, corpus)
     examples = example_rows(out, models, corpus)
@@ -147,7 +146,7 @@ def _plan(out: Path, models, *, fresh: bool, quick: bool) -> list[tuple[str, dic
             _say(f"[{i}/{len(models)}] {name}: already trained in {run} (use --fresh to retrain)")
             continue
         verb = "resuming" if status == "partial" else "training"
-        _say(f"[{i}/{len(models)}] {name}: {verb} on {cfg['data']['corpus']} ({cfg['data']['size']} pairs)")
+        _say(f"[{i}/{len(models)}] {name}: {verb} on {cfg.data.corpus} ({cfg.data.size} pairs)")
         jobs.append((name, cfg, run, status == "partial"))
     return jobs
 
@@ -162,7 +161,7 @@ def _train_all(jobs, progress: bool) -> None:
         train(cfg, run, resume=resume, progress=progress)
 
 
-def _evaluate(name: str, cfg: dict[str, Any], run: Path, corpus) -> dict[str, Any]:
+def _evaluate(name: str, cfg: RunConfig, run: Path, corpus) -> dict[str, Any]:
     """The report entry of one trained model: training figures and test / test_long metrics."""
     tr = Translator.load(run)
     state = load_checkpoint(run).state
@@ -173,7 +172,7 @@ def _evaluate(name: str, cfg: dict[str, Any], run: Path, corpus) -> dict[str, An
         "epochs": len(history),
         "parameters": sum(p.numel() for p in tr.model.parameters()),
     }
-    with torch_threads(cfg["train"]["threads"]):
+    with torch_threads(cfg.train.threads):
         for split in ("test", "test_long"):
             _say(f"      evaluating {name} on {split} ({len(corpus[split])} examples)")
             entry[split] = _rounded(tr.evaluate(corpus[split]))
@@ -185,8 +184,8 @@ def _evaluate(name: str, cfg: dict[str, Any], run: Path, corpus) -> dict[str, An
     return entry
 
 
-def cfg_threads(cfg: dict[str, Any]) -> int:
-    return int(cfg["train"].get("threads", 0) or 0)
+def cfg_threads(cfg: RunConfig) -> int:
+    return cfg.train.threads
 
 
 class _Lines:
@@ -205,7 +204,7 @@ class _Lines:
         return False
 
 
-def _train_child(cfg: dict[str, Any], run: str, resume: bool, progress: bool) -> None:
+def _train_child(cfg: RunConfig, run: str, resume: bool, progress: bool) -> None:
     train(cfg, run, resume=resume, progress=progress, stream=_Lines(sys.stderr))
 
 

@@ -1,6 +1,6 @@
 """Training a translation model from a config: what ``qkv train`` runs.
 
-:func:`train` turns a config (:func:`qkv.train.config.resolve`) into the pieces of the
+:func:`train` turns a config (:func:`qkv.translation.config.resolve`) into the pieces of the
 model-agnostic :class:`qkv.train.loop.Trainer`: the corpus and its tokenizers
 (:func:`prepare_data`), the model (:func:`qkv.models.builders.build_model`), AdamW, and a
 :class:`TranslationTask`, the translation side of the loop: batches of encoded sentence pairs,
@@ -10,8 +10,10 @@ teacher-forced token cross entropy (:func:`_loss`), and validation by loss and, 
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +21,9 @@ import torch
 from torch import Tensor, nn
 
 from ..models.builders import build_model
-from ..train.loop import Trainer, TrainResult, open_run, seed_everything, torch_threads
+from ..train.loop import Trainer, TrainResult, open_run, seed_everything
 from . import data as qdata
+from .config import DataConfig, RunConfig, TranslationTrainConfig
 from .decode import decode_limit, longest_repeat
 from .translator import decode_examples
 
@@ -31,6 +34,7 @@ __all__ = [
     "load_corpus",
     "prepare_data",
     "text_format",
+    "torch_threads",
     "train",
     "validation_loss",
 ]
@@ -41,17 +45,29 @@ _SORT_WITHIN = 20
 _MAX_SOURCE_WORDS = 100_000
 
 
-def load_corpus(d: dict[str, Any]):
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run with ``threads`` torch CPU threads (0: torch's default), restored after."""
+    before = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def load_corpus(d: DataConfig):
     """The corpus of a ``[data]`` table: a built-in name or a TSV path (``reverse``: its second
     column is the source)."""
-    name = str(d["corpus"])
+    name = d.corpus
     if name in qdata.BUILTIN_CORPORA:
-        if d.get("reverse"):
+        if d.reverse:
             raise ValueError(
                 f"data.reverse: only for TSV files; the built-in corpus {name!r} has a fixed direction "
                 f"(reversed ones exist, e.g. numbers-en-digits; see {', '.join(qdata.BUILTIN_CORPORA)})"
             )
-        return qdata.builtin(name, size=d["size"], seed=d["seed"], **d.get("options", {}))
+        return qdata.builtin(name, size=d.size, seed=d.seed, **d.options)
     path = Path(name)
     if not path.exists():
         raise ValueError(
@@ -60,26 +76,24 @@ def load_corpus(d: dict[str, Any]):
         )
     return qdata.load_tsv(
         path,
-        lowercase=d["lowercase"],
-        split_punct=d["split_punct"],
-        max_len=d["max_len"] or None,
-        valid_frac=d["valid_frac"],
-        test_frac=d["test_frac"],
-        seed=d["seed"],
-        reverse=bool(d.get("reverse", False)),
+        lowercase=d.lowercase,
+        split_punct=d.split_punct,
+        max_len=d.max_len or None,
+        valid_frac=d.valid_frac,
+        test_frac=d.test_frac,
+        seed=d.seed,
+        reverse=d.reverse,
     )
 
 
-def text_format(d: dict[str, Any], corpus) -> qdata.TextFormat:
+def text_format(d: DataConfig, corpus) -> qdata.TextFormat:
     """The text steps of training, stored in every checkpoint: the TSV normalization options,
     and the spacing and case of the training targets as written (to detokenize outputs);
     identity for built-in corpora (their text is used as generated)."""
-    if str(d["corpus"]) in qdata.BUILTIN_CORPORA:
+    if d.corpus in qdata.BUILTIN_CORPORA:
         return qdata.TextFormat()
     return qdata.TextFormat.learn(
-        [e.target_text for e in corpus["train"]],
-        lowercase=bool(d["lowercase"]),
-        split_punct=bool(d["split_punct"]),
+        [e.target_text for e in corpus["train"]], lowercase=d.lowercase, split_punct=d.split_punct
     )
 
 
@@ -106,18 +120,18 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def prepare_data(cfg: dict[str, Any]):
+def prepare_data(cfg: RunConfig):
     """The corpus and the two tokenizers (built on the training split only) of a config."""
-    d = cfg["data"]
+    d = cfg.data
     corpus = load_corpus(d)
     train_ex = corpus["train"]
-    kw = {"vocab_size": d["bpe_vocab"]} if d["tokenizer"] == "bpe" else {}
-    src_tok = qdata.build_tokenizer(d["tokenizer"], [e.source for e in train_ex], **kw)
-    tgt_tok = qdata.build_tokenizer(d["tokenizer"], [e.target for e in train_ex], **kw)
+    kw = {"vocab_size": d.bpe_vocab} if d.tokenizer == "bpe" else {}
+    src_tok = qdata.build_tokenizer(d.tokenizer, [e.source for e in train_ex], **kw)
+    tgt_tok = qdata.build_tokenizer(d.tokenizer, [e.target for e in train_ex], **kw)
     return corpus, src_tok, tgt_tok
 
 
-def _loss(model: nn.Module, batch, t: dict[str, Any]) -> tuple[Tensor, int]:
+def _loss(model: nn.Module, batch, t: TranslationTrainConfig) -> tuple[Tensor, int]:
     """Token cross entropy, plus the model's auxiliary loss when it has one.
 
     A model with an ``auxiliary_loss(record, logits, targets)`` method (e.g. the REINFORCE
@@ -127,14 +141,14 @@ def _loss(model: nn.Module, batch, t: dict[str, Any]) -> tuple[Tensor, int]:
     record: dict[str, Tensor] = {}
     extra = {"record": record} if hasattr(model, "auxiliary_loss") else {}
     logits = model(
-        batch.src, batch.src_lengths, batch.tgt_in, teacher_forcing=float(t["teacher_forcing"]), **extra
+        batch.src, batch.src_lengths, batch.tgt_in, teacher_forcing=float(t.teacher_forcing), **extra
     )
     ntok = int((batch.tgt_out != 0).sum())
     loss = nn.functional.cross_entropy(
         logits.reshape(-1, logits.shape[-1]).float(),
         batch.tgt_out.reshape(-1),
         ignore_index=0,
-        label_smoothing=float(t["label_smoothing"]),
+        label_smoothing=float(t.label_smoothing),
     )
     if record:
         aux = model.auxiliary_loss(record, logits, batch.tgt_out)
@@ -165,12 +179,12 @@ def validation_loss(model: nn.Module, pairs, *, batch_size: int) -> float | None
     return total / count if count else None
 
 
-def _max_len(cfg, examples, tgt_tok) -> int:
+def _max_len(cfg: RunConfig, examples, tgt_tok) -> int:
     """The decoding limit of validation: :func:`~qkv.translation.decode.decode_limit` from the
     references (``max_decode_len``, else 2 x the longest target in the target tokenizer's
     tokens + 10)."""
     references = [len(tgt_tok.encode(e.target)) for e in examples]
-    return decode_limit(cfg["train"].get("max_decode_len"), references=references)
+    return decode_limit(cfg.train.max_decode_len, references=references)
 
 
 def _valid_exact_match(model, examples, src_tok, tgt_tok, cfg) -> float:
@@ -181,19 +195,19 @@ def _valid_exact_match(model, examples, src_tok, tgt_tok, cfg) -> float:
     return good / max(len(examples), 1)
 
 
-def _check_splits(d: dict[str, Any], corpus) -> None:
+def _check_splits(d: DataConfig, corpus) -> None:
     """Refuse an empty training split; warn about an empty validation split."""
     sizes = {k: len(corpus[k]) for k in ("train", "valid", "test")}
     counts = f"{sizes['train']} train, {sizes['valid']} valid, {sizes['test']} test"
     if not sizes["train"]:
         raise ValueError(
-            f"data: the training split of {str(d['corpus'])!r} is empty ({counts} pairs); nothing to train on. "
+            f"data: the training split of {d.corpus!r} is empty ({counts} pairs); nothing to train on. "
             "Use more pairs, or lower data.valid_frac and data.test_frac"
         )
     if not sizes["valid"]:
         warnings.warn(
-            f"data: the validation split of {str(d['corpus'])!r} is empty ({counts} pairs, "
-            f"valid_frac={d['valid_frac']}): no validation loss (reported as n/a), no early stopping, "
+            f"data: the validation split of {d.corpus!r} is empty ({counts} pairs, "
+            f"valid_frac={d.valid_frac}): no validation loss (reported as n/a), no early stopping, "
             "no best/ checkpoint. Use more pairs or a larger data.valid_frac",
             qdata.DataWarning,
             stacklevel=5,  # the caller of train()
@@ -213,28 +227,28 @@ class TranslationTask:
 
     count_unit = "target tok"
 
-    def __init__(self, cfg: dict[str, Any], corpus, src_tok, tgt_tok):
-        self.cfg, self.t = cfg, cfg["train"]
+    def __init__(self, cfg: RunConfig, corpus, src_tok, tgt_tok):
+        self.cfg = cfg
         self.src_tok, self.tgt_tok = src_tok, tgt_tok
-        _check_splits(cfg["data"], corpus)
+        _check_splits(cfg.data, corpus)
         self.train_pairs = qdata.encode_pairs(corpus["train"], src_tok, tgt_tok)
         self.valid_pairs = qdata.encode_pairs(corpus["valid"], src_tok, tgt_tok)
-        self.valid_examples = corpus["valid"][: int(self.t["valid_decode"])]
-        self.batch_size = int(self.t["batch_size"])
+        self.valid_examples = corpus["valid"][: cfg.train.valid_decode]
+        self.batch_size = cfg.train.batch_size
         self.batches_per_epoch = qdata.num_batches(len(self.train_pairs), self.batch_size)
 
     def batches(self, epoch: int, start: int):
         return qdata.batches(
-            self.train_pairs, batch_size=self.batch_size, shuffle=True, seed=int(self.t["seed"]),
+            self.train_pairs, batch_size=self.batch_size, shuffle=True, seed=self.cfg.train.seed,
             epoch=epoch, sort_within=_SORT_WITHIN, start=start,
         )  # fmt: skip
 
     def loss(self, model: nn.Module, batch) -> tuple[Tensor, int]:
-        return _loss(model, batch, self.t)  # looked up at call time: tests replace _loss
+        return _loss(model, batch, self.cfg.train)  # looked up at call time: tests replace _loss
 
     def validate(self, model: nn.Module) -> dict[str, float | None]:
         metrics = {"valid_loss": validation_loss(model, self.valid_pairs, batch_size=self.batch_size * 2)}
-        if self.t["valid_decode"] and self.valid_examples:
+        if self.cfg.train.valid_decode and self.valid_examples:
             metrics["valid_exact_match"] = _valid_exact_match(
                 model, self.valid_examples, self.src_tok, self.tgt_tok, self.cfg
             )
@@ -242,7 +256,7 @@ class TranslationTask:
 
 
 def train(
-    cfg: dict[str, Any],
+    cfg: RunConfig | None,
     out_dir: str | Path,
     *,
     resume: bool = False,
@@ -254,10 +268,12 @@ def train(
     """Train the model a config describes; checkpoints go to ``out_dir``.
 
     Args:
-        cfg: a full config from :func:`qkv.train.config.resolve`.
-        out_dir: the run directory (``ckpt-*`` checkpoints, ``latest.json``, ``best/``).
-        resume: continue from the latest checkpoint in ``out_dir`` (its config wins; an
-            existing run directory without ``resume`` is an error, so nothing is overwritten).
+        cfg: a config from :func:`qkv.translation.config.resolve`; when resuming, the config to
+            continue with (:func:`~qkv.translation.config.resume_config` says what may
+            change), or None for the run's own.
+        out_dir: the run directory (``ckpt-*`` checkpoints, ``best/``).
+        resume: continue from the newest intact checkpoint in ``out_dir`` (an existing run
+            directory without ``resume`` is an error, so nothing is overwritten).
         progress: show a progress bar with loss, tokens/s and ETA on ``stream`` (stderr).
         stop_after_steps: stop (and checkpoint) after this many optimizer steps in this call,
             as an interruption would (tests use it to check exact resumption).
@@ -266,9 +282,11 @@ def train(
     """
     stream = sys.stderr if stream is None else stream
     ckpt = open_run(out_dir, resume=resume)
-    if ckpt is not None:
-        cfg = ckpt.config
-    with torch_threads(cfg["train"].get("threads")):
+    if cfg is None:
+        if ckpt is None:
+            raise ValueError("cfg: None is only for resuming a run (its own config)")
+        cfg = RunConfig.from_dict(ckpt.config)
+    with torch_threads(cfg.train.threads):
         trainer = _trainer(
             cfg, Path(out_dir), ckpt, progress=progress, stream=stream,
             announce=progress if announce is None else announce,
@@ -276,28 +294,24 @@ def train(
         return trainer.fit(stop_after_steps=stop_after_steps)
 
 
-def _trainer(
-    cfg: dict[str, Any], out: Path, ckpt, *, progress: bool, stream, announce: bool = False
-) -> Trainer:
+def _trainer(cfg: RunConfig, out: Path, ckpt, *, progress: bool, stream, announce: bool = False) -> Trainer:
     """Data, model, optimizer and task of a config, in a Trainer (restored from ``ckpt``)."""
-    t = cfg["train"]
-    seed_everything(int(t["seed"]))
+    t = cfg.train
+    seed_everything(t.seed)
     corpus, src_tok, tgt_tok = prepare_data(cfg)
     if ckpt is not None:  # the vocabularies the model was built with
         src_tok = qdata.tokenizer_from_dict(ckpt.vocab["source"])
         tgt_tok = qdata.tokenizer_from_dict(ckpt.vocab["target"])
     task = TranslationTask(cfg, corpus, src_tok, tgt_tok)
-    model = build_model(cfg["model"], src_vocab=len(src_tok), tgt_vocab=len(tgt_tok))
-    opt = torch.optim.AdamW(model.parameters(), lr=float(t["lr"]), weight_decay=float(t["weight_decay"]))
+    model = build_model(cfg.model, src_vocab=len(src_tok), tgt_vocab=len(tgt_tok))
+    opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     vocab = {"source": src_tok.to_dict(), "target": tgt_tok.to_dict()}
-    if ckpt is not None and "text" in ckpt.vocab:
+    if ckpt is not None:
         vocab.update(text=ckpt.vocab["text"], inference=ckpt.vocab["inference"])
     else:
-        vocab.update(
-            text=text_format(cfg["data"], corpus).to_dict(),
-            inference=inference_facts(corpus["train"], task.train_pairs),
-        )
-    name = cfg["model"].get("attention", cfg["model"].get("kind"))
+        facts = inference_facts(corpus["train"], task.train_pairs)
+        vocab.update(text=text_format(cfg.data, corpus).to_dict(), inference={**facts, "max_decode_len": t.max_decode_len})  # fmt: skip
+    name = cfg.model.get("attention", cfg.model.get("kind"))
     if announce:
         print(
             f"model: {name}, {count_parameters(model):,} parameters; {len(task.train_pairs):,} training pairs, "
@@ -305,7 +319,7 @@ def _trainer(
             file=stream,
         )
     trainer = Trainer(
-        model, opt, task, settings=t, out_dir=out, config=cfg, vocab=vocab,
+        model, opt, task, config=t, out_dir=out, run_config=cfg.to_dict(), vocab=vocab,
         desc=f"train {name}", progress=progress, stream=stream,
     )  # fmt: skip
     if ckpt is not None:

@@ -232,7 +232,7 @@ class Translator:
         return self._limit(sources)
 
     def _limit(self, sources: list[int]) -> int:
-        limit = decode_limit(self.config["train"].get("max_decode_len"), sources=sources)
+        limit = decode_limit(self.inference.get("max_decode_len"), sources=sources)
         cap = self.input_limit()
         return limit if cap is None else min(limit, cap)
 
