@@ -86,7 +86,6 @@ def test_cli_reference_lists_every_command_and_option():
         "evaluate",
         "viz",
         "demo",
-        "bench",
     }
     for name, _, sub in commands:
         assert f"## qkv {name}\n" in text

@@ -389,7 +389,7 @@ def test_cli_evaluate_rounds_prints_signature_and_parameters(trained, capsys):
 
 
 def test_cli_evaluate_json_rounds_100():
-    from qkv.cli.translate import rounded_metrics
+    from qkv.cli.evaluate import rounded_metrics
 
     m = rounded_metrics({"bleu": 100.00000000000004, "exact_match": 0.123456, "n": 3, "bleu_signature": "x"})
     assert json.dumps(m) == '{"bleu": 100.0, "exact_match": 0.1235, "n": 3, "bleu_signature": "x"}'
