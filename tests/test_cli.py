@@ -334,3 +334,42 @@ def test_explain_shows_bidi_controls_in_labels(capsys):
     assert "\u202e" not in out
     d = run_json(capsys, "--self-attention", "--tokens", "I,\u202elove,cats")
     assert d["tokens"] == ["I", "\u202elove", "cats"]
+
+
+# ----------------------------------------------------------------------------- dotted overrides
+
+
+def test_an_override_value_after_a_space_is_its_value():
+    from qkv.cli.overrides import split_overrides
+
+    assert split_overrides(["--train.epochs", "3", "--quiet"]) == (["--quiet"], ["--train.epochs=3"])
+    assert split_overrides(["--train.lr", "-1e-3"]) == ([], ["--train.lr=-1e-3"])
+    assert split_overrides(["--train.lr", "-.5"]) == ([], ["--train.lr=-.5"])
+    # a bare key before an option, a TOML file or nothing is a switch
+    assert split_overrides(["--data.reverse", "--quiet"]) == (["--quiet"], ["--data.reverse=true"])
+    assert split_overrides(["--data.reverse", "configs/x.toml"]) == (
+        ["configs/x.toml"],
+        ["--data.reverse=true"],
+    )
+    assert split_overrides(["cfg.toml", "--data.reverse"]) == (["cfg.toml"], ["--data.reverse=true"])
+    assert split_overrides(["--data.reverse", "false"]) == ([], ["--data.reverse=false"])
+    assert split_overrides(["--train.epochs=3", "4"]) == (["4"], ["--train.epochs=3"])
+
+
+@pytest.mark.parametrize(
+    "spaced",
+    [
+        ["--train.epochs", "3", "--model.hidden_dim", "48"],
+        ["--model.hidden_dim", "48", "--train.epochs", "3", "--data.reverse"],
+    ],
+)
+def test_train_reads_an_override_with_a_space_as_with_an_equals_sign(capsys, spaced):
+    joined = ["--train.epochs=3", "--model.hidden_dim=48"] + (
+        ["--data.reverse"] if "--data.reverse" in spaced else []
+    )
+    code, want, _ = run(capsys, "train", "--model", "bahdanau", *joined, "--show-config")
+    assert code == 0
+    code, got, err = run(capsys, "train", "--model", "bahdanau", *spaced, "--show-config")
+    assert code == 0, err
+    assert got == want
+    assert "epochs = 3\n" in got and "hidden_dim = 48\n" in got

@@ -32,7 +32,8 @@ def add_parser(sub) -> None:
         help="train a translation model (seq2seq with attention or Transformer)",
         description=(
             "Train on a built-in corpus or a TSV file of sentence pairs. Settings come from the defaults, "
-            "a model preset (--model), an optional TOML file, then --table.key=value overrides, "
+            "a model preset (--model), an optional TOML file, then --table.key=value overrides "
+            "(--table.key value is the same; a bare --table.key is a switch: =true), "
             "e.g. --train.epochs=5 --model.hidden_dim=64. "
             "Stopping loses nothing: Ctrl-C (SIGINT) or SIGTERM finishes the step under way, saves a "
             "checkpoint and exits with 130 or 143 (a second signal stops at once); --resume then continues "
