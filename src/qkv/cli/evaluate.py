@@ -21,8 +21,8 @@ def add_parser(sub) -> None:
         "evaluate",
         help="score a trained model: BLEU, chrF, exact match, alignment error rate",
         description=(
-            "Decodes a split of the run's corpus (or of --data FILE.tsv, read as in training, --data.reverse "
-            "included) from the sentences as written, exactly as qkv translate does, and scores the text "
+            "Decodes a split of the run's corpus (--split), or every pair of --data FILE.tsv (the whole file, "
+            "read as in training, --data.reverse included), from the sentences as written, exactly as qkv translate does, and scores the text "
             "output against the references as written: sacrebleu's standard BLEU (cased, 13a tokenization) "
             "and chrF, each with the signature that says how it was computed; exact match; for a model "
             "trained on normalized text, 'BLEU normalized' (output and reference in the training form: a "
@@ -31,8 +31,16 @@ def add_parser(sub) -> None:
         ),
     )
     add_checkpoint_options(ev)
-    ev.add_argument("--data", help="evaluate on this TSV file instead of the run's corpus")
-    ev.add_argument("--split", default="test", help="train, valid, test or test_long (default test)")
+    ev.add_argument(
+        "--data",
+        metavar="FILE.tsv",
+        help="evaluate on the whole of this TSV file (every pair; no split) instead of the run's corpus",
+    )
+    ev.add_argument(
+        "--split",
+        default=None,
+        help="the split of the run's corpus: train, valid, test or test_long (default test; not with --data)",
+    )
     ev.add_argument("--limit", type=int, default=0, help="evaluate only the first N examples")
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
     ev.set_defaults(handler=run)
@@ -52,6 +60,9 @@ def rounded_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Decode and score a split of the run's corpus, or the whole ``--data`` file; print the metrics."""
+    if args.data and args.split is not None:
+        raise CommandError(f"--split {args.split}: not used with --data (the whole file is evaluated)")
     tr = load_translator(args.checkpoint)
     try:
         with warnings_as_messages():
@@ -67,11 +78,11 @@ def run(args: argparse.Namespace) -> int:
                     valid_frac=0.0,
                     test_frac=0.0,
                 )
-                examples = corpus["train"] if args.split == "test" else corpus[args.split]
+                examples = corpus["train"]  # valid_frac = test_frac = 0: every pair
             else:
                 from ..translation.training import load_corpus
 
-                examples = load_corpus(tr.config["data"])[args.split]
+                examples = load_corpus(tr.config["data"])[args.split or "test"]
             if args.limit:
                 examples = examples[: args.limit]
             metrics = rounded_metrics(tr.evaluate(examples, beam=args.beam, alpha=args.alpha))
@@ -81,7 +92,10 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"model": tr.describe(), "parameters": tr.num_parameters, **metrics}, indent=2))
         return 0
     print(f"model: {tr.describe()}")
-    print(f"{args.split}: {metrics['n']} examples, beam {args.beam}")
+    what = args.split or "test"
+    if args.data:
+        what = f"{args.data} ({f'its first {args.limit} pairs' if args.limit else 'the whole file'})"
+    print(f"{what}: {metrics['n']} examples, beam {args.beam}")
     print(f"  exact match      {metrics['exact_match']:.4f}")
     print(f"  BLEU             {metrics['bleu']:.2f}  (sacrebleu {metrics['bleu_signature']})")
     print(f"  chrF             {metrics['chrf']:.2f}  (sacrebleu {metrics['chrf_signature']})")
