@@ -252,26 +252,12 @@ def beam_search(
         for b in range(bsz):
             if settled[b]:
                 continue
-            k = 0
-            for score, o, tok in zip(top_l[b], origin_l[b], token_l[b]):
-                if score == float("-inf") or k == beam:
-                    break
-                flat = b * beam + o
-                if tok == EOS:
-                    seq = history[flat].tolist()
-                    att = _gather_attention(att_hist, attn, flat, int(src_lengths[b]))
-                    finished[b].append((score / (len(seq) + 1) ** alpha, seq, att, score, "eos"))
-                    continue
-                cut = None if max_repeats is None else repeat_cut([*history[flat].tolist(), tok], max_repeats)
-                if cut is not None:
-                    seq = history[flat].tolist()[:cut]
-                    raw = float(running[flat, cut - 1])
-                    att = _gather_attention(att_hist, attn, flat, int(src_lengths[b]))
-                    att = None if att is None else att[: cut + 1]
-                    finished[b].append((raw / (cut + 1) ** alpha, seq, att, raw, "repetition"))
-                    continue
+            step = (history, running, att_hist, attn, int(src_lengths[b]))
+            cands = zip(top_l[b], origin_l[b], token_l[b])
+            for k, (score, o, tok) in enumerate(
+                _split(cands, b, beam, step, alpha, max_repeats, finished[b])
+            ):
                 new_scores[b, k], new_origin[b, k], new_token[b, k] = score, o, tok
-                k += 1
         flat_origin = (torch.arange(bsz, device=dev).unsqueeze(1) * beam + new_origin).view(-1)
         history = torch.cat([history.index_select(0, flat_origin), new_token.view(-1, 1)], dim=1)
         if max_repeats is not None:
@@ -286,19 +272,47 @@ def beam_search(
         settled = [settled[b] or _settled(finished[b], new_scores[b], alpha, max_len) for b in range(bsz)]
         if all(settled):
             break
-    out = []
-    for b in range(bsz):
-        pool = finished[b]
-        if not pool:  # nothing ended with <eos> within max_len: take the best live beam
-            k = int(scores[b].argmax())
-            flat = b * beam + k
+    return [_best(b, finished[b], scores, history, att_hist, src_lengths, beam, alpha) for b in range(bsz)]
+
+
+def _split(cands, b: int, beam: int, step, alpha: float, max_repeats, finished: list) -> list:
+    """Sentence ``b``'s candidates ``(score, origin beam, token)``, best first: those that end
+    (<eos>, or the repetition rule) go to ``finished``; the first ``beam`` others are returned."""
+    history, running, att_hist, attn, src_len = step
+    live: list = []
+    for score, o, tok in cands:
+        if score == float("-inf") or len(live) == beam:
+            break
+        flat = b * beam + o
+        if tok == EOS:
             seq = history[flat].tolist()
-            att = _gather_attention(att_hist, None, flat, int(src_lengths[b]))
-            raw = float(scores[b, k])
-            pool = [(raw / max(len(seq), 1) ** alpha, seq, att, raw, "limit")]
-        _, seq, att, raw, stop = max(pool, key=lambda p: p[0])
-        out.append(Hypothesis(tokens=seq, score=raw, attention=att, stop=stop))
-    return out
+            att = _gather_attention(att_hist, attn, flat, src_len)
+            finished.append((score / (len(seq) + 1) ** alpha, seq, att, score, "eos"))
+            continue
+        cut = None if max_repeats is None else repeat_cut([*history[flat].tolist(), tok], max_repeats)
+        if cut is not None:
+            seq = history[flat].tolist()[:cut]
+            raw = float(running[flat, cut - 1])
+            att = _gather_attention(att_hist, attn, flat, src_len)
+            att = None if att is None else att[: cut + 1]
+            finished.append((raw / (cut + 1) ** alpha, seq, att, raw, "repetition"))
+            continue
+        live.append((score, o, tok))
+    return live
+
+
+def _best(b: int, pool, scores, history, att_hist, src_lengths, beam: int, alpha: float) -> Hypothesis:
+    """Sentence ``b``'s best finished hypothesis, or its best live one when nothing ended with
+    <eos> within ``max_len`` (``stop = "limit"``)."""
+    if not pool:
+        k = int(scores[b].argmax())
+        flat = b * beam + k
+        seq = history[flat].tolist()
+        att = _gather_attention(att_hist, None, flat, int(src_lengths[b]))
+        raw = float(scores[b, k])
+        pool = [(raw / max(len(seq), 1) ** alpha, seq, att, raw, "limit")]
+    _, seq, att, raw, stop = max(pool, key=lambda p: p[0])
+    return Hypothesis(tokens=seq, score=raw, attention=att, stop=stop)
 
 
 def best_possible(raw: float, alpha: float, longest: int) -> float:
