@@ -48,8 +48,8 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 
 bench: setup
-	$(VENV)/bin/qkv bench dense
-	@if [ -f benchmarks/attention_long.py ]; then $(VENV)/bin/qkv bench long; fi
+	$(PY) -m benchmarks.attention_dense
+	$(PY) -m benchmarks.attention_long
 
 clean:
 	rm -rf $(VENV) build site src/*.egg-info .pytest_cache .ruff_cache

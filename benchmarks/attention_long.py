@@ -51,8 +51,8 @@ import torch.nn.functional as F
 import qkv
 from qkv.backends import BACKENDS
 
-# common.py sits beside this file, however it is run (script, -m, qkv bench)
-if __package__:  # imported as a package module (`qkv bench`, `python -m benchmarks.<suite>`)
+# common.py sits beside this file, however it is run (script or -m)
+if __package__:  # imported as a package module (`python -m benchmarks.<suite>`)
     from .common import (
         MEMORY_METHOD,
         Contender,

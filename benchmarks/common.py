@@ -10,7 +10,7 @@
 - :func:`markdown_table`, :func:`write_json`, :func:`log`: output.
 
 Suites import this module as their sibling: ``.common`` when they are imported as a package
-module (``qkv bench``, ``python -m benchmarks.<suite>``), ``common`` when run as a script
+module (``python -m benchmarks.<suite>``, what ``make bench`` runs), ``common`` when run as a script
 (``python benchmarks/<suite>.py`` puts ``benchmarks/`` first on ``sys.path``); none changes
 ``sys.path``. Each suite's entry point is ``main(argv: list[str] | None) -> int``.
 """

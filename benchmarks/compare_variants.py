@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 # common.py sits beside this file, however it is run
-if __package__:  # imported as a package module (`qkv bench`, `python -m benchmarks.<suite>`)
+if __package__:  # imported as a package module (`python -m benchmarks.<suite>`)
     from .common import log, machine_info, markdown_table, write_json
 else:  # python benchmarks/<suite>.py: the script's directory is first on sys.path
     from common import log, machine_info, markdown_table, write_json

@@ -32,8 +32,8 @@ from torch import Tensor, nn
 import qkv
 from qkv.modules import KVCache, MultiHeadAttention
 
-# common.py sits beside this file, however it is run (script, -m, qkv bench)
-if __package__:  # imported as a package module (`qkv bench`, `python -m benchmarks.<suite>`)
+# common.py sits beside this file, however it is run (script or -m)
+if __package__:  # imported as a package module (`python -m benchmarks.<suite>`)
     from .common import (
         Contender,
         log,

@@ -28,7 +28,7 @@ from qkv.translation.demo import DEMO_CORPUS, DEMO_MODELS
 from qkv.translation.training import _loss, prepare_data
 
 # common.py sits beside this file, however it is run
-if __package__:  # imported as a package module (`qkv bench`, `python -m benchmarks.<suite>`)
+if __package__:  # imported as a package module (`python -m benchmarks.<suite>`)
     from .common import log, machine_info, markdown_table, wait_for_quiet, write_json
 else:  # python benchmarks/<suite>.py: the script's directory is first on sys.path
     from common import log, machine_info, markdown_table, wait_for_quiet, write_json

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -152,7 +153,7 @@ def test_explain_bad_input_is_a_clear_error(capsys, argv, option):
     assert "Traceback" not in err
 
 
-# ----------------------------------------------------------------------------- main, demo, bench
+# ----------------------------------------------------------------------------- main, demo
 
 
 def test_version_and_help(capsys):
@@ -183,27 +184,24 @@ def test_demo_examples_runs_the_three_examples(capsys):
     assert d["kernel_regression"]["output"] == [45.5]
 
 
-def test_bench_without_the_script_is_a_clear_error(capsys, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    code, _, err = run(capsys, "bench")
-    assert code == 2
-    assert "qkv: error: benchmarks/attention_dense.py not found" in err
+def test_every_command_is_one_module():
+    """`qkv <name>` is `qkv.cli.<name>`: its `add_parser` registers it and its handler lives there;
+    the benchmarks are not a command (they run as `python -m benchmarks.<suite>`)."""
+    from qkv.cli.main import COMMANDS, build_parser
+
+    names = [m.__name__.rsplit(".", 1)[-1] for m in COMMANDS]
+    assert names == ["explain", "train", "translate", "evaluate", "viz", "demo"]
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(sub.choices) == names
+    for module, name in zip(COMMANDS, names):
+        handler = sub.choices[name].get_default("handler")
+        assert handler.__module__ == module.__name__, name
 
 
-def test_bench_runs_the_script_with_its_arguments(capsys, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "benchmarks").mkdir()
-    script = tmp_path / "benchmarks" / "attention_dense.py"
-    script.write_text(
-        "def main(argv):\n    print('bench args', argv)\n    return 3 if '--fail' in argv else 0\n"
-    )
-    argv_before = sys.argv[:]
-    code, out, _ = run(capsys, "bench", "--size", "64")
-    assert code == 0
-    assert "bench args ['--size', '64']" in out
-    assert sys.argv == argv_before
-    code, _, _ = run(capsys, "bench", "--fail")
-    assert code == 3
+def test_bench_is_not_a_command(capsys):
+    code, out, err = run(capsys, "bench")
+    assert (code, out) == (2, "")
+    assert "invalid choice: 'bench'" in err
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -228,17 +226,6 @@ def test_entry_points_in_a_subprocess(entry):
     assert bad.returncode == 2
     assert "qkv: error: argument --keys" in bad.stderr
     assert "Traceback" not in bad.stderr
-
-
-def test_bench_picks_a_suite_by_name(capsys, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "benchmarks").mkdir()
-    (tmp_path / "benchmarks" / "attention_long.py").write_text(
-        "def main(argv):\n    print('long args', argv)\n"
-    )
-    code, out, _ = run(capsys, "bench", "long", "--quick")
-    assert code == 0
-    assert "long args ['--quick']" in out
 
 
 # ----------------------------------------------------------------------------- the small things
@@ -338,35 +325,6 @@ def test_demo_options_of_the_other_mode_are_errors(capsys):
     assert code == 0 and "0.88" in out and "0.8808" not in out
 
 
-def test_bench_help_is_the_commands_own(capsys, tmp_path, monkeypatch):
-    """`qkv bench --help` printed the dense script's help ("usage: attention_dense.py"), or
-    failed outside a checkout; it describes `qkv bench` and its suites now."""
-    monkeypatch.chdir(tmp_path)  # no benchmarks/ here: the help needs none
-    for flag in ("--help", "-h"):
-        code, out, err = run(capsys, "bench", flag)
-        assert code == 0, err
-        text = " ".join(out.split())
-        assert out.startswith("usage: qkv bench [-h] [SUITE] [ARGS ...]")
-        for needle in (
-            "dense (the default; benchmarks/attention_dense.py)",
-            "long (benchmarks/attention_long.py)",
-            "`qkv bench SUITE --help` lists them",
-        ):
-            assert needle in text, needle
-        assert "attention_dense.py [-h]" not in out
-
-
-def test_bench_suite_help_goes_to_the_suite(capsys, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "benchmarks").mkdir()
-    (tmp_path / "benchmarks" / "attention_long.py").write_text(
-        "def main(argv):\n    print('long args', argv)\n"
-    )
-    code, out, _ = run(capsys, "bench", "long", "--help")
-    assert code == 0
-    assert "long args ['--help']" in out
-
-
 def test_explain_shows_bidi_controls_in_labels(capsys):
     """A U+202E in a --tokens label reversed the rest of its row in a terminal: it is written as
     its code point now; --json keeps the exact label (as a \\u escape)."""
@@ -376,3 +334,42 @@ def test_explain_shows_bidi_controls_in_labels(capsys):
     assert "\u202e" not in out
     d = run_json(capsys, "--self-attention", "--tokens", "I,\u202elove,cats")
     assert d["tokens"] == ["I", "\u202elove", "cats"]
+
+
+# ----------------------------------------------------------------------------- dotted overrides
+
+
+def test_an_override_value_after_a_space_is_its_value():
+    from qkv.cli.overrides import split_overrides
+
+    assert split_overrides(["--train.epochs", "3", "--quiet"]) == (["--quiet"], ["--train.epochs=3"])
+    assert split_overrides(["--train.lr", "-1e-3"]) == ([], ["--train.lr=-1e-3"])
+    assert split_overrides(["--train.lr", "-.5"]) == ([], ["--train.lr=-.5"])
+    # a bare key before an option, a TOML file or nothing is a switch
+    assert split_overrides(["--data.reverse", "--quiet"]) == (["--quiet"], ["--data.reverse=true"])
+    assert split_overrides(["--data.reverse", "configs/x.toml"]) == (
+        ["configs/x.toml"],
+        ["--data.reverse=true"],
+    )
+    assert split_overrides(["cfg.toml", "--data.reverse"]) == (["cfg.toml"], ["--data.reverse=true"])
+    assert split_overrides(["--data.reverse", "false"]) == ([], ["--data.reverse=false"])
+    assert split_overrides(["--train.epochs=3", "4"]) == (["4"], ["--train.epochs=3"])
+
+
+@pytest.mark.parametrize(
+    "spaced",
+    [
+        ["--train.epochs", "3", "--model.hidden_dim", "48"],
+        ["--model.hidden_dim", "48", "--train.epochs", "3", "--data.reverse"],
+    ],
+)
+def test_train_reads_an_override_with_a_space_as_with_an_equals_sign(capsys, spaced):
+    joined = ["--train.epochs=3", "--model.hidden_dim=48"] + (
+        ["--data.reverse"] if "--data.reverse" in spaced else []
+    )
+    code, want, _ = run(capsys, "train", "--model", "bahdanau", *joined, "--show-config")
+    assert code == 0
+    code, got, err = run(capsys, "train", "--model", "bahdanau", *spaced, "--show-config")
+    assert code == 0, err
+    assert got == want
+    assert "epochs = 3\n" in got and "hidden_dim = 48\n" in got

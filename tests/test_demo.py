@@ -10,7 +10,8 @@ import pytest
 from qkv.cli.main import main
 
 
-def test_quick_demo_writes_metrics_heatmaps_and_an_offline_report(tmp_path, capsys):
+def test_quick_demo_writes_metrics_heatmaps_and_an_offline_report(tmp_path, capfd):
+    capsys = capfd  # the models train in child processes: their lines reach the file descriptor
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     err = capsys.readouterr().err
@@ -26,6 +27,8 @@ def test_quick_demo_writes_metrics_heatmaps_and_an_offline_report(tmp_path, caps
     assert "http://" not in html and "https://" not in html  # opens offline
     assert html.count("data:image/png;base64,") == len(list((out / "heatmaps").glob("*.png"))) >= 2
     assert "[1/3] none: training" in err and "evaluating transformer on test_long" in err
+    for name in metrics:  # each epoch line names its model (they train side by side)
+        assert re.search(rf"^{name}: epoch 1: train loss \d", err, re.M), name
     # each model's output on the test examples, right or wrong as the exact match says
     from qkv.translation.demo import demo_config, example_rows
     from qkv.translation.training import load_corpus
@@ -96,3 +99,18 @@ def test_report_shows_each_models_output_and_marks_the_wrong_ones():
     )
     counts = re.findall(r"<td>(\d) of (\d) right</td>", page)
     assert counts == [("1", "1"), ("1", "1"), ("0", "1"), ("1", "1")]
+
+
+def test_epoch_lines_of_runs_side_by_side_name_their_model():
+    import io
+
+    from qkv.translation.demo import _Lines
+
+    sink = io.StringIO()
+    lines = _Lines(sink, "bahdanau")
+    for part in ("epoch 1: train loss 0.5", "000\n", "epoch 2: a\nepoch 3: b\n", "", "step 9\n\n"):
+        lines.write(part)
+    assert sink.getvalue() == (
+        "bahdanau: epoch 1: train loss 0.5000\nbahdanau: epoch 2: a\nbahdanau: epoch 3: b\nbahdanau: step 9\n\n"
+    )
+    assert not lines.isatty()

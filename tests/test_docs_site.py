@@ -86,7 +86,6 @@ def test_cli_reference_lists_every_command_and_option():
         "evaluate",
         "viz",
         "demo",
-        "bench",
     }
     for name, _, sub in commands:
         assert f"## qkv {name}\n" in text
@@ -285,3 +284,28 @@ def test_search_from_file_url(browser, site):
         context.close()
     assert not visit.errors, visit.errors
     assert not visit.outside, visit.outside
+
+
+def test_links_work_in_the_repository_as_on_the_site():
+    """Every relative link of README.md, CONTRIBUTING.md and docs/ names a file of the repository
+    (so it works on GitHub; the site maps the root files to their pages), except the reference
+    pages the site generates from the code."""
+    generated = {ROOT / "docs" / uri for uri in _hook().GENERATED}
+    link = re.compile(r"\]\(([^)\s#]+)(?:#[^)\s]*)?\)")
+    broken = []
+    for page in [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)
+        for target in link.findall(text):
+            if target.startswith(("http://", "https://", "mailto:")):
+                continue
+            path = (page.parent / target).resolve()
+            if not path.exists() and path not in generated:
+                broken.append(f"{page.relative_to(ROOT)}: {target}")
+    assert not broken, broken
+    hook = _hook()
+    assert (
+        hook.root_links_to_site("[t](../../CONTRIBUTING.md#how)", "guides/x.md")
+        == "[t](../contributing.md#how)"
+    )
+    assert hook.root_links_to_site("[r](../README.md)", "x.md") == "[r](index.md)"
+    assert hook.root_links_to_site("[m](../concepts/masks.md)", "guides/x.md") == "[m](../concepts/masks.md)"

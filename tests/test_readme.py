@@ -67,20 +67,14 @@ def test_python_example(block, tmp_path, monkeypatch):
 def _check_parses(args: list[str]) -> None:
     """The command, its subcommand and options exist (parsed by the parser `qkv` runs)."""
     from qkv.cli import main as cli
-    from qkv.cli import translate as translate_cmd
+    from qkv.cli.overrides import split_overrides
     from qkv.models.builders import MODEL_KINDS, config_keys
     from qkv.train.config import parse_override
     from qkv.translation.config import RunConfig
 
     command = next((a for a in args if not a.startswith("-")), None)
-    if command == "bench":  # everything after the suite goes to the suite's own parser
-        rest = args[args.index("bench") + 1 :]
-        suite = rest[0] if rest and not rest[0].startswith("-") else cli.BENCH_SUITES[0]
-        assert suite in cli.BENCH_SUITES, f"qkv bench: no suite {suite!r}"
-        assert (ROOT / "benchmarks" / f"attention_{suite}.py").is_file()
-        return
     if command == "train":
-        overrides = [a for a in args if translate_cmd.OVERRIDE.match(a)]
+        args, overrides = split_overrides(args)
         for text in overrides:
             path, _ = parse_override(text)
             table, key = path[0], path[1]
@@ -88,7 +82,6 @@ def _check_parses(args: list[str]) -> None:
             assert table in defaults, f"{text}: no table [{table}]"
             valid = set().union(*map(config_keys, MODEL_KINDS)) if table == "model" else set(defaults[table])
             assert key in valid, f"{text}: no key {key!r} in [{table}]"
-        args = [a for a in args if a not in overrides]
         for a in args:
             if a.endswith(".toml"):
                 assert (ROOT / a).is_file(), f"no config file {a}"
@@ -110,8 +103,7 @@ def test_qkv_command(cmd, tmp_path, monkeypatch):
         return
     if not {"-h", "--help", "--version"} & set(args):
         _check_parses(args)
-    # bench runs the suites of the checkout; viz writes its files in the current folder
-    monkeypatch.chdir(ROOT if "bench" in args else tmp_path)
+    monkeypatch.chdir(tmp_path)  # viz writes its files in the current folder
     code, out, err = run_qkv(args)
     if shows_error(cmd.output):  # a documented mistake: exit code 2 and the message shown
         assert code == 2, f"`{cmd.line}` exited with {code}, expected the error the page shows"

@@ -394,13 +394,21 @@ def test_cli_evaluate_rounds_prints_signature_and_parameters(trained, capsys):
     assert m["bleu_signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
     code, stdout, _ = run(capsys, "evaluate", "--checkpoint", str(out), "--data", str(tsv), "--limit", "20")
     assert code == 0
+    assert f"\n{tsv} (its first 20 pairs): 20 examples, beam 1\n" in stdout
+    small = tsv.parent / "five.tsv"
+    pairs = [line for line in tsv.read_text(encoding="utf-8").splitlines() if "\t" in line][:5]
+    small.write_text("\n".join(pairs) + "\n", encoding="utf-8")
+    code, stdout, _ = run(capsys, "evaluate", "--checkpoint", str(out), "--data", str(small))
+    assert code == 0 and f"\n{small} (the whole file): 5 examples, beam 1\n" in stdout
+    code, _, err = run(capsys, "evaluate", "--checkpoint", str(out), "--data", str(tsv), "--split", "valid")
+    assert code == 2 and "--split valid: not used with --data (the whole file is evaluated)" in err
     assert re.search(r"^model: seq2seq \(bahdanau attention\), [\d,]+ parameters$", stdout, re.M)
     assert "(sacrebleu nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:" in stdout
     assert "BLEU normalized" in stdout
 
 
 def test_cli_evaluate_json_rounds_100():
-    from qkv.cli.translate import rounded_metrics
+    from qkv.cli.evaluate import rounded_metrics
 
     m = rounded_metrics({"bleu": 100.00000000000004, "exact_match": 0.123456, "n": 3, "bleu_signature": "x"})
     assert json.dumps(m) == '{"bleu": 100.0, "exact_match": 0.1235, "n": 3, "bleu_signature": "x"}'

@@ -634,7 +634,7 @@ def test_checkpoint_files_follow_the_umask(tmp_path, umask, mode):
 def test_the_summary_line_says_why_there_is_no_validation_loss():
     from types import SimpleNamespace
 
-    from qkv.cli.translate import best_loss_text
+    from qkv.cli.train import best_loss_text
 
     assert best_loss_text(SimpleNamespace(best_valid_loss=0.25, history=[{}])) == "0.2500"
     stopped_early = SimpleNamespace(best_valid_loss=float("inf"), history=[])

@@ -9,6 +9,10 @@
 - ``index.md`` and ``contributing.md``: ``README.md`` and ``CONTRIBUTING.md`` of the repository,
   their ``docs/...`` links made relative to the site.
 
+Pages under ``docs/`` link to the two root files as the repository holds them
+(``../../CONTRIBUTING.md#section`` from ``docs/guides/``), so that the link works on GitHub;
+:func:`on_page_markdown` turns such links into links to their site pages.
+
 ``python docs/hooks/reference.py OUTDIR`` writes the generated pages to OUTDIR, for a look
 without building the site.
 """
@@ -338,8 +342,34 @@ def page_markdown(uri: str) -> str:
     }[uri]()
 
 
+_ROOT_PAGES = {"README.md": "index.md", "CONTRIBUTING.md": "contributing.md"}
+_LINK = re.compile(r"\]\(([^)\s#]+)(#[^)\s]*)?\)")
+
+
+def root_links_to_site(markdown: str, page_uri: str) -> str:
+    """In the page ``docs/<page_uri>``, links that reach ``README.md`` or ``CONTRIBUTING.md`` at
+    the repository's root (``../CONTRIBUTING.md`` from ``docs/x.md``) -> links to their site pages."""
+    page_dir = Path(page_uri).parent
+    depth = len(page_dir.parts)
+
+    def site(m: re.Match) -> str:
+        target, anchor = m.group(1), m.group(2) or ""
+        resolved = os.path.normpath(Path("docs") / page_dir / target)
+        if resolved not in _ROOT_PAGES:
+            return m.group(0)
+        return f"]({'../' * depth}{_ROOT_PAGES[resolved]}{anchor})"
+
+    return _LINK.sub(site, markdown)
+
+
 # ---------------------------------------------------------------------------------------------
 # The MkDocs hook
+
+
+def on_page_markdown(markdown, page, config, files):
+    if page.file.src_uri in GENERATED:
+        return markdown
+    return root_links_to_site(markdown, page.file.src_uri)
 
 
 def on_files(files, config):

@@ -2,11 +2,16 @@
 
     qkv --version
     qkv explain [...]     every step of an attention computation (see ``qkv explain --help``)
-    qkv train / translate / evaluate   translation models (see ``qkv train --help``)
+    qkv train             train a translation model (dotted ``--table.key=value`` overrides)
+    qkv translate         translate sentences with a trained model
+    qkv evaluate          score a trained model
     qkv viz               attention of MiniLM or a trained model as an offline HTML viewer / figure
     qkv demo              train attention translators on built-in data, write a report
     qkv demo --examples   the three worked examples of the source articles, one after the other
-    qkv bench [SUITE] [ARGS...]   main(ARGS) of ./benchmarks/attention_<SUITE>.py (dense by default; long)
+
+Each command is its own module, ``cli/<command>.py``, with ``add_parser(subparsers)`` (which sets
+the ``handler``) and ``run(args)``; this module only builds the parser from them and runs one.
+The benchmark suites are not commands: ``python -m benchmarks.<suite>`` or ``make bench``.
 
 :func:`main` returns the exit code instead of exiting; user errors print
 ``qkv: error: <message>`` on stderr and return 2, never a traceback. A reader that goes away
@@ -18,33 +23,24 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
-import importlib.machinery
-import importlib.util
-import json
 import os
 import re
 import sys
-from collections.abc import Iterator, Sequence
-from pathlib import Path
-from types import ModuleType
+from collections.abc import Sequence
 
-from . import CommandError, error_message
+from . import CommandError
+from . import demo as demo_cmd
+from . import evaluate as evaluate_cmd
 from . import explain as explain_cmd
+from . import train as train_cmd
 from . import translate as translate_cmd
 from . import viz as viz_cmd
+from .overrides import split_overrides
 
-__all__ = ["BENCH_SCRIPT", "build_parser", "main"]
+__all__ = ["COMMANDS", "build_parser", "main"]
 
-BENCH_SUITES = ("dense", "long")
-BENCH_SCRIPT = Path("benchmarks") / "attention_dense.py"
-
-
-def _bench_script(args: list[str]) -> tuple[Path, list[str]]:
-    """``[SUITE] ARGS...`` -> the suite's script and the arguments left for it."""
-    if args and args[0] in BENCH_SUITES:
-        return Path("benchmarks") / f"attention_{args[0]}.py", args[1:]
-    return BENCH_SCRIPT, args
+#: The command modules, in the order ``qkv --help`` lists them.
+COMMANDS = (explain_cmd, train_cmd, translate_cmd, evaluate_cmd, viz_cmd, demo_cmd)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -60,163 +56,16 @@ def _version() -> str:
     return f"qkv {__version__}"
 
 
-DEMO_OUT = "runs/demo"
-
-
-def _demo(args: argparse.Namespace) -> int:
-    if args.examples:
-        unused = [o for o, v in (("--out", args.out), ("--fresh", args.fresh), ("--quick", args.quick)) if v]
-        if unused:
-            raise CommandError(f"{'/'.join(unused)}: not used with --examples (it trains nothing)")
-        return _examples(args)
-    if args.precision is not None:
-        raise CommandError("--precision: only used with --examples (the report's numbers are fixed)")
-    from ..translation.demo import run_demo
-
-    try:
-        report = run_demo(args.out or DEMO_OUT, fresh=args.fresh, quick=args.quick)
-    except (ValueError, ImportError, FileExistsError) as e:
-        raise CommandError(error_message(e)) from None
-    if args.json:
-        print(json.dumps(report, indent=2, allow_nan=False))
-    return 0
-
-
-def _examples(args: argparse.Namespace) -> int:
-    from .. import explain as ex
-
-    examples = [
-        ("seq2seq", "1/3  Seq2Seq with attention (article 000): one decoder step", ex.explain_seq2seq()),
-        ("self_attention", "2/3  Self-attention (article 004), step by step", ex.explain_self_attention()),
-        (
-            "kernel_regression",
-            "3/3  Kernel regression (article 001): attention before deep learning",
-            ex.explain_kernel_regression(),
-        ),
-    ]
-    if args.json:
-        doc = {name: e.to_dict() for name, _, e in examples}
-        print(json.dumps(doc, indent=2, allow_nan=False))
-        return 0
-    for i, (_, heading, e) in enumerate(examples):
-        if i:
-            print()
-        bar = "#" * (len(heading) + 4)
-        print(f"{bar}\n# {heading} #\n{bar}\n")
-        print(e.to_text(precision=4 if args.precision is None else args.precision))
-    return 0
-
-
-# The package `qkv bench` imports benchmarks/ as (the directory is not a package installed with
-# qkv): each suite then imports its siblings relatively, and nothing is added to sys.path.
-_BENCH_PACKAGE = "_qkv_benchmarks"
-
-
-@contextlib.contextmanager
-def _benchmark_suite(script: Path) -> Iterator[ModuleType]:
-    """Import ``script`` (``benchmarks/<suite>.py``) as ``_qkv_benchmarks.<suite>``, a module of a
-    package whose directory is ``script``'s; afterwards the package and its modules are removed
-    from ``sys.modules`` (another checkout's benchmarks may be run next)."""
-    spec = importlib.machinery.ModuleSpec(_BENCH_PACKAGE, None, is_package=True)
-    spec.submodule_search_locations = [str(script.parent)]
-    sys.modules[_BENCH_PACKAGE] = importlib.util.module_from_spec(spec)
-    importlib.invalidate_caches()  # the directory may have changed since the last import from it
-    try:
-        yield importlib.import_module(f"{_BENCH_PACKAGE}.{script.stem}")
-    finally:
-        for name in [n for n in sys.modules if n == _BENCH_PACKAGE or n.startswith(_BENCH_PACKAGE + ".")]:
-            del sys.modules[name]
-
-
-def _bench(args: argparse.Namespace) -> int:
-    """Run a benchmark suite's ``main(argv)`` with the remaining arguments (``sys.argv`` and
-    ``sys.path`` stay as they are)."""
-    relative, rest = _bench_script(args.args)
-    script = Path.cwd() / relative
-    if not script.is_file():
-        raise CommandError(
-            f"{relative.as_posix()} not found in {Path.cwd()}: run `qkv bench` from the root of a "
-            "qkv checkout"
-        )
-    try:
-        with _benchmark_suite(script) as suite:
-            entry = getattr(suite, "main", None)
-            if not callable(entry):
-                raise CommandError(f"{relative.as_posix()}: expected a function main(argv) to run")
-            return _exit_code(entry(list(rest)))
-    except SystemExit as e:  # argparse (--help, bad arguments) and sys.exit() inside the suite
-        return _exit_code(e.code)
-
-
 def build_parser() -> argparse.ArgumentParser:
+    """The ``qkv`` parser: one subcommand per module of :data:`COMMANDS`."""
     parser = _Parser(
         prog="qkv",
         description="qkv: every classic attention mechanism behind one Query-Key-Value interface.",
     )
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    explain_cmd.add_parser(sub)
-    translate_cmd.add_parsers(sub)
-    viz_cmd.add_parser(sub)
-    demo = sub.add_parser(
-        "demo",
-        help="train three translators (no attention, Bahdanau, Transformer) and write a report; "
-        "--examples: print the worked examples",
-        description=(
-            "Trains three translators on the built-in numbers-de corpus (numbers written as digits -> "
-            "German number words): none, the seq2seq baseline that reads one fixed context vector; "
-            "bahdanau, seq2seq with additive attention; transformer, a small Transformer. Evaluates each "
-            "on the held-out test set and on its longest inputs, and writes into --out: metrics.json, "
-            "heatmaps/*.png (where the attention models look on long inputs) and report.html (one offline "
-            "page: the scores, the heatmaps and each model's translations, wrong ones marked). A few "
-            "minutes on 2 cores; a finished model is reused on the next run (--fresh retrains it). "
-            "With --examples: nothing is trained; the three worked examples of the source articles "
-            "(Seq2Seq, self-attention, kernel regression) are printed step by step."
-        ),
-        epilog="Examples: qkv demo;  qkv demo --quick --out /tmp/demo;  qkv demo --examples --precision 2",
-    )
-    demo.add_argument(
-        "--examples",
-        action="store_true",
-        help="print the three worked examples step by step (trains nothing)",
-    )
-    demo.add_argument("--out", default=None, metavar="DIR", help=f"output directory (default {DEMO_OUT})")
-    demo.add_argument("--fresh", action="store_true", help="retrain even when a finished model is there")
-    demo.add_argument(
-        "--quick",
-        action="store_true",
-        help="a much smaller run (600 pairs, one epoch, seconds): a smoke test, its scores mean nothing",
-    )
-    explain_cmd.add_output_options(
-        demo,
-        precision_help="with --examples: decimals shown (default 4)",
-        json_help="print the metrics (what metrics.json holds) on stdout when done; with --examples: "
-        "the three examples as one JSON object",
-        precision_default=None,
-    )
-    demo.set_defaults(handler=_demo)
-    bench = sub.add_parser(
-        "bench",
-        usage="qkv bench [-h] [SUITE] [ARGS ...]",
-        help="run a benchmark suite of a qkv checkout: dense (default) or long",
-        description=(
-            "Runs a benchmark suite of a qkv checkout (from the checkout's root; the suites are not "
-            "installed with qkv). SUITE: dense (the default; benchmarks/attention_dense.py): dense "
-            "scaled-dot attention, qkv.attention against PyTorch SDPA; long (benchmarks/attention_long.py): "
-            "qkv's backends on long sparse patterns (window, Longformer, BigBird) against SDPA, "
-            "FlexAttention and local-attention. Every argument after SUITE goes to the suite's script, "
-            "options included: `qkv bench SUITE --help` lists them. Results are written under "
-            "benchmarks/results."
-        ),
-        epilog="Examples: qkv bench --quick;  qkv bench long --sizes 1024,4096;  qkv bench long --help",
-    )
-    bench.add_argument(
-        "args",
-        nargs="*",
-        metavar="SUITE ARGS",
-        help=f"a suite ({', '.join(BENCH_SUITES)}; default {BENCH_SUITES[0]}), then arguments for its script",
-    )
-    bench.set_defaults(handler=_bench)
+    for command in COMMANDS:
+        command.add_parser(sub)
     return parser
 
 
@@ -266,28 +115,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(argv: Sequence[str] | None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    # Everything after `bench` belongs to the benchmark script, options included (argparse's
-    # REMAINDER would reject a leading "--size").
-    bench_args: list[str] | None = None
-    command_at = next((i for i, a in enumerate(args_list) if not a.startswith("-")), None)
-    if command_at is not None and args_list[command_at] == "bench":
-        args_list, bench_args = args_list[: command_at + 1], args_list[command_at + 1 :]
-        if bench_args[:1] in (["-h"], ["--help"]):  # `qkv bench --help`: this command's help
-            args_list, bench_args = [*args_list, "--help"], None
     overrides: list[str] = []
+    command_at = next((i for i, a in enumerate(args_list) if not a.startswith("-")), None)
     if command_at is not None and args_list[command_at] == "train":
         # --table.key=value overrides go to the config, not to argparse.
-        overrides = [a for a in args_list[command_at + 1 :] if translate_cmd.OVERRIDE.match(a)]
-        args_list = [a for a in args_list if a not in overrides]
+        rest, overrides = split_overrides(args_list[command_at + 1 :])
+        args_list = [*args_list[: command_at + 1], *rest]
     try:
         args = parser.parse_args(_join_negative_values(args_list))
-        if bench_args is not None:
-            args.args = bench_args
         if overrides:
             args.overrides = overrides
         if getattr(args, "handler", None) is None:
+            names = [c.__name__.rsplit(".", 1)[-1] for c in COMMANDS]
             raise CommandError(
-                "a command is required: explain, train, translate, evaluate, viz, demo or bench",
+                f"a command is required: {', '.join(names[:-1])} or {names[-1]}",
                 usage=parser.format_usage(),
             )
         return args.handler(args)

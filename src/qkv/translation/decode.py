@@ -9,7 +9,10 @@ Both work on any model with the step interface of :mod:`qkv.models.seq2seq`::
 Beam search keeps ``K`` hypotheses per sentence in a flat ``(B*K)`` batch and reorders the
 memory and state with ``index_select(0, ...)``. Finished hypotheses are ranked by
 ``log p / length ** alpha`` (``alpha = 0`` is the raw log-probability; Wu et al. 2016 use a
-similar length normalization). With ``beam=1`` it returns exactly greedy's tokens.
+similar length normalization). A sentence's search ends when no live hypothesis can still end
+better than the best finished one (:func:`best_possible`). With ``beam=1`` and ``alpha=0`` it
+returns exactly greedy's tokens (with ``alpha > 0`` a longer ending may score better once
+normalized, and a beam of one goes on to find it).
 
 How many tokens either may emit is :func:`decode_limit`, the one decoding-length rule of
 validation during training, :class:`~qkv.translation.translator.Translator` and ``qkv evaluate``.
@@ -36,6 +39,7 @@ __all__ = [
     "REPEAT_SPAN",
     "Hypothesis",
     "beam_search",
+    "best_possible",
     "decode_limit",
     "greedy",
     "longest_repeat",
@@ -208,7 +212,9 @@ def beam_search(
     max_repeats: int | None = None,
 ) -> list[Hypothesis]:
     """Beam search with length normalization ``score / len ** alpha``; one best hypothesis per
-    sentence. ``beam=1`` gives greedy's tokens. With ``max_repeats``, a candidate that would end
+    sentence. ``beam=1, alpha=0`` gives greedy's tokens. A sentence's search ends when no live hypothesis
+    can still end better than the best finished one (:func:`best_possible`), not when ``beam``
+    hypotheses have ended: an early ending of low probability never displaces a better, longer one. With ``max_repeats``, a candidate that would end
     with a fragment repeated that many times in a row ends instead, as if <eos> came, with the
     extra copies dropped (see the module docstring)."""
     if not isinstance(beam, int) or isinstance(beam, bool) or beam < 1:
@@ -246,27 +252,12 @@ def beam_search(
         for b in range(bsz):
             if settled[b]:
                 continue
-            k = 0
-            for score, o, tok in zip(top_l[b], origin_l[b], token_l[b]):
-                if score == float("-inf") or k == beam:
-                    break
-                flat = b * beam + o
-                if tok == EOS:
-                    seq = history[flat].tolist()
-                    att = _gather_attention(att_hist, attn, flat, int(src_lengths[b]))
-                    finished[b].append((score / (len(seq) + 1) ** alpha, seq, att, score, "eos"))
-                    continue
-                cut = None if max_repeats is None else repeat_cut([*history[flat].tolist(), tok], max_repeats)
-                if cut is not None:
-                    seq = history[flat].tolist()[:cut]
-                    raw = float(running[flat, cut - 1])
-                    att = _gather_attention(att_hist, attn, flat, int(src_lengths[b]))
-                    att = None if att is None else att[: cut + 1]
-                    finished[b].append((raw / (cut + 1) ** alpha, seq, att, raw, "repetition"))
-                    continue
+            step = (history, running, att_hist, attn, int(src_lengths[b]))
+            cands = zip(top_l[b], origin_l[b], token_l[b])
+            for k, (score, o, tok) in enumerate(
+                _split(cands, b, beam, step, alpha, max_repeats, finished[b])
+            ):
                 new_scores[b, k], new_origin[b, k], new_token[b, k] = score, o, tok
-                k += 1
-        # Stop a sentence once its best finished hypothesis beats every live one's best possible.
         flat_origin = (torch.arange(bsz, device=dev).unsqueeze(1) * beam + new_origin).view(-1)
         history = torch.cat([history.index_select(0, flat_origin), new_token.view(-1, 1)], dim=1)
         if max_repeats is not None:
@@ -277,32 +268,80 @@ def beam_search(
             ]
         state = _select(state, flat_origin)
         scores, prev = new_scores, new_token.view(-1)
-        settled = [settled[b] or _settled(finished[b], new_scores[b], beam, alpha) for b in range(bsz)]
+        # Stop a sentence once no live hypothesis can end better than its best finished one.
+        settled = [settled[b] or _settled(finished[b], new_scores[b], alpha, max_len) for b in range(bsz)]
         if all(settled):
             break
-    out = []
-    for b in range(bsz):
-        pool = finished[b]
-        if not pool:  # nothing ended with <eos> within max_len: take the best live beam
-            k = int(scores[b].argmax())
-            flat = b * beam + k
+    return [_best(b, finished[b], scores, history, att_hist, src_lengths, beam, alpha) for b in range(bsz)]
+
+
+def _split(cands, b: int, beam: int, step, alpha: float, max_repeats, finished: list) -> list:
+    """Sentence ``b``'s candidates ``(score, origin beam, token)``, best first: those that end
+    (<eos>, or the repetition rule) go to ``finished``; the first ``beam`` others are returned."""
+    history, running, att_hist, attn, src_len = step
+    live: list = []
+    for score, o, tok in cands:
+        if score == float("-inf") or len(live) == beam:
+            break
+        flat = b * beam + o
+        if tok == EOS:
             seq = history[flat].tolist()
-            att = _gather_attention(att_hist, None, flat, int(src_lengths[b]))
-            raw = float(scores[b, k])
-            pool = [(raw / max(len(seq), 1) ** alpha, seq, att, raw, "limit")]
-        _, seq, att, raw, stop = max(pool, key=lambda p: p[0])
-        out.append(Hypothesis(tokens=seq, score=raw, attention=att, stop=stop))
-    return out
+            att = _gather_attention(att_hist, attn, flat, src_len)
+            finished.append((score / (len(seq) + 1) ** alpha, seq, att, score, "eos"))
+            continue
+        cut = None if max_repeats is None else repeat_cut([*history[flat].tolist(), tok], max_repeats)
+        if cut is not None:
+            seq = history[flat].tolist()[:cut]
+            raw = float(running[flat, cut - 1])
+            att = _gather_attention(att_hist, attn, flat, src_len)
+            att = None if att is None else att[: cut + 1]
+            finished.append((raw / (cut + 1) ** alpha, seq, att, raw, "repetition"))
+            continue
+        live.append((score, o, tok))
+    return live
 
 
-def _settled(finished, live: Tensor, beam: int, alpha: float) -> bool:
-    """A sentence is done when ``beam`` hypotheses have ended, when nothing is live, or (for
-    ``alpha = 0``) when no live beam can beat the best finished one: log-probabilities only
-    decrease as tokens are added."""
+def _best(b: int, pool, scores, history, att_hist, src_lengths, beam: int, alpha: float) -> Hypothesis:
+    """Sentence ``b``'s best finished hypothesis, or its best live one when nothing ended with
+    <eos> within ``max_len`` (``stop = "limit"``)."""
+    if not pool:
+        k = int(scores[b].argmax())
+        flat = b * beam + k
+        seq = history[flat].tolist()
+        att = _gather_attention(att_hist, None, flat, int(src_lengths[b]))
+        raw = float(scores[b, k])
+        pool = [(raw / max(len(seq), 1) ** alpha, seq, att, raw, "limit")]
+    _, seq, att, raw, stop = max(pool, key=lambda p: p[0])
+    return Hypothesis(tokens=seq, score=raw, attention=att, stop=stop)
+
+
+def best_possible(raw: float, alpha: float, longest: int) -> float:
+    """An upper bound of the normalized score ``log p / length ** alpha`` of every hypothesis a
+    live one (log-probability ``raw`` so far) can still end as, when an ended hypothesis has at
+    most ``longest`` tokens, <eos> included.
+
+    Log-probabilities only decrease as tokens are added (``raw' <= raw <= 0``) and the length
+    ``n`` is at most ``longest``; for ``alpha > 0``, ``raw' / n ** alpha <= raw / n ** alpha <=
+    raw / longest ** alpha`` (a negative number divided by more is larger). The length at which
+    the live hypothesis stands now is not a bound: a longer ending divides by more.
+    """
+    return raw if alpha == 0 else raw / longest**alpha
+
+
+def _settled(finished, live: Tensor, alpha: float, max_len: int) -> bool:
+    """A sentence is done when nothing is live, or when no live hypothesis can end with a better
+    normalized score than the best finished one (:func:`best_possible` of the best live
+    log-probability, ``max_len`` tokens and <eos> at most). Beam search returns one hypothesis,
+    so the best finished one is the one a live hypothesis would have to displace.
+
+    Not bounded: an ending by the repetition rule (``max_repeats``), which drops copies and can
+    end shorter than the live hypothesis is now; it is a stop for a looping model, not a
+    competitor the search must wait for.
+    """
     top = float(live.max())
-    if len(finished) >= beam or top == float("-inf"):
+    if top == float("-inf"):
         return True
-    return alpha == 0 and bool(finished) and top <= max(f[0] for f in finished)
+    return bool(finished) and best_possible(top, alpha, max_len) <= max(f[0] for f in finished)
 
 
 def _gather_attention(hist: list[Tensor], last: Tensor | None, flat: int, src_len: int) -> Tensor | None:

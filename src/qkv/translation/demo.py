@@ -157,8 +157,9 @@ def _train_all(jobs, progress: bool) -> None:
     if len(single) > 1 and (os.cpu_count() or 1) > 1:
         _train_parallel(single, progress)
         jobs = [j for j in jobs if j not in single]
-    for _, cfg, run, resume in jobs:
-        train(cfg, run, resume=resume, progress=progress)
+    for name, cfg, run, resume in jobs:
+        stream = sys.stderr if sys.stderr.isatty() else _Lines(sys.stderr, name)  # a bar names its run
+        train(cfg, run, resume=resume, progress=progress, stream=stream)
 
 
 def _evaluate(name: str, cfg: RunConfig, run: Path, corpus) -> dict[str, Any]:
@@ -189,13 +190,20 @@ def cfg_threads(cfg: RunConfig) -> int:
 
 
 class _Lines:
-    """A stream that is not a terminal: progress bars of parallel runs print plain lines."""
+    """A stream that is not a terminal (progress bars print plain lines) and starts every line with
+    the model's name (``bahdanau: epoch 2: train loss ...``): runs side by side interleave."""
 
-    def __init__(self, stream) -> None:
-        self.stream = stream
+    def __init__(self, stream, name: str) -> None:
+        self.stream, self.prefix, self.at_start = stream, f"{name}: ", True
 
     def write(self, text: str) -> int:
-        return self.stream.write(text)
+        lines = text.split("\n")
+        named = "\n".join(
+            (self.prefix if (i or self.at_start) and line else "") + line for i, line in enumerate(lines)
+        )
+        self.at_start = text.endswith("\n") or (self.at_start and not text)
+        self.stream.write(named)
+        return len(text)
 
     def flush(self) -> None:
         self.stream.flush()
@@ -204,8 +212,8 @@ class _Lines:
         return False
 
 
-def _train_child(cfg: RunConfig, run: str, resume: bool, progress: bool) -> None:
-    train(cfg, run, resume=resume, progress=progress, stream=_Lines(sys.stderr))
+def _train_child(name: str, cfg: RunConfig, run: str, resume: bool, progress: bool) -> None:
+    train(cfg, run, resume=resume, progress=progress, stream=_Lines(sys.stderr, name))
 
 
 def _train_parallel(jobs, progress: bool) -> None:
@@ -217,7 +225,10 @@ def _train_parallel(jobs, progress: bool) -> None:
     _say(f"      {names}: training side by side, one process and one thread each")
     workers = min(len(jobs), os.cpu_count() or 1)
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(_train_child, cfg, str(run), resume, progress) for _, cfg, run, resume in jobs]
+        futures = [
+            pool.submit(_train_child, name, cfg, str(run), resume, progress)
+            for name, cfg, run, resume in jobs
+        ]
         for f in futures:
             f.result()
 

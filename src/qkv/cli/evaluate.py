@@ -1,0 +1,116 @@
+"""``qkv evaluate``: score a trained model on a split of its corpus or on a whole TSV file (a
+thin shell over :meth:`qkv.translation.translator.Translator.evaluate`).
+
+qkv evaluate --checkpoint DIR [--data FILE.tsv | --split test] [--beam K] [--limit N] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from . import USER_ERRORS, CommandError, error_message, warnings_as_messages
+from .checkpoint import add_checkpoint_options, load_translator
+
+__all__ = ["add_parser", "rounded_metrics", "run"]
+
+
+def add_parser(sub) -> None:
+    ev = sub.add_parser(
+        "evaluate",
+        help="score a trained model: BLEU, chrF, exact match, alignment error rate",
+        description=(
+            "Decodes a split of the run's corpus (--split), or every pair of --data FILE.tsv (the whole file, "
+            "read as in training, --data.reverse included), from the sentences as written, exactly as qkv translate does, and scores the text "
+            "output against the references as written: sacrebleu's standard BLEU (cased, 13a tokenization) "
+            "and chrF, each with the signature that says how it was computed; exact match; for a model "
+            "trained on normalized text, 'BLEU normalized' (output and reference in the training form: a "
+            "diagnostic, not comparable with published numbers); AER on built-in corpora. BLEU and chrF are "
+            "rounded to 2 decimals, fractions to 4."
+        ),
+    )
+    add_checkpoint_options(ev)
+    ev.add_argument(
+        "--data",
+        metavar="FILE.tsv",
+        help="evaluate on the whole of this TSV file (every pair; no split) instead of the run's corpus",
+    )
+    ev.add_argument(
+        "--split",
+        default=None,
+        help="the split of the run's corpus: train, valid, test or test_long (default test; not with --data)",
+    )
+    ev.add_argument("--limit", type=int, default=0, help="evaluate only the first N examples")
+    ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    ev.set_defaults(handler=run)
+
+
+#: Decimals of the metrics ``qkv evaluate`` reports: scores in [0, 100] get 2, fractions 4.
+_DECIMALS = {"bleu": 2, "chrf": 2, "bleu_normalized": 2, "exact_match": 4, "aer": 4}
+
+
+def rounded_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """``metrics`` as reported: BLEU and chrF to 2 decimals, fractions to 4 (sacrebleu's
+    100.00000000000004 is 100.0); counts and signatures as they are."""
+    return {
+        k: round(v, _DECIMALS[k]) if k in _DECIMALS and isinstance(v, float) else v
+        for k, v in metrics.items()
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    """Decode and score a split of the run's corpus, or the whole ``--data`` file; print the metrics."""
+    if args.data and args.split is not None:
+        raise CommandError(f"--split {args.split}: not used with --data (the whole file is evaluated)")
+    tr = load_translator(args.checkpoint)
+    try:
+        with warnings_as_messages():
+            if args.data:
+                from ..translation.data import load_tsv
+
+                d = tr.config["data"]
+                corpus = load_tsv(
+                    args.data,
+                    lowercase=d["lowercase"],
+                    split_punct=d["split_punct"],
+                    reverse=bool(d.get("reverse", False)),
+                    valid_frac=0.0,
+                    test_frac=0.0,
+                )
+                examples = corpus["train"]  # valid_frac = test_frac = 0: every pair
+            else:
+                from ..translation.config import DataConfig
+                from ..translation.training import load_corpus
+
+                examples = load_corpus(DataConfig(**tr.config["data"]))[args.split or "test"]
+            if args.limit:
+                examples = examples[: args.limit]
+            metrics = rounded_metrics(tr.evaluate(examples, beam=args.beam, alpha=args.alpha))
+    except USER_ERRORS as e:
+        raise CommandError(error_message(e)) from None
+    if args.json:
+        print(json.dumps({"model": tr.describe(), "parameters": tr.num_parameters, **metrics}, indent=2))
+        return 0
+    print(f"model: {tr.describe()}")
+    what = args.split or "test"
+    if args.data:
+        what = f"{args.data} ({f'its first {args.limit} pairs' if args.limit else 'the whole file'})"
+    print(f"{what}: {metrics['n']} examples, beam {args.beam}")
+    print(f"  exact match      {metrics['exact_match']:.4f}")
+    print(f"  BLEU             {metrics['bleu']:.2f}  (sacrebleu {metrics['bleu_signature']})")
+    print(f"  chrF             {metrics['chrf']:.2f}  (sacrebleu {metrics['chrf_signature']})")
+    if "bleu_normalized" in metrics:
+        print(
+            f"  BLEU normalized  {metrics['bleu_normalized']:.2f}  (output and reference in the training form, "
+            "lowercased/split as in training; not comparable with published BLEU)"
+        )
+    if "aer" in metrics:
+        print(f"  AER              {metrics['aer']:.4f}")
+    stops = metrics.get("stops", {})
+    if stops.get("repetition") or stops.get("limit"):
+        print(
+            f"  cut outputs      {stops.get('repetition', 0)} stopped repeating a fragment, "
+            f"{stops.get('limit', 0)} reached the length limit"
+        )
+    return 0

@@ -1,0 +1,183 @@
+"""``qkv train``: train a translation model (a thin shell over :func:`qkv.translation.training.train`).
+
+qkv train [CONFIG.toml] [--data CORPUS|FILE.tsv] [--model NAME] [--out DIR] [--resume] [--table.key=value ...]
+qkv train [CONFIG.toml] [--model NAME] [--table.key=value ...] --show-config
+
+The ``--table.key=value`` overrides are taken out of the arguments by :mod:`qkv.cli.overrides`
+before argparse runs; :func:`run` finds them in ``args.overrides``. Warnings of the library
+(malformed TSV lines) are printed as ``warning: <message>`` on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from . import USER_ERRORS, CommandError, error_message, warnings_as_messages
+
+__all__ = ["add_parser", "best_loss_text", "run"]
+
+
+def add_parser(sub) -> None:
+    from ..translation.config import MODEL_PRESETS, TranslationTrainConfig
+
+    t = TranslationTrainConfig()
+
+    tr = sub.add_parser(
+        "train",
+        help="train a translation model (seq2seq with attention or Transformer)",
+        description=(
+            "Train on a built-in corpus or a TSV file of sentence pairs. Settings come from the defaults, "
+            "a model preset (--model), an optional TOML file, then --table.key=value overrides "
+            "(--table.key value is the same; a bare --table.key is a switch: =true), "
+            "e.g. --train.epochs=5 --model.hidden_dim=64. "
+            "Stopping loses nothing: Ctrl-C (SIGINT) or SIGTERM finishes the step under way, saves a "
+            "checkpoint and exits with 130 or 143 (a second signal stops at once); --resume then continues "
+            "exactly (bitwise on the same machine). A run killed outright (SIGKILL, a crash, a power cut) "
+            f"loses at most about {t.save_every_minutes:g} minutes of training: besides the end of every epoch, a checkpoint "
+            f"is saved every {t.save_every_minutes:g} minutes (--train.save_every_minutes; "
+            "--train.save_every_steps=N for every N steps), and the newest "
+            f"{t.keep_last} are kept (--train.keep_last). Training runs on {t.threads} torch thread "
+            "by default (--train.threads=N): more gains little on these models and collapses next to "
+            "another busy process."
+        ),
+    )
+    tr.add_argument("config", nargs="?", help="a TOML config file (see configs/)")
+    tr.add_argument(
+        "--data", help="a built-in corpus name (numbers, numbers-de, dates-fr, ...) or a .tsv file"
+    )
+    tr.add_argument("--model", choices=list(MODEL_PRESETS), help="model preset")
+    tr.add_argument("--out", default=None, help="run directory for checkpoints (default runs/<model>)")
+    tr.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out exactly where it stopped, from its newest intact checkpoint "
+        "(a damaged newer one is reported, moved aside and skipped), with the run's own config; overrides "
+        "may change only how long it runs and how it saves (--train.epochs, max_steps, patience, "
+        "save_every_minutes, save_every_steps, keep_last)",
+    )
+    tr.add_argument("--quiet", action="store_true", help="no progress bar")
+    tr.add_argument(
+        "--show-config",
+        action="store_true",
+        help="print the settings this command would train with (every key and its value, as TOML) and exit",
+    )
+    tr.epilog = _config_epilog()
+    tr.formatter_class = _HelpFormatter
+    tr.set_defaults(handler=run, overrides=[])
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"config value {value!r}: not representable in TOML")
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's help layout, without line breaks at hyphens (``configs/tsv-example.toml``
+    stays whole)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        text = " ".join(text.split())
+        return textwrap.fill(
+            text, width, initial_indent=indent, subsequent_indent=indent, break_on_hyphens=False
+        )
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
+def _config_epilog() -> str:
+    from ..translation.config import DataConfig, TranslationTrainConfig
+
+    def table(name: str) -> str:
+        values = dataclasses.asdict(DataConfig() if name == "data" else TranslationTrainConfig())
+        return ", ".join(f"{k}={_toml_value(v)}" for k, v in values.items())
+
+    return (
+        f"Config keys and their defaults. [data]: {table('data')}. [train]: {table('train')}. "
+        "[model]: the fields of the preset's model (seq2seq: attention, rnn, embed_dim, hidden_dim, ...; "
+        "transformer: d_model, num_heads, ff_dim, encoder_layers, ...). "
+        "`qkv train [CONFIG] [--model NAME] [--table.key=value ...] --show-config` prints every key with the "
+        "value it would train with, as TOML. A TSV file with any model: "
+        "qkv train configs/tsv-example.toml --data pairs.tsv --model transformer "
+        "(configs/tsv-transformer.toml: a larger Transformer). --data.reverse translates from the second "
+        "column to the first."
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train with the resolved config (or print it: ``--show-config``); the exit code is 0, or 130 /
+    143 after SIGINT / SIGTERM."""
+    from ..train.config import load_toml
+    from ..translation.config import resolve
+    from ..translation.training import train
+
+    try:
+        file_cfg = load_toml(args.config) if args.config else {}
+        overrides = list(args.overrides)
+        if args.data:
+            overrides.insert(0, f"--data.corpus={json.dumps(args.data)}")
+        cfg = resolve(file_cfg, preset=args.model, overrides=overrides)
+        name = args.model or cfg.model.get("attention", cfg.model.get("kind"))
+        out = Path(args.out or Path("runs") / str(name))
+        if args.resume:
+            cfg = _resumed_config(out, args, overrides)
+        if args.show_config:
+            print(cfg.to_toml(), end="")
+            return 0
+        with warnings_as_messages():
+            result = train(cfg, out, resume=args.resume, progress=not args.quiet, announce=True)
+    except USER_ERRORS as e:
+        raise CommandError(error_message(e)) from None
+    last = result.history[-1] if result.history else {}
+    status = "interrupted" if result.interrupted else ("stopped early" if result.stopped_early else "done")
+    best_text = best_loss_text(result)
+    print(
+        f"{status}: step {result.step}, best valid loss {best_text}"
+        + (f", valid exact match {last['valid_exact_match']:.3f}" if "valid_exact_match" in last else "")
+        + f", {result.seconds:.1f} s; checkpoints in {out}"
+    )
+    return result.exit_code  # 0, or 130 / 143 after SIGINT / SIGTERM
+
+
+def _resumed_config(out: Path, args: argparse.Namespace, overrides: list[str]):
+    """The config a ``--resume`` continues with: the run's own, with the overrides it allows
+    (announced); a config file or ``--model`` cannot change a run under way."""
+    from ..train.checkpoint import find_latest, load_checkpoint
+    from ..translation.config import model_preset, resume_config
+
+    if args.config:
+        raise ValueError(f"--resume: the run in {str(out)!r} keeps its own config; drop {args.config!r} (overrides may change --train.epochs and the other keys of --help)")  # fmt: skip
+    if find_latest(out) is None:
+        raise FileNotFoundError(f"--resume: no checkpoint in {str(out)!r}")
+    run_config = load_checkpoint(out, verify=False).config
+    if args.model and model_preset(run_config["model"]) != args.model:
+        raise ValueError(f"--resume: the run in {str(out)!r} trains {model_preset(run_config['model'])!r}, not --model {args.model!r}")  # fmt: skip
+    cfg, applied = resume_config(run_config, overrides)
+    if applied and not args.show_config:
+        print(f"resuming with {', '.join(applied)}", file=sys.stderr)
+    return cfg
+
+
+def best_loss_text(result) -> str:
+    """The best validation loss of a training result as the summary line prints it."""
+    best = result.best_valid_loss
+    if math.isfinite(best):
+        return f"{best:.4f}"
+    # no epoch ended yet (a run stopped in its first epoch), or an empty validation split
+    return "n/a (no epoch finished yet)" if not result.history else "n/a (no validation data)"
