@@ -55,7 +55,7 @@ class AttentionInputs:
         scale: the factor applied to the logits.
         need_weights, weights_for: the caller wants weights (all, or ``(heads, rows)``); a
             backend returns them only if it has them anyway, else ``qkv.attention`` computes
-            them on demand (:mod:`qkv.backends.weights`).
+            them on demand (:mod:`qkv.backends.attention_weights`).
         normalize: the normalizer's name (``"softmax"``, ``"sparsemax"``, ...; see
             :data:`qkv.functional.normalize.NORMALIZERS`) or ``"custom"`` for a callable.
         normalize_fn: ``(logits, mask) -> weights`` with its parameters bound, or None for

@@ -2,7 +2,7 @@
 
 Equal to the reference backend within tolerance for the ``dot`` and ``scaled_dot`` scores with
 bool masks and additive biases. It returns neither weights nor the log-sum-exp: asked for
-weights, ``qkv.attention`` computes them in a second pass (:mod:`qkv.backends.weights`).
+weights, ``qkv.attention`` computes them in a second pass (:mod:`qkv.backends.attention_weights`).
 """
 
 from __future__ import annotations
