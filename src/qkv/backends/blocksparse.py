@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._types import AttentionOutput
+from . import memory
 from .base import AttentionInputs, Capabilities, not_supported_reasons, plain_causal
 
 __all__ = ["BlockSparseBackend"]
@@ -38,6 +39,8 @@ __all__ = ["BlockSparseBackend"]
 _ops = torch.ops.aten
 _FLASH = getattr(_ops, "_scaled_dot_product_flash_attention_for_cpu", None)
 _FLASH_BACKWARD = getattr(_ops, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+
+GATHER_BYTES = 32 << 20  # the keys one gather collects (rows x blocks) stay under this
 
 
 class BlockSparseBackend:
@@ -106,6 +109,24 @@ class BlockSparseBackend:
         while len(self._plans) > self.cache_size:
             self._plans.popitem(last=False)
         return plan
+
+    def memory_bytes(self, inputs: AttentionInputs) -> int:
+        """Peak extra bytes (see :mod:`qkv.backends.memory`): the plan's masks, each allowed
+        ``q_block x kv_block`` tile as bool and as additive float (1 + e bytes per element,
+        twice for the band's padding; per batch and head when the pattern depends on them), the
+        kernels' blocked copies and outputs (8 N Tq D c), the gathered keys and values (at most
+        :data:`GATHER_BYTES`); with grad, gradient buffers."""
+        s = memory.sizes(inputs)
+        c, e = s["c"], s["e"]
+        tiles = int(self.layout(inputs).any.sum())
+        per = s["n"] if inputs.pattern.depends_on_batch_head else 1
+        width = max(s["d"], s["dv"])
+        total = 2 * tiles * self.q_block * self.kv_block * (1 + e) * per
+        total += 8 * s["n"] * s["tq"] * width * c + memory.pattern_tables_bytes(inputs)
+        total += min(GATHER_BYTES, 2 * tiles * self.kv_block * s["n"] * width * e)
+        if memory.needs_grad(inputs):
+            total += 4 * s["qkv"] * c
+        return total
 
     def run(self, inputs: AttentionInputs) -> AttentionOutput:
         plan = self.plan(inputs)
@@ -355,7 +376,7 @@ class _Planner:
         for i, c in enumerate(counts.tolist()):
             if c:
                 groups.setdefault(c if distinct <= 16 else (c - 1).bit_length(), []).append(i)
-        cap = max(1, (32 << 20) // (self.b * self.bq * self.bk * 4))  # bound one gather's rows x blocks
+        cap = max(1, GATHER_BYTES // (self.b * self.bq * self.bk * 4))  # bound one gather's rows x blocks
         for members in groups.values():
             c_max = int(counts[members].max())
             per_piece = max(1, cap // c_max)

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from .._types import AttentionOutput
+from . import memory
 from .base import AttentionInputs, Capabilities, not_supported_reasons, slice_block, zero_unreachable_keys
 from .online_softmax import OnlineSoftmax
 
@@ -266,6 +267,25 @@ class ChunkedBackend:
         if size < self.auto_min_logits:
             return [f"small problem ({size} logits < {self.auto_min_logits}): the reference is faster"]
         return []
+
+    def memory_bytes(self, inputs: AttentionInputs) -> int:
+        """Peak extra bytes (see :mod:`qkv.backends.memory`): the output and lse, plus per
+        element of one ``q_block x kv_block`` block (all heads) about 16 c bytes of block
+        tensors (logits, masks, exp, corrections) and 4 W e for a wide score's intermediates;
+        with grad dq, dk, dv in the compute dtype (and dbias) and 8 c more per block element."""
+        s = memory.sizes(inputs)
+        c, e = s["c"], s["e"]
+        q_block, kv_block = self.block_sizes(inputs)
+        block = s["n"] * min(q_block, s["tq"]) * min(kv_block, s["tk"])
+        width = memory.score_width(inputs)
+        total = s["n"] * s["tq"] * (s["dv"] * e + c) + block * 16 * c + memory.pattern_tables_bytes(inputs)
+        if width > 1:
+            total += 4 * block * width * e
+        if memory.needs_grad(inputs):  # dq, dk, dv, and the backward's own block tensors (p, dp, ds...)
+            total += s["qkv"] * c + block * 8 * c
+            if inputs.bias is not None and inputs.bias.requires_grad:
+                total += inputs.bias.numel() * c
+        return total
 
     def run(self, inputs: AttentionInputs) -> AttentionOutput:
         out, lse = chunked_attention(inputs, *self.block_sizes(inputs))

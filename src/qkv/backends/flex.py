@@ -52,6 +52,7 @@ from torch import Tensor
 
 from .._types import AttentionOutput
 from ..masks.core import Mask
+from . import memory
 from .base import AttentionInputs, Capabilities, not_supported_reasons, zero_unreachable_keys
 
 __all__ = ["FlexBackend", "flex_available", "layout_block_mask"]
@@ -275,6 +276,23 @@ class FlexBackend:
         if self.block_size is not None:
             return tuple(self.block_size)  # type: ignore[return-value]
         return (128, 128) if device.type == "cuda" else (64, 64)
+
+    def memory_bytes(self, inputs: AttentionInputs) -> int:
+        """Peak extra bytes (see :mod:`qkv.backends.memory`). Eager FlexAttention is unfused:
+        the scores, their modifications and softmax (4 L c). Compiled, the kernel works per
+        tile: copies of q, k, v (score transforms, zeroed keys) and the output. A bool tensor
+        mask is pooled to tiles (two padded copies, 2 M)."""
+        s = memory.sizes(inputs)
+        c, dense = s["c"], not self.compile
+        total = s["n"] * s["tq"] * (s["dv"] * s["e"] + c) + 4 * s["qkv"] * c
+        total += memory.pattern_tables_bytes(inputs)
+        if dense:
+            total += 4 * s["L"] * c
+        if inputs.tensor_mask is not None:
+            total += 2 * inputs.tensor_mask.numel()
+        if memory.needs_grad(inputs):  # (CUDA: no CPU backward) dq, dk, dv; eager: the scores' gradients
+            total += 3 * s["qkv"] * c + (3 * s["L"] * c if dense else 0)
+        return total
 
     # -- block masks ---------------------------------------------------------------------
 
