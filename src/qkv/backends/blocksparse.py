@@ -33,6 +33,7 @@ from torch import Tensor
 from .._types import AttentionOutput
 from . import memory
 from .base import AttentionInputs, Capabilities, not_supported_reasons, plain_causal
+from .online_softmax import compute_dtype
 
 __all__ = ["BlockSparseBackend"]
 
@@ -510,10 +511,6 @@ def _mask(p: _Piece, dtype: torch.dtype, b: int, per_batch: bool) -> Tensor:
     return m[b] if per_batch else m
 
 
-def _compute_dtype(t: Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
-
-
 class _BlockSparseAttention(torch.autograd.Function):
     backward_rows = 16  # query blocks per backward kernel call
 
@@ -522,7 +519,7 @@ class _BlockSparseAttention(torch.autograd.Function):
         bq = plan.q_block
         bsz, h, tq, _ = q.shape
         dv = v.shape[-1]
-        cdt = _compute_dtype(q)
+        cdt = compute_dtype(q)
         outs, lses = [], []
         for b in range(bsz):
             sample = _Sample(plan, k[b], v[b])
@@ -552,7 +549,7 @@ class _BlockSparseAttention(torch.autograd.Function):
         bq, bk = plan.q_block, plan.kv_block
         bsz, h, tq, d = q.shape
         tk = k.shape[-2]
-        cdt = _compute_dtype(q)
+        cdt = compute_dtype(q)
         dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
         d_out = d_out.to(q.dtype)
         for b in range(bsz):

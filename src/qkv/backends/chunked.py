@@ -37,9 +37,9 @@ from torch import Tensor, nn
 from .._types import AttentionOutput
 from . import memory
 from .base import AttentionInputs, Capabilities, not_supported_reasons, slice_block, zero_unreachable_keys
-from .online_softmax import OnlineSoftmax
+from .online_softmax import OnlineSoftmax, block_logits, compute_dtype
 
-__all__ = ["ChunkedBackend", "block_logits", "iter_blocks", "score_parameters"]
+__all__ = ["ChunkedBackend", "iter_blocks", "score_parameters"]
 
 
 def score_parameters(inputs: AttentionInputs) -> tuple[list[str], list[Tensor], Callable]:
@@ -103,36 +103,11 @@ def iter_blocks(
         yield q0, q1, blocks
 
 
-def _compute_dtype(t: Tensor) -> torch.dtype:
-    return torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else t.dtype
-
-
-def block_logits(
-    inputs: AttentionInputs,
-    score_fn: Callable,
-    qb: Tensor,
-    kb: Tensor,
-    bias: Tensor | None,
-    keep: Tensor | None,
-) -> tuple[Tensor, Tensor]:
-    """``(raw, logits)``: ``raw = score(qb, kb)`` (autograd-connected to its inputs) and
-    ``logits = raw * scale + bias`` in the compute dtype, ``-inf`` where ``keep`` is False."""
-    raw = score_fn(qb, kb)  # (..., bq, bk)
-    s = raw.to(_compute_dtype(qb))
-    if inputs.scale != 1.0:
-        s = s * inputs.scale
-    if bias is not None:
-        s = s + bias.to(s.dtype)
-    if keep is not None:
-        s = s.masked_fill(~keep, float("-inf"))
-    return raw, s
-
-
 class _ChunkedAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, inputs, make_score, q_block, kv_block, q, k, v, bias, *params):
         score_fn = make_score(params)
-        cdt = _compute_dtype(q)
+        cdt = compute_dtype(q)
         lead = q.shape[:-2]
         tq, dv = q.shape[-2], v.shape[-1]
         out = q.new_zeros((*lead, tq, dv), dtype=v.dtype)
@@ -159,7 +134,7 @@ class _ChunkedAttention(torch.autograd.Function):
     def backward(ctx, d_out, _d_lse):
         q, k, v, bias, out, lse, *params = ctx.saved_tensors
         inputs, (q_block, kv_block) = ctx.inputs, ctx.blocks
-        cdt = _compute_dtype(q)
+        cdt = compute_dtype(q)
         d_out = d_out.to(cdt)
         delta = (d_out * out.to(cdt)).sum(-1)  # (..., Tq): rowsum(dO * O)
         # exp(s - lse) must be 0 on empty rows (lse = -inf): use +inf there.

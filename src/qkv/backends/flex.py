@@ -51,7 +51,7 @@ import torch
 from torch import Tensor
 
 from .._types import AttentionOutput
-from ..masks.core import Mask
+from ..masks.core import Mask, pool_blocks
 from . import memory
 from .base import AttentionInputs, Capabilities, not_supported_reasons, zero_unreachable_keys
 
@@ -140,26 +140,12 @@ def layout_block_mask(
     return _from_tiles(layout.any[None, None], layout.all[None, None], q_len, kv_len, block, mask_mod)
 
 
-def _pool(x: Tensor, length: int, block: int, dim: int, reduce_all: bool) -> Tensor:
-    """Reduce axis ``dim`` (size ``length``, or 1 = broadcast) of a bool tensor per block."""
-    n = -(-length // block)
-    if x.shape[dim] == 1:  # broadcast axis: every block sees the same value
-        return x.expand(*(n if d == dim else s for d, s in enumerate(x.shape)))
-    pad = n * block - length
-    if pad:  # only real positions count: pad with the neutral element
-        shape = list(x.shape)
-        shape[dim] = pad
-        x = torch.cat([x, x.new_full(shape, reduce_all)], dim=dim)
-    x = x.unflatten(dim, (n, block))
-    return x.all(dim=dim + 1) if reduce_all else x.any(dim=dim + 1)
-
-
 def _tensor_block_mask(mask: Tensor, q_len: int, kv_len: int, block: tuple[int, int]):
     """A BlockMask of a bool tensor ``(Bm, Hm, Tq or 1, Tk or 1)``, tiled per (batch, head)."""
     while mask.dim() < 4:
         mask = mask.unsqueeze(0)
-    any_ = _pool(_pool(mask, q_len, block[0], 2, False), kv_len, block[1], 3, False)
-    all_ = _pool(_pool(mask, q_len, block[0], 2, True), kv_len, block[1], 3, True)
+    any_ = pool_blocks(pool_blocks(mask, q_len, block[0], 2, False), kv_len, block[1], 3, False)
+    all_ = pool_blocks(pool_blocks(mask, q_len, block[0], 2, True), kv_len, block[1], 3, True)
     bm, hm, tqm, tkm = mask.shape
 
     def mask_mod(b, h, q, kv):
