@@ -44,8 +44,12 @@ def check_dim(name: str, value: object) -> int:
 
 
 def check_int(name: str, value: object, low: int) -> int:
-    """An int ``>= low`` (``bool`` excluded) or a ValueError naming the argument."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    """An int ``>= low`` or an error naming the argument: TypeError for what is not an int
+    (``bool`` included), ValueError for an int below ``low``. ``name`` may carry its owner
+    (``"sliding_window: left"``)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected an int >= {low}, got {value!r}")
+    if value < low:
         raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
     return value
 

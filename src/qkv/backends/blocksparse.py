@@ -23,6 +23,7 @@ attention does), and adds the key gradients back through the views and gathers.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -63,6 +64,7 @@ class BlockSparseBackend:
         self.q_block, self.kv_block, self.auto_max_density = q_block, kv_block, auto_max_density
         self.cache_size = 8
         self._plans: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()  # guards _plans
 
     def supports(self, inputs: AttentionInputs) -> list[str]:
         reasons = not_supported_reasons(self.capabilities, inputs)
@@ -88,7 +90,8 @@ class BlockSparseBackend:
         return inputs.pattern.block_layout(inputs.q_len, inputs.kv_len, self.q_block, self.kv_block)
 
     def plan(self, inputs: AttentionInputs) -> _Plan:
-        """The pieces of these inputs (cached per pattern, lengths, batch and device)."""
+        """The pieces of these inputs (cached per pattern, lengths, batch and device, the
+        ``cache_size`` most recent kept; safe to share between threads)."""
         pattern = inputs.pattern
         b, h = inputs.query.shape[:2]
         key = (
@@ -101,14 +104,17 @@ class BlockSparseBackend:
             self.kv_block,
             inputs.query.device,
         )
-        hit = self._plans.get(key)
-        if hit is not None and hit[0] is pattern:
+        with self._lock:  # an OrderedDict is not safe to reorder from several threads
+            hit = self._plans.get(key)
+            if hit is not None and hit[0] is pattern:
+                self._plans.move_to_end(key)
+                return hit[1]
+        plan = _make_plan(inputs, self.layout(inputs), self.q_block, self.kv_block)  # outside the lock
+        with self._lock:
+            self._plans[key] = (pattern, plan)
             self._plans.move_to_end(key)
-            return hit[1]
-        plan = _make_plan(inputs, self.layout(inputs), self.q_block, self.kv_block)
-        self._plans[key] = (pattern, plan)
-        while len(self._plans) > self.cache_size:
-            self._plans.popitem(last=False)
+            while len(self._plans) > self.cache_size:
+                self._plans.popitem(last=False)
         return plan
 
     def memory_bytes(self, inputs: AttentionInputs) -> int:

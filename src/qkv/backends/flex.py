@@ -41,6 +41,7 @@ on CPU).
 from __future__ import annotations
 
 import functools
+import threading
 import warnings
 import weakref
 from collections import OrderedDict
@@ -189,7 +190,8 @@ class FlexBackend:
             Triton kernels' tile) and 64 x 64 on CPU, where the C++ kernel's tile is the block:
             smaller tiles visit fewer masked pairs (window 256, Longformer and BigBird at
             T = 16384 ran 1.1-3x faster than at 128 x 128, see benchmarks/attention_long.py).
-        cache_size: how many pattern block masks to keep (least recently used dropped).
+        cache_size: how many pattern block masks to keep (least recently used dropped); the
+            cache is safe to share between threads (a lock around every lookup and insertion).
     """
 
     name = "flex"
@@ -206,6 +208,7 @@ class FlexBackend:
         self.block_size = block_size
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple, tuple[Any, Any, Tensor | None]] = OrderedDict()
+        self._lock = threading.Lock()  # guards _cache and the counters
         self.cache_hits = 0
         self.cache_misses = 0
 
@@ -287,19 +290,21 @@ class FlexBackend:
         device = torch.device(device)
         block = self._block(device)
         key = (id(pattern), q_len, kv_len, str(device), block)
-        hit = self._cache.get(key)
-        if hit is not None and hit[0]() is pattern:
-            self._cache.move_to_end(key)
-            self.cache_hits += 1
-            return hit[1], hit[2]
-        self.cache_misses += 1
-        bm = layout_block_mask(pattern, q_len, kv_len, block, device)
+        with self._lock:  # an OrderedDict is not safe to reorder from several threads
+            hit = self._cache.get(key)
+            if hit is not None and hit[0]() is pattern:
+                self._cache.move_to_end(key)
+                self.cache_hits += 1
+                return hit[1], hit[2]
+            self.cache_misses += 1
+        bm = layout_block_mask(pattern, q_len, kv_len, block, device)  # built outside the lock
         reach = _reachable(pattern, q_len, kv_len, device)
         reach = None if bool(reach.all()) else reach
-        self._cache[key] = (weakref.ref(pattern), bm, reach)
-        self._cache.move_to_end(key)
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+        with self._lock:
+            self._cache[key] = (weakref.ref(pattern), bm, reach)
+            self._cache.move_to_end(key)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
         return bm, reach
 
     # -- run -----------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .._checks import PADDING_MEANING, check_bool_mask
+from .._checks import PADDING_MEANING, check_bool_mask, check_int
 
 __all__ = [
     "PADDING_MEANING",
@@ -101,15 +101,6 @@ class BlockLayout:
             f"BlockLayout(Tq={self.q_len}, Tk={self.kv_len}, blocks={self.q_block}x{self.kv_block}, "
             f"grid={n_qb}x{n_kb}, any={int(self.any.sum())}, all={int(self.all.sum())})"
         )
-
-
-def check_int(owner: str, name: str, value, minimum: int) -> int:
-    """Raise a clear error unless ``value`` is an int ``>= minimum`` (bools are refused)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{owner}: {name} must be an int >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{owner}: {name} must be >= {minimum}, got {value}")
-    return value
 
 
 def block_bounds(length: int, block: int, device: Device = None) -> tuple[Tensor, Tensor]:
@@ -229,10 +220,10 @@ class Mask:
         Union over batch and heads for ``any``, intersection for ``all``. Built-in patterns
         compute it in ``O(nQB * nKB)`` without a ``Tq x Tk`` tensor.
         """
-        check_int("block_layout", "q_len", q_len, 0)
-        check_int("block_layout", "kv_len", kv_len, 0)
-        check_int("block_layout", "q_block", q_block, 1)
-        check_int("block_layout", "kv_block", kv_block, 1)
+        check_int("block_layout: q_len", q_len, 0)
+        check_int("block_layout: kv_len", kv_len, 0)
+        check_int("block_layout: q_block", q_block, 1)
+        check_int("block_layout: kv_block", kv_block, 1)
         # Masks are immutable: remember the last few layouts (forward and backward, training
         # steps and the fast backends all ask for the same one).
         cache = self.__dict__.setdefault("_layout_cache", {})
