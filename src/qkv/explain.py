@@ -389,6 +389,31 @@ def _parameter_steps(
     return steps
 
 
+def _checked_inputs(query, keys, values, score: str, hidden: int):
+    """``(spec, q, squeeze, k, v)`` of :func:`explain`'s arguments, or a ValueError naming the
+    argument: an unknown score, no keys, values that do not match the keys, dims a
+    ``same_dim`` score refuses, a ``hidden`` size that is not an int >= 1 where one is used."""
+    if score not in _scores.SPECS:
+        raise ValueError(f"score: unknown score {score!r}; valid names: {', '.join(_scores.SPECS)}")
+    spec = _scores.SPECS[score]
+    q, squeeze = _as_matrix("query", query)
+    k, _ = _as_matrix("keys", keys)
+    v = k if values is None else _as_matrix("values", values)[0]
+    if k.shape[0] == 0:
+        raise ValueError("keys: expected at least one key")
+    if v.shape[0] != k.shape[0]:
+        raise ValueError(f"values: expected {k.shape[0]} rows (one per key), got {v.shape[0]}")
+    if spec.same_dim and q.shape[1] != k.shape[1]:
+        raise ValueError(
+            f"keys: score {score!r} needs keys of the query's dimension {q.shape[1]}, got {k.shape[1]}"
+        )
+    if any(p.shape and "A" in p.shape for p in spec.shown) and (
+        isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1
+    ):
+        raise ValueError(f"hidden: expected an integer >= 1, got {hidden!r}")
+    return spec, q, squeeze, k, v
+
+
 # ----------------------------------------------------------------------------- public API
 
 
@@ -426,24 +451,7 @@ def explain(
         ValueError: unknown score, shapes that do not fit, non-positive ``sigma`` or
             ``temperature``.
     """
-    if score not in _scores.SPECS:
-        raise ValueError(f"score: unknown score {score!r}; valid names: {', '.join(_scores.SPECS)}")
-    q, squeeze = _as_matrix("query", query)
-    k, _ = _as_matrix("keys", keys)
-    v = k if values is None else _as_matrix("values", values)[0]
-    if k.shape[0] == 0:
-        raise ValueError("keys: expected at least one key")
-    if v.shape[0] != k.shape[0]:
-        raise ValueError(f"values: expected {k.shape[0]} rows (one per key), got {v.shape[0]}")
-    if score in _scores.SPECS and _scores.SPECS[score].same_dim and q.shape[1] != k.shape[1]:
-        raise ValueError(
-            f"keys: score {score!r} needs keys of the query's dimension {q.shape[1]}, got {k.shape[1]}"
-        )
-    spec = _scores.SPECS[score]
-    if any(p.shape and "A" in p.shape for p in spec.shown) and (
-        isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1
-    ):
-        raise ValueError(f"hidden: expected an integer >= 1, got {hidden!r}")
+    spec, q, squeeze, k, v = _checked_inputs(query, keys, values, score, hidden)
 
     q_rows = (
         tuple(query_labels) if query_labels is not None else (("q",) if squeeze else _labels("q", len(q)))
