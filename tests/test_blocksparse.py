@@ -149,3 +149,41 @@ def test_patterns_flow_through_multihead_attention():
     g_fast = torch.autograd.grad(fast.out.sum(), x)[0]
     g_slow = torch.autograd.grad(slow.out.sum(), x)[0]
     torch.testing.assert_close(g_fast, g_slow, rtol=0, atol=1e-5)
+
+
+def test_plan_cache_is_safe_under_threads():
+    """Eight threads share one backend whose LRU holds 3 of 6 patterns' plans: every output is
+    bitwise the one-thread output, and the cache never holds more than its size."""
+    import threading
+
+    backend = blocksparse.BlockSparseBackend(q_block=16, kv_block=16)
+    backend.cache_size = 3
+    patterns = [masks.sliding_window(w) for w in (4, 8, 12, 20, 28, 36)]
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 96, 8, generator=g) for _ in range(3))
+    with torch.no_grad():
+        alone = [
+            blocksparse.BlockSparseBackend(16, 16).run(prepare(q, k, v, mask=p)[0]).out for p in patterns
+        ]
+    bad: list[object] = []
+
+    def work(seed: int) -> None:
+        try:
+            with torch.no_grad():
+                for r in range(12):
+                    i = (seed + r) % len(patterns)
+                    out = backend.run(prepare(q, k, v, mask=patterns[i])[0]).out
+                    if not torch.equal(out, alone[i]):
+                        bad.append((seed, i))
+                    if len(backend._plans) > backend.cache_size:
+                        bad.append(("size", len(backend._plans)))
+        except Exception as e:  # reported below with the thread's seed
+            bad.append((seed, repr(e)))
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert bad == []
+    assert len(backend._plans) <= 3

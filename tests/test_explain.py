@@ -321,3 +321,35 @@ def test_format_table_labels_alignment_and_negative_zero():
     assert format_table(torch.tensor([1.0, 2.0]), None, ["x", "y"], 1) == ["  x    y", "1.0  2.0"]
     with pytest.raises(ValueError, match="at most 2 dims"):
         format_table(torch.zeros(1, 1, 1))
+
+
+def test_every_score_carries_its_explain_text():
+    from qkv.functional.scores import SPECS
+
+    assert tuple(SPECS) == SCORE_NAMES
+    for name, spec in SPECS.items():
+        assert spec.formula.startswith("e_ij = ") and spec.source, name
+        assert {p.name for p in spec.shown} <= set(spec.required + spec.optional), name
+
+
+def test_a_new_score_is_explained_from_its_spec_alone(monkeypatch):
+    """A score added as one ScoreSpec (here ``e_ij = w * q_i . k_j``) is explained with its
+    formula, source and seeded parameter, and its numbers equal the hand computation."""
+    from qkv.functional import scores
+
+    def weighted(query, key, w):
+        return w * (query @ key.transpose(-2, -1))
+
+    spec = scores.ScoreSpec(
+        "weighted_dot", weighted, required=("w",), dot_like=False, same_dim=True,
+        formula="e_ij = w q_i . k_j", source="a test score",
+        shown=(scores.ScoreParameter("w", "w", ("A",)),),
+    )  # fmt: skip
+    monkeypatch.setitem(scores.SPECS, "weighted_dot", spec)
+    e = explain([0.5, 0.5], [[1.0, 2.0], [3.0, 4.0]], score="weighted_dot", hidden=1, seed=3)
+    w = e.step("w").value
+    assert e.step("scores").formula == "e_ij = w q_i . k_j"
+    assert e.step("scores").title == "Scores: a test score"
+    expected = [float(w[0]) * 1.5, float(w[0]) * 3.5]
+    assert e.scores.tolist() == pytest.approx(expected, abs=1e-12)
+    assert e.weights.tolist() == pytest.approx(softmax(expected), abs=1e-12)

@@ -259,3 +259,37 @@ def test_flex_compiled_cpu_forward(monkeypatch):
     assert got.lse is None
     torch.testing.assert_close(got.out, ref.out, rtol=0, atol=2e-6)
     assert torch.equal(got.out[1], torch.zeros_like(got.out[1]))
+
+
+@pytest.mark.skipif(not flex_available(), reason="FlexAttention unavailable")
+def test_block_mask_cache_is_safe_under_threads():
+    """Eight threads ask one backend (LRU of 2) for 5 patterns' block masks: every mask is the
+    one built alone, the counters add up to the calls, the cache stays within its size."""
+    import threading
+
+    from qkv import masks
+
+    backend = FlexBackend(cache_size=2)
+    patterns = [masks.sliding_window(w) for w in (2, 4, 8, 16, 32)]
+    alone = [FlexBackend().block_mask(p, 64, 64, "cpu")[0].to_dense() for p in patterns]
+    bad: list[object] = []
+    calls = 8 * 10
+
+    def work(seed: int) -> None:
+        try:
+            for r in range(10):
+                i = (seed + r) % len(patterns)
+                bm, _ = backend.block_mask(patterns[i], 64, 64, "cpu")
+                if not torch.equal(bm.to_dense(), alone[i]):
+                    bad.append((seed, i))
+        except Exception as e:  # reported below with the thread's seed
+            bad.append((seed, repr(e)))
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert bad == []
+    assert backend.cache_hits + backend.cache_misses == calls
+    assert len(backend._cache) <= 2

@@ -1,7 +1,7 @@
 """Memory plans: a plan that cannot fit is refused before it runs, with numbers and a way out.
 
 The memory the planner sees is set per test by monkeypatching
-``qkv.backends.memory.available_bytes`` (nothing process-wide); the inputs stay tiny (D = 8),
+``qkv.backends.device_budget.available_bytes`` (nothing process-wide); the inputs stay tiny (D = 8),
 so only the ``Tq x Tk`` plans are large.
 """
 
@@ -14,7 +14,7 @@ import torch
 import qkv
 from qkv import masks
 from qkv.api import prepare
-from qkv.backends import BackendNotSupportedError, memory
+from qkv.backends import BackendNotSupportedError, device_budget, memory
 from qkv.backends.memory import MemoryPlanError
 
 GB = 10**9
@@ -27,7 +27,7 @@ def available(monkeypatch):
     """``available(n)``: every device has ``n`` bytes available from now on (this test only)."""
 
     def set_available(n: int) -> None:
-        monkeypatch.setattr(memory, "available_bytes", lambda device: n)
+        monkeypatch.setattr(device_budget, "available_bytes", lambda device: n)
 
     return set_available
 
@@ -153,7 +153,7 @@ def test_small_plans_never_read_the_memory(monkeypatch):
     def unreadable(device):
         raise AssertionError("a plan under MIN_CHECKED_BYTES read the available memory")
 
-    monkeypatch.setattr(memory, "available_bytes", unreadable)
+    monkeypatch.setattr(device_budget, "available_bytes", unreadable)
     q = k = v = torch.randn(2, 2, 64, 8)
     assert qkv.attention(q, k, v, backend="reference", need_weights=True).weights.shape == (2, 2, 64, 64)
     assert qkv.attention(q, k, v, weights_for=(1, None)).backend == "sdpa"
@@ -222,20 +222,20 @@ def test_available_bytes_respects_a_cgroup_limit(monkeypatch):
         "/sys/fs/cgroup/job/memory.current": "300000000\n",
         "/sys/fs/cgroup/job/memory.stat": "anon 200000000\ninactive_file 100000000\n",
     }
-    monkeypatch.setattr(memory, "_read", files.get)
-    monkeypatch.setattr(memory, "_meminfo_available", lambda: 16 * GB)
+    monkeypatch.setattr(device_budget, "_read", files.get)
+    monkeypatch.setattr(device_budget, "_meminfo_available", lambda: 16 * GB)
     # 1 GB limit - (300 MB used - 100 MB of reclaimable page cache)
-    assert memory.available_bytes("cpu") == 800_000_000
+    assert device_budget.available_bytes("cpu") == 800_000_000
     files["/sys/fs/cgroup/job/memory.max"] = "max\n"
-    assert memory.available_bytes("cpu") == 16 * GB
-    monkeypatch.setattr(memory, "_read", lambda path: None)
-    monkeypatch.setattr(memory, "_meminfo_available", lambda: None)
-    assert memory.available_bytes("cpu") == memory.UNKNOWN_AVAILABLE
-    assert memory.available_bytes("meta") == memory.UNKNOWN_AVAILABLE
+    assert device_budget.available_bytes("cpu") == 16 * GB
+    monkeypatch.setattr(device_budget, "_read", lambda path: None)
+    monkeypatch.setattr(device_budget, "_meminfo_available", lambda: None)
+    assert device_budget.available_bytes("cpu") == device_budget.UNKNOWN_AVAILABLE
+    assert device_budget.available_bytes("meta") == device_budget.UNKNOWN_AVAILABLE
 
 
 def test_available_bytes_reads_this_machine():
-    n = memory.available_bytes("cpu")
+    n = device_budget.available_bytes("cpu")
     assert isinstance(n, int)
     assert n > 0
 
@@ -251,7 +251,7 @@ def test_format_bytes():
 @pytest.mark.cuda
 def test_available_bytes_on_cuda():
     free, total = torch.cuda.mem_get_info()
-    n = memory.available_bytes("cuda")
+    n = device_budget.available_bytes("cuda")
     assert free <= n <= total
 
 
@@ -290,3 +290,16 @@ def test_tiny_calls_skip_the_estimates_soundly(kwargs):
             assert memory.estimate_bytes(backend, inputs) <= memory.MIN_CHECKED_BYTES, name
     bigger = prepare(*(torch.randn(1, 2, 256, 8) for _ in range(3)))[0]
     assert not memory.below_check(bigger)
+
+
+def test_every_backend_owns_its_estimate():
+    """Each registered backend declares ``memory_bytes``; the planner asks it and nothing else."""
+    q = k = v = torch.randn(1, 2, 256, 8)
+    for mask in (None, masks.sliding_window(32)):
+        inputs = prepare(q, k, v, mask=mask)[0]
+        for name, backend in qkv.backends.BACKENDS.items():
+            if backend.supports(inputs):
+                continue
+            own = backend.memory_bytes(inputs)
+            assert isinstance(own, int) and own > 0, name
+            assert memory.estimate_bytes(backend, inputs) == own, name

@@ -37,7 +37,7 @@ def test_additive_d2l_example_shapes_and_formula():
     keys = torch.normal(0, 1, (2, 10, 2), dtype=F64)
     values = torch.arange(40, dtype=F64).reshape(1, 10, 4).repeat(2, 1, 1)
     valid_lens = torch.tensor([2, 6])
-    res = att(queries, keys, values, valid_lens, need_weights=True)
+    res = att(queries, keys, values, valid_lens=valid_lens, need_weights=True)
     assert res.out.shape == (2, 1, 4)
     assert res.weights.shape == (2, 1, 10)
     s = att.score
@@ -109,7 +109,7 @@ def test_dot_product_d2l_shapes_with_weights():
     att = DotProductAttention(dropout=0.5).eval()
     queries, keys = torch.normal(0, 1, (2, 1, 2)), torch.normal(0, 1, (2, 10, 2))
     values = torch.arange(40.0).reshape(1, 10, 4).repeat(2, 1, 1)
-    res = att(queries, keys, values, torch.tensor([2, 6]), need_weights=True)
+    res = att(queries, keys, values, valid_lens=torch.tensor([2, 6]), need_weights=True)
     assert res.out.shape == (2, 1, 4)
     assert res.weights.shape == (2, 1, 10)
     torch.testing.assert_close(res.weights.sum(-1), torch.ones(2, 1))
@@ -199,9 +199,9 @@ def test_d2l_forward_errors():
     with pytest.raises(
         ValueError, match=r"valid_lens: expected shape \(B,\) = \(2,\) or \(B, Tq\) = \(2, 3\), got \(3,\)"
     ):
-        att(q, k, v, torch.tensor([1, 2, 3]))
+        att(q, k, v, valid_lens=torch.tensor([1, 2, 3]))
     with pytest.raises(TypeError, match=r"from_lengths: valid_lens must be an integer tensor"):
-        att(q, k, v, torch.tensor([1.0, 2.0]))
+        att(q, k, v, valid_lens=torch.tensor([1.0, 2.0]))
     with pytest.raises(ValueError, match=r"dropout: expected a number in \[0, 1\)"):
         AdditiveAttention(query_dim=3, key_dim=4, hidden_dim=5, dropout=-0.1)
     with pytest.raises(ValueError, match=r"keys: expected feature dim 3"):
@@ -213,12 +213,8 @@ def test_d2l_forward_errors():
 @pytest.mark.parametrize(
     "make", [lambda: AdditiveAttention(query_dim=4, key_dim=4, hidden_dim=8), DotProductAttention]
 )
-def test_positional_valid_lens_is_deprecated_but_equal(make):
+def test_valid_lens_is_keyword_only(make):
     att = make()
     q, k, v = torch.randn(2, 3, 4), torch.randn(2, 5, 4), torch.randn(2, 5, 6)
-    lens = torch.tensor([2, 5])
-    with pytest.warns(DeprecationWarning, match="pass valid_lens= by name"):
-        old = att(q, k, v, lens)
-    assert torch.equal(old.out, att(q, k, v, valid_lens=lens).out)
-    with pytest.raises(TypeError, match="valid_lens= by name, got 5 positional arguments"):
-        att(q, k, v, lens, lens)
+    with pytest.raises(TypeError, match="positional argument"):
+        att(q, k, v, torch.tensor([2, 5]))

@@ -529,7 +529,7 @@ def test_d2l_modules_valid_lens_match_golden(sizes, kind, per_query, one_step, s
             query = q[:, 0] if one_step else q
             res = module(query, keys, values, valid_lens=lens, need_weights=True)
         else:
-            res = module(q, keys, values, lens, need_weights=True)
+            res = module(q, keys, values, valid_lens=lens, need_weights=True)
     if one_step:
         out, weights = out[:, 0], weights[:, 0]
     torch.testing.assert_close(res.out, out, **TOL)
@@ -546,7 +546,7 @@ def test_d2l_extra_per_sample_mask_combines_with_valid_lens(mask_shape):
     m = random_mask((b, tq, tk) if mask_shape == "BQK" else (b, 1, tk), gen)
     m[:, :, 0] = True
     layout = "BQK" if mask_shape == "BQK" else "B1K"
-    res = DotProductAttention()(q, keys, values, lens, mask=m, need_weights=True)
+    res = DotProductAttention()(q, keys, values, valid_lens=lens, mask=m, need_weights=True)
     want_out, want_w = golden(
         q[:, None], keys[:, None], values[:, None], scale=1 / math.sqrt(d),
         allowed=lambda bb, h, i, j: j < int(lens[bb]) and bool(at(m, layout, bb, h, i, j)),

@@ -5,7 +5,8 @@ import torch
 
 from qkv.functional.local import local_attention, local_centers
 from qkv.models.seq2seq import ATTENTIONS, Seq2Seq, Seq2SeqConfig
-from qkv.models.transformer import Transformer, TransformerConfig, sinusoidal_positions
+from qkv.models.transformer import Transformer, TransformerConfig
+from qkv.modules import sinusoidal_table
 from qkv.translation.decode import beam_search, greedy
 
 from helpers import naive_attention
@@ -119,15 +120,15 @@ def test_transformer_step_equals_full_forward():
         torch.testing.assert_close(attn.sum(-1), torch.ones(3))
 
 
-def test_sinusoidal_positions_formula():
-    pe = sinusoidal_positions(50, 16).double()
+def test_transformer_positions_are_the_sinusoidal_table():
+    """The Transformer adds qkv's one sinusoidal table (its formula is tested in test_positional)."""
+    cfg = TransformerConfig(src_vocab=8, tgt_vocab=8, d_model=16, num_heads=2, ff_dim=32, max_len=50)
+    pe = Transformer(cfg).positions
+    assert torch.equal(pe, sinusoidal_table(torch.arange(50), 16))
     p, i = 37, 3
-    assert float(pe[p, 2 * i]) == pytest.approx(
-        torch.sin(torch.tensor(p / 10000 ** (2 * i / 16), dtype=torch.float64)).item(), abs=1e-6
-    )
-    assert float(pe[p, 2 * i + 1]) == pytest.approx(
-        torch.cos(torch.tensor(p / 10000 ** (2 * i / 16), dtype=torch.float64)).item(), abs=1e-6
-    )
+    angle = torch.tensor(p / 10000 ** (2 * i / 16), dtype=torch.float64)
+    assert float(pe[p, 2 * i]) == pytest.approx(torch.sin(angle).item(), abs=1e-6)
+    assert float(pe[p, 2 * i + 1]) == pytest.approx(torch.cos(angle).item(), abs=1e-6)
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ __all__ = [
     "check_bool_mask",
     "check_dim",
     "check_dropout",
+    "check_int",
     "check_positive",
 ]
 
@@ -39,6 +40,17 @@ def check_dim(name: str, value: object) -> int:
     """A positive int (``bool`` excluded) or a ValueError naming the argument."""
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    return value
+
+
+def check_int(name: str, value: object, low: int) -> int:
+    """An int ``>= low`` or an error naming the argument: TypeError for what is not an int
+    (``bool`` included), ValueError for an int below ``low``. ``name`` may carry its owner
+    (``"sliding_window: left"``)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected an int >= {low}, got {value!r}")
+    if value < low:
+        raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
     return value
 
 

@@ -33,13 +33,15 @@ class AttentionOutput:
         lse: the log-sum-exp of each row's logits ``(..., H, Tq)`` in float32 (float64 for
             float64 inputs) where the backend gives it, else ``None``; ``-inf`` for fully
             masked rows.
-        backend: the name of the backend that ran (``"reference"``, ``"sdpa"``, ...).
+        backend: the name of the backend that ran (``"reference"``, ``"sdpa"``, ``"chunked"``,
+            ``"blocksparse"``, ``"flex"``; compositions join theirs with ``"+"``). Keyword-only
+            and required: every producer names the backend that ran.
     """
 
     out: Tensor
     weights: Tensor | None = None
     lse: Tensor | None = None
-    backend: str = "reference"
+    backend: str = field(kw_only=True)
 
     def __iter__(self):
         # Allows ``out, weights = qkv.attention(...)`` like torch's MultiheadAttention.

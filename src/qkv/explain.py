@@ -45,7 +45,7 @@ __all__ = [
     "explain_seq2seq",
 ]
 
-SCORE_NAMES: tuple[str, ...] = ("dot", "scaled_dot", "general", "additive", "gaussian", "cosine")
+SCORE_NAMES: tuple[str, ...] = tuple(_scores.SPECS)  # every named score (its text lives in its ScoreSpec)
 
 # The worked example of the Seq2Seq article: encoder states (keys = values), decoder state.
 SEQ2SEQ_KEYS = ((1.0, 2.0), (3.0, 4.0))
@@ -256,42 +256,21 @@ def _seeded(shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
     return torch.round(torch.randn(shape, generator=generator, dtype=_DTYPE) * 0.5, decimals=1)
 
 
-_SCORE_FORMULA = {
-    "dot": "e_ij = q_i . k_j",
-    "scaled_dot": "e_ij = q_i . k_j",
-    "general": "e_ij = q_i^T W k_j",
-    "additive": "e_ij = v^T tanh(W_q q_i + W_k k_j)",
-    "gaussian": "e_ij = -||q_i - k_j||^2 / (2 sigma^2)",
-    "cosine": "e_ij = cos(q_i, k_j) / tau = (q_i . k_j) / (|q_i| |k_j| tau)",
-}
-
-_SCORE_SOURCE = {
-    "dot": "dot-product score (Luong et al. 2015)",
-    "scaled_dot": "scaled dot-product score (Vaswani et al. 2017)",
-    "general": "Luong's 'general' bilinear score",
-    "additive": "Bahdanau's additive score",
-    "gaussian": "Gaussian-kernel score (Nadaraya-Watson)",
-    "cosine": "cosine-similarity score",
-}
-
-
 def _score_parameters(
-    score: str, d_q: int, d_k: int, *, seed: int, hidden: int, sigma: float, temperature: float
+    spec: _scores.ScoreSpec, d_q: int, d_k: int, *, seed: int, hidden: int, scalars: dict[str, float]
 ) -> dict[str, Tensor | float]:
+    """The parameters ``spec.shown`` lists: tensors drawn seeded in that order (``D_q``, ``D_k``,
+    ``A`` = ``hidden``), scalars from ``scalars`` (checked > 0)."""
     g = torch.Generator().manual_seed(seed)
-    if score == "general":
-        return {"weight": _seeded((d_q, d_k), g)}
-    if score == "additive":
-        return {
-            "w_query": _seeded((hidden, d_q), g),
-            "w_key": _seeded((hidden, d_k), g),
-            "v": _seeded((hidden,), g),
-        }
-    if score == "gaussian":
-        return {"sigma": float(sigma)}
-    if score == "cosine":
-        return {"temperature": float(temperature)}
-    return {}
+    sizes = {"D_q": d_q, "D_k": d_k, "A": hidden}
+    params: dict[str, Tensor | float] = {}
+    for p in spec.shown:
+        if p.shape is None:
+            _check_positive(p.name, scalars[p.name])
+            params[p.name] = float(scalars[p.name])
+        else:
+            params[p.name] = _seeded(tuple(sizes[d] for d in p.shape), g)
+    return params
 
 
 def _check_positive(name: str, x: float) -> None:
@@ -362,8 +341,8 @@ def _attention_steps(
     return [
         Step(
             "scores",
-            f"Scores: {_SCORE_SOURCE[score]}",
-            score_formula or _SCORE_FORMULA[score],
+            f"Scores: {_scores.SPECS[score].source}",
+            score_formula or _scores.SPECS[score].formula,
             sq(core.scores),
             q_rows,
             k_rows,
@@ -386,24 +365,53 @@ def _scale_text(score: str, scale: float | None, d: int) -> tuple[float, str]:
     if scale is not None:
         return float(scale), f"{float(scale):g} (given)"
     s = _scores.default_scale(score, d)
-    return s, (f"1/sqrt(d) = 1/sqrt({d}) = {s:.6g}" if score == "scaled_dot" else "1")
+    return s, (f"1/sqrt(d) = 1/sqrt({d}) = {s:.6g}" if _scores.SPECS[score].scaled else "1")
 
 
-def _parameter_steps(params: dict[str, Tensor | float], q_dims, k_dims) -> list[Step]:
+def _parameter_steps(
+    spec: _scores.ScoreSpec, params: dict[str, Tensor | float], q_dims, k_dims, hidden: int
+) -> list[Step]:
+    """One step per parameter the score shows: a seeded tensor with its symbolic shape, or a
+    scalar with its title."""
+    labels = {"D_q": q_dims, "D_k": k_dims, "A": _labels("a", hidden)}
     steps = []
-    if "weight" in params:
+    for p in spec.shown:
+        if p.shape is None:
+            value = torch.tensor(float(params[p.name]), dtype=_DTYPE)
+            steps.append(Step(p.name, p.title, p.symbol, value))
+            continue
+        shape = ", ".join(p.shape) + ("," if len(p.shape) == 1 else "")
+        rows = labels[p.shape[0]] if len(p.shape) == 2 else None
+        title = f"Parameter {p.symbol} (seeded random)"
         steps.append(
-            Step("W", "Parameter W (seeded random)", "W: (D_q, D_k)", params["weight"], q_dims, k_dims)
+            Step(p.symbol, title, f"{p.symbol}: ({shape})", params[p.name], rows, labels[p.shape[-1]])
         )
-    if "w_query" in params:
-        hidden = params["w_query"].shape[0]
-        a = _labels("a", hidden)
-        steps += [
-            Step("W_q", "Parameter W_q (seeded random)", "W_q: (A, D_q)", params["w_query"], a, q_dims),
-            Step("W_k", "Parameter W_k (seeded random)", "W_k: (A, D_k)", params["w_key"], a, k_dims),
-            Step("v", "Parameter v (seeded random)", "v: (A,)", params["v"], None, a),
-        ]
     return steps
+
+
+def _checked_inputs(query, keys, values, score: str, hidden: int):
+    """``(spec, q, squeeze, k, v)`` of :func:`explain`'s arguments, or a ValueError naming the
+    argument: an unknown score, no keys, values that do not match the keys, dims a
+    ``same_dim`` score refuses, a ``hidden`` size that is not an int >= 1 where one is used."""
+    if score not in _scores.SPECS:
+        raise ValueError(f"score: unknown score {score!r}; valid names: {', '.join(_scores.SPECS)}")
+    spec = _scores.SPECS[score]
+    q, squeeze = _as_matrix("query", query)
+    k, _ = _as_matrix("keys", keys)
+    v = k if values is None else _as_matrix("values", values)[0]
+    if k.shape[0] == 0:
+        raise ValueError("keys: expected at least one key")
+    if v.shape[0] != k.shape[0]:
+        raise ValueError(f"values: expected {k.shape[0]} rows (one per key), got {v.shape[0]}")
+    if spec.same_dim and q.shape[1] != k.shape[1]:
+        raise ValueError(
+            f"keys: score {score!r} needs keys of the query's dimension {q.shape[1]}, got {k.shape[1]}"
+        )
+    if any(p.shape and "A" in p.shape for p in spec.shown) and (
+        isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1
+    ):
+        raise ValueError(f"hidden: expected an integer >= 1, got {hidden!r}")
+    return spec, q, squeeze, k, v
 
 
 # ----------------------------------------------------------------------------- public API
@@ -443,25 +451,7 @@ def explain(
         ValueError: unknown score, shapes that do not fit, non-positive ``sigma`` or
             ``temperature``.
     """
-    if score not in SCORE_NAMES:
-        raise ValueError(f"score: unknown score {score!r}; valid names: {', '.join(SCORE_NAMES)}")
-    q, squeeze = _as_matrix("query", query)
-    k, _ = _as_matrix("keys", keys)
-    v = k if values is None else _as_matrix("values", values)[0]
-    if k.shape[0] == 0:
-        raise ValueError("keys: expected at least one key")
-    if v.shape[0] != k.shape[0]:
-        raise ValueError(f"values: expected {k.shape[0]} rows (one per key), got {v.shape[0]}")
-    if score in _scores.SPECS and _scores.SPECS[score].same_dim and q.shape[1] != k.shape[1]:
-        raise ValueError(
-            f"keys: score {score!r} needs keys of the query's dimension {q.shape[1]}, got {k.shape[1]}"
-        )
-    if score == "gaussian":
-        _check_positive("sigma", sigma)
-    if score == "cosine":
-        _check_positive("temperature", temperature)
-    if score == "additive" and (isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1):
-        raise ValueError(f"hidden: expected an integer >= 1, got {hidden!r}")
+    spec, q, squeeze, k, v = _checked_inputs(query, keys, values, score, hidden)
 
     q_rows = (
         tuple(query_labels) if query_labels is not None else (("q",) if squeeze else _labels("q", len(q)))
@@ -469,9 +459,8 @@ def explain(
     k_rows = tuple(key_labels) if key_labels is not None else _labels("k", len(k))
     if len(q_rows) != len(q) or len(k_rows) != len(k):
         raise ValueError("query_labels/key_labels: expected one label per query/key row")
-    params = _score_parameters(
-        score, q.shape[1], k.shape[1], seed=seed, hidden=hidden, sigma=sigma, temperature=temperature
-    )
+    scalars = {"sigma": sigma, "temperature": temperature}
+    params = _score_parameters(spec, q.shape[1], k.shape[1], seed=seed, hidden=hidden, scalars=scalars)
     scale_value, scale_text = _scale_text(score, scale, q.shape[1])
     core = _compute(q, k, v, score, params, scale_value)
 
@@ -490,18 +479,10 @@ def explain(
     ]
     if not same:
         steps.append(Step("values", "Values", "v_j: one row per key", v, k_rows, v_dims))
-    steps += _parameter_steps(params, q_dims, k_dims)
-    if score == "gaussian":
-        steps.append(Step("sigma", "Kernel width", "sigma", torch.tensor(float(sigma), dtype=_DTYPE)))
-    if score == "cosine":
-        steps.append(
-            Step("temperature", "Temperature", "tau", torch.tensor(float(temperature), dtype=_DTYPE))
-        )
-    score_formula = _SCORE_FORMULA[score]
-    if score == "gaussian":
-        score_formula += f", sigma = {sigma:g}"
-    elif score == "cosine":
-        score_formula += f", tau = {temperature:g}"
+    steps += _parameter_steps(spec, params, q_dims, k_dims, hidden)
+    score_formula = spec.formula + "".join(
+        f", {p.symbol} = {params[p.name]:g}" for p in spec.shown if p.shape is None
+    )
     steps += _attention_steps(
         core, score=score, scale=scale_value, scale_text=scale_text, q_rows=q_rows, k_rows=k_rows,
         v_cols=v_dims, squeeze=squeeze, score_formula=score_formula,

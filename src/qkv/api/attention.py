@@ -66,8 +66,11 @@ def attention(
         bias: float tensor added to the logits (ALiBi, relative positions...), same broadcast.
         scale: multiplies the logits; default ``1/sqrt(D)`` for ``scaled_dot``, else 1.
         dropout_p, training: dropout on the weights, only when ``training=True``.
-        backend: ``"auto"``, ``"reference"`` or ``"sdpa"``. An explicit backend that cannot run
-            the inputs raises :class:`qkv.backends.BackendNotSupportedError` with the reasons.
+        backend: ``"auto"`` (the first of :data:`qkv.backends.PRIORITY` that can run the
+            inputs and fits in memory), or one of ``"reference"``, ``"sdpa"``, ``"chunked"``,
+            ``"blocksparse"``, ``"flex"`` (:data:`qkv.backends.BACKENDS`). An explicit backend
+            that cannot run the inputs raises :class:`qkv.backends.BackendNotSupportedError`
+            with the reasons.
         need_weights: also return the weights ``(..., H, Tq, Tk)``. Backends that do not build
             them (sdpa, blocksparse, ...) still run: the weights come from a second, exact pass
             over key blocks (from the log-sum-exp when the backend returns it), so asking for

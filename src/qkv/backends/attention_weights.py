@@ -21,8 +21,7 @@ import torch
 from torch import Tensor
 
 from .base import AttentionInputs
-from .chunked import block_logits
-from .online_softmax import OnlineSoftmax
+from .online_softmax import OnlineSoftmax, block_logits
 
 __all__ = ["as_index", "attention_weights", "weights_and_lse"]
 

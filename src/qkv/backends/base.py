@@ -4,7 +4,9 @@ A backend is an object with a ``name``, declared :class:`Capabilities` (what it 
 scores, bias, dropout, ...), ``supports(inputs) -> list[str]`` (empty when it can run these
 inputs; otherwise one human-readable reason per obstacle: :func:`not_supported_reasons` for the
 declared capabilities plus its own), ``auto_skip(inputs) -> list[str]`` (why ``auto`` should
-prefer another although it could run) and ``run(inputs) -> AttentionOutput``. Backends see :class:`AttentionInputs`, already validated
+prefer another although it could run), ``memory_bytes(inputs) -> int`` (its memory plan: the
+peak extra bytes of one call, see :mod:`qkv.backends.memory`) and
+``run(inputs) -> AttentionOutput``. Backends see :class:`AttentionInputs`, already validated
 and normalized by :func:`qkv.attention`: at least 4-D tensors ``(B, H, T, D)``, a dense bool
 mask (or None), a resolved scale.
 """
@@ -55,7 +57,7 @@ class AttentionInputs:
         scale: the factor applied to the logits.
         need_weights, weights_for: the caller wants weights (all, or ``(heads, rows)``); a
             backend returns them only if it has them anyway, else ``qkv.attention`` computes
-            them on demand (:mod:`qkv.backends.weights`).
+            them on demand (:mod:`qkv.backends.attention_weights`).
         normalize: the normalizer's name (``"softmax"``, ``"sparsemax"``, ...; see
             :data:`qkv.functional.normalize.NORMALIZERS`) or ``"custom"`` for a callable.
         normalize_fn: ``(logits, mask) -> weights`` with its parameters bound, or None for
@@ -232,6 +234,13 @@ class Backend(Protocol):
 
     def auto_skip(self, inputs: AttentionInputs) -> list[str]:
         """Why ``auto`` should pass over it although it could run (empty: take it)."""
+        ...
+
+    def memory_bytes(self, inputs: AttentionInputs) -> int:
+        """Estimated peak extra bytes of :meth:`run` on ``inputs`` beyond the inputs themselves
+        (the output included), on the safe side; asked only when it supports them. ``auto``
+        skips a backend whose plan does not fit the device budget, and an explicit one raises
+        :class:`qkv.backends.memory.MemoryPlanError`."""
         ...
 
     def run(self, inputs: AttentionInputs) -> AttentionOutput: ...

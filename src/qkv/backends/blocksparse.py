@@ -23,6 +23,7 @@ attention does), and adds the key gradients back through the views and gathers.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -31,13 +32,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._types import AttentionOutput
+from . import memory
 from .base import AttentionInputs, Capabilities, not_supported_reasons, plain_causal
+from .online_softmax import compute_dtype
 
 __all__ = ["BlockSparseBackend"]
 
 _ops = torch.ops.aten
 _FLASH = getattr(_ops, "_scaled_dot_product_flash_attention_for_cpu", None)
 _FLASH_BACKWARD = getattr(_ops, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+
+GATHER_BYTES = 32 << 20  # the keys one gather collects (rows x blocks) stay under this
 
 
 class BlockSparseBackend:
@@ -59,6 +64,7 @@ class BlockSparseBackend:
         self.q_block, self.kv_block, self.auto_max_density = q_block, kv_block, auto_max_density
         self.cache_size = 8
         self._plans: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()  # guards _plans
 
     def supports(self, inputs: AttentionInputs) -> list[str]:
         reasons = not_supported_reasons(self.capabilities, inputs)
@@ -84,7 +90,8 @@ class BlockSparseBackend:
         return inputs.pattern.block_layout(inputs.q_len, inputs.kv_len, self.q_block, self.kv_block)
 
     def plan(self, inputs: AttentionInputs) -> _Plan:
-        """The pieces of these inputs (cached per pattern, lengths, batch and device)."""
+        """The pieces of these inputs (cached per pattern, lengths, batch and device, the
+        ``cache_size`` most recent kept; safe to share between threads)."""
         pattern = inputs.pattern
         b, h = inputs.query.shape[:2]
         key = (
@@ -97,15 +104,36 @@ class BlockSparseBackend:
             self.kv_block,
             inputs.query.device,
         )
-        hit = self._plans.get(key)
-        if hit is not None and hit[0] is pattern:
+        with self._lock:  # an OrderedDict is not safe to reorder from several threads
+            hit = self._plans.get(key)
+            if hit is not None and hit[0] is pattern:
+                self._plans.move_to_end(key)
+                return hit[1]
+        plan = _make_plan(inputs, self.layout(inputs), self.q_block, self.kv_block)  # outside the lock
+        with self._lock:
+            self._plans[key] = (pattern, plan)
             self._plans.move_to_end(key)
-            return hit[1]
-        plan = _make_plan(inputs, self.layout(inputs), self.q_block, self.kv_block)
-        self._plans[key] = (pattern, plan)
-        while len(self._plans) > self.cache_size:
-            self._plans.popitem(last=False)
+            while len(self._plans) > self.cache_size:
+                self._plans.popitem(last=False)
         return plan
+
+    def memory_bytes(self, inputs: AttentionInputs) -> int:
+        """Peak extra bytes (see :mod:`qkv.backends.memory`): the plan's masks, each allowed
+        ``q_block x kv_block`` tile as bool and as additive float (1 + e bytes per element,
+        twice for the band's padding; per batch and head when the pattern depends on them), the
+        kernels' blocked copies and outputs (8 N Tq D c), the gathered keys and values (at most
+        :data:`GATHER_BYTES`); with grad, gradient buffers."""
+        s = memory.sizes(inputs)
+        c, e = s["c"], s["e"]
+        tiles = int(self.layout(inputs).any.sum())
+        per = s["n"] if inputs.pattern.depends_on_batch_head else 1
+        width = max(s["d"], s["dv"])
+        total = 2 * tiles * self.q_block * self.kv_block * (1 + e) * per
+        total += 8 * s["n"] * s["tq"] * width * c + memory.pattern_tables_bytes(inputs)
+        total += min(GATHER_BYTES, 2 * tiles * self.kv_block * s["n"] * width * e)
+        if memory.needs_grad(inputs):
+            total += 4 * s["qkv"] * c
+        return total
 
     def run(self, inputs: AttentionInputs) -> AttentionOutput:
         plan = self.plan(inputs)
@@ -355,7 +383,7 @@ class _Planner:
         for i, c in enumerate(counts.tolist()):
             if c:
                 groups.setdefault(c if distinct <= 16 else (c - 1).bit_length(), []).append(i)
-        cap = max(1, (32 << 20) // (self.b * self.bq * self.bk * 4))  # bound one gather's rows x blocks
+        cap = max(1, GATHER_BYTES // (self.b * self.bq * self.bk * 4))  # bound one gather's rows x blocks
         for members in groups.values():
             c_max = int(counts[members].max())
             per_piece = max(1, cap // c_max)
@@ -489,10 +517,6 @@ def _mask(p: _Piece, dtype: torch.dtype, b: int, per_batch: bool) -> Tensor:
     return m[b] if per_batch else m
 
 
-def _compute_dtype(t: Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
-
-
 class _BlockSparseAttention(torch.autograd.Function):
     backward_rows = 16  # query blocks per backward kernel call
 
@@ -501,7 +525,7 @@ class _BlockSparseAttention(torch.autograd.Function):
         bq = plan.q_block
         bsz, h, tq, _ = q.shape
         dv = v.shape[-1]
-        cdt = _compute_dtype(q)
+        cdt = compute_dtype(q)
         outs, lses = [], []
         for b in range(bsz):
             sample = _Sample(plan, k[b], v[b])
@@ -531,7 +555,7 @@ class _BlockSparseAttention(torch.autograd.Function):
         bq, bk = plan.q_block, plan.kv_block
         bsz, h, tq, d = q.shape
         tk = k.shape[-2]
-        cdt = _compute_dtype(q)
+        cdt = compute_dtype(q)
         dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
         d_out = d_out.to(q.dtype)
         for b in range(bsz):

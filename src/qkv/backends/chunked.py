@@ -35,10 +35,11 @@ import torch
 from torch import Tensor, nn
 
 from .._types import AttentionOutput
+from . import memory
 from .base import AttentionInputs, Capabilities, not_supported_reasons, slice_block, zero_unreachable_keys
-from .online_softmax import OnlineSoftmax
+from .online_softmax import OnlineSoftmax, block_logits, compute_dtype
 
-__all__ = ["ChunkedBackend", "block_logits", "iter_blocks", "score_parameters"]
+__all__ = ["ChunkedBackend", "iter_blocks", "score_parameters"]
 
 
 def score_parameters(inputs: AttentionInputs) -> tuple[list[str], list[Tensor], Callable]:
@@ -102,36 +103,11 @@ def iter_blocks(
         yield q0, q1, blocks
 
 
-def _compute_dtype(t: Tensor) -> torch.dtype:
-    return torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else t.dtype
-
-
-def block_logits(
-    inputs: AttentionInputs,
-    score_fn: Callable,
-    qb: Tensor,
-    kb: Tensor,
-    bias: Tensor | None,
-    keep: Tensor | None,
-) -> tuple[Tensor, Tensor]:
-    """``(raw, logits)``: ``raw = score(qb, kb)`` (autograd-connected to its inputs) and
-    ``logits = raw * scale + bias`` in the compute dtype, ``-inf`` where ``keep`` is False."""
-    raw = score_fn(qb, kb)  # (..., bq, bk)
-    s = raw.to(_compute_dtype(qb))
-    if inputs.scale != 1.0:
-        s = s * inputs.scale
-    if bias is not None:
-        s = s + bias.to(s.dtype)
-    if keep is not None:
-        s = s.masked_fill(~keep, float("-inf"))
-    return raw, s
-
-
 class _ChunkedAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, inputs, make_score, q_block, kv_block, q, k, v, bias, *params):
         score_fn = make_score(params)
-        cdt = _compute_dtype(q)
+        cdt = compute_dtype(q)
         lead = q.shape[:-2]
         tq, dv = q.shape[-2], v.shape[-1]
         out = q.new_zeros((*lead, tq, dv), dtype=v.dtype)
@@ -158,7 +134,7 @@ class _ChunkedAttention(torch.autograd.Function):
     def backward(ctx, d_out, _d_lse):
         q, k, v, bias, out, lse, *params = ctx.saved_tensors
         inputs, (q_block, kv_block) = ctx.inputs, ctx.blocks
-        cdt = _compute_dtype(q)
+        cdt = compute_dtype(q)
         d_out = d_out.to(cdt)
         delta = (d_out * out.to(cdt)).sum(-1)  # (..., Tq): rowsum(dO * O)
         # exp(s - lse) must be 0 on empty rows (lse = -inf): use +inf there.
@@ -266,6 +242,25 @@ class ChunkedBackend:
         if size < self.auto_min_logits:
             return [f"small problem ({size} logits < {self.auto_min_logits}): the reference is faster"]
         return []
+
+    def memory_bytes(self, inputs: AttentionInputs) -> int:
+        """Peak extra bytes (see :mod:`qkv.backends.memory`): the output and lse, plus per
+        element of one ``q_block x kv_block`` block (all heads) about 16 c bytes of block
+        tensors (logits, masks, exp, corrections) and 4 W e for a wide score's intermediates;
+        with grad dq, dk, dv in the compute dtype (and dbias) and 8 c more per block element."""
+        s = memory.sizes(inputs)
+        c, e = s["c"], s["e"]
+        q_block, kv_block = self.block_sizes(inputs)
+        block = s["n"] * min(q_block, s["tq"]) * min(kv_block, s["tk"])
+        width = memory.score_width(inputs)
+        total = s["n"] * s["tq"] * (s["dv"] * e + c) + block * 16 * c + memory.pattern_tables_bytes(inputs)
+        if width > 1:
+            total += 4 * block * width * e
+        if memory.needs_grad(inputs):  # dq, dk, dv, and the backward's own block tensors (p, dp, ds...)
+            total += s["qkv"] * c + block * 8 * c
+            if inputs.bias is not None and inputs.bias.requires_grad:
+                total += inputs.bias.numel() * c
+        return total
 
     def run(self, inputs: AttentionInputs) -> AttentionOutput:
         out, lse = chunked_attention(inputs, *self.block_sizes(inputs))

@@ -4,7 +4,8 @@ The choice depends on the output problem alone: asking for weights never changes
 (the weights come from the backend that ran or from the exact second pass of
 :mod:`qkv.backends.attention_weights`). ``auto`` walks :data:`PRIORITY` and runs the first backend whose ``supports`` returns no
 reasons, that it does not pass over for speed (``auto_skip``) and whose memory plan fits in the
-device's available memory (:mod:`qkv.backends.memory`); when none of those is left, the first
+device's budget (each backend's ``memory_bytes``, :mod:`qkv.backends.memory`,
+:mod:`qkv.backends.device_budget`); when none of those is left, the first
 that can run and fits, whatever its speed. The result's ``backend`` field names it. An
 explicitly requested backend that cannot run raises :class:`BackendNotSupportedError` listing
 its reasons, and one that cannot fit raises :class:`MemoryPlanError` (a subclass) saying what
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from . import memory
+from . import device_budget, memory
 from .base import AttentionInputs, Backend, BackendNotSupportedError
 from .blocksparse import BlockSparseBackend
 from .chunked import ChunkedBackend
@@ -67,7 +68,7 @@ class _Budget:
         if needed is None or needed <= memory.MIN_CHECKED_BYTES:
             return True
         if self.budget is None:
-            self.available, self.budget = memory.budget_bytes(self.device)
+            self.available, self.budget = device_budget.budget_bytes(self.device)
         return needed <= self.budget
 
 
@@ -105,14 +106,14 @@ def _verdict(
         verdict.slower = backend.auto_skip(inputs)
         if verdict.slower and not full:
             return verdict
-    if budget.tiny and name in memory.ESTIMATES and not hasattr(backend, "memory_bytes"):
+    if budget.tiny:  # no built-in estimate can reach MIN_CHECKED_BYTES (memory.below_check)
         return verdict
     verdict.needed = memory.estimate_bytes(backend, inputs)
     if not budget.fits(verdict.needed):
         verdict.memory = [
             f"memory: needs about {memory.format_bytes(verdict.needed)}, "
             f"{memory.format_bytes(budget.available)} available "
-            f"(plans use at most {memory.SAFETY_FRACTION:.0%})"
+            f"(plans use at most {device_budget.SAFETY_FRACTION:.0%})"
         ]
     return verdict
 
@@ -205,7 +206,7 @@ def choose(inputs: AttentionInputs, requested: str) -> Backend:
         raise MemoryPlanError(
             f"no backend fits these inputs in memory (needs about: {needs}; "
             f"{memory.format_bytes(budget.available or 0)} available, plans use at most "
-            f"{memory.SAFETY_FRACTION:.0%}): shorten the sequences or split the batch",
+            f"{device_budget.SAFETY_FRACTION:.0%}): shorten the sequences or split the batch",
             needed=min((v.needed for v in verdicts.values() if v.needed is not None), default=0),
             available=budget.available or 0,
         )

@@ -41,6 +41,7 @@ on CPU).
 from __future__ import annotations
 
 import functools
+import threading
 import warnings
 import weakref
 from collections import OrderedDict
@@ -51,7 +52,8 @@ import torch
 from torch import Tensor
 
 from .._types import AttentionOutput
-from ..masks.core import Mask
+from ..masks.core import Mask, pool_blocks
+from . import memory
 from .base import AttentionInputs, Capabilities, not_supported_reasons, zero_unreachable_keys
 
 __all__ = ["FlexBackend", "flex_available", "layout_block_mask"]
@@ -139,26 +141,12 @@ def layout_block_mask(
     return _from_tiles(layout.any[None, None], layout.all[None, None], q_len, kv_len, block, mask_mod)
 
 
-def _pool(x: Tensor, length: int, block: int, dim: int, reduce_all: bool) -> Tensor:
-    """Reduce axis ``dim`` (size ``length``, or 1 = broadcast) of a bool tensor per block."""
-    n = -(-length // block)
-    if x.shape[dim] == 1:  # broadcast axis: every block sees the same value
-        return x.expand(*(n if d == dim else s for d, s in enumerate(x.shape)))
-    pad = n * block - length
-    if pad:  # only real positions count: pad with the neutral element
-        shape = list(x.shape)
-        shape[dim] = pad
-        x = torch.cat([x, x.new_full(shape, reduce_all)], dim=dim)
-    x = x.unflatten(dim, (n, block))
-    return x.all(dim=dim + 1) if reduce_all else x.any(dim=dim + 1)
-
-
 def _tensor_block_mask(mask: Tensor, q_len: int, kv_len: int, block: tuple[int, int]):
     """A BlockMask of a bool tensor ``(Bm, Hm, Tq or 1, Tk or 1)``, tiled per (batch, head)."""
     while mask.dim() < 4:
         mask = mask.unsqueeze(0)
-    any_ = _pool(_pool(mask, q_len, block[0], 2, False), kv_len, block[1], 3, False)
-    all_ = _pool(_pool(mask, q_len, block[0], 2, True), kv_len, block[1], 3, True)
+    any_ = pool_blocks(pool_blocks(mask, q_len, block[0], 2, False), kv_len, block[1], 3, False)
+    all_ = pool_blocks(pool_blocks(mask, q_len, block[0], 2, True), kv_len, block[1], 3, True)
     bm, hm, tqm, tkm = mask.shape
 
     def mask_mod(b, h, q, kv):
@@ -202,7 +190,8 @@ class FlexBackend:
             Triton kernels' tile) and 64 x 64 on CPU, where the C++ kernel's tile is the block:
             smaller tiles visit fewer masked pairs (window 256, Longformer and BigBird at
             T = 16384 ran 1.1-3x faster than at 128 x 128, see benchmarks/attention_long.py).
-        cache_size: how many pattern block masks to keep (least recently used dropped).
+        cache_size: how many pattern block masks to keep (least recently used dropped); the
+            cache is safe to share between threads (a lock around every lookup and insertion).
     """
 
     name = "flex"
@@ -219,6 +208,7 @@ class FlexBackend:
         self.block_size = block_size
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple, tuple[Any, Any, Tensor | None]] = OrderedDict()
+        self._lock = threading.Lock()  # guards _cache and the counters
         self.cache_hits = 0
         self.cache_misses = 0
 
@@ -276,6 +266,23 @@ class FlexBackend:
             return tuple(self.block_size)  # type: ignore[return-value]
         return (128, 128) if device.type == "cuda" else (64, 64)
 
+    def memory_bytes(self, inputs: AttentionInputs) -> int:
+        """Peak extra bytes (see :mod:`qkv.backends.memory`). Eager FlexAttention is unfused:
+        the scores, their modifications and softmax (4 L c). Compiled, the kernel works per
+        tile: copies of q, k, v (score transforms, zeroed keys) and the output. A bool tensor
+        mask is pooled to tiles (two padded copies, 2 M)."""
+        s = memory.sizes(inputs)
+        c, dense = s["c"], not self.compile
+        total = s["n"] * s["tq"] * (s["dv"] * s["e"] + c) + 4 * s["qkv"] * c
+        total += memory.pattern_tables_bytes(inputs)
+        if dense:
+            total += 4 * s["L"] * c
+        if inputs.tensor_mask is not None:
+            total += 2 * inputs.tensor_mask.numel()
+        if memory.needs_grad(inputs):  # (CUDA: no CPU backward) dq, dk, dv; eager: the scores' gradients
+            total += 3 * s["qkv"] * c + (3 * s["L"] * c if dense else 0)
+        return total
+
     # -- block masks ---------------------------------------------------------------------
 
     def block_mask(self, pattern: Mask, q_len: int, kv_len: int, device) -> tuple[Any, Tensor | None]:
@@ -283,19 +290,21 @@ class FlexBackend:
         device = torch.device(device)
         block = self._block(device)
         key = (id(pattern), q_len, kv_len, str(device), block)
-        hit = self._cache.get(key)
-        if hit is not None and hit[0]() is pattern:
-            self._cache.move_to_end(key)
-            self.cache_hits += 1
-            return hit[1], hit[2]
-        self.cache_misses += 1
-        bm = layout_block_mask(pattern, q_len, kv_len, block, device)
+        with self._lock:  # an OrderedDict is not safe to reorder from several threads
+            hit = self._cache.get(key)
+            if hit is not None and hit[0]() is pattern:
+                self._cache.move_to_end(key)
+                self.cache_hits += 1
+                return hit[1], hit[2]
+            self.cache_misses += 1
+        bm = layout_block_mask(pattern, q_len, kv_len, block, device)  # built outside the lock
         reach = _reachable(pattern, q_len, kv_len, device)
         reach = None if bool(reach.all()) else reach
-        self._cache[key] = (weakref.ref(pattern), bm, reach)
-        self._cache.move_to_end(key)
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+        with self._lock:
+            self._cache[key] = (weakref.ref(pattern), bm, reach)
+            self._cache.move_to_end(key)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
         return bm, reach
 
     # -- run -----------------------------------------------------------------------------

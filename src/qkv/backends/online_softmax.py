@@ -9,15 +9,47 @@ For each block of logits ``s (..., rows, bk)`` (``-inf`` where masked)::
 
 and at the end ``lse = m + log(l)``, ``out = acc / l``. Rows that saw no allowed key keep
 ``l = 0``: their ``lse`` is ``-inf`` and their output 0. Used by the chunked backend (with
-values) and by the weights' first pass (log-sum-exp only).
+values) and by the weights' first pass (log-sum-exp only), both fed by :func:`block_logits`
+(one block's masked logits in :func:`compute_dtype`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
-__all__ = ["OnlineSoftmax"]
+from .base import AttentionInputs
+
+__all__ = ["OnlineSoftmax", "block_logits", "compute_dtype"]
+
+
+def compute_dtype(t: Tensor) -> torch.dtype:
+    """The dtype the running statistics are kept in: float32 for half inputs, else their own."""
+    return torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else t.dtype
+
+
+def block_logits(
+    inputs: AttentionInputs,
+    score_fn: Callable,
+    qb: Tensor,
+    kb: Tensor,
+    bias: Tensor | None,
+    keep: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """``(raw, logits)`` of one block: ``raw = score(qb, kb)`` (autograd-connected to its
+    inputs) and ``logits = raw * scale + bias`` in :func:`compute_dtype`, ``-inf`` where
+    ``keep`` is False: the ``s`` an :meth:`OnlineSoftmax.update` takes."""
+    raw = score_fn(qb, kb)  # (..., bq, bk)
+    s = raw.to(compute_dtype(qb))
+    if inputs.scale != 1.0:
+        s = s * inputs.scale
+    if bias is not None:
+        s = s + bias.to(s.dtype)
+    if keep is not None:
+        s = s.masked_fill(~keep, float("-inf"))
+    return raw, s
 
 
 class OnlineSoftmax:

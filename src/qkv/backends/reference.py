@@ -17,6 +17,7 @@ from torch import Tensor
 
 from .._types import AttentionOutput
 from ..functional.normalize import masked_softmax
+from . import memory
 from .base import AttentionInputs, Capabilities, zero_unreachable_keys
 
 __all__ = ["ReferenceBackend"]
@@ -31,6 +32,29 @@ class ReferenceBackend:
 
     def auto_skip(self, inputs: AttentionInputs) -> list[str]:
         return []
+
+    def memory_bytes(self, inputs: AttentionInputs) -> int:
+        """Peak extra bytes (see :mod:`qkv.backends.memory`): logits (scaled), exp and weights at
+        once: 3 L c (softmax in float32 for halves: + 2 L e for the half copies); autograd keeps
+        them and the backward adds as many: 6 L c. A mask adds the masked copy (L c) and
+        ``~mask`` (L bytes), dropout its output (L c); a non-softmax normalizer sorts (values
+        and int64 indices: 3 L c + 16 L more); a wide score builds ``(..., Tq, Tk, W)`` twice
+        (4 times with grad); a pattern, its dense mask."""
+        s = memory.sizes(inputs)
+        L, c, e = s["L"], s["c"], s["e"]
+        grad = memory.needs_grad(inputs)
+        work = (6 if grad else 3) * L * c + (2 * L * e if c != e else 0)
+        if inputs.has_mask:
+            work += L * c + L
+        if inputs.dropout_active:
+            work += L * c
+        if inputs.normalize != "softmax":
+            work += 3 * L * c + 16 * L
+        width = memory.score_width(inputs)
+        if width > 1:
+            work += (4 if grad else 2) * L * width * e
+        kept, building = memory.dense_mask_bytes(inputs)
+        return max(building, kept + work)
 
     def run(self, inputs: AttentionInputs) -> AttentionOutput:
         q, k, v, mask = inputs.query, inputs.key, inputs.value, inputs.mask

@@ -2,16 +2,19 @@
 
 Equal to the reference backend within tolerance for the ``dot`` and ``scaled_dot`` scores with
 bool masks and additive biases. It returns neither weights nor the log-sum-exp: asked for
-weights, ``qkv.attention`` computes them in a second pass (:mod:`qkv.backends.weights`).
+weights, ``qkv.attention`` computes them in a second pass (:mod:`qkv.backends.attention_weights`).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .._types import AttentionOutput
+from . import memory
 from .base import AttentionInputs, Capabilities, not_supported_reasons, plain_causal, zero_unreachable_keys
 
 __all__ = ["SdpaBackend"]
@@ -36,6 +39,28 @@ class SdpaBackend:
                 f"a pattern at Tq x Tk = {inputs.q_len} x {inputs.kv_len}: its dense mask would take {mib:.0f} MiB"
             ]
         return []
+
+    def memory_bytes(self, inputs: AttentionInputs) -> int:
+        """Peak extra bytes (see :mod:`qkv.backends.memory`): the output, plus: the dense mask
+        of a pattern; the additive mask SDPA (or qkv, with a bias) builds from a bool mask
+        (M e, and ``~mask``); with grad dq, dk, dv; and when torch falls back to the math kernel
+        (dropout, Dv != D, > 4 dims...), the logits, weights and their softmax (3 L c, 6 with
+        grad, + L c of dropout)."""
+        s = memory.sizes(inputs)
+        L, c, e = s["L"], s["c"], s["e"]
+        grad = memory.needs_grad(inputs)
+        work = s["n"] * s["tq"] * s["dv"] * e
+        if grad:
+            work += s["qkv"] * c
+        kept = building = 0
+        if inputs.has_mask and not (inputs.bias is None and plain_causal(inputs)):
+            kept, building = memory.dense_mask_bytes(inputs)
+            work += _additive_mask_bytes(inputs, memory.mask_elements(inputs), e)
+        if _kernel(inputs) == "math":
+            work += (6 if grad else 3) * L * c
+            if inputs.dropout_active:
+                work += L * c
+        return max(building, kept + work)
 
     def run(self, inputs: AttentionInputs) -> AttentionOutput:
         q, k, v, bias = inputs.query, inputs.key, inputs.value, inputs.bias
@@ -77,3 +102,45 @@ def _nan_rows(out: Tensor, query: Tensor, mask: Tensor | None) -> Tensor:
         out = out.masked_fill(~has_key, 0.0)
         bad = bad & has_key
     return out.masked_fill(bad, float("nan"))
+
+
+def _additive_mask_bytes(inputs: AttentionInputs, m: int, e: int) -> int:
+    """The additive float mask built from a bool mask of ``m`` elements; with a bias, qkv folds
+    the mask into it (``~mask`` and a float copy of the bias) and the result takes their
+    broadcast shape."""
+    work = 0
+    if inputs.bias is not None:
+        bias = inputs.bias
+        work += m + (bias.numel() * e if bias.dtype != inputs.query.dtype else 0)
+        if inputs.tensor_mask is not None:
+            m = math.prod(torch.broadcast_shapes(bias.shape, inputs.tensor_mask.shape))
+        else:
+            m = max(m, bias.numel())
+    return work + m * e
+
+
+def _kernel(inputs: AttentionInputs) -> str:
+    """``"fused"`` or ``"math"``: which kernel ``F.scaled_dot_product_attention`` will run for
+    these inputs (asked from torch, whose choice depends on device, dtype, shapes, dropout)."""
+    q, k, v = inputs.query, inputs.key, inputs.value
+    dropout = inputs.dropout_p if inputs.dropout_active else 0.0
+    causal = inputs.bias is None and plain_causal(inputs)
+    attn_mask = None
+    if inputs.has_mask and not causal:  # a zero-stride stand-in of the mask's shape and dtype
+        dtype = torch.bool if inputs.bias is None else q.dtype
+        shape = torch.broadcast_shapes(
+            *[t.shape for t in (inputs.tensor_mask, inputs.bias) if t is not None],
+            (1, 1, inputs.q_len, inputs.kv_len),
+        )
+        attn_mask = torch.zeros((), dtype=dtype, device=q.device).expand(shape)
+    elif inputs.bias is not None:
+        attn_mask = inputs.bias
+    choice = getattr(torch, "_fused_sdp_choice", None)
+    if choice is not None:
+        try:
+            kind = choice(q, k, v, attn_mask, dropout, causal, scale=inputs.scale)
+            return "math" if kind <= 0 else "fused"  # SDPBackend: ERROR -1, MATH 0, fused kernels > 0
+        except (RuntimeError, TypeError):  # pragma: no cover - private API changed
+            pass
+    fused = not dropout and q.dim() == 4 and q.shape[-1] == v.shape[-1]  # pragma: no cover
+    return "fused" if fused else "math"  # pragma: no cover

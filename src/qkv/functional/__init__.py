@@ -2,11 +2,9 @@
 
 Nothing here chooses a backend: the entry point :func:`qkv.attention` and the compositions that
 call it (adaptive span, Nadaraya-Watson) live in :mod:`qkv.api`, above :mod:`qkv.backends`.
-Their old names here still work, with a ``DeprecationWarning``.
 """
 
-from .._moved import moved_attribute
-from . import adaptive_span, kernel_regression, local, normalize, routing, scores
+from . import local, normalize, routing, scores
 from .dynamic_conv import light_conv
 from .local import local_attention, local_centers
 from .normalize import (
@@ -22,21 +20,7 @@ from .normalize import (
 from .routing import dynamic_routing, margin_loss, squash
 from .scores import additive, cosine, dot, gaussian, general, scaled_dot
 
-_MOVED = {
-    "attention": "qkv.api.attention",
-    "dispatch_report": "qkv.api.attention",
-    "nadaraya_watson": "qkv.api.kernel_regression",
-    "adaptive_span_attention": "qkv.api.adaptive_span",
-    "span_penalty": "qkv.api.adaptive_span",
-}
-
-
-def __getattr__(name: str):
-    return moved_attribute(__name__, name, _MOVED)
-
-
 __all__ = [
-    "adaptive_span",
     "additive",
     "cosine",
     "dot",
@@ -47,7 +31,6 @@ __all__ = [
     "general",
     "gumbel_softmax_weights",
     "hard_argmax",
-    "kernel_regression",
     "light_conv",
     "local",
     "local_attention",

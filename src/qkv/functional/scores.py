@@ -33,6 +33,7 @@ __all__ = [
     "Score",
     "ScoreFn",
     "ScoreLike",
+    "ScoreParameter",
     "ScoreSpec",
     "additive",
     "cosine",
@@ -117,8 +118,28 @@ def default_scale(score: str, head_dim: int) -> float:
 
 
 @dataclass(frozen=True)
+class ScoreParameter:
+    """How ``qkv explain`` shows one parameter of a score.
+
+    Attributes:
+        name: the parameter's name in ``score_kwargs`` (``"w_query"``).
+        symbol: its symbol in the formulas (``"W_q"``).
+        shape: the symbolic shape of a tensor parameter, from ``"D_q"``, ``"D_k"`` (the query
+            and key feature dims) and ``"A"`` (a hidden size), e.g. ``("A", "D_q")``; None for
+            a scalar the caller gives (``sigma``).
+        title: the heading of a scalar's step (a tensor's is "Parameter W_q (seeded random)").
+    """
+
+    name: str
+    symbol: str
+    shape: tuple[str, ...] | None = None
+    title: str = ""
+
+
+@dataclass(frozen=True)
 class ScoreSpec:
-    """What a named score is: its function, parameters and the properties backends read.
+    """What a named score is: its function, parameters, the properties backends read and the
+    text ``qkv explain`` prints, so a new score touches this file only.
 
     Attributes:
         name: the name ``qkv.attention(score=...)`` takes.
@@ -131,6 +152,12 @@ class ScoreSpec:
         width: the size of the per-logit intermediate the score builds (1, or the hidden size
             of additive, or ``D`` of the difference-based scores): how much memory a block of
             logits costs to score.
+        formula: the score of one pair, ``e_ij = ...`` (``qkv explain``'s scores step).
+        source: where the score comes from (paper or name), for the same step.
+        shown: the parameters ``qkv explain`` shows, as :class:`ScoreParameter` records:
+            tensors drawn seeded, in this order, scalars from the caller.
+        module: the ``qkv`` module that owns the required parameters (named in the error when
+            they are missing), or ``""``.
     """
 
     name: str
@@ -141,21 +168,51 @@ class ScoreSpec:
     same_dim: bool = False
     scaled: bool = False
     width: Callable[[dict[str, Any], int], int] = field(default=lambda params, d: 1, repr=False)
+    formula: str = ""
+    source: str = ""
+    shown: tuple[ScoreParameter, ...] = ()
+    module: str = ""
 
 
 SPECS: dict[str, ScoreSpec] = {
     spec.name: spec
     for spec in (
-        ScoreSpec("dot", dot, dot_like=True, same_dim=True),
+        ScoreSpec(
+            "dot", dot, dot_like=True, same_dim=True,
+            formula="e_ij = q_i . k_j", source="dot-product score (Luong et al. 2015)",
+        ),
         # the 1/sqrt(D) of scaled_dot is applied as its default ``scale``
-        ScoreSpec("scaled_dot", dot, dot_like=True, same_dim=True, scaled=True),
-        ScoreSpec("general", general, required=("weight",)),
+        ScoreSpec(
+            "scaled_dot", dot, dot_like=True, same_dim=True, scaled=True,
+            formula="e_ij = q_i . k_j", source="scaled dot-product score (Vaswani et al. 2017)",
+        ),
+        ScoreSpec(
+            "general", general, required=("weight",),
+            formula="e_ij = q_i^T W k_j", source="Luong's 'general' bilinear score",
+            shown=(ScoreParameter("weight", "W", ("D_q", "D_k")),), module="GeneralScore",
+        ),
         ScoreSpec(
             "additive", additive, required=("w_query", "w_key", "v"),
             width=lambda params, d: int(params["w_query"].shape[0]),
+            formula="e_ij = v^T tanh(W_q q_i + W_k k_j)", source="Bahdanau's additive score",
+            shown=(
+                ScoreParameter("w_query", "W_q", ("A", "D_q")),
+                ScoreParameter("w_key", "W_k", ("A", "D_k")),
+                ScoreParameter("v", "v", ("A",)),
+            ),
+            module="AdditiveScore",
         ),
-        ScoreSpec("gaussian", gaussian, optional=("sigma",), same_dim=True, width=lambda params, d: d),
-        ScoreSpec("cosine", cosine, optional=("temperature", "eps"), same_dim=True),
+        ScoreSpec(
+            "gaussian", gaussian, optional=("sigma",), same_dim=True, width=lambda params, d: d,
+            formula="e_ij = -||q_i - k_j||^2 / (2 sigma^2)", source="Gaussian-kernel score (Nadaraya-Watson)",
+            shown=(ScoreParameter("sigma", "sigma", title="Kernel width"),),
+        ),
+        ScoreSpec(
+            "cosine", cosine, optional=("temperature", "eps"), same_dim=True,
+            formula="e_ij = cos(q_i, k_j) / tau = (q_i . k_j) / (|q_i| |k_j| tau)",
+            source="cosine-similarity score",
+            shown=(ScoreParameter("temperature", "tau", title="Temperature"),),
+        ),
     )
 }  # fmt: skip
 
@@ -230,10 +287,8 @@ def resolve_score(score: ScoreLike, score_kwargs: dict[str, Any] | None = None) 
     spec = SPECS[score]
     missing = [p for p in spec.required if p not in kwargs]
     if missing:
-        raise ValueError(
-            f"score {score!r} needs parameters {missing} in score_kwargs "
-            f"(or use the module qkv.{'GeneralScore' if score == 'general' else 'AdditiveScore'})"
-        )
+        module = f" (or use the module qkv.{spec.module})" if spec.module else ""
+        raise ValueError(f"score {score!r} needs parameters {missing} in score_kwargs{module}")
     unknown = [p for p in kwargs if p not in spec.required + spec.optional]
     if unknown:
         raise ValueError(

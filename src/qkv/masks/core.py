@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .._checks import PADDING_MEANING, check_bool_mask
+from .._checks import PADDING_MEANING, check_bool_mask, check_int
 
 __all__ = [
     "PADDING_MEANING",
@@ -103,15 +103,6 @@ class BlockLayout:
         )
 
 
-def check_int(owner: str, name: str, value, minimum: int) -> int:
-    """Raise a clear error unless ``value`` is an int ``>= minimum`` (bools are refused)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{owner}: {name} must be an int >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{owner}: {name} must be >= {minimum}, got {value}")
-    return value
-
-
 def block_bounds(length: int, block: int, device: Device = None) -> tuple[Tensor, Tensor]:
     """First and last (inclusive) real index of each of the ``ceil(length / block)`` blocks."""
     n = -(-length // block)
@@ -120,18 +111,20 @@ def block_bounds(length: int, block: int, device: Device = None) -> tuple[Tensor
     return first, last  # (n,), (n,)
 
 
-def _pool(x: Tensor, length: int, block: int, dim: int, reduce_all: bool) -> Tensor:
-    """Reduce axis ``dim`` (size ``length`` or 1 = broadcast) of a 2-D bool tensor per block."""
+def pool_blocks(x: Tensor, length: int, block: int, dim: int, reduce_all: bool) -> Tensor:
+    """Reduce axis ``dim`` (size ``length``, or 1 = broadcast) of a bool tensor per block of
+    ``block`` positions: ``all`` (every position allowed) or ``any``; the axis becomes
+    ``ceil(length / block)`` long. A partial last block counts its real positions only."""
     n = -(-length // block)
-    if x.shape[dim] == 1:
+    if x.shape[dim] == 1:  # broadcast axis: every block sees the same value
         return x.expand(*(n if d == dim else s for d, s in enumerate(x.shape)))
-    x = x.movedim(dim, 0)  # (length, other)
     pad = n * block - length
-    if pad:  # partial last block: pad with the neutral element so only real positions count
-        x = torch.cat([x, x.new_full((pad, x.shape[1]), reduce_all)])
-    x = x.reshape(n, block, x.shape[1])  # (n, block, other)
-    x = x.all(dim=1) if reduce_all else x.any(dim=1)
-    return x.movedim(0, dim)
+    if pad:  # only real positions count: pad with the neutral element
+        shape = list(x.shape)
+        shape[dim] = pad
+        x = torch.cat([x, x.new_full(shape, reduce_all)], dim=dim)
+    x = x.unflatten(dim, (n, block))
+    return x.all(dim=dim + 1) if reduce_all else x.any(dim=dim + 1)
 
 
 def reduce_dense(
@@ -149,8 +142,8 @@ def reduce_dense(
     if d.shape[0] == 0:  # an empty batch allows nothing
         d = d.new_zeros(1, d.shape[1], d.shape[2])
     union, inter = d.any(dim=0), d.all(dim=0)  # over batch and heads
-    any_ = _pool(_pool(union, q_len, q_block, 0, False), kv_len, kv_block, 1, False)
-    all_ = _pool(_pool(inter, q_len, q_block, 0, True), kv_len, kv_block, 1, True)
+    any_ = pool_blocks(pool_blocks(union, q_len, q_block, 0, False), kv_len, kv_block, 1, False)
+    all_ = pool_blocks(pool_blocks(inter, q_len, q_block, 0, True), kv_len, kv_block, 1, True)
     return any_.contiguous(), all_.contiguous()
 
 
@@ -227,10 +220,10 @@ class Mask:
         Union over batch and heads for ``any``, intersection for ``all``. Built-in patterns
         compute it in ``O(nQB * nKB)`` without a ``Tq x Tk`` tensor.
         """
-        check_int("block_layout", "q_len", q_len, 0)
-        check_int("block_layout", "kv_len", kv_len, 0)
-        check_int("block_layout", "q_block", q_block, 1)
-        check_int("block_layout", "kv_block", kv_block, 1)
+        check_int("block_layout: q_len", q_len, 0)
+        check_int("block_layout: kv_len", kv_len, 0)
+        check_int("block_layout: q_block", q_block, 1)
+        check_int("block_layout: kv_block", kv_block, 1)
         # Masks are immutable: remember the last few layouts (forward and backward, training
         # steps and the fast backends all ask for the same one).
         cache = self.__dict__.setdefault("_layout_cache", {})

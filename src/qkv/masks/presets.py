@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .core import Mask, check_int
+from .._checks import check_int
+from .core import Mask
 from .global_tokens import _as_indices, _GlobalTokens
 from .random_blocks import random_blocks as _random_blocks
 from .window import block_local, sliding_window
@@ -27,7 +28,7 @@ def longformer(window: int, global_indices=()) -> Mask:
     Raises:
         TypeError / ValueError: as :func:`sliding_window` and :func:`global_tokens`.
     """
-    check_int("longformer", "window", window, 0)
+    check_int("longformer: window", window, 0)
     glob = _GlobalTokens(_as_indices("longformer: global_indices", global_indices))
     mask = sliding_window(window) | glob
     mask.name = f"longformer(window={window}, globals={glob.indices.numel()})"
@@ -61,10 +62,10 @@ def bigbird(
     Raises:
         TypeError / ValueError: ``block`` or ``window_blocks`` < 1, negative counts, non-int seed.
     """
-    check_int("bigbird", "block", block, 1)
-    check_int("bigbird", "window_blocks", window_blocks, 1)
-    check_int("bigbird", "global_blocks", global_blocks, 0)
-    check_int("bigbird", "random_blocks", random_blocks, 0)
+    check_int("bigbird: block", block, 1)
+    check_int("bigbird: window_blocks", window_blocks, 1)
+    check_int("bigbird: global_blocks", global_blocks, 0)
+    check_int("bigbird: random_blocks", random_blocks, 0)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"bigbird: seed must be an int, got {seed!r}")
     mask = block_local(block, radius=window_blocks // 2)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .core import Mask, block_bounds, check_int
+from .._checks import check_int
+from .core import Mask, block_bounds
 
 __all__ = ["random_blocks"]
 
@@ -83,8 +84,8 @@ def random_blocks(num: int, block: int, seed: int = 0) -> Mask:
     Raises:
         TypeError / ValueError: ``num`` < 0, ``block`` < 1, or a non-int ``seed``.
     """
-    check_int("random_blocks", "num", num, 0)
-    check_int("random_blocks", "block", block, 1)
+    check_int("random_blocks: num", num, 0)
+    check_int("random_blocks: block", block, 1)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"random_blocks: seed must be an int, got {seed!r}")
     return _RandomBlocks(num, block, seed)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from .core import Mask, band_layout, block_bounds, check_int
+from .._checks import check_int
+from .core import Mask, band_layout, block_bounds
 
 __all__ = ["block_local", "dilated", "sliding_window"]
 
@@ -52,8 +53,8 @@ def sliding_window(left: int, right: int | None = None) -> Mask:
     Raises:
         TypeError / ValueError: ``left`` or ``right`` not an int >= 0.
     """
-    check_int("sliding_window", "left", left, 0)
-    right = left if right is None else check_int("sliding_window", "right", right, 0)
+    check_int("sliding_window: left", left, 0)
+    right = left if right is None else check_int("sliding_window: right", right, 0)
     return _SlidingWindow(left, right)
 
 
@@ -107,8 +108,8 @@ def dilated(window: int, dilation: int) -> Mask:
     Raises:
         TypeError / ValueError: ``window`` < 0 or ``dilation`` < 1 (or not ints).
     """
-    check_int("dilated", "window", window, 0)
-    check_int("dilated", "dilation", dilation, 1)
+    check_int("dilated: window", window, 0)
+    check_int("dilated: dilation", dilation, 1)
     return _Dilated(window, dilation)
 
 
@@ -159,6 +160,6 @@ def block_local(block: int, radius: int = 0) -> Mask:
     Raises:
         TypeError / ValueError: ``block`` < 1 or ``radius`` < 0 (or not ints).
     """
-    check_int("block_local", "block", block, 1)
-    check_int("block_local", "radius", radius, 0)
+    check_int("block_local: block", block, 1)
+    check_int("block_local: radius", radius, 0)
     return _BlockLocal(block, radius)

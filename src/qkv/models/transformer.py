@@ -53,8 +53,9 @@ from ..masks import causal
 from ..modules import MultiHeadAttention
 from ..modules.dynamic_conv import DynamicConv, LightConv
 from ..modules.positional import positional as build_positional
+from ..modules.positional import sinusoidal_table
 
-__all__ = ["MIXERS", "POSITIONALS", "Transformer", "TransformerConfig", "sinusoidal_positions"]
+__all__ = ["MIXERS", "POSITIONALS", "Transformer", "TransformerConfig"]
 
 #: The values of :attr:`TransformerConfig.mixer` and :attr:`TransformerConfig.positional`.
 MIXERS = ("attention", "lightconv", "dynamicconv")
@@ -132,16 +133,6 @@ class TransformerConfig:
 
     def to_dict(self) -> dict:
         return {"kind": "transformer", **asdict(self)}
-
-
-def sinusoidal_positions(length: int, dim: int) -> Tensor:
-    """``PE[p, 2i] = sin(p / 10000^(2i/d))``, ``PE[p, 2i+1] = cos(...)``: ``(length, dim)``."""
-    pos = torch.arange(length, dtype=torch.float64).unsqueeze(1)  # (T, 1)
-    inv = torch.exp(torch.arange(0, dim, 2, dtype=torch.float64) * (-math.log(10000.0) / dim))  # (ceil(d/2),)
-    pe = torch.zeros(length, dim, dtype=torch.float64)
-    pe[:, 0::2] = torch.sin(pos * inv)
-    pe[:, 1::2] = torch.cos(pos * inv[: dim // 2])
-    return pe.to(torch.get_default_dtype())
 
 
 class FeedForward(nn.Sequential):
@@ -233,9 +224,8 @@ class Transformer(nn.Module):
             else nn.Embedding(cfg.src_vocab, cfg.d_model, padding_idx=cfg.pad_id)
         )
         if cfg.positional == "sinusoidal":
-            self.register_buffer(
-                "positions", sinusoidal_positions(cfg.max_len, cfg.d_model), persistent=False
-            )
+            table = sinusoidal_table(torch.arange(cfg.max_len), cfg.d_model, dtype=torch.get_default_dtype())
+            self.register_buffer("positions", table, persistent=False)  # (max_len, E)
         self.drop = nn.Dropout(cfg.dropout)
         self.encoder = nn.ModuleList([EncoderLayer(cfg) for _ in range(cfg.encoder_layers)])
         self.decoder = nn.ModuleList([DecoderLayer(cfg) for _ in range(cfg.decoder_layers)])

@@ -5,13 +5,11 @@ Shape legend: ``B`` batch, ``Tq`` query length, ``Tk`` key length.
 
 from __future__ import annotations
 
-import warnings
-
 from torch import Tensor
 
 from ..masks.core import Mask, MaskLike, check_bool_mask, from_lengths
 
-__all__ = ["legacy_valid_lens", "lengths_mask"]
+__all__ = ["lengths_mask"]
 
 
 def lengths_mask(
@@ -45,21 +43,3 @@ def lengths_mask(
         # the one-head layout of qkv.attention: (B, Tq, Tk) is per sample -> (B, 1, Tq, Tk)
         mask = mask.reshape((1,) * (3 - mask.dim()) + tuple(mask.shape)).unsqueeze(-3)
     return keep if mask is None else mask & keep
-
-
-def legacy_valid_lens(legacy: tuple, valid_lens: Tensor | None, module: str) -> Tensor | None:
-    """``valid_lens`` passed by position (d2l's ``attention(queries, keys, values, valid_lens)``),
-    deprecated: it is keyword-only (``valid_lens=``) in every qkv module."""
-    if not legacy:
-        return valid_lens
-    if len(legacy) > 1 or valid_lens is not None:
-        raise TypeError(
-            f"{module}.forward: takes queries, keys, values by position and valid_lens= by name, "
-            f"got {3 + len(legacy)} positional arguments"
-        )
-    warnings.warn(
-        f"{module}: pass valid_lens= by name (positional valid_lens is deprecated and will be removed)",
-        DeprecationWarning,
-        stacklevel=3,
-    )
-    return legacy[0]

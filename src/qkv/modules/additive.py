@@ -25,7 +25,7 @@ from .._types import AttentionOutput
 from ..api import attention
 from ..functional.normalize import NormalizerFn, resolve_normalizer
 from ..masks.core import MaskLike
-from ._lengths import legacy_valid_lens, lengths_mask
+from ._lengths import lengths_mask
 from .scores import AdditiveScore
 
 __all__ = ["AdditiveAttention"]
@@ -79,7 +79,7 @@ class AdditiveAttention(nn.Module):
         queries: Tensor,
         keys: Tensor,
         values: Tensor,
-        *legacy: Tensor,
+        *,
         valid_lens: Tensor | None = None,
         mask: MaskLike | None = None,
         need_weights: bool = False,
@@ -103,7 +103,6 @@ class AdditiveAttention(nn.Module):
             ValueError: inputs that are not 3-D, feature dims other than ``Dq``/``Dk``,
                 mismatched batch sizes or key/value lengths, bad ``valid_lens`` shapes.
         """
-        valid_lens = legacy_valid_lens(legacy, valid_lens, "AdditiveAttention")
         _check_d2l_inputs(queries, keys, values, query_dim=self.score.query_dim, key_dim=self.score.key_dim)
         bsz, q_len, kv_len = queries.shape[0], queries.shape[1], keys.shape[1]
         attn_mask = lengths_mask(valid_lens, mask, batch=bsz, q_len=q_len, kv_len=kv_len)

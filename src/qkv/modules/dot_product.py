@@ -21,7 +21,7 @@ from .._checks import check_dropout
 from .._types import AttentionOutput
 from ..api import attention
 from ..masks.core import MaskLike
-from ._lengths import legacy_valid_lens, lengths_mask
+from ._lengths import lengths_mask
 from .additive import _check_d2l_inputs
 
 __all__ = ["DotProductAttention"]
@@ -55,7 +55,7 @@ class DotProductAttention(nn.Module):
         queries: Tensor,
         keys: Tensor,
         values: Tensor,
-        *legacy: Tensor,
+        *,
         valid_lens: Tensor | None = None,
         mask: MaskLike | None = None,
         need_weights: bool = False,
@@ -76,7 +76,6 @@ class DotProductAttention(nn.Module):
             ValueError: inputs that are not 3-D, query and key feature dims that differ,
                 mismatched batch sizes or key/value lengths, bad ``valid_lens`` shapes.
         """
-        valid_lens = legacy_valid_lens(legacy, valid_lens, "DotProductAttention")
         if isinstance(queries, Tensor) and queries.dim() == 3:
             _check_d2l_inputs(queries, keys, values, query_dim=None, key_dim=queries.shape[-1])
         else:

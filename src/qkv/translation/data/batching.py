@@ -17,6 +17,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from .._checks import check_int
 from ._rng import SeededRandom
 from .corpus import Example
 from .tokenize import Tokenizer
@@ -117,15 +118,9 @@ def collate(pairs: Sequence[EncodedPair], indices: Sequence[int]) -> Batch:
     )
 
 
-def _check_int(name: str, value: object, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
-    return value
-
-
 def num_batches(n_pairs: int, batch_size: int, *, drop_last: bool = False) -> int:
     """How many batches an epoch has (the same with or without shuffling and bucketing)."""
-    _check_int("batch_size", batch_size, 1)
+    check_int("batch_size", batch_size, 1)
     return n_pairs // batch_size if drop_last else -(-n_pairs // batch_size)
 
 
@@ -152,10 +147,10 @@ def plan_batches(
     Raises:
         ValueError: ``batch_size < 1``, ``sort_within < 1``, ``epoch < 0``.
     """
-    _check_int("batch_size", batch_size, 1)
-    _check_int("epoch", epoch, 0)
+    check_int("batch_size", batch_size, 1)
+    check_int("epoch", epoch, 0)
     if sort_within is not None:
-        _check_int("sort_within", sort_within, 1)
+        check_int("sort_within", sort_within, 1)
     order = list(range(len(pairs)))
     rng = SeededRandom(seed, "batches", epoch)
     if shuffle:
@@ -195,7 +190,7 @@ def batches(
     Raises:
         ValueError: as :func:`plan_batches`; ``start < 0``.
     """
-    _check_int("start", start, 0)
+    check_int("start", start, 0)
     plan = plan_batches(
         pairs,
         batch_size=batch_size,

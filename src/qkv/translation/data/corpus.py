@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._checks import check_int
+
 __all__ = ["SPLITS", "Corpus", "Example", "generated_splits", "long_threshold", "split_counts"]
 
 SPLITS = ("train", "valid", "test", "test_long")
@@ -190,12 +192,6 @@ def long_threshold(lengths: Sequence[int], quantile: float) -> int:
     return best
 
 
-def _check_int(name: str, value: object, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
-    return value
-
-
 def _check_frac(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
         raise ValueError(f"{name}: expected a float in [0, 1), got {value!r}")
@@ -242,11 +238,11 @@ class _SplitPlan:
         long_size: object,
         long_quantile: object,
     ) -> _SplitPlan:
-        size = _check_int("size", size, 1)
+        size = check_int("size", size, 1)
         _, n_valid, n_test = split_counts(size, valid_frac, test_frac)  # type: ignore[arg-type]
         if long_from is not None:
-            long_from = _check_int("long_from", long_from, 2)
-        long_size = max(n_test, 1) if long_size is None else _check_int("long_size", long_size, 1)
+            long_from = check_int("long_from", long_from, 2)
+        long_size = max(n_test, 1) if long_size is None else check_int("long_size", long_size, 1)
         quantile = _check_frac("long_quantile", long_quantile)
         return cls(size, n_valid, n_test, long_from, long_size, quantile)  # type: ignore[arg-type]
 
