@@ -1,7 +1,10 @@
 """Thin ``nn.Module`` shells that own parameters and call :mod:`qkv.functional`.
 
-Every module takes ``(B, T, E)`` inputs (batch first), has a keyword-only constructor and
-returns a :class:`qkv.AttentionOutput` (weights are returned, never stored on ``self``).
+Every module takes ``(B, T, E)`` inputs (batch first), has keyword-only options (the sizes
+that define it, like ``MultiHeadAttention(embed_dim, num_heads)``, may come first) and
+returns a :class:`qkv.AttentionOutput` (weights are returned, never stored on ``self``),
+except :class:`TorchMultiheadAttention`, which speaks :class:`torch.nn.MultiheadAttention`'s
+convention to be its drop-in.
 Position encodings (:mod:`.positional`) and KV caches for decoding (:mod:`.kv_cache`) live
 here too.
 """

@@ -65,7 +65,8 @@ class MultiHeadAttention(nn.Module):
         bias: add biases to the four projections.
         dropout: dropout probability on the attention weights, applied only in training
             mode (``self.training``).
-        backend: passed to :func:`qkv.attention` (``"auto"``, ``"reference"``, ``"sdpa"``).
+        backend: passed to :func:`qkv.attention`: ``"auto"`` or one of ``"reference"``,
+                ``"sdpa"``, ``"chunked"``, ``"blocksparse"``, ``"flex"``.
         num_kv_heads: ``Hkv``, a divisor of ``H`` (default ``H``: multi-head attention).
         rotary: a :class:`qkv.modules.RotaryEmbedding` over ``Dh`` features, or True for
             ``RotaryEmbedding(Dh)``; None or False: no rotation.

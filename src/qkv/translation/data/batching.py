@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .._checks import check_int
+from ..._checks import check_int
 from ._rng import SeededRandom
 from .corpus import Example
 from .tokenize import Tokenizer

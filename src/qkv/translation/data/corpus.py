@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._checks import check_int
+from ..._checks import check_int
 
 __all__ = ["SPLITS", "Corpus", "Example", "generated_splits", "long_threshold", "split_counts"]
 
