@@ -50,9 +50,9 @@ class Toy(nn.Module):
             c = b.cross_attn(y, x, x, key_padding_mask=pad, need_weights=True, average_weights=True)
             y = y + c.out
             caller_weights.append(c.weights)  # (B, T, S), asked by the caller
-        ctx = self.bahdanau(y, x, x, lengths).out
+        ctx = self.bahdanau(y, x, x, valid_lens=lengths).out
         steps = [self.luong(y[:, t], x, valid_lens=lengths) for t in range(y.shape[1])]  # one step each
-        d = self.dot(y, x, x, lengths, need_weights=True)
+        d = self.dot(y, x, x, valid_lens=lengths, need_weights=True)
         caller_weights.append(d.weights)
         assert all(s.weights is None for s in steps)  # not asked: none given back
         out = ctx + torch.stack([s.out for s in steps], 1) + d.out
