@@ -414,6 +414,52 @@ def _checked_inputs(query, keys, values, score: str, hidden: int):
     return spec, q, squeeze, k, v
 
 
+def _self_attention_input(
+    x, tokens: Sequence[str] | None, d_model: int, d_k: int | None, generator: torch.Generator
+) -> tuple[Tensor, tuple[str, ...], int]:
+    """``(X (n, d_model), labels (n,), d_k)`` of :func:`explain_self_attention`'s arguments:
+    ``x`` as a float64 matrix, or (when None) drawn from ``generator`` with entries in {0, 1, 2}
+    and one row per token (3 without tokens); a ValueError names a size that is not >= 1 or
+    labels that do not count the rows."""
+    if x is None:
+        n = len(tokens) if tokens is not None else 3
+        if n < 1:
+            raise ValueError("tokens: expected at least one token")
+        if d_model < 1:
+            raise ValueError(f"d_model: expected an integer >= 1, got {d_model}")
+        X = torch.randint(0, 3, (n, d_model), generator=generator).to(_DTYPE)
+    else:
+        X, _ = _as_matrix("x", x)
+        d_model = X.shape[1]
+    n = X.shape[0]
+    d_k = d_model if d_k is None else d_k
+    if d_k < 1:
+        raise ValueError(f"d_k: expected an integer >= 1, got {d_k}")
+    labels = tuple(tokens) if tokens is not None else _labels("x", n)
+    if len(labels) != n:
+        raise ValueError(f"tokens: expected {n} labels (one per row of x), got {len(labels)}")
+    return X, labels, d_k
+
+
+def _kernel_regression_inputs(query, keys, values, sigma: float) -> tuple[Tensor, Tensor, Tensor, bool]:
+    """``(xq (Tq, 1), xk (Tk, 1), yv (Tk, 1), squeeze)`` of :func:`explain_kernel_regression`'s
+    numbers as float64 scalar features (``squeeze``: the query was one number), or a ValueError
+    naming the argument: ``sigma`` not > 0, a matrix, no keys, values that do not count the keys."""
+    _check_positive("sigma", sigma)
+    for name, t in (("query", query), ("keys", keys), ("values", values)):
+        if torch.as_tensor(t).dim() > 1:
+            raise ValueError(f"{name}: expected plain numbers (one feature each), got a matrix")
+    x = torch.as_tensor(query, dtype=_DTYPE).detach().cpu()
+    xq = x.reshape(-1, 1)  # (Tq, 1): scalar features
+    xk = torch.as_tensor(keys, dtype=_DTYPE).detach().cpu().reshape(-1, 1)  # (Tk, 1)
+    yv = torch.as_tensor(values, dtype=_DTYPE).detach().cpu().reshape(-1, 1)  # (Tk, 1)
+    if xk.shape[0] == 0:
+        raise ValueError("keys: expected at least one key")
+    if yv.shape[0] != xk.shape[0]:
+        raise ValueError(f"values: expected {xk.shape[0]} numbers (one per key), got {yv.shape[0]}")
+    return xq, xk, yv, x.dim() == 0
+
+
 # ----------------------------------------------------------------------------- public API
 
 
@@ -560,23 +606,8 @@ def explain_self_attention(
         seed: seeds ``X`` (when not given) and the projections (entries in {-1, 0, 1}).
     """
     g = torch.Generator().manual_seed(seed)
-    if x is None:
-        n = len(tokens) if tokens is not None else 3
-        if n < 1:
-            raise ValueError("tokens: expected at least one token")
-        if d_model < 1:
-            raise ValueError(f"d_model: expected an integer >= 1, got {d_model}")
-        X = torch.randint(0, 3, (n, d_model), generator=g).to(_DTYPE)
-    else:
-        X, _ = _as_matrix("x", x)
-        d_model = X.shape[1]
-    n = X.shape[0]
-    d_k = d_model if d_k is None else d_k
-    if d_k < 1:
-        raise ValueError(f"d_k: expected an integer >= 1, got {d_k}")
-    labels = tuple(tokens) if tokens is not None else _labels("x", n)
-    if len(labels) != n:
-        raise ValueError(f"tokens: expected {n} labels (one per row of x), got {len(labels)}")
+    X, labels, d_k = _self_attention_input(x, tokens, d_model, d_k, g)
+    n, d_model = X.shape
     W_q, W_k, W_v = (torch.randint(-1, 2, (d_model, d_k), generator=g).to(_DTYPE) for _ in range(3))
     Q, K, V = X @ W_q, X @ W_k, X @ W_v  # (n, d_k): the projections of the article's step 2
 
@@ -642,19 +673,7 @@ def explain_kernel_regression(
         query: one number or several (one prediction each); keys, values: numbers, same count.
         sigma: the kernel width (> 0).
     """
-    _check_positive("sigma", sigma)
-    for name, t in (("query", query), ("keys", keys), ("values", values)):
-        if torch.as_tensor(t).dim() > 1:
-            raise ValueError(f"{name}: expected plain numbers (one feature each), got a matrix")
-    x = torch.as_tensor(query, dtype=_DTYPE).detach().cpu()
-    squeeze = x.dim() == 0
-    xq = x.reshape(-1, 1)  # (Tq, 1): scalar features
-    xk = torch.as_tensor(keys, dtype=_DTYPE).detach().cpu().reshape(-1, 1)  # (Tk, 1)
-    yv = torch.as_tensor(values, dtype=_DTYPE).detach().cpu().reshape(-1, 1)  # (Tk, 1)
-    if xk.shape[0] == 0:
-        raise ValueError("keys: expected at least one key")
-    if yv.shape[0] != xk.shape[0]:
-        raise ValueError(f"values: expected {xk.shape[0]} numbers (one per key), got {yv.shape[0]}")
+    xq, xk, yv, squeeze = _kernel_regression_inputs(query, keys, values, sigma)
     core = _compute(xq, xk, yv, "gaussian", {"sigma": float(sigma)}, 1.0)
 
     q_rows = tuple(f"x={_short(float(t))}" for t in xq[:, 0])

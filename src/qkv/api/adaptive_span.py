@@ -256,6 +256,18 @@ def _cropped(q, k, v, z, ramp, causal, key_mask, plan: _Plan, **kwargs) -> Atten
         qb = qp[:, n0:n1].transpose(0, 1)  # (n, B*H, Qb, D)
         results.append(attention(qb, strips(kp), strips(vp), bias=block_bias, **kwargs))
 
+    return _joined(results, plan, q, dv)
+
+
+def _joined(results: list[AttentionOutput], plan: _Plan, q: Tensor, dv: int) -> AttentionOutput:
+    """The block calls of :func:`_cropped` (in block order, each ``(n, B*H, Qb, ...)``) as one
+    output for the queries ``q (B, H, T, D)``: out ``(B, H, T, Dv)`` and lse unpadded, weights
+    (when every call gave them) scattered from their strips ``(nb, B*H, Qb, L)`` into a dense
+    ``(B, H, T, T)`` in ``q``'s dtype."""
+    bsz, heads, t, _ = q.shape
+    block, strip, t_pad = plan.block, plan.strip, plan.t_pad
+    width = plan.left + t_pad + plan.right  # padded key positions
+
     def joined(parts: list[Tensor]) -> Tensor:  # (nb, B*H, ...) in block order
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
 
@@ -270,10 +282,10 @@ def _cropped(q, k, v, z, ramp, causal, key_mask, plan: _Plan, **kwargs) -> Atten
         # Row i = n*Qb + r holds padded keys [n*Qb, n*Qb + L): rows of different blocks never
         # share memory, so this strided view is written in one copy.
         view = dense.as_strided(
-            (n_blocks, bsz * heads, block, strip), (block * width + block, t_pad * width, width, 1)
+            (plan.n_blocks, bsz * heads, block, strip), (block * width + block, t_pad * width, width, 1)
         )
         view.copy_(joined([r.weights for r in results]))
-        weights = dense[:, :, :t, left : left + t]
+        weights = dense[:, :, :t, plan.left : plan.left + t]
     backends = dict.fromkeys(r.backend for r in results)  # distinct, in call order
     return AttentionOutput(out=out, weights=weights, lse=lse, backend="+".join(backends))
 

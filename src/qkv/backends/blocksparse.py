@@ -552,33 +552,27 @@ class _BlockSparseAttention(torch.autograd.Function):
     def backward(ctx, d_out, _d_lse):
         q, k, v, out, lse = ctx.saved_tensors
         plan, scale = ctx.plan, ctx.scale
-        bq, bk = plan.q_block, plan.kv_block
+        bq = plan.q_block
         bsz, h, tq, d = q.shape
-        tk = k.shape[-2]
         cdt = compute_dtype(q)
         dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
         d_out = d_out.to(q.dtype)
+        # Row slices of each piece bound the kernel's per-span gradient buffers.
+        rows = _BlockSparseAttention.backward_rows
+        parts = [
+            whole.part(a, a + rows, plan.per_batch)
+            for whole in plan.pieces
+            for a in range(0, whole.rows.numel(), rows)
+        ]
         for b in range(bsz):
             sample = _Sample(plan, k[b], v[b])
-            q5 = _blocks(q[b], bq, plan.n_qb).transpose(0, 1)  # (nQB, H, bq, D)
-            do5 = _blocks(d_out[b], bq, plan.n_qb).transpose(0, 1)
-            out5 = _blocks(out[b], bq, plan.n_qb).transpose(0, 1)
+            q5, do5, out5 = (
+                _blocks(t[b], bq, plan.n_qb).transpose(0, 1) for t in (q, d_out, out)
+            )  # (nQB, H, bq, D)
             lse_b = lse[b].masked_fill(lse[b] == float("-inf"), float("inf"))  # exp(s - lse) = 0
             lse5 = _blocks(lse_b.unsqueeze(-1), bq, plan.n_qb).squeeze(-1).transpose(0, 1)  # (nQB, H, bq)
             dq5 = torch.zeros(q5.shape, dtype=cdt, device=q.device)
-            gathered = hasattr(sample, "k_rows")
-            if gathered:
-                dk_rows = torch.zeros(sample.k_rows.shape, dtype=cdt, device=q.device)
-                dv_rows = torch.zeros(sample.v_rows.shape, dtype=cdt, device=q.device)
-            if plan.width:
-                dk_band = torch.zeros((h, plan.n_kb * bk, d), dtype=cdt, device=q.device)
-                dv_band = torch.zeros((h, plan.n_kb * bk, v.shape[-1]), dtype=cdt, device=q.device)
-            # Row slices of each piece bound the kernel's per-span gradient buffers.
-            parts = [
-                whole.part(a, a + _BlockSparseAttention.backward_rows, plan.per_batch)
-                for whole in plan.pieces
-                for a in range(0, whole.rows.numel(), _BlockSparseAttention.backward_rows)
-            ]
+            dkv = _KeyGradients(plan, sample, cdt)
             for p in parts:
                 ks, vs = sample.keys(p, b)
                 gq, gk, gv = _flash_backward(
@@ -586,35 +580,63 @@ class _BlockSparseAttention(torch.autograd.Function):
                     _rows(lse5, p).contiguous(), _mask(p, q.dtype, b, plan.per_batch), scale,
                 )  # fmt: skip
                 dq5.index_add_(0, p.rows, gq.to(cdt))
-                n = p.rows.numel()
-                if p.idx is None:  # band views: block w of span i is padded block i*step+lo+w
-                    gk5 = gk.reshape(n, h, plan.width, bk, d).to(cdt)
-                    gv5 = gv.reshape(n, h, plan.width, bk, -1).to(cdt)
-                    dkb = dk_band.view(h, -1, bk, d)
-                    dvb = dv_band.view(h, -1, bk, dv_band.shape[-1])
-                    first = p.rows * plan.step + plan.lo
-                    for w in range(plan.width):
-                        dkb.index_add_(1, first + w, gk5[:, :, w].transpose(0, 1))
-                        dvb.index_add_(1, first + w, gv5[:, :, w].transpose(0, 1))
-                elif p.idx.dim() == 1:  # shared blocks: sum over the query blocks first
-                    c = p.idx.numel()
-                    dk_rows.index_add_(1, p.idx, gk.sum(0).reshape(h, c, -1).to(cdt))
-                    dv_rows.index_add_(1, p.idx, gv.sum(0).reshape(h, c, -1).to(cdt))
-                else:
-                    flat = p.idx.flatten()
-                    c = p.idx.shape[1]
-                    dk_rows.index_add_(1, flat, gk.transpose(0, 1).reshape(h, n * c, -1).to(cdt))
-                    dv_rows.index_add_(1, flat, gv.transpose(0, 1).reshape(h, n * c, -1).to(cdt))
+                dkv.add(p, gk, gv)
             dq[b] = dq5.transpose(0, 1).reshape(h, plan.n_qb * bq, d)[:, :tq].to(q.dtype)
-            gk_b = gv_b = 0
-            if gathered:
-                gk_b = dk_rows.view(h, -1, d)[:, :tk]
-                gv_b = dv_rows.view(h, -1, v.shape[-1])[:, :tk]
-            if plan.width:
-                gk_b = gk_b + dk_band[:, :tk]
-                gv_b = gv_b + dv_band[:, :tk]
-            dk[b], dv[b] = gk_b.to(k.dtype), gv_b.to(v.dtype)
+            dk[b], dv[b] = dkv.total(k.shape[-2], k.dtype, v.dtype)
         return dq, dk, dv, None, None
+
+
+class _KeyGradients:
+    """The key and value gradients of one batch sample, added back the way
+    :meth:`_Sample.keys` took the keys: through the band's views into ``(H, nKB * bk, D)``
+    buffers, through the gathers into the key-block rows ``(H, nKB + 1, bk * D)`` (the last
+    row is the zero block of the padding slots: its gradient is dropped). In ``dtype``."""
+
+    def __init__(self, plan: _Plan, sample: _Sample, dtype: torch.dtype) -> None:
+        self.plan, self.dtype = plan, dtype
+        (self.h, _, self.d), self.dv = sample.k.shape, sample.v.shape[-1]
+        device = sample.k.device
+        self.gathered = hasattr(sample, "k_rows")
+        if self.gathered:
+            self.dk_rows = torch.zeros(sample.k_rows.shape, dtype=dtype, device=device)
+            self.dv_rows = torch.zeros(sample.v_rows.shape, dtype=dtype, device=device)
+        if plan.width:
+            padded = plan.n_kb * plan.kv_block  # the keys zero-padded to whole blocks
+            self.dk_band = torch.zeros((self.h, padded, self.d), dtype=dtype, device=device)
+            self.dv_band = torch.zeros((self.h, padded, self.dv), dtype=dtype, device=device)
+
+    def add(self, p: _Piece, gk: Tensor, gv: Tensor) -> None:
+        """Add piece ``p``'s kernel gradients ``gk (n, H, S, D)`` and ``gv (n, H, S, Dv)``."""
+        h, bk, dtype, n = self.h, self.plan.kv_block, self.dtype, p.rows.numel()
+        if p.idx is None:  # band views: block w of span i is padded block i*step+lo+w
+            gk5 = gk.reshape(n, h, self.plan.width, bk, self.d).to(dtype)
+            gv5 = gv.reshape(n, h, self.plan.width, bk, -1).to(dtype)
+            dkb = self.dk_band.view(h, -1, bk, self.d)
+            dvb = self.dv_band.view(h, -1, bk, self.dv)
+            first = p.rows * self.plan.step + self.plan.lo
+            for w in range(self.plan.width):
+                dkb.index_add_(1, first + w, gk5[:, :, w].transpose(0, 1))
+                dvb.index_add_(1, first + w, gv5[:, :, w].transpose(0, 1))
+        elif p.idx.dim() == 1:  # shared blocks: sum over the query blocks first
+            c = p.idx.numel()
+            self.dk_rows.index_add_(1, p.idx, gk.sum(0).reshape(h, c, -1).to(dtype))
+            self.dv_rows.index_add_(1, p.idx, gv.sum(0).reshape(h, c, -1).to(dtype))
+        else:
+            flat = p.idx.flatten()
+            c = p.idx.shape[1]
+            self.dk_rows.index_add_(1, flat, gk.transpose(0, 1).reshape(h, n * c, -1).to(dtype))
+            self.dv_rows.index_add_(1, flat, gv.transpose(0, 1).reshape(h, n * c, -1).to(dtype))
+
+    def total(self, tk: int, k_dtype: torch.dtype, v_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """``(dk (H, Tk, D), dv (H, Tk, Dv))``: the band's and the gathers' gradients summed."""
+        gk = gv = 0
+        if self.gathered:
+            gk = self.dk_rows.view(self.h, -1, self.d)[:, :tk]
+            gv = self.dv_rows.view(self.h, -1, self.dv)[:, :tk]
+        if self.plan.width:
+            gk = gk + self.dk_band[:, :tk]
+            gv = gv + self.dv_band[:, :tk]
+        return gk.to(k_dtype), gv.to(v_dtype)
 
 
 def _merge(out: Tensor, lse: Tensor, p: _Piece, o: Tensor, l_p: Tensor, *, first: bool) -> None:

@@ -132,72 +132,95 @@ class _ChunkedAttention(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_out, _d_lse):
-        q, k, v, bias, out, lse, *params = ctx.saved_tensors
-        inputs, (q_block, kv_block) = ctx.inputs, ctx.blocks
-        cdt = compute_dtype(q)
-        d_out = d_out.to(cdt)
-        delta = (d_out * out.to(cdt)).sum(-1)  # (..., Tq): rowsum(dO * O)
-        # exp(s - lse) must be 0 on empty rows (lse = -inf): use +inf there.
-        lse_safe = lse.masked_fill(lse == float("-inf"), float("inf"))
-        dq = torch.zeros_like(q, dtype=cdt)
-        dk = torch.zeros_like(k, dtype=cdt)
-        dv = torch.zeros_like(v, dtype=cdt)
-        need_bias = bias is not None and ctx.needs_input_grad[7]
-        dbias = torch.zeros_like(bias, dtype=cdt) if need_bias else None
-        dparams = [torch.zeros_like(p, dtype=cdt) for p in params]
-        fast = inputs.score.dot_like
-        leaves = [p.detach().requires_grad_() for p in params]
-        score_fn = ctx.make_score(leaves)
-        for q0, q1, blocks in iter_blocks(inputs, q_block, kv_block):
-            qb, do_b = q[..., q0:q1, :], d_out[..., q0:q1, :]
+        grads = _Gradients(ctx, d_out)
+        for q0, q1, blocks in iter_blocks(ctx.inputs, *ctx.blocks):
             for blk in blocks:
-                kb, vb = k[..., blk.k0 : blk.k1, :], v[..., blk.k0 : blk.k1, :]
-                keep = inputs.mask_block(q0, q1, blk.k0, blk.k1) if blk.partial else None
-                if keep is not None:  # NaN in keys no row of the block may attend must not leak
-                    kb, vb = zero_unreachable_keys(kb, vb, keep)
-                if fast:
-                    _, s = block_logits(
-                        inputs, score_fn, qb, kb, inputs.bias_block(q0, q1, blk.k0, blk.k1), keep
-                    )
-                else:
-                    qb_leaf, kb_leaf = qb.detach().requires_grad_(), kb.detach().requires_grad_()
-                    with torch.enable_grad():
-                        raw, s = block_logits(
-                            inputs,
-                            score_fn,
-                            qb_leaf,
-                            kb_leaf,
-                            inputs.bias_block(q0, q1, blk.k0, blk.k1),
-                            keep,
-                        )
-                p = torch.exp(s.detach() - lse_safe[..., q0:q1].unsqueeze(-1))  # (..., bq, bk)
-                dv[..., blk.k0 : blk.k1, :] += p.transpose(-2, -1) @ do_b
-                dp = do_b @ vb.to(cdt).transpose(-2, -1)
-                ds = p * (dp - delta[..., q0:q1].unsqueeze(-1))  # dL/d(logits)
-                if need_bias:
-                    view = slice_block(dbias, q0, q1, blk.k0, blk.k1)
-                    view += ds.sum_to_size(view.shape)
-                g = ds * inputs.scale if inputs.scale != 1.0 else ds
-                if fast:
-                    dq[..., q0:q1, :] += g @ kb.to(cdt)
-                    dk[..., blk.k0 : blk.k1, :] += g.transpose(-2, -1) @ qb.to(cdt)
-                else:
-                    grads = torch.autograd.grad(
-                        raw, [qb_leaf, kb_leaf, *leaves], g.to(raw.dtype), allow_unused=True
-                    )
-                    if grads[0] is not None:
-                        dq[..., q0:q1, :] += grads[0]
-                    if grads[1] is not None:
-                        dk[..., blk.k0 : blk.k1, :] += grads[1]
-                    for acc, gp in zip(dparams, grads[2:]):
-                        if gp is not None:
-                            acc += gp
-        grads_params = [d.to(p.dtype) for d, p in zip(dparams, params)]
+                grads.add_block(q0, q1, blk)
+        return (None, None, None, None, *grads.result())
+
+
+class _Gradients:
+    """The backward of :class:`_ChunkedAttention`, one block at a time from the saved ``lse``
+    (FlashAttention-2, Dao 2023), accumulated in :func:`compute_dtype`. For a block of logits
+    ``s (..., bq, bk)`` recomputed from ``q_blk (..., bq, D)`` and ``k_blk (..., bk, D)``::
+
+        p = exp(s - lse);  dV += p^T dO;  dP = dO V^T;  dS = p * (dP - delta)
+        dbias += dS;  g = dS * scale  ->  through the score to dQ, dK (and its parameters)
+
+    where ``delta = rowsum(dO * O)`` (..., Tq). Dot scores take ``dQ += g K``, ``dK += g^T Q``;
+    the others run autograd on the recomputed block, which reaches their parameters too.
+    """
+
+    def __init__(self, ctx, d_out: Tensor) -> None:
+        q, k, v, bias, out, lse, *params = ctx.saved_tensors
+        self.inputs, self.q, self.k, self.v, self.bias, self.params = ctx.inputs, q, k, v, bias, params
+        cdt = compute_dtype(q)
+        self.d_out = d_out.to(cdt)
+        self.delta = (self.d_out * out.to(cdt)).sum(-1)  # (..., Tq): rowsum(dO * O)
+        # exp(s - lse) must be 0 on empty rows (lse = -inf): use +inf there.
+        self.lse_safe = lse.masked_fill(lse == float("-inf"), float("inf"))
+        self.dq = torch.zeros_like(q, dtype=cdt)
+        self.dk = torch.zeros_like(k, dtype=cdt)
+        self.dv = torch.zeros_like(v, dtype=cdt)
+        need_bias = bias is not None and ctx.needs_input_grad[7]
+        self.dbias = torch.zeros_like(bias, dtype=cdt) if need_bias else None
+        self.dparams = [torch.zeros_like(p, dtype=cdt) for p in params]
+        self.fast = self.inputs.score.dot_like
+        self.leaves = [p.detach().requires_grad_() for p in params]  # what autograd differentiates
+        self.score_fn = ctx.make_score(self.leaves)
+
+    def add_block(self, q0: int, q1: int, blk: _Block) -> None:
+        """Add the gradients of the block of queries ``q0:q1`` and keys ``blk.k0:blk.k1``."""
+        cdt = self.d_out.dtype
+        qb, kb, vb = self.q[..., q0:q1, :], self.k[..., blk.k0 : blk.k1, :], self.v[..., blk.k0 : blk.k1, :]
+        keep = self.inputs.mask_block(q0, q1, blk.k0, blk.k1) if blk.partial else None
+        if keep is not None:  # NaN in keys no row of the block may attend must not leak
+            kb, vb = zero_unreachable_keys(kb, vb, keep)
+        if not self.fast:  # leaves of the recomputed block, for autograd through the score
+            qb, kb = qb.detach().requires_grad_(), kb.detach().requires_grad_()
+        with torch.set_grad_enabled(not self.fast):  # the backward itself runs without grad
+            raw, s = block_logits(
+                self.inputs, self.score_fn, qb, kb, self.inputs.bias_block(q0, q1, blk.k0, blk.k1), keep
+            )
+        ds = self._logit_grads(s.detach(), vb, q0, q1, blk)  # (..., bq, bk)
+        if self.dbias is not None:
+            view = slice_block(self.dbias, q0, q1, blk.k0, blk.k1)
+            view += ds.sum_to_size(view.shape)
+        g = ds * self.inputs.scale if self.inputs.scale != 1.0 else ds
+        if self.fast:
+            self.dq[..., q0:q1, :] += g @ kb.to(cdt)
+            self.dk[..., blk.k0 : blk.k1, :] += g.transpose(-2, -1) @ qb.to(cdt)
+        else:
+            self._through_score(raw, g, qb, kb, q0, q1, blk)
+
+    def _logit_grads(self, s: Tensor, vb: Tensor, q0: int, q1: int, blk: _Block) -> Tensor:
+        """``dS = dL/ds (..., bq, bk)`` of one block of logits; adds the block's ``dV`` on the way."""
+        do_b = self.d_out[..., q0:q1, :]  # (..., bq, Dv)
+        p = torch.exp(s - self.lse_safe[..., q0:q1].unsqueeze(-1))  # (..., bq, bk)
+        self.dv[..., blk.k0 : blk.k1, :] += p.transpose(-2, -1) @ do_b
+        dp = do_b @ vb.to(do_b.dtype).transpose(-2, -1)
+        return p * (dp - self.delta[..., q0:q1].unsqueeze(-1))
+
+    def _through_score(
+        self, raw: Tensor, g: Tensor, qb: Tensor, kb: Tensor, q0: int, q1: int, blk: _Block
+    ) -> None:
+        """Send ``g = dL/draw (..., bq, bk)`` back through the score by autograd, from the
+        recomputed ``raw`` to the block's leaves ``qb``, ``kb`` and the score's parameters."""
+        grads = torch.autograd.grad(raw, [qb, kb, *self.leaves], g.to(raw.dtype), allow_unused=True)
+        if grads[0] is not None:
+            self.dq[..., q0:q1, :] += grads[0]
+        if grads[1] is not None:
+            self.dk[..., blk.k0 : blk.k1, :] += grads[1]
+        for acc, gp in zip(self.dparams, grads[2:]):
+            if gp is not None:
+                acc += gp
+
+    def result(self) -> tuple:
+        """``(dq, dk, dv, dbias, *dparams)`` in the dtypes of their inputs (dbias None unless needed)."""
         return (
-            None, None, None, None,
-            dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype),
-            None if dbias is None else dbias.to(bias.dtype),
-            *grads_params,
+            self.dq.to(self.q.dtype), self.dk.to(self.k.dtype), self.dv.to(self.v.dtype),
+            None if self.dbias is None else self.dbias.to(self.bias.dtype),
+            *[d.to(p.dtype) for d, p in zip(self.dparams, self.params)],
         )  # fmt: skip
 
 

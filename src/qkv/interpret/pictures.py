@@ -109,68 +109,29 @@ def sentence_picture(
         ImportError: ``integrated_gradients`` without Captum.
     """
     import torch
-    import torch.nn.functional as F
 
     from ..models.bert import mean_pool
-    from .gradients import grad_rollout, integrated_gradients
-    from .rollout import rollout
-    from .scores import token_scores
 
     unknown = [m for m in methods if m not in SCORE_METHODS]
     if unknown:
         raise ValueError(f"methods: unknown {unknown}; expected some of {', '.join(SCORE_METHODS)}")
     batch = tokenizer([sentence])
     tokens = batch.tokens_of(0)
-    inputs = batch.model_inputs()
     notes = []
     if len(tokens) >= tokenizer.max_length:
         notes.append(f"note: the model reads at most {tokenizer.max_length} tokens; longer text is cut there")
-    mask = batch.attention_mask  # (1, T)
     with torch.no_grad():
-        out = model(**inputs, need_weights=True)
-        own = mean_pool(out.last_hidden_state, mask)[0]  # (E,)
+        out = model(**batch.model_inputs(), need_weights=True)
+        own = mean_pool(out.last_hidden_state, batch.attention_mask)[0]  # (E,)
     maps = out.attentions
     if check_maps is not None:
         check_maps(maps)
-    if other is None:
-        direction = own / own.norm().clamp_min(1e-12)  # (E,), held fixed
-
-        def target(pooled):  # (N, E) -> (N,)
-            return pooled @ direction
-
-        what = "the sentence embedding along its own direction"
-    else:
-        reference = model.encode([other], tokenizer=tokenizer)[0]  # (E,), unit norm
-
-        def target(pooled):  # (N, E) -> (N,)
-            return F.normalize(pooled, dim=-1) @ reference
-
-        similarity = float(target(own[None])[0])
-        notes.append(f"cosine similarity: {similarity:.4f}")
-        what = "the cosine similarity of the two sentences"
-
-    scores: dict[str, list[float]] = {}
-    for method in dict.fromkeys(methods):
-        if method == "rollout":
-            relevance = rollout(maps)[0]  # (B, T, T) -> (T, T)
-            s = token_scores(relevance, exclude_self=True)
-        elif method == "grad_rollout":
-            relevance = grad_rollout(
-                model, inputs, lambda o: target(mean_pool(o.last_hidden_state, mask))[0]
-            )[0]  # (T, T)
-            s = token_scores(relevance, exclude_self=True)
-        else:
-            words = model.embeddings.word(batch.input_ids).detach()  # (1, T, E)
-            special = torch.tensor([t in ("[CLS]", "[SEP]") for t in tokens])  # (T,)
-            pad = torch.full_like(batch.input_ids, tokenizer.pad_id).where(~special, batch.input_ids)
-            baseline = model.embeddings.word(pad).detach()  # (1, T, E)
-
-            def model_fn(x):  # (N, T, E) -> (N,)
-                m = mask.expand(x.shape[0], -1)  # (N, T)
-                return target(mean_pool(model(inputs_embeds=x, attention_mask=m).last_hidden_state, m))
-
-            s = token_scores(integrated_gradients(model_fn, words, baseline, steps=ig_steps)[0])
-        scores[method] = [float(v) for v in s]
+    target, what, target_notes = _sentence_target(model, tokenizer, own, other)
+    notes.extend(target_notes)
+    scores = {
+        method: _token_scores(method, model, batch, maps, target, pad_id=tokenizer.pad_id, ig_steps=ig_steps)
+        for method in dict.fromkeys(methods)
+    }
     notes.extend(_score_notes(tokens, scores, what))
     n_layers, n_heads = len(maps.encoder), maps.encoder[0].shape[1]
     title = f"{name}: {short_title(sentence)}"
@@ -184,6 +145,64 @@ def sentence_picture(
         scores=scores,
         notes=notes,
     )
+
+
+def _sentence_target(model, tokenizer, own, other: str | None) -> tuple[Callable, str, list[str]]:
+    """``(target, what, notes)``: the ``y`` the gradient methods explain (see the module
+    docstring) as a function of mean-pooled embeddings ``(N, E) -> (N,)``, what it is in words,
+    and the notes it brings (the similarity of a pair). ``own``: the sentence's pooled ``(E,)``."""
+    import torch.nn.functional as F
+
+    if other is None:
+        direction = own / own.norm().clamp_min(1e-12)  # (E,), held fixed
+
+        def along_own(pooled):  # (N, E) -> (N,)
+            return pooled @ direction
+
+        return along_own, "the sentence embedding along its own direction", []
+    reference = model.encode([other], tokenizer=tokenizer)[0]  # (E,), unit norm
+
+    def similarity(pooled):  # (N, E) -> (N,)
+        return F.normalize(pooled, dim=-1) @ reference
+
+    notes = [f"cosine similarity: {float(similarity(own[None])[0]):.4f}"]
+    return similarity, "the cosine similarity of the two sentences", notes
+
+
+def _token_scores(
+    method: str, model, batch, maps: AttentionMaps, target: Callable, *, pad_id: int, ig_steps: int
+) -> list[float]:
+    """One score per token of ``batch``'s only text by ``method`` (one of :data:`SCORE_METHODS`),
+    normalized by :func:`qkv.interpret.token_scores`; ``target`` maps pooled embeddings
+    ``(N, E)`` to the ``y (N,)`` the gradient methods explain."""
+    import torch
+
+    from ..models.bert import mean_pool
+    from .gradients import grad_rollout, integrated_gradients
+    from .rollout import rollout
+    from .scores import token_scores
+
+    mask, inputs = batch.attention_mask, batch.model_inputs()  # mask (1, T)
+    if method == "rollout":
+        relevance = rollout(maps)[0]  # (B, T, T) -> (T, T)
+        s = token_scores(relevance, exclude_self=True)
+    elif method == "grad_rollout":
+        relevance = grad_rollout(model, inputs, lambda o: target(mean_pool(o.last_hidden_state, mask))[0])[
+            0
+        ]  # (T, T)
+        s = token_scores(relevance, exclude_self=True)
+    else:  # integrated gradients over the word embeddings, from every word made [PAD]
+        words = model.embeddings.word(batch.input_ids).detach()  # (1, T, E)
+        special = torch.tensor([t in ("[CLS]", "[SEP]") for t in batch.tokens_of(0)])  # (T,)
+        pad = torch.full_like(batch.input_ids, pad_id).where(~special, batch.input_ids)
+        baseline = model.embeddings.word(pad).detach()  # (1, T, E)
+
+        def model_fn(x):  # (N, T, E) -> (N,)
+            m = mask.expand(x.shape[0], -1)  # (N, T)
+            return target(mean_pool(model(inputs_embeds=x, attention_mask=m).last_hidden_state, m))
+
+        s = token_scores(integrated_gradients(model_fn, words, baseline, steps=ig_steps)[0])
+    return [float(v) for v in s]
 
 
 def _score_notes(tokens: list[str], scores: dict[str, list[float]], what: str) -> list[str]:

@@ -217,10 +217,40 @@ def _as_date(name: str, value: object) -> dt.date:
     raise ValueError(f"{name}: expected a datetime.date or an ISO date 'YYYY-MM-DD', got {value!r}")
 
 
+def _date_range(start: object, end: object) -> tuple[dt.date, dt.date]:
+    """``(first, last)`` of the corpus's ``start`` and ``end``, or a ValueError naming the one
+    that is not a date (or ``end`` before ``start``)."""
+    first, last = _as_date("start", start), _as_date("end", end)
+    if last < first:
+        raise ValueError(
+            f"end: expected a date on or after start {first.isoformat()}, got {last.isoformat()}"
+        )
+    return first, last
+
+
+def _check_formats(formats: object) -> tuple[str, ...]:
+    """``formats`` (one name or a sequence of them) as a non-empty tuple of babel formats."""
+    if isinstance(formats, str):
+        formats = (formats,)
+    formats = tuple(formats)
+    if not formats or any(f not in _FORMATS for f in formats):
+        raise ValueError(f"formats: expected a non-empty sequence of {', '.join(_FORMATS)}, got {formats!r}")
+    return formats
+
+
 def _days(first: dt.date, last: dt.date, rng: SeededRandom) -> Iterator[dt.date]:
     pool = RangeDraws(first.toordinal(), last.toordinal())
     while pool.left:
         yield dt.date.fromordinal(pool.draw(rng))
+
+
+def _written_days(
+    first: dt.date, last: dt.date, writers: list[_Writer], rng: SeededRandom
+) -> Iterator[tuple[dt.date, _Writer]]:
+    """Every day of ``[first, last]`` in a random order (without replacement), each with a
+    writer drawn uniformly (no draw for a single writer): the corpus's items, from one ``rng``."""
+    for d in _days(first, last, rng):
+        yield d, writers[rng.below(len(writers))] if len(writers) > 1 else writers[0]
 
 
 def dates_corpus(
@@ -262,16 +292,8 @@ def dates_corpus(
         ImportError: babel is missing (``pip install 'qkv[train]'``).
     """
     _check_locale(locale)
-    first, last = _as_date("start", start), _as_date("end", end)
-    if last < first:
-        raise ValueError(
-            f"end: expected a date on or after start {first.isoformat()}, got {last.isoformat()}"
-        )
-    if isinstance(formats, str):
-        formats = (formats,)
-    formats = tuple(formats)
-    if not formats or any(f not in _FORMATS for f in formats):
-        raise ValueError(f"formats: expected a non-empty sequence of {', '.join(_FORMATS)}, got {formats!r}")
+    first, last = _date_range(start, end)
+    formats = _check_formats(formats)
     plan = _SplitPlan.make(
         size=size,
         valid_frac=valid_frac,
@@ -289,16 +311,12 @@ def dates_corpus(
     writers = [_writer(locale, f) for f in formats]
     rng = SeededRandom(seed, "dates", locale, first.isoformat(), last.isoformat(), *formats)
 
-    def items() -> Iterator[tuple[dt.date, _Writer]]:
-        for d in _days(first, last, rng):
-            yield d, writers[rng.below(len(writers))] if len(writers) > 1 else writers[0]
-
     def make(item: tuple[dt.date, _Writer]) -> Example:
         d, writer = item
         return writer.example(d)
 
     splits, threshold = generated_splits(
-        items(),
+        _written_days(first, last, writers, rng),
         make,
         plan,
         source_length=lambda item: len(make(item).source.split()),
