@@ -45,7 +45,7 @@ from . import CommandError, error_message
 if TYPE_CHECKING:
     from ..interpret.pictures import AttentionPicture
 
-__all__ = ["MODELS", "SCORE_METHODS", "add_parser"]
+__all__ = ["MODELS", "SCORE_METHODS", "add_parser", "run"]
 
 #: ``--model`` names (any other value must be a local BERT directory).
 MODELS = ("minilm",)
@@ -119,7 +119,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         default="head",
         help="the viewer's first view (default head)",
     )
-    p.set_defaults(handler=_viz)
+    p.set_defaults(handler=run)
     return p
 
 
@@ -365,7 +365,7 @@ def _size(path: Path) -> str:
     return f"{n} B" if n < 1000 else (f"{n / 1e3:.1f} kB" if n < 1e6 else f"{n / 1e6:.1f} MB")
 
 
-def _viz(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     plan = _plan(args)
     if args.checkpoint is not None:
         picture = _translation_picture(args, plan)
