@@ -119,10 +119,8 @@ class TrainResult:
 
     @property
     def exit_code(self) -> int:
-        """0 when the run ended by itself, else 128 + the signal (130 for another interruption)."""
-        if not self.interrupted:
-            return 0
-        return 128 + int(self.stop_signal) if self.stop_signal is not None else 130
+        """0 when the run ended by itself, else 128 + the signal (130, as SIGINT, for another stop)."""
+        return 128 + (self.stop_signal or signal.SIGINT) if self.interrupted else 0
 
 
 class Trainer:
@@ -331,16 +329,12 @@ class Trainer:
 
     def _epoch_line(self, record: dict[str, Any], metrics: dict[str, Any]) -> str:
         """``epoch 3: train loss 0.4210, valid loss 0.5120, valid exact match 0.870, 9,512 target tok/s``"""
-
-        def shown(value: Any, digits: int) -> str:
-            return "n/a (no validation data)" if value is None else f"{value:.{digits}f}"
-
-        extra = "".join(
-            f", {k.replace('_', ' ')} {shown(v, 3)}" for k, v in metrics.items() if k != "valid_loss"
-        )
-        return (f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}, valid loss "
-                f"{shown(record['valid_loss'], 4)}{extra}, "
-                f"{record['tokens_per_s']:,.0f} {self.task.count_unit}/s")  # fmt: skip
+        shown = [f"train loss {record['train_loss']:.4f}"]
+        for key, value in {"valid_loss": record["valid_loss"], **metrics}.items():
+            digits = 4 if key == "valid_loss" else 3
+            number = "n/a (no validation data)" if value is None else f"{value:.{digits}f}"
+            shown.append(f"{key.replace('_', ' ')} {number}")
+        return f"epoch {record['epoch']}: {', '.join(shown)}, {record['tokens_per_s']:,.0f} {self.task.count_unit}/s"
 
     def _print(self, message: str, *, always: bool = False) -> None:
         """A line above the progress bar; without one, only the lines the user must see."""
