@@ -44,8 +44,7 @@ def run(capsys, *argv):
 
 
 def tsv_config(path, **data):
-    from qkv.train.config import load_toml
-    from qkv.translation.config import resolve
+    from qkv.translation.config import load_toml, resolve
 
     overrides = [
         f"--data.corpus={json.dumps(str(path))}",
@@ -441,8 +440,7 @@ def test_the_tsv_transformer_config_trains(pairs_tsv, tmp_path, capsys):
 def test_every_config_file_resolves():
     from pathlib import Path
 
-    from qkv.train.config import load_toml
-    from qkv.translation.config import MODEL_PRESETS, resolve
+    from qkv.translation.config import MODEL_PRESETS, load_toml, resolve
 
     for path in sorted(Path("configs").glob("*.toml")):
         resolve(load_toml(path))

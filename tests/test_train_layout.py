@@ -176,3 +176,50 @@ def test_the_old_translation_modules_of_train_are_gone(old):
 def test_train_holds_no_translation_names(name):
     assert not hasattr(qkv.train, name)
     assert not hasattr(qkv.train.loop, name)
+
+
+# ----------------------------------------------------------------------------- size budgets
+
+#: Functions outside the trainer and the translation application still over the limit, being
+#: shortened; empty this set as each one is split.
+LONG_FUNCTIONS_TO_SPLIT = {
+    "api/adaptive_span.py:_cropped",
+    "backends/blocksparse.py:backward",
+    "backends/chunked.py:backward",
+    "explain.py:explain_self_attention",
+    "explain.py:explain_kernel_regression",
+    "interpret/pictures.py:sentence_picture",
+    "translation/data/dates.py:dates_corpus",
+}
+ARGPARSE_DECLARATIONS = {"add_parser", "add_parsers", "build_parser"}
+MAX_BODY_LINES = 60
+
+
+def _body_lines(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """The lines of a function's body, its docstring excluded."""
+    body = fn.body
+    if isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and len(body) > 1:
+        body = body[1:]
+    return body[-1].end_lineno - body[0].lineno + 1
+
+
+@pytest.mark.xfail(strict=True, reason="train/ is still over its 800 lines; drop this mark when it fits")
+def test_the_trainer_stays_within_its_budget():
+    lines = {p.name: len(p.read_text(encoding="utf-8").splitlines()) for p in (SRC / "train").glob("*.py")}
+    assert sum(lines.values()) <= 800, lines
+    assert lines["checkpoint.py"] <= 300, lines
+
+
+def test_no_function_body_is_over_60_lines():
+    over = {}
+    for path in sorted(SRC.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (
+                not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+                or node.name in ARGPARSE_DECLARATIONS
+            ):
+                continue
+            if (n := _body_lines(node)) > MAX_BODY_LINES:
+                over[f"{path.relative_to(SRC).as_posix()}:{node.name}"] = n
+    new = {name: n for name, n in over.items() if name not in LONG_FUNCTIONS_TO_SPLIT}
+    assert not new, f"function bodies over {MAX_BODY_LINES} lines: {new}"

@@ -1,11 +1,9 @@
-"""Training for any model: the :class:`Trainer` over a :class:`Task` (:mod:`~qkv.train.loop`),
-its ``[train]`` table (:class:`TrainConfig`), safe atomic checkpoints with exact resume
-(:mod:`~qkv.train.checkpoint`, :mod:`~qkv.train.rng`, :mod:`~qkv.train.atomic`) and progress
-(:mod:`~qkv.train.progress`). Applications (:mod:`qkv.translation`) bring their tasks and tables.
-"""
+"""Training for any model: the :class:`Trainer` over a :class:`Task`, its ``[train]`` table
+(:class:`TrainConfig`), safe atomic checkpoints with exact resume, and progress. Applications
+(:mod:`qkv.translation`) bring their tasks and tables."""
 
 from .checkpoint import Checkpoint, CheckpointError, find_latest, load_checkpoint, save_checkpoint
-from .config import TrainConfig, load_toml, parse_override
+from .config import TrainConfig, parse_override
 from .loop import RunState, Task, Trainer, TrainResult, learning_rate
 from .progress import progress_bar
 
@@ -20,7 +18,6 @@ __all__ = [
     "find_latest",
     "learning_rate",
     "load_checkpoint",
-    "load_toml",
     "parse_override",
     "progress_bar",
     "save_checkpoint",

@@ -14,8 +14,7 @@ __all__ = ["write_atomically"]
 
 def write_atomically(target: Path, files: Mapping[str, bytes]) -> None:
     """Make ``target`` a directory of ``files`` (``{name: bytes}``), whole or not at all: written
-    into a temporary sibling, fsynced, renamed to ``target`` (one already there is moved aside,
-    then deleted)."""
+    into a fsynced temporary sibling renamed to ``target`` (one already there is moved aside)."""
     tag = f"{target.name}-{os.getpid()}-{secrets.token_hex(4)}"
     tmp, old = target.parent / f".tmp-{tag}", target.parent / f".old-{tag}"
     try:

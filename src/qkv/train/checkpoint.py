@@ -1,13 +1,11 @@
 """Checkpoints that are safe to open, atomic to write and exact to resume from.
 
-A run directory holds checkpoints; the highest step is the newest. ``ckpt-00001200/`` holds
+A run directory holds checkpoints, the highest step the newest. ``ckpt-00001200/`` holds
 ``model.safetensors`` (the weights, tied tensors once), ``training.pt`` (optimizer, scheduler
 and RNG states, read with ``torch.load(weights_only=True)``: no code runs) and ``meta.json``
-(step, config, vocab, metrics, run state, tied names, the files' sizes and SHA-256). A
-truncated, damaged or foreign file raises :class:`CheckpointError` naming it. A save is atomic
-(:mod:`~qkv.train.atomic`): a killed one leaves the earlier checkpoints whole, the next save
-removes its leftovers (one process at a time saves into a run directory). After a restore
-(weights, optimizer, scheduler, :mod:`~qkv.train.rng`) a run continues bitwise.
+(step, config, vocab, metrics, run state, tied names, the files' sizes and SHA-256). A damaged
+or foreign file raises :class:`CheckpointError` naming it. A killed save leaves the earlier
+checkpoints whole (:mod:`~qkv.train.atomic`; one process saves into a run directory).
 """
 
 from __future__ import annotations
@@ -78,30 +76,16 @@ def _serialize(what: str, obj: Any) -> bytes:
     return buffer.getvalue()
 
 
-def _json(what: str, obj: Any) -> Any:
-    """``obj``, once checked to be JSON data."""
-    try:
-        json.dumps(obj)
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"{what}: expected plain JSON data (numbers, strings, lists, dicts): {e}") from None
-    return obj
-
-
 def save_checkpoint(
     directory: str | os.PathLike, *, model: nn.Module, optimizer: Any = None, scheduler: Any = None,
     step: int, config: Mapping[str, Any], vocab: Any = None, metrics: Any = None, state: Any = None,
     keep: int | None = 2,
 ) -> Path:  # fmt: skip
     """Write ``directory/ckpt-<step:08d>`` atomically (replacing one of the same step); return it.
-    ``optimizer`` and ``scheduler`` (anything with ``state_dict()``) go to ``training.pt`` with
-    the RNG states; ``config``, ``vocab``, ``metrics`` and ``state`` are plain JSON data; the
-    ``keep`` newest checkpoints are kept (None: all).
-
-    Raises:
-        ValueError: a bad ``step`` or ``keep``. OSError: from the file system (earlier
-            checkpoints stay whole). TypeError: a value that cannot be stored, named (nothing
-            is written).
-    """
+    ``optimizer`` and ``scheduler`` (with ``state_dict()``) go to ``training.pt`` with the RNG
+    states; ``config``, ``vocab``, ``metrics`` and ``state`` are JSON data; the ``keep`` newest
+    checkpoints are kept (None: all). Raises ValueError (``step``, ``keep``), TypeError (a value
+    that cannot be stored, named; nothing written), OSError (earlier checkpoints stay whole)."""
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ValueError(f"step: expected an int >= 0, got {step!r}")
     if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
@@ -111,17 +95,19 @@ def save_checkpoint(
     from safetensors.torch import save
 
     tensors, ties = _model_tensors(model)
-    states = {
-        k: None if x is None else x.state_dict()
-        for k, x in (("optimizer", optimizer), ("scheduler", scheduler))
-    }
+    states = {k: x and x.state_dict() for k, x in (("optimizer", optimizer), ("scheduler", scheduler))}
     files = {
         MODEL_FILE: save(tensors),
         TRAINING_FILE: _serialize(" or ".join(states), {**states, "rng": rng_state()}),
     }
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "step": step, "ties": ties}
     for key, value in (("config", dict(config)), ("vocab", vocab), ("metrics", metrics), ("state", state)):
-        meta[key] = _json(key, value)
+        try:
+            meta[key] = json.loads(json.dumps(value))
+        except (TypeError, ValueError) as e:
+            raise TypeError(
+                f"{key}: expected plain JSON data (numbers, strings, lists, dicts): {e}"
+            ) from None
     meta["files"] = {n: {"bytes": len(d), "sha256": hashlib.sha256(d).hexdigest()} for n, d in files.items()}
     files[META_FILE] = json.dumps(meta, indent=1).encode()
 
@@ -161,12 +147,8 @@ class Checkpoint:
 
     def restore(self, model: nn.Module, optimizer: Any = None, scheduler: Any = None, rng: bool = True):
         """Load everything back into live objects (copies: one checkpoint restores many times);
-        ``rng=False`` leaves the random generators alone. Returns ``self``.
-
-        Raises:
-            CheckpointError: an optimizer or scheduler is given but the checkpoint has none.
-            RuntimeError: from ``load_state_dict`` when names or shapes differ.
-        """
+        ``rng=False`` leaves the random generators alone. Returns ``self``. Raises CheckpointError
+        (an optimizer or scheduler given, none saved), RuntimeError (names or shapes differ)."""
         model.load_state_dict(self.model_state)
         live_saved = ((optimizer, self.optimizer_state), (scheduler, self.scheduler_state))
         for (live, saved), what in zip(live_saved, ("optimizer", "scheduler")):
@@ -223,9 +205,7 @@ def _load_one(ckpt: Path, map_location: Any, verify: bool) -> Checkpoint:
     files = meta["files"]
     stored = _read(ckpt / MODEL_FILE, files[MODEL_FILE], verify, load)
 
-    def trusted(data: bytes) -> Any:
-        return torch.load(io.BytesIO(data), weights_only=True)  # tensors, numbers, containers: no code
-
+    trusted = lambda data: torch.load(io.BytesIO(data), weights_only=True)  # noqa: E731 (no code runs)
     training = _read(ckpt / TRAINING_FILE, files[TRAINING_FILE], verify, trusted)
     model_state = {k: v.to(map_location) for k, v in stored.items()}
     for name, target in meta["ties"].items():
@@ -280,11 +260,8 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu", verif
     """Load a checkpoint (nothing in it runs code) from a ``ckpt-*`` directory or its
     ``meta.json`` (loaded or refused, never substituted), or a run directory: its newest intact
     checkpoint, damaged newer ones skipped with a warning (:attr:`Checkpoint.skipped`).
-    ``map_location``: the device of the weights; ``verify``: check the files' SHA-256.
-
-    Raises:
-        CheckpointError: no checkpoint there, or a damaged, truncated or foreign file (named).
-    """
+    ``map_location``: the device of the weights; ``verify``: check the files' SHA-256. Raises
+    CheckpointError: no checkpoint there, or a damaged, truncated or foreign file (named)."""
     path = Path(path)
     if path.name == META_FILE:
         path = path.parent

@@ -1,13 +1,11 @@
 """The model-agnostic training loop, in the spirit of minGPT's ``trainer.py``.
 
-A :class:`Trainer` trains any model a :class:`Task` describes: :meth:`Trainer.fit` runs epochs
-(:meth:`~Trainer.run_epoch` of :meth:`~Trainer.step`, then :meth:`~Trainer.end_epoch`) until the
-last one, ``max_steps``, early stopping or a stop. A run resumes bitwise (on CPU): randomness
-draws from the global generators (checkpointed, :mod:`~qkv.train.rng`), an epoch's batch order
-is a pure function of ``(seed, epoch)`` (a task's contract) and the learning rate one of the
-step. SIGINT and SIGTERM stop at the next step boundary with a checkpoint (exit code 130 / 143);
-a second one stops at once, the step under way rewound (never mid-update). SIGKILL loses at most
-``save_every_minutes`` / ``save_every_steps`` of work.
+A :class:`Trainer` trains the model of a :class:`Task` epoch by epoch. A run resumes bitwise (on
+CPU): the global generators are checkpointed, an epoch's batch order is a pure function of
+``(seed, epoch)`` (a task's contract) and the learning rate one of the step. SIGINT and SIGTERM
+stop at the next step boundary with a checkpoint (exit code 130 / 143); a second one stops at
+once, the step under way rewound (never mid-update). SIGKILL loses at most ``save_every_minutes``
+/ ``save_every_steps`` of work.
 """
 
 from __future__ import annotations
@@ -15,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import random
 import signal
 import sys
 import threading
@@ -34,7 +31,7 @@ from .config import TrainConfig
 from .progress import progress_bar
 from .rng import rng_state, set_rng_state
 
-__all__ = ["RunState", "Task", "TrainResult", "Trainer", "learning_rate", "open_run", "seed_everything"]
+__all__ = ["RunState", "Task", "TrainResult", "Trainer", "learning_rate", "open_run"]
 
 
 class Task(Protocol):
@@ -67,20 +64,10 @@ def learning_rate(step: int, config: TrainConfig, total_steps: int) -> float:
     return config.min_lr + 0.5 * (lr - config.min_lr) * (1 + math.cos(math.pi * progress))
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python's and torch's global generators."""
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def open_run(out_dir: str | Path, *, resume: bool) -> Checkpoint | None:
     """The newest intact checkpoint of the run to resume (damaged newer ones moved aside to
-    ``<name>.damaged``, kept for inspection), or None for a new run.
-
-    Raises:
-        FileNotFoundError: ``resume`` but no checkpoint. FileExistsError: not ``resume`` but a
-            run is there (never overwritten). CheckpointError: every checkpoint is damaged.
-    """
+    ``<name>.damaged``), or None for a new run. Raises FileNotFoundError (``resume``, no checkpoint),
+    FileExistsError (a run is there: never overwritten), CheckpointError (all are damaged)."""
     out, held = Path(out_dir), bool(list_checkpoints(out_dir))
     if held != resume:
         if resume:
@@ -132,10 +119,8 @@ class TrainResult:
 
     @property
     def exit_code(self) -> int:
-        """0 when the run ended by itself, else 128 + the signal (130 for another interruption)."""
-        if not self.interrupted:
-            return 0
-        return 128 + int(self.stop_signal) if self.stop_signal is not None else 130
+        """0 when the run ended by itself, else 128 + the signal (130, as SIGINT, for another stop)."""
+        return 128 + (self.stop_signal or signal.SIGINT) if self.interrupted else 0
 
 
 class Trainer:
@@ -212,7 +197,7 @@ class Trainer:
         return True
 
     def _save_interrupted(self, consistent: bool) -> None:
-        st, why = self.state, self._signal_name()
+        st, why = self.state, signal.Signals(self._stop_signal).name if self._stop_signal else "interrupted"
         if not consistent:
             self._print(f"{why} during the weight update of step {st.step + 1}: nothing saved (the weights "
                         f"are half updated); the last checkpoint (step {self._saved_step}) stands; continue "
@@ -231,11 +216,9 @@ class Trainer:
         for i, batch in enumerate(self.task.batches(st.epoch, st.batch), start=st.batch):
             began, self._rng_at_step, self._phase = time.perf_counter(), rng_state(), "step"
             loss, count = self.step(batch)  # enters the "update" phase before the optimizer step
-            st.batch, st.epoch_loss, st.epoch_tokens = (
-                i + 1,
-                st.epoch_loss + loss * count,
-                st.epoch_tokens + count,
-            )
+            st.batch = i + 1
+            st.epoch_loss += loss * count
+            st.epoch_tokens += count
             self._phase = None  # a step boundary: the state is whole again
             st.epoch_seconds += time.perf_counter() - began
             counted += count
@@ -282,18 +265,16 @@ class Trainer:
         improved = vloss is not None and vloss < st.best - 1e-6
         if vloss is not None:
             st.best, st.bad_epochs = (vloss, 0) if improved else (st.best, st.bad_epochs + 1)
+        st.finished = vloss is not None and 0 < self.config.patience <= st.bad_epochs
         self._phase = None
         self._print(self._epoch_line(record, metrics))
         if improved:
             save_checkpoint(self.out / "best", model=self.model, step=st.step, config=self.run_config,
                             vocab=self.vocab, metrics=record, state={}, keep=1)  # fmt: skip
         self.save()
-        if vloss is None or not (self.config.patience and st.bad_epochs >= self.config.patience):
-            return False
-        st.finished = True
-        self.save()
-        self._print(f"early stopping: no better validation loss for {st.bad_epochs} epochs")
-        return True
+        if st.finished:
+            self._print(f"early stopping: no better validation loss for {st.bad_epochs} epochs")
+        return st.finished
 
     def save(self) -> None:
         """Checkpoint the run (the newest ``keep_last`` kept)."""
@@ -320,23 +301,15 @@ class Trainer:
         spent = stop_after_steps is not None and self._steps_here >= stop_after_steps
         return self._stop_signal is not None or spent
 
-    def _signal_name(self) -> str:
-        if self._stop_signal is None:
-            return "interrupted"
-        with contextlib.suppress(ValueError):
-            return signal.Signals(self._stop_signal).name
-        return f"signal {self._stop_signal}"
-
     @contextlib.contextmanager
     def _stop_signals(self) -> Iterator[None]:
         """SIGINT and SIGTERM ask the run to stop, for the block's duration; in the main thread
         only, never over an ignored signal or a handler set outside Python; restored after."""
         installed: dict[int, Any] = {}
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, getattr(signal, "SIGTERM", None)):
-                before = signal.getsignal(signum) if signum is not None else None
-                if before is not None and before != signal.SIG_IGN:
-                    installed[signum] = signal.signal(signum, self._on_signal)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            before = signal.getsignal(signum)
+            if threading.current_thread() is threading.main_thread() and before not in (None, signal.SIG_IGN):
+                installed[signum] = signal.signal(signum, self._on_signal)
         try:
             yield
         finally:
@@ -356,16 +329,12 @@ class Trainer:
 
     def _epoch_line(self, record: dict[str, Any], metrics: dict[str, Any]) -> str:
         """``epoch 3: train loss 0.4210, valid loss 0.5120, valid exact match 0.870, 9,512 target tok/s``"""
-
-        def shown(value: Any, digits: int) -> str:
-            return "n/a (no validation data)" if value is None else f"{value:.{digits}f}"
-
-        extra = "".join(
-            f", {k.replace('_', ' ')} {shown(v, 3)}" for k, v in metrics.items() if k != "valid_loss"
-        )
-        return (f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}, valid loss "
-                f"{shown(record['valid_loss'], 4)}{extra}, "
-                f"{record['tokens_per_s']:,.0f} {self.task.count_unit}/s")  # fmt: skip
+        shown = [f"train loss {record['train_loss']:.4f}"]
+        for key, value in {"valid_loss": record["valid_loss"], **metrics}.items():
+            digits = 4 if key == "valid_loss" else 3
+            number = "n/a (no validation data)" if value is None else f"{value:.{digits}f}"
+            shown.append(f"{key.replace('_', ' ')} {number}")
+        return f"epoch {record['epoch']}: {', '.join(shown)}, {record['tokens_per_s']:,.0f} {self.task.count_unit}/s"
 
     def _print(self, message: str, *, always: bool = False) -> None:
         """A line above the progress bar; without one, only the lines the user must see."""

@@ -14,9 +14,8 @@ __all__ = ["LogLines", "progress_bar"]
 
 
 class LogLines:
-    """What a loop uses of tqdm (``update``, ``set_postfix``, ``write``, ``close``) as plain
-    lines for logs and pipes: tqdm's meter without the bar, printed every ``every`` units and
-    once at the end; rate and ETA count only the units done here."""
+    """tqdm's ``update``, ``set_postfix``, ``write`` and ``close`` as plain lines for logs and
+    pipes: the meter every ``every`` units and at the end; rate and ETA count this session only."""
 
     def __init__(
         self, total: int, *, initial: int = 0, desc: str, unit: str = "step", stream: TextIO,

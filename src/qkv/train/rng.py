@@ -1,9 +1,5 @@
-"""The state of every global random generator, captured and put back: exact resumption.
-
-One capture serves both the checkpoints (:mod:`qkv.train.checkpoint` stores it with
-``torch.save``; it reads back with ``weights_only=True``) and the :class:`~qkv.train.loop.Trainer`
-(which rewinds a step it abandons).
-"""
+"""The state of every global random generator, captured and put back: what checkpoints store
+(read back with ``weights_only=True``) and what the Trainer rewinds when it abandons a step."""
 
 from __future__ import annotations
 

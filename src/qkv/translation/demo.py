@@ -368,40 +368,66 @@ def _examples_html(rows: list[dict[str, Any]], models) -> str:
     return "".join(parts)
 
 
-def _report_html(
-    report: dict[str, Any], figures, meta: dict[str, Any], examples: list[dict[str, Any]]
-) -> str:
-    esc = html.escape
+#: The report's style sheet.
+_REPORT_CSS = """
+body { font-family: system-ui, sans-serif; max-width: 80rem; margin: 2rem auto; padding: 0 1rem; color: #222; }
+p { max-width: 60rem; }
+table { border-collapse: collapse; margin: 1rem 0; }
+td, th { border: 1px solid #ccc; padding: .3rem .6rem; text-align: right; }
+td:first-child, th:first-child { text-align: left; }
+.figures { display: flex; flex-wrap: wrap; gap: 1rem; align-items: flex-start; }
+figure { margin: 0; } img { max-width: 100%; height: auto; display: block; }
+figcaption { font-size: .9rem; color: #444; }
+table.examples td, table.examples th { text-align: left; vertical-align: top; }
+table.examples code { white-space: nowrap; }
+table.examples tr.group th { background: #f3f5f7; font-weight: 600; }
+table.examples tr.count td { color: #555; font-style: italic; }
+td.wrong { background: #fde8e8; color: #8a1111; }
+td.right { color: #1d5e20; }
+.mark { font-weight: 700; }
+.quick { background: #fff6d6; padding: .4rem .6rem; }
+"""
+
+
+def _score_rows(report: dict[str, Any]) -> str:
+    """One ``<tr>`` per model: exact match (test, long inputs), BLEU, chrF, AER, time, speed, size."""
     rows = []
     for name, e in report.items():
         t, lg = e["test"], e["test_long"]
-        rows.append(
-            "<tr>"
-            + "".join(
-                f"<td>{esc(str(c))}</td>"
-                for c in (
-                    name,
-                    f"{t['exact_match']:.3f}",
-                    f"{lg['exact_match']:.3f}",
-                    f"{t['bleu']:.1f}",
-                    f"{t['chrf']:.1f}",
-                    "-" if "aer" not in t else f"{t['aer']:.3f}",
-                    f"{e['train_seconds']:.0f}",
-                    f"{e['tokens_per_s']:,.0f}",
-                    f"{e['parameters']:,}",
-                )
-            )
-            + "</tr>"
+        cells = (
+            name,
+            f"{t['exact_match']:.3f}",
+            f"{lg['exact_match']:.3f}",
+            f"{t['bleu']:.1f}",
+            f"{t['chrf']:.1f}",
+            "-" if "aer" not in t else f"{t['aer']:.3f}",
+            f"{e['train_seconds']:.0f}",
+            f"{e['tokens_per_s']:,.0f}",
+            f"{e['parameters']:,}",
         )
+        rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+    return "".join(rows)
+
+
+def _figures_html(figures) -> str:
+    """The heatmaps inlined as PNG data, each at its size in inches (96 CSS px each): the
+    figures' 11 pt labels read as 11 pt."""
     imgs = []
     for caption, path, (width, _) in figures:
         data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-        # at its size in inches (96 CSS px each): the figure's 11 pt labels read as 11 pt
+        caption = html.escape(caption)
         imgs.append(
-            f'<figure style="max-width: {width:.2f}in"><img alt="{esc(caption)}" style="width: {width:.2f}in" '
-            f'src="data:image/png;base64,{data}"><figcaption>{esc(caption)}</figcaption></figure>'
+            f'<figure style="max-width: {width:.2f}in"><img alt="{caption}" style="width: {width:.2f}in" '
+            f'src="data:image/png;base64,{data}"><figcaption>{caption}</figcaption></figure>'
         )
-    models = list(report)
+    return "".join(imgs) or "<p>(heatmaps need matplotlib: pip install 'qkv[viz]')</p>"
+
+
+def _report_html(
+    report: dict[str, Any], figures, meta: dict[str, Any], examples: list[dict[str, Any]]
+) -> str:
+    """The self-contained HTML report: scores, heatmaps, test examples."""
+    esc = html.escape
     quick = (
         "<p class='quick'>A <code>--quick</code> run: tiny data, one epoch; its scores and "
         "translations show that the pipeline works, nothing about the models.</p>"
@@ -410,24 +436,7 @@ def _report_html(
     )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>qkv demo: attention vs the fixed context</title>
-<style>
-body {{ font-family: system-ui, sans-serif; max-width: 80rem; margin: 2rem auto; padding: 0 1rem; color: #222; }}
-p {{ max-width: 60rem; }}
-table {{ border-collapse: collapse; margin: 1rem 0; }}
-td, th {{ border: 1px solid #ccc; padding: .3rem .6rem; text-align: right; }}
-td:first-child, th:first-child {{ text-align: left; }}
-.figures {{ display: flex; flex-wrap: wrap; gap: 1rem; align-items: flex-start; }}
-figure {{ margin: 0; }} img {{ max-width: 100%; height: auto; display: block; }}
-figcaption {{ font-size: .9rem; color: #444; }}
-table.examples td, table.examples th {{ text-align: left; vertical-align: top; }}
-table.examples code {{ white-space: nowrap; }}
-table.examples tr.group th {{ background: #f3f5f7; font-weight: 600; }}
-table.examples tr.count td {{ color: #555; font-style: italic; }}
-td.wrong {{ background: #fde8e8; color: #8a1111; }}
-td.right {{ color: #1d5e20; }}
-.mark {{ font-weight: 700; }}
-.quick {{ background: #fff6d6; padding: .4rem .6rem; }}
-</style></head><body>
+<style>{_REPORT_CSS}</style></head><body>
 <h1>Attention vs the fixed-context bottleneck</h1>
 {quick}<p>Three translators trained on the built-in corpus <code>{esc(meta["corpus"]["corpus"])}</code>
 ({meta["corpus"]["size"]} generated pairs: numbers written as digits, translated into German number
@@ -438,19 +447,19 @@ encoder-decoder Transformer. <i>long</i> is the exact match on the held-out inpu
 tokens (at least {esc(str(meta["corpus"].get("long_threshold")))}).</p>
 <table><tr><th>model</th><th>exact match</th><th>long inputs</th><th>BLEU</th><th>chrF</th><th>AER</th>
 <th>train s</th><th>target tok/s</th><th>parameters</th></tr>
-{"".join(rows)}</table>
+{_score_rows(report)}</table>
 <p>AER: alignment error rate of the attention (argmax per target word, teacher-forced on the reference)
 against the gold word alignment (lower is better; the Transformer's is the mean of its last layer's
 heads).</p>
 <h2>Where the models look</h2>
 <p>Each row is a German word being written; each column a digit of the input. Outlined cells are the gold
 alignment (drawn when the translation is right).</p>
-<div class="figures">{"".join(imgs) or "<p>(heatmaps need matplotlib: pip install 'qkv[viz]')</p>"}</div>
+<div class="figures">{_figures_html(figures)}</div>
 <h2>Test examples</h2>
 <p>Each model's greedy translation; <span class="mark">&#10007;</span> marks an output that differs from
 the reference (red), <span class="mark">&#10003;</span> one that matches it. The baseline reads the whole
 input through one fixed-size vector: on the longest inputs that is where it fails.</p>
-{_examples_html(examples, models)}
+{_examples_html(examples, list(report))}
 <p>Total demo time {meta["seconds"]:.0f} s. Translate with
 <code>qkv translate --checkpoint runs/demo/bahdanau "4 2 0 7"</code>.</p>
 </body></html>

@@ -11,6 +11,7 @@ teacher-forced token cross entropy (:func:`_loss`), and validation by loss and, 
 from __future__ import annotations
 
 import contextlib
+import random
 import sys
 import warnings
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..models.builders import build_model
-from ..train.loop import Trainer, TrainResult, open_run, seed_everything
+from ..train.loop import Trainer, TrainResult, open_run
 from . import data as qdata
 from .config import DataConfig, RunConfig, TranslationTrainConfig
 from .decode import decode_limit, longest_repeat
@@ -297,7 +298,8 @@ def train(
 def _trainer(cfg: RunConfig, out: Path, ckpt, *, progress: bool, stream, announce: bool = False) -> Trainer:
     """Data, model, optimizer and task of a config, in a Trainer (restored from ``ckpt``)."""
     t = cfg.train
-    seed_everything(t.seed)
+    random.seed(t.seed)  # the global generators the Trainer checkpoints
+    torch.manual_seed(t.seed)
     corpus, src_tok, tgt_tok = prepare_data(cfg)
     if ckpt is not None:  # the vocabularies the model was built with
         src_tok = qdata.tokenizer_from_dict(ckpt.vocab["source"])

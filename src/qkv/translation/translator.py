@@ -269,18 +269,11 @@ class Translator:
         return results
 
     def _translate(self, texts, *, beam, alpha, batch_size, max_len) -> list[Translation]:
+        """Normalize, encode, decode and describe ``texts`` (see :meth:`translate`)."""
         fmt = self.text_format
         norm = [fmt.normalize(t) for t in texts]
-        ids = [self.src_tok.encode(n) for n in norm]
+        ids = self._encode(texts, norm)
         cap = self.input_limit()
-        for i, x in enumerate(ids):
-            if cap is not None and len(x) > cap:
-                raise ValueError(
-                    f"input {i + 1} {_quoted(texts[i])} is {len(x)} source tokens long; this model reads at "
-                    f"most {cap} (the Transformer's max_len). Split the text into sentences and translate "
-                    'them one by one (qkv translate takes several: qkv translate --checkpoint DIR "First '
-                    'sentence." "Second sentence."), or train with a larger --model.max_len'
-                )
         todo = [i for i, x in enumerate(ids) if x]
         if max_len is None:
             max_len = self._limit([len(ids[i]) for i in todo])
@@ -291,7 +284,6 @@ class Translator:
             max_repeats=self.inference.get("max_repeats"),
         )  # fmt: skip
         hyps = dict(zip(todo, decoded))
-        longest = self.inference.get("longest_source")
         out = []
         for i, text in enumerate(texts):
             h = hyps.get(i)
@@ -301,31 +293,9 @@ class Translator:
                                 warnings=["empty input (after normalization): nothing to translate"])
                 )  # fmt: skip
                 continue
-            notes = []
             words = norm[i].split()
             unknown = self._unknown(words)
-            if 2 * len(unknown) > len(words):
-                shown = ", ".join(unknown[:_SHOWN_UNKNOWN]) + (
-                    ", ..." if len(unknown) > _SHOWN_UNKNOWN else ""
-                )
-                notes.append(
-                    f"{len(unknown)} of {len(words)} words were never seen in training ({shown}): "
-                    "expect a wrong translation"
-                )
-            if longest and len(ids[i]) > longest:
-                notes.append(
-                    f"{len(ids[i])} source tokens, longer than any training sentence ({longest}): "
-                    "translations degrade beyond the training lengths; split long text into sentences"
-                )
-            if h.stop == "repetition":
-                notes.append(
-                    f"the output started repeating a fragment ({self.inference.get('max_repeats')} times in "
-                    "a row, more than any training sentence does): decoding stopped and the copies were dropped"
-                )
-            elif h.stop == "limit":
-                notes.append(
-                    f"the output reached the decoding limit ({max_len} tokens) without ending: cut there"
-                )
+            notes = self._notes(words, unknown, len(ids[i]), h.stop, max_len)
             normalized = _norm(self.tgt_tok.decode(h.tokens))
             out.append(
                 Translation(
@@ -342,6 +312,48 @@ class Translator:
                 )
             )
         return out
+
+    def _encode(self, texts: list[str], norm: list[str]) -> list[list[int]]:
+        """The source ids of the normalized ``norm``; ValueError naming the input that is longer
+        than the model reads."""
+        ids = [self.src_tok.encode(n) for n in norm]
+        cap = self.input_limit()
+        for i, x in enumerate(ids):
+            if cap is not None and len(x) > cap:
+                raise ValueError(
+                    f"input {i + 1} {_quoted(texts[i])} is {len(x)} source tokens long; this model reads at "
+                    f"most {cap} (the Transformer's max_len). Split the text into sentences and translate "
+                    'them one by one (qkv translate takes several: qkv translate --checkpoint DIR "First '
+                    'sentence." "Second sentence."), or train with a larger --model.max_len'
+                )
+        return ids
+
+    def _notes(self, words: list[str], unknown: list[str], n_ids: int, stop: str, max_len: int) -> list[str]:
+        """The warnings of one translation: mostly unknown words, an input longer than any training
+        sentence, an output cut by the repetition stop or the decoding limit."""
+        notes = []
+        longest = self.inference.get("longest_source")
+        if 2 * len(unknown) > len(words):
+            shown = ", ".join(unknown[:_SHOWN_UNKNOWN]) + (", ..." if len(unknown) > _SHOWN_UNKNOWN else "")
+            notes.append(
+                f"{len(unknown)} of {len(words)} words were never seen in training ({shown}): "
+                "expect a wrong translation"
+            )
+        if longest and n_ids > longest:
+            notes.append(
+                f"{n_ids} source tokens, longer than any training sentence ({longest}): "
+                "translations degrade beyond the training lengths; split long text into sentences"
+            )
+        if stop == "repetition":
+            notes.append(
+                f"the output started repeating a fragment ({self.inference.get('max_repeats')} times in "
+                "a row, more than any training sentence does): decoding stopped and the copies were dropped"
+            )
+        elif stop == "limit":
+            notes.append(
+                f"the output reached the decoding limit ({max_len} tokens) without ending: cut there"
+            )
+        return notes
 
     @torch.no_grad()
     def forced_attention(self, examples) -> list[Tensor | None]:
