@@ -89,3 +89,24 @@ def test_import_qkv_translation_loads_the_application_and_its_trainer():
     out = json.loads(_fresh(code))
     # four special ids first (<pad> 0, <sos> 1, <eos> 2, <unk> 3), then the words
     assert out == {"ids": [4, 5, 6], "specials": 4, "train": True, "picture": "qkv.translation.pictures"}
+
+
+# Blocks every optional dependency (an import of any of them raises ImportError, as when it is
+# not installed), then runs the commands that need only the core: `pip install qkv` alone.
+_CORE_ONLY = """
+import sys
+for name in %r:
+    sys.modules[name] = None
+from qkv.cli.main import main
+codes = [main(["--help"]), main(["train", "--help"]), main(["explain"]), main(["demo", "--help"]), main(["viz", "--help"])]
+print(codes)
+"""
+#: What the extras bring (pyproject.toml): none of it is needed by the core commands.
+EXTRAS = (*HEAVY, "tomli_w", "num2words", "babel", "sklearn", "PIL")
+
+
+def test_the_commands_run_with_the_core_dependencies_alone():
+    """With only torch and numpy (``pip install qkv``), every command's help and ``qkv explain``
+    work: no extra is imported to build the parser."""
+    out = _fresh(_CORE_ONLY % (EXTRAS,))
+    assert out.strip().splitlines()[-1] == "[0, 0, 0, 0, 0]"

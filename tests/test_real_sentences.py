@@ -44,7 +44,8 @@ def run(capsys, *argv):
 
 
 def tsv_config(path, **data):
-    from qkv.translation.config import load_toml, resolve
+    from qkv.train.config import load_toml
+    from qkv.translation.config import resolve
 
     overrides = [
         f"--data.corpus={json.dumps(str(path))}",
@@ -440,7 +441,8 @@ def test_the_tsv_transformer_config_trains(pairs_tsv, tmp_path, capsys):
 def test_every_config_file_resolves():
     from pathlib import Path
 
-    from qkv.translation.config import MODEL_PRESETS, load_toml, resolve
+    from qkv.train.config import load_toml
+    from qkv.translation.config import MODEL_PRESETS, resolve
 
     for path in sorted(Path("configs").glob("*.toml")):
         resolve(load_toml(path))

@@ -1,5 +1,5 @@
 """The model-agnostic ``[train]`` table (a frozen dataclass checked on construction), the
-checks of a table's keys and dotted overrides (``--train.lr=1e-3``). An application composes its
+checks of a table's keys, dotted overrides (``--train.lr=1e-3``) and TOML files. An application composes its
 run config from its own tables and this one (translation's: :mod:`qkv.translation.config`).
 """
 
@@ -8,9 +8,10 @@ from __future__ import annotations
 import dataclasses
 import tomllib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-__all__ = ["TrainConfig", "expect", "from_table", "parse_override"]
+__all__ = ["TrainConfig", "expect", "from_table", "load_toml", "parse_override"]
 
 
 def expect(table: str, key: str, ok: bool, expected: str, got: Any) -> None:
@@ -80,3 +81,14 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         return path, tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         return path, raw
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML config file as a dict (clear errors for a missing file or bad TOML)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"config: no such file {str(p)!r}")
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"config {str(p)!r}: invalid TOML: {e}") from None

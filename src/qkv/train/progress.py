@@ -6,9 +6,10 @@ import contextlib
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from tqdm import tqdm
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 __all__ = ["LogLines", "progress_bar"]
 
@@ -35,7 +36,7 @@ class LogLines:
 
     def line(self) -> str:
         elapsed = self.clock() - self.start
-        return tqdm.format_meter(
+        return _tqdm().format_meter(
             self.n, self.total, elapsed, ncols=0, prefix=self.desc, unit=self.unit,
             postfix=self.postfix or None, initial=self.initial,
         )  # fmt: skip
@@ -62,5 +63,14 @@ def progress_bar(
     """A tqdm bar on ``stream`` (stderr) when it is a terminal, else :class:`LogLines`."""
     stream = sys.stderr if stream is None else stream
     if getattr(stream, "isatty", lambda: False)():
-        return tqdm(total=total, initial=initial, desc=desc, unit=unit, file=stream, dynamic_ncols=True)
+        return _tqdm()(total=total, initial=initial, desc=desc, unit=unit, file=stream, dynamic_ncols=True)
     return LogLines(total, initial=initial, desc=desc, unit=unit, stream=stream, every=every)
+
+
+def _tqdm() -> type[tqdm]:
+    """tqdm's class, imported when a run starts (``pip install 'qkv[train]'``)."""
+    try:
+        from tqdm import tqdm
+    except ImportError as e:
+        raise ImportError("training progress needs tqdm: pip install 'qkv[train]'") from e
+    return tqdm

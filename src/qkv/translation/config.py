@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import tomllib
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ..models.builders import KIND_NAMES, MODEL_KINDS, config_keys
@@ -33,7 +31,6 @@ __all__ = [
     "DataConfig",
     "RunConfig",
     "TranslationTrainConfig",
-    "load_toml",
     "model_preset",
     "resolve",
     "resume_config",
@@ -168,17 +165,6 @@ def model_preset(model: dict[str, Any]) -> str | None:
     """The preset a ``[model]`` table starts from: ``transformer``, or the attention's name."""
     name = "transformer" if model.get("kind") == "transformer" else model.get("attention")
     return name if name in MODEL_PRESETS else None
-
-
-def load_toml(path: str | Path) -> dict[str, Any]:
-    """A TOML config file as a dict (clear errors for a missing file or bad TOML)."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"config: no such file {str(p)!r}")
-    try:
-        return tomllib.loads(p.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"config {str(p)!r}: invalid TOML: {e}") from None
 
 
 def resolve(
