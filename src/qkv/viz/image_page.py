@@ -71,18 +71,18 @@ def _maps_payload(maps: object, grid: tuple[int, int]) -> list[dict]:
         )
     out = []
     for name, value in maps.items():
+        if str(name) == "attention":
+            raise ValueError("maps: 'attention' names the page's own overlay; give the map another name")
         m = as_float(f"maps[{name!r}]", value)
         if tuple(m.shape) != grid:
             raise ValueError(f"maps[{name!r}]: expected the patch grid's shape {grid}, got {tuple(m.shape)}")
         if not torch.isfinite(m).all():
             raise ValueError(f"maps[{name!r}]: expected finite values, got NaN or inf")
-        if str(name) == "attention":
-            raise ValueError("maps: 'attention' names the page's own overlay; give the map another name")
         out.append({"name": str(name), "values": [round(x, 7) for x in m.flatten().tolist()]})
     return out
 
 
-def image_payload(
+def _payload(
     image,
     attention,
     *,
@@ -140,7 +140,7 @@ def render_image_html(
             ``prefix`` out of range, a map named ``"attention"``.
         TypeError: inputs that are not arrays, ``maps`` not a mapping.
     """
-    payload = image_payload(
+    payload = _payload(
         image, attention, prefix=prefix, grid=grid, maps=maps, title=title, batch_index=batch_index
     )
     return render_page(
