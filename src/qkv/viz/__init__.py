@@ -6,7 +6,11 @@ a model, nothing touches the network. matplotlib is imported only when a figure 
 
 Figures (:mod:`qkv.viz.heatmap`): :func:`heatmap`, :func:`grid`, :func:`alignment`,
 :func:`kernel_regression`, :func:`mask`.
-Viewer (:mod:`qkv.viz.html`): :func:`render_html`, :func:`save_html`.
+Images (:mod:`qkv.viz.image`): :func:`image_overlay` (one map over an image),
+:func:`image_attention_grid` (one query's attention, layers x heads), :func:`image_methods`
+(explanations side by side), :func:`upsample_map` (a patch map spread over the pixels).
+Viewer (:mod:`qkv.viz.html`): :func:`render_html`, :func:`save_html`; its image page
+(:mod:`qkv.viz.image_page`): :func:`render_image_html`, :func:`save_image_html`.
 Text: :func:`visible_text` writes bidi control characters (U+202E, ...) as ``⟨U+202E⟩``; the
 figures and the viewer show every token and title through it.
 
@@ -17,14 +21,22 @@ Note: ``qkv.viz.heatmap`` is the function; its module is reached with
 from ._inputs import visible_text
 from .heatmap import alignment, grid, heatmap, kernel_regression, mask
 from .html import render_html, save_html
+from .image import image_attention_grid, image_methods, image_overlay, upsample_map
+from .image_page import render_image_html, save_image_html
 
 __all__ = [
     "alignment",
     "grid",
     "heatmap",
+    "image_attention_grid",
+    "image_methods",
+    "image_overlay",
     "kernel_regression",
     "mask",
     "render_html",
+    "render_image_html",
     "save_html",
+    "save_image_html",
+    "upsample_map",
     "visible_text",
 ]

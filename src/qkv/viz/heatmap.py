@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ._figure import check_path, indices, limits, new_figure, require_matplotlib, save
 from ._inputs import as_float, labels, stack_layers, visible_text
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -33,49 +34,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["alignment", "grid", "heatmap", "kernel_regression", "mask"]
 
-_FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
-#: dots per inch of saved figures; shown at 96 CSS px per inch (``width: Win``), a figure's
-#: points are the reader's points
-_DPI = 150
 # above this many tokens an axis is labelled at every k-th position only
 _MAX_TICKS = 64
 # inches per token of a heatmap (a cell holds an 11 pt label with room to spare)
 _CELL = 0.35
 # labels up to this many characters stay horizontal along the x axis
 _SHORT_LABEL = 3
-
-
-def _matplotlib():
-    try:
-        import matplotlib
-    except ImportError as exc:
-        raise ImportError("qkv.viz figures need matplotlib: pip install 'qkv[viz]'") from exc
-    return matplotlib
-
-
-def _figure(figsize: tuple[float, float]) -> Figure:
-    """A new Agg-backed figure that no pyplot state knows about."""
-    _matplotlib()
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _check_path(path: str | Path | None) -> Path | None:
-    if path is None:
-        return None
-    p = Path(path)
-    if p.suffix.lower() not in _FORMATS:
-        raise ValueError(f"path: expected a file name ending in .png, .svg or .pdf, got {str(path)!r}")
-    return p
-
-
-def _save(fig: Figure, path: Path | None) -> None:
-    if path is not None:
-        fig.savefig(path, format=_FORMATS[path.suffix.lower()], dpi=_DPI)
 
 
 def _size(n_rows: int, n_cols: int, extra_width: float = 0.0) -> tuple[float, float]:
@@ -88,15 +52,6 @@ def _tick_fontsize(count: int) -> float:
     """Points of the token labels of an axis with ``count`` tokens: 11 up to 24 tokens, then
     smaller as the cells shrink (a figure grows to 16 inches at most)."""
     return 11.0 if count <= 24 else 9.0 if count <= 40 else 7.0
-
-
-def _limits(values: torch.Tensor) -> tuple[float, float]:
-    """Colour range: from ``min(0, min)`` to ``max`` (NaN ignored), never empty."""
-    finite = values[torch.isfinite(values)]
-    if finite.numel() == 0:
-        return 0.0, 1.0
-    lo, hi = min(0.0, float(finite.min())), float(finite.max())
-    return lo, (hi if hi > lo else lo + 1.0)
 
 
 def _ticks(
@@ -200,44 +155,27 @@ def heatmap(
             another extension.
         ImportError: matplotlib is missing.
     """
-    target = _check_path(path)
+    target = check_path(path)
     w = as_float("weights", weights, ndim=2, what="(Tq, Tk)")
     tq, tk = w.shape
     row_names = None if rows is None else labels("rows", rows, tq, what="(one per query row of weights)")
     col_names = None if cols is None else labels("cols", cols, tk, what="(one per key column of weights)")
-    auto_lo, auto_hi = _limits(w)
+    auto_lo, auto_hi = limits(w)
     lo = auto_lo if vmin is None else float(vmin)
     hi = auto_hi if vmax is None else float(vmax)
     if ax is None:
-        fig = _figure(_size(tq, tk, 1.0 if colorbar else 0.0))
+        fig = new_figure(_size(tq, tk, 1.0 if colorbar else 0.0))
         ax = fig.add_subplot()
     else:
-        _matplotlib()
+        require_matplotlib()
         fig = ax.figure
     image = _draw_matrix(ax, w, row_names, col_names, cmap=cmap, vmin=lo, vmax=hi, annotate=annotate)
     if title is not None:
         ax.set_title(visible_text(title))
     if colorbar:
         fig.colorbar(image, ax=ax, shrink=0.9)
-    _save(fig, target)
+    save(fig, target)
     return fig
-
-
-def _indices(name: str, chosen: Iterable[int] | None, count: int, what: str) -> list[int]:
-    if chosen is None:
-        return list(range(count))
-    if isinstance(chosen, int):
-        chosen = [chosen]
-    out = []
-    for i in chosen:
-        if isinstance(i, bool) or not isinstance(i, int):
-            raise TypeError(f"{name}: expected int indices, got {type(i).__name__}")
-        if not -count <= i < count:
-            raise ValueError(f"{name}: index {i} is out of range for {count} {what}")
-        out.append(i % count)
-    if not out:
-        raise ValueError(f"{name}: expected at least one index, got none")
-    return out
 
 
 def grid(
@@ -269,7 +207,7 @@ def grid(
         ValueError: bad shapes, label counts, indices out of range, ``tokens`` together with
             ``rows``/``cols``, or a bad ``path`` extension.
     """
-    target = _check_path(path)
+    target = check_path(path)
     w = stack_layers("weights", weights, batch_index=batch_index)  # (L, H, Tq, Tk)
     n_layers, n_heads, tq, tk = w.shape
     if tokens is not None:
@@ -280,12 +218,12 @@ def grid(
         rows = cols = tokens
     row_names = None if rows is None else labels("rows", rows, tq, what="(one per query row)")
     col_names = None if cols is None else labels("cols", cols, tk, what="(one per key column)")
-    layer_ids = _indices("layers", layers, n_layers, "layers")
-    head_ids = _indices("heads", heads, n_heads, "heads")
+    layer_ids = indices("layers", layers, n_layers, "layers")
+    head_ids = indices("heads", heads, n_heads, "heads")
     shown = w[layer_ids][:, head_ids]  # (len(layers), len(heads), Tq, Tk)
-    lo, hi = _limits(shown)
+    lo, hi = limits(shown)
     side = 1.9 if max(tq, tk) <= 32 else 1.5
-    fig = _figure((min(1.5 + side * len(head_ids), 24.0), min(0.8 + side * len(layer_ids), 24.0)))
+    fig = new_figure((min(1.5 + side * len(head_ids), 24.0), min(0.8 + side * len(layer_ids), 24.0)))
     axes = fig.subplots(len(layer_ids), len(head_ids), squeeze=False, sharex=True, sharey=True)
     image = None
     label_axes = max(tq, tk) <= 32
@@ -314,7 +252,7 @@ def grid(
     fig.colorbar(image, ax=axes, shrink=0.6)
     if title is not None:
         fig.suptitle(visible_text(title))
-    _save(fig, target)
+    save(fig, target)
     return fig
 
 
@@ -359,7 +297,7 @@ def alignment(
     Raises:
         ValueError: shapes or label counts disagree, a gold pair is out of range, bad ``path``.
     """
-    target = _check_path(path)
+    target = check_path(path)
     w = as_float("weights", weights, ndim=2, what="(Tt, Ts)")
     n_target, n_source = w.shape
     src = labels("source_tokens", source_tokens, n_source, what="(one per column of weights)")
@@ -376,7 +314,7 @@ def alignment(
 
     for s, t in pairs:
         ax.add_patch(Rectangle((s - 0.5, t - 0.5), 1, 1, fill=False, edgecolor="#d62728", linewidth=2))
-    _save(fig, target)
+    save(fig, target)
     return fig
 
 
@@ -419,7 +357,7 @@ def kernel_regression(
     Raises:
         ValueError: a shape disagrees with the others (the message names it), bad ``path``.
     """
-    target = _check_path(path)
+    target = check_path(path)
     w = as_float("weights", weights, ndim=2, what="(Nq, N)")
     nq, n = w.shape
     xt = _vector("x_train", x_train, n, "one per column of weights")
@@ -427,7 +365,7 @@ def kernel_regression(
     xq = _vector("x_query", x_query, nq, "one per row of weights")
     yp = _vector("y_pred", y_pred, nq, "one per query")
     ytrue = None if y_true is None else _vector("y_true", y_true, nq, "one per query")
-    fig = _figure((11.0, 4.2))
+    fig = new_figure((11.0, 4.2))
     left, right = fig.subplots(1, 2, width_ratios=[1.25, 1.0])
     q_order = torch.argsort(xq)
     k_order = torch.argsort(xt)
@@ -448,7 +386,7 @@ def kernel_regression(
     fig.colorbar(image, ax=right, shrink=0.9, label="attention weight")
     if title is not None:
         fig.suptitle(visible_text(title))
-    _save(fig, target)
+    save(fig, target)
     return fig
 
 
@@ -492,16 +430,16 @@ def mask(
         TypeError: ``mask`` is not boolean (a float or int "mask" is refused, not guessed).
         ValueError: not 2-D, wrong label counts, bad ``path``.
     """
-    target = _check_path(path)
+    target = check_path(path)
     m = _bool_matrix(mask)
     tq, tk = m.shape
     row_names = None if rows is None else labels("rows", rows, tq, what="(one per query row of mask)")
     col_names = None if cols is None else labels("cols", cols, tk, what="(one per key column of mask)")
     if ax is None:
-        fig = _figure(_size(tq, tk))
+        fig = new_figure(_size(tq, tk))
         ax = fig.add_subplot()
     else:
-        _matplotlib()
+        require_matplotlib()
         fig = ax.figure
     from matplotlib.colors import ListedColormap
 
@@ -521,5 +459,5 @@ def mask(
         ax.grid(which="minor", color="white", linewidth=0.8)
         ax.tick_params(which="minor", length=0)
     ax.set_title(visible_text(title) if title is not None else f"{int(m.sum())} of {tq * tk} allowed")
-    _save(fig, target)
+    save(fig, target)
     return fig

@@ -51,20 +51,15 @@ colours last drawn), ``visible(text)``, ``setKind/setLayer/setHead/setView``,
 
 from __future__ import annotations
 
-import base64
-import ctypes
-import html as _html
-import json
-import re
 from collections.abc import Mapping
-from importlib import resources
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from .._types import AttentionMaps
-from ._inputs import as_float, labels, stack_layers, visible_text
+from ._inputs import as_float, labels, stack_layers
+from ._page import quantize, render_page
 
 __all__ = ["KINDS", "VIEWS", "render_html", "save_html"]
 
@@ -72,13 +67,6 @@ KINDS = ("encoder", "decoder", "cross")
 VIEWS = ("head", "model", "matrix")
 # (query side, key side) of each kind
 _SIDES = {"encoder": ("source", "source"), "decoder": ("target", "target"), "cross": ("target", "source")}
-_LEVELS = 65535  # 16-bit quantization
-_SLOT = re.compile(r"\{\{(title|css|js|data)\}\}")
-_JSON_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
-
-
-def _template(name: str) -> str:
-    return resources.files("qkv.viz").joinpath("templates", name).read_text(encoding="utf-8")
 
 
 def _by_kind(data: object) -> dict[str, object]:
@@ -96,21 +84,6 @@ def _by_kind(data: object) -> dict[str, object]:
     if not kinds:
         raise ValueError(f"data: no attention weights given (expected at least one of {', '.join(KINDS)})")
     return kinds
-
-
-def _quantize(weights: Tensor) -> tuple[list[float], list[float], str]:
-    """(L, H, Tq, Tk) -> per-head ranges and base64 of little-endian uint16 codes."""
-    n_layers, n_heads, tq, tk = weights.shape
-    flat = weights.reshape(n_layers * n_heads, tq * tk)  # (L*H, Tq*Tk)
-    lo = flat.amin(dim=1)  # (L*H,)
-    hi = flat.amax(dim=1)
-    span = torch.where(hi > lo, hi - lo, torch.ones_like(hi))
-    codes = torch.round((flat - lo[:, None]) / span[:, None] * _LEVELS).to(torch.int32)  # (L*H, Tq*Tk)
-    pairs = torch.stack((codes & 0xFF, codes >> 8), dim=-1).to(torch.uint8).contiguous()  # (L*H, Tq*Tk, 2)
-    # copy the contiguous CPU buffer out in one call (bytes(storage) walks it element by element,
-    # and tensor.numpy() would make numpy a requirement)
-    raw = ctypes.string_at(pairs.data_ptr(), pairs.numel())
-    return lo.tolist(), hi.tolist(), base64.b64encode(raw).decode("ascii")
 
 
 def _side_lengths(weights: dict[str, Tensor]) -> dict[str, int]:
@@ -201,7 +174,7 @@ def _payload(data, tokens, *, title: str, scores, batch_index: int, view: str) -
     one_sequence = len(token_lists) == 1
     kinds = []
     for kind, w in weights.items():
-        lo, hi, blob = _quantize(w)
+        lo, hi, blob = quantize(w)
         q_side, k_side = _SIDES[kind]
         kinds.append(
             {
@@ -228,12 +201,6 @@ def _payload(data, tokens, *, title: str, scores, batch_index: int, view: str) -
         "kinds": kinds,
         "scores": _scores(scores, token_lists),
     }
-
-
-def _script_json(payload: dict) -> str:
-    """JSON that is safe inside a ``<script>`` element (nothing can close it)."""
-    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    return re.sub("[<>&\u2028\u2029]", lambda m: _JSON_ESCAPES[m.group(0)], text)
 
 
 def render_html(
@@ -268,16 +235,9 @@ def render_html(
         TypeError: inputs that are not arrays / token lists.
     """
     payload = _payload(data, tokens, title=title, scores=scores, batch_index=batch_index, view=view)
-    parts = {
-        "title": _html.escape(visible_text(title)),
-        "css": _template("viewer.css"),
-        "js": _template("viewer.js"),
-        "data": _script_json(payload),
-    }
-    for name in ("css", "js"):
-        if re.search(r"</(script|style)", parts[name], flags=re.I):  # pragma: no cover - packaging guard
-            raise RuntimeError(f"qkv.viz template viewer.{name} must not contain a closing script/style tag")
-    return _SLOT.sub(lambda m: parts[m.group(1)], _template("viewer.html"))
+    return render_page(
+        "viewer.html", title=title, css=["viewer.css"], js=["common.js", "viewer.js"], payload=payload
+    )
 
 
 def save_html(path: str | Path, data, tokens=None, **kwargs) -> Path:

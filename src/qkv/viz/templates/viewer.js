@@ -1,6 +1,7 @@
 /* qkv attention viewer. Plain ES2017, no libraries, no network.
  *
- * Reads the JSON in <script id="qkv-data">, decodes the 16-bit weights and draws three views on
+ * Reads the JSON in <script id="qkv-data">, decodes the 16-bit weights (qkvShared, common.js,
+ * inlined before this file) and draws three views on
  * <canvas>: head (token lines), model (layer x head thumbnails) and matrix (heatmap). Token
  * strings reach the page only through textContent, attribute setters and canvas fillText, and
  * only after visible(): bidirectional control characters show as their code points, never act.
@@ -11,16 +12,8 @@
   const started = performance.now();
   const $ = (id) => document.getElementById(id);
 
-  // viridis at 17 evenly spaced points, interpolated into a 256-entry table
-  const VIRIDIS = [
-    [68, 1, 84], [72, 24, 106], [71, 45, 123], [66, 64, 134], [59, 82, 139], [51, 99, 141],
-    [44, 114, 142], [38, 130, 142], [33, 145, 140], [31, 160, 136], [40, 174, 128], [63, 188, 115],
-    [94, 201, 98], [132, 212, 75], [173, 220, 48], [216, 226, 25], [253, 231, 37],
-  ];
-  const LUT = buildLut();
-  // Unicode bidi controls (ALM, LRM, RLM, LRE..RLO, LRI..PDI): shown as <U+XXXX>, never applied,
-  // so no token can reverse or reorder the text around it.
-  const BIDI = /[\u061C\u200E\u200F\u202A-\u202E\u2066-\u2069]/g;
+  const LUT = qkvShared.LUT;
+  const visible = qkvShared.visible;
   // Software canvases spend ~0.1 ms per long anti-aliased line: keep one drawing to a few thousand
   // lines (the strongest) and skip lines too faint to see.
   const LINE_BUDGET = 3000;
@@ -42,27 +35,6 @@
   let modelBuilt = null; // "kind:size" the model grid was drawn for
   const scratch = document.createElement("canvas");
 
-  function buildLut() {
-    const lut = new Uint8Array(256 * 3);
-    const last = VIRIDIS.length - 1;
-    for (let t = 0; t < 256; t++) {
-      const x = (t / 255) * last;
-      const a = Math.min(Math.floor(x), last - 1);
-      const f = x - a;
-      for (let c = 0; c < 3; c++) {
-        lut[3 * t + c] = Math.round(VIRIDIS[a][c] * (1 - f) + VIRIDIS[a + 1][c] * f);
-      }
-    }
-    return lut;
-  }
-
-  function visible(text) {
-    return String(text).replace(
-      BIDI,
-      (c) => "\u27E8U+" + c.charCodeAt(0).toString(16).toUpperCase().padStart(4, "0") + "\u27E9"
-    );
-  }
-
   function clamp(v, lo, hi) {
     return v < lo ? lo : v > hi ? hi : v;
   }
@@ -74,24 +46,9 @@
   // ---------------------------------------------------------------- data
 
   function decodeKind(spec, tokens) {
-    const bin = atob(spec.data);
-    const per = spec.tq * spec.tk;
-    const count = spec.layers * spec.heads;
-    if (bin.length !== 2 * per * count) {
-      throw new Error("weight data of " + spec.name + " has " + bin.length + " bytes, expected " + 2 * per * count);
-    }
-    const values = new Float32Array(per * count);
+    const values = qkvShared.decode16(spec.data, spec.lo, spec.hi, spec.tq * spec.tk);
     let peak = 0;
-    for (let m = 0; m < count; m++) {
-      const lo = spec.lo[m];
-      const step = (spec.hi[m] - lo) / 65535;
-      const base = m * per;
-      peak = Math.max(peak, Math.abs(lo), Math.abs(spec.hi[m]));
-      for (let p = 0; p < per; p++) {
-        const b = 2 * (base + p);
-        values[base + p] = lo + (bin.charCodeAt(b) | (bin.charCodeAt(b + 1) << 8)) * step;
-      }
-    }
+    for (let m = 0; m < spec.lo.length; m++) peak = Math.max(peak, Math.abs(spec.lo[m]), Math.abs(spec.hi[m]));
     return {
       name: spec.name,
       layers: spec.layers,
