@@ -117,7 +117,7 @@ def test_trainer_prints_epochs_and_stops_early(tmp_path, capsys):
     assert result.stopped_early and len(result.history) == 3  # best at 1, then 2 epochs without
     assert "epoch 1: train loss" in err and "example/s" in err
     assert "early stopping: no better validation loss for 2 epochs" in err
-    assert load_checkpoint(tmp_path).state["finished"] is True
+    assert load_checkpoint(tmp_path).state["stopped_early"] is True
 
 
 # ----------------------------------------------------------------------------- decoding length

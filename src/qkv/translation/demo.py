@@ -89,7 +89,7 @@ def _status(run: Path, cfg: RunConfig) -> str:
         return "other"
     st = ck.state
     total_epochs = cfg.train.epochs
-    return "done" if st.get("epoch", 0) >= total_epochs or st.get("finished") else "partial"
+    return "done" if st.get("epoch", 0) >= total_epochs or st.get("stopped_early") else "partial"
 
 
 def _say(msg: str) -> None:
