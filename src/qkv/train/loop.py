@@ -203,7 +203,6 @@ class Trainer:
         """The optimizer steps of the current epoch from the batch it stopped at, until its end,
         the step budget or a stop; saves the periodic checkpoints."""
         st = self.state
-        started, counted = time.perf_counter(), 0
         for i, batch in enumerate(self.task.batches(st.epoch, st.batch), start=st.batch):
             began, self._rng_at_step, self._phase = time.perf_counter(), rng_state(), "step"
             loss, count = self.step(batch)  # enters the "update" phase before the optimizer step
@@ -212,9 +211,8 @@ class Trainer:
             st.epoch_tokens += count
             self._phase = None  # a step boundary: the state is whole again
             st.epoch_seconds += time.perf_counter() - began
-            counted += count
             if self.bar is not None:
-                rate = counted / max(time.perf_counter() - started, 1e-9)
+                rate = st.epoch_tokens / max(st.epoch_seconds, 1e-9)  # this epoch's, over its steps
                 self.bar.set_postfix(
                     epoch=st.epoch + 1, loss=f"{loss:.3f}", tok_s=f"{rate:,.0f}", refresh=False
                 )
