@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qkv.train import Checkpoint, CheckpointError, find_latest, load_checkpoint, save_checkpoint
+from qkv.train import Checkpoint, CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -301,7 +301,7 @@ CHILD = textwrap.dedent(
     """
     import sys, torch
     from torch import nn
-    from qkv.train import find_latest, load_checkpoint, save_checkpoint
+    from qkv.train import list_checkpoints, load_checkpoint, save_checkpoint
 
     directory = sys.argv[1]
     if sys.stdin.readline().strip() != "go":  # started early; waits until the previous saver is dead
@@ -319,7 +319,7 @@ CHILD = textwrap.dedent(
             return {"state": state, "param_groups": [{"lr": 0.1, "params": [0, 1]}]}
 
     opt = Momentum(model.parameters())
-    step = load_checkpoint(directory).step + 1 if find_latest(directory) else 0
+    step = load_checkpoint(directory).step + 1 if list_checkpoints(directory) else 0
     while True:
         with torch.no_grad():
             for p, b in zip(model.parameters(), opt.buffers):
@@ -417,7 +417,7 @@ def test_half_written_directories_are_never_picked(tmp_path):
     (tmp_path / "ckpt-00000009").mkdir()  # no meta.json: incomplete
     (tmp_path / "ckpt-00000009" / "model.safetensors").write_bytes(b"partial")
     (tmp_path / f".tmp-ckpt-00000010-{os.getpid()}-00ff00ff").mkdir()
-    assert find_latest(tmp_path) == tmp_path / "ckpt-00000005"
+    assert list_checkpoints(tmp_path) == [tmp_path / "ckpt-00000005"]
     assert load_checkpoint(tmp_path).step == 5
 
 
@@ -550,8 +550,7 @@ def test_unstorable_values_fail_before_anything_is_written(tmp_path):
 
 
 def test_missing_sources_and_restore_mismatches(tmp_path):
-    assert find_latest(tmp_path / "nope") is None
-    assert find_latest(tmp_path) is None
+    assert list_checkpoints(tmp_path / "nope") == list_checkpoints(tmp_path) == []
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         load_checkpoint(tmp_path / "nope")
     with pytest.raises(CheckpointError, match="no checkpoint found"):

@@ -82,7 +82,6 @@ def test_trainer_trains_any_task_and_resumes_exactly(tmp_path):
 def test_resume_in_a_later_epoch_is_exact_after_validation_decoding(tmp_path):
     """Validation decoding switches the model to eval mode; the next epoch trains with dropout
     again, so a run resumed in epoch 2 matches an uninterrupted one."""
-    from qkv.train import find_latest
     from qkv.translation import resolve, train
 
     cfg = resolve(
@@ -98,7 +97,9 @@ def test_resume_in_a_later_epoch_is_exact_after_validation_decoding(tmp_path):
     assert half.interrupted and len(half.history) == 1
     rest = train(cfg, tmp_path / "half", resume=True, progress=False)
     assert [h["train_loss"] for h in rest.history] == [h["train_loss"] for h in full.history]
-    a, b = (load_file(str(find_latest(tmp_path / run) / "model.safetensors")) for run in ("full", "half"))
+    a, b = (
+        load_file(str(load_checkpoint(tmp_path / run).path / "model.safetensors")) for run in ("full", "half")
+    )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -117,7 +118,7 @@ def test_trainer_prints_epochs_and_stops_early(tmp_path, capsys):
     assert result.stopped_early and len(result.history) == 3  # best at 1, then 2 epochs without
     assert "epoch 1: train loss" in err and "example/s" in err
     assert "early stopping: no better validation loss for 2 epochs" in err
-    assert load_checkpoint(tmp_path).state["finished"] is True
+    assert load_checkpoint(tmp_path).state["stopped_early"] is True
 
 
 # ----------------------------------------------------------------------------- decoding length

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from qkv.cli.main import main
 from qkv.train import TrainConfig
-from qkv.train.checkpoint import find_latest, load_checkpoint
+from qkv.train.checkpoint import load_checkpoint
 from qkv.train.config import parse_override
 from qkv.train.loop import learning_rate
 from qkv.translation import Translator, resolve, resume_config, train
@@ -39,8 +39,7 @@ def tiny(model="bahdanau", **train_kw):
 
 
 def weights(run):
-    ck = find_latest(run)
-    return load_file(str(ck / "model.safetensors"))
+    return load_file(str(load_checkpoint(run).path / "model.safetensors"))
 
 
 @pytest.mark.parametrize("model", ["bahdanau", "transformer"])

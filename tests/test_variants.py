@@ -13,7 +13,7 @@ from qkv.models.seq2seq import Seq2Seq, Seq2SeqConfig
 from qkv.models.transformer import Transformer, TransformerConfig
 from qkv.modules import AdditiveAttention, LuongAttention
 from qkv.modules.dynamic_conv import DynamicConv, LightConv
-from qkv.train.checkpoint import find_latest
+from qkv.train.checkpoint import load_checkpoint
 from qkv.translation.config import TranslationTrainConfig, resolve
 from qkv.translation.decode import greedy
 from qkv.translation.training import _loss, train
@@ -437,7 +437,9 @@ def test_hard_attention_trains_through_the_loop_and_resumes_exactly(tmp_path):
     rest = train(cfg, tmp_path / "half", resume=True, progress=False)
     assert rest.step == full.step > 2
     assert [h["train_loss"] for h in rest.history] == [h["train_loss"] for h in full.history]
-    a, b = (load_file(str(find_latest(tmp_path / run) / "model.safetensors")) for run in ("full", "half"))
+    a, b = (
+        load_file(str(load_checkpoint(tmp_path / run).path / "model.safetensors")) for run in ("full", "half")
+    )
     assert a.keys() == b.keys() and "baseline.value" in a
     for k in a:
         assert torch.equal(a[k], b[k]), k

@@ -158,12 +158,12 @@ def run(args: argparse.Namespace) -> int:
 def _resumed_config(out: Path, args: argparse.Namespace, overrides: list[str]):
     """The config a ``--resume`` continues with: the run's own, with the overrides it allows
     (announced); a config file or ``--model`` cannot change a run under way."""
-    from ..train.checkpoint import find_latest, load_checkpoint
+    from ..train.checkpoint import list_checkpoints, load_checkpoint
     from ..translation.config import model_preset, resume_config
 
     if args.config:
         raise ValueError(f"--resume: the run in {str(out)!r} keeps its own config; drop {args.config!r} (overrides may change --train.epochs and the other keys of --help)")  # fmt: skip
-    if find_latest(out) is None:
+    if not list_checkpoints(out):
         raise FileNotFoundError(f"--resume: no checkpoint in {str(out)!r}")
     run_config = load_checkpoint(out, verify=False).config
     if args.model and model_preset(run_config["model"]) != args.model:

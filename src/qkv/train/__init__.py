@@ -2,7 +2,7 @@
 (:class:`TrainConfig`), safe atomic checkpoints with exact resume, and progress. Applications
 (:mod:`qkv.translation`) bring their tasks and tables."""
 
-from .checkpoint import Checkpoint, CheckpointError, find_latest, load_checkpoint, save_checkpoint
+from .checkpoint import Checkpoint, CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
 from .config import TrainConfig, parse_override
 from .loop import RunState, Task, Trainer, TrainResult, learning_rate
 from .progress import progress_bar
@@ -15,8 +15,8 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "Trainer",
-    "find_latest",
     "learning_rate",
+    "list_checkpoints",
     "load_checkpoint",
     "parse_override",
     "progress_bar",

@@ -32,7 +32,6 @@ from .rng import rng_state, set_rng_state
 __all__ = [
     "Checkpoint",
     "CheckpointError",
-    "find_latest",
     "list_checkpoints",
     "load_checkpoint",
     "save_checkpoint",
@@ -227,35 +226,6 @@ def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
     return [p for *_, p in sorted(found, key=lambda f: f[:2], reverse=True)]
 
 
-def _first_intact(directory: Path, open_one) -> tuple[Any, list[Path]]:
-    """``open_one(ckpt)`` of the first checkpoint that opens, and those skipped (with a warning)."""
-    errors: list[tuple[Path, CheckpointError]] = []
-    for ckpt in list_checkpoints(directory):
-        try:
-            result = open_one(ckpt)
-        except CheckpointError as e:
-            errors.append((ckpt, e))
-            continue
-        if errors:
-            why = "; ".join(str(e) for _, e in errors)
-            warnings.warn(
-                f"{directory}: skipped damaged checkpoints ({why}); using {ckpt.name}", stacklevel=3
-            )
-        return result, [p for p, _ in errors]
-    if errors:
-        raise CheckpointError(f"{directory}: no intact checkpoint: " + "; ".join(str(e) for _, e in errors))
-    raise CheckpointError(f"{directory}: no checkpoint found (no complete ckpt-* directory)")
-
-
-def find_latest(directory: str | os.PathLike) -> Path | None:
-    """The newest intact checkpoint of a run directory, or None if it has none: damaged ones
-    (truncated or missing files, ``meta.json`` not valid JSON) are skipped with a warning, and
-    a CheckpointError says so when all are. Digests are checked by :func:`load_checkpoint`."""
-    if not list_checkpoints(directory):
-        return None
-    return _first_intact(Path(directory), lambda c: (_read_meta(c), c)[1])[0]
-
-
 def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu", verify: bool = True) -> Checkpoint:
     """Load a checkpoint (nothing in it runs code) from a ``ckpt-*`` directory or its
     ``meta.json`` (loaded or refused, never substituted), or a run directory: its newest intact
@@ -271,6 +241,18 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu", verif
         raise CheckpointError(f"{path}: no such checkpoint or run directory")
     if (path / META_FILE).is_file():
         return _load_one(path, map_location, verify)
-    ckpt, skipped = _first_intact(path, lambda c: _load_one(c, map_location, verify))
-    ckpt.skipped = skipped
-    return ckpt
+    skipped: dict[Path, str] = {}  # the damaged checkpoints, newest first, and why
+    for ckpt in list_checkpoints(path):
+        try:
+            found = _load_one(ckpt, map_location, verify)
+        except CheckpointError as e:
+            skipped[ckpt] = str(e)
+            continue
+        if skipped:
+            why = "; ".join(skipped.values())
+            warnings.warn(f"{path}: skipped damaged checkpoints ({why}); using {ckpt.name}", stacklevel=2)
+        found.skipped = list(skipped)
+        return found
+    if skipped:
+        raise CheckpointError(f"{path}: no intact checkpoint: " + "; ".join(skipped.values()))
+    raise CheckpointError(f"{path}: no checkpoint found (no complete ckpt-* directory)")

@@ -94,27 +94,22 @@ class RunState:
     epoch: int = 0
     batch: int = 0  # batches of the current epoch done
     step: int = 0
-    best: float = math.inf  # the best validation loss
+    best_valid_loss: float = math.inf
     bad_epochs: int = 0  # epochs since it improved
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0  # training time over all sessions
     epoch_loss: float = 0.0  # sum of loss x count over the current epoch
     epoch_tokens: int = 0
     epoch_seconds: float = 0.0  # seconds in the steps of the current epoch, over all sessions
-    finished: bool = False  # stopped early
+    stopped_early: bool = False  # no better validation loss for ``patience`` epochs
 
 
 @dataclass
-class TrainResult:
-    """What :meth:`Trainer.fit` returns; ``stop_signal`` is the signal that stopped it, if any."""
+class TrainResult(RunState):
+    """What :meth:`Trainer.fit` returns: the run state, and whether the run was ``interrupted``
+    before its end (by ``stop_signal``, or by ``stop_after_steps`` when None)."""
 
-    out_dir: Path
-    step: int
-    history: list[dict[str, Any]] = field(default_factory=list)
-    best_valid_loss: float = math.inf
-    stopped_early: bool = False
     interrupted: bool = False
-    seconds: float = 0.0
     stop_signal: int | None = None
 
     @property
@@ -155,7 +150,6 @@ class Trainer:
         """Train until the end, early stopping or a stop; ``stop_after_steps`` stops (and
         checkpoints) after that many steps of this call, as a signal would."""
         st = self.state
-        result = TrainResult(out_dir=self.out, step=st.step)
         self._started, self._seconds_before, self._steps_here = time.perf_counter(), st.seconds, 0
         self._last_save, self._stop_signal, self._phase = self.clock(), None, None
         if self.progress:
@@ -165,16 +159,15 @@ class Trainer:
             self._print(f"resuming from step {st.step} of {self.total_steps} (epoch {st.epoch + 1}, "
                         f"batch {st.batch} of {self.task.batches_per_epoch})", always=True)  # fmt: skip
         with self._stop_signals():
-            consistent = self._fit(result, stop_after_steps)
-        if not result.stopped_early and self._work_left():
-            result.interrupted = True
+            consistent = self._fit(stop_after_steps)
+        interrupted = self._work_left()
+        if interrupted:
             self._save_interrupted(consistent)
-        result.step, result.history, result.best_valid_loss = st.step, list(st.history), st.best
-        result.stop_signal = self._stop_signal if result.interrupted else None
-        result.seconds = self._seconds()
-        return result
+        st.seconds = self._seconds()
+        stop_signal = self._stop_signal if interrupted else None
+        return TrainResult(**asdict(st), interrupted=interrupted, stop_signal=stop_signal)
 
-    def _fit(self, result: TrainResult, stop_after_steps: int | None) -> bool:
+    def _fit(self, stop_after_steps: int | None) -> bool:
         """The epochs; False when a KeyboardInterrupt left the weights half updated."""
         self.model.train()
         try:
@@ -183,9 +176,7 @@ class Trainer:
                 mid_epoch = self.state.batch < self.task.batches_per_epoch
                 if self._should_stop(stop_after_steps) and (mid_epoch or self._stop_signal is not None):
                     break  # end_epoch (validation can take a while) comes after the resume
-                if self.end_epoch():
-                    result.stopped_early = True
-                    break
+                self.end_epoch()  # early stopping ends the loop (no work left)
         except KeyboardInterrupt:  # mid-step (no handler, or a second signal): the step is abandoned
             if self._phase == "step" and self._rng_at_step is not None:
                 set_rng_state(self._rng_at_step)  # as if the step had never begun
@@ -212,7 +203,6 @@ class Trainer:
         """The optimizer steps of the current epoch from the batch it stopped at, until its end,
         the step budget or a stop; saves the periodic checkpoints."""
         st = self.state
-        started, counted = time.perf_counter(), 0
         for i, batch in enumerate(self.task.batches(st.epoch, st.batch), start=st.batch):
             began, self._rng_at_step, self._phase = time.perf_counter(), rng_state(), "step"
             loss, count = self.step(batch)  # enters the "update" phase before the optimizer step
@@ -221,9 +211,8 @@ class Trainer:
             st.epoch_tokens += count
             self._phase = None  # a step boundary: the state is whole again
             st.epoch_seconds += time.perf_counter() - began
-            counted += count
             if self.bar is not None:
-                rate = counted / max(time.perf_counter() - started, 1e-9)
+                rate = st.epoch_tokens / max(st.epoch_seconds, 1e-9)  # this epoch's, over its steps
                 self.bar.set_postfix(
                     epoch=st.epoch + 1, loss=f"{loss:.3f}", tok_s=f"{rate:,.0f}", refresh=False
                 )
@@ -262,19 +251,19 @@ class Trainer:
                   "tokens_per_s": rate, **metrics}  # fmt: skip
         st.history.append(record)
         st.epoch, st.batch, st.epoch_loss, st.epoch_tokens, st.epoch_seconds = st.epoch + 1, 0, 0.0, 0, 0.0
-        improved = vloss is not None and vloss < st.best - 1e-6
-        if vloss is not None:
-            st.best, st.bad_epochs = (vloss, 0) if improved else (st.best, st.bad_epochs + 1)
-        st.finished = vloss is not None and 0 < self.config.patience <= st.bad_epochs
+        improved = vloss is not None and vloss < st.best_valid_loss - 1e-6
+        st.best_valid_loss = vloss if improved else st.best_valid_loss
+        st.bad_epochs = 0 if improved else st.bad_epochs + (vloss is not None)  # nothing validated: no count
+        st.stopped_early = vloss is not None and 0 < self.config.patience <= st.bad_epochs
         self._phase = None
         self._print(self._epoch_line(record, metrics))
         if improved:
             save_checkpoint(self.out / "best", model=self.model, step=st.step, config=self.run_config,
                             vocab=self.vocab, metrics=record, state={}, keep=1)  # fmt: skip
         self.save()
-        if st.finished:
+        if st.stopped_early:
             self._print(f"early stopping: no better validation loss for {st.bad_epochs} epochs")
-        return st.finished
+        return st.stopped_early
 
     def save(self) -> None:
         """Checkpoint the run (the newest ``keep_last`` kept)."""
@@ -294,7 +283,7 @@ class Trainer:
 
     def _work_left(self) -> bool:
         st = self.state
-        return st.epoch < self.config.epochs and st.step < self.total_steps and not st.finished
+        return st.epoch < self.config.epochs and st.step < self.total_steps and not st.stopped_early
 
     def _should_stop(self, stop_after_steps: int | None) -> bool:
         """A signal asked the run to stop, or this fit's step budget is spent."""
@@ -338,8 +327,8 @@ class Trainer:
 
     def _print(self, message: str, *, always: bool = False) -> None:
         """A line above the progress bar; without one, only the lines the user must see."""
-        if self.bar is not None and not getattr(self.bar, "closed", getattr(self.bar, "disable", False)):
-            self.bar.write(message, file=self.stream)
-        elif always or self.bar is not None:
-            with contextlib.suppress(OSError, ValueError):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe must not stop training
+            if self.bar is not None and not self.bar.disable:
+                self.bar.write(message, file=self.stream)
+            elif always or self.bar is not None:
                 print(message, file=self.stream, flush=True)

@@ -1,12 +1,12 @@
-"""Training progress: tqdm's bar on a terminal, a plain log line every N steps elsewhere."""
+"""Training progress: tqdm's bar on a terminal; elsewhere (a log, a pipe) tqdm's meter as a plain
+line when it starts, every N steps and at the end."""
 
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
-import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -15,62 +15,39 @@ __all__ = ["LogLines", "progress_bar"]
 
 
 class LogLines:
-    """tqdm's ``update``, ``set_postfix``, ``write`` and ``close`` as plain lines for logs and
-    pipes: the meter every ``every`` units and at the end; rate and ETA count this session only."""
+    """The file tqdm draws on when ``stream`` is not a terminal: each redraw of its status line
+    (``"\\r"``, the meter, padding) becomes a line of its own. A closed stream or pipe is
+    ignored: it must not stop training."""
 
-    def __init__(
-        self, total: int, *, initial: int = 0, desc: str, unit: str = "step", stream: TextIO,
-        every: int = 100, clock: Callable[[], float] = time.monotonic,
-    ):  # fmt: skip
-        self.total, self.n, self.initial, self.every = total, initial, initial, every
-        self.desc, self.unit, self.stream, self.clock = desc, unit, stream, clock
-        self.postfix, self.start, self.closed = "", clock(), False
+    def __init__(self, stream: TextIO):
+        self.stream = stream
 
-    def update(self, n: int = 1) -> None:
-        self.n += n
-        if (self.n - self.initial) % self.every == 0:
-            self.write(self.line())
+    def write(self, text: str) -> None:
+        line = text.lstrip("\r").rstrip()
+        if line:
+            with contextlib.suppress(OSError, ValueError):
+                print(line, file=self.stream, flush=True)
 
-    def set_postfix(self, refresh: bool = True, **fields: Any) -> None:
-        self.postfix = ", ".join(f"{k}={v}" for k, v in fields.items())
-
-    def line(self) -> str:
-        elapsed = self.clock() - self.start
-        return _tqdm().format_meter(
-            self.n, self.total, elapsed, ncols=0, prefix=self.desc, unit=self.unit,
-            postfix=self.postfix or None, initial=self.initial,
-        )  # fmt: skip
-
-    def write(self, message: str, file: TextIO | None = None) -> None:
-        with contextlib.suppress(OSError, ValueError):  # a closed pipe must not stop training
-            print(message, file=file or self.stream, flush=True)
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.write(self.line())
+    def flush(self) -> None:
+        """Every line is flushed as it is written."""
 
 
 def progress_bar(
-    total: int,
-    *,
-    initial: int = 0,
-    desc: str,
-    stream: TextIO | None = None,
-    unit: str = "step",
-    every: int = 100,
-) -> tqdm | LogLines:
-    """A tqdm bar on ``stream`` (stderr) when it is a terminal, else :class:`LogLines`."""
-    stream = sys.stderr if stream is None else stream
-    if getattr(stream, "isatty", lambda: False)():
-        return _tqdm()(total=total, initial=initial, desc=desc, unit=unit, file=stream, dynamic_ncols=True)
-    return LogLines(total, initial=initial, desc=desc, unit=unit, stream=stream, every=every)
-
-
-def _tqdm() -> type[tqdm]:
-    """tqdm's class, imported when a run starts (``pip install 'qkv[train]'``)."""
+    total: int, *, initial: int = 0, desc: str, stream: TextIO | None = None, every: int = 100
+) -> tqdm:
+    """A tqdm bar on ``stream`` (stderr) when it is a terminal; elsewhere tqdm's meter (no bar)
+    on :class:`LogLines` every ``every`` steps, whatever the time between them, and at
+    ``close()``. Rate and ETA count the steps of this session (from ``initial``) only."""
     try:
         from tqdm import tqdm
-    except ImportError as e:
+    except ImportError as e:  # imported when a run starts: the other commands need no extra
         raise ImportError("training progress needs tqdm: pip install 'qkv[train]'") from e
-    return tqdm
+    stream = sys.stderr if stream is None else stream
+    if getattr(stream, "isatty", lambda: False)():
+        return tqdm(total=total, initial=initial, desc=desc, unit="step", file=stream, dynamic_ncols=True)
+    # smoothing=0: the rate is the session's mean; maxinterval=inf: tqdm's monitor never
+    # lowers miniters, so a slow run still prints every `every` steps, not every step
+    return tqdm(
+        total=total, initial=initial, desc=desc, unit="step", file=LogLines(stream), ncols=0,
+        mininterval=0, maxinterval=math.inf, miniters=every, smoothing=0,
+    )  # fmt: skip

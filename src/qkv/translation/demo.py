@@ -37,7 +37,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..train.checkpoint import find_latest, load_checkpoint
+from ..train.checkpoint import list_checkpoints, load_checkpoint
 from .config import RunConfig, resolve
 from .training import load_corpus, torch_threads, train
 from .translator import Translator
@@ -82,14 +82,14 @@ def demo_config(name: str, *, quick: bool = False) -> RunConfig:
 
 def _status(run: Path, cfg: RunConfig) -> str:
     """``"done"``, ``"partial"`` (resume it), ``"other"`` (a different config) or ``"none"``."""
-    if find_latest(run) is None:
+    if not list_checkpoints(run):
         return "none"
     ck = load_checkpoint(run)
     if json.dumps(ck.config, sort_keys=True) != json.dumps(cfg.to_dict(), sort_keys=True):
         return "other"
     st = ck.state
     total_epochs = cfg.train.epochs
-    return "done" if st.get("epoch", 0) >= total_epochs or st.get("finished") else "partial"
+    return "done" if st.get("epoch", 0) >= total_epochs or st.get("stopped_early") else "partial"
 
 
 def _say(msg: str) -> None:

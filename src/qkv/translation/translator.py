@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from ..models.builders import build_model
-from ..train.checkpoint import find_latest, load_checkpoint
+from ..train.checkpoint import list_checkpoints, load_checkpoint
 from .data import BUILTIN_CORPORA, TextFormat, batches, encode_pairs, tokenizer_from_dict
 from .decode import Hypothesis, beam_search, decode_limit, greedy
 from .metrics import aer as aer_fn
@@ -191,7 +191,7 @@ class Translator:
         path = Path(checkpoint)
         if not path.exists():
             raise FileNotFoundError(f"checkpoint: no such directory {str(path)!r}")
-        if best and find_latest(path / "best") is not None:
+        if best and list_checkpoints(path / "best"):
             path = path / "best"
         ck = load_checkpoint(path)
         src_tok = tokenizer_from_dict(ck.vocab["source"])
