@@ -366,3 +366,31 @@ def test_clear_errors(toy):
         explain_image(model, images, method="grad", target=7)
     with pytest.raises(ValueError, match="cannot find the patch grid of Linear"):
         explain_image(torch.nn.Linear(6, 2), images)
+
+
+# ----------------------------------------------------------------------------- qkv's ViT
+
+
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+def test_qkv_vit_maps_equal_its_own_weights(pool):
+    from qkv.models.vit import ViT, ViTConfig
+
+    torch.manual_seed(6)
+    model = ViT(ViTConfig(image_size=8, patch_size=2, dim=16, depth=2, heads=2, mlp_dim=32, pool=pool)).eval()
+    images = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        _, maps = model(images, need_weights=True)
+    weights = torch.stack(maps.encoder, dim=1)  # (N, L, H, T, T)
+    prefix = 1 if pool == "cls" else 0
+    exp = explain_image(model, images, method="attention")
+    assert exp.grid == PatchGrid(h=4, w=4, patch=(2, 2), prefix=prefix, query=0 if prefix else None)
+    rows = weights[..., 0, 1:] if prefix else weights.mean(dim=-2)
+    torch.testing.assert_close(exp.heads, rows.unflatten(-1, (4, 4)), rtol=1e-5, atol=1e-6)
+    rolled = explain_image(model, images, method="rollout").patches
+    for b in range(2):
+        r = hand_rollout([w[b].double() for w in maps.encoder])
+        want = r[0, 1:] if prefix else r.mean(0)
+        torch.testing.assert_close(rolled[b].double(), want.reshape(4, 4), rtol=1e-5, atol=1e-6)
+    for method in IMAGE_METHODS:
+        exp = explain_image(model, images, method=method)
+        assert exp.pixels.shape == (2, 8, 8) and torch.isfinite(exp.pixels).all()

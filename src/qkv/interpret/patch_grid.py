@@ -9,8 +9,8 @@ Shape legend::
 
 The grid is read from the model, never from a user's ``reshape_transform``:
 
-- qkv's ViT (:mod:`qkv.models.vit`): its ``patch_size``, ``grid`` and ``num_prefix_tokens``;
-  mean pooling when its config says so;
+- qkv's ViT (:mod:`qkv.models.vit`): its ``patch_size``, ``grid`` and ``num_prefix_tokens``
+  (0: no class token, the patches are mean-pooled);
 - Hugging Face ViTs (``ViTModel``, ``ViTForImageClassification`` and kin): ``config.patch_size``;
   the prefix is what the tokens hold beyond the patches (``[CLS]``, DeiT's distillation token,
   registers), the class token is token 0;
@@ -127,9 +127,8 @@ def _model_layout(model: nn.Module) -> tuple[tuple[int, int], int | None, bool]:
         ValueError: no rule finds the patch size.
     """
     if hasattr(model, "grid") and hasattr(model, "num_prefix_tokens") and hasattr(model, "patch_size"):
-        config = getattr(model, "config", None)
-        pooled = getattr(config, "pool", getattr(config, "pooling", "cls")) == "mean"
-        return _pair(model.patch_size, "patch_size"), int(model.num_prefix_tokens), pooled
+        # qkv's ViT: a class token, or none and the patches mean-pooled
+        return _pair(model.patch_size, "patch_size"), int(model.num_prefix_tokens), False
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, "patch_size") and hasattr(config, "image_size"):
         return _pair(config.patch_size, "config.patch_size"), None, False
