@@ -49,20 +49,21 @@ class MethodResult:
     heads: Tensor | None = None
 
 
-def _weights(model: nn.Module, images: Tensor) -> list[Tensor]:
+def _weights(model: nn.Module, images: Tensor) -> tuple[list[Tensor], object]:
+    """``([A_l (N, H, T, T)], the model's output)`` of one forward pass without gradients."""
     with torch.no_grad(), record_attention(model) as layers:
-        model(images)
+        output = model(images)
     maps = layers()
     if not maps:
         raise ValueError(f"model: no self-attention was recorded while {type(model).__name__} ran")
-    return maps
+    return maps, output
 
 
 def attention_map(
     model: nn.Module, images: Tensor, grid: PatchGrid, known: bool, target: Target
 ) -> MethodResult:
     """The raw attention of every layer and head (module docstring)."""
-    maps = _weights(model, images)
+    maps, _ = _weights(model, images)
     grid = grid.with_tokens(maps[0].shape[-1], known_prefix=known)
     heads = grid.rows(torch.stack(maps, dim=1))  # (N, L, H, T, T) -> (N, L, H, h, w)
     return MethodResult(heads[:, -1].mean(dim=1), grid, heads=heads)
@@ -72,7 +73,7 @@ def rollout_map(
     model: nn.Module, images: Tensor, grid: PatchGrid, known: bool, target: Target
 ) -> MethodResult:
     """Attention rollout's row (module docstring)."""
-    maps = _weights(model, images)
+    maps, _ = _weights(model, images)
     grid = grid.with_tokens(maps[0].shape[-1], known_prefix=known)
     flow = rollout(torch.stack(maps))  # (L, N, H, T, T) -> (N, T, T)
     return MethodResult(grid.rows(flow), grid)
@@ -147,6 +148,8 @@ def ig_map(
     except ImportError as exc:
         raise ImportError("method 'ig' needs Captum: pip install 'qkv[interpret]'") from exc
     x = images.detach()
+    maps, output = _weights(model, x)  # the tokens give the grid's prefix; the output the classes
+    grid = grid.with_tokens(maps[0].shape[-1], known_prefix=known)
     if callable(target) and not isinstance(target, Tensor):
 
         def forward(batch):
@@ -158,8 +161,7 @@ def ig_map(
         def forward(batch):
             return logits_of(model(batch))
 
-        with torch.no_grad():
-            classes = target_classes(forward(x), target)
+        classes = target_classes(logits_of(output), target)
     with torch.enable_grad():
         attr = IntegratedGradients(forward).attribute(
             x, baselines=torch.zeros_like(x), target=classes, n_steps=steps
