@@ -362,6 +362,8 @@ def test_clear_errors(toy):
         explain_image(model, torch.randn(1, 3, 8, 6, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"images: expected a float tensor \(N, C, H, W\)"):
         explain_image(model, torch.zeros(1, 3, 6, 6, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"images: ToyViT takes 3-channel images, got 1 channels"):
+        explain_image(model, torch.randn(1, 1, 6, 6, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"target: expected classes in \[0, 4\), got \[7, 7\]"):
         explain_image(model, images, method="grad", target=7)
     with pytest.raises(ValueError, match="cannot find the patch grid of Linear"):

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from . import image_methods
 from .image_target import Target
-from .patch_grid import PatchGrid, check_images, patch_grid
+from .patch_grid import PatchGrid, check_channels, check_images, patch_grid
 
 __all__ = ["IMAGE_METHODS", "ImageExplanation", "explain_image"]
 
@@ -81,7 +81,8 @@ def explain_image(
 
     Raises:
         ValueError: an unknown method (the methods are listed), images that are not
-            ``(N, C, H, W)`` float or whose size the patches do not divide, a model whose grid
+            ``(N, C, H, W)`` float, of another channel count than the patch embedding reads, or
+            whose size the patches do not divide, a model whose grid
             cannot be found, a bad ``target``.
         ImportError: ``ig`` without Captum.
     """
@@ -90,6 +91,7 @@ def explain_image(
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps: expected a positive int, got {steps!r}")
     x = check_images(images)
+    check_channels(model, x.shape[1])
     grid, known = patch_grid(model, tuple(x.shape[-2:]))
     run = _METHODS[method]
     if method == "ig":

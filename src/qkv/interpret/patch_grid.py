@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-__all__ = ["PatchGrid", "check_images", "patch_grid"]
+__all__ = ["PatchGrid", "check_channels", "check_images", "patch_grid"]
 
 
 @dataclass(frozen=True)
@@ -110,14 +110,29 @@ def _pair(value, what: str) -> tuple[int, int]:
     return pair
 
 
-def _patch_embedding(model: nn.Module) -> tuple[int, int] | None:
-    """The patch size of the one ``Conv2d`` with ``kernel_size == stride`` (a patch embedding)."""
+def _patch_conv(model: nn.Module) -> nn.Conv2d | None:
+    """The one ``Conv2d`` with ``kernel_size == stride`` (a patch embedding), if there is one."""
     convs = [
         m
         for m in model.modules()
         if isinstance(m, nn.Conv2d) and m.kernel_size == m.stride and m.kernel_size != (1, 1)
     ]
-    return tuple(convs[0].kernel_size) if len(convs) == 1 else None
+    return convs[0] if len(convs) == 1 else None
+
+
+def _patch_embedding(model: nn.Module) -> tuple[int, int] | None:
+    """The patch size of the model's patch-embedding ``Conv2d``."""
+    conv = _patch_conv(model)
+    return tuple(conv.kernel_size) if conv is not None else None
+
+
+def check_channels(model: nn.Module, channels: int) -> None:
+    """Raise ``ValueError`` when the model's patch embedding reads another number of channels."""
+    conv = _patch_conv(model)
+    if conv is not None and conv.in_channels != channels:
+        raise ValueError(
+            f"images: {type(model).__name__} takes {conv.in_channels}-channel images, got {channels} channels"
+        )
 
 
 def _model_layout(model: nn.Module) -> tuple[tuple[int, int], int | None, bool]:
