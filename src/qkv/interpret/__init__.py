@@ -2,7 +2,11 @@
 gradient-weighted rollout (Chefer et al. 2021), integrated gradients (Sundararajan et al. 2017,
 through Captum: ``pip install 'qkv[interpret]'``), and :func:`token_scores` for viewers.
 
-Every method ends in token scores ``(T,)``: rollout-like results are ``(T, T)`` matrices (row
+Images (:func:`explain_image`): the same methods, and Grad-CAM, on an image transformer (qkv's
+ViT, Hugging Face's, timm's), as maps over the pixels and the patch grid, the grid and the class
+token read from the model (:mod:`qkv.interpret.patch_grid`).
+
+Every text method ends in token scores ``(T,)``: rollout-like results are ``(T, T)`` matrices (row
 ``i``: what reaches output position ``i``) that :func:`token_scores` reduces.
 
 :mod:`qkv.interpret.pictures`: one input's attention ready to show (``qkv viz``,
@@ -12,17 +16,25 @@ own translation: :func:`qkv.translation.pictures.translation_picture`).
 """
 
 from .flow import flow
-from .gradients import grad_rollout, integrated_gradients
+from .gradients import grad_rollout, gradient_relevance, integrated_gradients
+from .image import IMAGE_METHODS, ImageExplanation, explain_image
+from .patch_grid import PatchGrid, patch_grid
 from .pictures import AttentionPicture, sentence_picture
 from .rollout import layer_matrices, rollout
 from .scores import token_scores
 
 __all__ = [
+    "IMAGE_METHODS",
     "AttentionPicture",
+    "ImageExplanation",
+    "PatchGrid",
+    "explain_image",
     "flow",
     "grad_rollout",
+    "gradient_relevance",
     "integrated_gradients",
     "layer_matrices",
+    "patch_grid",
     "rollout",
     "sentence_picture",
     "token_scores",

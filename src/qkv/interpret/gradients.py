@@ -22,14 +22,14 @@ quadrature error.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ..capture import capture
 
-__all__ = ["grad_rollout", "integrated_gradients"]
+__all__ = ["grad_rollout", "gradient_relevance", "integrated_gradients"]
 
 
 def _call(model: nn.Module, inputs):
@@ -94,6 +94,16 @@ def grad_rollout(
     finally:
         for p in frozen:
             p.requires_grad_(False)
+    return gradient_relevance(layers, grads)
+
+
+def gradient_relevance(layers: Sequence[Tensor], grads: Sequence[Tensor | None]) -> Tensor:
+    """Chefer et al.'s relevance from each layer's weights ``A_l (B, H, T, T)`` (input side
+    first) and their gradients ``dy/dA_l`` (``None``: the target does not reach that layer)::
+
+        R = I;  R <- R + mean_h( relu(dy/dA_l * A_l) ) @ R
+
+    Returns ``R (B, T, T)``, detached."""
     a0 = layers[0]
     t = a0.shape[-1]
     relevance = torch.eye(t, dtype=a0.dtype, device=a0.device).expand(a0.shape[0], t, t).clone()  # (B, T, T)
