@@ -1,4 +1,4 @@
-"""Model builders: a translation model from the ``[model]`` table of a training config.
+"""Model builders: a translation or an image model from the ``[model]`` table of a training config.
 
 The table names a ``kind`` and any fields of that kind's config dataclass except the ones the
 data decides (the vocabulary sizes and the padding id)::
@@ -10,6 +10,13 @@ data decides (the vocabulary sizes and the padding id)::
 :data:`MODEL_KINDS` is the one place that maps a kind to its model class and config
 dataclass; the config validation of :mod:`qkv.train.config` reads its keys from here, so a
 field added to a config dataclass is a valid ``[model]`` key at once.
+
+Image models have their own table, :data:`IMAGE_KINDS` (``vit``), since the data decides
+other fields (the image size, the channels and the number of classes)::
+
+    >>> vit = build_image_model(VIT_PRESETS["vit-digits"], image_size=8, channels=1, num_classes=10)
+    >>> vit.grid
+    (4, 4)
 """
 
 from __future__ import annotations
@@ -21,8 +28,18 @@ from torch import nn
 
 from .seq2seq import Seq2Seq, Seq2SeqConfig
 from .transformer import Transformer, TransformerConfig
+from .vit import ViT, ViTConfig
 
-__all__ = ["KIND_NAMES", "MODEL_KINDS", "build_model", "config_keys"]
+__all__ = [
+    "IMAGE_KINDS",
+    "KIND_NAMES",
+    "MODEL_KINDS",
+    "VIT_PRESETS",
+    "build_image_model",
+    "build_model",
+    "config_keys",
+    "image_config_keys",
+]
 
 #: ``kind`` -> (model class, config dataclass).
 MODEL_KINDS: dict[str, tuple[type[nn.Module], type]] = {
@@ -57,3 +74,45 @@ def build_model(model_cfg: dict[str, Any], *, src_vocab: int, tgt_vocab: int) ->
     model_cls, config_cls = MODEL_KINDS[kind]
     fields = {k: v for k, v in model_cfg.items() if k != "kind"}
     return model_cls(config_cls(src_vocab=src_vocab, tgt_vocab=tgt_vocab, **fields))
+
+
+#: Image classifiers: ``kind`` -> (model class, config dataclass).
+IMAGE_KINDS: dict[str, tuple[type[nn.Module], type]] = {"vit": (ViT, ViTConfig)}
+
+# Config fields an image data set decides, never the [model] table.
+_FROM_IMAGES = frozenset({"image_size", "channels", "num_classes"})
+
+#: ``[model]`` tables of ViTs sized for each data set (the data gives the image size, the
+#: channels and the classes): 8x8 digits (patch 2: a 4x4 grid), 28x28 Fashion-MNIST (patch 4:
+#: 7x7), the 32x32 localisation canvases of ``located_digits`` (patch 4: 8x8).
+VIT_PRESETS: dict[str, dict[str, Any]] = {
+    "vit-digits": {"kind": "vit", "patch_size": 2, "dim": 64, "depth": 3, "heads": 4, "mlp_dim": 128},
+    "vit-fashion-mnist": {"kind": "vit", "patch_size": 4, "dim": 96, "depth": 6, "heads": 8, "mlp_dim": 192},
+    "vit-located": {"kind": "vit", "patch_size": 4, "dim": 64, "depth": 4, "heads": 4, "mlp_dim": 128},
+}
+
+
+def image_config_keys(kind: str) -> frozenset[str]:
+    """The valid keys of an image ``[model]`` table: ``kind`` and the fields of its config
+    dataclass but the image size, the channels and the number of classes."""
+    if kind not in IMAGE_KINDS:
+        raise ValueError(f"model.kind: expected {' or '.join(map(repr, IMAGE_KINDS))}, got {kind!r}")
+    _, config_cls = IMAGE_KINDS[kind]
+    return frozenset({"kind"} | {f.name for f in dataclasses.fields(config_cls)} - _FROM_IMAGES)
+
+
+def build_image_model(
+    model_cfg: dict[str, Any], *, image_size: int, channels: int, num_classes: int
+) -> nn.Module:
+    """An image classifier (a :class:`ViT`) from its ``[model]`` table (``kind`` defaults to
+    ``"vit"``) and the facts of the data."""
+    kind = model_cfg.get("kind", "vit")
+    unknown = sorted(set(model_cfg) - image_config_keys(kind))
+    if unknown:
+        valid = ", ".join(sorted(image_config_keys(kind)))
+        raise ValueError(
+            f"model: unknown key(s) {', '.join(unknown)} for kind {kind!r}; expected some of {valid}"
+        )
+    model_cls, config_cls = IMAGE_KINDS[kind]
+    fields = {k: v for k, v in model_cfg.items() if k != "kind"}
+    return model_cls(config_cls(image_size=image_size, channels=channels, num_classes=num_classes, **fields))
