@@ -10,6 +10,7 @@ from PIL import Image
 
 from qkv.vision.config import DataConfig, resolve
 from qkv.vision.data import (
+    FASHION_MNIST_DIR,
     ImageDataWarning,
     load_digits,
     load_fashion_mnist,
@@ -175,3 +176,13 @@ def test_resolve_picks_the_preset_of_the_data():
         ValueError, match=r"config \[data\] channels: expected 1 \(grayscale\) or 3 \(RGB\), got 2"
     ):
         resolve(overrides=["--data.channels=2"])
+
+
+@pytest.mark.skipif(
+    not (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file(),
+    reason="dataset-fashion-mnist not installed",
+)
+def test_the_installed_fashion_mnist_test_set():
+    test = load_fashion_mnist("test")
+    assert test.images.shape == (10000, 1, 28, 28) and float(test.images.max()) == 1.0
+    assert torch.bincount(test.labels).tolist() == [1000] * 10  # balanced classes
