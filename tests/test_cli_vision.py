@@ -111,3 +111,15 @@ def test_vision_train_errors_are_user_errors(capsys, tmp_path, argv, message):
     )
     assert code == 2
     assert message in err and "Traceback" not in err
+
+
+def test_resume_of_a_vit_run_continues_it(capsys, tmp_path):
+    out = str(tmp_path / "run")
+    common = ["--out", out, "--quiet", *TINY]
+    code, _, err = run(capsys, "train", "--model", "vit", "--data", "digits", "--train.max_steps=2", *common)
+    assert code == 0, err
+    code, stdout, err = run(capsys, "train", "--resume", "--train.max_steps=4", *common[:3])
+    assert code == 0, err
+    assert "resuming with train.max_steps=4" in err and stdout.startswith("done: step 4,")
+    code, _, err = run(capsys, "train", "--resume", "--model.dim=64", *common[:3])
+    assert code == 2 and "--resume: model.dim cannot change in a run under way" in err

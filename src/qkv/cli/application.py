@@ -1,8 +1,8 @@
 """Which application a command serves: translation or vision, from an explicit small mapping.
 
 ``qkv train`` reads it from the model preset (``--model``), else the config file's ``[model]``
-table, else ``--data`` (a built-in image data set or a folder); ``qkv evaluate`` from the
-``[model]`` kind stored in the checkpoint. Nothing is guessed beyond these tables.
+table, else ``--data`` (a built-in image data set or a folder), and ``qkv train --resume --out
+DIR`` from the run; ``qkv evaluate`` from the ``[model]`` kind stored in the checkpoint. Nothing is guessed beyond these tables.
 """
 
 from __future__ import annotations

@@ -138,7 +138,10 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         file_cfg = load_toml(args.config) if args.config else {}
-        if application.of_train_args(args.model, file_cfg, args.data) == "vision":
+        app = application.of_train_args(args.model, file_cfg, args.data)
+        if args.resume and args.out and args.model is None and not file_cfg:
+            app = application.of_checkpoint(args.out)  # the run's own application
+        if app == "vision":
             return _run_vision(args, file_cfg)
         overrides = list(args.overrides)
         if args.data:
