@@ -59,7 +59,7 @@ def test_show_config_of_a_vit(capsys):
         "heads": 4,
         "mlp_dim": 128,
     }
-    assert tables["train"]["label_smoothing"] == 0.0
+    assert tables["train"]["label_smoothing"] == 0.1
 
 
 def test_train_then_evaluate_a_vit_on_digits(capsys, tmp_path):

@@ -100,16 +100,17 @@ class DataConfig:
 @dataclass(frozen=True)
 class VisionTrainConfig(TrainConfig):
     """The ``[train]`` table of image classification: :class:`~qkv.train.config.TrainConfig`
-    with defaults for small ViTs, and ``label_smoothing``."""
+    with defaults for small ViTs on small data (the digits: 40 epochs of batches of 32, label
+    smoothing 0.1, no early stopping), and ``label_smoothing``."""
 
-    epochs: int = 30
-    batch_size: int = 64
+    epochs: int = 40
+    batch_size: int = 32
     lr: float = 2e-3
     min_lr: float = 1e-5
     warmup: int = 50
     weight_decay: float = 0.05
     patience: int = 0
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.1
 
     def __post_init__(self) -> None:
         super().__post_init__()
