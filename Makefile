@@ -9,7 +9,7 @@ WHEELS ?= /opt/wheels
 FIND_LINKS := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS),)
 PYTEST_ARGS ?=
 
-.PHONY: setup browser demo test lint bench docs clean
+.PHONY: setup browser fashion demo test lint bench docs clean
 
 setup: $(STAMP)
 
@@ -21,7 +21,7 @@ $(STAMP): requirements-lock.txt pyproject.toml
 	@$(PY) -c "import torch; assert torch.version.cuda is None, 'a CUDA build of torch was installed'; print('qkv environment ready: torch', torch.__version__)"
 	@touch $(STAMP)
 
-demo: setup
+demo: setup fashion
 	$(VENV)/bin/qkv demo
 
 # The browser tests drive Debian's chromium; install it when missing (skipped, with a warning, without root).
@@ -30,7 +30,14 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	  || echo "warning: could not install chromium; the browser tests will be skipped"; }
 
-test: setup browser
+# Fashion-MNIST comes from Debian's dataset-fashion-mnist; install it when missing (without root: a warning,
+# and qkv.vision names the install command when the data is asked for).
+fashion:
+	@test -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz || { echo "installing Debian's dataset-fashion-mnist..."; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
+	  || echo "warning: could not install dataset-fashion-mnist; Fashion-MNIST will be unavailable"; }
+
+test: setup browser fashion
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 	$(MAKE) --no-print-directory docs

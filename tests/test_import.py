@@ -28,9 +28,19 @@ LIBRARY = (
     "viz",
 )
 #: What it must not load: the applications, the training loop beneath them, the commands, interop.
-NOT_LOADED = ("qkv.train", "qkv.translation", "qkv.cli", "qkv.interop")
+NOT_LOADED = ("qkv.train", "qkv.translation", "qkv.vision", "qkv.cli", "qkv.interop")
 #: Optional dependencies that only applications, interop or figures need.
-HEAVY = ("tqdm", "transformers", "matplotlib", "captum", "sacrebleu", "tokenizers", "safetensors")
+HEAVY = (
+    "tqdm",
+    "transformers",
+    "matplotlib",
+    "captum",
+    "sacrebleu",
+    "tokenizers",
+    "safetensors",
+    "sklearn",
+    "PIL",
+)
 
 # Prints, as JSON, the modules loaded by `import torch` alone and then by `import qkv`.
 _PROBE = """

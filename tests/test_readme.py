@@ -68,19 +68,17 @@ def _check_parses(args: list[str]) -> None:
     """The command, its subcommand and options exist (parsed by the parser `qkv` runs)."""
     from qkv.cli import main as cli
     from qkv.cli.overrides import split_overrides
-    from qkv.models.builders import MODEL_KINDS, config_keys
     from qkv.train.config import parse_override
-    from qkv.translation.config import RunConfig
 
     command = next((a for a in args if not a.startswith("-")), None)
     if command == "train":
         args, overrides = split_overrides(args)
+        defaults, model_keys = _train_tables(args)
         for text in overrides:
             path, _ = parse_override(text)
             table, key = path[0], path[1]
-            defaults = RunConfig().to_dict()
             assert table in defaults, f"{text}: no table [{table}]"
-            valid = set().union(*map(config_keys, MODEL_KINDS)) if table == "model" else set(defaults[table])
+            valid = model_keys if table == "model" else set(defaults[table])
             assert key in valid, f"{text}: no key {key!r} in [{table}]"
         for a in args:
             if a.endswith(".toml"):
@@ -88,6 +86,23 @@ def _check_parses(args: list[str]) -> None:
     join = getattr(cli, "_join_negative_values", lambda a: a)  # `--query -1,2` as `qkv` reads it
     parsed = cli.build_parser().parse_args(join(args))
     assert getattr(parsed, "handler", None) is not None, f"qkv {' '.join(args)}: no command"
+
+
+def _train_tables(args: list[str]) -> tuple[dict, set[str]]:
+    """The default tables and the valid ``[model]`` keys of the application a ``qkv train``
+    command trains (translation, or vision for an image preset or data set)."""
+    from qkv.cli.application import of_train_args
+
+    value = {o: args[i + 1] for i, o in enumerate(args[:-1]) if o in ("--model", "--data")}
+    if of_train_args(value.get("--model"), {}, value.get("--data")) == "vision":
+        from qkv.models.builders import IMAGE_KINDS, image_config_keys
+        from qkv.vision.config import RunConfig as VisionRunConfig
+
+        return VisionRunConfig().to_dict(), set().union(*map(image_config_keys, IMAGE_KINDS))
+    from qkv.models.builders import MODEL_KINDS, config_keys
+    from qkv.translation.config import RunConfig
+
+    return RunConfig().to_dict(), set().union(*map(config_keys, MODEL_KINDS))
 
 
 @pytest.mark.parametrize("cmd", QKV_COMMANDS, ids=lambda c: c.name)

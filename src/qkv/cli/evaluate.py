@@ -1,7 +1,11 @@
-"""``qkv evaluate``: score a trained model on a split of its corpus or on a whole TSV file (a
-thin shell over :meth:`qkv.translation.translator.Translator.evaluate`).
+"""``qkv evaluate``: score a trained model on a split of its data or on a whole TSV file (a
+thin shell over :meth:`qkv.translation.translator.Translator.evaluate` and, for an image
+classifier, :meth:`qkv.vision.classifier.Classifier.evaluate`: accuracy and the confusion matrix).
 
 qkv evaluate --checkpoint DIR [--data FILE.tsv | --split test] [--beam K] [--limit N] [--json]
+
+The application is the one of the checkpoint's stored ``[model]`` kind
+(:func:`qkv.cli.application.of_checkpoint`).
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import argparse
 import json
 from typing import Any
 
-from . import USER_ERRORS, CommandError, error_message, warnings_as_messages
+from . import USER_ERRORS, CommandError, application, error_message, warnings_as_messages
 from .checkpoint import add_checkpoint_options, load_translator
 
 __all__ = ["add_parser", "rounded_metrics", "run"]
@@ -19,7 +23,8 @@ __all__ = ["add_parser", "rounded_metrics", "run"]
 def add_parser(sub) -> None:
     ev = sub.add_parser(
         "evaluate",
-        help="score a trained model: BLEU, chrF, exact match, alignment error rate",
+        help="score a trained model: BLEU, chrF, exact match, alignment error rate; an image classifier: "
+        "accuracy and the confusion matrix",
         description=(
             "Decodes a split of the run's corpus (--split), or every pair of --data FILE.tsv (the whole file, "
             "read as in training, --data.reverse included), from the sentences as written, exactly as qkv translate does, and scores the text "
@@ -27,7 +32,8 @@ def add_parser(sub) -> None:
             "and chrF, each with the signature that says how it was computed; exact match; for a model "
             "trained on normalized text, 'BLEU normalized' (output and reference in the training form: a "
             "diagnostic, not comparable with published numbers); AER on built-in corpora. BLEU and chrF are "
-            "rounded to 2 decimals, fractions to 4."
+            "rounded to 2 decimals, fractions to 4. An image classifier (qkv train --model vit) is scored on "
+            "a split of its data set: accuracy and the confusion matrix (rows: true class, columns: predicted)."
         ),
     )
     add_checkpoint_options(ev)
@@ -63,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
     """Decode and score a split of the run's corpus, or the whole ``--data`` file; print the metrics."""
     if args.data and args.split is not None:
         raise CommandError(f"--split {args.split}: not used with --data (the whole file is evaluated)")
+    if application.of_checkpoint(args.checkpoint) == "vision":
+        return _run_vision(args)
     tr = load_translator(args.checkpoint)
     try:
         with warnings_as_messages():
@@ -113,4 +121,45 @@ def run(args: argparse.Namespace) -> int:
             f"  cut outputs      {stops.get('repetition', 0)} stopped repeating a fragment, "
             f"{stops.get('limit', 0)} reached the length limit"
         )
+    return 0
+
+
+def _run_vision(args: argparse.Namespace) -> int:
+    """Accuracy and the confusion matrix of an image classifier on a split of its data set."""
+    from ..vision.classifier import Classifier
+    from ..vision.config import DataConfig
+    from ..vision.training import load_splits
+
+    if args.data:
+        raise CommandError(
+            f"--data {args.data}: an image classifier is evaluated on a split of its data set (--split)"
+        )
+    split = args.split or "test"
+    if split not in ("train", "valid", "test"):
+        raise CommandError(f"--split: expected train, valid or test for an image classifier, got {split!r}")
+    try:
+        clf = Classifier.load(args.checkpoint)
+        with warnings_as_messages():
+            images = load_splits(DataConfig(**clf.config["data"]))[split]
+        n = args.limit or len(images)
+        evaluation = clf.evaluate(images.images[:n], images.labels[:n])
+    except USER_ERRORS as e:
+        raise CommandError(error_message(e)) from None
+    result = {
+        "model": clf.describe(),
+        "parameters": clf.num_parameters,
+        "split": split,
+        **evaluation.to_dict(),
+    }
+    result["accuracy"] = round(result["accuracy"], 4)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"model: {clf.describe()}")
+    print(f"{split}: {evaluation.n} images")
+    print(f"  accuracy  {result['accuracy']:.4f}")
+    width = max(len(str(int(evaluation.confusion.max()))), 2)
+    print("  confusion (rows: true class, columns: predicted)")
+    for name, row in zip(evaluation.classes, evaluation.confusion.tolist()):
+        print(f"  {name[:12]:>12} " + " ".join(f"{v:>{width}}" for v in row))
     return 0

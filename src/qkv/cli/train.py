@@ -1,7 +1,12 @@
-"""``qkv train``: train a translation model (a thin shell over :func:`qkv.translation.training.train`).
+"""``qkv train``: train a translation model or an image classifier (a thin shell over
+:func:`qkv.translation.training.train` and :func:`qkv.vision.training.train`).
 
 qkv train [CONFIG.toml] [--data CORPUS|FILE.tsv] [--model NAME] [--out DIR] [--resume] [--table.key=value ...]
+qkv train --model vit --data digits|fashion-mnist|located-digits|DIR [--out DIR] [--table.key=value ...]
 qkv train [CONFIG.toml] [--model NAME] [--table.key=value ...] --show-config
+
+The application comes from :func:`qkv.cli.application.of_train_args` (the preset, the config
+file's ``[model]``, or an image ``--data``).
 
 The ``--table.key=value`` overrides are taken out of the arguments by :mod:`qkv.cli.overrides`
 before argparse runs; :func:`run` finds them in ``args.overrides``. Warnings of the library
@@ -19,7 +24,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from . import USER_ERRORS, CommandError, error_message, warnings_as_messages
+from . import USER_ERRORS, CommandError, application, error_message, warnings_as_messages
 
 __all__ = ["add_parser", "best_loss_text", "run"]
 
@@ -31,9 +36,11 @@ def add_parser(sub) -> None:
 
     tr = sub.add_parser(
         "train",
-        help="train a translation model (seq2seq with attention or Transformer)",
+        help="train a translation model (seq2seq with attention or Transformer) or an image classifier (ViT)",
         description=(
-            "Train on a built-in corpus or a TSV file of sentence pairs. Settings come from the defaults, "
+            "Train on a built-in corpus or a TSV file of sentence pairs, or (--model vit) on images: "
+            "scikit-learn's digits, Fashion-MNIST, located-digits or a folder with one subfolder per class. "
+            "Settings come from the defaults, "
             "a model preset (--model), an optional TOML file, then --table.key=value overrides "
             "(--table.key value is the same; a bare --table.key is a switch: =true), "
             "e.g. --train.epochs=5 --model.hidden_dim=64. "
@@ -50,9 +57,11 @@ def add_parser(sub) -> None:
     )
     tr.add_argument("config", nargs="?", help="a TOML config file (see configs/)")
     tr.add_argument(
-        "--data", help="a built-in corpus name (numbers, numbers-de, dates-fr, ...) or a .tsv file"
+        "--data",
+        help="a built-in corpus name (numbers, numbers-de, dates-fr, ...) or a .tsv file; with a ViT: "
+        "digits, fashion-mnist, located-digits or a folder of class subfolders",
     )
-    tr.add_argument("--model", choices=list(MODEL_PRESETS), help="model preset")
+    tr.add_argument("--model", choices=[*MODEL_PRESETS, *application.VISION_PRESETS], help="model preset")
     tr.add_argument("--out", default=None, help="run directory for checkpoints (default runs/<model>)")
     tr.add_argument(
         "--resume",
@@ -129,6 +138,11 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         file_cfg = load_toml(args.config) if args.config else {}
+        app = application.of_train_args(args.model, file_cfg, args.data)
+        if args.resume and args.out and args.model is None and not file_cfg:
+            app = application.of_checkpoint(args.out)  # the run's own application
+        if app == "vision":
+            return _run_vision(args, file_cfg)
         overrides = list(args.overrides)
         if args.data:
             overrides.insert(0, f"--data.corpus={json.dumps(args.data)}")
@@ -153,6 +167,37 @@ def run(args: argparse.Namespace) -> int:
         + f", {result.seconds:.1f} s; checkpoints in {out}"
     )
     return result.exit_code  # 0, or 130 / 143 after SIGINT / SIGTERM
+
+
+def _run_vision(args: argparse.Namespace, file_cfg: dict[str, Any]) -> int:
+    """``qkv train`` of an image classifier: :func:`qkv.vision.training.train`, then one summary line."""
+    from ..vision.config import resolve, resume_config
+    from ..vision.training import train
+
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.insert(0, f"--data.dataset={json.dumps(args.data)}")
+    cfg = resolve(file_cfg, preset=args.model, overrides=overrides)
+    out = Path(args.out or Path("runs") / (args.model or "vit"))
+    if args.resume:
+        if args.config:
+            raise ValueError(f"--resume: the run in {str(out)!r} keeps its own config; drop {args.config!r}")
+        from ..train.checkpoint import load_checkpoint
+
+        cfg, applied = resume_config(load_checkpoint(out, verify=False).config, overrides)
+        if applied and not args.show_config:
+            print(f"resuming with {', '.join(applied)}", file=sys.stderr)
+    if args.show_config:
+        print(cfg.to_toml(), end="")
+        return 0
+    with warnings_as_messages():
+        result = train(cfg, out, resume=args.resume, progress=not args.quiet, announce=True)
+    last = result.history[-1] if result.history else {}
+    status = "interrupted" if result.interrupted else ("stopped early" if result.stopped_early else "done")
+    accuracy = f", valid accuracy {last['valid_accuracy']:.4f}" if "valid_accuracy" in last else ""
+    print(f"{status}: step {result.step}, best valid loss {best_loss_text(result)}{accuracy}, "
+          f"{result.seconds:.1f} s; checkpoints in {out}")  # fmt: skip
+    return result.exit_code
 
 
 def _resumed_config(out: Path, args: argparse.Namespace, overrides: list[str]):

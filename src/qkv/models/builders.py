@@ -86,7 +86,15 @@ _FROM_IMAGES = frozenset({"image_size", "channels", "num_classes"})
 #: channels and the classes): 8x8 digits (patch 2: a 4x4 grid), 28x28 Fashion-MNIST (patch 4:
 #: 7x7), the 32x32 localisation canvases of ``located_digits`` (patch 4: 8x8).
 VIT_PRESETS: dict[str, dict[str, Any]] = {
-    "vit-digits": {"kind": "vit", "patch_size": 2, "dim": 64, "depth": 3, "heads": 4, "mlp_dim": 128},
+    "vit-digits": {
+        "kind": "vit",
+        "patch_size": 2,
+        "dim": 48,
+        "depth": 3,
+        "heads": 4,
+        "mlp_dim": 96,
+        "dropout": 0.1,
+    },
     "vit-fashion-mnist": {"kind": "vit", "patch_size": 4, "dim": 96, "depth": 6, "heads": 8, "mlp_dim": 192},
     "vit-located": {"kind": "vit", "patch_size": 4, "dim": 64, "depth": 4, "heads": 4, "mlp_dim": 128},
 }

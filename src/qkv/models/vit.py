@@ -5,6 +5,7 @@ linear patch projection), a class token is prepended (or the patch tokens are me
 positions are added, pre-LN encoder blocks on :class:`qkv.MultiHeadAttention` mix the tokens,
 and a linear head reads the class token (or the mean)::
 
+    input   image = (image - pixel_mean) / pixel_std     (images come in [0, 1])
     tokens  x = [cls; patches(image)] + positions
     block   x = x + Drop(SelfAttn(LN(x)))
             x = x + Drop(MLP(LN(x)))
@@ -31,6 +32,7 @@ N = h*w patches, T = N + num_prefix_tokens tokens, E dim, K classes)::
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -62,6 +64,9 @@ class ViTConfig:
         pool: one of ``POOLS``: read the class token (``"cls"``) or average the patch tokens
             (``"mean"``, no class token).
         positions: one of ``POSITIONS`` (``"sincos2d"`` needs an even ``dim``).
+        pixel_mean, pixel_std: the model's first step, ``(images - pixel_mean) / pixel_std``, so it
+            takes images in [0, 1] as they are drawn (0.5 and 0.5 map them to [-1, 1], as Hugging
+            Face's ``ViTImageProcessor`` does; centred inputs train several times faster).
     """
 
     image_size: int
@@ -75,6 +80,8 @@ class ViTConfig:
     dropout: float = 0.0
     pool: str = "cls"
     positions: str = "learned"
+    pixel_mean: float = 0.5
+    pixel_std: float = 0.5
 
     def __post_init__(self) -> None:
         for name in ("image_size", "patch_size", "channels", "num_classes", "dim", "heads", "mlp_dim"):
@@ -91,6 +98,12 @@ class ViTConfig:
             raise ValueError(f"dim: expected a multiple of heads={self.heads}, got {self.dim}")
         if isinstance(self.dropout, bool) or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout!r}")
+        for name in ("pixel_mean", "pixel_std"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name}: expected a finite number, got {value!r}")
+        if self.pixel_std <= 0:
+            raise ValueError(f"pixel_std: expected a number > 0, got {self.pixel_std!r}")
         for name, valid in (("pool", POOLS), ("positions", POSITIONS)):
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name}: expected one of {', '.join(valid)}, got {getattr(self, name)!r}")
@@ -202,9 +215,11 @@ class ViT(nn.Module):
                              f"got {images.shape[2]}x{images.shape[3]}")  # fmt: skip
 
     def tokens(self, images: Tensor) -> Tensor:
-        """The input tokens ``(B, T, E)``: class token (if any) and patches, positions added, before attention."""
+        """The input tokens ``(B, T, E)`` of images in [0, 1]: class token (if any) and patches,
+        positions added, before attention."""
         self._check_images(images)
-        x = self.patch_embed(images)  # (B, N, E)
+        cfg = self.config
+        x = self.patch_embed((images - cfg.pixel_mean) / cfg.pixel_std)  # (B, C, H, W) -> (B, N, E)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1 + N, E)
         return self.drop(x + self.pos_embed)

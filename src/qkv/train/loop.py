@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import random
 import signal
 import sys
 import threading
@@ -31,7 +32,16 @@ from .config import TrainConfig
 from .progress import progress_bar
 from .rng import rng_state, set_rng_state
 
-__all__ = ["RunState", "Task", "TrainResult", "Trainer", "learning_rate", "open_run"]
+__all__ = [
+    "RunState",
+    "Task",
+    "TrainResult",
+    "Trainer",
+    "learning_rate",
+    "open_run",
+    "seed_everything",
+    "torch_threads",
+]
 
 
 class Task(Protocol):
@@ -62,6 +72,24 @@ def learning_rate(step: int, config: TrainConfig, total_steps: int) -> float:
         return lr * math.sqrt(max(warm, 1)) / math.sqrt(step + 1)
     progress = min(1.0, (step - warm) / max(1, total_steps - warm))
     return config.min_lr + 0.5 * (lr - config.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run with ``threads`` torch CPU threads (0: torch's default), restored after."""
+    before = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed the global generators a run draws from (``random`` and torch's), before building it."""
+    random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def open_run(out_dir: str | Path, *, resume: bool) -> Checkpoint | None:

@@ -38,8 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from ..train.checkpoint import list_checkpoints, load_checkpoint
+from ..train.loop import torch_threads
 from .config import RunConfig, resolve
-from .training import load_corpus, torch_threads, train
+from .training import load_corpus, train
 from .translator import Translator
 
 __all__ = ["DEMO_CORPUS", "DEMO_MODELS", "demo_config", "example_rows", "run_demo"]

@@ -10,11 +10,8 @@ teacher-forced token cross entropy (:func:`_loss`), and validation by loss and, 
 
 from __future__ import annotations
 
-import contextlib
-import random
 import sys
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..models.builders import build_model
-from ..train.loop import Trainer, TrainResult, open_run
+from ..train.loop import Trainer, TrainResult, open_run, seed_everything, torch_threads
 from . import data as qdata
 from .config import DataConfig, RunConfig, TranslationTrainConfig
 from .decode import decode_limit, longest_repeat
@@ -35,7 +32,6 @@ __all__ = [
     "load_corpus",
     "prepare_data",
     "text_format",
-    "torch_threads",
     "train",
     "validation_loss",
 ]
@@ -44,18 +40,6 @@ __all__ = [
 _SORT_WITHIN = 20
 # Training source words stored for the unknown-word warning of translate (most frequent first).
 _MAX_SOURCE_WORDS = 100_000
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int) -> Iterator[None]:
-    """Run with ``threads`` torch CPU threads (0: torch's default), restored after."""
-    before = torch.get_num_threads()
-    if threads > 0:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def load_corpus(d: DataConfig):
@@ -298,8 +282,7 @@ def train(
 def _trainer(cfg: RunConfig, out: Path, ckpt, *, progress: bool, stream, announce: bool = False) -> Trainer:
     """Data, model, optimizer and task of a config, in a Trainer (restored from ``ckpt``)."""
     t = cfg.train
-    random.seed(t.seed)  # the global generators the Trainer checkpoints
-    torch.manual_seed(t.seed)
+    seed_everything(t.seed)  # the global generators the Trainer checkpoints
     corpus, src_tok, tgt_tok = prepare_data(cfg)
     if ckpt is not None:  # the vocabularies the model was built with
         src_tok = qdata.tokenizer_from_dict(ckpt.vocab["source"])

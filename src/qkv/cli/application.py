@@ -1,0 +1,52 @@
+"""Which application a command serves: translation or vision, from an explicit small mapping.
+
+``qkv train`` reads it from the model preset (``--model``), else the config file's ``[model]``
+table, else ``--data`` (a built-in image data set or a folder), and ``qkv train --resume --out
+DIR`` from the run; ``qkv evaluate`` from the ``[model]`` kind stored in the checkpoint. Nothing is guessed beyond these tables.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = ["APPLICATION_OF_KIND", "VISION_DATASETS", "VISION_PRESETS", "of_checkpoint", "of_train_args"]
+
+#: ``[model] kind`` -> the application that trains and evaluates it.
+APPLICATION_OF_KIND = {"seq2seq": "translation", "transformer": "translation", "vit": "vision"}
+#: The ``--model`` presets of vision (:data:`qkv.vision.config.MODEL_PRESETS`); the others are translation's.
+VISION_PRESETS = ("vit", "vit-digits", "vit-fashion-mnist", "vit-located")
+#: The built-in image data sets (:data:`qkv.vision.config.DATASETS`).
+VISION_DATASETS = ("digits", "fashion-mnist", "located-digits")
+
+
+def of_train_args(preset: str | None, file_config: dict[str, Any], data: str | None) -> str:
+    """``"vision"`` or ``"translation"`` for ``qkv train``: the preset's, else the config file's
+    ``[model]`` (its ``preset`` or ``kind``), else ``--data`` (an image data set or a folder is
+    vision), else translation."""
+    model = file_config.get("model", {})
+    if preset is None:
+        preset = model.get("preset")
+    if preset is not None:
+        return "vision" if preset in VISION_PRESETS else "translation"
+    if "kind" in model:
+        return APPLICATION_OF_KIND.get(model["kind"], "translation")
+    if data is not None and (data in VISION_DATASETS or Path(data).is_dir()):
+        return "vision"
+    return "translation"
+
+
+def of_checkpoint(path: str | Path) -> str:
+    """The application of a run directory (or checkpoint) of ``qkv train``: from the ``[model]``
+    kind it stored; translation when there is nothing to read (its loader reports the error)."""
+    import warnings
+
+    from ..train.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        with warnings.catch_warnings():  # the loader reports damaged checkpoints itself
+            warnings.simplefilter("ignore")
+            config = load_checkpoint(path, verify=False).config
+    except (CheckpointError, OSError):
+        return "translation"
+    return APPLICATION_OF_KIND.get(config.get("model", {}).get("kind", "seq2seq"), "translation")
