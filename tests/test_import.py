@@ -99,3 +99,17 @@ def test_import_qkv_translation_loads_the_application_and_its_trainer():
     out = json.loads(_fresh(code))
     # four special ids first (<pad> 0, <sos> 1, <eos> 2, <unk> 3), then the words
     assert out == {"ids": [4, 5, 6], "specials": 4, "train": True, "picture": "qkv.translation.pictures"}
+
+
+def test_import_qkv_vision_loads_its_trainer_but_not_translation_nor_the_image_readers():
+    code = (
+        "import json, sys\n"
+        "import qkv.vision\n"
+        "print(json.dumps({'train': 'qkv.train.loop' in sys.modules,\n"
+        "                  'others': sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'PIL')\n"
+        "                                   or m.startswith('qkv.translation')),\n"
+        "                  'classifier': qkv.vision.Classifier.__module__}))\n"
+    )
+    out = json.loads(_fresh(code))
+    # scikit-learn and Pillow load when a data set is read, never on import
+    assert out == {"train": True, "others": [], "classifier": "qkv.vision.classifier"}
