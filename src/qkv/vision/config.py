@@ -78,9 +78,7 @@ class DataConfig:
     image_size: int = 32  # folders: images are resized to image_size x image_size
     channels: int = 1  # folders: 1 (grayscale) or 3 (RGB)
     canvas: int = 32  # located-digits: the canvas side
-    size: int = (
-        0  # located-digits: training canvases (0 = 8000); fashion-mnist: first N training images (0 = all)
-    )
+    size: int = 0  # located-digits: training canvases (0: 8000); fashion-mnist: first N images (0: all)
     valid_frac: float = 0.1  # of the training images (of the digits, for located-digits)
     test_frac: float = 0.2  # digits, folders, located-digits (fashion-mnist has its own test set)
     augment_shift: int = 0  # training images moved by up to this many pixels (0 = no augmentation)
