@@ -52,13 +52,9 @@ def test_show_config_of_a_vit(capsys):
     tables = tomllib.loads(out)
     assert tables["data"]["dataset"] == "located-digits"
     assert tables["model"] == {
-        "kind": "vit",
-        "patch_size": 4,
-        "dim": 48,
-        "depth": 4,
-        "heads": 4,
-        "mlp_dim": 128,
-    }
+        "kind": "vit", "patch_size": 4, "dim": 48, "depth": 4, "heads": 4, "mlp_dim": 128, "dropout": 0.0,
+        "pool": "cls", "positions": "learned", "pixel_mean": 0.5, "pixel_std": 0.5,
+    }  # fmt: skip
     assert tables["train"]["label_smoothing"] == 0.1
 
 

@@ -117,6 +117,28 @@ def test_config_reference_lists_every_key_with_its_default():
         assert key in defaults[table], f"KEY_NOTES names [{table}] {key}, which is not a key any more"
 
 
+def test_config_reference_lists_the_image_classifier_keys():
+    import dataclasses as dc
+
+    from qkv.models.builders import image_config_keys
+    from qkv.models.vit import ViTConfig
+    from qkv.vision.config import MODEL_PRESETS, RunConfig
+
+    text = _hook().config_markdown().split("## Image classifiers (`--model vit`)")[1]
+    defaults = RunConfig().to_dict()
+    for table in ("data", "train"):
+        section = text.split(f"### Vision `[{table}]`")[1].split("\n### ")[0]
+        for key, value in defaults[table].items():
+            assert re.search(
+                rf"^\| `{key}` \| \w* \| {re.escape(_hook()._value(value))} \|", section, re.M
+            ), key
+    section = text.split('### kind = "vit"')[1].split("\n## ")[0]
+    for f in dc.fields(ViTConfig):
+        assert (f"| `{f.name}` |" in section) == (f.name in image_config_keys("vit")), f.name
+    for preset in MODEL_PRESETS:
+        assert f"| `{preset}` |" in text
+
+
 def test_home_page_is_the_readme_with_site_links():
     text = _hook().readme_markdown()
     assert "](docs/" not in text

@@ -112,7 +112,7 @@ codes = [main(["--help"]), main(["train", "--help"]), main(["explain"]), main(["
 print(codes)
 """
 #: What the extras bring (pyproject.toml): none of it is needed by the core commands.
-EXTRAS = (*HEAVY, "tomli_w", "num2words", "babel", "sklearn", "PIL")
+EXTRAS = (*HEAVY, "tomli_w", "num2words", "babel")
 
 
 def test_the_commands_run_with_the_core_dependencies_alone():
@@ -120,3 +120,17 @@ def test_the_commands_run_with_the_core_dependencies_alone():
     work: no extra is imported to build the parser."""
     out = _fresh(_CORE_ONLY % (EXTRAS,))
     assert out.strip().splitlines()[-1] == "[0, 0, 0, 0, 0]"
+
+
+def test_import_qkv_vision_loads_its_trainer_but_not_translation_nor_the_image_readers():
+    code = (
+        "import json, sys\n"
+        "import qkv.vision\n"
+        "print(json.dumps({'train': 'qkv.train.loop' in sys.modules,\n"
+        "                  'others': sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'PIL')\n"
+        "                                   or m.startswith('qkv.translation')),\n"
+        "                  'classifier': qkv.vision.Classifier.__module__}))\n"
+    )
+    out = json.loads(_fresh(code))
+    # scikit-learn and Pillow load when a data set is read, never on import
+    assert out == {"train": True, "others": [], "classifier": "qkv.vision.classifier"}

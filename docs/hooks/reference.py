@@ -213,11 +213,95 @@ KEY_NOTES: dict[tuple[str, str], str] = {
     ): "RNNs: fraction of steps fed the gold previous token (0.7: their own prediction 30% of the time)",
     ("train", "seed"): "seed of the initialization, the batch order and dropout",
 }
+# The same for an image classifier's tables, where they differ.
+VISION_KEY_NOTES = {
+    **KEY_NOTES,
+    ("data", "seed"): "seed of the split (and of the located-digits canvases)",
+    ("train", "batch_size"): "images per batch",
+    ("train", "seed"): "seed of the initialization, the batch order, the shifts and dropout",
+}
+
+
+def _key_rows(table: str, cls: type, notes: dict[tuple[str, str], str] = KEY_NOTES) -> list[str]:
+    """The rows of a ``[table]`` of ``cls``: key, type, default, the field's comment or note."""
+    rows = ["| key | type | default | description |", "|---|---|---|---|"]
+    comments = _field_comments(cls)
+    for f in dataclasses.fields(cls):
+        value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        text = _md_text(comments.get(f.name) or notes.get((table, f.name), ""))
+        rows.append(f"| `{f.name}` | {_toml_type(value)} | {_value(value)} | {text} |")
+    return rows
+
+
+def _preset_rows(presets: dict) -> list[str]:
+    rows = ["| `--model` | `[model]` table it starts from |", "|---|---|"]
+    for name, preset in presets.items():
+        table = ", ".join(f"{k} = {_value(v).strip('`')}" for k, v in (preset or {}).items())
+        rows.append(f"| `{name}` | `{table or 'the preset sized for the data set'}` |")
+    return rows
+
+
+def _kind_section(kind: str, model_cls: type, config_cls: type, valid: frozenset[str]) -> list[str]:
+    """``### kind = "..."``: the valid ``[model]`` keys of a model kind, from its config dataclass."""
+    module = sys.modules[config_cls.__module__]
+    docs = _attribute_docs(config_cls)
+    lines = [
+        "",
+        f'### kind = "{kind}"',
+        "",
+        f"`{model_cls.__name__}`, configured by `{config_cls.__module__}.{config_cls.__name__}`.",
+        "",
+        "| key | type | default | description |",
+        "|---|---|---|---|",
+    ]
+    for f in dataclasses.fields(config_cls):
+        if f.name not in valid:
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = _value(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            default = _value(f.default_factory())
+        else:
+            default = "required"
+        type_name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        lines.append(f"| `{f.name}` | {type_name} | {default} | {_md_text(docs.get(f.name, ''), module)} |")
+    return lines
+
+
+def _vision_config_markdown() -> list[str]:
+    """The tables of an image classifier run (``qkv train --model vit``)."""
+    import qkv.vision.config as vision
+    from qkv.models.builders import IMAGE_KINDS, image_config_keys
+
+    lines = [
+        "",
+        "## Image classifiers (`--model vit`)",
+        "",
+        "With a ViT preset (or an image `--data`) the tables are `qkv.vision.config`'s; the image",
+        "size, the channels and the number of classes come from the data. See",
+        "[Vision](../guides/vision.md).",
+        "",
+        "### Vision `[data]`",
+        "",
+        *_key_rows("data", vision.DataConfig, VISION_KEY_NOTES),
+        "",
+        "### Vision `[train]`",
+        "",
+        *_key_rows("train", vision.VisionTrainConfig, VISION_KEY_NOTES),
+        "",
+        "### Vision `[model]` presets",
+        "",
+        *_preset_rows(vision.MODEL_PRESETS),
+    ]
+    for kind, (model_cls, config_cls) in IMAGE_KINDS.items():
+        lines += _kind_section(kind, model_cls, config_cls, image_config_keys(kind))
+    return lines
 
 
 def config_markdown() -> str:
     import qkv.train.config as train_config
     import qkv.translation.config as config
+    import qkv.vision.config as vision_config
     from qkv.models.builders import MODEL_KINDS, config_keys
 
     lines = [
@@ -227,21 +311,16 @@ def config_markdown() -> str:
         "the defaults below, then the model preset of `--model NAME`, then a TOML file, then",
         '`--table.key=value` overrides (values are read as TOML: `3`, `1e-3`, `true`, `"text"`).',
         "An unknown key is an error that lists the valid ones. This page is generated from the code",
-        "(`qkv.translation.config` and the model config dataclasses), so it lists exactly the keys",
-        "`qkv train` accepts. See [Translation](../guides/translation.md) for how to train, and",
-        "[the command line](cli.md#qkv-train) for the options of `qkv train`.",
+        "(`qkv.translation.config`, `qkv.vision.config` and the model config dataclasses), so it lists",
+        "exactly the keys `qkv train` accepts. See [Translation](../guides/translation.md) for how to",
+        "train, and [the command line](cli.md#qkv-train) for the options of `qkv train`.",
         "",
         "```bash",
         "qkv train configs/transformer.toml --train.epochs=5 --model.d_model=64",
         "```",
     ]
     for table, cls in (("data", config.DataConfig), ("train", config.TranslationTrainConfig)):
-        lines += ["", f"## [{table}]", "", "| key | type | default | description |", "|---|---|---|---|"]
-        comments = _field_comments(cls)
-        for f in dataclasses.fields(cls):
-            value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            text = _md_text(comments.get(f.name) or KEY_NOTES.get((table, f.name), ""))
-            lines.append(f"| `{f.name}` | {_toml_type(value)} | {_value(value)} | {text} |")
+        lines += ["", f"## [{table}]", "", *_key_rows(table, cls)]
     lines += [
         "",
         "## [model]",
@@ -250,39 +329,12 @@ def config_markdown() -> str:
         "vocabulary sizes and the padding id come from the data). `qkv train --model NAME` starts",
         "from one of these presets:",
         "",
-        "| `--model` | `[model]` table it starts from |",
-        "|---|---|",
+        *_preset_rows(config.MODEL_PRESETS),
     ]
-    for name, preset in config.MODEL_PRESETS.items():
-        table = ", ".join(f"{k} = {_value(v).strip('`')}" for k, v in preset.items())
-        lines.append(f"| `{name}` | `{table}` |")
     for kind, (model_cls, config_cls) in MODEL_KINDS.items():
-        module = sys.modules[config_cls.__module__]
-        docs = _attribute_docs(config_cls)
-        valid = config_keys(kind)
-        lines += [
-            "",
-            f'### kind = "{kind}"',
-            "",
-            f"`{model_cls.__name__}`, configured by `{config_cls.__module__}.{config_cls.__name__}`.",
-            "",
-            "| key | type | default | description |",
-            "|---|---|---|---|",
-        ]
-        for f in dataclasses.fields(config_cls):
-            if f.name not in valid:
-                continue
-            if f.default is not dataclasses.MISSING:
-                default = _value(f.default)
-            elif f.default_factory is not dataclasses.MISSING:
-                default = _value(f.default_factory())
-            else:
-                default = "required"
-            type_name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-            lines.append(
-                f"| `{f.name}` | {type_name} | {default} | {_md_text(docs.get(f.name, ''), module)} |"
-            )
-    for module in (config, train_config):
+        lines += _kind_section(kind, model_cls, config_cls, config_keys(kind))
+    lines += _vision_config_markdown()
+    for module in (config, vision_config, train_config):
         lines += ["", f"## Notes from `{module.__name__}`", "", _md_block(inspect.getdoc(module) or "")]
     return "\n".join(lines) + "\n"
 

@@ -120,7 +120,9 @@ def _config_epilog() -> str:
     return (
         f"Config keys and their defaults. [data]: {table('data')}. [train]: {table('train')}. "
         "[model]: the fields of the preset's model (seq2seq: attention, rnn, embed_dim, hidden_dim, ...; "
-        "transformer: d_model, num_heads, ff_dim, encoder_layers, ...). "
+        "transformer: d_model, num_heads, ff_dim, encoder_layers, ...; vit: patch_size, dim, depth, heads, "
+        "mlp_dim, pool, positions, ...). With --model vit the [data] and [train] tables are the image "
+        "classifier's: qkv train --model vit --data digits --show-config lists them. "
         "`qkv train [CONFIG] [--model NAME] [--table.key=value ...] --show-config` prints every key with the "
         "value it would train with, as TOML. A TSV file with any model: "
         "qkv train configs/tsv-example.toml --data pairs.tsv --model transformer "

@@ -16,6 +16,7 @@ dataclass but the ones the data decides (:func:`qkv.models.builders.image_config
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -77,9 +78,7 @@ class DataConfig:
     image_size: int = 32  # folders: images are resized to image_size x image_size
     channels: int = 1  # folders: 1 (grayscale) or 3 (RGB)
     canvas: int = 32  # located-digits: the canvas side
-    size: int = (
-        0  # located-digits: training canvases (0 = 8000); fashion-mnist: first N training images (0 = all)
-    )
+    size: int = 0  # located-digits: training canvases (0: 8000); fashion-mnist: first N images (0: all)
     valid_frac: float = 0.1  # of the training images (of the digits, for located-digits)
     test_frac: float = 0.2  # digits, folders, located-digits (fashion-mnist has its own test set)
     augment_shift: int = 0  # training images moved by up to this many pixels (0 = no augmentation)
@@ -152,12 +151,18 @@ class RunConfig:
         return asdict(self)
 
     def to_toml(self) -> str:
-        """Every key and its value, as a TOML config file."""
+        """Every key and its value, as a TOML config file (``[model]`` with every field of its model)."""
         import tomli_w
 
-        return tomli_w.dumps(
-            {k: {n: v for n, v in t.items() if v is not None} for k, t in self.to_dict().items()}
-        )
+        tables = self.to_dict()
+        kind = self.model.get("kind", "vit")
+        keys = image_config_keys(kind)
+        fields = dataclasses.fields(IMAGE_KINDS[kind][1])
+        defaults = {
+            f.name: f.default for f in fields if f.name in keys and f.default is not dataclasses.MISSING
+        }
+        tables["model"] = {"kind": kind, **defaults, **self.model}
+        return tomli_w.dumps({k: {n: v for n, v in t.items() if v is not None} for k, t in tables.items()})
 
 
 def preset_for(dataset: str) -> str:
