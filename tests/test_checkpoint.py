@@ -591,3 +591,32 @@ def test_a_kill_while_the_same_step_is_replaced_still_loads(tmp_path):
     assert torch.equal(ckpt.model_state["weight"], model.weight)
     small_checkpoint(tmp_path, step=4, keep=1)  # the next save cleans up
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-00000004"]
+
+
+def test_a_kill_while_pruning_leaves_no_half_deleted_checkpoint(tmp_path, monkeypatch):
+    """Pruning renames an old checkpoint out of the ``ckpt-*`` names before deleting it: a kill
+    mid-delete (here: the delete stops after one file) leaves a leftover the next save removes,
+    never a ``ckpt-*`` directory without its files that no later prune would see."""
+    import qkv.train.checkpoint as ck
+
+    model = nn.Linear(4, 4)
+    for step in (1, 2):
+        save_checkpoint(tmp_path, model=model, step=step, config={}, keep=2)
+
+    rmtree = ck.shutil.rmtree
+
+    def killed_mid_delete(path, ignore_errors=False):
+        if not (Path(path) / "meta.json").exists():
+            return rmtree(path, ignore_errors=ignore_errors)
+        (Path(path) / "meta.json").unlink()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ck.shutil, "rmtree", killed_mid_delete)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path, model=model, step=3, config={}, keep=2)
+    monkeypatch.undo()
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert [n for n in names if n.startswith("ckpt-")] == ["ckpt-00000002", "ckpt-00000003"]
+    assert load_checkpoint(tmp_path).step == 3
+    save_checkpoint(tmp_path, model=model, step=4, config={}, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-00000003", "ckpt-00000004"]

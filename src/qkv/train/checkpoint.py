@@ -16,6 +16,7 @@ import io
 import json
 import os
 import re
+import secrets
 import shutil
 import warnings
 from collections.abc import Mapping
@@ -119,10 +120,14 @@ def save_checkpoint(
 
 
 def _prune(directory: Path, current: Path, keep: int | None) -> None:
-    """Delete all but the ``keep`` newest checkpoints, and what killed saves left behind."""
+    """Delete all but the ``keep`` newest checkpoints, and what killed saves left behind. An old
+    checkpoint is first renamed to a leftover name (atomic), so a kill mid-delete leaves no
+    half-deleted ``ckpt-*`` behind: the next save removes the rest."""
     others = [p for p in list_checkpoints(directory) if p != current]
+    for p in others[keep - 1 if keep else len(others) :]:
+        os.replace(p, p.with_name(f".tmp-pruned-{p.name}-{os.getpid()}-{secrets.token_hex(4)}"))
     for p in directory.iterdir():
-        if p in others[keep - 1 if keep else len(others) :] or _LEFTOVER_RE.match(p.name):
+        if _LEFTOVER_RE.match(p.name):
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
