@@ -37,6 +37,7 @@ __all__ = [
     "Task",
     "TrainResult",
     "Trainer",
+    "fit_run",
     "learning_rate",
     "open_run",
     "seed_everything",
@@ -113,6 +114,31 @@ def open_run(out_dir: str | Path, *, resume: bool) -> Checkpoint | None:
             stacklevel=2,
         )
     return ckpt
+
+
+def fit_run(
+    cfg: Any, out_dir: str | Path, make_trainer: Callable[[Any, Checkpoint | None], Trainer], *,
+    config_type: Any, resume: bool = False, stop_after_steps: int | None = None,
+) -> TrainResult:  # fmt: skip
+    """An application's run from its config ``cfg`` (a :class:`~qkv.train.config.RunConfig`):
+    :func:`open_run` on ``out_dir``, then, with ``cfg.train.threads`` torch threads and the
+    global generators seeded with ``cfg.train.seed``, the :class:`Trainer` that
+    ``make_trainer(cfg, checkpoint)`` builds, restored from the checkpoint when resuming, fitted.
+
+    ``cfg`` None resumes with the run's own config (``config_type.from_dict``); ValueError for
+    a new run. ``stop_after_steps``: as :meth:`Trainer.fit`.
+    """
+    ckpt = open_run(out_dir, resume=resume)
+    if cfg is None:
+        if ckpt is None:
+            raise ValueError("cfg: None is only for resuming a run (its own config)")
+        cfg = config_type.from_dict(ckpt.config)
+    with torch_threads(cfg.train.threads):
+        seed_everything(cfg.train.seed)  # the global generators the Trainer checkpoints
+        trainer = make_trainer(cfg, ckpt)
+        if ckpt is not None:
+            trainer.restore(ckpt)
+        return trainer.fit(stop_after_steps=stop_after_steps)
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..models.builders import build_model
-from ..train.loop import Trainer, TrainResult, open_run, seed_everything, torch_threads
+from ..train.loop import Trainer, TrainResult, fit_run
 from . import data as qdata
 from .config import DataConfig, RunConfig, TranslationTrainConfig
 from .decode import decode_limit, longest_repeat
@@ -266,23 +267,17 @@ def train(
             count, the training pairs, the vocabulary sizes); default: when ``progress``.
     """
     stream = sys.stderr if stream is None else stream
-    ckpt = open_run(out_dir, resume=resume)
-    if cfg is None:
-        if ckpt is None:
-            raise ValueError("cfg: None is only for resuming a run (its own config)")
-        cfg = RunConfig.from_dict(ckpt.config)
-    with torch_threads(cfg.train.threads):
-        trainer = _trainer(
-            cfg, Path(out_dir), ckpt, progress=progress, stream=stream,
-            announce=progress if announce is None else announce,
-        )  # fmt: skip
-        return trainer.fit(stop_after_steps=stop_after_steps)
+    make = partial(_trainer, out=Path(out_dir), progress=progress, stream=stream,
+                   announce=progress if announce is None else announce)  # fmt: skip
+    return fit_run(
+        cfg, out_dir, make, config_type=RunConfig, resume=resume, stop_after_steps=stop_after_steps
+    )
 
 
-def _trainer(cfg: RunConfig, out: Path, ckpt, *, progress: bool, stream, announce: bool = False) -> Trainer:
-    """Data, model, optimizer and task of a config, in a Trainer (restored from ``ckpt``)."""
+def _trainer(cfg: RunConfig, ckpt, *, out: Path, progress: bool, stream, announce: bool) -> Trainer:
+    """Data, model, optimizer and task of a config, in a Trainer (``ckpt``: the tokenizers and
+    facts of the run resumed)."""
     t = cfg.train
-    seed_everything(t.seed)  # the global generators the Trainer checkpoints
     corpus, src_tok, tgt_tok = prepare_data(cfg)
     if ckpt is not None:  # the vocabularies the model was built with
         src_tok = qdata.tokenizer_from_dict(ckpt.vocab["source"])
@@ -303,10 +298,7 @@ def _trainer(cfg: RunConfig, out: Path, ckpt, *, progress: bool, stream, announc
             f"vocabularies of {len(src_tok):,} source and {len(tgt_tok):,} target tokens",
             file=stream,
         )
-    trainer = Trainer(
+    return Trainer(
         model, opt, task, config=t, out_dir=out, run_config=cfg.to_dict(), vocab=vocab,
         desc=f"train {name}", progress=progress, stream=stream,
     )  # fmt: skip
-    if ckpt is not None:
-        trainer.restore(ckpt)
-    return trainer
