@@ -26,14 +26,8 @@ __all__ = [
 ]
 
 #: The keys a resumed run may change: how long it runs and how it saves, never what it learns.
-SAFE_ON_RESUME = (
-    "train.epochs",
-    "train.max_steps",
-    "train.patience",
-    "train.save_every_minutes",
-    "train.save_every_steps",
-    "train.keep_last",
-)
+SAFE_ON_RESUME = ("train.epochs", "train.max_steps", "train.patience", "train.save_every_minutes",
+                  "train.save_every_steps", "train.keep_last")  # fmt: skip
 
 
 def expect(table: str, key: str, ok: bool, expected: str, got: Any) -> None:

@@ -10,9 +10,7 @@ teacher-forced token cross entropy (:func:`_loss`), and validation by loss and, 
 
 from __future__ import annotations
 
-import sys
 import warnings
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -241,37 +239,13 @@ class TranslationTask:
         return metrics
 
 
-def train(
-    cfg: RunConfig | None,
-    out_dir: str | Path,
-    *,
-    resume: bool = False,
-    progress: bool = True,
-    stream=None,
-    stop_after_steps: int | None = None,
-    announce: bool | None = None,
-) -> TrainResult:
-    """Train the model a config describes; checkpoints go to ``out_dir``.
-
-    Args:
-        cfg: a config from :func:`qkv.translation.config.resolve`; when resuming, the config to
-            continue with (:func:`~qkv.translation.config.resume_config` says what may
-            change), or None for the run's own.
-        out_dir: the run directory (``ckpt-*`` checkpoints, ``best/``).
-        resume: continue from the newest intact checkpoint in ``out_dir`` (an existing run
-            directory without ``resume`` is an error, so nothing is overwritten).
-        progress: show a progress bar with loss, tokens/s and ETA on ``stream`` (stderr).
-        stop_after_steps: stop (and checkpoint) after this many optimizer steps in this call,
-            as an interruption would (tests use it to check exact resumption).
-        announce: print a line about the model on ``stream`` before training (its parameter
-            count, the training pairs, the vocabulary sizes); default: when ``progress``.
-    """
-    stream = sys.stderr if stream is None else stream
-    make = partial(_trainer, out=Path(out_dir), progress=progress, stream=stream,
-                   announce=progress if announce is None else announce)  # fmt: skip
-    return fit_run(
-        cfg, out_dir, make, config_type=RunConfig, resume=resume, stop_after_steps=stop_after_steps
-    )
+def train(cfg: RunConfig | None, out_dir: str | Path, **options: Any) -> TrainResult:
+    """Train the model a config describes (:func:`qkv.translation.config.resolve`): the corpus,
+    its tokenizers (when resuming, the run's own), the model, AdamW and a :class:`TranslationTask`
+    in a :class:`~qkv.train.loop.Trainer`. ``options``: ``resume``, ``progress``, ``stream``,
+    ``stop_after_steps``, ``announce`` (the parameter count, the training pairs, the vocabulary
+    sizes), as :func:`qkv.train.loop.fit_run` says."""
+    return fit_run(cfg, out_dir, _trainer, config_type=RunConfig, **options)
 
 
 def _trainer(cfg: RunConfig, ckpt, *, out: Path, progress: bool, stream, announce: bool) -> Trainer:

@@ -9,9 +9,7 @@ cross entropy, and validation by loss and accuracy.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -131,34 +129,13 @@ class ClassificationTask:
         }
 
 
-def train(
-    cfg: RunConfig | None,
-    out_dir: str | Path,
-    *,
-    resume: bool = False,
-    progress: bool = True,
-    stream=None,
-    stop_after_steps: int | None = None,
-    announce: bool | None = None,
-) -> TrainResult:
-    """Train the image classifier a config describes; checkpoints go to ``out_dir``.
-
-    Args:
-        cfg: a config from :func:`qkv.vision.config.resolve`; when resuming, the config to
-            continue with (:func:`~qkv.vision.config.resume_config`), or None for the run's own.
-        out_dir: the run directory (``ckpt-*`` checkpoints, ``best/``).
-        resume: continue from the newest intact checkpoint in ``out_dir`` (an existing run
-            directory without ``resume`` is an error, so nothing is overwritten).
-        progress: show a progress bar on ``stream`` (stderr).
-        stop_after_steps: stop (and checkpoint) after this many optimizer steps in this call.
-        announce: print a line about the model and the data before training (default: ``progress``).
-    """
-    stream = sys.stderr if stream is None else stream
-    make = partial(_trainer, out=Path(out_dir), progress=progress, stream=stream,
-                   announce=progress if announce is None else announce)  # fmt: skip
-    return fit_run(
-        cfg, out_dir, make, config_type=RunConfig, resume=resume, stop_after_steps=stop_after_steps
-    )
+def train(cfg: RunConfig | None, out_dir: str | Path, **options: Any) -> TrainResult:
+    """Train the image classifier a config describes (:func:`qkv.vision.config.resolve`): the
+    data set's splits, the model, AdamW and a :class:`ClassificationTask` in a
+    :class:`~qkv.train.loop.Trainer`. ``options``: ``resume``, ``progress``, ``stream``,
+    ``stop_after_steps``, ``announce`` (the parameters, the training images and their classes),
+    as :func:`qkv.train.loop.fit_run` says."""
+    return fit_run(cfg, out_dir, _trainer, config_type=RunConfig, **options)
 
 
 def _trainer(cfg: RunConfig, ckpt, *, out: Path, progress: bool, stream, announce: bool) -> Trainer:
