@@ -17,7 +17,7 @@ reads ``[data]`` and ``[model]`` only.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 from ..models.builders import MODEL_KINDS, config_keys
 from ..train import config as train_config
@@ -109,11 +109,8 @@ class RunConfig(train_config.RunConfig):
     model: dict[str, Any] = field(default_factory=lambda: dict(MODEL_PRESETS["bahdanau"]))
     train: TranslationTrainConfig = field(default_factory=TranslationTrainConfig)
 
-    MODEL_KINDS: ClassVar = MODEL_KINDS
-    DEFAULT_KIND: ClassVar = "seq2seq"
-    MODEL_PRESETS: ClassVar = MODEL_PRESETS
-    DEFAULT_PRESET: ClassVar = "bahdanau"
-    model_keys = staticmethod(config_keys)
+    MODEL_KINDS, DEFAULT_KIND, model_keys = MODEL_KINDS, "seq2seq", staticmethod(config_keys)
+    MODEL_PRESETS, DEFAULT_PRESET = MODEL_PRESETS, "bahdanau"
 
     def preset_name(self) -> str | None:
         return model_preset(self.model)

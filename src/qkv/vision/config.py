@@ -17,7 +17,7 @@ dataclass but the ones the data decides (:func:`qkv.models.builders.image_config
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 from ..models.builders import IMAGE_KINDS, VIT_PRESETS, image_config_keys
 from ..train import config as train_config
@@ -116,11 +116,8 @@ class RunConfig(train_config.RunConfig):
     model: dict[str, Any] = field(default_factory=lambda: dict(VIT_PRESETS["vit-digits"]))
     train: VisionTrainConfig = field(default_factory=VisionTrainConfig)
 
-    MODEL_KINDS: ClassVar = IMAGE_KINDS
-    DEFAULT_KIND: ClassVar = "vit"
-    MODEL_PRESETS: ClassVar = MODEL_PRESETS
-    DEFAULT_PRESET: ClassVar = "vit"
-    model_keys = staticmethod(image_config_keys)
+    MODEL_KINDS, DEFAULT_KIND, model_keys = IMAGE_KINDS, "vit", staticmethod(image_config_keys)
+    MODEL_PRESETS, DEFAULT_PRESET = MODEL_PRESETS, "vit"
 
     @classmethod
     def preset_table(cls, preset: str, tables: dict[str, Any]) -> dict[str, Any]:
