@@ -37,6 +37,7 @@ __all__ = [
     "Task",
     "TrainResult",
     "Trainer",
+    "fit_run",
     "learning_rate",
     "open_run",
     "seed_everything",
@@ -113,6 +114,49 @@ def open_run(out_dir: str | Path, *, resume: bool) -> Checkpoint | None:
             stacklevel=2,
         )
     return ckpt
+
+
+def fit_run(
+    cfg: Any, out_dir: str | Path, make_trainer: Callable[..., Trainer], *, config_type: Any,
+    resume: bool = False, progress: bool = True, stream: TextIO | None = None,
+    stop_after_steps: int | None = None, announce: bool | None = None,
+) -> TrainResult:  # fmt: skip
+    """Train the model of an application's config ``cfg`` (a :class:`~qkv.train.config.RunConfig`);
+    checkpoints go to ``out_dir``: the ``train`` of each application.
+
+    :func:`open_run`, then, with ``cfg.train.threads`` torch threads and the global generators
+    seeded with ``cfg.train.seed``, the :class:`Trainer` that ``make_trainer(cfg, checkpoint,
+    out=, progress=, stream=, announce=)`` builds (``checkpoint``: the one resumed, or None),
+    restored from the checkpoint, fitted.
+
+    Args:
+        cfg: the run's config; when resuming, the config to continue with
+            (:meth:`~qkv.train.config.RunConfig.resume` says what may change), or None for the
+            run's own (``config_type.from_dict``).
+        out_dir: the run directory (``ckpt-*`` checkpoints, ``best/``).
+        resume: continue from the newest intact checkpoint in ``out_dir`` (an existing run
+            directory without ``resume`` is an error, so nothing is overwritten).
+        progress: show a progress bar with the loss, units/s and ETA on ``stream`` (stderr).
+        stop_after_steps: stop (and checkpoint) after this many optimizer steps in this call,
+            as an interruption would (tests use it to check exact resumption).
+        announce: print a line about the model and the data on ``stream`` before training
+            (default: when ``progress``).
+    """
+    ckpt = open_run(out_dir, resume=resume)
+    if cfg is None:
+        if ckpt is None:
+            raise ValueError("cfg: None is only for resuming a run (its own config)")
+        cfg = config_type.from_dict(ckpt.config)
+    stream = sys.stderr if stream is None else stream
+    announce = progress if announce is None else announce
+    with torch_threads(cfg.train.threads):
+        seed_everything(cfg.train.seed)  # the global generators the Trainer checkpoints
+        trainer = make_trainer(
+            cfg, ckpt, out=Path(out_dir), progress=progress, stream=stream, announce=announce
+        )
+        if ckpt is not None:
+            trainer.restore(ckpt)
+        return trainer.fit(stop_after_steps=stop_after_steps)
 
 
 @dataclass

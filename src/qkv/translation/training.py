@@ -10,7 +10,6 @@ teacher-forced token cross entropy (:func:`_loss`), and validation by loss and, 
 
 from __future__ import annotations
 
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..models.builders import build_model
-from ..train.loop import Trainer, TrainResult, open_run, seed_everything, torch_threads
+from ..train.loop import Trainer, TrainResult, fit_run
 from . import data as qdata
 from .config import DataConfig, RunConfig, TranslationTrainConfig
 from .decode import decode_limit, longest_repeat
@@ -240,49 +239,19 @@ class TranslationTask:
         return metrics
 
 
-def train(
-    cfg: RunConfig | None,
-    out_dir: str | Path,
-    *,
-    resume: bool = False,
-    progress: bool = True,
-    stream=None,
-    stop_after_steps: int | None = None,
-    announce: bool | None = None,
-) -> TrainResult:
-    """Train the model a config describes; checkpoints go to ``out_dir``.
-
-    Args:
-        cfg: a config from :func:`qkv.translation.config.resolve`; when resuming, the config to
-            continue with (:func:`~qkv.translation.config.resume_config` says what may
-            change), or None for the run's own.
-        out_dir: the run directory (``ckpt-*`` checkpoints, ``best/``).
-        resume: continue from the newest intact checkpoint in ``out_dir`` (an existing run
-            directory without ``resume`` is an error, so nothing is overwritten).
-        progress: show a progress bar with loss, tokens/s and ETA on ``stream`` (stderr).
-        stop_after_steps: stop (and checkpoint) after this many optimizer steps in this call,
-            as an interruption would (tests use it to check exact resumption).
-        announce: print a line about the model on ``stream`` before training (its parameter
-            count, the training pairs, the vocabulary sizes); default: when ``progress``.
-    """
-    stream = sys.stderr if stream is None else stream
-    ckpt = open_run(out_dir, resume=resume)
-    if cfg is None:
-        if ckpt is None:
-            raise ValueError("cfg: None is only for resuming a run (its own config)")
-        cfg = RunConfig.from_dict(ckpt.config)
-    with torch_threads(cfg.train.threads):
-        trainer = _trainer(
-            cfg, Path(out_dir), ckpt, progress=progress, stream=stream,
-            announce=progress if announce is None else announce,
-        )  # fmt: skip
-        return trainer.fit(stop_after_steps=stop_after_steps)
+def train(cfg: RunConfig | None, out_dir: str | Path, **options: Any) -> TrainResult:
+    """Train the model a config describes (:func:`qkv.translation.config.resolve`): the corpus,
+    its tokenizers (when resuming, the run's own), the model, AdamW and a :class:`TranslationTask`
+    in a :class:`~qkv.train.loop.Trainer`. ``options``: ``resume``, ``progress``, ``stream``,
+    ``stop_after_steps``, ``announce`` (the parameter count, the training pairs, the vocabulary
+    sizes), as :func:`qkv.train.loop.fit_run` says."""
+    return fit_run(cfg, out_dir, _trainer, config_type=RunConfig, **options)
 
 
-def _trainer(cfg: RunConfig, out: Path, ckpt, *, progress: bool, stream, announce: bool = False) -> Trainer:
-    """Data, model, optimizer and task of a config, in a Trainer (restored from ``ckpt``)."""
+def _trainer(cfg: RunConfig, ckpt, *, out: Path, progress: bool, stream, announce: bool) -> Trainer:
+    """Data, model, optimizer and task of a config, in a Trainer (``ckpt``: the tokenizers and
+    facts of the run resumed)."""
     t = cfg.train
-    seed_everything(t.seed)  # the global generators the Trainer checkpoints
     corpus, src_tok, tgt_tok = prepare_data(cfg)
     if ckpt is not None:  # the vocabularies the model was built with
         src_tok = qdata.tokenizer_from_dict(ckpt.vocab["source"])
@@ -303,10 +272,7 @@ def _trainer(cfg: RunConfig, out: Path, ckpt, *, progress: bool, stream, announc
             f"vocabularies of {len(src_tok):,} source and {len(tgt_tok):,} target tokens",
             file=stream,
         )
-    trainer = Trainer(
+    return Trainer(
         model, opt, task, config=t, out_dir=out, run_config=cfg.to_dict(), vocab=vocab,
         desc=f"train {name}", progress=progress, stream=stream,
     )  # fmt: skip
-    if ckpt is not None:
-        trainer.restore(ckpt)
-    return trainer

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from ..models.builders import build_model
-from ..train.checkpoint import list_checkpoints, load_checkpoint
+from ..train.checkpoint import load_trained
 from .data import BUILTIN_CORPORA, TextFormat, batches, encode_pairs, tokenizer_from_dict
 from .decode import Hypothesis, beam_search, decode_limit, greedy
 from .metrics import aer as aer_fn
@@ -188,12 +188,7 @@ class Translator:
 
     @classmethod
     def load(cls, checkpoint: str | Path, *, best: bool = True) -> Translator:
-        path = Path(checkpoint)
-        if not path.exists():
-            raise FileNotFoundError(f"checkpoint: no such directory {str(path)!r}")
-        if best and list_checkpoints(path / "best"):
-            path = path / "best"
-        ck = load_checkpoint(path)
+        ck = load_trained(checkpoint, best=best)
         src_tok = tokenizer_from_dict(ck.vocab["source"])
         tgt_tok = tokenizer_from_dict(ck.vocab["target"])
         model = build_model(ck.config["model"], src_vocab=len(src_tok), tgt_vocab=len(tgt_tok))
@@ -201,7 +196,7 @@ class Translator:
         model.eval()
         text = TextFormat.from_dict(ck.vocab["text"]) if "text" in ck.vocab else None
         return cls(
-            model, src_tok, tgt_tok, ck.config, path=path, text=text, inference=ck.vocab.get("inference")
+            model, src_tok, tgt_tok, ck.config, path=ck.path, text=text, inference=ck.vocab.get("inference")
         )
 
     @property

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ..models.builders import build_image_model
-from ..train.checkpoint import list_checkpoints, load_checkpoint
+from ..train.checkpoint import load_trained
 from .training import predict_logits
 
 __all__ = ["Classifier", "Evaluation"]
@@ -60,21 +60,16 @@ class Classifier:
     @classmethod
     def load(cls, checkpoint: str | Path, *, best: bool = True) -> Classifier:
         """The classifier of a ``qkv train --model vit`` run directory (or of one checkpoint)."""
-        path = Path(checkpoint)
-        if not path.exists():
-            raise FileNotFoundError(f"checkpoint: no such directory {str(path)!r}")
-        if best and list_checkpoints(path / "best"):
-            path = path / "best"
-        ck = load_checkpoint(path)
+        ck = load_trained(checkpoint, best=best)
         facts = ck.vocab
         if not isinstance(facts, dict) or "classes" not in facts:
             raise ValueError(
-                f"checkpoint: {str(path)!r} is not an image classifier's (no image facts stored)"
+                f"checkpoint: {str(ck.path)!r} is not an image classifier's (no image facts stored)"
             )
         model = build_image_model(ck.config["model"], image_size=facts["image_size"], channels=facts["channels"],
                                   num_classes=len(facts["classes"]))  # fmt: skip
         ck.restore(model, rng=False)
-        return cls(model, ck.config, facts, path=path)
+        return cls(model, ck.config, facts, path=ck.path)
 
     @property
     def num_parameters(self) -> int:

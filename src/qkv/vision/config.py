@@ -10,25 +10,23 @@ overrides, each table a frozen dataclass that checks itself. ``[train]`` is the 
 :class:`~qkv.train.config.TrainConfig` with defaults for small ViTs plus ``label_smoothing``
 (:class:`VisionTrainConfig`); the valid ``[model]`` keys are the fields of the model's config
 dataclass but the ones the data decides (:func:`qkv.models.builders.image_config_keys`).
-:func:`resume_config` is what a resumed run may change.
+:func:`resume_config` is what a resumed run may change. The composition is
+:class:`qkv.train.config.RunConfig`'s.
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..models.builders import IMAGE_KINDS, VIT_PRESETS, image_config_keys
-from ..train.config import TrainConfig, from_table, parse_override
+from ..train import config as train_config
+from ..train.config import TrainConfig
 from ..train.config import expect as _expect
 
 __all__ = [
     "DATASETS",
     "MODEL_PRESETS",
-    "SAFE_ON_RESUME",
     "DataConfig",
     "RunConfig",
     "VisionTrainConfig",
@@ -50,16 +48,6 @@ _PRESET_OF_DATASET = {
     "fashion-mnist": "vit-fashion-mnist",
     "located-digits": "vit-located",
 }
-
-#: The keys a resumed run may change: how long it runs and how it saves, never what it learns.
-SAFE_ON_RESUME = (
-    "train.epochs",
-    "train.max_steps",
-    "train.patience",
-    "train.save_every_minutes",
-    "train.save_every_steps",
-    "train.keep_last",
-)
 
 
 def _is_int(value: Any, least: int) -> bool:
@@ -119,50 +107,23 @@ class VisionTrainConfig(TrainConfig):
 
 
 @dataclass(frozen=True)
-class RunConfig:
+class RunConfig(train_config.RunConfig):
     """A whole image classification run: its three tables (``model`` is a dict checked against
-    the model's config dataclass)."""
+    the model's config dataclass); the preset ``vit`` (the default) is the one
+    :func:`preset_for` the data set."""
 
     data: DataConfig = field(default_factory=DataConfig)
     model: dict[str, Any] = field(default_factory=lambda: dict(VIT_PRESETS["vit-digits"]))
     train: VisionTrainConfig = field(default_factory=VisionTrainConfig)
 
-    def __post_init__(self) -> None:
-        kind = self.model.get("kind", "vit")
-        _expect("model", "kind", kind in IMAGE_KINDS, " or ".join(map(repr, IMAGE_KINDS)), kind)
-        unknown = sorted(set(self.model) - image_config_keys(kind))
-        if unknown:
-            valid = ", ".join(sorted(image_config_keys(kind)))
-            raise ValueError(f"config [model] (kind={kind!r}): unknown keys {unknown}; valid: {valid}")
+    MODEL_KINDS, DEFAULT_KIND, model_keys = IMAGE_KINDS, "vit", staticmethod(image_config_keys)
+    MODEL_PRESETS, DEFAULT_PRESET = MODEL_PRESETS, "vit"
 
     @classmethod
-    def from_dict(cls, tables: dict[str, Any]) -> RunConfig:
-        """From ``{"data": {...}, "model": {...}, "train": {...}}`` (what checkpoints store)."""
-        unknown = sorted(set(tables) - {"data", "model", "train"})
-        if unknown:
-            raise ValueError(f"config: unknown tables {unknown}; valid: data, model, train")
-        return cls(
-            data=from_table(DataConfig, "data", tables.get("data", {})),
-            model=dict(tables.get("model", VIT_PRESETS["vit-digits"])),
-            train=from_table(VisionTrainConfig, "train", tables.get("train", {})),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def to_toml(self) -> str:
-        """Every key and its value, as a TOML config file (``[model]`` with every field of its model)."""
-        import tomli_w
-
-        tables = self.to_dict()
-        kind = self.model.get("kind", "vit")
-        keys = image_config_keys(kind)
-        fields = dataclasses.fields(IMAGE_KINDS[kind][1])
-        defaults = {
-            f.name: f.default for f in fields if f.name in keys and f.default is not dataclasses.MISSING
-        }
-        tables["model"] = {"kind": kind, **defaults, **self.model}
-        return tomli_w.dumps({k: {n: v for n, v in t.items() if v is not None} for k, t in tables.items()})
+    def preset_table(cls, preset: str, tables: dict[str, Any]) -> dict[str, Any]:
+        if preset == "vit":
+            preset = preset_for(tables.get("data", {}).get("dataset", DataConfig.dataset))
+        return VIT_PRESETS[preset]
 
 
 def preset_for(dataset: str) -> str:
@@ -170,58 +131,7 @@ def preset_for(dataset: str) -> str:
     return _PRESET_OF_DATASET.get(dataset, "vit-located")
 
 
-def resolve(
-    file_config: dict | None = None, *, preset: str | None = None, overrides: Iterable[str] = ()
-) -> RunConfig:
-    """Defaults <- model preset <- file <- overrides (``--table.key=value``), checked.
-
-    The preset ``vit`` (the default) is the one :func:`preset_for` the data set.
-    """
-    tables = copy.deepcopy(file_config or {})
-    model = tables.setdefault("model", {})
-    preset = preset or model.pop("preset", None) or "vit"
-    model.pop("preset", None)
-    if preset not in MODEL_PRESETS:
-        raise ValueError(f"model: unknown model {preset!r}; valid: {', '.join(MODEL_PRESETS)}")
-    for text in overrides:
-        _set(tables, *parse_override(text))
-    if preset == "vit":
-        preset = preset_for(tables.get("data", {}).get("dataset", DataConfig.dataset))
-    tables["model"] = {**VIT_PRESETS[preset], **tables["model"]}
-    return RunConfig.from_dict(tables)
-
-
-def resume_config(run_config: dict[str, Any], overrides: Iterable[str]) -> tuple[RunConfig, list[str]]:
-    """The config a resumed run continues with: its own, checked, with ``overrides`` applied.
-
-    Returns the config and the overrides that changed something (``"train.epochs=20"``).
-
-    Raises:
-        ValueError: an override of a key outside :data:`SAFE_ON_RESUME` that would change the
-            run's value, or a bad value.
-    """
-    tables = RunConfig.from_dict(run_config).to_dict()
-    applied = []
-    for text in overrides:
-        path, value = parse_override(text)
-        key = ".".join(path)
-        node: Any = tables
-        for part in path:
-            node = node.get(part) if isinstance(node, dict) else None
-        if node == value:
-            continue
-        if key not in SAFE_ON_RESUME:
-            raise ValueError(
-                f"--resume: {key} cannot change in a run under way (the run has {node!r}, got {value!r}); "
-                f"train a new run with another --out. A resumed run may change {', '.join(SAFE_ON_RESUME)}"
-            )
-        _set(tables, path, value)
-        applied.append(f"{key}={value!r}")
-    return RunConfig.from_dict(tables), applied
-
-
-def _set(tables: dict[str, Any], path: list[str], value: Any) -> None:
-    node = tables
-    for part in path[:-1]:
-        node = node.setdefault(part, {}) if isinstance(node.get(part, {}), dict) else {}
-    node[path[-1]] = value
+#: Defaults <- model preset (``vit``: sized for the data set) <- file <- overrides, checked: :meth:`RunConfig.resolve`.
+resolve = RunConfig.resolve
+#: What a resumed run continues with (:data:`~qkv.train.config.SAFE_ON_RESUME` may change): :meth:`RunConfig.resume`.
+resume_config = RunConfig.resume

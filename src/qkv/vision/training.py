@@ -9,7 +9,6 @@ cross entropy, and validation by loss and accuracy.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..models.builders import build_image_model
-from ..train.loop import Trainer, TrainResult, open_run, seed_everything, torch_threads
+from ..train.loop import Trainer, TrainResult, fit_run
 from .config import DATASETS, DataConfig, RunConfig
 from .data import Images, load_digits, load_fashion_mnist, load_image_folder, random_shifts, split
 from .located import located_digits
@@ -130,48 +129,27 @@ class ClassificationTask:
         }
 
 
-def train(
-    cfg: RunConfig | None,
-    out_dir: str | Path,
-    *,
-    resume: bool = False,
-    progress: bool = True,
-    stream=None,
-    stop_after_steps: int | None = None,
-    announce: bool | None = None,
-) -> TrainResult:
-    """Train the image classifier a config describes; checkpoints go to ``out_dir``.
+def train(cfg: RunConfig | None, out_dir: str | Path, **options: Any) -> TrainResult:
+    """Train the image classifier a config describes (:func:`qkv.vision.config.resolve`): the
+    data set's splits, the model, AdamW and a :class:`ClassificationTask` in a
+    :class:`~qkv.train.loop.Trainer`. ``options``: ``resume``, ``progress``, ``stream``,
+    ``stop_after_steps``, ``announce`` (the parameters, the training images and their classes),
+    as :func:`qkv.train.loop.fit_run` says."""
+    return fit_run(cfg, out_dir, _trainer, config_type=RunConfig, **options)
 
-    Args:
-        cfg: a config from :func:`qkv.vision.config.resolve`; when resuming, the config to
-            continue with (:func:`~qkv.vision.config.resume_config`), or None for the run's own.
-        out_dir: the run directory (``ckpt-*`` checkpoints, ``best/``).
-        resume: continue from the newest intact checkpoint in ``out_dir`` (an existing run
-            directory without ``resume`` is an error, so nothing is overwritten).
-        progress: show a progress bar on ``stream`` (stderr).
-        stop_after_steps: stop (and checkpoint) after this many optimizer steps in this call.
-        announce: print a line about the model and the data before training (default: ``progress``).
-    """
-    stream = sys.stderr if stream is None else stream
-    ckpt = open_run(out_dir, resume=resume)
-    if cfg is None:
-        if ckpt is None:
-            raise ValueError("cfg: None is only for resuming a run (its own config)")
-        cfg = RunConfig.from_dict(ckpt.config)
-    with torch_threads(cfg.train.threads):
-        seed_everything(cfg.train.seed)
-        splits = load_splits(cfg.data)
-        task = ClassificationTask(cfg, splits)
-        facts = image_facts(splits["train"])
-        model = build_image_model(cfg.model, image_size=facts["image_size"], channels=facts["channels"],
-                                  num_classes=len(facts["classes"]))  # fmt: skip
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-        if announce if announce is not None else progress:
-            params = sum(p.numel() for p in model.parameters())
-            print(f"model: vit, {params:,} parameters; {len(splits['train']):,} training images of "
-                  f"{len(facts['classes'])} classes, {facts['image_size']}x{facts['image_size']}", file=stream)  # fmt: skip
-        trainer = Trainer(model, opt, task, config=cfg.train, out_dir=Path(out_dir), run_config=cfg.to_dict(),
-                          vocab=facts, desc="train vit", progress=progress, stream=stream)  # fmt: skip
-        if ckpt is not None:
-            trainer.restore(ckpt)
-        return trainer.fit(stop_after_steps=stop_after_steps)
+
+def _trainer(cfg: RunConfig, ckpt, *, out: Path, progress: bool, stream, announce: bool) -> Trainer:
+    """Data, model, optimizer and task of a config, in a Trainer (a resumed run's ``ckpt``
+    restores it after)."""
+    splits = load_splits(cfg.data)
+    task = ClassificationTask(cfg, splits)
+    facts = image_facts(splits["train"])
+    model = build_image_model(cfg.model, image_size=facts["image_size"], channels=facts["channels"],
+                              num_classes=len(facts["classes"]))  # fmt: skip
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    if announce:
+        params = sum(p.numel() for p in model.parameters())
+        print(f"model: vit, {params:,} parameters; {len(splits['train']):,} training images of "
+              f"{len(facts['classes'])} classes, {facts['image_size']}x{facts['image_size']}", file=stream)  # fmt: skip
+    return Trainer(model, opt, task, config=cfg.train, out_dir=out, run_config=cfg.to_dict(),
+                   vocab=facts, desc="train vit", progress=progress, stream=stream)  # fmt: skip
