@@ -111,7 +111,7 @@ class Classifier:
         accuracy = float((predicted == labels).float().mean()) if n else 0.0
         return Evaluation(n=n, accuracy=accuracy, confusion=confusion, classes=self.classes)
 
-    def _checked(self, images: object) -> Tensor:
+    def check_images(self, images: object) -> Tensor:
         """``images`` as float ``(N, channels, image_size, image_size)`` (one ``(C, H, W)`` image: N = 1)."""
         want = f"(N, {self.channels}, {self.image_size}, {self.image_size})"
         if not isinstance(images, Tensor) or images.dim() not in (3, 4):
@@ -144,12 +144,12 @@ class Classifier:
             ValueError: images of another shape, an unknown method, a bad target.
             ImportError: ``ig`` without Captum.
         """
-        return explain_image(self.model, self._checked(images), method=method, target=target, steps=steps)
+        return explain_image(self.model, self.check_images(images), method=method, target=target, steps=steps)
 
     def attention(self, images: Tensor) -> list[Tensor]:
         """Every layer's self-attention on ``images`` (as :meth:`explain` takes them): one
         ``(N, heads, T, T)`` per layer, ``T`` = the class token + the patches, exact weights."""
-        x = self._checked(images)
+        x = self.check_images(images)
         with torch.no_grad(), record_attention(self.model) as layers:
             self.model(x)
         return layers()
