@@ -65,3 +65,28 @@ def test_explain_names_the_methods_on_an_unknown_one(clf):
         ValueError, match=r"method: expected one of attention, rollout, grad, gradcam, ig, got 'cam'"
     ):
         clf.explain(torch.rand(1, 1, 16, 16), method="cam")
+
+
+def test_localization_scores_of_every_method_and_the_random_baseline(clf):
+    from qkv.interpret.localization import deletion_auc, energy_in_box, pointing_game
+    from qkv.vision.config import DataConfig
+    from qkv.vision.localization import METRICS, localization_scores, located_test_set, random_maps
+
+    images, labels, boxes = located_test_set(DataConfig(dataset="located-digits", canvas=16), 6, seed=3)
+    assert images.shape == (6, 1, 16, 16) and bool((boxes[:, 2:] <= 16).all())
+    labels = labels % 3  # the toy classifier has three classes
+    scores = localization_scores(clf, images, labels, boxes, methods=("rollout", "gradcam"), steps=4, batch=4)
+    assert list(scores) == ["rollout", "gradcam", "random"]
+    for s in scores.values():
+        assert list(s) == list(METRICS)
+        assert min(abs(s["pointing"] - k / 6) for k in range(7)) < 1e-6 and 0 <= s["energy_in_box"] <= 1
+        assert 0 <= s["deletion_auc"] <= 1 and 0 <= s["insertion_auc"] <= 1
+    noise = random_maps(6, (16, 16), seed=0)  # the baseline is these maps, scored alike
+    assert scores["random"]["pointing"] == pytest.approx(float(pointing_game(noise, boxes).mean()))
+    assert scores["random"]["energy_in_box"] == pytest.approx(float(energy_in_box(noise, boxes).mean()))
+
+    def score(x):
+        return clf.predict(x)[1][torch.arange(len(x)), labels.repeat_interleave(5)]
+
+    want = float(deletion_auc(score, images, noise, steps=4, baseline="zero", batch_size=30).mean())
+    assert scores["random"]["deletion_auc"] == pytest.approx(want, rel=1e-5)
