@@ -19,31 +19,20 @@ from pathlib import Path
 
 from . import USER_ERRORS, CommandError, error_message, warnings_as_messages
 
-__all__ = ["default_methods", "run_image"]
-
-
-def default_methods() -> list[str]:
-    """Every image method; ``ig`` only when Captum is installed."""
-    from ..interpret import IMAGE_METHODS
-
-    try:
-        import captum  # noqa: F401
-    except ImportError:
-        return [m for m in IMAGE_METHODS if m != "ig"]
-    return list(IMAGE_METHODS)
+__all__ = ["run_image"]
 
 
 def _methods(given: list[str] | None) -> list[str]:
-    from ..vision.pictures import check_methods
+    from ..vision.pictures import available_methods, check_methods
 
     if given is None:
-        return default_methods()
+        return list(available_methods())
     names = [n.strip().lower() for text in given for n in text.split(",") if n.strip()]
     try:
         methods = check_methods(names)
     except ValueError as e:
         raise CommandError(f"--{e}") from None
-    if "ig" in methods and "ig" not in default_methods():
+    if "ig" in methods and "ig" not in available_methods():
         raise CommandError("--method ig: integrated gradients need Captum: pip install 'qkv[interpret]'")
     return methods
 

@@ -27,11 +27,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..interpret.image import IMAGE_METHODS
 from ..train.checkpoint import list_checkpoints
 from .classifier import Classifier
 from .config import DataConfig, resolve
 from .localization import METRICS, RANDOM, localization_scores, located_test_set
+from .pictures import available_methods
 from .training import load_splits, train
 
 __all__ = ["DEMO_RUNS", "run_vision_demo"]
@@ -79,20 +79,13 @@ def _figure(clf: Classifier, images, labels, path: Path, title: str) -> Path | N
         from ..viz import image_methods
 
         maps = {
-            m: clf.explain(images[:1], method=m, target=labels[:1], steps=8).pixels[0] for m in _methods()
+            m: clf.explain(images[:1], method=m, target=labels[:1], steps=8).pixels[0]
+            for m in available_methods()
         }
         image_methods(images[0], maps, title=title, path=path)
     except ImportError:
         return None
     return path
-
-
-def _methods() -> tuple[str, ...]:
-    try:
-        import captum  # noqa: F401
-    except ImportError:
-        return tuple(m for m in IMAGE_METHODS if m != "ig")
-    return IMAGE_METHODS
 
 
 def _previous(out: Path) -> dict[str, Any]:
@@ -123,7 +116,7 @@ def run_vision_demo(
     images, labels, boxes = located_test_set(
         DataConfig(**located.config["data"]), bench["images"], seed=12345
     )
-    scores = localization_scores(located, images, labels, boxes, methods=_methods(), steps=bench["steps"],
+    scores = localization_scores(located, images, labels, boxes, methods=available_methods(), steps=bench["steps"],
                                  ig_steps=bench["ig_steps"])  # fmt: skip
     metrics["localization"] = {m: {k: round(v, 4) for k, v in s.items()} for m, s in scores.items()}
     figures = [f for f in (

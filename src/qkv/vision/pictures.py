@@ -19,7 +19,7 @@ from torch import Tensor
 from ..interpret.image import IMAGE_METHODS, ImageExplanation
 from .classifier import Classifier
 
-__all__ = ["ImagePicture", "check_methods", "image_picture"]
+__all__ = ["ImagePicture", "available_methods", "check_methods", "image_picture"]
 
 #: The name of the raw-attention map in the viewer (whose own ``attention`` overlay is per head).
 _ATTENTION_MAP = "attention (last layer)"
@@ -61,6 +61,15 @@ class ImagePicture:
     def pixels(self) -> dict[str, Tensor]:
         """``{method: (H, W)}`` pixel maps for a figure."""
         return {m: e.pixels[0] for m, e in self.explanations.items()}
+
+
+def available_methods() -> tuple[str, ...]:
+    """Every image method this installation runs: ``ig`` only when Captum is installed."""
+    try:
+        import captum  # noqa: F401
+    except ImportError:
+        return tuple(m for m in IMAGE_METHODS if m != "ig")
+    return IMAGE_METHODS
 
 
 def check_methods(methods: Sequence[str]) -> list[str]:
