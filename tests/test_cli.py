@@ -308,7 +308,8 @@ def test_demo_help_describes_the_demo(capsys):
         "wrong ones marked",
         "--json print the metrics (what metrics.json holds)",
         "--precision N with --examples: decimals shown",
-        "--out DIR output directory (default runs/demo)",
+        "--out DIR output directory (default runs/demo; vision: runs/demo-vision)",
+        "qkv demo vision: a Vision Transformer on handwritten digits",
     ):
         assert needle in text, needle
     assert "print the steps as one JSON object instead" not in text  # explain's text, not the demo's

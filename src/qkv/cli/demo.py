@@ -1,8 +1,10 @@
 """``qkv demo``: train three translators on built-in data and write a report (a thin shell over
-:func:`qkv.translation.demo.run_demo`); ``qkv demo --examples`` prints the three worked examples of
-the source articles (:mod:`qkv.explain`), training nothing.
+:func:`qkv.translation.demo.run_demo`); ``qkv demo vision``: a Vision Transformer on digits and the
+localisation benchmark of its explanations (:func:`qkv.vision.demo.run_vision_demo`); ``qkv demo
+--examples`` prints the three worked examples of the source articles (:mod:`qkv.explain`),
+training nothing.
 
-qkv demo [--out DIR] [--fresh] [--quick] [--json]
+qkv demo [translation|vision] [--out DIR] [--fresh] [--quick] [--json]
 qkv demo --examples [--precision P] [--json]
 """
 
@@ -16,8 +18,8 @@ from .explain import add_output_options
 
 __all__ = ["DEMO_OUT", "add_parser", "run"]
 
-#: Where ``qkv demo`` writes its models and report when ``--out`` is not given.
-DEMO_OUT = "runs/demo"
+#: Where each demo writes its models and report when ``--out`` is not given.
+DEMO_OUT = {"translation": "runs/demo", "vision": "runs/demo-vision"}
 
 
 def add_parser(sub) -> None:
@@ -34,21 +36,40 @@ def add_parser(sub) -> None:
             "page: the scores, the heatmaps and each model's translations, wrong ones marked). A few "
             "minutes on 2 cores; a finished model is reused on the next run (--fresh retrains it). "
             "With --examples: nothing is trained; the three worked examples of the source articles "
-            "(Seq2Seq, self-attention, kernel regression) are printed step by step."
+            "(Seq2Seq, self-attention, kernel regression) are printed step by step. "
+            "qkv demo vision: a Vision Transformer on handwritten digits, another on digits placed among "
+            "distractor strokes, and how well each image explanation method (attention, rollout, grad, gradcam, "
+            "ig) points at the digit, against a random map; writes runs/demo-vision/ (metrics.json, the two "
+            "checkpoints, report.html)."
         ),
-        epilog="Examples: qkv demo;  qkv demo --quick --out /tmp/demo;  qkv demo --examples --precision 2",
+        epilog="Examples: qkv demo;  qkv demo --quick --out /tmp/demo;  qkv demo vision;  "
+        "qkv demo --examples --precision 2",
+    )
+    demo.add_argument(
+        "which",
+        nargs="?",
+        choices=tuple(DEMO_OUT),
+        default="translation",
+        help="translation (the default: the three translators) or vision (a ViT on digits, a ViT on located "
+        "digits, and how well each image explanation method points at the digit: runs/demo-vision/)",
     )
     demo.add_argument(
         "--examples",
         action="store_true",
         help="print the three worked examples step by step (trains nothing)",
     )
-    demo.add_argument("--out", default=None, metavar="DIR", help=f"output directory (default {DEMO_OUT})")
+    demo.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="output directory (default runs/demo; vision: runs/demo-vision)",
+    )
     demo.add_argument("--fresh", action="store_true", help="retrain even when a finished model is there")
     demo.add_argument(
         "--quick",
         action="store_true",
-        help="a much smaller run (600 pairs, one epoch, seconds): a smoke test, its scores mean nothing",
+        help="a much smaller run (translation: 600 pairs, one epoch; vision: tiny models, 3 steps; seconds): "
+        "a smoke test, its scores mean nothing",
     )
     add_output_options(
         demo,
@@ -64,16 +85,19 @@ def run(args: argparse.Namespace) -> int:
     """Train and report (or print the worked examples: ``--examples``); options of the other mode
     are errors."""
     if args.examples:
-        unused = [o for o, v in (("--out", args.out), ("--fresh", args.fresh), ("--quick", args.quick)) if v]
+        unused = [o for o, v in (("--out", args.out), ("--fresh", args.fresh), ("--quick", args.quick),
+                                 ("vision", args.which == "vision")) if v]  # fmt: skip
         if unused:
             raise CommandError(f"{'/'.join(unused)}: not used with --examples (it trains nothing)")
         return _examples(args)
     if args.precision is not None:
         raise CommandError("--precision: only used with --examples (the report's numbers are fixed)")
-    from ..translation.demo import run_demo
-
+    if args.which == "vision":
+        from ..vision.demo import run_vision_demo as run_demo
+    else:
+        from ..translation.demo import run_demo
     try:
-        report = run_demo(args.out or DEMO_OUT, fresh=args.fresh, quick=args.quick)
+        report = run_demo(args.out or DEMO_OUT[args.which], fresh=args.fresh, quick=args.quick)
     except (ValueError, ImportError, FileExistsError) as e:
         raise CommandError(error_message(e)) from None
     if args.json:

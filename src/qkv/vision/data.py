@@ -37,6 +37,7 @@ __all__ = [
     "load_fashion_mnist",
     "load_image_folder",
     "random_shifts",
+    "read_image",
     "split",
 ]
 
@@ -146,6 +147,28 @@ def _read_image(path: Path, size: int, mode: str) -> np.ndarray:
         im = im.convert(mode).resize((size, size), Image.Resampling.BILINEAR)
         array = np.asarray(im, dtype=np.float32) / 255.0  # (H, W) or (H, W, 3)
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+def read_image(path: str | Path, *, image_size: int, channels: int) -> Tensor:
+    """One image file (PNG, JPEG, anything Pillow reads) as a model takes it: ``(channels,
+    image_size, image_size)`` float32 in [0, 1], converted to grayscale (1) or RGB (3) and resized.
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: a file Pillow cannot read as an image, or
+            ``channels`` other than 1 or 3.
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels: expected 1 (grayscale) or 3 (RGB), got {channels!r}")
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"image: no such file {str(file)!r}")
+    try:
+        array = _read_image(file, image_size, "L" if channels == 1 else "RGB")
+    except (OSError, ValueError, SyntaxError):  # what Pillow raises on a file it cannot read
+        raise ValueError(
+            f"image: expected an image file (PNG, JPEG, ...), got {str(file)!r}, which Pillow cannot read"
+        ) from None
+    return torch.from_numpy(np.ascontiguousarray(array))
 
 
 def _class_files(root: Path) -> dict[str, list[Path]]:
