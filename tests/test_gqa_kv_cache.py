@@ -305,7 +305,7 @@ def test_errors_name_the_argument():
         m(x, cache=KVCache(), key_padding_mask=torch.zeros(2, 5, dtype=torch.bool))
     with pytest.raises(TypeError, match="bias: expected a float tensor or a position-bias module"):
         m(x, bias="alibi")
-    with pytest.raises(ValueError, match=r"bias: expected a shape broadcastable to \(B, H, Tq, Tk\)"):
+    with pytest.raises(ValueError, match=r"bias: expected a shape broadcastable to \(\.\.\., H, Tq, Tk\)"):
         m(x, bias=torch.zeros(1, 3, 3, 3, dtype=F64))
     with pytest.raises(ValueError, match=r"bias: a 3-D bias \(3, 3, 3\) could be per sample or per head"):
         m(x, bias=torch.zeros(3, 3, 3, dtype=F64))

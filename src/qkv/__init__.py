@@ -18,7 +18,7 @@ the applications (``import qkv.translation``), the training loop beneath them
 from . import functional  # isort: skip
 from . import api, backends, explain, interpret, masks, models, modules, viz
 from ._types import AttentionMaps, AttentionOutput
-from .api import attention, dispatch_report
+from .api import attention, dispatch_report, scaled_dot_product_attention
 from .backends import BackendNotSupportedError, MemoryPlanError
 from .capture import capture
 from .modules import (
@@ -77,5 +77,6 @@ __all__ = [
     "masks",
     "models",
     "modules",
+    "scaled_dot_product_attention",
     "viz",
 ]

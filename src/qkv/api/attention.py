@@ -22,6 +22,7 @@ from ..backends import dispatch
 from ..backends.attention_weights import as_index, weights_and_lse
 from ..functional.normalize import NormalizerFn
 from ..masks.core import MaskLike
+from . import grouped
 from .prepare import ScoreLike, prepare
 
 __all__ = ["attention", "dispatch_report"]
@@ -51,6 +52,11 @@ def attention(
 
         query (..., H, Tq, D)   key (..., H, Tk, D)   value (..., H, Tk, Dv)
         -> out (..., H, Tq, Dv), weights (..., H, Tq, Tk), lse (..., H, Tq)
+
+    Grouped-query attention: key and value may have ``Hkv`` heads dividing ``H`` (query head
+    ``h`` uses key/value head ``h // (H / Hkv)``, as SDPA's ``enable_gqa``); masks and biases
+    are still given for ``(..., H, Tq, Tk)``. Key/value heads are not copied (see
+    :mod:`qkv.api.grouped`).
 
     A 3-D ``(B, T, D)`` input is one head: masks of shape ``(B, Tq, Tk)`` or
     ``(B, 1, Tq, Tk)`` both fit it. A 2-D ``(T, D)`` input is one sequence.
@@ -95,6 +101,12 @@ def attention(
     key or value that a row attends makes that row NaN. Half-precision inputs are normalized in
     float32.
     """
+    unfold = None
+    g = grouped.group_size(query, key, value)
+    if g > 1:
+        query, key, value, mask, bias, unfold = grouped.fold(
+            query, key, value, g, mask=mask, bias=bias, weights_for=weights_for
+        )
     inputs, restore = prepare(
         query, key, value, score=score, mask=mask, bias=bias, scale=scale, dropout_p=dropout_p,
         training=training, need_weights=need_weights, weights_for=weights_for,
@@ -114,7 +126,8 @@ def attention(
         else:
             weights = _select(result.weights, heads, rows)
         result = dataclasses.replace(result, weights=weights)
-    return restore(result)
+    result = restore(result)
+    return result if unfold is None else unfold(result)
 
 
 def _select(weights: Tensor, heads, rows) -> Tensor:
@@ -132,5 +145,11 @@ def dispatch_report(query: Tensor, key: Tensor, value: Tensor, *, backend: str =
     Takes the same arguments as :func:`attention`; returns a
     :class:`qkv.backends.DispatchReport` (print it for a table).
     """
+    g = grouped.group_size(query, key, value)
+    if g > 1:
+        query, key, value, kwargs["mask"], kwargs["bias"], _ = grouped.fold(
+            query, key, value, g, mask=kwargs.get("mask"), bias=kwargs.get("bias"),
+            weights_for=kwargs.get("weights_for"),
+        )  # fmt: skip
     inputs, _ = prepare(query, key, value, **kwargs)
     return dispatch.report(inputs, backend)

@@ -20,14 +20,16 @@ from torch import Tensor
 
 from .core import PADDING_MEANING
 
-__all__ = ["ATTN_MASK_MEANING", "from_torch_attn_mask", "from_torch_key_padding", "is_causal_matrix"]
+__all__ = [
+    "ATTN_MASK_MEANING", "from_torch_attn_mask", "from_torch_key_padding", "is_causal_matrix", "split_float_mask",
+]  # fmt: skip
 
 ATTN_MASK_MEANING = "torch's convention: bool True = not allowed, or float added to the scores"
 
 
-def _split(mask: Tensor) -> tuple[Tensor, Tensor | None]:
-    """A float mask -> (keep: bool, True where the entry is not -inf; bias: the finite entries,
-    or None when they are all zero)."""
+def split_float_mask(mask: Tensor) -> tuple[Tensor, Tensor | None]:
+    """A float mask added to the scores -> ``(keep, bias)``: ``keep`` bool, True where the
+    entry is not ``-inf``; ``bias`` the finite entries, or None when they are all zero."""
     keep = mask != float("-inf")
     bias = mask.masked_fill(~keep, 0.0)
     if torch.compiler.is_compiling():  # no data-dependent branch in a traced graph
@@ -77,7 +79,7 @@ def from_torch_attn_mask(
         )
     if mask.dtype == torch.bool:
         return ~mask, None
-    return _split(mask)
+    return split_float_mask(mask)
 
 
 def from_torch_key_padding(key_padding_mask: Tensor, bsz: int, kv_len: int) -> tuple[Tensor, Tensor | None]:
@@ -95,7 +97,7 @@ def from_torch_key_padding(key_padding_mask: Tensor, bsz: int, kv_len: int) -> t
     mask = key_padding_mask[:, None, None, :]  # (B, 1, 1, Tk)
     if mask.dtype == torch.bool:
         return ~mask, None
-    return _split(mask)
+    return split_float_mask(mask)
 
 
 def is_causal_matrix(keep: Tensor, bias: Tensor | None) -> bool:
