@@ -291,6 +291,7 @@ def test_attention_kind_rules():
     assert attention_kind("decoder.layers.0.self_attn") == "decoder"
     assert attention_kind("decoder.layers.0.cross_attn") == "cross"
     assert attention_kind("decoder.layers.0.encoder_attn") == "cross"
+    assert attention_kind("decoder.layers.0.multihead_attn") == "cross"  # torch's TransformerDecoderLayer
     assert attention_kind("layers.3.attention") == "encoder"
     assert attention_kind("attn", rnn=True) == "cross"
     assert attention_kind("decoder.self_attn", rnn=True) == "decoder"

@@ -7,7 +7,8 @@ This is the structure both capture sides fill: the hooks on qkv's attention modu
 other. The public names are re-exported by :mod:`qkv.capture`; import them from there.
 
 Kinds, from the module's qualified name: ``"cross"`` where a part contains ``cross``,
-``encdec`` or is ``encoder_attn``/``src_attn``, and for the RNN attentions (which attend from a
+``encdec`` or is ``encoder_attn``/``src_attn``/``multihead_attn`` (torch's
+``nn.TransformerDecoderLayer``), and for the RNN attentions (which attend from a
 decoder to a source) unless a part contains ``self``; then ``"decoder"`` where a part contains
 ``decoder``; else ``"encoder"``.
 """
@@ -24,7 +25,7 @@ from ._types import AttentionMaps
 __all__ = ["ATTENTION_KINDS", "CapturedAttention", "attention_kind", "check_kind", "select_heads"]
 
 ATTENTION_KINDS = ("encoder", "decoder", "cross")
-_CROSS_PARTS = ("encoder_attn", "src_attn")
+_CROSS_PARTS = ("encoder_attn", "src_attn", "multihead_attn")  # the last: torch's TransformerDecoderLayer
 
 
 def attention_kind(name: str, *, rnn: bool = False) -> str:

@@ -33,7 +33,8 @@ thread or another one. ``detach=False`` changes the kernel of the hooked calls o
 by its own argument (see :func:`capture`).
 
 Kinds, from the module's qualified name: ``"cross"`` where a part contains ``cross``,
-``encdec`` or is ``encoder_attn``/``src_attn``, and for the RNN attentions (which attend from a
+``encdec`` or is ``encoder_attn``/``src_attn``/``multihead_attn`` (torch's
+``nn.TransformerDecoderLayer``), and for the RNN attentions (which attend from a
 decoder to a source) unless a part contains ``self``; then ``"decoder"`` where a part contains
 ``decoder``; else ``"encoder"`` (:func:`attention_kind`). The recorded structure,
 :class:`CapturedAttention`, lives in :mod:`qkv._captured`, shared with the Hugging Face side.
@@ -158,9 +159,17 @@ def capture(
 
     found = [(n, m) for n, m in model.named_modules() if isinstance(m, _QKV_ATTENTION)]
     if not found:
+        torch_mha = [n or "model" for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
+        hint = (
+            f"; its torch.nn.MultiheadAttention modules ({', '.join(torch_mha[:3])}"
+            f"{', ...' if len(torch_mha) > 3 else ''}) become capturable with "
+            "qkv.interop.swap_attention(model)"
+            if torch_mha
+            else ""
+        )
         raise ValueError(
             f"model: {type(model).__name__} holds no qkv attention module "
-            f"({', '.join(c.__name__ for c in _QKV_ATTENTION)}) and is not a transformers model"
+            f"({', '.join(c.__name__ for c in _QKV_ATTENTION)}) and is not a transformers model{hint}"
         )
     kind_of = {n: attention_kind(n, rnn=isinstance(m, _RNN_ATTENTION)) for n, m in found}
     targets = [(n, m) for n, m in found if kind_of[n] in wanted]

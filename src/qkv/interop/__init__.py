@@ -1,14 +1,18 @@
-"""Hugging Face interop: pretrained BERT weights and tokenizers in qkv, attention capture from
-``transformers`` models. The optional libraries are imported when used
-(``pip install 'qkv[interop]'``)."""
+"""Interop: pretrained BERT weights and tokenizers in qkv, attention capture from
+``transformers`` models (the optional libraries are imported when used: ``pip install
+'qkv[interop]'``), and ``swap_attention``, qkv's attention inside models written against
+``torch.nn.MultiheadAttention``."""
 
 from .hf import HFTokenizer, TokenBatch, bert_config_from_hf, load_bert, minilm_path, state_dict_from_hf
+from .torch_nn import SwapReport, swap_attention
 
 __all__ = [
     "HFTokenizer",
+    "SwapReport",
     "TokenBatch",
     "bert_config_from_hf",
     "load_bert",
     "minilm_path",
     "state_dict_from_hf",
+    "swap_attention",
 ]
