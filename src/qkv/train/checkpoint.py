@@ -35,7 +35,6 @@ __all__ = [
     "CheckpointError",
     "list_checkpoints",
     "load_checkpoint",
-    "load_trained",
     "save_checkpoint",
 ]
 
@@ -262,13 +261,3 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu", verif
     if skipped:
         raise CheckpointError(f"{path}: no intact checkpoint: " + "; ".join(skipped.values()))
     raise CheckpointError(f"{path}: no checkpoint found (no complete ckpt-* directory)")
-
-
-def load_trained(run: str | os.PathLike, *, best: bool = True) -> Checkpoint:
-    """The checkpoint a trained model is loaded from: the run directory's ``best/`` one when
-    there is one (and ``best``), else :func:`load_checkpoint` of ``run`` (its newest intact one,
-    or ``run`` itself when it is a checkpoint). Raises FileNotFoundError: no such directory."""
-    path = Path(run)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint: no such directory {str(path)!r}")
-    return load_checkpoint(path / "best" if best and list_checkpoints(path / "best") else path)
