@@ -18,13 +18,7 @@ from typing import Any, ClassVar, Self
 
 from ..train.config import TrainConfig, expect
 
-__all__ = [
-    "SAFE_ON_RESUME",
-    "RunConfig",
-    "from_table",
-    "load_toml",
-    "parse_override",
-]
+__all__ = ["SAFE_ON_RESUME", "RunConfig", "from_table", "load_toml", "parse_override"]
 
 #: The keys a resumed run may change: how long it runs and how it saves, never what it learns.
 SAFE_ON_RESUME = ("train.epochs", "train.max_steps", "train.patience", "train.save_every_minutes",

@@ -30,13 +30,7 @@ from torch import Tensor, nn
 from .atomic import write_atomically
 from .rng import rng_state, set_rng_state
 
-__all__ = [
-    "Checkpoint",
-    "CheckpointError",
-    "list_checkpoints",
-    "load_checkpoint",
-    "save_checkpoint",
-]
+__all__ = ["Checkpoint", "CheckpointError", "list_checkpoints", "load_checkpoint", "save_checkpoint"]
 
 FORMAT, FORMAT_VERSION = "qkv-checkpoint", 2
 MODEL_FILE, TRAINING_FILE, META_FILE = "model.safetensors", "training.pt", "meta.json"

@@ -29,13 +29,7 @@ from .config import TrainConfig
 from .progress import progress_bar
 from .rng import rng_state, set_rng_state
 
-__all__ = [
-    "RunState",
-    "Task",
-    "TrainResult",
-    "Trainer",
-    "learning_rate",
-]
+__all__ = ["RunState", "Task", "TrainResult", "Trainer", "learning_rate"]
 
 
 class Task(Protocol):
