@@ -66,9 +66,9 @@ def test_python_example(block, tmp_path, monkeypatch):
 
 def _check_parses(args: list[str]) -> None:
     """The command, its subcommand and options exist (parsed by the parser `qkv` runs)."""
+    from qkv.application.run_config import parse_override
     from qkv.cli import main as cli
     from qkv.cli.overrides import split_overrides
-    from qkv.train.config import parse_override
 
     command = next((a for a in args if not a.startswith("-")), None)
     if command == "train":

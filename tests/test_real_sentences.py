@@ -44,7 +44,7 @@ def run(capsys, *argv):
 
 
 def tsv_config(path, **data):
-    from qkv.train.config import load_toml
+    from qkv.application.run_config import load_toml
     from qkv.translation.config import resolve
 
     overrides = [
@@ -441,7 +441,7 @@ def test_the_tsv_transformer_config_trains(pairs_tsv, tmp_path, capsys):
 def test_every_config_file_resolves():
     from pathlib import Path
 
-    from qkv.train.config import load_toml
+    from qkv.application.run_config import load_toml
     from qkv.translation.config import MODEL_PRESETS, resolve
 
     for path in sorted(Path("configs").glob("*.toml")):

@@ -28,8 +28,9 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from qkv.application.run import open_run
 from qkv.train import CheckpointError, TrainConfig, Trainer, load_checkpoint, save_checkpoint
-from qkv.train.loop import TrainResult, open_run
+from qkv.train.loop import TrainResult
 from qkv.train.progress import progress_bar
 from qkv.translation import resolve, train
 

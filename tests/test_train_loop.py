@@ -7,10 +7,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from qkv.application.run_config import parse_override
 from qkv.cli.main import main
 from qkv.train import TrainConfig
 from qkv.train.checkpoint import load_checkpoint
-from qkv.train.config import parse_override
 from qkv.train.loop import learning_rate
 from qkv.translation import Translator, resolve, resume_config, train
 

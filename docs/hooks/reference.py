@@ -299,6 +299,7 @@ def _vision_config_markdown() -> list[str]:
 
 
 def config_markdown() -> str:
+    import qkv.application.run_config as run_config
     import qkv.train.config as train_config
     import qkv.translation.config as config
     import qkv.vision.config as vision_config
@@ -334,7 +335,7 @@ def config_markdown() -> str:
     for kind, (model_cls, config_cls) in MODEL_KINDS.items():
         lines += _kind_section(kind, model_cls, config_cls, config_keys(kind))
     lines += _vision_config_markdown()
-    for module in (config, vision_config, train_config):
+    for module in (config, vision_config, run_config, train_config):
         lines += ["", f"## Notes from `{module.__name__}`", "", _md_block(inspect.getdoc(module) or "")]
     return "\n".join(lines) + "\n"
 

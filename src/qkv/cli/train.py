@@ -134,7 +134,7 @@ def _config_epilog() -> str:
 def run(args: argparse.Namespace) -> int:
     """Train with the resolved config (or print it: ``--show-config``); the exit code is 0, or 130 /
     143 after SIGINT / SIGTERM."""
-    from ..train.config import load_toml
+    from ..application.run_config import load_toml
     from ..translation.config import resolve
     from ..translation.training import train
 

@@ -8,8 +8,8 @@ data decides (the vocabulary sizes and the padding id)::
     ['d_model', 'decoder_layers', 'dropout']
 
 :data:`MODEL_KINDS` is the one place that maps a kind to its model class and config
-dataclass; the config validation of :mod:`qkv.train.config` reads its keys from here, so a
-field added to a config dataclass is a valid ``[model]`` key at once.
+dataclass; the config validation of :mod:`qkv.application.run_config` reads its keys from
+here, so a field added to a config dataclass is a valid ``[model]`` key at once.
 
 Image models have their own table, :data:`IMAGE_KINDS` (``vit``), since the data decides
 other fields (the image size, the channels and the number of classes)::

@@ -1,9 +1,9 @@
 """Training for any model: the :class:`Trainer` over a :class:`Task`, its ``[train]`` table
 (:class:`TrainConfig`), safe atomic checkpoints with exact resume, and progress. Applications
-(:mod:`qkv.translation`) bring their tasks and tables."""
+(:mod:`qkv.application`) bring their tasks and tables."""
 
 from .checkpoint import Checkpoint, CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
-from .config import TrainConfig, parse_override
+from .config import TrainConfig
 from .loop import RunState, Task, Trainer, TrainResult, learning_rate
 from .progress import progress_bar
 
@@ -18,7 +18,6 @@ __all__ = [
     "learning_rate",
     "list_checkpoints",
     "load_checkpoint",
-    "parse_override",
     "progress_bar",
     "save_checkpoint",
 ]

@@ -30,14 +30,7 @@ from torch import Tensor, nn
 from .atomic import write_atomically
 from .rng import rng_state, set_rng_state
 
-__all__ = [
-    "Checkpoint",
-    "CheckpointError",
-    "list_checkpoints",
-    "load_checkpoint",
-    "load_trained",
-    "save_checkpoint",
-]
+__all__ = ["Checkpoint", "CheckpointError", "list_checkpoints", "load_checkpoint", "save_checkpoint"]
 
 FORMAT, FORMAT_VERSION = "qkv-checkpoint", 2
 MODEL_FILE, TRAINING_FILE, META_FILE = "model.safetensors", "training.pt", "meta.json"
@@ -262,13 +255,3 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu", verif
     if skipped:
         raise CheckpointError(f"{path}: no intact checkpoint: " + "; ".join(skipped.values()))
     raise CheckpointError(f"{path}: no checkpoint found (no complete ckpt-* directory)")
-
-
-def load_trained(run: str | os.PathLike, *, best: bool = True) -> Checkpoint:
-    """The checkpoint a trained model is loaded from: the run directory's ``best/`` one when
-    there is one (and ``best``), else :func:`load_checkpoint` of ``run`` (its newest intact one,
-    or ``run`` itself when it is a checkpoint). Raises FileNotFoundError: no such directory."""
-    path = Path(run)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint: no such directory {str(path)!r}")
-    return load_checkpoint(path / "best" if best and list_checkpoints(path / "best") else path)

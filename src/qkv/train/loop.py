@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import random
 import signal
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,22 +24,12 @@ from typing import Any, Protocol, TextIO
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import Checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from .checkpoint import Checkpoint, save_checkpoint
 from .config import TrainConfig
 from .progress import progress_bar
 from .rng import rng_state, set_rng_state
 
-__all__ = [
-    "RunState",
-    "Task",
-    "TrainResult",
-    "Trainer",
-    "fit_run",
-    "learning_rate",
-    "open_run",
-    "seed_everything",
-    "torch_threads",
-]
+__all__ = ["RunState", "Task", "TrainResult", "Trainer", "learning_rate"]
 
 
 class Task(Protocol):
@@ -73,90 +60,6 @@ def learning_rate(step: int, config: TrainConfig, total_steps: int) -> float:
         return lr * math.sqrt(max(warm, 1)) / math.sqrt(step + 1)
     progress = min(1.0, (step - warm) / max(1, total_steps - warm))
     return config.min_lr + 0.5 * (lr - config.min_lr) * (1 + math.cos(math.pi * progress))
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int) -> Iterator[None]:
-    """Run with ``threads`` torch CPU threads (0: torch's default), restored after."""
-    before = torch.get_num_threads()
-    if threads > 0:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed the global generators a run draws from (``random`` and torch's), before building it."""
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def open_run(out_dir: str | Path, *, resume: bool) -> Checkpoint | None:
-    """The newest intact checkpoint of the run to resume (damaged newer ones moved aside to
-    ``<name>.damaged``), or None for a new run. Raises FileNotFoundError (``resume``, no checkpoint),
-    FileExistsError (a run is there: never overwritten), CheckpointError (all are damaged)."""
-    out, held = Path(out_dir), bool(list_checkpoints(out_dir))
-    if held != resume:
-        if resume:
-            raise FileNotFoundError(f"--resume: no checkpoint in {str(out)!r}")
-        raise FileExistsError(f"out: {str(out)!r} already holds a run; pass --resume or choose another --out")
-    ckpt = load_checkpoint(out) if resume else None
-    for damaged in ckpt.skipped if ckpt else ():
-        target, n = damaged.with_name(f"{damaged.name}.damaged"), 1
-        while target.exists():
-            target, n = damaged.with_name(f"{damaged.name}.damaged-{n}"), n + 1
-        os.replace(damaged, target)
-        warnings.warn(
-            f"the damaged checkpoint {damaged.name} was moved to {target.name} (kept for inspection; "
-            f"delete it when done); the run continues from {ckpt.path.name} (step {ckpt.step})",
-            stacklevel=2,
-        )
-    return ckpt
-
-
-def fit_run(
-    cfg: Any, out_dir: str | Path, make_trainer: Callable[..., Trainer], *, config_type: Any,
-    resume: bool = False, progress: bool = True, stream: TextIO | None = None,
-    stop_after_steps: int | None = None, announce: bool | None = None,
-) -> TrainResult:  # fmt: skip
-    """Train the model of an application's config ``cfg`` (a :class:`~qkv.train.config.RunConfig`);
-    checkpoints go to ``out_dir``: the ``train`` of each application.
-
-    :func:`open_run`, then, with ``cfg.train.threads`` torch threads and the global generators
-    seeded with ``cfg.train.seed``, the :class:`Trainer` that ``make_trainer(cfg, checkpoint,
-    out=, progress=, stream=, announce=)`` builds (``checkpoint``: the one resumed, or None),
-    restored from the checkpoint, fitted.
-
-    Args:
-        cfg: the run's config; when resuming, the config to continue with
-            (:meth:`~qkv.train.config.RunConfig.resume` says what may change), or None for the
-            run's own (``config_type.from_dict``).
-        out_dir: the run directory (``ckpt-*`` checkpoints, ``best/``).
-        resume: continue from the newest intact checkpoint in ``out_dir`` (an existing run
-            directory without ``resume`` is an error, so nothing is overwritten).
-        progress: show a progress bar with the loss, units/s and ETA on ``stream`` (stderr).
-        stop_after_steps: stop (and checkpoint) after this many optimizer steps in this call,
-            as an interruption would (tests use it to check exact resumption).
-        announce: print a line about the model and the data on ``stream`` before training
-            (default: when ``progress``).
-    """
-    ckpt = open_run(out_dir, resume=resume)
-    if cfg is None:
-        if ckpt is None:
-            raise ValueError("cfg: None is only for resuming a run (its own config)")
-        cfg = config_type.from_dict(ckpt.config)
-    stream = sys.stderr if stream is None else stream
-    announce = progress if announce is None else announce
-    with torch_threads(cfg.train.threads):
-        seed_everything(cfg.train.seed)  # the global generators the Trainer checkpoints
-        trainer = make_trainer(
-            cfg, ckpt, out=Path(out_dir), progress=progress, stream=stream, announce=announce
-        )
-        if ckpt is not None:
-            trainer.restore(ckpt)
-        return trainer.fit(stop_after_steps=stop_after_steps)
 
 
 @dataclass

@@ -10,7 +10,7 @@ checks itself (an unknown key is an error listing the valid ones). ``[train]`` i
 model-agnostic :class:`~qkv.train.config.TrainConfig` plus translation's keys
 (:class:`TranslationTrainConfig`); the valid ``[model]`` keys are the fields of the model's
 config dataclass (:func:`qkv.models.builders.config_keys`). :func:`resume_config` is what a
-resumed run may change. The composition is :class:`qkv.train.config.RunConfig`'s; inference
+resumed run may change. The composition is :class:`qkv.application.run_config.RunConfig`'s; inference
 reads ``[data]`` and ``[model]`` only.
 """
 
@@ -19,8 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..application import run_config
 from ..models.builders import MODEL_KINDS, config_keys
-from ..train import config as train_config
 from ..train.config import TrainConfig
 from ..train.config import expect as _expect
 
@@ -100,7 +100,7 @@ class TranslationTrainConfig(TrainConfig):
 
 
 @dataclass(frozen=True)
-class RunConfig(train_config.RunConfig):
+class RunConfig(run_config.RunConfig):
     """A whole translation run: its three tables (``model`` is a dict: its keys depend on the
     model's ``kind``, checked against the model's config dataclass); :meth:`to_toml` names the
     ``[model]`` table's preset."""
@@ -124,7 +124,7 @@ def model_preset(model: dict[str, Any]) -> str | None:
 
 #: Defaults <- model preset (``bahdanau`` without one) <- file <- overrides, checked: :meth:`RunConfig.resolve`.
 resolve = RunConfig.resolve
-#: What a resumed run continues with (:data:`~qkv.train.config.SAFE_ON_RESUME` may change): :meth:`RunConfig.resume`.
+#: What a resumed run continues with (:data:`~qkv.application.run_config.SAFE_ON_RESUME` may change): :meth:`RunConfig.resume`.
 resume_config = RunConfig.resume
 
 

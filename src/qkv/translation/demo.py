@@ -37,8 +37,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from ..application.run import torch_threads
 from ..train.checkpoint import list_checkpoints, load_checkpoint
-from ..train.loop import torch_threads
 from .config import RunConfig, resolve
 from .training import load_corpus, train
 from .translator import Translator

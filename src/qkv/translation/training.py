@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..application.run import fit_run
 from ..models.builders import build_model
-from ..train.loop import Trainer, TrainResult, fit_run
+from ..train.loop import Trainer, TrainResult
 from . import data as qdata
 from .config import DataConfig, RunConfig, TranslationTrainConfig
 from .decode import decode_limit, longest_repeat
@@ -244,7 +245,7 @@ def train(cfg: RunConfig | None, out_dir: str | Path, **options: Any) -> TrainRe
     its tokenizers (when resuming, the run's own), the model, AdamW and a :class:`TranslationTask`
     in a :class:`~qkv.train.loop.Trainer`. ``options``: ``resume``, ``progress``, ``stream``,
     ``stop_after_steps``, ``announce`` (the parameter count, the training pairs, the vocabulary
-    sizes), as :func:`qkv.train.loop.fit_run` says."""
+    sizes), as :func:`qkv.application.run.fit_run` says."""
     return fit_run(cfg, out_dir, _trainer, config_type=RunConfig, **options)
 
 

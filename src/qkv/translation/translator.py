@@ -37,8 +37,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..application.run import load_trained
 from ..models.builders import build_model
-from ..train.checkpoint import load_trained
 from .data import BUILTIN_CORPORA, TextFormat, batches, encode_pairs, tokenizer_from_dict
 from .decode import Hypothesis, beam_search, decode_limit, greedy
 from .metrics import aer as aer_fn

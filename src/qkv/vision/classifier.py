@@ -9,10 +9,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..application.run import load_trained
 from ..interpret.image import ImageExplanation, explain_image
 from ..interpret.image_attention import record_attention
 from ..models.builders import build_image_model
-from ..train.checkpoint import load_trained
 from .training import predict_logits
 
 __all__ = ["Classifier", "Evaluation"]

@@ -11,7 +11,7 @@ overrides, each table a frozen dataclass that checks itself. ``[train]`` is the 
 (:class:`VisionTrainConfig`); the valid ``[model]`` keys are the fields of the model's config
 dataclass but the ones the data decides (:func:`qkv.models.builders.image_config_keys`).
 :func:`resume_config` is what a resumed run may change. The composition is
-:class:`qkv.train.config.RunConfig`'s.
+:class:`qkv.application.run_config.RunConfig`'s.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..application import run_config
 from ..models.builders import IMAGE_KINDS, VIT_PRESETS, image_config_keys
-from ..train import config as train_config
 from ..train.config import TrainConfig
 from ..train.config import expect as _expect
 
@@ -107,7 +107,7 @@ class VisionTrainConfig(TrainConfig):
 
 
 @dataclass(frozen=True)
-class RunConfig(train_config.RunConfig):
+class RunConfig(run_config.RunConfig):
     """A whole image classification run: its three tables (``model`` is a dict checked against
     the model's config dataclass); the preset ``vit`` (the default) is the one
     :func:`preset_for` the data set."""
@@ -133,5 +133,5 @@ def preset_for(dataset: str) -> str:
 
 #: Defaults <- model preset (``vit``: sized for the data set) <- file <- overrides, checked: :meth:`RunConfig.resolve`.
 resolve = RunConfig.resolve
-#: What a resumed run continues with (:data:`~qkv.train.config.SAFE_ON_RESUME` may change): :meth:`RunConfig.resume`.
+#: What a resumed run continues with (:data:`~qkv.application.run_config.SAFE_ON_RESUME` may change): :meth:`RunConfig.resume`.
 resume_config = RunConfig.resume

@@ -16,8 +16,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..application.run import fit_run
 from ..models.builders import build_image_model
-from ..train.loop import Trainer, TrainResult, fit_run
+from ..train.loop import Trainer, TrainResult
 from .config import DATASETS, DataConfig, RunConfig
 from .data import Images, load_digits, load_fashion_mnist, load_image_folder, random_shifts, split
 from .located import located_digits
@@ -134,7 +135,7 @@ def train(cfg: RunConfig | None, out_dir: str | Path, **options: Any) -> TrainRe
     data set's splits, the model, AdamW and a :class:`ClassificationTask` in a
     :class:`~qkv.train.loop.Trainer`. ``options``: ``resume``, ``progress``, ``stream``,
     ``stop_after_steps``, ``announce`` (the parameters, the training images and their classes),
-    as :func:`qkv.train.loop.fit_run` says."""
+    as :func:`qkv.application.run.fit_run` says."""
     return fit_run(cfg, out_dir, _trainer, config_type=RunConfig, **options)
 
 
