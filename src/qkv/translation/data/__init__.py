@@ -15,11 +15,12 @@
 num2words, babel and tokenizers are imported when first needed (``pip install 'qkv[train]'``).
 """
 
+from ...number_words import NUMBER_LANGUAGES, number_alignment, number_annotation, number_tokens
 from .batching import Batch, EncodedPair, batches, collate, encode_pairs, num_batches, plan_batches
 from .builtin import BUILTIN_CORPORA, builtin
 from .corpus import SPLITS, Corpus, Example, long_threshold
 from .dates import date_example, dates_corpus
-from .numbers import NUMBER_LANGUAGES, number_alignment, number_annotation, number_tokens, numbers_corpus
+from .numbers import numbers_corpus
 from .text import TextFormat, normalize_text, split_punct_tokens
 from .tokenize import (
     SPECIALS,
