@@ -28,7 +28,15 @@ LIBRARY = (
     "viz",
 )
 #: What it must not load: the applications, the training loop beneath them, the commands, interop.
-NOT_LOADED = ("qkv.train", "qkv.translation", "qkv.vision", "qkv.cli", "qkv.interop")
+NOT_LOADED = (
+    "qkv.train",
+    "qkv.translation",
+    "qkv.vision",
+    "qkv.crossmodal",
+    "qkv.number_words",
+    "qkv.cli",
+    "qkv.interop",
+)
 #: Optional dependencies that only applications, interop or figures need.
 HEAVY = (
     "tqdm",
