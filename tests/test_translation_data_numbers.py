@@ -14,7 +14,8 @@ import pytest
 
 num2words = pytest.importorskip("num2words").num2words
 
-from qkv.translation.data import NUMBER_LANGUAGES, builtin, number_alignment, number_tokens, numbers_corpus  # noqa: E402
+from qkv.number_words import NUMBER_LANGUAGES, number_alignment, number_tokens  # noqa: E402
+from qkv.translation.data import builtin, numbers_corpus  # noqa: E402
 
 WORD_LANGS = [lang for lang in NUMBER_LANGUAGES if lang != "digits"]
 COMPOUND = {"de", "it", "nl"}

@@ -1,4 +1,4 @@
-"""Which application a command serves: translation or vision, from an explicit small mapping.
+"""Which application a command serves: translation, vision or crossmodal, from an explicit small mapping.
 
 ``qkv train`` reads it from the model preset (``--model``), else the config file's ``[model]``
 table, else ``--data`` (a built-in image data set or a folder), and ``qkv train --resume --out
@@ -10,27 +10,48 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["APPLICATION_OF_KIND", "VISION_DATASETS", "VISION_PRESETS", "of_checkpoint", "of_train_args"]
+__all__ = [
+    "APPLICATION_OF_KIND",
+    "CROSSMODAL_DATASETS",
+    "CROSSMODAL_PRESETS",
+    "VISION_DATASETS",
+    "VISION_PRESETS",
+    "of_checkpoint",
+    "of_train_args",
+]
 
 #: ``[model] kind`` -> the application that trains and evaluates it.
-APPLICATION_OF_KIND = {"seq2seq": "translation", "transformer": "translation", "vit": "vision"}
+APPLICATION_OF_KIND = {
+    "seq2seq": "translation",
+    "transformer": "translation",
+    "vit": "vision",
+    "clip": "crossmodal",
+}
 #: The ``--model`` presets of vision (:data:`qkv.vision.config.MODEL_PRESETS`); the others are translation's.
 VISION_PRESETS = ("vit", "vit-digits", "vit-fashion-mnist", "vit-located")
 #: The built-in image data sets (:data:`qkv.vision.config.DATASETS`).
 VISION_DATASETS = ("digits", "fashion-mnist", "located-digits")
+#: The ``--model`` presets of crossmodal (:data:`qkv.crossmodal.config.MODEL_PRESETS`).
+CROSSMODAL_PRESETS = ("clip", "clip-strips")
+#: The built-in data sets of crossmodal (:data:`qkv.crossmodal.config.DATASETS`).
+CROSSMODAL_DATASETS = ("digit-strips", "digit-strips-fr", "digit-strips-de", "digit-strips-digits")
 
 
 def of_train_args(preset: str | None, file_config: dict[str, Any], data: str | None) -> str:
-    """``"vision"`` or ``"translation"`` for ``qkv train``: the preset's, else the config file's
-    ``[model]`` (its ``preset`` or ``kind``), else ``--data`` (an image data set or a folder is
-    vision), else translation."""
+    """``"vision"``, ``"crossmodal"`` or ``"translation"`` for ``qkv train``: the preset's, else
+    the config file's ``[model]`` (its ``preset`` or ``kind``), else ``--data`` (an image data set
+    or a folder is vision, digit strips crossmodal), else translation."""
     model = file_config.get("model", {})
     if preset is None:
         preset = model.get("preset")
     if preset is not None:
+        if preset in CROSSMODAL_PRESETS:
+            return "crossmodal"
         return "vision" if preset in VISION_PRESETS else "translation"
     if "kind" in model:
         return APPLICATION_OF_KIND.get(model["kind"], "translation")
+    if data in CROSSMODAL_DATASETS:
+        return "crossmodal"
     if data is not None and (data in VISION_DATASETS or Path(data).is_dir()):
         return "vision"
     return "translation"

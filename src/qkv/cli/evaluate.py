@@ -69,8 +69,11 @@ def run(args: argparse.Namespace) -> int:
     """Decode and score a split of the run's corpus, or the whole ``--data`` file; print the metrics."""
     if args.data and args.split is not None:
         raise CommandError(f"--split {args.split}: not used with --data (the whole file is evaluated)")
-    if application.of_checkpoint(args.checkpoint) == "vision":
+    app = application.of_checkpoint(args.checkpoint)
+    if app == "vision":
         return _run_vision(args)
+    if app == "crossmodal":
+        return _run_crossmodal(args)
     tr = load_translator(args.checkpoint)
     try:
         with warnings_as_messages():
@@ -163,3 +166,45 @@ def _run_vision(args: argparse.Namespace) -> int:
     for name, row in zip(evaluation.classes, evaluation.confusion.tolist()):
         print(f"  {name[:12]:>12} " + " ".join(f"{v:>{width}}" for v in row))
     return 0
+
+
+def _run_crossmodal(args: argparse.Namespace) -> int:
+    """Recall@1/5/10 both ways of an image-text matcher on held-out strips and held-out numbers."""
+    from ..crossmodal.config import DataConfig
+    from ..crossmodal.matcher import Matcher
+    from ..crossmodal.training import load_strips
+
+    if args.data:
+        raise CommandError(f"--data {args.data}: an image-text matcher is evaluated on its data set's strips")
+    split = args.split or "test"
+    if split not in ("valid", "test", "zero_shot"):
+        raise CommandError(
+            f"--split: expected valid, test or zero_shot for an image-text matcher, got {split!r}"
+        )
+    splits = ("test", "zero_shot") if args.split is None else (split,)
+    try:
+        matcher = Matcher.load(args.checkpoint)
+        with warnings_as_messages():
+            strips = load_strips(DataConfig(**matcher.config["data"]), splits)
+        result = {name: matcher.evaluate(_first(s, args.limit)) for name, s in strips.items()}
+    except USER_ERRORS as e:
+        raise CommandError(error_message(e)) from None
+    result = {
+        name: {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}
+        for name, r in result.items()
+    }
+    if args.json:
+        print(json.dumps({"lang": matcher.lang, **result}, indent=2))
+        return 0
+    for name, r in result.items():
+        print(f"{name}: {r['n']} strips, {r['captions']} distinct captions ({matcher.lang})")
+        for k in (1, 5, 10):
+            print(f"  R@{k:<2}  image->text {r[f'i2t_r{k}']:.4f}  text->image {r[f't2i_r{k}']:.4f}")
+    return 0
+
+
+def _first(strips, limit: int):
+    """The first ``limit`` strips (all with 0)."""
+    if not limit:
+        return strips
+    return type(strips)(strips.images[:limit], strips.captions[:limit], strips.slots[:limit])

@@ -59,9 +59,14 @@ def add_parser(sub) -> None:
     tr.add_argument(
         "--data",
         help="a built-in corpus name (numbers, numbers-de, dates-fr, ...) or a .tsv file; with a ViT: "
-        "digits, fashion-mnist, located-digits or a folder of class subfolders",
+        "digits, fashion-mnist, located-digits or a folder of class subfolders; with clip: digit-strips, "
+        "digit-strips-fr, digit-strips-de or digit-strips-digits",
     )
-    tr.add_argument("--model", choices=[*MODEL_PRESETS, *application.VISION_PRESETS], help="model preset")
+    tr.add_argument(
+        "--model",
+        choices=[*MODEL_PRESETS, *application.VISION_PRESETS, *application.CROSSMODAL_PRESETS],
+        help="model preset",
+    )
     tr.add_argument("--out", default=None, help="run directory for checkpoints (default runs/<model>)")
     tr.add_argument(
         "--resume",
@@ -143,8 +148,8 @@ def run(args: argparse.Namespace) -> int:
         app = application.of_train_args(args.model, file_cfg, args.data)
         if args.resume and args.out and args.model is None and not file_cfg:
             app = application.of_checkpoint(args.out)  # the run's own application
-        if app == "vision":
-            return _run_vision(args, file_cfg)
+        if app in ("vision", "crossmodal"):
+            return _run_images(args, file_cfg, app)
         overrides = list(args.overrides)
         if args.data:
             overrides.insert(0, f"--data.corpus={json.dumps(args.data)}")
@@ -171,16 +176,24 @@ def run(args: argparse.Namespace) -> int:
     return result.exit_code  # 0, or 130 / 143 after SIGINT / SIGTERM
 
 
-def _run_vision(args: argparse.Namespace, file_cfg: dict[str, Any]) -> int:
-    """``qkv train`` of an image classifier: :func:`qkv.vision.training.train`, then one summary line."""
-    from ..vision.config import resolve, resume_config
-    from ..vision.training import train
+def _run_images(args: argparse.Namespace, file_cfg: dict[str, Any], app: str) -> int:
+    """``qkv train`` of an image classifier (:func:`qkv.vision.training.train`) or an
+    image-text matcher (:func:`qkv.crossmodal.training.train`), then one summary line."""
+    if app == "vision":
+        from ..vision.config import resolve, resume_config
+        from ..vision.training import train
 
+        default, metric = "vit", ("valid_accuracy", "valid accuracy")
+    else:
+        from ..crossmodal.config import resolve, resume_config
+        from ..crossmodal.training import train
+
+        default, metric = "clip", ("valid_i2t_r1", "valid image->text R@1")
     overrides = list(args.overrides)
     if args.data:
         overrides.insert(0, f"--data.dataset={json.dumps(args.data)}")
     cfg = resolve(file_cfg, preset=args.model, overrides=overrides)
-    out = Path(args.out or Path("runs") / (args.model or "vit"))
+    out = Path(args.out or Path("runs") / (args.model or default))
     if args.resume:
         if args.config:
             raise ValueError(f"--resume: the run in {str(out)!r} keeps its own config; drop {args.config!r}")
@@ -196,7 +209,7 @@ def _run_vision(args: argparse.Namespace, file_cfg: dict[str, Any]) -> int:
         result = train(cfg, out, resume=args.resume, progress=not args.quiet, announce=True)
     last = result.history[-1] if result.history else {}
     status = "interrupted" if result.interrupted else ("stopped early" if result.stopped_early else "done")
-    accuracy = f", valid accuracy {last['valid_accuracy']:.4f}" if "valid_accuracy" in last else ""
+    accuracy = f", {metric[1]} {last[metric[0]]:.4f}" if metric[0] in last else ""
     print(f"{status}: step {result.step}, best valid loss {best_loss_text(result)}{accuracy}, "
           f"{result.seconds:.1f} s; checkpoints in {out}")  # fmt: skip
     return result.exit_code

@@ -11,6 +11,9 @@ data decides (the vocabulary sizes and the padding id)::
 dataclass; the config validation of :mod:`qkv.application.run_config` reads its keys from
 here, so a field added to a config dataclass is a valid ``[model]`` key at once.
 
+Image-text matching models have a third, :data:`MATCHING_KINDS` (``clip``), whose data decides
+the images and the caption vocabulary.
+
 Image models have their own table, :data:`IMAGE_KINDS` (``vit``), since the data decides
 other fields (the image size, the channels and the number of classes)::
 
@@ -26,19 +29,24 @@ from typing import Any
 
 from torch import nn
 
+from .clip import CLIP, CLIPConfig
 from .seq2seq import Seq2Seq, Seq2SeqConfig
 from .transformer import Transformer, TransformerConfig
 from .vit import ViT, ViTConfig
 
 __all__ = [
+    "CLIP_PRESETS",
     "IMAGE_KINDS",
     "KIND_NAMES",
+    "MATCHING_KINDS",
     "MODEL_KINDS",
     "VIT_PRESETS",
     "build_image_model",
+    "build_matching_model",
     "build_model",
     "config_keys",
     "image_config_keys",
+    "matching_config_keys",
 ]
 
 #: ``kind`` -> (model class, config dataclass).
@@ -80,7 +88,7 @@ def build_model(model_cfg: dict[str, Any], *, src_vocab: int, tgt_vocab: int) ->
 IMAGE_KINDS: dict[str, tuple[type[nn.Module], type]] = {"vit": (ViT, ViTConfig)}
 
 # Config fields an image data set decides, never the [model] table.
-_FROM_IMAGES = frozenset({"image_size", "channels", "num_classes"})
+_FROM_IMAGES = frozenset({"image_size", "image_width", "channels", "num_classes"})
 
 #: ``[model]`` tables of ViTs sized for each data set (the data gives the image size, the
 #: channels and the classes): 8x8 digits (patch 2: a 4x4 grid), 28x28 Fashion-MNIST (patch 4:
@@ -124,3 +132,47 @@ def build_image_model(
     model_cls, config_cls = IMAGE_KINDS[kind]
     fields = {k: v for k, v in model_cfg.items() if k != "kind"}
     return model_cls(config_cls(image_size=image_size, channels=channels, num_classes=num_classes, **fields))
+
+
+#: Image-text matching models: ``kind`` -> (model class, config dataclass).
+MATCHING_KINDS: dict[str, tuple[type[nn.Module], type]] = {"clip": (CLIP, CLIPConfig)}
+
+# Config fields the images and captions decide, never the [model] table.
+_FROM_PAIRS = frozenset({"vocab_size", "image_size", "image_width", "channels", "max_words", "pad_id"})
+
+#: ``[model]`` tables of CLIP models: ``clip-strips`` for the 8 x 32 digit strips (patch 4: a
+#: 2 x 8 grid, each digit 2 x 2 patches).
+CLIP_PRESETS: dict[str, dict[str, Any]] = {
+    "clip-strips": {"kind": "clip", "patch_size": 4, "embed_dim": 64, "vision_dim": 64, "vision_depth": 3,
+                    "vision_heads": 4, "vision_mlp_dim": 128, "text_dim": 64, "text_depth": 2,
+                    "text_heads": 4, "text_mlp_dim": 128},
+}  # fmt: skip
+
+
+def matching_config_keys(kind: str) -> frozenset[str]:
+    """The valid keys of a matching ``[model]`` table: ``kind`` and the fields of its config
+    dataclass but the ones the images and captions decide."""
+    if kind not in MATCHING_KINDS:
+        raise ValueError(f"model.kind: expected {' or '.join(map(repr, MATCHING_KINDS))}, got {kind!r}")
+    _, config_cls = MATCHING_KINDS[kind]
+    return frozenset({"kind"} | {f.name for f in dataclasses.fields(config_cls)} - _FROM_PAIRS)
+
+
+def build_matching_model(model_cfg: dict[str, Any], **facts: Any) -> nn.Module:
+    """An image-text matching model (a :class:`CLIP`) from its ``[model]`` table (``kind``
+    defaults to ``"clip"``) and the facts of the data: ``vocab_size``, ``image_size``,
+    ``image_width``, ``channels``, ``max_words``, ``pad_id``."""
+    kind = model_cfg.get("kind", "clip")
+    unknown = sorted(set(model_cfg) - matching_config_keys(kind))
+    if unknown:
+        valid = ", ".join(sorted(matching_config_keys(kind)))
+        raise ValueError(
+            f"model: unknown key(s) {', '.join(unknown)} for kind {kind!r}; expected some of {valid}"
+        )
+    extra = sorted(set(facts) - _FROM_PAIRS)
+    if extra:
+        raise ValueError(
+            f"facts: unknown {', '.join(extra)}; expected some of {', '.join(sorted(_FROM_PAIRS))}"
+        )
+    model_cls, config_cls = MATCHING_KINDS[kind]
+    return model_cls(config_cls(**facts, **{k: v for k, v in model_cfg.items() if k != "kind"}))

@@ -54,7 +54,9 @@ class ViTConfig:
     """Hyper-parameters of :class:`ViT` (keyword-only, JSON-serializable).
 
     Attributes:
-        image_size: ``H = W`` in pixels (square images), a multiple of ``patch_size``.
+        image_size: ``H`` in pixels (``H = W``: square images), a multiple of ``patch_size``.
+        image_width: ``W`` when the images are not square (a strip of digits), a multiple of
+            ``patch_size``; None: ``W = image_size``.
         patch_size: ``P``, the side of a square patch.
         channels: ``C`` (1 for grayscale, 3 for RGB).
         num_classes: ``K``.
@@ -82,6 +84,7 @@ class ViTConfig:
     positions: str = "learned"
     pixel_mean: float = 0.5
     pixel_std: float = 0.5
+    image_width: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("image_size", "patch_size", "channels", "num_classes", "dim", "heads", "mlp_dim"):
@@ -94,6 +97,11 @@ class ViTConfig:
             raise ValueError(
                 f"image_size: expected a multiple of patch_size={self.patch_size}, got {self.image_size}"
             )
+        width = self.image_width
+        if width is not None and (not isinstance(width, int) or isinstance(width, bool) or width < 1
+                                  or width % self.patch_size):  # fmt: skip
+            raise ValueError(f"image_width: expected None or an int >= 1, a multiple of "
+                             f"patch_size={self.patch_size}, got {width!r}")  # fmt: skip
         if self.dim % self.heads:
             raise ValueError(f"dim: expected a multiple of heads={self.heads}, got {self.dim}")
         if isinstance(self.dropout, bool) or not 0.0 <= self.dropout < 1.0:
@@ -111,10 +119,14 @@ class ViTConfig:
             raise ValueError(f"dim: positions='sincos2d' needs an even dim, got {self.dim}")
 
     @property
+    def width(self) -> int:
+        """``W`` in pixels."""
+        return self.image_size if self.image_width is None else self.image_width
+
+    @property
     def grid(self) -> tuple[int, int]:
         """``(h, w)``, the patch grid."""
-        side = self.image_size // self.patch_size
-        return side, side
+        return self.image_size // self.patch_size, self.width // self.patch_size
 
     def to_dict(self) -> dict:
         return {"kind": "vit", **asdict(self)}
@@ -203,7 +215,7 @@ class ViT(nn.Module):
 
     def _check_images(self, images: Tensor) -> None:
         cfg = self.config
-        expected = (cfg.channels, cfg.image_size, cfg.image_size)
+        expected = (cfg.channels, cfg.image_size, cfg.width)
         if images.dim() != 4:
             raise ValueError(f"images: expected a 4-D tensor (B, C, H, W) = (B, {', '.join(map(str, expected))}), "
                              f"got shape {tuple(images.shape)}")  # fmt: skip
@@ -211,7 +223,7 @@ class ViT(nn.Module):
             raise ValueError(f"images: expected {cfg.channels} channel(s) (B, C, H, W), got {images.shape[1]} "
                              f"in shape {tuple(images.shape)}")  # fmt: skip
         if tuple(images.shape[2:]) != expected[1:]:
-            raise ValueError(f"images: expected {cfg.image_size}x{cfg.image_size} pixels (B, C, H, W), "
+            raise ValueError(f"images: expected {cfg.image_size}x{cfg.width} pixels (B, C, H, W), "
                              f"got {images.shape[2]}x{images.shape[3]}")  # fmt: skip
 
     def tokens(self, images: Tensor) -> Tensor:
@@ -229,7 +241,7 @@ class ViT(nn.Module):
         ``(B, heads, T, T)`` when ``need_weights``).
 
         Raises:
-            ValueError: ``images`` is not ``(B, channels, image_size, image_size)``.
+            ValueError: ``images`` is not ``(B, channels, image_size, width)``.
         """
         x = self.tokens(images)  # (B, T, E)
         maps = AttentionMaps() if need_weights else None

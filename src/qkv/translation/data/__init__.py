@@ -19,7 +19,7 @@ from .batching import Batch, EncodedPair, batches, collate, encode_pairs, num_ba
 from .builtin import BUILTIN_CORPORA, builtin
 from .corpus import SPLITS, Corpus, Example, long_threshold
 from .dates import date_example, dates_corpus
-from .numbers import NUMBER_LANGUAGES, number_alignment, number_annotation, number_tokens, numbers_corpus
+from .numbers import numbers_corpus
 from .text import TextFormat, normalize_text, split_punct_tokens
 from .tokenize import (
     SPECIALS,
@@ -34,7 +34,6 @@ from .tsv import DataWarning, load_tsv
 
 __all__ = [
     "BUILTIN_CORPORA",
-    "NUMBER_LANGUAGES",
     "SPECIALS",
     "SPLITS",
     "BPETokenizer",
@@ -58,9 +57,6 @@ __all__ = [
     "long_threshold",
     "normalize_text",
     "num_batches",
-    "number_alignment",
-    "number_annotation",
-    "number_tokens",
     "numbers_corpus",
     "plan_batches",
     "split_punct_tokens",

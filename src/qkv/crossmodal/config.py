@@ -1,0 +1,110 @@
+"""The config of an image-text matching run: the ``[data]``, ``[model]`` and ``[train]`` tables.
+
+::
+
+    qkv train --model clip --data digit-strips-de --train.epochs=6
+
+:func:`resolve` builds a :class:`RunConfig` from the defaults, a model preset
+(:data:`MODEL_PRESETS`), a TOML file and dotted overrides, each table a frozen dataclass that
+checks itself. ``[train]`` is :class:`~qkv.train.config.TrainConfig` with defaults for a small
+CLIP on digit strips (:class:`MatchingTrainConfig`); the valid ``[model]`` keys are the fields
+of :class:`qkv.models.clip.CLIPConfig` but the ones the data decides
+(:func:`qkv.models.builders.matching_config_keys`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..application import run_config
+from ..models.builders import CLIP_PRESETS, MATCHING_KINDS, matching_config_keys
+from ..train.config import TrainConfig
+from ..train.config import expect as _expect
+
+__all__ = [
+    "DATASETS",
+    "MODEL_PRESETS",
+    "DataConfig",
+    "MatchingTrainConfig",
+    "RunConfig",
+    "resolve",
+    "resume_config",
+]
+
+#: ``--data`` names: the digit strips captioned in English, French, German, or digit by digit.
+DATASETS = {
+    "digit-strips": "en",
+    "digit-strips-fr": "fr",
+    "digit-strips-de": "de",
+    "digit-strips-digits": "digits",
+}
+
+#: The model presets of ``qkv train --model NAME``: ``clip`` is ``clip-strips``.
+MODEL_PRESETS: dict[str, dict[str, Any]] = {"clip": CLIP_PRESETS["clip-strips"], **CLIP_PRESETS}
+
+
+def _is_int(value: Any, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The ``[data]`` table: which strips, how many, how split."""
+
+    dataset: str = "digit-strips"  # digit-strips | digit-strips-fr | digit-strips-de | digit-strips-digits
+    train_size: int = 20_000  # training strips (drawn once, shuffled every epoch)
+    valid_size: int = 500  # validation strips (valid handwriting)
+    test_size: int = 1_000  # test and zero-shot strips (test handwriting)
+    split_seed: int = 0  # how handwriting and numbers are split
+    seed: int = 0  # which strips are drawn
+
+    def __post_init__(self) -> None:
+        _expect("data", "dataset", self.dataset in DATASETS, " | ".join(DATASETS), self.dataset)
+        for key, least in (
+            ("train_size", 1),
+            ("valid_size", 0),
+            ("test_size", 0),
+            ("split_seed", 0),
+            ("seed", 0),
+        ):
+            value = getattr(self, key)
+            _expect("data", key, _is_int(value, least), f"an int >= {least}", value)
+
+    @property
+    def lang(self) -> str:
+        """The caption language, one of :data:`qkv.crossmodal.data.CAPTION_LANGUAGES`."""
+        return DATASETS[self.dataset]
+
+
+@dataclass(frozen=True)
+class MatchingTrainConfig(TrainConfig):
+    """The ``[train]`` table of matching: :class:`~qkv.train.config.TrainConfig` with defaults
+    for a small CLIP on 20,000 strips (batches of 128: 127 negatives per pair)."""
+
+    epochs: int = 8
+    batch_size: int = 128
+    lr: float = 2e-3
+    min_lr: float = 1e-5
+    warmup: int = 100
+    weight_decay: float = 0.05
+    patience: int = 0
+
+
+@dataclass(frozen=True)
+class RunConfig(run_config.RunConfig):
+    """A whole matching run: its three tables (``model`` is a dict checked against
+    :class:`~qkv.models.clip.CLIPConfig`)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: dict[str, Any] = field(default_factory=lambda: dict(CLIP_PRESETS["clip-strips"]))
+    train: MatchingTrainConfig = field(default_factory=MatchingTrainConfig)
+
+    MODEL_KINDS, DEFAULT_KIND, model_keys = MATCHING_KINDS, "clip", staticmethod(matching_config_keys)
+    MODEL_PRESETS, DEFAULT_PRESET = MODEL_PRESETS, "clip"
+
+
+#: Defaults <- model preset <- file <- overrides, checked: :meth:`RunConfig.resolve`.
+resolve = RunConfig.resolve
+#: What a resumed run continues with: :meth:`RunConfig.resume`.
+resume_config = RunConfig.resume

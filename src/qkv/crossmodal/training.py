@@ -1,0 +1,138 @@
+"""Training an image-text matcher from a config: what ``qkv train --model clip`` runs.
+
+:func:`train` turns a config (:func:`qkv.crossmodal.config.resolve`) into the pieces of the
+model-agnostic :class:`qkv.train.loop.Trainer`: the strips of each split (:func:`load_strips`),
+the model (:func:`qkv.models.builders.build_matching_model`), AdamW, and a
+:class:`MatchingTask`: shuffled batches of (strip, caption) pairs, the symmetric InfoNCE loss
+(pairs of the same caption in a batch are all positives), validation by loss and recall@1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..application.run import fit_run
+from ..models.builders import build_matching_model
+from ..models.clip import info_nce_logits
+from ..train.loop import Trainer, TrainResult
+from .captions import PAD_ID, CaptionTokenizer
+from .config import DataConfig, RunConfig
+from .data import MAX_DIGITS, SLOT_WIDTH, DigitStrips, caption_vocabulary, digit_strips
+from .retrieval import caption_positives, retrieval_recalls
+
+__all__ = ["MatchingTask", "load_strips", "matching_facts", "similarity_matrix", "train"]
+
+#: The longest caption of the digit strips is 9 words (fr "sept mille sept cent quatre vingt dix sept").
+MAX_WORDS = 12
+
+
+def load_strips(d: DataConfig, splits: tuple[str, ...] = ("train", "valid")) -> dict[str, DigitStrips]:
+    """The strips of a ``[data]`` table's splits (the same config, the same strips)."""
+    sizes = {"train": d.train_size, "valid": d.valid_size, "test": d.test_size, "zero_shot": d.test_size}
+    return {
+        s: digit_strips(sizes[s], seed=d.seed, lang=d.lang, split=s, split_seed=d.split_seed) for s in splits
+    }
+
+
+def matching_facts(d: DataConfig) -> dict[str, Any]:
+    """What a checkpoint stores about its data: the caption language and vocabulary, the images."""
+    return {"lang": d.lang, "vocabulary": list(caption_vocabulary(d.lang)), "max_words": MAX_WORDS,
+            "image_size": 8, "image_width": MAX_DIGITS * SLOT_WIDTH, "channels": 1}  # fmt: skip
+
+
+def build_from_facts(model_cfg: dict[str, Any], facts: dict[str, Any]) -> tuple[nn.Module, CaptionTokenizer]:
+    """The model of a ``[model]`` table and the tokenizer of the stored facts."""
+    tokenizer = CaptionTokenizer(facts["vocabulary"], max_words=facts["max_words"])
+    model = build_matching_model(model_cfg, vocab_size=len(tokenizer), image_size=facts["image_size"],
+                                 image_width=facts["image_width"], channels=facts["channels"],
+                                 max_words=facts["max_words"], pad_id=PAD_ID)  # fmt: skip
+    return model, tokenizer
+
+
+@torch.no_grad()
+def similarity_matrix(model: nn.Module, images: Tensor, tokens: Tensor, *, batch_size: int = 512) -> Tensor:
+    """Cosine similarities ``(N, C)`` of images and word ids, in eval mode, ``batch_size`` at a time."""
+    was = model.training
+    model.eval()
+    v = torch.cat([model.encode_image(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+    t = torch.cat([model.encode_text(tokens[i : i + batch_size]) for i in range(0, len(tokens), batch_size)])
+    model.train(was)
+    return v @ t.T
+
+
+class MatchingTask:
+    """The matching side of the :class:`~qkv.train.loop.Trainer`: batches of a seeded
+    permutation of the training pairs (a pure function of ``(seed, epoch)``), :func:`info_nce`
+    with every same-caption pair of a batch a positive, validation by loss and recall@1."""
+
+    count_unit = "pair"
+
+    def __init__(self, cfg: RunConfig, strips: dict[str, DigitStrips], tokenizer: CaptionTokenizer):
+        self.cfg = cfg
+        self.batch_size = cfg.train.batch_size
+        self.train_images = strips["train"].images
+        self.train_tokens = tokenizer.encode(strips["train"].captions)
+        self.train_ids = torch.tensor(_caption_ids(strips["train"].captions))
+        self.valid = strips.get("valid")
+        self.valid_tokens = (
+            tokenizer.encode(self.valid.captions) if self.valid and len(self.valid.captions) else None
+        )
+        self.batches_per_epoch = -(-len(self.train_images) // self.batch_size)
+
+    def batches(self, epoch: int, start: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        g = torch.Generator().manual_seed(self.cfg.train.seed * 100_003 + epoch)
+        order = torch.randperm(len(self.train_images), generator=g)
+        for b in range(start, self.batches_per_epoch):
+            index = order[b * self.batch_size : (b + 1) * self.batch_size]
+            ids = self.train_ids[index]
+            yield self.train_images[index], self.train_tokens[index], ids[:, None] == ids[None, :]
+
+    def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, int]:
+        images, tokens, positives = batch
+        return model.loss(images, tokens, positives), int(images.shape[0])
+
+    def validate(self, model: nn.Module) -> dict[str, float | None]:
+        if self.valid_tokens is None:
+            return {"valid_loss": None}
+        sim = similarity_matrix(model, self.valid.images, self.valid_tokens)  # (N, N)
+        positives = caption_positives(self.valid.captions, self.valid.captions)
+        with torch.no_grad():
+            loss = info_nce_logits(model.scale() * sim, positives)
+        return {
+            "valid_loss": float(loss),
+            "valid_i2t_r1": retrieval_recalls(sim, positives, ks=(1,))["i2t_r1"],
+        }
+
+
+def _caption_ids(captions: list[str]) -> list[int]:
+    index: dict[str, int] = {}
+    return [index.setdefault(c, len(index)) for c in captions]
+
+
+def train(cfg: RunConfig | None, out_dir: str | Path, **options: Any) -> TrainResult:
+    """Train the matcher a config describes (:func:`qkv.crossmodal.config.resolve`): the strips,
+    the model, AdamW and a :class:`MatchingTask` in a :class:`~qkv.train.loop.Trainer`.
+    ``options``: ``resume``, ``progress``, ``stream``, ``stop_after_steps``, ``announce``, as
+    :func:`qkv.application.run.fit_run` says."""
+    return fit_run(cfg, out_dir, _trainer, config_type=RunConfig, **options)
+
+
+def _trainer(cfg: RunConfig, ckpt, *, out: Path, progress: bool, stream, announce: bool) -> Trainer:
+    """Data, model, optimizer and task of a config, in a Trainer (a resumed run's ``ckpt``
+    restores it after)."""
+    strips = load_strips(cfg.data)
+    facts = matching_facts(cfg.data)
+    model, tokenizer = build_from_facts(cfg.model, facts)
+    task = MatchingTask(cfg, strips, tokenizer)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    if announce:
+        params = sum(p.numel() for p in model.parameters())
+        print(f"model: clip, {params:,} parameters; {len(task.train_images):,} training strips, "
+              f"captions in {facts['lang']} ({len(tokenizer)} words)", file=stream)  # fmt: skip
+    return Trainer(model, opt, task, config=cfg.train, out_dir=out, run_config=cfg.to_dict(),
+                   vocab=facts, desc="train clip", progress=progress, stream=stream)  # fmt: skip
