@@ -31,6 +31,7 @@ LIBRARY = (
 #: commands, interop.
 NOT_LOADED = (
     "qkv.train",
+    "qkv.parallel",
     "qkv.application",
     "qkv.translation",
     "qkv.vision",

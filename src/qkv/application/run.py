@@ -15,6 +15,7 @@ from typing import Any, TextIO
 
 import torch
 
+from ..parallel import check_world_size, data_parallel, process_group
 from ..train.checkpoint import Checkpoint, list_checkpoints, load_checkpoint
 from ..train.loop import Trainer, TrainResult
 
@@ -39,9 +40,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def open_run(out_dir: str | Path, *, resume: bool) -> Checkpoint | None:
+def open_run(out_dir: str | Path, *, resume: bool, writer: bool = True) -> Checkpoint | None:
     """The newest intact checkpoint of the run to resume (damaged newer ones moved aside to
-    ``<name>.damaged``), or None for a new run. Raises FileNotFoundError (``resume``, no checkpoint),
+    ``<name>.damaged`` by the ``writer``: the one process of a group that writes), or None for a
+    new run. Raises FileNotFoundError (``resume``, no checkpoint),
     FileExistsError (a run is there: never overwritten), CheckpointError (all are damaged)."""
     out, held = Path(out_dir), bool(list_checkpoints(out_dir))
     if held != resume:
@@ -49,7 +51,7 @@ def open_run(out_dir: str | Path, *, resume: bool) -> Checkpoint | None:
             raise FileNotFoundError(f"--resume: no checkpoint in {str(out)!r}")
         raise FileExistsError(f"out: {str(out)!r} already holds a run; pass --resume or choose another --out")
     ckpt = load_checkpoint(out) if resume else None
-    for damaged in ckpt.skipped if ckpt else ():
+    for damaged in ckpt.skipped if ckpt and writer else ():
         target, n = damaged.with_name(f"{damaged.name}.damaged"), 1
         while target.exists():
             target, n = damaged.with_name(f"{damaged.name}.damaged-{n}"), n + 1
@@ -76,6 +78,11 @@ def fit_run(
     out=, progress=, stream=, announce=)`` builds (``checkpoint``: the one resumed, or None),
     restored from the checkpoint, fitted.
 
+    Under ``torchrun`` (or in a process group already initialized), each process is one rank of
+    a data-parallel run (:func:`qkv.parallel.data_parallel`): ``batch_size`` examples a rank, a
+    step of ``world x batch_size``; rank 0 alone prints and writes checkpoints; a run resumes
+    with the world size it was trained with (ValueError otherwise).
+
     Args:
         cfg: the run's config; when resuming, the config to continue with
             (:meth:`~qkv.application.run_config.RunConfig.resume` says what may change), or None
@@ -89,18 +96,28 @@ def fit_run(
         announce: print a line about the model and the data on ``stream`` before training
             (default: when ``progress``).
     """
-    ckpt = open_run(out_dir, resume=resume)
-    if cfg is None:
-        if ckpt is None:
-            raise ValueError("cfg: None is only for resuming a run (its own config)")
-        cfg = config_type.from_dict(ckpt.config)
-    stream = sys.stderr if stream is None else stream
-    announce = progress if announce is None else announce
-    with torch_threads(cfg.train.threads):
+    with contextlib.ExitStack() as stack:
+        group = stack.enter_context(process_group())
+        writer = group is None or group.is_writer
+        ckpt = open_run(out_dir, resume=resume, writer=writer)
+        if cfg is None:
+            if ckpt is None:
+                raise ValueError("cfg: None is only for resuming a run (its own config)")
+            cfg = config_type.from_dict(ckpt.config)
+        if ckpt is not None:
+            check_world_size(ckpt.state.get("world_size", 1), 1 if group is None else group.world)
+        stream = sys.stderr if stream is None else stream
+        announce = progress if announce is None else announce
+        if not writer:  # one rank speaks
+            progress, announce, stream = False, False, stack.enter_context(open(os.devnull, "w"))
+        stack.enter_context(torch_threads(cfg.train.threads))
         seed_everything(cfg.train.seed)  # the global generators the Trainer checkpoints
         trainer = make_trainer(
             cfg, ckpt, out=Path(out_dir), progress=progress, stream=stream, announce=announce
         )
+        if group is not None:
+            data_parallel(trainer, group)
+            stack.enter_context(group.stop_signals())
         if ckpt is not None:
             trainer.restore(ckpt)
         return trainer.fit(stop_after_steps=stop_after_steps)

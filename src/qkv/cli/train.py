@@ -4,6 +4,7 @@
 qkv train [CONFIG.toml] [--data CORPUS|FILE.tsv] [--model NAME] [--out DIR] [--resume] [--table.key=value ...]
 qkv train --model vit --data digits|fashion-mnist|located-digits|DIR [--out DIR] [--table.key=value ...]
 qkv train [CONFIG.toml] [--model NAME] [--table.key=value ...] --show-config
+qkv train ... --nproc N        (N data-parallel processes; torchrun --nproc_per_node N -m qkv train ... alike)
 
 The application comes from :func:`qkv.cli.application.of_train_args` (the preset, the config
 file's ``[model]``, or an image ``--data``).
@@ -19,6 +20,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -77,6 +79,17 @@ def add_parser(sub) -> None:
         "save_every_minutes, save_every_steps, keep_last)",
     )
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
+    tr.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train data-parallel in N processes on this machine, started by torchrun's elastic agent "
+        "(the same as torchrun --standalone --nproc_per_node N -m qkv train ...): each takes "
+        "--train.batch_size examples of every step (a step of N x batch_size), rank 0 prints and "
+        "writes the checkpoints; a run resumes with the N it was trained with. Several machines: "
+        "torchrun --nnodes (see the data-parallel guide)",
+    )
     tr.add_argument(
         "--show-config",
         action="store_true",
@@ -143,6 +156,8 @@ def run(args: argparse.Namespace) -> int:
     from ..translation.config import resolve
     from ..translation.training import train
 
+    if args.nproc != 1 and not args.show_config:
+        return _launch(args)
     try:
         file_cfg = load_toml(args.config) if args.config else {}
         app = application.of_train_args(args.model, file_cfg, args.data)
@@ -168,6 +183,8 @@ def run(args: argparse.Namespace) -> int:
     last = result.history[-1] if result.history else {}
     status = "interrupted" if result.interrupted else ("stopped early" if result.stopped_early else "done")
     best_text = best_loss_text(result)
+    if os.environ.get("RANK", "0") != "0":  # one of torchrun's processes: rank 0 reports
+        return result.exit_code
     print(
         f"{status}: step {result.step}, best valid loss {best_text}"
         + (f", valid exact match {last['valid_exact_match']:.3f}" if "valid_exact_match" in last else "")
@@ -207,12 +224,30 @@ def _run_images(args: argparse.Namespace, file_cfg: dict[str, Any], app: str) ->
         return 0
     with warnings_as_messages():
         result = train(cfg, out, resume=args.resume, progress=not args.quiet, announce=True)
+    if os.environ.get("RANK", "0") != "0":  # one of torchrun's processes: rank 0 reports
+        return result.exit_code
     last = result.history[-1] if result.history else {}
     status = "interrupted" if result.interrupted else ("stopped early" if result.stopped_early else "done")
     accuracy = f", {metric[1]} {last[metric[0]]:.4f}" if metric[0] in last else ""
     print(f"{status}: step {result.step}, best valid loss {best_loss_text(result)}{accuracy}, "
           f"{result.seconds:.1f} s; checkpoints in {out}")  # fmt: skip
     return result.exit_code
+
+
+def _launch(args: argparse.Namespace) -> int:
+    """``--nproc N``: this command without ``--nproc`` in N processes (:func:`qkv.parallel.launch`)."""
+    from ..parallel.launch import launch
+
+    if args.nproc < 1:
+        raise CommandError(f"--nproc: expected an int >= 1, got {args.nproc}")
+    if "WORLD_SIZE" in os.environ:
+        raise CommandError("--nproc: this process is already one of torchrun's; drop --nproc")
+    argv = ["train", *([args.config] if args.config else [])]
+    for option in ("data", "model", "out"):
+        if getattr(args, option) is not None:
+            argv += [f"--{option}", getattr(args, option)]
+    argv += [f"--{flag}" for flag in ("resume", "quiet") if getattr(args, flag)]
+    return launch([*argv, *args.overrides], nproc=args.nproc)
 
 
 def _resumed_config(out: Path, args: argparse.Namespace, overrides: list[str]):

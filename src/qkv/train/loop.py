@@ -77,6 +77,7 @@ class RunState:
     epoch_tokens: int = 0
     epoch_seconds: float = 0.0  # seconds in the steps of the current epoch, over all sessions
     stopped_early: bool = False  # no better validation loss for ``patience`` epochs
+    world_size: int = 1  # the processes training it (qkv.parallel): a resume needs as many
 
 
 @dataclass
@@ -97,7 +98,10 @@ class Trainer:
     """Trains ``model`` on ``task`` with ``optimizer`` as ``config`` says; checkpoints (holding
     ``run_config``, the application's whole config, and ``vocab``) go to ``out_dir``. Progress
     shows on ``stream`` (stderr) when ``progress``; the lines about resuming and stopping show
-    either way. ``clock`` times ``save_every_minutes`` (tests pass a fake one)."""
+    either way. ``clock`` times ``save_every_minutes`` (tests pass a fake one). ``group``: None,
+    or the ``qkv.parallel.Group`` this trainer is a rank of (``qkv.parallel.data_parallel`` sets
+    it): its writer alone writes checkpoints, the others wait at a barrier, and it decides every
+    stop for all ranks (``agree_stop``; the signals are its own)."""
 
     def __init__(
         self, model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, *, config: TrainConfig,
@@ -108,13 +112,16 @@ class Trainer:
         self.out, self.run_config, self.vocab = Path(out_dir), run_config, vocab
         self.desc, self.progress, self.clock = desc, progress, clock
         self.stream = sys.stderr if stream is None else stream
-        self.state, self.bar = RunState(), None
-        total = config.epochs * task.batches_per_epoch
-        self.total_steps = min(total, config.max_steps) if config.max_steps else total
+        self.state, self.bar, self.group = RunState(), None, None
         self._last_save, self._saved_step, self._steps_here, self._seconds_before = 0.0, -1, 0, 0.0
         self._stop_signal: int | None = None  # the signal that asked the run to stop
         self._phase: str | None = None  # "step": forward/backward; "update": weights changing
         self._rng_at_step: dict[str, Any] | None = None
+
+    @property
+    def total_steps(self) -> int:
+        total = self.config.epochs * self.task.batches_per_epoch
+        return min(total, self.config.max_steps) if self.config.max_steps else total
 
     def restore(self, checkpoint: Checkpoint) -> None:
         """Continue from ``checkpoint``: weights, optimizer, random generators, run state."""
@@ -233,8 +240,7 @@ class Trainer:
         self._phase = None
         self._print(self._epoch_line(record, metrics))
         if improved:
-            save_checkpoint(self.out / "best", model=self.model, step=st.step, config=self.run_config,
-                            vocab=self.vocab, metrics=record, state={}, keep=1)  # fmt: skip
+            self._write(self.out / "best", metrics=record, state={}, keep=1)
         self.save()
         if st.stopped_early:
             self._print(f"early stopping: no better validation loss for {st.bad_epochs} epochs")
@@ -244,11 +250,15 @@ class Trainer:
         """Checkpoint the run (the newest ``keep_last`` kept)."""
         st = self.state
         st.seconds = self._seconds()
-        save_checkpoint(
-            self.out, model=self.model, optimizer=self.optimizer, step=st.step, config=self.run_config,
-            vocab=self.vocab, state=asdict(st), keep=self.config.keep_last,
-        )  # fmt: skip
+        self._write(self.out, optimizer=self.optimizer, state=asdict(st), keep=self.config.keep_last)
         self._last_save, self._saved_step = self.clock(), st.step
+
+    def _write(self, directory: Path, **saved: Any) -> None:
+        if self.group is None or self.group.is_writer:
+            save_checkpoint(directory, model=self.model, step=self.state.step, config=self.run_config,
+                            vocab=self.vocab, **saved)  # fmt: skip
+        if self.group is not None:
+            self.group.barrier()
 
     def _periodic_save(self) -> None:
         every, minutes = self.config.save_every_steps, self.config.save_every_minutes
@@ -262,6 +272,8 @@ class Trainer:
 
     def _should_stop(self, stop_after_steps: int | None) -> bool:
         """A signal asked the run to stop, or this fit's step budget is spent."""
+        if self.group is not None:  # one decision for all ranks, at the same step boundary
+            self._stop_signal = self.group.agree_stop()
         spent = stop_after_steps is not None and self._steps_here >= stop_after_steps
         return self._stop_signal is not None or spent
 
@@ -272,7 +284,8 @@ class Trainer:
         installed: dict[int, Any] = {}
         for signum in (signal.SIGINT, signal.SIGTERM):
             before = signal.getsignal(signum)
-            if threading.current_thread() is threading.main_thread() and before not in (None, signal.SIG_IGN):
+            main = threading.current_thread() is threading.main_thread() and self.group is None
+            if main and before not in (None, signal.SIG_IGN):
                 installed[signum] = signal.signal(signum, self._on_signal)
         try:
             yield

@@ -10,6 +10,7 @@ teacher-forced token cross entropy (:func:`_loss`), and validation by loss and, 
 
 from __future__ import annotations
 
+import copy
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 
 from ..application.run import fit_run
 from ..models.builders import build_model
+from ..parallel.sampler import share_of
 from ..train.loop import Trainer, TrainResult
 from . import data as qdata
 from .config import DataConfig, RunConfig, TranslationTrainConfig
@@ -202,7 +204,8 @@ def _check_splits(d: DataConfig, corpus) -> None:
 class TranslationTask:
     """The translation side of the :class:`~qkv.train.loop.Trainer`: shuffled length-sorted
     batches of encoded pairs, the loss of :func:`_loss`, and validation by
-    :func:`validation_loss` and (``valid_decode`` > 0) greedy exact match.
+    :func:`validation_loss` and (``valid_decode`` > 0) greedy exact match. :meth:`shard` gives
+    the task of one rank of a data-parallel run.
 
     Raises:
         ValueError: the training split is empty. An empty validation split is a
@@ -221,12 +224,29 @@ class TranslationTask:
         self.valid_examples = corpus["valid"][: cfg.train.valid_decode]
         self.batch_size = cfg.train.batch_size
         self.batches_per_epoch = qdata.num_batches(len(self.train_pairs), self.batch_size)
+        self.rank, self.world = 0, 1
+
+    def shard(self, rank: int, world: int) -> TranslationTask:
+        """This task on rank ``rank`` of ``world``: the plan of batches of ``world x batch_size``
+        pairs (shuffled, bucketed), each cut by :func:`~qkv.parallel.sampler.share_of`; its
+        batches are :class:`~qkv.parallel.sampler.Share` objects."""
+        sharded = copy.copy(self)
+        sharded.rank, sharded.world = rank, world
+        sharded.batches_per_epoch = qdata.num_batches(len(self.train_pairs), self.batch_size * world)
+        return sharded
 
     def batches(self, epoch: int, start: int):
-        return qdata.batches(
-            self.train_pairs, batch_size=self.batch_size, shuffle=True, seed=self.cfg.train.seed,
-            epoch=epoch, sort_within=_SORT_WITHIN, start=start,
+        if self.world == 1:
+            return qdata.batches(
+                self.train_pairs, batch_size=self.batch_size, shuffle=True, seed=self.cfg.train.seed,
+                epoch=epoch, sort_within=_SORT_WITHIN, start=start,
+            )  # fmt: skip
+        plan = qdata.plan_batches(
+            self.train_pairs, batch_size=self.batch_size * self.world, shuffle=True,
+            seed=self.cfg.train.seed, epoch=epoch, sort_within=_SORT_WITHIN,
         )  # fmt: skip
+        shares = (share_of(rows, self.rank, self.world) for rows in plan[start:])
+        return (s._replace(batch=qdata.collate(self.train_pairs, s.batch)) for s in shares)
 
     def loss(self, model: nn.Module, batch) -> tuple[Tensor, int]:
         return _loss(model, batch, self.cfg.train)  # looked up at call time: tests replace _loss

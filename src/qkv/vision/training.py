@@ -9,6 +9,7 @@ cross entropy, and validation by loss and accuracy.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from torch import Tensor, nn
 
 from ..application.run import fit_run
 from ..models.builders import build_image_model
+from ..parallel.sampler import Share, share_of
 from ..train.loop import Trainer, TrainResult
 from .config import DATASETS, DataConfig, RunConfig
 from .data import Images, load_digits, load_fashion_mnist, load_image_folder, random_shifts, split
@@ -81,7 +83,8 @@ def predict_logits(model: nn.Module, images: Tensor, *, batch_size: int = 512) -
 class ClassificationTask:
     """The image side of the :class:`~qkv.train.loop.Trainer`: batches of a seeded permutation
     of the training images (a pure function of ``(seed, epoch)``; with ``augment_shift`` each
-    batch shifted by its own seeded draw), cross entropy, and validation by loss and accuracy.
+    batch shifted by its own seeded draw), cross entropy, and validation by loss and accuracy;
+    :meth:`shard` gives the task of one rank of a data-parallel run.
 
     Raises:
         ValueError: the training split is empty.
@@ -98,8 +101,19 @@ class ClassificationTask:
             )
         self.batch_size = cfg.train.batch_size
         self.batches_per_epoch = -(-len(self.train_set) // self.batch_size)
+        self.rank, self.world = 0, 1
 
-    def batches(self, epoch: int, start: int) -> Iterator[tuple[Tensor, Tensor]]:
+    def shard(self, rank: int, world: int) -> ClassificationTask:
+        """This task on rank ``rank`` of ``world``: batches of ``world x batch_size`` images
+        (shifted as one), each cut by :func:`~qkv.parallel.sampler.share_of`; its batches are
+        :class:`~qkv.parallel.sampler.Share` objects."""
+        sharded = copy.copy(self)
+        sharded.rank, sharded.world = rank, world
+        sharded.batch_size = self.batch_size * world
+        sharded.batches_per_epoch = -(-len(self.train_set) // sharded.batch_size)
+        return sharded
+
+    def batches(self, epoch: int, start: int) -> Iterator[tuple[Tensor, Tensor] | Share]:
         seed, shift = self.cfg.train.seed, self.cfg.data.augment_shift
         order = torch.randperm(
             len(self.train_set), generator=torch.Generator().manual_seed(seed * 100_003 + epoch)
@@ -110,7 +124,11 @@ class ClassificationTask:
             if shift:
                 g = torch.Generator().manual_seed((seed * 100_003 + epoch) * 100_003 + b)
                 images = random_shifts(images, max_shift=shift, generator=g)
-            yield images, self.train_set.labels[index]
+            if self.world == 1:
+                yield images, self.train_set.labels[index]
+                continue
+            share = share_of(range(len(index)), self.rank, self.world)
+            yield share._replace(batch=(images[share.batch], self.train_set.labels[index][share.batch]))
 
     def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, int]:
         images, labels = batch
