@@ -16,6 +16,7 @@ from qkv.vision.data import (
     load_fashion_mnist,
     load_image_folder,
     random_shifts,
+    read_image,
     split,
 )
 from qkv.vision.located import DIGIT_SIDE, located_digits
@@ -103,6 +104,21 @@ def test_image_folder_errors(tmp_path):
         warnings.simplefilter("ignore", ImageDataWarning)
         with pytest.raises(ValueError, match=r"no file of the class folder .*empty' is a readable image"):
             load_image_folder(tmp_path, image_size=8)
+
+
+def test_read_image_errors_name_the_file_and_what_was_expected(tmp_path):
+    (tmp_path / "notes.png").write_text("a text file with an image's suffix")
+    with pytest.raises(
+        ValueError, match=r"image: expected an image file \(PNG, JPEG, \.\.\.\), got '.*notes.png'"
+    ):
+        read_image(tmp_path / "notes.png", image_size=8, channels=1)
+    with pytest.raises(FileNotFoundError, match=r"image: no such file '.*missing.png'"):
+        read_image(tmp_path / "missing.png", image_size=8, channels=1)
+    Image.fromarray(np.full((4, 4), 255, dtype=np.uint8)).save(tmp_path / "white.png")
+    with pytest.raises(ValueError, match=r"channels: expected 1 \(grayscale\) or 3 \(RGB\), got 4"):
+        read_image(tmp_path / "white.png", image_size=8, channels=4)
+    rgb = read_image(tmp_path / "white.png", image_size=8, channels=3)  # gray to RGB, resized
+    assert rgb.shape == (3, 8, 8) and torch.equal(rgb, torch.ones(3, 8, 8))
 
 
 def test_fashion_mnist_reader_and_missing_package(tmp_path):
