@@ -95,7 +95,7 @@ VIT_PRESETS: dict[str, dict[str, Any]] = {
         "mlp_dim": 96,
         "dropout": 0.1,
     },
-    "vit-fashion-mnist": {"kind": "vit", "patch_size": 4, "dim": 96, "depth": 6, "heads": 8, "mlp_dim": 192},
+    "vit-fashion-mnist": {"kind": "vit", "patch_size": 4, "dim": 48, "depth": 4, "heads": 4, "mlp_dim": 96},
     "vit-located": {"kind": "vit", "patch_size": 4, "dim": 64, "depth": 4, "heads": 4, "mlp_dim": 128},
 }
 
