@@ -106,12 +106,17 @@ def to_markdown(res: dict[str, Any]) -> str:
         "images/s",
         "other processes (cores)",
     ]
+    stopped = (
+        " (the budget ran out before the last step: the run was stopped there)"
+        if res["stopped_by_budget"]
+        else ""
+    )
     worst = ", ".join(f"{name} {acc:.3f}" for name, acc in res["hardest_classes"])
     return (
         f"# Fashion-MNIST: qkv's ViT within a wall-clock budget\n\n"
         f"{res['model']}; `qkv train --model vit` with {' '.join(res['overrides'])}. Test accuracy on "
         f"the {res['test_images']:,} test images; the target (>= 0.90 in <= 600 s of training) is "
-        f"{target}.\n\n"
+        f"{target}{stopped}.\n\n"
         + markdown_table(headers, rows, align="rrrrrrr")
         + f"\n\nThe hardest classes (test accuracy): {worst}.\n\n{machine_line(res['machine'])}\n"
     )
@@ -131,12 +136,13 @@ def _train(args: argparse.Namespace, run: Path) -> dict[str, Any]:
     seconds, other = time.perf_counter() - t0, load.stop()
     if result.interrupted:
         log(f"the budget ran out at step {result.step:,} of {cfg.train.max_steps:,}: stopped there")
-    clf, test = Classifier.load(run), load_splits(cfg.data)["test"]
+    splits = load_splits(cfg.data)
+    clf, test = Classifier.load(run), splits["test"]
     ev = clf.evaluate(test.images, test.labels)
     per_class = (ev.confusion.diag() / ev.confusion.sum(1).clamp(min=1)).tolist()
     hardest = sorted(zip(clf.classes, per_class, strict=True), key=lambda kv: kv[1])[:3]
     steps = result.step
-    batches = -(-len(load_splits(cfg.data)["train"]) // cfg.train.batch_size)
+    batches = -(-len(splits["train"]) // cfg.train.batch_size)
     return {"model": clf.describe(), "overrides": overrides, "budget_minutes": args.minutes,
             "step_ms_measured": round(step_s * 1000, 1), "steps": steps, "epochs": steps / batches,
             "train_seconds": round(seconds, 1), "images_per_second": steps * cfg.train.batch_size / seconds,
