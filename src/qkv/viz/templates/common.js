@@ -2,7 +2,8 @@
  *
  * qkvShared.LUT: viridis as a 256-entry RGB table; qkvShared.visible(text): bidirectional
  * control characters shown as <U+XXXX>, never applied; qkvShared.decode16(b64, lo, hi, per):
- * the 16-bit codes of consecutive matrices of `per` values, each over its own [lo[m], hi[m]].
+ * the 16-bit codes of consecutive matrices of `per` values, each over its own [lo[m], hi[m]];
+ * qkvShared.fillSelect(select, items): a <select>'s options replaced by `[value, label]` pairs.
  */
 const qkvShared = (function () {
   "use strict";
@@ -56,5 +57,15 @@ const qkvShared = (function () {
     return values;
   }
 
-  return { LUT: buildLut(), visible: visible, decode16: decode16 };
+  function fillSelect(select, items) {
+    select.replaceChildren();
+    for (const [value, label] of items) {
+      const o = document.createElement("option");
+      o.value = String(value);
+      o.textContent = label;
+      select.appendChild(o);
+    }
+  }
+
+  return { LUT: buildLut(), visible: visible, decode16: decode16, fillSelect: fillSelect };
 })();

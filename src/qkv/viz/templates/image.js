@@ -14,6 +14,7 @@
   const $ = (id) => document.getElementById(id);
   const LUT = qkvShared.LUT;
   const visible = qkvShared.visible;
+  const fillSelect = qkvShared.fillSelect;
   const ATTENTION = "attention";
 
   const hook = { ready: false, mode: "image", draws: 0, timings: {} };
@@ -266,16 +267,6 @@
     const col = Math.floor(x / layout.pw);
     if (x < 0 || y < 0 || row >= data.gh || col >= data.gw) return null;
     return { row: row, col: col };
-  }
-
-  function fillSelect(select, items) {
-    select.replaceChildren();
-    for (const [value, label] of items) {
-      const o = document.createElement("option");
-      o.value = String(value);
-      o.textContent = label;
-      select.appendChild(o);
-    }
   }
 
   function syncControls() {

@@ -14,6 +14,7 @@
 
   const LUT = qkvShared.LUT;
   const visible = qkvShared.visible;
+  const fillSelect = qkvShared.fillSelect;
   // Software canvases spend ~0.1 ms per long anti-aliased line: keep one drawing to a few thousand
   // lines (the strongest) and skip lines too faint to see.
   const LINE_BUDGET = 3000;
@@ -594,16 +595,6 @@
   }
 
   // ---------------------------------------------------------------- controls
-
-  function fillSelect(select, items) {
-    select.replaceChildren();
-    for (const [value, label] of items) {
-      const o = document.createElement("option");
-      o.value = String(value);
-      o.textContent = label;
-      select.appendChild(o);
-    }
-  }
 
   function syncControls() {
     const k = kind();
