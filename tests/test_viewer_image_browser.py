@@ -220,3 +220,28 @@ def test_the_page_of_qkv_viz_image_renders_offline_and_its_controls_change_the_p
     v.page.select_option("#overlay", "attention")
     assert close(v.js("qkvViewer.shownMap()"), w[1, 0, 1 + 2 * 4 + 1, 1:])
     v.assert_clean()  # no script error, no request leaving the file, no dialog
+
+
+def test_a_damaged_page_says_what_is_wrong(browser, tmp_path):
+    """Weights cut short: the page shows the decoder's error in its error box, not a blank canvas."""
+    import base64
+    import json
+    import re
+
+    w = torch.softmax(torch.randn(1, 1, 50, 50, generator=torch.Generator().manual_seed(0)), dim=-1)
+    text = save_image_html(tmp_path / "ok.html", digit(), w).read_text()
+    found = re.search(r'(<script type="application/json" id="[^"]+">)(.*?)(</script>)', text, re.S)
+    payload = json.loads(found.group(2))
+    codes = base64.b64decode(payload["attention"]["data"])
+    payload["attention"]["data"] = base64.b64encode(codes[:-6]).decode()  # 6 bytes fewer
+    damaged = tmp_path / "damaged.html"
+    damaged.write_text(text.replace(found.group(2), json.dumps(payload)))
+    page = browser.new_page()
+    try:
+        page.goto(damaged.as_uri())
+        page.wait_for_selector("#qkv-error:not([hidden])", timeout=20_000)
+        expected = f"qkv viewer: weight data has {2 * 50 * 50 - 6} bytes, expected {2 * 50 * 50}"
+        assert page.inner_text("#qkv-error") == expected
+        assert page.evaluate("document.documentElement.dataset.qkvReady") is None
+    finally:
+        page.close()

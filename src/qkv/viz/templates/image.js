@@ -407,13 +407,7 @@
     document.title = data.title;
     // the class token (the first prefix token) at first; with no prefix, the first patch, pinned
     state = { overlay: ATTENTION, layer: 0, head: "all", query: 0, pinned: data.prefix === 0, hover: null, opacity: 0.6 };
-    const layers = [];
-    for (let l = 0; l < data.layers; l++) layers.push([l, String(l)]);
-    const heads = [];
-    for (let h = 0; h < data.heads; h++) heads.push([h, String(h)]);
-    heads.push(["all", "all"]);
-    fillSelect($("layer"), layers);
-    fillSelect($("head"), heads);
+    qkvShared.fillLayersAndHeads($("layer"), $("head"), data.layers, data.heads);
     fillSelect($("overlay"), [[ATTENTION, "attention"]].concat(data.maps.map((m) => [m.name, m.name])));
     layout = makeLayout();
     wire();
@@ -423,12 +417,5 @@
     document.documentElement.dataset.qkvReady = "1";
   }
 
-  try {
-    init();
-  } catch (err) {
-    const box = $("qkv-error");
-    box.hidden = false;
-    box.textContent = "qkv viewer: " + (err && err.message ? err.message : String(err));
-    console.error(err);
-  }
+  qkvShared.start(init, $("qkv-error"));
 })();

@@ -598,13 +598,7 @@
 
   function syncControls() {
     const k = kind();
-    const layers = [];
-    for (let l = 0; l < k.layers; l++) layers.push([l, String(l)]);
-    const heads = [];
-    for (let h = 0; h < k.heads; h++) heads.push([h, String(h)]);
-    heads.push(["all", "all"]);
-    fillSelect($("layer"), layers);
-    fillSelect($("head"), heads);
+    qkvShared.fillLayersAndHeads($("layer"), $("head"), k.layers, k.heads);
     $("layer").value = String(state.layer);
     $("head").value = String(state.head);
     $("kind").value = k.name;
@@ -860,12 +854,5 @@
     document.documentElement.dataset.qkvReady = "1";
   }
 
-  try {
-    init();
-  } catch (err) {
-    const box = $("qkv-error");
-    box.hidden = false;
-    box.textContent = "qkv viewer: " + (err && err.message ? err.message : String(err));
-    console.error(err);
-  }
+  qkvShared.start(init, $("qkv-error"));
 })();
