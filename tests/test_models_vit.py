@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from qkv.models.builders import VIT_PRESETS, build_image_model
+from qkv.models.builders import build_image_model
 from qkv.models.vit import ViT, ViTConfig, sincos2d_table
+from qkv.vision.config import VIT_PRESETS
 
 
 def make(**kw) -> ViT:

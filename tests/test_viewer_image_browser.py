@@ -157,3 +157,91 @@ def test_a_28x28_page_with_6_layers_and_8_heads_opens_within_a_second(
         )
     assert v.load_s < 3  # target 1 s; measured well below it, the bound leaves room for a busy machine
     v.assert_clean()
+
+
+# ----------------------------------------------------------------------------- the page `qkv viz --image` writes
+
+
+@pytest.fixture(scope="module")
+def cli_page(tmp_path_factory):
+    """``qkv viz --checkpoint DIR --image 3 --out FILE.html`` on a digits ViT of 2 layers x 2 heads
+    with random weights, saved as training saves it; and that test image's exact attention."""
+    from qkv.cli.main import main
+    from qkv.models.builders import build_image_model
+    from qkv.train.checkpoint import save_checkpoint
+    from qkv.vision import Classifier, load_splits, resolve
+
+    overrides = [
+        "--data.dataset=digits",
+        "--model.dim=16",
+        "--model.depth=2",
+        "--model.heads=2",
+        "--model.mlp_dim=32",
+    ]
+    cfg = resolve(overrides=overrides)
+    torch.manual_seed(0)
+    model = build_image_model(cfg.model, image_size=8, channels=1, num_classes=10)
+    root = tmp_path_factory.mktemp("viz-image-cli")
+    save_checkpoint(root / "run", model=model, step=1, config=cfg.to_dict(),
+                    vocab={"image_size": 8, "channels": 1, "classes": list("0123456789")})  # fmt: skip
+    path = root / "digit.html"
+    argv = ["viz", "--checkpoint", str(root / "run"), "--image", "3", "--method", "rollout", "gradcam"]
+    assert main([*argv, "--out", str(path)]) == 0
+    image = load_splits(cfg.data)["test"].images[3:4]
+    weights = torch.stack(Classifier.load(root / "run").attention(image))[:, 0]  # (layers, heads, T, T)
+    return path, weights
+
+
+def test_the_page_of_qkv_viz_image_renders_offline_and_its_controls_change_the_pixels(open_viewer, cli_page):
+    path, w = cli_page
+    assert tuple(w.shape) == (2, 2, 17, 17)  # the class token + a 4 x 4 grid of 2 x 2 patches
+    v = open_viewer(path)
+    assert v.js("qkvViewer.mode") == "image"
+    assert v.page.locator("#layer option").count() == 2 and v.page.locator("#head option").count() == 3
+    assert v.page.locator("#overlay option").all_text_contents()[:3] == ["attention", "rollout", "gradcam"]
+    assert abs(v.js("qkvViewer.weight(1, 1, 0, 6)") - float(w[1, 1, 0, 6])) < 2e-5  # the model's weights
+    assert close(v.js("qkvViewer.shownMap()"), w[0, :, 0, 1:].mean(0))  # layer 0, all heads, class token
+    seen = {tuple(v.js(CANVAS_HASH, "image-canvas"))}
+
+    def changed(what):
+        picture = tuple(v.js(CANVAS_HASH, "image-canvas"))
+        assert picture not in seen, what
+        seen.add(picture)
+
+    at = v.js("qkvViewer.patchCenter(2, 1)")
+    v.page.mouse.click(at["x"], at["y"])
+    assert v.js("qkvViewer.state()")["query"] == 1 + 2 * 4 + 1
+    assert close(v.js("qkvViewer.shownMap()"), w[0, :, 1 + 2 * 4 + 1, 1:].mean(0))
+    changed("click on patch (2, 1)")
+    v.page.mouse.move(1, 1)  # the clicked patch stays pinned
+    for selector, value in (("#layer", "1"), ("#head", "0"), ("#overlay", "gradcam")):
+        v.page.select_option(selector, value)
+        changed((selector, value))
+    v.page.select_option("#overlay", "attention")
+    assert close(v.js("qkvViewer.shownMap()"), w[1, 0, 1 + 2 * 4 + 1, 1:])
+    v.assert_clean()  # no script error, no request leaving the file, no dialog
+
+
+def test_a_damaged_page_says_what_is_wrong(browser, tmp_path):
+    """Weights cut short: the page shows the decoder's error in its error box, not a blank canvas."""
+    import base64
+    import json
+    import re
+
+    w = torch.softmax(torch.randn(1, 1, 50, 50, generator=torch.Generator().manual_seed(0)), dim=-1)
+    text = save_image_html(tmp_path / "ok.html", digit(), w).read_text()
+    found = re.search(r'(<script type="application/json" id="[^"]+">)(.*?)(</script>)', text, re.S)
+    payload = json.loads(found.group(2))
+    codes = base64.b64decode(payload["attention"]["data"])
+    payload["attention"]["data"] = base64.b64encode(codes[:-6]).decode()  # 6 bytes fewer
+    damaged = tmp_path / "damaged.html"
+    damaged.write_text(text.replace(found.group(2), json.dumps(payload)))
+    page = browser.new_page()
+    try:
+        page.goto(damaged.as_uri())
+        page.wait_for_selector("#qkv-error:not([hidden])", timeout=20_000)
+        expected = f"qkv viewer: weight data has {2 * 50 * 50 - 6} bytes, expected {2 * 50 * 50}"
+        assert page.inner_text("#qkv-error") == expected
+        assert page.evaluate("document.documentElement.dataset.qkvReady") is None
+    finally:
+        page.close()

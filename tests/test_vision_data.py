@@ -16,6 +16,7 @@ from qkv.vision.data import (
     load_fashion_mnist,
     load_image_folder,
     random_shifts,
+    read_image,
     split,
 )
 from qkv.vision.located import DIGIT_SIDE, located_digits
@@ -105,6 +106,21 @@ def test_image_folder_errors(tmp_path):
             load_image_folder(tmp_path, image_size=8)
 
 
+def test_read_image_errors_name_the_file_and_what_was_expected(tmp_path):
+    (tmp_path / "notes.png").write_text("a text file with an image's suffix")
+    with pytest.raises(
+        ValueError, match=r"image: expected an image file \(PNG, JPEG, \.\.\.\), got '.*notes.png'"
+    ):
+        read_image(tmp_path / "notes.png", image_size=8, channels=1)
+    with pytest.raises(FileNotFoundError, match=r"image: no such file '.*missing.png'"):
+        read_image(tmp_path / "missing.png", image_size=8, channels=1)
+    Image.fromarray(np.full((4, 4), 255, dtype=np.uint8)).save(tmp_path / "white.png")
+    with pytest.raises(ValueError, match=r"channels: expected 1 \(grayscale\) or 3 \(RGB\), got 4"):
+        read_image(tmp_path / "white.png", image_size=8, channels=4)
+    rgb = read_image(tmp_path / "white.png", image_size=8, channels=3)  # gray to RGB, resized
+    assert rgb.shape == (3, 8, 8) and torch.equal(rgb, torch.ones(3, 8, 8))
+
+
 def test_fashion_mnist_reader_and_missing_package(tmp_path):
     images = np.arange(2 * 28 * 28, dtype=np.uint32).astype(np.uint8).reshape(2, 28, 28)
     head = (0x0803).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in (2, 28, 28))
@@ -169,7 +185,7 @@ def test_resolve_picks_the_preset_of_the_data():
     assert resolve(overrides=["--data.dataset=digits"]).model["patch_size"] == 2
     cfg = resolve(overrides=["--data.dataset=located-digits", "--model.dim=32"])
     assert cfg.model["patch_size"] == 4 and cfg.model["dim"] == 32
-    assert resolve(preset="vit-fashion-mnist").model["depth"] == 6
+    assert resolve(preset="vit-fashion-mnist").model["depth"] == 4
     with pytest.raises(ValueError, match=r"unknown keys \['bogus'\]"):
         resolve(overrides=["--model.bogus=1"])
     with pytest.raises(

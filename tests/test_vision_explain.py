@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from qkv.interpret import IMAGE_METHODS, explain_image
-from qkv.models.builders import VIT_PRESETS, build_image_model
+from qkv.models.builders import build_image_model
 from qkv.vision import Classifier
+from qkv.vision.config import VIT_PRESETS
 
 
 @pytest.fixture

@@ -12,14 +12,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from . import CommandError, error_message
 from .explain import add_output_options
 
-__all__ = ["DEMO_OUT", "add_parser", "run"]
+__all__ = ["DEMO_OUT", "VISION_HINT", "add_parser", "run"]
 
 #: Where each demo writes its models and report when ``--out`` is not given.
 DEMO_OUT = {"translation": "runs/demo", "vision": "runs/demo-vision"}
+
+#: The last line of the translation demo (on stderr): the other demo, what it does and writes.
+VISION_HINT = (
+    "next: `qkv demo vision` trains two small Vision Transformers (handwritten digits, and digits "
+    "among distractor strokes), scores how well each image explanation method points at the digit, "
+    "and writes runs/demo-vision/report.html (a few minutes on 2 cores)"
+)
 
 
 def add_parser(sub) -> None:
@@ -102,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(error_message(e)) from None
     if args.json:
         print(json.dumps(report, indent=2, allow_nan=False))
+    if args.which == "translation":
+        print(VISION_HINT, file=sys.stderr)
     return 0
 
 

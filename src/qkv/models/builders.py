@@ -17,7 +17,7 @@ the images and the caption vocabulary.
 Image models have their own table, :data:`IMAGE_KINDS` (``vit``), since the data decides
 other fields (the image size, the channels and the number of classes)::
 
-    >>> vit = build_image_model(VIT_PRESETS["vit-digits"], image_size=8, channels=1, num_classes=10)
+    >>> vit = build_image_model({"kind": "vit", "patch_size": 2}, image_size=8, channels=1, num_classes=10)
     >>> vit.grid
     (4, 4)
 """
@@ -40,7 +40,6 @@ __all__ = [
     "KIND_NAMES",
     "MATCHING_KINDS",
     "MODEL_KINDS",
-    "VIT_PRESETS",
     "build_image_model",
     "build_matching_model",
     "build_model",
@@ -89,23 +88,6 @@ IMAGE_KINDS: dict[str, tuple[type[nn.Module], type]] = {"vit": (ViT, ViTConfig)}
 
 # Config fields an image data set decides, never the [model] table.
 _FROM_IMAGES = frozenset({"image_size", "image_width", "channels", "num_classes"})
-
-#: ``[model]`` tables of ViTs sized for each data set (the data gives the image size, the
-#: channels and the classes): 8x8 digits (patch 2: a 4x4 grid), 28x28 Fashion-MNIST (patch 4:
-#: 7x7), the 32x32 localisation canvases of ``located_digits`` (patch 4: 8x8).
-VIT_PRESETS: dict[str, dict[str, Any]] = {
-    "vit-digits": {
-        "kind": "vit",
-        "patch_size": 2,
-        "dim": 48,
-        "depth": 3,
-        "heads": 4,
-        "mlp_dim": 96,
-        "dropout": 0.1,
-    },
-    "vit-fashion-mnist": {"kind": "vit", "patch_size": 4, "dim": 96, "depth": 6, "heads": 8, "mlp_dim": 192},
-    "vit-located": {"kind": "vit", "patch_size": 4, "dim": 64, "depth": 4, "heads": 4, "mlp_dim": 128},
-}
 
 
 def image_config_keys(kind: str) -> frozenset[str]:

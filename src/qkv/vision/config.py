@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..application import run_config
-from ..models.builders import IMAGE_KINDS, VIT_PRESETS, image_config_keys
+from ..models.builders import IMAGE_KINDS, image_config_keys
 from ..train.config import TrainConfig
 from ..train.config import expect as _expect
 
 __all__ = [
     "DATASETS",
     "MODEL_PRESETS",
+    "VIT_PRESETS",
     "DataConfig",
     "RunConfig",
     "VisionTrainConfig",
@@ -37,6 +38,25 @@ __all__ = [
 
 #: The built-in data sets of ``[data] dataset`` (anything else is a folder of class subfolders).
 DATASETS = ("digits", "fashion-mnist", "located-digits")
+
+#: ``[model]`` tables of ViTs sized for each data set (the data gives the image size, the
+#: channels and the classes), the one place they are set: 8x8 digits (patch 2: a 4x4 grid),
+#: 28x28 Fashion-MNIST (patch 4: 7x7; 48 wide and 4 deep so that ``benchmarks/vision_fashion.py``
+#: trains it for several epochs within 10 minutes on 2 cores), the 32x32 localisation canvases of
+#: ``located_digits`` (patch 4: 8x8).
+VIT_PRESETS: dict[str, dict[str, Any]] = {
+    "vit-digits": {
+        "kind": "vit",
+        "patch_size": 2,
+        "dim": 48,
+        "depth": 3,
+        "heads": 4,
+        "mlp_dim": 96,
+        "dropout": 0.1,
+    },
+    "vit-fashion-mnist": {"kind": "vit", "patch_size": 4, "dim": 48, "depth": 4, "heads": 4, "mlp_dim": 96},
+    "vit-located": {"kind": "vit", "patch_size": 4, "dim": 64, "depth": 4, "heads": 4, "mlp_dim": 128},
+}
 
 #: The model presets of ``qkv train --model NAME``; ``vit`` is the one sized for the data set
 #: (:func:`preset_for`).

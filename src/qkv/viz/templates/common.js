@@ -2,7 +2,10 @@
  *
  * qkvShared.LUT: viridis as a 256-entry RGB table; qkvShared.visible(text): bidirectional
  * control characters shown as <U+XXXX>, never applied; qkvShared.decode16(b64, lo, hi, per):
- * the 16-bit codes of consecutive matrices of `per` values, each over its own [lo[m], hi[m]].
+ * the 16-bit codes of consecutive matrices of `per` values, each over its own [lo[m], hi[m]];
+ * qkvShared.fillSelect(select, items): a <select>'s options replaced by `[value, label]` pairs;
+ * qkvShared.fillLayersAndHeads(layerSelect, headSelect, layers, heads): 0..layers-1 and
+ * 0..heads-1 then "all"; qkvShared.start(init, errorBox): init(), any error shown in the box.
  */
 const qkvShared = (function () {
   "use strict";
@@ -56,5 +59,38 @@ const qkvShared = (function () {
     return values;
   }
 
-  return { LUT: buildLut(), visible: visible, decode16: decode16 };
+  function fillSelect(select, items) {
+    select.replaceChildren();
+    for (const [value, label] of items) {
+      const o = document.createElement("option");
+      o.value = String(value);
+      o.textContent = label;
+      select.appendChild(o);
+    }
+  }
+
+  function fillLayersAndHeads(layerSelect, headSelect, layers, heads) {
+    const numbered = (n) => Array.from({ length: n }, (_, i) => [i, String(i)]);
+    fillSelect(layerSelect, numbered(layers));
+    fillSelect(headSelect, numbered(heads).concat([["all", "all"]]));
+  }
+
+  function start(init, errorBox) {
+    try {
+      init();
+    } catch (err) {
+      errorBox.hidden = false;
+      errorBox.textContent = "qkv viewer: " + (err && err.message ? err.message : String(err));
+      console.error(err);
+    }
+  }
+
+  return {
+    LUT: buildLut(),
+    visible: visible,
+    decode16: decode16,
+    fillSelect: fillSelect,
+    fillLayersAndHeads: fillLayersAndHeads,
+    start: start,
+  };
 })();

@@ -14,6 +14,7 @@
   const $ = (id) => document.getElementById(id);
   const LUT = qkvShared.LUT;
   const visible = qkvShared.visible;
+  const fillSelect = qkvShared.fillSelect;
   const ATTENTION = "attention";
 
   const hook = { ready: false, mode: "image", draws: 0, timings: {} };
@@ -268,16 +269,6 @@
     return { row: row, col: col };
   }
 
-  function fillSelect(select, items) {
-    select.replaceChildren();
-    for (const [value, label] of items) {
-      const o = document.createElement("option");
-      o.value = String(value);
-      o.textContent = label;
-      select.appendChild(o);
-    }
-  }
-
   function syncControls() {
     const queries = [];
     for (let t = 0; t < data.prefix; t++) queries.push([t, tokenName(t)]);
@@ -416,13 +407,7 @@
     document.title = data.title;
     // the class token (the first prefix token) at first; with no prefix, the first patch, pinned
     state = { overlay: ATTENTION, layer: 0, head: "all", query: 0, pinned: data.prefix === 0, hover: null, opacity: 0.6 };
-    const layers = [];
-    for (let l = 0; l < data.layers; l++) layers.push([l, String(l)]);
-    const heads = [];
-    for (let h = 0; h < data.heads; h++) heads.push([h, String(h)]);
-    heads.push(["all", "all"]);
-    fillSelect($("layer"), layers);
-    fillSelect($("head"), heads);
+    qkvShared.fillLayersAndHeads($("layer"), $("head"), data.layers, data.heads);
     fillSelect($("overlay"), [[ATTENTION, "attention"]].concat(data.maps.map((m) => [m.name, m.name])));
     layout = makeLayout();
     wire();
@@ -432,12 +417,5 @@
     document.documentElement.dataset.qkvReady = "1";
   }
 
-  try {
-    init();
-  } catch (err) {
-    const box = $("qkv-error");
-    box.hidden = false;
-    box.textContent = "qkv viewer: " + (err && err.message ? err.message : String(err));
-    console.error(err);
-  }
+  qkvShared.start(init, $("qkv-error"));
 })();

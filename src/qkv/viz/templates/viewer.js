@@ -14,6 +14,7 @@
 
   const LUT = qkvShared.LUT;
   const visible = qkvShared.visible;
+  const fillSelect = qkvShared.fillSelect;
   // Software canvases spend ~0.1 ms per long anti-aliased line: keep one drawing to a few thousand
   // lines (the strongest) and skip lines too faint to see.
   const LINE_BUDGET = 3000;
@@ -595,25 +596,9 @@
 
   // ---------------------------------------------------------------- controls
 
-  function fillSelect(select, items) {
-    select.replaceChildren();
-    for (const [value, label] of items) {
-      const o = document.createElement("option");
-      o.value = String(value);
-      o.textContent = label;
-      select.appendChild(o);
-    }
-  }
-
   function syncControls() {
     const k = kind();
-    const layers = [];
-    for (let l = 0; l < k.layers; l++) layers.push([l, String(l)]);
-    const heads = [];
-    for (let h = 0; h < k.heads; h++) heads.push([h, String(h)]);
-    heads.push(["all", "all"]);
-    fillSelect($("layer"), layers);
-    fillSelect($("head"), heads);
+    qkvShared.fillLayersAndHeads($("layer"), $("head"), k.layers, k.heads);
     $("layer").value = String(state.layer);
     $("head").value = String(state.head);
     $("kind").value = k.name;
@@ -869,12 +854,5 @@
     document.documentElement.dataset.qkvReady = "1";
   }
 
-  try {
-    init();
-  } catch (err) {
-    const box = $("qkv-error");
-    box.hidden = false;
-    box.textContent = "qkv viewer: " + (err && err.message ? err.message : String(err));
-    console.error(err);
-  }
+  qkvShared.start(init, $("qkv-error"));
 })();
