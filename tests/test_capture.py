@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 
 import pytest
@@ -13,7 +14,7 @@ from qkv.backends import dispatch
 from qkv.capture import CapturedAttention, attention_kind, capture
 from qkv.models import BertConfig, BertModel
 
-from helpers import naive_attention
+from helpers import assert_error_ratio, naive_attention
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -331,29 +332,58 @@ def hf_bert(tmp_path_factory):
     return transformers.BertModel(cfg).eval()
 
 
-def test_hf_capture_equals_output_attentions_and_restores_sdpa(hf_bert):
+def test_hf_capture_equals_output_attentions_and_restores_sdpa(request, hf_bert):
+    """Capture runs the model on qkv's implementation (its fused kernel, weights from the exact
+    weights pass): outputs bitwise those of attn_implementation="qkv", maps and outputs equal
+    eager's under the error-ratio rule (golden: eager in float64)."""
     ids = torch.randint(0, 60, (2, 9))
     mask = torch.ones(2, 9, dtype=torch.long)
     mask[0, 6:] = 0
     assert hf_bert.config._attn_implementation == "sdpa"
     hooks = _hooks(hf_bert)
+    golden = copy.deepcopy(hf_bert).double()
+    golden.set_attn_implementation("eager")
     with torch.no_grad():
         with capture(hf_bert) as maps:
-            assert hf_bert.config._attn_implementation == "eager"
+            assert hf_bert.config._attn_implementation == "qkv"
             out = hf_bert(input_ids=ids, attention_mask=mask)
         assert hf_bert.config._attn_implementation == "sdpa"
         assert _hooks(hf_bert) == hooks
         sdpa_out = hf_bert(input_ids=ids, attention_mask=mask)
-        hf_bert.set_attn_implementation("eager")
-        try:
-            ref = hf_bert(input_ids=ids, attention_mask=mask, output_attentions=True)
-        finally:
-            hf_bert.set_attn_implementation("sdpa")
+        gold = golden(input_ids=ids, attention_mask=mask, output_attentions=True)
+        for implementation in ("qkv", "eager"):
+            hf_bert.set_attn_implementation(implementation)
+            try:
+                ref = hf_bert(input_ids=ids, attention_mask=mask, output_attentions=implementation == "eager")
+            finally:
+                hf_bert.set_attn_implementation("sdpa")
+            if implementation == "qkv":
+                assert torch.equal(out.last_hidden_state, ref.last_hidden_state)  # qkv's kernel, unchanged
     assert list(maps) == ["encoder.layer.0.attention.self", "encoder.layer.1.attention.self"]
-    assert all(torch.equal(a, b) for a, b in zip(maps.layers(), ref.attentions))
-    assert torch.equal(out.last_hidden_state, ref.last_hidden_state)  # bitwise the eager model
+    for ours, eager, want in zip(maps.layers(), ref.attentions, gold.attentions, strict=True):
+        assert_error_ratio(request, ours, want, eager, what="maps")
+    assert_error_ratio(request, out.last_hidden_state, gold.last_hidden_state, ref.last_hidden_state)
     torch.testing.assert_close(out.last_hidden_state, sdpa_out.last_hidden_state, rtol=0, atol=1e-5)
     assert out.attentions is None  # the caller did not ask
+
+
+def test_hf_capture_of_a_model_without_attention_backend_support_runs_eager():
+    """A model that does not declare it runs registered attention functions (T5) is captured
+    on eager attention, bitwise the eager model, as before."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.T5Config(
+        vocab_size=40, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_decoder_layers=1, num_heads=2,
+    )  # fmt: skip
+    t5 = transformers.T5Model(cfg).eval()
+    src, tgt = torch.randint(0, 40, (1, 6)), torch.randint(0, 40, (1, 4))
+    with torch.no_grad():
+        with capture(t5) as maps:
+            assert t5.config._attn_implementation == "eager"
+            out = t5(input_ids=src, decoder_input_ids=tgt)
+        t5.set_attn_implementation("eager")
+        ref = t5(input_ids=src, decoder_input_ids=tgt, output_attentions=True)
+    assert torch.equal(out.last_hidden_state, ref.last_hidden_state)
+    assert torch.equal(maps.to_maps().encoder[0], ref.encoder_attentions[0])
 
 
 def test_hf_capture_restores_on_exception_and_checks_kinds(hf_bert):

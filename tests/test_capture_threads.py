@@ -4,6 +4,7 @@ overlap in several threads leave nothing changed behind them."""
 
 from __future__ import annotations
 
+import copy
 import threading
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 import qkv
+import qkv.interop
 from qkv.backends import dispatch
 from qkv.capture import capture
 
@@ -234,11 +236,52 @@ def test_overlapping_captures_of_a_transformers_model_restore_its_attention():
     with torch.no_grad():
         maps_1 = first.__enter__()
         maps_2 = second.__enter__()
-        assert hf.config._attn_implementation == "eager"
+        assert hf.config._attn_implementation == "qkv"
         hf(input_ids=ids)
         first.__exit__(None, None, None)
-        assert hf.config._attn_implementation == "eager"  # capture 2 still runs
+        assert hf.config._attn_implementation == "qkv"  # capture 2 still runs
         hf(input_ids=ids)
         second.__exit__(None, None, None)
     assert hf.config._attn_implementation == "sdpa"
     assert [len(v) for v in maps_1.values()] == [1] and [len(v) for v in maps_2.values()] == [2]
+
+
+def test_captures_of_transformers_models_in_threads_record_their_own_calls():
+    """Two threads capture two Hugging Face models (on qkv's implementation) while a third
+    calls a third one on qkv's implementation without capture: each capture gives, bitwise,
+    what it gives alone; the plain model's outputs stay those of one thread, without weights."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.BertConfig(
+        vocab_size=30, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=16, max_position_embeddings=16, attn_implementation="sdpa",
+    )  # fmt: skip
+    torch.manual_seed(3)
+    models = [transformers.BertModel(copy.deepcopy(cfg)).eval() for _ in range(3)]  # configs not shared
+    qkv.interop.register_hf()
+    models[2].set_attn_implementation("qkv")
+    inputs = [torch.randint(0, 30, (1, n)) for n in (5, 7, 6)]
+    with torch.no_grad():
+        alone = []
+        for model, ids in zip(models[:2], inputs):
+            with capture(model) as maps:
+                out = model(input_ids=ids).last_hidden_state
+            alone.append((out, maps.stack()))
+        plain_alone = models[2](input_ids=inputs[2]).last_hidden_state
+
+    def capturing(i):
+        def run():
+            for _ in range(10):
+                with torch.no_grad(), capture(models[i]) as maps:
+                    out = models[i](input_ids=inputs[i]).last_hidden_state
+                assert torch.equal(out, alone[i][0]) and torch.equal(maps.stack(), alone[i][1])
+
+        return run
+
+    def plain():
+        for _ in range(10):
+            with torch.no_grad():
+                res = models[2](input_ids=inputs[2])
+            assert torch.equal(res.last_hidden_state, plain_alone) and res.attentions is None
+
+    assert _in_threads(capturing(0), capturing(1), plain) == []
+    assert [m.config._attn_implementation for m in models] == ["sdpa", "sdpa", "qkv"]

@@ -13,7 +13,10 @@ What is recorded (shape legend in :mod:`qkv._types`):
   :class:`qkv.LuongAttention`, :class:`qkv.DotProductAttention` (one head: ``(B, 1, Tq, Tk)``;
   a one-step Luong query gives ``(B, 1, 1, Tk)``);
 - Hugging Face ``transformers`` models: the modules their class declares as attention
-  recorders, run with eager attention for the duration (see :mod:`qkv.interop.hf_attention`).
+  recorders, run for the duration on qkv's attention implementation (``attn_implementation="qkv"``:
+  the model keeps qkv's fused kernel, the maps come from qkv's exact weights pass), or on eager
+  attention for models that do not declare they run registered attention functions (see
+  :mod:`qkv.interop.hf_attention`).
 
 How outputs stay the same: one rule for every module. Each has a hook point that takes
 ``need_weights=`` and returns an :class:`qkv.AttentionOutput`: the attention step ``attend``
@@ -26,7 +29,7 @@ that do not build them, from an exact second pass (:mod:`qkv.backends.attention_
 attention output is bitwise the one the model computes without capture.
 
 Nothing is switched process-wide: the only state capture adds is on ``model`` itself, its
-hooks (and, for a ``transformers`` model, eager attention), undone when the block exits, also
+hooks (and, for a ``transformers`` model, its attention implementation), undone when the block exits, also
 on exceptions. Calls of the hooked modules are recorded from whatever thread makes them; every
 other call (other models, plain :func:`qkv.attention`) runs exactly as without capture, in this
 thread or another one. ``detach=False`` changes the kernel of the hooked calls only, each call
@@ -121,7 +124,8 @@ def capture(
 
     Args:
         model: any ``nn.Module`` holding qkv attention modules, or a Hugging Face
-            ``transformers`` model (switched to eager attention for the duration, then back).
+            ``transformers`` model (switched to qkv's attention implementation, or to eager,
+            for the duration, then back).
         kinds: record only these kinds (``"encoder"``, ``"decoder"``, ``"cross"``); other
             attention modules are not hooked at all. Default: all.
         heads: record only these heads (an int or a list) of multi-head modules, saving
@@ -141,9 +145,9 @@ def capture(
         TypeError: ``model`` is not an ``nn.Module``.
         ValueError: no attention module of the requested kinds in ``model``; bad ``kinds`` or
             ``heads`` (``heads`` beyond a module's head count is reported at the call).
-        RuntimeError: a Hugging Face model that cannot run eager attention.
+        RuntimeError: a Hugging Face model that cannot be switched to qkv's or eager attention.
 
-    Hooks (and the eager switch) are removed when the block exits, also on exceptions.
+    Hooks (and the attention switch) are removed when the block exits, also on exceptions.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")

@@ -1,9 +1,11 @@
 """Interop: pretrained BERT weights and tokenizers in qkv, attention capture from
 ``transformers`` models (the optional libraries are imported when used: ``pip install
 'qkv[interop]'``), and ``swap_attention``, qkv's attention inside models written against
-``torch.nn.MultiheadAttention``."""
+``torch.nn.MultiheadAttention``; ``register_hf``, qkv as a ``transformers`` attention
+implementation (``attn_implementation="qkv"``)."""
 
 from .hf import HFTokenizer, TokenBatch, bert_config_from_hf, load_bert, minilm_path, state_dict_from_hf
+from .hf_implementation import register_hf
 from .torch_nn import SwapReport, swap_attention
 
 __all__ = [
@@ -13,6 +15,7 @@ __all__ = [
     "bert_config_from_hf",
     "load_bert",
     "minilm_path",
+    "register_hf",
     "state_dict_from_hf",
     "swap_attention",
 ]

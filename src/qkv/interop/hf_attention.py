@@ -2,21 +2,32 @@
 
 ``transformers`` >= 5 models declare which module classes produce their attention weights
 (``_can_record_outputs``: ``"attentions"``, ``"cross_attentions"``... -> a class, a class name
-or an ``OutputRecorder(class, index, layer_name)``); with eager attention those modules return
-``(output, weights, ...)`` on every call. Capture:
+or an ``OutputRecorder(class, index, layer_name)``); those modules return
+``(output, weights, ...)`` whenever their attention function gives weights. Capture:
 
-1. switches every config of the model to ``"eager"`` attention (``set_attn_implementation``),
-2. puts a forward hook on each declared attention module that reads ``output[index]``
-   (``(B, H, Tq, Tk)``) and changes nothing,
-3. on exit removes the hooks and restores each config's previous implementation.
+1. switches every config of the model to qkv's attention implementation
+   (``attn_implementation="qkv"``, :mod:`qkv.interop.hf_implementation`, registered on first
+   use) when the model declares it runs any registered attention function
+   (``_supports_attention_backend``), else to ``"eager"``;
+2. on the qkv path, asks the declared attention modules for weights
+   (:func:`~qkv.interop.hf_implementation.weights_requested`): their calls keep qkv's fused
+   kernel (``auto``'s choice, the same as without capture) and take the weights from qkv's
+   exact weights pass; the other attention modules compute no weights;
+3. puts a forward hook on each declared attention module that reads ``output[index]``
+   (``(B, H, Tq, Tk)``) and changes nothing;
+4. on exit removes the hooks and requests and restores each config's previous implementation.
 
-The eager switch is the model's own setting, scoped to the ``with`` block: while it lasts, any
-call of that model runs eager attention (from any thread); captures of the same model that
-overlap share it, and the last one to exit restores the implementation. Nothing else changes.
+The switch is the model's own setting, scoped to the ``with`` block: while it lasts, any call
+of that model runs the switched implementation (from any thread); captures of the same model
+that overlap share it, and the last one to exit restores the implementation. Nothing else
+changes.
 
-The outputs are therefore bitwise those of the eager model; against the model's own
-implementation (``sdpa`` by default) they agree within floating-point tolerance. In training
-mode the weights are the ones after attention dropout, as ``transformers`` returns them.
+On the qkv path the outputs are bitwise those of the model with ``attn_implementation="qkv"``
+and equal the model's own implementation (``sdpa`` by default) and eager within floating-point
+tolerance; on the eager path they are bitwise the eager model's. With ``detach=False`` the
+hooked calls run qkv's reference backend, so the recorded weights are the tensor the output is
+computed from. In training mode eager's weights are the ones after attention dropout, qkv's
+the ones before.
 """
 
 from __future__ import annotations
@@ -31,8 +42,9 @@ from torch import nn
 # The recorded structure only: qkv.capture imports this module (for transformers models), never
 # the other way round.
 from .._captured import CapturedAttention, attention_kind, select_heads
+from .hf_implementation import IMPLEMENTATION, register_hf, weights_requested
 
-__all__ = ["attention_modules", "capture_hf", "is_transformers_model"]
+__all__ = ["attention_modules", "capture_hf", "implementation_for_capture", "is_transformers_model"]
 
 
 def is_transformers_model(model: nn.Module) -> bool:
@@ -116,8 +128,17 @@ def _implementation(cfg) -> str | None:
     return getattr(cfg, "_attn_implementation", None)
 
 
-def _switch_to_eager(model: nn.Module) -> list[tuple[object, str, object]]:
-    """Switch every config of ``model`` to eager attention; return what to restore.
+def implementation_for_capture(model: nn.Module) -> str:
+    """``"qkv"`` when every ``PreTrainedModel`` in ``model`` declares it runs any registered
+    attention function (``_supports_attention_backend``), else ``"eager"``."""
+    from transformers import PreTrainedModel
+
+    parts = [m for m in model.modules() if isinstance(m, PreTrainedModel)]
+    return IMPLEMENTATION if all(getattr(m, "_supports_attention_backend", False) for m in parts) else "eager"
+
+
+def _switch(model: nn.Module, implementation: str) -> list[tuple[object, str, object]]:
+    """Switch every config of ``model`` to ``implementation``; return what to restore.
 
     Raises:
         RuntimeError: some config stays on another implementation (nothing is left switched).
@@ -131,17 +152,19 @@ def _switch_to_eager(model: nn.Module) -> list[tuple[object, str, object]]:
         for cfg in configs
     ]
     try:
-        if any(_implementation(cfg) != "eager" for cfg in configs):
+        if any(_implementation(cfg) != implementation for cfg in configs):
             if hasattr(model, "set_attn_implementation"):
-                model.set_attn_implementation("eager")
+                model.set_attn_implementation(implementation)
             else:
                 for cfg in configs:
-                    cfg._attn_implementation = "eager"
-        stuck = sorted({str(_implementation(cfg)) for cfg in configs if _implementation(cfg) != "eager"})
+                    cfg._attn_implementation = implementation
+        stuck = sorted(
+            {str(_implementation(cfg)) for cfg in configs if _implementation(cfg) != implementation}
+        )
         if stuck:
             raise RuntimeError(
-                f"capture: could not switch {type(model).__name__} to eager attention (still {', '.join(stuck)}); "
-                "load it with attn_implementation='eager' or call it with output_attentions=True"
+                f"capture: could not switch {type(model).__name__} to {implementation} attention (still "
+                f"{', '.join(stuck)}); load it with attn_implementation='eager' or call it with output_attentions=True"
             )
     except BaseException:
         _restore(saved)
@@ -154,31 +177,31 @@ def _restore(saved: list[tuple[object, str, object]]) -> None:
         setattr(cfg, attr, value)
 
 
-# Captures running per model: id(model) -> [how many, what to restore]. The eager switch is the
+# Captures running per model: id(model) -> [how many, what to restore]. The switch is the
 # model's own setting (its configs), never a process-wide one: the first capture of a model
 # makes it and the last one to exit undoes it, so captures that overlap, also from several
 # threads, never leave a model switched.
-_EAGER_LOCK = threading.Lock()
-_EAGER_USERS: dict[int, list] = {}
+_SWITCH_LOCK = threading.Lock()
+_SWITCH_USERS: dict[int, list] = {}
 
 
 @contextmanager
-def _eager(model: nn.Module) -> Iterator[None]:
-    """Eager attention for every config of ``model`` while any capture of it runs; then the old
-    implementations."""
+def _switched(model: nn.Module, implementation: str) -> Iterator[None]:
+    """``implementation`` for every config of ``model`` while any capture of it runs; then the
+    old implementations."""
     key = id(model)  # the model outlives the block: its captures hold it
-    with _EAGER_LOCK:
-        users = _EAGER_USERS.get(key)
+    with _SWITCH_LOCK:
+        users = _SWITCH_USERS.get(key)
         if users is None:
-            users = _EAGER_USERS[key] = [0, _switch_to_eager(model)]
+            users = _SWITCH_USERS[key] = [0, _switch(model, implementation)]
         users[0] += 1
     try:
         yield
     finally:
-        with _EAGER_LOCK:
+        with _SWITCH_LOCK:
             users[0] -= 1
             if users[0] == 0:
-                del _EAGER_USERS[key]
+                del _SWITCH_USERS[key]
                 _restore(users[1])
 
 
@@ -190,7 +213,8 @@ def capture_hf(
 
     Raises:
         RuntimeError: the model declares no attention modules (``transformers`` < 5, or a
-            model without ``_can_record_outputs``), or cannot run eager attention.
+            model without ``_can_record_outputs``), or cannot be switched to the attention
+            implementation capture runs (qkv's or eager).
         ValueError: no attention module of the requested kinds.
     """
     found = attention_modules(model)
@@ -207,8 +231,13 @@ def capture_hf(
         have = ", ".join(f"{n} ({k})" for n, _, _, k in found[:6])
         raise ValueError(f"kinds: no attention module of kinds {sorted(kinds)} in model; it has {have}, ...")
     maps = CapturedAttention([n for n, _, _, _ in targets], {n: k for n, _, _, k in found})
+    implementation = implementation_for_capture(model)
+    if implementation == IMPLEMENTATION:
+        register_hf()
     with ExitStack() as stack:
-        stack.enter_context(_eager(model))
+        stack.enter_context(_switched(model, implementation))
+        if implementation == IMPLEMENTATION:
+            stack.enter_context(weights_requested([m for _, m, _, _ in targets], graph=not detach))
         for name, module, index, _ in targets:
 
             def hook(mod, args, output, name=name, index=index):

@@ -1,0 +1,190 @@
+"""``attn_implementation="qkv"``: every attention call of a Hugging Face ``transformers`` model
+on :func:`qkv.attention`'s dispatch.
+
+    import qkv.interop
+    qkv.interop.register_hf()                      # once; registering again changes nothing
+    model = AutoModel.from_config(cfg, attn_implementation="qkv")
+    model.set_attn_implementation("qkv")           # or switch a loaded model
+
+:func:`register_hf` adds the name ``"qkv"`` to ``transformers``' ``AttentionInterface`` (the
+attention function, :func:`qkv_attention_forward`) and ``AttentionMaskInterface`` (the masks:
+``transformers``' own SDPA masks, so a model's mask reaches the function as it reaches SDPA:
+a 4-D bool mask, True = takes part, or None with ``is_causal``). Registering adds a name; it
+switches no model: a model runs qkv only when its own config says ``"qkv"``.
+
+The function mirrors ``transformers``' ``sdpa_attention_forward`` and converts every argument
+exactly (shapes ``query (B, H, Tq, D)``, ``key``/``value`` ``(B, Hkv, Tk, D)``):
+
+====================  ===================================================================
+``transformers``      qkv
+====================  ===================================================================
+bool mask             ``mask=`` (True = takes part, as in qkv)
+float mask            added to the scores: ``-inf`` entries become ``mask=False``, the
+                      finite ones ``bias=`` (``transformers``' ``finfo.min`` stays a bias)
+None + ``is_causal``  ``qkv.masks.causal("top_left")`` when ``Tq > 1`` (as SDPA's flag;
+                      ``is_causal`` defaults to the module's ``is_causal``)
+``scaling``           ``scale=`` (None: ``1/sqrt(D)``)
+``dropout``           ``dropout_p=``, applied when the module is training (as eager)
+GQA (``Hkv < H``)     grouped-query attention, key/value heads not copied
+``sliding_window``    already in the mask (``transformers`` builds the window into it, and
+                      skips the mask only where the window cannot bind)
+``position_bias``     ``bias=`` (T5's relative positions), with the mask
+``output_attentions`` ``need_weights=True``: exact weights from qkv's weights pass
+====================  ===================================================================
+
+Refused with :class:`NotImplementedError` naming the model feature: logit soft-capping
+(``softcap``, Gemma 2), attention sinks (``s_aux``), packed variable-length batches
+(``cu_seq_lens_q``/``cu_seq_lens_k``/``max_length_q``/``max_length_k``, a flash-attention
+input) and paged caches (continuous batching). Rows with no key to attend give 0 (as torch's
+SDPA on CPU; eager gives them a uniform average).
+
+:func:`qkv.capture` asks the hooked modules for weights through :func:`weights_requested`:
+the request is the module's own, for the ``with`` block only.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..api.attention import attention
+from ..masks.core import Mask, causal
+from ..masks.torch_masks import split_float_mask
+
+__all__ = ["IMPLEMENTATION", "qkv_attention_forward", "register_hf", "weights_requested"]
+
+IMPLEMENTATION = "qkv"
+
+# Model features qkv cannot express: keyword -> what it is.
+_REFUSED = {
+    "softcap": "attention logit soft-capping (softcap): qkv has no soft-capped score",
+    "s_aux": "attention sinks (s_aux)",
+    "cu_seq_lens_q": "packed variable-length sequences (cu_seq_lens_q, a flash-attention input)",
+    "cu_seq_lens_k": "packed variable-length sequences (cu_seq_lens_k, a flash-attention input)",
+    "max_length_q": "packed variable-length sequences (max_length_q, a flash-attention input)",
+    "max_length_k": "packed variable-length sequences (max_length_k, a flash-attention input)",
+    "cache": "a paged KV cache (continuous batching)",
+}
+
+
+def register_hf() -> None:
+    """Register ``"qkv"`` with ``transformers``' attention and mask interfaces (idempotent).
+
+    Raises:
+        ImportError: ``transformers`` is not installed (``pip install 'qkv[interop]'``).
+    """
+    try:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    except ImportError as exc:
+        raise ImportError(
+            "attn_implementation='qkv' needs transformers >= 5: pip install 'qkv[interop]'"
+        ) from exc
+    AttentionInterface.register(IMPLEMENTATION, qkv_attention_forward)
+    AttentionMaskInterface.register(IMPLEMENTATION, sdpa_mask)
+
+
+# Modules whose calls return weights while a capture reads them: id(module) -> one flag per
+# capture, True when that capture keeps the weights in the autograd graph. A module's own
+# request, made and undone by qkv.capture's ``with`` block.
+_REQUESTS_LOCK = threading.Lock()
+_REQUESTS: dict[int, list[bool]] = {}
+
+
+@contextmanager
+def weights_requested(modules: Iterable[nn.Module], *, graph: bool) -> Iterator[None]:
+    """While the block runs, calls of ``modules`` (and of their submodules: the one that calls
+    the attention function may be a child) return exact weights. With ``graph=True`` those
+    calls run the reference backend, so the weights are the tensor the output is computed
+    from (gradients flow through them). Overlapping requests (from several threads) stack."""
+    keys = list(dict.fromkeys(id(m) for module in modules for m in module.modules()))
+    with _REQUESTS_LOCK:
+        for key in keys:
+            _REQUESTS.setdefault(key, []).append(graph)
+    try:
+        yield
+    finally:
+        with _REQUESTS_LOCK:
+            for key in keys:
+                flags = _REQUESTS[key]
+                flags.remove(graph)
+                if not flags:
+                    del _REQUESTS[key]
+
+
+def qkv_attention_forward(
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    position_bias: Tensor | None = None,
+    sliding_window: int | None = None,
+    **kwargs: Any,
+) -> tuple[Tensor, Tensor | None]:
+    """``transformers``' attention function signature on :func:`qkv.attention` (see the module
+    docstring for each argument's conversion).
+
+    Returns:
+        ``(out (B, Tq, H, Dv), weights (B, H, Tq, Tk) or None)``: weights when the call passes
+        ``output_attentions=True`` or a capture reads this module.
+
+    Raises:
+        NotImplementedError: a model feature qkv cannot express (named).
+        TypeError: ``attention_mask`` is neither None nor a tensor (e.g. a flex ``BlockMask``).
+    """
+    _refuse(module, kwargs)
+    del sliding_window  # already in attention_mask (see the module docstring)
+    mask, bias = _mask_and_bias(module, query, attention_mask, is_causal, position_bias)
+    requests = _REQUESTS.get(id(module))
+    res = attention(
+        query, key, value, mask=mask, bias=bias, scale=scaling, dropout_p=float(dropout),
+        training=module.training and dropout > 0,
+        need_weights=requests is not None or bool(kwargs.get("output_attentions")),
+        backend="reference" if requests and any(requests) else "auto",
+    )  # fmt: skip
+    return res.out.transpose(1, 2).contiguous(), res.weights  # (B, H, Tq, Dv) -> (B, Tq, H, Dv)
+
+
+def _refuse(module: nn.Module, kwargs: dict[str, Any]) -> None:
+    for name, feature in _REFUSED.items():
+        if kwargs.get(name) is not None:
+            raise NotImplementedError(
+                f"attn_implementation='qkv': {type(module).__name__} uses {feature}, which qkv cannot "
+                "express; load this model with attn_implementation='eager' or 'sdpa'"
+            )
+
+
+def _mask_and_bias(
+    module: nn.Module,
+    query: Tensor,
+    attention_mask: Tensor | None,
+    is_causal: bool | None,
+    position_bias: Tensor | None,
+) -> tuple[Tensor | Mask | None, Tensor | None]:
+    """``transformers``' mask, causal flag and position bias -> qkv's ``(mask, bias)``."""
+    if attention_mask is None:
+        causal_flag = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+        mask = causal("top_left") if causal_flag and query.shape[-2] > 1 else None
+        return mask, position_bias
+    if not isinstance(attention_mask, Tensor):
+        raise TypeError(
+            f"attention_mask: expected None or a bool/float tensor (the masks of attn_implementation='qkv'), "
+            f"got {type(attention_mask).__name__}"
+        )
+    if attention_mask.dtype == torch.bool:
+        return attention_mask, position_bias
+    if not attention_mask.is_floating_point():
+        raise TypeError(f"attention_mask: expected a bool or float tensor, got {attention_mask.dtype}")
+    keep, bias = split_float_mask(attention_mask)
+    if position_bias is not None:
+        bias = position_bias if bias is None else bias + position_bias
+    return (None if bool(keep.all()) else keep), bias

@@ -1,0 +1,274 @@
+"""``attn_implementation="qkv"``: Hugging Face models with random weights (tiny configs, nothing
+downloaded) run every attention call on qkv, and equal ``eager`` and ``sdpa`` under the
+error-ratio rule (golden = eager in float64), forward and backward; greedy generation with a
+KV cache gives the same tokens."""
+
+from __future__ import annotations
+
+import copy
+import sys
+
+import pytest
+import torch
+
+from helpers import GRAD_FACTOR, assert_error_ratio
+
+transformers = pytest.importorskip("transformers")
+
+from qkv.interop import hf_implementation, register_hf  # noqa: E402
+
+register_hf()
+
+
+def _ids(vocab: int, batch: int = 2, length: int = 10, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and a right-padded attention mask (sample 1 has 3 padding tokens)."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, vocab, (batch, length), generator=gen)
+    mask = torch.ones(batch, length, dtype=torch.long)
+    mask[1, length - 3 :] = 0
+    return ids, mask
+
+
+def _bert():
+    cfg = transformers.BertConfig(
+        vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=32,
+    )  # fmt: skip
+    ids, mask = _ids(60)
+    return transformers.BertForMaskedLM(cfg), {"input_ids": ids, "attention_mask": mask}, "logits"
+
+
+def _gpt2():
+    cfg = transformers.GPT2Config(vocab_size=60, n_embd=32, n_layer=2, n_head=4, n_positions=32)
+    ids, mask = _ids(60)
+    return transformers.GPT2LMHeadModel(cfg), {"input_ids": ids, "attention_mask": mask}, "logits"
+
+
+def _llama():
+    cfg = transformers.LlamaConfig(
+        vocab_size=60,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )  # fmt: skip  GQA: 2 key/value heads for 4 query heads; RoPE
+    ids, mask = _ids(60)
+    return transformers.LlamaForCausalLM(cfg), {"input_ids": ids, "attention_mask": mask}, "logits"
+
+
+def _mistral():
+    cfg = transformers.MistralConfig(
+        vocab_size=60,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        sliding_window=4,
+    )  # fmt: skip  the window (4) binds on 12 tokens
+    ids, mask = _ids(60, length=12)
+    return transformers.MistralForCausalLM(cfg), {"input_ids": ids, "attention_mask": mask}, "logits"
+
+
+def _vit():
+    cfg = transformers.ViTConfig(
+        image_size=12, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=4, intermediate_size=64, num_labels=5,
+    )  # fmt: skip
+    pixels = torch.randn(2, 3, 12, 12, generator=torch.Generator().manual_seed(2))
+    return transformers.ViTForImageClassification(cfg), {"pixel_values": pixels}, "logits"
+
+
+def _clip():
+    text = {"vocab_size": 60, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "max_position_embeddings": 16}  # fmt: skip
+    vision = {"image_size": 12, "patch_size": 4, "hidden_size": 32, "intermediate_size": 64,
+              "num_hidden_layers": 2, "num_attention_heads": 4}  # fmt: skip
+    cfg = transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)
+    ids, mask = _ids(60)
+    pixels = torch.randn(2, 3, 12, 12, generator=torch.Generator().manual_seed(3))
+    inputs = {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels}
+    return transformers.CLIPModel(cfg), inputs, "logits_per_image"
+
+
+def _t5():
+    cfg = transformers.T5Config(
+        vocab_size=60,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=16,
+    )  # fmt: skip  relative position bias: qkv's bias=
+    ids, mask = _ids(60)
+    dec = _ids(60, length=6, seed=4)[0]
+    inputs = {"input_ids": ids, "attention_mask": mask, "decoder_input_ids": dec}
+    return transformers.T5ForConditionalGeneration(cfg), inputs, "logits"
+
+
+FAMILIES = {
+    "bert": _bert,
+    "gpt2": _gpt2,
+    "llama": _llama,
+    "mistral": _mistral,
+    "vit": _vit,
+    "clip": _clip,
+    "t5": _t5,
+}
+ATTENTION_CALLS = {"bert": 2, "gpt2": 2, "llama": 2, "mistral": 2, "vit": 2, "clip": 4, "t5": 6}
+
+
+def _variants(family: str):
+    """The same random weights as ``qkv``, ``eager`` and ``sdpa`` float32 models and the eager
+    float64 golden, with their inputs and the output to compare."""
+    torch.manual_seed(0)
+    base, inputs, field = FAMILIES[family]()
+    base.eval()
+    models = {}
+    for name in ("qkv", "eager", "sdpa", "golden"):
+        model = copy.deepcopy(base)
+        model.set_attn_implementation("eager" if name == "golden" else name)
+        models[name] = model.double() if name == "golden" else model
+    return models, inputs, field
+
+
+def _run(model, inputs, field):
+    if next(model.parameters()).dtype == torch.float64:
+        inputs = {k: v.double() if v.is_floating_point() else v for k, v in inputs.items()}
+    return getattr(model(**inputs), field)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_forward_equals_eager_and_sdpa(request, family, monkeypatch):
+    models, inputs, field = _variants(family)
+    calls = []
+    real = hf_implementation.attention
+    monkeypatch.setattr(hf_implementation, "attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with torch.no_grad():
+        out = {name: _run(model, inputs, field) for name, model in models.items()}
+    assert len(calls) == ATTENTION_CALLS[family]  # every attention call of the model ran on qkv
+    assert_error_ratio(request, out["qkv"], out["golden"], out["eager"], what=f"{family} vs eager")
+    assert_error_ratio(request, out["qkv"], out["golden"], out["sdpa"], what=f"{family} vs sdpa")
+
+
+@pytest.mark.parametrize("family", ["bert", "llama", "t5"])
+def test_backward_equals_eager_and_sdpa(request, family):
+    models, inputs, field = _variants(family)
+    grads = {}
+    for name, model in models.items():
+        model.zero_grad()
+        out = _run(model, inputs, field)
+        weight = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)
+        (out * weight).sum().backward()
+        grads[name] = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    for other in ("eager", "sdpa"):
+        assert_error_ratio(
+            request,
+            grads["qkv"],
+            grads["golden"],
+            grads[other],
+            factor=GRAD_FACTOR,
+            what=f"{family} grads vs {other}",
+        )
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "mistral"])
+def test_greedy_generation_with_a_kv_cache_gives_the_same_tokens(family):
+    models, inputs, _ = _variants(family)
+    prompt = inputs["input_ids"][:1, :5]
+    tokens = {}
+    for name in ("qkv", "eager", "sdpa"):
+        tokens[name] = models[name].generate(
+            prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=12, do_sample=False, pad_token_id=0
+        )
+    assert tokens["qkv"].shape == (1, 17)
+    assert torch.equal(tokens["qkv"], tokens["eager"]) and torch.equal(tokens["qkv"], tokens["sdpa"])
+
+
+def test_output_attentions_are_eager_weights(request):
+    models, inputs, _ = _variants("llama")
+    with torch.no_grad():
+        ours = models["qkv"](**inputs, output_attentions=True).attentions
+        eager = models["eager"](**inputs, output_attentions=True).attentions
+        golden = models["golden"](**inputs, output_attentions=True).attentions
+    assert len(ours) == 2 and ours[0].shape == (2, 4, 10, 10)
+    valid = inputs["attention_mask"].bool()[:, None, :, None]  # rows of real tokens
+    for a, e, g in zip(ours, eager, golden):
+        assert_error_ratio(request, a * valid, g * valid, e * valid, what="weights")
+
+
+def test_real_minilm_equals_eager(request):
+    from qkv.interop import minilm_path
+
+    path = str(minilm_path())
+    ours = transformers.AutoModel.from_pretrained(path, attn_implementation="qkv").eval()
+    eager = transformers.AutoModel.from_pretrained(path, attn_implementation="eager").eval()
+    golden = copy.deepcopy(eager).double()
+    tok = transformers.AutoTokenizer.from_pretrained(path)
+    batch = tok(["attention is all you need", "a short one"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        out = {
+            n: m(**batch).last_hidden_state for n, m in (("qkv", ours), ("eager", eager), ("golden", golden))
+        }
+    assert ours.config._attn_implementation == "qkv"
+    assert_error_ratio(request, out["qkv"], out["golden"], out["eager"], what="minilm")
+
+
+def test_registering_twice_is_harmless():
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    register_hf()
+    register_hf()
+    assert AttentionInterface._global_mapping["qkv"] is hf_implementation.qkv_attention_forward
+    assert AttentionMaskInterface._global_mapping["qkv"] is AttentionMaskInterface._global_mapping["sdpa"]
+
+
+def test_features_qkv_cannot_express_raise_naming_them():
+    cfg = transformers.Gemma2Config(
+        vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=8, attn_logit_softcapping=50.0,
+    )  # fmt: skip
+    gemma = transformers.Gemma2ForCausalLM(cfg).eval()
+    gemma.set_attn_implementation("qkv")
+    with pytest.raises(NotImplementedError, match=r"Gemma2Attention uses attention logit soft-capping"):
+        gemma(input_ids=torch.randint(0, 40, (1, 4)))
+    q = torch.randn(1, 2, 4, 8)
+    module = torch.nn.Module()
+    lens = torch.tensor([0, 4])
+    with pytest.raises(NotImplementedError, match=r"packed variable-length sequences \(cu_seq_lens_q"):
+        hf_implementation.qkv_attention_forward(module, q, q, q, None, cu_seq_lens_q=lens, cu_seq_lens_k=lens)
+    with pytest.raises(TypeError, match=r"attention_mask: expected a bool or float tensor, got torch\.int64"):
+        hf_implementation.qkv_attention_forward(module, q, q, q, torch.ones(1, 1, 4, 4, dtype=torch.long))
+
+
+def test_float_masks_and_is_causal_convert_exactly():
+    """A float mask (``-inf`` and ``finfo.min`` entries), a bool mask and ``is_causal`` give
+    torch's SDPA results with the same arguments."""
+    gen = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(2, 4, 5, 8, generator=gen) for _ in range(3))
+    module = torch.nn.Module()
+    keep = torch.rand(2, 1, 5, 5, generator=gen) > 0.3
+    keep[..., 0] = True
+    floats = torch.where(keep, torch.randn(2, 1, 5, 5, generator=gen), float("-inf"))
+    floats[0, 0, 1, 2] = torch.finfo(torch.float32).min
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    for mask, causal in ((keep, False), (floats, False), (None, True)):
+        out, weights = hf_implementation.qkv_attention_forward(
+            module, q, k, v, mask, scaling=0.3, is_causal=causal
+        )
+        want = sdpa(q, k, v, attn_mask=mask, is_causal=causal, scale=0.3).transpose(1, 2)
+        assert weights is None
+        torch.testing.assert_close(out, want, rtol=0, atol=1e-6)
+
+
+def test_without_transformers_the_extra_is_named(monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    with pytest.raises(ImportError, match=r"pip install 'qkv\[interop\]'"):
+        register_hf()
