@@ -5,7 +5,8 @@ be visualized.
     weights[..., h, i, j] = exp(score(q_i, k_j) * scale + bias_ij - lse_i)    (0 where masked)
 
 ``lse`` (the row's log-sum-exp) comes from the backend when it returns one (chunked, reference);
-otherwise a first online pass over the key blocks computes it for the chosen rows only. Shapes::
+otherwise a first online pass over the key blocks computes it for the chosen rows only (with
+one key block, the logits of that block give both). Shapes::
 
     query (..., H, Tq, D), key (..., H, Tk, D) -> weights (..., H', Tq', Tk)
 
@@ -95,6 +96,14 @@ def weights_and_lse(
     tk = inputs.kv_len
     cdt = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
     blocks = [(k0, min(k0 + kv_block, tk)) for k0 in range(0, tk, kv_block)]
+    if lse is None and len(blocks) == 1:  # one key block: its logits give the lse and the weights
+        s = _logits(inputs, q, k, 0, tk, rows_all, h_idx)
+        m = s.amax(dim=-1, keepdim=True)
+        m = m.masked_fill(m == float("-inf"), 0.0)  # a fully masked row: exp(-inf) = 0 below
+        e = torch.exp(s - m)
+        total = e.sum(dim=-1, keepdim=True)
+        weights = e / total.clamp_min(torch.finfo(e.dtype).tiny)  # 0 in a fully masked row
+        return weights.to(q.dtype), (m + total.log()).squeeze(-1)  # lse: -inf in a fully masked row
     if lse is None:  # first pass: the online log-sum-exp of the selected rows
         running = OnlineSoftmax(q.shape[:-1], cdt, dev)
         for k0, k1 in blocks:
