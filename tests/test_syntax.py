@@ -163,9 +163,7 @@ Tensor = torch.Tensor
 
 
 def _encoded(sample, layers=2, heads=3, layer=1, head=2):
-    return [
-        _sentence(s, _pointing(s, layers, heads, layer, head, i)) for i, s in enumerate(sample)
-    ]
+    return [_sentence(s, _pointing(s, layers, heads, layer, head, i)) for i, s in enumerate(sample)]
 
 
 def _sentence(s: Sentence, attention: Tensor) -> EncodedSentence:
@@ -200,9 +198,7 @@ def test_pointing_head_scores_100_percent_on_every_relation(sample):
 
 
 def test_transposed_pointing_is_found_in_the_other_direction(sample):
-    encoded = [
-        _sentence(e.sentence, e.attention.transpose(-1, -2).contiguous()) for e in _encoded(sample)
-    ]
+    encoded = [_sentence(e.sentence, e.attention.transpose(-1, -2).contiguous()) for e in _encoded(sample)]
     results = relation_results(head_table(encoded), 2, 3, relations=["det", "amod"], bootstrap=50)
     assert list(results) == ["amod", "det"]
     # column i of the transposed map is one-hot at i's head: the head attends to its dependent

@@ -219,6 +219,7 @@ def load_bert(
     if not config_file.is_file():
         raise FileNotFoundError(f"path_or_name: {config_file} not found")
     hf_config = json.loads(config_file.read_text(encoding="utf-8"))
+    bert_config_from_hf(hf_config)  # not a BERT encoder: say so before reading any weight
 
     tensors = state_dict_from_hf(load_file(str(weights_file)))
     has_pooler = any(n.startswith("pooler.") for n in tensors)

@@ -139,8 +139,8 @@ def attention_probe(
     *,
     held_out: float = 0.2,
     seed: int = 0,
-    epochs: int = 8,
-    lr: float = 0.01,
+    epochs: int = 4,
+    lr: float = 0.02,
     batch_sentences: int = 64,
 ) -> ProbeResult:
     """Train both probes on a seeded ``1 - held_out`` share of ``sentences`` and score them and
