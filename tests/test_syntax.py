@@ -230,10 +230,30 @@ def test_absent_relation_is_an_error(sample):
 
 def test_probe_learns_the_pointing_head(sample):
     encoded = _encoded(sample * 4)
-    result = attention_probe(encoded, held_out=0.25, seed=0, epochs=30, lr=0.1, batch_sentences=8)
+    result = attention_probe(encoded, held_out=0.25, seed=0, epochs=5, lr=0.2, batch_sentences=16)
     assert result.test_sentences == 12 and result.train_sentences == 36
     assert result.attention_only_uas == 1.0
     assert result.uas == 1.0
     assert result.right_branching_uas < 0.5
     with pytest.raises(ValueError, match=r"held_out: expected a fraction in \(0, 1\)"):
         attention_probe(encoded, held_out=1.0)
+
+
+def test_probe_scores_equal_the_formula():
+    """s(i, j) = sum_k (w_k + P_k v_i + Q_k v_j) A[k, i, j] + (u_k + P'_k v_i + Q'_k v_j) A[k, j, i]."""
+    from qkv.interpret import syntax_probe
+
+    n, k, d = 5, 3, 4
+    g = torch.Generator().manual_seed(0)
+    sentence = Sentence(tuple("abcde"), (1, -1, 1, 2, 3), ("x",) * 5, "s")
+    a, v = torch.rand(k, n, n, generator=g), torch.randn(n, d, generator=g)
+    bucket = syntax_probe._buckets([EncodedSentence(sentence, a, v, head_predictions(a))], 4)[0]
+    probe = syntax_probe._Probe(k, d, with_embeddings=True)
+    with torch.no_grad():
+        for p in probe.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+        got = probe(bucket, torch.zeros(d), torch.ones(d))[0]
+    features = torch.cat([a.permute(1, 2, 0), a.permute(2, 1, 0)], -1)  # (n, n, 2K)
+    weights = probe.w.reshape(-1) + probe.p(v)[:, None, :] + probe.q(v)[None, :, :]
+    want = (features * weights).sum(-1).masked_fill(torch.eye(n, dtype=torch.bool), float("-inf"))
+    torch.testing.assert_close(got, want.detach())

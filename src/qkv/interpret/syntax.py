@@ -107,7 +107,8 @@ def analyze_syntax(
             (``qkv.interop.load_bert``).
         sentences: treebank sentences (:func:`qkv.interpret.treebank.read_conllu`).
         relations: relations to report (default: all with ``min_count`` dependents or more).
-        probe: also train and score the attention probes (held-out 20% of the sentences).
+        probe: also train and score the attention probes (held-out 20% of the sentences;
+            skipped, ``report.probe`` ``None``, with fewer than 10 sentences).
         bootstrap, seed: resamples of the confidence intervals and the seed of everything
             random (bootstrap, probe split and training): same seed, same report.
         progress: called with the number of sentences just encoded.
