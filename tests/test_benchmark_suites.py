@@ -16,7 +16,9 @@ SUITES = sorted(p.stem for p in (REPO / "benchmarks").glob("*.py") if p.stem != 
 
 
 def test_every_suite_is_listed():
-    assert {"attention_dense", "attention_long", "vision_explain", "vision_fashion", "hf_capture"} <= set(SUITES)
+    assert {
+        "attention_dense", "attention_long", "vision_explain", "vision_fashion", "hf_capture", "syntax_heads",
+    } <= set(SUITES)  # fmt: skip
 
 
 @pytest.fixture

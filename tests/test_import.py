@@ -51,6 +51,7 @@ HEAVY = (
     "safetensors",
     "sklearn",
     "PIL",
+    "conllu",
 )
 
 # Prints, as JSON, the modules loaded by `import torch` alone and then by `import qkv`.
@@ -119,7 +120,7 @@ import sys
 for name in %r:
     sys.modules[name] = None
 from qkv.cli.main import main
-codes = [main(["--help"]), main(["train", "--help"]), main(["explain"]), main(["demo", "--help"]), main(["viz", "--help"])]
+codes = [main(["--help"]), main(["train", "--help"]), main(["explain"]), main(["demo", "--help"]), main(["viz", "--help"]), main(["analyze", "--help"])]
 print(codes)
 """
 #: What the extras bring (pyproject.toml): none of it is needed by the core commands.
@@ -130,7 +131,7 @@ def test_the_commands_run_with_the_core_dependencies_alone():
     """With only torch and numpy (``pip install qkv``), every command's help and ``qkv explain``
     work: no extra is imported to build the parser."""
     out = _fresh(_CORE_ONLY % (EXTRAS,))
-    assert out.strip().splitlines()[-1] == "[0, 0, 0, 0, 0]"
+    assert out.strip().splitlines()[-1] == "[0, 0, 0, 0, 0, 0]"
 
 
 def test_import_qkv_vision_loads_its_trainer_but_not_translation_nor_the_image_readers():

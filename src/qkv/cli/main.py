@@ -6,6 +6,7 @@
     qkv translate         translate sentences with a trained model
     qkv evaluate          score a trained model
     qkv viz               attention of MiniLM or a trained model as an offline HTML viewer / figure
+    qkv analyze syntax    which attention heads of a BERT find syntactic heads (a CoNLL-U treebank)
     qkv demo              train attention translators on built-in data, write a report
     qkv demo --examples   the three worked examples of the source articles, one after the other
 
@@ -29,6 +30,7 @@ import sys
 from collections.abc import Sequence
 
 from . import CommandError
+from . import analyze as analyze_cmd
 from . import demo as demo_cmd
 from . import evaluate as evaluate_cmd
 from . import explain as explain_cmd
@@ -41,7 +43,7 @@ from .overrides import split_overrides
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 #: The command modules, in the order ``qkv --help`` lists them.
-COMMANDS = (explain_cmd, train_cmd, translate_cmd, evaluate_cmd, match_cmd, viz_cmd, demo_cmd)
+COMMANDS = (explain_cmd, train_cmd, translate_cmd, evaluate_cmd, match_cmd, viz_cmd, analyze_cmd, demo_cmd)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -38,22 +38,19 @@ file is written to ``--out`` (default ``attention.html``, skipped when only ``--
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import CommandError, error_message
+from .encoder import load_encoder
 
 if TYPE_CHECKING:
     from ..interpret.pictures import AttentionPicture
 
-__all__ = ["MODELS", "SCORE_METHODS", "add_parser", "run"]
+__all__ = ["SCORE_METHODS", "add_parser", "run"]
 
 #: ``--model`` names (any other value must be a local BERT directory).
-MODELS = ("minilm",)
 #: ``--scores`` names -> the method name shown in the viewer.
 SCORE_METHODS = {
     "rollout": "rollout",
@@ -286,50 +283,10 @@ def _plan(args: argparse.Namespace) -> _Plan:
 # ----------------------------------------------------------------------------- the model and its picture
 
 
-@contextlib.contextmanager
-def _offline() -> Iterator[None]:
-    """No Hugging Face library may reach the network while a model is loaded."""
-    names = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    saved = {n: os.environ.get(n) for n in names}
-    os.environ.update(dict.fromkeys(names, "1"))
-    try:
-        yield
-    finally:
-        for n, v in saved.items():
-            if v is None:
-                os.environ.pop(n, None)
-            else:
-                os.environ[n] = v
-
-
-def _load_encoder(name: str):
-    """``(model, tokenizer, display name)`` for ``--model``."""
-    from ..interop import load_bert
-
-    key = name.strip().lower()
-    if key in MODELS or key == "all-minilm-l6-v2":
-        target, shown = "minilm", "all-MiniLM-L6-v2"
-    elif Path(name).expanduser().is_dir():
-        target, shown = name, Path(name).expanduser().resolve().name
-    else:
-        raise CommandError(
-            f"--model: unknown model {name!r}; expected {', '.join(MODELS)} or a local directory with "
-            "config.json, model.safetensors and tokenizer.json (qkv never downloads models)"
-        )
-    try:
-        with _offline():
-            model, tokenizer = load_bert(target)
-    except ImportError as e:
-        raise CommandError(f"--model {name}: {e}") from None
-    except (ValueError, FileNotFoundError, OSError) as e:
-        raise CommandError(f"--model: {error_message(e).removeprefix('path_or_name: ')}") from None
-    return model, tokenizer, shown
-
-
 def _sentence_picture(args: argparse.Namespace, plan: _Plan) -> AttentionPicture:
     from ..interpret.pictures import sentence_picture
 
-    model, tokenizer, shown = _load_encoder(args.model)
+    model, tokenizer, shown = load_encoder(args.model)
     return sentence_picture(
         model,
         tokenizer,

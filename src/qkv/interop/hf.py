@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -219,6 +219,7 @@ def load_bert(
     if not config_file.is_file():
         raise FileNotFoundError(f"path_or_name: {config_file} not found")
     hf_config = json.loads(config_file.read_text(encoding="utf-8"))
+    bert_config_from_hf(hf_config)  # not a BERT encoder: say so before reading any weight
 
     tensors = state_dict_from_hf(load_file(str(weights_file)))
     has_pooler = any(n.startswith("pooler.") for n in tensors)
@@ -274,12 +275,16 @@ class TokenBatch:
         input_ids: ``(B, T)`` long; attention_mask: ``(B, T)`` long, 1 = token, 0 = padding;
         token_type_ids: ``(B, T)`` long (segment ids: 0, and 1 for a second text).
         tokens: ``B`` lists of ``T`` token strings, padding included (``"[PAD]"``).
+        offsets: ``B`` lists of ``T`` ``(start, end)`` character spans of each token in its
+            text (``(0, 0)`` for special tokens and padding), from the tokenizer; empty when the
+            batch was built without them.
     """
 
     input_ids: Tensor
     attention_mask: Tensor
     token_type_ids: Tensor
     tokens: list[list[str]]
+    offsets: list[list[tuple[int, int]]] = field(default_factory=list)
 
     def model_inputs(self) -> dict[str, Tensor]:
         """``{"input_ids", "attention_mask", "token_type_ids"}`` for ``model(**batch.model_inputs())``."""
@@ -367,7 +372,11 @@ class HFTokenizer:
         mask = torch.tensor([e.attention_mask for e in encs], dtype=torch.long).reshape(len(encs), t)
         types = torch.tensor([e.type_ids for e in encs], dtype=torch.long).reshape(len(encs), t)
         return TokenBatch(
-            input_ids=ids, attention_mask=mask, token_type_ids=types, tokens=[e.tokens for e in encs]
+            input_ids=ids,
+            attention_mask=mask,
+            token_type_ids=types,
+            tokens=[e.tokens for e in encs],
+            offsets=[[tuple(o) for o in e.offsets] for e in encs],
         )
 
     def decode(self, ids: Sequence[int] | Tensor, *, skip_special_tokens: bool = True) -> str:

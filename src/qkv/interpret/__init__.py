@@ -13,6 +13,12 @@ Every text method ends in token scores ``(T,)``: rollout-like results are ``(T, 
 :class:`AttentionPicture`): a sentence through a pretrained encoder with its token scores
 (:func:`sentence_picture`). An application adds its own pictures (a translation model on its
 own translation: :func:`qkv.translation.pictures.translation_picture`).
+
+Syntax (:mod:`qkv.interpret.syntax`, Clark et al. 2019): :func:`analyze_syntax` measures, on a
+dependency treebank read by :func:`read_conllu` (``pip install 'qkv[syntax]'``), which heads of
+a BERT attend from each dependent to its head, per relation, against fixed-offset baselines with
+bootstrap intervals, and the attention probes' UAS; :func:`syntax_figure` draws heads x
+relations.
 """
 
 from .flow import flow
@@ -22,12 +28,17 @@ from .patch_grid import PatchGrid, patch_grid
 from .pictures import AttentionPicture, sentence_picture
 from .rollout import layer_matrices, rollout
 from .scores import token_scores
+from .syntax import SyntaxReport, analyze_syntax, syntax_figure
+from .treebank import Sentence, read_conllu
 
 __all__ = [
     "IMAGE_METHODS",
     "AttentionPicture",
     "ImageExplanation",
     "PatchGrid",
+    "Sentence",
+    "SyntaxReport",
+    "analyze_syntax",
     "explain_image",
     "flow",
     "grad_rollout",
@@ -35,7 +46,9 @@ __all__ = [
     "integrated_gradients",
     "layer_matrices",
     "patch_grid",
+    "read_conllu",
     "rollout",
     "sentence_picture",
+    "syntax_figure",
     "token_scores",
 ]

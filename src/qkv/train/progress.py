@@ -33,7 +33,13 @@ class LogLines:
 
 
 def progress_bar(
-    total: int, *, initial: int = 0, desc: str, stream: TextIO | None = None, every: int = 100
+    total: int,
+    *,
+    initial: int = 0,
+    desc: str,
+    stream: TextIO | None = None,
+    every: int = 100,
+    unit: str = "step",
 ) -> tqdm:
     """A tqdm bar on ``stream`` (stderr) when it is a terminal; elsewhere tqdm's meter (no bar)
     on :class:`LogLines` every ``every`` steps, whatever the time between them, and at
@@ -44,10 +50,10 @@ def progress_bar(
         raise ImportError("training progress needs tqdm: pip install 'qkv[train]'") from e
     stream = sys.stderr if stream is None else stream
     if getattr(stream, "isatty", lambda: False)():
-        return tqdm(total=total, initial=initial, desc=desc, unit="step", file=stream, dynamic_ncols=True)
+        return tqdm(total=total, initial=initial, desc=desc, unit=unit, file=stream, dynamic_ncols=True)
     # smoothing=0: the rate is the session's mean; maxinterval=inf: tqdm's monitor never
     # lowers miniters, so a slow run still prints every `every` steps, not every step
     return tqdm(
-        total=total, initial=initial, desc=desc, unit="step", file=LogLines(stream), ncols=0,
+        total=total, initial=initial, desc=desc, unit=unit, file=LogLines(stream), ncols=0,
         mininterval=0, maxinterval=math.inf, miniters=every, smoothing=0,
     )  # fmt: skip
