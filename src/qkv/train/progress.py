@@ -33,14 +33,8 @@ class LogLines:
 
 
 def progress_bar(
-    total: int,
-    *,
-    initial: int = 0,
-    desc: str,
-    stream: TextIO | None = None,
-    every: int = 100,
-    unit: str = "step",
-) -> tqdm:
+    total: int, *, initial: int = 0, desc: str, stream: TextIO | None = None, every: int = 100, unit: str = "step"
+) -> tqdm:  # fmt: skip
     """A tqdm bar on ``stream`` (stderr) when it is a terminal; elsewhere tqdm's meter (no bar)
     on :class:`LogLines` every ``every`` steps, whatever the time between them, and at
     ``close()``. Rate and ETA count the steps of this session (from ``initial``) only."""
