@@ -227,7 +227,7 @@ def test_registering_twice_is_harmless():
     register_hf()
     register_hf()
     assert AttentionInterface._global_mapping["qkv"] is hf_implementation.qkv_attention_forward
-    assert AttentionMaskInterface._global_mapping["qkv"] is AttentionMaskInterface._global_mapping["sdpa"]
+    assert AttentionMaskInterface._global_mapping["qkv"] is hf_implementation.qkv_mask
 
 
 def test_features_qkv_cannot_express_raise_naming_them():

@@ -9,8 +9,10 @@ on :func:`qkv.attention`'s dispatch.
 :func:`register_hf` adds the name ``"qkv"`` to ``transformers``' ``AttentionInterface`` (the
 attention function, :func:`qkv_attention_forward`) and ``AttentionMaskInterface`` (the masks:
 ``transformers``' own SDPA masks, so a model's mask reaches the function as it reaches SDPA:
-a 4-D bool mask, True = takes part, or None with ``is_causal``). Registering adds a name; it
-switches no model: a model runs qkv only when its own config says ``"qkv"``.
+a 4-D bool mask, True = takes part, or None with ``is_causal``; a bidirectional mask, the
+encoders' one, comes as its padding alone, ``(B, 1, 1, Tk)``, or None without padding, never
+as a ``(B, 1, Tq, Tk)`` matrix: :func:`qkv_mask`). Registering adds a name; it switches no
+model: a model runs qkv only when its own config says ``"qkv"``.
 
 The function mirrors ``transformers``' ``sdpa_attention_forward`` and converts every argument
 exactly (shapes ``query (B, H, Tq, D)``, ``key``/``value`` ``(B, Hkv, Tk, D)``):
@@ -32,6 +34,10 @@ GQA (``Hkv < H``)     grouped-query attention, key/value heads not copied
 ``output_attentions`` ``need_weights=True``: exact weights from qkv's weights pass
 ====================  ===================================================================
 
+A sparse pattern set on a module (:func:`patterns_set`, what :func:`qkv.interop.use_pattern`
+calls) is combined with the module's mask: ``pattern & padding``, so its calls run the
+block-sparse backend where it pays (``auto``'s choice, reported per call).
+
 Refused with :class:`NotImplementedError` naming the model feature: logit soft-capping
 (``softcap``, Gemma 2), attention sinks (``s_aux``), packed variable-length batches
 (``cu_seq_lens_q``/``cu_seq_lens_k``/``max_length_q``/``max_length_k``, a flash-attention
@@ -45,7 +51,7 @@ the request is the module's own, for the ``with`` block only.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -56,7 +62,14 @@ from ..api.attention import attention
 from ..masks.core import Mask, causal
 from ..masks.torch_masks import split_float_mask
 
-__all__ = ["IMPLEMENTATION", "qkv_attention_forward", "register_hf", "weights_requested"]
+__all__ = [
+    "IMPLEMENTATION",
+    "patterns_set",
+    "qkv_attention_forward",
+    "qkv_mask",
+    "register_hf",
+    "weights_requested",
+]
 
 IMPLEMENTATION = "qkv"
 
@@ -80,13 +93,50 @@ def register_hf() -> None:
     """
     try:
         from transformers import AttentionInterface
-        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+        from transformers.masking_utils import AttentionMaskInterface
     except ImportError as exc:
         raise ImportError(
             "attn_implementation='qkv' needs transformers >= 5: pip install 'qkv[interop]'"
         ) from exc
     AttentionInterface.register(IMPLEMENTATION, qkv_attention_forward)
-    AttentionMaskInterface.register(IMPLEMENTATION, sdpa_mask)
+    AttentionMaskInterface.register(IMPLEMENTATION, qkv_mask)
+
+
+def qkv_mask(
+    batch_size: int,
+    q_length: int,
+    kv_length: int,
+    q_offset: int = 0,
+    kv_offset: int = 0,
+    mask_function: Any = None,
+    attention_mask: Tensor | None = None,
+    allow_is_bidirectional_skip: bool = False,
+    **kwargs: Any,
+) -> Tensor | None:
+    """``transformers``' mask interface for ``"qkv"``: ``sdpa_mask``'s masks, except the plain
+    bidirectional one (an encoder's, without overlays), which is its padding alone.
+
+    Returns:
+        For a bidirectional mask that may be skipped (``allow_is_bidirectional_skip``): None
+        without padding, else bool ``(B, 1, 1, Tk)`` (True = a real token): ``O(B Tk)`` memory,
+        the same attention as ``sdpa_mask``'s ``(B, 1, Tq, Tk)`` matrix. Otherwise what
+        ``sdpa_mask`` returns for the same arguments.
+    """
+    from transformers.masking_utils import bidirectional_mask_function, sdpa_mask
+
+    if mask_function is bidirectional_mask_function and allow_is_bidirectional_skip:
+        if attention_mask is None:
+            return None
+        padding = attention_mask.to(torch.bool)
+        if padding.shape[-1] < kv_offset + kv_length:  # as transformers' prepare_padding_mask
+            padding = torch.nn.functional.pad(padding, (0, kv_offset + kv_length - padding.shape[-1]))
+        padding = padding[:, kv_offset : kv_offset + kv_length]
+        return None if bool(padding.all()) else padding[:, None, None, :]  # (B, 1, 1, Tk)
+    return sdpa_mask(
+        batch_size, q_length, kv_length, q_offset=q_offset, kv_offset=kv_offset,
+        mask_function=mask_function, attention_mask=attention_mask,
+        allow_is_bidirectional_skip=allow_is_bidirectional_skip, **kwargs,
+    )  # fmt: skip
 
 
 # Modules whose calls return weights while a capture reads them: id(module) -> one flag per
@@ -117,6 +167,68 @@ def weights_requested(modules: Iterable[nn.Module], *, graph: bool) -> Iterator[
                     del _REQUESTS[key]
 
 
+# Patterns set on modules: id(module) -> [pattern, how many settings hold it]. The module's own
+# setting (made and undone by qkv.interop.use_pattern), read by every call of that module.
+_PATTERNS_LOCK = threading.Lock()
+_PATTERNS: dict[int, list] = {}
+# The last patterns combined with a padding mask: (id(pattern), id(padding)) -> (pattern,
+# padding, combined). The layers of one forward pass share one padding tensor, so they share
+# the combined pattern and the block-sparse backend's plan for it.
+_COMBINED: dict[tuple[int, int], tuple[Mask, Tensor, Mask]] = {}
+
+
+def patterns_set(modules: Iterable[nn.Module], pattern: Mask) -> Callable[[], None]:
+    """Set ``pattern`` on ``modules`` (their own calls of :func:`qkv_attention_forward` combine it
+    with their mask) until the returned function is called. Setting the same pattern again
+    stacks (the last removal clears it); thread-safe.
+
+    Raises:
+        ValueError: a module already holds another pattern (nothing is set).
+    """
+    keys = list(dict.fromkeys(id(m) for m in modules))
+    with _PATTERNS_LOCK:
+        for key in keys:
+            held = _PATTERNS.get(key)
+            if held is not None and held[0] is not pattern:
+                raise ValueError(
+                    f"pattern: the model already holds the pattern {held[0]!r}; remove it before setting {pattern!r}"
+                )
+        for key in keys:
+            _PATTERNS.setdefault(key, [pattern, 0])[1] += 1
+    done = []
+
+    def remove() -> None:
+        with _PATTERNS_LOCK:
+            if done:  # removing twice changes nothing
+                return
+            done.append(True)
+            for key in keys:
+                held = _PATTERNS[key]
+                held[1] -= 1
+                if held[1] == 0:
+                    del _PATTERNS[key]
+
+    return remove
+
+
+def _with_pattern(pattern: Mask, mask: Tensor | Mask | None) -> Mask:
+    """``pattern & mask`` (the same object for the same two inputs, the last 8 kept)."""
+    if mask is None:
+        return pattern
+    if not isinstance(mask, Tensor):
+        return pattern & mask
+    key = (id(pattern), id(mask))
+    with _PATTERNS_LOCK:
+        hit = _COMBINED.get(key)
+        if hit is not None and hit[0] is pattern and hit[1] is mask:
+            return hit[2]
+        combined = pattern & mask
+        if len(_COMBINED) >= 8:
+            _COMBINED.pop(next(iter(_COMBINED)))
+        _COMBINED[key] = (pattern, mask, combined)
+        return combined
+
+
 def qkv_attention_forward(
     module: nn.Module,
     query: Tensor,
@@ -144,6 +256,9 @@ def qkv_attention_forward(
     _refuse(module, kwargs)
     del sliding_window  # already in attention_mask (see the module docstring)
     mask, bias = _mask_and_bias(module, query, attention_mask, is_causal, position_bias)
+    held = _PATTERNS.get(id(module))
+    if held is not None:
+        mask = _with_pattern(held[0], mask)
     requests = _REQUESTS.get(id(module))
     res = attention(
         query, key, value, mask=mask, bias=bias, scale=scaling, dropout_p=float(dropout),
