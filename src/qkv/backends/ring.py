@@ -1,0 +1,407 @@
+"""The ``ring`` backend: exact attention over a sequence sharded across the ranks of a
+``torch.distributed`` group (context parallelism), in the active
+:mod:`qkv.backends.sequence_parallel` context.
+
+Each rank holds ``n = T / world`` positions of the query, key and value (``(..., H, n, D)``);
+masks, patterns and biases are in global coordinates. The K/V blocks go round the ring by
+point-to-point messages (``batch_isend_irecv``): at step ``i = 1 .. world - 1`` rank ``r``
+sends its own block to rank ``r + i`` and receives the block of rank ``r - i`` (mod world),
+each block crossing one link once; the messages of step ``i + 1`` are posted before the
+compute of step ``i`` so they travel while it runs. A rank's partial results over the blocks
+it sees merge exactly by the online softmax (:mod:`qkv.backends.online_softmax`): the running
+max and log-sum-exp, the same arithmetic as the chunked backend. A pair of ranks whose
+positions a pattern never lets meet exchanges nothing (a sliding window talks only to its
+neighbours): every rank computes the same need table from the pattern's block layout.
+
+Backward (FlashAttention-2 from the saved ``lse``): the K/V blocks go round again; rank ``r``
+computes ``dQ`` of its queries and the partial ``dK``, ``dV`` of block ``r - i``, and sends
+that partial back to its owner, which sums what it receives in step order (deterministic).
+Dense attention thus costs ``world - 1`` receives per rank forward and ``2 (world - 1)``
+backward. Every rank must take part in every call (and in its backward).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from .._types import AttentionOutput
+from . import memory
+from .base import AttentionInputs, Capabilities, not_supported_reasons, zero_unreachable_keys
+from .online_softmax import OnlineSoftmax, block_logits, compute_dtype
+from .sequence_parallel import SequenceParallel, active, positions
+
+__all__ = ["RingBackend", "RingCommunicationError"]
+
+_FORWARD_TAG, _BACKWARD_KV_TAG, _BACKWARD_GRAD_TAG = 1 << 10, 2 << 10, 3 << 10
+
+
+class RingCommunicationError(RuntimeError):
+    """A ring exchange failed (a rank died, timed out, or sent something else)."""
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One call's ring: the inputs, the context, every rank's global positions and which
+    rank's keys each rank needs (``need[dst][src]``)."""
+
+    inputs: AttentionInputs
+    sp: SequenceParallel
+    total: int
+    pos: tuple[Tensor, ...]
+    need: tuple[tuple[bool, ...], ...]
+    kv_block: int
+
+    @property
+    def rank(self) -> int:
+        return self.sp.rank
+
+    @property
+    def world(self) -> int:
+        return self.sp.world
+
+
+def _chunks(layout: str, rank: int, world: int) -> list[int]:
+    """The chunk indices rank ``rank`` holds (chunks of ``n`` contiguous, ``n / 2`` zigzag)."""
+    return [rank] if layout == "contiguous" else [rank, 2 * world - 1 - rank]
+
+
+def _need(inputs: AttentionInputs, sp: SequenceParallel, total: int, pos: tuple[Tensor, ...]):
+    """``need[dst][src]``: whether some query of rank ``dst`` may attend some key of rank
+    ``src`` (from the pattern's block layout and the tensor mask; a superset is safe)."""
+    w = sp.world
+    need = [[True] * w for _ in range(w)]
+    if inputs.pattern is not None and total:
+        chunk = total // w if sp.layout == "contiguous" else total // (2 * w)
+        any_ = inputs.pattern.block_layout(total, total, chunk, chunk).any.tolist()
+        for d in range(w):
+            for s in range(w):
+                cd, cs = _chunks(sp.layout, d, w), _chunks(sp.layout, s, w)
+                need[d][s] = any(any_[i][j] for i in cd for j in cs)
+    if inputs.tensor_mask is not None:
+        for d in range(w):
+            for s in range(w):
+                need[d][s] = need[d][s] and bool(_take(inputs.tensor_mask, pos[d], pos[s]).any())
+    return tuple(tuple(row) for row in need)
+
+
+def _take(t: Tensor, qpos: Tensor, kpos: Tensor) -> Tensor:
+    """``t[..., qpos, kpos]`` of a global ``(..., T | 1, T | 1)`` tensor (size-1 dims stay)."""
+    if t.shape[-2] != 1:
+        t = t.index_select(-2, qpos)
+    return t if t.shape[-1] == 1 else t.index_select(-1, kpos)
+
+
+def _keep(plan: _Plan, qpos: Tensor, kpos: Tensor) -> Tensor | None:
+    """The bool mask of global queries ``qpos`` x keys ``kpos`` (None: all allowed)."""
+    inputs, keep = plan.inputs, None
+    if inputs.pattern is not None:
+        dev = qpos.device
+        if inputs.pattern.depends_on_batch_head:
+            b = torch.arange(inputs.query.shape[-4], device=dev).view(-1, 1, 1, 1)
+            h = torch.arange(inputs.query.shape[-3], device=dev).view(1, -1, 1, 1)
+        else:
+            b = h = torch.zeros(1, 1, 1, 1, dtype=torch.long, device=dev)
+        fn = inputs.pattern.mask_mod(plan.total, plan.total)
+        keep = fn(b, h, qpos.view(1, 1, -1, 1), kpos.view(1, 1, 1, -1))
+    if inputs.tensor_mask is not None:
+        t = _take(inputs.tensor_mask, qpos, kpos)
+        keep = t if keep is None else keep & t
+    return keep
+
+
+def _bias(plan: _Plan, qpos: Tensor, kpos: Tensor) -> Tensor | None:
+    return None if plan.inputs.bias is None else _take(plan.inputs.bias, qpos, kpos)
+
+
+def _peer(group, rank: int) -> int:
+    """The global rank of ``rank`` in ``group`` (what point-to-point ops address)."""
+    return rank if group is None else dist.get_global_rank(group, rank)
+
+
+class _Exchange:
+    """One step's point-to-point messages: send ``payload`` to ``dst`` and/or receive a tensor
+    like ``like`` from ``src`` (either may be None), counted in the context's stats."""
+
+    def __init__(self, plan: _Plan, step: int, tag: int, payload, dst: int, like, src: int, backward: bool):
+        self.plan, self.step, self.src, self.backward = plan, step, src, backward
+        self.buf = None if like is None else torch.empty_like(like)
+        group = plan.sp.group
+        ops = []
+        if payload is not None:
+            ops.append(dist.P2POp(dist.isend, payload, _peer(group, dst), group, tag + step))
+        if self.buf is not None:
+            ops.append(dist.P2POp(dist.irecv, self.buf, _peer(group, src), group, tag + step))
+        self.payload = payload  # kept alive until the send completes
+        self.works = self._start(ops) if ops else []
+
+    def _start(self, ops):
+        try:
+            return dist.batch_isend_irecv(ops)
+        except RuntimeError as e:
+            raise self._error(e) from e
+
+    def _error(self, e: Exception) -> RingCommunicationError:
+        return RingCommunicationError(
+            f"ring attention, rank {self.plan.rank}: the exchange of step {self.step} "
+            f"({'backward' if self.backward else 'forward'}) with rank {self.src} failed: {e}"
+        )
+
+    def wait(self) -> Tensor | None:
+        """Wait for this step's messages; the received tensor (or None)."""
+        try:
+            for work in self.works:
+                work.wait()
+        except RuntimeError as e:
+            raise self._error(e) from e
+        if self.buf is not None:
+            self.plan.sp.stats.add(self.backward, self.buf, self.src)
+        return self.buf
+
+
+def _kv_exchange(plan: _Plan, step: int, kv: Tensor, tag: int, backward: bool) -> _Exchange:
+    """Step ``step``: own block to rank ``r + step`` (if it needs it), block of ``r - step`` in."""
+    r, w = plan.rank, plan.world
+    dst, src = (r + step) % w, (r - step) % w
+    payload = kv if plan.need[dst][r] else None
+    like = kv if plan.need[r][src] else None
+    return _Exchange(plan, step, tag, payload, dst, like, src, backward)
+
+
+def _forward_pair(plan: _Plan, rows: OnlineSoftmax, q: Tensor, kv: Tensor, dk: int, src: int, logits: list):
+    """Fold the keys of rank ``src`` (``kv = cat(k, v)``) into this rank's running softmax."""
+    qpos, kpos_all = plan.pos[plan.rank], plan.pos[src]
+    for j0 in range(0, kv.shape[-2], plan.kv_block):
+        j1 = min(j0 + plan.kv_block, kv.shape[-2])
+        kb, vb = kv[..., j0:j1, :dk], kv[..., j0:j1, dk:]
+        kpos = kpos_all[j0:j1]
+        keep = _keep(plan, qpos, kpos)
+        if keep is not None:
+            kb, vb = zero_unreachable_keys(kb, vb, keep)
+        _, s = block_logits(plan.inputs, plan.inputs.score_fn, q, kb, _bias(plan, qpos, kpos), keep)
+        rows.update(s, vb)
+        if logits is not None:
+            logits.append((kpos, s))
+
+
+def _ring_forward(plan: _Plan, q: Tensor, k: Tensor, v: Tensor):
+    """``(out, lse, weights or None)`` of this rank's queries over the whole sequence."""
+    kv = torch.cat([k, v], -1).contiguous()
+    dk, w = k.shape[-1], plan.world
+    rows = OnlineSoftmax(q.shape[:-1], compute_dtype(q), q.device, value_dim=v.shape[-1])
+    logits = [] if plan.inputs.need_weights else None
+    pending = None
+    for step in range(w):
+        following = _kv_exchange(plan, step + 1, kv, _FORWARD_TAG, False) if step + 1 < w else None
+        src = (plan.rank - step) % w
+        block = kv if step == 0 else pending.wait()
+        if plan.need[plan.rank][src]:
+            _forward_pair(plan, rows, q, block, dk, src, logits)
+        pending = following
+    lse = rows.lse()
+    weights = None if logits is None else _weights(plan, q, v, lse, logits)
+    return rows.out(v.dtype), lse, weights
+
+
+def _weights(plan: _Plan, q: Tensor, v: Tensor, lse: Tensor, logits: list) -> Tensor:
+    """``(..., H, n, T)``: this rank's rows of the weights, from the kept logits and ``lse``."""
+    safe = lse.masked_fill(lse == float("-inf"), float("inf")).unsqueeze(-1)
+    weights = q.new_zeros((*q.shape[:-1], plan.total), dtype=v.dtype)
+    for kpos, s in logits:
+        weights.index_copy_(-1, kpos, torch.exp(s - safe).to(v.dtype))
+    return weights
+
+
+class _Backward:
+    """The backward of one rank: ``dQ`` of its queries, the partial ``dK, dV`` of each block it
+    sees (sent back to the block's owner) and the sum of the partials of its own block."""
+
+    def __init__(self, plan: _Plan, q, k, v, out, lse, d_out) -> None:
+        self.plan, self.q, self.dk_dim = plan, q, k.shape[-1]
+        cdt = compute_dtype(q)
+        self.d_out = d_out.to(cdt)
+        self.delta = (self.d_out * out.to(cdt)).sum(-1)  # rowsum(dO * O)
+        self.lse_safe = lse.masked_fill(lse == float("-inf"), float("inf"))
+        self.dq = torch.zeros_like(q, dtype=cdt)
+        self.fast = plan.inputs.score.dot_like
+
+    def pair(self, kv: Tensor, src: int) -> Tensor:
+        """``cat(dK, dV)`` of block ``src`` from this rank's queries (``dQ`` accumulated)."""
+        plan, dk = self.plan, self.dk_dim
+        grads = torch.zeros_like(kv, dtype=self.d_out.dtype)
+        qpos = plan.pos[plan.rank]
+        for j0 in range(0, kv.shape[-2], plan.kv_block):
+            j1 = min(j0 + plan.kv_block, kv.shape[-2])
+            kpos = plan.pos[src][j0:j1]
+            kb, vb = kv[..., j0:j1, :dk], kv[..., j0:j1, dk:]
+            keep = _keep(plan, qpos, kpos)
+            if keep is not None:
+                kb, vb = zero_unreachable_keys(kb, vb, keep)
+            self._block(grads[..., j0:j1, :], kb, vb, keep, _bias(plan, qpos, kpos))
+        return grads
+
+    def _block(self, grads: Tensor, kb: Tensor, vb: Tensor, keep, bias) -> None:
+        cdt, qb, dk = self.d_out.dtype, self.q, self.dk_dim
+        if not self.fast:
+            qb, kb = qb.detach().requires_grad_(), kb.detach().requires_grad_()
+        with torch.set_grad_enabled(not self.fast):
+            raw, s = block_logits(self.plan.inputs, self.plan.inputs.score_fn, qb, kb, bias, keep)
+        p = torch.exp(s.detach() - self.lse_safe.unsqueeze(-1))
+        grads[..., dk:] += p.transpose(-2, -1) @ self.d_out
+        dp = self.d_out @ vb.to(cdt).transpose(-2, -1)
+        g = p * (dp - self.delta.unsqueeze(-1)) * self.plan.inputs.scale
+        if self.fast:
+            self.dq += g @ kb.to(cdt)
+            grads[..., :dk] += g.transpose(-2, -1) @ qb.to(cdt)
+        else:
+            gq, gk = torch.autograd.grad(raw, [qb, kb], g.to(raw.dtype))
+            self.dq += gq
+            grads[..., :dk] += gk
+
+
+def _ring_backward(plan: _Plan, saved, d_out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(dq, dk, dv)`` of this rank's shards (see the module docstring)."""
+    q, k, v, out, lse = saved
+    bw = _Backward(plan, q, k, v, out, lse, d_out)
+    kv = torch.cat([k, v], -1).contiguous()
+    r, w = plan.rank, plan.world
+    own = torch.zeros_like(kv, dtype=bw.d_out.dtype)
+    grads_in, pending = [], None
+    for step in range(w):
+        following = _kv_exchange(plan, step + 1, kv, _BACKWARD_KV_TAG, True) if step + 1 < w else None
+        src, dst = (r - step) % w, (r + step) % w
+        block = kv if step == 0 else pending.wait()
+        part = bw.pair(block, src) if plan.need[r][src] else None
+        if step == 0 and part is not None:
+            own += part
+        elif step > 0:  # the partial back to its owner; ours from the rank that saw it
+            like = own if plan.need[dst][r] else None
+            grads_in.append(_Exchange(plan, step, _BACKWARD_GRAD_TAG, part, src, like, dst, True))
+        pending = following
+    for exchange in grads_in:  # in step order: the same sum on every run
+        received = exchange.wait()
+        if received is not None:
+            own += received
+    dk = own[..., : k.shape[-1]].to(k.dtype)
+    return bw.dq.to(q.dtype), dk, own[..., k.shape[-1] :].to(v.dtype)
+
+
+class _RingAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, plan, q, k, v):
+        out, lse, weights = _ring_forward(plan, q, k, v)
+        ctx.plan = plan
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.mark_non_differentiable(lse)
+        if weights is not None:
+            ctx.mark_non_differentiable(weights)
+        return out, lse, weights
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, d_out, _d_lse, _d_weights):
+        return (None, *_ring_backward(ctx.plan, ctx.saved_tensors, d_out))
+
+
+def _check_ranks(plan: _Plan) -> None:
+    """Every rank holds shards of one length, feature sizes, batch and dtype (one small
+    all-gather); a clear error on every rank otherwise, before any block is sent."""
+    q, v = plan.inputs.query, plan.inputs.value
+    dtypes = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+    mine = torch.tensor(
+        [q.shape[-2], q.shape[-1], v.shape[-1], math.prod(q.shape[:-2]), dtypes.index(q.dtype)]
+    )
+    every = [torch.empty_like(mine) for _ in range(plan.world)]
+    try:
+        dist.all_gather(every, mine, group=plan.sp.group)
+    except RuntimeError as e:
+        raise RingCommunicationError(
+            f"ring attention, rank {plan.rank}: the shard check with the other ranks failed: {e}"
+        ) from e
+    what = ["shard length (positions per rank)", "query feature size D", "value feature size Dv",
+            "batch x heads", "dtype"]  # fmt: skip
+    for i, name in enumerate(what):
+        values = [int(t[i]) for t in every]
+        if len(set(values)) > 1:
+            shown = [str(dtypes[x]) for x in values] if name == "dtype" else values
+            per_rank = ", ".join(f"rank {r}: {x}" for r, x in enumerate(shown))
+            raise ValueError(f"query: every rank must hold the same {name}; got {per_rank}")
+
+
+class RingBackend:
+    """Exact attention over a sequence sharded across a process group (see the module
+    docstring); runs only inside an active sequence-parallel context.
+
+    Args:
+        kv_block: keys per block of logits within one rank's block.
+    """
+
+    name = "ring"
+
+    def __init__(self, kv_block: int = 512) -> None:
+        self.kv_block = kv_block
+
+    capabilities = Capabilities(
+        "ring (sequence parallel)", custom_scores=False, softmax_only=True, bias_grad=False,
+        dropout=False, empty=False,
+    )  # fmt: skip
+
+    def supports(self, inputs: AttentionInputs) -> list[str]:
+        sp = active()
+        if sp is None:
+            return ["no sequence-parallel context (use qkv.distributed.context_parallel(group))"]
+        reasons = not_supported_reasons(self.capabilities, inputs)
+        if inputs.q_len != inputs.kv_len:
+            reasons.append(
+                f"Tq = {inputs.q_len} != Tk = {inputs.kv_len}: ring shards one sequence (self-attention)"
+            )
+        total = inputs.q_len * sp.world
+        for name, t in (("mask", inputs.tensor_mask), ("bias", inputs.bias)):
+            if t is not None and (t.shape[-2] not in (1, total) or t.shape[-1] not in (1, total)):
+                reasons.append(
+                    f"{name}: a tensor of shape {tuple(t.shape)}; ring takes it in global coordinates "
+                    f"(..., T | 1, T | 1) with T = {total} (qkv.distributed.ring_attention takes those)"
+                )
+        params = [t for t in inputs.score_kwargs.values() if isinstance(t, Tensor) and t.requires_grad]
+        if params and torch.is_grad_enabled():
+            reasons.append(
+                f"score {inputs.score.name!r} with parameters that require grad: ring does not differentiate them"
+            )
+        if sp.layout == "zigzag" and inputs.q_len % 2:
+            reasons.append(f"layout 'zigzag' needs an even shard length, got {inputs.q_len}")
+        return reasons
+
+    def auto_skip(self, inputs: AttentionInputs) -> list[str]:
+        return []
+
+    def memory_bytes(self, inputs: AttentionInputs) -> int:
+        """Peak extra bytes on this rank: the output and lse; the own, in-flight and current
+        K/V blocks (3 blocks of ``n (D + Dv)``); the logits of one ``n x kv_block`` block
+        (16 c per element, as chunked); the weights when asked. With grad: dq, the partial and
+        own dK/dV and the in-flight partials in the compute dtype, 8 c per block element more."""
+        s = memory.sizes(inputs)
+        c, e = s["c"], s["e"]
+        kv = s["n"] * s["tk"] * (s["d"] + s["dv"])
+        block = s["n"] * s["tq"] * min(self.kv_block, s["tk"])
+        total = s["n"] * s["tq"] * (s["dv"] * e + c) + 3 * kv * e + block * 16 * c
+        sp = active()
+        if inputs.need_weights:
+            total += s["n"] * s["tq"] * s["tk"] * (sp.world if sp else 1) * (e + c)
+        if memory.needs_grad(inputs):
+            total += s["n"] * s["tq"] * s["d"] * c + (2 + (sp.world if sp else 1)) * kv * c + block * 8 * c
+        return total
+
+    def run(self, inputs: AttentionInputs) -> AttentionOutput:
+        sp = active()
+        pos = tuple(
+            positions(sp.layout, r, sp.world, inputs.q_len, inputs.query.device) for r in range(sp.world)
+        )
+        total = inputs.q_len * sp.world
+        plan = _Plan(inputs, sp, total, pos, _need(inputs, sp, total, pos), self.kv_block)
+        _check_ranks(plan)
+        out, lse, weights = _RingAttention.apply(plan, inputs.query, inputs.key, inputs.value)
+        return AttentionOutput(out=out, weights=weights, lse=lse, backend=self.name)
