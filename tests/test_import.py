@@ -29,7 +29,15 @@ LIBRARY = (
 )
 #: What it must not load: the applications, their runs and the training loop beneath them, the
 #: commands, interop.
-NOT_LOADED = ("qkv.train", "qkv.application", "qkv.translation", "qkv.vision", "qkv.cli", "qkv.interop")
+NOT_LOADED = (
+    "qkv.train",
+    "qkv.application",
+    "qkv.translation",
+    "qkv.vision",
+    "qkv.cli",
+    "qkv.interop",
+    "qkv.distributed",
+)
 #: Optional dependencies that only applications, interop or figures need.
 HEAVY = (
     "tqdm",

@@ -3,6 +3,7 @@ a process group, masks and biases in global coordinates."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any
 
@@ -13,6 +14,7 @@ from ..api.prepare import ScoreLike, prepare
 from ..backends import dispatch
 from ..backends.attention_weights import as_index
 from ..backends.base import check_fits
+from ..backends.sequence_parallel import active
 from ..masks.core import Mask, check_bool_mask
 from .context import context_parallel
 
@@ -41,7 +43,8 @@ def ring_attention(
         query (..., H, n, D), key (..., H, n, D), value (..., H, n, Dv)   this rank's shards
         -> out (..., H, n, Dv), lse (..., H, n), weights (..., H, n, T)   this rank's rows
 
-    Every rank of ``group`` calls it with shards of one length, dtype and batch (checked: a
+    Inside a :func:`qkv.distributed.context_parallel` block of the same group and layout, the
+    messages are counted in that context's ``stats``. Every rank of ``group`` calls it with shards of one length, dtype and batch (checked: a
     clear error on every rank otherwise), and every rank runs the backward if one does.
 
     Args:
@@ -69,7 +72,9 @@ def ring_attention(
         query, key, value, score=score, mask=pattern, scale=scale, need_weights=need_weights,
         weights_for=weights_for, score_kwargs=score_kwargs,
     )  # fmt: skip
-    with context_parallel(group, layout=layout) as sp:
+    sp = active()
+    same = sp is not None and sp.group is group and sp.layout == layout  # count into the caller's
+    with contextlib.nullcontext(sp) if same else context_parallel(group, layout=layout) as sp:
         total = inputs.q_len * sp.world
         shape = (*inputs.query.shape[:-2], total, total)
         if mask is not None and pattern is None:
