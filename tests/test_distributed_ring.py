@@ -137,6 +137,8 @@ def _init(rank: int, world: int, rendezvous: str) -> None:
 
 def _battery(rank: int, rendezvous: str, out_dir: str) -> None:
     _init(rank, max(WORLDS), rendezvous)
+    ring = qkv.backends.BACKENDS["ring"]
+    ring.q_block, ring.kv_block = 5, 4  # tiles that divide nothing: edges and skipped tiles tested
     for world in WORLDS:
         group = dist.new_group(list(range(world)))  # every rank calls new_group
         if rank >= world:

@@ -54,6 +54,7 @@ class _Plan:
     total: int
     pos: tuple[Tensor, ...]
     need: tuple[tuple[bool, ...], ...]
+    q_block: int
     kv_block: int
 
     @property
@@ -172,27 +173,44 @@ def _kv_exchange(plan: _Plan, step: int, kv: Tensor, tag: int, backward: bool) -
     return _Exchange(plan, step, tag, payload, dst, like, src, backward)
 
 
-def _forward_pair(plan: _Plan, rows: OnlineSoftmax, q: Tensor, kv: Tensor, dk: int, src: int, logits: list):
-    """Fold the keys of rank ``src`` (``kv = cat(k, v)``) into this rank's running softmax."""
-    qpos, kpos_all = plan.pos[plan.rank], plan.pos[src]
-    for j0 in range(0, kv.shape[-2], plan.kv_block):
-        j1 = min(j0 + plan.kv_block, kv.shape[-2])
+def _blocks(plan: _Plan, n_q: int, n_k: int, src: int):
+    """Yield ``(q0, q1, j0, j1, keep)``: the ``q_block x kv_block`` tiles of this rank's queries
+    x the keys of rank ``src`` that the mask lets meet at all, with their mask (None: all)."""
+    qpos, kpos = plan.pos[plan.rank], plan.pos[src]
+    for q0 in range(0, n_q, plan.q_block):
+        q1 = min(q0 + plan.q_block, n_q)
+        for j0 in range(0, n_k, plan.kv_block):
+            j1 = min(j0 + plan.kv_block, n_k)
+            keep = _keep(plan, qpos[q0:q1], kpos[j0:j1])
+            if keep is None or bool(keep.any()):
+                yield q0, q1, j0, j1, keep
+
+
+def _forward_pair(plan: _Plan, rows: list, q: Tensor, kv: Tensor, dk: int, src: int, logits: list | None):
+    """Fold the keys of rank ``src`` (``kv = cat(k, v)``) into this rank's running softmax
+    (one :class:`OnlineSoftmax` per block of queries)."""
+    qpos, kpos = plan.pos[plan.rank], plan.pos[src]
+    for q0, q1, j0, j1, keep in _blocks(plan, q.shape[-2], kv.shape[-2], src):
         kb, vb = kv[..., j0:j1, :dk], kv[..., j0:j1, dk:]
-        kpos = kpos_all[j0:j1]
-        keep = _keep(plan, qpos, kpos)
         if keep is not None:
             kb, vb = zero_unreachable_keys(kb, vb, keep)
-        _, s = block_logits(plan.inputs, plan.inputs.score_fn, q, kb, _bias(plan, qpos, kpos), keep)
-        rows.update(s, vb)
+        bias = _bias(plan, qpos[q0:q1], kpos[j0:j1])
+        _, s = block_logits(plan.inputs, plan.inputs.score_fn, q[..., q0:q1, :], kb, bias, keep)
+        rows[q0 // plan.q_block].update(s, vb)
         if logits is not None:
-            logits.append((kpos, s))
+            logits.append((q0, q1, kpos[j0:j1], s))
 
 
 def _ring_forward(plan: _Plan, q: Tensor, k: Tensor, v: Tensor):
     """``(out, lse, weights or None)`` of this rank's queries over the whole sequence."""
     kv = torch.cat([k, v], -1).contiguous()
     dk, w = k.shape[-1], plan.world
-    rows = OnlineSoftmax(q.shape[:-1], compute_dtype(q), q.device, value_dim=v.shape[-1])
+    rows = [
+        OnlineSoftmax(
+            (*q.shape[:-2], min(plan.q_block, q.shape[-2] - q0)), compute_dtype(q), q.device, v.shape[-1]
+        )
+        for q0 in range(0, q.shape[-2], plan.q_block)
+    ]
     logits = [] if plan.inputs.need_weights else None
     pending = None
     for step in range(w):
@@ -202,17 +220,17 @@ def _ring_forward(plan: _Plan, q: Tensor, k: Tensor, v: Tensor):
         if plan.need[plan.rank][src]:
             _forward_pair(plan, rows, q, block, dk, src, logits)
         pending = following
-    lse = rows.lse()
+    lse = torch.cat([r.lse() for r in rows], -1)
     weights = None if logits is None else _weights(plan, q, v, lse, logits)
-    return rows.out(v.dtype), lse, weights
+    return torch.cat([r.out(v.dtype) for r in rows], -2), lse, weights
 
 
 def _weights(plan: _Plan, q: Tensor, v: Tensor, lse: Tensor, logits: list) -> Tensor:
     """``(..., H, n, T)``: this rank's rows of the weights, from the kept logits and ``lse``."""
     safe = lse.masked_fill(lse == float("-inf"), float("inf")).unsqueeze(-1)
     weights = q.new_zeros((*q.shape[:-1], plan.total), dtype=v.dtype)
-    for kpos, s in logits:
-        weights.index_copy_(-1, kpos, torch.exp(s - safe).to(v.dtype))
+    for q0, q1, kpos, s in logits:
+        weights[..., q0:q1, :].index_copy_(-1, kpos, torch.exp(s - safe[..., q0:q1, :]).to(v.dtype))
     return weights
 
 
@@ -233,33 +251,33 @@ class _Backward:
         """``cat(dK, dV)`` of block ``src`` from this rank's queries (``dQ`` accumulated)."""
         plan, dk = self.plan, self.dk_dim
         grads = torch.zeros_like(kv, dtype=self.d_out.dtype)
-        qpos = plan.pos[plan.rank]
-        for j0 in range(0, kv.shape[-2], plan.kv_block):
-            j1 = min(j0 + plan.kv_block, kv.shape[-2])
-            kpos = plan.pos[src][j0:j1]
+        qpos, kpos = plan.pos[plan.rank], plan.pos[src]
+        for q0, q1, j0, j1, keep in _blocks(plan, self.q.shape[-2], kv.shape[-2], src):
             kb, vb = kv[..., j0:j1, :dk], kv[..., j0:j1, dk:]
-            keep = _keep(plan, qpos, kpos)
             if keep is not None:
                 kb, vb = zero_unreachable_keys(kb, vb, keep)
-            self._block(grads[..., j0:j1, :], kb, vb, keep, _bias(plan, qpos, kpos))
+            bias = _bias(plan, qpos[q0:q1], kpos[j0:j1])
+            self._block(q0, q1, grads[..., j0:j1, :], kb, vb, keep, bias)
         return grads
 
-    def _block(self, grads: Tensor, kb: Tensor, vb: Tensor, keep, bias) -> None:
-        cdt, qb, dk = self.d_out.dtype, self.q, self.dk_dim
+    def _block(self, q0: int, q1: int, grads: Tensor, kb: Tensor, vb: Tensor, keep, bias) -> None:
+        """Add one tile's ``dQ`` rows and its keys' ``cat(dK, dV)`` to ``grads``."""
+        cdt, qb, dk = self.d_out.dtype, self.q[..., q0:q1, :], self.dk_dim
+        d_out = self.d_out[..., q0:q1, :]
         if not self.fast:
             qb, kb = qb.detach().requires_grad_(), kb.detach().requires_grad_()
         with torch.set_grad_enabled(not self.fast):
             raw, s = block_logits(self.plan.inputs, self.plan.inputs.score_fn, qb, kb, bias, keep)
-        p = torch.exp(s.detach() - self.lse_safe.unsqueeze(-1))
-        grads[..., dk:] += p.transpose(-2, -1) @ self.d_out
-        dp = self.d_out @ vb.to(cdt).transpose(-2, -1)
-        g = p * (dp - self.delta.unsqueeze(-1)) * self.plan.inputs.scale
+        p = torch.exp(s.detach() - self.lse_safe[..., q0:q1].unsqueeze(-1))
+        grads[..., dk:] += p.transpose(-2, -1) @ d_out
+        dp = d_out @ vb.to(cdt).transpose(-2, -1)
+        g = p * (dp - self.delta[..., q0:q1].unsqueeze(-1)) * self.plan.inputs.scale
         if self.fast:
-            self.dq += g @ kb.to(cdt)
+            self.dq[..., q0:q1, :] += g @ kb.to(cdt)
             grads[..., :dk] += g.transpose(-2, -1) @ qb.to(cdt)
         else:
             gq, gk = torch.autograd.grad(raw, [qb, kb], g.to(raw.dtype))
-            self.dq += gq
+            self.dq[..., q0:q1, :] += gq
             grads[..., :dk] += gk
 
 
@@ -337,13 +355,13 @@ class RingBackend:
     docstring); runs only inside an active sequence-parallel context.
 
     Args:
-        kv_block: keys per block of logits within one rank's block.
+        q_block, kv_block: the tiles of logits within one pair of ranks' blocks (queries, keys).
     """
 
     name = "ring"
 
-    def __init__(self, kv_block: int = 512) -> None:
-        self.kv_block = kv_block
+    def __init__(self, q_block: int = 128, kv_block: int = 512) -> None:
+        self.q_block, self.kv_block = q_block, kv_block
 
     capabilities = Capabilities(
         "ring (sequence parallel)", custom_scores=False, softmax_only=True, bias_grad=False,
@@ -380,13 +398,13 @@ class RingBackend:
 
     def memory_bytes(self, inputs: AttentionInputs) -> int:
         """Peak extra bytes on this rank: the output and lse; the own, in-flight and current
-        K/V blocks (3 blocks of ``n (D + Dv)``); the logits of one ``n x kv_block`` block
+        K/V blocks (3 blocks of ``n (D + Dv)``); the logits of one ``q_block x kv_block`` tile
         (16 c per element, as chunked); the weights when asked. With grad: dq, the partial and
         own dK/dV and the in-flight partials in the compute dtype, 8 c per block element more."""
         s = memory.sizes(inputs)
         c, e = s["c"], s["e"]
         kv = s["n"] * s["tk"] * (s["d"] + s["dv"])
-        block = s["n"] * s["tq"] * min(self.kv_block, s["tk"])
+        block = s["n"] * min(self.q_block, s["tq"]) * min(self.kv_block, s["tk"])
         total = s["n"] * s["tq"] * (s["dv"] * e + c) + 3 * kv * e + block * 16 * c
         sp = active()
         if inputs.need_weights:
@@ -401,7 +419,7 @@ class RingBackend:
             positions(sp.layout, r, sp.world, inputs.q_len, inputs.query.device) for r in range(sp.world)
         )
         total = inputs.q_len * sp.world
-        plan = _Plan(inputs, sp, total, pos, _need(inputs, sp, total, pos), self.kv_block)
+        plan = _Plan(inputs, sp, total, pos, _need(inputs, sp, total, pos), self.q_block, self.kv_block)
         _check_ranks(plan)
         out, lse, weights = _RingAttention.apply(plan, inputs.query, inputs.key, inputs.value)
         return AttentionOutput(out=out, weights=weights, lse=lse, backend=self.name)
