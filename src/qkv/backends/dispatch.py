@@ -48,9 +48,9 @@ BACKENDS: dict[str, Backend] = {
     "flex": FlexBackend(),
     "ring": RingBackend(),
 }
-# Fastest first; "reference" supports everything and ends the list. "ring" runs only inside a
-# sequence-parallel context (where auto means ring).
-PRIORITY: list[str] = ["ring", "blocksparse", "sdpa", "flex", "chunked", "reference"]
+# Fastest first; "reference" supports everything and ends the list. "ring" is not in it: it runs
+# only inside a sequence-parallel context, where auto means ring.
+PRIORITY: list[str] = ["blocksparse", "sdpa", "flex", "chunked", "reference"]
 
 
 class _Budget:
@@ -152,8 +152,8 @@ class DispatchReport:
 
     def __str__(self) -> str:
         lines = [f"requested: {self.requested}; runs: {self.chosen or 'nothing (see reasons)'}"]
-        for name in PRIORITY:
-            why = self.reasons.get(name, [])
+        for name in self.reasons:
+            why = self.reasons[name]
             mark = "; ".join(why) if why else "ok"
             if name == self.chosen:  # with reasons: auto's fallback when memory is short
                 mark += " <- runs: the backends auto prefers do not fit in memory" if why else " <- runs"
@@ -178,11 +178,13 @@ def report(inputs: AttentionInputs, requested: str) -> DispatchReport:
     budget = _Budget(inputs)
     requested = _in_context(requested)
     auto = requested == "auto"
-    verdicts = {name: _verdict(name, inputs, auto, budget) for name in PRIORITY}
+    if not auto:
+        get_backend(requested)  # an unknown name: a clear error
+    names = PRIORITY if requested in PRIORITY or auto else [*PRIORITY, requested]
+    verdicts = {name: _verdict(name, inputs, auto, budget) for name in names}
     if auto:
         chosen = _pick(verdicts)
     else:
-        get_backend(requested)
         chosen = requested if requested in verdicts and not verdicts[requested].reasons else None
     return DispatchReport(
         requested=requested,
