@@ -15,8 +15,8 @@ neighbours): every rank computes the same need table from the pattern's block la
 
 Backward (FlashAttention-2 from the saved ``lse``): the K/V blocks go round again; rank ``r``
 computes ``dQ`` of its queries and the partial ``dK``, ``dV`` of block ``r - i``, and sends
-that partial back to its owner, which sums what it receives in step order (deterministic).
-Dense attention thus costs ``world - 1`` receives per rank forward and ``2 (world - 1)``
+that partial back to its owner, which sums what it receives in step order (deterministic;
+one partial in flight each way, so a rank holds a few blocks, never ``world`` of them). Dense attention thus costs ``world - 1`` receives per rank forward and ``2 (world - 1)``
 backward. Every rank must take part in every call (and in its backward).
 """
 
@@ -182,7 +182,9 @@ def _blocks(plan: _Plan, n_q: int, n_k: int, src: int):
         for j0 in range(0, n_k, plan.kv_block):
             j1 = min(j0 + plan.kv_block, n_k)
             keep = _keep(plan, qpos[q0:q1], kpos[j0:j1])
-            if keep is None or bool(keep.any()):
+            if keep is None or bool(keep.all()):
+                yield q0, q1, j0, j1, None  # nothing to mask in this tile
+            elif bool(keep.any()):
                 yield q0, q1, j0, j1, keep
 
 
@@ -247,10 +249,11 @@ class _Backward:
         self.dq = torch.zeros_like(q, dtype=cdt)
         self.fast = plan.inputs.score.dot_like
 
-    def pair(self, kv: Tensor, src: int) -> Tensor:
-        """``cat(dK, dV)`` of block ``src`` from this rank's queries (``dQ`` accumulated)."""
+    def pair(self, kv: Tensor, src: int, grads: Tensor | None = None) -> Tensor:
+        """``cat(dK, dV)`` of block ``src`` from this rank's queries, added to ``grads`` (a new
+        tensor when None); ``dQ`` accumulated."""
         plan, dk = self.plan, self.dk_dim
-        grads = torch.zeros_like(kv, dtype=self.d_out.dtype)
+        grads = torch.zeros_like(kv, dtype=self.d_out.dtype) if grads is None else grads
         qpos, kpos = plan.pos[plan.rank], plan.pos[src]
         for q0, q1, j0, j1, keep in _blocks(plan, self.q.shape[-2], kv.shape[-2], src):
             kb, vb = kv[..., j0:j1, :dk], kv[..., j0:j1, dk:]
@@ -281,6 +284,13 @@ class _Backward:
             grads[..., :dk] += gk
 
 
+def _add(own: Tensor, exchange: _Exchange | None) -> None:
+    """Wait for ``exchange`` and add the partial it brought (if any) to ``own``."""
+    received = None if exchange is None else exchange.wait()
+    if received is not None:
+        own += received
+
+
 def _ring_backward(plan: _Plan, saved, d_out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``(dq, dk, dv)`` of this rank's shards (see the module docstring)."""
     q, k, v, out, lse = saved
@@ -288,22 +298,21 @@ def _ring_backward(plan: _Plan, saved, d_out: Tensor) -> tuple[Tensor, Tensor, T
     kv = torch.cat([k, v], -1).contiguous()
     r, w = plan.rank, plan.world
     own = torch.zeros_like(kv, dtype=bw.d_out.dtype)
-    grads_in, pending = [], None
+    pending = returning = None
     for step in range(w):
         following = _kv_exchange(plan, step + 1, kv, _BACKWARD_KV_TAG, True) if step + 1 < w else None
         src, dst = (r - step) % w, (r + step) % w
         block = kv if step == 0 else pending.wait()
-        part = bw.pair(block, src) if plan.need[r][src] else None
-        if step == 0 and part is not None:
-            own += part
-        elif step > 0:  # the partial back to its owner; ours from the rank that saw it
+        if step == 0 and plan.need[r][r]:
+            bw.pair(block, src, own)
+        part = bw.pair(block, src) if step > 0 and plan.need[r][src] else None
+        _add(own, returning)  # the previous step's partial of our block: summed in step order
+        returning = None
+        if step > 0:  # the partial back to its owner; ours from the rank that saw it
             like = own if plan.need[dst][r] else None
-            grads_in.append(_Exchange(plan, step, _BACKWARD_GRAD_TAG, part, src, like, dst, True))
+            returning = _Exchange(plan, step, _BACKWARD_GRAD_TAG, part, src, like, dst, True)
         pending = following
-    for exchange in grads_in:  # in step order: the same sum on every run
-        received = exchange.wait()
-        if received is not None:
-            own += received
+    _add(own, returning)
     dk = own[..., : k.shape[-1]].to(k.dtype)
     return bw.dq.to(q.dtype), dk, own[..., k.shape[-1] :].to(v.dtype)
 
