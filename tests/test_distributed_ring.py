@@ -60,7 +60,18 @@ CASES = {
     "gaussian64": (torch.float64, "contiguous", {"score": "gaussian", "score_kwargs": {"sigma": 2.0}}),
     "gaussian32": (torch.float32, "zigzag", {"score": "gaussian", "score_kwargs": {"sigma": 2.0}}),
     "cosine64": (torch.float64, "contiguous", {"score": "cosine", "mask": "causal"}),
+    "additive64": (torch.float64, "zigzag", {"score": "additive", "mask": "causal", "params": "additive"}),
+    "general64": (torch.float64, "contiguous", {"score": "general", "params": "general"}),
 }
+
+
+def _score_kwargs(which: str, dtype) -> dict:
+    """The same score parameters on every rank (seeded)."""
+    g = torch.Generator().manual_seed(5)
+    if which == "general":
+        return {"weight": torch.randn(D, D, generator=g, dtype=torch.float64).to(dtype)}
+    shapes = {"w_query": (6, D), "w_key": (6, D), "v": (6,)}
+    return {n: torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype) for n, shape in shapes.items()}
 
 
 def _keywords(spec: dict, dtype) -> dict:
@@ -71,6 +82,8 @@ def _keywords(spec: dict, dtype) -> dict:
         kw["mask"] = made[kw["mask"]]
     if "bias" in kw:
         kw["bias"] = _alibi().to(dtype)
+    if "params" in kw:
+        kw["score_kwargs"] = _score_kwargs(kw.pop("params"), dtype)
     return kw
 
 
