@@ -125,18 +125,18 @@ def _peer(group, rank: int) -> int:
 
 
 class _Exchange:
-    """One step's point-to-point messages: send ``payload`` to ``dst`` and/or receive a tensor
-    like ``like`` from ``src`` (either may be None), counted in the context's stats."""
+    """One step's point-to-point messages: send the tensors ``payload`` to ``dst`` and/or
+    receive tensors like ``like`` from ``src`` (either may be None): one block (its keys and
+    values, or their gradients) each way, counted as one receive in the context's stats."""
 
     def __init__(self, plan: _Plan, step: int, tag: int, payload, dst: int, like, src: int, backward: bool):
         self.plan, self.step, self.src, self.backward = plan, step, src, backward
-        self.buf = None if like is None else torch.empty_like(like)
-        group = plan.sp.group
-        ops = []
-        if payload is not None:
-            ops.append(dist.P2POp(dist.isend, payload, _peer(group, dst), group, tag + step))
-        if self.buf is not None:
-            ops.append(dist.P2POp(dist.irecv, self.buf, _peer(group, src), group, tag + step))
+        self.bufs = None if like is None else [torch.empty_like(t) for t in like]
+        group, ops = plan.sp.group, []
+        for j, t in enumerate(payload or []):
+            ops.append(dist.P2POp(dist.isend, t, _peer(group, dst), group, tag + 4 * step + j))
+        for j, t in enumerate(self.bufs or []):
+            ops.append(dist.P2POp(dist.irecv, t, _peer(group, src), group, tag + 4 * step + j))
         self.payload = payload  # kept alive until the send completes
         self.works = self._start(ops) if ops else []
 
@@ -152,19 +152,19 @@ class _Exchange:
             f"({'backward' if self.backward else 'forward'}) with rank {self.src} failed: {e}"
         )
 
-    def wait(self) -> Tensor | None:
-        """Wait for this step's messages; the received tensor (or None)."""
+    def wait(self) -> list[Tensor] | None:
+        """Wait for this step's messages; the received tensors (or None)."""
         try:
             for work in self.works:
                 work.wait()
         except RuntimeError as e:
             raise self._error(e) from e
-        if self.buf is not None:
-            self.plan.sp.stats.add(self.backward, self.buf, self.src)
-        return self.buf
+        if self.bufs is not None:
+            self.plan.sp.stats.add(self.backward, self.bufs, self.src)
+        return self.bufs
 
 
-def _kv_exchange(plan: _Plan, step: int, kv: Tensor, tag: int, backward: bool) -> _Exchange:
+def _kv_exchange(plan: _Plan, step: int, kv: list[Tensor], tag: int, backward: bool) -> _Exchange:
     """Step ``step``: own block to rank ``r + step`` (if it needs it), block of ``r - step`` in."""
     r, w = plan.rank, plan.world
     dst, src = (r + step) % w, (r - step) % w
@@ -188,12 +188,12 @@ def _blocks(plan: _Plan, n_q: int, n_k: int, src: int):
                 yield q0, q1, j0, j1, keep
 
 
-def _forward_pair(plan: _Plan, rows: list, q: Tensor, kv: Tensor, dk: int, src: int, logits: list | None):
-    """Fold the keys of rank ``src`` (``kv = cat(k, v)``) into this rank's running softmax
-    (one :class:`OnlineSoftmax` per block of queries)."""
+def _forward_pair(plan: _Plan, rows: list, q: Tensor, k: Tensor, v: Tensor, src: int, logits: list | None):
+    """Fold the keys and values of rank ``src`` into this rank's running softmax (one
+    :class:`OnlineSoftmax` per block of queries)."""
     qpos, kpos = plan.pos[plan.rank], plan.pos[src]
-    for q0, q1, j0, j1, keep in _blocks(plan, q.shape[-2], kv.shape[-2], src):
-        kb, vb = kv[..., j0:j1, :dk], kv[..., j0:j1, dk:]
+    for q0, q1, j0, j1, keep in _blocks(plan, q.shape[-2], k.shape[-2], src):
+        kb, vb = k[..., j0:j1, :], v[..., j0:j1, :]
         if keep is not None:
             kb, vb = zero_unreachable_keys(kb, vb, keep)
         bias = _bias(plan, qpos[q0:q1], kpos[j0:j1])
@@ -205,8 +205,7 @@ def _forward_pair(plan: _Plan, rows: list, q: Tensor, kv: Tensor, dk: int, src: 
 
 def _ring_forward(plan: _Plan, q: Tensor, k: Tensor, v: Tensor):
     """``(out, lse, weights or None)`` of this rank's queries over the whole sequence."""
-    kv = torch.cat([k, v], -1).contiguous()
-    dk, w = k.shape[-1], plan.world
+    kv, w = [k.contiguous(), v.contiguous()], plan.world
     rows = [
         OnlineSoftmax(
             (*q.shape[:-2], min(plan.q_block, q.shape[-2] - q0)), compute_dtype(q), q.device, v.shape[-1]
@@ -220,11 +219,16 @@ def _ring_forward(plan: _Plan, q: Tensor, k: Tensor, v: Tensor):
         src = (plan.rank - step) % w
         block = kv if step == 0 else pending.wait()
         if plan.need[plan.rank][src]:
-            _forward_pair(plan, rows, q, block, dk, src, logits)
+            _forward_pair(plan, rows, q, *block, src, logits)
         pending = following
-    lse = torch.cat([r.lse() for r in rows], -1)
+    out = q.new_empty((*q.shape[:-1], v.shape[-1]), dtype=v.dtype)
+    lse = q.new_empty(q.shape[:-1], dtype=compute_dtype(q))
+    for i, r in enumerate(rows):  # each block of rows written in place, then freed
+        q0 = i * plan.q_block
+        out[..., q0 : q0 + r.m.shape[-1], :], lse[..., q0 : q0 + r.m.shape[-1]] = r.out(v.dtype), r.lse()
+        rows[i] = None
     weights = None if logits is None else _weights(plan, q, v, lse, logits)
-    return torch.cat([r.out(v.dtype) for r in rows], -2), lse, weights
+    return out, lse, weights
 
 
 def _weights(plan: _Plan, q: Tensor, v: Tensor, lse: Tensor, logits: list) -> Tensor:
@@ -240,8 +244,8 @@ class _Backward:
     """The backward of one rank: ``dQ`` of its queries, the partial ``dK, dV`` of each block it
     sees (sent back to the block's owner) and the sum of the partials of its own block."""
 
-    def __init__(self, plan: _Plan, q, k, v, out, lse, d_out) -> None:
-        self.plan, self.q, self.dk_dim = plan, q, k.shape[-1]
+    def __init__(self, plan: _Plan, q, out, lse, d_out) -> None:
+        self.plan, self.q = plan, q
         cdt = compute_dtype(q)
         self.d_out = d_out.to(cdt)
         self.delta = (self.d_out * out.to(cdt)).sum(-1)  # rowsum(dO * O)
@@ -249,63 +253,64 @@ class _Backward:
         self.dq = torch.zeros_like(q, dtype=cdt)
         self.fast = plan.inputs.score.dot_like
 
-    def pair(self, kv: Tensor, src: int, grads: Tensor | None = None) -> Tensor:
-        """``cat(dK, dV)`` of block ``src`` from this rank's queries, added to ``grads`` (a new
-        tensor when None); ``dQ`` accumulated."""
-        plan, dk = self.plan, self.dk_dim
-        grads = torch.zeros_like(kv, dtype=self.d_out.dtype) if grads is None else grads
+    def pair(self, k: Tensor, v: Tensor, src: int, grads: list[Tensor] | None = None) -> list[Tensor]:
+        """``[dK, dV]`` of block ``src`` from this rank's queries, added to ``grads`` (new
+        tensors when None); ``dQ`` accumulated."""
+        plan, cdt = self.plan, self.d_out.dtype
+        if grads is None:
+            grads = [torch.zeros_like(k, dtype=cdt), torch.zeros_like(v, dtype=cdt)]
         qpos, kpos = plan.pos[plan.rank], plan.pos[src]
-        for q0, q1, j0, j1, keep in _blocks(plan, self.q.shape[-2], kv.shape[-2], src):
-            kb, vb = kv[..., j0:j1, :dk], kv[..., j0:j1, dk:]
+        for q0, q1, j0, j1, keep in _blocks(plan, self.q.shape[-2], k.shape[-2], src):
+            kb, vb = k[..., j0:j1, :], v[..., j0:j1, :]
             if keep is not None:
                 kb, vb = zero_unreachable_keys(kb, vb, keep)
             bias = _bias(plan, qpos[q0:q1], kpos[j0:j1])
-            self._block(q0, q1, grads[..., j0:j1, :], kb, vb, keep, bias)
+            self._block(q0, q1, [g[..., j0:j1, :] for g in grads], kb, vb, keep, bias)
         return grads
 
-    def _block(self, q0: int, q1: int, grads: Tensor, kb: Tensor, vb: Tensor, keep, bias) -> None:
-        """Add one tile's ``dQ`` rows and its keys' ``cat(dK, dV)`` to ``grads``."""
-        cdt, qb, dk = self.d_out.dtype, self.q[..., q0:q1, :], self.dk_dim
+    def _block(self, q0: int, q1: int, grads: list[Tensor], kb: Tensor, vb: Tensor, keep, bias) -> None:
+        """Add one tile's ``dQ`` rows and its keys' ``dK``, ``dV`` to ``grads``."""
+        cdt, qb = self.d_out.dtype, self.q[..., q0:q1, :]
         d_out = self.d_out[..., q0:q1, :]
         if not self.fast:
             qb, kb = qb.detach().requires_grad_(), kb.detach().requires_grad_()
         with torch.set_grad_enabled(not self.fast):
             raw, s = block_logits(self.plan.inputs, self.plan.inputs.score_fn, qb, kb, bias, keep)
         p = torch.exp(s.detach() - self.lse_safe[..., q0:q1].unsqueeze(-1))
-        grads[..., dk:] += p.transpose(-2, -1) @ d_out
+        grads[1] += p.transpose(-2, -1) @ d_out
         dp = d_out @ vb.to(cdt).transpose(-2, -1)
         g = p * (dp - self.delta[..., q0:q1].unsqueeze(-1)) * self.plan.inputs.scale
         if self.fast:
             self.dq[..., q0:q1, :] += g @ kb.to(cdt)
-            grads[..., :dk] += g.transpose(-2, -1) @ qb.to(cdt)
+            grads[0] += g.transpose(-2, -1) @ qb.to(cdt)
         else:
             gq, gk = torch.autograd.grad(raw, [qb, kb], g.to(raw.dtype))
             self.dq[..., q0:q1, :] += gq
-            grads[..., :dk] += gk
+            grads[0] += gk
 
 
-def _add(own: Tensor, exchange: _Exchange | None) -> None:
-    """Wait for ``exchange`` and add the partial it brought (if any) to ``own``."""
+def _add(own: list[Tensor], exchange: _Exchange | None) -> None:
+    """Wait for ``exchange`` and add the partial ``[dK, dV]`` it brought (if any) to ``own``."""
     received = None if exchange is None else exchange.wait()
-    if received is not None:
-        own += received
+    for acc, part in zip(own, received or []):
+        acc += part
 
 
 def _ring_backward(plan: _Plan, saved, d_out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``(dq, dk, dv)`` of this rank's shards (see the module docstring)."""
     q, k, v, out, lse = saved
-    bw = _Backward(plan, q, k, v, out, lse, d_out)
-    kv = torch.cat([k, v], -1).contiguous()
+    bw = _Backward(plan, q, out, lse, d_out)
+    kv = [k.contiguous(), v.contiguous()]
     r, w = plan.rank, plan.world
-    own = torch.zeros_like(kv, dtype=bw.d_out.dtype)
+    own = [torch.zeros_like(t, dtype=bw.d_out.dtype) for t in kv]
     pending = returning = None
     for step in range(w):
         following = _kv_exchange(plan, step + 1, kv, _BACKWARD_KV_TAG, True) if step + 1 < w else None
         src, dst = (r - step) % w, (r + step) % w
         block = kv if step == 0 else pending.wait()
         if step == 0 and plan.need[r][r]:
-            bw.pair(block, src, own)
-        part = bw.pair(block, src) if step > 0 and plan.need[r][src] else None
+            bw.pair(*block, src, own)
+        part = bw.pair(*block, src) if step > 0 and plan.need[r][src] else None
         _add(own, returning)  # the previous step's partial of our block: summed in step order
         returning = None
         if step > 0:  # the partial back to its owner; ours from the rank that saw it
@@ -313,8 +318,7 @@ def _ring_backward(plan: _Plan, saved, d_out: Tensor) -> tuple[Tensor, Tensor, T
             returning = _Exchange(plan, step, _BACKWARD_GRAD_TAG, part, src, like, dst, True)
         pending = following
     _add(own, returning)
-    dk = own[..., : k.shape[-1]].to(k.dtype)
-    return bw.dq.to(q.dtype), dk, own[..., k.shape[-1] :].to(v.dtype)
+    return bw.dq.to(q.dtype), own[0].to(k.dtype), own[1].to(v.dtype)
 
 
 class _RingAttention(torch.autograd.Function):

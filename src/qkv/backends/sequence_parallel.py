@@ -39,8 +39,9 @@ class RingStats:
     backward_bytes: int = 0
     peers: set[int] = field(default_factory=set)  # the ranks this rank received from
 
-    def add(self, backward: bool, tensor: Tensor, src: int) -> None:
-        nbytes = tensor.numel() * tensor.element_size()
+    def add(self, backward: bool, tensors: list[Tensor], src: int) -> None:
+        """Count one receive (one block: its tensors) from rank ``src``."""
+        nbytes = sum(t.numel() * t.element_size() for t in tensors)
         if backward:
             self.backward_recvs += 1
             self.backward_bytes += nbytes
