@@ -255,9 +255,9 @@ def to_markdown(res: dict) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="a short run: T=512, worlds 1,2, 2 reps")
-    p.add_argument("--lengths", type=int_list(2), default=[1024, 2048, 4096], help="sequence lengths T")
+    p.add_argument("--lengths", type=int_list(2), default=[1024, 4096, 8192], help="sequence lengths T")
     p.add_argument("--worlds", type=int_list(1), default=[1, 2, 4, 8], help="world sizes (processes)")
-    p.add_argument("--reps", type=int, default=3, help="timed steps per size")
+    p.add_argument("--reps", type=int, default=2, help="timed steps per size")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="output folder")
     return p
 

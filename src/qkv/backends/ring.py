@@ -16,8 +16,10 @@ neighbours): every rank computes the same need table from the pattern's block la
 Backward (FlashAttention-2 from the saved ``lse``): the K/V blocks go round again; rank ``r``
 computes ``dQ`` of its queries and the partial ``dK``, ``dV`` of block ``r - i``, and sends
 that partial back to its owner, which sums what it receives in step order (deterministic;
-one partial in flight each way, so a rank holds a few blocks, never ``world`` of them). Dense attention thus costs ``world - 1`` receives per rank forward and ``2 (world - 1)``
-backward. Every rank must take part in every call (and in its backward).
+one partial in flight each way, so a rank holds a few blocks, never ``world`` of them). A block
+(keys and values, or their gradients) travels as a pair of tensors and counts as one receive:
+dense attention costs ``world - 1`` receives per rank forward and ``2 (world - 1)`` backward.
+Every rank must take part in every call (and in its backward).
 """
 
 from __future__ import annotations
@@ -410,20 +412,22 @@ class RingBackend:
         return []
 
     def memory_bytes(self, inputs: AttentionInputs) -> int:
-        """Peak extra bytes on this rank: the output and lse; the own, in-flight and current
-        K/V blocks (3 blocks of ``n (D + Dv)``); the logits of one ``q_block x kv_block`` tile
-        (16 c per element, as chunked); the weights when asked. With grad: dq, the partial and
-        own dK/dV and the in-flight partials in the compute dtype, 8 c per block element more."""
+        """Peak extra bytes on this rank: the output and lse (and the running rows, as many
+        again); the K/V block in use and the one in flight (2 blocks of ``n (D + Dv)``); the
+        logits of one ``q_block x kv_block`` tile (16 c per element, as chunked); the weights
+        (and their kept logits) when asked. With grad: dq, and in the compute dtype the own
+        dK/dV, the partial being computed, the one being sent and the one being received
+        (4 blocks), 8 c per tile element more."""
         s = memory.sizes(inputs)
         c, e = s["c"], s["e"]
         kv = s["n"] * s["tk"] * (s["d"] + s["dv"])
         block = s["n"] * min(self.q_block, s["tq"]) * min(self.kv_block, s["tk"])
-        total = s["n"] * s["tq"] * (s["dv"] * e + c) + 3 * kv * e + block * 16 * c
-        sp = active()
+        total = 2 * s["n"] * s["tq"] * (s["dv"] * e + c) + 2 * kv * e + block * 16 * c
+        world = sp.world if (sp := active()) is not None else 1
         if inputs.need_weights:
-            total += s["n"] * s["tq"] * s["tk"] * (sp.world if sp else 1) * (e + c)
+            total += s["n"] * s["tq"] * s["tk"] * world * (e + c)
         if memory.needs_grad(inputs):
-            total += s["n"] * s["tq"] * s["d"] * c + (2 + (sp.world if sp else 1)) * kv * c + block * 8 * c
+            total += s["n"] * s["tq"] * s["d"] * c + 4 * kv * c + block * 8 * c
         return total
 
     def run(self, inputs: AttentionInputs) -> AttentionOutput:
