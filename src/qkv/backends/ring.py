@@ -413,21 +413,22 @@ class RingBackend:
 
     def memory_bytes(self, inputs: AttentionInputs) -> int:
         """Peak extra bytes on this rank: the output and lse (and the running rows, as many
-        again); the K/V block in use and the one in flight (2 blocks of ``n (D + Dv)``); the
-        logits of one ``q_block x kv_block`` tile (16 c per element, as chunked); the weights
-        (and their kept logits) when asked. With grad: dq, and in the compute dtype the own
-        dK/dV, the partial being computed, the one being sent and the one being received
-        (4 blocks), 8 c per tile element more."""
+        again); with other ranks, the K/V block in use and the one in flight (2 blocks of
+        ``n (D + Dv)``); the logits of one ``q_block x kv_block`` tile (16 c per element, as
+        chunked); the weights (and their kept logits) when asked. With grad: dq and the own
+        dK/dV in the compute dtype, with other ranks also the partial being computed, the one
+        being sent and the one being received (3 blocks more); 8 c per tile element more."""
         s = memory.sizes(inputs)
         c, e = s["c"], s["e"]
-        kv = s["n"] * s["tk"] * (s["d"] + s["dv"])
-        block = s["n"] * min(self.q_block, s["tq"]) * min(self.kv_block, s["tk"])
-        total = 2 * s["n"] * s["tq"] * (s["dv"] * e + c) + 2 * kv * e + block * 16 * c
         world = sp.world if (sp := active()) is not None else 1
+        kv = s["n"] * s["tk"] * (s["d"] + s["dv"])
+        others = world > 1
+        block = s["n"] * min(self.q_block, s["tq"]) * min(self.kv_block, s["tk"])
+        total = 2 * s["n"] * s["tq"] * (s["dv"] * e + c) + 2 * others * kv * e + block * 16 * c
         if inputs.need_weights:
             total += s["n"] * s["tq"] * s["tk"] * world * (e + c)
         if memory.needs_grad(inputs):
-            total += s["n"] * s["tq"] * s["d"] * c + 4 * kv * c + block * 8 * c
+            total += s["n"] * s["tq"] * s["d"] * c + (1 + 3 * others) * kv * c + block * 8 * c
         return total
 
     def run(self, inputs: AttentionInputs) -> AttentionOutput:
