@@ -118,6 +118,27 @@ def _battery_case(name: str, group, world: int) -> dict:
     }  # fmt: skip
 
 
+def _mha(seed: int = 3) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """A float64 qkv.MultiHeadAttention and its full input and output gradient (every rank alike)."""
+    torch.manual_seed(seed)
+    module = qkv.MultiHeadAttention(4 * H, H).double()
+    g = torch.Generator().manual_seed(seed)
+    x, dy = (torch.randn(B, T, 4 * H, generator=g, dtype=torch.float64) for _ in range(2))
+    return module, x, dy
+
+
+def _module_case(group) -> dict:
+    """qkv.MultiHeadAttention on this rank's shard of the sequence, inside context_parallel."""
+    import qkv.distributed as qd
+
+    module, x, dy = _mha()
+    xs = qd.shard_sequence(x, dim=1, group=group, layout="zigzag").requires_grad_()
+    with qd.context_parallel(group, layout="zigzag"):
+        out = module(xs, mask=qkv.masks.causal()).out
+    out.backward(qd.shard_sequence(dy, dim=1, group=group, layout="zigzag"))
+    return {"out": out.detach(), "dx": xs.grad, "dw": {n: p.grad for n, p in module.named_parameters()}}
+
+
 def _bad_inputs(group, rank: int) -> dict:
     """Errors of a 2-rank group: unequal shards, dtypes that differ, a non-softmax normalizer."""
     import qkv.distributed as qd
@@ -170,6 +191,7 @@ def _battery(rank: int, rendezvous: str, out_dir: str) -> None:
         if rank >= world:
             continue
         saved = {name: _battery_case(name, group, world) for name in CASES}
+        saved["module"] = _module_case(group)
         if world == 2:
             saved["errors"] = _bad_inputs(group, rank)
         torch.save(saved, os.path.join(out_dir, f"w{world}_r{rank}.pt"))
@@ -354,3 +376,22 @@ def test_the_documented_example_runs_on_four_ranks(battery):
     assert battery["example"] == "world 4: equal to one process: True; rank 0 received 3 K/V block(s)\n"
     page = (EXAMPLE.parents[1] / "guides" / "distributed.md").read_text()
     assert "world 2: equal to one process: True; rank 0 received 1 K/V block(s)" in page
+
+
+@pytest.mark.parametrize("world", WORLDS)
+def test_multi_head_attention_runs_on_a_sharded_sequence(battery, world):
+    """Each rank's rows and input gradients equal the single-process module's; its parameter
+    gradients sum over the ranks to the module's (what an all-reduce of them gives)."""
+    import qkv.distributed as qd
+
+    module, x, dy = _mha()
+    x.requires_grad_()
+    full = module(x, mask=qkv.masks.causal()).out
+    full.backward(dy)
+    for rank, r in enumerate(battery[world]):
+        pos = qd.sequence_positions(T, rank=rank, world=world, layout="zigzag")
+        assert float((r["module"]["out"] - full.detach()[:, pos]).abs().max()) <= 1e-12
+        assert float((r["module"]["dx"] - x.grad[:, pos]).abs().max()) <= 1e-12
+    for name, p in module.named_parameters():
+        summed = sum(r["module"]["dw"][name] for r in battery[world])
+        assert float((summed - p.grad).abs().max()) <= 1e-12, name
