@@ -37,6 +37,7 @@ NOT_LOADED = (
     "qkv.vision",
     "qkv.crossmodal",
     "qkv.number_words",
+    "qkv.distributed",
     "qkv.cli",
     "qkv.interop",
 )

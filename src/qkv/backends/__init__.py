@@ -7,6 +7,7 @@ from .dispatch import BACKENDS, PRIORITY, DispatchReport, choose, get_backend
 from .flex import FlexBackend
 from .memory import MemoryPlanError
 from .reference import ReferenceBackend
+from .ring import RingBackend, RingCommunicationError
 from .sdpa import SdpaBackend
 
 __all__ = [
@@ -22,6 +23,8 @@ __all__ = [
     "FlexBackend",
     "MemoryPlanError",
     "ReferenceBackend",
+    "RingBackend",
+    "RingCommunicationError",
     "SdpaBackend",
     "choose",
     "get_backend",

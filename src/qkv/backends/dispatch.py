@@ -2,7 +2,10 @@
 
 The choice depends on the output problem alone: asking for weights never changes the kernel
 (the weights come from the backend that ran or from the exact second pass of
-:mod:`qkv.backends.attention_weights`). ``auto`` walks :data:`PRIORITY` and runs the first backend whose ``supports`` returns no
+:mod:`qkv.backends.attention_weights`). Inside a sequence-parallel context
+(:mod:`qkv.backends.sequence_parallel`, set by ``qkv.distributed.context_parallel``) ``auto``
+means ``ring``: the only backend that sees the whole sequence (a local one would attend within
+the shard). Elsewhere ``auto`` walks :data:`PRIORITY` and runs the first backend whose ``supports`` returns no
 reasons, that it does not pass over for speed (``auto_skip``) and whose memory plan fits in the
 device's budget (each backend's ``memory_bytes``, :mod:`qkv.backends.memory`,
 :mod:`qkv.backends.device_budget`); when none of those is left, the first
@@ -23,7 +26,9 @@ from .chunked import ChunkedBackend
 from .flex import FlexBackend
 from .memory import MemoryPlanError
 from .reference import ReferenceBackend
+from .ring import RingBackend
 from .sdpa import SdpaBackend
+from .sequence_parallel import active as sequence_parallel_active
 
 __all__ = [
     "BACKENDS",
@@ -41,8 +46,10 @@ BACKENDS: dict[str, Backend] = {
     "chunked": ChunkedBackend(),
     "blocksparse": BlockSparseBackend(),
     "flex": FlexBackend(),
+    "ring": RingBackend(),
 }
-# Fastest first; "reference" supports everything and ends the list.
+# Fastest first; "reference" supports everything and ends the list. "ring" is not in it: it runs
+# only inside a sequence-parallel context, where auto means ring.
 PRIORITY: list[str] = ["blocksparse", "sdpa", "flex", "chunked", "reference"]
 
 
@@ -145,8 +152,8 @@ class DispatchReport:
 
     def __str__(self) -> str:
         lines = [f"requested: {self.requested}; runs: {self.chosen or 'nothing (see reasons)'}"]
-        for name in PRIORITY:
-            why = self.reasons.get(name, [])
+        for name in self.reasons:
+            why = self.reasons[name]
             mark = "; ".join(why) if why else "ok"
             if name == self.chosen:  # with reasons: auto's fallback when memory is short
                 mark += " <- runs: the backends auto prefers do not fit in memory" if why else " <- runs"
@@ -162,14 +169,22 @@ def _pick(verdicts: dict[str, _Verdict]) -> str | None:
     )
 
 
+def _in_context(requested: str) -> str:
+    """``ring`` for ``auto`` inside a sequence-parallel context, else ``requested``."""
+    return "ring" if requested == "auto" and sequence_parallel_active() is not None else requested
+
+
 def report(inputs: AttentionInputs, requested: str) -> DispatchReport:
     budget = _Budget(inputs)
+    requested = _in_context(requested)
     auto = requested == "auto"
-    verdicts = {name: _verdict(name, inputs, auto, budget) for name in PRIORITY}
+    if not auto:
+        get_backend(requested)  # an unknown name: a clear error
+    names = PRIORITY if requested in PRIORITY or auto else [*PRIORITY, requested]
+    verdicts = {name: _verdict(name, inputs, auto, budget) for name in names}
     if auto:
         chosen = _pick(verdicts)
     else:
-        get_backend(requested)
         chosen = requested if requested in verdicts and not verdicts[requested].reasons else None
     return DispatchReport(
         requested=requested,
@@ -188,6 +203,8 @@ def choose(inputs: AttentionInputs, requested: str) -> Backend:
         MemoryPlanError: its plan (or, for auto, every plan) does not fit in memory.
     """
     budget = _Budget(inputs)
+    in_context = requested == "auto" and _in_context(requested) == "ring"
+    requested = _in_context(requested)
     if requested == "auto":
         verdicts: dict[str, _Verdict] = {}
         for name in PRIORITY:  # first pass: memory is estimated only where speed allows
@@ -213,10 +230,14 @@ def choose(inputs: AttentionInputs, requested: str) -> Backend:
     backend = get_backend(requested)
     verdict = _verdict(requested, inputs, False, budget)
     if verdict.unsupported:
+        hint = (
+            " (inside qkv.distributed.context_parallel, auto means ring: a local backend would "
+            "attend only within this rank's shard)"
+            if in_context
+            else " (use backend='auto' to pick one that can)"
+        )
         raise BackendNotSupportedError(
-            f"backend {requested!r} cannot run these inputs: "
-            + "; ".join(verdict.unsupported)
-            + " (use backend='auto' to pick one that can)"
+            f"backend {requested!r} cannot run these inputs: " + "; ".join(verdict.unsupported) + hint
         )
     if verdict.memory:
         fits = []  # (name, bytes) of the other backends that can run and fit

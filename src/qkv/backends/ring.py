@@ -1,0 +1,443 @@
+"""The ``ring`` backend: exact attention over a sequence sharded across the ranks of a
+``torch.distributed`` group (context parallelism), in the active
+:mod:`qkv.backends.sequence_parallel` context.
+
+Each rank holds ``n = T / world`` positions of the query, key and value (``(..., H, n, D)``);
+masks, patterns and biases are in global coordinates. The K/V blocks go round the ring by
+point-to-point messages (``batch_isend_irecv``): at step ``i = 1 .. world - 1`` rank ``r``
+sends its own block to rank ``r + i`` and receives the block of rank ``r - i`` (mod world),
+each block crossing one link once; the messages of step ``i + 1`` are posted before the
+compute of step ``i`` so they travel while it runs. A rank's partial results over the blocks
+it sees merge exactly by the online softmax (:mod:`qkv.backends.online_softmax`): the running
+max and log-sum-exp, the same arithmetic as the chunked backend. A pair of ranks whose
+positions a pattern never lets meet exchanges nothing (a sliding window talks only to its
+neighbours): every rank computes the same need table from the pattern's block layout.
+
+Backward (FlashAttention-2 from the saved ``lse``): the K/V blocks go round again; rank ``r``
+computes ``dQ`` of its queries and the partial ``dK``, ``dV`` of block ``r - i``, and sends
+that partial back to its owner, which sums what it receives in step order (deterministic;
+one partial in flight each way, so a rank holds a few blocks, never ``world`` of them). A block
+(keys and values, or their gradients) travels as a pair of tensors and counts as one receive:
+dense attention costs ``world - 1`` receives per rank forward and ``2 (world - 1)`` backward.
+Every rank must take part in every call (and in its backward).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from .._types import AttentionOutput
+from . import memory
+from .base import AttentionInputs, Capabilities, not_supported_reasons, zero_unreachable_keys
+from .online_softmax import OnlineSoftmax, block_logits, compute_dtype
+from .sequence_parallel import SequenceParallel, active, positions
+
+__all__ = ["RingBackend", "RingCommunicationError"]
+
+_FORWARD_TAG, _BACKWARD_KV_TAG, _BACKWARD_GRAD_TAG = 1 << 10, 2 << 10, 3 << 10
+
+
+class RingCommunicationError(RuntimeError):
+    """A ring exchange failed (a rank died, timed out, or sent something else)."""
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One call's ring: the inputs, the context, every rank's global positions and which
+    rank's keys each rank needs (``need[dst][src]``)."""
+
+    inputs: AttentionInputs
+    sp: SequenceParallel
+    total: int
+    pos: tuple[Tensor, ...]
+    need: tuple[tuple[bool, ...], ...]
+    q_block: int
+    kv_block: int
+
+    @property
+    def rank(self) -> int:
+        return self.sp.rank
+
+    @property
+    def world(self) -> int:
+        return self.sp.world
+
+
+def _chunks(layout: str, rank: int, world: int) -> list[int]:
+    """The chunk indices rank ``rank`` holds (chunks of ``n`` contiguous, ``n / 2`` zigzag)."""
+    return [rank] if layout == "contiguous" else [rank, 2 * world - 1 - rank]
+
+
+def _need(inputs: AttentionInputs, sp: SequenceParallel, total: int, pos: tuple[Tensor, ...]):
+    """``need[dst][src]``: whether some query of rank ``dst`` may attend some key of rank
+    ``src`` (from the pattern's block layout and the tensor mask; a superset is safe)."""
+    w = sp.world
+    need = [[True] * w for _ in range(w)]
+    if inputs.pattern is not None and total:
+        chunk = total // w if sp.layout == "contiguous" else total // (2 * w)
+        any_ = inputs.pattern.block_layout(total, total, chunk, chunk).any.tolist()
+        for d in range(w):
+            for s in range(w):
+                cd, cs = _chunks(sp.layout, d, w), _chunks(sp.layout, s, w)
+                need[d][s] = any(any_[i][j] for i in cd for j in cs)
+    if inputs.tensor_mask is not None:
+        for d in range(w):
+            for s in range(w):
+                need[d][s] = need[d][s] and bool(_take(inputs.tensor_mask, pos[d], pos[s]).any())
+    return tuple(tuple(row) for row in need)
+
+
+def _take(t: Tensor, qpos: Tensor, kpos: Tensor) -> Tensor:
+    """``t[..., qpos, kpos]`` of a global ``(..., T | 1, T | 1)`` tensor (size-1 dims stay)."""
+    if t.shape[-2] != 1:
+        t = t.index_select(-2, qpos)
+    return t if t.shape[-1] == 1 else t.index_select(-1, kpos)
+
+
+def _keep(plan: _Plan, qpos: Tensor, kpos: Tensor) -> Tensor | None:
+    """The bool mask of global queries ``qpos`` x keys ``kpos`` (None: all allowed)."""
+    inputs, keep = plan.inputs, None
+    if inputs.pattern is not None:
+        dev = qpos.device
+        if inputs.pattern.depends_on_batch_head:
+            b = torch.arange(inputs.query.shape[-4], device=dev).view(-1, 1, 1, 1)
+            h = torch.arange(inputs.query.shape[-3], device=dev).view(1, -1, 1, 1)
+        else:
+            b = h = torch.zeros(1, 1, 1, 1, dtype=torch.long, device=dev)
+        fn = inputs.pattern.mask_mod(plan.total, plan.total)
+        keep = fn(b, h, qpos.view(1, 1, -1, 1), kpos.view(1, 1, 1, -1))
+    if inputs.tensor_mask is not None:
+        t = _take(inputs.tensor_mask, qpos, kpos)
+        keep = t if keep is None else keep & t
+    return keep
+
+
+def _bias(plan: _Plan, qpos: Tensor, kpos: Tensor) -> Tensor | None:
+    return None if plan.inputs.bias is None else _take(plan.inputs.bias, qpos, kpos)
+
+
+def _peer(group, rank: int) -> int:
+    """The global rank of ``rank`` in ``group`` (what point-to-point ops address)."""
+    return rank if group is None else dist.get_global_rank(group, rank)
+
+
+class _Exchange:
+    """One step's point-to-point messages: send the tensors ``payload`` to ``dst`` and/or
+    receive tensors like ``like`` from ``src`` (either may be None): one block (its keys and
+    values, or their gradients) each way, counted as one receive in the context's stats."""
+
+    def __init__(self, plan: _Plan, step: int, tag: int, payload, dst: int, like, src: int, backward: bool):
+        self.plan, self.step, self.src, self.backward = plan, step, src, backward
+        self.bufs = None if like is None else [torch.empty_like(t) for t in like]
+        group, ops = plan.sp.group, []
+        for j, t in enumerate(payload or []):
+            ops.append(dist.P2POp(dist.isend, t, _peer(group, dst), group, tag + 4 * step + j))
+        for j, t in enumerate(self.bufs or []):
+            ops.append(dist.P2POp(dist.irecv, t, _peer(group, src), group, tag + 4 * step + j))
+        self.payload = payload  # kept alive until the send completes
+        self.works = self._start(ops) if ops else []
+
+    def _start(self, ops):
+        try:
+            return dist.batch_isend_irecv(ops)
+        except RuntimeError as e:
+            raise self._error(e) from e
+
+    def _error(self, e: Exception) -> RingCommunicationError:
+        return RingCommunicationError(
+            f"ring attention, rank {self.plan.rank}: the exchange of step {self.step} "
+            f"({'backward' if self.backward else 'forward'}) with rank {self.src} failed: {e}"
+        )
+
+    def wait(self) -> list[Tensor] | None:
+        """Wait for this step's messages; the received tensors (or None)."""
+        try:
+            for work in self.works:
+                work.wait()
+        except RuntimeError as e:
+            raise self._error(e) from e
+        if self.bufs is not None:
+            self.plan.sp.stats.add(self.backward, self.bufs, self.src)
+        return self.bufs
+
+
+def _kv_exchange(plan: _Plan, step: int, kv: list[Tensor], tag: int, backward: bool) -> _Exchange:
+    """Step ``step``: own block to rank ``r + step`` (if it needs it), block of ``r - step`` in."""
+    r, w = plan.rank, plan.world
+    dst, src = (r + step) % w, (r - step) % w
+    payload = kv if plan.need[dst][r] else None
+    like = kv if plan.need[r][src] else None
+    return _Exchange(plan, step, tag, payload, dst, like, src, backward)
+
+
+def _blocks(plan: _Plan, n_q: int, n_k: int, src: int):
+    """Yield ``(q0, q1, j0, j1, keep)``: the ``q_block x kv_block`` tiles of this rank's queries
+    x the keys of rank ``src`` that the mask lets meet at all, with their mask (None: all)."""
+    qpos, kpos = plan.pos[plan.rank], plan.pos[src]
+    for q0 in range(0, n_q, plan.q_block):
+        q1 = min(q0 + plan.q_block, n_q)
+        for j0 in range(0, n_k, plan.kv_block):
+            j1 = min(j0 + plan.kv_block, n_k)
+            keep = _keep(plan, qpos[q0:q1], kpos[j0:j1])
+            if keep is None or bool(keep.all()):
+                yield q0, q1, j0, j1, None  # nothing to mask in this tile
+            elif bool(keep.any()):
+                yield q0, q1, j0, j1, keep
+
+
+def _forward_pair(plan: _Plan, rows: list, q: Tensor, k: Tensor, v: Tensor, src: int, logits: list | None):
+    """Fold the keys and values of rank ``src`` into this rank's running softmax (one
+    :class:`OnlineSoftmax` per block of queries)."""
+    qpos, kpos = plan.pos[plan.rank], plan.pos[src]
+    for q0, q1, j0, j1, keep in _blocks(plan, q.shape[-2], k.shape[-2], src):
+        kb, vb = k[..., j0:j1, :], v[..., j0:j1, :]
+        if keep is not None:
+            kb, vb = zero_unreachable_keys(kb, vb, keep)
+        bias = _bias(plan, qpos[q0:q1], kpos[j0:j1])
+        _, s = block_logits(plan.inputs, plan.inputs.score_fn, q[..., q0:q1, :], kb, bias, keep)
+        rows[q0 // plan.q_block].update(s, vb)
+        if logits is not None:
+            logits.append((q0, q1, kpos[j0:j1], s))
+
+
+def _ring_forward(plan: _Plan, q: Tensor, k: Tensor, v: Tensor):
+    """``(out, lse, weights or None)`` of this rank's queries over the whole sequence."""
+    kv, w = [k.contiguous(), v.contiguous()], plan.world
+    rows = [
+        OnlineSoftmax(
+            (*q.shape[:-2], min(plan.q_block, q.shape[-2] - q0)), compute_dtype(q), q.device, v.shape[-1]
+        )
+        for q0 in range(0, q.shape[-2], plan.q_block)
+    ]
+    logits = [] if plan.inputs.need_weights else None
+    pending = None
+    for step in range(w):
+        following = _kv_exchange(plan, step + 1, kv, _FORWARD_TAG, False) if step + 1 < w else None
+        src = (plan.rank - step) % w
+        block = kv if step == 0 else pending.wait()
+        if plan.need[plan.rank][src]:
+            _forward_pair(plan, rows, q, *block, src, logits)
+        pending = following
+    out = q.new_empty((*q.shape[:-1], v.shape[-1]), dtype=v.dtype)
+    lse = q.new_empty(q.shape[:-1], dtype=compute_dtype(q))
+    for i, r in enumerate(rows):  # each block of rows written in place, then freed
+        q0 = i * plan.q_block
+        out[..., q0 : q0 + r.m.shape[-1], :], lse[..., q0 : q0 + r.m.shape[-1]] = r.out(v.dtype), r.lse()
+        rows[i] = None
+    weights = None if logits is None else _weights(plan, q, v, lse, logits)
+    return out, lse, weights
+
+
+def _weights(plan: _Plan, q: Tensor, v: Tensor, lse: Tensor, logits: list) -> Tensor:
+    """``(..., H, n, T)``: this rank's rows of the weights, from the kept logits and ``lse``."""
+    safe = lse.masked_fill(lse == float("-inf"), float("inf")).unsqueeze(-1)
+    weights = q.new_zeros((*q.shape[:-1], plan.total), dtype=v.dtype)
+    for q0, q1, kpos, s in logits:
+        weights[..., q0:q1, :].index_copy_(-1, kpos, torch.exp(s - safe[..., q0:q1, :]).to(v.dtype))
+    return weights
+
+
+class _Backward:
+    """The backward of one rank: ``dQ`` of its queries, the partial ``dK, dV`` of each block it
+    sees (sent back to the block's owner) and the sum of the partials of its own block."""
+
+    def __init__(self, plan: _Plan, q, out, lse, d_out) -> None:
+        self.plan, self.q = plan, q
+        cdt = compute_dtype(q)
+        self.d_out = d_out.to(cdt)
+        self.delta = (self.d_out * out.to(cdt)).sum(-1)  # rowsum(dO * O)
+        self.lse_safe = lse.masked_fill(lse == float("-inf"), float("inf"))
+        self.dq = torch.zeros_like(q, dtype=cdt)
+        self.fast = plan.inputs.score.dot_like
+
+    def pair(self, k: Tensor, v: Tensor, src: int, grads: list[Tensor] | None = None) -> list[Tensor]:
+        """``[dK, dV]`` of block ``src`` from this rank's queries, added to ``grads`` (new
+        tensors when None); ``dQ`` accumulated."""
+        plan, cdt = self.plan, self.d_out.dtype
+        if grads is None:
+            grads = [torch.zeros_like(k, dtype=cdt), torch.zeros_like(v, dtype=cdt)]
+        qpos, kpos = plan.pos[plan.rank], plan.pos[src]
+        for q0, q1, j0, j1, keep in _blocks(plan, self.q.shape[-2], k.shape[-2], src):
+            kb, vb = k[..., j0:j1, :], v[..., j0:j1, :]
+            if keep is not None:
+                kb, vb = zero_unreachable_keys(kb, vb, keep)
+            bias = _bias(plan, qpos[q0:q1], kpos[j0:j1])
+            self._block(q0, q1, [g[..., j0:j1, :] for g in grads], kb, vb, keep, bias)
+        return grads
+
+    def _block(self, q0: int, q1: int, grads: list[Tensor], kb: Tensor, vb: Tensor, keep, bias) -> None:
+        """Add one tile's ``dQ`` rows and its keys' ``dK``, ``dV`` to ``grads``."""
+        cdt, qb = self.d_out.dtype, self.q[..., q0:q1, :]
+        d_out = self.d_out[..., q0:q1, :]
+        if not self.fast:
+            qb, kb = qb.detach().requires_grad_(), kb.detach().requires_grad_()
+        with torch.set_grad_enabled(not self.fast):
+            raw, s = block_logits(self.plan.inputs, self.plan.inputs.score_fn, qb, kb, bias, keep)
+        p = torch.exp(s.detach() - self.lse_safe[..., q0:q1].unsqueeze(-1))
+        grads[1] += p.transpose(-2, -1) @ d_out
+        dp = d_out @ vb.to(cdt).transpose(-2, -1)
+        g = p * (dp - self.delta[..., q0:q1].unsqueeze(-1)) * self.plan.inputs.scale
+        if self.fast:
+            self.dq[..., q0:q1, :] += g @ kb.to(cdt)
+            grads[0] += g.transpose(-2, -1) @ qb.to(cdt)
+        else:
+            gq, gk = torch.autograd.grad(raw, [qb, kb], g.to(raw.dtype))
+            self.dq[..., q0:q1, :] += gq
+            grads[0] += gk
+
+
+def _add(own: list[Tensor], exchange: _Exchange | None) -> None:
+    """Wait for ``exchange`` and add the partial ``[dK, dV]`` it brought (if any) to ``own``."""
+    received = None if exchange is None else exchange.wait()
+    for acc, part in zip(own, received or []):
+        acc += part
+
+
+def _ring_backward(plan: _Plan, saved, d_out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(dq, dk, dv)`` of this rank's shards (see the module docstring)."""
+    q, k, v, out, lse = saved
+    bw = _Backward(plan, q, out, lse, d_out)
+    kv = [k.contiguous(), v.contiguous()]
+    r, w = plan.rank, plan.world
+    own = [torch.zeros_like(t, dtype=bw.d_out.dtype) for t in kv]
+    pending = returning = None
+    for step in range(w):
+        following = _kv_exchange(plan, step + 1, kv, _BACKWARD_KV_TAG, True) if step + 1 < w else None
+        src, dst = (r - step) % w, (r + step) % w
+        block = kv if step == 0 else pending.wait()
+        if step == 0 and plan.need[r][r]:
+            bw.pair(*block, src, own)
+        part = bw.pair(*block, src) if step > 0 and plan.need[r][src] else None
+        _add(own, returning)  # the previous step's partial of our block: summed in step order
+        returning = None
+        if step > 0:  # the partial back to its owner; ours from the rank that saw it
+            like = own if plan.need[dst][r] else None
+            returning = _Exchange(plan, step, _BACKWARD_GRAD_TAG, part, src, like, dst, True)
+        pending = following
+    _add(own, returning)
+    return bw.dq.to(q.dtype), own[0].to(k.dtype), own[1].to(v.dtype)
+
+
+class _RingAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, plan, q, k, v):
+        out, lse, weights = _ring_forward(plan, q, k, v)
+        ctx.plan = plan
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.mark_non_differentiable(lse)
+        if weights is not None:
+            ctx.mark_non_differentiable(weights)
+        return out, lse, weights
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, d_out, _d_lse, _d_weights):
+        return (None, *_ring_backward(ctx.plan, ctx.saved_tensors, d_out))
+
+
+def _check_ranks(plan: _Plan) -> None:
+    """Every rank holds shards of one length, feature sizes, batch and dtype (one small
+    all-gather); a clear error on every rank otherwise, before any block is sent."""
+    q, v = plan.inputs.query, plan.inputs.value
+    dtypes = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+    mine = torch.tensor(
+        [q.shape[-2], q.shape[-1], v.shape[-1], math.prod(q.shape[:-2]), dtypes.index(q.dtype)]
+    )
+    every = [torch.empty_like(mine) for _ in range(plan.world)]
+    try:
+        dist.all_gather(every, mine, group=plan.sp.group)
+    except RuntimeError as e:
+        raise RingCommunicationError(
+            f"ring attention, rank {plan.rank}: the shard check with the other ranks failed: {e}"
+        ) from e
+    what = ["shard length (positions per rank)", "query feature size D", "value feature size Dv",
+            "batch x heads", "dtype"]  # fmt: skip
+    for i, name in enumerate(what):
+        values = [int(t[i]) for t in every]
+        if len(set(values)) > 1:
+            shown = [str(dtypes[x]) for x in values] if name == "dtype" else values
+            per_rank = ", ".join(f"rank {r}: {x}" for r, x in enumerate(shown))
+            raise ValueError(f"query: every rank must hold the same {name}; got {per_rank}")
+
+
+class RingBackend:
+    """Exact attention over a sequence sharded across a process group (see the module
+    docstring); runs only inside an active sequence-parallel context.
+
+    Args:
+        q_block, kv_block: the tiles of logits within one pair of ranks' blocks (queries, keys).
+    """
+
+    name = "ring"
+
+    def __init__(self, q_block: int = 128, kv_block: int = 512) -> None:
+        self.q_block, self.kv_block = q_block, kv_block
+
+    capabilities = Capabilities(
+        "ring (sequence parallel)", custom_scores=False, softmax_only=True, bias_grad=False,
+        dropout=False, empty=False,
+    )  # fmt: skip
+
+    def supports(self, inputs: AttentionInputs) -> list[str]:
+        sp = active()
+        if sp is None:
+            return ["no sequence-parallel context (use qkv.distributed.context_parallel(group))"]
+        reasons = not_supported_reasons(self.capabilities, inputs)
+        if inputs.q_len != inputs.kv_len:
+            reasons.append(
+                f"Tq = {inputs.q_len} != Tk = {inputs.kv_len}: ring shards one sequence (self-attention)"
+            )
+        total = inputs.q_len * sp.world
+        for name, t in (("mask", inputs.tensor_mask), ("bias", inputs.bias)):
+            if t is not None and (t.shape[-2] not in (1, total) or t.shape[-1] not in (1, total)):
+                reasons.append(
+                    f"{name}: a tensor of shape {tuple(t.shape)}; ring takes it in global coordinates "
+                    f"(..., T | 1, T | 1) with T = {total} (qkv.distributed.ring_attention takes those)"
+                )
+        params = [t for t in inputs.score_kwargs.values() if isinstance(t, Tensor) and t.requires_grad]
+        if params and torch.is_grad_enabled():
+            reasons.append(
+                f"score {inputs.score.name!r} with parameters that require grad: ring does not differentiate them"
+            )
+        if sp.layout == "zigzag" and inputs.q_len % 2:
+            reasons.append(f"layout 'zigzag' needs an even shard length, got {inputs.q_len}")
+        return reasons
+
+    def auto_skip(self, inputs: AttentionInputs) -> list[str]:
+        return []
+
+    def memory_bytes(self, inputs: AttentionInputs) -> int:
+        """Peak extra bytes on this rank: the output and lse (and the running rows, as many
+        again); with other ranks, the K/V block in use and the one in flight (2 blocks of
+        ``n (D + Dv)``); the logits of one ``q_block x kv_block`` tile (16 c per element, as
+        chunked); the weights (and their kept logits) when asked. With grad: dq and the own
+        dK/dV in the compute dtype, with other ranks also the partial being computed, the one
+        being sent and the one being received (3 blocks more); 8 c per tile element more."""
+        s = memory.sizes(inputs)
+        c, e = s["c"], s["e"]
+        world = sp.world if (sp := active()) is not None else 1
+        kv = s["n"] * s["tk"] * (s["d"] + s["dv"])
+        others = world > 1
+        block = s["n"] * min(self.q_block, s["tq"]) * min(self.kv_block, s["tk"])
+        total = 2 * s["n"] * s["tq"] * (s["dv"] * e + c) + 2 * others * kv * e + block * 16 * c
+        if inputs.need_weights:
+            total += s["n"] * s["tq"] * s["tk"] * world * (e + c)
+        if memory.needs_grad(inputs):
+            total += s["n"] * s["tq"] * s["d"] * c + (1 + 3 * others) * kv * c + block * 8 * c
+        return total
+
+    def run(self, inputs: AttentionInputs) -> AttentionOutput:
+        sp = active()
+        pos = tuple(
+            positions(sp.layout, r, sp.world, inputs.q_len, inputs.query.device) for r in range(sp.world)
+        )
+        total = inputs.q_len * sp.world
+        plan = _Plan(inputs, sp, total, pos, _need(inputs, sp, total, pos), self.q_block, self.kv_block)
+        _check_ranks(plan)
+        out, lse, weights = _RingAttention.apply(plan, inputs.query, inputs.key, inputs.value)
+        return AttentionOutput(out=out, weights=weights, lse=lse, backend=self.name)

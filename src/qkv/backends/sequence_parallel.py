@@ -1,0 +1,111 @@
+"""The sequence-parallel context the ``ring`` backend runs in: which process group holds the
+sequence, how it is sharded, and what the ring has sent so far.
+
+The context is per thread and per task (a :mod:`contextvars` variable), never process-wide:
+``qkv.distributed.context_parallel`` sets it for the duration of a ``with`` block, and only
+calls made inside that block see it. The layouts (``T`` global positions, ``world`` ranks,
+``n = T / world`` positions per rank):
+
+- ``"contiguous"``: rank ``r`` holds positions ``[r n, (r + 1) n)``;
+- ``"zigzag"``: the sequence is cut into ``2 world`` chunks of ``n / 2``; rank ``r`` holds
+  chunks ``r`` and ``2 world - 1 - r`` (one early and one late chunk: under a causal mask every
+  rank then has the same amount of work).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["LAYOUTS", "RingStats", "SequenceParallel", "activate", "active", "positions"]
+
+LAYOUTS = ("contiguous", "zigzag")
+
+
+@dataclass
+class RingStats:
+    """What this rank's ring exchanged: point-to-point receives and the bytes they carried,
+    forward and backward (the metadata check at the start of each call is not counted)."""
+
+    forward_recvs: int = 0
+    backward_recvs: int = 0
+    forward_bytes: int = 0
+    backward_bytes: int = 0
+    peers: set[int] = field(default_factory=set)  # the ranks this rank received from
+
+    def add(self, backward: bool, tensors: list[Tensor], src: int) -> None:
+        """Count one receive (one block: its tensors) from rank ``src``."""
+        nbytes = sum(t.numel() * t.element_size() for t in tensors)
+        if backward:
+            self.backward_recvs += 1
+            self.backward_bytes += nbytes
+        else:
+            self.forward_recvs += 1
+            self.forward_bytes += nbytes
+        self.peers.add(src)
+
+
+@dataclass(frozen=True)
+class SequenceParallel:
+    """An active sequence-parallel context.
+
+    Attributes:
+        group: the ``torch.distributed`` process group over which the sequence is sharded
+            (None: the default group).
+        layout: ``"contiguous"`` or ``"zigzag"`` (see the module docstring).
+        rank, world: this process's rank in ``group`` and the group's size.
+        stats: the communication counted so far (:class:`RingStats`).
+    """
+
+    group: Any
+    layout: str
+    rank: int
+    world: int
+    stats: RingStats = field(default_factory=RingStats)
+
+
+_ACTIVE: contextvars.ContextVar[SequenceParallel | None] = contextvars.ContextVar(
+    "qkv_sequence_parallel", default=None
+)
+
+
+def active() -> SequenceParallel | None:
+    """The context of the current thread/task, or None."""
+    return _ACTIVE.get()
+
+
+@contextlib.contextmanager
+def activate(context: SequenceParallel) -> Iterator[SequenceParallel]:
+    """Make ``context`` the active one inside the ``with`` block (nested blocks restore it)."""
+    token = _ACTIVE.set(context)
+    try:
+        yield context
+    finally:
+        _ACTIVE.reset(token)
+
+
+def positions(layout: str, rank: int, world: int, local_len: int, device: Any = None) -> Tensor:
+    """The global positions ``(local_len,)`` of rank ``rank``'s shard under ``layout``."""
+    if layout == "contiguous":
+        return torch.arange(rank * local_len, (rank + 1) * local_len, device=device)
+    if layout == "zigzag":
+        if local_len % 2:
+            raise ValueError(
+                f"layout 'zigzag': expected an even number of positions per rank (two chunks each), "
+                f"got {local_len}"
+            )
+        c = local_len // 2
+        late = 2 * world - 1 - rank
+        return torch.cat(
+            [
+                torch.arange(rank * c, (rank + 1) * c, device=device),
+                torch.arange(late * c, (late + 1) * c, device=device),
+            ]
+        )
+    raise ValueError(f"layout: expected one of {', '.join(LAYOUTS)}, got {layout!r}")
