@@ -358,9 +358,9 @@
     if (!rel || k.name !== "encoder") return;
     const mark = rel.heads.find((b) => b.layer === state.layer && b.head === state.head) || rel.heads[0];
     const reverse = Boolean(mark && mark.direction === 1);
-    ctx.strokeStyle = "#1d232a";
-    ctx.lineWidth = 1.5;
-    ctx.setLineDash([5, 4]);
+    ctx.strokeStyle = "#ff7f0e"; // the best heads' colour
+    ctx.lineWidth = 2.5;
+    ctx.setLineDash([6, 4]);
     for (const a of payload.arcs) {
       if (a.rel !== rel.name || a.head < 0) continue;
       const q = reverse ? a.head : a.dep;
