@@ -155,3 +155,4 @@ def test_html_user_errors(capsys, minilm, tmp_path):
         [*base, "--html", "x.html", "--sentences", "2", "--sentence", "3"],
         "--sentence: expected at most --sentences (2), got 3",
     )
+    _fails(capsys, [*base, "--sentence", "2"], "--sentence: chooses the sentence of --html")

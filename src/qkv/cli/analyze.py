@@ -67,7 +67,7 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--sentence",
         type=int,
-        default=1,
+        default=None,
         metavar="N",
         help="the sentence --html shows: the N-th of the file (default 1)",
     )
@@ -87,6 +87,11 @@ def _check(args: argparse.Namespace) -> None:
         raise CommandError(f"--png: expected a .png file name, got {args.png!r}")
     if args.html is not None and Path(args.html).suffix.lower() not in (".html", ".htm"):
         raise CommandError(f"--html: expected a .html file name, got {args.html!r}")
+    if args.sentence is not None and args.html is None:
+        raise CommandError(
+            f"--sentence: chooses the sentence of --html, got --sentence {args.sentence} without --html"
+        )
+    args.sentence = 1 if args.sentence is None else args.sentence
     if args.sentence <= 0:
         raise CommandError(f"--sentence: expected a positive number, got {args.sentence}")
     if args.sentences is not None and args.html is not None and args.sentence > args.sentences:
