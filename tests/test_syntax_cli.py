@@ -4,6 +4,7 @@ schema, the figure, what is skipped, and the user errors (exit 2, a message, no 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,48 @@ def test_user_errors(capsys, minilm, tmp_path):
     )
     _fails(capsys, ["--model", "minilm", "--conllu", str(SAMPLE), "--png", "x.svg"], "--png: expected a .png")
     _fails(capsys, ["--model", "gpt9", "--conllu", str(SAMPLE)], "--model: unknown model 'gpt9'")
+
+
+def test_html_page_of_one_sentence(capsys, minilm, tmp_path):
+    """The page's arcs are the sentence's tree and each relation's first head is the one --json
+    reports."""
+    page = tmp_path / "tree.html"
+    code, out, err = run(
+        capsys, "--model", "minilm", "--conllu", str(SAMPLE), "--json", "--html", str(page), "--sentence", "2"
+    )
+    assert code == 0, err
+    assert f"wrote {page} (sentence sample-02)" in err
+    result = json.loads(out)  # stdout stays pure JSON
+    text = page.read_text(encoding="utf-8")
+    payload = json.loads(re.search(r'id="qkv-data">(.*?)</script>', text, re.S).group(1))
+    assert payload["tokens"]["source"] == ["My", "sister", "reads", "old", "books", "."]
+    assert [(a["head"], a["dep"], a["rel"]) for a in payload["arcs"]] == [
+        (1, 0, "nmod"),
+        (2, 1, "nsubj"),
+        (-1, 2, "root"),
+        (4, 3, "amod"),
+        (2, 4, "obj"),
+        (2, 5, "punct"),
+    ]
+    (kind,) = payload["kinds"]
+    assert (kind["layers"], kind["heads"], kind["tq"]) == (6, 12, 6)
+    for rel in payload["relations"]:
+        if rel["name"] == "root":
+            assert rel["heads"] == []
+            continue
+        first = rel["heads"][0]
+        assert [first["layer"], first["head"]] == result["relations"][rel["name"]]["best_head"], rel
+        assert first["accuracy"] == result["relations"][rel["name"]]["accuracy"], rel
+        assert len(rel["heads"]) == 3
+
+
+def test_html_user_errors(capsys, minilm, tmp_path):
+    base = ["--model", "minilm", "--conllu", str(SAMPLE)]
+    _fails(capsys, [*base, "--html", "x.png"], "--html: expected a .html file name")
+    _fails(capsys, [*base, "--html", "x.html", "--sentence", "0"], "--sentence: expected a positive number")
+    _fails(
+        capsys,
+        [*base, "--html", "x.html", "--sentences", "2", "--sentence", "3"],
+        "--sentence: expected at most --sentences (2), got 3",
+    )
+    _fails(capsys, [*base, "--sentence", "2"], "--sentence: chooses the sentence of --html")

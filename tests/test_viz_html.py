@@ -119,7 +119,8 @@ def test_page_is_self_contained():
 
 
 @pytest.mark.parametrize(
-    "name", ["common.js", "viewer.js", "viewer.css", "viewer.html", "image.js", "image.css", "image.html"]
+    "name",
+    ["common.js", "arcs.js", "viewer.js", "viewer.css", "viewer.html", "image.js", "image.css", "image.html"],
 )
 def test_templates_use_no_network_and_no_html_sinks(name):
     text = template(name)

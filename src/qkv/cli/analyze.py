@@ -3,15 +3,19 @@ treebank (a thin shell over :func:`qkv.interpret.syntax.analyze_syntax`).
 
     qkv analyze syntax --model minilm --conllu en_ewt-ud-dev.conllu
     qkv analyze syntax --model minilm --conllu dev.conllu --json --png heads.png --sentences 500
+    qkv analyze syntax --model minilm --conllu dev.conllu --html tree.html --sentence 3
 
 ``--model``: ``minilm`` or a local Hugging Face BERT directory (:mod:`qkv.cli.encoder`).
-A progress bar on stderr; the table (or ``--json``) on stdout.
+A progress bar on stderr; the table (or ``--json``) on stdout. ``--html``: the offline viewer of
+one sentence (``--sentence``, 1-based) with its gold arcs and each relation's best heads
+(:func:`qkv.interpret.syntax_page.save_syntax_page`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from . import USER_ERRORS, CommandError, error_message
@@ -54,6 +58,19 @@ def add_parser(sub) -> None:
         metavar="N",
         help="report relations with at least N dependents (default 1)",
     )
+    p.add_argument(
+        "--html",
+        metavar="FILE",
+        help="also write the offline viewer (.html) of one sentence: its gold arcs over the head view, "
+        "each relation's best heads marked",
+    )
+    p.add_argument(
+        "--sentence",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the sentence --html shows: the N-th of the file (default 1)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the probes (default 0)")
     p.add_argument(
         "--keep-subtypes", action="store_true", help="keep nmod:poss instead of folding it to nmod"
@@ -68,6 +85,19 @@ def _check(args: argparse.Namespace) -> None:
         raise CommandError(f"--min-count: expected a positive number, got {args.min_count}")
     if args.png is not None and Path(args.png).suffix.lower() != ".png":
         raise CommandError(f"--png: expected a .png file name, got {args.png!r}")
+    if args.html is not None and Path(args.html).suffix.lower() not in (".html", ".htm"):
+        raise CommandError(f"--html: expected a .html file name, got {args.html!r}")
+    if args.sentence is not None and args.html is None:
+        raise CommandError(
+            f"--sentence: chooses the sentence of --html, got --sentence {args.sentence} without --html"
+        )
+    args.sentence = 1 if args.sentence is None else args.sentence
+    if args.sentence <= 0:
+        raise CommandError(f"--sentence: expected a positive number, got {args.sentence}")
+    if args.sentences is not None and args.html is not None and args.sentence > args.sentences:
+        raise CommandError(
+            f"--sentence: expected at most --sentences ({args.sentences}), got {args.sentence}"
+        )
     if not Path(args.conllu).is_file():
         raise CommandError(f"--conllu: expected a CoNLL-U file, got {args.conllu!r} (no such file)")
 
@@ -92,10 +122,22 @@ def run(args: argparse.Namespace) -> int:
             )
         if args.png:
             syntax_figure(report, args.png, min_count=args.min_count)
+        if args.html:
+            _page(args, model, tokenizer, sentences, report)
     except USER_ERRORS as e:
         raise CommandError(error_message(e)) from None
     print(json.dumps(report.to_json(), indent=2) if args.json else _table(report, shown))
     return 0
+
+
+def _page(args: argparse.Namespace, model, tokenizer, sentences, report) -> None:
+    from ..interpret.syntax_page import save_syntax_page
+
+    if args.sentence > len(sentences):
+        raise CommandError(f"--sentence: the file has {len(sentences)} sentences, got {args.sentence}")
+    sentence = sentences[args.sentence - 1]
+    path = save_syntax_page(args.html, model, tokenizer, sentence, report)
+    print(f"wrote {path} (sentence {sentence.sent_id})", file=sys.stderr)
 
 
 def _table(report, shown: str) -> str:

@@ -18,7 +18,8 @@ Syntax (:mod:`qkv.interpret.syntax`, Clark et al. 2019): :func:`analyze_syntax` 
 dependency treebank read by :func:`read_conllu` (``pip install 'qkv[syntax]'``), which heads of
 a BERT attend from each dependent to its head, per relation, against fixed-offset baselines with
 bootstrap intervals, and the attention probes' UAS; :func:`syntax_figure` draws heads x
-relations.
+relations; :func:`save_syntax_page` writes one sentence's viewer page, its gold arcs above the
+head view and each relation's best heads marked (:mod:`qkv.interpret.syntax_page`).
 """
 
 from .flow import flow
@@ -29,6 +30,7 @@ from .pictures import AttentionPicture, sentence_picture
 from .rollout import layer_matrices, rollout
 from .scores import token_scores
 from .syntax import SyntaxReport, analyze_syntax, syntax_figure
+from .syntax_page import save_syntax_page
 from .treebank import Sentence, read_conllu
 
 __all__ = [
@@ -48,6 +50,7 @@ __all__ = [
     "patch_grid",
     "read_conllu",
     "rollout",
+    "save_syntax_page",
     "sentence_picture",
     "syntax_figure",
     "token_scores",

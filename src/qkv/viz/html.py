@@ -43,10 +43,19 @@ translation (source and target) says which side each axis is: "queries (target)"
 Head view: every head of the layer at once, one colour per head, overlaid (as BertViz draws
 it); the Head selector (or the arrow keys) shows one.
 
+Dependency arcs (``arcs``, ``best_heads``; :mod:`qkv.viz._arcs`): a tree over the encoder's
+tokens is drawn above the head view, one labelled arc from each head to its dependent; the
+Relation selector highlights that relation's arcs, opens the first of its best heads (the
+others are buttons beside it and dashed in the model view) and dashes its gold pairs in the
+head view (dependent -> head, or head -> dependent for a head measured that way round). A page
+without arcs has neither.
+
 Test hook: ``window.qkvViewer`` (``ready``, ``state()``, ``labels()``, ``lines`` (the heads and
-colours last drawn), ``visible(text)``, ``setKind/setLayer/setHead/setView``,
+colours last drawn), ``visible(text)``, ``setKind/setLayer/setHead/setView/setRelation``,
 ``weight(kind, layer, head, i, j)``, ``matrixWeightAt(clientX, clientY)``,
-``matrixCellCenter(i, j)``, ``headTokenCenter(side, i)``, ``timings``).
+``matrixCellCenter(i, j)``, ``headTokenCenter(side, i)``, ``arcs()`` (each arc drawn: ``rel``,
+``head``, ``dep``, ``on``), ``relation()`` (``name``, the ``marked`` thumbnails, the
+``pressed`` best-head button, the ``gold`` pairs dashed), ``timings``).
 """
 
 from __future__ import annotations
@@ -58,6 +67,7 @@ import torch
 from torch import Tensor
 
 from .._types import AttentionMaps
+from ._arcs import arcs_payload
 from ._inputs import as_float, labels, stack_layers
 from ._page import quantize, render_page
 
@@ -152,7 +162,9 @@ def _scores(scores: object, token_lists: dict[str, list[str]]) -> list[dict]:
     return out
 
 
-def _payload(data, tokens, *, title: str, scores, batch_index: int, view: str) -> dict:
+def _payload(
+    data, tokens, *, title: str, scores, batch_index: int, view: str, arcs=None, best_heads=None
+) -> dict:
     if view not in VIEWS:
         raise ValueError(f"view: expected one of {', '.join(VIEWS)}, got {view!r}")
     weights = {}
@@ -192,7 +204,7 @@ def _payload(data, tokens, *, title: str, scores, batch_index: int, view: str) -
                 "data": blob,
             }
         )
-    return {
+    payload = {
         "version": 1,
         "title": str(title),
         "view": view,
@@ -201,6 +213,21 @@ def _payload(data, tokens, *, title: str, scores, batch_index: int, view: str) -
         "kinds": kinds,
         "scores": _scores(scores, token_lists),
     }
+    if arcs is not None:
+        payload.update(_tree(weights, arcs, best_heads))
+    elif best_heads is not None:
+        raise ValueError("best_heads: given without arcs; pass the arcs the relations label")
+    return payload
+
+
+def _tree(weights: dict[str, Tensor], arcs, best_heads) -> dict:
+    """The arcs over the encoder's tokens and the heads marked per relation (:mod:`._arcs`)."""
+    if "encoder" not in weights:
+        raise ValueError(
+            f"arcs: expected encoder self-attention (the arcs join its tokens), got only {', '.join(weights)}"
+        )
+    n_layers, n_heads, n_tokens, _ = weights["encoder"].shape
+    return arcs_payload(arcs, best_heads, n_tokens=n_tokens, layers=n_layers, heads=n_heads)
 
 
 def render_html(
@@ -211,6 +238,8 @@ def render_html(
     scores: Mapping | None = None,
     batch_index: int = 0,
     view: str = "head",
+    arcs=None,
+    best_heads: Mapping | None = None,
 ) -> str:
     """The viewer page as a string (see the module docstring for the data contract).
 
@@ -223,6 +252,11 @@ def render_html(
             ``{"method": {"source": [...], "target": [...]}}``; drawn as a bar of tokens.
         batch_index: which batch element to show when the weights carry a batch dim.
         view: the view shown first: ``"head"``, ``"model"`` or ``"matrix"``.
+        arcs: a dependency tree over the encoder's tokens, ``[(head, dependent, relation),
+            ...]`` (0-based, ``head = -1`` for the root): drawn above the head view, labelled,
+            with a relation selector that highlights that relation's arcs.
+        best_heads: ``{relation: [(layer, head, direction, accuracy), ...]}``, best first
+            (:mod:`qkv.viz._arcs`): choosing a relation opens its first head and marks them all.
 
     Views: *head* (query tokens left, key tokens right, one line per pair with opacity =
     weight over the largest shown; all heads overlaid at first, one colour per head, or one
@@ -231,13 +265,23 @@ def render_html(
 
     Raises:
         ValueError: unknown kinds, shapes that disagree with each other or with the tokens,
-            non-finite weights or scores, ``batch_index`` out of range, unknown ``view``.
+            non-finite weights or scores, ``batch_index`` out of range, unknown ``view``;
+            arcs without encoder attention, arcs or best heads out of range, best heads of a
+            relation no arc has, best heads without arcs.
         TypeError: inputs that are not arrays / token lists.
     """
-    payload = _payload(data, tokens, title=title, scores=scores, batch_index=batch_index, view=view)
-    return render_page(
-        "viewer.html", title=title, css=["viewer.css"], js=["common.js", "viewer.js"], payload=payload
+    payload = _payload(
+        data,
+        tokens,
+        title=title,
+        scores=scores,
+        batch_index=batch_index,
+        view=view,
+        arcs=arcs,
+        best_heads=best_heads,
     )
+    js = ["common.js", "arcs.js", "viewer.js"]
+    return render_page("viewer.html", title=title, css=["viewer.css"], js=js, payload=payload)
 
 
 def save_html(path: str | Path, data, tokens=None, **kwargs) -> Path:

@@ -5,7 +5,9 @@
  * the 16-bit codes of consecutive matrices of `per` values, each over its own [lo[m], hi[m]];
  * qkvShared.fillSelect(select, items): a <select>'s options replaced by `[value, label]` pairs;
  * qkvShared.fillLayersAndHeads(layerSelect, headSelect, layers, heads): 0..layers-1 and
- * 0..heads-1 then "all"; qkvShared.start(init, errorBox): init(), any error shown in the box.
+ * 0..heads-1 then "all"; qkvShared.svgElement(tag, attrs, parent): a new element of
+ * parent's namespace (SVG under an <svg>) with those attributes, appended to parent; qkvShared.start(init, errorBox): init(), any error
+ * shown in the box.
  */
 const qkvShared = (function () {
   "use strict";
@@ -75,6 +77,13 @@ const qkvShared = (function () {
     fillSelect(headSelect, numbered(heads).concat([["all", "all"]]));
   }
 
+  function svgElement(tag, attrs, parent) {
+    const e = document.createElementNS(parent.namespaceURI, tag); // the parent's: SVG inside an <svg>
+    for (const name of Object.keys(attrs)) e.setAttribute(name, String(attrs[name]));
+    parent.appendChild(e);
+    return e;
+  }
+
   function start(init, errorBox) {
     try {
       init();
@@ -91,6 +100,7 @@ const qkvShared = (function () {
     decode16: decode16,
     fillSelect: fillSelect,
     fillLayersAndHeads: fillLayersAndHeads,
+    svgElement: svgElement,
     start: start,
   };
 })();

@@ -324,6 +324,7 @@
     }
 
     const lines = strokeLines(ctx, L, k, selectedHeads(k), focus);
+    strokeGold(ctx, L, k);
     const note = $("head-lines");
     note.textContent =
       lines.drawn < lines.total
@@ -347,6 +348,30 @@
         for (let i = 0; i < k.tq; i++) ctx.fillText(vec[i].toFixed(3), 10, L.y(i));
       }
     }
+  }
+
+  // the selected relation's gold pairs, dashed: dependent -> head, or head -> dependent when the
+  // shown head (or, for all heads, the relation's best) reads the tree the other way
+  function strokeGold(ctx, L, k) {
+    hook.gold = [];
+    const rel = state.relation;
+    if (!rel || k.name !== "encoder") return;
+    const mark = rel.heads.find((b) => b.layer === state.layer && b.head === state.head) || rel.heads[0];
+    const reverse = Boolean(mark && mark.direction === 1);
+    ctx.strokeStyle = "#ff7f0e"; // the best heads' colour
+    ctx.lineWidth = 2.5;
+    ctx.setLineDash([6, 4]);
+    for (const a of payload.arcs) {
+      if (a.rel !== rel.name || a.head < 0) continue;
+      const q = reverse ? a.head : a.dep;
+      const key = reverse ? a.dep : a.head;
+      ctx.beginPath();
+      ctx.moveTo(L.x0, L.y(q));
+      ctx.lineTo(L.x1, L.y(key));
+      ctx.stroke();
+      hook.gold.push([q, key]);
+    }
+    ctx.setLineDash([]);
   }
 
   function headHit(clientX, clientY) {
@@ -534,6 +559,7 @@
     for (const c of $("model-grid").querySelectorAll("canvas")) {
       const on = Number(c.dataset.layer) === state.layer && Number(c.dataset.head) === state.head;
       c.classList.toggle("current", on);
+      c.classList.toggle("best", isBest(Number(c.dataset.layer), Number(c.dataset.head)));
     }
   }
 
@@ -594,6 +620,63 @@
     }
   }
 
+  // ---------------------------------------------------------------- dependency arcs
+
+  function isBest(layer, head) {
+    const rel = state.relation;
+    return Boolean(rel && kind().name === "encoder" && rel.heads.some((b) => b.layer === layer && b.head === head));
+  }
+
+  function buildArcs() {
+    if (!payload.arcs) return;
+    $("arcs-panel").hidden = false;
+    $("relation-box").hidden = false;
+    qkvArcs.draw($("arcs-svg"), payload.tokens.source, payload.arcs);
+    const items = payload.relations.map((r) => [r.name, r.name + " (" + r.count + ")"]);
+    fillSelect($("relation"), [["", "all relations"]].concat(items));
+  }
+
+  // the relation's arcs highlighted and its best head shown (the encoder, its layer and head)
+  function setRelation(name) {
+    const rel = name ? (payload.relations || []).find((r) => r.name === name) : null;
+    if (name && !rel) throw new Error("unknown relation " + JSON.stringify(name));
+    state.relation = rel || null;
+    $("relation").value = rel ? rel.name : "";
+    qkvArcs.highlight($("arcs-svg"), rel ? rel.name : null);
+    const box = $("best-heads");
+    box.replaceChildren();
+    if (!rel) box.textContent = "Gold dependency arcs, head \u2192 dependent. Pick a relation to highlight its arcs and open the head that finds them best.";
+    else if (!rel.heads.length) box.textContent = "No head was measured for " + rel.name + ".";
+    else box.textContent = "Best heads for " + rel.name + " (its gold pairs dashed in the head view):";
+    for (const b of rel ? rel.heads : []) {
+      const button = document.createElement("button");
+      button.type = "button";
+      const pct = b.accuracy === null ? "" : " " + (100 * b.accuracy).toFixed(0) + "%";
+      button.textContent = "layer " + b.layer + ", head " + b.head + (b.direction ? " head\u2192dep" : " dep\u2192head") + pct;
+      button.addEventListener("click", () => showHead(b.layer, b.head));
+      box.appendChild(button);
+      b.button = button;
+    }
+    return rel && rel.heads.length ? showHead(rel.heads[0].layer, rel.heads[0].head) : render();
+  }
+
+  function showHead(layer, head) {
+    state.kind = kinds.findIndex((k) => k.name === "encoder");
+    state.layer = layer;
+    state.head = head;
+    state.focus = null;
+    state.pinned = false;
+    syncControls();
+    return render();
+  }
+
+  function markBestButtons() {
+    for (const b of state.relation ? state.relation.heads : []) {
+      const on = kind().name === "encoder" && b.layer === state.layer && b.head === state.head;
+      b.button.setAttribute("aria-pressed", on ? "true" : "false");
+    }
+  }
+
   // ---------------------------------------------------------------- controls
 
   function syncControls() {
@@ -628,6 +711,7 @@
   function render() {
     const t = performance.now();
     updateHints();
+    markBestButtons();
     if (state.view === "head") drawHead();
     else if (state.view === "matrix") drawMatrix();
     else buildModel();
@@ -705,6 +789,7 @@
     $("kind").addEventListener("change", (e) => setKind(e.target.value));
     $("layer").addEventListener("change", (e) => setLayer(e.target.value));
     $("head").addEventListener("change", (e) => setHead(e.target.value));
+    $("relation").addEventListener("change", (e) => setRelation(e.target.value));
     for (const b of document.querySelectorAll(".tabs button")) {
       b.addEventListener("click", () => setView(b.dataset.view));
     }
@@ -812,6 +897,21 @@
   hook.setLayer = (layer) => setLayer(layer);
   hook.setHead = (head) => setHead(head);
   hook.setView = (view) => setView(view);
+  hook.setRelation = (name) => setRelation(name);
+  // the dependency arcs as drawn: relation, head, dependent and whether highlighted
+  hook.arcs = () =>
+    Array.from(document.querySelectorAll("#arcs-svg g.arc")).map((g) => ({
+      rel: g.dataset.rel,
+      head: Number(g.dataset.head),
+      dep: Number(g.dataset.dep),
+      on: g.classList.contains("on"),
+    }));
+  hook.relation = () => ({
+    name: state.relation ? state.relation.name : null,
+    marked: Array.from(document.querySelectorAll("#model-grid canvas.best")).map((c) => [Number(c.dataset.layer), Number(c.dataset.head)]),
+    pressed: Array.from(document.querySelectorAll("#best-heads button[aria-pressed=true]")).map((b) => b.textContent),
+    gold: (hook.gold || []).slice(),
+  });
   hook.weight = (name, layer, head, i, j) => {
     const k = kinds.find((x) => x.name === name);
     return k.values[((layer * k.heads + head) * k.tq + i) * k.tk + j];
@@ -840,13 +940,15 @@
     kinds = payload.kinds.map((spec) => decodeKind(spec, payload.tokens));
     hook.timings.decode = performance.now() - started;
     // all heads at first (one colour each, overlaid); the Head selector or the arrow keys pick one
-    state = { kind: 0, layer: 0, head: "all", view: payload.view, focus: null, pinned: false, hover: null };
+    state = { kind: 0, layer: 0, head: "all", view: payload.view, focus: null, pinned: false, hover: null, relation: null };
     fillSelect($("kind"), kinds.map((k) => [k.name, KIND_LABELS[k.name] || k.name]));
     $("kind-box").hidden = kinds.length < 2;
     wire();
     syncControls();
     buildScores();
+    buildArcs();
     setView(state.view);
+    if (payload.arcs) setRelation("");
     // script work only: the browser rasterizes the canvases when it paints the next frame
     hook.timings.firstDraw = performance.now() - started;
     hook.timings.ready = performance.now(); // since navigation start
