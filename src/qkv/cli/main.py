@@ -29,6 +29,7 @@ import sys
 from collections.abc import Sequence
 
 from . import CommandError
+from . import caption as caption_cmd
 from . import demo as demo_cmd
 from . import evaluate as evaluate_cmd
 from . import explain as explain_cmd
@@ -41,7 +42,7 @@ from .overrides import split_overrides
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 #: The command modules, in the order ``qkv --help`` lists them.
-COMMANDS = (explain_cmd, train_cmd, translate_cmd, evaluate_cmd, match_cmd, viz_cmd, demo_cmd)
+COMMANDS = (explain_cmd, train_cmd, translate_cmd, evaluate_cmd, match_cmd, caption_cmd, viz_cmd, demo_cmd)
 
 
 class _Parser(argparse.ArgumentParser):

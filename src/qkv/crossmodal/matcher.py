@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from ..application.run import load_trained
 from .captions import CaptionTokenizer
 from .data import DigitStrips
+from .images import check_images
 from .retrieval import caption_positives, retrieval_recalls
 from .training import build_from_facts, similarity_matrix
 
@@ -50,19 +51,9 @@ class Matcher:
         return cls(model, tokenizer, ck.config, facts, path=ck.path)
 
     def check_images(self, images: object) -> Tensor:
-        """``images`` as float ``(N, C, H, W)`` (one ``(C, H, W)`` image: N = 1).
-
-        Raises:
-            ValueError: not a tensor of that shape (naming the expected one).
-        """
-        want = "(N, {}, {}, {})".format(*self.image_shape)
-        if not isinstance(images, Tensor) or images.dim() not in (3, 4):
-            got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-            raise ValueError(f"images: expected a tensor {want} or one image (C, H, W), got {got}")
-        x = images.float() if images.dim() == 4 else images.float().unsqueeze(0)
-        if tuple(x.shape[1:]) != self.image_shape:
-            raise ValueError(f"images: expected {want}, got {tuple(images.shape)}")
-        return x
+        """``images`` as float ``(N, C, H, W)`` (one ``(C, H, W)`` image: N = 1)
+        (:func:`qkv.crossmodal.images.check_images`)."""
+        return check_images(images, self.image_shape)
 
     @torch.no_grad()
     def encode_image(self, images: Tensor) -> Tensor:
