@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-__all__ = ["attention_correctness", "bleu_chrf", "exact_match"]
+__all__ = ["attention_correctness", "attention_hits", "bleu_chrf", "exact_match"]
 
 
 def _check_pairs(hypotheses: Sequence[str], references: Sequence[str]) -> None:
@@ -42,34 +42,45 @@ def bleu_chrf(hypotheses: Sequence[str], references: Sequence[str]) -> tuple[flo
     ).score
 
 
-def attention_correctness(
+def attention_hits(
     attention: Sequence[Tensor], slots: Sequence[Sequence[Sequence[int]]], patch_slot: Tensor
-) -> float:
-    """The share of words with a gold slot whose attention maximum lies in one of them.
+) -> list[list[bool | None]]:
+    """Per caption, per word: does its attention maximum lie in one of its gold slots (None: a
+    word without a slot)?
 
     Args:
         attention: per caption ``(words, N)``, each word's weights over the ``N`` patches.
-        slots: per caption, per word, its gold slots (``()``: left out).
+        slots: per caption, per word, its gold slots (``()``: none).
         patch_slot: ``(N,)`` the slot of each patch (:func:`qkv.crossmodal.images.patch_slots`).
 
     Raises:
-        ValueError: the captions or their words do not match in number, a map that is not
-            ``(words, N)``, or no word has a slot.
+        ValueError: the captions or their words do not match in number, or a map that is not
+            ``(words, N)``.
     """
     if len(attention) != len(slots):
         raise ValueError(
             f"attention, slots: expected one entry per caption each, got {len(attention)} and {len(slots)}"
         )
-    hits = total = 0
+    out = []
     for i, (att, word_slots) in enumerate(zip(attention, slots)):
         if att.dim() != 2 or att.shape != (len(word_slots), patch_slot.shape[0]):
             raise ValueError(f"attention[{i}]: expected ({len(word_slots)} words, {patch_slot.shape[0]} patches), "
                              f"got {tuple(att.shape)}")  # fmt: skip
         peaks = patch_slot[att.argmax(-1)].tolist()  # (words,) the slot of each word's peak
-        for peak, gold in zip(peaks, word_slots):
-            if gold:
-                total += 1
-                hits += peak in gold
-    if not total:
+        out.append([peak in gold if gold else None for peak, gold in zip(peaks, word_slots)])
+    return out
+
+
+def attention_correctness(
+    attention: Sequence[Tensor], slots: Sequence[Sequence[Sequence[int]]], patch_slot: Tensor
+) -> float:
+    """The share of words with a gold slot whose attention maximum lies in one of them
+    (:func:`attention_hits`, the words without a slot left out).
+
+    Raises:
+        ValueError: as :func:`attention_hits`, or no word has a slot.
+    """
+    hits = [h for caption in attention_hits(attention, slots, patch_slot) for h in caption if h is not None]
+    if not hits:
         raise ValueError("slots: expected at least one word with a gold slot, got none")
-    return hits / total
+    return sum(hits) / len(hits)
