@@ -142,3 +142,24 @@ def test_evaluate_and_caption_commands(run_dir, capsys):
     assert all(0 <= w["slot"] <= 3 for w in shown["words"])
     assert main(["caption", "--checkpoint", str(run_dir), "--index", "-1"]) == 2
     assert "--index: expected an int >= 0" in capsys.readouterr().err
+
+
+def test_caption_an_image_file_kept_at_the_strip_shape(run_dir, tmp_path, capsys):
+    from PIL import Image
+
+    from qkv.crossmodal import Matcher
+    from qkv.vision.data import read_image
+
+    strip = digit_strips(1, seed=5, split="test").images[0]  # (1, 8, 32)
+    Image.fromarray((strip[0] * 255).round().byte().numpy()).save(tmp_path / "strip.png")
+    image = read_image(tmp_path / "strip.png", image_size=8, channels=1, image_width=32)
+    assert image.shape == (1, 8, 32) and float((image - strip).abs().max()) <= 0.5 / 255 + 1e-6
+    assert (
+        main(["caption", "--checkpoint", str(run_dir), "--image", str(tmp_path / "strip.png"), "--json"]) == 0
+    )
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["reference"] is None and len(shown["words"]) == len(shown["caption"].split()) >= 1
+    with pytest.raises(
+        ValueError, match="is not an image-text matcher's \\(its model kind is 'captioner'\\)"
+    ):
+        Matcher.load(run_dir)

@@ -46,12 +46,7 @@ def strip_image(args: argparse.Namespace, image_shape: tuple[int, int, int], dat
         from ..vision.data import read_image
 
         c, h, w = image_shape
-        image = read_image(args.image, image_size=h, channels=c)  # (C, h, h)
-        if w != h:  # the strips are not square: resize to (h, w)
-            import torch
-
-            image = torch.nn.functional.interpolate(image[None], size=(h, w), mode="bilinear")[0]
-        return image, args.image, None
+        return read_image(args.image, image_size=h, channels=c, image_width=w), args.image, None  # (C, h, w)
     from ..crossmodal.config import DataConfig
     from ..crossmodal.data import digit_strips
 

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ..application.run import load_trained
+from ..models.builders import MATCHING_KINDS
 from .captions import CaptionTokenizer
 from .data import DigitStrips
 from .images import check_images
@@ -41,10 +42,10 @@ class Matcher:
     def load(cls, checkpoint: str | Path, *, best: bool = True) -> Matcher:
         """The matcher of a ``qkv train --model clip`` run directory (or of one checkpoint)."""
         ck = load_trained(checkpoint, best=best)
-        facts = ck.vocab
-        if not isinstance(facts, dict) or "vocabulary" not in facts or "image_width" not in facts:
+        facts, kind = ck.vocab, ck.config.get("model", {}).get("kind", "clip")
+        if kind not in MATCHING_KINDS or not isinstance(facts, dict) or "image_width" not in facts:
             raise ValueError(
-                f"checkpoint: {str(ck.path)!r} is not an image-text matcher's (no caption facts stored)"
+                f"checkpoint: {str(ck.path)!r} is not an image-text matcher's (its model kind is {kind!r})"
             )
         model, tokenizer = build_from_facts(ck.config["model"], facts)
         ck.restore(model, rng=False)

@@ -257,10 +257,11 @@ class _Captioner(nn.Module):
         inputs, targets = caption_targets(words, pad_id=cfg.pad_id, start_id=cfg.start_id, end_id=cfg.end_id)
         logits, attention = self(images, inputs)
         ce = nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=cfg.pad_id)
-        weight = getattr(cfg, "stochastic_weight", 0.0)
-        if not weight:
-            return ce
-        return ce + weight * doubly_stochastic_penalty(attention, targets != cfg.pad_id).mean()
+        return ce + self.attention_penalty(attention, targets != cfg.pad_id)
+
+    def attention_penalty(self, attention: Tensor, steps: Tensor) -> Tensor | float:
+        """What the loss adds for the attention ``(B, T, N)`` of the real ``steps`` ``(B, T)``: nothing."""
+        return 0.0
 
 
 class ShowAttendTell(_Captioner):
@@ -285,6 +286,11 @@ class ShowAttendTell(_Captioner):
         self.cell = nn.LSTMCell(cfg.embed_dim + cfg.dim, cfg.hidden_dim)
         self.drop = nn.Dropout(cfg.dropout)
         self.out = nn.Linear(cfg.hidden_dim + cfg.dim, cfg.vocab_size)
+
+    def attention_penalty(self, attention: Tensor, steps: Tensor) -> Tensor | float:
+        """``stochastic_weight`` times the mean :func:`doubly_stochastic_penalty` (nothing at 0)."""
+        weight = self.config.stochastic_weight
+        return weight * doubly_stochastic_penalty(attention, steps).mean() if weight else 0.0
 
     def init_state(self, memory: dict[str, Tensor]) -> dict[str, Tensor]:
         mean = memory["features"].mean(1)  # (B, D)
