@@ -90,16 +90,17 @@ def _check_parses(args: list[str]) -> None:
 
 def _train_tables(args: list[str]) -> tuple[dict, set[str]]:
     """The default tables and the valid ``[model]`` keys of the application a ``qkv train``
-    command trains (translation, vision for an image preset or data set, crossmodal for clip)."""
+    command trains (translation, vision for an image preset or data set, crossmodal for clip and
+    the captioners)."""
     from qkv.cli.application import of_train_args
 
     value = {o: args[i + 1] for i, o in enumerate(args[:-1]) if o in ("--model", "--data")}
     app = of_train_args(value.get("--model"), {}, value.get("--data"))
     if app == "crossmodal":
-        from qkv.crossmodal.config import RunConfig as MatchingRunConfig
-        from qkv.models.builders import MATCHING_KINDS, matching_config_keys
+        from qkv.crossmodal.config import MODEL_KINDS, model_keys
+        from qkv.crossmodal.config import RunConfig as CrossModalRunConfig
 
-        return MatchingRunConfig().to_dict(), set().union(*map(matching_config_keys, MATCHING_KINDS))
+        return CrossModalRunConfig().to_dict(), set().union(*map(model_keys, MODEL_KINDS))
     if app == "vision":
         from qkv.models.builders import IMAGE_KINDS, image_config_keys
         from qkv.vision.config import RunConfig as VisionRunConfig

@@ -16,6 +16,7 @@ __all__ = [
     "CROSSMODAL_PRESETS",
     "VISION_DATASETS",
     "VISION_PRESETS",
+    "kind_of_checkpoint",
     "of_checkpoint",
     "of_train_args",
 ]
@@ -26,13 +27,15 @@ APPLICATION_OF_KIND = {
     "transformer": "translation",
     "vit": "vision",
     "clip": "crossmodal",
+    "captioner": "crossmodal",
+    "captioner-transformer": "crossmodal",
 }
 #: The ``--model`` presets of vision (:data:`qkv.vision.config.MODEL_PRESETS`); the others are translation's.
 VISION_PRESETS = ("vit", "vit-digits", "vit-fashion-mnist", "vit-located")
 #: The built-in image data sets (:data:`qkv.vision.config.DATASETS`).
 VISION_DATASETS = ("digits", "fashion-mnist", "located-digits")
 #: The ``--model`` presets of crossmodal (:data:`qkv.crossmodal.config.MODEL_PRESETS`).
-CROSSMODAL_PRESETS = ("clip", "clip-strips")
+CROSSMODAL_PRESETS = ("clip", "clip-strips", "captioner", "captioner-transformer")
 #: The built-in data sets of crossmodal (:data:`qkv.crossmodal.config.DATASETS`).
 CROSSMODAL_DATASETS = ("digit-strips", "digit-strips-fr", "digit-strips-de", "digit-strips-digits")
 
@@ -57,9 +60,9 @@ def of_train_args(preset: str | None, file_config: dict[str, Any], data: str | N
     return "translation"
 
 
-def of_checkpoint(path: str | Path) -> str:
-    """The application of a run directory (or checkpoint) of ``qkv train``: from the ``[model]``
-    kind it stored; translation when there is nothing to read (its loader reports the error)."""
+def kind_of_checkpoint(path: str | Path) -> str:
+    """The ``[model]`` kind a run directory (or checkpoint) of ``qkv train`` stored; ``seq2seq``
+    when there is nothing to read (the loader reports the error)."""
     import warnings
 
     from ..train.checkpoint import CheckpointError, load_checkpoint
@@ -69,5 +72,11 @@ def of_checkpoint(path: str | Path) -> str:
             warnings.simplefilter("ignore")
             config = load_checkpoint(path, verify=False).config
     except (CheckpointError, OSError):
-        return "translation"
-    return APPLICATION_OF_KIND.get(config.get("model", {}).get("kind", "seq2seq"), "translation")
+        return "seq2seq"
+    return str(config.get("model", {}).get("kind", "seq2seq"))
+
+
+def of_checkpoint(path: str | Path) -> str:
+    """The application of a run directory (or checkpoint) of ``qkv train``: from the ``[model]``
+    kind it stored (:func:`kind_of_checkpoint`); translation when there is nothing to read."""
+    return APPLICATION_OF_KIND.get(kind_of_checkpoint(path), "translation")

@@ -53,7 +53,14 @@ def add_parser(sub) -> None:
 
 
 #: Decimals of the metrics ``qkv evaluate`` reports: scores in [0, 100] get 2, fractions 4.
-_DECIMALS = {"bleu": 2, "chrf": 2, "bleu_normalized": 2, "exact_match": 4, "aer": 4}
+_DECIMALS = {
+    "bleu": 2,
+    "chrf": 2,
+    "bleu_normalized": 2,
+    "exact_match": 4,
+    "aer": 4,
+    "attention_correctness": 4,
+}
 
 
 def rounded_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -168,20 +175,28 @@ def _run_vision(args: argparse.Namespace) -> int:
     return 0
 
 
+def _crossmodal_splits(args: argparse.Namespace) -> tuple[str, ...]:
+    """The splits of digit strips ``qkv evaluate`` scores: ``--split``, else test and zero_shot."""
+    if args.data:
+        raise CommandError(f"--data {args.data}: a cross-modal model is evaluated on its data set's strips")
+    split = args.split or "test"
+    if split not in ("valid", "test", "zero_shot"):
+        raise CommandError(
+            f"--split: expected valid, test or zero_shot for a cross-modal model, got {split!r}"
+        )
+    return ("test", "zero_shot") if args.split is None else (split,)
+
+
 def _run_crossmodal(args: argparse.Namespace) -> int:
-    """Recall@1/5/10 both ways of an image-text matcher on held-out strips and held-out numbers."""
+    """Recall@1/5/10 both ways of an image-text matcher on held-out strips and held-out numbers
+    (a captioner: :func:`_run_captioner`)."""
     from ..crossmodal.config import DataConfig
     from ..crossmodal.matcher import Matcher
     from ..crossmodal.training import load_strips
 
-    if args.data:
-        raise CommandError(f"--data {args.data}: an image-text matcher is evaluated on its data set's strips")
-    split = args.split or "test"
-    if split not in ("valid", "test", "zero_shot"):
-        raise CommandError(
-            f"--split: expected valid, test or zero_shot for an image-text matcher, got {split!r}"
-        )
-    splits = ("test", "zero_shot") if args.split is None else (split,)
+    if application.kind_of_checkpoint(args.checkpoint).startswith("captioner"):
+        return _run_captioner(args)
+    splits = _crossmodal_splits(args)
     try:
         matcher = Matcher.load(args.checkpoint)
         with warnings_as_messages():
@@ -200,6 +215,34 @@ def _run_crossmodal(args: argparse.Namespace) -> int:
         print(f"{name}: {r['n']} strips, {r['captions']} distinct captions ({matcher.lang})")
         for k in (1, 5, 10):
             print(f"  R@{k:<2}  image->text {r[f'i2t_r{k}']:.4f}  text->image {r[f't2i_r{k}']:.4f}")
+    return 0
+
+
+def _run_captioner(args: argparse.Namespace) -> int:
+    """Exact match, BLEU, chrF and attention correctness of a captioner (greedy captions, or
+    ``--beam K``) on held-out strips and held-out numbers."""
+    from ..crossmodal.captioner import Captioner
+    from ..crossmodal.config import DataConfig
+    from ..crossmodal.training import load_strips
+
+    splits = _crossmodal_splits(args)
+    try:
+        captioner = Captioner.load(args.checkpoint)
+        with warnings_as_messages():
+            strips = load_strips(DataConfig(**captioner.config["data"]), splits)
+        result = {
+            name: captioner.evaluate(_first(s, args.limit), beam=args.beam or 1) for name, s in strips.items()
+        }
+    except USER_ERRORS as e:
+        raise CommandError(error_message(e)) from None
+    result = {name: rounded_metrics(r) for name, r in result.items()}
+    if args.json:
+        print(json.dumps({"lang": captioner.lang, **result}, indent=2))
+        return 0
+    for name, r in result.items():
+        print(f"{name}: {r['n']} strips ({captioner.lang})")
+        print(f"  exact match {r['exact_match']:.4f}  BLEU {r['bleu']:.2f}  chrF {r['chrf']:.2f}  "
+              f"attention correctness {r['attention_correctness']:.4f}")  # fmt: skip
     return 0
 
 

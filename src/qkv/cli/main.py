@@ -31,6 +31,7 @@ from collections.abc import Sequence
 
 from . import CommandError
 from . import analyze as analyze_cmd
+from . import caption as caption_cmd
 from . import demo as demo_cmd
 from . import evaluate as evaluate_cmd
 from . import explain as explain_cmd
@@ -43,7 +44,9 @@ from .overrides import split_overrides
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 #: The command modules, in the order ``qkv --help`` lists them.
-COMMANDS = (explain_cmd, train_cmd, translate_cmd, evaluate_cmd, match_cmd, viz_cmd, analyze_cmd, demo_cmd)
+COMMANDS = (
+    explain_cmd, train_cmd, translate_cmd, evaluate_cmd, match_cmd, caption_cmd, viz_cmd, analyze_cmd, demo_cmd,
+)  # fmt: skip
 
 
 class _Parser(argparse.ArgumentParser):

@@ -17,7 +17,7 @@ import json
 
 from . import USER_ERRORS, CommandError, error_message, warnings_as_messages
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "run", "strip_image"]
 
 
 def add_parser(sub) -> None:
@@ -38,22 +38,19 @@ def add_parser(sub) -> None:
     m.set_defaults(handler=run)
 
 
-def _image(args: argparse.Namespace, matcher):
-    """The image to match: ``(C, H, W)`` and its description."""
+def strip_image(args: argparse.Namespace, image_shape: tuple[int, int, int], data: dict):
+    """The image a command works on: ``(C, H, W)``, its description and its caption (None for
+    a file): ``--image FILE`` resized to ``image_shape``, or the ``--index``-th test strip of
+    the run's ``[data]`` table ``data``."""
     if args.image is not None:
         from ..vision.data import read_image
 
-        c, h, w = matcher.image_shape
-        image = read_image(args.image, image_size=h, channels=c)  # (C, h, h)
-        if w != h:  # the strips are not square: resize to (h, w)
-            import torch
-
-            image = torch.nn.functional.interpolate(image[None], size=(h, w), mode="bilinear")[0]
-        return image, args.image, None
+        c, h, w = image_shape
+        return read_image(args.image, image_size=h, channels=c, image_width=w), args.image, None  # (C, h, w)
     from ..crossmodal.config import DataConfig
     from ..crossmodal.data import digit_strips
 
-    d = DataConfig(**matcher.config["data"])
+    d = DataConfig(**data)
     if args.index < 0:
         raise ValueError(f"--index: expected an int >= 0, got {args.index}")
     strips = digit_strips(args.index + 1, seed=d.seed, lang=d.lang, split="test", split_seed=d.split_seed)
@@ -67,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         matcher = Matcher.load(args.checkpoint)
         with warnings_as_messages():
-            image, name, truth = _image(args, matcher)
+            image, name, truth = strip_image(args, matcher.image_shape, matcher.config["data"])
         sim = matcher.similarity(image, args.captions)[0]
         probs = matcher.probabilities(image, args.captions)[0]
     except USER_ERRORS as e:

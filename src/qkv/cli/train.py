@@ -61,7 +61,7 @@ def add_parser(sub) -> None:
     tr.add_argument(
         "--data",
         help="a built-in corpus name (numbers, numbers-de, dates-fr, ...) or a .tsv file; with a ViT: "
-        "digits, fashion-mnist, located-digits or a folder of class subfolders; with clip: digit-strips, "
+        "digits, fashion-mnist, located-digits or a folder of class subfolders; with clip or a captioner: digit-strips, "
         "digit-strips-fr, digit-strips-de or digit-strips-digits",
     )
     tr.add_argument(
@@ -195,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_images(args: argparse.Namespace, file_cfg: dict[str, Any], app: str) -> int:
     """``qkv train`` of an image classifier (:func:`qkv.vision.training.train`) or an
-    image-text matcher (:func:`qkv.crossmodal.training.train`), then one summary line."""
+    image-text matcher or captioner (:func:`qkv.crossmodal.training.train`), then one summary line."""
     if app == "vision":
         from ..vision.config import resolve, resume_config
         from ..vision.training import train
@@ -210,6 +210,8 @@ def _run_images(args: argparse.Namespace, file_cfg: dict[str, Any], app: str) ->
     if args.data:
         overrides.insert(0, f"--data.dataset={json.dumps(args.data)}")
     cfg = resolve(file_cfg, preset=args.model, overrides=overrides)
+    if cfg.model.get("kind", "").startswith("captioner"):
+        metric = ("valid_exact_match", "valid exact match")
     out = Path(args.out or Path("runs") / (args.model or default))
     if args.resume:
         if args.config:

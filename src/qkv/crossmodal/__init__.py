@@ -12,22 +12,33 @@ Imported only when used (``import qkv.crossmodal``; ``import qkv`` does not load
 - :mod:`qkv.crossmodal.matcher`: :class:`Matcher`, a trained CLIP model loaded from a checkpoint:
   embeddings, similarities, probabilities, recalls.
 - :mod:`qkv.crossmodal.retrieval`: recall@K both ways of a similarity matrix.
+- :mod:`qkv.crossmodal.captioning`: :class:`CaptionTask` (what ``qkv train --model captioner``
+  trains with).
+- :mod:`qkv.crossmodal.decode`: greedy and beam-search captioning that always returns a caption.
+- :mod:`qkv.crossmodal.captioner`: :class:`Captioner`, a trained captioner loaded from a
+  checkpoint: captions with each word's attention, their scores.
+- :mod:`qkv.crossmodal.caption_metrics`: exact match, BLEU, chrF, attention correctness.
+- :mod:`qkv.crossmodal.images`: images checked, patches' slots, attention as pixel maps.
 
 The layers: :mod:`qkv.crossmodal` builds on :mod:`qkv.vision` (the digits), :mod:`qkv.train`
 and the library; none of those imports it.
 """
 
+from .caption_metrics import attention_correctness, bleu_chrf, exact_match
+from .captioner import Caption, Captioner
+from .captioning import CaptionTask
 from .captions import CaptionTokenizer
 from .config import (
     DATASETS,
     MODEL_PRESETS,
+    CrossModalTrainConfig,
     DataConfig,
-    MatchingTrainConfig,
     RunConfig,
     resolve,
     resume_config,
 )
 from .data import CAPTION_LANGUAGES, DigitStrips, digit_strips, held_out_numbers, number_caption
+from .decode import CaptionHypothesis, beam_search, greedy
 from .matcher import Matcher
 from .retrieval import caption_positives, retrieval_recalls
 from .training import MatchingTask, load_strips, train
@@ -36,15 +47,24 @@ __all__ = [
     "CAPTION_LANGUAGES",
     "DATASETS",
     "MODEL_PRESETS",
+    "Caption",
+    "CaptionHypothesis",
+    "CaptionTask",
     "CaptionTokenizer",
+    "Captioner",
+    "CrossModalTrainConfig",
     "DataConfig",
     "DigitStrips",
     "Matcher",
     "MatchingTask",
-    "MatchingTrainConfig",
     "RunConfig",
+    "attention_correctness",
+    "beam_search",
+    "bleu_chrf",
     "caption_positives",
     "digit_strips",
+    "exact_match",
+    "greedy",
     "held_out_numbers",
     "load_strips",
     "number_caption",

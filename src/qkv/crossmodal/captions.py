@@ -1,7 +1,8 @@
 """Captions as word ids: the fixed word vocabulary of a caption language.
 
 Id 0 is padding and id 1 an unknown word; the language's words follow in sorted order
-(:func:`qkv.crossmodal.data.caption_vocabulary`). A caption is lowercased, hyphens become
+(:func:`qkv.crossmodal.data.caption_vocabulary`). A captioner's vocabulary starts with
+:data:`CAPTION_MARKS`, so ``<start>`` is id 2 and ``<end>`` id 3 (:data:`START_ID`, :data:`END_ID`). A caption is lowercased, hyphens become
 spaces, and it is split on white space: ``"Forty-two"`` is ``["forty", "two"]``.
 """
 
@@ -12,9 +13,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["PAD_ID", "UNK_ID", "CaptionTokenizer"]
+__all__ = ["CAPTION_MARKS", "END_ID", "PAD_ID", "START_ID", "UNK_ID", "CaptionTokenizer"]
 
 PAD_ID, UNK_ID = 0, 1
+#: The words a captioner's vocabulary starts with, and their ids.
+CAPTION_MARKS = ("<start>", "<end>")
+START_ID, END_ID = 2, 3
 
 
 class CaptionTokenizer:
@@ -63,3 +67,14 @@ class CaptionTokenizer:
         for i, row in enumerate(rows):
             out[i, : len(row)] = torch.tensor(row)
         return out
+
+    def decode(self, ids: Sequence[int]) -> list[str]:
+        """The words of word ids (``<pad>`` dropped).
+
+        Raises:
+            ValueError: an id outside the vocabulary.
+        """
+        bad = [i for i in ids if not 0 <= i < len(self.words)]
+        if bad:
+            raise ValueError(f"ids: expected ids in [0, {len(self.words)}), got {bad[0]}")
+        return [self.words[i] for i in ids if i != PAD_ID]

@@ -1,15 +1,19 @@
-"""The config of an image-text matching run: the ``[data]``, ``[model]`` and ``[train]`` tables.
+"""The config of a cross-modal run (matching or captioning): the ``[data]``, ``[model]`` and
+``[train]`` tables.
 
 ::
 
     qkv train --model clip --data digit-strips-de --train.epochs=6
+    qkv train --model captioner --data digit-strips-fr
 
 :func:`resolve` builds a :class:`RunConfig` from the defaults, a model preset
 (:data:`MODEL_PRESETS`), a TOML file and dotted overrides, each table a frozen dataclass that
-checks itself. ``[train]`` is :class:`~qkv.train.config.TrainConfig` with defaults for a small
-CLIP on digit strips (:class:`MatchingTrainConfig`); the valid ``[model]`` keys are the fields
-of :class:`qkv.models.clip.CLIPConfig` but the ones the data decides
-(:func:`qkv.models.builders.matching_config_keys`).
+checks itself. ``[train]`` is :class:`~qkv.train.config.TrainConfig` with defaults for small
+models on digit strips (:class:`CrossModalTrainConfig`); the valid ``[model]`` keys are the
+fields of the kind's config dataclass (:class:`qkv.models.clip.CLIPConfig`,
+:class:`qkv.models.captioner.ShowAttendTellConfig`,
+:class:`qkv.models.captioner.CaptionTransformerConfig`) but the ones the data decides
+(:func:`model_keys`).
 """
 
 from __future__ import annotations
@@ -18,16 +22,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..application import run_config
-from ..models.builders import CLIP_PRESETS, MATCHING_KINDS, matching_config_keys
+from ..models.builders import (
+    CAPTION_KINDS,
+    CAPTION_PRESETS,
+    CLIP_PRESETS,
+    MATCHING_KINDS,
+    caption_config_keys,
+    matching_config_keys,
+)
 from ..train.config import TrainConfig
 from ..train.config import expect as _expect
 
 __all__ = [
     "DATASETS",
+    "MODEL_KINDS",
     "MODEL_PRESETS",
+    "CrossModalTrainConfig",
     "DataConfig",
-    "MatchingTrainConfig",
     "RunConfig",
+    "model_keys",
     "resolve",
     "resume_config",
 ]
@@ -40,8 +53,21 @@ DATASETS = {
     "digit-strips-digits": "digits",
 }
 
-#: The model presets of ``qkv train --model NAME``: ``clip`` is ``clip-strips``.
-MODEL_PRESETS: dict[str, dict[str, Any]] = {"clip": CLIP_PRESETS["clip-strips"], **CLIP_PRESETS}
+#: The model presets of ``qkv train --model NAME``: ``clip`` is ``clip-strips``; ``captioner``
+#: (Show, Attend and Tell) and ``captioner-transformer``.
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    "clip": CLIP_PRESETS["clip-strips"],
+    **CLIP_PRESETS,
+    **CAPTION_PRESETS,
+}
+
+#: ``[model] kind`` -> (model class, config dataclass): the matching and the captioning kinds.
+MODEL_KINDS = {**MATCHING_KINDS, **CAPTION_KINDS}
+
+
+def model_keys(kind: str) -> frozenset[str]:
+    """The valid keys of a ``[model]`` table of this kind (a matching or a captioning one)."""
+    return caption_config_keys(kind) if kind in CAPTION_KINDS else matching_config_keys(kind)
 
 
 def _is_int(value: Any, least: int) -> bool:
@@ -78,9 +104,10 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class MatchingTrainConfig(TrainConfig):
-    """The ``[train]`` table of matching: :class:`~qkv.train.config.TrainConfig` with defaults
-    for a small CLIP on 20,000 strips (batches of 128: 127 negatives per pair)."""
+class CrossModalTrainConfig(TrainConfig):
+    """The ``[train]`` table of matching and captioning: :class:`~qkv.train.config.TrainConfig`
+    with defaults for small models on 20,000 strips (batches of 128: for CLIP, 127 negatives per
+    pair)."""
 
     epochs: int = 8
     batch_size: int = 128
@@ -93,14 +120,14 @@ class MatchingTrainConfig(TrainConfig):
 
 @dataclass(frozen=True)
 class RunConfig(run_config.RunConfig):
-    """A whole matching run: its three tables (``model`` is a dict checked against
-    :class:`~qkv.models.clip.CLIPConfig`)."""
+    """A whole cross-modal run: its three tables (``model`` is a dict checked against its
+    kind's config dataclass, :data:`MODEL_KINDS`)."""
 
     data: DataConfig = field(default_factory=DataConfig)
     model: dict[str, Any] = field(default_factory=lambda: dict(CLIP_PRESETS["clip-strips"]))
-    train: MatchingTrainConfig = field(default_factory=MatchingTrainConfig)
+    train: CrossModalTrainConfig = field(default_factory=CrossModalTrainConfig)
 
-    MODEL_KINDS, DEFAULT_KIND, model_keys = MATCHING_KINDS, "clip", staticmethod(matching_config_keys)
+    MODEL_KINDS, DEFAULT_KIND, model_keys = MODEL_KINDS, "clip", staticmethod(model_keys)
     MODEL_PRESETS, DEFAULT_PRESET = MODEL_PRESETS, "clip"
 
 

@@ -42,6 +42,7 @@ from ..number_words import number_places, number_tokens
 __all__ = [
     "CAPTION_LANGUAGES",
     "MAX_DIGITS",
+    "MAX_WORDS",
     "SLOT_WIDTH",
     "STRIP_SPLITS",
     "DigitStrips",
@@ -57,6 +58,8 @@ CAPTION_LANGUAGES = ("en", "fr", "de", "digits")
 STRIP_SPLITS = ("train", "valid", "test", "zero_shot")
 #: Digits a strip holds at most, and the width of one slot in pixels (a strip is 8 x 32).
 MAX_DIGITS, SLOT_WIDTH = 4, 8
+#: The most words a caption may hold (the longest is 9: fr "sept mille sept cent quatre vingt dix sept").
+MAX_WORDS = 12
 _HELD_OUT_FRAC = 0.1
 _HANDWRITING_FRACS = {"train": 0.7, "valid": 0.1}  # test: the rest
 

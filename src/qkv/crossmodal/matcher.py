@@ -10,8 +10,10 @@ import torch
 from torch import Tensor, nn
 
 from ..application.run import load_trained
+from ..models.builders import MATCHING_KINDS
 from .captions import CaptionTokenizer
 from .data import DigitStrips
+from .images import check_images
 from .retrieval import caption_positives, retrieval_recalls
 from .training import build_from_facts, similarity_matrix
 
@@ -40,29 +42,19 @@ class Matcher:
     def load(cls, checkpoint: str | Path, *, best: bool = True) -> Matcher:
         """The matcher of a ``qkv train --model clip`` run directory (or of one checkpoint)."""
         ck = load_trained(checkpoint, best=best)
-        facts = ck.vocab
-        if not isinstance(facts, dict) or "vocabulary" not in facts or "image_width" not in facts:
+        facts, kind = ck.vocab, ck.config.get("model", {}).get("kind", "clip")
+        if kind not in MATCHING_KINDS or not isinstance(facts, dict) or "image_width" not in facts:
             raise ValueError(
-                f"checkpoint: {str(ck.path)!r} is not an image-text matcher's (no caption facts stored)"
+                f"checkpoint: {str(ck.path)!r} is not an image-text matcher's (its model kind is {kind!r})"
             )
         model, tokenizer = build_from_facts(ck.config["model"], facts)
         ck.restore(model, rng=False)
         return cls(model, tokenizer, ck.config, facts, path=ck.path)
 
     def check_images(self, images: object) -> Tensor:
-        """``images`` as float ``(N, C, H, W)`` (one ``(C, H, W)`` image: N = 1).
-
-        Raises:
-            ValueError: not a tensor of that shape (naming the expected one).
-        """
-        want = "(N, {}, {}, {})".format(*self.image_shape)
-        if not isinstance(images, Tensor) or images.dim() not in (3, 4):
-            got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-            raise ValueError(f"images: expected a tensor {want} or one image (C, H, W), got {got}")
-        x = images.float() if images.dim() == 4 else images.float().unsqueeze(0)
-        if tuple(x.shape[1:]) != self.image_shape:
-            raise ValueError(f"images: expected {want}, got {tuple(images.shape)}")
-        return x
+        """``images`` as float ``(N, C, H, W)`` (one ``(C, H, W)`` image: N = 1)
+        (:func:`qkv.crossmodal.images.check_images`)."""
+        return check_images(images, self.image_shape)
 
     @torch.no_grad()
     def encode_image(self, images: Tensor) -> Tensor:

@@ -1,10 +1,12 @@
-"""Training an image-text matcher from a config: what ``qkv train --model clip`` runs.
+"""Training a cross-modal model from a config: what ``qkv train --model clip`` (or
+``captioner``, ``captioner-transformer``) runs.
 
 :func:`train` turns a config (:func:`qkv.crossmodal.config.resolve`) into the pieces of the
 model-agnostic :class:`qkv.train.loop.Trainer`: the strips of each split (:func:`load_strips`),
-the model (:func:`qkv.models.builders.build_matching_model`), AdamW, and a
-:class:`MatchingTask`: shuffled batches of (strip, caption) pairs, the symmetric InfoNCE loss
-(pairs of the same caption in a batch are all positives), validation by loss and recall@1.
+the model, AdamW, and a task. A matcher (:func:`qkv.models.builders.build_matching_model`)
+learns with a :class:`MatchingTask`: shuffled batches of (strip, caption) pairs, the symmetric
+InfoNCE loss (pairs of the same caption in a batch are all positives), validation by loss and
+recall@1; a captioner with a :class:`qkv.crossmodal.captioning.CaptionTask`.
 """
 
 from __future__ import annotations
@@ -17,18 +19,16 @@ import torch
 from torch import Tensor, nn
 
 from ..application.run import fit_run
-from ..models.builders import build_matching_model
+from ..models.builders import CAPTION_KINDS, build_matching_model
 from ..models.clip import info_nce_logits
 from ..train.loop import Trainer, TrainResult
+from .captioning import CaptionTask, build_captioner_from_facts, caption_facts
 from .captions import PAD_ID, CaptionTokenizer
 from .config import DataConfig, RunConfig
-from .data import MAX_DIGITS, SLOT_WIDTH, DigitStrips, caption_vocabulary, digit_strips
+from .data import MAX_DIGITS, MAX_WORDS, SLOT_WIDTH, DigitStrips, caption_vocabulary, digit_strips
 from .retrieval import caption_positives, retrieval_recalls
 
 __all__ = ["MatchingTask", "load_strips", "matching_facts", "similarity_matrix", "train"]
-
-#: The longest caption of the digit strips is 9 words (fr "sept mille sept cent quatre vingt dix sept").
-MAX_WORDS = 12
 
 
 def load_strips(d: DataConfig, splits: tuple[str, ...] = ("train", "valid")) -> dict[str, DigitStrips]:
@@ -115,8 +115,8 @@ def _caption_ids(captions: list[str]) -> list[int]:
 
 
 def train(cfg: RunConfig | None, out_dir: str | Path, **options: Any) -> TrainResult:
-    """Train the matcher a config describes (:func:`qkv.crossmodal.config.resolve`): the strips,
-    the model, AdamW and a :class:`MatchingTask` in a :class:`~qkv.train.loop.Trainer`.
+    """Train the matcher or captioner a config describes (:func:`qkv.crossmodal.config.resolve`):
+    the strips, the model, AdamW and its task in a :class:`~qkv.train.loop.Trainer`.
     ``options``: ``resume``, ``progress``, ``stream``, ``stop_after_steps``, ``announce``, as
     :func:`qkv.application.run.fit_run` says."""
     return fit_run(cfg, out_dir, _trainer, config_type=RunConfig, **options)
@@ -126,13 +126,19 @@ def _trainer(cfg: RunConfig, ckpt, *, out: Path, progress: bool, stream, announc
     """Data, model, optimizer and task of a config, in a Trainer (a resumed run's ``ckpt``
     restores it after)."""
     strips = load_strips(cfg.data)
-    facts = matching_facts(cfg.data)
-    model, tokenizer = build_from_facts(cfg.model, facts)
-    task = MatchingTask(cfg, strips, tokenizer)
+    kind = cfg.model.get("kind", RunConfig.DEFAULT_KIND)
+    if kind in CAPTION_KINDS:
+        facts = caption_facts(cfg.data)
+        model, tokenizer = build_captioner_from_facts(cfg.model, facts)
+        task = CaptionTask(cfg, strips, tokenizer)
+    else:
+        facts = matching_facts(cfg.data)
+        model, tokenizer = build_from_facts(cfg.model, facts)
+        task = MatchingTask(cfg, strips, tokenizer)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     if announce:
         params = sum(p.numel() for p in model.parameters())
-        print(f"model: clip, {params:,} parameters; {len(task.train_images):,} training strips, "
+        print(f"model: {kind}, {params:,} parameters; {len(task.train_images):,} training strips, "
               f"captions in {facts['lang']} ({len(tokenizer)} words)", file=stream)  # fmt: skip
     return Trainer(model, opt, task, config=cfg.train, out_dir=out, run_config=cfg.to_dict(),
-                   vocab=facts, desc="train clip", progress=progress, stream=stream)  # fmt: skip
+                   vocab=facts, desc=f"train {kind}", progress=progress, stream=stream)  # fmt: skip

@@ -139,19 +139,20 @@ def load_fashion_mnist(split_name: str = "train", *, root: str | Path = FASHION_
     return Images(images, torch.from_numpy(labels.astype(np.int64)), FASHION_MNIST_CLASSES)
 
 
-def _read_image(path: Path, size: int, mode: str) -> np.ndarray:
-    """One image file as ``(C, size, size)`` float32 in [0, 1] (Pillow: converted, resized)."""
+def _read_image(path: Path, size: int, mode: str, width: int | None = None) -> np.ndarray:
+    """One image file as ``(C, size, width or size)`` float32 in [0, 1] (Pillow: converted, resized)."""
     from PIL import Image
 
     with Image.open(path) as im:
-        im = im.convert(mode).resize((size, size), Image.Resampling.BILINEAR)
+        im = im.convert(mode).resize((width or size, size), Image.Resampling.BILINEAR)
         array = np.asarray(im, dtype=np.float32) / 255.0  # (H, W) or (H, W, 3)
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
-def read_image(path: str | Path, *, image_size: int, channels: int) -> Tensor:
+def read_image(path: str | Path, *, image_size: int, channels: int, image_width: int | None = None) -> Tensor:
     """One image file (PNG, JPEG, anything Pillow reads) as a model takes it: ``(channels,
-    image_size, image_size)`` float32 in [0, 1], converted to grayscale (1) or RGB (3) and resized.
+    image_size, image_width)`` float32 in [0, 1] (``image_width`` None: ``image_size``),
+    converted to grayscale (1) or RGB (3) and resized.
 
     Raises:
         FileNotFoundError: no such file. ValueError: a file Pillow cannot read as an image, or
@@ -163,7 +164,7 @@ def read_image(path: str | Path, *, image_size: int, channels: int) -> Tensor:
     if not file.is_file():
         raise FileNotFoundError(f"image: no such file {str(file)!r}")
     try:
-        array = _read_image(file, image_size, "L" if channels == 1 else "RGB")
+        array = _read_image(file, image_size, "L" if channels == 1 else "RGB", image_width)
     except (OSError, ValueError, SyntaxError):  # what Pillow raises on a file it cannot read
         raise ValueError(
             f"image: expected an image file (PNG, JPEG, ...), got {str(file)!r}, which Pillow cannot read"

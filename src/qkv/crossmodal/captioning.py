@@ -1,0 +1,95 @@
+"""Training a captioner on digit strips: its :class:`CaptionTask`, the facts its checkpoint
+stores and the model they build.
+
+The task feeds the gold caption to the decoder (teacher forcing: ``<start> y_1 .. y_T`` in,
+``y_1 .. y_T <end>`` out) and minimizes the cross-entropy per word (plus, for Show, Attend and
+Tell, its doubly stochastic penalty: :meth:`qkv.models.captioner.ShowAttendTell.loss`);
+validation is that loss and the exact match of greedy captions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..models.builders import build_caption_model
+from .caption_metrics import exact_match
+from .captions import CAPTION_MARKS, END_ID, PAD_ID, START_ID, CaptionTokenizer
+from .config import DataConfig, RunConfig
+from .data import MAX_DIGITS, MAX_WORDS, SLOT_WIDTH, DigitStrips, caption_vocabulary
+from .decode import greedy
+
+__all__ = ["CaptionTask", "build_captioner_from_facts", "caption_facts", "caption_texts"]
+
+
+def caption_facts(d: DataConfig) -> dict[str, Any]:
+    """What a captioner's checkpoint stores about its data: the language, the vocabulary
+    (``<start>`` and ``<end>`` first), the images and the strip slots."""
+    return {"lang": d.lang, "vocabulary": [*CAPTION_MARKS, *caption_vocabulary(d.lang)], "max_words": MAX_WORDS,
+            "image_size": 8, "image_width": MAX_DIGITS * SLOT_WIDTH, "channels": 1,
+            "slot_width": SLOT_WIDTH}  # fmt: skip
+
+
+def build_captioner_from_facts(
+    model_cfg: dict[str, Any], facts: dict[str, Any]
+) -> tuple[nn.Module, CaptionTokenizer]:
+    """The captioner of a ``[model]`` table and the tokenizer of the stored facts."""
+    tokenizer = CaptionTokenizer(facts["vocabulary"], max_words=facts["max_words"])
+    if tokenizer.ids.get("<start>") != START_ID or tokenizer.ids.get("<end>") != END_ID:
+        raise ValueError(
+            f"facts: expected a vocabulary starting with {CAPTION_MARKS}, got {facts['vocabulary'][:2]}"
+        )
+    model = build_caption_model(model_cfg, vocab_size=len(tokenizer), image_size=facts["image_size"],
+                                image_width=facts["image_width"], channels=facts["channels"],
+                                max_words=facts["max_words"], pad_id=PAD_ID, start_id=START_ID,
+                                end_id=END_ID)  # fmt: skip
+    return model, tokenizer
+
+
+def caption_texts(tokenizer: CaptionTokenizer, hypotheses) -> list[str]:
+    """The captions of decoded hypotheses, words joined by spaces."""
+    return [" ".join(tokenizer.decode(h.tokens)) for h in hypotheses]
+
+
+class CaptionTask:
+    """The captioning side of the :class:`~qkv.train.loop.Trainer`: batches of a seeded
+    permutation of the training strips (a pure function of ``(seed, epoch)``), teacher-forced
+    loss, validation by loss and greedy exact match."""
+
+    count_unit = "strip"
+
+    def __init__(self, cfg: RunConfig, strips: dict[str, DigitStrips], tokenizer: CaptionTokenizer):
+        self.cfg, self.tokenizer = cfg, tokenizer
+        self.batch_size = cfg.train.batch_size
+        self.train_images = strips["train"].images
+        self.train_tokens = tokenizer.encode(strips["train"].captions)
+        self.valid = strips.get("valid")
+        if self.valid is not None and not len(self.valid.captions):
+            self.valid = None
+        self.valid_tokens = tokenizer.encode(self.valid.captions) if self.valid is not None else None
+        self.batches_per_epoch = -(-len(self.train_images) // self.batch_size)
+
+    def batches(self, epoch: int, start: int) -> Iterator[tuple[Tensor, Tensor]]:
+        g = torch.Generator().manual_seed(self.cfg.train.seed * 100_003 + epoch)
+        order = torch.randperm(len(self.train_images), generator=g)
+        for b in range(start, self.batches_per_epoch):
+            index = order[b * self.batch_size : (b + 1) * self.batch_size]
+            yield self.train_images[index], self.train_tokens[index]
+
+    def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, int]:
+        images, tokens = batch
+        return model.loss(images, tokens), int(images.shape[0])
+
+    def validate(self, model: nn.Module) -> dict[str, float | None]:
+        if self.valid is None:
+            return {"valid_loss": None}
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            loss = float(model.loss(self.valid.images, self.valid_tokens))
+            texts = caption_texts(self.tokenizer, greedy(model, self.valid.images))
+        model.train(was)
+        return {"valid_loss": loss, "valid_exact_match": exact_match(texts, self.valid.captions)}
