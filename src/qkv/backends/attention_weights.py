@@ -16,6 +16,7 @@ reference backend's weights within tolerance; fully masked rows are zeros.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -87,6 +88,8 @@ def weights_and_lse(
     h_idx = as_index(heads, q.shape[-3], "heads", dev)
     r_idx = as_index(rows, inputs.q_len, "rows", dev)
     rows_all = torch.arange(inputs.q_len, device=dev) if r_idx is None else r_idx
+    if lse is not None and h_idx is None and r_idx is None and _from_lse_at_once(inputs, lse):
+        return _dot_weights(inputs, lse), lse
     if h_idx is not None:
         q, k = q.index_select(-3, h_idx), k.index_select(-3, h_idx)
         lse = None if lse is None else lse.index_select(-2, h_idx)
@@ -115,3 +118,34 @@ def weights_and_lse(
         s = _logits(inputs, q, k[..., k0:k1, :], k0, k1, rows_all, h_idx)
         out[..., k0:k1] = torch.exp(s - lse_safe).to(q.dtype)
     return out, lse
+
+
+def _from_lse_at_once(inputs: AttentionInputs, lse: Tensor) -> bool:
+    """All weights of a dot-product score in one pass from a given ``lse`` (no pattern to
+    evaluate block by block, fp32/fp64 as the ``lse``, at most 2**26 weights at once)."""
+    q = inputs.query
+    return (
+        inputs.score.dot_like
+        and inputs.pattern is None
+        and q.dtype in (torch.float32, torch.float64)
+        and lse.dtype == q.dtype
+        and q.dim() >= 3
+        and math.prod(inputs.logits_shape) <= 1 << 26
+    )
+
+
+def _dot_weights(inputs: AttentionInputs, lse: Tensor) -> Tensor:
+    """``exp(scale * q k^T + bias - lse)``, 0 where masked: one matmul with the ``lse`` folded
+    in (``baddbmm``), then in place: the bias, one exp, the mask."""
+    q, k = inputs.query, inputs.key
+    *lead, tq, d = q.shape
+    tk = k.shape[-2]
+    q3, k3 = q.reshape(-1, tq, d), k.reshape(-1, tk, d)
+    neg_lse = lse.neg().reshape(-1, tq, 1).masked_fill(lse.reshape(-1, tq, 1) == float("-inf"), float("-inf"))
+    w = torch.baddbmm(neg_lse, q3, k3.transpose(-2, -1), alpha=inputs.scale).view(*lead, tq, tk)
+    if inputs.bias is not None:
+        w.add_(inputs.bias)
+    w.exp_()
+    if inputs.tensor_mask is not None:
+        w.masked_fill_(~inputs.tensor_mask, 0.0)
+    return w

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .._lru import LruCache
 from . import device_budget, memory
 from .base import AttentionInputs, Backend, BackendNotSupportedError
 from .blocksparse import BlockSparseBackend
@@ -180,14 +181,36 @@ def report(inputs: AttentionInputs, requested: str) -> DispatchReport:
     )
 
 
+_CHOICES = LruCache(512)  # (inputs.signature, requested, registry) -> backend name
+
+
 def choose(inputs: AttentionInputs, requested: str) -> Backend:
     """The backend to run: auto's pick (see the module docstring), else the requested one.
+
+    A choice made without reading the device's free memory (every plan too small to check)
+    depends only on ``inputs.signature`` (shapes, dtypes, devices, arguments) and the
+    registry: it is cached under them (bounded, thread-safe) and not made again. A choice
+    that read the memory, and every error, are made anew on each call.
 
     Raises:
         BackendNotSupportedError: the requested backend cannot run these inputs.
         MemoryPlanError: its plan (or, for auto, every plan) does not fit in memory.
     """
+    key = None
+    if inputs.signature is not None:
+        key = (inputs.signature, requested, tuple(PRIORITY), tuple(map(id, BACKENDS.values())))
+        name = _CHOICES.get(key)
+        if name is not None and name in BACKENDS:
+            return BACKENDS[name]
     budget = _Budget(inputs)
+    backend = _choose(inputs, requested, budget)
+    if key is not None and budget.budget is None:
+        _CHOICES.put(key, backend.name)
+    return backend
+
+
+def _choose(inputs: AttentionInputs, requested: str, budget: _Budget) -> Backend:
+    """:func:`choose` without its cache."""
     if requested == "auto":
         verdicts: dict[str, _Verdict] = {}
         for name in PRIORITY:  # first pass: memory is estimated only where speed allows
