@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._lru import LruCache
+from .._bounded_cache import BoundedCache
 from .._types import AttentionOutput
 from ..backends.base import AttentionInputs, check_fits
 from ..functional import scores as _scores
@@ -213,7 +213,7 @@ def _check_arguments(query, key, value, score, score_kwargs, normalize, normaliz
     return resolved, scale, normalize_name, normalize_fn
 
 
-_CHECKED = LruCache(512)  # call_signature -> what _check_arguments returned
+_CHECKED = BoundedCache(512)  # call_signature -> what _check_arguments returned
 _PLAIN = (int, float, bool, type(None))
 
 

@@ -161,7 +161,11 @@ class AttentionInputs:
     def logits(self, query: Tensor, key: Tensor) -> Tensor:
         """``score(q, k) * scale``: (..., Tq, D), (..., Tk, D) -> (..., Tq, Tk)."""
         s = self.score_fn(query, key)
-        return s if self.scale == 1.0 else s * self.scale
+        if self.scale == 1.0:
+            return s
+        if self.score.dot_like and not (torch.is_grad_enabled() and s.requires_grad):
+            return s.mul_(self.scale)  # a fresh matmul output that autograd does not track
+        return s * self.scale
 
 
 @dataclass(frozen=True)

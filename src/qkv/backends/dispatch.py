@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .._lru import LruCache
+from .._bounded_cache import BoundedCache
 from . import device_budget, memory
 from .base import AttentionInputs, Backend, BackendNotSupportedError
 from .blocksparse import BlockSparseBackend
@@ -181,7 +181,7 @@ def report(inputs: AttentionInputs, requested: str) -> DispatchReport:
     )
 
 
-_CHOICES = LruCache(512)  # (inputs.signature, requested, registry) -> backend name
+_CHOICES = BoundedCache(512)  # (inputs.signature, requested, registry) -> backend name
 
 
 def choose(inputs: AttentionInputs, requested: str) -> Backend:

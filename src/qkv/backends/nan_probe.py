@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._lru import LruCache
+from .._bounded_cache import BoundedCache
 
 __all__ = ["drops_nan_rows"]
 
-_ANSWERS = LruCache(1024)
+_ANSWERS = BoundedCache(1024)
 _EXACT_LEN = 256  # lengths probed one by one; longer ones by their remainder mod _TAIL
 _TAIL = 64  # a multiple of every kernel's vector width and block tail
 
