@@ -83,13 +83,13 @@ def weights_and_lse(
 ) -> tuple[Tensor, Tensor]:
     """:func:`attention_weights` and the log-sum-exp ``(..., H', Tq')`` of the selected rows
     (the given ``lse``, or the one the first pass computed)."""
+    if lse is not None and heads is None and rows is None and _from_lse_at_once(inputs, lse):
+        return _dot_weights(inputs, lse), lse
     q, k = inputs.query, inputs.key
     dev = q.device
     h_idx = as_index(heads, q.shape[-3], "heads", dev)
     r_idx = as_index(rows, inputs.q_len, "rows", dev)
     rows_all = torch.arange(inputs.q_len, device=dev) if r_idx is None else r_idx
-    if lse is not None and h_idx is None and r_idx is None and _from_lse_at_once(inputs, lse):
-        return _dot_weights(inputs, lse), lse
     if h_idx is not None:
         q, k = q.index_select(-3, h_idx), k.index_select(-3, h_idx)
         lse = None if lse is None else lse.index_select(-2, h_idx)
@@ -135,14 +135,16 @@ def _from_lse_at_once(inputs: AttentionInputs, lse: Tensor) -> bool:
 
 
 def _dot_weights(inputs: AttentionInputs, lse: Tensor) -> Tensor:
-    """``exp(scale * q k^T + bias - lse)``, 0 where masked: one matmul with the ``lse`` folded
-    in (``baddbmm``), then in place: the bias, one exp, the mask."""
+    """``exp(scale * q k^T + bias - lse)``, 0 where masked, with one matmul: the ``lse`` rides
+    in it as an extra feature (``[scale q, -lse] . [k, 1]``), so no pass over the weights
+    subtracts it; then in place the bias, one exp and the mask."""
     q, k = inputs.query, inputs.key
     *lead, tq, d = q.shape
     tk = k.shape[-2]
-    q3, k3 = q.reshape(-1, tq, d), k.reshape(-1, tk, d)
-    neg_lse = lse.neg().reshape(-1, tq, 1).masked_fill(lse.reshape(-1, tq, 1) == float("-inf"), float("-inf"))
-    w = torch.baddbmm(neg_lse, q3, k3.transpose(-2, -1), alpha=inputs.scale).view(*lead, tq, tk)
+    neg_lse = lse.neg().masked_fill(lse == float("-inf"), float("-inf"))  # a row with no key: weights 0
+    qa = torch.cat([q * inputs.scale, neg_lse.unsqueeze(-1)], dim=-1).reshape(-1, tq, d + 1)
+    ka = torch.cat([k, k.new_ones((*k.shape[:-1], 1))], dim=-1).reshape(-1, tk, d + 1)
+    w = torch.bmm(qa, ka.transpose(-2, -1)).view(*lead, tq, tk)
     if inputs.bias is not None:
         w.add_(inputs.bias)
     w.exp_()
