@@ -4,7 +4,8 @@ be visualized.
 
     weights[..., h, i, j] = exp(score(q_i, k_j) * scale + bias_ij - lse_i)    (0 where masked)
 
-``lse`` (the row's log-sum-exp) comes from the backend when it returns one (chunked, reference);
+``lse`` (the row's log-sum-exp) comes from the backend when it returns one (chunked, sdpa's
+fused CPU kernel; then a dot-product score's weights take one matmul, the ``lse`` riding in it);
 otherwise a first online pass over the key blocks computes it for the chosen rows only (with
 one key block, the logits of that block give both). Shapes::
 

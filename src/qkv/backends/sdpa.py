@@ -1,8 +1,15 @@
 """PyTorch's fused ``F.scaled_dot_product_attention`` (flash / memory-efficient / math kernels).
 
 Equal to the reference backend within tolerance for the ``dot`` and ``scaled_dot`` scores with
-bool masks and additive biases. It returns neither weights nor the log-sum-exp: asked for
-weights, ``qkv.attention`` computes them in a second pass (:mod:`qkv.backends.attention_weights`).
+bool masks and additive biases. It returns no weights: asked for them, ``qkv.attention``
+computes them in a second pass (:mod:`qkv.backends.attention_weights`). For that pass, when the
+call runs torch's fused CPU kernel (fp32/fp64, no autograd, no dropout) it calls that kernel
+directly and returns its log-sum-exp too, so the weights cost one matmul and one exp; its output
+is SDPA's own, bit for bit.
+
+The NaN rule costs a reduction only where the kernel breaks it: with a mask (rows with no key),
+the causal kernel, and the sizes where :mod:`qkv.backends.nan_probe` found that unmasked SDPA
+drops a NaN query row.
 """
 
 from __future__ import annotations
@@ -102,7 +109,7 @@ def _lse_kernel(
     """Whether the call can run torch's fused CPU kernel that also returns the log-sum-exp
     (what SDPA itself runs for these inputs; then the weights on demand cost one matmul and
     one exp): fp32/fp64 CPU inputs, 4-D, no dropout, no autograd, the kernel torch picks."""
-    if _FLASH is None or dropout_p or q.device.type != "cpu" or q.dim() != 4:
+    if _FLASH is None or dropout_p or q.device.type != "cpu" or q.dim() != 4 or torch.compiler.is_compiling():
         return False
     if q.dtype not in (torch.float32, torch.float64) or (attn_mask is not None and attn_mask.dim() != 4):
         return False
