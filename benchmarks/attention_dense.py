@@ -12,7 +12,12 @@ matmul, the roof, is timed in the same rounds. Each case: warm-up, then interlea
 median reported (the measurement protocol: docs/performance/index.md). The rounds follow balanced orders
 (with the roof, 4 contenders and 4 orders: the default 12 reps make three full cycles).
 
-    python benchmarks/attention_dense.py            # writes benchmarks/results/attention_dense.{json,md}
+Then the per-call cost (qkv-auto against SDPA at T = 16, 64, 256, 1024, 2048, back-to-back
+calls) and a Hugging Face BERT-like padding-mask batch (B=8, H=12, T=128, D=32, a (B, 1, T, T)
+bool mask): qkv-auto against SDPA, and the weights (``need_weights=True``, auto and reference)
+against the eager ``softmax(q k^T) @ v`` a user would write.
+
+    python benchmarks/attention_dense.py --threads 1   # writes benchmarks/results/attention_dense.{json,md}
     python benchmarks/attention_dense.py --quick    # smoke: T=256,512, 3 reps -> attention_dense_quick.*
 """
 
@@ -224,6 +229,123 @@ def measure_overhead(reps: int, calls: int = 500, t: int = 16, cold_reps: int = 
     }
 
 
+PER_CALL_SIZES = [16, 64, 256, 1024, 2048]
+MASK_SHAPE = (8, 12, 128, 32)  # B, H, T, D: a BERT-base-like batch with a (B, 1, T, T) padding mask
+
+
+def _no_grad_loop(fn, calls: int):
+    def run():
+        with torch.no_grad():
+            for _ in range(calls):
+                fn()
+
+    return run
+
+
+def measure_per_call(reps: int, sizes: list[int] = PER_CALL_SIZES) -> list[dict[str, Any]]:
+    """Per-call time of ``qkv.attention`` (auto) against SDPA at each T (forward, no_grad,
+    B=1, H=8, D=64): ``calls`` back-to-back calls per rep (about as long at every T),
+    interleaved rounds, median per call."""
+    rows = []
+    for t in sizes:
+        g = torch.Generator().manual_seed(t)
+        q, k, v = (torch.randn(B, H, t, D, generator=g, dtype=DTYPE) for _ in range(3))
+        fns = _forward_fns(q, k, v)
+        calls = max(1, min(500, 256 * 256 * 40 // (t * t)))
+        names = ("sdpa", "qkv-auto")
+        tm = time_interleaved(
+            [Contender(n, _no_grad_loop(fns[n], calls), warmup=2) for n in names],
+            reps, label=f"per call T={t}", progress=False,
+        )  # fmt: skip
+        per = {n: tm[n].median / calls * 1e6 for n in names}
+        rows.append(
+            {
+                "T": t,
+                "calls_per_rep": calls,
+                "reps": reps,
+                "per_call_us": per,
+                "ratio": per["qkv-auto"] / per["sdpa"],
+                "paired_ratio": paired_ratio(tm["qkv-auto"], tm["sdpa"]),
+                "qkv_adds_us": per["qkv-auto"] - per["sdpa"],
+            }
+        )
+        log(
+            f"per call T={t}: sdpa {per['sdpa']:.1f} us, qkv-auto {per['qkv-auto']:.1f} us ({rows[-1]['ratio']:.3f}x)"
+        )
+    return rows
+
+
+def _padding_inputs():
+    b, h, t, d = MASK_SHAPE
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(b, h, t, d, generator=g, dtype=DTYPE) for _ in range(3))
+    lengths = torch.tensor([t - (t // (2 * b)) * i for i in range(b)])  # from T down to about T/2
+    keep = torch.arange(t)[None, :] < lengths[:, None]  # (B, T): True = a real token
+    mask = keep[:, None, None, :].expand(b, 1, t, t).contiguous()  # (B, 1, T, T), as Hugging Face's BERT
+    return q, k, v, mask
+
+
+def _eager_weights(q, k, v, mask):
+    """What a user writes for the weights: softmax(q k^T * scale, masked) @ v, both returned."""
+    s = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+    w = s.masked_fill(~mask, float("-inf")).softmax(-1)
+    return w @ v, w
+
+
+def padding_mask_case(reps: int, calls: int = 5) -> dict[str, Any]:
+    """The padding-mask call of a Hugging Face BERT batch, forward under no_grad: the output
+    alone (qkv-auto against SDPA) and with the weights (qkv's auto and reference backends
+    against the eager math a user would write); interleaved, median per call."""
+    q, k, v, mask = _padding_inputs()
+    fns = {
+        "sdpa": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask),
+        "qkv-auto": lambda: qkv.attention(q, k, v, mask=mask).out,
+        "eager-weights": lambda: _eager_weights(q, k, v, mask),
+        "qkv-auto-weights": lambda: qkv.attention(q, k, v, mask=mask, need_weights=True),
+        "qkv-reference-weights": lambda: qkv.attention(
+            q, k, v, mask=mask, need_weights=True, backend="reference"
+        ),
+    }
+    tm = time_interleaved(
+        [Contender(n, _no_grad_loop(fn, calls), warmup=2) for n, fn in fns.items()],
+        reps, label="padding mask", progress=False,
+    )  # fmt: skip
+    ms = {n: t.median / calls * 1e3 for n, t in tm.items()}
+    with torch.no_grad():
+        eager_out, eager_w = _eager_weights(q, k, v, mask)
+        auto = qkv.attention(q, k, v, mask=mask, need_weights=True)
+        ref = qkv.attention(q, k, v, mask=mask, need_weights=True, backend="reference")
+        sdpa = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    res = {
+        "shape_BHTD": list(MASK_SHAPE),
+        "mask": "(B, 1, T, T) bool key padding, lengths T down to about T/2",
+        "calls_per_rep": calls,
+        "reps": reps,
+        "per_call_ms": ms,
+        "ratios": {
+            "qkv-auto / sdpa": ms["qkv-auto"] / ms["sdpa"],
+            "qkv-auto-weights / eager-weights": ms["qkv-auto-weights"] / ms["eager-weights"],
+            "qkv-reference-weights / eager-weights": ms["qkv-reference-weights"] / ms["eager-weights"],
+        },
+        "paired_ratios": {
+            "qkv-auto / sdpa": paired_ratio(tm["qkv-auto"], tm["sdpa"]),
+            "qkv-auto-weights / eager-weights": paired_ratio(tm["qkv-auto-weights"], tm["eager-weights"]),
+            "qkv-reference-weights / eager-weights": paired_ratio(
+                tm["qkv-reference-weights"], tm["eager-weights"]
+            ),
+        },
+        "max_abs_diff": {
+            "auto out vs sdpa": (auto.out - sdpa).abs().max().item(),
+            "auto weights vs eager": (auto.weights - eager_w).abs().max().item(),
+            "reference weights vs eager": (ref.weights - eager_w).abs().max().item(),
+            "reference out vs eager": (ref.out - eager_out).abs().max().item(),
+        },
+        "auto_backend": auto.backend,
+    }
+    log("padding mask: " + ", ".join(f"{n} {x:.2f} ms" for n, x in ms.items()))
+    return res
+
+
 # ----------------------------------------------------------------------------- the run
 
 
@@ -333,6 +455,8 @@ def run_suite(
         "checks": checks,
         "cases": cases,
         "overhead": measure_overhead(max(reps, 5)),
+        "per_call": measure_per_call(max(reps, 5)),
+        "padding_mask": padding_mask_case(max(reps, 5)),
         "wall_s": time.perf_counter() - t_start,
     }
 
@@ -436,8 +560,49 @@ def to_markdown(res: dict[str, Any]) -> str:
         f"so qkv adds {ov['qkv_overhead_us']['cold']:.0f} us.",
         f"- Wall time of the run: {res['wall_s']:.0f} s.",
         "",
+        *_per_call_markdown(res),
     ]
     return "\n".join(lines)
+
+
+def _per_call_markdown(res: dict[str, Any]) -> list[str]:
+    """The per-call table (qkv-auto against SDPA by T) and the padding-mask table."""
+    cfg = res["config"]
+    rows = [
+        [r["T"], r["calls_per_rep"], f"{r['per_call_us']['sdpa']:.1f}", f"{r['per_call_us']['qkv-auto']:.1f}",
+         f"{r['qkv_adds_us']:.1f}", f"{r['ratio']:.3f}", f"{r['paired_ratio']:.3f}"]
+        for r in res["per_call"]
+    ]  # fmt: skip
+    pm = res["padding_mask"]
+    b, h, t, d = pm["shape_BHTD"]
+    mask_rows = [[name, f"{ms:.2f}"] for name, ms in pm["per_call_ms"].items()]
+    ratio_rows = [[name, f"{r:.3f}", f"{pm['paired_ratios'][name]:.3f}"] for name, r in pm["ratios"].items()]
+    return [
+        "## Per-call cost",
+        "",
+        f"B={cfg['B']}, H={cfg['H']}, D={cfg['D']}, {cfg['dtype']}, forward under no_grad, {torch.get_num_threads()} "
+        f"thread(s); each rep is `calls` back-to-back calls, sdpa and qkv-auto interleaved, median of "
+        f"{res['per_call'][0]['reps']} reps per call.",
+        "",
+        markdown_table(
+            ["T", "calls", "sdpa us", "qkv-auto us", "qkv adds us", "ratio", "paired ratio"],
+            rows, align="rrrrrrr",
+        ),
+        "",
+        f"## Padding mask and weights on demand (B={b}, H={h}, T={t}, D={d})",
+        "",
+        f"A {pm['mask']} mask, forward under no_grad, {pm['calls_per_rep']} calls per rep, median of "
+        f"{pm['reps']} interleaved reps. `eager-weights` is `softmax(q k^T * scale, masked) @ v` returning "
+        "both the output and the weights; `*-weights` ask qkv for the weights (`need_weights=True`).",
+        "",
+        markdown_table(["contender", "ms per call"], mask_rows, align="lr"),
+        "",
+        markdown_table(["ratio", "median", "paired"], ratio_rows, align="lrr"),
+        "",
+        "Max |difference|: " + ", ".join(f"{k} {x:.1e}" for k, x in pm["max_abs_diff"].items())
+        + f"; auto ran {pm['auto_backend']}.",
+        "",
+    ]  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -459,6 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="output folder")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory calls")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     p.add_argument(
         "--max-other-load",
         type=float,
@@ -480,6 +646,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit(f"--threads: expected >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     sizes = args.sizes or ([256, 512] if args.quick else [1024, 4096])
     reps = args.reps or (3 if args.quick else 12)
     ref_reps = args.ref_reps or reps

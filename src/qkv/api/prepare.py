@@ -9,15 +9,17 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
 from torch import Tensor
 
+from .._bounded_cache import BoundedCache
 from .._types import AttentionOutput
 from ..backends.base import AttentionInputs, check_fits
 from ..functional import scores as _scores
 from ..functional.normalize import resolve_normalizer
 from ..masks.core import Mask, check_ambiguous_layout, check_bool_mask
 
-__all__ = ["ScoreLike", "prepare"]
+__all__ = ["ScoreLike", "call_signature", "prepare"]
 
 ScoreLike = _scores.ScoreLike
 
@@ -57,13 +59,18 @@ def _fit_extra(name: str, t: Tensor, n_in: int, logits_shape: tuple[int, ...], r
     if t.device != ref.device:
         raise ValueError(f"{name}: expected device {ref.device} like query, got {t.device}")
     check_ambiguous_layout(name, t, n_in)
+    if n_in == 2 and t.dim() > 2:
+        raise ValueError(f"{name}: for 2-D (T, D) inputs expected at most 2 dims, got {tuple(t.shape)}")
+    return check_fits(name, _layout_extra(t, n_in), logits_shape)
+
+
+def _layout_extra(t: Tensor, n_in: int) -> Tensor:
+    """A mask or bias of a ``n_in``-D call in the (at least 4-D) layout of the logits."""
     if t.dim() < 2:  # (Tk,) or a scalar: the same for every query
         t = t.reshape(1, -1) if t.dim() == 1 else t.reshape(1, 1)
     if n_in == 3 and t.dim() <= 3:
         t = t.reshape((1,) * (3 - t.dim()) + tuple(t.shape)).unsqueeze(-3)  # (B, 1, Tq, Tk)
-    elif n_in == 2 and t.dim() > 2:
-        raise ValueError(f"{name}: for 2-D (T, D) inputs expected at most 2 dims, got {tuple(t.shape)}")
-    return check_fits(name, t, logits_shape)
+    return t
 
 
 def _check_qkv(query, key, value) -> tuple[Tensor, Tensor, Tensor]:
@@ -149,8 +156,50 @@ def prepare(
     score_kwargs=None, normalize="softmax", normalize_kwargs=None,
 ):  # fmt: skip
     """Validate the arguments of :func:`qkv.attention`; return the backend inputs and a
-    function that brings a result back to the caller's layout."""
-    q, k, v = _check_qkv(query, key, value)
+    function that brings a result back to the caller's layout.
+
+    Every check depends only on shapes, dtypes, devices and the plain arguments: a call whose
+    :func:`call_signature` passed them before (a bounded, thread-safe cache) skips them and
+    reuses their result (resolved score, scale), its errors unchanged."""
+    sig = call_signature(
+        query, key, value, score=score, mask=mask, bias=bias, scale=scale, dropout_p=dropout_p,
+        training=training, need_weights=need_weights, weights_for=weights_for,
+        score_kwargs=score_kwargs, normalize=normalize, normalize_kwargs=normalize_kwargs,
+    )  # fmt: skip
+    checked = None if sig is None else _CHECKED.get(sig)
+    hit = checked is not None
+    if not hit:
+        checked = _check_arguments(
+            query, key, value, score, score_kwargs, normalize, normalize_kwargs, scale, dropout_p
+        )
+    resolved, scale, normalize_name, normalize_fn = checked
+    n_in = query.dim()
+    q, k, v = query, key, value
+    if n_in == 2:  # (T, D) -> (1, 1, T, D)
+        q, k, v = (t[None, None] for t in (q, k, v))
+    elif n_in == 3:  # (B, T, D) -> (B, 1, T, D): one head
+        q, k, v = (t.unsqueeze(-3) for t in (q, k, v))
+    if not hit:
+        logits_shape = (*q.shape[:-1], k.shape[-2])  # (..., H, Tq, Tk)
+        pattern, tensor_mask, bias = _fit_mask_and_bias(mask, bias, n_in, logits_shape, q)
+        if sig is not None:
+            _CHECKED.put(sig, checked)
+    else:
+        pattern, tensor_mask = None, None if mask is None else _layout_extra(mask, n_in)
+        bias = None if bias is None else _layout_extra(bias, n_in)
+    inputs = AttentionInputs(
+        query=q, key=k, value=v, score=resolved, scale=scale, pattern=pattern, tensor_mask=tensor_mask,
+        bias=bias, dropout_p=float(dropout_p), training=bool(training),
+        need_weights=bool(need_weights) or weights_for is not None,
+        weights_for=_check_weights_for(weights_for), normalize=normalize_name,
+        normalize_fn=None if normalize_name == "softmax" else normalize_fn, signature=sig,
+    )  # fmt: skip
+    return inputs, _restorer(n_in)
+
+
+def _check_arguments(query, key, value, score, score_kwargs, normalize, normalize_kwargs, scale, dropout_p):
+    """The checks of everything but the mask and bias: ``(score, scale, normalize name, fn)``."""
+    q, k, _ = _check_qkv(query, key, value)
     resolved = _scores.resolve_score(score, score_kwargs)
     normalize_name, normalize_fn = resolve_normalizer(normalize, normalize_kwargs)
     if resolved.same_dim and q.shape[-1] != k.shape[-1]:
@@ -161,20 +210,38 @@ def prepare(
     scale = _check_scale(scale, resolved, q.shape[-1])
     if not (isinstance(dropout_p, (int, float)) and 0.0 <= dropout_p < 1.0):
         raise ValueError(f"dropout_p: expected a number in [0, 1), got {dropout_p!r}")
+    return resolved, scale, normalize_name, normalize_fn
 
-    n_in = q.dim()
-    if n_in == 2:  # (T, D) -> (1, 1, T, D)
-        q, k, v = (t[None, None] for t in (q, k, v))
-    elif n_in == 3:  # (B, T, D) -> (B, 1, T, D): one head
-        q, k, v = (t.unsqueeze(-3) for t in (q, k, v))
-    logits_shape = (*q.shape[:-1], k.shape[-2])  # (..., H, Tq, Tk)
-    pattern, tensor_mask, bias = _fit_mask_and_bias(mask, bias, n_in, logits_shape, q)
 
-    inputs = AttentionInputs(
-        query=q, key=k, value=v, score=resolved, scale=scale, pattern=pattern, tensor_mask=tensor_mask,
-        bias=bias, dropout_p=float(dropout_p), training=bool(training),
-        need_weights=bool(need_weights) or weights_for is not None,
-        weights_for=_check_weights_for(weights_for), normalize=normalize_name,
-        normalize_fn=None if normalize_name == "softmax" else normalize_fn,
+_CHECKED = BoundedCache(512)  # call_signature -> what _check_arguments returned
+_PLAIN = (int, float, bool, type(None))
+
+
+def _tensor_key(t: Tensor) -> tuple:
+    return (t.shape, t.dtype, t.device, t.stride(-1) if t.dim() else 0, t.requires_grad)
+
+
+def call_signature(
+    query, key, value, *, score, mask, bias, scale, dropout_p, training, need_weights, weights_for,
+    score_kwargs, normalize, normalize_kwargs,
+):  # fmt: skip
+    """A hashable key of everything the checks and the backend choice read (shapes, dtypes,
+    devices, strides of the last dim, ``requires_grad``, autograd's mode, the plain arguments),
+    or None for a call that is not cached: a named score or normalizer with parameters, a
+    callable, a :class:`qkv.masks.Mask` pattern, ``weights_for``, a non-tensor input, or a
+    graph being traced."""
+    if score_kwargs or normalize_kwargs or weights_for is not None or torch.compiler.is_compiling():
+        return None
+    if not (isinstance(score, str) and isinstance(normalize, str) and normalize == "softmax"):
+        return None
+    if not all(isinstance(t, Tensor) for t in (query, key, value)):
+        return None
+    if not all(t is None or isinstance(t, Tensor) for t in (mask, bias)):
+        return None
+    if not all(type(x) in _PLAIN for x in (scale, dropout_p, training, need_weights)):
+        return None
+    return (
+        _tensor_key(query), _tensor_key(key), _tensor_key(value), torch.is_grad_enabled(), score,
+        type(scale), scale, type(dropout_p), dropout_p, training, bool(need_weights),
+        None if mask is None else _tensor_key(mask), None if bias is None else _tensor_key(bias),
     )  # fmt: skip
-    return inputs, _restorer(n_in)

@@ -13,7 +13,7 @@ mask (or None), a resolved scale.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -62,6 +62,9 @@ class AttentionInputs:
             :data:`qkv.functional.normalize.NORMALIZERS`) or ``"custom"`` for a callable.
         normalize_fn: ``(logits, mask) -> weights`` with its parameters bound, or None for
             softmax (backends compute softmax themselves).
+        signature: a hashable key of everything the checks and the backend choice read
+            (shapes, dtypes, devices, arguments: :func:`qkv.api.prepare.call_signature`), under
+            which ``dispatch`` caches its choice; None for a call that is not cached.
 
     :attr:`mask` is the dense bool mask (True = may attend, broadcastable to
     ``(..., H, Tq, Tk)``) or None, built from ``pattern`` the first time a backend asks.
@@ -81,6 +84,7 @@ class AttentionInputs:
     weights_for: tuple[Any, Any] | None = None
     normalize: str = "softmax"
     normalize_fn: Callable[[Tensor, Tensor | None], Tensor] | None = None
+    signature: Hashable | None = field(default=None, compare=False, repr=False)
     # Built lazily (a plain dict rather than functools.cached_property, whose lock
     # torch.compile cannot trace).
     _cache: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -157,7 +161,11 @@ class AttentionInputs:
     def logits(self, query: Tensor, key: Tensor) -> Tensor:
         """``score(q, k) * scale``: (..., Tq, D), (..., Tk, D) -> (..., Tq, Tk)."""
         s = self.score_fn(query, key)
-        return s if self.scale == 1.0 else s * self.scale
+        if self.scale == 1.0:
+            return s
+        if self.score.dot_like and not (torch.is_grad_enabled() and s.requires_grad):
+            return s.mul_(self.scale)  # a fresh matmul output that autograd does not track
+        return s * self.scale
 
 
 @dataclass(frozen=True)
@@ -260,9 +268,16 @@ def zero_unreachable_keys(key: Tensor, value: Tensor, mask: Tensor) -> tuple[Ten
     """Zero the keys/values that no query may attend, so NaN/inf placed there cannot leak
     through ``0 * NaN`` in the matmuls (forward or backward). Their gradients become 0."""
     reachable = mask.any(dim=-2).unsqueeze(-1)  # (..., Tk, 1)
-    if not torch.compiler.is_compiling() and bool(reachable.all()):  # traced: no data-dependent branch
-        return key, value
+    if not torch.compiler.is_compiling() and bool(reachable.all() | _all_finite(key, value)):
+        return key, value  # nothing to zero, or nothing there that 0 * x would not erase
     return key.masked_fill(~reachable, 0), value.masked_fill(~reachable, 0)
+
+
+def _all_finite(key: Tensor, value: Tensor) -> Tensor:
+    """A 0-dim bool: every element of ``key`` and ``value`` is finite (one sum each: a NaN or
+    inf anywhere makes it non-finite; an overflow only answers False, which zeroes as before).
+    Cheaper than zeroing: two reductions instead of two copies."""
+    return torch.isfinite(key.detach().sum(dtype=torch.float32) + value.detach().sum(dtype=torch.float32))
 
 
 def slice_block(

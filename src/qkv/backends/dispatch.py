@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .._bounded_cache import BoundedCache
 from . import device_budget, memory
 from .base import AttentionInputs, Backend, BackendNotSupportedError
 from .blocksparse import BlockSparseBackend
@@ -195,16 +196,38 @@ def report(inputs: AttentionInputs, requested: str) -> DispatchReport:
     )
 
 
+_CHOICES = BoundedCache(512)  # (inputs.signature, requested, registry) -> backend name
+
+
 def choose(inputs: AttentionInputs, requested: str) -> Backend:
     """The backend to run: auto's pick (see the module docstring), else the requested one.
+
+    A choice made without reading the device's free memory (every plan too small to check)
+    depends only on ``inputs.signature`` (shapes, dtypes, devices, arguments) and the
+    registry: it is cached under them (bounded, thread-safe) and not made again. A choice
+    that read the memory, and every error, are made anew on each call.
 
     Raises:
         BackendNotSupportedError: the requested backend cannot run these inputs.
         MemoryPlanError: its plan (or, for auto, every plan) does not fit in memory.
     """
-    budget = _Budget(inputs)
     in_context = requested == "auto" and _in_context(requested) == "ring"
-    requested = _in_context(requested)
+    requested = _in_context(requested)  # inside a sequence-parallel context, auto means ring
+    key = None
+    if inputs.signature is not None and requested != "ring":  # ring depends on the context's group
+        key = (inputs.signature, requested, tuple(PRIORITY), tuple(map(id, BACKENDS.values())))
+        name = _CHOICES.get(key)
+        if name is not None and name in BACKENDS:
+            return BACKENDS[name]
+    budget = _Budget(inputs)
+    backend = _choose(inputs, requested, budget, in_context)
+    if key is not None and budget.budget is None:
+        _CHOICES.put(key, backend.name)
+    return backend
+
+
+def _choose(inputs: AttentionInputs, requested: str, budget: _Budget, in_context: bool) -> Backend:
+    """:func:`choose` without its cache (``requested`` already resolved for the context)."""
     if requested == "auto":
         verdicts: dict[str, _Verdict] = {}
         for name in PRIORITY:  # first pass: memory is estimated only where speed allows

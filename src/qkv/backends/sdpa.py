@@ -1,8 +1,15 @@
 """PyTorch's fused ``F.scaled_dot_product_attention`` (flash / memory-efficient / math kernels).
 
 Equal to the reference backend within tolerance for the ``dot`` and ``scaled_dot`` scores with
-bool masks and additive biases. It returns neither weights nor the log-sum-exp: asked for
-weights, ``qkv.attention`` computes them in a second pass (:mod:`qkv.backends.attention_weights`).
+bool masks and additive biases. It returns no weights: asked for them, ``qkv.attention``
+computes them in a second pass (:mod:`qkv.backends.attention_weights`). For that pass, when the
+call runs torch's fused CPU kernel (fp32/fp64, no autograd, no dropout) it calls that kernel
+directly and returns its log-sum-exp too, so the weights cost one matmul and one exp; its output
+is SDPA's own, bit for bit.
+
+The NaN rule costs a reduction only where the kernel breaks it: with a mask (rows with no key),
+the causal kernel, and the sizes where :mod:`qkv.backends.nan_probe` found that unmasked SDPA
+drops a NaN query row.
 """
 
 from __future__ import annotations
@@ -16,8 +23,12 @@ from torch import Tensor
 from .._types import AttentionOutput
 from . import memory
 from .base import AttentionInputs, Capabilities, not_supported_reasons, plain_causal, zero_unreachable_keys
+from .nan_probe import drops_nan_rows
 
 __all__ = ["SdpaBackend"]
+
+_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+_FLASH_CHOICE = 1  # SDPBackend.FLASH_ATTENTION: on CPU, the kernel above
 
 
 class SdpaBackend:
@@ -71,7 +82,9 @@ class SdpaBackend:
             out = F.scaled_dot_product_attention(
                 q, k, v, is_causal=True, dropout_p=dropout_p, scale=inputs.scale
             )
-            return AttentionOutput(out=_nan_rows(out, q, None), weights=None, lse=None, backend=self.name)
+            return AttentionOutput(
+                out=_nan_rows(out, q, k, v, None, causal=True), weights=None, lse=None, backend=self.name
+            )
         mask = inputs.mask
         if mask is not None:
             k, v = zero_unreachable_keys(k, v, mask)
@@ -80,21 +93,58 @@ class SdpaBackend:
             attn_mask = bias.to(q.dtype)
             if mask is not None:
                 attn_mask = attn_mask.masked_fill(~mask, float("-inf"))
-        out = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=attn_mask,
-            dropout_p=dropout_p,
-            scale=inputs.scale,
-        )
-        return AttentionOutput(out=_nan_rows(out, q, mask), weights=None, lse=None, backend=self.name)
+        lse = None
+        if inputs.need_weights and _lse_kernel(q, k, v, attn_mask, dropout_p, inputs.scale):
+            out, lse = _with_lse(q, k, v, attn_mask, inputs.scale, mask)
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=inputs.scale
+            )
+        return AttentionOutput(out=_nan_rows(out, q, k, v, mask), weights=None, lse=lse, backend=self.name)
 
 
-def _nan_rows(out: Tensor, query: Tensor, mask: Tensor | None) -> Tensor:
+def _lse_kernel(
+    q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, dropout_p: float, scale: float
+) -> bool:
+    """Whether the call can run torch's fused CPU kernel that also returns the log-sum-exp
+    (what SDPA itself runs for these inputs; then the weights on demand cost one matmul and
+    one exp): fp32/fp64 CPU inputs, 4-D, no dropout, no autograd, the kernel torch picks."""
+    if _FLASH is None or dropout_p or q.device.type != "cpu" or q.dim() != 4 or torch.compiler.is_compiling():
+        return False
+    if q.dtype not in (torch.float32, torch.float64) or (attn_mask is not None and attn_mask.dim() != 4):
+        return False
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        return False
+    choice = getattr(torch, "_fused_sdp_choice", None)
+    try:
+        return choice is not None and choice(q, k, v, attn_mask, 0.0, False, scale=scale) == _FLASH_CHOICE
+    except (RuntimeError, TypeError):  # pragma: no cover - private API changed
+        return False
+
+
+def _with_lse(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, scale: float, mask: Tensor | None):
+    """``(out, lse)`` from the fused CPU kernel SDPA runs (the bool mask converted as SDPA
+    converts it, so ``out`` is SDPA's own); ``lse`` is ``-inf`` in rows with no key."""
+    if attn_mask is not None and attn_mask.dtype == torch.bool:
+        attn_mask = torch.zeros((), dtype=q.dtype).masked_fill(~attn_mask, float("-inf"))
+    out, lse = _FLASH(q, k, v, 0.0, False, attn_mask=attn_mask, scale=scale)
+    if mask is not None:
+        lse = lse.masked_fill(~mask.any(dim=-1), float("-inf"))
+    return out, lse
+
+
+def _nan_rows(
+    out: Tensor, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, *, causal: bool = False
+) -> Tensor:
     """NaN propagates as in eager PyTorch: a query row holding NaN gives a NaN output row when
-    it attends any key. (SDPA's fused CPU kernels return zeros for such a row at some sizes.)"""
-    if not torch.compiler.is_compiling() and not bool(torch.isnan(query.sum())):
+    it attends any key. (SDPA's fused CPU kernels return zeros for such a row at some sizes,
+    and NaN for a row with no key.) Without a mask the reduction that looks for NaN runs only
+    where :func:`drops_nan_rows` found that the kernel breaks the rule."""
+    if torch.compiler.is_compiling():
+        pass
+    elif mask is None and not causal and not drops_nan_rows(query, key, value):
+        return out
+    elif not bool(torch.isnan(query.sum())):
         return out  # one reduction rules out NaN (a NaN anywhere makes the sum NaN)
     bad = torch.isnan(query).any(dim=-1, keepdim=True)  # (..., Tq, 1)
     if mask is not None:  # a row with no key gives 0 on every backend, whatever its query holds

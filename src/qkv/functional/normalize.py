@@ -71,19 +71,28 @@ def masked_softmax(logits: Tensor, mask: Tensor | None = None, *, dim: int = -1)
     Entries that are masked never reach ``exp``: NaN or inf there changes nothing.
     """
     in_dtype = logits.dtype
+    # Without autograd, the steps after the first copy run in place (one buffer, not four).
+    in_place = not (torch.is_grad_enabled() and logits.requires_grad)
+    owned = False  # logits is a copy of ours
     if in_dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()
+        logits, owned = logits.float(), True
     if mask is not None:
-        logits = logits.masked_fill(~mask, float("-inf"))
+        logits = (
+            logits.masked_fill_(~mask, float("-inf"))
+            if owned and in_place
+            else logits.masked_fill(~mask, float("-inf"))
+        )
+        owned = True
     if logits.shape[dim] == 0:  # no keys at all: every row is empty
         row_max = logits.new_zeros(1).expand_as(logits.sum(dim, keepdim=True))
     else:
         # Shift by the row max (detached: softmax does not depend on it); empty rows shift by 0.
         row_max = logits.detach().amax(dim, keepdim=True)
         row_max = row_max.masked_fill(row_max == float("-inf"), 0.0)
-    exp = torch.exp(logits - row_max)
+    exp = logits.sub_(row_max).exp_() if owned and in_place else torch.exp(logits - row_max)
     total = exp.sum(dim, keepdim=True)
-    weights = exp / torch.where(total == 0, torch.ones_like(total), total)
+    safe_total = torch.where(total == 0, torch.ones_like(total), total)
+    weights = exp.div_(safe_total) if in_place else exp / safe_total
     lse = (torch.log(total) + row_max).squeeze(dim)
     return weights.to(in_dtype), lse
 

@@ -1,0 +1,135 @@
+"""The per-call caches of qkv.attention: checks and backend choice per call signature, the NaN
+probe of SDPA's kernel, the bounded cache itself, and what they must never change."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+import qkv
+from qkv._bounded_cache import BoundedCache
+from qkv.api.prepare import prepare
+from qkv.backends import dispatch
+from qkv.backends.nan_probe import drops_nan_rows
+from qkv.functional.normalize import masked_softmax
+
+
+def test_bounded_cache_keeps_at_most_maxsize_newest_first():
+    cache = BoundedCache(3)
+    for i in range(10):
+        cache.put(i, i * i)
+    assert len(cache) == 3
+    assert [cache.get(i) for i in range(10)] == [None] * 7 + [49, 64, 81]
+    with pytest.raises(ValueError, match="maxsize"):
+        BoundedCache(0)
+
+
+def test_bounded_cache_is_safe_between_threads():
+    cache = BoundedCache(16)
+
+    def work(offset):
+        for i in range(2000):
+            cache.put((offset, i % 40), i)
+            cache.get((offset, (i + 1) % 40))
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(cache) == 16
+
+
+def test_a_repeated_call_gives_the_same_result_and_backend():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 8, generator=g) for _ in range(3))
+    mask = torch.rand(2, 1, 5, 5, generator=g) > 0.3
+    first = qkv.attention(q, k, v, mask=mask, need_weights=True)
+    second = qkv.attention(q, k, v, mask=mask, need_weights=True)
+    ref = qkv.attention(q, k, v, mask=mask, need_weights=True, backend="reference")
+    assert first.backend == second.backend == "sdpa"
+    assert torch.equal(first.out, second.out) and torch.equal(first.weights, second.weights)
+    assert (first.weights - ref.weights).abs().max() < 1e-6
+    assert (first.lse - ref.lse).abs().nan_to_num(0.0).max() < 1e-5
+
+
+def test_errors_are_raised_on_every_call_after_a_cached_one():
+    q, k, v = (torch.randn(1, 2, 4, 8) for _ in range(3))
+    qkv.attention(q, k, v)  # cached signature
+    for _ in range(2):
+        with pytest.raises(ValueError, match="mask: shape"):
+            qkv.attention(q, k, v, mask=torch.ones(3, 4, dtype=torch.bool))
+        with pytest.raises(TypeError, match="scale"):
+            qkv.attention(q, k, v, scale=float("inf"))
+        with pytest.raises(TypeError, match="mask"):
+            qkv.attention(q, k, v, mask=torch.ones(4, 4))
+
+
+def test_the_signature_tells_apart_what_the_checks_read():
+    q, k, v = (torch.randn(1, 2, 4, 8) for _ in range(3))
+    base, _ = prepare(q, k, v)
+    assert base.signature is not None
+    other_dtype, _ = prepare(q.double(), k.double(), v.double())
+    grad, _ = prepare(q.requires_grad_(), k, v)
+    scaled, _ = prepare(q, k, v, scale=0.5)
+    assert len({base.signature, other_dtype.signature, grad.signature, scaled.signature}) == 4
+    with_pattern, _ = prepare(q, k, v, mask=qkv.masks.causal())
+    assert with_pattern.signature is None  # patterns are not cached
+
+
+def test_a_swapped_registry_is_not_answered_from_the_cache(monkeypatch):
+    q, k, v = (torch.randn(1, 2, 4, 8) for _ in range(3))
+    inputs, _ = prepare(q, k, v)
+    assert dispatch.choose(inputs, "auto").name == "sdpa"
+
+    class Refusing(type(dispatch.BACKENDS["sdpa"])):
+        def supports(self, inputs):
+            return ["refused here"]
+
+    monkeypatch.setitem(dispatch.BACKENDS, "sdpa", Refusing())
+    assert dispatch.choose(inputs, "auto").name == "reference"
+
+
+@pytest.mark.parametrize("tk", [1, 3, 7, 15, 16, 17, 64, 300])
+def test_nan_query_rows_stay_nan_without_a_mask(tk):
+    g = torch.Generator().manual_seed(tk)
+    q = torch.randn(2, 2, 3, 8, generator=g)
+    k, v = torch.randn(2, 2, tk, 8, generator=g), torch.randn(2, 2, tk, 8, generator=g)
+    q[1, 0, 2, 5] = float("nan")
+    for _ in range(2):  # the probe's answer, then the cached one
+        out = qkv.attention(q, k, v).out
+        assert bool(out[1, 0, 2].isnan().all())
+        assert int(out.isnan().sum()) == 8
+
+
+def test_the_probe_answers_per_size():
+    q = torch.randn(1, 1, 4, 8)
+    answers = {tk: drops_nan_rows(q, torch.randn(1, 1, tk, 8), torch.randn(1, 1, tk, 8)) for tk in (2, 64)}
+    assert all(isinstance(a, bool) for a in answers.values())
+
+
+def test_unreachable_non_finite_keys_are_still_zeroed():
+    q, k, v = (torch.randn(1, 1, 4, 8) for _ in range(3))
+    mask = torch.ones(1, 1, 4, 4, dtype=torch.bool)
+    mask[..., 3] = False
+    clean = qkv.attention(q, k, v, mask=mask).out
+    k[..., 3, :], v[..., 3, :] = float("inf"), float("nan")
+    for backend in ("sdpa", "reference"):
+        assert torch.equal(
+            qkv.attention(q, k, v, mask=mask, backend=backend).out.isnan(),
+            torch.zeros(1, 1, 4, 8, dtype=torch.bool),
+        )
+        assert (qkv.attention(q, k, v, mask=mask, backend=backend).out - clean).abs().max() < 1e-6
+
+
+def test_masked_softmax_leaves_its_logits_alone():
+    logits = torch.randn(2, 3, 5)
+    before = logits.clone()
+    mask = torch.rand(2, 3, 5) > 0.5
+    for m in (None, mask):
+        weights, _ = masked_softmax(logits, m)
+        assert torch.equal(logits, before)
+        expected = torch.softmax(logits if m is None else logits.masked_fill(~m, float("-inf")), -1)
+        assert (weights - expected.nan_to_num(0.0)).abs().max() < 1e-6
