@@ -39,6 +39,7 @@ NOT_LOADED = (
     "qkv.number_words",
     "qkv.cli",
     "qkv.interop",
+    "qkv.examples",
 )
 #: Optional dependencies that only applications, interop or figures need.
 HEAVY = (
