@@ -221,3 +221,19 @@ def test_bad_inputs_name_the_argument():
         m(torch.randn(2, 3, 4), mask=torch.ones(2, 3, dtype=torch.long))
     with pytest.raises(ValueError, match=r"mask: .*got torch.bool \(2, 4\)"):
         m(torch.randn(2, 3, 4), mask=torch.ones(2, 4, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_capture_records_the_pooling_weights_and_changes_nothing(heads):
+    x, mask = _inputs(dtype=torch.float32)
+    model = torch.nn.Sequential()
+    model.pool = _module("shared", num_heads=heads, dtype=torch.float32)
+    plain = model.pool(x, mask=mask)
+    with qkv.capture(model) as maps:
+        res = model.pool(x, mask=mask)
+    assert torch.equal(res.out, plain.out) and res.weights is None
+    (recorded,) = maps["pool"]
+    expected = model.pool(x, mask=mask, need_weights=True).weights
+    expected = expected[:, None] if heads == 1 else expected
+    assert recorded.shape == (3, heads, 1, 6) and maps.kind("pool") == "encoder"
+    assert torch.equal(recorded[:, :, 0], expected)
