@@ -237,3 +237,14 @@ def test_capture_records_the_pooling_weights_and_changes_nothing(heads):
     expected = expected[:, None] if heads == 1 else expected
     assert recorded.shape == (3, heads, 1, 6) and maps.kind("pool") == "encoder"
     assert torch.equal(recorded[:, :, 0], expected)
+
+
+@pytest.mark.parametrize("form", ["shared", "separate", "query"])
+def test_empty_and_one_token_sequences(form):
+    m = _module(form, num_heads=2)
+    res = m(torch.randn(2, 0, 4, dtype=torch.float64), need_weights=True)
+    assert torch.equal(res.out, torch.zeros(2, 4, dtype=torch.float64)) and res.weights.shape == (2, 2, 0)
+    x = torch.randn(2, 1, 4, dtype=torch.float64)
+    res = m(x, need_weights=True)  # one token: all the weight on it
+    assert torch.equal(res.weights, torch.ones(2, 2, 1, dtype=torch.float64))
+    torch.testing.assert_close(res.out, x[:, 0] + m.bias, rtol=0, atol=1e-12)

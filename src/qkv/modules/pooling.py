@@ -75,7 +75,8 @@ class AttentionPooling(nn.Module):
     once (no mean over queries). With ``num_heads = H`` the projections and the values split
     into ``H`` slices (``U`` and ``A`` divisible by ``H``); head ``h`` pools values slice ``h``.
 
-    Every form runs through :func:`qkv.attention` (any backend; ``score="dot"``).
+    Every form runs through :func:`qkv.attention` (any backend; ``score="dot"``), and
+    :func:`qkv.capture` records its weights as ``(B, H, 1, T)``.
 
     Args:
         units: ``U``, the feature size of the inputs and the output.
@@ -170,12 +171,15 @@ class AttentionPooling(nn.Module):
         bsz, t_len, _ = x.shape
         h = self.num_heads
         if self.form == "query":
-            k = torch.tanh(self.w_key(x)).view(bsz, t_len, h, -1).transpose(1, 2)  # (B, H, T, A/H)
+            k = (
+                torch.tanh(self.w_key(x)).view(bsz, t_len, h, self.hidden_dim // h).transpose(1, 2)
+            )  # (B, H, T, A/H)
             return self.query[None, :, None, :].expand(bsz, -1, 1, -1), k  # (B, H, 1, A/H)
-        q = (x @ self.w).view(bsz, t_len, h, -1).transpose(1, 2)  # (B, T, U) -> (B, H, T, U/H)
+        d = self.units // h
+        q = (x @ self.w).view(bsz, t_len, h, d).transpose(1, 2)  # (B, T, U) -> (B, H, T, U/H)
         if self.form == "shared":
             return q, q  # one W for both: K is Q
-        return q, (x @ self.w_key).view(bsz, t_len, h, -1).transpose(1, 2)
+        return q, (x @ self.w_key).view(bsz, t_len, h, d).transpose(1, 2)
 
     def _normalizer(self) -> dict:
         if self.training and not self.softmax_in_training:
