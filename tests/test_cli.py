@@ -122,9 +122,38 @@ def test_explain_self_attention(capsys):
     assert "Z = A V" in out
 
 
+def test_explain_pooling_shows_the_article_layer_and_its_trap(capsys):
+    d = run_json(capsys, "--pooling", "--length", "5", "--units", "2", "--seed", "3")
+    names = [s["name"] for s in d["steps"]]
+    assert names == [
+        "x",
+        "w",
+        "bias",
+        "query",
+        "scores",
+        "weights",
+        "pool_weights",
+        "output",
+        "trap_weights",
+        "trap",
+    ]
+    steps = {s["name"]: s["value"] for s in d["steps"]}
+    assert len(steps["x"]) == 5 and len(steps["x"][0]) == 2
+    assert sum(steps["pool_weights"]) == pytest.approx(1.0, abs=1e-12)
+    inference, training, difference = steps["trap"]
+    assert inference == pytest.approx(d["output"], abs=1e-12)
+    assert [t - i for t, i in zip(training, inference)] == pytest.approx(difference, abs=1e-12)
+    assert d["check"]["max_abs_diff"] < 1e-9
+    code, out, _ = run(capsys, "explain", "--pooling")
+    assert code == 0 and "training (raw scores)" in out and "Q = K = X W" in out
+
+
 @pytest.mark.parametrize(
     ("argv", "option"),
     [
+        (["--pooling", "--sigma", "2"], "--sigma"),
+        (["--pooling", "--length", "0"], "--length"),
+        (["--units", "3"], "--units"),
         (["--query", "1,x"], "--query"),
         (["--query", ""], "--query"),
         (["--keys", "1,2;3"], "--keys"),
@@ -171,17 +200,43 @@ def test_no_command_is_an_error(capsys):
     assert "qkv: error: a command is required" in err
 
 
-def test_demo_examples_runs_the_three_examples(capsys):
+@pytest.fixture
+def small_adding_problem(monkeypatch):
+    """The demo's comparison at length 30: the same code, a second instead of several."""
+    import qkv.examples.adding as adding
+
+    compare = adding.compare_pooling
+    monkeypatch.setattr(adding, "compare_pooling", lambda: compare(length=30, steps=200, test_size=200))
+
+
+def test_demo_examples_runs_the_four_examples(capsys, small_adding_problem):
     code, out, _ = run(capsys, "demo", "--examples")
     assert code == 0
-    assert out.index("Seq2Seq") < out.index("Self-attention") < out.index("Kernel regression")
-    for needle in ("1/3", "2/3", "3/3", "0.8808", "2.7616", "45.5000"):
+    assert (
+        out.index("Seq2Seq")
+        < out.index("Self-attention")
+        < out.index("Kernel regression")
+        < out.index("Attention pooling")
+    )
+    for needle in (
+        "1/4",
+        "2/4",
+        "3/4",
+        "4/4",
+        "0.8808",
+        "2.7616",
+        "45.5000",
+        "The adding problem, length 30",
+    ):
         assert needle in out
     code, out, _ = run(capsys, "demo", "--examples", "--json")
     assert code == 0
     d = json.loads(out)
-    assert list(d) == ["seq2seq", "self_attention", "kernel_regression"]
+    assert list(d) == ["seq2seq", "self_attention", "kernel_regression", "pooling", "adding_problem"]
     assert d["kernel_regression"]["output"] == [45.5]
+    models = d["adding_problem"]["models"]
+    assert models["fixed"]["mse_inference"] < 0.01 < models["mean"]["mse_inference"]
+    assert models["article"]["mismatch"] > 0.1  # trained on raw scores, evaluated with the softmax
 
 
 def test_every_command_is_one_module():
@@ -315,7 +370,7 @@ def test_demo_help_describes_the_demo(capsys):
     assert "print the steps as one JSON object instead" not in text  # explain's text, not the demo's
 
 
-def test_demo_options_of_the_other_mode_are_errors(capsys):
+def test_demo_options_of_the_other_mode_are_errors(capsys, small_adding_problem):
     code, out, err = run(capsys, "demo", "--examples", "--quick")
     assert (code, out) == (2, "")
     assert "qkv: error: --quick: not used with --examples" in err

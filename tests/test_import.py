@@ -40,6 +40,7 @@ NOT_LOADED = (
     "qkv.distributed",
     "qkv.cli",
     "qkv.interop",
+    "qkv.examples",
 )
 #: Optional dependencies that only applications, interop or figures need.
 HEAVY = (

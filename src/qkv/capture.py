@@ -11,7 +11,8 @@ What is recorded (shape legend in :mod:`qkv._types`):
 - every qkv attention module inside ``model``: :class:`qkv.MultiHeadAttention` and
   :class:`qkv.TorchMultiheadAttention` (``(B, H, Tq, Tk)`` per head) and the RNN attentions :class:`qkv.AdditiveAttention`,
   :class:`qkv.LuongAttention`, :class:`qkv.DotProductAttention` (one head: ``(B, 1, Tq, Tk)``;
-  a one-step Luong query gives ``(B, 1, 1, Tk)``);
+  a one-step Luong query gives ``(B, 1, 1, Tk)``); :class:`qkv.AttentionPooling` (its pooling
+  weights, ``(B, H, 1, T)``: one query row, kind ``"encoder"`` unless its name says otherwise);
 - Hugging Face ``transformers`` models: the modules their class declares as attention
   recorders, run for the duration on qkv's attention implementation (``attn_implementation="qkv"``:
   the model keeps qkv's fused kernel, the maps come from qkv's exact weights pass), or on eager
@@ -57,6 +58,7 @@ from ._captured import ATTENTION_KINDS, CapturedAttention, attention_kind, selec
 from ._types import AttentionOutput
 from .modules import (
     AdditiveAttention,
+    AttentionPooling,
     DotProductAttention,
     LuongAttention,
     MultiHeadAttention,
@@ -67,7 +69,7 @@ __all__ = ["ATTENTION_KINDS", "CapturedAttention", "attention_kind", "capture"]
 
 _RNN_ATTENTION = (AdditiveAttention, LuongAttention, DotProductAttention)
 _MULTI_HEAD = (MultiHeadAttention, TorchMultiheadAttention)
-_QKV_ATTENTION = (*_MULTI_HEAD, *_RNN_ATTENTION)
+_QKV_ATTENTION = (*_MULTI_HEAD, *_RNN_ATTENTION, AttentionPooling)
 
 
 def _check_kinds(kinds: Iterable[str] | str | None) -> frozenset[str]:
@@ -100,6 +102,12 @@ def _as_bhqk(weights: Tensor) -> Tensor:
     if weights.dim() == 3:
         return weights[:, None]  # (B, Tq, Tk) -> (B, 1, Tq, Tk)
     return weights
+
+
+def _pooled_as_bhqk(weights: Tensor) -> Tensor:
+    """An :class:`qkv.AttentionPooling`'s ``(B, T)`` or ``(B, H, T)`` weights as ``(B, H, 1, T)``:
+    one query row (the pooled vector) per head."""
+    return weights[:, None, None, :] if weights.dim() == 2 else weights[:, :, None, :]
 
 
 def _takes_backend(module: nn.Module) -> bool:
@@ -205,6 +213,7 @@ def _hook(
     """Hook ``module`` for the duration of ``stack``: each call of its hook point asks for
     weights, they are recorded in ``maps[name]``, and the caller gets back what it asked for."""
     rnn = isinstance(module, _RNN_ATTENTION)  # one head: ``heads`` does not apply
+    pooled = isinstance(module, AttentionPooling)
     point = _hook_point(module)
     graph_backend = not detach and _takes_backend(point)  # this call's weights carry gradients
     # Whether the caller of each running call asked for weights, per thread: the module may
@@ -229,7 +238,7 @@ def _hook(
         if not isinstance(output, AttentionOutput) or output.weights is None:
             return None  # the call raised (this hook is always called), or gave no weights
         w = output.weights  # per head (B, H, Tq, Tk); one-head modules: (B, [Tq,] Tk)
-        rec = _as_bhqk(w) if rnn else w
+        rec = _as_bhqk(w) if rnn else (_pooled_as_bhqk(w) if pooled else w)
         rec = rec.detach() if detach else rec
         maps.record(name, rec if rnn else select_heads(rec, heads, name))
         return None if need else dataclasses.replace(output, weights=None)

@@ -12,6 +12,9 @@ the source articles:
   small seeded example with integer entries.
 * :func:`explain_kernel_regression`: Nadaraya-Watson with a Gaussian kernel (waists
   ``[56, 58]``, weights ``[43, 48]``; waist 57 predicts 45.5).
+* :func:`explain_pooling`: the attention pooling layer of the article "Q, K, V in attention"
+  (``qkv.AttentionPooling``, ``form="shared"``) on a tiny seeded sequence, and its trap side by
+  side: the raw scores its training mode uses against the softmax of its inference mode.
 
 :func:`explain` is the general form: any query/keys/values and any named score.
 
@@ -41,6 +44,7 @@ __all__ = [
     "Step",
     "explain",
     "explain_kernel_regression",
+    "explain_pooling",
     "explain_self_attention",
     "explain_seq2seq",
 ]
@@ -722,6 +726,69 @@ def explain_kernel_regression(
         backend=core.backend,
         max_abs_diff=core.max_abs_diff,
     )
+
+
+def explain_pooling(*, length: int = 4, units: int = 3, seed: int = 0) -> Explanation:
+    """The article's attention pooling layer step by step, its trap side by side.
+
+    ``Q = K = X W`` (one ``W``), ``S = Q K^T`` (unscaled), ``A = softmax(S)`` per query over
+    the sequence, ``w_t = mean_i A[i, t]``, ``out = sum_t w_t x_t + b``: what
+    ``qkv.AttentionPooling(units)`` computes (see its docstring for how this reads the
+    article's Keras code). The trap: the article's ``call`` runs the softmax only when
+    ``training`` is false, so training sees ``w_t = mean_i S[i, t]``; the last steps show both
+    outputs and their difference.
+
+    Args:
+        length, units: the sizes of the seeded ``X`` ``(length, units)``; ``X``, ``W`` and
+            ``b`` are small seeded numbers rounded to one decimal.
+        seed: seeds ``X``, ``W`` and ``b``.
+    """
+    g = torch.Generator().manual_seed(seed)
+    X = _seeded((_check_size("length", length), _check_size("units", units)), g) * 2  # (T, U)
+    W, b = _seeded((units, units), g), _seeded((units,), g)
+    Q = X @ W  # (T, U); K is the same tensor: one W for both
+    S = Q @ Q.T  # (T, T), symmetric
+    core = _compute(Q, Q, X, "dot", {}, 1.0)
+    w_soft = core.weights.mean(0)  # (T,): the mean over the queries
+    w_raw = S.mean(0)  # the trap's training-mode "weights": no softmax
+    out, out_train = w_soft @ X + b, w_raw @ X + b  # (U,)
+    raw = attention(Q, Q, X, score="dot", scale=1.0, backend="reference", normalize=lambda z, m: z)
+    diff = max(core.max_abs_diff, float((core.output.mean(0) + b - out).abs().max()),
+               float((raw.out.mean(0) + b - out_train).abs().max()))  # fmt: skip
+    if not diff <= _CHECK_TOL:  # pragma: no cover
+        raise RuntimeError(f"explain: pooling differs from qkv.attention by {diff:.3e}; this is a bug in qkv")
+    pos, dims = _labels("x", length), _dims(units)
+    both = ("inference (softmax)", "training (raw scores)", "difference")
+    steps = [
+        Step("x", "Input X: one row per position", "X: (T, units), a Dense layer's output in the article", X, pos, dims),
+        Step("w", "Weight W (seeded), shared by Q and K", "W: (units, units)", W, dims, dims),
+        Step("bias", "Bias b (seeded; the article starts it at 0)", "b: (units,)", b, None, dims),
+        Step("query", "Queries = keys: Q = K = X W", "q_t = k_t = x_t W (one W for both)", Q, pos, dims),
+        Step("scores", "Scores S = Q K^T, unscaled", "s_it = q_i . k_t (symmetric: s_it = s_ti)", S, pos, pos),
+        Step("weights", "Softmax over the sequence", "a_it = exp(s_it) / sum_j exp(s_ij)", core.weights, pos, pos,
+             "each row sums to 1; S is symmetric, so the article's axis=1 gives the same distributions"),
+        Step("pool_weights", "One weight per position: the mean over the queries", "w_t = mean_i a_it",
+             w_soft, None, pos, "sums to 1"),
+        Step("output", "Output: weighted sum of the inputs plus the bias", "out = sum_t w_t x_t + b", out, None, dims),
+        Step("trap_weights", "The trap: in training the article skips the softmax", "w_t = mean_i s_it (raw)",
+             w_raw, None, pos, "`if not training: scores = softmax(scores)`: training never normalizes"),
+        Step("trap", "Training output vs inference output, same weights", "out = sum_t w_t x_t + b, each w",
+             torch.stack([out, out_train, out_train - out]), both, dims,
+             "the model is fitted on the second row and predicts with the first"),
+    ]  # fmt: skip
+    return Explanation(
+        example="pooling",
+        title=f"Attention pooling (the article's layer), step by step ({length} positions, {units} units)",
+        score="dot", scale=1.0, steps=tuple(steps), inputs={"x": X},
+        parameters={"w": W, "b": b}, scores=S, scaled_scores=S, weights=core.weights, output=out,
+        backend=core.backend, max_abs_diff=diff, tokens=pos,
+    )  # fmt: skip
+
+
+def _check_size(name: str, n: object) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 16:
+        raise ValueError(f"{name}: expected an int from 1 to 16, got {n!r}")
+    return n
 
 
 def _short(x: float) -> str:

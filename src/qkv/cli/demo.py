@@ -1,8 +1,9 @@
 """``qkv demo``: train three translators on built-in data and write a report (a thin shell over
 :func:`qkv.translation.demo.run_demo`); ``qkv demo vision``: a Vision Transformer on digits and the
 localisation benchmark of its explanations (:func:`qkv.vision.demo.run_vision_demo`); ``qkv demo
---examples`` prints the three worked examples of the source articles (:mod:`qkv.explain`),
-training nothing.
+--examples`` prints the four worked examples of the source articles (:mod:`qkv.explain`); the
+fourth, attention pooling, also trains three tiny models on the adding problem
+(:func:`qkv.examples.adding.compare_pooling`, seconds).
 
 qkv demo [translation|vision] [--out DIR] [--fresh] [--quick] [--json]
 qkv demo --examples [--precision P] [--json]
@@ -34,7 +35,7 @@ def add_parser(sub) -> None:
     demo = sub.add_parser(
         "demo",
         help="train three translators (no attention, Bahdanau, Transformer) and write a report; "
-        "--examples: print the worked examples",
+        "--examples: print the four worked examples",
         description=(
             "Trains three translators on the built-in numbers-de corpus (numbers written as digits -> "
             "German number words): none, the seq2seq baseline that reads one fixed context vector; "
@@ -43,8 +44,10 @@ def add_parser(sub) -> None:
             "heatmaps/*.png (where the attention models look on long inputs) and report.html (one offline "
             "page: the scores, the heatmaps and each model's translations, wrong ones marked). A few "
             "minutes on 2 cores; a finished model is reused on the next run (--fresh retrains it). "
-            "With --examples: nothing is trained; the three worked examples of the source articles "
-            "(Seq2Seq, self-attention, kernel regression) are printed step by step. "
+            "With --examples: the four worked examples of the source articles (Seq2Seq, self-attention, "
+            "kernel regression, attention pooling) are printed step by step; the last also trains three tiny "
+            "models on the adding problem (the article's pooling layer as written, fixed, and mean pooling; "
+            "seconds) and prints their errors in training and inference mode. "
             "qkv demo vision: a Vision Transformer on handwritten digits, another on digits placed among "
             "distractor strokes, and how well each image explanation method (attention, rollout, grad, gradcam, "
             "ig) points at the digit, against a random map; writes runs/demo-vision/ (metrics.json, the two "
@@ -64,7 +67,7 @@ def add_parser(sub) -> None:
     demo.add_argument(
         "--examples",
         action="store_true",
-        help="print the three worked examples step by step (trains nothing)",
+        help="print the four worked examples step by step (the last trains three tiny models, seconds)",
     )
     demo.add_argument(
         "--out",
@@ -83,7 +86,7 @@ def add_parser(sub) -> None:
         demo,
         precision_help="with --examples: decimals shown (default 4)",
         json_help="print the metrics (what metrics.json holds) on stdout when done; with --examples: "
-        "the three examples as one JSON object",
+        "the four examples as one JSON object",
         precision_default=None,
     )
     demo.set_defaults(handler=run)
@@ -96,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         unused = [o for o, v in (("--out", args.out), ("--fresh", args.fresh), ("--quick", args.quick),
                                  ("vision", args.which == "vision")) if v]  # fmt: skip
         if unused:
-            raise CommandError(f"{'/'.join(unused)}: not used with --examples (it trains nothing)")
+            raise CommandError(f"{'/'.join(unused)}: not used with --examples (it writes no run)")
         return _examples(args)
     if args.precision is not None:
         raise CommandError("--precision: only used with --examples (the report's numbers are fixed)")
@@ -119,22 +122,38 @@ def _examples(args: argparse.Namespace) -> int:
     from .. import explain as ex
 
     examples = [
-        ("seq2seq", "1/3  Seq2Seq with attention (article 000): one decoder step", ex.explain_seq2seq()),
-        ("self_attention", "2/3  Self-attention (article 004), step by step", ex.explain_self_attention()),
+        ("seq2seq", "1/4  Seq2Seq with attention (article 000): one decoder step", ex.explain_seq2seq),
+        ("self_attention", "2/4  Self-attention (article 004), step by step", ex.explain_self_attention),
         (
             "kernel_regression",
-            "3/3  Kernel regression (article 001): attention before deep learning",
-            ex.explain_kernel_regression(),
+            "3/4  Kernel regression (article 001): attention before deep learning",
+            ex.explain_kernel_regression,
+        ),
+        (
+            "pooling",
+            "4/4  Attention pooling (article 002): the article's layer and its trap",
+            ex.explain_pooling,
         ),
     ]
     if args.json:
-        doc = {name: e.to_dict() for name, _, e in examples}
+        doc = {name: make().to_dict() for name, _, make in examples}
+        doc["adding_problem"] = _adding_comparison().to_dict()
         print(json.dumps(doc, indent=2, allow_nan=False))
         return 0
-    for i, (_, heading, e) in enumerate(examples):
+    precision = 4 if args.precision is None else args.precision
+    for i, (_, heading, make) in enumerate(examples):
         if i:
             print()
         bar = "#" * (len(heading) + 4)
         print(f"{bar}\n# {heading} #\n{bar}\n")
-        print(e.to_text(precision=4 if args.precision is None else args.precision))
+        print(make().to_text(precision=precision), flush=True)
+    print("\nTrained on the adding problem (the sum of the two marked values of 100; a few seconds):\n")
+    print(_adding_comparison().to_text(precision=precision))
     return 0
+
+
+def _adding_comparison():
+    """The article's worked example trained: :func:`qkv.examples.adding.compare_pooling`."""
+    from ..examples.adding import compare_pooling
+
+    return compare_pooling()

@@ -6,6 +6,7 @@
     qkv explain --query "1,0" --keys "1,2;3,4" --values "10;20"
     qkv explain --self-attention --tokens "I,love,cats"
     qkv explain --kernel-regression --query 56.5
+    qkv explain --pooling                         # the attention pooling layer and its trap
     qkv explain --json                            # the same steps, machine-readable
 """
 
@@ -32,6 +33,7 @@ _MODE_OPTIONS = {
     "seq2seq": {"score", "query", "keys", "values", "scale", "seed", "sigma", "temperature", "hidden"},
     "self-attention": {"tokens", "seed", "d_model", "d_k"},
     "kernel-regression": {"query", "keys", "values", "sigma"},
+    "pooling": {"seed", "length", "units"},
 }
 _ALL_MODE_OPTIONS = set().union(*_MODE_OPTIONS.values())
 # Library error messages start with a parameter name: point them at the option instead.
@@ -149,6 +151,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--kernel-regression", action="store_true",
         help="Nadaraya-Watson waist/weight example: keys 56,58, values 43,48, query 57 -> 45.5",
     )  # fmt: skip
+    mode.add_argument(
+        "--pooling", action="store_true",
+        help="the attention pooling layer of the Q, K, V article (one W for Q and K, V = the inputs) on a "
+        "small seeded sequence, and its trap: training on raw scores, predicting with the softmax",
+    )  # fmt: skip
     p.add_argument("--score", choices=SCORES, default=None, help="score function (default dot)")
     p.add_argument(
         "--query", type=parse_numbers, default=None, metavar="NUMS", help="query vector(s), " + _NUMBERS_HELP
@@ -194,6 +201,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="N",
         help="self-attention d_k = d_v (default d_model)",
     )
+    p.add_argument(
+        "--length", type=_int_in(1, 16), default=None, metavar="T", help="--pooling: positions (default 4)"
+    )
+    p.add_argument(
+        "--units", type=_int_in(1, 16), default=None, metavar="U", help="--pooling: features (default 3)"
+    )
     add_output_options(p)
     p.set_defaults(handler=run)
     return p
@@ -204,6 +217,8 @@ def _mode(args: argparse.Namespace) -> str:
         return "self-attention"
     if args.kernel_regression:
         return "kernel-regression"
+    if args.pooling:
+        return "pooling"
     return "seq2seq"
 
 
@@ -222,7 +237,11 @@ def build(args: argparse.Namespace):
     mode = _mode(args)
     for name in sorted(_ALL_MODE_OPTIONS - _MODE_OPTIONS[mode]):
         if getattr(args, name, None) is not None:
-            where = "without --self-attention/--kernel-regression" if mode == "seq2seq" else f"with --{mode}"
+            where = (
+                "without --self-attention/--kernel-regression/--pooling"
+                if mode == "seq2seq"
+                else f"with --{mode}"
+            )
             raise CommandError(f"{_OPTION_OF[name]}: not used {where}")
     try:
         if mode == "self-attention":
@@ -230,6 +249,9 @@ def build(args: argparse.Namespace):
             if args.d_model is not None:
                 kw["d_model"] = args.d_model
             return ex.explain_self_attention(**kw)
+        if mode == "pooling":
+            kw = {k: v for k, v in (("length", args.length), ("units", args.units)) if v is not None}
+            return ex.explain_pooling(seed=args.seed or 0, **kw)
         if mode == "kernel-regression":
             query = _flat(args.query, "--query")
             return ex.explain_kernel_regression(

@@ -18,6 +18,7 @@ from .kernel_regression import NadarayaWatson
 from .kv_cache import CacheStep, KVCache, SlidingWindowKVCache, StaticKVCache
 from .luong import LuongAttention
 from .multihead import MultiHeadAttention
+from .pooling import AttentionPooling
 from .positional import (
     ALiBi,
     LearnedPositionalEncoding,
@@ -41,6 +42,7 @@ __all__ = [
     "AdaptiveSpanAttention",
     "AdditiveAttention",
     "AdditiveScore",
+    "AttentionPooling",
     "CacheStep",
     "CapsuleRouting",
     "CosineScore",
