@@ -36,6 +36,7 @@ from . import evaluate as evaluate_cmd
 from . import explain as explain_cmd
 from . import match as match_cmd
 from . import train as train_cmd
+from . import transcribe as transcribe_cmd
 from . import translate as translate_cmd
 from . import viz as viz_cmd
 from .overrides import split_overrides
@@ -43,7 +44,17 @@ from .overrides import split_overrides
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 #: The command modules, in the order ``qkv --help`` lists them.
-COMMANDS = (explain_cmd, train_cmd, translate_cmd, evaluate_cmd, match_cmd, viz_cmd, analyze_cmd, demo_cmd)
+COMMANDS = (
+    explain_cmd,
+    train_cmd,
+    translate_cmd,
+    evaluate_cmd,
+    match_cmd,
+    transcribe_cmd,
+    viz_cmd,
+    analyze_cmd,
+    demo_cmd,
+)
 
 
 class _Parser(argparse.ArgumentParser):

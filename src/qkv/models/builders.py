@@ -14,6 +14,9 @@ here, so a field added to a config dataclass is a valid ``[model]`` key at once.
 Image-text matching models have a third, :data:`MATCHING_KINDS` (``clip``), whose data decides
 the images and the caption vocabulary.
 
+Speech recognizers have :data:`SPEECH_KINDS` (``las``), whose data decides the feature size
+and the output vocabulary.
+
 Image models have their own table, :data:`IMAGE_KINDS` (``vit``), since the data decides
 other fields (the image size, the channels and the number of classes)::
 
@@ -30,6 +33,7 @@ from typing import Any
 from torch import nn
 
 from .clip import CLIP, CLIPConfig
+from .las import LAS, LASConfig
 from .seq2seq import Seq2Seq, Seq2SeqConfig
 from .transformer import Transformer, TransformerConfig
 from .vit import ViT, ViTConfig
@@ -40,12 +44,16 @@ __all__ = [
     "KIND_NAMES",
     "MATCHING_KINDS",
     "MODEL_KINDS",
+    "SPEECH_KINDS",
+    "SPEECH_PRESETS",
     "build_image_model",
     "build_matching_model",
     "build_model",
+    "build_speech_model",
     "config_keys",
     "image_config_keys",
     "matching_config_keys",
+    "speech_config_keys",
 ]
 
 #: ``kind`` -> (model class, config dataclass).
@@ -158,3 +166,41 @@ def build_matching_model(model_cfg: dict[str, Any], **facts: Any) -> nn.Module:
         )
     model_cls, config_cls = MATCHING_KINDS[kind]
     return model_cls(config_cls(**facts, **{k: v for k, v in model_cfg.items() if k != "kind"}))
+
+
+#: Speech recognizers: ``kind`` -> (model class, config dataclass).
+SPEECH_KINDS: dict[str, tuple[type[nn.Module], type]] = {"las": (LAS, LASConfig)}
+
+# Config fields the features and the transcripts decide, never the [model] table.
+_FROM_SPEECH = frozenset({"n_mels", "vocab_size"})
+
+#: ``[model]`` tables of speech recognizers: ``las`` (additive attention) and ``las-location``
+#: (location-aware, Chorowski et al. 2015), each a three-layer listener (frames / 4).
+SPEECH_PRESETS: dict[str, dict[str, Any]] = {
+    "las": {"kind": "las", "attention": "additive"},
+    "las-location": {"kind": "las", "attention": "location"},
+}
+
+
+def speech_config_keys(kind: str) -> frozenset[str]:
+    """The valid keys of a speech ``[model]`` table: ``kind`` and the fields of its config
+    dataclass but the ones the data decides."""
+    if kind not in SPEECH_KINDS:
+        raise ValueError(f"model.kind: expected {' or '.join(map(repr, SPEECH_KINDS))}, got {kind!r}")
+    _, config_cls = SPEECH_KINDS[kind]
+    return frozenset({"kind"} | {f.name for f in dataclasses.fields(config_cls)} - _FROM_SPEECH)
+
+
+def build_speech_model(model_cfg: dict[str, Any], *, n_mels: int, vocab_size: int) -> nn.Module:
+    """A speech recognizer (a :class:`LAS`) from its ``[model]`` table (``kind`` defaults to
+    ``"las"``) and the data's feature size and vocabulary size."""
+    kind = model_cfg.get("kind", "las")
+    unknown = sorted(set(model_cfg) - speech_config_keys(kind))
+    if unknown:
+        valid = ", ".join(sorted(speech_config_keys(kind)))
+        raise ValueError(
+            f"model: unknown key(s) {', '.join(unknown)} for kind {kind!r}; expected some of {valid}"
+        )
+    model_cls, config_cls = SPEECH_KINDS[kind]
+    fields = {k: v for k, v in model_cfg.items() if k != "kind"}
+    return model_cls(config_cls(n_mels=n_mels, vocab_size=vocab_size, **fields))

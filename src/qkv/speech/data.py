@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..application.run import torch_threads
 from ..number_words import number_tokens
 from .features import SAMPLE_RATE, log_mel, resample
 from .synthesizers import ESPEAK_LANGUAGES, ESPEAK_VARIANTS, Voice, require, synthesize
@@ -167,7 +168,8 @@ def spoken_numbers(split: str, size: int, *, seed: int = 0, split_seed: int = 0,
         return SpokenSet(feats, stored["texts"], stored["voices"])
     for engine in sorted({u.voice.engine for u in plan}):
         require(engine)
-    with ThreadPoolExecutor(max_workers=workers or 2 * (os.cpu_count() or 2)) as pool:
+    # One torch thread per worker: the synthesizer subprocesses are the parallel part.
+    with torch_threads(1), ThreadPoolExecutor(max_workers=workers or 2 * (os.cpu_count() or 2)) as pool:
         feats = list(pool.map(lambda u: _render(u, n_mels), plan))
     texts, voices = [u.text for u in plan], [str(u.voice) for u in plan]
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -63,7 +63,7 @@ ESPEAK_VARIANTS = (
 FLITE_VOICES = ("awb", "rms", "slt", "kal16")
 
 
-class SynthesizerMissing(RuntimeError):
+class SynthesizerMissing(FileNotFoundError):
     """A synthesizer program is not installed; the message names the install command."""
 
 
