@@ -100,6 +100,11 @@ def _train_tables(args: list[str]) -> tuple[dict, set[str]]:
         from qkv.models.builders import MATCHING_KINDS, matching_config_keys
 
         return MatchingRunConfig().to_dict(), set().union(*map(matching_config_keys, MATCHING_KINDS))
+    if app == "speech":
+        from qkv.models.builders import SPEECH_KINDS, speech_config_keys
+        from qkv.speech.config import RunConfig as SpeechRunConfig
+
+        return SpeechRunConfig().to_dict(), set().union(*map(speech_config_keys, SPEECH_KINDS))
     if app == "vision":
         from qkv.models.builders import IMAGE_KINDS, image_config_keys
         from qkv.vision.config import RunConfig as VisionRunConfig

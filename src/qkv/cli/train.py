@@ -62,11 +62,16 @@ def add_parser(sub) -> None:
         "--data",
         help="a built-in corpus name (numbers, numbers-de, dates-fr, ...) or a .tsv file; with a ViT: "
         "digits, fashion-mnist, located-digits or a folder of class subfolders; with clip: digit-strips, "
-        "digit-strips-fr, digit-strips-de or digit-strips-digits",
+        "digit-strips-fr, digit-strips-de or digit-strips-digits; with las: spoken-numbers",
     )
     tr.add_argument(
         "--model",
-        choices=[*MODEL_PRESETS, *application.VISION_PRESETS, *application.CROSSMODAL_PRESETS],
+        choices=[
+            *MODEL_PRESETS,
+            *application.VISION_PRESETS,
+            *application.CROSSMODAL_PRESETS,
+            *application.SPEECH_PRESETS,
+        ],
         help="model preset",
     )
     tr.add_argument("--out", default=None, help="run directory for checkpoints (default runs/<model>)")

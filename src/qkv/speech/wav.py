@@ -43,7 +43,9 @@ def read_wav(source: str | PathLike | bytes) -> tuple[Tensor, int]:
             )
             raw = w.readframes(frames)
     except (wave.Error, EOFError) as e:
-        raise ValueError(f"wav: {name!r} is not a PCM WAV file ({e})") from None
+        raise ValueError(
+            f"wav: {name!r} is not a PCM WAV file ({e or 'too short to hold a WAV header'})"
+        ) from None
     if frames == 0 or not raw:
         raise ValueError(f"wav: {name!r} holds no samples (an empty recording)")
     samples = _pcm(raw, width, name).reshape(-1, channels).mean(axis=1)  # (T, C) -> (T,)
