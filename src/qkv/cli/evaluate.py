@@ -246,6 +246,7 @@ def _run_speech(args: argparse.Namespace) -> int:
     result = {"model": rec.describe(), "beam": args.beam,
               "wer": {k: round(v["wer"], 4) for k, v in scores.items()},
               "cer": {k: round(v["cer"], 4) for k, v in scores.items()},
+              "monotonic": {k: round(v["monotonic"], 4) for k, v in scores.items()},
               "n": {k: v["n"] for k, v in scores.items()}}  # fmt: skip
     if args.json:
         print(json.dumps(result, indent=2))
@@ -253,7 +254,8 @@ def _run_speech(args: argparse.Namespace) -> int:
     print(f"model: {result['model']}; beam {args.beam}")
     for name in scores:
         print(
-            f"{name}: {result['n'][name]} utterances  WER {result['wer'][name]:.4f}  CER {result['cer'][name]:.4f}"
+            f"{name}: {result['n'][name]} utterances  WER {result['wer'][name]:.4f}  CER {result['cer'][name]:.4f}  "
+            f"monotonic alignments {result['monotonic'][name]:.4f}"
         )
     return 0
 

@@ -20,7 +20,7 @@ from .training import build_from_facts, pad_features
 from .vocabulary import WordVocabulary
 from .wav import read_wav
 
-__all__ = ["Recognizer", "Transcript"]
+__all__ = ["Recognizer", "Transcript", "is_monotonic"]
 
 #: The most words a transcript may have (spoken numbers up to 999,999 need at most 12).
 MAX_WORDS = 32
@@ -37,6 +37,13 @@ class Transcript:
     frames_per_state: int
     score: float
     stop: str
+
+
+def is_monotonic(attention: Tensor) -> bool:
+    """Whether each output step's most attended listener state ``(steps, S)`` is at or after the
+    previous step's: the alignment of speech to its words moves forward in time."""
+    peaks = attention.argmax(-1).tolist()
+    return peaks == sorted(peaks)
 
 
 class Recognizer:
@@ -120,9 +127,15 @@ class Recognizer:
         return out
 
     def evaluate(self, spoken: SpokenSet, *, beam: int = 1) -> dict[str, float]:
-        """WER and CER on a set of spoken numbers: ``{"wer", "cer", "n"}``."""
-        hyps = [t.text for t in self.transcribe_features(spoken.features, beam=beam)]
-        return {**error_rates(spoken.texts, hyps), "n": len(spoken)}
+        """WER and CER on a set of spoken numbers, and the fraction of transcripts whose
+        alignment is monotonic (:func:`is_monotonic`): ``{"wer", "cer", "monotonic", "n"}``."""
+        transcripts = self.transcribe_features(spoken.features, beam=beam)
+        monotonic = sum(is_monotonic(t.attention) for t in transcripts) / max(len(transcripts), 1)
+        return {
+            **error_rates(spoken.texts, [t.text for t in transcripts]),
+            "monotonic": monotonic,
+            "n": len(spoken),
+        }
 
     def describe(self) -> str:
         m = self.config["model"]
