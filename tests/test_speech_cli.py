@@ -6,6 +6,7 @@ import shutil
 import subprocess
 
 import pytest
+import torch
 
 from qkv.cli.application import of_checkpoint, of_train_args
 from qkv.cli.main import main
@@ -67,3 +68,20 @@ def test_transcribe_refuses_a_file_that_is_not_audio(run, tmp_path, capsys):
     bad.write_text("hello")
     assert main(["transcribe", "--checkpoint", str(run), str(bad)]) == 2
     assert "notes.wav' is not a PCM WAV file" in capsys.readouterr().err
+
+
+def test_resume_is_exact(run, tmp_path):
+    from qkv.speech import resolve, train
+    from qkv.train.checkpoint import load_checkpoint
+
+    cache = f"--data.cache_dir={run.parent / 'cache'}"  # the module's utterances, already generated
+    cfg = resolve(overrides=[cache, "--data.train_size=12", "--data.valid_size=3", "--train.epochs=2",
+                             "--train.batch_size=4", *TINY])  # fmt: skip
+    straight = train(cfg, tmp_path / "straight", progress=False)
+    train(cfg, tmp_path / "halves", progress=False, stop_after_steps=4)  # mid second epoch
+    resumed = train(None, tmp_path / "halves", resume=True, progress=False)
+    assert resumed.step == straight.step == 6
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "halves")
+    for name in a.model_state:
+        assert torch.equal(a.model_state[name], b.model_state[name]), name
+    assert [h["train_loss"] for h in straight.history] == [h["train_loss"] for h in resumed.history]
