@@ -2,7 +2,7 @@
 
 ::
 
-    qkv train --model las --data spoken-numbers --train.epochs=12
+    qkv train --model las --data spoken-numbers --train.epochs=10
 
 :func:`resolve` builds a :class:`RunConfig` from the defaults, a model preset
 (:data:`MODEL_PRESETS`), a TOML file and dotted overrides, each table a frozen dataclass that
@@ -69,7 +69,7 @@ class SpeechTrainConfig(TrainConfig):
     """The ``[train]`` table of speech: :class:`~qkv.train.config.TrainConfig` with defaults for
     a small LAS on 3,000 utterances."""
 
-    epochs: int = 12
+    epochs: int = 10
     batch_size: int = 32
     lr: float = 3e-3
     min_lr: float = 1e-4
