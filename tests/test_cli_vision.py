@@ -27,14 +27,19 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 
 def test_the_mapping_names_every_vision_preset_and_data_set():
     from qkv.crossmodal import config as crossmodal
-    from qkv.models.builders import IMAGE_KINDS, MATCHING_KINDS, MODEL_KINDS
+    from qkv.models.builders import IMAGE_KINDS, MATCHING_KINDS, MODEL_KINDS, SPEECH_KINDS
+    from qkv.speech import config as speech
     from qkv.vision.config import DATASETS, MODEL_PRESETS
 
     assert tuple(MODEL_PRESETS) == application.VISION_PRESETS
     assert application.VISION_DATASETS == DATASETS
     assert tuple(crossmodal.MODEL_PRESETS) == application.CROSSMODAL_PRESETS
     assert tuple(crossmodal.DATASETS) == application.CROSSMODAL_DATASETS
-    assert set(application.APPLICATION_OF_KIND) == set(MODEL_KINDS) | set(IMAGE_KINDS) | set(MATCHING_KINDS)
+    assert tuple(speech.MODEL_PRESETS) == application.SPEECH_PRESETS
+    assert tuple(speech.DATASETS) == application.SPEECH_DATASETS
+    assert set(application.APPLICATION_OF_KIND) == (
+        set(MODEL_KINDS) | set(IMAGE_KINDS) | set(MATCHING_KINDS) | set(SPEECH_KINDS)
+    )
 
 
 def test_the_application_of_train_arguments(tmp_path):
