@@ -9,7 +9,7 @@ WHEELS ?= /opt/wheels
 FIND_LINKS := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS),)
 PYTEST_ARGS ?=
 
-.PHONY: setup browser fashion demo test lint bench docs clean
+.PHONY: setup browser fashion speech demo test lint bench docs clean
 
 setup: $(STAMP)
 
@@ -21,7 +21,7 @@ $(STAMP): requirements-lock.txt pyproject.toml
 	@$(PY) -c "import torch; assert torch.version.cuda is None, 'a CUDA build of torch was installed'; print('qkv environment ready: torch', torch.__version__)"
 	@touch $(STAMP)
 
-demo: setup fashion
+demo: setup fashion speech
 	$(VENV)/bin/qkv demo
 
 # The browser tests drive Debian's chromium; install it when missing (skipped, with a warning, without root).
@@ -37,7 +37,14 @@ fashion:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
 	  || echo "warning: could not install dataset-fashion-mnist; Fashion-MNIST will be unavailable"; }
 
-test: setup browser fashion
+# Spoken numbers (qkv.speech) come from Debian's espeak-ng and flite; install them when missing (without root:
+# a warning, and qkv.speech names the install command when speech is generated).
+speech:
+	@command -v espeak-ng >/dev/null 2>&1 && command -v flite >/dev/null 2>&1 || { echo "installing Debian's espeak-ng and flite..."; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng flite >/dev/null) \
+	  || echo "warning: could not install espeak-ng and flite; the speech tests will be skipped"; }
+
+test: setup browser fashion speech
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 	$(MAKE) --no-print-directory docs

@@ -245,7 +245,9 @@ def test_every_command_is_one_module():
     from qkv.cli.main import COMMANDS, build_parser
 
     names = [m.__name__.rsplit(".", 1)[-1] for m in COMMANDS]
-    assert names == ["explain", "train", "translate", "evaluate", "match", "caption", "viz", "analyze", "demo"]
+    assert names == [
+        "explain", "train", "translate", "evaluate", "match", "caption", "transcribe", "viz", "analyze", "demo",
+    ]  # fmt: skip
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     assert list(sub.choices) == names
     for module, name in zip(COMMANDS, names):

@@ -27,15 +27,18 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 
 def test_the_mapping_names_every_vision_preset_and_data_set():
     from qkv.crossmodal import config as crossmodal
-    from qkv.models.builders import IMAGE_KINDS, MODEL_KINDS
+    from qkv.models.builders import IMAGE_KINDS, MODEL_KINDS, SPEECH_KINDS
+    from qkv.speech import config as speech
     from qkv.vision.config import DATASETS, MODEL_PRESETS
 
     assert tuple(MODEL_PRESETS) == application.VISION_PRESETS
     assert application.VISION_DATASETS == DATASETS
     assert tuple(crossmodal.MODEL_PRESETS) == application.CROSSMODAL_PRESETS
     assert tuple(crossmodal.DATASETS) == application.CROSSMODAL_DATASETS
-    assert set(application.APPLICATION_OF_KIND) == set(MODEL_KINDS) | set(IMAGE_KINDS) | set(
-        crossmodal.MODEL_KINDS
+    assert tuple(speech.MODEL_PRESETS) == application.SPEECH_PRESETS
+    assert tuple(speech.DATASETS) == application.SPEECH_DATASETS
+    assert set(application.APPLICATION_OF_KIND) == (
+        set(MODEL_KINDS) | set(IMAGE_KINDS) | set(crossmodal.MODEL_KINDS) | set(SPEECH_KINDS)
     )
     assert {k for k, app in application.APPLICATION_OF_KIND.items() if app == "crossmodal"} == set(
         crossmodal.MODEL_KINDS

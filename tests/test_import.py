@@ -36,6 +36,7 @@ NOT_LOADED = (
     "qkv.translation",
     "qkv.vision",
     "qkv.crossmodal",
+    "qkv.speech",
     "qkv.number_words",
     "qkv.distributed",
     "qkv.cli",

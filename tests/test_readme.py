@@ -101,6 +101,11 @@ def _train_tables(args: list[str]) -> tuple[dict, set[str]]:
         from qkv.crossmodal.config import RunConfig as CrossModalRunConfig
 
         return CrossModalRunConfig().to_dict(), set().union(*map(model_keys, MODEL_KINDS))
+    if app == "speech":
+        from qkv.models.builders import SPEECH_KINDS, speech_config_keys
+        from qkv.speech.config import RunConfig as SpeechRunConfig
+
+        return SpeechRunConfig().to_dict(), set().union(*map(speech_config_keys, SPEECH_KINDS))
     if app == "vision":
         from qkv.models.builders import IMAGE_KINDS, image_config_keys
         from qkv.vision.config import RunConfig as VisionRunConfig

@@ -298,6 +298,36 @@ def _vision_config_markdown() -> list[str]:
     return lines
 
 
+def _speech_config_markdown() -> list[str]:
+    """The tables of a speech recognition run (``qkv train --model las``)."""
+    import qkv.speech.config as speech
+    from qkv.models.builders import SPEECH_KINDS, speech_config_keys
+
+    lines = [
+        "",
+        "## Speech recognizers (`--model las`)",
+        "",
+        "With a LAS preset (or `--data spoken-numbers`) the tables are `qkv.speech.config`'s; the",
+        "feature size and the output words come from the data. See",
+        "[Speech recognition](../guides/speech.md).",
+        "",
+        "### Speech `[data]`",
+        "",
+        *_key_rows("data", speech.DataConfig),
+        "",
+        "### Speech `[train]`",
+        "",
+        *_key_rows("train", speech.SpeechTrainConfig),
+        "",
+        "### Speech `[model]` presets",
+        "",
+        *_preset_rows(speech.MODEL_PRESETS),
+    ]
+    for kind, (model_cls, config_cls) in SPEECH_KINDS.items():
+        lines += _kind_section(kind, model_cls, config_cls, speech_config_keys(kind))
+    return lines
+
+
 def config_markdown() -> str:
     import qkv.application.run_config as run_config
     import qkv.train.config as train_config
@@ -335,6 +365,7 @@ def config_markdown() -> str:
     for kind, (model_cls, config_cls) in MODEL_KINDS.items():
         lines += _kind_section(kind, model_cls, config_cls, config_keys(kind))
     lines += _vision_config_markdown()
+    lines += _speech_config_markdown()
     for module in (config, vision_config, run_config, train_config):
         lines += ["", f"## Notes from `{module.__name__}`", "", _md_block(inspect.getdoc(module) or "")]
     return "\n".join(lines) + "\n"

@@ -1,4 +1,4 @@
-"""Which application a command serves: translation, vision or crossmodal, from an explicit small mapping.
+"""Which application a command serves: translation, vision, crossmodal or speech, from an explicit small mapping.
 
 ``qkv train`` reads it from the model preset (``--model``), else the config file's ``[model]``
 table, else ``--data`` (a built-in image data set or a folder), and ``qkv train --resume --out
@@ -14,6 +14,8 @@ __all__ = [
     "APPLICATION_OF_KIND",
     "CROSSMODAL_DATASETS",
     "CROSSMODAL_PRESETS",
+    "SPEECH_DATASETS",
+    "SPEECH_PRESETS",
     "VISION_DATASETS",
     "VISION_PRESETS",
     "kind_of_checkpoint",
@@ -29,6 +31,7 @@ APPLICATION_OF_KIND = {
     "clip": "crossmodal",
     "captioner": "crossmodal",
     "captioner-transformer": "crossmodal",
+    "las": "speech",
 }
 #: The ``--model`` presets of vision (:data:`qkv.vision.config.MODEL_PRESETS`); the others are translation's.
 VISION_PRESETS = ("vit", "vit-digits", "vit-fashion-mnist", "vit-located")
@@ -39,22 +42,32 @@ CROSSMODAL_PRESETS = ("clip", "clip-strips", "captioner", "captioner-transformer
 #: The built-in data sets of crossmodal (:data:`qkv.crossmodal.config.DATASETS`).
 CROSSMODAL_DATASETS = ("digit-strips", "digit-strips-fr", "digit-strips-de", "digit-strips-digits")
 
+#: The ``--model`` presets of speech (:data:`qkv.speech.config.MODEL_PRESETS`).
+SPEECH_PRESETS = ("las", "las-location")
+#: The built-in data sets of speech (:data:`qkv.speech.config.DATASETS`).
+SPEECH_DATASETS = ("spoken-numbers",)
+
 
 def of_train_args(preset: str | None, file_config: dict[str, Any], data: str | None) -> str:
-    """``"vision"``, ``"crossmodal"`` or ``"translation"`` for ``qkv train``: the preset's, else
-    the config file's ``[model]`` (its ``preset`` or ``kind``), else ``--data`` (an image data set
-    or a folder is vision, digit strips crossmodal), else translation."""
+    """``"vision"``, ``"crossmodal"``, ``"speech"`` or ``"translation"`` for ``qkv train``: the
+    preset's, else the config file's ``[model]`` (its ``preset`` or ``kind``), else ``--data`` (an
+    image data set or a folder is vision, digit strips crossmodal, spoken numbers speech), else
+    translation."""
     model = file_config.get("model", {})
     if preset is None:
         preset = model.get("preset")
     if preset is not None:
         if preset in CROSSMODAL_PRESETS:
             return "crossmodal"
+        if preset in SPEECH_PRESETS:
+            return "speech"
         return "vision" if preset in VISION_PRESETS else "translation"
     if "kind" in model:
         return APPLICATION_OF_KIND.get(model["kind"], "translation")
     if data in CROSSMODAL_DATASETS:
         return "crossmodal"
+    if data in SPEECH_DATASETS:
+        return "speech"
     if data is not None and (data in VISION_DATASETS or Path(data).is_dir()):
         return "vision"
     return "translation"

@@ -1,6 +1,8 @@
 """``qkv evaluate``: score a trained model on a split of its data or on a whole TSV file (a
 thin shell over :meth:`qkv.translation.translator.Translator.evaluate` and, for an image
-classifier, :meth:`qkv.vision.classifier.Classifier.evaluate`: accuracy and the confusion matrix).
+classifier, :meth:`qkv.vision.classifier.Classifier.evaluate`: accuracy and the confusion matrix;
+for a speech recognizer, :meth:`qkv.speech.recognizer.Recognizer.evaluate`: word and character
+error rates on voices never heard in training).
 
 qkv evaluate --checkpoint DIR [--data FILE.tsv | --split test] [--beam K] [--limit N] [--json]
 
@@ -81,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
         return _run_vision(args)
     if app == "crossmodal":
         return _run_crossmodal(args)
+    if app == "speech":
+        return _run_speech(args)
     tr = load_translator(args.checkpoint)
     try:
         with warnings_as_messages():
@@ -251,3 +255,56 @@ def _first(strips, limit: int):
     if not limit:
         return strips
     return type(strips)(strips.images[:limit], strips.captions[:limit], strips.slots[:limit])
+
+
+#: ``qkv evaluate`` of a speech recognizer: the name each split is reported under.
+_SPEECH_SPLITS = {"test": "heldout_voices", "kal16": "flite_kal16", "valid": "valid_voices", "train": "train"}
+
+
+def _run_speech(args: argparse.Namespace) -> int:
+    """WER and CER of a speech recognizer on held-out espeak-ng voices and on flite's kal16."""
+    from ..speech.config import DataConfig
+    from ..speech.recognizer import Recognizer
+    from ..speech.training import load_splits
+
+    if args.data:
+        raise CommandError(
+            f"--data {args.data}: a speech recognizer is evaluated on its spoken numbers (--split)"
+        )
+    if args.split is not None and args.split not in _SPEECH_SPLITS:
+        raise CommandError(
+            f"--split: expected {', '.join(_SPEECH_SPLITS)} for a speech recognizer, got {args.split!r}"
+        )
+    splits = ("test", "kal16") if args.split is None else (args.split,)
+    try:
+        rec = Recognizer.load(args.checkpoint)
+        with warnings_as_messages():
+            sets = load_splits(DataConfig(**rec.config["data"]), splits)
+        scores = {
+            _SPEECH_SPLITS[s]: rec.evaluate(_first_spoken(sets[s], args.limit), beam=args.beam)
+            for s in splits
+        }
+    except USER_ERRORS as e:
+        raise CommandError(error_message(e)) from None
+    result = {"model": rec.describe(), "beam": args.beam,
+              "wer": {k: round(v["wer"], 4) for k, v in scores.items()},
+              "cer": {k: round(v["cer"], 4) for k, v in scores.items()},
+              "monotonic": {k: round(v["monotonic"], 4) for k, v in scores.items()},
+              "n": {k: v["n"] for k, v in scores.items()}}  # fmt: skip
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"model: {result['model']}; beam {args.beam}")
+    for name in scores:
+        print(
+            f"{name}: {result['n'][name]} utterances  WER {result['wer'][name]:.4f}  CER {result['cer'][name]:.4f}  "
+            f"monotonic alignments {result['monotonic'][name]:.4f}"
+        )
+    return 0
+
+
+def _first_spoken(spoken, limit: int):
+    """The first ``limit`` utterances (all with 0)."""
+    if not limit:
+        return spoken
+    return type(spoken)(spoken.features[:limit], spoken.texts[:limit], spoken.voices[:limit])

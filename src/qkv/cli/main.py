@@ -37,6 +37,7 @@ from . import evaluate as evaluate_cmd
 from . import explain as explain_cmd
 from . import match as match_cmd
 from . import train as train_cmd
+from . import transcribe as transcribe_cmd
 from . import translate as translate_cmd
 from . import viz as viz_cmd
 from .overrides import split_overrides
@@ -45,7 +46,8 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 
 #: The command modules, in the order ``qkv --help`` lists them.
 COMMANDS = (
-    explain_cmd, train_cmd, translate_cmd, evaluate_cmd, match_cmd, caption_cmd, viz_cmd, analyze_cmd, demo_cmd,
+    explain_cmd, train_cmd, translate_cmd, evaluate_cmd, match_cmd, caption_cmd, transcribe_cmd, viz_cmd,
+    analyze_cmd, demo_cmd,
 )  # fmt: skip
 
 

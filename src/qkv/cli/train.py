@@ -61,12 +61,17 @@ def add_parser(sub) -> None:
     tr.add_argument(
         "--data",
         help="a built-in corpus name (numbers, numbers-de, dates-fr, ...) or a .tsv file; with a ViT: "
-        "digits, fashion-mnist, located-digits or a folder of class subfolders; with clip or a captioner: digit-strips, "
-        "digit-strips-fr, digit-strips-de or digit-strips-digits",
+        "digits, fashion-mnist, located-digits or a folder of class subfolders; with clip or a captioner: "
+        "digit-strips, digit-strips-fr, digit-strips-de or digit-strips-digits; with las: spoken-numbers",
     )
     tr.add_argument(
         "--model",
-        choices=[*MODEL_PRESETS, *application.VISION_PRESETS, *application.CROSSMODAL_PRESETS],
+        choices=[
+            *MODEL_PRESETS,
+            *application.VISION_PRESETS,
+            *application.CROSSMODAL_PRESETS,
+            *application.SPEECH_PRESETS,
+        ],
         help="model preset",
     )
     tr.add_argument("--out", default=None, help="run directory for checkpoints (default runs/<model>)")
@@ -163,8 +168,8 @@ def run(args: argparse.Namespace) -> int:
         app = application.of_train_args(args.model, file_cfg, args.data)
         if args.resume and args.out and args.model is None and not file_cfg:
             app = application.of_checkpoint(args.out)  # the run's own application
-        if app in ("vision", "crossmodal"):
-            return _run_images(args, file_cfg, app)
+        if app in ("vision", "crossmodal", "speech"):
+            return _run_application(args, file_cfg, app)
         overrides = list(args.overrides)
         if args.data:
             overrides.insert(0, f"--data.corpus={json.dumps(args.data)}")
@@ -193,19 +198,25 @@ def run(args: argparse.Namespace) -> int:
     return result.exit_code  # 0, or 130 / 143 after SIGINT / SIGTERM
 
 
-def _run_images(args: argparse.Namespace, file_cfg: dict[str, Any], app: str) -> int:
-    """``qkv train`` of an image classifier (:func:`qkv.vision.training.train`) or an
-    image-text matcher or captioner (:func:`qkv.crossmodal.training.train`), then one summary line."""
+def _run_application(args: argparse.Namespace, file_cfg: dict[str, Any], app: str) -> int:
+    """``qkv train`` of an image classifier (:func:`qkv.vision.training.train`), an image-text
+    matcher or captioner (:func:`qkv.crossmodal.training.train`) or a speech recognizer
+    (:func:`qkv.speech.training.train`), then one summary line."""
     if app == "vision":
         from ..vision.config import resolve, resume_config
         from ..vision.training import train
 
         default, metric = "vit", ("valid_accuracy", "valid accuracy")
-    else:
+    elif app == "crossmodal":
         from ..crossmodal.config import resolve, resume_config
         from ..crossmodal.training import train
 
         default, metric = "clip", ("valid_i2t_r1", "valid image->text R@1")
+    else:
+        from ..speech.config import resolve, resume_config
+        from ..speech.training import train
+
+        default, metric = "las", ("valid_wer", "valid WER")
     overrides = list(args.overrides)
     if args.data:
         overrides.insert(0, f"--data.dataset={json.dumps(args.data)}")

@@ -1,17 +1,21 @@
 """Models built on qkv's attention, one readable file each."""
 
 from .bert import BertConfig, BertModel, BertOutput, mean_pool
-from .builders import MODEL_KINDS, build_model, config_keys
+from .builders import MODEL_KINDS, build_model, build_speech_model, config_keys
+from .las import LAS, LASConfig
 from .vit import ViT, ViTConfig
 
 __all__ = [
+    "LAS",
     "MODEL_KINDS",
     "BertConfig",
     "BertModel",
     "BertOutput",
+    "LASConfig",
     "ViT",
     "ViTConfig",
     "build_model",
+    "build_speech_model",
     "config_keys",
     "mean_pool",
 ]

@@ -17,6 +17,9 @@ the images and the caption vocabulary.
 Captioners have a fourth, :data:`CAPTION_KINDS` (``captioner``: Show, Attend and Tell;
 ``captioner-transformer``), whose data decides the images, the vocabulary and its special ids.
 
+Speech recognizers have :data:`SPEECH_KINDS` (``las``), whose data decides the feature size
+and the output vocabulary.
+
 Image models have their own table, :data:`IMAGE_KINDS` (``vit``), since the data decides
 other fields (the image size, the channels and the number of classes)::
 
@@ -34,6 +37,7 @@ from torch import nn
 
 from .captioner import CaptionTransformer, CaptionTransformerConfig, ShowAttendTell, ShowAttendTellConfig
 from .clip import CLIP, CLIPConfig
+from .las import LAS, LASConfig
 from .seq2seq import Seq2Seq, Seq2SeqConfig
 from .transformer import Transformer, TransformerConfig
 from .vit import ViT, ViTConfig
@@ -46,14 +50,18 @@ __all__ = [
     "KIND_NAMES",
     "MATCHING_KINDS",
     "MODEL_KINDS",
+    "SPEECH_KINDS",
+    "SPEECH_PRESETS",
     "build_caption_model",
     "build_image_model",
     "build_matching_model",
     "build_model",
+    "build_speech_model",
     "caption_config_keys",
     "config_keys",
     "image_config_keys",
     "matching_config_keys",
+    "speech_config_keys",
 ]
 
 #: ``kind`` -> (model class, config dataclass).
@@ -217,3 +225,40 @@ def build_caption_model(model_cfg: dict[str, Any], **facts: Any) -> nn.Module:
         )
     model_cls, config_cls = CAPTION_KINDS[kind]
     return model_cls(config_cls(**facts, **{k: v for k, v in model_cfg.items() if k != "kind"}))
+
+#: Speech recognizers: ``kind`` -> (model class, config dataclass).
+SPEECH_KINDS: dict[str, tuple[type[nn.Module], type]] = {"las": (LAS, LASConfig)}
+
+# Config fields the features and the transcripts decide, never the [model] table.
+_FROM_SPEECH = frozenset({"n_mels", "vocab_size"})
+
+#: ``[model]`` tables of speech recognizers: ``las`` (additive attention) and ``las-location``
+#: (location-aware, Chorowski et al. 2015), each a three-layer listener (frames / 4).
+SPEECH_PRESETS: dict[str, dict[str, Any]] = {
+    "las": {"kind": "las", "attention": "additive"},
+    "las-location": {"kind": "las", "attention": "location"},
+}
+
+
+def speech_config_keys(kind: str) -> frozenset[str]:
+    """The valid keys of a speech ``[model]`` table: ``kind`` and the fields of its config
+    dataclass but the ones the data decides."""
+    if kind not in SPEECH_KINDS:
+        raise ValueError(f"model.kind: expected {' or '.join(map(repr, SPEECH_KINDS))}, got {kind!r}")
+    _, config_cls = SPEECH_KINDS[kind]
+    return frozenset({"kind"} | {f.name for f in dataclasses.fields(config_cls)} - _FROM_SPEECH)
+
+
+def build_speech_model(model_cfg: dict[str, Any], *, n_mels: int, vocab_size: int) -> nn.Module:
+    """A speech recognizer (a :class:`LAS`) from its ``[model]`` table (``kind`` defaults to
+    ``"las"``) and the data's feature size and vocabulary size."""
+    kind = model_cfg.get("kind", "las")
+    unknown = sorted(set(model_cfg) - speech_config_keys(kind))
+    if unknown:
+        valid = ", ".join(sorted(speech_config_keys(kind)))
+        raise ValueError(
+            f"model: unknown key(s) {', '.join(unknown)} for kind {kind!r}; expected some of {valid}"
+        )
+    model_cls, config_cls = SPEECH_KINDS[kind]
+    fields = {k: v for k, v in model_cfg.items() if k != "kind"}
+    return model_cls(config_cls(n_mels=n_mels, vocab_size=vocab_size, **fields))
