@@ -226,6 +226,7 @@ def build_caption_model(model_cfg: dict[str, Any], **facts: Any) -> nn.Module:
     model_cls, config_cls = CAPTION_KINDS[kind]
     return model_cls(config_cls(**facts, **{k: v for k, v in model_cfg.items() if k != "kind"}))
 
+
 #: Speech recognizers: ``kind`` -> (model class, config dataclass).
 SPEECH_KINDS: dict[str, tuple[type[nn.Module], type]] = {"las": (LAS, LASConfig)}
 
