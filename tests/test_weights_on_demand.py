@@ -75,3 +75,21 @@ def test_weights_do_not_change_outputs_bitwise():
         a = qkv.attention(q, k, v, mask=mask, backend=backend).out
         b = qkv.attention(q, k, v, mask=mask, backend=backend, need_weights=True).out
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("backend", ["auto", "sdpa", "chunked"])
+def test_weights_are_as_accurate_as_the_reference_with_large_logits(request, backend):
+    """Logits of magnitude ~50 (a log-sum-exp of that size carries float32 rounding of ~1e-5):
+    the weights still follow the error-ratio rule against the float32 reference."""
+    from helpers import assert_error_ratio
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 64, 32, generator=g) * 3 for _ in range(3))
+    mask = torch.ones(2, 1, 64, 64, dtype=torch.bool)
+    mask[1, ..., 40:] = False
+    golden = qkv.attention(
+        q.double(), k.double(), v.double(), mask=mask, need_weights=True, backend="reference"
+    )
+    eager = qkv.attention(q, k, v, mask=mask, need_weights=True, backend="reference")
+    ours = qkv.attention(q, k, v, mask=mask, need_weights=True, backend=backend)
+    assert_error_ratio(request, ours.weights, golden.weights, eager.weights, what="weights")

@@ -4,10 +4,10 @@ be visualized.
 
     weights[..., h, i, j] = exp(score(q_i, k_j) * scale + bias_ij - lse_i)    (0 where masked)
 
-``lse`` (the row's log-sum-exp) comes from the backend when it returns one (chunked, sdpa's
-fused CPU kernel; then a dot-product score's weights take one matmul, the ``lse`` riding in it);
-otherwise a first online pass over the key blocks computes it for the chosen rows only (with
-one key block, the logits of that block give both). Shapes::
+Rows of at most ``kv_block`` keys are one block: their weights are a softmax of that block's
+logits (the row maximum subtracted), as accurate as the reference backend's. Longer rows take
+the row's log-sum-exp ``lse`` from the backend when it returns one (chunked, sdpa's fused CPU
+kernel) or from a first online pass over the key blocks, for the chosen rows only. Shapes::
 
     query (..., H, Tq, D), key (..., H, Tk, D) -> weights (..., H', Tq', Tk)
 
@@ -17,7 +17,6 @@ reference backend's weights within tolerance; fully masked rows are zeros.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -84,8 +83,6 @@ def weights_and_lse(
 ) -> tuple[Tensor, Tensor]:
     """:func:`attention_weights` and the log-sum-exp ``(..., H', Tq')`` of the selected rows
     (the given ``lse``, or the one the first pass computed)."""
-    if lse is not None and heads is None and rows is None and _from_lse_at_once(inputs, lse):
-        return _dot_weights(inputs, lse), lse
     q, k = inputs.query, inputs.key
     dev = q.device
     h_idx = as_index(heads, q.shape[-3], "heads", dev)
@@ -100,14 +97,14 @@ def weights_and_lse(
     tk = inputs.kv_len
     cdt = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
     blocks = [(k0, min(k0 + kv_block, tk)) for k0 in range(0, tk, kv_block)]
-    if lse is None and len(blocks) == 1:  # one key block: its logits give the lse and the weights
+    if len(blocks) == 1:  # one key block: a softmax of its logits, as accurate as the reference's
         s = _logits(inputs, q, k, 0, tk, rows_all, h_idx)
         m = s.amax(dim=-1, keepdim=True)
         m = m.masked_fill(m == float("-inf"), 0.0)  # a fully masked row: exp(-inf) = 0 below
-        e = torch.exp(s - m)
-        total = e.sum(dim=-1, keepdim=True)
-        weights = e / total.clamp_min(torch.finfo(e.dtype).tiny)  # 0 in a fully masked row
-        return weights.to(q.dtype), (m + total.log()).squeeze(-1)  # lse: -inf in a fully masked row
+        s = s.sub_(m).exp_()  # s is this pass's own tensor (no autograd here)
+        total = s.sum(dim=-1, keepdim=True)
+        s = s.div_(total.clamp_min(torch.finfo(s.dtype).tiny))  # 0 in a fully masked row
+        return s.to(q.dtype), (m + total.log()).squeeze(-1) if lse is None else lse
     if lse is None:  # first pass: the online log-sum-exp of the selected rows
         running = OnlineSoftmax(q.shape[:-1], cdt, dev)
         for k0, k1 in blocks:
@@ -119,36 +116,3 @@ def weights_and_lse(
         s = _logits(inputs, q, k[..., k0:k1, :], k0, k1, rows_all, h_idx)
         out[..., k0:k1] = torch.exp(s - lse_safe).to(q.dtype)
     return out, lse
-
-
-def _from_lse_at_once(inputs: AttentionInputs, lse: Tensor) -> bool:
-    """All weights of a dot-product score in one pass from a given ``lse`` (no pattern to
-    evaluate block by block, fp32/fp64 as the ``lse``, at most 2**26 weights at once)."""
-    q = inputs.query
-    return (
-        inputs.score.dot_like
-        and inputs.pattern is None
-        and q.dtype in (torch.float32, torch.float64)
-        and lse.dtype == q.dtype
-        and q.dim() >= 3
-        and math.prod(inputs.logits_shape) <= 1 << 26
-    )
-
-
-def _dot_weights(inputs: AttentionInputs, lse: Tensor) -> Tensor:
-    """``exp(scale * q k^T + bias - lse)``, 0 where masked, with one matmul: the ``lse`` rides
-    in it as an extra feature (``[scale q, -lse] . [k, 1]``), so no pass over the weights
-    subtracts it; then in place the bias, one exp and the mask."""
-    q, k = inputs.query, inputs.key
-    *lead, tq, d = q.shape
-    tk = k.shape[-2]
-    neg_lse = lse.neg().masked_fill(lse == float("-inf"), float("-inf"))  # a row with no key: weights 0
-    qa = torch.cat([q * inputs.scale, neg_lse.unsqueeze(-1)], dim=-1).reshape(-1, tq, d + 1)
-    ka = torch.cat([k, k.new_ones((*k.shape[:-1], 1))], dim=-1).reshape(-1, tk, d + 1)
-    w = torch.bmm(qa, ka.transpose(-2, -1)).view(*lead, tq, tk)
-    if inputs.bias is not None:
-        w.add_(inputs.bias)
-    w.exp_()
-    if inputs.tensor_mask is not None:
-        w.masked_fill_(~inputs.tensor_mask, 0.0)
-    return w
