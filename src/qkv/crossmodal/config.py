@@ -76,7 +76,7 @@ def _is_int(value: Any, least: int) -> bool:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """The ``[data]`` table: which strips, how many, how split."""
+    """The ``[data]`` table: which strips, how many, how split and augmented."""
 
     dataset: str = "digit-strips"  # digit-strips | digit-strips-fr | digit-strips-de | digit-strips-digits
     train_size: int = 20_000  # training strips (drawn once, shuffled every epoch)
@@ -84,6 +84,9 @@ class DataConfig:
     test_size: int = 1_000  # test and zero-shot strips (test handwriting)
     split_seed: int = 0  # how handwriting and numbers are split
     seed: int = 0  # which strips are drawn
+    augment_shift: int = (
+        1  # each training digit moved by up to this many pixels in its slot, every batch (0 = none)
+    )
 
     def __post_init__(self) -> None:
         _expect("data", "dataset", self.dataset in DATASETS, " | ".join(DATASETS), self.dataset)
@@ -93,6 +96,7 @@ class DataConfig:
             ("test_size", 0),
             ("split_seed", 0),
             ("seed", 0),
+            ("augment_shift", 0),
         ):
             value = getattr(self, key)
             _expect("data", key, _is_int(value, least), f"an int >= {least}", value)

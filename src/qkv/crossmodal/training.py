@@ -26,6 +26,7 @@ from .captioning import CaptionTask, build_captioner_from_facts, caption_facts
 from .captions import PAD_ID, CaptionTokenizer
 from .config import DataConfig, RunConfig
 from .data import MAX_DIGITS, MAX_WORDS, SLOT_WIDTH, DigitStrips, caption_vocabulary, digit_strips
+from .images import shift_slots
 from .retrieval import caption_positives, retrieval_recalls
 
 __all__ = ["MatchingTask", "load_strips", "matching_facts", "similarity_matrix", "train"]
@@ -67,8 +68,11 @@ def similarity_matrix(model: nn.Module, images: Tensor, tokens: Tensor, *, batch
 
 class MatchingTask:
     """The matching side of the :class:`~qkv.train.loop.Trainer`: batches of a seeded
-    permutation of the training pairs (a pure function of ``(seed, epoch)``), :func:`info_nce`
-    with every same-caption pair of a batch a positive, validation by loss and recall@1."""
+    permutation of the training pairs (a pure function of ``(seed, epoch)``; with ``[data]
+    augment_shift`` each batch's digits moved in their slots by the batch's own seeded draw,
+    :func:`~qkv.crossmodal.images.shift_slots`, so a batch is a pure function of ``(seed, epoch,
+    step)`` and a resumed run sees the same batches), :func:`info_nce` with every same-caption
+    pair of a batch a positive, validation by loss and recall@1."""
 
     count_unit = "pair"
 
@@ -85,12 +89,17 @@ class MatchingTask:
         self.batches_per_epoch = -(-len(self.train_images) // self.batch_size)
 
     def batches(self, epoch: int, start: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        g = torch.Generator().manual_seed(self.cfg.train.seed * 100_003 + epoch)
-        order = torch.randperm(len(self.train_images), generator=g)
+        seed, shift = self.cfg.train.seed, self.cfg.data.augment_shift
+        order = torch.randperm(
+            len(self.train_images), generator=torch.Generator().manual_seed(seed * 100_003 + epoch)
+        )
         for b in range(start, self.batches_per_epoch):
             index = order[b * self.batch_size : (b + 1) * self.batch_size]
-            ids = self.train_ids[index]
-            yield self.train_images[index], self.train_tokens[index], ids[:, None] == ids[None, :]
+            images, ids = self.train_images[index], self.train_ids[index]
+            if shift:
+                g = torch.Generator().manual_seed((seed * 100_003 + epoch) * 100_003 + b)
+                images = shift_slots(images, slot_width=SLOT_WIDTH, max_shift=shift, generator=g)
+            yield images, self.train_tokens[index], ids[:, None] == ids[None, :]
 
     def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, int]:
         images, tokens, positives = batch
