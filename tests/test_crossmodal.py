@@ -1,6 +1,6 @@
 """qkv.crossmodal: digit strips (determinism, disjoint handwriting, held-out numbers, slots),
-recall@K on a hand-made similarity matrix, captions as word ids, the training strips' per-slot
-shifts (seeded, within their slots, captions untouched, resume-exact), bad input."""
+recall@K on a hand-made similarity matrix, captions as word ids, the training strips redrawn
+every epoch and shifted per slot (seeded, captions kept, resume-exact), bad input."""
 
 from __future__ import annotations
 
@@ -148,17 +148,39 @@ def _matching_task(*overrides: str):
     return MatchingTask(cfg, strips, CaptionTokenizer(caption_vocabulary("en"), max_words=12))
 
 
-def test_matching_batches_are_augmented_by_seed_epoch_and_step_and_keep_their_captions():
+def _as_pairs(batches) -> dict[bytes, bytes]:
+    """Every (image, words) pair of some batches, as bytes, each image with its words."""
+    return {img.numpy().tobytes(): tok.numpy().tobytes() for b in batches for img, tok in zip(b[0], b[1])}
+
+
+def test_matching_batches_redraw_strips_each_epoch_by_seed_and_keep_their_captions():
+    from qkv.crossmodal.training import _REDRAW_STRIDE
+
     task = _matching_task()
-    plain = _matching_task("--data.augment_shift=0")
-    assert task.cfg.data.augment_shift == 1  # on by default
+    assert task.cfg.data.redraw and task.cfg.data.augment_shift == 0  # the defaults
+    epoch0, epoch1 = list(task.batches(epoch=0, start=0)), list(task.batches(epoch=1, start=0))
+    loaded = digit_strips(96, seed=0, split="train")
+    drawn = digit_strips(96, seed=_REDRAW_STRIDE, split="train")  # epoch 1 of data.seed 0
+    for batches, strips in ((epoch0, loaded), (epoch1, drawn)):  # each image keeps its own caption
+        tokens = task.tokenizer.encode(strips.captions)
+        want = {img.numpy().tobytes(): tok.numpy().tobytes() for img, tok in zip(strips.images, tokens)}
+        assert _as_pairs(batches) == want
+        for _, words, positives in batches:  # positives: exactly the pairs of the same caption
+            assert torch.equal(positives, (words[:, None] == words[None, :]).all(-1))
+    assert _as_pairs(epoch0) != _as_pairs(epoch1)
+    resumed = list(task.batches(epoch=1, start=2))  # a resumed run starts mid-epoch
+    assert all(torch.equal(x, y) for u, v in zip(epoch1[2:], resumed, strict=True) for x, y in zip(u, v))
+    fixed = _matching_task("--data.redraw=false")
+    assert _as_pairs(fixed.batches(epoch=1, start=0)) == _as_pairs(epoch0)
+
+
+def test_matching_batches_shifted_by_seed_epoch_and_step():
+    task = _matching_task("--data.augment_shift=1", "--data.redraw=false")
+    plain = _matching_task("--data.redraw=false")
     full = list(task.batches(epoch=2, start=0))
-    resumed = list(task.batches(epoch=2, start=1))  # a resumed run starts mid-epoch
+    resumed = list(task.batches(epoch=2, start=1))
     assert all(torch.equal(x, y) for u, v in zip(full[1:], resumed, strict=True) for x, y in zip(u, v))
-    again = list(task.batches(epoch=2, start=0))
-    assert all(torch.equal(x, y) for u, v in zip(full, again, strict=True) for x, y in zip(u, v))
-    other_epoch = list(task.batches(epoch=3, start=0))
-    assert not torch.equal(full[0][0], other_epoch[0][0])
+    assert not torch.equal(full[0][0], next(iter(task.batches(epoch=3, start=0)))[0])
     for (images, tokens, positives), (plain_images, plain_tokens, plain_positives) in zip(
         full, plain.batches(epoch=2, start=0), strict=True
     ):
@@ -166,14 +188,12 @@ def test_matching_batches_are_augmented_by_seed_epoch_and_step_and_keep_their_ca
         assert not torch.equal(images, plain_images)
         for i in range(len(images)):  # each digit moved by at most a pixel, in its own slot
             _slot_shifts(plain_images[i], images[i])
-    other_seed = _matching_task("--train.seed=1")
-    plain_seed1 = _matching_task("--train.seed=1", "--data.augment_shift=0")
-    a, b = next(other_seed.batches(epoch=2, start=0)), next(plain_seed1.batches(epoch=2, start=0))
-    assert torch.equal(a[1], b[1]) and not torch.equal(a[0], full[0][0])
 
 
-def test_augment_shift_must_be_an_int_of_at_least_zero():
+def test_bad_augmentation_options():
     from qkv.crossmodal.config import DataConfig
 
     with pytest.raises(ValueError, match=r"config \[data\] augment_shift: expected an int >= 0, got -1"):
         DataConfig(augment_shift=-1)
+    with pytest.raises(ValueError, match=r"config \[data\] redraw: expected true or false, got 1"):
+        DataConfig(redraw=1)
