@@ -84,8 +84,8 @@ class DataConfig:
     test_size: int = 1_000  # test and zero-shot strips (test handwriting)
     split_seed: int = 0  # how handwriting and numbers are split
     seed: int = 0  # which strips are drawn
-    redraw: bool = True  # epochs after the first draw fresh training strips (same handwriting)
-    augment_shift: int = 0  # training digits moved by up to this many pixels in their slots
+    redraw: bool = True  # matching: epochs after the first draw fresh training strips
+    augment_shift: int = 0  # matching: training digits moved by up to this many pixels in their slots
 
     def __post_init__(self) -> None:
         _expect("data", "dataset", self.dataset in DATASETS, " | ".join(DATASETS), self.dataset)
