@@ -4,9 +4,9 @@
 :func:`train` turns a config (:func:`qkv.crossmodal.config.resolve`) into the pieces of the
 model-agnostic :class:`qkv.train.loop.Trainer`: the strips of each split (:func:`load_strips`),
 the model, AdamW, and a task. A matcher (:func:`qkv.models.builders.build_matching_model`)
-learns with a :class:`MatchingTask`: shuffled batches of (strip, caption) pairs, the symmetric
-InfoNCE loss (pairs of the same caption in a batch are all positives), validation by loss and
-recall@1; a captioner with a :class:`qkv.crossmodal.captioning.CaptionTask`.
+learns with a :class:`MatchingTask`: shuffled batches of (strip, caption) pairs (fresh strips
+every epoch), the symmetric InfoNCE loss (pairs of the same caption in a batch are all
+positives), validation by loss and recall@1; a captioner with a :class:`qkv.crossmodal.captioning.CaptionTask`.
 """
 
 from __future__ import annotations
@@ -68,11 +68,12 @@ def similarity_matrix(model: nn.Module, images: Tensor, tokens: Tensor, *, batch
 
 class MatchingTask:
     """The matching side of the :class:`~qkv.train.loop.Trainer`: batches of a seeded
-    permutation of the training pairs (a pure function of ``(seed, epoch)``; with ``[data]
-    augment_shift`` each batch's digits moved in their slots by the batch's own seeded draw,
-    :func:`~qkv.crossmodal.images.shift_slots`, so a batch is a pure function of ``(seed, epoch,
-    step)`` and a resumed run sees the same batches), :func:`info_nce` with every same-caption
-    pair of a batch a positive, validation by loss and recall@1."""
+    permutation of the epoch's training pairs (:meth:`epoch_pairs`: with ``[data] redraw``
+    fresh strips every epoch), a pure function of ``(seed, epoch)``; with ``[data]
+    augment_shift`` each batch's digits moved in their slots by the batch's own seeded draw
+    (:func:`~qkv.crossmodal.images.shift_slots`). A batch is thus a pure function of the config,
+    the epoch and the step, and a resumed run sees the same batches. :func:`info_nce` with every
+    same-caption pair of a batch a positive, validation by loss and recall@1."""
 
     count_unit = "pair"
 
