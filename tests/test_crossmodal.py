@@ -1,5 +1,6 @@
 """qkv.crossmodal: digit strips (determinism, disjoint handwriting, held-out numbers, slots),
-recall@K on a hand-made similarity matrix, captions as word ids, bad input."""
+recall@K on a hand-made similarity matrix, captions as word ids, the training strips redrawn
+every epoch and shifted per slot (seeded, captions kept, resume-exact), bad input."""
 
 from __future__ import annotations
 
@@ -103,3 +104,96 @@ def test_bad_arguments(kwargs, message):
         digit_strips(**kwargs)
     with pytest.raises(ValueError, match=r"number: expected an int in \[0, 9999\], got 10000"):
         number_caption(10_000, "en")
+
+
+def _slot_shifts(original: torch.Tensor, moved: torch.Tensor) -> list[tuple[int, int]]:
+    """The ``(dy, dx)`` in ``[-1, 1]`` that moves each 8 x 8 slot of ``original`` to ``moved``."""
+    found = []
+    for s in range(original.shape[-1] // 8):
+        a, b = original[..., s * 8 : (s + 1) * 8], moved[..., s * 8 : (s + 1) * 8]
+        padded = torch.nn.functional.pad(a, (1, 1, 1, 1))
+        hits = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
+                if torch.equal(padded[..., 1 - dy : 9 - dy, 1 - dx : 9 - dx], b)]  # fmt: skip
+        assert hits, f"slot {s} is no 1-pixel shift of the original"
+        found.append(hits[0])
+    return found
+
+
+def test_shift_slots_moves_each_digit_within_its_own_slot_deterministically():
+    from qkv.crossmodal.images import shift_slots
+
+    strips = digit_strips(40, seed=5)
+    a = shift_slots(strips.images, slot_width=8, max_shift=1, generator=torch.Generator().manual_seed(7))
+    b = shift_slots(strips.images, slot_width=8, max_shift=1, generator=torch.Generator().manual_seed(7))
+    c = shift_slots(strips.images, slot_width=8, max_shift=1, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(a, b) and not torch.equal(a, c) and a.shape == strips.images.shape
+    shifts = [shift for i in range(40) for shift in _slot_shifts(strips.images[i], a[i])]
+    assert len(set(shifts)) == 9  # every (dy, dx) of the 3 x 3 is drawn in 160 slots
+    ink = strips.images.reshape(40, 8, 4, 8).sum((1, 3))  # (40, 4): per slot
+    moved_ink = a.reshape(40, 8, 4, 8).sum((1, 3))
+    assert bool((moved_ink[ink == 0] == 0).all()) and bool((moved_ink <= ink + 1e-6).all())  # no ink enters
+    assert shift_slots(strips.images, slot_width=8, max_shift=0, generator=torch.Generator()) is strips.images
+    with pytest.raises(ValueError, match=r"images: expected a width that is a multiple of 5, got 32"):
+        shift_slots(strips.images, slot_width=5, max_shift=1, generator=torch.Generator())
+
+
+def _matching_task(*overrides: str):
+    from qkv.crossmodal.config import resolve
+    from qkv.crossmodal.data import caption_vocabulary
+    from qkv.crossmodal.training import MatchingTask, load_strips
+
+    cfg = resolve(preset="clip", overrides=["--data.train_size=96", "--data.valid_size=0",
+                                            "--train.batch_size=32", *overrides])  # fmt: skip
+    strips = load_strips(cfg.data)
+    return MatchingTask(cfg, strips, CaptionTokenizer(caption_vocabulary("en"), max_words=12))
+
+
+def _as_pairs(batches) -> dict[bytes, bytes]:
+    """Every (image, words) pair of some batches, as bytes, each image with its words."""
+    return {img.numpy().tobytes(): tok.numpy().tobytes() for b in batches for img, tok in zip(b[0], b[1])}
+
+
+def test_matching_batches_redraw_strips_each_epoch_by_seed_and_keep_their_captions():
+    from qkv.crossmodal.training import _REDRAW_STRIDE
+
+    task = _matching_task()
+    assert task.cfg.data.redraw and task.cfg.data.augment_shift == 0  # the defaults
+    epoch0, epoch1 = list(task.batches(epoch=0, start=0)), list(task.batches(epoch=1, start=0))
+    loaded = digit_strips(96, seed=0, split="train")
+    drawn = digit_strips(96, seed=_REDRAW_STRIDE, split="train")  # epoch 1 of data.seed 0
+    for batches, strips in ((epoch0, loaded), (epoch1, drawn)):  # each image keeps its own caption
+        tokens = task.tokenizer.encode(strips.captions)
+        want = {img.numpy().tobytes(): tok.numpy().tobytes() for img, tok in zip(strips.images, tokens)}
+        assert _as_pairs(batches) == want
+        for _, words, positives in batches:  # positives: exactly the pairs of the same caption
+            assert torch.equal(positives, (words[:, None] == words[None, :]).all(-1))
+    assert _as_pairs(epoch0) != _as_pairs(epoch1)
+    resumed = list(task.batches(epoch=1, start=2))  # a resumed run starts mid-epoch
+    assert all(torch.equal(x, y) for u, v in zip(epoch1[2:], resumed, strict=True) for x, y in zip(u, v))
+    fixed = _matching_task("--data.redraw=false")
+    assert _as_pairs(fixed.batches(epoch=1, start=0)) == _as_pairs(epoch0)
+
+
+def test_matching_batches_shifted_by_seed_epoch_and_step():
+    task = _matching_task("--data.augment_shift=1", "--data.redraw=false")
+    plain = _matching_task("--data.redraw=false")
+    full = list(task.batches(epoch=2, start=0))
+    resumed = list(task.batches(epoch=2, start=1))
+    assert all(torch.equal(x, y) for u, v in zip(full[1:], resumed, strict=True) for x, y in zip(u, v))
+    assert not torch.equal(full[0][0], next(iter(task.batches(epoch=3, start=0)))[0])
+    for (images, tokens, positives), (plain_images, plain_tokens, plain_positives) in zip(
+        full, plain.batches(epoch=2, start=0), strict=True
+    ):
+        assert torch.equal(tokens, plain_tokens) and torch.equal(positives, plain_positives)
+        assert not torch.equal(images, plain_images)
+        for i in range(len(images)):  # each digit moved by at most a pixel, in its own slot
+            _slot_shifts(plain_images[i], images[i])
+
+
+def test_bad_augmentation_options():
+    from qkv.crossmodal.config import DataConfig
+
+    with pytest.raises(ValueError, match=r"config \[data\] augment_shift: expected an int >= 0, got -1"):
+        DataConfig(augment_shift=-1)
+    with pytest.raises(ValueError, match=r"config \[data\] redraw: expected true or false, got 1"):
+        DataConfig(redraw=1)

@@ -18,7 +18,8 @@ Imported only when used (``import qkv.crossmodal``; ``import qkv`` does not load
 - :mod:`qkv.crossmodal.captioner`: :class:`Captioner`, a trained captioner loaded from a
   checkpoint: captions with each word's attention, their scores.
 - :mod:`qkv.crossmodal.caption_metrics`: exact match, BLEU, chrF, attention correctness.
-- :mod:`qkv.crossmodal.images`: images checked, patches' slots, attention as pixel maps.
+- :mod:`qkv.crossmodal.images`: images checked, patches' slots, attention as pixel maps,
+  digits shifted in their slots.
 
 The layers: :mod:`qkv.crossmodal` builds on :mod:`qkv.vision` (the digits), :mod:`qkv.train`
 and the library; none of those imports it.

@@ -76,14 +76,16 @@ def _is_int(value: Any, least: int) -> bool:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """The ``[data]`` table: which strips, how many, how split."""
+    """The ``[data]`` table: which strips, how many, how split and augmented."""
 
     dataset: str = "digit-strips"  # digit-strips | digit-strips-fr | digit-strips-de | digit-strips-digits
-    train_size: int = 20_000  # training strips (drawn once, shuffled every epoch)
+    train_size: int = 20_000  # training strips per epoch (shuffled every epoch)
     valid_size: int = 500  # validation strips (valid handwriting)
     test_size: int = 1_000  # test and zero-shot strips (test handwriting)
     split_seed: int = 0  # how handwriting and numbers are split
     seed: int = 0  # which strips are drawn
+    redraw: bool = True  # matching: epochs after the first draw fresh training strips
+    augment_shift: int = 0  # matching: training digits moved by up to this many pixels in their slots
 
     def __post_init__(self) -> None:
         _expect("data", "dataset", self.dataset in DATASETS, " | ".join(DATASETS), self.dataset)
@@ -93,9 +95,11 @@ class DataConfig:
             ("test_size", 0),
             ("split_seed", 0),
             ("seed", 0),
+            ("augment_shift", 0),
         ):
             value = getattr(self, key)
             _expect("data", key, _is_int(value, least), f"an int >= {least}", value)
+        _expect("data", "redraw", isinstance(self.redraw, bool), "true or false", self.redraw)
 
     @property
     def lang(self) -> str:

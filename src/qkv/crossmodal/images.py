@@ -2,7 +2,8 @@
 
 A model's patch ``(r, c)`` of its ``h x w`` grid (row-major: patch ``r * w + c``) covers pixels
 ``r*P .. r*P+P-1`` down and ``c*P .. c*P+P-1`` across; on a digit strip it lies in slot
-``c * P // SLOT_WIDTH`` (:func:`patch_slots`).
+``c * P // SLOT_WIDTH`` (:func:`patch_slots`). :func:`shift_slots` is the light augmentation of
+training strips: each digit moved within its own slot.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["attention_pixels", "check_images", "patch_slots"]
+__all__ = ["attention_pixels", "check_images", "patch_slots", "shift_slots"]
 
 
 def check_images(images: object, image_shape: tuple[int, int, int]) -> Tensor:
@@ -47,3 +48,27 @@ def attention_pixels(attention: Tensor, grid: tuple[int, int], patch_size: int) 
     h, w = grid
     x = attention.reshape(*attention.shape[:-1], h, w)  # (..., h, w), row-major
     return x.repeat_interleave(patch_size, -2).repeat_interleave(patch_size, -1)
+
+
+def shift_slots(images: Tensor, *, slot_width: int, max_shift: int, generator: torch.Generator) -> Tensor:
+    """Strips ``(N, C, H, W)`` with each ``H x slot_width`` slot moved by its own ``dy, dx`` drawn
+    from ``[-max_shift, max_shift]`` inside the slot (zeros filling in; a pixel pushed out of its
+    slot is dropped, never moved into the next one): the digits stay in their slots, so a
+    strip's caption and its words' slots still hold. ``max_shift = 0`` returns ``images``.
+
+    Raises:
+        ValueError: ``W`` not a multiple of ``slot_width``, or ``max_shift`` not an int >= 0.
+    """
+    from ..vision.data import random_shifts
+
+    if isinstance(max_shift, bool) or not isinstance(max_shift, int) or max_shift < 0:
+        raise ValueError(f"max_shift: expected an int >= 0, got {max_shift!r}")
+    n, c, h, w = images.shape
+    if w % slot_width:
+        raise ValueError(f"images: expected a width that is a multiple of {slot_width}, got {w}")
+    if max_shift == 0:
+        return images
+    k = w // slot_width
+    slots = images.reshape(n, c, h, k, slot_width).permute(0, 3, 1, 2, 4).reshape(n * k, c, h, slot_width)
+    moved = random_shifts(slots, max_shift=max_shift, generator=generator)  # (N * k, C, H, S)
+    return moved.reshape(n, k, c, h, slot_width).permute(0, 2, 3, 1, 4).reshape(n, c, h, w)

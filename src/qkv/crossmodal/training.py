@@ -4,9 +4,9 @@
 :func:`train` turns a config (:func:`qkv.crossmodal.config.resolve`) into the pieces of the
 model-agnostic :class:`qkv.train.loop.Trainer`: the strips of each split (:func:`load_strips`),
 the model, AdamW, and a task. A matcher (:func:`qkv.models.builders.build_matching_model`)
-learns with a :class:`MatchingTask`: shuffled batches of (strip, caption) pairs, the symmetric
-InfoNCE loss (pairs of the same caption in a batch are all positives), validation by loss and
-recall@1; a captioner with a :class:`qkv.crossmodal.captioning.CaptionTask`.
+learns with a :class:`MatchingTask`: shuffled batches of (strip, caption) pairs (fresh strips
+every epoch), the symmetric InfoNCE loss (pairs of the same caption in a batch are all
+positives), validation by loss and recall@1; a captioner with a :class:`qkv.crossmodal.captioning.CaptionTask`.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from .captioning import CaptionTask, build_captioner_from_facts, caption_facts
 from .captions import PAD_ID, CaptionTokenizer
 from .config import DataConfig, RunConfig
 from .data import MAX_DIGITS, MAX_WORDS, SLOT_WIDTH, DigitStrips, caption_vocabulary, digit_strips
+from .images import shift_slots
 from .retrieval import caption_positives, retrieval_recalls
 
 __all__ = ["MatchingTask", "load_strips", "matching_facts", "similarity_matrix", "train"]
@@ -67,17 +68,20 @@ def similarity_matrix(model: nn.Module, images: Tensor, tokens: Tensor, *, batch
 
 class MatchingTask:
     """The matching side of the :class:`~qkv.train.loop.Trainer`: batches of a seeded
-    permutation of the training pairs (a pure function of ``(seed, epoch)``), :func:`info_nce`
-    with every same-caption pair of a batch a positive, validation by loss and recall@1."""
+    permutation of the epoch's training pairs (:meth:`epoch_pairs`: with ``[data] redraw``
+    fresh strips every epoch), a pure function of ``(seed, epoch)``; with ``[data]
+    augment_shift`` each batch's digits moved in their slots by the batch's own seeded draw
+    (:func:`~qkv.crossmodal.images.shift_slots`). A batch is thus a pure function of the config,
+    the epoch and the step, and a resumed run sees the same batches. :func:`info_nce` with every
+    same-caption pair of a batch a positive, validation by loss and recall@1."""
 
     count_unit = "pair"
 
     def __init__(self, cfg: RunConfig, strips: dict[str, DigitStrips], tokenizer: CaptionTokenizer):
-        self.cfg = cfg
+        self.cfg, self.tokenizer = cfg, tokenizer
         self.batch_size = cfg.train.batch_size
         self.train_images = strips["train"].images
-        self.train_tokens = tokenizer.encode(strips["train"].captions)
-        self.train_ids = torch.tensor(_caption_ids(strips["train"].captions))
+        self._epoch_pairs = (0, *self._pairs(strips["train"]))  # (epoch, images, tokens, caption ids)
         self.valid = strips.get("valid")
         self.valid_tokens = (
             tokenizer.encode(self.valid.captions) if self.valid and len(self.valid.captions) else None
@@ -85,12 +89,37 @@ class MatchingTask:
         self.batches_per_epoch = -(-len(self.train_images) // self.batch_size)
 
     def batches(self, epoch: int, start: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        g = torch.Generator().manual_seed(self.cfg.train.seed * 100_003 + epoch)
-        order = torch.randperm(len(self.train_images), generator=g)
+        seed, shift = self.cfg.train.seed, self.cfg.data.augment_shift
+        all_images, all_tokens, all_ids = self.epoch_pairs(epoch)
+        order = torch.randperm(
+            len(all_images), generator=torch.Generator().manual_seed(seed * 100_003 + epoch)
+        )
         for b in range(start, self.batches_per_epoch):
             index = order[b * self.batch_size : (b + 1) * self.batch_size]
-            ids = self.train_ids[index]
-            yield self.train_images[index], self.train_tokens[index], ids[:, None] == ids[None, :]
+            images, ids = all_images[index], all_ids[index]
+            if shift:
+                g = torch.Generator().manual_seed((seed * 100_003 + epoch) * 100_003 + b)
+                images = shift_slots(images, slot_width=SLOT_WIDTH, max_shift=shift, generator=g)
+            yield images, all_tokens[index], ids[:, None] == ids[None, :]
+
+    def epoch_pairs(self, epoch: int) -> tuple[Tensor, Tensor, Tensor]:
+        """The training pairs of an epoch: ``(images, word ids, caption ids)``. Epoch 0 (and
+        every epoch without ``[data] redraw``) has the loaded strips; with ``redraw`` epoch ``e``
+        draws ``train_size`` fresh ones from the same training handwriting and numbers,
+        :func:`~qkv.crossmodal.data.digit_strips` with seed ``data.seed + e * 1_000_003`` (a
+        pure function of the config and the epoch, so a resumed run sees the same strips)."""
+        if not self.cfg.data.redraw:
+            epoch = 0
+        if self._epoch_pairs[0] != epoch:
+            d = self.cfg.data
+            strips = digit_strips(d.train_size, seed=d.seed + epoch * _REDRAW_STRIDE, lang=d.lang,
+                                  split="train", split_seed=d.split_seed)  # fmt: skip
+            self._epoch_pairs = (epoch, *self._pairs(strips))
+        return self._epoch_pairs[1:]
+
+    def _pairs(self, strips: DigitStrips) -> tuple[Tensor, Tensor, Tensor]:
+        ids = torch.tensor(_caption_ids(strips.captions))
+        return strips.images, self.tokenizer.encode(strips.captions), ids
 
     def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, int]:
         images, tokens, positives = batch
@@ -107,6 +136,9 @@ class MatchingTask:
             "valid_loss": float(loss),
             "valid_i2t_r1": retrieval_recalls(sim, positives, ks=(1,))["i2t_r1"],
         }
+
+
+_REDRAW_STRIDE = 1_000_003
 
 
 def _caption_ids(captions: list[str]) -> list[int]:
