@@ -77,6 +77,37 @@ KIND_NAMES = " or ".join(map(repr, MODEL_KINDS))
 _FROM_DATA = frozenset({"src_vocab", "tgt_vocab", "pad_id"})
 
 
+def _keys_of(
+    kinds: dict[str, tuple[type[nn.Module], type]], kind: object, decided: frozenset[str]
+) -> frozenset[str]:
+    """The valid keys of a ``[model]`` table of ``kind`` (one of ``kinds``): ``kind`` and the
+    fields of its config dataclass but the ones the data decides (``decided``)."""
+    if kind not in kinds:
+        raise ValueError(f"model.kind: expected {' or '.join(map(repr, kinds))}, got {kind!r}")
+    _, config_cls = kinds[kind]
+    return frozenset({"kind"} | {f.name for f in dataclasses.fields(config_cls)} - decided)
+
+
+def _build(
+    kinds: dict[str, tuple[type[nn.Module], type]], model_cfg: dict[str, Any], default: str,
+    decided: frozenset[str], facts: dict[str, Any],
+) -> nn.Module:  # fmt: skip
+    """The model of ``model_cfg`` (``kind`` defaults to ``default``) with the data's ``facts``;
+    a key the table may not hold or a fact the data does not decide is a clear error."""
+    kind = model_cfg.get("kind", default)
+    keys = _keys_of(kinds, kind, decided)
+    unknown = sorted(set(model_cfg) - keys)
+    if unknown:
+        raise ValueError(
+            f"model: unknown key(s) {', '.join(unknown)} for kind {kind!r}; expected some of {', '.join(sorted(keys))}"
+        )
+    extra = sorted(set(facts) - decided)
+    if extra:
+        raise ValueError(f"facts: unknown {', '.join(extra)}; expected some of {', '.join(sorted(decided))}")
+    model_cls, config_cls = kinds[kind]
+    return model_cls(config_cls(**facts, **{k: v for k, v in model_cfg.items() if k != "kind"}))
+
+
 def _check_kind(kind: object) -> str:
     if kind not in MODEL_KINDS:
         raise ValueError(f"model.kind: expected {KIND_NAMES}, got {kind!r}")
@@ -86,8 +117,7 @@ def _check_kind(kind: object) -> str:
 def config_keys(kind: str) -> frozenset[str]:
     """The valid keys of a ``[model]`` table of this kind: ``kind`` and the fields of its config
     dataclass but the vocabulary sizes and the padding id."""
-    _, config_cls = MODEL_KINDS[_check_kind(kind)]
-    return frozenset({"kind"} | {f.name for f in dataclasses.fields(config_cls)} - _FROM_DATA)
+    return _keys_of(MODEL_KINDS, kind, _FROM_DATA)
 
 
 def build_model(model_cfg: dict[str, Any], *, src_vocab: int, tgt_vocab: int) -> nn.Module:
@@ -109,10 +139,7 @@ _FROM_IMAGES = frozenset({"image_size", "image_width", "channels", "num_classes"
 def image_config_keys(kind: str) -> frozenset[str]:
     """The valid keys of an image ``[model]`` table: ``kind`` and the fields of its config
     dataclass but the image size, the channels and the number of classes."""
-    if kind not in IMAGE_KINDS:
-        raise ValueError(f"model.kind: expected {' or '.join(map(repr, IMAGE_KINDS))}, got {kind!r}")
-    _, config_cls = IMAGE_KINDS[kind]
-    return frozenset({"kind"} | {f.name for f in dataclasses.fields(config_cls)} - _FROM_IMAGES)
+    return _keys_of(IMAGE_KINDS, kind, _FROM_IMAGES)
 
 
 def build_image_model(
@@ -120,16 +147,8 @@ def build_image_model(
 ) -> nn.Module:
     """An image classifier (a :class:`ViT`) from its ``[model]`` table (``kind`` defaults to
     ``"vit"``) and the facts of the data."""
-    kind = model_cfg.get("kind", "vit")
-    unknown = sorted(set(model_cfg) - image_config_keys(kind))
-    if unknown:
-        valid = ", ".join(sorted(image_config_keys(kind)))
-        raise ValueError(
-            f"model: unknown key(s) {', '.join(unknown)} for kind {kind!r}; expected some of {valid}"
-        )
-    model_cls, config_cls = IMAGE_KINDS[kind]
-    fields = {k: v for k, v in model_cfg.items() if k != "kind"}
-    return model_cls(config_cls(image_size=image_size, channels=channels, num_classes=num_classes, **fields))
+    facts = {"image_size": image_size, "channels": channels, "num_classes": num_classes}
+    return _build(IMAGE_KINDS, model_cfg, "vit", _FROM_IMAGES, facts)
 
 
 #: Image-text matching models: ``kind`` -> (model class, config dataclass).
@@ -150,30 +169,14 @@ CLIP_PRESETS: dict[str, dict[str, Any]] = {
 def matching_config_keys(kind: str) -> frozenset[str]:
     """The valid keys of a matching ``[model]`` table: ``kind`` and the fields of its config
     dataclass but the ones the images and captions decide."""
-    if kind not in MATCHING_KINDS:
-        raise ValueError(f"model.kind: expected {' or '.join(map(repr, MATCHING_KINDS))}, got {kind!r}")
-    _, config_cls = MATCHING_KINDS[kind]
-    return frozenset({"kind"} | {f.name for f in dataclasses.fields(config_cls)} - _FROM_PAIRS)
+    return _keys_of(MATCHING_KINDS, kind, _FROM_PAIRS)
 
 
 def build_matching_model(model_cfg: dict[str, Any], **facts: Any) -> nn.Module:
     """An image-text matching model (a :class:`CLIP`) from its ``[model]`` table (``kind``
     defaults to ``"clip"``) and the facts of the data: ``vocab_size``, ``image_size``,
     ``image_width``, ``channels``, ``max_words``, ``pad_id``."""
-    kind = model_cfg.get("kind", "clip")
-    unknown = sorted(set(model_cfg) - matching_config_keys(kind))
-    if unknown:
-        valid = ", ".join(sorted(matching_config_keys(kind)))
-        raise ValueError(
-            f"model: unknown key(s) {', '.join(unknown)} for kind {kind!r}; expected some of {valid}"
-        )
-    extra = sorted(set(facts) - _FROM_PAIRS)
-    if extra:
-        raise ValueError(
-            f"facts: unknown {', '.join(extra)}; expected some of {', '.join(sorted(_FROM_PAIRS))}"
-        )
-    model_cls, config_cls = MATCHING_KINDS[kind]
-    return model_cls(config_cls(**facts, **{k: v for k, v in model_cfg.items() if k != "kind"}))
+    return _build(MATCHING_KINDS, model_cfg, "clip", _FROM_PAIRS, facts)
 
 
 #: Captioners: ``kind`` -> (model class, config dataclass).
@@ -201,30 +204,14 @@ CAPTION_PRESETS: dict[str, dict[str, Any]] = {
 def caption_config_keys(kind: str) -> frozenset[str]:
     """The valid keys of a captioner's ``[model]`` table: ``kind`` and the fields of its config
     dataclass but the ones the images and captions decide."""
-    if kind not in CAPTION_KINDS:
-        raise ValueError(f"model.kind: expected {' or '.join(map(repr, CAPTION_KINDS))}, got {kind!r}")
-    _, config_cls = CAPTION_KINDS[kind]
-    return frozenset({"kind"} | {f.name for f in dataclasses.fields(config_cls)} - _FROM_CAPTIONS)
+    return _keys_of(CAPTION_KINDS, kind, _FROM_CAPTIONS)
 
 
 def build_caption_model(model_cfg: dict[str, Any], **facts: Any) -> nn.Module:
     """A captioner from its ``[model]`` table (``kind`` defaults to ``"captioner"``) and the
     facts of the data: ``vocab_size``, ``image_size``, ``image_width``, ``channels``,
     ``max_words``, ``pad_id``, ``start_id``, ``end_id``."""
-    kind = model_cfg.get("kind", "captioner")
-    unknown = sorted(set(model_cfg) - caption_config_keys(kind))
-    if unknown:
-        valid = ", ".join(sorted(caption_config_keys(kind)))
-        raise ValueError(
-            f"model: unknown key(s) {', '.join(unknown)} for kind {kind!r}; expected some of {valid}"
-        )
-    extra = sorted(set(facts) - _FROM_CAPTIONS)
-    if extra:
-        raise ValueError(
-            f"facts: unknown {', '.join(extra)}; expected some of {', '.join(sorted(_FROM_CAPTIONS))}"
-        )
-    model_cls, config_cls = CAPTION_KINDS[kind]
-    return model_cls(config_cls(**facts, **{k: v for k, v in model_cfg.items() if k != "kind"}))
+    return _build(CAPTION_KINDS, model_cfg, "captioner", _FROM_CAPTIONS, facts)
 
 
 #: Speech recognizers: ``kind`` -> (model class, config dataclass).
@@ -244,22 +231,10 @@ SPEECH_PRESETS: dict[str, dict[str, Any]] = {
 def speech_config_keys(kind: str) -> frozenset[str]:
     """The valid keys of a speech ``[model]`` table: ``kind`` and the fields of its config
     dataclass but the ones the data decides."""
-    if kind not in SPEECH_KINDS:
-        raise ValueError(f"model.kind: expected {' or '.join(map(repr, SPEECH_KINDS))}, got {kind!r}")
-    _, config_cls = SPEECH_KINDS[kind]
-    return frozenset({"kind"} | {f.name for f in dataclasses.fields(config_cls)} - _FROM_SPEECH)
+    return _keys_of(SPEECH_KINDS, kind, _FROM_SPEECH)
 
 
 def build_speech_model(model_cfg: dict[str, Any], *, n_mels: int, vocab_size: int) -> nn.Module:
     """A speech recognizer (a :class:`LAS`) from its ``[model]`` table (``kind`` defaults to
     ``"las"``) and the data's feature size and vocabulary size."""
-    kind = model_cfg.get("kind", "las")
-    unknown = sorted(set(model_cfg) - speech_config_keys(kind))
-    if unknown:
-        valid = ", ".join(sorted(speech_config_keys(kind)))
-        raise ValueError(
-            f"model: unknown key(s) {', '.join(unknown)} for kind {kind!r}; expected some of {valid}"
-        )
-    model_cls, config_cls = SPEECH_KINDS[kind]
-    fields = {k: v for k, v in model_cfg.items() if k != "kind"}
-    return model_cls(config_cls(n_mels=n_mels, vocab_size=vocab_size, **fields))
+    return _build(SPEECH_KINDS, model_cfg, "las", _FROM_SPEECH, {"n_mels": n_mels, "vocab_size": vocab_size})
