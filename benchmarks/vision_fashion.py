@@ -47,8 +47,8 @@ def seconds_per_step(cfg, *, steps: int = 20, warmup: int = 3) -> float:
     """The median time of one optimizer step of ``cfg``'s model on its first training batches."""
     import torch
 
+    from qkv.application.run import torch_threads
     from qkv.models.builders import build_image_model
-    from qkv.train.loop import torch_threads
     from qkv.vision import ClassificationTask, load_splits
     from qkv.vision.training import image_facts
 
