@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import subprocess
 import sys
@@ -53,3 +54,50 @@ def test_python_dash_m_runs_a_suite():
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("usage: attention_dense.py [-h] [--quick]")
+
+
+def _qkv_imports(path: Path) -> list[tuple[int, str, str]]:
+    """Every ``from qkv... import name`` in a suite, at module level or inside a function."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = []
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.ImportFrom)
+            and node.level == 0
+            and (node.module or "").split(".")[0] == "qkv"
+        ):
+            found += [(node.lineno, node.module, alias.name) for alias in node.names]
+        elif isinstance(node, ast.Import):
+            found += [
+                (node.lineno, alias.name, "") for alias in node.names if alias.name.split(".")[0] == "qkv"
+            ]
+    return found
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_every_qkv_name_a_suite_imports_exists(suite):
+    """Suites import qkv inside functions too (extras load lazily): a name that moved would only
+    fail hours into a benchmark run, so every one is resolved here, without running anything."""
+    missing = []
+    for line, module, name in _qkv_imports(REPO / "benchmarks" / f"{suite}.py"):
+        try:
+            imported = importlib.import_module(module)
+        except ImportError as err:
+            missing.append(f"line {line}: {module} ({err})")
+            continue
+        if name and not hasattr(imported, name):
+            try:
+                importlib.import_module(f"{module}.{name}")
+            except ImportError:
+                missing.append(f"line {line}: {module}.{name}")
+    assert not missing, f"benchmarks/{suite}.py imports names qkv does not have: {missing}"
+
+
+def test_the_import_check_sees_function_level_imports(tmp_path):
+    suite = tmp_path / "suite.py"
+    suite.write_text(
+        "import qkv\n\ndef main():\n    from qkv.application.run import torch_threads, nowhere\n"
+    )
+    assert _qkv_imports(suite) == [
+        (1, "qkv", ""), (4, "qkv.application.run", "torch_threads"), (4, "qkv.application.run", "nowhere"),
+    ]  # fmt: skip
