@@ -3,6 +3,7 @@ probe of SDPA's kernel, the bounded cache itself, and what they must never chang
 
 from __future__ import annotations
 
+import importlib
 import threading
 
 import pytest
@@ -133,3 +134,77 @@ def test_masked_softmax_leaves_its_logits_alone():
         assert torch.equal(logits, before)
         expected = torch.softmax(logits if m is None else logits.masked_fill(~m, float("-inf")), -1)
         assert (weights - expected.nan_to_num(0.0)).abs().max() < 1e-6
+
+
+def _plain_problem(seed=0, shape=(2, 3, 6, 8)):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(*shape, generator=g) for _ in range(3)]
+
+
+def test_a_repeated_plain_call_skips_the_checks_and_the_choice(monkeypatch):
+    attention_module = importlib.import_module("qkv.api.attention")
+    q, k, v = _plain_problem(1)
+    first = qkv.attention(q, k, v)
+
+    def no_full_path(*args, **kwargs):
+        raise AssertionError("the full path ran for a repeated plain call")
+
+    monkeypatch.setattr(attention_module, "prepare", no_full_path)
+    again = qkv.attention(q, k, v)
+    assert again.backend == first.backend == "sdpa"
+    assert torch.equal(again.out, first.out) and again.weights is None and again.lse is None
+    with pytest.raises(AssertionError, match="full path"):  # anything not plain still takes it
+        qkv.attention(q, k, v, mask=torch.ones(6, 6, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_plain_path_equals_the_reference(dtype):
+    q, k, v = (t.to(dtype) for t in _plain_problem(2, (1, 4, 5, 16)))
+    ref = qkv.attention(q, k, v, backend="reference").out
+    for _ in range(3):  # the full path, then the kept runner
+        out = qkv.attention(q, k, v).out
+        assert (out - ref).abs().max() < (1e-12 if dtype == torch.float64 else 1e-5)
+
+
+def test_the_plain_path_keeps_gradients_and_dropout_streams():
+    q, k, v = (t.double().requires_grad_() for t in _plain_problem(3, (1, 2, 4, 8)))
+    grads = []
+    for _ in range(2):
+        torch.manual_seed(7)
+        out = qkv.attention(q, k, v, dropout_p=0.3, training=True).out
+        (gq,) = torch.autograd.grad(out.square().sum(), q)
+        grads.append((out.detach(), gq))
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+    assert torch.autograd.gradcheck(lambda a, b, c: qkv.attention(a, b, c).out, (q, k, v))
+
+
+def test_a_swapped_registry_is_not_answered_by_a_kept_runner(monkeypatch):
+    q, k, v = _plain_problem(4)
+    for _ in range(2):
+        assert qkv.attention(q, k, v).backend == "sdpa"
+
+    class Refusing(type(dispatch.BACKENDS["sdpa"])):
+        def supports(self, inputs):
+            return ["refused here"]
+
+    monkeypatch.setitem(dispatch.BACKENDS, "sdpa", Refusing())
+    assert qkv.attention(q, k, v).backend == "reference"
+
+
+def test_what_the_plain_path_never_serves():
+    from qkv.api import plain_calls
+    from qkv.backends import sequence_parallel
+
+    q, k, v = _plain_problem(5)
+    key = plain_calls.plain_key(q, k, v, "scaled_dot", None, 0.0, False, "auto", "softmax")
+    qkv.attention(q, k, v)
+    assert plain_calls.lookup(key, "auto") is not None
+    context = sequence_parallel.SequenceParallel(group=None, layout="contiguous", rank=0, world=1)
+    with sequence_parallel.activate(context):  # auto means ring there
+        assert plain_calls.lookup(key, "auto") is None
+    three_d = [t[0] for t in (q, k, v)]
+    assert plain_calls.plain_key(*three_d, "scaled_dot", None, 0.0, False, "auto", "softmax") is None
+    assert plain_calls.plain_key(q, k, v, "scaled_dot", None, 0.0, False, "auto", "sparsemax") is None
+    assert plain_calls.plain_key(q, k, v, "scaled_dot", None, 0.0, False, 3, "softmax") is None
+    with pytest.raises(TypeError, match="backend"):  # and its errors come on every call
+        qkv.attention(q, k, v, backend=3)

@@ -22,7 +22,7 @@ from ..backends import dispatch
 from ..backends.attention_weights import as_index, weights_and_lse
 from ..functional.normalize import NormalizerFn
 from ..masks.core import MaskLike
-from . import grouped
+from . import grouped, plain_calls
 from .prepare import ScoreLike, prepare
 
 __all__ = ["attention", "dispatch_report"]
@@ -101,9 +101,23 @@ def attention(
     key or value that a row attends makes that row NaN. Half-precision inputs are normalized in
     float32.
     """
+    plain = None  # a plain call (no mask, bias, weights or parameters) runs its kept runner
+    if (
+        mask is None
+        and bias is None
+        and weights_for is None
+        and not (need_weights or score_kwargs or normalize_kwargs)
+    ):
+        plain = plain_calls.plain_key(
+            query, key, value, score, scale, dropout_p, training, backend, normalize
+        )
+        runner = plain_calls.lookup(plain, backend)
+        if runner is not None:
+            return runner(query, key, value)
     unfold = None
     g = grouped.group_size(query, key, value)
     if g > 1:
+        plain = None
         query, key, value, mask, bias, unfold = grouped.fold(
             query, key, value, g, mask=mask, bias=bias, weights_for=weights_for
         )
@@ -117,6 +131,7 @@ def attention(
     chosen = dispatch.choose(inputs, backend)
     dispatch.check_weights_fit(inputs)
     result = chosen.run(inputs)
+    plain_calls.remember(plain, inputs, backend, chosen)
     if inputs.need_weights:
         heads, rows = inputs.weights_for or (None, None)
         if result.weights is None:

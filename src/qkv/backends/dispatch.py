@@ -36,9 +36,12 @@ __all__ = [
     "PRIORITY",
     "DispatchReport",
     "MemoryPlanError",
+    "cached_choice",
     "check_weights_fit",
     "choose",
     "get_backend",
+    "registry_token",
+    "resolves_elsewhere",
 ]
 
 BACKENDS: dict[str, Backend] = {
@@ -199,6 +202,32 @@ def report(inputs: AttentionInputs, requested: str) -> DispatchReport:
 _CHOICES = BoundedCache(512)  # (inputs.signature, requested, registry) -> backend name
 
 
+def registry_token() -> tuple:
+    """What a cached choice depends on besides the call: the priority order and the backend
+    objects registered (a swapped backend is a new object)."""
+    return tuple(PRIORITY), tuple(map(id, BACKENDS.values()))
+
+
+def resolves_elsewhere(requested: str) -> bool:
+    """Whether ``requested`` means another backend here (``auto`` inside a sequence-parallel
+    context means ``ring``)."""
+    return requested == "auto" and sequence_parallel_active() is not None
+
+
+def _choice_key(inputs: AttentionInputs, requested: str) -> tuple | None:
+    if inputs.signature is None or requested == "ring":  # ring depends on the context's group
+        return None
+    return (inputs.signature, requested, *registry_token())
+
+
+def cached_choice(inputs: AttentionInputs, requested: str) -> Backend | None:
+    """The backend :func:`choose` cached for ``inputs`` (a choice that read no free memory),
+    or None."""
+    key = _choice_key(inputs, _in_context(requested))
+    name = None if key is None else _CHOICES.get(key)
+    return None if name is None else BACKENDS.get(name)
+
+
 def choose(inputs: AttentionInputs, requested: str) -> Backend:
     """The backend to run: auto's pick (see the module docstring), else the requested one.
 
@@ -213,9 +242,8 @@ def choose(inputs: AttentionInputs, requested: str) -> Backend:
     """
     in_context = requested == "auto" and _in_context(requested) == "ring"
     requested = _in_context(requested)  # inside a sequence-parallel context, auto means ring
-    key = None
-    if inputs.signature is not None and requested != "ring":  # ring depends on the context's group
-        key = (inputs.signature, requested, tuple(PRIORITY), tuple(map(id, BACKENDS.values())))
+    key = _choice_key(inputs, requested)
+    if key is not None:
         name = _CHOICES.get(key)
         if name is not None and name in BACKENDS:
             return BACKENDS[name]

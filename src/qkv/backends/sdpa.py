@@ -15,6 +15,7 @@ drops a NaN query row.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -101,6 +102,27 @@ class SdpaBackend:
                 q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=inputs.scale
             )
         return AttentionOutput(out=_nan_rows(out, q, k, v, mask), weights=None, lse=lse, backend=self.name)
+
+    def plain_runner(
+        self, inputs: AttentionInputs
+    ) -> Callable[[Tensor, Tensor, Tensor], AttentionOutput] | None:
+        """What :meth:`run` does for calls shaped like ``inputs`` when they have no mask, bias
+        or weights asked, as a function of ``(query, key, value)`` (:mod:`qkv.api.plain_calls`):
+        the fused kernel, and the NaN rule's reduction only where the probe found the kernel
+        breaks it at this size (asked once, here)."""
+        if inputs.has_mask or inputs.bias is not None or inputs.need_weights:
+            return None
+        dropout_p = inputs.dropout_p if inputs.dropout_active else 0.0
+        scale, name = inputs.scale, self.name
+        repair = drops_nan_rows(inputs.query, inputs.key, inputs.value)
+
+        def run(q: Tensor, k: Tensor, v: Tensor) -> AttentionOutput:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
+            if repair:
+                out = _nan_rows(out, q, k, v, None)
+            return AttentionOutput(out=out, weights=None, lse=None, backend=name)
+
+        return run
 
 
 def _lse_kernel(
