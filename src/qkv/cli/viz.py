@@ -273,7 +273,7 @@ def _image_mode(args: argparse.Namespace) -> bool:
         return False
     if not vision:
         raise CommandError(
-            "--image: expected --checkpoint DIR of an image classifier (qkv train --model vit)"
+            "--image: expected --checkpoint DIR of an image classifier (qkv train --model vit) or of a captioner"
         )
     extra = [o for o, v in (("SENTENCE", args.sentences), ("--scores", args.scores), ("--layer", args.layer),
                             ("--head", args.head)) if v]  # fmt: skip
