@@ -79,7 +79,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
             "Run a pretrained encoder (--model minilm) or a translation model of `qkv train` "
             "(--checkpoint DIR) on a sentence and write every attention map as one self-contained "
             "HTML file (no network needed to view it), with token-importance scores, and/or a "
-            "static figure (--png)."
+            "static figure (--png). With the checkpoint of an image classifier (--image) or of a "
+            "captioner (--index N or --image FILE): that image's attention, or the caption's words "
+            "with each word's attention over the image."
         ),
         epilog=(
             'Example: qkv viz --model minilm "The cat sat on the mat." --scores rollout,grad,ig. '
@@ -102,7 +104,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "--image",
         metavar="INDEX|FILE.png",
         help="an image classifier's checkpoint: explain this test image (an index into the test split "
-        "of the run's data set) or image file (resized to the model's size)",
+        "of the run's data set) or image file (resized to the model's size); a captioner's: caption "
+        "this image file",
     )
     p.add_argument(
         "--index",
