@@ -135,3 +135,42 @@ def test_one_map_hides_the_selectors_and_lights_each_word_patch(open_viewer, tmp
             expected = VIRIDIS_HIGH if col == 2 * word else VIRIDIS_LOW
             assert max(abs(a - b) for a, b in zip(rgb, expected, strict=True)) <= 2, (word, col, rgb)
     v.assert_clean()
+
+
+# ----------------------------------------------------------------------------- the page `qkv viz` writes
+
+
+@pytest.fixture(scope="module")
+def cli_page(tmp_path_factory):
+    """``qkv viz --checkpoint DIR --index 2 --out FILE.html`` on a Transformer captioner of
+    2 layers x 2 heads with random weights; and that strip's picture."""
+    pytest.importorskip("sklearn")
+    pytest.importorskip("num2words")
+    from qkv.cli.main import main
+    from qkv.crossmodal import Captioner, digit_strips
+    from qkv.crossmodal.pictures import caption_picture
+    from test_crossmodal_seeing import _captioner_run
+
+    root = tmp_path_factory.mktemp("viz-caption-cli")
+    run = _captioner_run(root, "captioner-transformer")
+    assert main(["viz", "--checkpoint", run, "--index", "2", "--out", str(root / "strip.html")]) == 0
+    image = digit_strips(3, seed=0, split="test").images[2]
+    return root / "strip.html", caption_picture(Captioner.load(run), image, name="test strip 2")
+
+
+def test_the_page_of_qkv_viz_on_a_captioner_shows_the_model_maps(open_viewer, cli_page):
+    path, picture = cli_page
+    w = picture.attention  # (2 layers, 2 heads, n words, 16 patches)
+    v = open_viewer(path)
+    assert v.page.locator("#words .word").all_text_contents() == picture.words
+    assert abs(v.js("qkvViewer.weight(0, 1, 0, 9)") - float(w[0, 1, 0, 9])) < 2e-5
+    assert close(
+        v.js("qkvViewer.shownMap()"), picture.caption.attention[0], tol=1e-4
+    )  # what decoding reported
+    before = v.js(CANVAS_HASH, "image-canvas")
+    v.page.select_option("#layer", "0")
+    assert v.js(CANVAS_HASH, "image-canvas") != before
+    at = v.js("qkvViewer.patchCenter(1, 2)")
+    v.page.mouse.move(at["x"], at["y"])
+    assert close(v.js("qkvViewer.wordWeights()"), w[0, :, :, 10].mean(0))
+    v.assert_clean()
