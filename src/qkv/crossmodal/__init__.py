@@ -19,6 +19,8 @@ Imported only when used (``import qkv.crossmodal``; ``import qkv`` does not load
 - :mod:`qkv.crossmodal.captioner`: :class:`Captioner`, a trained captioner loaded from a
   checkpoint: captions with each word's attention, their scores.
 - :mod:`qkv.crossmodal.caption_metrics`: exact match, BLEU, chrF, attention correctness.
+- :mod:`qkv.crossmodal.pictures`: :func:`~qkv.crossmodal.pictures.caption_picture`, a caption
+  with every cross-attention map of its words (``qkv viz`` on a captioner's checkpoint).
 - :mod:`qkv.crossmodal.images`: images checked, patches' slots, attention as pixel maps,
   digits shifted in their slots.
 
