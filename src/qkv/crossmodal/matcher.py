@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ..application.run import load_trained
+from ..interpret.matching import match_relevance
 from ..models.builders import MATCHING_KINDS
 from .captions import CaptionTokenizer
 from .data import DigitStrips
@@ -17,7 +19,26 @@ from .images import check_images
 from .retrieval import caption_positives, retrieval_recalls
 from .training import build_from_facts, similarity_matrix
 
-__all__ = ["Matcher"]
+__all__ = ["MatchExplanation", "Matcher"]
+
+
+@dataclass
+class MatchExplanation:
+    """Why each (image, caption) pair matches (:meth:`Matcher.explain`).
+
+    Attributes:
+        similarity: ``(N,)`` each pair's cosine similarity.
+        patches: ``(N, h, w)`` each patch's relevance for it (0: no positive evidence).
+        pixels: ``(N, H, W)`` the same over the pixels (each pixel its patch's value).
+        words: per caption, its words as the tokenizer splits them (lowercased).
+        word_scores: per caption, ``(len(words),)`` each word's relevance.
+    """
+
+    similarity: Tensor
+    patches: Tensor
+    pixels: Tensor
+    words: list[list[str]]
+    word_scores: list[Tensor]
 
 
 class Matcher:
@@ -73,6 +94,28 @@ class Matcher:
     def similarity(self, images: Tensor, captions: Sequence[str]) -> Tensor:
         """Cosine similarities ``(N images, C captions)`` in [-1, 1]."""
         return similarity_matrix(self.model, self.check_images(images), self.tokenizer.encode(captions))
+
+    def explain(self, images: Tensor, captions: Sequence[str]) -> MatchExplanation:
+        """Which patches and which words made each pair's similarity high: image ``i`` with
+        caption ``i``, Chefer et al.'s gradient-weighted relevance through both towers
+        (:func:`qkv.interpret.match_relevance`).
+
+        Raises:
+            ValueError: images of the wrong shape, captions that do not encode, or not one
+                caption per image.
+        """
+        x, tokens = self.check_images(images), self.tokenizer.encode(captions)
+        if len(captions) != len(x):
+            raise ValueError(f"captions: expected {len(x)}, one per image, got {len(captions)}")
+        patches, scores = match_relevance(self.model, x, tokens)
+        with torch.no_grad():
+            similarity = (self.model.encode_image(x) * self.model.encode_text(tokens)).sum(-1)
+        p = self.model.visual.patch_size
+        pixels = patches.repeat_interleave(p, -2).repeat_interleave(p, -1)  # (N, h, w) -> (N, H, W)
+        words = [self.tokenizer.split(c) for c in captions]
+        return MatchExplanation(
+            similarity, patches, pixels, words, [s[: len(w)] for s, w in zip(scores, words)]
+        )
 
     def probabilities(self, images: Tensor, captions: Sequence[str]) -> Tensor:
         """Each image's probabilities over the captions ``(N, C)``: the softmax of the scaled

@@ -6,6 +6,9 @@ Images (:func:`explain_image`): the same methods, and Grad-CAM, on an image tran
 ViT, Hugging Face's, timm's), as maps over the pixels and the patch grid, the grid and the class
 token read from the model (:mod:`qkv.interpret.patch_grid`).
 
+Image-text matching (:func:`match_relevance`): which patches and which words made a CLIP-style
+similarity high, gradient-weighted relevance through both towers (:mod:`qkv.interpret.matching`).
+
 Every text method ends in token scores ``(T,)``: rollout-like results are ``(T, T)`` matrices (row
 ``i``: what reaches output position ``i``) that :func:`token_scores` reduces.
 
@@ -25,6 +28,7 @@ head view and each relation's best heads marked (:mod:`qkv.interpret.syntax_page
 from .flow import flow
 from .gradients import grad_rollout, gradient_relevance, integrated_gradients
 from .image import IMAGE_METHODS, ImageExplanation, explain_image
+from .matching import MatchRelevance, match_relevance
 from .patch_grid import PatchGrid, patch_grid
 from .pictures import AttentionPicture, sentence_picture
 from .rollout import layer_matrices, rollout
@@ -37,6 +41,7 @@ __all__ = [
     "IMAGE_METHODS",
     "AttentionPicture",
     "ImageExplanation",
+    "MatchRelevance",
     "PatchGrid",
     "Sentence",
     "SyntaxReport",
@@ -47,6 +52,7 @@ __all__ = [
     "gradient_relevance",
     "integrated_gradients",
     "layer_matrices",
+    "match_relevance",
     "patch_grid",
     "read_conllu",
     "rollout",

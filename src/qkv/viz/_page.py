@@ -1,5 +1,6 @@
-"""The plumbing both viewer pages share: templates read from package data, 16-bit weights,
-JSON that cannot close its script element, and the page put together from its parts."""
+"""The plumbing the viewer pages share: templates read from package data, 16-bit weights, an
+image's pixels, JSON that cannot close its script element, and the page put together from its
+parts."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ import torch
 from torch import Tensor
 
 from ._inputs import visible_text
+from ._patches import as_image
 
-__all__ = ["LEVELS", "quantize", "render_page", "script_json", "template"]
+__all__ = ["LEVELS", "bytes_base64", "image_payload", "quantize", "render_page", "script_json", "template"]
 
 LEVELS = 65535  # 16-bit quantization
 _SLOT = re.compile(r"\{\{(title|css|js|data)\}\}")
@@ -50,6 +52,15 @@ def bytes_base64(values: Tensor) -> str:
     # and tensor.numpy() would make numpy a requirement)
     raw = ctypes.string_at(flat.data_ptr(), flat.numel())
     return base64.b64encode(raw).decode("ascii")
+
+
+def image_payload(image: object) -> dict:
+    """An image (see :func:`qkv.viz._patches.as_image`) as the pages embed it: ``height``,
+    ``width``, ``channels`` and base64 uint8 ``pixels``, row-major with channels interleaved."""
+    picture = as_image("image", image)  # (C, H, W) in [0, 1]
+    channels, height, width = picture.shape
+    pixels = torch.round(picture * 255).permute(1, 2, 0)  # (H, W, C): row-major, channels interleaved
+    return {"height": height, "width": width, "channels": channels, "pixels": bytes_base64(pixels)}
 
 
 def script_json(payload: dict) -> str:

@@ -1,5 +1,5 @@
 """Attention and explanations over an image, drawn with matplotlib: one overlay, a layer x head
-grid of one query's attention, methods side by side.
+grid of one query's attention, methods side by side, one overlay per caption word.
 
 The image is shown at its own pixels and the map is laid over it with transparency, at the same
 pixels: a map over the ``(h, w)`` patch grid is spread over its patches first
@@ -17,6 +17,7 @@ Shape legend::
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,14 +25,14 @@ from typing import TYPE_CHECKING
 import torch
 
 from ._figure import check_path, indices, limits, new_figure, require_matplotlib, save
-from ._inputs import visible_text
+from ._inputs import as_float, visible_text
 from ._patches import as_image, patch_maps, upsample_map
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["image_attention_grid", "image_methods", "image_overlay", "upsample_map"]
+__all__ = ["image_attention_grid", "image_methods", "image_overlay", "image_word_maps", "upsample_map"]
 
 # inches per panel side of the multi-panel figures
 _PANEL = 2.0
@@ -263,5 +264,61 @@ def image_methods(
         ax.set_title(visible_text(method), fontsize=10)
     if title is not None:
         fig.suptitle(visible_text(title))
+    save(fig, target)
+    return fig
+
+
+def image_word_maps(
+    image,
+    maps,
+    words,
+    *,
+    alpha: float = 0.6,
+    cmap: str = "inferno",
+    title: str | None = None,
+    path: str | Path | None = None,
+) -> Figure:
+    """One overlay per word of a caption, stacked top to bottom in the caption's order: where
+    each word's attention fell on the image, one colour range for all of them.
+
+    Args:
+        image: ``(H, W)``, ``(1, H, W)`` or ``(3, H, W)`` pixels.
+        maps: ``(n, h, w)`` over the patch grid (or ``(n, H, W)`` over the pixels), map ``i``
+            for word ``i`` (e.g. a captioner's attention per word).
+        words: the ``n`` words (panel titles; repeated words are fine).
+        alpha, cmap: as in :func:`image_overlay`.
+        title: figure title.
+        path: save to this ``.png``, ``.svg`` or ``.pdf`` file.
+
+    Panel ``fig.axes[i]`` is word ``i``; the colour bar is the last axes.
+
+    Raises:
+        ValueError: no words, not one map per word, a map that does not fit the image, a bad
+            ``path`` extension.
+    """
+    target = check_path(path)
+    picture = as_image("image", image)  # (C, H, W)
+    size = tuple(picture.shape[1:])
+    values = as_float("maps", maps)
+    names = [str(w) for w in words]
+    if not names or values.dim() != 3 or values.shape[0] != len(names):
+        raise ValueError(f"maps: expected one (h, w) map per word, ({len(names)}, h, w) with at least one word, "
+                         f"got {tuple(values.shape)}")  # fmt: skip
+    pixels = torch.stack(
+        [upsample_map(m, size, name=f"maps[{i}]") for i, m in enumerate(values)]
+    )  # (n, H, W)
+    lo, hi = limits(pixels)
+    opacity = _check_alpha(alpha)
+    height, width = size
+    panel_w = min(8.0, max(2.0, 1.0 * width / max(height, 1)))
+    fig = new_figure((panel_w + 1.2, 0.5 + (panel_w * height / width + 0.45) * len(names)))
+    axes = fig.subplots(len(names), 1, squeeze=False)[:, 0]
+    layer = None
+    for ax, word, m in zip(axes, names, pixels, strict=True):
+        layer = _draw(ax, picture, m, cmap=cmap, alpha=opacity, vmin=lo, vmax=hi)
+        ax.set_title(visible_text(word), fontsize=10)
+    fig.colorbar(layer, ax=list(axes), shrink=0.8)
+    if title is not None:  # wrapped to the figure's width (a caption can be long)
+        fig.suptitle(textwrap.fill(visible_text(title), width=int(12 * (panel_w + 1.2))), fontsize=10)
     save(fig, target)
     return fig

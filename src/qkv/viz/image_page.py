@@ -33,17 +33,10 @@ from pathlib import Path
 import torch
 
 from ._inputs import as_float, stack_layers
-from ._page import bytes_base64, quantize, render_page
-from ._patches import as_image, check_grid
+from ._page import image_payload, quantize, render_page
+from ._patches import check_grid
 
 __all__ = ["render_image_html", "save_image_html"]
-
-
-def _image_payload(image: object) -> dict:
-    picture = as_image("image", image)  # (C, H, W) in [0, 1]
-    channels, height, width = picture.shape
-    pixels = torch.round(picture * 255).permute(1, 2, 0)  # (H, W, C): row-major, channels interleaved
-    return {"height": height, "width": width, "channels": channels, "pixels": bytes_base64(pixels)}
 
 
 def _attention_payload(attention: object, batch_index: int) -> dict:
@@ -93,7 +86,7 @@ def _payload(
     batch_index: int = 0,
 ) -> dict:
     """The JSON the image page embeds (see the module docstring for the contract)."""
-    picture = _image_payload(image)
+    picture = image_payload(image)
     weights = _attention_payload(attention, batch_index)
     tokens = weights["tokens"]
     if isinstance(prefix, bool) or not isinstance(prefix, int) or not 0 <= prefix < tokens:

@@ -8,6 +8,15 @@
  * 0..heads-1 then "all"; qkvShared.svgElement(tag, attrs, parent): a new element of
  * parent's namespace (SVG under an <svg>) with those attributes, appended to parent; qkvShared.start(init, errorBox): init(), any error
  * shown in the box.
+ *
+ * What the image pages share (image.js, crossmodal.js): qkvShared.imageCanvas(img): the
+ * payload's base64 pixels on an offscreen canvas, one canvas pixel per image pixel;
+ * qkvShared.patchLayout(height, width, gh, gw): the picture's scale, padding and patch size in
+ * CSS pixels; qkvShared.sizeImageCanvas(canvas, width, height): a crisp canvas of that CSS size;
+ * qkvShared.paintHeat(canvas, values, gh, gw, range): one viridis pixel per patch;
+ * qkvShared.drawPicture(ctx, layout, base, heat, opacity): the image, the heat over it, the grid;
+ * qkvShared.outlinePatch(ctx, layout, row, col, colour, width); qkvShared.rangeOf(values): {lo:
+ * min(0, min), hi}; qkvShared.drawColourBar(canvas, range, height).
  */
 const qkvShared = (function () {
   "use strict";
@@ -94,13 +103,153 @@ const qkvShared = (function () {
     }
   }
 
+  // ---------------------------------------------------------------- image pages
+
+  function clamp(v, lo, hi) {
+    return v < lo ? lo : v > hi ? hi : v;
+  }
+
+  function imageCanvas(img) {
+    const bin = atob(img.pixels);
+    const n = img.height * img.width;
+    if (bin.length !== n * img.channels) {
+      throw new Error("image data has " + bin.length + " bytes, expected " + n * img.channels);
+    }
+    const base = document.createElement("canvas");
+    base.width = img.width;
+    base.height = img.height;
+    const ctx = base.getContext("2d");
+    const out = ctx.createImageData(img.width, img.height);
+    for (let p = 0; p < n; p++) {
+      for (let c = 0; c < 3; c++) out.data[4 * p + c] = bin.charCodeAt(p * img.channels + (img.channels === 1 ? 0 : c));
+      out.data[4 * p + 3] = 255;
+    }
+    ctx.putImageData(out, 0, 0);
+    return base;
+  }
+
+  function patchLayout(height, width, gh, gw) {
+    const scale = clamp(Math.floor(480 / Math.max(height, width)), 1, 32);
+    const pad = 8;
+    return {
+      scale: scale,
+      pad: pad,
+      imageWidth: width,
+      imageHeight: height,
+      gh: gh,
+      gw: gw,
+      width: width * scale + 2 * pad,
+      height: height * scale + 2 * pad,
+      ph: (height / gh) * scale, // one patch, in CSS pixels
+      pw: (width / gw) * scale,
+    };
+  }
+
+  function sizeImageCanvas(canvas, width, height) {
+    const ratio = Math.max(1, Math.min(window.devicePixelRatio || 1, 2));
+    canvas.width = Math.round(width * ratio);
+    canvas.height = Math.round(height * ratio);
+    canvas.style.width = width + "px";
+    canvas.style.height = height + "px";
+    const ctx = canvas.getContext("2d");
+    ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+    ctx.fillStyle = "#ffffff";
+    ctx.fillRect(0, 0, width, height);
+    return ctx;
+  }
+
+  function paintHeat(canvas, m, gh, gw, range) {
+    canvas.width = gw;
+    canvas.height = gh;
+    const ctx = canvas.getContext("2d");
+    const img = ctx.createImageData(gw, gh);
+    const scale = 255 / (range.hi - range.lo);
+    for (let p = 0; p < m.length; p++) {
+      const t = clamp(Math.round((m[p] - range.lo) * scale), 0, 255);
+      img.data[4 * p] = LUT[3 * t];
+      img.data[4 * p + 1] = LUT[3 * t + 1];
+      img.data[4 * p + 2] = LUT[3 * t + 2];
+      img.data[4 * p + 3] = 255;
+    }
+    ctx.putImageData(img, 0, 0);
+  }
+
+  function drawPicture(ctx, L, base, heat, opacity) {
+    const w = L.imageWidth * L.scale;
+    const h = L.imageHeight * L.scale;
+    ctx.imageSmoothingEnabled = false;
+    ctx.drawImage(base, 0, 0, L.imageWidth, L.imageHeight, L.pad, L.pad, w, h);
+    ctx.globalAlpha = opacity;
+    ctx.drawImage(heat, 0, 0, L.gw, L.gh, L.pad, L.pad, w, h);
+    ctx.globalAlpha = 1;
+    ctx.strokeStyle = "rgba(255, 255, 255, 0.35)";
+    ctx.lineWidth = 1;
+    ctx.beginPath();
+    for (let r = 0; r <= L.gh; r++) {
+      const y = Math.round(L.pad + r * L.ph) + 0.5;
+      ctx.moveTo(L.pad, y);
+      ctx.lineTo(L.pad + w, y);
+    }
+    for (let c = 0; c <= L.gw; c++) {
+      const x = Math.round(L.pad + c * L.pw) + 0.5;
+      ctx.moveTo(x, L.pad);
+      ctx.lineTo(x, L.pad + h);
+    }
+    ctx.stroke();
+  }
+
+  function outlinePatch(ctx, L, row, col, colour, width) {
+    ctx.strokeStyle = colour;
+    ctx.lineWidth = width;
+    ctx.strokeRect(L.pad + col * L.pw + width / 2, L.pad + row * L.ph + width / 2, L.pw - width, L.ph - width);
+  }
+
+  function rangeOf(m) {
+    let lo = Infinity;
+    let hi = -Infinity;
+    for (const v of m) {
+      if (v < lo) lo = v;
+      if (v > hi) hi = v;
+    }
+    lo = Math.min(0, lo);
+    return { lo: lo, hi: hi > lo ? hi : lo + 1 };
+  }
+
+  function drawColourBar(canvas, range, height) {
+    const h = Math.max(120, height);
+    const ctx = sizeImageCanvas(canvas, 90, h + 16);
+    for (let y = 0; y < h; y++) {
+      const t = Math.round(255 * (1 - y / Math.max(1, h - 1)));
+      ctx.fillStyle = "rgb(" + LUT[3 * t] + "," + LUT[3 * t + 1] + "," + LUT[3 * t + 2] + ")";
+      ctx.fillRect(0, 8 + y, 14, 1);
+    }
+    ctx.font = "11px system-ui, sans-serif";
+    ctx.fillStyle = "#1d232a";
+    ctx.textAlign = "left";
+    ctx.textBaseline = "top";
+    ctx.fillText(range.hi.toFixed(3), 20, 8);
+    ctx.textBaseline = "bottom";
+    ctx.fillText(range.lo.toFixed(3), 20, 8 + h);
+  }
+
+  const LUT = buildLut();
+
   return {
-    LUT: buildLut(),
+    LUT: LUT,
     visible: visible,
     decode16: decode16,
     fillSelect: fillSelect,
     fillLayersAndHeads: fillLayersAndHeads,
     svgElement: svgElement,
     start: start,
+    clamp: clamp,
+    imageCanvas: imageCanvas,
+    patchLayout: patchLayout,
+    sizeImageCanvas: sizeImageCanvas,
+    paintHeat: paintHeat,
+    drawPicture: drawPicture,
+    outlinePatch: outlinePatch,
+    rangeOf: rangeOf,
+    drawColourBar: drawColourBar,
   };
 })();

@@ -12,7 +12,7 @@
 
   const started = performance.now();
   const $ = (id) => document.getElementById(id);
-  const LUT = qkvShared.LUT;
+  const clamp = qkvShared.clamp;
   const visible = qkvShared.visible;
   const fillSelect = qkvShared.fillSelect;
   const ATTENTION = "attention";
@@ -23,13 +23,9 @@
   let data = null;
   let state = null;
   let layout = null;
-  const base = document.createElement("canvas"); // the image, one canvas pixel per image pixel
+  let base = null; // the image, one canvas pixel per image pixel
   const heat = document.createElement("canvas"); // the overlay, one canvas pixel per patch
   const means = new Map(); // layer -> mean over heads (T * T)
-
-  function clamp(v, lo, hi) {
-    return v < lo ? lo : v > hi ? hi : v;
-  }
 
   function fmt(v) {
     return Number.isFinite(v) ? v.toFixed(4) : String(v);
@@ -37,28 +33,9 @@
 
   // ---------------------------------------------------------------- data
 
-  function paintImage(img) {
-    const bin = atob(img.pixels);
-    const n = img.height * img.width;
-    if (bin.length !== n * img.channels) {
-      throw new Error("image data has " + bin.length + " bytes, expected " + n * img.channels);
-    }
-    base.width = img.width;
-    base.height = img.height;
-    const ctx = base.getContext("2d");
-    const out = ctx.createImageData(img.width, img.height);
-    for (let p = 0; p < n; p++) {
-      for (let c = 0; c < 3; c++) out.data[4 * p + c] = bin.charCodeAt(p * img.channels + (img.channels === 1 ? 0 : c));
-      out.data[4 * p + 3] = 255;
-    }
-    ctx.putImageData(out, 0, 0);
-  }
-
   function decode(payload) {
     const a = payload.attention;
-    paintImage(payload.image);
-    heat.width = payload.grid.w;
-    heat.height = payload.grid.h;
+    base = qkvShared.imageCanvas(payload.image);
     return {
       title: visible(payload.title),
       height: payload.image.height,
@@ -116,122 +93,22 @@
     return m.subarray(row + data.prefix, row + data.tokens);
   }
 
-  function rangeOf(m) {
-    let lo = Infinity;
-    let hi = -Infinity;
-    for (const v of m) {
-      if (v < lo) lo = v;
-      if (v > hi) hi = v;
-    }
-    lo = Math.min(0, lo);
-    return { lo: lo, hi: hi > lo ? hi : lo + 1 };
-  }
-
   // ---------------------------------------------------------------- drawing
-
-  function sizeCanvas(canvas, width, height) {
-    const ratio = Math.max(1, Math.min(window.devicePixelRatio || 1, 2));
-    canvas.width = Math.round(width * ratio);
-    canvas.height = Math.round(height * ratio);
-    canvas.style.width = width + "px";
-    canvas.style.height = height + "px";
-    const ctx = canvas.getContext("2d");
-    ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
-    ctx.fillStyle = "#ffffff";
-    ctx.fillRect(0, 0, width, height);
-    return ctx;
-  }
-
-  function makeLayout() {
-    const scale = clamp(Math.floor(480 / Math.max(data.height, data.width)), 1, 32);
-    const pad = 8;
-    return {
-      scale: scale,
-      pad: pad,
-      width: data.width * scale + 2 * pad,
-      height: data.height * scale + 2 * pad,
-      ph: (data.height / data.gh) * scale, // one patch, in CSS pixels
-      pw: (data.width / data.gw) * scale,
-    };
-  }
-
-  function paintHeat(m, range) {
-    const ctx = heat.getContext("2d");
-    const img = ctx.createImageData(data.gw, data.gh);
-    const scale = 255 / (range.hi - range.lo);
-    for (let p = 0; p < m.length; p++) {
-      const t = clamp(Math.round((m[p] - range.lo) * scale), 0, 255);
-      img.data[4 * p] = LUT[3 * t];
-      img.data[4 * p + 1] = LUT[3 * t + 1];
-      img.data[4 * p + 2] = LUT[3 * t + 2];
-      img.data[4 * p + 3] = 255;
-    }
-    ctx.putImageData(img, 0, 0);
-  }
-
-  function outline(ctx, row, col, colour, width) {
-    const L = layout;
-    ctx.strokeStyle = colour;
-    ctx.lineWidth = width;
-    ctx.strokeRect(L.pad + col * L.pw + width / 2, L.pad + row * L.ph + width / 2, L.pw - width, L.ph - width);
-  }
-
-  function drawGrid(ctx) {
-    const L = layout;
-    const right = L.pad + data.width * L.scale;
-    const bottom = L.pad + data.height * L.scale;
-    ctx.strokeStyle = "rgba(255, 255, 255, 0.35)";
-    ctx.lineWidth = 1;
-    ctx.beginPath();
-    for (let r = 0; r <= data.gh; r++) {
-      const y = Math.round(L.pad + r * L.ph) + 0.5;
-      ctx.moveTo(L.pad, y);
-      ctx.lineTo(right, y);
-    }
-    for (let c = 0; c <= data.gw; c++) {
-      const x = Math.round(L.pad + c * L.pw) + 0.5;
-      ctx.moveTo(x, L.pad);
-      ctx.lineTo(x, bottom);
-    }
-    ctx.stroke();
-  }
-
-  function drawColourBar(range) {
-    const h = Math.max(120, layout.height - 2 * layout.pad);
-    const ctx = sizeCanvas($("colour-bar"), 90, h + 16);
-    for (let y = 0; y < h; y++) {
-      const t = Math.round(255 * (1 - y / Math.max(1, h - 1)));
-      ctx.fillStyle = "rgb(" + LUT[3 * t] + "," + LUT[3 * t + 1] + "," + LUT[3 * t + 2] + ")";
-      ctx.fillRect(0, 8 + y, 14, 1);
-    }
-    ctx.font = "11px system-ui, sans-serif";
-    ctx.fillStyle = "#1d232a";
-    ctx.textAlign = "left";
-    ctx.textBaseline = "top";
-    ctx.fillText(range.hi.toFixed(3), 20, 8);
-    ctx.textBaseline = "bottom";
-    ctx.fillText(range.lo.toFixed(3), 20, 8 + h);
-  }
 
   function draw() {
     const t = performance.now();
     const L = layout;
-    const ctx = sizeCanvas($("image-canvas"), L.width, L.height);
-    ctx.imageSmoothingEnabled = false;
-    ctx.drawImage(base, 0, 0, data.width, data.height, L.pad, L.pad, data.width * L.scale, data.height * L.scale);
+    const ctx = qkvShared.sizeImageCanvas($("image-canvas"), L.width, L.height);
     const m = shownMap();
-    const range = rangeOf(m);
-    paintHeat(m, range);
-    ctx.globalAlpha = state.opacity;
-    ctx.drawImage(heat, 0, 0, data.gw, data.gh, L.pad, L.pad, data.width * L.scale, data.height * L.scale);
-    ctx.globalAlpha = 1;
-    drawGrid(ctx);
+    const range = qkvShared.rangeOf(m);
+    qkvShared.paintHeat(heat, m, data.gh, data.gw, range);
+    qkvShared.drawPicture(ctx, L, base, heat, state.opacity);
     const q = shownQuery();
     if (state.overlay === ATTENTION && q >= data.prefix) {
-      outline(ctx, Math.floor((q - data.prefix) / data.gw), (q - data.prefix) % data.gw, "#00e5ff", 3);
+      qkvShared.outlinePatch(ctx, L, Math.floor((q - data.prefix) / data.gw), (q - data.prefix) % data.gw, "#00e5ff", 3);
     }
-    if (state.hover) outline(ctx, state.hover.row, state.hover.col, "#ffffff", 1);
-    drawColourBar(range);
+    if (state.hover) qkvShared.outlinePatch(ctx, L, state.hover.row, state.hover.col, "#ffffff", 1);
+    qkvShared.drawColourBar($("colour-bar"), range, L.height - 2 * L.pad);
     $("image-readout").textContent = readout(m, range);
     hook.draws += 1;
     hook.timings.lastDraw = performance.now() - t;
@@ -409,7 +286,7 @@
     state = { overlay: ATTENTION, layer: 0, head: "all", query: 0, pinned: data.prefix === 0, hover: null, opacity: 0.6 };
     qkvShared.fillLayersAndHeads($("layer"), $("head"), data.layers, data.heads);
     fillSelect($("overlay"), [[ATTENTION, "attention"]].concat(data.maps.map((m) => [m.name, m.name])));
-    layout = makeLayout();
+    layout = qkvShared.patchLayout(data.height, data.width, data.gh, data.gw);
     wire();
     update();
     hook.timings.firstDraw = performance.now() - started;
