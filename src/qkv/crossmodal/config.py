@@ -113,7 +113,7 @@ class CrossModalTrainConfig(TrainConfig):
     with defaults for small models on 20,000 strips (batches of 128: for CLIP, 127 negatives per
     pair)."""
 
-    epochs: int = 8
+    epochs: int = 14
     batch_size: int = 128
     lr: float = 2e-3
     min_lr: float = 1e-5
