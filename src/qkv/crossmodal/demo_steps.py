@@ -132,10 +132,11 @@ def clip_step(context: DemoContext) -> DemoSection:
         f"  clip: test i2t R@1 {metrics['test']['i2t_r1']:.3f}, zero-shot {metrics['zero_shot']['i2t_r1']:.3f}"
     )
     test = sets["test"]
-    shown = list(dict.fromkeys(test.captions))[:6]  # distinct captions, in order
+    short = [c for c in dict.fromkeys(test.captions) if len(c) <= 24]  # distinct captions, in order
+    shown = short[:6] or list(dict.fromkeys(test.captions))[:6]
     images = test.images[[test.captions.index(c) for c in shown]]
     figure = similarity_figure(
-        matcher.similarity(images, shown), shown, shown, path=context.figure("clip.png")
+        images, matcher.similarity(images, shown), shown, path=context.figure("clip.png")
     )
     return DemoSection(metrics, _clip_html(metrics, figure, candidates))
 
@@ -151,7 +152,7 @@ def _clip_html(metrics: dict[str, Any], figure: Path | None, candidates: int) ->
 their K most similar captions (image->text), and back (text->image); the test set's candidates are its
 {candidates} distinct captions.</p>
 {table_html(["set", "image->text R@1", "text->image R@1", "image->text R@5", "text->image R@5"], rows)}
-<p>Six test strips against their six captions: the diagonal should stand out.</p>
+<p>Six test strips against their six captions (caption j is strip j's): the diagonal should stand out.</p>
 <figure>{picture}</figure>
 """
 
@@ -179,8 +180,8 @@ def _caption_pictures(context: DemoContext, captioner: Captioner, test, lang: st
     index = [i for i, s in enumerate(test.slots) if len({x for w in s for x in w}) >= 3][:count]
     out = []
     for i, caption in zip(index, captioner.caption(test.images[index], beam=1)):
-        verdict = "right" if caption.text == test.captions[i] else f"gold: {test.captions[i]}"
-        title = f"{lang}: {caption.text!r} ({verdict})"
+        verdict = "right" if caption.text == test.captions[i] else f"wrong; gold: {test.captions[i]}"
+        title = f"{lang}: {caption.text}\n({verdict})"
         path = caption_figure(test.images[i], caption.words, caption.attention, captioner.model.grid, title=title,
                               path=context.figure(f"caption-{lang}-{i}.png"))  # fmt: skip
         if path is not None:
