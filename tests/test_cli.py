@@ -368,7 +368,8 @@ def test_demo_help_describes_the_demo(capsys):
         "--out DIR output directory (default runs/demo; vision: runs/demo-vision; cross-modal: "
         "runs/demo-cross-modal)",
         "qkv demo vision: a Vision Transformer on handwritten digits",
-        "qkv demo cross-modal: a CLIP-style matcher of strips of handwritten digits",
+        "a CLIP-style matcher of strips of handwritten digits and their English captions",
+        "Show, Attend and Tell captioners in English, French and German",
         "{translation,vision,cross-modal}",
     ):
         assert needle in text, needle

@@ -66,3 +66,18 @@ def test_a_new_step_is_one_more_entry(tmp_path, capsys):
     assert "[1/1] echo: a step that trains nothing" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"steps: expected distinct names, got \['clip', 'clip'\]"):
         run_crossmodal_demo(tmp_path, steps=(DEMO_STEPS[0], DEMO_STEPS[0]))
+
+
+def test_an_interrupted_training_stops_the_demo_with_its_exit_code(tmp_path, capsys, monkeypatch):
+    import signal
+
+    from qkv.crossmodal import demo_steps
+    from qkv.train.loop import TrainResult
+
+    monkeypatch.setattr(
+        demo_steps, "train", lambda *a, **k: TrainResult(interrupted=True, stop_signal=signal.SIGTERM)
+    )
+    assert main(["demo", "cross-modal", "--quick", "--out", str(tmp_path)]) == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    assert "qkv: clip: training interrupted, the demo stops" in err and "[2/2]" not in err
+    assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "report.html").exists()

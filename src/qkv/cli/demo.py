@@ -115,16 +115,23 @@ def run(args: argparse.Namespace) -> int:
         return _examples(args)
     if args.precision is not None:
         raise CommandError("--precision: only used with --examples (the report's numbers are fixed)")
+    stopped: tuple[type[Exception], ...] = ()  # a demo's "training interrupted" error, with its exit code
     if args.which == "vision":
         from ..vision.demo import run_vision_demo as run_demo
     elif args.which == "cross-modal":
+        from ..crossmodal.demo import DemoInterrupted
         from ..crossmodal.demo import run_crossmodal_demo as run_demo
+
+        stopped = (DemoInterrupted,)
     else:
         from ..translation.demo import run_demo
     try:
         report = run_demo(args.out or DEMO_OUT[args.which], fresh=args.fresh, quick=args.quick)
     except (ValueError, ImportError, FileExistsError) as e:
         raise CommandError(error_message(e)) from None
+    except stopped as e:
+        print(f"qkv: {e}", file=sys.stderr)
+        return e.exit_code
     if args.json:
         print(json.dumps(report, indent=2, allow_nan=False))
     if args.which == "translation":

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .demo_steps import DemoContext, DemoSection, captioner_step, clip_step
+from .demo_steps import DemoContext, DemoInterrupted, DemoSection, captioner_step, clip_step
 
-__all__ = ["DEMO_STEPS", "DemoStep", "run_crossmodal_demo"]
+__all__ = ["DEMO_STEPS", "DemoInterrupted", "DemoStep", "run_crossmodal_demo"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,7 @@ def run_crossmodal_demo(out_dir: str | Path = "runs/demo-cross-modal", *, fresh:
 
     Raises:
         ValueError: two steps of one name (their entries would collide).
+        DemoInterrupted: a training was stopped by SIGINT or SIGTERM (nothing more is written).
     """
     names = [s.name for s in steps]
     if len(set(names)) != len(names):

@@ -29,13 +29,14 @@ from .demo_figures import caption_figure, inline_png, similarity_figure, table_h
 from .matcher import Matcher
 from .training import load_strips, train
 
-__all__ = ["DEMO_RUNS", "DemoContext", "DemoSection", "captioner_step", "clip_step", "demo_config", "finished_run",
-           "train_or_reuse"]  # fmt: skip
+__all__ = ["DEMO_RUNS", "DemoContext", "DemoInterrupted", "DemoSection", "captioner_step", "clip_step", "demo_config",
+           "finished_run", "train_or_reuse"]  # fmt: skip
 
 _SIZE = ["--data.train_size=10000", "--train.epochs=6"]
-#: Each demo model's preset and overrides (demo size: the four train in about 4 minutes on 2 cores).
+#: Each demo model's preset and overrides: the matcher at its defaults, the captioners on half the
+#: strips for 6 epochs (the four train in about 3 minutes of one core).
 DEMO_RUNS: dict[str, tuple[str, list[str]]] = {
-    "clip": ("clip", ["--data.dataset=digit-strips", "--data.train_size=12000", "--train.epochs=5"]),
+    "clip": ("clip", ["--data.dataset=digit-strips", "--data.train_size=20000", "--train.epochs=8"]),
     "captioner-en": ("captioner", ["--data.dataset=digit-strips", *_SIZE]),
     "captioner-fr": ("captioner", ["--data.dataset=digit-strips-fr", *_SIZE]),
     "captioner-de": ("captioner", ["--data.dataset=digit-strips-de", *_SIZE]),
@@ -48,6 +49,15 @@ CLIP_RECALLS = {"test": ("i2t_r1", "t2i_r1", "i2t_r5", "t2i_r5"), "zero_shot": (
 #: Scores kept per captioner.
 CAPTION_SCORES = ("exact_match", "bleu", "attention_correctness")
 CAPTION_LANGS = ("en", "fr", "de")
+
+
+class DemoInterrupted(RuntimeError):
+    """A training of the demo stopped by SIGINT or SIGTERM (its checkpoint saved); the demo
+    stops with it. ``exit_code``: 128 + the signal."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass(frozen=True)
@@ -102,7 +112,11 @@ def finished_run(run: Path, cfg: RunConfig) -> bool:
 
 def train_or_reuse(context: DemoContext, name: str) -> float:
     """Train demo model ``name`` into ``context.out / name``, or reuse a finished run of the same
-    config there (not with ``fresh``); returns its training seconds (from its checkpoint)."""
+    config there (not with ``fresh``); returns its training seconds (from its checkpoint).
+
+    Raises:
+        DemoInterrupted: the training was stopped by SIGINT or SIGTERM.
+    """
     run, cfg = context.out / name, demo_config(name, quick=context.quick)
     if not context.fresh and finished_run(run, cfg):
         _say(f"  {name}: reusing the model in {run} (--fresh retrains it)")
@@ -110,7 +124,10 @@ def train_or_reuse(context: DemoContext, name: str) -> float:
         if run.exists():
             shutil.rmtree(run)
         _say(f"  {name}: training ({cfg.data.train_size:,} strips, {cfg.train.epochs} epochs)")
-        train(cfg, run, progress=not context.quick, stream=sys.stderr)
+        result = train(cfg, run, progress=not context.quick, stream=sys.stderr)
+        if result.interrupted:
+            raise DemoInterrupted(f"{name}: training interrupted, the demo stops (run it again: this model "
+                                  "starts over, the finished ones are reused)", result.exit_code)  # fmt: skip
     seconds = round(float(load_checkpoint(run).state["seconds"]), 1)
     _say(f"  {name}: {seconds:.0f} s of training")
     return seconds
