@@ -23,7 +23,9 @@ Another cross-modal model joins the demo as one more :class:`DemoStep`: a functi
 
 from __future__ import annotations
 
+import html
 import json
+import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -81,13 +83,14 @@ def run_crossmodal_demo(out_dir: str | Path = "runs/demo-cross-modal", *, fresh:
     metrics = {name: s.metrics for name, s in sections.items()}
     seconds = time.perf_counter() - started
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
-    page = _report_html([s.html for s in sections.values()], quick=quick, seconds=seconds)
+    page = _report_html([s.html for s in sections.values()], out, quick=quick, seconds=seconds)
     (out / "report.html").write_text(page)
     _say(f"report: {out / 'report.html'}\nmetrics: {out / 'metrics.json'}\n({seconds:.0f} s in all)")
     return metrics
 
 
-def _report_html(parts: list[str], *, quick: bool, seconds: float) -> str:
+def _report_html(parts: list[str], out: Path, *, quick: bool, seconds: float) -> str:
+    run = html.escape(shlex.quote(str(out)))
     note = (
         "<p><b>A --quick run</b>: tiny trainings, a few steps; the numbers mean nothing.</p>" if quick else ""
     )
@@ -101,8 +104,7 @@ figure{{margin:.5em 0}}</style></head><body>
 (<i>forty two</i>, <i>quarante deux</i>, <i>zwei und vierzig</i>). Test strips
 show handwriting never seen in training; zero-shot strips show numbers never captioned in training.</p>
 {"".join(parts)}
-<p>Total demo time {seconds:.0f} s. Try <code>qkv caption --checkpoint runs/demo-cross-modal/captioner-de
---index 2</code> and <code>qkv match --checkpoint runs/demo-cross-modal/clip --index 2 "six hundred and
-two" "six hundred and twenty"</code>.</p>
+<p>Total demo time {seconds:.0f} s. Try <code>qkv caption --checkpoint {run}/captioner-de --index 2</code>
+and <code>qkv match --checkpoint {run}/clip --index 2 "six hundred and two" "six hundred and twenty"</code>.</p>
 </body></html>
 """
