@@ -27,10 +27,11 @@ def test_quick_demo_writes_metrics_heatmaps_and_an_offline_report(tmp_path, capf
     assert "http://" not in html and "https://" not in html  # opens offline
     assert html.count("data:image/png;base64,") == len(list((out / "heatmaps").glob("*.png"))) >= 2
     assert "[1/3] none: training" in err and "evaluating transformer on test_long" in err
-    from qkv.cli.demo import VISION_HINT
+    from qkv.cli.demo import NEXT_HINT
 
-    assert err.rstrip().splitlines()[-1] == VISION_HINT  # the last line names the other demo
-    assert "qkv demo vision" in VISION_HINT and "runs/demo-vision/report.html" in VISION_HINT
+    assert err.rstrip().splitlines()[-2:] == NEXT_HINT.splitlines()  # the last lines name the other demos
+    assert "qkv demo vision" in NEXT_HINT and "runs/demo-vision/report.html" in NEXT_HINT
+    assert "qkv demo cross-modal" in NEXT_HINT and "runs/demo-cross-modal/report.html" in NEXT_HINT
     for name in metrics:  # each epoch line names its model (they train side by side)
         assert re.search(rf"^{name}: epoch 1: train loss \d", err, re.M), name
     # each model's output on the test examples, right or wrong as the exact match says

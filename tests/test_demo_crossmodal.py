@@ -1,0 +1,83 @@
+"""`qkv demo cross-modal --quick`: a tiny matcher and three tiny captioners, metrics.json, loadable
+checkpoints and an offline report with each generated word's attention."""
+
+import json
+import re
+
+import pytest
+
+from qkv.cli.main import main
+from qkv.crossmodal import Captioner, Matcher
+from qkv.crossmodal.demo import DEMO_STEPS, DemoStep, run_crossmodal_demo
+from qkv.crossmodal.demo_steps import DemoContext, DemoSection, demo_config, finished_run, train_or_reuse
+
+pytest.importorskip("matplotlib")
+
+
+def test_quick_crossmodal_demo_writes_metrics_checkpoints_and_an_offline_report(tmp_path, capsys):
+    out = tmp_path / "demo-cross-modal"
+    assert main(["demo", "cross-modal", "--quick", "--out", str(out), "--json"]) == 0
+    captured = capsys.readouterr()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert json.loads(captured.out) == metrics
+    assert list(metrics) == ["clip", "captioner"]
+    clip = metrics["clip"]
+    assert list(clip) == ["test", "zero_shot", "train_seconds"] and clip["train_seconds"] > 0
+    assert list(clip["test"]) == ["i2t_r1", "t2i_r1", "i2t_r5", "t2i_r5"]
+    assert list(clip["zero_shot"]) == ["i2t_r1", "t2i_r1"]
+    for recalls in (clip["test"], clip["zero_shot"]):
+        assert all(0 <= v <= 1 for v in recalls.values())
+    assert (
+        clip["test"]["i2t_r1"] <= clip["test"]["i2t_r5"] and clip["test"]["t2i_r1"] <= clip["test"]["t2i_r5"]
+    )
+    assert list(metrics["captioner"]) == ["en", "fr", "de"]
+    for lang, m in metrics["captioner"].items():
+        assert list(m) == ["exact_match", "bleu", "attention_correctness", "train_seconds"]
+        assert 0 <= m["exact_match"] <= 1 and 0 <= m["bleu"] <= 100 and 0 <= m["attention_correctness"] <= 1
+        assert m["train_seconds"] > 0
+        captioner = Captioner.load(out / f"captioner-{lang}")
+        assert captioner.lang == lang and captioner.config["train"]["max_steps"] == 3
+    matcher = Matcher.load(out / "clip")
+    assert matcher.lang == "en" and matcher.image_shape == (1, 8, 32)
+    page = (out / "report.html").read_text()
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    assert not re.search(r"""src=["'](?!data:image/png;base64,)""", page)  # every image inlined
+    figures = sorted((out / "figures").glob("*.png"))
+    assert page.count("data:image/png;base64,") == len(figures) == 1 + 3  # similarity + a strip a language
+    assert "A --quick run" in page and "Show, Attend and Tell" in page
+    err = captured.err
+    assert "[1/2] clip: a CLIP-style matcher" in err and "[2/2] captioner: done in" in err
+    assert f"report: {out / 'report.html'}" in err and f"metrics: {out / 'metrics.json'}" in err
+    # a finished model of the same config is reused, its training time kept; another config retrains
+    assert train_or_reuse(DemoContext(out, quick=True), "clip") == clip["train_seconds"]
+    assert "clip: reusing the model" in capsys.readouterr().err
+    assert not finished_run(out / "clip", demo_config("clip")) and finished_run(
+        out / "clip", demo_config("clip", quick=True)
+    )
+
+
+def test_a_new_step_is_one_more_entry(tmp_path, capsys):
+    def echo(context):
+        return DemoSection({"score": 0.5, "quick": context.quick}, "<h2>echo</h2>")
+
+    steps = (DemoStep("echo", "a step that trains nothing", echo),)
+    assert run_crossmodal_demo(tmp_path, quick=True, steps=steps) == {"echo": {"score": 0.5, "quick": True}}
+    assert "<h2>echo</h2>" in (tmp_path / "report.html").read_text()
+    assert "[1/1] echo: a step that trains nothing" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"steps: expected distinct names, got \['clip', 'clip'\]"):
+        run_crossmodal_demo(tmp_path, steps=(DEMO_STEPS[0], DEMO_STEPS[0]))
+
+
+def test_an_interrupted_training_stops_the_demo_with_its_exit_code(tmp_path, capsys, monkeypatch):
+    import signal
+
+    from qkv.crossmodal import demo_steps
+    from qkv.train.loop import TrainResult
+
+    monkeypatch.setattr(
+        demo_steps, "train", lambda *a, **k: TrainResult(interrupted=True, stop_signal=signal.SIGTERM)
+    )
+    assert main(["demo", "cross-modal", "--quick", "--out", str(tmp_path)]) == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    assert "qkv: clip: training interrupted, the demo stops" in err and "[2/2]" not in err
+    assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "report.html").exists()
