@@ -254,10 +254,9 @@ def _ring_forward(plan: _Plan, q: Tensor, k: Tensor, v: Tensor):
     acc = out if out.dtype == cdt else torch.zeros_like(out, dtype=cdt)
     starts = range(0, q.shape[-2], plan.q_block)
     rows = [
-        OnlineSoftmax((*q.shape[:-2], acc[..., q0 : q0 + plan.q_block, :].shape[-2]), cdt, q.device,
-                      acc=acc[..., q0 : q0 + plan.q_block, :])
-        for q0 in starts
-    ]  # fmt: skip
+        OnlineSoftmax(a.shape[:-1], cdt, q.device, acc=a)
+        for a in (acc[..., q0 : q0 + plan.q_block, :] for q0 in starts)
+    ]
     logits = [] if plan.inputs.need_weights else None
     pending = None
     for step in range(w):
