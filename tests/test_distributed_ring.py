@@ -52,6 +52,7 @@ CASES = {
     "dense32": (torch.float32, "contiguous", {}),
     "causal_zigzag64": (torch.float64, "zigzag", {"mask": "causal"}),
     "causal_zigzag32": (torch.float32, "zigzag", {"mask": "causal"}),
+    "causal_zigzag_bf16": (torch.bfloat16, "zigzag", {"mask": "causal"}),
     "causal_contiguous64": (torch.float64, "contiguous", {"mask": "causal"}),
     "window64": (torch.float64, "contiguous", {"mask": "window"}),
     "padding64": (torch.float64, "zigzag", {"mask": "padding"}),
@@ -300,6 +301,47 @@ def test_float32_error_ratio(battery, world, name, request):
             factor=GRAD_FACTOR,
             what=f"d{what}",
         )
+
+
+@pytest.mark.parametrize("world", WORLDS)
+def test_bfloat16_error_ratio(battery, world, request):
+    """Half inputs: running statistics, accumulators and partials in float32 (their partials
+    are not written over the received bfloat16 block); the float32 reference as the golden."""
+    name = "causal_zigzag_bf16"
+    ring = _ring(battery[world], world, name)
+    golden, eager = _reference(name, torch.float32), _reference(name, torch.bfloat16)
+    assert ring["out"].dtype == torch.bfloat16
+    assert_error_ratio(request, ring["out"], golden["out"], eager["out"], what=f"out, world {world}")
+    for i, what in enumerate("qkv"):
+        assert_error_ratio(
+            request,
+            ring["grads"][i],
+            golden["grads"][i],
+            eager["grads"][i],
+            factor=GRAD_FACTOR,
+            what=f"d{what}",
+        )
+
+
+@pytest.mark.parametrize("world", [2, 4, 8])
+def test_the_memory_plan_per_rank_falls_with_the_world(world):
+    """The ring's plan per rank at T = 8192 (the benchmark's problem, causal, with grad) against
+    the chunked backend's in one process: its outputs are 1/world of chunked's, and beyond them
+    it holds at most two received blocks, a piece and a tile sized to the shard."""
+    from qkv.api.prepare import prepare
+    from qkv.backends import sequence_parallel
+
+    t, limit = 8192, {2: 0.57, 4: 0.36, 8: 0.18}[world]
+    full = torch.empty(1, 4, t, 64, requires_grad=True)
+    chunked = qkv.backends.BACKENDS["chunked"].memory_bytes(
+        prepare(full, full, full, mask=qkv.masks.causal())[0]
+    )
+    shard = torch.empty(1, 4, t // world, 64, requires_grad=True)
+    inputs, _ = prepare(shard, shard, shard, mask=qkv.masks.causal())
+    with sequence_parallel.activate(sequence_parallel.SequenceParallel(None, "zigzag", 0, world)):
+        ring = qkv.backends.ring.RingBackend().memory_bytes(inputs)
+    assert ring <= limit * chunked
+    assert ring >= 4 * shard.numel() * 4  # out, dq, dk, dv: never less than the outputs
 
 
 def _blocks_needed(world: int, rank: int, name: str) -> set[int]:

@@ -58,6 +58,9 @@ class OnlineSoftmax:
     Args:
         rows_shape: ``(..., rows)``.
         value_dim: ``Dv`` to accumulate ``softmax @ v`` too; None for the log-sum-exp only.
+        acc: a zeroed ``(..., rows, Dv)`` tensor of ``dtype`` to accumulate ``softmax @ v`` in,
+            in place (e.g. a view of the output, so the rows need no buffer of their own);
+            None: a new one when ``value_dim`` is given.
     """
 
     def __init__(
@@ -66,12 +69,14 @@ class OnlineSoftmax:
         dtype: torch.dtype,
         device: torch.device,
         value_dim: int | None = None,
+        *,
+        acc: Tensor | None = None,
     ) -> None:
         self.m = torch.full(rows_shape, float("-inf"), dtype=dtype, device=device)
         self.l = torch.zeros(rows_shape, dtype=dtype, device=device)
-        self.acc = (
-            None if value_dim is None else torch.zeros((*rows_shape, value_dim), dtype=dtype, device=device)
-        )
+        if acc is None and value_dim is not None:
+            acc = torch.zeros((*rows_shape, value_dim), dtype=dtype, device=device)
+        self.acc = acc
 
     def update(self, s: Tensor, value: Tensor | None = None) -> None:
         """Take one block of logits ``s (..., rows, bk)`` (and its values ``(..., bk, Dv)``)."""
@@ -80,8 +85,8 @@ class OnlineSoftmax:
         p = torch.exp(s - m_safe.unsqueeze(-1))  # (..., rows, bk)
         corr = torch.exp(self.m - m_safe)
         self.l = self.l * corr + p.sum(-1)
-        if self.acc is not None:
-            self.acc = self.acc * corr.unsqueeze(-1) + (p.to(value.dtype) @ value).to(self.acc.dtype)
+        if self.acc is not None:  # in place: acc * corr + p @ v, the same roundings
+            self.acc.mul_(corr.unsqueeze(-1)).add_((p.to(value.dtype) @ value).to(self.acc.dtype))
         self.m = m_new
 
     def lse(self) -> Tensor:
@@ -90,5 +95,6 @@ class OnlineSoftmax:
         return (m_safe + torch.log(self.l)).masked_fill(self.l == 0, float("-inf"))
 
     def out(self, dtype: torch.dtype) -> Tensor:
-        """``(..., rows, Dv)``: ``softmax @ v`` of every row, 0 where nothing was allowed."""
-        return (self.acc / self.l.masked_fill(self.l == 0, 1.0).unsqueeze(-1)).to(dtype)
+        """``(..., rows, Dv)``: ``softmax @ v`` of every row, 0 where nothing was allowed; the
+        accumulator is divided in place (call once, at the end)."""
+        return self.acc.div_(self.l.masked_fill(self.l == 0, 1.0).unsqueeze(-1)).to(dtype)

@@ -15,11 +15,17 @@ neighbours): every rank computes the same need table from the pattern's block la
 
 Backward (FlashAttention-2 from the saved ``lse``): the K/V blocks go round again; rank ``r``
 computes ``dQ`` of its queries and the partial ``dK``, ``dV`` of block ``r - i``, and sends
-that partial back to its owner, which sums what it receives in step order (deterministic;
-one partial in flight each way, so a rank holds a few blocks, never ``world`` of them). A block
-(keys and values, or their gradients) travels as a pair of tensors and counts as one receive:
-dense attention costs ``world - 1`` receives per rank forward and ``2 (world - 1)`` backward.
-Every rank must take part in every call (and in its backward).
+that partial back to its owner, which sums what it receives in step order (deterministic).
+
+Memory: a rank holds its outputs (``out``, ``dQ``, its own ``dK``, ``dV``: the rows accumulate
+in place in ``out``) and, beyond them, never more than two received blocks and a piece: the
+block in use and the next one in flight (one block at two ranks); the partial of a received
+block is written over it, key block by key block as each is done (keys outer), and goes home
+in :data:`GRAD_PIECES` pieces, the owner adding each piece as it comes through one
+piece-sized buffer. Tiles of logits are sized to the shard (:meth:`RingBackend.tiles`). A block
+(keys and values, or their gradients) travels as a pair of tensors (the gradients in pieces)
+and counts as one receive: dense attention costs ``world - 1`` receives per rank forward and
+``2 (world - 1)`` backward. Every rank must take part in every call (and in its backward).
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ from .sequence_parallel import SequenceParallel, active, positions
 __all__ = ["RingBackend", "RingCommunicationError"]
 
 _FORWARD_TAG, _BACKWARD_KV_TAG, _BACKWARD_GRAD_TAG = 1 << 10, 2 << 10, 3 << 10
+#: The pieces each of dK, dV travels home in (one piece-sized receive buffer, not a block).
+GRAD_PIECES = 8
 
 
 class RingCommunicationError(RuntimeError):
@@ -128,18 +136,19 @@ def _peer(group, rank: int) -> int:
 
 class _Exchange:
     """One step's point-to-point messages: send the tensors ``payload`` to ``dst`` and/or
-    receive tensors like ``like`` from ``src`` (either may be None): one block (its keys and
-    values, or their gradients) each way, counted as one receive in the context's stats."""
+    receive into the tensors ``bufs`` from ``src`` (either may be None), the ``j``-th tensor
+    each way under tag ``tag + j``. Counted as one receive in the context's stats when
+    ``count`` (one block: its keys and values, or their gradients)."""
 
-    def __init__(self, plan: _Plan, step: int, tag: int, payload, dst: int, like, src: int, backward: bool):
-        self.plan, self.step, self.src, self.backward = plan, step, src, backward
-        self.bufs = None if like is None else [torch.empty_like(t) for t in like]
+    def __init__(self, plan: _Plan, step: int, tag: int, payload, dst: int, bufs, src: int, backward: bool,
+                 count: bool = True):  # fmt: skip
+        self.plan, self.step, self.src, self.backward, self.bufs = plan, step, src, backward, bufs
         group, ops = plan.sp.group, []
         for j, t in enumerate(payload or []):
-            ops.append(dist.P2POp(dist.isend, t, _peer(group, dst), group, tag + 4 * step + j))
-        for j, t in enumerate(self.bufs or []):
-            ops.append(dist.P2POp(dist.irecv, t, _peer(group, src), group, tag + 4 * step + j))
-        self.payload = payload  # kept alive until the send completes
+            ops.append(dist.P2POp(dist.isend, t, _peer(group, dst), group, tag + j))
+        for j, t in enumerate(bufs or []):
+            ops.append(dist.P2POp(dist.irecv, t, _peer(group, src), group, tag + j))
+        self.payload, self.count = payload, count  # the payload kept alive until the send completes
         self.works = self._start(ops) if ops else []
 
     def _start(self, ops):
@@ -161,58 +170,92 @@ class _Exchange:
                 work.wait()
         except RuntimeError as e:
             raise self._error(e) from e
-        if self.bufs is not None:
+        self.payload = None
+        if self.bufs is not None and self.count:
             self.plan.sp.stats.add(self.backward, self.bufs, self.src)
         return self.bufs
 
 
 def _kv_exchange(plan: _Plan, step: int, kv: list[Tensor], tag: int, backward: bool) -> _Exchange:
-    """Step ``step``: own block to rank ``r + step`` (if it needs it), block of ``r - step`` in."""
+    """Step ``step``: own block to rank ``r + step`` (if it needs it), block of ``r - step`` in
+    (into new buffers)."""
     r, w = plan.rank, plan.world
     dst, src = (r + step) % w, (r - step) % w
     payload = kv if plan.need[dst][r] else None
-    like = kv if plan.need[r][src] else None
-    return _Exchange(plan, step, tag, payload, dst, like, src, backward)
+    bufs = [torch.empty_like(t) for t in kv] if plan.need[r][src] else None
+    return _Exchange(plan, step, tag + 4 * step, payload, dst, bufs, src, backward)
 
 
-def _blocks(plan: _Plan, n_q: int, n_k: int, src: int):
-    """Yield ``(q0, q1, j0, j1, keep)``: the ``q_block x kv_block`` tiles of this rank's queries
-    x the keys of rank ``src`` that the mask lets meet at all, with their mask (None: all)."""
+def _return_partial(plan: _Plan, step: int, part: list[Tensor] | None, own: list[Tensor]) -> None:
+    """Step ``step``'s gradients home: ``part`` (this rank's partial ``[dK, dV]`` of the block
+    of ``src = r - step``, or None) back to ``src``, and the partial of this rank's own block
+    from ``dst = r + step`` (when it has one) added to ``own``. Both go in
+    :data:`GRAD_PIECES` pieces per tensor of the flattened gradients, received through one
+    piece-sized buffer: the partial of this rank's block never exists whole here. Counted
+    as one receive."""
+    r, w = plan.rank, plan.world
+    src, dst = (r - step) % w, (r + step) % w
+    receiving = plan.need[dst][r]
+    piece = max(1, -(-max(t.numel() for t in own) // GRAD_PIECES))
+    buf = own[0].new_empty(piece) if receiving else None
+    tag = _BACKWARD_GRAD_TAG + 64 * step
+    for i, acc in enumerate(own):
+        for j, start in enumerate(range(0, acc.numel(), piece)):
+            end = min(start + piece, acc.numel())
+            payload = None if part is None else [part[i].view(-1)[start:end]]
+            bufs = [buf[: end - start]] if receiving else None
+            ex = _Exchange(plan, step, tag + 2 * (i * GRAD_PIECES + j), payload, src, bufs, dst, True, False)
+            if ex.wait() is not None:
+                acc.view(-1)[start:end] += buf[: end - start]
+    if receiving:
+        plan.sp.stats.add(True, own, dst)
+
+
+def _tiles(plan: _Plan, n_q: int, n_k: int, src: int):
+    """Yield ``(j0, j1, tiles)`` for every ``kv_block`` of the keys of rank ``src``, with
+    ``tiles`` the ``(q0, q1, keep)`` of this rank's ``q_block``s that the mask lets meet it at
+    all and their mask (None: all allowed); empty when none does. Keys outer: a key block's
+    ``dK``, ``dV`` are complete once its tiles are done."""
     qpos, kpos = plan.pos[plan.rank], plan.pos[src]
-    for q0 in range(0, n_q, plan.q_block):
-        q1 = min(q0 + plan.q_block, n_q)
-        for j0 in range(0, n_k, plan.kv_block):
-            j1 = min(j0 + plan.kv_block, n_k)
+    for j0 in range(0, n_k, plan.kv_block):
+        j1, tiles = min(j0 + plan.kv_block, n_k), []
+        for q0 in range(0, n_q, plan.q_block):
+            q1 = min(q0 + plan.q_block, n_q)
             keep = _keep(plan, qpos[q0:q1], kpos[j0:j1])
             if keep is None or bool(keep.all()):
-                yield q0, q1, j0, j1, None  # nothing to mask in this tile
+                tiles.append((q0, q1, None))  # nothing to mask in this tile
             elif bool(keep.any()):
-                yield q0, q1, j0, j1, keep
+                tiles.append((q0, q1, keep))
+        yield j0, j1, tiles
 
 
 def _forward_pair(plan: _Plan, rows: list, q: Tensor, k: Tensor, v: Tensor, src: int, logits: list | None):
     """Fold the keys and values of rank ``src`` into this rank's running softmax (one
-    :class:`OnlineSoftmax` per block of queries)."""
+    :class:`OnlineSoftmax` per block of queries, each taking the key blocks in order)."""
     qpos, kpos = plan.pos[plan.rank], plan.pos[src]
-    for q0, q1, j0, j1, keep in _blocks(plan, q.shape[-2], k.shape[-2], src):
-        kb, vb = k[..., j0:j1, :], v[..., j0:j1, :]
-        if keep is not None:
-            kb, vb = zero_unreachable_keys(kb, vb, keep)
-        bias = _bias(plan, qpos[q0:q1], kpos[j0:j1])
-        _, s = block_logits(plan.inputs, plan.inputs.score_fn, q[..., q0:q1, :], kb, bias, keep)
-        rows[q0 // plan.q_block].update(s, vb)
-        if logits is not None:
-            logits.append((q0, q1, kpos[j0:j1], s))
+    for j0, j1, tiles in _tiles(plan, q.shape[-2], k.shape[-2], src):
+        for q0, q1, keep in tiles:
+            kb, vb = k[..., j0:j1, :], v[..., j0:j1, :]
+            if keep is not None:
+                kb, vb = zero_unreachable_keys(kb, vb, keep)
+            bias = _bias(plan, qpos[q0:q1], kpos[j0:j1])
+            _, s = block_logits(plan.inputs, plan.inputs.score_fn, q[..., q0:q1, :], kb, bias, keep)
+            rows[q0 // plan.q_block].update(s, vb)
+            if logits is not None:
+                logits.append((q0, q1, kpos[j0:j1], s))
 
 
 def _ring_forward(plan: _Plan, q: Tensor, k: Tensor, v: Tensor):
-    """``(out, lse, weights or None)`` of this rank's queries over the whole sequence."""
-    kv, w = [k.contiguous(), v.contiguous()], plan.world
+    """``(out, lse, weights or None)`` of this rank's queries over the whole sequence. The
+    rows accumulate ``softmax @ v`` in place in ``out`` (in a compute-dtype buffer for half
+    inputs); one K/V block is in use and one in flight."""
+    kv, w, cdt = [k.contiguous(), v.contiguous()], plan.world, compute_dtype(q)
+    out = q.new_zeros((*q.shape[:-1], v.shape[-1]), dtype=v.dtype)
+    acc = out if out.dtype == cdt else torch.zeros_like(out, dtype=cdt)
+    starts = range(0, q.shape[-2], plan.q_block)
     rows = [
-        OnlineSoftmax(
-            (*q.shape[:-2], min(plan.q_block, q.shape[-2] - q0)), compute_dtype(q), q.device, v.shape[-1]
-        )
-        for q0 in range(0, q.shape[-2], plan.q_block)
+        OnlineSoftmax(a.shape[:-1], cdt, q.device, acc=a)
+        for a in (acc[..., q0 : q0 + plan.q_block, :] for q0 in starts)
     ]
     logits = [] if plan.inputs.need_weights else None
     pending = None
@@ -222,13 +265,13 @@ def _ring_forward(plan: _Plan, q: Tensor, k: Tensor, v: Tensor):
         block = kv if step == 0 else pending.wait()
         if plan.need[plan.rank][src]:
             _forward_pair(plan, rows, q, *block, src, logits)
-        pending = following
-    out = q.new_empty((*q.shape[:-1], v.shape[-1]), dtype=v.dtype)
-    lse = q.new_empty(q.shape[:-1], dtype=compute_dtype(q))
-    for i, r in enumerate(rows):  # each block of rows written in place, then freed
-        q0 = i * plan.q_block
-        out[..., q0 : q0 + r.m.shape[-1], :], lse[..., q0 : q0 + r.m.shape[-1]] = r.out(v.dtype), r.lse()
-        rows[i] = None
+        block, pending = None, following  # the block just used is freed before the next is taken
+    lse = q.new_empty(q.shape[:-1], dtype=cdt)
+    for q0, r in zip(starts, rows):
+        finished = r.out(v.dtype)  # divided in place: already ``out``'s rows when acc is out
+        if acc is not out:
+            out[..., q0 : q0 + r.m.shape[-1], :] = finished
+        lse[..., q0 : q0 + r.m.shape[-1]] = r.lse()
     weights = None if logits is None else _weights(plan, q, v, lse, logits)
     return out, lse, weights
 
@@ -256,19 +299,28 @@ class _Backward:
         self.fast = plan.inputs.score.dot_like
 
     def pair(self, k: Tensor, v: Tensor, src: int, grads: list[Tensor] | None = None) -> list[Tensor]:
-        """``[dK, dV]`` of block ``src`` from this rank's queries, added to ``grads`` (new
-        tensors when None); ``dQ`` accumulated."""
+        """``[dK, dV]`` of block ``src`` from this rank's queries (``dQ`` accumulated): added
+        to ``grads`` when given; else written over ``k``, ``v`` key block by key block once
+        each is done (the received buffers, which then hold the partial: no new block), or
+        into new tensors when the compute dtype is not theirs."""
         plan, cdt = self.plan, self.d_out.dtype
-        if grads is None:
-            grads = [torch.zeros_like(k, dtype=cdt), torch.zeros_like(v, dtype=cdt)]
+        into = grads
+        if into is None:
+            same = k.dtype == cdt and v.dtype == cdt
+            into = [k, v] if same else [torch.empty_like(k, dtype=cdt), torch.empty_like(v, dtype=cdt)]
         qpos, kpos = plan.pos[plan.rank], plan.pos[src]
-        for q0, q1, j0, j1, keep in _blocks(plan, self.q.shape[-2], k.shape[-2], src):
+        for j0, j1, tiles in _tiles(plan, self.q.shape[-2], k.shape[-2], src):
             kb, vb = k[..., j0:j1, :], v[..., j0:j1, :]
-            if keep is not None:
-                kb, vb = zero_unreachable_keys(kb, vb, keep)
-            bias = _bias(plan, qpos[q0:q1], kpos[j0:j1])
-            self._block(q0, q1, [g[..., j0:j1, :] for g in grads], kb, vb, keep, bias)
-        return grads
+            tile = [torch.zeros_like(kb, dtype=cdt), torch.zeros_like(vb, dtype=cdt)]
+            for q0, q1, keep in tiles:
+                kt, vt = (kb, vb) if keep is None else zero_unreachable_keys(kb, vb, keep)
+                self._block(q0, q1, tile, kt, vt, keep, _bias(plan, qpos[q0:q1], kpos[j0:j1]))
+            for acc, t in zip(into, tile):
+                if grads is None:
+                    acc[..., j0:j1, :] = t  # over the keys and values this block no longer needs
+                else:
+                    acc[..., j0:j1, :] += t
+        return into
 
     def _block(self, q0: int, q1: int, grads: list[Tensor], kb: Tensor, vb: Tensor, keep, bias) -> None:
         """Add one tile's ``dQ`` rows and its keys' ``dK``, ``dV`` to ``grads``."""
@@ -291,35 +343,26 @@ class _Backward:
             grads[0] += gk
 
 
-def _add(own: list[Tensor], exchange: _Exchange | None) -> None:
-    """Wait for ``exchange`` and add the partial ``[dK, dV]`` it brought (if any) to ``own``."""
-    received = None if exchange is None else exchange.wait()
-    for acc, part in zip(own, received or []):
-        acc += part
-
-
 def _ring_backward(plan: _Plan, saved, d_out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``(dq, dk, dv)`` of this rank's shards (see the module docstring)."""
+    """``(dq, dk, dv)`` of this rank's shards (see the module docstring). Held at once: the
+    gradients, one received K/V block (which becomes the partial sent home), the next block
+    in flight and one piece of the partial coming home."""
     q, k, v, out, lse = saved
     bw = _Backward(plan, q, out, lse, d_out)
     kv = [k.contiguous(), v.contiguous()]
     r, w = plan.rank, plan.world
     own = [torch.zeros_like(t, dtype=bw.d_out.dtype) for t in kv]
-    pending = returning = None
-    for step in range(w):
-        following = _kv_exchange(plan, step + 1, kv, _BACKWARD_KV_TAG, True) if step + 1 < w else None
-        src, dst = (r - step) % w, (r + step) % w
-        block = kv if step == 0 else pending.wait()
-        if step == 0 and plan.need[r][r]:
-            bw.pair(*block, src, own)
-        part = bw.pair(*block, src) if step > 0 and plan.need[r][src] else None
-        _add(own, returning)  # the previous step's partial of our block: summed in step order
-        returning = None
-        if step > 0:  # the partial back to its owner; ours from the rank that saw it
-            like = own if plan.need[dst][r] else None
-            returning = _Exchange(plan, step, _BACKWARD_GRAD_TAG, part, src, like, dst, True)
-        pending = following
-    _add(own, returning)
+    pending = _kv_exchange(plan, 1, kv, _BACKWARD_KV_TAG, True) if w > 1 else None
+    if plan.need[r][r]:
+        bw.pair(*kv, r, own)
+    for step in range(1, w):
+        src = (r - step) % w
+        block = pending.wait()
+        pending = _kv_exchange(plan, step + 1, kv, _BACKWARD_KV_TAG, True) if step + 1 < w else None
+        part = bw.pair(*block, src) if plan.need[r][src] else None
+        block = None
+        _return_partial(plan, step, part, own)  # summed in step order: deterministic
+        part = None
     return bw.dq.to(q.dtype), own[0].to(k.dtype), own[1].to(v.dtype)
 
 
@@ -411,24 +454,40 @@ class RingBackend:
     def auto_skip(self, inputs: AttentionInputs) -> list[str]:
         return []
 
+    def tiles(self, shard_len: int, features: int) -> tuple[int, int]:
+        """``(q_block, kv_block)`` for shards of ``shard_len`` positions: the tile is sized
+        to the shard, about ``shard_len x features / 16`` logits per batch x head (so its
+        temporaries shrink with the shard, as everything else), near square, neither side
+        below 32 nor above the configured blocks."""
+        target = shard_len * features // 16
+        q_block = max(1, min(self.q_block, max(32, math.isqrt(target)), shard_len))
+        return q_block, max(1, min(self.kv_block, max(32, target // q_block), shard_len))
+
     def memory_bytes(self, inputs: AttentionInputs) -> int:
-        """Peak extra bytes on this rank: the output and lse (and the running rows, as many
-        again); with other ranks, the K/V block in use and the one in flight (2 blocks of
-        ``n (D + Dv)``); the logits of one ``q_block x kv_block`` tile (16 c per element, as
-        chunked); the weights (and their kept logits) when asked. With grad: dq and the own
-        dK/dV in the compute dtype, with other ranks also the partial being computed, the one
-        being sent and the one being received (3 blocks more); 8 c per tile element more."""
+        """Peak extra bytes on this rank: the output (the rows accumulate in it; in a compute-
+        dtype buffer as well for half inputs) and the row statistics; with other ranks, the
+        K/V blocks held (``n (D + Dv)`` each: the one in use and, past two ranks, the next in
+        flight); the logits of one tile (:meth:`tiles`; 16 c per element, as chunked); the
+        weights (and their kept logits) when asked. With grad: dq and the own dK/dV in the
+        compute dtype and, with other ranks, one piece of a partial coming home (and a
+        partial of its own for half inputs; else it is written over the received block);
+        8 c per tile element more."""
         s = memory.sizes(inputs)
         c, e = s["c"], s["e"]
         world = sp.world if (sp := active()) is not None else 1
         kv = s["n"] * s["tk"] * (s["d"] + s["dv"])
-        others = world > 1
-        block = s["n"] * min(self.q_block, s["tq"]) * min(self.kv_block, s["tk"])
-        total = 2 * s["n"] * s["tq"] * (s["dv"] * e + c) + 2 * others * kv * e + block * 16 * c
+        q_block, kv_block = self.tiles(s["tq"], max(s["d"], s["dv"]))
+        tile = s["n"] * q_block * kv_block
+        rows = s["n"] * s["tq"]
+        total = (
+            rows * s["dv"] * (e + c * (c != e)) + 3 * rows * c + min(world - 1, 2) * kv * e + tile * 16 * c
+        )
         if inputs.need_weights:
             total += s["n"] * s["tq"] * s["tk"] * world * (e + c)
         if memory.needs_grad(inputs):
-            total += s["n"] * s["tq"] * s["d"] * c + (1 + 3 * others) * kv * c + block * 8 * c
+            total += rows * s["d"] * c + kv * c + tile * 8 * c
+            if world > 1:
+                total += -(-kv // GRAD_PIECES) * c + (c != e) * kv * c
         return total
 
     def run(self, inputs: AttentionInputs) -> AttentionOutput:
@@ -437,7 +496,8 @@ class RingBackend:
             positions(sp.layout, r, sp.world, inputs.q_len, inputs.query.device) for r in range(sp.world)
         )
         total = inputs.q_len * sp.world
-        plan = _Plan(inputs, sp, total, pos, _need(inputs, sp, total, pos), self.q_block, self.kv_block)
+        q_block, kv_block = self.tiles(inputs.q_len, max(inputs.query.shape[-1], inputs.value.shape[-1]))
+        plan = _Plan(inputs, sp, total, pos, _need(inputs, sp, total, pos), q_block, kv_block)
         _check_ranks(plan)
         out, lse, weights = _RingAttention.apply(plan, inputs.query, inputs.key, inputs.value)
         return AttentionOutput(out=out, weights=weights, lse=lse, backend=self.name)
