@@ -57,31 +57,46 @@ def caption_texts(tokenizer: CaptionTokenizer, hypotheses) -> list[str]:
 class CaptionTask:
     """The captioning side of the :class:`~qkv.train.loop.Trainer`: batches of a seeded
     permutation of the training strips (a pure function of ``(seed, epoch)``), teacher-forced
-    loss, validation by loss and greedy exact match."""
+    loss, validation by loss and greedy exact match.
+
+    A batch is the tuple :meth:`inputs` gives for a set, indexed: ``(images, words)`` here,
+    ``model.loss(*batch)`` its loss; a task on other sets overrides :meth:`inputs`,
+    :meth:`references` and :meth:`decode` (:class:`qkv.crossmodal.grounding.GroundedTask`)."""
 
     count_unit = "strip"
 
-    def __init__(self, cfg: RunConfig, strips: dict[str, DigitStrips], tokenizer: CaptionTokenizer):
+    def __init__(self, cfg: RunConfig, sets: dict[str, Any], tokenizer: CaptionTokenizer):
         self.cfg, self.tokenizer = cfg, tokenizer
         self.batch_size = cfg.train.batch_size
-        self.train_images = strips["train"].images
-        self.train_tokens = tokenizer.encode(strips["train"].captions)
-        self.valid = strips.get("valid")
-        if self.valid is not None and not len(self.valid.captions):
+        self.train_images = sets["train"].images
+        self.train_inputs = self.inputs(sets["train"])
+        self.valid = sets.get("valid")
+        if self.valid is not None and not len(self.references(self.valid)):
             self.valid = None
-        self.valid_tokens = tokenizer.encode(self.valid.captions) if self.valid is not None else None
+        self.valid_inputs = self.inputs(self.valid) if self.valid is not None else None
         self.batches_per_epoch = -(-len(self.train_images) // self.batch_size)
 
-    def batches(self, epoch: int, start: int) -> Iterator[tuple[Tensor, Tensor]]:
+    def inputs(self, strips: DigitStrips) -> tuple[Tensor, ...]:
+        """What ``model.loss`` takes for a set: ``(images (N, C, H, W), words (N, T))``."""
+        return strips.images, self.tokenizer.encode(strips.captions)
+
+    def references(self, strips: DigitStrips) -> list[str]:
+        """The texts greedy decoding is scored against: the captions."""
+        return strips.captions
+
+    def decode(self, model: nn.Module, strips: DigitStrips) -> list[str]:
+        """Greedy captions of a set."""
+        return caption_texts(self.tokenizer, greedy(model, strips.images))
+
+    def batches(self, epoch: int, start: int) -> Iterator[tuple[Tensor, ...]]:
         g = torch.Generator().manual_seed(self.cfg.train.seed * 100_003 + epoch)
         order = torch.randperm(len(self.train_images), generator=g)
         for b in range(start, self.batches_per_epoch):
             index = order[b * self.batch_size : (b + 1) * self.batch_size]
-            yield self.train_images[index], self.train_tokens[index]
+            yield tuple(t[index] for t in self.train_inputs)
 
-    def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, int]:
-        images, tokens = batch
-        return model.loss(images, tokens), int(images.shape[0])
+    def loss(self, model: nn.Module, batch: tuple[Tensor, ...]) -> tuple[Tensor, int]:
+        return model.loss(*batch), int(batch[0].shape[0])
 
     def validate(self, model: nn.Module) -> dict[str, float | None]:
         if self.valid is None:
@@ -89,7 +104,7 @@ class CaptionTask:
         was = model.training
         model.eval()
         with torch.no_grad():
-            loss = float(model.loss(self.valid.images, self.valid_tokens))
-            texts = caption_texts(self.tokenizer, greedy(model, self.valid.images))
+            loss = float(model.loss(*self.valid_inputs))
+            texts = self.decode(model, self.valid)
         model.train(was)
-        return {"valid_loss": loss, "valid_exact_match": exact_match(texts, self.valid.captions)}
+        return {"valid_loss": loss, "valid_exact_match": exact_match(texts, self.references(self.valid))}

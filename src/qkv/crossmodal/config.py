@@ -1,10 +1,11 @@
-"""The config of a cross-modal run (matching or captioning): the ``[data]``, ``[model]`` and
+"""The config of a cross-modal run (matching, captioning or grounded translation): the ``[data]``, ``[model]`` and
 ``[train]`` tables.
 
 ::
 
     qkv train --model clip --data digit-strips-de --train.epochs=6
     qkv train --model captioner --data digit-strips-fr
+    qkv train --model grounded --data digit-strips --model.use_image=false
 
 :func:`resolve` builds a :class:`RunConfig` from the defaults, a model preset
 (:data:`MODEL_PRESETS`), a TOML file and dotted overrides, each table a frozen dataclass that
@@ -12,7 +13,8 @@ checks itself. ``[train]`` is :class:`~qkv.train.config.TrainConfig` with defaul
 models on digit strips (:class:`CrossModalTrainConfig`); the valid ``[model]`` keys are the
 fields of the kind's config dataclass (:class:`qkv.models.clip.CLIPConfig`,
 :class:`qkv.models.captioner.ShowAttendTellConfig`,
-:class:`qkv.models.captioner.CaptionTransformerConfig`) but the ones the data decides
+:class:`qkv.models.captioner.CaptionTransformerConfig`,
+:class:`qkv.models.grounded.GroundedConfig`) but the ones the data decides
 (:func:`model_keys`).
 """
 
@@ -26,8 +28,11 @@ from ..models.builders import (
     CAPTION_KINDS,
     CAPTION_PRESETS,
     CLIP_PRESETS,
+    GROUNDED_KINDS,
+    GROUNDED_PRESETS,
     MATCHING_KINDS,
     caption_config_keys,
+    grounded_config_keys,
     matching_config_keys,
 )
 from ..train.config import TrainConfig
@@ -54,19 +59,25 @@ DATASETS = {
 }
 
 #: The model presets of ``qkv train --model NAME``: ``clip`` is ``clip-strips``; ``captioner``
-#: (Show, Attend and Tell) and ``captioner-transformer``.
+#: (Show, Attend and Tell) and ``captioner-transformer``; ``grounded`` (image-grounded
+#: translation: the strips' images and numbers, whatever their caption language).
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "clip": CLIP_PRESETS["clip-strips"],
     **CLIP_PRESETS,
     **CAPTION_PRESETS,
+    **GROUNDED_PRESETS,
 }
 
-#: ``[model] kind`` -> (model class, config dataclass): the matching and the captioning kinds.
-MODEL_KINDS = {**MATCHING_KINDS, **CAPTION_KINDS}
+#: ``[model] kind`` -> (model class, config dataclass): the matching, captioning and grounded
+#: translation kinds.
+MODEL_KINDS = {**MATCHING_KINDS, **CAPTION_KINDS, **GROUNDED_KINDS}
 
 
 def model_keys(kind: str) -> frozenset[str]:
-    """The valid keys of a ``[model]`` table of this kind (a matching or a captioning one)."""
+    """The valid keys of a ``[model]`` table of this kind (a matching, captioning or grounded
+    translation one)."""
+    if kind in GROUNDED_KINDS:
+        return grounded_config_keys(kind)
     return caption_config_keys(kind) if kind in CAPTION_KINDS else matching_config_keys(kind)
 
 
