@@ -28,14 +28,7 @@ from qkv.crossmodal.grounded_translator import GroundedTranslator
 from qkv.crossmodal.grounding import build_grounded_from_facts, grounded_facts
 from qkv.models.grounded import GroundedConfig
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models run fastest on one thread, above all on a shared, busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY = {"kind": "grounded", "patch_size": 8, "dim": 32, "encoder_depth": 1, "encoder_heads": 2,

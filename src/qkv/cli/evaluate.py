@@ -63,6 +63,9 @@ _DECIMALS = {
     "exact_match": 4,
     "aer": 4,
     "attention_correctness": 4,
+    "number_match": 4,
+    "number_image_attention": 4,
+    "other_image_attention": 4,
 }
 
 
@@ -273,10 +276,7 @@ def _run_grounded(args: argparse.Namespace) -> int:
         }
     except USER_ERRORS as e:
         raise CommandError(error_message(e)) from None
-    result = {
-        name: {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}
-        for name, r in result.items()
-    }
+    result = {name: rounded_metrics(r) for name, r in result.items()}
     if args.json:
         print(json.dumps({"model": translator.describe(), **result}, indent=2))
         return 0

@@ -9,7 +9,7 @@ validation is that loss and the exact match of greedy captions.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -22,7 +22,7 @@ from .config import DataConfig, RunConfig
 from .data import MAX_DIGITS, MAX_WORDS, SLOT_WIDTH, DigitStrips, caption_vocabulary
 from .decode import greedy
 
-__all__ = ["CaptionTask", "build_captioner_from_facts", "caption_facts", "caption_texts"]
+__all__ = ["CaptionTask", "build_captioner_from_facts", "caption_facts", "caption_texts", "caption_tokenizer"]
 
 
 def caption_facts(d: DataConfig) -> dict[str, Any]:
@@ -33,19 +33,32 @@ def caption_facts(d: DataConfig) -> dict[str, Any]:
             "slot_width": SLOT_WIDTH}  # fmt: skip
 
 
-def build_captioner_from_facts(
-    model_cfg: dict[str, Any], facts: dict[str, Any]
-) -> tuple[nn.Module, CaptionTokenizer]:
-    """The captioner of a ``[model]`` table and the tokenizer of the stored facts."""
+def caption_tokenizer(facts: dict[str, Any]) -> CaptionTokenizer:
+    """The tokenizer of stored facts (``vocabulary``, ``max_words``) of a model that writes
+    words after ``<start>`` and until ``<end>``.
+
+    Raises:
+        ValueError: a vocabulary that does not start with :data:`CAPTION_MARKS`.
+    """
     tokenizer = CaptionTokenizer(facts["vocabulary"], max_words=facts["max_words"])
     if tokenizer.ids.get("<start>") != START_ID or tokenizer.ids.get("<end>") != END_ID:
         raise ValueError(
             f"facts: expected a vocabulary starting with {CAPTION_MARKS}, got {facts['vocabulary'][:2]}"
         )
-    model = build_caption_model(model_cfg, vocab_size=len(tokenizer), image_size=facts["image_size"],
-                                image_width=facts["image_width"], channels=facts["channels"],
-                                max_words=facts["max_words"], pad_id=PAD_ID, start_id=START_ID,
-                                end_id=END_ID)  # fmt: skip
+    return tokenizer
+
+
+def build_captioner_from_facts(
+    model_cfg: dict[str, Any], facts: dict[str, Any], *, build: Callable[..., nn.Module] = build_caption_model,
+    **more_facts: Any,
+) -> tuple[nn.Module, CaptionTokenizer]:  # fmt: skip
+    """The captioner of a ``[model]`` table and the tokenizer of the stored facts; ``build`` and
+    ``more_facts``: another model that writes words on images (a builder of
+    :mod:`qkv.models.builders` and the facts it takes beyond a captioner's)."""
+    tokenizer = caption_tokenizer(facts)
+    model = build(model_cfg, vocab_size=len(tokenizer), image_size=facts["image_size"],
+                  image_width=facts["image_width"], channels=facts["channels"], max_words=facts["max_words"],
+                  pad_id=PAD_ID, start_id=START_ID, end_id=END_ID, **more_facts)  # fmt: skip
     return model, tokenizer
 
 

@@ -14,8 +14,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..models.builders import build_grounded_model
-from .captioning import CaptionTask, caption_texts
-from .captions import CAPTION_MARKS, END_ID, PAD_ID, START_ID, CaptionTokenizer
+from .captioning import CaptionTask, build_captioner_from_facts, caption_texts
+from .captions import CAPTION_MARKS, CaptionTokenizer
 from .config import DataConfig
 from .data import MAX_DIGITS, SLOT_WIDTH
 from .decode import CaptionHypothesis, greedy_from_memory
@@ -43,16 +43,9 @@ def build_grounded_from_facts(
     model_cfg: dict[str, Any], facts: dict[str, Any]
 ) -> tuple[nn.Module, CaptionTokenizer]:
     """The grounded translator of a ``[model]`` table and the tokenizer of the stored facts."""
-    tokenizer = CaptionTokenizer(facts["vocabulary"], max_words=facts["max_words"])
-    if tokenizer.ids.get("<start>") != START_ID or tokenizer.ids.get("<end>") != END_ID:
-        raise ValueError(
-            f"facts: expected a vocabulary starting with {CAPTION_MARKS}, got {facts['vocabulary'][:2]}"
-        )
-    model = build_grounded_model(model_cfg, vocab_size=len(tokenizer), image_size=facts["image_size"],
-                                 image_width=facts["image_width"], channels=facts["channels"],
-                                 max_words=facts["max_words"], max_source_words=facts["max_source_words"],
-                                 pad_id=PAD_ID, start_id=START_ID, end_id=END_ID)  # fmt: skip
-    return model, tokenizer
+    return build_captioner_from_facts(
+        model_cfg, facts, build=build_grounded_model, max_source_words=facts["max_source_words"]
+    )
 
 
 def translate_ids(
