@@ -197,3 +197,16 @@ def test_bad_augmentation_options():
         DataConfig(augment_shift=-1)
     with pytest.raises(ValueError, match=r"config \[data\] redraw: expected true or false, got 1"):
         DataConfig(redraw=1)
+
+
+def test_a_kind_starts_from_its_own_train_defaults_and_a_file_or_override_wins():
+    from qkv.crossmodal import resolve
+    from qkv.crossmodal.config import TRAIN_BY_KIND, CrossModalTrainConfig
+
+    assert TRAIN_BY_KIND["clip"]["epochs"] == 14 != CrossModalTrainConfig().epochs == 8
+    assert resolve(preset="clip").train.epochs == 14
+    assert resolve().train.epochs == 14  # clip is the default preset
+    assert resolve(preset="captioner").train.epochs == 8
+    assert resolve({"model": {"preset": "clip"}}).train.epochs == 14
+    assert resolve({"train": {"epochs": 5}}, preset="clip").train.epochs == 5
+    assert resolve(preset="clip", overrides=["--train.epochs=3"]).train.epochs == 3

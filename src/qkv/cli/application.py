@@ -31,6 +31,7 @@ APPLICATION_OF_KIND = {
     "clip": "crossmodal",
     "captioner": "crossmodal",
     "captioner-transformer": "crossmodal",
+    "grounded": "crossmodal",
     "las": "speech",
 }
 #: The ``--model`` presets of vision (:data:`qkv.vision.config.MODEL_PRESETS`); the others are translation's.
@@ -38,7 +39,7 @@ VISION_PRESETS = ("vit", "vit-digits", "vit-fashion-mnist", "vit-located")
 #: The built-in image data sets (:data:`qkv.vision.config.DATASETS`).
 VISION_DATASETS = ("digits", "fashion-mnist", "located-digits")
 #: The ``--model`` presets of crossmodal (:data:`qkv.crossmodal.config.MODEL_PRESETS`).
-CROSSMODAL_PRESETS = ("clip", "clip-strips", "captioner", "captioner-transformer")
+CROSSMODAL_PRESETS = ("clip", "clip-strips", "captioner", "captioner-transformer", "grounded")
 #: The built-in data sets of crossmodal (:data:`qkv.crossmodal.config.DATASETS`).
 CROSSMODAL_DATASETS = ("digit-strips", "digit-strips-fr", "digit-strips-de", "digit-strips-digits")
 

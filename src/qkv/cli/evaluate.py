@@ -1,7 +1,8 @@
 """``qkv evaluate``: score a trained model on a split of its data or on a whole TSV file (a
 thin shell over :meth:`qkv.translation.translator.Translator.evaluate` and, for an image
 classifier, :meth:`qkv.vision.classifier.Classifier.evaluate`: accuracy and the confusion matrix;
-for a speech recognizer, :meth:`qkv.speech.recognizer.Recognizer.evaluate`: word and character
+for a grounded translator, :meth:`qkv.crossmodal.grounded_translator.GroundedTranslator.evaluate`:
+sentence and number-word exact match; for a speech recognizer, :meth:`qkv.speech.recognizer.Recognizer.evaluate`: word and character
 error rates on voices never heard in training).
 
 qkv evaluate --checkpoint DIR [--data FILE.tsv | --split test] [--beam K] [--limit N] [--json]
@@ -62,6 +63,9 @@ _DECIMALS = {
     "exact_match": 4,
     "aer": 4,
     "attention_correctness": 4,
+    "number_match": 4,
+    "number_image_attention": 4,
+    "other_image_attention": 4,
 }
 
 
@@ -198,8 +202,11 @@ def _run_crossmodal(args: argparse.Namespace) -> int:
     from ..crossmodal.matcher import Matcher
     from ..crossmodal.training import load_strips
 
-    if application.kind_of_checkpoint(args.checkpoint).startswith("captioner"):
+    kind = application.kind_of_checkpoint(args.checkpoint)
+    if kind.startswith("captioner"):
         return _run_captioner(args)
+    if kind == "grounded":
+        return _run_grounded(args)
     splits = _crossmodal_splits(args)
     try:
         matcher = Matcher.load(args.checkpoint)
@@ -247,6 +254,37 @@ def _run_captioner(args: argparse.Namespace) -> int:
         print(f"{name}: {r['n']} strips ({captioner.lang})")
         print(f"  exact match {r['exact_match']:.4f}  BLEU {r['bleu']:.2f}  chrF {r['chrf']:.2f}  "
               f"attention correctness {r['attention_correctness']:.4f}")  # fmt: skip
+    return 0
+
+
+def _run_grounded(args: argparse.Namespace) -> int:
+    """Sentence and number-word exact match of a grounded translator (greedy translations) on
+    held-out strips and held-out numbers, and where its words look."""
+    from ..crossmodal.config import DataConfig
+    from ..crossmodal.grounded_translator import GroundedTranslator
+    from ..crossmodal.grounding import load_pairs
+
+    splits = _crossmodal_splits(args)
+    if args.beam not in (None, 1):
+        raise CommandError(f"--beam {args.beam}: a grounded translator decodes greedily")
+    try:
+        translator = GroundedTranslator.load(args.checkpoint)
+        with warnings_as_messages():
+            pairs = load_pairs(DataConfig(**translator.config["data"]), splits)
+        result = {
+            name: translator.evaluate(p.take(args.limit) if args.limit else p) for name, p in pairs.items()
+        }
+    except USER_ERRORS as e:
+        raise CommandError(error_message(e)) from None
+    result = {name: rounded_metrics(r) for name, r in result.items()}
+    if args.json:
+        print(json.dumps({"model": translator.describe(), **result}, indent=2))
+        return 0
+    print(f"model: {translator.describe()}")
+    for name, r in result.items():
+        print(f"{name}: {r['n']} pairs  exact match {r['exact_match']:.4f}  number words {r['number_match']:.4f}  "
+              f"weight on the image: number words {r['number_image_attention']:.4f}, "
+              f"other words {r['other_image_attention']:.4f}")  # fmt: skip
     return 0
 
 

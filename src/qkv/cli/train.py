@@ -61,7 +61,7 @@ def add_parser(sub) -> None:
     tr.add_argument(
         "--data",
         help="a built-in corpus name (numbers, numbers-de, dates-fr, ...) or a .tsv file; with a ViT: "
-        "digits, fashion-mnist, located-digits or a folder of class subfolders; with clip or a captioner: "
+        "digits, fashion-mnist, located-digits or a folder of class subfolders; with clip, a captioner or grounded: "
         "digit-strips, digit-strips-fr, digit-strips-de or digit-strips-digits; with las: spoken-numbers",
     )
     tr.add_argument(
@@ -221,7 +221,7 @@ def _run_application(args: argparse.Namespace, file_cfg: dict[str, Any], app: st
     if args.data:
         overrides.insert(0, f"--data.dataset={json.dumps(args.data)}")
     cfg = resolve(file_cfg, preset=args.model, overrides=overrides)
-    if cfg.model.get("kind", "").startswith("captioner"):
+    if cfg.model.get("kind", "").startswith("captioner") or cfg.model.get("kind") == "grounded":
         metric = ("valid_exact_match", "valid exact match")
     out = Path(args.out or Path("runs") / (args.model or default))
     if args.resume:

@@ -21,6 +21,14 @@ Imported only when used (``import qkv.crossmodal``; ``import qkv`` does not load
 - :mod:`qkv.crossmodal.caption_metrics`: exact match, BLEU, chrF, attention correctness.
 - :mod:`qkv.crossmodal.pictures`: :func:`~qkv.crossmodal.pictures.caption_picture`, a caption
   with every cross-attention map of its words (``qkv viz`` on a captioner's checkpoint).
+- :mod:`qkv.crossmodal.grounded`: :func:`grounded_pairs`, image-grounded translation pairs (an
+  English sentence with its number hidden, a strip, the French sentence with the number in
+  words); :func:`number_words_of`, :func:`number_word_match`.
+- :mod:`qkv.crossmodal.grounding`: :class:`GroundedTask` (what ``qkv train --model grounded``
+  trains with), :func:`load_pairs`.
+- :mod:`qkv.crossmodal.grounded_translator`: :class:`GroundedTranslator`, a trained grounded
+  translator loaded from a checkpoint: translations with each word's attention over the
+  sentence and the image, their scores.
 - :mod:`qkv.crossmodal.images`: images checked, patches' slots, attention as pixel maps,
   digits shifted in their slots.
 
@@ -43,6 +51,9 @@ from .config import (
 )
 from .data import CAPTION_LANGUAGES, DigitStrips, digit_strips, held_out_numbers, number_caption
 from .decode import CaptionHypothesis, beam_search, greedy
+from .grounded import GroundedPairs, grounded_pairs, number_word_match, number_words_of
+from .grounded_translator import GroundedTranslator, Translation
+from .grounding import GroundedTask, load_pairs
 from .matcher import Matcher, MatchExplanation
 from .retrieval import caption_positives, retrieval_recalls
 from .training import MatchingTask, load_strips, train
@@ -59,10 +70,14 @@ __all__ = [
     "CrossModalTrainConfig",
     "DataConfig",
     "DigitStrips",
+    "GroundedPairs",
+    "GroundedTask",
+    "GroundedTranslator",
     "MatchExplanation",
     "Matcher",
     "MatchingTask",
     "RunConfig",
+    "Translation",
     "attention_correctness",
     "beam_search",
     "bleu_chrf",
@@ -70,9 +85,13 @@ __all__ = [
     "digit_strips",
     "exact_match",
     "greedy",
+    "grounded_pairs",
     "held_out_numbers",
+    "load_pairs",
     "load_strips",
     "number_caption",
+    "number_word_match",
+    "number_words_of",
     "resolve",
     "resume_config",
     "retrieval_recalls",

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CaptionHypothesis", "beam_search", "greedy", "rank"]
+__all__ = ["CaptionHypothesis", "beam_search", "greedy", "greedy_from_memory", "rank"]
 
 
 @dataclass
@@ -77,14 +77,22 @@ def _log_probs(model: nn.Module, logits: Tensor, t: int, limit: int) -> Tensor:
 def greedy(model: nn.Module, images: Tensor, *, max_words: int | None = None) -> list[CaptionHypothesis]:
     """The most probable word at every step, until ``<end>`` or ``max_words`` words (default the
     model's ``config.max_words``)."""
+    return greedy_from_memory(model, model.encode(images), max_words=max_words)
+
+
+@torch.no_grad()
+def greedy_from_memory(
+    model: nn.Module, memory: dict[str, Tensor], *, max_words: int | None = None
+) -> list[CaptionHypothesis]:
+    """:func:`greedy` from the memory ``model.encode(...)`` gave (batch-first tensors, one of
+    them ``"features"``): what a model whose ``encode`` takes more than images decodes with."""
     limit = _check_limit(model, max_words)
     end = model.config.end_id
-    memory = model.encode(images)
     state = model.init_state(memory)
-    bsz = images.shape[0]
-    prev = torch.full((bsz,), model.config.start_id, dtype=torch.long, device=images.device)
+    bsz, device = memory["features"].shape[0], memory["features"].device
+    prev = torch.full((bsz,), model.config.start_id, dtype=torch.long, device=device)
     words, logps, atts = [], [], []
-    done = torch.zeros(bsz, dtype=torch.bool, device=images.device)
+    done = torch.zeros(bsz, dtype=torch.bool, device=device)
     for t in range(limit + 1):  # room for max_words words and <end>
         logits, state, attn = model.step(prev, state, memory)
         logp = _log_probs(model, logits, t, limit)

@@ -1,12 +1,13 @@
 """Training a cross-modal model from a config: what ``qkv train --model clip`` (or
-``captioner``, ``captioner-transformer``) runs.
+``captioner``, ``captioner-transformer``, ``grounded``) runs.
 
 :func:`train` turns a config (:func:`qkv.crossmodal.config.resolve`) into the pieces of the
 model-agnostic :class:`qkv.train.loop.Trainer`: the strips of each split (:func:`load_strips`),
 the model, AdamW, and a task. A matcher (:func:`qkv.models.builders.build_matching_model`)
 learns with a :class:`MatchingTask`: shuffled batches of (strip, caption) pairs (fresh strips
 every epoch), the symmetric InfoNCE loss (pairs of the same caption in a batch are all
-positives), validation by loss and recall@1; a captioner with a :class:`qkv.crossmodal.captioning.CaptionTask`.
+positives), validation by loss and recall@1; a captioner with a :class:`qkv.crossmodal.captioning.CaptionTask`;
+a grounded translator with a :class:`qkv.crossmodal.grounding.GroundedTask` on grounded pairs.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ import torch
 from torch import Tensor, nn
 
 from ..application.run import fit_run
-from ..models.builders import CAPTION_KINDS, build_matching_model
+from ..models.builders import CAPTION_KINDS, GROUNDED_KINDS, build_matching_model
 from ..models.clip import info_nce_logits
 from ..train.loop import Trainer, TrainResult
 from .captioning import CaptionTask, build_captioner_from_facts, caption_facts
 from .captions import PAD_ID, CaptionTokenizer
 from .config import DataConfig, RunConfig
 from .data import MAX_DIGITS, MAX_WORDS, SLOT_WIDTH, DigitStrips, caption_vocabulary, digit_strips
+from .grounding import GroundedTask, build_grounded_from_facts, grounded_facts, load_pairs
 from .images import shift_slots
 from .retrieval import caption_positives, retrieval_recalls
 
@@ -141,14 +143,19 @@ class MatchingTask:
 _REDRAW_STRIDE = 1_000_003
 
 
+def _words_of(facts: dict[str, Any]) -> str:
+    """What the model writes, for the announcement."""
+    return f"captions in {facts['lang']}" if "lang" in facts else "English to French with the number read"
+
+
 def _caption_ids(captions: list[str]) -> list[int]:
     index: dict[str, int] = {}
     return [index.setdefault(c, len(index)) for c in captions]
 
 
 def train(cfg: RunConfig | None, out_dir: str | Path, **options: Any) -> TrainResult:
-    """Train the matcher or captioner a config describes (:func:`qkv.crossmodal.config.resolve`):
-    the strips, the model, AdamW and its task in a :class:`~qkv.train.loop.Trainer`.
+    """Train the matcher, captioner or grounded translator a config describes (:func:`qkv.crossmodal.config.resolve`):
+    the strips (or pairs), the model, AdamW and its task in a :class:`~qkv.train.loop.Trainer`.
     ``options``: ``resume``, ``progress``, ``stream``, ``stop_after_steps``, ``announce``, as
     :func:`qkv.application.run.fit_run` says."""
     return fit_run(cfg, out_dir, _trainer, config_type=RunConfig, **options)
@@ -157,9 +164,13 @@ def train(cfg: RunConfig | None, out_dir: str | Path, **options: Any) -> TrainRe
 def _trainer(cfg: RunConfig, ckpt, *, out: Path, progress: bool, stream, announce: bool) -> Trainer:
     """Data, model, optimizer and task of a config, in a Trainer (a resumed run's ``ckpt``
     restores it after)."""
-    strips = load_strips(cfg.data)
     kind = cfg.model.get("kind", RunConfig.DEFAULT_KIND)
-    if kind in CAPTION_KINDS:
+    strips = load_pairs(cfg.data) if kind in GROUNDED_KINDS else load_strips(cfg.data)
+    if kind in GROUNDED_KINDS:
+        facts = grounded_facts(cfg.data)
+        model, tokenizer = build_grounded_from_facts(cfg.model, facts)
+        task = GroundedTask(cfg, strips, tokenizer)
+    elif kind in CAPTION_KINDS:
         facts = caption_facts(cfg.data)
         model, tokenizer = build_captioner_from_facts(cfg.model, facts)
         task = CaptionTask(cfg, strips, tokenizer)
@@ -171,6 +182,6 @@ def _trainer(cfg: RunConfig, ckpt, *, out: Path, progress: bool, stream, announc
     if announce:
         params = sum(p.numel() for p in model.parameters())
         print(f"model: {kind}, {params:,} parameters; {len(task.train_images):,} training strips, "
-              f"captions in {facts['lang']} ({len(tokenizer)} words)", file=stream)  # fmt: skip
+              f"{_words_of(facts)} ({len(tokenizer)} words)", file=stream)  # fmt: skip
     return Trainer(model, opt, task, config=cfg.train, out_dir=out, run_config=cfg.to_dict(),
                    vocab=facts, desc=f"train {kind}", progress=progress, stream=stream)  # fmt: skip

@@ -17,6 +17,9 @@ the images and the caption vocabulary.
 Captioners have a fourth, :data:`CAPTION_KINDS` (``captioner``: Show, Attend and Tell;
 ``captioner-transformer``), whose data decides the images, the vocabulary and its special ids.
 
+Grounded translators have :data:`GROUNDED_KINDS` (``grounded``: a sentence and an image in,
+a sentence out), whose data decides what a captioner's does and the longest source sentence.
+
 Speech recognizers have :data:`SPEECH_KINDS` (``las``), whose data decides the feature size
 and the output vocabulary.
 
@@ -37,6 +40,7 @@ from torch import nn
 
 from .captioner import CaptionTransformer, CaptionTransformerConfig, ShowAttendTell, ShowAttendTellConfig
 from .clip import CLIP, CLIPConfig
+from .grounded import GroundedConfig, GroundedTransformer
 from .las import LAS, LASConfig
 from .seq2seq import Seq2Seq, Seq2SeqConfig
 from .transformer import Transformer, TransformerConfig
@@ -46,6 +50,8 @@ __all__ = [
     "CAPTION_KINDS",
     "CAPTION_PRESETS",
     "CLIP_PRESETS",
+    "GROUNDED_KINDS",
+    "GROUNDED_PRESETS",
     "IMAGE_KINDS",
     "KIND_NAMES",
     "MATCHING_KINDS",
@@ -53,12 +59,14 @@ __all__ = [
     "SPEECH_KINDS",
     "SPEECH_PRESETS",
     "build_caption_model",
+    "build_grounded_model",
     "build_image_model",
     "build_matching_model",
     "build_model",
     "build_speech_model",
     "caption_config_keys",
     "config_keys",
+    "grounded_config_keys",
     "image_config_keys",
     "matching_config_keys",
     "speech_config_keys",
@@ -212,6 +220,34 @@ def build_caption_model(model_cfg: dict[str, Any], **facts: Any) -> nn.Module:
     facts of the data: ``vocab_size``, ``image_size``, ``image_width``, ``channels``,
     ``max_words``, ``pad_id``, ``start_id``, ``end_id``."""
     return _build(CAPTION_KINDS, model_cfg, "captioner", _FROM_CAPTIONS, facts)
+
+
+#: Grounded translators: ``kind`` -> (model class, config dataclass).
+GROUNDED_KINDS: dict[str, tuple[type[nn.Module], type]] = {"grounded": (GroundedTransformer, GroundedConfig)}
+
+# Config fields the pairs decide, never the [model] table.
+_FROM_GROUNDED = _FROM_CAPTIONS | {"max_source_words"}
+
+#: ``[model]`` tables of grounded translators: ``grounded`` (patch 8, one patch per digit slot,
+#: as the captioners; ``--model.use_image=false`` is its text-only control).
+GROUNDED_PRESETS: dict[str, dict[str, Any]] = {
+    "grounded": {"kind": "grounded", "patch_size": 8, "dim": 64, "encoder_depth": 1, "encoder_heads": 4,
+                 "encoder_mlp_dim": 128, "source_depth": 1, "decoder_depth": 2, "decoder_heads": 4,
+                 "decoder_mlp_dim": 128, "use_image": True},
+}  # fmt: skip
+
+
+def grounded_config_keys(kind: str) -> frozenset[str]:
+    """The valid keys of a grounded translator's ``[model]`` table: ``kind`` and the fields of
+    its config dataclass but the ones the pairs decide."""
+    return _keys_of(GROUNDED_KINDS, kind, _FROM_GROUNDED)
+
+
+def build_grounded_model(model_cfg: dict[str, Any], **facts: Any) -> nn.Module:
+    """A grounded translator (a :class:`GroundedTransformer`) from its ``[model]`` table
+    (``kind`` defaults to ``"grounded"``) and the facts of the pairs: a captioner's
+    (:func:`build_caption_model`) and ``max_source_words``."""
+    return _build(GROUNDED_KINDS, model_cfg, "grounded", _FROM_GROUNDED, facts)
 
 
 #: Speech recognizers: ``kind`` -> (model class, config dataclass).

@@ -335,10 +335,11 @@ class DecoderBlock(nn.Module):
         self.mlp = MLP(cfg.dim, cfg.decoder_mlp_dim, cfg.dropout)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, y: Tensor, patches: Tensor) -> tuple[Tensor, Tensor]:
-        """-> y ``(B, T, D)`` and the cross-attention ``(B, heads, T, N)``."""
+    def forward(self, y: Tensor, patches: Tensor, padding: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """-> y ``(B, T, D)`` and the cross-attention ``(B, heads, T, N)``; ``padding`` ``(B, N)``,
+        True = a memory token never attended."""
         y = y + self.drop(self.self_attn(self.norm1(y), mask=causal()).out)
-        c = self.cross_attn(self.norm2(y), patches, patches, need_weights=True)
+        c = self.cross_attn(self.norm2(y), patches, patches, key_padding_mask=padding, need_weights=True)
         y = y + self.drop(c.out)
         return y + self.drop(self.mlp(self.norm3(y))), c.weights
 
@@ -363,15 +364,18 @@ class CaptionTransformer(_Captioner):
         self.drop = nn.Dropout(cfg.dropout)
         self.out = nn.Linear(cfg.dim, cfg.vocab_size)
 
-    def decode(self, words_in: Tensor, patches: Tensor) -> tuple[Tensor, AttentionMaps]:
-        """Logits ``(B, T, V)`` and every layer's cross-attention ``(B, heads, T, N)``."""
+    def decode(
+        self, words_in: Tensor, patches: Tensor, padding: Tensor | None = None
+    ) -> tuple[Tensor, AttentionMaps]:
+        """Logits ``(B, T, V)`` and every layer's cross-attention ``(B, heads, T, N)`` over the
+        memory ``patches`` ``(B, N, D)`` (``padding`` ``(B, N)``: True = never attended)."""
         if words_in.shape[1] > self.pos_embed.shape[1]:
             raise ValueError(f"words_in: expected at most max_words + 1 = {self.pos_embed.shape[1]} "
                              f"steps, got {words_in.shape[1]}")  # fmt: skip
         y = self.drop(self.embed(words_in) + self.pos_embed[:, : words_in.shape[1]])  # (B, T, D)
         maps = AttentionMaps()
         for block in self.blocks:
-            y, w = block(y, patches)
+            y, w = block(y, patches, padding)
             maps.cross.append(w)
         return self.out(self.norm(y)), maps
 
@@ -385,7 +389,7 @@ class CaptionTransformer(_Captioner):
     ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
         """One word: ``prev (B,)`` -> logits ``(B, V)``, the new state, attention ``(B, N)``."""
         words = torch.cat([state["words"], prev[:, None]], 1)  # (B, t)
-        logits, maps = self.decode(words, memory["features"])
+        logits, maps = self.decode(words, memory["features"], memory.get("padding"))
         return logits[:, -1], {"words": words}, maps.cross[-1][:, :, -1].mean(1)
 
     def forward(self, images: Tensor, words_in: Tensor) -> tuple[Tensor, Tensor]:

@@ -174,8 +174,12 @@ class Block(nn.Module):
         self.mlp = MLP(cfg.dim, cfg.mlp_dim, cfg.dropout)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor, need_weights: bool) -> tuple[Tensor, Tensor | None]:
-        a = self.attn(self.norm1(x), need_weights=need_weights)  # out (B, T, E), weights (B, heads, T, T)
+    def forward(
+        self, x: Tensor, need_weights: bool, *, key_padding_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """``x (B, T, E)`` -> ``(B, T, E)`` and, with ``need_weights``, ``(B, heads, T, T)``;
+        ``key_padding_mask`` ``(B, T)``, True = padding, never attended."""
+        a = self.attn(self.norm1(x), key_padding_mask=key_padding_mask, need_weights=need_weights)
         x = x + self.drop(a.out)
         return x + self.drop(self.mlp(self.norm2(x))), a.weights
 
