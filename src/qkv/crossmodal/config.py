@@ -5,6 +5,7 @@
 
     qkv train --model clip --data digit-strips-de --train.epochs=6
     qkv train --model captioner --data digit-strips-fr
+    qkv train --model video-qa --data digit-clips
 
 :func:`resolve` builds a :class:`RunConfig` from the defaults, a model preset
 (:data:`MODEL_PRESETS`), a TOML file and dotted overrides, each table a frozen dataclass that
@@ -12,7 +13,8 @@ checks itself. ``[train]`` is :class:`~qkv.train.config.TrainConfig` with defaul
 models on digit strips (:class:`CrossModalTrainConfig`); the valid ``[model]`` keys are the
 fields of the kind's config dataclass (:class:`qkv.models.clip.CLIPConfig`,
 :class:`qkv.models.captioner.ShowAttendTellConfig`,
-:class:`qkv.models.captioner.CaptionTransformerConfig`) but the ones the data decides
+:class:`qkv.models.captioner.CaptionTransformerConfig`,
+:class:`qkv.models.video_qa.VideoQAConfig`) but the ones the data decides
 (:func:`model_keys`).
 """
 
@@ -27,13 +29,17 @@ from ..models.builders import (
     CAPTION_PRESETS,
     CLIP_PRESETS,
     MATCHING_KINDS,
+    VIDEO_QA_KINDS,
+    VIDEO_QA_PRESETS,
     caption_config_keys,
     matching_config_keys,
+    video_qa_config_keys,
 )
 from ..train.config import TrainConfig
 from ..train.config import expect as _expect
 
 __all__ = [
+    "CLIP_DATASETS",
     "DATASETS",
     "MODEL_KINDS",
     "MODEL_PRESETS",
@@ -45,28 +51,36 @@ __all__ = [
     "resume_config",
 ]
 
-#: ``--data`` names: the digit strips captioned in English, French, German, or digit by digit.
+#: ``--data`` names -> their language: the digit strips captioned in English, French, German, or
+#: digit by digit; the digit clips, asked questions in English (:mod:`qkv.crossmodal.clips`).
 DATASETS = {
     "digit-strips": "en",
     "digit-strips-fr": "fr",
     "digit-strips-de": "de",
     "digit-strips-digits": "digits",
+    "digit-clips": "en",
 }
+#: The ``--data`` names of clips, the only data of the :data:`VIDEO_QA_KINDS`.
+CLIP_DATASETS = ("digit-clips",)
 
 #: The model presets of ``qkv train --model NAME``: ``clip`` is ``clip-strips``; ``captioner``
-#: (Show, Attend and Tell) and ``captioner-transformer``.
+#: (Show, Attend and Tell) and ``captioner-transformer``; ``video-qa`` (on ``digit-clips``).
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "clip": CLIP_PRESETS["clip-strips"],
     **CLIP_PRESETS,
     **CAPTION_PRESETS,
+    **VIDEO_QA_PRESETS,
 }
 
-#: ``[model] kind`` -> (model class, config dataclass): the matching and the captioning kinds.
-MODEL_KINDS = {**MATCHING_KINDS, **CAPTION_KINDS}
+#: ``[model] kind`` -> (model class, config dataclass): the matching, captioning and video
+#: question answering kinds.
+MODEL_KINDS = {**MATCHING_KINDS, **CAPTION_KINDS, **VIDEO_QA_KINDS}
 
 
 def model_keys(kind: str) -> frozenset[str]:
-    """The valid keys of a ``[model]`` table of this kind (a matching or a captioning one)."""
+    """The valid keys of a ``[model]`` table of this kind (matching, captioning or video QA)."""
+    if kind in VIDEO_QA_KINDS:
+        return video_qa_config_keys(kind)
     return caption_config_keys(kind) if kind in CAPTION_KINDS else matching_config_keys(kind)
 
 
@@ -78,10 +92,12 @@ def _is_int(value: Any, least: int) -> bool:
 class DataConfig:
     """The ``[data]`` table: which strips, how many, how split and augmented."""
 
-    dataset: str = "digit-strips"  # digit-strips | digit-strips-fr | digit-strips-de | digit-strips-digits
-    train_size: int = 20_000  # training strips per epoch (shuffled every epoch)
-    valid_size: int = 500  # validation strips (valid handwriting)
-    test_size: int = 1_000  # test and zero-shot strips (test handwriting)
+    dataset: str = (
+        "digit-strips"  # digit-strips | digit-strips-fr | digit-strips-de | digit-strips-digits | digit-clips
+    )
+    train_size: int = 20_000  # training strips (or clips) per epoch (shuffled every epoch)
+    valid_size: int = 500  # validation strips or clips (valid handwriting)
+    test_size: int = 1_000  # test and zero-shot strips, test clips (test handwriting)
     split_seed: int = 0  # how handwriting and numbers are split
     seed: int = 0  # which strips are drawn
     redraw: bool = True  # matching: epochs after the first draw fresh training strips
@@ -133,6 +149,17 @@ class RunConfig(run_config.RunConfig):
 
     MODEL_KINDS, DEFAULT_KIND, model_keys = MODEL_KINDS, "clip", staticmethod(model_keys)
     MODEL_PRESETS, DEFAULT_PRESET = MODEL_PRESETS, "clip"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        kind = self.model.get("kind", self.DEFAULT_KIND)
+        if (kind in VIDEO_QA_KINDS) != (self.data.dataset in CLIP_DATASETS):
+            valid = (
+                CLIP_DATASETS if kind in VIDEO_QA_KINDS else [d for d in DATASETS if d not in CLIP_DATASETS]
+            )
+            _expect(
+                "data", "dataset", False, f"{' | '.join(valid)} for model kind {kind!r}", self.data.dataset
+            )
 
 
 #: Defaults <- model preset <- file <- overrides, checked: :meth:`RunConfig.resolve`.
