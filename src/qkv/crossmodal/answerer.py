@@ -9,10 +9,10 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ..application.run import load_trained
 from ..models.builders import VIDEO_QA_KINDS
 from .answering import answer_clips, answer_metrics, build_video_qa_from_facts
 from .captions import CaptionTokenizer
+from .checkpoints import load_model
 from .clips import DigitClips
 
 __all__ = ["Answerer"]
@@ -37,15 +37,11 @@ class Answerer:
     @classmethod
     def load(cls, checkpoint: str | Path, *, best: bool = True) -> Answerer:
         """The answerer of a ``qkv train --model video-qa`` run directory (or of one checkpoint)."""
-        ck = load_trained(checkpoint, best=best)
-        facts, kind = ck.vocab, ck.config.get("model", {}).get("kind", "clip")
-        if kind not in VIDEO_QA_KINDS or not isinstance(facts, dict) or "answers" not in facts:
-            raise ValueError(
-                f"checkpoint: {str(ck.path)!r} is not a video question answerer's (its model kind is {kind!r})"
-            )
-        model, tokenizer = build_video_qa_from_facts(ck.config["model"], facts)
-        ck.restore(model, rng=False)
-        return cls(model, tokenizer, ck.config, facts, path=ck.path)
+        model, tokenizer, config, facts, path = load_model(
+            checkpoint, best=best, kinds=VIDEO_QA_KINDS, needs="answers", what="a video question answerer's",
+            build=build_video_qa_from_facts,
+        )  # fmt: skip
+        return cls(model, tokenizer, config, facts, path=path)
 
     @property
     def variant(self) -> str:
