@@ -248,3 +248,26 @@ def test_bad_config_and_mismatched_data_are_named():
     ):
         resolve(preset="clip", overrides=["--data.dataset=digit-clips"])
     assert resolve(preset="video-qa", overrides=["--data.dataset=digit-clips"]).model["kind"] == "video-qa"
+
+
+def test_train_and_evaluate_commands_report_accuracy_per_kind_and_gold_peaks(tmp_path, capsys):
+    import json
+
+    from qkv.cli.main import main
+    from qkv.crossmodal import Answerer, Matcher
+
+    out = tmp_path / "run"
+    code = main(["train", "--model", "video-qa", "--data", "digit-clips", "--out", str(out), "--quiet",
+                 "--data.train_size=32", "--data.valid_size=8", "--data.test_size=30", "--train.epochs=1",
+                 "--train.batch_size=32", "--train.threads=1", "--model.dim=16", "--model.heads=2"])  # fmt: skip
+    assert code == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(out), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)["test"]
+    assert r["n"] == 30 == sum(r[f"n_{k}"] for k in ("position", "count", "after"))
+    weighted = sum(r[f"accuracy_{k}"] * r[f"n_{k}"] for k in ("position", "count", "after")) / 30
+    assert r["accuracy"] == pytest.approx(weighted, abs=1e-3) and 0 <= r["gold_peak"] <= 1
+    assert main(["evaluate", "--checkpoint", str(out), "--split", "zero_shot"]) == 2
+    with pytest.raises(ValueError, match="is not an image-text matcher's \\(its model kind is 'video-qa'\\)"):
+        Matcher.load(out)
+    assert Answerer.load(out).variant == "full"
