@@ -11,7 +11,7 @@ pytest.importorskip("sklearn")
 pytest.importorskip("num2words")
 
 from qkv.crossmodal import CaptionTokenizer, caption_positives, digit_strips, held_out_numbers, number_caption
-from qkv.crossmodal.data import _handwriting
+from qkv.crossmodal.data import handwriting
 from qkv.crossmodal.retrieval import retrieval_recalls
 
 
@@ -43,9 +43,9 @@ def test_captions_and_gold_slots():
 
 
 def test_test_handwriting_is_never_in_training_and_held_out_numbers_never_captions():
-    train, _ = _handwriting("train", 0)
-    valid, _ = _handwriting("valid", 0)
-    test, _ = _handwriting("test", 0)
+    train, _ = handwriting("train", 0)
+    valid, _ = handwriting("valid", 0)
+    test, _ = handwriting("test", 0)
     assert len(train) + len(valid) + len(test) == 1797
     flat = {tuple(x.flatten().tolist()) for x in train}
     # the data set holds a few identical images; none of the test ones is a training image

@@ -32,6 +32,7 @@ APPLICATION_OF_KIND = {
     "captioner": "crossmodal",
     "captioner-transformer": "crossmodal",
     "grounded": "crossmodal",
+    "video-qa": "crossmodal",
     "las": "speech",
 }
 #: The ``--model`` presets of vision (:data:`qkv.vision.config.MODEL_PRESETS`); the others are translation's.
@@ -39,9 +40,15 @@ VISION_PRESETS = ("vit", "vit-digits", "vit-fashion-mnist", "vit-located")
 #: The built-in image data sets (:data:`qkv.vision.config.DATASETS`).
 VISION_DATASETS = ("digits", "fashion-mnist", "located-digits")
 #: The ``--model`` presets of crossmodal (:data:`qkv.crossmodal.config.MODEL_PRESETS`).
-CROSSMODAL_PRESETS = ("clip", "clip-strips", "captioner", "captioner-transformer", "grounded")
+CROSSMODAL_PRESETS = ("clip", "clip-strips", "captioner", "captioner-transformer", "grounded", "video-qa")
 #: The built-in data sets of crossmodal (:data:`qkv.crossmodal.config.DATASETS`).
-CROSSMODAL_DATASETS = ("digit-strips", "digit-strips-fr", "digit-strips-de", "digit-strips-digits")
+CROSSMODAL_DATASETS = (
+    "digit-strips",
+    "digit-strips-fr",
+    "digit-strips-de",
+    "digit-strips-digits",
+    "digit-clips",
+)
 
 #: The ``--model`` presets of speech (:data:`qkv.speech.config.MODEL_PRESETS`).
 SPEECH_PRESETS = ("las", "las-location")
@@ -52,7 +59,7 @@ SPEECH_DATASETS = ("spoken-numbers",)
 def of_train_args(preset: str | None, file_config: dict[str, Any], data: str | None) -> str:
     """``"vision"``, ``"crossmodal"``, ``"speech"`` or ``"translation"`` for ``qkv train``: the
     preset's, else the config file's ``[model]`` (its ``preset`` or ``kind``), else ``--data`` (an
-    image data set or a folder is vision, digit strips crossmodal, spoken numbers speech), else
+    image data set or a folder is vision, digit strips and clips crossmodal, spoken numbers speech), else
     translation."""
     model = file_config.get("model", {})
     if preset is None:

@@ -207,6 +207,8 @@ def _run_crossmodal(args: argparse.Namespace) -> int:
         return _run_captioner(args)
     if kind == "grounded":
         return _run_grounded(args)
+    if kind == "video-qa":
+        return _run_video_qa(args)
     splits = _crossmodal_splits(args)
     try:
         matcher = Matcher.load(args.checkpoint)
@@ -285,6 +287,47 @@ def _run_grounded(args: argparse.Namespace) -> int:
         print(f"{name}: {r['n']} pairs  exact match {r['exact_match']:.4f}  number words {r['number_match']:.4f}  "
               f"weight on the image: number words {r['number_image_attention']:.4f}, "
               f"other words {r['other_image_attention']:.4f}")  # fmt: skip
+    return 0
+
+
+def _run_video_qa(args: argparse.Namespace) -> int:
+    """Accuracy per question kind and overall of a video question answerer on held-out clips
+    (test handwriting), and the share of questions whose attention peaks on a gold frame."""
+    from ..crossmodal.answerer import Answerer
+    from ..crossmodal.answering import load_clips
+    from ..crossmodal.config import DataConfig
+
+    if args.data:
+        raise CommandError(
+            f"--data {args.data}: a video question answerer is evaluated on its data set's clips"
+        )
+    split = args.split or "test"
+    if split not in ("valid", "test"):
+        raise CommandError(f"--split: expected valid or test for a video question answerer, got {split!r}")
+    try:
+        answerer = Answerer.load(args.checkpoint)
+        with warnings_as_messages():
+            clips = load_clips(DataConfig(**answerer.config["data"]), (split,))[split]
+        metrics = answerer.evaluate(clips.take(args.limit) if args.limit else clips)
+    except USER_ERRORS as e:
+        raise CommandError(error_message(e)) from None
+    result = {"variant": answerer.variant, split: {k: round(v, 4) if isinstance(v, float) else v
+                                                  for k, v in metrics.items()}}  # fmt: skip
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    r = result[split]
+    peak = "n/a" if r["gold_peak"] is None else f"{r['gold_peak']:.4f}"
+    print(f"{split}: {r['n']} clips ({answerer.variant})")
+    print(
+        f"  accuracy {r['accuracy']:.4f}  "
+        + "  ".join(
+            f"{k} {r[f'accuracy_{k}']:.4f}"
+            for k in ("position", "count", "after")
+            if r[f"accuracy_{k}"] is not None
+        )
+    )
+    print(f"  attention peak on a gold frame {peak}")
     return 0
 
 

@@ -29,6 +29,13 @@ Imported only when used (``import qkv.crossmodal``; ``import qkv`` does not load
 - :mod:`qkv.crossmodal.grounded_translator`: :class:`GroundedTranslator`, a trained grounded
   translator loaded from a checkpoint: translations with each word's attention over the
   sentence and the image, their scores.
+- :mod:`qkv.crossmodal.clips`: :func:`digit_clips`, short videos of handwritten digits moving
+  across the frame, each with a templated question (position, count, after) and its gold frames;
+  :func:`clip_answer`, the answer's definition.
+- :mod:`qkv.crossmodal.answering`: :class:`VideoQATask` (what ``qkv train --model video-qa``
+  trains with), answers scored per question kind and by where the attention peaks.
+- :mod:`qkv.crossmodal.answerer`: :class:`Answerer`, a trained video question answerer loaded
+  from a checkpoint: answers with their attention over the frames, scores.
 - :mod:`qkv.crossmodal.images`: images checked, patches' slots, attention as pixel maps,
   digits shifted in their slots.
 
@@ -36,10 +43,13 @@ The layers: :mod:`qkv.crossmodal` builds on :mod:`qkv.vision` (the digits), :mod
 and the library; none of those imports it.
 """
 
+from .answerer import Answerer
+from .answering import VideoQATask
 from .caption_metrics import attention_correctness, bleu_chrf, exact_match
 from .captioner import Caption, Captioner
 from .captioning import CaptionTask
 from .captions import CaptionTokenizer
+from .clips import DigitClips, clip_answer, digit_clips
 from .config import (
     DATASETS,
     MODEL_PRESETS,
@@ -62,6 +72,7 @@ __all__ = [
     "CAPTION_LANGUAGES",
     "DATASETS",
     "MODEL_PRESETS",
+    "Answerer",
     "Caption",
     "CaptionHypothesis",
     "CaptionTask",
@@ -69,6 +80,7 @@ __all__ = [
     "Captioner",
     "CrossModalTrainConfig",
     "DataConfig",
+    "DigitClips",
     "DigitStrips",
     "GroundedPairs",
     "GroundedTask",
@@ -78,10 +90,13 @@ __all__ = [
     "MatchingTask",
     "RunConfig",
     "Translation",
+    "VideoQATask",
     "attention_correctness",
     "beam_search",
     "bleu_chrf",
     "caption_positives",
+    "clip_answer",
+    "digit_clips",
     "digit_strips",
     "exact_match",
     "greedy",

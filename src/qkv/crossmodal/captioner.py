@@ -11,12 +11,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..application.run import load_trained
 from ..models.builders import CAPTION_KINDS
 from ..models.captioner import caption_targets
 from .caption_metrics import attention_correctness, bleu_chrf, exact_match
 from .captioning import build_captioner_from_facts, caption_texts
 from .captions import CaptionTokenizer
+from .checkpoints import load_model
 from .data import DigitStrips
 from .decode import beam_search
 from .images import attention_pixels, check_images, patch_slots
@@ -74,16 +74,11 @@ class Captioner:
         Raises:
             ValueError: the checkpoint is not a captioner's.
         """
-        ck = load_trained(checkpoint, best=best)
-        facts = ck.vocab
-        kind = ck.config.get("model", {}).get("kind")
-        if kind not in CAPTION_KINDS or not isinstance(facts, dict) or "slot_width" not in facts:
-            raise ValueError(
-                f"checkpoint: {str(ck.path)!r} is not a captioner's (its model kind is {kind!r})"
-            )
-        model, tokenizer = build_captioner_from_facts(ck.config["model"], facts)
-        ck.restore(model, rng=False)
-        return cls(model, tokenizer, ck.config, facts, path=ck.path)
+        model, tokenizer, config, facts, path = load_model(
+            checkpoint, best=best, kinds=CAPTION_KINDS, needs="slot_width", what="a captioner's",
+            build=build_captioner_from_facts,
+        )  # fmt: skip
+        return cls(model, tokenizer, config, facts, path=path)
 
     def caption(self, images: Tensor, *, beam: int = 3, max_words: int | None = None) -> list[Caption]:
         """The caption of each image ``(N, C, H, W)`` (or one ``(C, H, W)``) in [0, 1], by beam

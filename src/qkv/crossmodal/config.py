@@ -6,6 +6,7 @@
     qkv train --model clip --data digit-strips-de --train.epochs=6
     qkv train --model captioner --data digit-strips-fr
     qkv train --model grounded --data digit-strips --model.use_image=false
+    qkv train --model video-qa --data digit-clips
 
 :func:`resolve` builds a :class:`RunConfig` from the defaults, a model preset
 (:data:`MODEL_PRESETS`), a TOML file and dotted overrides, each table a frozen dataclass that
@@ -14,7 +15,7 @@ models on digit strips (:class:`CrossModalTrainConfig`); the valid ``[model]`` k
 fields of the kind's config dataclass (:class:`qkv.models.clip.CLIPConfig`,
 :class:`qkv.models.captioner.ShowAttendTellConfig`,
 :class:`qkv.models.captioner.CaptionTransformerConfig`,
-:class:`qkv.models.grounded.GroundedConfig`) but the ones the data decides
+:class:`qkv.models.grounded.GroundedConfig`, :class:`qkv.models.video_qa.VideoQAConfig`) but the ones the data decides
 (:func:`model_keys`).
 """
 
@@ -33,14 +34,18 @@ from ..models.builders import (
     GROUNDED_KINDS,
     GROUNDED_PRESETS,
     MATCHING_KINDS,
+    VIDEO_QA_KINDS,
+    VIDEO_QA_PRESETS,
     caption_config_keys,
     grounded_config_keys,
     matching_config_keys,
+    video_qa_config_keys,
 )
 from ..train.config import TrainConfig
 from ..train.config import expect as _expect
 
 __all__ = [
+    "CLIP_DATASETS",
     "DATASETS",
     "MODEL_KINDS",
     "MODEL_PRESETS",
@@ -53,34 +58,42 @@ __all__ = [
     "resume_config",
 ]
 
-#: ``--data`` names: the digit strips captioned in English, French, German, or digit by digit.
+#: ``--data`` names -> their language: the digit strips captioned in English, French, German, or
+#: digit by digit; the digit clips, asked questions in English (:mod:`qkv.crossmodal.clips`).
 DATASETS = {
     "digit-strips": "en",
     "digit-strips-fr": "fr",
     "digit-strips-de": "de",
     "digit-strips-digits": "digits",
+    "digit-clips": "en",
 }
+#: The ``--data`` names of clips, the only data of the :data:`VIDEO_QA_KINDS`.
+CLIP_DATASETS = ("digit-clips",)
 
 #: The model presets of ``qkv train --model NAME``: ``clip`` is ``clip-strips``; ``captioner``
 #: (Show, Attend and Tell) and ``captioner-transformer``; ``grounded`` (image-grounded
-#: translation: the strips' images and numbers, whatever their caption language).
+#: translation: the strips' images and numbers, whatever their caption language); ``video-qa``
+#: (on ``digit-clips``).
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "clip": CLIP_PRESETS["clip-strips"],
     **CLIP_PRESETS,
     **CAPTION_PRESETS,
     **GROUNDED_PRESETS,
+    **VIDEO_QA_PRESETS,
 }
 
-#: ``[model] kind`` -> (model class, config dataclass): the matching, captioning and grounded
-#: translation kinds.
-MODEL_KINDS = {**MATCHING_KINDS, **CAPTION_KINDS, **GROUNDED_KINDS}
+#: ``[model] kind`` -> (model class, config dataclass): the matching, captioning, grounded
+#: translation and video question answering kinds.
+MODEL_KINDS = {**MATCHING_KINDS, **CAPTION_KINDS, **GROUNDED_KINDS, **VIDEO_QA_KINDS}
 
 
 def model_keys(kind: str) -> frozenset[str]:
-    """The valid keys of a ``[model]`` table of this kind (a matching, captioning or grounded
-    translation one)."""
+    """The valid keys of a ``[model]`` table of this kind (matching, captioning, grounded
+    translation or video QA)."""
     if kind in GROUNDED_KINDS:
         return grounded_config_keys(kind)
+    if kind in VIDEO_QA_KINDS:
+        return video_qa_config_keys(kind)
     return caption_config_keys(kind) if kind in CAPTION_KINDS else matching_config_keys(kind)
 
 
@@ -92,10 +105,12 @@ def _is_int(value: Any, least: int) -> bool:
 class DataConfig:
     """The ``[data]`` table: which strips, how many, how split and augmented."""
 
-    dataset: str = "digit-strips"  # digit-strips | digit-strips-fr | digit-strips-de | digit-strips-digits
-    train_size: int = 20_000  # training strips per epoch (shuffled every epoch)
-    valid_size: int = 500  # validation strips (valid handwriting)
-    test_size: int = 1_000  # test and zero-shot strips (test handwriting)
+    dataset: str = (
+        "digit-strips"  # digit-strips | digit-strips-fr | digit-strips-de | digit-strips-digits | digit-clips
+    )
+    train_size: int = 20_000  # training strips (or clips) per epoch (shuffled every epoch)
+    valid_size: int = 500  # validation strips or clips (valid handwriting)
+    test_size: int = 1_000  # test and zero-shot strips, test clips (test handwriting)
     split_seed: int = 0  # how handwriting and numbers are split
     seed: int = 0  # which strips are drawn
     redraw: bool = True  # matching: epochs after the first draw fresh training strips
@@ -169,6 +184,17 @@ class RunConfig(run_config.RunConfig):
         for key, value in TRAIN_BY_KIND.get(kind, {}).items():
             train.setdefault(key, value)
         return super().resolve(tables, preset=preset, overrides=overrides)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        kind = self.model.get("kind", self.DEFAULT_KIND)
+        if (kind in VIDEO_QA_KINDS) != (self.data.dataset in CLIP_DATASETS):
+            valid = (
+                CLIP_DATASETS if kind in VIDEO_QA_KINDS else [d for d in DATASETS if d not in CLIP_DATASETS]
+            )
+            _expect(
+                "data", "dataset", False, f"{' | '.join(valid)} for model kind {kind!r}", self.data.dataset
+            )
 
 
 #: Defaults <- model preset <- file <- overrides, checked: :meth:`RunConfig.resolve`.

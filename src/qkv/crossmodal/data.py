@@ -48,6 +48,7 @@ __all__ = [
     "DigitStrips",
     "caption_vocabulary",
     "digit_strips",
+    "handwriting",
     "held_out_numbers",
     "number_caption",
 ]
@@ -127,8 +128,9 @@ def held_out_numbers(split_seed: int = 0) -> frozenset[int]:
 
 
 @functools.cache
-def _handwriting(split: str, split_seed: int) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """The digit images of a split, ``(M, 8, 8)``, and per digit 0..9 their indices in it."""
+def handwriting(split: str, split_seed: int = 0) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """The digit images of a handwriting split (``"train"``, ``"valid"`` or ``"test"``: the
+    1,797 images cut once by ``split_seed``), ``(M, 8, 8)``, and per digit 0..9 their indices in it."""
     from ..vision.data import load_digits
 
     digits = load_digits()
@@ -186,7 +188,7 @@ def digit_strips(
     _check_args(n, seed, split)
     lang = _check_lang(lang)
     hand_split = "test" if split == "zero_shot" else split
-    images, by_digit = _handwriting(hand_split, split_seed)
+    images, by_digit = handwriting(hand_split, split_seed)
     pools = [p for p in _numbers(split, split_seed) if p]
     g = torch.Generator().manual_seed(seed * 1_000_003 + STRIP_SPLITS.index(split))
     canvas = torch.zeros(n, 1, 8, MAX_DIGITS * SLOT_WIDTH)

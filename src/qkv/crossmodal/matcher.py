@@ -10,10 +10,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..application.run import load_trained
 from ..interpret.matching import match_relevance
 from ..models.builders import MATCHING_KINDS
 from .captions import CaptionTokenizer
+from .checkpoints import load_model
 from .data import DigitStrips
 from .images import check_images
 from .retrieval import caption_positives, retrieval_recalls
@@ -62,15 +62,11 @@ class Matcher:
     @classmethod
     def load(cls, checkpoint: str | Path, *, best: bool = True) -> Matcher:
         """The matcher of a ``qkv train --model clip`` run directory (or of one checkpoint)."""
-        ck = load_trained(checkpoint, best=best)
-        facts, kind = ck.vocab, ck.config.get("model", {}).get("kind", "clip")
-        if kind not in MATCHING_KINDS or not isinstance(facts, dict) or "image_width" not in facts:
-            raise ValueError(
-                f"checkpoint: {str(ck.path)!r} is not an image-text matcher's (its model kind is {kind!r})"
-            )
-        model, tokenizer = build_from_facts(ck.config["model"], facts)
-        ck.restore(model, rng=False)
-        return cls(model, tokenizer, ck.config, facts, path=ck.path)
+        model, tokenizer, config, facts, path = load_model(
+            checkpoint, best=best, kinds=MATCHING_KINDS, needs="image_width", what="an image-text matcher's",
+            build=build_from_facts, default_kind="clip",
+        )  # fmt: skip
+        return cls(model, tokenizer, config, facts, path=path)
 
     def check_images(self, images: object) -> Tensor:
         """``images`` as float ``(N, C, H, W)`` (one ``(C, H, W)`` image: N = 1)

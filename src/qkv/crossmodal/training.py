@@ -1,5 +1,5 @@
 """Training a cross-modal model from a config: what ``qkv train --model clip`` (or
-``captioner``, ``captioner-transformer``, ``grounded``) runs.
+``captioner``, ``captioner-transformer``, ``grounded``, ``video-qa``) runs.
 
 :func:`train` turns a config (:func:`qkv.crossmodal.config.resolve`) into the pieces of the
 model-agnostic :class:`qkv.train.loop.Trainer`: the strips of each split (:func:`load_strips`),
@@ -7,7 +7,8 @@ the model, AdamW, and a task. A matcher (:func:`qkv.models.builders.build_matchi
 learns with a :class:`MatchingTask`: shuffled batches of (strip, caption) pairs (fresh strips
 every epoch), the symmetric InfoNCE loss (pairs of the same caption in a batch are all
 positives), validation by loss and recall@1; a captioner with a :class:`qkv.crossmodal.captioning.CaptionTask`;
-a grounded translator with a :class:`qkv.crossmodal.grounding.GroundedTask` on grounded pairs.
+a grounded translator with a :class:`qkv.crossmodal.grounding.GroundedTask` on grounded pairs;
+video question answering with a :class:`qkv.crossmodal.answering.VideoQATask` on digit clips.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ import torch
 from torch import Tensor, nn
 
 from ..application.run import fit_run
-from ..models.builders import CAPTION_KINDS, GROUNDED_KINDS, build_matching_model
+from ..models.builders import CAPTION_KINDS, GROUNDED_KINDS, VIDEO_QA_KINDS, build_matching_model
 from ..models.clip import info_nce_logits
 from ..train.loop import Trainer, TrainResult
+from .answering import VideoQATask, build_video_qa_from_facts, load_clips, video_qa_facts
 from .captioning import CaptionTask, build_captioner_from_facts, caption_facts
 from .captions import PAD_ID, CaptionTokenizer
 from .config import DataConfig, RunConfig
@@ -143,9 +145,11 @@ class MatchingTask:
 _REDRAW_STRIDE = 1_000_003
 
 
-def _words_of(facts: dict[str, Any]) -> str:
-    """What the model writes, for the announcement."""
-    return f"captions in {facts['lang']}" if "lang" in facts else "English to French with the number read"
+def _words_of(facts: dict[str, Any], unit: str) -> str:
+    """What the model reads or writes, for the announcement."""
+    if "lang" not in facts:
+        return "English to French with the number read"
+    return f"{'questions' if unit == 'clip' else 'captions'} in {facts['lang']}"
 
 
 def _caption_ids(captions: list[str]) -> list[int]:
@@ -161,16 +165,21 @@ def train(cfg: RunConfig | None, out_dir: str | Path, **options: Any) -> TrainRe
     return fit_run(cfg, out_dir, _trainer, config_type=RunConfig, **options)
 
 
-def _trainer(cfg: RunConfig, ckpt, *, out: Path, progress: bool, stream, announce: bool) -> Trainer:
-    """Data, model, optimizer and task of a config, in a Trainer (a resumed run's ``ckpt``
-    restores it after)."""
+def _pieces(cfg: RunConfig) -> tuple[nn.Module, Any, dict[str, Any], int]:
+    """The model, task and data facts of a config, and how many training examples it has."""
     kind = cfg.model.get("kind", RunConfig.DEFAULT_KIND)
-    strips = load_pairs(cfg.data) if kind in GROUNDED_KINDS else load_strips(cfg.data)
+    if kind in VIDEO_QA_KINDS:
+        facts = video_qa_facts(cfg.data)
+        model, tokenizer = build_video_qa_from_facts(cfg.model, facts)
+        task = VideoQATask(cfg, load_clips(cfg.data), tokenizer)
+        return model, task, facts, len(task.train.questions)
     if kind in GROUNDED_KINDS:
         facts = grounded_facts(cfg.data)
         model, tokenizer = build_grounded_from_facts(cfg.model, facts)
-        task = GroundedTask(cfg, strips, tokenizer)
-    elif kind in CAPTION_KINDS:
+        task = GroundedTask(cfg, load_pairs(cfg.data), tokenizer)
+        return model, task, facts, len(task.train_images)
+    strips = load_strips(cfg.data)
+    if kind in CAPTION_KINDS:
         facts = caption_facts(cfg.data)
         model, tokenizer = build_captioner_from_facts(cfg.model, facts)
         task = CaptionTask(cfg, strips, tokenizer)
@@ -178,10 +187,18 @@ def _trainer(cfg: RunConfig, ckpt, *, out: Path, progress: bool, stream, announc
         facts = matching_facts(cfg.data)
         model, tokenizer = build_from_facts(cfg.model, facts)
         task = MatchingTask(cfg, strips, tokenizer)
+    return model, task, facts, len(task.train_images)
+
+
+def _trainer(cfg: RunConfig, ckpt, *, out: Path, progress: bool, stream, announce: bool) -> Trainer:
+    """Data, model, optimizer and task of a config, in a Trainer (a resumed run's ``ckpt``
+    restores it after)."""
+    kind = cfg.model.get("kind", RunConfig.DEFAULT_KIND)
+    model, task, facts, count = _pieces(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     if announce:
         params = sum(p.numel() for p in model.parameters())
-        print(f"model: {kind}, {params:,} parameters; {len(task.train_images):,} training strips, "
-              f"{_words_of(facts)} ({len(tokenizer)} words)", file=stream)  # fmt: skip
+        print(f"model: {kind}, {params:,} parameters; {count:,} training {task.count_unit}s, "
+              f"{_words_of(facts, task.count_unit)} ({len(facts['vocabulary'])} words)", file=stream)  # fmt: skip
     return Trainer(model, opt, task, config=cfg.train, out_dir=out, run_config=cfg.to_dict(),
                    vocab=facts, desc=f"train {kind}", progress=progress, stream=stream)  # fmt: skip

@@ -19,6 +19,8 @@ Captioners have a fourth, :data:`CAPTION_KINDS` (``captioner``: Show, Attend and
 
 Grounded translators have :data:`GROUNDED_KINDS` (``grounded``: a sentence and an image in,
 a sentence out), whose data decides what a captioner's does and the longest source sentence.
+Video question answering has :data:`VIDEO_QA_KINDS` (``video-qa``), whose data decides the
+frames, the question vocabulary and the answers.
 
 Speech recognizers have :data:`SPEECH_KINDS` (``las``), whose data decides the feature size
 and the output vocabulary.
@@ -44,6 +46,7 @@ from .grounded import GroundedConfig, GroundedTransformer
 from .las import LAS, LASConfig
 from .seq2seq import Seq2Seq, Seq2SeqConfig
 from .transformer import Transformer, TransformerConfig
+from .video_qa import VideoQA, VideoQAConfig
 from .vit import ViT, ViTConfig
 
 __all__ = [
@@ -58,18 +61,22 @@ __all__ = [
     "MODEL_KINDS",
     "SPEECH_KINDS",
     "SPEECH_PRESETS",
+    "VIDEO_QA_KINDS",
+    "VIDEO_QA_PRESETS",
     "build_caption_model",
     "build_grounded_model",
     "build_image_model",
     "build_matching_model",
     "build_model",
     "build_speech_model",
+    "build_video_qa_model",
     "caption_config_keys",
     "config_keys",
     "grounded_config_keys",
     "image_config_keys",
     "matching_config_keys",
     "speech_config_keys",
+    "video_qa_config_keys",
 ]
 
 #: ``kind`` -> (model class, config dataclass).
@@ -274,3 +281,32 @@ def build_speech_model(model_cfg: dict[str, Any], *, n_mels: int, vocab_size: in
     """A speech recognizer (a :class:`LAS`) from its ``[model]`` table (``kind`` defaults to
     ``"las"``) and the data's feature size and vocabulary size."""
     return _build(SPEECH_KINDS, model_cfg, "las", _FROM_SPEECH, {"n_mels": n_mels, "vocab_size": vocab_size})
+
+
+#: Video question answering: ``kind`` -> (model class, config dataclass).
+VIDEO_QA_KINDS: dict[str, tuple[type[nn.Module], type]] = {"video-qa": (VideoQA, VideoQAConfig)}
+
+# Config fields the clips, questions and answers decide, never the [model] table.
+_FROM_CLIPS = frozenset(
+    {"vocab_size", "num_answers", "max_words", "pad_id", "max_frames", "frame_size", "channels"}
+)
+
+#: ``[model]`` tables of video question answering on 12 x 12 digit clips (patch 4: a 3 x 3
+#: grid per frame); ``--model.variant=question_only`` or ``frames_averaged`` for the controls.
+VIDEO_QA_PRESETS: dict[str, dict[str, Any]] = {
+    "video-qa": {"kind": "video-qa", "patch_size": 4, "frame_depth": 2, "dim": 64, "heads": 4, "mlp_dim": 128,
+                 "temporal_depth": 2, "question_depth": 2, "cross_depth": 1},
+}  # fmt: skip
+
+
+def video_qa_config_keys(kind: str) -> frozenset[str]:
+    """The valid keys of a video question answering ``[model]`` table: ``kind`` and the fields
+    of its config dataclass but the ones the clips decide."""
+    return _keys_of(VIDEO_QA_KINDS, kind, _FROM_CLIPS)
+
+
+def build_video_qa_model(model_cfg: dict[str, Any], **facts: Any) -> nn.Module:
+    """A video question answering model (a :class:`VideoQA`) from its ``[model]`` table
+    (``kind`` defaults to ``"video-qa"``) and the facts of the data: ``vocab_size``,
+    ``num_answers``, ``max_words``, ``pad_id``, ``max_frames``, ``frame_size``, ``channels``."""
+    return _build(VIDEO_QA_KINDS, model_cfg, "video-qa", _FROM_CLIPS, facts)

@@ -168,15 +168,16 @@ def info_nce_logits(logits: Tensor, positives: Tensor | None = None) -> Tensor:
     return (rows + cols) / 2
 
 
-class TextBlock(nn.Module):
-    """A pre-LN encoder block over words: padding keys are never attended."""
+class PaddedBlock(nn.Module):
+    """A pre-LN encoder block over a padded sequence (words, frames): ``padding (N, T)``, True
+    where a token is padding, whose keys are never attended."""
 
-    def __init__(self, cfg: CLIPConfig) -> None:
+    def __init__(self, *, dim: int, heads: int, mlp_dim: int, dropout: float) -> None:
         super().__init__()
-        self.norm1, self.norm2 = nn.LayerNorm(cfg.text_dim), nn.LayerNorm(cfg.text_dim)
-        self.attn = MultiHeadAttention(embed_dim=cfg.text_dim, num_heads=cfg.text_heads, dropout=cfg.dropout)
-        self.mlp = MLP(cfg.text_dim, cfg.text_mlp_dim, cfg.dropout)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = MultiHeadAttention(embed_dim=dim, num_heads=heads, dropout=dropout)
+        self.mlp = MLP(dim, mlp_dim, dropout)
+        self.drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, padding: Tensor, need_weights: bool) -> tuple[Tensor, Tensor | None]:
         a = self.attn(self.norm1(x), key_padding_mask=padding, need_weights=need_weights)
@@ -194,7 +195,13 @@ class TextEncoder(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.text_dim, padding_idx=cfg.pad_id)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.text_dim))
         self.pos_embed = nn.Parameter(torch.randn(1, 1 + cfg.max_words, cfg.text_dim) * 0.02)
-        self.blocks = nn.ModuleList([TextBlock(cfg) for _ in range(cfg.text_depth)])
+        block = {
+            "dim": cfg.text_dim,
+            "heads": cfg.text_heads,
+            "mlp_dim": cfg.text_mlp_dim,
+            "dropout": cfg.dropout,
+        }
+        self.blocks = nn.ModuleList([PaddedBlock(**block) for _ in range(cfg.text_depth)])
         self.norm = nn.LayerNorm(cfg.text_dim)
         self.drop = nn.Dropout(cfg.dropout)
 
