@@ -236,14 +236,18 @@ def capture_hf(
         register_hf()
     with ExitStack() as stack:
         stack.enter_context(_switched(model, implementation))
+        request = None
         if implementation == IMPLEMENTATION:
-            stack.enter_context(weights_requested([m for _, m, _, _ in targets], graph=not detach))
+            modules = [m for _, m, _, _ in targets]
+            request = stack.enter_context(weights_requested(modules, graph=not detach, heads=heads))
         for name, module, index, _ in targets:
 
             def hook(mod, args, output, name=name, index=index):
                 w = output[index] if isinstance(output, tuple) and len(output) > index else None
+                selected = request is not None and request.took_heads()  # w holds `heads` alone
                 if w is not None:
-                    maps.record(name, select_heads(w.detach() if detach else w, heads, name))
+                    w = w.detach() if detach else w
+                    maps.record(name, w if selected else select_heads(w, heads, name))
 
             stack.callback(module.register_forward_hook(hook).remove)
         yield maps
