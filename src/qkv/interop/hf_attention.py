@@ -34,14 +34,14 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 
 from torch import nn
 
 # The recorded structure only: qkv.capture imports this module (for transformers models), never
 # the other way round.
-from .._captured import CapturedAttention, attention_kind, select_heads
+from .._captured import CapturedAttention, attention_kind, select_heads, select_layers
 from .hf_implementation import IMPLEMENTATION, register_hf, weights_requested
 
 __all__ = ["attention_modules", "capture_hf", "implementation_for_capture", "is_transformers_model"]
@@ -207,7 +207,12 @@ def _switched(model: nn.Module, implementation: str) -> Iterator[None]:
 
 @contextmanager
 def capture_hf(
-    model: nn.Module, *, kinds: frozenset[str], heads: list[int] | None, detach: bool
+    model: nn.Module,
+    *,
+    kinds: frozenset[str],
+    heads: list[int] | None,
+    detach: bool,
+    layers: int | str | Iterable[int | str] | None = None,
 ) -> Iterator[CapturedAttention]:
     """:func:`qkv.capture` for a ``transformers`` model (see the module docstring).
 
@@ -215,7 +220,7 @@ def capture_hf(
         RuntimeError: the model declares no attention modules (``transformers`` < 5, or a
             model without ``_can_record_outputs``), or cannot be switched to the attention
             implementation capture runs (qkv's or eager).
-        ValueError: no attention module of the requested kinds.
+        ValueError: no attention module of the requested kinds, or ``layers`` chooses none.
     """
     found = attention_modules(model)
     if not found:
@@ -230,6 +235,8 @@ def capture_hf(
     if not targets:
         have = ", ".join(f"{n} ({k})" for n, _, _, k in found[:6])
         raise ValueError(f"kinds: no attention module of kinds {sorted(kinds)} in model; it has {have}, ...")
+    chosen = set(select_layers([n for n, _, _, _ in targets], layers))
+    targets = [t for t in targets if t[0] in chosen]
     maps = CapturedAttention([n for n, _, _, _ in targets], {n: k for n, _, _, k in found})
     implementation = implementation_for_capture(model)
     if implementation == IMPLEMENTATION:
