@@ -9,12 +9,14 @@ or an ``OutputRecorder(class, index, layer_name)``); those modules return
    (``attn_implementation="qkv"``, :mod:`qkv.interop.hf_implementation`, registered on first
    use) when the model declares it runs any registered attention function
    (``_supports_attention_backend``), else to ``"eager"``;
-2. on the qkv path, asks the declared attention modules for weights
-   (:func:`~qkv.interop.hf_implementation.weights_requested`): their calls keep qkv's fused
-   kernel (``auto``'s choice, the same as without capture) and take the weights from qkv's
-   exact weights pass; the other attention modules compute no weights;
-3. puts a forward hook on each declared attention module that reads ``output[index]``
-   (``(B, H, Tq, Tk)``) and changes nothing;
+2. on the qkv path, asks the declared attention modules of the chosen kinds and layers for
+   weights (:func:`~qkv.interop.hf_implementation.weights_requested`), of the chosen heads
+   only: their calls keep qkv's fused kernel (``auto``'s choice, the same as without capture)
+   and take the weights from qkv's exact weights pass; the other attention modules compute no
+   weights;
+3. puts a forward hook on each of those modules that reads ``output[index]``
+   (``(B, H, Tq, Tk)``, or the chosen heads when the call computed those alone) and changes
+   nothing;
 4. on exit removes the hooks and requests and restores each config's previous implementation.
 
 The switch is the model's own setting, scoped to the ``with`` block: while it lasts, any call
