@@ -4,12 +4,13 @@ all-MiniLM-L6-v2 (the ``minilm`` extra) loaded by ``transformers``, float32 on C
 timed interleaved (``benchmarks/common.py``): the model as loaded (``sdpa``, no maps: the
 floor), ``transformers`` eager with ``output_attentions=True`` (every map, the usual way),
 ``qkv.capture`` of every map (the model on ``attn_implementation="qkv"``: qkv's fused kernel,
-maps from its exact weights pass) and ``qkv.capture`` of one head (``heads=0``, every layer).
+maps from its exact weights pass), of one head (``heads=0``, every layer) and of one layer
+(``layers=-1``, every head: the other layers compute no weights).
 Reports medians, the paired ratio to eager, and the largest difference of outputs and maps
 against eager.
 
-    python -m benchmarks.hf_capture                           # 32 x 128 and 32 x 512 tokens
-    python -m benchmarks.hf_capture --shapes 32x128,8x512 --reps 5
+    python -m benchmarks.hf_capture                           # 32 x 128 and 8 x 512 tokens
+    python -m benchmarks.hf_capture --shapes 32x128,8x512 --reps 5 --threads 1
     python -m benchmarks.hf_capture --quick                   # smoke run: 2 x 32 tokens
 """
 
@@ -80,8 +81,8 @@ def _one_shape(model, tok, batch: int, tokens: int, reps: int) -> dict[str, Any]
         finally:
             model.set_attn_implementation("sdpa")
 
-    def captured(heads=None):
-        with capture(model, heads=heads) as maps:
+    def captured(heads=None, layers=None):
+        with capture(model, heads=heads, layers=layers) as maps:
             out = model(**inputs)
         return out, maps
 
@@ -90,6 +91,7 @@ def _one_shape(model, tok, batch: int, tokens: int, reps: int) -> dict[str, Any]
         Contender("eager, output_attentions", eager),
         Contender("qkv.capture, every map", captured),
         Contender("qkv.capture, head 0", lambda: captured(0)),
+        Contender("qkv.capture, last layer", lambda: captured(layers=-1)),
     ]
     with torch.inference_mode():
         timings = time_interleaved(contenders, reps, label=f"{batch}x{tokens}")
@@ -128,11 +130,14 @@ def to_markdown(res: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="hf_capture", description=__doc__.splitlines()[0])
     p.add_argument(
-        "--shapes", type=_shapes, default=_shapes("32x128,32x512"), help="BxT list (default 32x128,32x512)"
+        "--shapes", type=_shapes, default=_shapes("32x128,8x512"), help="BxT list (default 32x128,8x512)"
     )
     p.add_argument("--reps", type=int, default=6, help="timed rounds per shape (default 6)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     p.add_argument("--quick", action="store_true", help="2 x 32 tokens, 2 rounds: a smoke run")
     args = p.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     if args.quick:
         args.shapes, args.reps = [(2, 32)], 2
     import transformers

@@ -458,3 +458,81 @@ def test_capture_on_the_translation_models_equals_their_own_maps():
         assert torch.equal(logits, logits_c)
         assert list(maps) == ["attn"] and maps.kind("attn") == "cross"
         assert torch.equal(maps.to_maps().cross[0], own.cross[0])  # (B, 1, T, S): six steps joined
+
+
+# ----------------------------------------------------------------------------- layers=
+
+
+def _small_bert():
+    torch.manual_seed(5)
+    cfg = BertConfig(
+        vocab_size=50, hidden_size=32, num_layers=3, num_heads=4, intermediate_size=64, max_position=16
+    )
+    return BertModel(cfg).eval(), torch.randint(0, 50, (2, 12))
+
+
+def test_layers_choose_modules_by_index_name_and_prefix_and_leave_the_others_unhooked():
+    model, ids = _small_bert()
+    with torch.no_grad():
+        plain = model(ids)
+        with capture(model) as every:
+            model(ids)
+        for layers, want in [
+            ([0, -1], ["layers.0.attention", "layers.2.attention"]),
+            ("layers.1.attention", ["layers.1.attention"]),
+            ("layers.1", ["layers.1.attention"]),  # a dotted prefix
+            ([2, "layers.0"], ["layers.0.attention", "layers.2.attention"]),  # model order
+            (1, ["layers.1.attention"]),
+        ]:
+            with capture(model, layers=layers) as maps:
+                hooked = [n for n, m in model.named_modules() if m._forward_hooks or m._forward_pre_hooks]
+                out = model(ids)
+            assert list(maps) == want
+            assert hooked == [f"{n}.attend" for n in want]  # the other modules pay nothing
+            assert all(torch.equal(maps[n][0], every[n][0]) for n in want)
+            assert all(torch.equal(a, b) for a, b in zip(out.hidden_states, plain.hidden_states))
+    assert _no_hooks(model)
+
+
+@pytest.mark.parametrize(
+    ("layers", "error", "message"),
+    [
+        ("layers.7", ValueError, r"layers: no attention module named 'layers.7' or under it; the modules are "
+         r"0: layers.0.attention, 1: layers.1.attention, 2: layers.2.attention"),
+        ([3], ValueError, r"layers: index 3 is out of range for 3 modules \(0: layers.0.attention"),
+        ([-4], ValueError, r"layers: index -4 is out of range"),
+        ([], ValueError, r"layers: expected at least one index or name, got none; the modules are 0: "),
+        ([1.0], TypeError, r"layers: expected ints \(indices\) or strs \(names\), got float 1.0"),
+        ([True], TypeError, r"layers: expected ints \(indices\) or strs \(names\), got bool True"),
+    ],
+)  # fmt: skip
+def test_unknown_layers_name_the_modules_there_are(layers, error, message):
+    model, _ = _small_bert()
+    with pytest.raises(error, match=message), capture(model, layers=layers):
+        pass
+    assert _no_hooks(model)
+
+
+def test_hf_capture_of_one_layer_and_one_head_equals_the_full_capture(hf_bert):
+    """One layer: only its module is hooked and asked for weights; heads: the weights pass
+    computes those heads alone, unless the caller asks for every weight itself."""
+    ids = torch.randint(0, 60, (2, 9))
+    mask = torch.ones(2, 9, dtype=torch.long)
+    mask[0, 6:] = 0
+    before = {n: len(m._forward_hooks) for n, m in hf_bert.named_modules()}
+    with torch.no_grad():
+        with capture(hf_bert) as every:
+            full = hf_bert(input_ids=ids, attention_mask=mask)
+        with capture(hf_bert, layers="encoder.layer.1", heads=[3, 1]) as one:
+            hooked = [n for n, m in hf_bert.named_modules() if len(m._forward_hooks) > before[n]]
+            out = hf_bert(input_ids=ids, attention_mask=mask)
+            asked = hf_bert(input_ids=ids, attention_mask=mask, output_attentions=True)
+    assert hf_bert.config._attn_implementation == "sdpa"
+    assert hooked == ["encoder.layer.1.attention.self"]
+    assert list(one) == ["encoder.layer.1.attention.self"] and len(one["encoder.layer.1.attention.self"]) == 2
+    want = every["encoder.layer.1.attention.self"][0][:, [3, 1]]
+    for got in one["encoder.layer.1.attention.self"]:  # heads alone, then from every weight
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-7)
+    assert torch.equal(out.last_hidden_state, full.last_hidden_state)
+    assert [a.shape[1] for a in asked.attentions] == [4, 4]  # the caller's weights stay whole
+    assert torch.equal(asked.attentions[1], every["encoder.layer.1.attention.self"][0])

@@ -7,6 +7,7 @@ import torch
 
 import qkv
 from qkv import masks
+from qkv.api.prepare import prepare
 
 
 def _inputs(t=50):
@@ -93,3 +94,31 @@ def test_weights_are_as_accurate_as_the_reference_with_large_logits(request, bac
     eager = qkv.attention(q, k, v, mask=mask, need_weights=True, backend="reference")
     ours = qkv.attention(q, k, v, mask=mask, need_weights=True, backend=backend)
     assert_error_ratio(request, ours.weights, golden.weights, eager.weights, what="weights")
+
+
+def test_one_block_weights_and_lse_do_not_depend_on_the_slab(monkeypatch):
+    """The one-block pass normalizes its logits in place a slab of rows at a time: the weights
+    (with a broadcast bias, a padding mask and a row with no key) and the log-sum-exp are
+    bitwise the same for any slab size, and equal the reference's."""
+    from qkv.backends import attention_weights
+
+    q, k, v = _inputs(t=24)
+    bias = torch.randn(1, 4, 1, 24, dtype=torch.float64)
+    mask = torch.ones(2, 1, 24, 24, dtype=torch.bool)
+    mask[1, :, :, 15:] = False
+    mask[0, :, 3] = False  # query 3 of sample 0 has no key
+    ref = qkv.attention(q, k, v, mask=mask, bias=bias, backend="reference", need_weights=True)
+    inputs, _ = prepare(q, k, v, mask=mask, bias=bias, need_weights=True)
+    runs = []
+    for slab in (1 << 18, 24, 7 * 24):  # one slab; one row per slab; slabs across heads
+        monkeypatch.setattr(attention_weights, "_SLAB", slab)
+        runs.append(attention_weights.weights_and_lse(inputs))  # no lse given: the pass computes it
+    for w, lse in runs:
+        assert torch.equal(w, runs[0][0]) and torch.equal(lse, runs[0][1])
+    w, lse = runs[0]
+    torch.testing.assert_close(w, ref.weights, rtol=0, atol=1e-12)
+    assert torch.equal(w[0, :, 3], torch.zeros(4, 24, dtype=torch.float64))
+    torch.testing.assert_close(w.sum(-1)[1], torch.ones(4, 24, dtype=torch.float64))
+    logits = (q @ k.transpose(-2, -1) * 8**-0.5 + bias).masked_fill(~mask, float("-inf"))
+    torch.testing.assert_close(lse, torch.logsumexp(logits, dim=-1), rtol=0, atol=1e-12)
+    assert bool((lse[0, :, 3] == float("-inf")).all())

@@ -1,5 +1,6 @@
 """What :func:`qkv.capture` records: :class:`CapturedAttention` (module name -> weights per call),
-the kind rules (:func:`attention_kind`) and head selection (:func:`select_heads`).
+the kind rules (:func:`attention_kind`), layer selection (:func:`select_layers`) and head
+selection (:func:`select_heads`).
 
 This is the structure both capture sides fill: the hooks on qkv's attention modules
 (:mod:`qkv.capture`) and the hooks on Hugging Face ``transformers`` models
@@ -15,14 +16,21 @@ decoder to a source) unless a part contains ``self``; then ``"decoder"`` where a
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
 from ._types import AttentionMaps
 
-__all__ = ["ATTENTION_KINDS", "CapturedAttention", "attention_kind", "check_kind", "select_heads"]
+__all__ = [
+    "ATTENTION_KINDS",
+    "CapturedAttention",
+    "attention_kind",
+    "check_kind",
+    "select_heads",
+    "select_layers",
+]
 
 ATTENTION_KINDS = ("encoder", "decoder", "cross")
 _CROSS_PARTS = ("encoder_attn", "src_attn", "multihead_attn")  # the last: torch's TransformerDecoderLayer
@@ -45,6 +53,45 @@ def check_kind(kind: str | None) -> None:
     """Raise ``ValueError`` unless ``kind`` is one of :data:`ATTENTION_KINDS` or None."""
     if kind is not None and kind not in ATTENTION_KINDS:
         raise ValueError(f"kind: expected one of {', '.join(ATTENTION_KINDS)} or None, got {kind!r}")
+
+
+def select_layers(names: Sequence[str], layers: int | str | Iterable[int | str] | None) -> list[str]:
+    """The attention modules ``layers`` chooses among ``names`` (qualified names in model order),
+    in model order.
+
+    Each item of ``layers`` is an index into ``names`` (negative from the end) or a name: a
+    module's qualified name or a dotted prefix of it (``"encoder.layer.3"`` chooses
+    ``"encoder.layer.3.attention.self"``). None chooses every module.
+
+    Raises:
+        ValueError: an item chooses no module, or ``layers`` is empty (naming the modules
+            there are, with their indices).
+        TypeError: an item is neither an int nor a str.
+    """
+    if layers is None:
+        return list(names)
+    items = [layers] if isinstance(layers, int | str) else list(layers)
+    have = ", ".join(f"{i}: {n}" for i, n in enumerate(names))
+    if not items:
+        raise ValueError(f"layers: expected at least one index or name, got none; the modules are {have}")
+    chosen: set[str] = set()
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, int | str):
+            raise TypeError(
+                f"layers: expected ints (indices) or strs (names), got {type(item).__name__} {item!r}"
+            )
+        if isinstance(item, int):
+            if not -len(names) <= item < len(names):
+                raise ValueError(f"layers: index {item} is out of range for {len(names)} modules ({have})")
+            chosen.add(names[item])
+            continue
+        hits = [n for n in names if n == item or n.startswith(item.rstrip(".") + ".")]
+        if not hits:
+            raise ValueError(
+                f"layers: no attention module named {item!r} or under it; the modules are {have}"
+            )
+        chosen.update(hits)
+    return [n for n in names if n in chosen]
 
 
 def select_heads(weights: Tensor, heads: list[int] | None, name: str) -> Tensor:

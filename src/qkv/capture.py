@@ -54,7 +54,7 @@ from contextlib import ExitStack, contextmanager
 
 from torch import Tensor, nn
 
-from ._captured import ATTENTION_KINDS, CapturedAttention, attention_kind, select_heads
+from ._captured import ATTENTION_KINDS, CapturedAttention, attention_kind, select_heads, select_layers
 from ._types import AttentionOutput
 from .modules import (
     AdditiveAttention,
@@ -125,6 +125,7 @@ def capture(
     *,
     kinds: Iterable[str] | str | None = None,
     heads: int | Sequence[int] | None = None,
+    layers: int | str | Iterable[int | str] | None = None,
     detach: bool = True,
 ) -> Iterator[CapturedAttention]:
     """Record the attention weights of every attention module of ``model`` while the ``with``
@@ -137,7 +138,11 @@ def capture(
         kinds: record only these kinds (``"encoder"``, ``"decoder"``, ``"cross"``); other
             attention modules are not hooked at all. Default: all.
         heads: record only these heads (an int or a list) of multi-head modules, saving
-            memory; the one-head RNN attentions are recorded whole.
+            memory; the one-head RNN attentions are recorded whole. On a ``transformers``
+            model the weights pass computes only these heads.
+        layers: record only these attention modules (of the requested ``kinds``): indices in
+            model order (negative from the end), qualified names, or dotted prefixes of them
+            (``"encoder.layer.3"``). The others are not hooked and compute no weights: they run as without capture. Default: all.
         detach: record detached tensors (default). With ``detach=False`` the recorded weights
             stay in the autograd graph, for gradient-weighted methods: each hooked call of a
             module whose forward takes a per-call ``backend=`` is made with
@@ -152,7 +157,8 @@ def capture(
     Raises:
         TypeError: ``model`` is not an ``nn.Module``.
         ValueError: no attention module of the requested kinds in ``model``; bad ``kinds`` or
-            ``heads`` (``heads`` beyond a module's head count is reported at the call).
+            ``heads`` (``heads`` beyond a module's head count is reported at the call);
+            ``layers`` names or indexes no module (the error lists the modules there are).
         RuntimeError: a Hugging Face model that cannot be switched to qkv's or eager attention.
 
     Hooks (and the attention switch) are removed when the block exits, also on exceptions.
@@ -165,7 +171,9 @@ def capture(
     from .interop import hf_attention
 
     if hf_attention.is_transformers_model(model):
-        with hf_attention.capture_hf(model, kinds=wanted, heads=head_list, detach=detach) as maps:
+        with hf_attention.capture_hf(
+            model, kinds=wanted, heads=head_list, layers=layers, detach=detach
+        ) as maps:
             yield maps
         return
 
@@ -188,6 +196,8 @@ def capture(
     if not targets:
         have = ", ".join(f"{n} ({kind_of[n]})" for n, _ in found)
         raise ValueError(f"kinds: no attention module of kinds {sorted(wanted)} in model; it has {have}")
+    chosen = set(select_layers([n for n, _ in targets], layers))
+    targets = [(n, m) for n, m in targets if n in chosen]
     maps = CapturedAttention([n for n, _ in targets], kind_of)
     with ExitStack() as stack:
         for name, module in targets:

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from .base import AttentionInputs
-from .online_softmax import OnlineSoftmax, block_logits
+from .online_softmax import OnlineSoftmax, block_logits, compute_dtype
 
 __all__ = ["as_index", "attention_weights", "weights_and_lse"]
 
@@ -53,6 +53,58 @@ def _logits(inputs: AttentionInputs, q: Tensor, k: Tensor, k0: int, k1: int, row
     bias = inputs.bias_block(0, inputs.q_len, k0, k1, rows=rows, heads=heads)
     keep = inputs.mask_block(0, inputs.q_len, k0, k1, rows=rows, heads=heads)
     return block_logits(inputs, inputs.score_fn, q, k, bias, keep)[1]
+
+
+def _one_block(
+    inputs: AttentionInputs, q: Tensor, k: Tensor, rows: Tensor, heads: Tensor | None, lse: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """Weights and log-sum-exp of rows whose keys are one block: the masked logits built in
+    one tensor (scale, bias and mask applied in place) and normalized in place, a slab of rows
+    at a time (:func:`_softmax_rows_`). Fully masked rows are zeros, their ``lse`` ``-inf``."""
+    raw = inputs.score_fn(q, k)  # (..., H', Tq', Tk)
+    s = raw.to(compute_dtype(q))
+    if s is raw and not inputs.score.dot_like:
+        s = s.clone()  # a callable score's tensor is not ours to overwrite
+    if inputs.scale != 1.0:
+        s.mul_(inputs.scale)
+    bias = inputs.bias_block(0, inputs.q_len, 0, inputs.kv_len, rows=rows, heads=heads)
+    keep = inputs.mask_block(0, inputs.q_len, 0, inputs.kv_len, rows=rows, heads=heads)
+    shape = torch.broadcast_shapes(s.shape, *(t.shape for t in (bias, keep) if t is not None))
+    if shape != s.shape or not s.is_contiguous():
+        s = s.expand(shape).contiguous()  # a broadcast bias or mask widens the logits
+    if bias is not None:
+        s.add_(bias)
+    if keep is not None:
+        s.masked_fill_(~keep, float("-inf"))
+    row_lse = _softmax_rows_(s, want_lse=lse is None)
+    if keep is not None:  # a row with no key: weights 0 (softmax gives NaN), lse -inf
+        empty = ~keep.any(dim=-1, keepdim=True)
+        s.masked_fill_(empty, 0.0)
+        row_lse = None if row_lse is None else row_lse.masked_fill(empty.squeeze(-1), float("-inf"))
+    return s.to(q.dtype), lse if lse is not None else row_lse
+
+
+# Elements of one slab of rows normalized at once: small enough that the softmax's own result
+# stays in cache and is never a fresh large allocation (which costs a page fault per 4 KiB).
+_SLAB = 1 << 18
+
+
+def _softmax_rows_(s: Tensor, *, want_lse: bool) -> Tensor | None:
+    """Softmax over the last dim of ``s``, in place, a slab of rows at a time (bitwise
+    ``torch.softmax(s, -1)``); the rows' log-sum-exp ``(...)`` when ``want_lse``."""
+    if s.numel() == 0:
+        return s.new_empty(s.shape[:-1]) if want_lse else None
+    flat = s.view(-1, s.shape[-1])  # (rows, Tk): s is contiguous
+    step = max(1, _SLAB // s.shape[-1])
+    lse = []
+    for r0 in range(0, flat.shape[0], step):
+        rows = flat[r0 : r0 + step]
+        if want_lse:
+            lse.append(torch.logsumexp(rows, dim=-1))
+        rows.copy_(torch.softmax(rows, dim=-1))
+    if not want_lse:
+        return None
+    return torch.cat(lse).view(s.shape[:-1])
 
 
 @torch.no_grad()
@@ -98,13 +150,7 @@ def weights_and_lse(
     cdt = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
     blocks = [(k0, min(k0 + kv_block, tk)) for k0 in range(0, tk, kv_block)]
     if len(blocks) == 1:  # one key block: a softmax of its logits, as accurate as the reference's
-        s = _logits(inputs, q, k, 0, tk, rows_all, h_idx)
-        m = s.amax(dim=-1, keepdim=True)
-        m = m.masked_fill(m == float("-inf"), 0.0)  # a fully masked row: exp(-inf) = 0 below
-        s = s.sub_(m).exp_()  # s is this pass's own tensor (no autograd here)
-        total = s.sum(dim=-1, keepdim=True)
-        s = s.div_(total.clamp_min(torch.finfo(s.dtype).tiny))  # 0 in a fully masked row
-        return s.to(q.dtype), (m + total.log()).squeeze(-1) if lse is None else lse
+        return _one_block(inputs, q, k, rows_all, h_idx, lse)
     if lse is None:  # first pass: the online log-sum-exp of the selected rows
         running = OnlineSoftmax(q.shape[:-1], cdt, dev)
         for k0, k1 in blocks:

@@ -9,12 +9,14 @@ or an ``OutputRecorder(class, index, layer_name)``); those modules return
    (``attn_implementation="qkv"``, :mod:`qkv.interop.hf_implementation`, registered on first
    use) when the model declares it runs any registered attention function
    (``_supports_attention_backend``), else to ``"eager"``;
-2. on the qkv path, asks the declared attention modules for weights
-   (:func:`~qkv.interop.hf_implementation.weights_requested`): their calls keep qkv's fused
-   kernel (``auto``'s choice, the same as without capture) and take the weights from qkv's
-   exact weights pass; the other attention modules compute no weights;
-3. puts a forward hook on each declared attention module that reads ``output[index]``
-   (``(B, H, Tq, Tk)``) and changes nothing;
+2. on the qkv path, asks the declared attention modules of the chosen kinds and layers for
+   weights (:func:`~qkv.interop.hf_implementation.weights_requested`), of the chosen heads
+   only: their calls keep qkv's fused kernel (``auto``'s choice, the same as without capture)
+   and take the weights from qkv's exact weights pass; the other attention modules compute no
+   weights;
+3. puts a forward hook on each of those modules that reads ``output[index]``
+   (``(B, H, Tq, Tk)``, or the chosen heads when the call computed those alone) and changes
+   nothing;
 4. on exit removes the hooks and requests and restores each config's previous implementation.
 
 The switch is the model's own setting, scoped to the ``with`` block: while it lasts, any call
@@ -34,14 +36,14 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 
 from torch import nn
 
 # The recorded structure only: qkv.capture imports this module (for transformers models), never
 # the other way round.
-from .._captured import CapturedAttention, attention_kind, select_heads
+from .._captured import CapturedAttention, attention_kind, select_heads, select_layers
 from .hf_implementation import IMPLEMENTATION, register_hf, weights_requested
 
 __all__ = ["attention_modules", "capture_hf", "implementation_for_capture", "is_transformers_model"]
@@ -207,7 +209,12 @@ def _switched(model: nn.Module, implementation: str) -> Iterator[None]:
 
 @contextmanager
 def capture_hf(
-    model: nn.Module, *, kinds: frozenset[str], heads: list[int] | None, detach: bool
+    model: nn.Module,
+    *,
+    kinds: frozenset[str],
+    heads: list[int] | None,
+    detach: bool,
+    layers: int | str | Iterable[int | str] | None = None,
 ) -> Iterator[CapturedAttention]:
     """:func:`qkv.capture` for a ``transformers`` model (see the module docstring).
 
@@ -215,7 +222,7 @@ def capture_hf(
         RuntimeError: the model declares no attention modules (``transformers`` < 5, or a
             model without ``_can_record_outputs``), or cannot be switched to the attention
             implementation capture runs (qkv's or eager).
-        ValueError: no attention module of the requested kinds.
+        ValueError: no attention module of the requested kinds, or ``layers`` chooses none.
     """
     found = attention_modules(model)
     if not found:
@@ -230,20 +237,26 @@ def capture_hf(
     if not targets:
         have = ", ".join(f"{n} ({k})" for n, _, _, k in found[:6])
         raise ValueError(f"kinds: no attention module of kinds {sorted(kinds)} in model; it has {have}, ...")
+    chosen = set(select_layers([n for n, _, _, _ in targets], layers))
+    targets = [t for t in targets if t[0] in chosen]
     maps = CapturedAttention([n for n, _, _, _ in targets], {n: k for n, _, _, k in found})
     implementation = implementation_for_capture(model)
     if implementation == IMPLEMENTATION:
         register_hf()
     with ExitStack() as stack:
         stack.enter_context(_switched(model, implementation))
+        request = None
         if implementation == IMPLEMENTATION:
-            stack.enter_context(weights_requested([m for _, m, _, _ in targets], graph=not detach))
+            modules = [m for _, m, _, _ in targets]
+            request = stack.enter_context(weights_requested(modules, graph=not detach, heads=heads))
         for name, module, index, _ in targets:
 
             def hook(mod, args, output, name=name, index=index):
                 w = output[index] if isinstance(output, tuple) and len(output) > index else None
+                selected = request is not None and request.took_heads()  # w holds `heads` alone
                 if w is not None:
-                    maps.record(name, select_heads(w.detach() if detach else w, heads, name))
+                    w = w.detach() if detach else w
+                    maps.record(name, w if selected else select_heads(w, heads, name))
 
             stack.callback(module.register_forward_hook(hook).remove)
         yield maps

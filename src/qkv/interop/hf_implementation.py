@@ -64,6 +64,7 @@ from ..masks.torch_masks import split_float_mask
 
 __all__ = [
     "IMPLEMENTATION",
+    "WeightsRequest",
     "patterns_set",
     "qkv_attention_forward",
     "qkv_mask",
@@ -139,32 +140,77 @@ def qkv_mask(
     )  # fmt: skip
 
 
-# Modules whose calls return weights while a capture reads them: id(module) -> one flag per
-# capture, True when that capture keeps the weights in the autograd graph. A module's own
-# request, made and undone by qkv.capture's ``with`` block.
+class WeightsRequest:
+    """One capture's request for the weights of some modules (made by :func:`weights_requested`).
+
+    Attributes:
+        graph: the calls run the reference backend, so the weights carry gradients.
+        heads: the only heads the capture records (dim 1), or None for all of them.
+
+    A call that computed the weights of ``heads`` alone (every request on its module names the
+    same heads, and the caller did not ask for weights itself) says so through
+    :meth:`took_heads`, read by the capture's hook right after the call, in the same thread.
+    """
+
+    def __init__(self, *, graph: bool, heads: tuple[int, ...] | None) -> None:
+        self.graph = graph
+        self.heads = heads
+        self._handed = threading.local()  # per thread: the last call gave the weights of `heads` only
+
+    def hand_heads(self, selected: bool) -> None:
+        self._handed.selected = selected
+
+    def took_heads(self) -> bool:
+        """Whether the last call in this thread gave the weights of :attr:`heads` only (reset)."""
+        selected = getattr(self._handed, "selected", False)
+        self._handed.selected = False
+        return selected
+
+
+# Modules whose calls return weights while a capture reads them: id(module) -> the requests of
+# the captures reading it. A module's own request, made and undone by qkv.capture's block.
 _REQUESTS_LOCK = threading.Lock()
-_REQUESTS: dict[int, list[bool]] = {}
+_REQUESTS: dict[int, list[WeightsRequest]] = {}
 
 
 @contextmanager
-def weights_requested(modules: Iterable[nn.Module], *, graph: bool) -> Iterator[None]:
+def weights_requested(
+    modules: Iterable[nn.Module], *, graph: bool, heads: Iterable[int] | None = None
+) -> Iterator[WeightsRequest]:
     """While the block runs, calls of ``modules`` (and of their submodules: the one that calls
     the attention function may be a child) return exact weights. With ``graph=True`` those
     calls run the reference backend, so the weights are the tensor the output is computed
-    from (gradients flow through them). Overlapping requests (from several threads) stack."""
+    from (gradients flow through them). With ``heads``, a call may compute the weights of those
+    heads only (see :class:`WeightsRequest`). Overlapping requests (from several threads) stack.
+
+    Yields:
+        The :class:`WeightsRequest`.
+    """
+    request = WeightsRequest(graph=graph, heads=None if heads is None else tuple(heads))
     keys = list(dict.fromkeys(id(m) for module in modules for m in module.modules()))
     with _REQUESTS_LOCK:
         for key in keys:
-            _REQUESTS.setdefault(key, []).append(graph)
+            _REQUESTS.setdefault(key, []).append(request)
     try:
-        yield
+        yield request
     finally:
         with _REQUESTS_LOCK:
             for key in keys:
-                flags = _REQUESTS[key]
-                flags.remove(graph)
-                if not flags:
+                held = _REQUESTS[key]
+                held.remove(request)
+                if not held:
                     del _REQUESTS[key]
+
+
+def _heads_for(requests: list[WeightsRequest] | None, num_heads: int, asked: bool) -> tuple[int, ...] | None:
+    """The heads a call computes weights for: those of its requests when they all name the same
+    heads (each one a head of the call) and the caller did not ask for every weight itself."""
+    if asked or not requests:
+        return None
+    heads = requests[0].heads
+    if heads is None or any(r.heads != heads for r in requests) or max(heads) >= num_heads:
+        return None
+    return heads
 
 
 # Patterns set on modules: id(module) -> [pattern, how many settings hold it]. The module's own
@@ -260,12 +306,17 @@ def qkv_attention_forward(
     if held is not None:
         mask = _with_pattern(held[0], mask)
     requests = _REQUESTS.get(id(module))
+    asked = bool(kwargs.get("output_attentions"))
+    heads = _heads_for(requests, query.shape[1], asked)
     res = attention(
         query, key, value, mask=mask, bias=bias, scale=scaling, dropout_p=float(dropout),
         training=module.training and dropout > 0,
-        need_weights=requests is not None or bool(kwargs.get("output_attentions")),
-        backend="reference" if requests and any(requests) else "auto",
+        need_weights=requests is not None or asked,
+        weights_for=None if heads is None else (list(heads), None),
+        backend="reference" if requests and any(r.graph for r in requests) else "auto",
     )  # fmt: skip
+    for request in requests or ():
+        request.hand_heads(heads is not None)
     return res.out.transpose(1, 2).contiguous(), res.weights  # (B, H, Tq, Dv) -> (B, Tq, H, Dv)
 
 
