@@ -32,6 +32,7 @@ APPLICATION_OF_KIND = {
     "captioner": "crossmodal",
     "captioner-transformer": "crossmodal",
     "las": "speech",
+    "speech-transformer": "speech",
 }
 #: The ``--model`` presets of vision (:data:`qkv.vision.config.MODEL_PRESETS`); the others are translation's.
 VISION_PRESETS = ("vit", "vit-digits", "vit-fashion-mnist", "vit-located")
@@ -43,7 +44,7 @@ CROSSMODAL_PRESETS = ("clip", "clip-strips", "captioner", "captioner-transformer
 CROSSMODAL_DATASETS = ("digit-strips", "digit-strips-fr", "digit-strips-de", "digit-strips-digits")
 
 #: The ``--model`` presets of speech (:data:`qkv.speech.config.MODEL_PRESETS`).
-SPEECH_PRESETS = ("las", "las-location")
+SPEECH_PRESETS = ("las", "las-location", "speech-transformer")
 #: The built-in data sets of speech (:data:`qkv.speech.config.DATASETS`).
 SPEECH_DATASETS = ("spoken-numbers",)
 

@@ -147,7 +147,7 @@ class LAS(nn.Module):
     # ------------------------------------------------------------------ step interface
     def encode(self, features: Tensor, lengths: Tensor) -> dict[str, Tensor]:
         """The listener's states, the memory every speller step reads (batch first)."""
-        _check_features(features, lengths, self.config.n_mels)
+        check_features(features, lengths, self.config.n_mels)
         states, state_lengths = self.listener(features, lengths)
         return {"states": states, "lengths": state_lengths}  # (B, S, 2H), (B,)
 
@@ -195,7 +195,7 @@ class LAS(nn.Module):
         return out, AttentionMaps(cross=[torch.stack(weights, dim=1).unsqueeze(1)])  # (B, 1, U, S)
 
 
-def _check_features(features: Tensor, lengths: Tensor, n_mels: int) -> None:
+def check_features(features: Tensor, lengths: Tensor, n_mels: int) -> None:
     if features.dim() != 3 or features.shape[-1] != n_mels:
         raise ValueError(f"features: expected (B, T, {n_mels}) float, got shape {tuple(features.shape)}")
     if lengths.dim() != 1 or lengths.shape[0] != features.shape[0]:
