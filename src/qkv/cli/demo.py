@@ -1,11 +1,12 @@
 """``qkv demo``: train three translators on built-in data and write a report (a thin shell over
 :func:`qkv.translation.demo.run_demo`); ``qkv demo vision``: a Vision Transformer on digits and the
-localisation benchmark of its explanations (:func:`qkv.vision.demo.run_vision_demo`); ``qkv demo
---examples`` prints the four worked examples of the source articles (:mod:`qkv.explain`); the
+localisation benchmark of its explanations (:func:`qkv.vision.demo.run_vision_demo`); ``qkv demo speech``: Listen, Attend and Spell
+against a Transformer on spoken numbers, and their alignments (:func:`qkv.speech.demo.run_speech_demo`);
+``qkv demo --examples`` prints the four worked examples of the source articles (:mod:`qkv.explain`); the
 fourth, attention pooling, also trains three tiny models on the adding problem
 (:func:`qkv.examples.adding.compare_pooling`, seconds).
 
-qkv demo [translation|vision] [--out DIR] [--fresh] [--quick] [--json]
+qkv demo [translation|vision|speech] [--out DIR] [--fresh] [--quick] [--json]
 qkv demo --examples [--precision P] [--json]
 """
 
@@ -21,7 +22,7 @@ from .explain import add_output_options
 __all__ = ["DEMO_OUT", "VISION_HINT", "add_parser", "run"]
 
 #: Where each demo writes its models and report when ``--out`` is not given.
-DEMO_OUT = {"translation": "runs/demo", "vision": "runs/demo-vision"}
+DEMO_OUT = {"translation": "runs/demo", "vision": "runs/demo-vision", "speech": "runs/demo-speech"}
 
 #: The last line of the translation demo (on stderr): the other demo, what it does and writes.
 VISION_HINT = (
@@ -51,7 +52,11 @@ def add_parser(sub) -> None:
             "qkv demo vision: a Vision Transformer on handwritten digits, another on digits placed among "
             "distractor strokes, and how well each image explanation method (attention, rollout, grad, gradcam, "
             "ig) points at the digit, against a random map; writes runs/demo-vision/ (metrics.json, the two "
-            "checkpoints, report.html)."
+            "checkpoints, report.html). "
+            "qkv demo speech: Listen, Attend and Spell and a Transformer trained on numbers spoken by espeak-ng and "
+            "flite voices, scored (WER, CER, the share of monotonic alignments) on held-out espeak-ng voices and "
+            "flite's kal16; writes runs/demo-speech/ (metrics.json, the two checkpoints, report.html with each "
+            "model's attention under the spectrogram of held-out utterances). Needs espeak-ng and flite."
         ),
         epilog="Examples: qkv demo;  qkv demo --quick --out /tmp/demo;  qkv demo vision;  "
         "qkv demo --examples --precision 2",
@@ -61,8 +66,9 @@ def add_parser(sub) -> None:
         nargs="?",
         choices=tuple(DEMO_OUT),
         default="translation",
-        help="translation (the default: the three translators) or vision (a ViT on digits, a ViT on located "
-        "digits, and how well each image explanation method points at the digit: runs/demo-vision/)",
+        help="translation (the default: the three translators), vision (a ViT on digits, a ViT on located "
+        "digits, and how well each image explanation method points at the digit: runs/demo-vision/) or speech "
+        "(LAS and a Transformer on spoken numbers, their alignments: runs/demo-speech/)",
     )
     demo.add_argument(
         "--examples",
@@ -73,13 +79,14 @@ def add_parser(sub) -> None:
         "--out",
         default=None,
         metavar="DIR",
-        help="output directory (default runs/demo; vision: runs/demo-vision)",
+        help="output directory (default runs/demo; vision: runs/demo-vision; speech: runs/demo-speech)",
     )
     demo.add_argument("--fresh", action="store_true", help="retrain even when a finished model is there")
     demo.add_argument(
         "--quick",
         action="store_true",
-        help="a much smaller run (translation: 600 pairs, one epoch; vision: tiny models, 3 steps; seconds): "
+        help="a much smaller run (translation: 600 pairs, one epoch; vision, speech: tiny models, 3 steps; "
+        "seconds): "
         "a smoke test, its scores mean nothing",
     )
     add_output_options(
@@ -97,19 +104,25 @@ def run(args: argparse.Namespace) -> int:
     are errors."""
     if args.examples:
         unused = [o for o, v in (("--out", args.out), ("--fresh", args.fresh), ("--quick", args.quick),
-                                 ("vision", args.which == "vision")) if v]  # fmt: skip
+                                 (args.which, args.which != "translation")) if v]  # fmt: skip
         if unused:
             raise CommandError(f"{'/'.join(unused)}: not used with --examples (it writes no run)")
         return _examples(args)
     if args.precision is not None:
         raise CommandError("--precision: only used with --examples (the report's numbers are fixed)")
+    errors: tuple[type[Exception], ...] = (ValueError, ImportError, FileExistsError)
     if args.which == "vision":
         from ..vision.demo import run_vision_demo as run_demo
+    elif args.which == "speech":
+        from ..speech.demo import run_speech_demo as run_demo
+        from ..speech.synthesizers import SynthesizerMissing
+
+        errors += (SynthesizerMissing,)
     else:
         from ..translation.demo import run_demo
     try:
         report = run_demo(args.out or DEMO_OUT[args.which], fresh=args.fresh, quick=args.quick)
-    except (ValueError, ImportError, FileExistsError) as e:
+    except errors as e:
         raise CommandError(error_message(e)) from None
     if args.json:
         print(json.dumps(report, indent=2, allow_nan=False))
