@@ -97,6 +97,10 @@ def test_padding_never_changes_an_utterance():
     alone = model(a[None], torch.tensor([12]), torch.tensor([[1, 3, 4]]))
     batched = model(x, lengths, torch.tensor([[1, 3, 4], [1, 4, 4]]))
     torch.testing.assert_close(batched[0], alone[0], atol=1e-6, rtol=1e-5)
+    # the training loss is the mean cross-entropy per real target token
+    tgt_out = torch.tensor([[3, 4, 2], [4, 2, 0]])
+    ce = nn.functional.cross_entropy(batched.flatten(0, 1), tgt_out.flatten(), ignore_index=0)
+    torch.testing.assert_close(model.loss(x, lengths, torch.tensor([[1, 3, 4], [1, 4, 4]]), tgt_out), ce)
 
 
 def test_bad_input_is_refused_by_name():

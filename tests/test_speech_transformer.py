@@ -98,8 +98,7 @@ def test_a_tiny_recognizer_learns_three_words_within_150_steps():
             feats, texts = word_utterances(16, seed=step)
             x, lengths = pad_features(feats)
             tgt_in, tgt_out = vocab.encode(texts)
-            logits = model(x, lengths, tgt_in)
-            loss = nn.functional.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), ignore_index=0)
+            loss = model.loss(x, lengths, tgt_in, tgt_out)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -120,5 +119,30 @@ def test_bad_input_is_refused_by_name():
         SpeechTransformerConfig(n_mels=8, vocab_size=6, d_model=32, heads=3)
     with pytest.raises(ValueError, match=r"SpeechTransformerConfig\.subsample: expected an int >= 1"):
         SpeechTransformerConfig(n_mels=8, vocab_size=6, subsample=0)
+    with pytest.raises(
+        ValueError, match=r"SpeechTransformerConfig\.ctc_weight: expected a float in \[0, 1\)"
+    ):
+        SpeechTransformerConfig(n_mels=8, vocab_size=6, ctc_weight=1.0)
     with pytest.raises(ValueError, match="unknown key"):
         build_speech_model({"kind": "speech-transformer", "attention": "location"}, n_mels=8, vocab_size=6)
+
+
+def test_the_joint_ctc_loss_mixes_cross_entropy_and_ctc_by_its_weight():
+    torch.manual_seed(3)
+    x, lengths = pad_features([torch.randn(n, 8) for n in (15, 9)])
+    tgt_in, tgt_out = torch.tensor([[1, 3, 5, 4], [1, 6, 0, 0]]), torch.tensor([[3, 5, 4, 2], [6, 2, 0, 0]])
+    plain, joint = _model(), _model(ctc_weight=0.25)
+    joint.load_state_dict(
+        {**plain.state_dict(), **{k: v for k, v in joint.state_dict().items() if "ctc" in k}}
+    )
+    ce = plain.loss(x, lengths, tgt_in, tgt_out)
+    logits = plain(x, lengths, tgt_in)
+    torch.testing.assert_close(
+        ce, nn.functional.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), ignore_index=0)
+    )
+    memory = joint.encode(x, lengths)
+    log_probs = torch.log_softmax(joint.ctc(memory["states"]), -1).transpose(0, 1)
+    ctc = nn.functional.ctc_loss(
+        log_probs, torch.tensor([3, 5, 4, 6]), memory["lengths"], torch.tensor([3, 1])
+    )
+    torch.testing.assert_close(joint.loss(x, lengths, tgt_in, tgt_out), 0.75 * ce + 0.25 * ctc)

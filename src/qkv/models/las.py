@@ -179,6 +179,12 @@ class LAS(nn.Module):
         logits = self.out(torch.cat([h, context], dim=-1))
         return logits, {"h": h, "c": c, "context": context, "weights": weights}, weights
 
+    def loss(self, features: Tensor, lengths: Tensor, tgt_in: Tensor, tgt_out: Tensor) -> Tensor:
+        """The mean cross-entropy per target token of ``tgt_out`` ``(B, U)`` (``y_1 .. y_U <eos>``,
+        <pad> after) given ``tgt_in``, teacher-forced."""
+        logits = self(features, lengths, tgt_in)  # (B, U, V)
+        return nn.functional.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), ignore_index=PAD)
+
     def forward(self, features: Tensor, lengths: Tensor, tgt_in: Tensor, *, need_weights: bool = False):
         """Teacher-forced logits ``(B, U, V)`` of ``tgt_in``; with ``need_weights`` also the
         :class:`AttentionMaps` whose ``cross[0]`` is ``(B, 1, U, S)``."""

@@ -12,6 +12,11 @@ speech recognition") on qkv's :class:`qkv.MultiHeadAttention`::
                y = y + CrossAttn(LN(y), states) (padding masked), y = y + FFN(LN(y))
     output     P(y_i) = softmax(W_o LN(y_i)); the attention of output step i over the states:
                the last decoder block's cross-attention of step i, averaged over its heads
+    loss       (1 - lambda) CE + lambda CTC (``ctc_weight`` = lambda; 0: CE alone): joint
+               CTC-attention training (Kim, Hori, Watanabe 2017, "Joint CTC-attention based
+               end-to-end speech recognition using multi-task learning"), the CTC of a linear
+               layer over the encoder states (blank: the <pad> id), which asks the encoder for
+               states that line up with the words in order, so cross-attention finds them sooner
 
 Output units are the tokens of the data (words, for spoken numbers); ids 0, 1, 2 are <pad>,
 <sos>, <eos>, as in :mod:`qkv.models.las`.
@@ -60,6 +65,7 @@ class SpeechTransformerConfig:
     decoder_layers: int = 2
     ff_dim: int = 256
     dropout: float = 0.1
+    ctc_weight: float = 0.0  # lambda of the joint CTC-attention loss (0: cross-entropy alone)
 
     def __post_init__(self) -> None:
         for name in ("n_mels", "vocab_size", "subsample", "d_model", "heads", "encoder_layers", "decoder_layers",
@@ -74,10 +80,10 @@ class SpeechTransformerConfig:
             raise ValueError(
                 f"SpeechTransformerConfig.d_model: expected a multiple of heads={self.heads}, got {self.d_model}"
             )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(
-                f"SpeechTransformerConfig.dropout: expected a float in [0, 1), got {self.dropout!r}"
-            )
+        for name in ("dropout", "ctc_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise ValueError(f"SpeechTransformerConfig.{name}: expected a float in [0, 1), got {value!r}")
 
     @property
     def reduction(self) -> int:
@@ -170,6 +176,7 @@ class SpeechTransformer(nn.Module):
         self.dec_norm = nn.LayerNorm(cfg.d_model)
         self.out = nn.Linear(cfg.d_model, cfg.vocab_size)
         self.drop = nn.Dropout(cfg.dropout)
+        self.ctc = nn.Linear(cfg.d_model, cfg.vocab_size) if cfg.ctc_weight else None  # states -> CTC logits
 
     def _encode(self, features: Tensor, lengths: Tensor, maps: AttentionMaps | None) -> dict[str, Tensor]:
         check_features(features, lengths, self.config.n_mels)
@@ -220,6 +227,22 @@ class SpeechTransformer(nn.Module):
         tokens = torch.cat([state["tokens"], prev[:, None]], dim=1)  # (B, i + 1)
         logits, cross = self.decode(tokens, memory)
         return logits[:, -1], {"tokens": tokens}, cross[:, -1]
+
+    def loss(self, features: Tensor, lengths: Tensor, tgt_in: Tensor, tgt_out: Tensor) -> Tensor:
+        """The training loss of ``tgt_out`` ``(B, U)`` (``y_1 .. y_U <eos>``, <pad> after) given
+        ``tgt_in``: the mean cross-entropy per target token, mixed with the CTC of the words
+        (``<eos>`` left out) by ``ctc_weight`` (see the module docstring)."""
+        memory = self.encode(features, lengths)
+        logits, _ = self.decode(tgt_in, memory)
+        ce = nn.functional.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), ignore_index=PAD)
+        if self.ctc is None:
+            return ce
+        words = tgt_out > EOS  # (B, U): the words, neither <eos> nor <pad>
+        log_probs = torch.log_softmax(self.ctc(memory["states"]).float(), -1).transpose(0, 1)  # (S, B, V)
+        ctc = nn.functional.ctc_loss(log_probs, tgt_out[words], memory["lengths"], words.sum(1), blank=PAD,
+                                     zero_infinity=True)  # fmt: skip
+        w = self.config.ctc_weight
+        return (1 - w) * ce + w * ctc
 
     def forward(self, features: Tensor, lengths: Tensor, tgt_in: Tensor, *, need_weights: bool = False):
         """Teacher-forced logits ``(B, U, V)`` of ``tgt_in``; with ``need_weights`` also the

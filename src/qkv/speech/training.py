@@ -87,8 +87,9 @@ def transcribe_features(model: nn.Module, vocab: WordVocabulary, features: Seque
 
 class SpeechTask:
     """The speech side of the :class:`~qkv.train.loop.Trainer`: batches of a seeded permutation
-    of the training utterances (a pure function of ``(seed, epoch)``), the cross-entropy of the
-    next word, validation by loss and greedy WER."""
+    of the training utterances (a pure function of ``(seed, epoch)``), the model's own ``loss``
+    (the cross-entropy of the next word; the Transformer may mix in CTC), validation by loss and
+    greedy WER."""
 
     count_unit = "word"
 
@@ -108,9 +109,7 @@ class SpeechTask:
 
     def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor, Tensor, Tensor]) -> tuple[Tensor, int]:
         x, lengths, tgt_in, tgt_out = batch
-        logits = model(x, lengths, tgt_in)  # (B, U, V)
-        loss = nn.functional.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), ignore_index=0)
-        return loss, int((tgt_out != 0).sum())
+        return model.loss(x, lengths, tgt_in, tgt_out), int((tgt_out != 0).sum())
 
     @torch.no_grad()
     def validate(self, model: nn.Module) -> dict[str, float | None]:
