@@ -365,7 +365,8 @@ def test_demo_help_describes_the_demo(capsys):
         "wrong ones marked",
         "--json print the metrics (what metrics.json holds)",
         "--precision N with --examples: decimals shown",
-        "--out DIR output directory (default runs/demo; vision: runs/demo-vision)",
+        "--out DIR output directory (default runs/demo; vision: runs/demo-vision; speech: runs/demo-speech)",
+        "qkv demo speech: Listen, Attend and Spell and a Transformer",
         "qkv demo vision: a Vision Transformer on handwritten digits",
     ):
         assert needle in text, needle
