@@ -366,11 +366,12 @@ def test_demo_help_describes_the_demo(capsys):
         "--json print the metrics (what metrics.json holds)",
         "--precision N with --examples: decimals shown",
         "--out DIR output directory (default runs/demo; vision: runs/demo-vision; cross-modal: "
-        "runs/demo-cross-modal)",
+        "runs/demo-cross-modal; speech: runs/demo-speech)",
+        "qkv demo speech: Listen, Attend and Spell and a Transformer",
         "qkv demo vision: a Vision Transformer on handwritten digits",
         "a CLIP-style matcher of strips of handwritten digits and their English captions",
         "Show, Attend and Tell captioners in English, French and German",
-        "{translation,vision,cross-modal}",
+        "{translation,vision,cross-modal,speech}",
     ):
         assert needle in text, needle
     assert "print the steps as one JSON object instead" not in text  # explain's text, not the demo's

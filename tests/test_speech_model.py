@@ -11,26 +11,10 @@ from qkv.models.las import LASConfig
 from qkv.speech.decode import beam_search, greedy
 from qkv.speech.training import pad_features
 from qkv.speech.vocabulary import WordVocabulary
+from spoken_toys import WORDS, word_utterances
 
 TINY = {"kind": "las", "frame_stack": 2, "listener_dim": 16, "listener_layers": 2, "speller_dim": 32,
         "embed_dim": 8, "attention_dim": 16, "dropout": 0.0}  # fmt: skip
-WORDS = ("one", "two", "three")
-
-
-def _utterances(n: int, seed: int) -> tuple[list[torch.Tensor], list[str]]:
-    """Each word is 6 frames lit in its own two of 8 bands (with noise); 1-3 words per utterance."""
-    g = torch.Generator().manual_seed(seed)
-    feats, texts = [], []
-    for _ in range(n):
-        words = torch.randint(0, 3, (int(torch.randint(1, 4, (1,), generator=g)),), generator=g).tolist()
-        frames = []
-        for w in words:
-            block = 0.3 * torch.randn(6, 8, generator=g)
-            block[:, 2 * w : 2 * w + 2] += 2.0
-            frames.append(block)
-        feats.append(torch.cat(frames))
-        texts.append(" ".join(WORDS[w] for w in words))
-    return feats, texts
 
 
 def test_a_tiny_recognizer_learns_three_words_within_300_steps():
@@ -44,7 +28,7 @@ def _learn_three_words():
     model = build_speech_model({**TINY, "attention": "location"}, n_mels=8, vocab_size=len(vocab))
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for step in range(300):
-        feats, texts = _utterances(16, seed=step)
+        feats, texts = word_utterances(16, seed=step)
         x, lengths = pad_features(feats)
         tgt_in, tgt_out = vocab.encode(texts)
         loss = nn.functional.cross_entropy(
@@ -54,7 +38,7 @@ def _learn_three_words():
         loss.backward()
         opt.step()
     model.eval()
-    feats, texts = _utterances(50, seed=10_000)
+    feats, texts = word_utterances(50, seed=10_000)
     x, lengths = pad_features(feats)
     hyps = [vocab.decode(h.tokens) for h in greedy(model, x, lengths, max_len=8)]
     assert sum(h == t for h, t in zip(hyps, texts, strict=True)) >= 48
@@ -113,6 +97,10 @@ def test_padding_never_changes_an_utterance():
     alone = model(a[None], torch.tensor([12]), torch.tensor([[1, 3, 4]]))
     batched = model(x, lengths, torch.tensor([[1, 3, 4], [1, 4, 4]]))
     torch.testing.assert_close(batched[0], alone[0], atol=1e-6, rtol=1e-5)
+    # the training loss is the mean cross-entropy per real target token
+    tgt_out = torch.tensor([[3, 4, 2], [4, 2, 0]])
+    ce = nn.functional.cross_entropy(batched.flatten(0, 1), tgt_out.flatten(), ignore_index=0)
+    torch.testing.assert_close(model.loss(x, lengths, torch.tensor([[1, 3, 4], [1, 4, 4]]), tgt_out), ce)
 
 
 def test_bad_input_is_refused_by_name():

@@ -34,6 +34,7 @@ APPLICATION_OF_KIND = {
     "grounded": "crossmodal",
     "video-qa": "crossmodal",
     "las": "speech",
+    "speech-transformer": "speech",
 }
 #: The ``--model`` presets of vision (:data:`qkv.vision.config.MODEL_PRESETS`); the others are translation's.
 VISION_PRESETS = ("vit", "vit-digits", "vit-fashion-mnist", "vit-located")
@@ -51,7 +52,7 @@ CROSSMODAL_DATASETS = (
 )
 
 #: The ``--model`` presets of speech (:data:`qkv.speech.config.MODEL_PRESETS`).
-SPEECH_PRESETS = ("las", "las-location")
+SPEECH_PRESETS = ("las", "las-location", "speech-transformer")
 #: The built-in data sets of speech (:data:`qkv.speech.config.DATASETS`).
 SPEECH_DATASETS = ("spoken-numbers",)
 

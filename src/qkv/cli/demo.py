@@ -2,12 +2,13 @@
 :func:`qkv.translation.demo.run_demo`); ``qkv demo vision``: a Vision Transformer on digits and the
 localisation benchmark of its explanations (:func:`qkv.vision.demo.run_vision_demo`); ``qkv demo
 cross-modal``: a CLIP-style matcher and Show, Attend and Tell captioners on strips of handwritten
-digits (:func:`qkv.crossmodal.demo.run_crossmodal_demo`); ``qkv demo --examples`` prints the four
-worked examples of the source articles (:mod:`qkv.explain`); the fourth, attention pooling, also
-trains three tiny models on the adding problem (:func:`qkv.examples.adding.compare_pooling`,
-seconds).
+digits (:func:`qkv.crossmodal.demo.run_crossmodal_demo`); ``qkv demo speech``: Listen, Attend and
+Spell against a Transformer on spoken numbers, and their alignments
+(:func:`qkv.speech.demo.run_speech_demo`); ``qkv demo --examples`` prints the four worked examples
+of the source articles (:mod:`qkv.explain`); the fourth, attention pooling, also trains three tiny
+models on the adding problem (:func:`qkv.examples.adding.compare_pooling`, seconds).
 
-qkv demo [translation|vision|cross-modal] [--out DIR] [--fresh] [--quick] [--json]
+qkv demo [translation|vision|cross-modal|speech] [--out DIR] [--fresh] [--quick] [--json]
 qkv demo --examples [--precision P] [--json]
 """
 
@@ -23,7 +24,8 @@ from .explain import add_output_options
 __all__ = ["DEMO_OUT", "NEXT_HINT", "add_parser", "run"]
 
 #: Where each demo writes its models and report when ``--out`` is not given.
-DEMO_OUT = {"translation": "runs/demo", "vision": "runs/demo-vision", "cross-modal": "runs/demo-cross-modal"}
+DEMO_OUT = {"translation": "runs/demo", "vision": "runs/demo-vision", "cross-modal": "runs/demo-cross-modal",
+            "speech": "runs/demo-speech"}  # fmt: skip
 
 #: The last lines of the translation demo (on stderr): the other demos, what they do and write.
 NEXT_HINT = (
@@ -61,10 +63,14 @@ def add_parser(sub) -> None:
             "captions (recall@1 and @5 on new handwriting, recall@1 on numbers never captioned in training) and "
             "Show, Attend and Tell captioners in English, French and German (exact match, BLEU, attention "
             "correctness); writes runs/demo-cross-modal/ (metrics.json, the four checkpoints, report.html with "
-            "each generated word's attention over the strip)."
+            "each generated word's attention over the strip). "
+            "qkv demo speech: Listen, Attend and Spell and a Transformer trained on numbers spoken by espeak-ng and "
+            "flite voices, scored (WER, CER, the share of monotonic alignments) on held-out espeak-ng voices and "
+            "flite's kal16; writes runs/demo-speech/ (metrics.json, the two checkpoints, report.html with each "
+            "model's attention under the spectrogram of held-out utterances). Needs espeak-ng and flite."
         ),
         epilog="Examples: qkv demo;  qkv demo --quick --out /tmp/demo;  qkv demo vision;  "
-        "qkv demo cross-modal;  qkv demo --examples --precision 2",
+        "qkv demo cross-modal;  qkv demo speech;  qkv demo --examples --precision 2",
     )
     demo.add_argument(
         "which",
@@ -72,8 +78,9 @@ def add_parser(sub) -> None:
         choices=tuple(DEMO_OUT),
         default="translation",
         help="translation (the default: the three translators), vision (a ViT on digits, a ViT on located "
-        "digits, and how well each image explanation method points at the digit: runs/demo-vision/) or "
-        "cross-modal (a matcher and captioners of handwritten digit strips: runs/demo-cross-modal/)",
+        "digits, and how well each image explanation method points at the digit: runs/demo-vision/), "
+        "cross-modal (a matcher and captioners of handwritten digit strips: runs/demo-cross-modal/) or speech "
+        "(LAS and a Transformer on spoken numbers, their alignments: runs/demo-speech/)",
     )
     demo.add_argument(
         "--examples",
@@ -84,14 +91,15 @@ def add_parser(sub) -> None:
         "--out",
         default=None,
         metavar="DIR",
-        help="output directory (default runs/demo; vision: runs/demo-vision; cross-modal: runs/demo-cross-modal)",
+        help="output directory (default runs/demo; vision: runs/demo-vision; cross-modal: runs/demo-cross-modal; "
+        "speech: runs/demo-speech)",
     )
     demo.add_argument("--fresh", action="store_true", help="retrain even when a finished model is there")
     demo.add_argument(
         "--quick",
         action="store_true",
-        help="a much smaller run (translation: 600 pairs, one epoch; vision: tiny models, 3 steps; cross-modal: "
-        "128 strips, 3 steps; seconds): "
+        help="a much smaller run (translation: 600 pairs, one epoch; vision, speech: tiny models, 3 steps; "
+        "cross-modal: 128 strips, 3 steps; seconds): "
         "a smoke test, its scores mean nothing",
     )
     add_output_options(
@@ -115,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         return _examples(args)
     if args.precision is not None:
         raise CommandError("--precision: only used with --examples (the report's numbers are fixed)")
+    errors: tuple[type[Exception], ...] = (ValueError, ImportError, FileExistsError)
     stopped: tuple[type[Exception], ...] = ()  # a demo's "training interrupted" error, with its exit code
     if args.which == "vision":
         from ..vision.demo import run_vision_demo as run_demo
@@ -123,11 +132,16 @@ def run(args: argparse.Namespace) -> int:
         from ..crossmodal.demo import run_crossmodal_demo as run_demo
 
         stopped = (DemoInterrupted,)
+    elif args.which == "speech":
+        from ..speech.demo import run_speech_demo as run_demo
+        from ..speech.synthesizers import SynthesizerMissing
+
+        errors += (SynthesizerMissing,)
     else:
         from ..translation.demo import run_demo
     try:
         report = run_demo(args.out or DEMO_OUT[args.which], fresh=args.fresh, quick=args.quick)
-    except (ValueError, ImportError, FileExistsError) as e:
+    except errors as e:
         raise CommandError(error_message(e)) from None
     except stopped as e:
         print(f"qkv: {e}", file=sys.stderr)

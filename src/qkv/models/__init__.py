@@ -3,6 +3,7 @@
 from .bert import BertConfig, BertModel, BertOutput, mean_pool
 from .builders import MODEL_KINDS, build_model, build_speech_model, config_keys
 from .las import LAS, LASConfig
+from .speech_transformer import SpeechTransformer, SpeechTransformerConfig
 from .vit import ViT, ViTConfig
 
 __all__ = [
@@ -12,6 +13,8 @@ __all__ = [
     "BertModel",
     "BertOutput",
     "LASConfig",
+    "SpeechTransformer",
+    "SpeechTransformerConfig",
     "ViT",
     "ViTConfig",
     "build_model",

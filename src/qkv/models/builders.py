@@ -22,7 +22,7 @@ a sentence out), whose data decides what a captioner's does and the longest sour
 Video question answering has :data:`VIDEO_QA_KINDS` (``video-qa``), whose data decides the
 frames, the question vocabulary and the answers.
 
-Speech recognizers have :data:`SPEECH_KINDS` (``las``), whose data decides the feature size
+Speech recognizers have :data:`SPEECH_KINDS` (``las``, ``speech-transformer``), whose data decides the feature size
 and the output vocabulary.
 
 Image models have their own table, :data:`IMAGE_KINDS` (``vit``), since the data decides
@@ -45,6 +45,7 @@ from .clip import CLIP, CLIPConfig
 from .grounded import GroundedConfig, GroundedTransformer
 from .las import LAS, LASConfig
 from .seq2seq import Seq2Seq, Seq2SeqConfig
+from .speech_transformer import SpeechTransformer, SpeechTransformerConfig
 from .transformer import Transformer, TransformerConfig
 from .video_qa import VideoQA, VideoQAConfig
 from .vit import ViT, ViTConfig
@@ -258,17 +259,24 @@ def build_grounded_model(model_cfg: dict[str, Any], **facts: Any) -> nn.Module:
 
 
 #: Speech recognizers: ``kind`` -> (model class, config dataclass).
-SPEECH_KINDS: dict[str, tuple[type[nn.Module], type]] = {"las": (LAS, LASConfig)}
+SPEECH_KINDS: dict[str, tuple[type[nn.Module], type]] = {
+    "las": (LAS, LASConfig),
+    "speech-transformer": (SpeechTransformer, SpeechTransformerConfig),
+}
 
 # Config fields the features and the transcripts decide, never the [model] table.
 _FROM_SPEECH = frozenset({"n_mels", "vocab_size"})
 
 #: ``[model]`` tables of speech recognizers: ``las`` (additive attention) and ``las-location``
-#: (location-aware, Chorowski et al. 2015), each a three-layer listener (frames / 4).
+#: (location-aware, Chorowski et al. 2015), each a two-layer listener over frames stacked by 3
+#: (one state per 6 frames); ``speech-transformer``, two stride-2 convolutions (one state per 4
+#: frames), 3 encoder and 2 decoder blocks of width 96.
 SPEECH_PRESETS: dict[str, dict[str, Any]] = {
     "las": {"kind": "las", "attention": "additive"},
     "las-location": {"kind": "las", "attention": "location"},
-}
+    "speech-transformer": {"kind": "speech-transformer", "subsample": 2, "d_model": 96, "heads": 4,
+                           "encoder_layers": 3, "decoder_layers": 2, "ff_dim": 256},
+}  # fmt: skip
 
 
 def speech_config_keys(kind: str) -> frozenset[str]:
@@ -278,7 +286,7 @@ def speech_config_keys(kind: str) -> frozenset[str]:
 
 
 def build_speech_model(model_cfg: dict[str, Any], *, n_mels: int, vocab_size: int) -> nn.Module:
-    """A speech recognizer (a :class:`LAS`) from its ``[model]`` table (``kind`` defaults to
+    """A speech recognizer (a :class:`LAS` or a :class:`SpeechTransformer`) from its ``[model]`` table (``kind`` defaults to
     ``"las"``) and the data's feature size and vocabulary size."""
     return _build(SPEECH_KINDS, model_cfg, "las", _FROM_SPEECH, {"n_mels": n_mels, "vocab_size": vocab_size})
 

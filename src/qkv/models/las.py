@@ -147,7 +147,7 @@ class LAS(nn.Module):
     # ------------------------------------------------------------------ step interface
     def encode(self, features: Tensor, lengths: Tensor) -> dict[str, Tensor]:
         """The listener's states, the memory every speller step reads (batch first)."""
-        _check_features(features, lengths, self.config.n_mels)
+        check_features(features, lengths, self.config.n_mels)
         states, state_lengths = self.listener(features, lengths)
         return {"states": states, "lengths": state_lengths}  # (B, S, 2H), (B,)
 
@@ -179,6 +179,12 @@ class LAS(nn.Module):
         logits = self.out(torch.cat([h, context], dim=-1))
         return logits, {"h": h, "c": c, "context": context, "weights": weights}, weights
 
+    def loss(self, features: Tensor, lengths: Tensor, tgt_in: Tensor, tgt_out: Tensor) -> Tensor:
+        """The mean cross-entropy per target token of ``tgt_out`` ``(B, U)`` (``y_1 .. y_U <eos>``,
+        <pad> after) given ``tgt_in``, teacher-forced."""
+        logits = self(features, lengths, tgt_in)  # (B, U, V)
+        return nn.functional.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), ignore_index=PAD)
+
     def forward(self, features: Tensor, lengths: Tensor, tgt_in: Tensor, *, need_weights: bool = False):
         """Teacher-forced logits ``(B, U, V)`` of ``tgt_in``; with ``need_weights`` also the
         :class:`AttentionMaps` whose ``cross[0]`` is ``(B, 1, U, S)``."""
@@ -195,7 +201,7 @@ class LAS(nn.Module):
         return out, AttentionMaps(cross=[torch.stack(weights, dim=1).unsqueeze(1)])  # (B, 1, U, S)
 
 
-def _check_features(features: Tensor, lengths: Tensor, n_mels: int) -> None:
+def check_features(features: Tensor, lengths: Tensor, n_mels: int) -> None:
     if features.dim() != 3 or features.shape[-1] != n_mels:
         raise ValueError(f"features: expected (B, T, {n_mels}) float, got shape {tuple(features.shape)}")
     if lengths.dim() != 1 or lengths.shape[0] != features.shape[0]:

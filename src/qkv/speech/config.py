@@ -6,7 +6,8 @@
 
 :func:`resolve` builds a :class:`RunConfig` from the defaults, a model preset
 (:data:`MODEL_PRESETS`), a TOML file and dotted overrides, each table a frozen dataclass that
-checks itself. The valid ``[model]`` keys are the fields of :class:`qkv.models.las.LASConfig`
+checks itself. The valid ``[model]`` keys are the fields of its kind's config dataclass
+(:class:`qkv.models.las.LASConfig`, :class:`qkv.models.speech_transformer.SpeechTransformerConfig`)
 but the ones the data decides (:func:`qkv.models.builders.speech_config_keys`).
 """
 
@@ -79,8 +80,8 @@ class SpeechTrainConfig(TrainConfig):
 
 @dataclass(frozen=True)
 class RunConfig(run_config.RunConfig):
-    """A whole speech recognition run: its three tables (``model`` is a dict checked against
-    :class:`~qkv.models.las.LASConfig`)."""
+    """A whole speech recognition run: its three tables (``model`` is a dict checked against its
+    kind's config dataclass)."""
 
     data: DataConfig = field(default_factory=DataConfig)
     model: dict[str, Any] = field(default_factory=lambda: dict(SPEECH_PRESETS["las"]))

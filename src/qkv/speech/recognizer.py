@@ -16,7 +16,7 @@ from ..application.run import load_trained
 from .data import SpokenSet, features_of
 from .decode import beam_search, greedy
 from .metrics import error_rates
-from .training import build_from_facts, pad_features
+from .training import build_from_facts, describe_model, pad_features
 from .vocabulary import WordVocabulary
 from .wav import read_wav
 
@@ -29,8 +29,8 @@ MAX_WORDS = 32
 @dataclass
 class Transcript:
     """One transcript: its ``text``, the ``attention`` of each emitted word over the listener
-    states ``(words + 1, S)`` (the last row: when <eos> came), ``frames_per_state`` (how many
-    10 ms feature frames one state covers), its log-probability and why decoding stopped."""
+    (or encoder) states ``(words + 1, S)`` (the last row: when <eos> came), ``frames_per_state``
+    (how many 10 ms feature frames one state covers), its log-probability and why decoding stopped."""
 
     text: str
     attention: Tensor
@@ -47,11 +47,12 @@ def is_monotonic(attention: Tensor) -> bool:
 
 
 class Recognizer:
-    """A LAS model with its vocabulary, loaded by :meth:`load` (the ``best/`` checkpoint of a
+    """A speech recognizer (:class:`~qkv.models.las.LAS` or
+    :class:`~qkv.models.speech_transformer.SpeechTransformer`) with its vocabulary, loaded by :meth:`load` (the ``best/`` checkpoint of a
     run when there is one, else the latest).
 
     Attributes:
-        model: the :class:`~qkv.models.las.LAS`, in eval mode.
+        model: the model, in eval mode.
         vocab: its output words.
         config: the run's config (``data``, ``model``, ``train`` tables).
         path: the checkpoint directory it was loaded from.
@@ -64,7 +65,7 @@ class Recognizer:
 
     @classmethod
     def load(cls, checkpoint: str | PathLike, *, best: bool = True) -> Recognizer:
-        """The recognizer of a ``qkv train --model las`` run directory (or of one checkpoint).
+        """The recognizer of a ``qkv train --model las`` (or ``speech-transformer``) run directory (or of one checkpoint).
 
         Raises:
             ValueError: the checkpoint is not a speech recognizer's.
@@ -138,5 +139,4 @@ class Recognizer:
         }
 
     def describe(self) -> str:
-        m = self.config["model"]
-        return f"las ({m.get('attention', 'additive')} attention), {len(self.vocab) - 3} words"
+        return f"{describe_model(self.config['model'])}, {len(self.vocab) - 3} words"

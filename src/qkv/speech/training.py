@@ -1,4 +1,5 @@
-"""Training a speech recognizer from a config: what ``qkv train --model las`` runs.
+"""Training a speech recognizer from a config: what ``qkv train --model las`` (or
+``--model speech-transformer``) runs.
 
 :func:`train` turns a config (:func:`qkv.speech.config.resolve`) into the pieces of the
 model-agnostic :class:`qkv.train.loop.Trainer`: the spoken numbers of each split
@@ -11,6 +12,7 @@ trained on.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from torch import Tensor, nn
 
 from ..application.run import fit_run
 from ..models.builders import build_speech_model
+from ..models.speech_transformer import SpeechTransformerConfig
 from ..train.loop import Trainer, TrainResult
 from .config import DataConfig, RunConfig
 from .data import SpokenSet, spoken_numbers
@@ -26,7 +29,15 @@ from .decode import greedy
 from .metrics import error_rates
 from .vocabulary import WordVocabulary, number_vocabulary
 
-__all__ = ["SpeechTask", "build_from_facts", "load_splits", "pad_features", "speech_facts", "train"]
+__all__ = [
+    "SpeechTask",
+    "build_from_facts",
+    "describe_model",
+    "load_splits",
+    "pad_features",
+    "speech_facts",
+    "train",
+]
 
 
 def load_splits(d: DataConfig, splits: Sequence[str] = ("train", "valid")) -> dict[str, SpokenSet]:
@@ -45,6 +56,14 @@ def build_from_facts(model_cfg: dict[str, Any], facts: dict[str, Any]) -> tuple[
     """The model of a ``[model]`` table and the vocabulary of the stored facts."""
     vocab = WordVocabulary(facts["words"])
     return build_speech_model(model_cfg, n_mels=facts["n_mels"], vocab_size=len(vocab)), vocab
+
+
+def describe_model(model_cfg: dict[str, Any]) -> str:
+    """A ``[model]`` table in words: ``"las (additive attention)"``, ``"speech-transformer (3 + 2 blocks, width 96)"``."""
+    if model_cfg.get("kind", "las") == "las":
+        return f"las ({model_cfg.get('attention', 'additive')} attention)"
+    m = {**asdict(SpeechTransformerConfig(n_mels=1, vocab_size=4)), **model_cfg}
+    return f"speech-transformer ({m['encoder_layers']} + {m['decoder_layers']} blocks, width {m['d_model']})"
 
 
 def pad_features(features: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
@@ -68,8 +87,9 @@ def transcribe_features(model: nn.Module, vocab: WordVocabulary, features: Seque
 
 class SpeechTask:
     """The speech side of the :class:`~qkv.train.loop.Trainer`: batches of a seeded permutation
-    of the training utterances (a pure function of ``(seed, epoch)``), the cross-entropy of the
-    next word, validation by loss and greedy WER."""
+    of the training utterances (a pure function of ``(seed, epoch)``), the model's own ``loss``
+    (the cross-entropy of the next word; the Transformer may mix in CTC), validation by loss and
+    greedy WER."""
 
     count_unit = "word"
 
@@ -89,9 +109,7 @@ class SpeechTask:
 
     def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor, Tensor, Tensor]) -> tuple[Tensor, int]:
         x, lengths, tgt_in, tgt_out = batch
-        logits = model(x, lengths, tgt_in)  # (B, U, V)
-        loss = nn.functional.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), ignore_index=0)
-        return loss, int((tgt_out != 0).sum())
+        return model.loss(x, lengths, tgt_in, tgt_out), int((tgt_out != 0).sum())
 
     @torch.no_grad()
     def validate(self, model: nn.Module) -> dict[str, float | None]:
@@ -127,7 +145,7 @@ def _trainer(cfg: RunConfig, ckpt, *, out: Path, progress: bool, stream, announc
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     if announce:
         params = sum(p.numel() for p in model.parameters())
-        print(f"model: las ({cfg.model.get('attention', 'additive')} attention), {params:,} parameters; "
+        print(f"model: {describe_model(cfg.model)}, {params:,} parameters; "
               f"{len(splits['train']):,} training utterances, {len(vocab) - 3} words", file=stream)  # fmt: skip
     return Trainer(model, opt, task, config=cfg.train, out_dir=out, run_config=cfg.to_dict(),
-                   vocab=facts, desc="train las", progress=progress, stream=stream)  # fmt: skip
+                   vocab=facts, desc=f"train {cfg.model.get('kind', 'las')}", progress=progress, stream=stream)  # fmt: skip
