@@ -431,10 +431,17 @@ def profile(name: str, case: dict[str, Any], rows: int = 25) -> None:
 
     for who in ("qkv", "peer_run"):
         case[who]()  # warm
+        c0 = time.process_time()
         with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
             case[who]()
-        table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
-        print(f"\n## {name}: {who.removesuffix('_run')}\n{table}", file=sys.stderr)
+        cpu = time.process_time() - c0
+        events = prof.key_averages()
+        table = events.table(sort_by="self_cpu_time_total", row_limit=rows)
+        calls = sum(e.count for e in events if e.key.startswith("aten::"))
+        print(
+            f"\n## {name}: {who.removesuffix('_run')}: {calls} aten calls, {cpu:.3f} CPU s\n{table}",
+            file=sys.stderr,
+        )
 
 
 # ----------------------------------------------------------------------------- report
