@@ -3,7 +3,8 @@
 - :func:`time_interleaved`: warm up, then time the contenders round by round, in orders where
   each follows each other one equally often (:func:`balanced_orders`), so that drift and
   carry-over on a shared machine hit all of them alike; optionally redo the rounds during which
-  other processes kept the CPUs busy (:class:`CpuLoad`, :func:`wait_for_quiet`); report medians.
+  other processes kept the CPUs busy (:class:`CpuLoad`, :func:`wait_for_quiet`); report medians
+  of the wall time and of the process's CPU time (all its threads) of each call.
 - :func:`matmul_contender` / :func:`measure_roof`: the machine's measured roof, an n^3 matmul.
 - :func:`peak_rss_growth`: peak resident memory of one call above the resident memory before it.
 - :func:`machine_info`, :class:`CpuLoad`: what ran where, and how busy the rest of the machine was.
@@ -88,6 +89,7 @@ class Contender:
 class Timing:
     name: str
     samples: list[float] = field(default_factory=list)  # seconds, in round order
+    cpu_samples: list[float] = field(default_factory=list)  # this process's CPU seconds of each sample
     rounds: list[int] = field(default_factory=list)  # the round of each sample
     loads: list[float | None] = field(default_factory=list)  # other processes' load in that round
     redone: int = 0  # rounds thrown away (busy machine) and run again
@@ -95,6 +97,12 @@ class Timing:
     @property
     def median(self) -> float:
         return statistics.median(self.samples)
+
+    @property
+    def cpu_median(self) -> float:
+        """Median CPU time of this process per call (all its threads): on a machine shared with
+        other processes, what one thread's call cost, whatever the scheduler did."""
+        return statistics.median(self.cpu_samples)
 
     @property
     def min(self) -> float:
@@ -116,6 +124,8 @@ class Timing:
             "min_s": self.min,
             "max_s": self.max,
             "samples_s": self.samples,
+            "cpu_median_s": self.cpu_median if self.cpu_samples else None,
+            "cpu_samples_s": self.cpu_samples,
             "other_load_cores_per_rep": self.loads,
             "rounds_redone": self.redone,
         }
@@ -143,12 +153,13 @@ def balanced_orders(n: int) -> list[list[int]]:
     return rows + [row[::-1] for row in rows] if n % 2 else rows
 
 
-def _call(c: Contender) -> float:
+def _call(c: Contender) -> tuple[float, float]:
+    """Wall and process CPU seconds of one call (``before`` untimed)."""
     if c.before is not None:
         c.before()
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     c.run()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def time_interleaved(
@@ -180,7 +191,7 @@ def time_interleaved(
     for w in range(max(c.warmup for c in contenders)):
         for c in contenders:
             if w < c.warmup:
-                dt = _call(c)
+                dt, _ = _call(c)
                 if progress:
                     log(f"{label} warm-up {w + 1} {c.name}: {dt * 1e3:.2f} ms")
     out = {c.name: Timing(c.name) for c in contenders}
@@ -194,7 +205,7 @@ def time_interleaved(
             if r < (c.reps or reps):
                 got[c.name] = _call(c)
                 if progress:
-                    log(f"{label} rep {r + 1}/{c.reps or reps} {c.name}: {got[c.name] * 1e3:.2f} ms")
+                    log(f"{label} rep {r + 1}/{c.reps or reps} {c.name}: {got[c.name][0] * 1e3:.2f} ms")
         other = load.stop()
         if max_other_load is not None and other is not None and other > max_other_load and redone < max_redo:
             redone += 1
@@ -202,8 +213,9 @@ def time_interleaved(
                 log(f"{label} round {r + 1} thrown away: other processes kept {other:.2f} cores busy")
             wait_for_quiet(wait_s, threshold=max_other_load)
             continue
-        for name, dt in got.items():
+        for name, (dt, cpu) in got.items():
             out[name].samples.append(dt)
+            out[name].cpu_samples.append(cpu)
             out[name].rounds.append(r)
             out[name].loads.append(other)
         r += 1
@@ -212,11 +224,12 @@ def time_interleaved(
     return out
 
 
-def paired_ratio(a: Timing, b: Timing) -> float:
+def paired_ratio(a: Timing, b: Timing, *, cpu: bool = False) -> float:
     """Median over the rounds both ran of ``a_i / b_i``: less sensitive to drift between rounds
-    than ``median(a) / median(b)``."""
-    b_by_round = dict(zip(b.rounds, b.samples, strict=True))
-    ratios = [x / b_by_round[r] for r, x in zip(a.rounds, a.samples, strict=True) if r in b_by_round]
+    than ``median(a) / median(b)``; of the CPU times with ``cpu``."""
+    a_s, b_s = (a.cpu_samples, b.cpu_samples) if cpu else (a.samples, b.samples)
+    b_by_round = dict(zip(b.rounds, b_s, strict=True))
+    ratios = [x / b_by_round[r] for r, x in zip(a.rounds, a_s, strict=True) if r in b_by_round]
     return statistics.median(ratios)
 
 

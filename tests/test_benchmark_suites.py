@@ -19,7 +19,7 @@ SUITES = sorted(p.stem for p in (REPO / "benchmarks").glob("*.py") if p.stem != 
 def test_every_suite_is_listed():
     assert {
         "attention_dense", "attention_long", "vision_explain", "vision_fashion", "hf_capture", "syntax_heads",
-        "hf_patterns", "ring_attention",
+        "hf_patterns", "ring_attention", "models",
     } <= set(SUITES)  # fmt: skip
 
 
