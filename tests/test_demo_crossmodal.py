@@ -8,7 +8,7 @@ import re
 import pytest
 
 from qkv.cli.main import main
-from qkv.crossmodal import Captioner, GroundedTranslator, Matcher
+from qkv.crossmodal import Captioner, DataConfig, GroundedTranslator, Matcher, load_pairs
 from qkv.crossmodal.demo import DEMO_STEPS, DemoStep, run_crossmodal_demo
 from qkv.crossmodal.demo_steps import DemoContext, DemoSection, demo_config, finished_run, train_or_reuse
 
@@ -45,9 +45,14 @@ def test_quick_crossmodal_demo_writes_metrics_checkpoints_and_an_offline_report(
         0 <= grounded[k] <= 1 and 0 <= grounded["zero_shot"][k] <= 1 for k in ("with_image", "text_only")
     )
     assert all(s > 0 for s in grounded["train_seconds"].values())
-    for name, use_image in (("grounded", True), ("grounded-text", False)):
+    for key, name, use_image in (("with_image", "grounded", True), ("text_only", "grounded-text", False)):
         translator = GroundedTranslator.load(out / name)
         assert translator.use_image is use_image and translator.config["train"]["max_steps"] == 3
+        pairs = load_pairs(DataConfig(**translator.config["data"]), ("test", "zero_shot"))
+        assert len(pairs["test"].sources) == len(pairs["zero_shot"].sources) == 16
+        # the entry holds the translator's own scores on the test and zero-shot pairs
+        assert grounded[key] == round(translator.evaluate(pairs["test"])["exact_match"], 4)
+        assert grounded["zero_shot"][key] == round(translator.evaluate(pairs["zero_shot"])["exact_match"], 4)
     matcher = Matcher.load(out / "clip")
     assert matcher.lang == "en" and matcher.image_shape == (1, 8, 32)
     page = (out / "report.html").read_text()
