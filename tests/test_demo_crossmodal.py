@@ -1,5 +1,6 @@
-"""`qkv demo cross-modal --quick`: a tiny matcher and three tiny captioners, metrics.json, loadable
-checkpoints and an offline report with each generated word's attention."""
+"""`qkv demo cross-modal --quick`: a tiny matcher, three tiny captioners and a tiny grounded
+translator with its text-only control, metrics.json, loadable checkpoints and an offline report
+with each generated word's attention."""
 
 import json
 import re
@@ -7,7 +8,7 @@ import re
 import pytest
 
 from qkv.cli.main import main
-from qkv.crossmodal import Captioner, Matcher
+from qkv.crossmodal import Captioner, DataConfig, GroundedTranslator, Matcher, load_pairs
 from qkv.crossmodal.demo import DEMO_STEPS, DemoStep, run_crossmodal_demo
 from qkv.crossmodal.demo_steps import DemoContext, DemoSection, demo_config, finished_run, train_or_reuse
 
@@ -20,7 +21,7 @@ def test_quick_crossmodal_demo_writes_metrics_checkpoints_and_an_offline_report(
     captured = capsys.readouterr()
     metrics = json.loads((out / "metrics.json").read_text())
     assert json.loads(captured.out) == metrics
-    assert list(metrics) == ["clip", "captioner"]
+    assert list(metrics) == ["clip", "captioner", "grounded"]
     clip = metrics["clip"]
     assert list(clip) == ["test", "zero_shot", "train_seconds"] and clip["train_seconds"] > 0
     assert list(clip["test"]) == ["i2t_r1", "t2i_r1", "i2t_r5", "t2i_r5"]
@@ -37,16 +38,33 @@ def test_quick_crossmodal_demo_writes_metrics_checkpoints_and_an_offline_report(
         assert m["train_seconds"] > 0
         captioner = Captioner.load(out / f"captioner-{lang}")
         assert captioner.lang == lang and captioner.config["train"]["max_steps"] == 3
+    grounded = metrics["grounded"]
+    assert list(grounded) == ["with_image", "text_only", "zero_shot", "train_seconds"]
+    assert list(grounded["zero_shot"]) == list(grounded["train_seconds"]) == ["with_image", "text_only"]
+    assert all(
+        0 <= grounded[k] <= 1 and 0 <= grounded["zero_shot"][k] <= 1 for k in ("with_image", "text_only")
+    )
+    assert all(s > 0 for s in grounded["train_seconds"].values())
+    for key, name, use_image in (("with_image", "grounded", True), ("text_only", "grounded-text", False)):
+        translator = GroundedTranslator.load(out / name)
+        assert translator.use_image is use_image and translator.config["train"]["max_steps"] == 3
+        pairs = load_pairs(DataConfig(**translator.config["data"]), ("test", "zero_shot"))
+        assert len(pairs["test"].sources) == len(pairs["zero_shot"].sources) == 16
+        # the entry holds the translator's own scores on the test and zero-shot pairs
+        assert grounded[key] == round(translator.evaluate(pairs["test"])["exact_match"], 4)
+        assert grounded["zero_shot"][key] == round(translator.evaluate(pairs["zero_shot"])["exact_match"], 4)
     matcher = Matcher.load(out / "clip")
     assert matcher.lang == "en" and matcher.image_shape == (1, 8, 32)
     page = (out / "report.html").read_text()
     assert "http://" not in page and "https://" not in page and "<script" not in page
     assert not re.search(r"""src=["'](?!data:image/png;base64,)""", page)  # every image inlined
     figures = sorted((out / "figures").glob("*.png"))
-    assert page.count("data:image/png;base64,") == len(figures) == 1 + 3  # similarity + a strip a language
-    assert "A --quick run" in page and "Show, Attend and Tell" in page
+    # similarity + a strip a language + a grounded sentence
+    assert page.count("data:image/png;base64,") == len(figures) == 1 + 3 + 1
+    assert "A --quick run" in page and "Show, Attend and Tell" in page and "text-only control" in page
+    assert "source: <i>" in page and "reference: <i>" in page
     err = captured.err
-    assert "[1/2] clip: a CLIP-style matcher" in err and "[2/2] captioner: done in" in err
+    assert "[1/3] clip: a CLIP-style matcher" in err and "[3/3] grounded: done in" in err
     assert f"report: {out / 'report.html'}" in err and f"metrics: {out / 'metrics.json'}" in err
     # a finished model of the same config is reused, its training time kept; another config retrains
     assert train_or_reuse(DemoContext(out, quick=True), "clip") == clip["train_seconds"]
@@ -79,5 +97,5 @@ def test_an_interrupted_training_stops_the_demo_with_its_exit_code(tmp_path, cap
     )
     assert main(["demo", "cross-modal", "--quick", "--out", str(tmp_path)]) == 128 + signal.SIGTERM
     err = capsys.readouterr().err
-    assert "qkv: clip: training interrupted, the demo stops" in err and "[2/2]" not in err
+    assert "qkv: clip: training interrupted, the demo stops" in err and "[2/3]" not in err
     assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "report.html").exists()

@@ -8,6 +8,8 @@ evaluates them and returns a :class:`DemoSection`, its part of ``metrics.json`` 
 - :func:`captioner_step`: Show, Attend and Tell in English, French and German; exact match,
   BLEU and attention correctness on the test strips (greedy captions); a few test strips with
   their generated captions and, per word, its attention over the strip.
+- :func:`qkv.crossmodal.demo_grounded.grounded_step`: the grounded translator and its text-only
+  control (its own module).
 
 A step is a function of a :class:`DemoContext`; :func:`train_or_reuse` trains one of
 :data:`DEMO_RUNS` into ``context.out / name``.
@@ -33,13 +35,15 @@ __all__ = ["DEMO_RUNS", "DemoContext", "DemoInterrupted", "DemoSection", "captio
            "finished_run", "train_or_reuse"]  # fmt: skip
 
 _SIZE = ["--data.train_size=10000", "--train.epochs=6"]
-#: Each demo model's preset and overrides: the matcher at its defaults, the captioners on half the
-#: strips for 6 epochs (the four train in about 3 minutes of one core).
+#: Each demo model's preset and overrides: the matcher on 20,000 strips for 8 epochs, the captioners,
+#: the grounded translator and its text-only control on half the strips for 6 epochs.
 DEMO_RUNS: dict[str, tuple[str, list[str]]] = {
     "clip": ("clip", ["--data.dataset=digit-strips", "--data.train_size=20000", "--train.epochs=8"]),
     "captioner-en": ("captioner", ["--data.dataset=digit-strips", *_SIZE]),
     "captioner-fr": ("captioner", ["--data.dataset=digit-strips-fr", *_SIZE]),
     "captioner-de": ("captioner", ["--data.dataset=digit-strips-de", *_SIZE]),
+    "grounded": ("grounded", ["--data.dataset=digit-strips", *_SIZE]),
+    "grounded-text": ("grounded", ["--data.dataset=digit-strips", *_SIZE, "--model.use_image=false"]),
 }
 #: A seconds-long smoke run: a few strips, 3 steps; its numbers mean nothing.
 _QUICK = ["--data.train_size=128", "--data.valid_size=16", "--data.test_size=16", "--train.max_steps=3",
