@@ -122,3 +122,24 @@ def test_one_block_weights_and_lse_do_not_depend_on_the_slab(monkeypatch):
     logits = (q @ k.transpose(-2, -1) * 8**-0.5 + bias).masked_fill(~mask, float("-inf"))
     torch.testing.assert_close(lse, torch.logsumexp(logits, dim=-1), rtol=0, atol=1e-12)
     assert bool((lse[0, :, 3] == float("-inf")).all())
+
+
+@pytest.mark.parametrize("lse_given", [False, True])
+def test_a_row_whose_bias_closes_every_key_has_zero_weights(lse_given):
+    """A bias of -inf over every key a row may attend (an adaptive span's log-mask, say) leaves
+    the row no key: zeros, as on the reference, never softmax's NaN; a NaN logit still gives NaN."""
+    from qkv.backends import attention_weights
+
+    q, k, v = _inputs(t=6)
+    bias = torch.zeros(2, 4, 6, 6, dtype=torch.float64)
+    bias[0, 1, 2] = float("-inf")  # row 2 of head 1: no key left
+    ref = qkv.attention(q, k, v, bias=bias, backend="reference", need_weights=True)
+    inputs, _ = prepare(q, k, v, bias=bias, need_weights=True)
+    w, lse = attention_weights.weights_and_lse(inputs, lse=ref.lse if lse_given else None)
+    assert torch.equal(w[0, 1, 2], torch.zeros(6, dtype=torch.float64))
+    torch.testing.assert_close(w, ref.weights, rtol=0, atol=1e-12)
+    assert float(lse[0, 1, 2]) == float("-inf")
+    q[1, 0, 4, 0] = float("nan")
+    inputs, _ = prepare(q, k, v, bias=bias, need_weights=True)
+    w, _ = attention_weights.weights_and_lse(inputs)
+    assert bool(w[1, 0, 4].isnan().all()) and not bool(w[0].isnan().any())

@@ -60,7 +60,8 @@ def _one_block(
 ) -> tuple[Tensor, Tensor]:
     """Weights and log-sum-exp of rows whose keys are one block: the masked logits built in
     one tensor (scale, bias and mask applied in place) and normalized in place, a slab of rows
-    at a time (:func:`_softmax_rows_`). Fully masked rows are zeros, their ``lse`` ``-inf``."""
+    at a time (:func:`_softmax_rows_`). Rows with no key left (masked out, or every logit
+    ``-inf`` through a bias) are zeros, their ``lse`` ``-inf``."""
     raw = inputs.score_fn(q, k)  # (..., H', Tq', Tk)
     s = raw.to(compute_dtype(q))
     if s is raw and not inputs.score.dot_like:
@@ -77,10 +78,6 @@ def _one_block(
     if keep is not None:
         s.masked_fill_(~keep, float("-inf"))
     row_lse = _softmax_rows_(s, want_lse=lse is None)
-    if keep is not None:  # a row with no key: weights 0 (softmax gives NaN), lse -inf
-        empty = ~keep.any(dim=-1, keepdim=True)
-        s.masked_fill_(empty, 0.0)
-        row_lse = None if row_lse is None else row_lse.masked_fill(empty.squeeze(-1), float("-inf"))
     return s.to(q.dtype), lse if lse is not None else row_lse
 
 
@@ -91,7 +88,9 @@ _SLAB = 1 << 18
 
 def _softmax_rows_(s: Tensor, *, want_lse: bool) -> Tensor | None:
     """Softmax over the last dim of ``s``, in place, a slab of rows at a time (bitwise
-    ``torch.softmax(s, -1)``); the rows' log-sum-exp ``(...)`` when ``want_lse``."""
+    ``torch.softmax(s, -1)``), a row whose logits are all ``-inf`` given zeros (softmax's NaN
+    there means "no key"; a NaN logit elsewhere still gives NaN); the rows' log-sum-exp
+    ``(...)`` when ``want_lse`` (``-inf`` for such a row)."""
     if s.numel() == 0:
         return s.new_empty(s.shape[:-1]) if want_lse else None
     flat = s.view(-1, s.shape[-1])  # (rows, Tk): s is contiguous
@@ -99,9 +98,11 @@ def _softmax_rows_(s: Tensor, *, want_lse: bool) -> Tensor | None:
     lse = []
     for r0 in range(0, flat.shape[0], step):
         rows = flat[r0 : r0 + step]
+        top = torch.logsumexp(rows, dim=-1) if want_lse else rows.amax(dim=-1)
         if want_lse:
-            lse.append(torch.logsumexp(rows, dim=-1))
+            lse.append(top)
         rows.copy_(torch.softmax(rows, dim=-1))
+        rows.masked_fill_((top == float("-inf")).unsqueeze(-1), 0.0)
     if not want_lse:
         return None
     return torch.cat(lse).view(s.shape[:-1])
