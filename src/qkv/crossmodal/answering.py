@@ -1,8 +1,10 @@
 """Training video question answering on digit clips: its :class:`VideoQATask`, the facts its
 checkpoint stores, the model they build, and how answers are scored.
 
-The task minimizes the cross-entropy of the answer (:meth:`qkv.models.video_qa.VideoQA.loss`);
-validation is that loss and the accuracy. :func:`answer_metrics` scores answers per question
+The task minimizes the cross-entropy of the answer plus ``[model] frame_loss_weight`` times the
+cross-entropy of each real frame's digit (the clips' ``digits``;
+:meth:`qkv.models.video_qa.VideoQA.loss`); validation is the answer's loss, the accuracy and
+the share of real frames whose digit the frame head reads right. :func:`answer_metrics` scores answers per question
 kind and says how often the question's cross-attention peaks on a gold frame.
 """
 
@@ -47,7 +49,7 @@ def load_clips(d: DataConfig, splits: tuple[str, ...] = ("train", "valid")) -> d
 def video_qa_facts(d: DataConfig) -> dict[str, Any]:
     """What a checkpoint stores about its data: the question vocabulary, the answers, the frames."""
     return {"lang": d.lang, "vocabulary": list(question_vocabulary()), "max_words": MAX_QUESTION_WORDS,
-            "answers": list(ANSWERS), "max_frames": MAX_FRAMES, "frame_size": FRAME_SIZE, "channels": 1}  # fmt: skip
+            "answers": list(ANSWERS), "frame_classes": 10, "max_frames": MAX_FRAMES, "frame_size": FRAME_SIZE, "channels": 1}  # fmt: skip
 
 
 def build_video_qa_from_facts(
@@ -55,7 +57,7 @@ def build_video_qa_from_facts(
 ) -> tuple[nn.Module, CaptionTokenizer]:
     """The model of a ``[model]`` table and the question tokenizer of the stored facts."""
     tokenizer = CaptionTokenizer(facts["vocabulary"], max_words=facts["max_words"])
-    model = build_video_qa_model(model_cfg, vocab_size=len(tokenizer), num_answers=len(facts["answers"]),
+    model = build_video_qa_model(model_cfg, vocab_size=len(tokenizer), num_answers=len(facts["answers"]), frame_classes=facts["frame_classes"],
                                  max_words=facts["max_words"], pad_id=PAD_ID, max_frames=facts["max_frames"],
                                  frame_size=facts["frame_size"], channels=facts["channels"])  # fmt: skip
     return model, tokenizer
@@ -102,8 +104,9 @@ def answer_metrics(clips: DigitClips, predicted: Tensor, frame_weights: Tensor |
 
 class VideoQATask:
     """The video question answering side of the :class:`~qkv.train.loop.Trainer`: batches of a
-    seeded permutation of the training clips (a pure function of ``(seed, epoch)``), the
-    cross-entropy of the answers, validation by loss and accuracy."""
+    seeded permutation of the training clips (a pure function of ``(seed, epoch)``) with each
+    frame's digit, the cross-entropy of the answers plus the weighted frame loss, validation by
+    the answers' loss and accuracy and the frames' digit accuracy."""
 
     count_unit = "clip"
 
@@ -118,7 +121,7 @@ class VideoQATask:
         self.valid_tokens = tokenizer.encode(self.valid.questions) if self.valid is not None else None
         self.batches_per_epoch = -(-len(self.train.questions) // self.batch_size)
 
-    def batches(self, epoch: int, start: int) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:
+    def batches(self, epoch: int, start: int) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor, Tensor]]:
         g = torch.Generator().manual_seed(self.cfg.train.seed * 100_003 + epoch)
         order = torch.randperm(len(self.train.questions), generator=g)
         for b in range(start, self.batches_per_epoch):
@@ -128,9 +131,10 @@ class VideoQATask:
                 self.train.lengths[index],
                 self.train_tokens[index],
                 self.train.answers[index],
+                self.train.digits[index],
             )
 
-    def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor, Tensor, Tensor]) -> tuple[Tensor, int]:
+    def loss(self, model: nn.Module, batch: tuple[Tensor, ...]) -> tuple[Tensor, int]:
         return model.loss(*batch), int(batch[0].shape[0])
 
     def validate(self, model: nn.Module) -> dict[str, float | None]:
@@ -141,8 +145,11 @@ class VideoQATask:
         with torch.no_grad():
             logits = model(self.valid.frames, self.valid.lengths, self.valid_tokens)
             loss = float(nn.functional.cross_entropy(logits, self.valid.answers))
+            real = self.valid.digits >= 0
+            read = model.frame_logits(self.valid.frames).argmax(-1)[real] == self.valid.digits[real]
         model.train(was)
         return {
             "valid_loss": loss,
             "valid_accuracy": float((logits.argmax(-1) == self.valid.answers).float().mean()),
+            "valid_frame_accuracy": float(read.float().mean()),
         }
