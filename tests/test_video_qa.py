@@ -14,7 +14,7 @@ pytest.importorskip("sklearn")
 
 import itertools
 
-from qkv.crossmodal.answering import answer_metrics
+from qkv.crossmodal.answering import answer_metrics, frame_accuracy
 from qkv.crossmodal.captions import CaptionTokenizer
 from qkv.crossmodal.clips import (
     FRAME_SIZE,
@@ -189,6 +189,9 @@ def test_frame_loss_of_weight_zero_is_the_answer_loss_and_weighted_adds_the_fram
         assert torch.allclose(weighted.loss(*args, clips.digits), answer_loss + 0.5 * frame_loss, atol=1e-6)
         q_only = _tiny("question_only", frame_loss_weight=0.5)  # reads no frame: no frame loss
         assert torch.equal(q_only.loss(*args, clips.digits), q_only.loss(*args))
+        right = (weighted.frame_logits(clips.frames).argmax(-1) == clips.digits)[real]
+        assert frame_accuracy(weighted, clips) == pytest.approx(right.float().mean().item())
+        assert frame_accuracy(model, clips) is None and frame_accuracy(q_only, clips) is None
     with pytest.raises(ValueError, match="digits: expected int64"):
         weighted.loss(*args, clips.digits.clamp(min=0))
     with pytest.raises(ValueError, match="frame_loss_weight: expected a finite number >= 0, got -1"):
@@ -309,6 +312,7 @@ def test_train_and_evaluate_commands_report_accuracy_per_kind_and_gold_peaks(tmp
     assert r["n"] == 30 == sum(r[f"n_{k}"] for k in ("position", "count", "after"))
     weighted = sum(r[f"accuracy_{k}"] * r[f"n_{k}"] for k in ("position", "count", "after")) / 30
     assert r["accuracy"] == pytest.approx(weighted, abs=1e-3) and 0 <= r["gold_peak"] <= 1
+    assert 0 <= r["frame_accuracy"] <= 1  # the preset trains with the frame loss
     assert main(["evaluate", "--checkpoint", str(out), "--split", "zero_shot"]) == 2
     with pytest.raises(ValueError, match="is not an image-text matcher's \\(its model kind is 'video-qa'\\)"):
         Matcher.load(out)

@@ -4,8 +4,9 @@ checkpoint stores, the model they build, and how answers are scored.
 The task minimizes the cross-entropy of the answer plus ``[model] frame_loss_weight`` times the
 cross-entropy of each real frame's digit (the clips' ``digits``;
 :meth:`qkv.models.video_qa.VideoQA.loss`); validation is the answer's loss, the accuracy and
-the share of real frames whose digit the frame head reads right. :func:`answer_metrics` scores answers per question
-kind and says how often the question's cross-attention peaks on a gold frame.
+:func:`frame_accuracy` (the share of real frames whose digit the frame head reads right).
+:func:`answer_metrics` scores answers per question kind and says how often the question's
+cross-attention peaks on a gold frame.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ..models.builders import build_video_qa_model
 from .captions import PAD_ID, CaptionTokenizer
 from .clips import (
     ANSWERS,
+    FRAME_CLASSES,
     FRAME_SIZE,
     MAX_FRAMES,
     MAX_QUESTION_WORDS,
@@ -35,6 +37,7 @@ __all__ = [
     "answer_clips",
     "answer_metrics",
     "build_video_qa_from_facts",
+    "frame_accuracy",
     "load_clips",
     "video_qa_facts",
 ]
@@ -49,7 +52,8 @@ def load_clips(d: DataConfig, splits: tuple[str, ...] = ("train", "valid")) -> d
 def video_qa_facts(d: DataConfig) -> dict[str, Any]:
     """What a checkpoint stores about its data: the question vocabulary, the answers, the frames."""
     return {"lang": d.lang, "vocabulary": list(question_vocabulary()), "max_words": MAX_QUESTION_WORDS,
-            "answers": list(ANSWERS), "frame_classes": 10, "max_frames": MAX_FRAMES, "frame_size": FRAME_SIZE, "channels": 1}  # fmt: skip
+            "answers": list(ANSWERS), "frame_classes": FRAME_CLASSES, "max_frames": MAX_FRAMES,
+            "frame_size": FRAME_SIZE, "channels": 1}  # fmt: skip
 
 
 def build_video_qa_from_facts(
@@ -57,8 +61,8 @@ def build_video_qa_from_facts(
 ) -> tuple[nn.Module, CaptionTokenizer]:
     """The model of a ``[model]`` table and the question tokenizer of the stored facts."""
     tokenizer = CaptionTokenizer(facts["vocabulary"], max_words=facts["max_words"])
-    model = build_video_qa_model(model_cfg, vocab_size=len(tokenizer), num_answers=len(facts["answers"]), frame_classes=facts["frame_classes"],
-                                 max_words=facts["max_words"], pad_id=PAD_ID, max_frames=facts["max_frames"],
+    model = build_video_qa_model(model_cfg, vocab_size=len(tokenizer), num_answers=len(facts["answers"]),
+                                 frame_classes=facts["frame_classes"], max_words=facts["max_words"], pad_id=PAD_ID, max_frames=facts["max_frames"],
                                  frame_size=facts["frame_size"], channels=facts["channels"])  # fmt: skip
     return model, tokenizer
 
@@ -100,6 +104,24 @@ def answer_metrics(clips: DigitClips, predicted: Tensor, frame_weights: Tensor |
         hits = [p in g for p, g in zip(peaks, clips.gold) if g]
         out["gold_peak"] = sum(hits) / len(hits) if hits else None
     return out
+
+
+@torch.no_grad()
+def frame_accuracy(model: nn.Module, clips: DigitClips, *, batch_size: int = 256) -> float | None:
+    """The share of the clips' real frames whose digit the model's frame head reads right, in
+    eval mode (None for a model without a frame loss or that reads no frame: its head is untrained)."""
+    cfg = model.config
+    if cfg.frame_loss_weight == 0 or cfg.variant == "question_only":
+        return None
+    was = model.training
+    model.eval()
+    right = [
+        model.frame_logits(clips.frames[i : i + batch_size]).argmax(-1) == clips.digits[i : i + batch_size]
+        for i in range(0, len(clips.frames), batch_size)
+    ]
+    model.train(was)
+    real = clips.digits >= 0
+    return float(torch.cat(right)[real].float().mean())
 
 
 class VideoQATask:
@@ -145,11 +167,9 @@ class VideoQATask:
         with torch.no_grad():
             logits = model(self.valid.frames, self.valid.lengths, self.valid_tokens)
             loss = float(nn.functional.cross_entropy(logits, self.valid.answers))
-            real = self.valid.digits >= 0
-            read = model.frame_logits(self.valid.frames).argmax(-1)[real] == self.valid.digits[real]
         model.train(was)
         return {
             "valid_loss": loss,
             "valid_accuracy": float((logits.argmax(-1) == self.valid.answers).float().mean()),
-            "valid_frame_accuracy": float(read.float().mean()),
+            "valid_frame_accuracy": frame_accuracy(model, self.valid),
         }
