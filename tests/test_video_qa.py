@@ -1,8 +1,9 @@
 """Video question answering on digit clips: the answers and gold frames of hand-built clips, the
 clips' invariants (every frame a handwriting image of its split at a moving offset), the model's
 shapes and controls (the question-only output ignores the frames, the averaged one their
-order, every variant the padding frames), a tiny model learning position questions, scores,
-config pairing and bad input."""
+order, every variant the padding frames), the per-frame digit loss (weight 0 is the answers'
+loss exactly; its labels are the frames' digits), a tiny model learning position questions,
+scores, config pairing and bad input."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ pytest.importorskip("sklearn")
 
 import itertools
 
-from qkv.crossmodal.answering import answer_metrics
+from qkv.crossmodal.answering import answer_metrics, frame_accuracy
 from qkv.crossmodal.captions import CaptionTokenizer
 from qkv.crossmodal.clips import (
     FRAME_SIZE,
@@ -171,6 +172,50 @@ def test_controls_ignore_what_they_should(clips):
         assert moved.abs().max() > 1e-3  # the full model reads the order
 
 
+def test_frame_loss_of_weight_zero_is_the_answer_loss_and_weighted_adds_the_frames_digit_loss(clips):
+    tokens = TOKENIZER.encode(clips.questions)
+    model = _tiny()
+    args = (clips.frames, clips.lengths, tokens, clips.answers)
+    with torch.no_grad():
+        answer_loss = torch.nn.functional.cross_entropy(model(*clips[:2], tokens), clips.answers)
+        # weight 0: the answers' loss bit for bit
+        assert torch.equal(model.loss(*args, clips.digits), answer_loss)
+        assert torch.equal(model.loss(*args), answer_loss)
+        weighted = _tiny(frame_loss_weight=0.5)
+        assert torch.equal(weighted.loss(*args), answer_loss)  # no digits given: the answers alone
+        real = clips.digits >= 0
+        read = weighted.frame_logits(clips.frames)[real]
+        frame_loss = torch.nn.functional.cross_entropy(read, clips.digits[real])
+        assert torch.allclose(weighted.loss(*args, clips.digits), answer_loss + 0.5 * frame_loss, atol=1e-6)
+        q_only = _tiny("question_only", frame_loss_weight=0.5)  # reads no frame: no frame loss
+        assert torch.equal(q_only.loss(*args, clips.digits), q_only.loss(*args))
+        right = (weighted.frame_logits(clips.frames).argmax(-1) == clips.digits)[real]
+        assert frame_accuracy(weighted, clips) == pytest.approx(right.float().mean().item())
+        assert frame_accuracy(model, clips) is None and frame_accuracy(q_only, clips) is None
+    with pytest.raises(ValueError, match="digits: expected int64"):
+        weighted.loss(*args, clips.digits.clamp(min=0))
+    with pytest.raises(ValueError, match="frame_loss_weight: expected a finite number >= 0, got -1"):
+        VideoQAConfig(vocab_size=10, frame_loss_weight=-1)
+
+
+def test_frame_labels_are_the_digits_the_frames_show():
+    """Each real frame's label is the digit of the handwriting image it holds: wherever an 8 x 8
+    window holds the whole frame's ink, the images equal to that window are of that digit."""
+    clips = digit_clips(5, seed=3, split="valid")
+    images, by_digit = handwriting("valid", 0)
+    owner = torch.empty(len(images), dtype=torch.int64)
+    for d, idx in enumerate(by_digit):
+        owner[idx] = d
+    for i in range(5):
+        for t in range(int(clips.lengths[i])):
+            frame, shown = clips.frames[i, t, 0], set()
+            for y, x in itertools.product(range(FRAME_SIZE - 7), repeat=2):
+                window = frame[y : y + 8, x : x + 8]
+                if (window > 0).sum() == (frame > 0).sum():  # all the ink inside: compare with every image
+                    shown |= set(owner[(images == window).flatten(1).all(1)].tolist())
+            assert shown == {int(clips.digits[i, t])}
+
+
 def _position_batch(
     n: int, g: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -267,6 +312,7 @@ def test_train_and_evaluate_commands_report_accuracy_per_kind_and_gold_peaks(tmp
     assert r["n"] == 30 == sum(r[f"n_{k}"] for k in ("position", "count", "after"))
     weighted = sum(r[f"accuracy_{k}"] * r[f"n_{k}"] for k in ("position", "count", "after")) / 30
     assert r["accuracy"] == pytest.approx(weighted, abs=1e-3) and 0 <= r["gold_peak"] <= 1
+    assert 0 <= r["frame_accuracy"] <= 1  # the preset trains with the frame loss
     assert main(["evaluate", "--checkpoint", str(out), "--split", "zero_shot"]) == 2
     with pytest.raises(ValueError, match="is not an image-text matcher's \\(its model kind is 'video-qa'\\)"):
         Matcher.load(out)

@@ -10,7 +10,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..models.builders import VIDEO_QA_KINDS
-from .answering import answer_clips, answer_metrics, build_video_qa_from_facts
+from .answering import answer_clips, answer_metrics, build_video_qa_from_facts, frame_accuracy
 from .captions import CaptionTokenizer
 from .checkpoints import load_model
 from .clips import DigitClips
@@ -62,8 +62,13 @@ class Answerer:
         return [self.answers[i] for i in predicted.tolist()], weights
 
     def evaluate(self, clips: DigitClips) -> dict[str, Any]:
-        """Accuracy overall and per question kind, and the share of questions whose attention
-        peaks on a gold frame (:func:`qkv.crossmodal.answering.answer_metrics`)."""
+        """Accuracy overall and per question kind, the share of questions whose attention peaks
+        on a gold frame (:func:`qkv.crossmodal.answering.answer_metrics`), and ``frame_accuracy``:
+        the share of real frames whose digit the frame head reads right (None without a frame
+        loss; :func:`qkv.crossmodal.answering.frame_accuracy`)."""
         tokens = self.tokenizer.encode(clips.questions)
         predicted, weights = answer_clips(self.model, clips.frames, clips.lengths, tokens)
-        return answer_metrics(clips, predicted, weights)
+        return {
+            **answer_metrics(clips, predicted, weights),
+            "frame_accuracy": frame_accuracy(self.model, clips),
+        }

@@ -1,9 +1,12 @@
 """Training video question answering on digit clips: its :class:`VideoQATask`, the facts its
 checkpoint stores, the model they build, and how answers are scored.
 
-The task minimizes the cross-entropy of the answer (:meth:`qkv.models.video_qa.VideoQA.loss`);
-validation is that loss and the accuracy. :func:`answer_metrics` scores answers per question
-kind and says how often the question's cross-attention peaks on a gold frame.
+The task minimizes the cross-entropy of the answer plus ``[model] frame_loss_weight`` times the
+cross-entropy of each real frame's digit (the clips' ``digits``;
+:meth:`qkv.models.video_qa.VideoQA.loss`); validation is the answer's loss, the accuracy and
+:func:`frame_accuracy` (the share of real frames whose digit the frame head reads right).
+:func:`answer_metrics` scores answers per question kind and says how often the question's
+cross-attention peaks on a gold frame.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from ..models.builders import build_video_qa_model
 from .captions import PAD_ID, CaptionTokenizer
 from .clips import (
     ANSWERS,
+    FRAME_CLASSES,
     FRAME_SIZE,
     MAX_FRAMES,
     MAX_QUESTION_WORDS,
@@ -33,6 +37,7 @@ __all__ = [
     "answer_clips",
     "answer_metrics",
     "build_video_qa_from_facts",
+    "frame_accuracy",
     "load_clips",
     "video_qa_facts",
 ]
@@ -47,7 +52,8 @@ def load_clips(d: DataConfig, splits: tuple[str, ...] = ("train", "valid")) -> d
 def video_qa_facts(d: DataConfig) -> dict[str, Any]:
     """What a checkpoint stores about its data: the question vocabulary, the answers, the frames."""
     return {"lang": d.lang, "vocabulary": list(question_vocabulary()), "max_words": MAX_QUESTION_WORDS,
-            "answers": list(ANSWERS), "max_frames": MAX_FRAMES, "frame_size": FRAME_SIZE, "channels": 1}  # fmt: skip
+            "answers": list(ANSWERS), "frame_classes": FRAME_CLASSES, "max_frames": MAX_FRAMES,
+            "frame_size": FRAME_SIZE, "channels": 1}  # fmt: skip
 
 
 def build_video_qa_from_facts(
@@ -56,7 +62,7 @@ def build_video_qa_from_facts(
     """The model of a ``[model]`` table and the question tokenizer of the stored facts."""
     tokenizer = CaptionTokenizer(facts["vocabulary"], max_words=facts["max_words"])
     model = build_video_qa_model(model_cfg, vocab_size=len(tokenizer), num_answers=len(facts["answers"]),
-                                 max_words=facts["max_words"], pad_id=PAD_ID, max_frames=facts["max_frames"],
+                                 frame_classes=facts["frame_classes"], max_words=facts["max_words"], pad_id=PAD_ID, max_frames=facts["max_frames"],
                                  frame_size=facts["frame_size"], channels=facts["channels"])  # fmt: skip
     return model, tokenizer
 
@@ -100,10 +106,29 @@ def answer_metrics(clips: DigitClips, predicted: Tensor, frame_weights: Tensor |
     return out
 
 
+@torch.no_grad()
+def frame_accuracy(model: nn.Module, clips: DigitClips, *, batch_size: int = 256) -> float | None:
+    """The share of the clips' real frames whose digit the model's frame head reads right, in
+    eval mode (None for a model without a frame loss or that reads no frame: its head is untrained)."""
+    cfg = model.config
+    if cfg.frame_loss_weight == 0 or cfg.variant == "question_only":
+        return None
+    was = model.training
+    model.eval()
+    right = [
+        model.frame_logits(clips.frames[i : i + batch_size]).argmax(-1) == clips.digits[i : i + batch_size]
+        for i in range(0, len(clips.frames), batch_size)
+    ]
+    model.train(was)
+    real = clips.digits >= 0
+    return float(torch.cat(right)[real].float().mean())
+
+
 class VideoQATask:
     """The video question answering side of the :class:`~qkv.train.loop.Trainer`: batches of a
-    seeded permutation of the training clips (a pure function of ``(seed, epoch)``), the
-    cross-entropy of the answers, validation by loss and accuracy."""
+    seeded permutation of the training clips (a pure function of ``(seed, epoch)``) with each
+    frame's digit, the cross-entropy of the answers plus the weighted frame loss, validation by
+    the answers' loss and accuracy and the frames' digit accuracy."""
 
     count_unit = "clip"
 
@@ -118,7 +143,7 @@ class VideoQATask:
         self.valid_tokens = tokenizer.encode(self.valid.questions) if self.valid is not None else None
         self.batches_per_epoch = -(-len(self.train.questions) // self.batch_size)
 
-    def batches(self, epoch: int, start: int) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:
+    def batches(self, epoch: int, start: int) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor, Tensor]]:
         g = torch.Generator().manual_seed(self.cfg.train.seed * 100_003 + epoch)
         order = torch.randperm(len(self.train.questions), generator=g)
         for b in range(start, self.batches_per_epoch):
@@ -128,9 +153,10 @@ class VideoQATask:
                 self.train.lengths[index],
                 self.train_tokens[index],
                 self.train.answers[index],
+                self.train.digits[index],
             )
 
-    def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor, Tensor, Tensor]) -> tuple[Tensor, int]:
+    def loss(self, model: nn.Module, batch: tuple[Tensor, ...]) -> tuple[Tensor, int]:
         return model.loss(*batch), int(batch[0].shape[0])
 
     def validate(self, model: nn.Module) -> dict[str, float | None]:
@@ -142,7 +168,9 @@ class VideoQATask:
             logits = model(self.valid.frames, self.valid.lengths, self.valid_tokens)
             loss = float(nn.functional.cross_entropy(logits, self.valid.answers))
         model.train(was)
-        return {
+        out = {
             "valid_loss": loss,
             "valid_accuracy": float((logits.argmax(-1) == self.valid.answers).float().mean()),
         }
+        read = frame_accuracy(model, self.valid)  # left out without a frame loss
+        return out if read is None else {**out, "valid_frame_accuracy": read}

@@ -37,6 +37,7 @@ from .data import handwriting
 __all__ = [
     "ANSWERS",
     "CLIP_SPLITS",
+    "FRAME_CLASSES",
     "FRAME_SIZE",
     "MAX_COUNT",
     "MAX_FRAMES",
@@ -58,6 +59,8 @@ QUESTION_KINDS = ("position", "count", "after")
 #: The answers: a digit, or a count (at most :data:`MAX_COUNT`); answer id ``a`` is ``ANSWERS[a]``.
 ANSWERS = tuple(str(d) for d in range(10))
 MAX_COUNT = 4
+#: The labels a frame can have (``DigitClips.digits``): the digits 0-9.
+FRAME_CLASSES = 10
 #: The frames a position question may ask for (every clip has at least six).
 ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth")
 #: The longest question, in words ("which digit comes after the five").

@@ -296,14 +296,16 @@ VIDEO_QA_KINDS: dict[str, tuple[type[nn.Module], type]] = {"video-qa": (VideoQA,
 
 # Config fields the clips, questions and answers decide, never the [model] table.
 _FROM_CLIPS = frozenset(
-    {"vocab_size", "num_answers", "max_words", "pad_id", "max_frames", "frame_size", "channels"}
+    {"vocab_size", "num_answers", "frame_classes", "max_words", "pad_id", "max_frames", "frame_size"}
+    | {"channels"}
 )
 
 #: ``[model]`` tables of video question answering on 12 x 12 digit clips (patch 4: a 3 x 3
-#: grid per frame); ``--model.variant=question_only`` or ``frames_averaged`` for the controls.
+#: grid per frame; a per-frame digit loss of weight 1, ``--model.frame_loss_weight=0`` for none);
+#: ``--model.variant=question_only`` or ``frames_averaged`` for the controls.
 VIDEO_QA_PRESETS: dict[str, dict[str, Any]] = {
     "video-qa": {"kind": "video-qa", "patch_size": 4, "frame_depth": 2, "dim": 64, "heads": 4, "mlp_dim": 128,
-                 "temporal_depth": 2, "question_depth": 2, "cross_depth": 1},
+                 "temporal_depth": 2, "question_depth": 2, "cross_depth": 1, "frame_loss_weight": 1.0},
 }  # fmt: skip
 
 
@@ -316,5 +318,6 @@ def video_qa_config_keys(kind: str) -> frozenset[str]:
 def build_video_qa_model(model_cfg: dict[str, Any], **facts: Any) -> nn.Module:
     """A video question answering model (a :class:`VideoQA`) from its ``[model]`` table
     (``kind`` defaults to ``"video-qa"``) and the facts of the data: ``vocab_size``,
-    ``num_answers``, ``max_words``, ``pad_id``, ``max_frames``, ``frame_size``, ``channels``."""
+    ``num_answers``, ``frame_classes``, ``max_words``, ``pad_id``, ``max_frames``, ``frame_size``,
+    ``channels``."""
     return _build(VIDEO_QA_KINDS, model_cfg, "video-qa", _FROM_CLIPS, facts)

@@ -10,6 +10,12 @@ of a clip and the answer is read from what it gathered.
     cross     m = [null; LN(x)]                               a learned null frame: "nothing here"
               q = q + CrossAttn(LN(q), m),  q = q + MLP(LN(q))    (cross_depth times)
     answer    logits = Linear(LN(q))
+    reading   frame_logits_t = Linear(v_t)                    the digit of each frame (training only)
+
+The loss is the answer's cross-entropy plus ``frame_loss_weight`` times the mean cross-entropy
+of the real frames' digits read from their ViT vectors (:meth:`VideoQA.loss`): the answer alone
+is too weak a signal to learn reading handwriting through one softmax over the frames, a
+direct per-frame digit label is not. ``frame_loss_weight = 0`` is the answer's loss alone.
 
 The null frame lets a question attend to nothing (a count of zero) and makes the attention
 weight on the matching frames grow with their number (``c e^s / (c e^s + e^n + ...)``): a
@@ -65,6 +71,9 @@ class VideoQAConfig:
         temporal_depth, question_depth, cross_depth: blocks of temporal self-attention, of the
             question encoder, of question-to-frame cross-attention.
         variant: one of :data:`VARIANTS`.
+        frame_classes: the digits a frame can show (the frame head's outputs).
+        frame_loss_weight: the weight of the per-frame digit loss (0: none; ``question_only``
+            reads no frame and has none).
     """
 
     vocab_size: int
@@ -84,9 +93,11 @@ class VideoQAConfig:
     question_depth: int = 2
     cross_depth: int = 1
     variant: str = "full"
+    frame_classes: int = 10
+    frame_loss_weight: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("num_answers", "max_frames", "cross_depth"):
+        for name in ("num_answers", "max_frames", "cross_depth", "frame_classes"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
@@ -96,6 +107,9 @@ class VideoQAConfig:
             or self.temporal_depth < 0
         ):
             raise ValueError(f"temporal_depth: expected an int >= 0, got {self.temporal_depth!r}")
+        w = self.frame_loss_weight
+        if isinstance(w, bool) or not isinstance(w, int | float) or not 0 <= w < float("inf"):
+            raise ValueError(f"frame_loss_weight: expected a finite number >= 0, got {w!r}")
         if self.variant not in VARIANTS:
             raise ValueError(f"variant: expected one of {', '.join(VARIANTS)}, got {self.variant!r}")
         self.frame_config()  # checks the frame ViT's fields
@@ -150,6 +164,7 @@ class VideoQA(nn.Module):
         config: the :class:`VideoQAConfig`.
         frame_encoder: the per-frame :class:`ViT`.
         question: the question's :class:`~qkv.models.clip.TextEncoder`.
+        frame_head: reads each frame's digit from its ViT vector (the frame loss).
     """
 
     def __init__(self, config: VideoQAConfig) -> None:
@@ -167,6 +182,7 @@ class VideoQA(nn.Module):
         self.cross = nn.ModuleList([CrossBlock(cfg) for _ in range(cfg.cross_depth)])
         self.norm = nn.LayerNorm(cfg.dim)
         self.head = nn.Linear(cfg.dim, cfg.num_answers)
+        self.frame_head = nn.Linear(cfg.dim, cfg.frame_classes)  # last: the rest inits as without it
 
     def _check(self, frames: Tensor, lengths: Tensor, tokens: Tensor) -> None:
         cfg = self.config
@@ -186,9 +202,10 @@ class VideoQA(nn.Module):
 
     def encode_frames(
         self, frames: Tensor, lengths: Tensor, maps: VideoQAMaps | None
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """The memory the question attends to ``(B, 1 + F', E)`` (the null frame first; ``F' = F``,
-        or 1 when ``frames_averaged``) and its padding ``(B, 1 + F')``, True = never attended."""
+        or 1 when ``frames_averaged``), its padding ``(B, 1 + F')`` (True = never attended) and
+        the ViT's frame vectors ``(B, F, E)``."""
         b, f = frames.shape[:2]
         if maps is not None:
             v, frame_maps = self.frame_encoder(frames.flatten(0, 1), need_weights=True)
@@ -208,7 +225,22 @@ class VideoQA(nn.Module):
                 if maps is not None:
                     maps.video.encoder.append(w)
         memory = torch.cat([self.null_frame.expand(b, -1, -1), self.frame_norm(x)], 1)  # (B, 1 + F', E)
-        return memory, torch.cat([torch.zeros_like(padding[:, :1]), padding], 1)
+        return memory, torch.cat([torch.zeros_like(padding[:, :1]), padding], 1), v
+
+    def _answer(
+        self, frames: Tensor, lengths: Tensor, tokens: Tensor, maps: VideoQAMaps | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Answer logits ``(B, A)`` and the frame vectors ``(B, F, E)`` (None: ``question_only``)."""
+        self._check(frames, lengths, tokens)
+        q = self.question(tokens, maps.question if maps else None)[:, None]  # (B, T) -> (B, 1, E)
+        v = None
+        if self.config.variant != "question_only":
+            memory, padding, v = self.encode_frames(frames, lengths, maps)
+            for block in self.cross:
+                q, w = block(q, memory, padding, maps is not None)
+                if maps is not None:
+                    maps.video.cross.append(w)
+        return self.head(self.norm(q[:, 0])), v
 
     def forward(
         self, frames: Tensor, lengths: Tensor, tokens: Tensor, *, need_weights: bool = False
@@ -220,18 +252,39 @@ class VideoQA(nn.Module):
                 lengths not int64 ``(B,)`` in ``[1, F]``, tokens not ``(B, T)`` word ids (or an
                 empty question, too many words, ids out of the vocabulary).
         """
-        self._check(frames, lengths, tokens)
         maps = VideoQAMaps(AttentionMaps(), AttentionMaps(), AttentionMaps()) if need_weights else None
-        q = self.question(tokens, maps.question if maps else None)[:, None]  # (B, T) -> (B, 1, E)
-        if self.config.variant != "question_only":
-            memory, padding = self.encode_frames(frames, lengths, maps)
-            for block in self.cross:
-                q, w = block(q, memory, padding, need_weights)
-                if maps is not None:
-                    maps.video.cross.append(w)
-        logits = self.head(self.norm(q[:, 0]))  # (B, A)
+        logits, _ = self._answer(frames, lengths, tokens, maps)
         return (logits, maps) if need_weights else logits
 
-    def loss(self, frames: Tensor, lengths: Tensor, tokens: Tensor, answers: Tensor) -> Tensor:
-        """The cross-entropy of the answers ``(B,)`` (ids)."""
-        return nn.functional.cross_entropy(self(frames, lengths, tokens), answers)
+    def frame_logits(self, frames: Tensor) -> Tensor:
+        """The digit logits of every frame ``(B, F, frame_classes)``, padding frames included."""
+        return self.frame_head(self.frame_encoder(frames.flatten(0, 1))).unflatten(0, frames.shape[:2])
+
+    def loss_terms(
+        self, frames: Tensor, lengths: Tensor, tokens: Tensor, answers: Tensor, digits: Tensor
+    ) -> tuple[Tensor, Tensor | None]:
+        """The answers' cross-entropy and the frames' digit cross-entropy (the mean over the real
+        frames, ``digits (B, F)`` -1 after each length; None for ``question_only``), one pass.
+
+        Raises:
+            ValueError: ``digits`` not ``(B, F)`` int64 labels, -1 exactly on the padding frames.
+        """
+        logits, v = self._answer(frames, lengths, tokens, None)
+        answer_loss = nn.functional.cross_entropy(logits, answers)
+        if v is None:
+            return answer_loss, None
+        real = torch.arange(frames.shape[1], device=frames.device)[None, :] < lengths[:, None]
+        if digits.shape != real.shape or digits.dtype != torch.int64 or not torch.equal(digits >= 0, real):
+            raise ValueError(f"digits: expected int64 {tuple(real.shape)}, a digit per real frame and -1 "
+                             f"on padding, got {digits.dtype} {tuple(digits.shape)}")  # fmt: skip
+        return answer_loss, nn.functional.cross_entropy(self.frame_head(v[real]), digits[real])
+
+    def loss(
+        self, frames: Tensor, lengths: Tensor, tokens: Tensor, answers: Tensor, digits: Tensor | None = None
+    ) -> Tensor:
+        """The cross-entropy of the answers ``(B,)`` (ids), plus ``frame_loss_weight`` times the
+        frames' digit loss (:meth:`loss_terms`) when ``digits`` are given and the weight is not 0."""
+        if digits is None or self.config.frame_loss_weight == 0:
+            return nn.functional.cross_entropy(self(frames, lengths, tokens), answers)
+        answer_loss, frame_loss = self.loss_terms(frames, lengths, tokens, answers, digits)
+        return answer_loss if frame_loss is None else answer_loss + self.config.frame_loss_weight * frame_loss
