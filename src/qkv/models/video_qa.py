@@ -47,9 +47,8 @@ import torch
 from torch import Tensor, nn
 
 from .._types import AttentionMaps
-from ..modules import MultiHeadAttention
 from .clip import CLIPConfig, PaddedBlock, TextEncoder
-from .vit import MLP, ViT, ViTConfig
+from .vit import Block, ViT, ViTConfig
 
 __all__ = ["VARIANTS", "VideoQA", "VideoQAConfig", "VideoQAMaps"]
 
@@ -139,17 +138,12 @@ class VideoQAMaps(NamedTuple):
     video: AttentionMaps
 
 
-class CrossBlock(nn.Module):
-    """The question attends to the frames: ``q + CrossAttn(LN(q), memory)``, then an MLP."""
+class CrossBlock(Block):
+    """The question attends to the frames: ``q + CrossAttn(LN(q), memory)``, then an MLP: the
+    ViT's pre-LN :class:`~qkv.models.vit.Block` (the same pieces, built from the config's
+    ``dim``, ``heads``, ``mlp_dim`` and ``dropout``) with cross-attention in its forward."""
 
-    def __init__(self, cfg: VideoQAConfig) -> None:
-        super().__init__()
-        self.norm1, self.norm2 = nn.LayerNorm(cfg.dim), nn.LayerNorm(cfg.dim)
-        self.attn = MultiHeadAttention(embed_dim=cfg.dim, num_heads=cfg.heads, dropout=cfg.dropout)
-        self.mlp = MLP(cfg.dim, cfg.mlp_dim, cfg.dropout)
-        self.drop = nn.Dropout(cfg.dropout)
-
-    def forward(
+    def forward(  # type: ignore[override]
         self, q: Tensor, memory: Tensor, padding: Tensor, need_weights: bool
     ) -> tuple[Tensor, Tensor | None]:
         a = self.attn(self.norm1(q), memory, memory, key_padding_mask=padding, need_weights=need_weights)
