@@ -77,7 +77,13 @@ def _one_block(
         s.add_(bias)
     if keep is not None:
         s.masked_fill_(~keep, float("-inf"))
-    row_lse = _softmax_rows_(s, want_lse=lse is None)
+    # Rows with no key: masked out entirely (known from the mask), or, with a bias, every
+    # logit -inf (found per slab: only a bias can close a row the mask leaves open).
+    row_lse = _softmax_rows_(s, want_lse=lse is None, find_closed=bias is not None)
+    if keep is not None:
+        empty = ~keep.any(dim=-1, keepdim=True)
+        s.masked_fill_(empty, 0.0)
+        row_lse = None if row_lse is None else row_lse.masked_fill(empty.squeeze(-1), float("-inf"))
     return s.to(q.dtype), lse if lse is not None else row_lse
 
 
@@ -86,11 +92,11 @@ def _one_block(
 _SLAB = 1 << 18
 
 
-def _softmax_rows_(s: Tensor, *, want_lse: bool) -> Tensor | None:
+def _softmax_rows_(s: Tensor, *, want_lse: bool, find_closed: bool) -> Tensor | None:
     """Softmax over the last dim of ``s``, in place, a slab of rows at a time (bitwise
-    ``torch.softmax(s, -1)``), a row whose logits are all ``-inf`` given zeros (softmax's NaN
-    there means "no key"; a NaN logit elsewhere still gives NaN); the rows' log-sum-exp
-    ``(...)`` when ``want_lse`` (``-inf`` for such a row)."""
+    ``torch.softmax(s, -1)``); with ``find_closed`` a row whose logits are all ``-inf`` is
+    given zeros (softmax's NaN there means "no key"; a NaN logit elsewhere still gives NaN);
+    the rows' log-sum-exp ``(...)`` when ``want_lse`` (``-inf`` for such a row)."""
     if s.numel() == 0:
         return s.new_empty(s.shape[:-1]) if want_lse else None
     flat = s.view(-1, s.shape[-1])  # (rows, Tk): s is contiguous
@@ -98,11 +104,12 @@ def _softmax_rows_(s: Tensor, *, want_lse: bool) -> Tensor | None:
     lse = []
     for r0 in range(0, flat.shape[0], step):
         rows = flat[r0 : r0 + step]
-        top = torch.logsumexp(rows, dim=-1) if want_lse else rows.amax(dim=-1)
+        top = torch.logsumexp(rows, dim=-1) if want_lse else rows.amax(dim=-1) if find_closed else None
         if want_lse:
             lse.append(top)
         rows.copy_(torch.softmax(rows, dim=-1))
-        rows.masked_fill_((top == float("-inf")).unsqueeze(-1), 0.0)
+        if find_closed:
+            rows.masked_fill_((top == float("-inf")).unsqueeze(-1), 0.0)
     if not want_lse:
         return None
     return torch.cat(lse).view(s.shape[:-1])
