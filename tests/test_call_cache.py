@@ -208,3 +208,26 @@ def test_what_the_plain_path_never_serves():
     assert plain_calls.plain_key(q, k, v, "scaled_dot", None, 0.0, False, 3, "softmax") is None
     with pytest.raises(TypeError, match="backend"):  # and its errors come on every call
         qkv.attention(q, k, v, backend=3)
+
+
+def test_a_score_module_is_checked_once_and_never_mistaken_for_another(monkeypatch):
+    """A score module's calls are cached by the module itself (identity): the second call skips
+    the checks, a second module of the same shape gets its own entry and its own logits."""
+    from qkv.modules import AdditiveAttention
+
+    prepare_module = importlib.import_module("qkv.api.prepare")
+    torch.manual_seed(0)
+    first, second = (AdditiveAttention(query_dim=8, key_dim=8, hidden_dim=16) for _ in range(2))
+    q, k, v = torch.randn(2, 3, 8), torch.randn(2, 5, 8), torch.randn(2, 5, 4)
+    lens = torch.tensor([5, 3])
+    a1 = first(q, k, v, valid_lens=lens).out
+    checks = []
+    original = prepare_module._check_arguments
+    monkeypatch.setattr(prepare_module, "_check_arguments", lambda *a: checks.append(1) or original(*a))
+    assert torch.equal(first(q, k, v, valid_lens=lens).out, a1) and checks == []
+    b1 = second(q, k, v, valid_lens=lens).out
+    assert checks == [1] and not torch.allclose(a1, b1)
+    mask = torch.arange(5) < lens[:, None, None]
+    ref = qkv.attention(q, k, v, score=second.score, mask=mask, backend="reference")
+    torch.testing.assert_close(b1, ref.out, rtol=0, atol=1e-6)
+    assert prepare(q, k, v, score=lambda a, b: a @ b.transpose(-2, -1))[0].signature is not None

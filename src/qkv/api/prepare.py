@@ -7,6 +7,7 @@ to the logits). Modules call :func:`qkv.attention` and rely on it instead of re-
 from __future__ import annotations
 
 import math
+import types
 from typing import Any
 
 import torch
@@ -214,6 +215,17 @@ def _check_arguments(query, key, value, score, score_kwargs, normalize, normaliz
 
 
 _CHECKED = BoundedCache(512)  # call_signature -> what _check_arguments returned
+
+
+def _cacheable_score(score: Any) -> bool:
+    """A name, or a callable compared by identity (a module or a plain function): its checks
+    depend on nothing but the object, which the key holds."""
+    if isinstance(score, str):
+        return True
+    by_identity = type(score).__hash__ is object.__hash__ and type(score).__eq__ is object.__eq__
+    return by_identity and isinstance(score, (torch.nn.Module, types.FunctionType))
+
+
 _PLAIN = (int, float, bool, type(None))
 
 
@@ -228,11 +240,13 @@ def call_signature(
     """A hashable key of everything the checks and the backend choice read (shapes, dtypes,
     devices, strides of the last dim, ``requires_grad``, autograd's mode, the plain arguments),
     or None for a call that is not cached: a named score or normalizer with parameters, a
-    callable, a :class:`qkv.masks.Mask` pattern, ``weights_for``, a non-tensor input, or a
-    graph being traced."""
+    callable score other than a module or a plain function, a :class:`qkv.masks.Mask` pattern,
+    ``weights_for``, a non-tensor input, or a graph being traced. A score module (the score of
+    :class:`qkv.modules.AdditiveAttention`, say) is in the key itself: compared and hashed by
+    identity, kept alive while its entry is cached, so its checks are made once per module."""
     if score_kwargs or normalize_kwargs or weights_for is not None or torch.compiler.is_compiling():
         return None
-    if not (isinstance(score, str) and isinstance(normalize, str) and normalize == "softmax"):
+    if not (_cacheable_score(score) and isinstance(normalize, str) and normalize == "softmax"):
         return None
     if not all(isinstance(t, Tensor) for t in (query, key, value)):
         return None
