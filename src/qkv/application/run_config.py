@@ -46,6 +46,8 @@ class RunConfig:
     #: ``--model NAME`` -> the ``[model]`` table it starts from; ``DEFAULT_PRESET`` without one.
     MODEL_PRESETS: ClassVar[dict[str, Any]] = {}
     DEFAULT_PRESET: ClassVar[str] = ""
+    #: kind -> ``[train]`` values that kind starts from instead of the table's defaults.
+    TRAIN_BY_KIND: ClassVar[dict[str, dict[str, Any]]] = {}
     model_keys: ClassVar[Callable[[str], frozenset[str]]]
 
     def __post_init__(self) -> None:
@@ -76,8 +78,9 @@ class RunConfig:
     def resolve(
         cls, file_config: dict | None = None, *, preset: str | None = None, overrides: Iterable[str] = ()
     ) -> Self:
-        """Defaults <- model preset (``preset``, else the file's ``[model] preset``, else
-        ``DEFAULT_PRESET``; see :meth:`preset_table`) <- file <- overrides (``--table.key=value``), checked."""
+        """Defaults (a kind's own ``[train]`` values from :attr:`TRAIN_BY_KIND`) <- model preset
+        (``preset``, else the file's ``[model] preset``, else ``DEFAULT_PRESET``; see
+        :meth:`preset_table`) <- file <- overrides (``--table.key=value``), checked."""
         tables = copy.deepcopy(file_config or {})
         model = tables.setdefault("model", {})
         preset = preset or model.pop("preset", None) or cls.DEFAULT_PRESET
@@ -86,6 +89,13 @@ class RunConfig:
             raise ValueError(f"model: unknown model {preset!r}; valid: {', '.join(cls.MODEL_PRESETS)}")
         for text in overrides:
             _set(tables, *parse_override(text))
+        kind = tables["model"].get("kind") or (cls.MODEL_PRESETS[preset] or {}).get("kind")
+        train = tables.setdefault("train", {})
+        if (
+            isinstance(kind, str) and kind in cls.TRAIN_BY_KIND and isinstance(train, dict)
+        ):  # else checked below
+            for key, value in cls.TRAIN_BY_KIND[kind].items():
+                train.setdefault(key, value)  # the file's and the overrides' values stay
         tables["model"] = {**cls.preset_table(preset, tables), **tables["model"]}
         return cls.from_dict(tables)
 

@@ -21,8 +21,6 @@ fields of the kind's config dataclass (:class:`qkv.models.clip.CLIPConfig`,
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -170,20 +168,7 @@ class RunConfig(run_config.RunConfig):
 
     MODEL_KINDS, DEFAULT_KIND, model_keys = MODEL_KINDS, "clip", staticmethod(model_keys)
     MODEL_PRESETS, DEFAULT_PRESET = MODEL_PRESETS, "clip"
-
-    @classmethod
-    def resolve(
-        cls, file_config: dict | None = None, *, preset: str | None = None, overrides: Iterable[str] = ()
-    ) -> RunConfig:
-        """:meth:`qkv.application.run_config.RunConfig.resolve`, the ``[train]`` defaults
-        starting from :data:`TRAIN_BY_KIND` for the preset's kind."""
-        tables = copy.deepcopy(file_config or {})
-        name = preset or tables.get("model", {}).get("preset") or cls.DEFAULT_PRESET
-        kind = tables.get("model", {}).get("kind") or cls.MODEL_PRESETS.get(name, {}).get("kind")
-        train = tables.setdefault("train", {})
-        for key, value in TRAIN_BY_KIND.get(kind, {}).items():
-            train.setdefault(key, value)
-        return super().resolve(tables, preset=preset, overrides=overrides)
+    TRAIN_BY_KIND = TRAIN_BY_KIND
 
     def __post_init__(self) -> None:
         super().__post_init__()
