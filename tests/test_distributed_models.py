@@ -14,9 +14,13 @@ self-attention and cross-attention to a sharded memory are all in play, in both 
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import importlib.util
+import io
 import os
 import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -31,6 +35,7 @@ from helpers import GRAD_FACTOR, assert_error_ratio
 B, S, T, V = 2, 12, 24, 19  # S and T divisible by 2 x world for world 2 and 3 (zig-zag)
 WORLDS = (2, 3)
 TIMEOUT = datetime.timedelta(seconds=30)
+EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "examples" / "sharded_models.py"
 
 #: name -> (model, dtype, layout, positional). The Transformer's source (S) and target (T)
 #: differ in length, so cross-attention runs the ring with Tq != Tk.
@@ -123,6 +128,38 @@ def _sharded_case(name: str, group) -> dict:
     return {**result, "recvs": (sp.stats.forward_recvs, sp.stats.backward_recvs)}
 
 
+def _cross_inputs() -> tuple[torch.Tensor, ...]:
+    """Queries of a T-long sequence over keys of an S-long one, the keys' padding ``(B, 1, 1, S)``
+    in global coordinates, and the output gradient."""
+    g = torch.Generator().manual_seed(5)
+    q, d_out = (torch.randn(B, 2, T, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    k, v = (torch.randn(B, 2, S, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    keep = torch.ones(B, 1, 1, S, dtype=torch.bool)
+    keep[1, ..., S - 5 :] = False
+    return q, k, v, keep, d_out
+
+
+def _cross_case(group) -> dict:
+    """``qd.ring_attention`` with queries and keys of different lengths (zig-zag shards)."""
+    import qkv.distributed as qd
+
+    q, k, v, keep, d_out = _cross_inputs()
+    mine = [qd.shard_sequence(t, group=group, layout="zigzag").requires_grad_() for t in (q, k, v)]
+    r = qd.ring_attention(*mine, group=group, layout="zigzag", mask=keep, need_weights=True)
+    r.out.backward(qd.shard_sequence(d_out, group=group, layout="zigzag"))
+    return {"out": r.out.detach(), "lse": r.lse, "weights": r.weights, "grads": [t.grad for t in mine]}
+
+
+def _docs_example() -> str:
+    """What ``docs/examples/sharded_models.py``'s ``demo`` prints on the default group."""
+    spec = importlib.util.spec_from_file_location("sharded_models_example", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        module.demo()
+    return printed.getvalue()
+
+
 def _errors(group) -> dict:
     """What the models refuse on a sharded sequence, as each rank sees it."""
     import qkv.distributed as qd
@@ -162,9 +199,13 @@ def _worker(rank: int, rendezvous: str, out_dir: str) -> None:
         if rank >= world:
             continue
         saved = {name: _sharded_case(name, group) for name in CASES}
+        saved["cross"] = _cross_case(group)
         if world == 2:
             saved["errors"] = _errors(group)
         torch.save(saved, os.path.join(out_dir, f"w{world}_r{rank}.pt"))
+    printed = _docs_example()  # on the default group: every rank
+    if rank == 0:
+        Path(out_dir, "example.txt").write_text(printed)
     dist.barrier()
     dist.destroy_process_group()
 
@@ -174,7 +215,8 @@ def sharded():
     """Every case on every world size: ``{world: [per-rank results]}``."""
     with tempfile.TemporaryDirectory() as d:
         mp.spawn(_worker, args=(f"file://{d}/rendezvous", d), nprocs=max(WORLDS), join=True)
-        return {w: [torch.load(f"{d}/w{w}_r{r}.pt", weights_only=False) for r in range(w)] for w in WORLDS}
+        results = {w: [torch.load(f"{d}/w{w}_r{r}.pt", weights_only=False) for r in range(w)] for w in WORLDS}
+        return {**results, "example": Path(d, "example.txt").read_text()}
 
 
 def _positions(world: int, layout: str, rank: int) -> torch.Tensor:
@@ -248,3 +290,33 @@ def test_what_does_not_shard_is_refused_on_every_rank(sharded):
         assert "step: " in errors["step"]
         assert "attention_mask: inside context_parallel" in errors["bert_mask"]
         assert "(2, 4)" in errors["bert_mask"]
+
+
+@pytest.mark.parametrize("world", WORLDS)
+def test_cross_attention_rings_over_the_memory(sharded, world):
+    """Queries (T) and keys (S != T) sharded alike, padding in global coordinates: each rank's
+    rows, log-sum-exp and weights ``(B, H, n, S)`` and the gradients equal the reference."""
+    import qkv
+    import qkv.distributed as qd
+
+    q, k, v, keep, d_out = _cross_inputs()
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    ref = qkv.attention(q, k, v, mask=keep, backend="reference", need_weights=True)
+    lse, weights = ref.lse.detach(), ref.weights.detach()
+    ref.out.backward(d_out)
+    for rank, r in enumerate(sharded[world]):
+        qpos, kpos = (qd.sequence_positions(n, rank=rank, world=world, layout="zigzag") for n in (T, S))
+        got = r["cross"]
+        assert _maxabs(got["out"], ref.out.detach()[:, :, qpos]) <= 1e-12
+        assert _maxabs(got["lse"], lse[:, :, qpos]) <= 1e-12
+        assert _maxabs(got["weights"], weights[:, :, qpos]) <= 1e-12
+        assert _maxabs(got["grads"][0], q.grad[:, :, qpos]) <= 1e-12
+        for i, full in ((1, k.grad), (2, v.grad)):
+            assert _maxabs(got["grads"][i], full[:, :, kpos]) <= 1e-12
+
+
+def test_the_documented_example_runs_on_three_ranks(sharded):
+    """docs/guides/distributed.md shows this line for 2 ranks; on 3 it reads the same way."""
+    assert sharded["example"] == "world 3: translator equal to one process: True; BERT: True\n"
+    page = (EXAMPLE.parents[1] / "guides" / "distributed.md").read_text()
+    assert "world 2: translator equal to one process: True; BERT: True" in page
