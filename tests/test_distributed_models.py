@@ -147,7 +147,8 @@ def _cross_case(group) -> dict:
     mine = [qd.shard_sequence(t, group=group, layout="zigzag").requires_grad_() for t in (q, k, v)]
     r = qd.ring_attention(*mine, group=group, layout="zigzag", mask=keep, need_weights=True)
     r.out.backward(qd.shard_sequence(d_out, group=group, layout="zigzag"))
-    return {"out": r.out.detach(), "lse": r.lse, "weights": r.weights, "grads": [t.grad for t in mine]}
+    detached = {key: getattr(r, key).detach() for key in ("out", "lse", "weights")}
+    return {**detached, "grads": [t.grad for t in mine]}
 
 
 def _docs_example() -> str:
@@ -162,6 +163,7 @@ def _docs_example() -> str:
 
 def _errors(group) -> dict:
     """What the models refuse on a sharded sequence, as each rank sees it."""
+    import qkv
     import qkv.distributed as qd
 
     errors = {}
@@ -172,11 +174,14 @@ def _errors(group) -> dict:
         TransformerConfig(src_vocab=V, tgt_vocab=V, d_model=16, num_heads=2, positional="alibi")
     )
     ids = torch.randint(4, V, (B, 4))
+    mha, x = qkv.MultiHeadAttention(16, 2), torch.randn(B, 4, 16)
     calls = {
         "mixer": lambda: conv.encode(ids, torch.tensor([8, 8])),
         "alibi": lambda: alibi.encode(ids, torch.tensor([8, 8])),
         "step": lambda: conv.step(ids[:, 0], conv.init_state({"states": torch.zeros(B, 1, 16)}), {}),
         "bert_mask": lambda: _bert(torch.float64)(ids, torch.ones(B, 8, dtype=torch.long)),
+        "mha_mask": lambda: mha(x, mask=torch.ones(4, 4, dtype=torch.bool)),
+        "mha_cache": lambda: mha(x, cache=qkv.modules.KVCache()),
     }
     with qd.context_parallel(group):
         for what, call in calls.items():
@@ -290,6 +295,8 @@ def test_what_does_not_shard_is_refused_on_every_rank(sharded):
         assert "step: " in errors["step"]
         assert "attention_mask: inside context_parallel" in errors["bert_mask"]
         assert "(2, 4)" in errors["bert_mask"]
+        assert "mask: inside qkv.distributed.context_parallel pass a qkv.masks pattern" in errors["mha_mask"]
+        assert "cache: incremental decoding does not shard" in errors["mha_cache"]
 
 
 @pytest.mark.parametrize("world", WORLDS)

@@ -248,7 +248,8 @@ class MultiHeadAttention(nn.Module):
                 :class:`qkv.TorchMultiheadAttention`'s; a bias that is neither a float tensor
                 nor a position-bias module; a cache of another type; anything
                 :func:`qkv.attention` refuses.
-            ValueError: inputs of the wrong rank, feature dims other than ``E``/``Ek``/``Ev``,
+            ValueError: inside a context-parallel block, a cache or a tensor ``mask``; inputs of
+                the wrong rank, feature dims other than ``E``/``Ek``/``Ev``,
                 batch or key/value lengths that differ, a ``key_padding_mask`` of another
                 shape, ``average_weights`` without ``need_weights``; with a cache: key/value
                 rows other than ``Tq``, a :class:`qkv.masks.Mask` pattern (the cache builds the
@@ -262,6 +263,11 @@ class MultiHeadAttention(nn.Module):
         if cache is not None and not isinstance(cache, (KVCache, StaticKVCache)):
             raise TypeError(
                 f"cache: expected a KVCache, SlidingWindowKVCache or StaticKVCache, got {type(cache).__name__}"
+            )
+        if cache is not None and active() is not None:
+            raise ValueError(
+                "cache: incremental decoding does not shard; use the cache outside "
+                "qkv.distributed.context_parallel"
             )
         if cache is None:
             q, k, v, attn_mask, positions = self._uncached(query, key, value, mask, key_padding_mask)
