@@ -3,7 +3,10 @@
 :mod:`qkv.backends.sequence_parallel` context.
 
 Each rank holds ``n = T / world`` positions of the query, key and value (``(..., H, n, D)``);
-masks, patterns and biases are in global coordinates. The K/V blocks go round the ring by
+masks, patterns and biases are in global coordinates. The keys may be another sequence than
+the queries (cross-attention: a decoder's queries over an encoder's memory), of another length
+``Tk``, sharded in the same layout (``m = Tk / world`` keys per rank): the queries stay, the
+memory's blocks go round. The K/V blocks go round the ring by
 point-to-point messages (``batch_isend_irecv``): at step ``i = 1 .. world - 1`` rank ``r``
 sends its own block to rank ``r + i`` and receives the block of rank ``r - i`` (mod world),
 each block crossing one link once; the messages of step ``i + 1`` are posted before the
@@ -56,13 +59,16 @@ class RingCommunicationError(RuntimeError):
 
 @dataclass(frozen=True)
 class _Plan:
-    """One call's ring: the inputs, the context, every rank's global positions and which
-    rank's keys each rank needs (``need[dst][src]``)."""
+    """One call's ring: the inputs, the context, the global lengths of the queries and of the
+    keys, every rank's global query and key positions and which rank's keys each rank needs
+    (``need[dst][src]``)."""
 
     inputs: AttentionInputs
     sp: SequenceParallel
-    total: int
-    pos: tuple[Tensor, ...]
+    q_total: int
+    k_total: int
+    qpos: tuple[Tensor, ...]
+    kpos: tuple[Tensor, ...]
     need: tuple[tuple[bool, ...], ...]
     q_block: int
     kv_block: int
@@ -81,14 +87,16 @@ def _chunks(layout: str, rank: int, world: int) -> list[int]:
     return [rank] if layout == "contiguous" else [rank, 2 * world - 1 - rank]
 
 
-def _need(inputs: AttentionInputs, sp: SequenceParallel, total: int, pos: tuple[Tensor, ...]):
+def _need(inputs: AttentionInputs, sp: SequenceParallel, totals: tuple[int, int], pos: tuple):
     """``need[dst][src]``: whether some query of rank ``dst`` may attend some key of rank
-    ``src`` (from the pattern's block layout and the tensor mask; a superset is safe)."""
-    w = sp.world
+    ``src`` (from the pattern's block layout and the tensor mask; a superset is safe).
+    ``totals``: the global query and key lengths; ``pos``: every rank's query and key positions."""
+    w, (q_total, k_total), (qpos, kpos) = sp.world, totals, pos
     need = [[True] * w for _ in range(w)]
-    if inputs.pattern is not None and total:
-        chunk = total // w if sp.layout == "contiguous" else total // (2 * w)
-        any_ = inputs.pattern.block_layout(total, total, chunk, chunk).any.tolist()
+    if inputs.pattern is not None and q_total and k_total:
+        parts = w if sp.layout == "contiguous" else 2 * w
+        layout = inputs.pattern.block_layout(q_total, k_total, q_total // parts, k_total // parts)
+        any_ = layout.any.tolist()
         for d in range(w):
             for s in range(w):
                 cd, cs = _chunks(sp.layout, d, w), _chunks(sp.layout, s, w)
@@ -96,7 +104,7 @@ def _need(inputs: AttentionInputs, sp: SequenceParallel, total: int, pos: tuple[
     if inputs.tensor_mask is not None:
         for d in range(w):
             for s in range(w):
-                need[d][s] = need[d][s] and bool(_take(inputs.tensor_mask, pos[d], pos[s]).any())
+                need[d][s] = need[d][s] and bool(_take(inputs.tensor_mask, qpos[d], kpos[s]).any())
     return tuple(tuple(row) for row in need)
 
 
@@ -117,7 +125,7 @@ def _keep(plan: _Plan, qpos: Tensor, kpos: Tensor) -> Tensor | None:
             h = torch.arange(inputs.query.shape[-3], device=dev).view(1, -1, 1, 1)
         else:
             b = h = torch.zeros(1, 1, 1, 1, dtype=torch.long, device=dev)
-        fn = inputs.pattern.mask_mod(plan.total, plan.total)
+        fn = inputs.pattern.mask_mod(plan.q_total, plan.k_total)
         keep = fn(b, h, qpos.view(1, 1, -1, 1), kpos.view(1, 1, 1, -1))
     if inputs.tensor_mask is not None:
         t = _take(inputs.tensor_mask, qpos, kpos)
@@ -216,7 +224,7 @@ def _tiles(plan: _Plan, n_q: int, n_k: int, src: int):
     ``tiles`` the ``(q0, q1, keep)`` of this rank's ``q_block``s that the mask lets meet it at
     all and their mask (None: all allowed); empty when none does. Keys outer: a key block's
     ``dK``, ``dV`` are complete once its tiles are done."""
-    qpos, kpos = plan.pos[plan.rank], plan.pos[src]
+    qpos, kpos = plan.qpos[plan.rank], plan.kpos[src]
     for j0 in range(0, n_k, plan.kv_block):
         j1, tiles = min(j0 + plan.kv_block, n_k), []
         for q0 in range(0, n_q, plan.q_block):
@@ -232,7 +240,7 @@ def _tiles(plan: _Plan, n_q: int, n_k: int, src: int):
 def _forward_pair(plan: _Plan, rows: list, q: Tensor, k: Tensor, v: Tensor, src: int, logits: list | None):
     """Fold the keys and values of rank ``src`` into this rank's running softmax (one
     :class:`OnlineSoftmax` per block of queries, each taking the key blocks in order)."""
-    qpos, kpos = plan.pos[plan.rank], plan.pos[src]
+    qpos, kpos = plan.qpos[plan.rank], plan.kpos[src]
     for j0, j1, tiles in _tiles(plan, q.shape[-2], k.shape[-2], src):
         for q0, q1, keep in tiles:
             kb, vb = k[..., j0:j1, :], v[..., j0:j1, :]
@@ -279,7 +287,7 @@ def _ring_forward(plan: _Plan, q: Tensor, k: Tensor, v: Tensor):
 def _weights(plan: _Plan, q: Tensor, v: Tensor, lse: Tensor, logits: list) -> Tensor:
     """``(..., H, n, T)``: this rank's rows of the weights, from the kept logits and ``lse``."""
     safe = lse.masked_fill(lse == float("-inf"), float("inf")).unsqueeze(-1)
-    weights = q.new_zeros((*q.shape[:-1], plan.total), dtype=v.dtype)
+    weights = q.new_zeros((*q.shape[:-1], plan.k_total), dtype=v.dtype)
     for q0, q1, kpos, s in logits:
         weights[..., q0:q1, :].index_copy_(-1, kpos, torch.exp(s - safe[..., q0:q1, :]).to(v.dtype))
     return weights
@@ -308,7 +316,7 @@ class _Backward:
         if into is None:
             same = k.dtype == cdt and v.dtype == cdt
             into = [k, v] if same else [torch.empty_like(k, dtype=cdt), torch.empty_like(v, dtype=cdt)]
-        qpos, kpos = plan.pos[plan.rank], plan.pos[src]
+        qpos, kpos = plan.qpos[plan.rank], plan.kpos[src]
         for j0, j1, tiles in _tiles(plan, self.q.shape[-2], k.shape[-2], src):
             kb, vb = k[..., j0:j1, :], v[..., j0:j1, :]
             tile = [torch.zeros_like(kb, dtype=cdt), torch.zeros_like(vb, dtype=cdt)]
@@ -389,7 +397,7 @@ def _check_ranks(plan: _Plan) -> None:
     q, v = plan.inputs.query, plan.inputs.value
     dtypes = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
     mine = torch.tensor(
-        [q.shape[-2], q.shape[-1], v.shape[-1], math.prod(q.shape[:-2]), dtypes.index(q.dtype)]
+        [q.shape[-2], v.shape[-2], q.shape[-1], v.shape[-1], math.prod(q.shape[:-2]), dtypes.index(q.dtype)]
     )
     every = [torch.empty_like(mine) for _ in range(plan.world)]
     try:
@@ -398,8 +406,8 @@ def _check_ranks(plan: _Plan) -> None:
         raise RingCommunicationError(
             f"ring attention, rank {plan.rank}: the shard check with the other ranks failed: {e}"
         ) from e
-    what = ["shard length (positions per rank)", "query feature size D", "value feature size Dv",
-            "batch x heads", "dtype"]  # fmt: skip
+    what = ["shard length (positions per rank)", "key shard length (positions per rank)",
+            "query feature size D", "value feature size Dv", "batch x heads", "dtype"]  # fmt: skip
     for i, name in enumerate(what):
         values = [int(t[i]) for t in every]
         if len(set(values)) > 1:
@@ -431,24 +439,23 @@ class RingBackend:
         if sp is None:
             return ["no sequence-parallel context (use qkv.distributed.context_parallel(group))"]
         reasons = not_supported_reasons(self.capabilities, inputs)
-        if inputs.q_len != inputs.kv_len:
-            reasons.append(
-                f"Tq = {inputs.q_len} != Tk = {inputs.kv_len}: ring shards one sequence (self-attention)"
-            )
-        total = inputs.q_len * sp.world
+        q_total, k_total = inputs.q_len * sp.world, inputs.kv_len * sp.world
         for name, t in (("mask", inputs.tensor_mask), ("bias", inputs.bias)):
-            if t is not None and (t.shape[-2] not in (1, total) or t.shape[-1] not in (1, total)):
+            if t is not None and (t.shape[-2] not in (1, q_total) or t.shape[-1] not in (1, k_total)):
                 reasons.append(
                     f"{name}: a tensor of shape {tuple(t.shape)}; ring takes it in global coordinates "
-                    f"(..., T | 1, T | 1) with T = {total} (qkv.distributed.ring_attention takes those)"
+                    f"(..., Tq | 1, Tk | 1) with (Tq, Tk) = ({q_total}, {k_total}) "
+                    "(qkv.distributed.ring_attention takes those)"
                 )
         params = [t for t in inputs.score_kwargs.values() if isinstance(t, Tensor) and t.requires_grad]
         if params and torch.is_grad_enabled():
             reasons.append(
                 f"score {inputs.score.name!r} with parameters that require grad: ring does not differentiate them"
             )
-        if sp.layout == "zigzag" and inputs.q_len % 2:
-            reasons.append(f"layout 'zigzag' needs an even shard length, got {inputs.q_len}")
+        if sp.layout == "zigzag" and (inputs.q_len % 2 or inputs.kv_len % 2):
+            reasons.append(
+                f"layout 'zigzag' needs even shard lengths, got {inputs.q_len} queries and {inputs.kv_len} keys"
+            )
         return reasons
 
     def auto_skip(self, inputs: AttentionInputs) -> list[str]:
@@ -492,12 +499,13 @@ class RingBackend:
 
     def run(self, inputs: AttentionInputs) -> AttentionOutput:
         sp = active()
-        pos = tuple(
-            positions(sp.layout, r, sp.world, inputs.q_len, inputs.query.device) for r in range(sp.world)
-        )
-        total = inputs.q_len * sp.world
+        dev, ranks = inputs.query.device, range(sp.world)
+        qpos = tuple(positions(sp.layout, r, sp.world, inputs.q_len, dev) for r in ranks)
+        kpos = tuple(positions(sp.layout, r, sp.world, inputs.kv_len, dev) for r in ranks)
+        totals = (inputs.q_len * sp.world, inputs.kv_len * sp.world)
         q_block, kv_block = self.tiles(inputs.q_len, max(inputs.query.shape[-1], inputs.value.shape[-1]))
-        plan = _Plan(inputs, sp, total, pos, _need(inputs, sp, total, pos), q_block, kv_block)
+        need = _need(inputs, sp, totals, (qpos, kpos))
+        plan = _Plan(inputs, sp, *totals, qpos, kpos, need, q_block, kv_block)
         _check_ranks(plan)
         out, lse, weights = _RingAttention.apply(plan, inputs.query, inputs.key, inputs.value)
         return AttentionOutput(out=out, weights=weights, lse=lse, backend=self.name)

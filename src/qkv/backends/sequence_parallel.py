@@ -23,7 +23,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["LAYOUTS", "RingStats", "SequenceParallel", "activate", "active", "positions"]
+__all__ = [
+    "LAYOUTS",
+    "RingStats",
+    "SequenceParallel",
+    "activate",
+    "active",
+    "global_length",
+    "positions",
+    "shard_positions",
+]
 
 LAYOUTS = ("contiguous", "zigzag")
 
@@ -109,3 +118,20 @@ def positions(layout: str, rank: int, world: int, local_len: int, device: Any = 
             ]
         )
     raise ValueError(f"layout: expected one of {', '.join(LAYOUTS)}, got {layout!r}")
+
+
+def shard_positions(length: int, device: Any = None) -> Tensor:
+    """The global positions ``(length,)`` of the ``length`` rows of a sequence this process
+    holds: its shard's under the active context (:func:`positions` of its layout and rank),
+    ``0 .. length - 1`` outside one. What a model's absolute and rotary positions read."""
+    sp = active()
+    if sp is None:
+        return torch.arange(length, device=device)
+    return positions(sp.layout, sp.rank, sp.world, length, device)
+
+
+def global_length(length: int) -> int:
+    """The length of the whole sequence of which this process holds ``length`` rows
+    (``length x world`` under the active context, ``length`` outside one)."""
+    sp = active()
+    return length if sp is None else length * sp.world

@@ -8,6 +8,11 @@ ranks of a process group (context parallelism).
 - :func:`shard_sequence`, :func:`gather_sequence`, :func:`sequence_positions`: a sequence
   split into the shards of a layout (``"contiguous"`` or ``"zigzag"``) and put back together.
 
+Inside ``context_parallel``, :class:`qkv.MultiHeadAttention` (self- and cross-attention), the
+Transformer translator and BERT take this rank's shards and return its rows of the
+single-process result: they read the active context for their rows' global positions
+(absolute and rotary positions), masks and padding are in global coordinates.
+
 Imported by name (``import qkv.distributed``), as ``torch.distributed`` is. The kernel is the
 ``ring`` backend (:mod:`qkv.backends.ring`).
 """

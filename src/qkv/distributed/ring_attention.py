@@ -38,10 +38,11 @@ def ring_attention(
 ) -> AttentionOutput:
     """Attention of this rank's queries over the whole sequence, sharded across ``group``.
 
-    Shapes, with ``w`` ranks and ``n = T / w`` positions per rank::
+    Shapes, with ``w`` ranks, ``n = Tq / w`` queries and ``m = Tk / w`` keys per rank (``Tk =
+    Tq`` for self-attention; a cross-attention memory is sharded in the same layout)::
 
-        query (..., H, n, D), key (..., H, n, D), value (..., H, n, Dv)   this rank's shards
-        -> out (..., H, n, Dv), lse (..., H, n), weights (..., H, n, T)   this rank's rows
+        query (..., H, n, D), key (..., H, m, D), value (..., H, m, Dv)   this rank's shards
+        -> out (..., H, n, Dv), lse (..., H, n), weights (..., H, n, Tk)  this rank's rows
 
     Inside a :func:`qkv.distributed.context_parallel` block of the same group and layout, the
     messages are counted in that context's ``stats``. Every rank of ``group`` calls it with shards of one length, dtype and batch (checked: a
@@ -53,11 +54,11 @@ def ring_attention(
         score, score_kwargs, scale: as :func:`qkv.attention` (named scores; parameters that
             require grad are refused).
         mask: a :class:`qkv.masks.Mask` (e.g. ``qkv.masks.causal()``, a sliding window), or a
-            bool tensor (True = may attend) broadcastable to ``(..., H, T, T)``: both in global
+            bool tensor (True = may attend) broadcastable to ``(..., H, Tq, Tk)``: both in global
             coordinates. Ranks whose positions the mask never lets meet exchange nothing.
-        bias: a float tensor broadcastable to ``(..., H, T, T)`` in global coordinates
+        bias: a float tensor broadcastable to ``(..., H, Tq, Tk)`` in global coordinates
             (not differentiated).
-        need_weights, weights_for: this rank's rows of the weights, ``(..., H, n, T)``, or the
+        need_weights, weights_for: this rank's rows of the weights, ``(..., H, n, Tk)``, or the
             chosen ``(heads, rows)`` of them (rows are local); not differentiable.
 
     Returns:
@@ -75,8 +76,7 @@ def ring_attention(
     sp = active()
     same = sp is not None and sp.group is group and sp.layout == layout  # count into the caller's
     with contextlib.nullcontext(sp) if same else context_parallel(group, layout=layout) as sp:
-        total = inputs.q_len * sp.world
-        shape = (*inputs.query.shape[:-2], total, total)
+        shape = (*inputs.query.shape[:-2], inputs.q_len * sp.world, inputs.kv_len * sp.world)
         if mask is not None and pattern is None:
             inputs = dataclasses.replace(
                 inputs, tensor_mask=check_fits("mask", check_bool_mask(mask, "mask"), shape)

@@ -18,6 +18,13 @@ The layers are post-LN, as in the paper and in every released BERT checkpoint::
         x = LayerNorm(x + Dropout(MultiHead(x, x, x, padding masked)))
         x = LayerNorm(x + Dropout(W_2 gelu(W_1 x)))
 
+On a sharded sequence (inside ``with qkv.distributed.context_parallel(group, layout=...):``,
+``input_ids``, ``attention_mask`` and ``token_type_ids`` this rank's shards ``(B, T / world)``
+of that layout): the forward returns this rank's rows of the single-process states. Positions
+are the shard's global positions, the padding of the whole sequence is gathered once (a small
+all-gather of ``attention_mask``) and every layer's self-attention runs the ring; only the
+rank holding position 0 (the ``[CLS]`` token) has a ``pooler_output``.
+
 Pretrained weights (Hugging Face ``BertModel`` directories, e.g. all-MiniLM-L6-v2) load with
 :func:`qkv.interop.load_bert`; :meth:`BertModel.encode` gives sentence embeddings (mean
 pooling, L2-normalized) equal to sentence-transformers' within 1e-5.
@@ -33,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._types import AttentionMaps
+from ..backends.sequence_parallel import active, global_length, shard_positions
 from ..modules.multihead import MultiHeadAttention
 
 __all__ = ["BertConfig", "BertModel", "BertOutput", "mean_pool"]
@@ -129,7 +137,8 @@ class BertOutput:
         hidden_states: ``L + 1`` tensors ``(B, T, E)``: the embeddings, then each layer's output.
         attentions: with ``need_weights``, an :class:`qkv.AttentionMaps` whose ``encoder`` holds
             each layer's weights ``(B, H, T, T)`` (padding keys get weight 0); else ``None``.
-        pooler_output: ``tanh(W h_[CLS] + b)`` ``(B, E)`` when the model has a pooler, else ``None``.
+        pooler_output: ``tanh(W h_[CLS] + b)`` ``(B, E)`` when the model has a pooler, else
+            ``None`` (also on a sharded sequence's ranks that do not hold position 0).
     """
 
     last_hidden_state: Tensor
@@ -151,8 +160,9 @@ class BertEmbeddings(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout)
 
     def forward(self, words: Tensor, token_type_ids: Tensor) -> Tensor:
-        """``words``: the word embeddings ``(B, T, E)`` (``word[ids]`` or given directly)."""
-        positions = torch.arange(words.shape[1], device=words.device)  # (T,)
+        """``words``: the word embeddings ``(B, T, E)`` (``word[ids]`` or given directly); the
+        positions are ``0 .. T-1``, or this shard's global positions in a context-parallel block."""
+        positions = shard_positions(words.shape[1], words.device)  # (T,)
         x = words + self.token_type(token_type_ids)  # (B, T, E)
         x = x + self.position(positions)  # (T, E) broadcasts over B
         return self.dropout(self.norm(x))
@@ -284,13 +294,15 @@ class BertModel(nn.Module):
                 raise ValueError(f"inputs_embeds: expected shape (B, T, E={cfg.hidden_size}), got {got}")
             words = inputs_embeds
         bsz, t = words.shape[:2]
-        if t > cfg.max_position:
-            raise ValueError(f"input_ids: expected at most max_position={cfg.max_position} tokens, got T={t}")
+        if global_length(t) > cfg.max_position:
+            raise ValueError(
+                f"input_ids: expected at most max_position={cfg.max_position} tokens, got T={global_length(t)}"
+            )
         if token_type_ids is None:
             token_type_ids = torch.zeros(bsz, t, dtype=torch.long, device=words.device)
         else:
             _check_ids("token_type_ids", token_type_ids, (bsz, t), cfg.type_vocab_size)
-        padding = _padding_from_attention_mask(attention_mask, bsz, t)
+        padding = _padding_from_attention_mask(_whole_sequence(attention_mask, bsz, t), bsz, global_length(t))
 
         x = self.embeddings(words, token_type_ids)  # (B, T, E)
         hidden = [x]
@@ -300,7 +312,8 @@ class BertModel(nn.Module):
             hidden.append(x)
             if maps is not None:
                 maps.encoder.append(w)  # (B, H, T, T)
-        pooled = self.pooler(x) if self.pooler is not None else None
+        holds_cls = active() is None or int(shard_positions(t)[0]) == 0  # its first row is position 0
+        pooled = self.pooler(x) if self.pooler is not None and holds_cls else None
         return BertOutput(
             last_hidden_state=x, hidden_states=tuple(hidden), attentions=maps, pooler_output=pooled
         )
@@ -388,6 +401,28 @@ def _check_ids(name: str, ids: object, shape: tuple[int, int] | None, bound: int
         raise ValueError(f"{name}: expected shape {want}, got {tuple(ids.shape)}")
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= bound):
         raise ValueError(f"{name}: expected values in [0, {bound}), got {int(ids.min())}..{int(ids.max())}")
+
+
+def _whole_sequence(attention_mask: Tensor | None, bsz: int, t: int) -> Tensor | None:
+    """Inside a context-parallel block: this rank's shard ``(B, t)`` of ``attention_mask`` ->
+    the whole sequence's ``(B, T)`` (a small all-gather); else ``attention_mask`` itself."""
+    sp = active()
+    if sp is None or attention_mask is None:
+        return attention_mask
+    if not isinstance(attention_mask, Tensor) or tuple(attention_mask.shape) != (bsz, t):
+        got = (
+            tuple(attention_mask.shape)
+            if isinstance(attention_mask, Tensor)
+            else type(attention_mask).__name__
+        )
+        raise ValueError(
+            f"attention_mask: inside context_parallel expected this rank's shard (B, T / world) = ({bsz}, {t}), "
+            f"sharded like input_ids, got {got}"
+        )
+    from ..distributed import gather_sequence  # loaded only on a sharded sequence
+
+    whole = gather_sequence(attention_mask.to(torch.int64), dim=1, group=sp.group, layout=sp.layout)
+    return whole.to(attention_mask.dtype)
 
 
 def _padding_from_attention_mask(attention_mask: Tensor | None, bsz: int, t: int) -> Tensor | None:

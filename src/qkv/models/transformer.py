@@ -35,6 +35,14 @@ Shapes (B batch, S source length, T target length, E model size, V vocabulary)::
     -> logits (B, T, V); with need_weights an AttentionMaps with per layer
        encoder (B, H, S, S), decoder (B, H, T, T), cross (B, H, T, S)
 
+On a sharded sequence (inside ``with qkv.distributed.context_parallel(group, layout=...):``,
+``src`` and ``tgt_in`` this rank's shards ``(B, S / world)`` and ``(B, T / world)`` of that
+layout, ``src_lengths`` the whole sequences'): the forward returns this rank's rows of the
+single-process logits. Absolute positions and rotary angles are the shard's global positions,
+the source padding is built over the whole source, self-attention (causal in the decoder) and
+cross-attention run the ring (the decoder's query shard over the memory's shards). The mixer
+must be attention and the positions sinusoidal, learned, rope or none; ``step`` runs outside.
+
 The step interface (``encode`` -> ``init_state`` -> ``step``) matches
 :class:`qkv.models.seq2seq.Seq2Seq`; a step re-runs the decoder over the prefix decoded so
 far (targets here are short; each step costs O(t) attention rows).
@@ -49,6 +57,7 @@ import torch
 from torch import Tensor, nn
 
 from .._types import AttentionMaps
+from ..backends.sequence_parallel import active, global_length, shard_positions
 from ..masks import causal
 from ..modules import MultiHeadAttention
 from ..modules.dynamic_conv import DynamicConv, LightConv
@@ -246,15 +255,34 @@ class Transformer(nn.Module):
             self.dec_bias = build_positional(cfg.positional, num_heads=heads, causal=True)
 
     def _embed(self, table: nn.Embedding, ids: Tensor, *, side: str = "src") -> Tensor:
-        kind = self.config.positional
-        if kind in ("sinusoidal", "learned") and ids.shape[1] > self.config.max_len:
-            raise ValueError(f"sequence length {ids.shape[1]} exceeds max_len={self.config.max_len}")
+        """Embeddings plus absolute positions: ``0 .. T-1``, or this shard's global positions
+        inside a context-parallel block."""
+        kind, length = self.config.positional, global_length(ids.shape[1])
+        if kind in ("sinusoidal", "learned") and length > self.config.max_len:
+            raise ValueError(f"sequence length {length} exceeds max_len={self.config.max_len}")
         x = table(ids) * math.sqrt(self.config.d_model)  # (B, T, E)
+        pos = shard_positions(ids.shape[1], ids.device)  # (T,)
         if kind == "sinusoidal":
-            x = x + self.positions[: ids.shape[1]]
+            x = x + self.positions[pos]
         elif kind == "learned":
-            x = (self.src_positions if side == "src" else self.tgt_positions)(x)
+            x = (self.src_positions if side == "src" else self.tgt_positions)(x, positions=pos)
         return self.drop(x)
+
+    def _check_sharded(self) -> None:
+        """Inside a context-parallel block: refuse what mixes positions outside attention."""
+        cfg = self.config
+        if active() is None:
+            return
+        if cfg.mixer != "attention":
+            raise ValueError(
+                f"mixer: {cfg.mixer!r} convolves across shard boundaries; inside "
+                "qkv.distributed.context_parallel the Transformer runs with mixer='attention'"
+            )
+        if cfg.positional in ("alibi", "t5"):
+            raise ValueError(
+                f"positional: {cfg.positional!r} is a (T, T) bias, which attention on a shard does not "
+                "take; inside qkv.distributed.context_parallel use sinusoidal, learned, rope or none"
+            )
 
     def _position_bias(self, stack: str, length: int) -> Tensor | None:
         """ALiBi / T5 bias ``(1, H, T, T)`` of a stack's self-attention (positions 0 .. T-1), or None."""
@@ -265,8 +293,14 @@ class Transformer(nn.Module):
     def encode(
         self, src: Tensor, src_lengths: Tensor, *, maps: AttentionMaps | None = None
     ) -> dict[str, Tensor]:
-        """Run the encoder; the memory every decoding step reads (batch first)."""
-        valid = torch.arange(src.shape[1], device=src.device) < src_lengths.unsqueeze(1)  # (B, S)
+        """Run the encoder; the memory every decoding step reads (batch first).
+
+        Inside a context-parallel block ``src`` is this rank's shard ``(B, S / world)`` and
+        ``src_lengths`` the whole sequences' lengths; the memory's ``states`` are this rank's
+        rows and its ``mask`` covers the whole source ``(B, S)``."""
+        self._check_sharded()
+        total = global_length(src.shape[1])
+        valid = torch.arange(total, device=src.device) < src_lengths.unsqueeze(1)  # (B, S)
         x = self._embed(self.src_embed, src)
         bias = self._position_bias("encoder", src.shape[1])
         for layer in self.encoder:
@@ -278,7 +312,10 @@ class Transformer(nn.Module):
     def decode(
         self, tgt_in: Tensor, memory: dict[str, Tensor], *, maps: AttentionMaps | None = None
     ) -> Tensor:
-        """Decoder over a whole (teacher-forced) target prefix -> logits (B, T, V)."""
+        """Decoder over a whole (teacher-forced) target prefix -> logits (B, T, V); inside a
+        context-parallel block ``tgt_in`` and the logits are this rank's rows and ``memory``
+        the sharded encoder's (cross-attention runs the ring over the memory's shards)."""
+        self._check_sharded()
         y = self._embed(self.tgt_embed, tgt_in, side="tgt")
         bias = self._position_bias("decoder", tgt_in.shape[1])
         for layer in self.decoder:
@@ -315,6 +352,11 @@ class Transformer(nn.Module):
     ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
         """Previous tokens ``(B,)`` -> logits ``(B, V)``, new state, and the last layer's cross
         attention of this position averaged over heads ``(B, S)``."""
+        if active() is not None:
+            raise ValueError(
+                "step: decoding one token at a time does not shard; call it outside "
+                "qkv.distributed.context_parallel (encode and decode run inside it)"
+            )
         prefix = torch.cat([state["prefix"], prev.unsqueeze(1)], dim=1)  # (B, t+1)
         maps = AttentionMaps()
         logits = self.decode(prefix, memory, maps=maps)

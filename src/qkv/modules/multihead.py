@@ -26,7 +26,8 @@ from torch import Tensor, nn
 
 from .._checks import broadcasts_to, check_dim, check_dropout
 from .._types import AttentionOutput
-from ..masks.core import PADDING_MEANING, Mask, MaskLike, check_ambiguous_layout, check_bool_mask
+from ..backends.sequence_parallel import active, global_length, shard_positions
+from ..masks.core import PADDING_MEANING, Mask, MaskLike, check_ambiguous_layout, check_bool_mask, full
 from ._heads import HeadsAttention
 from .kv_cache import CacheStep, KVCache, StaticKVCache
 from .positional import PositionalBias, RotaryEmbedding
@@ -57,6 +58,13 @@ class MultiHeadAttention(nn.Module):
     **Rotary positions** (``rotary=``): queries and keys are rotated by their positions
     (:class:`qkv.modules.RotaryEmbedding`) after projection; without a cache the positions are
     ``0 .. Tq - 1`` and ``0 .. Tk - 1``, with a cache they come from it.
+
+    **On a sharded sequence** (inside ``with qkv.distributed.context_parallel(group):``): the
+    inputs are this rank's rows, ``(B, Tq / world, E)`` and ``(B, Tk / world, Ek)`` (self- or
+    cross-attention; the ring sends the key/value shards round), and the output is this rank's
+    rows of the single-process module's. Masks are patterns in global coordinates,
+    ``key_padding_mask`` is ``(B, Tk)`` of the whole sequence, and rotary positions are the
+    shard's global positions (:func:`qkv.distributed.sequence_positions`).
 
     Args:
         embed_dim: ``E``, the model dim (query and output features).
@@ -200,7 +208,9 @@ class MultiHeadAttention(nn.Module):
                 per-sample mask is ``(B, 1, Tq, Tk)``, a per-head one ``(1, H, Tq, Tk)``. A
                 3-D ``(n, Tq, Tk)`` with ``n > 1`` is refused (per sample or per head?).
             key_padding_mask: ``(B, Tk)`` bool, True = padding (never attended), the padding
-                argument of every qkv sequence layer; combined with ``mask``.
+                argument of every qkv sequence layer; combined with ``mask``. Inside a
+                context-parallel block it covers the whole key sequence (``Tk = world x`` the
+                rows of ``key``).
             need_weights: also return the attention weights (before dropout).
             average_weights: return the weights averaged over heads, ``(B, Tq, Tk)``, instead
                 of per head, ``(B, H, Tq, Tk)``. Requires ``need_weights=True``.
@@ -238,7 +248,8 @@ class MultiHeadAttention(nn.Module):
                 :class:`qkv.TorchMultiheadAttention`'s; a bias that is neither a float tensor
                 nor a position-bias module; a cache of another type; anything
                 :func:`qkv.attention` refuses.
-            ValueError: inputs of the wrong rank, feature dims other than ``E``/``Ek``/``Ev``,
+            ValueError: inside a context-parallel block, a cache or a tensor ``mask``; inputs of
+                the wrong rank, feature dims other than ``E``/``Ek``/``Ev``,
                 batch or key/value lengths that differ, a ``key_padding_mask`` of another
                 shape, ``average_weights`` without ``need_weights``; with a cache: key/value
                 rows other than ``Tq``, a :class:`qkv.masks.Mask` pattern (the cache builds the
@@ -253,23 +264,13 @@ class MultiHeadAttention(nn.Module):
             raise TypeError(
                 f"cache: expected a KVCache, SlidingWindowKVCache or StaticKVCache, got {type(cache).__name__}"
             )
+        if cache is not None and active() is not None:
+            raise ValueError(
+                "cache: incremental decoding does not shard; use the cache outside "
+                "qkv.distributed.context_parallel"
+            )
         if cache is None:
-            key = query if key is None else key
-            value = key if value is None else value
-            self._check_inputs(query, key, value)
-            bsz, q_len, _ = query.shape
-            kv_len = key.shape[1]
-            keep = self._keep(key_padding_mask, bsz, kv_len, "Tk")
-            target = (bsz, self.num_heads, q_len, kv_len)
-            attn_mask = mask if keep is None else _with_keep(mask, keep[:, None, None, :], target)
-            q, k, v = self._project(query, key, value)
-
-            def positions() -> tuple[Tensor, Tensor]:
-                dev = query.device
-                return torch.arange(q_len, device=dev), torch.arange(kv_len, device=dev)
-
-            if self.rotary is not None:  # positions 0 .. Tq - 1 and 0 .. Tk - 1
-                q, k = self.rotary.rotate(q), self.rotary.rotate(k)
+            q, k, v, attn_mask, positions = self._uncached(query, key, value, mask, key_padding_mask)
         else:
             q, k, v, attn_mask, positions = self._cached(
                 query, key, value, mask, key_padding_mask, bias, cache
@@ -286,6 +287,43 @@ class MultiHeadAttention(nn.Module):
         if weights is not None and average_weights:
             weights = weights.mean(dim=1)  # (B, H, Tq, Tk) -> (B, Tq, Tk)
         return AttentionOutput(out=self.out_proj(out), weights=weights, lse=res.lse, backend=res.backend)
+
+    def _uncached(self, query, key, value, mask, key_padding_mask):
+        """The path of :meth:`forward` without a cache: ``(q, k, v, mask, positions)``. Inside
+        a sequence-parallel context the rows are this rank's shards: ``key_padding_mask`` and
+        ``mask`` are in global coordinates (the padding joins the mask as a pattern) and rotary
+        positions are the shard's global ones."""
+        key = query if key is None else key
+        value = key if value is None else value
+        self._check_inputs(query, key, value)
+        bsz, q_len, _ = query.shape
+        kv_len = key.shape[1]
+        sharded = active() is not None
+        if sharded and isinstance(mask, Tensor):
+            raise ValueError(
+                "mask: inside qkv.distributed.context_parallel pass a qkv.masks pattern (global "
+                f"coordinates, e.g. qkv.masks.causal()) and padding as key_padding_mask, got a tensor "
+                f"of shape {tuple(mask.shape)}"
+            )
+        kv_total = global_length(kv_len)
+        keep = self._keep(key_padding_mask, bsz, kv_total, "Tk of the whole sequence" if sharded else "Tk")
+        if keep is None:
+            attn_mask = mask
+        elif sharded:  # a pattern: the ring reads it at global positions
+            attn_mask = (full() if mask is None else mask) & keep[:, None, None, :]
+        else:
+            attn_mask = _with_keep(mask, keep[:, None, None, :], (bsz, self.num_heads, q_len, kv_len))
+        q, k, v = self._project(query, key, value)
+
+        def positions() -> tuple[Tensor, Tensor]:
+            dev = query.device
+            return torch.arange(q_len, device=dev), torch.arange(kv_len, device=dev)
+
+        if self.rotary is not None:  # 0 .. Tq - 1 and 0 .. Tk - 1, or the shards' global positions
+            dev = query.device
+            q_pos, k_pos = (shard_positions(n, dev) if sharded else None for n in (q_len, kv_len))
+            q, k = self.rotary.rotate(q, positions=q_pos), self.rotary.rotate(k, positions=k_pos)
+        return q, k, v, attn_mask, positions
 
     def _cached(self, query, key, value, mask, key_padding_mask, bias, cache):
         """The cache path of :meth:`forward`: ``(q, k, v, mask, positions)``, checking what can be
