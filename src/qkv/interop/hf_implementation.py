@@ -118,16 +118,15 @@ def qkv_mask(
     **kwargs: Any,
 ) -> Tensor | None:
     """``transformers``' mask interface for ``"qkv"``: ``sdpa_mask``'s masks, except the plain
-    causal one of a model holding a pattern, which is its cache positions and padding, and the plain
-    bidirectional one (an encoder's, without overlays), which is its padding alone.
+    causal one of a model holding a pattern, which is its cache positions and padding, and the
+    plain bidirectional one (an encoder's, without overlays), which is its padding alone.
 
     Returns:
-        For a decoder's causal mask on a model holding a pattern (plain causal, or Mistral's
-        sliding-window causal), without
-        overlays and with integer cache positions (a dynamic cache): a
-        :class:`~qkv.interop.hf_decoder_mask.DecoderMask` (its cache positions, window and
-        padding, ``O(B Tk)`` memory). For a bidirectional mask that may be skipped (``allow_is_bidirectional_skip``): None
-        without padding, else bool ``(B, 1, 1, Tk)`` (True = a real token): ``O(B Tk)`` memory,
+        For the causal mask of a model holding a pattern (plain causal, or Mistral's
+        sliding-window causal), without overlays and with integer cache positions (a dynamic
+        cache): a :class:`~qkv.interop.hf_decoder_mask.DecoderMask` (its cache positions,
+        window and padding, ``O(B Tk)`` memory). For a bidirectional mask that may be skipped
+        (``allow_is_bidirectional_skip``): None without padding, else bool ``(B, 1, 1, Tk)`` (True = a real token): ``O(B Tk)`` memory,
         the same attention as ``sdpa_mask``'s ``(B, 1, Tq, Tk)`` matrix. Otherwise what
         ``sdpa_mask`` returns for the same arguments.
     """
