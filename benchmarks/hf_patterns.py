@@ -1,6 +1,6 @@
-"""A sparse pattern on a pretrained encoder: qkv.interop.use_pattern against transformers' sdpa.
+"""A sparse pattern on a pretrained encoder and on a decoder: qkv.interop.use_pattern against transformers' sdpa.
 
-Two parts, float32 on CPU, one document per batch.
+Three parts, float32 on CPU, one document per batch.
 
 1. Time and peak memory. A model shaped like all-MiniLM-L6-v2 (6 layers, 12 heads of 32,
    hidden 384) built from its configuration with ``max_position_embeddings`` raised to the
@@ -12,7 +12,12 @@ Two parts, float32 on CPU, one document per batch.
    given the same pattern as a dense ``(1, 1, T, T)`` bool mask, up to ``--dense-max`` tokens
    (beyond it the dense mask is not built). Peak memory: growth of the process's peak RSS
    during one call (``common.MEMORY_METHOD``).
-2. Quality. The real all-MiniLM-L6-v2 (the ``minilm`` extra) on documents full attention can
+2. Decoder prefill. The same pattern on a Llama-shaped decoder (6 layers, 12 query heads and 4
+   key/value heads of 32, hidden 384; random weights, built from a configuration): qkv with
+   :func:`qkv.interop.use_pattern` (the pattern & causal at cache positions, block-sparse)
+   against ``"sdpa"`` given ``pattern & causal`` as a dense ``(1, 1, T, T)`` bool mask, time
+   and peak memory of one prefill.
+3. Quality. The real all-MiniLM-L6-v2 (the ``minilm`` extra) on documents full attention can
    still read (up to 512 tokens: the repository's own docs pages, cut into documents): cosine
    similarity of the mean-pooled sentence embeddings with the pattern against full attention,
    per window.
@@ -158,6 +163,58 @@ def _quality(tokens: int, windows: list[int], count: int) -> list[dict[str, Any]
     return rows
 
 
+def _decoder(implementation: str, positions: int):
+    """A Llama-shaped decoder (grouped-query heads), random weights (seeded)."""
+    import transformers
+
+    from qkv.interop import register_hf
+
+    register_hf()
+    cfg = transformers.LlamaConfig(
+        vocab_size=32000, hidden_size=384, intermediate_size=1024, num_hidden_layers=6,
+        num_attention_heads=12, num_key_value_heads=4, max_position_embeddings=positions,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    model.set_attn_implementation(implementation)
+    return model
+
+
+def _decoder_cost(lengths: list[int], window: int, dense_max: int, reps: int) -> list[dict[str, Any]]:
+    """One prefill of the decoder: qkv with the pattern against sdpa with pattern & causal dense."""
+    import qkv
+    from qkv.interop import use_pattern
+
+    pattern = _pattern(window)
+    ours, sdpa = _decoder("qkv", max(lengths)), _decoder("sdpa", max(lengths))
+    sdpa.load_state_dict(ours.state_dict())
+    rows = []
+    for length in lengths:
+        ids = torch.randint(1000, 20000, (1, length), generator=torch.Generator().manual_seed(length))
+        contenders = [
+            Contender("qkv use_pattern", lambda ids=ids: ours(input_ids=ids, use_cache=False).logits)
+        ]
+        if length <= dense_max:
+            dense = pattern.materialize(length, length) & qkv.masks.causal().materialize(length, length)
+            contenders.append(Contender(
+                "sdpa, dense mask", lambda ids=ids, m=dense: sdpa(input_ids=ids, attention_mask=m, use_cache=False).logits
+            ))  # fmt: skip
+        with torch.inference_mode(), use_pattern(ours, pattern):
+            timings = time_interleaved(contenders, reps, label=f"decoder T={length}")
+            peaks = {c.name: peak_rss_growth(c.run) for c in contenders}
+            diff = None
+            if len(contenders) == 2:
+                diff = float((contenders[0].run() - contenders[1].run()).abs().max())
+        rows.append({
+            "tokens": length,
+            "times_ms": {n: round(t.median * 1e3, 1) for n, t in timings.items()},
+            "peak_mib": {n: None if p is None else round(p / 2**20, 1) for n, p in peaks.items()},
+            "max_abs_diff": diff,
+        })  # fmt: skip
+        log(f"decoder T={length}: {rows[-1]}")
+    return rows
+
+
 def to_markdown(res: dict[str, Any]) -> str:
     def ms(r, n):
         v = r["times_ms"].get(n)
@@ -169,11 +226,15 @@ def to_markdown(res: dict[str, Any]) -> str:
 
     names = ["qkv use_pattern", "sdpa, dense mask"]
     cost = [[r["tokens"], *(ms(r, n) for n in names), *(mib(r, n) for n in names)] for r in res["cost"]]
+    decoder = [[r["tokens"], *(ms(r, n) for n in names), *(mib(r, n) for n in names)] for r in res["decoder"]]
+    decoder_diffs = ", ".join(
+        f"{r['max_abs_diff']:.1e}" for r in res["decoder"] if r["max_abs_diff"] is not None
+    )
     quality = [[r["tokens"], r["window"], r["documents"], f"{r['cosine_mean']:.4f}", f"{r['cosine_min']:.4f}"]
                for r in res["quality"]]  # fmt: skip
     diffs = ", ".join(f"{r['max_abs_diff']:.1e}" for r in res["cost"] if r["max_abs_diff"] is not None)
     return (
-        "# A sparse pattern on a pretrained encoder (all-MiniLM-L6-v2)\n\n"
+        "# A sparse pattern on a pretrained encoder (all-MiniLM-L6-v2) and a decoder\n\n"
         f"Pattern `sliding_window({res['window']}) | global_tokens([0])`, one document per batch, float32, "
         f"`transformers` {res['transformers']}, {res['reps']} interleaved rounds (medians). Time and memory: the "
         "MiniLM shape with random weights and enough positions; sdpa gets the pattern as a dense "
@@ -182,6 +243,12 @@ def to_markdown(res: dict[str, Any]) -> str:
             ["tokens", "qkv ms", "sdpa ms", "qkv peak MiB", "sdpa peak MiB"], cost, align="rrrrr"
         )
         + f"\n\nLargest difference of qkv from sdpa (last hidden state): {diffs or '-'}.\n\n"
+        "Decoder prefill: the same pattern & causal on a Llama-shaped decoder (6 layers, 12 query and 4 "
+        "key/value heads, random weights); sdpa gets pattern & causal as a dense (1, 1, T, T) mask.\n\n"
+        + markdown_table(
+            ["tokens", "qkv ms", "sdpa ms", "qkv peak MiB", "sdpa peak MiB"], decoder, align="rrrrr"
+        )
+        + f"\n\nLargest difference of qkv from sdpa (logits): {decoder_diffs or '-'}.\n\n"
         "Quality: the real all-MiniLM-L6-v2 on documents cut from this repository's docs; cosine "
         "similarity of the mean-pooled embeddings with the pattern against full attention.\n\n"
         + markdown_table(
@@ -198,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--dense-max", type=int, default=4096, help="longest document given to sdpa (default 4096)"
     )
+    p.add_argument(
+        "--decoder-lengths", type=int_list(1), default=[512, 2048, 8192], help="decoder prompt lengths"
+    )
     p.add_argument("--reps", type=int, default=2, help="timed rounds per length (default 2)")
     p.add_argument("--windows", type=int_list(1), default=[32, 64, 128], help="windows of the quality part")
     p.add_argument("--quality-tokens", type=int, default=512, help="document length of the quality part")
@@ -208,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.lengths, args.reps, args.windows, args.documents = [256, 512], 1, [64], 2
+        args.decoder_lengths = [256, 512]
     import transformers
 
     info = machine_info(REPO)
@@ -215,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         "suite": SUITE, "machine": info, "transformers": transformers.__version__, "reps": args.reps,
         "window": args.window, "dense_max": args.dense_max,
         "cost": _cost(args.lengths, args.window, args.dense_max, args.reps),
+        "decoder": _decoder_cost(args.decoder_lengths, args.window, args.dense_max, args.reps),
         "quality": _quality(args.quality_tokens, args.windows, args.documents),
     }  # fmt: skip
     write_report(REPO / "benchmarks" / "results", SUITE, args.quick, res, to_markdown)

@@ -3,7 +3,7 @@
 'qkv[interop]'``), and ``swap_attention``, qkv's attention inside models written against
 ``torch.nn.MultiheadAttention``; ``register_hf``, qkv as a ``transformers`` attention
 implementation (``attn_implementation="qkv"``); ``use_pattern``, a sparse pattern on a
-pretrained encoder's self-attention."""
+pretrained encoder's or decoder's self-attention."""
 
 from .hf import HFTokenizer, TokenBatch, bert_config_from_hf, load_bert, minilm_path, state_dict_from_hf
 from .hf_implementation import register_hf

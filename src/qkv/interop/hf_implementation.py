@@ -35,8 +35,10 @@ GQA (``Hkv < H``)     grouped-query attention, key/value heads not copied
 ====================  ===================================================================
 
 A sparse pattern set on a module (:func:`patterns_set`, what :func:`qkv.interop.use_pattern`
-calls) is combined with the module's mask: ``pattern & padding``, so its calls run the
-block-sparse backend where it pays (``auto``'s choice, reported per call).
+calls) is combined with the module's mask: ``pattern & padding`` on an encoder, ``pattern &
+causal & padding`` at the call's cache positions on a decoder (its mask arrives as a
+:class:`~qkv.interop.hf_decoder_mask.DecoderMask`), so its calls run the block-sparse backend
+where it pays (``auto``'s choice, reported per call).
 
 Refused with :class:`NotImplementedError` naming the model feature: logit soft-capping
 (``softcap``, Gemma 2), attention sinks (``s_aux``), packed variable-length batches
@@ -61,6 +63,7 @@ from torch import Tensor, nn
 from ..api.attention import attention
 from ..masks.core import Mask, causal
 from ..masks.torch_masks import split_float_mask
+from .hf_decoder_mask import DecoderMask, decoder_mask
 
 __all__ = [
     "IMPLEMENTATION",
@@ -115,16 +118,27 @@ def qkv_mask(
     **kwargs: Any,
 ) -> Tensor | None:
     """``transformers``' mask interface for ``"qkv"``: ``sdpa_mask``'s masks, except the plain
-    bidirectional one (an encoder's, without overlays), which is its padding alone.
+    causal one of a model holding a pattern, which is its cache positions and padding, and the
+    plain bidirectional one (an encoder's, without overlays), which is its padding alone.
 
     Returns:
-        For a bidirectional mask that may be skipped (``allow_is_bidirectional_skip``): None
-        without padding, else bool ``(B, 1, 1, Tk)`` (True = a real token): ``O(B Tk)`` memory,
+        For the causal mask of a model holding a pattern (plain causal, or Mistral's
+        sliding-window causal), without overlays and with integer cache positions (a dynamic
+        cache): a :class:`~qkv.interop.hf_decoder_mask.DecoderMask` (its cache positions,
+        window and padding, ``O(B Tk)`` memory). For a bidirectional mask that may be skipped
+        (``allow_is_bidirectional_skip``): None without padding, else bool ``(B, 1, 1, Tk)`` (True = a real token): ``O(B Tk)`` memory,
         the same attention as ``sdpa_mask``'s ``(B, 1, Tq, Tk)`` matrix. Otherwise what
         ``sdpa_mask`` returns for the same arguments.
     """
     from transformers.masking_utils import bidirectional_mask_function, sdpa_mask
 
+    patterned = id(kwargs.get("config")) in _PATTERNS  # a model holding a pattern (use_pattern)
+    if patterned and kwargs.get("allow_is_causal_skip", True) and not kwargs.get("use_vmap", False):
+        decoder = decoder_mask(
+            mask_function, kv_length, q_offset, kv_offset, attention_mask, kwargs.get("local_size")
+        )
+        if decoder is not None:
+            return decoder
     if mask_function is bidirectional_mask_function and allow_is_bidirectional_skip:
         if attention_mask is None:
             return None
@@ -220,18 +234,23 @@ _PATTERNS: dict[int, list] = {}
 # The last patterns combined with a padding mask: (id(pattern), id(padding)) -> (pattern,
 # padding, combined). The layers of one forward pass share one padding tensor, so they share
 # the combined pattern and the block-sparse backend's plan for it.
-_COMBINED: dict[tuple[int, int], tuple[Mask, Tensor, Mask]] = {}
+_COMBINED: dict[tuple[int, int], tuple[Mask, Tensor | DecoderMask, Mask]] = {}
 
 
 def patterns_set(modules: Iterable[nn.Module], pattern: Mask) -> Callable[[], None]:
     """Set ``pattern`` on ``modules`` (their own calls of :func:`qkv_attention_forward` combine it
     with their mask) until the returned function is called. Setting the same pattern again
-    stacks (the last removal clears it); thread-safe.
+    stacks (the last removal clears it); thread-safe. The modules' configs hold it too: the
+    mask interface (:func:`qkv_mask`), which sees a model's config but not its modules, then
+    hands a decoder's mask over as its cache positions (a
+    :class:`~qkv.interop.hf_decoder_mask.DecoderMask`), where the pattern is placed.
 
     Raises:
         ValueError: a module already holds another pattern (nothing is set).
     """
-    keys = list(dict.fromkeys(id(m) for m in modules))
+    modules = list(modules)
+    configs = [m.config for m in modules if getattr(m, "config", None) is not None]
+    keys = list(dict.fromkeys([id(m) for m in modules] + [id(c) for c in configs]))
     with _PATTERNS_LOCK:
         for key in keys:
             held = _PATTERNS.get(key)
@@ -257,18 +276,28 @@ def patterns_set(modules: Iterable[nn.Module], pattern: Mask) -> Callable[[], No
     return remove
 
 
+def _decoder_call_mask(decoder: DecoderMask, pattern: Mask | None, query: Tensor, key: Tensor) -> Mask | None:
+    """A decoder call's qkv mask: the pattern at the call's cache positions, with causal, the
+    model's window and padding; without a pattern, the decoder mask alone (None when it allows
+    every key)."""
+    if pattern is None:
+        return decoder.plain(query.shape[-2], key.shape[-2])
+    return _with_pattern(pattern, decoder)
+
+
 def _with_pattern(pattern: Mask, mask: Tensor | Mask | None) -> Mask:
-    """``pattern & mask`` (the same object for the same two inputs, the last 8 kept)."""
+    """``pattern & mask`` (for a :class:`DecoderMask`, the pattern at its cache positions); the
+    same object for the same two inputs, the last 8 kept (the layers of one call share it)."""
     if mask is None:
         return pattern
-    if not isinstance(mask, Tensor):
+    if not isinstance(mask, Tensor | DecoderMask):
         return pattern & mask
     key = (id(pattern), id(mask))
     with _PATTERNS_LOCK:
         hit = _COMBINED.get(key)
         if hit is not None and hit[0] is pattern and hit[1] is mask:
             return hit[2]
-        combined = pattern & mask
+        combined = mask.with_pattern(pattern) if isinstance(mask, DecoderMask) else pattern & mask
         if len(_COMBINED) >= 8:
             _COMBINED.pop(next(iter(_COMBINED)))
         _COMBINED[key] = (pattern, mask, combined)
@@ -301,10 +330,22 @@ def qkv_attention_forward(
     """
     _refuse(module, kwargs)
     del sliding_window  # already in attention_mask (see the module docstring)
-    mask, bias = _mask_and_bias(module, query, attention_mask, is_causal, position_bias)
     held = _PATTERNS.get(id(module))
-    if held is not None:
-        mask = _with_pattern(held[0], mask)
+    pattern = None if held is None else held[0]
+    if isinstance(attention_mask, DecoderMask):
+        mask, bias = _decoder_call_mask(attention_mask, pattern, query, key), position_bias
+    else:
+        if pattern is not None and (
+            is_causal if is_causal is not None else getattr(module, "is_causal", False)
+        ):
+            raise NotImplementedError(
+                f"use_pattern: {type(module).__name__}'s causal mask reached attn_implementation='qkv' without "
+                "its cache positions (a static or compileable KV cache, a prepared 4-D mask, or mask overlays), "
+                "so the pattern cannot be placed; use the default dynamic cache and a 2-D attention_mask"
+            )
+        mask, bias = _mask_and_bias(module, query, attention_mask, is_causal, position_bias)
+        if pattern is not None:
+            mask = _with_pattern(pattern, mask)
     requests = _REQUESTS.get(id(module))
     asked = bool(kwargs.get("output_attentions"))
     heads = _heads_for(requests, query.shape[1], asked)

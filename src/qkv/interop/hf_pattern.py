@@ -1,23 +1,37 @@
-"""Sparse attention patterns on pretrained Hugging Face encoders, without retraining.
+"""Sparse attention patterns on pretrained Hugging Face encoders and decoders, without retraining.
 
     model = AutoModel.from_pretrained(DIR, attn_implementation="qkv")
     with qkv.interop.use_pattern(model, qkv.masks.sliding_window(128) | qkv.masks.global_tokens([0])):
         out = model(**batch)                     # every self-attention call: pattern & padding
     handle = qkv.interop.use_pattern(model, pattern)   # or until handle.remove()
 
-Every self-attention call of the model attends ``pattern & padding``: query ``i`` sees key
-``j`` when the pattern allows ``(i, j)`` and ``j`` is a real token. The padding reaches qkv as
-``(B, 1, 1, Tk)`` (:func:`qkv.interop.hf_implementation.qkv_mask`), so no ``Tq x Tk`` tensor
-is built: on a sparse pattern (a window) qkv's ``auto`` dispatch runs the block-sparse backend,
-whose memory is linear in the length. The result equals the model's eager attention given the
-dense mask ``pattern.materialize(T, T) & padding`` (as an additive mask), within
+Encoders. Every self-attention call of the model attends ``pattern & padding``: query ``i``
+sees key ``j`` when the pattern allows ``(i, j)`` and ``j`` is a real token. The padding reaches
+qkv as ``(B, 1, 1, Tk)`` (:func:`qkv.interop.hf_implementation.qkv_mask`), so no ``Tq x Tk``
+tensor is built: on a sparse pattern (a window) qkv's ``auto`` dispatch runs the block-sparse
+backend, whose memory is linear in the length. The result equals the model's eager attention
+given the dense mask ``pattern.materialize(T, T) & padding`` (as an additive mask), within
 floating-point tolerance.
 
-Which models. A ``transformers`` model on ``attn_implementation="qkv"`` whose self-attention
-modules are bidirectional (``is_causal`` False): BERT-style encoders (BERT, RoBERTa, ELECTRA,
-all-MiniLM and other sentence-transformers), ViT, CLIP's vision tower alone. Cross-attention
-is left as it is. A model with causal self-attention (GPT-2, Llama, T5's decoder...), with no
-attention modules declared, or not running qkv's implementation is refused with the reason.
+Decoders (GPT-2, Llama and other grouped-query models, Mistral). Every self-attention call
+attends ``pattern & causal & padding``, the pattern read at cache positions: a call's new
+tokens sit at ``q_offset ..`` (the tokens already in the KV cache), so a decode step's single
+query at position ``p`` sees exactly the keys the pattern allows in row ``p``
+(:class:`~qkv.interop.hf_decoder_mask.DecoderMask`, ``O(B Tk)``: no ``Tq x Tk`` tensor in
+prefill either). Cached generation equals recomputing without the cache. Positions count the
+slots of the batch, padding included (as ``transformers``' own sliding window does): with left
+padding, ``global_tokens([0])`` is the first slot, a pad token in a padded row. The pattern
+must be causal-compatible (:mod:`qkv.interop.hf_causal_pattern`: a token's row may not depend
+on the sequence length, and every token must see a key at or before it); a model with its own
+sliding window (Mistral's ``config.sliding_window = W``) attends ``pattern & causal &
+window(W)``, and a pattern that reaches outside the window is refused rather than cut. Static
+(compileable) KV caches are refused: use the default dynamic cache.
+
+Which models. A ``transformers`` model on ``attn_implementation="qkv"`` whose attention runs
+``transformers``' attention functions: BERT-style encoders (BERT, RoBERTa, ELECTRA, all-MiniLM
+and other sentence-transformers), ViT, CLIP's vision tower alone, decoders built on ``create_causal_mask``
+(GPT-2, Llama, Mistral, Qwen2...). Cross-attention is left as it is. A model with no attention
+modules declared, or not running qkv's implementation, is refused with the reason.
 
 Positions. A pattern changes which tokens attend each other, not the model's position
 embeddings: BERT has ``max_position_embeddings`` (512) absolute positions. A longer input
@@ -39,6 +53,7 @@ from torch import nn
 
 from ..masks.core import Mask
 from .hf_attention import attention_modules, implementation_for_capture, is_transformers_model
+from .hf_causal_pattern import check_causal_pattern
 from .hf_implementation import IMPLEMENTATION, patterns_set, register_hf
 
 __all__ = ["PatternHandle", "use_pattern"]
@@ -74,8 +89,8 @@ def use_pattern(model: nn.Module, pattern: Mask) -> PatternHandle:
     """Put ``pattern`` on every self-attention call of ``model`` (see the module docstring).
 
     Args:
-        model: a ``transformers`` model on ``attn_implementation="qkv"`` whose self-attention
-            is bidirectional (an encoder).
+        model: a ``transformers`` model on ``attn_implementation="qkv"``: an encoder, or a
+            decoder (causal self-attention, see the module docstring).
         pattern: a :class:`qkv.masks.Mask`, e.g. ``sliding_window(256) | global_tokens([0])``.
 
     Returns:
@@ -84,8 +99,9 @@ def use_pattern(model: nn.Module, pattern: Mask) -> PatternHandle:
     Raises:
         TypeError: ``model`` is not a ``transformers`` model or ``pattern`` not a Mask.
         ValueError: the model is not on ``attn_implementation="qkv"``, or already holds
-            another pattern.
-        NotImplementedError: the model's self-attention is causal or declares no modules.
+            another pattern; on a decoder, the pattern is not causal-compatible or reaches
+            outside the model's own sliding window (each named).
+        NotImplementedError: the model declares no self-attention modules.
     """
     if not isinstance(pattern, Mask):
         raise TypeError(
@@ -98,6 +114,8 @@ def use_pattern(model: nn.Module, pattern: Mask) -> PatternHandle:
         )
     register_hf()
     targets = _self_attention(model)
+    if any(getattr(m, "is_causal", False) for _, m in targets):
+        check_causal_pattern(pattern, model_window=_config_window(model))
     removers = [patterns_set([m for _, m in targets], pattern)]
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if isinstance(limit, int):
@@ -130,13 +148,13 @@ def _self_attention(model: nn.Module) -> list[tuple[str, nn.Module]]:
         raise NotImplementedError(
             f"use_pattern: {name} declares no self-attention modules (_can_record_outputs)"
         )
-    causal = [n for n, m in found if getattr(m, "is_causal", False)]
-    if causal:
-        raise NotImplementedError(
-            f"use_pattern: {name} has causal self-attention ({causal[0]}, is_causal=True); patterns are put "
-            "on bidirectional encoders (BERT-style models, ViT)"
-        )
     return found
+
+
+def _config_window(model: nn.Module) -> int | None:
+    """The model's own sliding window (Mistral's ``config.sliding_window``), or None."""
+    window = getattr(getattr(model, "config", None), "sliding_window", None)
+    return window if isinstance(window, int) and not isinstance(window, bool) and window > 0 else None
 
 
 def _position_check(limit: int):

@@ -23,6 +23,7 @@ from .global_tokens import global_tokens
 from .presets import bigbird, longformer
 from .random_blocks import random_blocks
 from .render import to_string
+from .shifted import shifted
 from .window import block_local, dilated, sliding_window
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "longformer",
     "materialize",
     "random_blocks",
+    "shifted",
     "sliding_window",
     "to_string",
 ]
