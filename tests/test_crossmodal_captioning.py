@@ -16,7 +16,7 @@ from qkv.cli.main import main
 from qkv.crossmodal import Captioner, attention_correctness, bleu_chrf, digit_strips, exact_match, greedy
 from qkv.crossmodal.captioning import build_captioner_from_facts, caption_texts
 from qkv.crossmodal.data import caption_vocabulary
-from qkv.crossmodal.images import attention_pixels, patch_slots
+from qkv.crossmodal.images import attention_pixels, patch_slots, slot_attention
 
 
 @pytest.fixture(autouse=True)
@@ -65,6 +65,25 @@ def test_attention_correctness_on_hand_made_attention():
         attention_correctness([de[:2]], [((1,), (), (0,))], slot_of)
     with pytest.raises(ValueError, match="slots: expected at least one word with a gold slot"):
         attention_correctness([de[1:2]], [((),)], slot_of)
+
+
+def test_slot_attention_spreads_each_word_over_its_gold_patches():
+    # "zwei und vierzig" on [4][2] and "fifteen" on [1][5], 2 x 8 patches of 4 x 4 (slot s: columns 2s, 2s+1)
+    gold = slot_attention([((1,), (), (0,)), ((0, 1),)], patch_slots((2, 8), 4, 8), 4)
+    assert gold.shape == (2, 4, 16)
+    row = torch.zeros(2, 8)
+    row[:, 2:4] = 0.25  # zwei: slot 1's four patches
+    assert torch.equal(gold[0, 0], row.flatten())
+    assert torch.equal(gold[0, 1], torch.zeros(16))  # und
+    assert torch.equal(gold[0, 3], torch.zeros(16))  # past the caption's end
+    assert torch.equal(gold[0, 2].reshape(2, 8)[:, :2], torch.full((2, 2), 0.25))  # vierzig: slot 0
+    assert torch.equal(gold[1, 0].reshape(2, 8)[:, :4], torch.full((2, 4), 0.125))  # fifteen: slots 0 and 1
+    torch.testing.assert_close(gold[gold.sum(-1) > 0].sum(-1), torch.ones(3))
+    # a peak anywhere on a word's gold distribution is a hit for attention correctness
+    assert attention_correctness([gold[0, :3], gold[1, :1]], [((1,), (), (0,)), ((0, 1),)],
+                                 patch_slots((2, 8), 4, 8)) == 1.0  # fmt: skip
+    with pytest.raises(ValueError, match="length: expected at least the 3 words of caption 0, got 2"):
+        slot_attention([((1,), (), (0,))], patch_slots((1, 4), 8, 8), 2)
 
 
 def _short(strips):
