@@ -120,8 +120,8 @@ def test_a_tiny_captioner_learns_one_and_two_digit_strips():
 
 
 def test_supervised_attention_puts_hundred_on_its_digit():
-    # Unsupervised, "hundred" peaks on a digit after its own (the preset's English captioner: 0.000
-    # of 457 test words); with supervised attention it learns its gold slot, the hundreds digit.
+    # Unsupervised (attention_supervision 0), "hundred" peaks on a digit after its own (the English
+    # captioner at demo size: 0 of 457 test words); supervised, it learns its gold slot.
     def three_digits(strips):
         keep = [i for i, s in enumerate(strips.slots) if max(x for w in s for x in w) == 2]
         return strips.images[keep], [strips.captions[i] for i in keep], [strips.slots[i] for i in keep]
