@@ -4,7 +4,8 @@ stores and the model they build.
 The task feeds the gold caption to the decoder (teacher forcing: ``<start> y_1 .. y_T`` in,
 ``y_1 .. y_T <end>`` out) and minimizes the cross-entropy per word (plus, for Show, Attend and
 Tell, its doubly stochastic penalty and, with ``attention_supervision``, each word's attention
-against its gold slots: :meth:`qkv.models.captioner.ShowAttendTell.loss`); validation is that loss and the exact match of greedy captions.
+against its gold slots: :meth:`qkv.models.captioner.ShowAttendTell.loss`); validation is that
+loss and the exact match of greedy captions.
 """
 
 from __future__ import annotations

@@ -259,11 +259,11 @@ def supervised_attention_loss(attention: Tensor, gold: Tensor) -> Tensor:
     Raises:
         ValueError: shapes that do not fit.
     """
-    b, t, n = gold.shape
-    if attention.dim() != 3 or attention.shape[0] != b or attention.shape[1] < t or attention.shape[2] != n:
+    fits = gold.dim() == attention.dim() == 3 and gold.shape[1] <= attention.shape[1]
+    if not fits or gold.shape[::2] != attention.shape[::2]:
         raise ValueError(f"gold: expected (B, T <= {attention.shape[1]}, N) fitting the attention "
                          f"{tuple(attention.shape)}, got {tuple(gold.shape)}")  # fmt: skip
-    log_alpha = attention[:, :t].clamp_min(torch.finfo(attention.dtype).tiny).log()  # (B, T, N)
+    log_alpha = attention[:, : gold.shape[1]].clamp_min(torch.finfo(attention.dtype).tiny).log()  # (B, T, N)
     per_word = -(gold * log_alpha).sum(-1)  # (B, T)
     supervised = gold.sum(-1) > 0  # (B, T)
     return per_word[supervised].sum() / supervised.sum().clamp_min(1)
