@@ -1,5 +1,5 @@
 """qkv.models.captioner and qkv.crossmodal.decode: attention shapes and sums, the doubly
-stochastic penalty by hand, teacher forcing, beam search that always returns a caption, beam
+stochastic penalty and supervised attention by hand, teacher forcing, beam search that always returns a caption, beam
 never worse than greedy and its scores equal to the teacher-forced log-probability, bad input."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 
 from qkv.crossmodal.decode import beam_search, greedy, rank
 from qkv.models.builders import CAPTION_PRESETS, build_caption_model
-from qkv.models.captioner import caption_targets, doubly_stochastic_penalty
+from qkv.models.captioner import caption_targets, doubly_stochastic_penalty, supervised_attention_loss
 
 FACTS = dict(
     vocab_size=9, image_size=8, image_width=32, channels=1, max_words=5, pad_id=0, start_id=2, end_id=3
@@ -84,6 +84,39 @@ def test_doubly_stochastic_penalty_by_hand():
     weighted.load_state_dict(model.state_dict())
     expected = ce + 0.5 * doubly_stochastic_penalty(att, targets != 0).mean()
     torch.testing.assert_close(weighted.loss(images, words), expected)
+
+
+def test_supervised_attention_loss_by_hand():
+    # two captions of 2 words and <end>'s step, 4 patches; caption 0's second word has no gold
+    attention = torch.tensor([[[0.5, 0.25, 0.125, 0.125], [0.25, 0.25, 0.25, 0.25], [1.0, 0.0, 0.0, 0.0]],
+                              [[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.5, 0.5], [1.0, 0.0, 0.0, 0.0]]],
+                             dtype=torch.float64)  # fmt: skip
+    gold = torch.tensor([[[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]],
+                         [[0.0, 0.5, 0.5, 0.0], [0.0, 0.0, 1.0, 0.0]]], dtype=torch.float64)  # fmt: skip
+    # three supervised words: -log 0.5; -(0.5 log 1 + 0.5 log 0) with log 0 clamped at log(tiny); -log 0.5
+    clamped = -0.5 * torch.log(torch.tensor(torch.finfo(torch.float64).tiny, dtype=torch.float64))
+    expected = (2 * torch.log(torch.tensor(2.0, dtype=torch.float64)) + clamped) / 3
+    torch.testing.assert_close(supervised_attention_loss(attention, gold), expected)
+    assert float(supervised_attention_loss(attention, torch.zeros_like(gold))) == 0.0  # nothing supervised
+    with pytest.raises(
+        ValueError,
+        match=r"gold: expected \(B, T <= 3, N\) fitting the attention \(2, 3, 4\), got \(2, 2, 5\)",
+    ):
+        supervised_attention_loss(attention, torch.zeros(2, 2, 5))
+    # the loss adds mu times the term given gold (and nothing without it)
+    model = tiny("captioner")
+    images, words = torch.rand(2, 1, 8, 32), torch.tensor([[5, 6], [7, 0]])
+    gold = torch.zeros(2, 2, 16)
+    gold[0, 0, :2], gold[0, 1, 5], gold[1, 0, 15] = 0.5, 1.0, 1.0
+    inputs, _ = caption_targets(words, pad_id=0, start_id=2, end_id=3)
+    _, att = model(images, inputs)
+    supervised = build_caption_model({**TINY["captioner"], "attention_supervision": 0.25}, **FACTS).eval()
+    supervised.load_state_dict(model.state_dict())
+    expected = model.loss(images, words) + 0.25 * supervised_attention_loss(att, gold)
+    torch.testing.assert_close(supervised.loss(images, words, gold), expected)
+    torch.testing.assert_close(supervised.loss(images, words), model.loss(images, words))
+    with pytest.raises(ValueError, match="attention_supervision: expected a finite number >= 0, got -1"):
+        build_caption_model({**TINY["captioner"], "attention_supervision": -1}, **FACTS)
 
 
 class NeverEnds(torch.nn.Module):

@@ -6,6 +6,15 @@ its slots; a word with none, such as ``und``, is left out; German's units-before
 count like every other word). It is measured on the gold captions fed to the decoder (teacher
 forcing), as Liu et al. 2017 ("Attention Correctness in Neural Image Captioning") measure it,
 so every word of every strip counts whatever the model would have written.
+
+A scale word (*hundred*, *thousand*, *cent*, *mille*, *hundert*, *tausend*) has the slot of the
+digit it scales: *three hundred* names the 3 in the hundreds place. The digits after it decide
+that the word is *hundred* and not *thousand*, as the units digit decides that a tens digit is
+*forty* and not *four*; both words still name their own digit. A Show, Attend and Tell captioner
+trained on the captions alone peaks on those later digits when it writes a scale word (0 of 457
+*hundred* on English test strips); supervised attention
+(:func:`qkv.models.captioner.supervised_attention_loss`) puts it on its digit. For a model
+trained so, the score says whether the alignment carries to new handwriting and new numbers.
 """
 
 from __future__ import annotations

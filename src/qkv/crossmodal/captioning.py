@@ -3,8 +3,9 @@ stores and the model they build.
 
 The task feeds the gold caption to the decoder (teacher forcing: ``<start> y_1 .. y_T`` in,
 ``y_1 .. y_T <end>`` out) and minimizes the cross-entropy per word (plus, for Show, Attend and
-Tell, its doubly stochastic penalty: :meth:`qkv.models.captioner.ShowAttendTell.loss`);
-validation is that loss and the exact match of greedy captions.
+Tell, its doubly stochastic penalty and, with ``attention_supervision``, each word's attention
+against its gold slots: :meth:`qkv.models.captioner.ShowAttendTell.loss`); validation is that
+loss and the exact match of greedy captions.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .captions import CAPTION_MARKS, END_ID, PAD_ID, START_ID, CaptionTokenizer
 from .config import DataConfig, RunConfig
 from .data import MAX_DIGITS, MAX_WORDS, SLOT_WIDTH, DigitStrips, caption_vocabulary
 from .decode import greedy
+from .images import slot_attention
 
 __all__ = ["CaptionTask", "build_captioner_from_facts", "caption_facts", "caption_texts", "caption_tokenizer"]
 
@@ -74,12 +76,15 @@ class CaptionTask:
 
     A batch is the tuple :meth:`inputs` gives for a set, indexed: ``(images, words)`` here,
     ``model.loss(*batch)`` its loss; a task on other sets overrides :meth:`inputs`,
-    :meth:`references` and :meth:`decode` (:class:`qkv.crossmodal.grounding.GroundedTask`)."""
+    :meth:`references` and :meth:`decode` (:class:`qkv.crossmodal.grounding.GroundedTask`).
+    Given ``patch_slot`` ``(N,)``, the slot of each of the model's patches, a batch also holds
+    each word's gold attention (supervised attention)."""
 
     count_unit = "strip"
 
-    def __init__(self, cfg: RunConfig, sets: dict[str, Any], tokenizer: CaptionTokenizer):
-        self.cfg, self.tokenizer = cfg, tokenizer
+    def __init__(self, cfg: RunConfig, sets: dict[str, Any], tokenizer: CaptionTokenizer, *,
+                 patch_slot: Tensor | None = None):  # fmt: skip
+        self.cfg, self.tokenizer, self.patch_slot = cfg, tokenizer, patch_slot
         self.batch_size = cfg.train.batch_size
         self.train_images = sets["train"].images
         self.train_inputs = self.inputs(sets["train"])
@@ -90,8 +95,13 @@ class CaptionTask:
         self.batches_per_epoch = -(-len(self.train_images) // self.batch_size)
 
     def inputs(self, strips: DigitStrips) -> tuple[Tensor, ...]:
-        """What ``model.loss`` takes for a set: ``(images (N, C, H, W), words (N, T))``."""
-        return strips.images, self.tokenizer.encode(strips.captions)
+        """What ``model.loss`` takes for a set: ``(images (N, C, H, W), words (N, T))``, and with
+        a ``patch_slot`` the words' gold attention ``(N, T, patches)``
+        (:func:`qkv.crossmodal.images.slot_attention`)."""
+        words = self.tokenizer.encode(strips.captions)
+        if self.patch_slot is None:
+            return strips.images, words
+        return strips.images, words, slot_attention(strips.slots, self.patch_slot, words.shape[1])
 
     def references(self, strips: DigitStrips) -> list[str]:
         """The texts greedy decoding is scored against: the captions."""

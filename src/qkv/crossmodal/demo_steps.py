@@ -5,9 +5,10 @@ evaluates them and returns a :class:`DemoSection`, its part of ``metrics.json`` 
 - :func:`clip_step`: the CLIP-style matcher on English captions; recall@1 and @5 both ways on
   the test strips (new handwriting), recall@1 on the zero-shot ones (new numbers); a similarity
   matrix of a few test strips and their captions.
-- :func:`captioner_step`: Show, Attend and Tell in English, French and German; exact match,
-  BLEU and attention correctness on the test strips (greedy captions); a few test strips with
-  their generated captions and, per word, its attention over the strip.
+- :func:`captioner_step`: Show, Attend and Tell (the preset: supervised attention) in English,
+  French and German; exact match, BLEU and attention correctness on the test strips (greedy
+  captions); a few test strips with their generated captions and, per word, its attention over
+  the strip.
 - :func:`qkv.crossmodal.demo_grounded.grounded_step`: the grounded translator and its text-only
   control (its own module).
 
@@ -216,9 +217,10 @@ def _captioner_html(metrics: dict[str, Any], pictures: list[str]) -> str:
     shown = "".join(f"<figure>{p}</figure>" for p in pictures) or "<p>(figures need matplotlib)</p>"
     return f"""<h2>Captioning: Show, Attend and Tell in three languages</h2>
 <p>An LSTM decoder that scores the strip's four patches (one per digit slot) with additive
-attention before each word. Test strips (new handwriting), greedy captions. Attention correctness:
-the share of words whose attention peaks on the digit they name (gold captions fed to the decoder;
-German names the units before the tens, so its words cross the strip).</p>
+attention before each word; its attention learns from each word's gold digit (supervised attention,
+Liu et al. 2017). Test strips (new handwriting), greedy captions. Attention correctness: the share
+of words whose attention peaks on the digit they name (gold captions fed to the decoder; German
+names the units before the tens, so its words cross the strip).</p>
 {table_html(["captions", "exact match", "BLEU", "attention correctness", "training"], rows)}
 <p>Test strips with their generated captions; below each strip, one row per word: where the
 decoder looked when it wrote it (the brighter, the more weight; one colour scale from 0 to 1).</p>

@@ -2,16 +2,19 @@
 
 A model's patch ``(r, c)`` of its ``h x w`` grid (row-major: patch ``r * w + c``) covers pixels
 ``r*P .. r*P+P-1`` down and ``c*P .. c*P+P-1`` across; on a digit strip it lies in slot
-``c * P // SLOT_WIDTH`` (:func:`patch_slots`). :func:`shift_slots` is the light augmentation of
+``c * P // SLOT_WIDTH`` (:func:`patch_slots`); :func:`slot_attention` spreads each caption word
+over the patches of its gold slots, the target of supervised attention. :func:`shift_slots` is the light augmentation of
 training strips: each digit moved within its own slot.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
-__all__ = ["attention_pixels", "check_images", "patch_slots", "shift_slots"]
+__all__ = ["attention_pixels", "check_images", "patch_slots", "shift_slots", "slot_attention"]
 
 
 def check_images(images: object, image_shape: tuple[int, int, int]) -> Tensor:
@@ -40,6 +43,33 @@ def patch_slots(grid: tuple[int, int], patch_size: int, slot_width: int) -> Tens
         raise ValueError(f"patch_size: expected a divisor of the slot width {slot_width}, got {patch_size}")
     h, w = grid
     return (torch.arange(w) * patch_size // slot_width).repeat(h)  # (h*w,): column c -> c*P // S
+
+
+def slot_attention(slots: Sequence[Sequence[Sequence[int]]], patch_slot: Tensor, length: int) -> Tensor:
+    """``(C, length, N)``: per caption, per word, the uniform distribution over the patches of
+    its gold slots (the ones :func:`qkv.crossmodal.caption_metrics.attention_hits` counts a
+    peak on); a row of zeros for a word without a slot and after the caption's last word.
+
+    Args:
+        slots: per caption, per word, its gold slots (``()``: none), as
+            :func:`qkv.crossmodal.data.digit_strips` gives them.
+        patch_slot: ``(N,)`` the slot of each patch (:func:`patch_slots`).
+        length: the words per row, at least the longest caption's.
+
+    Raises:
+        ValueError: a caption longer than ``length``.
+    """
+    out = torch.zeros(len(slots), length, patch_slot.shape[0])
+    for c, word_slots in enumerate(slots):
+        if len(word_slots) > length:
+            raise ValueError(
+                f"length: expected at least the {len(word_slots)} words of caption {c}, got {length}"
+            )
+        for t, gold in enumerate(word_slots):
+            if gold:
+                hit = torch.isin(patch_slot, torch.tensor(gold, dtype=patch_slot.dtype)).float()  # (N,)
+                out[c, t] = hit / hit.sum()
+    return out
 
 
 def attention_pixels(attention: Tensor, grid: tuple[int, int], patch_size: int) -> Tensor:

@@ -30,7 +30,7 @@ from .captions import PAD_ID, CaptionTokenizer
 from .config import DataConfig, RunConfig
 from .data import MAX_DIGITS, MAX_WORDS, SLOT_WIDTH, DigitStrips, caption_vocabulary, digit_strips
 from .grounding import GroundedTask, build_grounded_from_facts, grounded_facts, load_pairs
-from .images import shift_slots
+from .images import patch_slots, shift_slots
 from .retrieval import caption_positives, retrieval_recalls
 
 __all__ = ["MatchingTask", "load_strips", "matching_facts", "similarity_matrix", "train"]
@@ -182,7 +182,9 @@ def _pieces(cfg: RunConfig) -> tuple[nn.Module, Any, dict[str, Any], int]:
     if kind in CAPTION_KINDS:
         facts = caption_facts(cfg.data)
         model, tokenizer = build_captioner_from_facts(cfg.model, facts)
-        task = CaptionTask(cfg, strips, tokenizer)
+        supervised = getattr(model.config, "attention_supervision", 0)
+        slot_of = patch_slots(model.grid, model.patch_size, SLOT_WIDTH) if supervised else None
+        task = CaptionTask(cfg, strips, tokenizer, patch_slot=slot_of)
     else:
         facts = matching_facts(cfg.data)
         model, tokenizer = build_from_facts(cfg.model, facts)

@@ -206,11 +206,14 @@ _FROM_CAPTIONS = _FROM_PAIRS | {"start_id", "end_id"}
 
 #: ``[model]`` tables of captioners for the 8 x 32 digit strips (patch 8: a 1 x 4 grid, one
 #: patch per digit slot; patch 4, a 2 x 8 grid, reads a quarter digit per patch and captions
-#: less well: 0.947 exact match on English test strips against 0.974).
+#: less well: 0.947 exact match on English test strips against 0.974). Show, Attend and Tell
+#: learns its attention from its gold slots (``attention_supervision`` 1): unsupervised, the
+#: attention of *hundred* and *thousand*, which the words before them and the number of digits
+#: decide, peaks on the digits after their own (attention correctness 0.766 in English).
 CAPTION_PRESETS: dict[str, dict[str, Any]] = {
     "captioner": {"kind": "captioner", "patch_size": 8, "dim": 64, "encoder_depth": 1, "encoder_heads": 4,
                   "encoder_mlp_dim": 128, "embed_dim": 32, "hidden_dim": 128, "attention_dim": 64,
-                  "stochastic_weight": 0.0},
+                  "stochastic_weight": 0.0, "attention_supervision": 1.0},
     "captioner-transformer": {"kind": "captioner-transformer", "patch_size": 8, "dim": 64,
                               "encoder_depth": 1, "encoder_heads": 4, "encoder_mlp_dim": 128,
                               "decoder_depth": 2, "decoder_heads": 4, "decoder_mlp_dim": 128},

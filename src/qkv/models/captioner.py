@@ -14,6 +14,7 @@ blocks (0: the patch embedding alone). Both decoders read its ``N`` patch featur
       h_t, c_t = LSTM([E y_{t-1}; z_t], (h_{t-1}, c_{t-1}))
       p(y_t)   = softmax(W_o Drop([h_t; z_t]))                   the deep output, simplified
       loss     = CE + lambda * sum_i (1 - sum_t alpha_ti)^2      doubly stochastic attention
+                    + mu * sum_t -sum_i g_ti log alpha_ti          supervised attention (optional)
 
     Transformer decoder (kind "captioner-transformer")
       y = Embed(words) + positions
@@ -23,7 +24,11 @@ blocks (0: the patch embedding alone). Both decoders read its ``N`` patch featur
 
 The doubly stochastic penalty (:func:`doubly_stochastic_penalty`) asks every patch to receive
 a total attention of about 1 over the caption (Xu et al. eq. 14, with ``tau = 1`` as the paper
-and the best-known tutorial use it); ``stochastic_weight`` is its ``lambda``.
+and the best-known tutorial use it); ``stochastic_weight`` is its ``lambda``. Supervised
+attention (:func:`supervised_attention_loss`; Liu et al. 2017, "Attention Correctness in Neural
+Image Captioning", strong supervision) is the cross-entropy of each word's attention against a
+gold distribution ``g_t`` over the patches the word names (words that name none are left out);
+``attention_supervision`` is its ``mu`` (0: none, the captioner as Xu et al. train it).
 
 Both share the step interface decoding uses (:mod:`qkv.crossmodal.decode`): ``encode(images)``
 -> ``init_state(memory)`` -> ``step(prev, state, memory)`` repeatedly, every tensor batch
@@ -56,6 +61,7 @@ __all__ = [
     "ShowAttendTellConfig",
     "caption_targets",
     "doubly_stochastic_penalty",
+    "supervised_attention_loss",
 ]
 
 
@@ -121,20 +127,23 @@ class CaptionImageConfig:
 class ShowAttendTellConfig(CaptionImageConfig):
     """Hyper-parameters of :class:`ShowAttendTell`: embed_dim (``E``), hidden_dim (the LSTM),
     attention_dim (the additive score's), stochastic_weight (``lambda`` of the doubly stochastic
-    penalty; Xu et al. use 1)."""
+    penalty; Xu et al. use 1), attention_supervision (``mu`` of the supervised attention term;
+    0: the loss never sees a gold alignment)."""
 
     embed_dim: int = 32
     hidden_dim: int = 128
     attention_dim: int = 64
     stochastic_weight: float = 1.0
+    attention_supervision: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         for name in ("embed_dim", "hidden_dim", "attention_dim"):
             _check_int(name, getattr(self, name), 1)
-        w = self.stochastic_weight
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < math.inf:
-            raise ValueError(f"stochastic_weight: expected a finite number >= 0, got {w!r}")
+        for name in ("stochastic_weight", "attention_supervision"):
+            w = getattr(self, name)
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < math.inf:
+                raise ValueError(f"{name}: expected a finite number >= 0, got {w!r}")
 
     def to_dict(self) -> dict:
         return {"kind": "captioner", **asdict(self)}
@@ -237,6 +246,29 @@ def doubly_stochastic_penalty(attention: Tensor, steps: Tensor | None = None) ->
     return ((1.0 - attention.sum(1)) ** 2).sum(1)
 
 
+def supervised_attention_loss(attention: Tensor, gold: Tensor) -> Tensor:
+    """The mean over supervised words of ``-sum_i g_ti log alpha_ti`` (Liu et al. 2017, strong
+    supervision), a scalar; 0 when no word is supervised.
+
+    Args:
+        attention: ``(B, T', N)``, each step's weights over the ``N`` patches (``T' >= T``: the
+            steps after the caption's words, ``<end>``'s, are not supervised).
+        gold: ``(B, T, N)``, each word's gold distribution over the patches (a row of zeros: a
+            word without gold, left out).
+
+    Raises:
+        ValueError: shapes that do not fit.
+    """
+    fits = gold.dim() == attention.dim() == 3 and gold.shape[1] <= attention.shape[1]
+    if not fits or gold.shape[::2] != attention.shape[::2]:
+        raise ValueError(f"gold: expected (B, T <= {attention.shape[1]}, N) fitting the attention "
+                         f"{tuple(attention.shape)}, got {tuple(gold.shape)}")  # fmt: skip
+    log_alpha = attention[:, : gold.shape[1]].clamp_min(torch.finfo(attention.dtype).tiny).log()  # (B, T, N)
+    per_word = -(gold * log_alpha).sum(-1)  # (B, T)
+    supervised = gold.sum(-1) > 0  # (B, T)
+    return per_word[supervised].sum() / supervised.sum().clamp_min(1)
+
+
 class _Captioner(nn.Module):
     """What both captioners share: the encoder, the loss, teacher-forced forward."""
 
@@ -250,17 +282,20 @@ class _Captioner(nn.Module):
         """The memory of decoding: ``{"features": (B, N, D)}``."""
         return {"features": self.encoder(images)}
 
-    def loss(self, images: Tensor, words: Tensor) -> Tensor:
+    def loss(self, images: Tensor, words: Tensor, gold: Tensor | None = None) -> Tensor:
         """Mean cross-entropy per target word (``<end>`` included), plus, for Show, Attend and
-        Tell, ``stochastic_weight`` times the mean :func:`doubly_stochastic_penalty`."""
+        Tell, ``stochastic_weight`` times the mean :func:`doubly_stochastic_penalty` and, given
+        each word's gold attention ``gold`` ``(B, T, N)`` (``words`` is ``(B, T)``),
+        ``attention_supervision`` times :func:`supervised_attention_loss`."""
         cfg = self.config
         inputs, targets = caption_targets(words, pad_id=cfg.pad_id, start_id=cfg.start_id, end_id=cfg.end_id)
         logits, attention = self(images, inputs)
         ce = nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=cfg.pad_id)
-        return ce + self.attention_penalty(attention, targets != cfg.pad_id)
+        return ce + self.attention_penalty(attention, targets != cfg.pad_id, gold)
 
-    def attention_penalty(self, attention: Tensor, steps: Tensor) -> Tensor | float:
-        """What the loss adds for the attention ``(B, T, N)`` of the real ``steps`` ``(B, T)``: nothing."""
+    def attention_penalty(self, attention: Tensor, steps: Tensor, gold: Tensor | None) -> Tensor | float:
+        """What the loss adds for the attention ``(B, T, N)`` of the real ``steps`` ``(B, T)``
+        (``gold``: the words' gold attention, or None): nothing."""
         return 0.0
 
 
@@ -287,10 +322,19 @@ class ShowAttendTell(_Captioner):
         self.drop = nn.Dropout(cfg.dropout)
         self.out = nn.Linear(cfg.hidden_dim + cfg.dim, cfg.vocab_size)
 
-    def attention_penalty(self, attention: Tensor, steps: Tensor) -> Tensor | float:
-        """``stochastic_weight`` times the mean :func:`doubly_stochastic_penalty` (nothing at 0)."""
-        weight = self.config.stochastic_weight
-        return weight * doubly_stochastic_penalty(attention, steps).mean() if weight else 0.0
+    def attention_penalty(self, attention: Tensor, steps: Tensor, gold: Tensor | None) -> Tensor | float:
+        """``stochastic_weight`` times the mean :func:`doubly_stochastic_penalty`, plus, given
+        ``gold``, ``attention_supervision`` times :func:`supervised_attention_loss` (each
+        nothing at weight 0)."""
+        cfg = self.config
+        out = (
+            cfg.stochastic_weight * doubly_stochastic_penalty(attention, steps).mean()
+            if cfg.stochastic_weight
+            else 0.0
+        )
+        if gold is not None and cfg.attention_supervision:
+            out = out + cfg.attention_supervision * supervised_attention_loss(attention, gold)
+        return out
 
     def init_state(self, memory: dict[str, Tensor]) -> dict[str, Tensor]:
         mean = memory["features"].mean(1)  # (B, D)
