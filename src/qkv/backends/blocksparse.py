@@ -704,6 +704,7 @@ def any_tiles(backend: BlockSparseBackend, pattern, q_len: int, kv_len: int) -> 
 def traced_plan(backend: BlockSparseBackend, pattern, q_len: int, kv_len: int, b: int, h: int, device) -> int:
     """The token of ``backend``'s plan for this problem (a host constant inside a traced
     graph); the plan itself stays in the backend's cache, rebuilt there if dropped."""
+    any_tiles(backend, pattern, q_len, kv_len)  # a pattern made inside the graph: a clear error
     key = (id(backend), id(pattern), q_len, kv_len, b, h, str(device))
     with backend._lock:
         if key not in _TRACED:

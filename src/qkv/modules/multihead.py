@@ -549,6 +549,4 @@ def _with_keep(mask: MaskLike | None, keep: Tensor, target: tuple[int, ...]) -> 
         return keep
     if isinstance(mask, Tensor):
         _check_fits("mask", check_bool_mask(mask, "mask"), target)
-        return mask & keep
-    # a pattern: its method, not ``&``, which torch.compile would take for a tensor operator
-    return mask.__and__(keep)
+    return mask & keep
