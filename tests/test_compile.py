@@ -196,7 +196,7 @@ def test_onnx_export_equals_eager(request, tmp_path):
     x = torch.randn(B, T, 16)
     pad = ~PAD[:, 0, 0]
     path = tmp_path / "tiny.onnx"
-    torch.onnx.export(model, (x, pad), str(path), dynamo=True, input_names=["x", "pad"])
+    torch.onnx.export(model, (x, pad), str(path), dynamo=True, input_names=["x", "pad"], verbose=False)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (impl,) = session.run(None, {"x": x.numpy(), "pad": pad.numpy()})
     with torch.no_grad():
