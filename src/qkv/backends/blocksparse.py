@@ -81,7 +81,8 @@ class BlockSparseBackend:
             return ["a plain causal mask: SDPA's is_causal kernel is faster"]
         if inputs.q_len < 2 * self.q_block or inputs.kv_len < 2 * self.kv_block:
             return ["short sequences: the dense kernels are faster"]
-        density = self.layout(inputs).density()
+        n_qb, n_kb = -(-inputs.q_len // self.q_block), -(-inputs.kv_len // self.kv_block)
+        density = self._tiles(inputs) / (n_qb * n_kb)
         if density > self.auto_max_density:
             return [f"dense pattern ({density:.0%} of tiles): SDPA is faster"]
         return []
@@ -89,27 +90,27 @@ class BlockSparseBackend:
     def layout(self, inputs: AttentionInputs):
         return inputs.pattern.block_layout(inputs.q_len, inputs.kv_len, self.q_block, self.kv_block)
 
+    def _tiles(self, inputs: AttentionInputs) -> int:
+        """The number of tiles the pattern's layout may touch (``any``); inside a graph being
+        traced, counted on the host once per pattern and lengths (a constant of the graph)."""
+        return any_tiles(self, inputs.pattern, inputs.q_len, inputs.kv_len)
+
     def plan(self, inputs: AttentionInputs) -> _Plan:
         """The pieces of these inputs (cached per pattern, lengths, batch and device, the
         ``cache_size`` most recent kept; safe to share between threads)."""
-        pattern = inputs.pattern
         b, h = inputs.query.shape[:2]
-        key = (
-            id(pattern),
-            inputs.q_len,
-            inputs.kv_len,
-            b,
-            h,
-            self.q_block,
-            self.kv_block,
-            inputs.query.device,
-        )
+        return self.plan_for(inputs.pattern, inputs.q_len, inputs.kv_len, b, h, inputs.query.device)
+
+    def plan_for(self, pattern, q_len: int, kv_len: int, b: int, h: int, device) -> _Plan:
+        """:meth:`plan` from the pattern, the lengths, the batch and head counts and the device."""
+        key = (id(pattern), q_len, kv_len, b, h, self.q_block, self.kv_block, device)
         with self._lock:  # an OrderedDict is not safe to reorder from several threads
             hit = self._plans.get(key)
             if hit is not None and hit[0] is pattern:
                 self._plans.move_to_end(key)
                 return hit[1]
-        plan = _make_plan(inputs, self.layout(inputs), self.q_block, self.kv_block)  # outside the lock
+        layout = pattern.block_layout(q_len, kv_len, self.q_block, self.kv_block)
+        plan = _Planner(pattern, (q_len, kv_len, b, h, device), layout, self.q_block, self.kv_block).plan()
         with self._lock:
             self._plans[key] = (pattern, plan)
             self._plans.move_to_end(key)
@@ -125,7 +126,7 @@ class BlockSparseBackend:
         :data:`GATHER_BYTES`); with grad, gradient buffers."""
         s = memory.sizes(inputs)
         c, e = s["c"], s["e"]
-        tiles = int(self.layout(inputs).any.sum())
+        tiles = self._tiles(inputs)
         per = s["n"] if inputs.pattern.depends_on_batch_head else 1
         width = max(s["d"], s["dv"])
         total = 2 * tiles * self.q_block * self.kv_block * (1 + e) * per
@@ -136,36 +137,44 @@ class BlockSparseBackend:
         return total
 
     def run(self, inputs: AttentionInputs) -> AttentionOutput:
-        plan = self.plan(inputs)
-        key, value = inputs.key, inputs.value
+        if torch.compiler.is_compiling():  # one opaque operator, its plan found on the host
+            b, h = inputs.query.shape[:2]
+            token = traced_plan(self, inputs.pattern, inputs.q_len, inputs.kv_len, b, h, inputs.query.device)
+            out, lse = torch.ops.qkv.blocksparse(inputs.query, inputs.key, inputs.value, token, inputs.scale)
+            return AttentionOutput(out=out, weights=None, lse=lse, backend=self.name)
+        out, lse = self.attend(self.plan(inputs), inputs.query, inputs.key, inputs.value, inputs.scale)
+        return AttentionOutput(out=out, weights=None, lse=lse, backend=self.name)
+
+    def attend(self, plan: _Plan, query: Tensor, key: Tensor, value: Tensor, scale: float):
+        """``(out, lse)`` of ``plan`` (its pattern) over these inputs, with the NaN rule."""
         nan_keys = torch.isnan(key).any(dim=-1) | torch.isnan(value).any(dim=-1)  # (B, H, Tk)
         nan_keys = nan_keys if bool(nan_keys.any()) else None
         if nan_keys is not None:  # inside a block, masked entries would meet them as NaN + -inf
             key = key.masked_fill(nan_keys.unsqueeze(-1), 0.0)
             value = value.masked_fill(nan_keys.unsqueeze(-1), 0.0)
-        out, lse = _BlockSparseAttention.apply(inputs.query, key, value, plan, inputs.scale)
+        out, lse = _BlockSparseAttention.apply(query, key, value, plan, scale)
         if nan_keys is not None:
-            hit = _rows_attending(inputs, nan_keys)  # (B, H, Tq)
+            hit = _rows_attending(plan, nan_keys)  # (B, H, Tq)
             out = out.masked_fill(hit.unsqueeze(-1), float("nan"))
             lse = lse.masked_fill(hit, float("nan"))
-        return AttentionOutput(out=out, weights=None, lse=lse, backend=self.name)
+        return out, lse
 
 
-def _rows_attending(inputs: AttentionInputs, keys: Tensor) -> Tensor:
+def _rows_attending(plan: _Plan, keys: Tensor) -> Tensor:
     """Which query rows the pattern lets attend any of ``keys`` (bool ``(B, H, Tk)``):
     bool ``(B, H, Tq)``. Only the marked key positions are evaluated."""
     dev = keys.device
     idx = keys.flatten(0, -2).any(dim=0).nonzero().flatten()  # key positions marked somewhere
     bsz, heads = keys.shape[0], keys.shape[1]
-    if inputs.pattern.depends_on_batch_head:
+    if plan.per_batch:
         b, h = (
             torch.arange(bsz, device=dev).view(-1, 1, 1, 1),
             torch.arange(heads, device=dev).view(1, -1, 1, 1),
         )
     else:
         b = h = torch.zeros(1, 1, 1, 1, dtype=torch.long, device=dev)
-    fn = inputs.pattern.mask_mod(inputs.q_len, inputs.kv_len)
-    q_idx = torch.arange(inputs.q_len, device=dev).view(1, 1, -1, 1)
+    fn = plan.pattern.mask_mod(plan.q_len, plan.kv_len)
+    q_idx = torch.arange(plan.q_len, device=dev).view(1, 1, -1, 1)
     allowed = fn(b, h, q_idx, idx.view(1, 1, 1, -1))  # (B|1, H|1, Tq, n)
     return (allowed & keys[..., idx].unsqueeze(-2)).any(dim=-1)
 
@@ -233,6 +242,9 @@ class _Plan:
     width: int  # 0: no band
     per_batch: bool
     pieces: list[_Piece]
+    pattern: object = field(compare=False)  # the Mask it was planned for
+    q_len: int = 0
+    kv_len: int = 0
 
 
 def _run(idx: Tensor | None, n_kb: int, tk: int, bk: int) -> tuple[int, int] | None:
@@ -253,24 +265,20 @@ def _as_range(ids: list[int]) -> slice | None:
     return slice(ids[0], ids[-1] + 1) if ids and ids == list(range(ids[0], ids[-1] + 1)) else None
 
 
-def _make_plan(inputs: AttentionInputs, layout, bq: int, bk: int) -> _Plan:
-    return _Planner(inputs, layout, bq, bk).plan()
-
-
 class _Planner:
     """Builds a :class:`_Plan`: the band of key blocks most query blocks share (key views, no
     gather), the columns most query blocks also use (global tokens: gathered once), and the
     remaining tiles gathered per group of query blocks."""
 
-    def __init__(self, inputs: AttentionInputs, layout, bq: int, bk: int) -> None:
-        self.tq, self.tk, self.dev = inputs.q_len, inputs.kv_len, inputs.query.device
-        self.b, self.h = inputs.query.shape[0], inputs.query.shape[1]
+    def __init__(self, pattern, problem: tuple, layout, bq: int, bk: int) -> None:
+        self.pattern = pattern
+        self.tq, self.tk, self.b, self.h, self.dev = problem  # lengths, batch, heads, device
         self.bq, self.bk = bq, bk
         self.any_ = layout.any.cpu()  # (nQB, nKB)
         self.n_qb, self.n_kb = self.any_.shape
         self.step = bq // bk if bq % bk == 0 else 0
-        self.per_batch = inputs.pattern.depends_on_batch_head
-        self.fn = inputs.pattern.mask_mod(self.tq, self.tk)
+        self.per_batch = pattern.depends_on_batch_head
+        self.fn = pattern.mask_mod(self.tq, self.tk)
         self.lo, self.width, self.in_band = self._band()
 
     def _band(self) -> tuple[int, int, Tensor]:
@@ -406,7 +414,7 @@ class _Planner:
         width = self.width if any(fields["idx"] is None for fields, *_ in pieces) else 0
         return _Plan(
             self.bq, self.bk, self.n_qb, self.n_kb, self.step, self.lo, width, self.per_batch,
-            self._finish(pieces),
+            self._finish(pieces), self.pattern, self.tq, self.tk,
         )  # fmt: skip
 
 
@@ -551,39 +559,43 @@ class _BlockSparseAttention(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_out, _d_lse):
         q, k, v, out, lse = ctx.saved_tensors
-        plan, scale = ctx.plan, ctx.scale
-        bq = plan.q_block
-        bsz, h, tq, d = q.shape
-        cdt = compute_dtype(q)
-        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-        d_out = d_out.to(q.dtype)
-        # Row slices of each piece bound the kernel's per-span gradient buffers.
-        rows = _BlockSparseAttention.backward_rows
-        parts = [
-            whole.part(a, a + rows, plan.per_batch)
-            for whole in plan.pieces
-            for a in range(0, whole.rows.numel(), rows)
-        ]
-        for b in range(bsz):
-            sample = _Sample(plan, k[b], v[b])
-            q5, do5, out5 = (
-                _blocks(t[b], bq, plan.n_qb).transpose(0, 1) for t in (q, d_out, out)
-            )  # (nQB, H, bq, D)
-            lse_b = lse[b].masked_fill(lse[b] == float("-inf"), float("inf"))  # exp(s - lse) = 0
-            lse5 = _blocks(lse_b.unsqueeze(-1), bq, plan.n_qb).squeeze(-1).transpose(0, 1)  # (nQB, H, bq)
-            dq5 = torch.zeros(q5.shape, dtype=cdt, device=q.device)
-            dkv = _KeyGradients(plan, sample, cdt)
-            for p in parts:
-                ks, vs = sample.keys(p, b)
-                gq, gk, gv = _flash_backward(
-                    _rows(do5, p).contiguous(), _rows(q5, p), ks, vs, _rows(out5, p).contiguous(),
-                    _rows(lse5, p).contiguous(), _mask(p, q.dtype, b, plan.per_batch), scale,
-                )  # fmt: skip
-                dq5.index_add_(0, p.rows, gq.to(cdt))
-                dkv.add(p, gk, gv)
-            dq[b] = dq5.transpose(0, 1).reshape(h, plan.n_qb * bq, d)[:, :tq].to(q.dtype)
-            dk[b], dv[b] = dkv.total(k.shape[-2], k.dtype, v.dtype)
-        return dq, dk, dv, None, None
+        return (*_backward(ctx.plan, ctx.scale, q, k, v, out, lse, d_out), None, None)
+
+
+def _backward(plan: _Plan, scale: float, q, k, v, out, lse, d_out) -> tuple[Tensor, Tensor, Tensor]:
+    """``(dq, dk, dv)`` of :class:`_BlockSparseAttention`'s forward."""
+    bq = plan.q_block
+    bsz, h, tq, d = q.shape
+    cdt = compute_dtype(q)
+    dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    d_out = d_out.to(q.dtype)
+    # Row slices of each piece bound the kernel's per-span gradient buffers.
+    rows = _BlockSparseAttention.backward_rows
+    parts = [
+        whole.part(a, a + rows, plan.per_batch)
+        for whole in plan.pieces
+        for a in range(0, whole.rows.numel(), rows)
+    ]
+    for b in range(bsz):
+        sample = _Sample(plan, k[b], v[b])
+        q5, do5, out5 = (
+            _blocks(t[b], bq, plan.n_qb).transpose(0, 1) for t in (q, d_out, out)
+        )  # (nQB, H, bq, D)
+        lse_b = lse[b].masked_fill(lse[b] == float("-inf"), float("inf"))  # exp(s - lse) = 0
+        lse5 = _blocks(lse_b.unsqueeze(-1), bq, plan.n_qb).squeeze(-1).transpose(0, 1)  # (nQB, H, bq)
+        dq5 = torch.zeros(q5.shape, dtype=cdt, device=q.device)
+        dkv = _KeyGradients(plan, sample, cdt)
+        for p in parts:
+            ks, vs = sample.keys(p, b)
+            gq, gk, gv = _flash_backward(
+                _rows(do5, p).contiguous(), _rows(q5, p), ks, vs, _rows(out5, p).contiguous(),
+                _rows(lse5, p).contiguous(), _mask(p, q.dtype, b, plan.per_batch), scale,
+            )  # fmt: skip
+            dq5.index_add_(0, p.rows, gq.to(cdt))
+            dkv.add(p, gk, gv)
+        dq[b] = dq5.transpose(0, 1).reshape(h, plan.n_qb * bq, d)[:, :tq].to(q.dtype)
+        dk[b], dv[b] = dkv.total(k.shape[-2], k.dtype, v.dtype)
+    return dq, dk, dv
 
 
 class _KeyGradients:
@@ -659,3 +671,105 @@ def _merge(out: Tensor, lse: Tensor, p: _Piece, o: Tensor, l_p: Tensor, *, first
     else:
         out.index_copy_(0, p.rows, merged)
         lse.index_copy_(0, p.rows, new_l)
+
+
+# ----------------------------------------------------------------------------- under torch.compile
+#
+# Planning reads the pattern's tables (data-dependent sizes, ``int(tensor)``) and the kernel
+# calls follow the plan in Python: neither can be traced. Inside a graph being traced the call
+# is one opaque operator, ``qkv::blocksparse``, whose plan is found on the host from a token:
+# an int the graph holds as a constant, made once per pattern, lengths, batch, heads and device
+# (the graph is guarded on the pattern's identity, so another pattern traces again).
+
+_TRACED: dict[tuple, int] = {}  # (backend, pattern, lengths, batch, heads, device) ids -> token
+_TOKENS: list[tuple] = []  # token -> (backend, pattern, q_len, kv_len, b, h, device), kept alive
+
+
+@torch.compiler.assume_constant_result
+def any_tiles(backend: BlockSparseBackend, pattern, q_len: int, kv_len: int) -> int:
+    """How many ``q_block x kv_block`` tiles of ``pattern`` at ``(Tq, Tk)`` may hold an allowed
+    pair (a host constant inside a traced graph)."""
+    try:
+        layout = pattern.block_layout(q_len, kv_len, backend.q_block, backend.kv_block)
+    except AttributeError as err:  # an object made inside the graph holds none of its state yet
+        raise ValueError(
+            f"mask: the pattern {type(pattern).__name__} was made inside the function torch.compile "
+            "traces, and blocksparse plans it on the host; make it once outside (a module attribute, "
+            "a global or an argument)"
+        ) from err
+    return int(layout.any.sum())
+
+
+@torch.compiler.assume_constant_result
+def traced_plan(backend: BlockSparseBackend, pattern, q_len: int, kv_len: int, b: int, h: int, device) -> int:
+    """The token of ``backend``'s plan for this problem (a host constant inside a traced
+    graph); the plan itself stays in the backend's cache, rebuilt there if dropped."""
+    any_tiles(backend, pattern, q_len, kv_len)  # a pattern made inside the graph: a clear error
+    key = (id(backend), id(pattern), q_len, kv_len, b, h, str(device))
+    with backend._lock:
+        if key not in _TRACED:
+            _TRACED[key] = len(_TOKENS)
+            _TOKENS.append((backend, pattern, q_len, kv_len, b, h, device))
+        return _TRACED[key]
+
+
+def _plan_of(token: int) -> tuple[BlockSparseBackend, _Plan]:
+    backend, pattern, *problem = _TOKENS[token]
+    return backend, backend.plan_for(pattern, *problem)
+
+
+@torch.library.custom_op("qkv::blocksparse", mutates_args=())
+def _traced_forward(
+    query: Tensor, key: Tensor, value: Tensor, token: int, scale: float
+) -> tuple[Tensor, Tensor]:
+    """``(out, lse)`` of the plan behind ``token``: :meth:`BlockSparseBackend.attend`."""
+    backend, plan = _plan_of(token)
+    with torch.no_grad():
+        return backend.attend(plan, query, key, value, scale)
+
+
+@_traced_forward.register_fake
+def _(query, key, value, token, scale):
+    b, h, tq, _ = query.shape
+    out = value.new_empty((b, h, tq, value.shape[-1]))
+    return out, query.new_empty((b, h, tq), dtype=compute_dtype(query))
+
+
+@torch.library.custom_op("qkv::blocksparse_backward", mutates_args=())
+def _traced_backward(
+    d_out: Tensor,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    token: int,
+    scale: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(dq, dk, dv)`` of :func:`_traced_forward` (keys holding NaN get no gradient, as the
+    eager call's ``masked_fill`` gives them)."""
+    _, plan = _plan_of(token)
+    nan_keys = (torch.isnan(key).any(dim=-1) | torch.isnan(value).any(dim=-1)).unsqueeze(-1)
+    key, value = key.masked_fill(nan_keys, 0.0), value.masked_fill(nan_keys, 0.0)
+    dq, dk, dv = _backward(plan, scale, query, key, value, out, lse, d_out)
+    return dq, dk.masked_fill(nan_keys, 0.0), dv.masked_fill(nan_keys, 0.0)
+
+
+@_traced_backward.register_fake
+def _(d_out, query, key, value, out, lse, token, scale):
+    return torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    query, key, value, ctx.token, ctx.scale = inputs
+    ctx.save_for_backward(query, key, value, *output)
+    ctx.mark_non_differentiable(output[1])
+
+
+def _traced_grad(ctx, d_out, _d_lse):
+    query, key, value, out, lse = ctx.saved_tensors
+    dq, dk, dv = torch.ops.qkv.blocksparse_backward(d_out, query, key, value, out, lse, ctx.token, ctx.scale)
+    return dq, dk, dv, None, None
+
+
+_traced_forward.register_autograd(_traced_grad, setup_context=_setup_context)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,21 +83,33 @@ class SequenceParallel:
 _ACTIVE: contextvars.ContextVar[SequenceParallel | None] = contextvars.ContextVar(
     "qkv_sequence_parallel", default=None
 )
+# How many ``activate`` blocks are open, in every thread. While none is, ``active`` reads no
+# context variable: a plain int that ``torch.compile`` traces and guards on (it cannot trace
+# ``ContextVar.get``), so a compiled call is traced again once a context opens.
+_OPEN = 0
+_OPEN_LOCK = threading.Lock()
 
 
 def active() -> SequenceParallel | None:
     """The context of the current thread/task, or None."""
+    if _OPEN == 0:
+        return None
     return _ACTIVE.get()
 
 
 @contextlib.contextmanager
 def activate(context: SequenceParallel) -> Iterator[SequenceParallel]:
     """Make ``context`` the active one inside the ``with`` block (nested blocks restore it)."""
+    global _OPEN
+    with _OPEN_LOCK:
+        _OPEN += 1
     token = _ACTIVE.set(context)
     try:
         yield context
     finally:
         _ACTIVE.reset(token)
+        with _OPEN_LOCK:
+            _OPEN -= 1
 
 
 def positions(layout: str, rank: int, world: int, local_len: int, device: Any = None) -> Tensor:

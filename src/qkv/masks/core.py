@@ -273,11 +273,32 @@ class Mask:
     def __invert__(self) -> Mask:
         return _Not(self)
 
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        """``tensor & pattern`` and ``tensor | pattern`` (either order): torch asks the pattern
+        when a tensor meets it, and ``torch.compile`` sends every operator with a tensor
+        operand here. Any other torch function refuses a pattern (``NotImplemented``)."""
+        op = _TENSOR_OPERATORS.get(func)
+        if op is None or kwargs or len(args) != 2:
+            return NotImplemented
+        left, right = args
+        if func in _REFLECTED:  # ``a.__rand__(b)`` is ``b & a``
+            left, right = right, left
+        return _Combined(op, _wrap(left), _wrap(right))
+
     def __repr__(self) -> str:
         return self.name
 
 
 MaskLike = Mask | Tensor
+
+_TENSOR_OPERATORS = {
+    Tensor.__and__: "&", Tensor.__rand__: "&", Tensor.__or__: "|", Tensor.__ror__: "|",
+    # what torch.compile turns ``&`` and ``|`` into (operands possibly swapped: both commute)
+    torch._C.TensorBase.bitwise_and: "&", torch._C.TensorBase.bitwise_or: "|",
+    torch.bitwise_and: "&", torch.bitwise_or: "|",
+}  # fmt: skip
+_REFLECTED = (Tensor.__rand__, Tensor.__ror__)
 
 
 class _TensorMask(Mask):

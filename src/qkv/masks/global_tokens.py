@@ -13,24 +13,30 @@ __all__ = ["global_tokens"]
 class _GlobalTokens(Mask):
     depends_on_batch_head = False
 
-    def __init__(self, indices: Tensor, *, strict: bool = True, name: str | None = None) -> None:
-        self.indices = indices  # 1-D long, unique, sorted, >= 0
+    def __init__(self, indices: tuple[int, ...], *, strict: bool = True, name: str | None = None) -> None:
+        # unique, sorted, >= 0; ints, not a tensor: every table below is built from constants,
+        # so torch.compile traces them without reading a tensor's values
+        self.indices = indices
         self.strict = strict  # False: indices beyond the lengths are dropped (BigBird's prefix)
-        shown = self.indices.tolist() if self.indices.numel() <= 8 else f"{self.indices.numel()} indices"
+        shown = list(indices) if len(indices) <= 8 else f"{len(indices)} indices"
         self.name = name or f"global_tokens({shown})"
+
+    def _within(self, q_len: int, kv_len: int) -> list[int]:
+        """The indices below ``max(Tq, Tk)`` (all of them when strict, else an error)."""
+        n = max(q_len, kv_len)
+        if self.strict and self.indices and self.indices[-1] >= n:
+            raise ValueError(
+                f"global_tokens: indices must be < max(Tq, Tk) = {n} at (Tq, Tk) = ({q_len}, {kv_len}), "
+                f"got {self.indices[-1]}"
+            )
+        return [i for i in self.indices if i < n]
 
     def _table(self, q_len: int, kv_len: int, device) -> Tensor:
         """bool ``(max(Tq, Tk),)``: is position ``p`` global."""
-        n = max(q_len, kv_len)
-        idx = self.indices
-        if self.strict and idx.numel() and int(idx[-1]) >= n:
-            raise ValueError(
-                f"global_tokens: indices must be < max(Tq, Tk) = {n} at (Tq, Tk) = ({q_len}, {kv_len}), "
-                f"got {int(idx[-1])}"
-            )
-        idx = idx[idx < n].to(device)
-        table = torch.zeros(n, dtype=torch.bool, device=device)
-        table[idx] = True
+        table = torch.zeros(max(q_len, kv_len), dtype=torch.bool, device=device)
+        within = self._within(q_len, kv_len)
+        if within:
+            table[torch.tensor(within, device=device)] = True
         return table
 
     def mask_mod(self, q_len, kv_len):
@@ -50,25 +56,28 @@ class _GlobalTokens(Mask):
     def _layout(self, q_len, kv_len, q_block, kv_block, device):
         def per_block(length: int, block: int) -> tuple[Tensor, Tensor]:
             first, last = block_bounds(length, block, device)
-            idx = self.indices.to(device)
-            idx = idx[idx < length]  # unique
-            count = torch.bincount(idx // block, minlength=first.numel())  # global positions per block
+            counts = [0] * first.numel()  # global positions per block
+            for i in within:
+                if i < length:
+                    counts[i // block] += 1
+            count = torch.tensor(counts, device=device)
             return count > 0, count == last - first + 1  # some / every real position is global
 
-        self._table(q_len, kv_len, "cpu")  # same validation as materialize
+        within = self._within(q_len, kv_len)  # same validation as materialize
         q_some, q_every = per_block(q_len, q_block)
         k_some, k_every = per_block(kv_len, kv_block)
         # a pair (i, j) is allowed iff i or j is global: exact for any and for all
         return q_some[:, None] | k_some[None, :], q_every[:, None] | k_every[None, :]
 
 
-def _as_indices(owner: str, indices) -> Tensor:
+def _as_indices(owner: str, indices) -> tuple[int, ...]:
+    """The positions as sorted, unique, non-negative ints."""
     if isinstance(indices, Tensor):
         if indices.dtype == torch.bool or indices.is_floating_point() or indices.is_complex():
             raise TypeError(f"{owner}: indices must be integers, got a tensor of dtype {indices.dtype}")
         if indices.dim() != 1:
             raise ValueError(f"{owner}: indices must be 1-D, got shape {tuple(indices.shape)}")
-        idx = indices.detach().to("cpu", torch.long)
+        values = indices.detach().to("cpu", torch.long).tolist()
     else:
         try:
             values = list(indices)
@@ -79,10 +88,9 @@ def _as_indices(owner: str, indices) -> Tensor:
         for v in values:
             if isinstance(v, bool) or not isinstance(v, int):
                 raise TypeError(f"{owner}: indices must be ints, got {v!r}")
-        idx = torch.tensor(values, dtype=torch.long)
-    if idx.numel() and int(idx.min()) < 0:
-        raise ValueError(f"{owner}: indices must be >= 0, got {int(idx.min())}")
-    return torch.unique(idx)  # sorted, unique
+    if values and min(values) < 0:
+        raise ValueError(f"{owner}: indices must be >= 0, got {min(values)}")
+    return tuple(sorted(set(values)))
 
 
 def global_tokens(indices) -> Mask:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from .._checks import check_int
 from .core import Mask
 from .global_tokens import _as_indices, _GlobalTokens
@@ -31,7 +29,7 @@ def longformer(window: int, global_indices=()) -> Mask:
     check_int("longformer: window", window, 0)
     glob = _GlobalTokens(_as_indices("longformer: global_indices", global_indices))
     mask = sliding_window(window) | glob
-    mask.name = f"longformer(window={window}, globals={glob.indices.numel()})"
+    mask.name = f"longformer(window={window}, globals={len(glob.indices)})"
     return mask
 
 
@@ -71,7 +69,7 @@ def bigbird(
     mask = block_local(block, radius=window_blocks // 2)
     if global_blocks:
         n = global_blocks * block
-        mask = mask | _GlobalTokens(torch.arange(n), strict=False, name=f"global_tokens(first {n})")
+        mask = mask | _GlobalTokens(tuple(range(n)), strict=False, name=f"global_tokens(first {n})")
     if random_blocks:
         mask = mask | _random_blocks(random_blocks, block, seed)
     mask.name = (

@@ -25,15 +25,12 @@ class _RandomBlocks(Mask):
         with ``seed`` draws one row of uniform keys per query block; the ``min(num, nKB)``
         smallest are the chosen key blocks (sampling without replacement)."""
         key = (q_len, kv_len)
-        if key not in self._tables:
-            n_qb, n_kb = -(-q_len // self.block), -(-kv_len // self.block)
-            gen = torch.Generator(device="cpu").manual_seed(self.seed)
-            keys = torch.rand(n_qb, n_kb, generator=gen, dtype=torch.float64)  # (nqb, nkb)
-            chosen = keys.argsort(dim=1, stable=True)[:, : min(self.num, n_kb)]  # (nqb, num)
-            table = torch.zeros(n_qb, n_kb, dtype=torch.bool)
-            table.scatter_(1, chosen, True)
+        if key in self._tables:
+            return self._tables[key]
+        table = _draw(self.seed, self.num, self.block, q_len, kv_len)
+        if not torch.compiler.is_compiling():  # a traced graph holds its table as a constant
             self._tables[key] = table
-        return self._tables[key]
+        return table
 
     def mask_mod(self, q_len, kv_len):
         base, block, cache = self.table(q_len, kv_len), self.block, {}
@@ -62,6 +59,17 @@ class _RandomBlocks(Mask):
         inside = csum[r1, c1] - csum[r0, c1] - csum[r1, c0] + csum[r0, c0]  # chosen in rectangle
         area = (r1 - r0) * (c1 - c0)
         return inside > 0, inside == area
+
+
+@torch.compiler.assume_constant_result
+def _draw(seed: int, num: int, block: int, q_len: int, kv_len: int) -> Tensor:
+    """:meth:`_RandomBlocks.table`, drawn on the host: inside a graph torch.compile traces (a
+    generator cannot be traced) it is a constant of the graph."""
+    n_qb, n_kb = -(-q_len // block), -(-kv_len // block)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    keys = torch.rand(n_qb, n_kb, generator=gen, dtype=torch.float64)  # (nqb, nkb)
+    chosen = keys.argsort(dim=1, stable=True)[:, : min(num, n_kb)]  # (nqb, num)
+    return torch.zeros(n_qb, n_kb, dtype=torch.bool).scatter_(1, chosen, True)
 
 
 def random_blocks(num: int, block: int, seed: int = 0) -> Mask:
