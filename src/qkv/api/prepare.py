@@ -180,6 +180,8 @@ def prepare(
         q, k, v = (t[None, None] for t in (q, k, v))
     elif n_in == 3:  # (B, T, D) -> (B, 1, T, D): one head
         q, k, v = (t.unsqueeze(-3) for t in (q, k, v))
+    if n_in <= 3 and value is key:
+        v = k  # one tensor stays one (the NaN rule then checks and zeroes it once)
     if not hit:
         logits_shape = (*q.shape[:-1], k.shape[-2])  # (..., H, Tq, Tk)
         pattern, tensor_mask, bias = _fit_mask_and_bias(mask, bias, n_in, logits_shape, q)
