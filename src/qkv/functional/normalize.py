@@ -72,9 +72,10 @@ def masked_softmax(logits: Tensor, mask: Tensor | None = None, *, dim: int = -1)
     nothing to attend gets weights 0 and, under autograd, gradients 0 (never NaN).
 
     It is torch's fused ``torch.softmax`` on the logits with the masked entries set to
-    ``-inf`` (bitwise), the rows with nothing to attend found from ``lse`` (no reduction over
-    the mask, no host sync): their ``-inf`` logits are replaced by 0 before the softmax when
-    autograd records it (so its backward stays finite) and their weights set to 0 after.
+    ``-inf`` (bitwise). The rows with nothing to attend are found from ``lse`` (one test over
+    ``(..., 1)``, not over the mask); only when there is one are their weights set to 0 (and,
+    when autograd records, their ``-inf`` logits replaced by 0 before the softmax, so that its
+    backward stays finite). Under ``torch.compile`` the repair always runs (no value test).
     """
     in_dtype = logits.dtype
     grad = torch.is_grad_enabled() and logits.requires_grad
@@ -82,11 +83,13 @@ def masked_softmax(logits: Tensor, mask: Tensor | None = None, *, dim: int = -1)
     if mask is not None:
         x = x.masked_fill_(~mask, float("-inf")) if x is not logits else x.masked_fill(~mask, float("-inf"))
     lse = torch.logsumexp(x, dim, keepdim=True)  # -inf: a row with nothing to attend
-    empty = lse == float("-inf")
-    if grad:
-        x = x.masked_fill(empty, 0.0)
-    weights = torch.softmax(x, dim)  # NaN in the empty rows, zeroed next
-    weights = weights.masked_fill(empty, 0.0) if grad else weights.masked_fill_(empty, 0.0)
+    empty = lse == float("-inf")  # (..., 1)
+    if not torch.compiler.is_compiling() and not bool(empty.any()):
+        weights = torch.softmax(x, dim)  # every row has a key: nothing to repair
+    elif grad:
+        weights = torch.softmax(x.masked_fill(empty, 0.0), dim).masked_fill(empty, 0.0)
+    else:
+        weights = torch.softmax(x, dim).masked_fill_(empty, 0.0)  # NaN in the empty rows -> 0
     if weights.dtype != in_dtype:
         weights = weights.to(in_dtype)
     return weights, lse.squeeze(dim)
