@@ -68,3 +68,73 @@ def test_zero_feature_dim_is_a_clear_error(where):
         k = k[..., :0]
     with pytest.raises(ValueError, match=rf"{where}: expected a feature dim D >= 1"):
         qkv.attention(q, k, v)
+
+
+def _padded(t: int = 12, seed: int = 0):
+    """``q, k, v (3, 2, t, 8)`` and a key-padding mask ``(3, 1, 1, t)``: sample 0 attends every
+    key, sample 1 the first ``t - 5``, sample 2 none."""
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(3, 2, t, 8, generator=g) for _ in range(3))
+    mask = qkv.masks.from_lengths(torch.tensor([t, t - 5, 0]), t)
+    return q, k, v, mask
+
+
+@pytest.mark.parametrize("backend", ["reference", "sdpa", "chunked", "auto"])
+@pytest.mark.parametrize("garbage", [float("nan"), float("inf"), float("-inf"), 1e30])
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_garbage_in_padding_changes_nothing_without_autograd(backend, garbage, need_weights):
+    """Inference (no graph): sdpa looks for garbage in the output instead of the keys; the
+    result is still bitwise the clean one, the row with no key 0, never NaN."""
+    q, k, v, mask = _padded()
+    with torch.no_grad():
+        clean = qkv.attention(q, k, v, mask=mask, backend=backend, need_weights=need_weights)
+        k2, v2 = k.clone(), v.clone()
+        k2[1, :, -5:], v2[1, :, -5:] = garbage, garbage
+        k2[2], v2[2] = garbage, garbage  # sample 2 attends nothing
+        dirty = qkv.attention(q, k2, v2, mask=mask, backend=backend, need_weights=need_weights)
+    assert torch.equal(clean.out, dirty.out)
+    assert torch.equal(dirty.out[2], torch.zeros_like(dirty.out[2]))
+    if need_weights:
+        assert torch.equal(clean.weights, dirty.weights)
+        assert torch.equal(dirty.weights[2], torch.zeros_like(dirty.weights[2]))
+
+
+@pytest.mark.parametrize("backend", ["reference", "sdpa", "auto"])
+def test_nan_query_row_with_padding_without_autograd(backend):
+    """A NaN query row that attends a key is NaN, one that attends none is 0; no other row changes."""
+    q, k, v, mask = _padded()
+    with torch.no_grad():
+        clean = qkv.attention(q, k, v, mask=mask, backend=backend).out
+        q[1, 0, 4, 2] = float("nan")
+        q[2, 1, 3, 0] = float("nan")  # sample 2 has no key
+        out = qkv.attention(q, k, v, mask=mask, backend=backend).out
+    nan_rows = torch.isnan(out).any(dim=-1)
+    expected = torch.zeros_like(nan_rows)
+    expected[1, 0, 4] = True
+    assert torch.equal(nan_rows, expected)
+    assert torch.isnan(out[1, 0, 4]).all()
+    assert torch.equal(out[~expected], clean[~expected])
+
+
+@pytest.mark.parametrize("garbage", [float("nan"), float("inf"), 1e30])
+def test_garbage_when_value_is_key_changes_nothing(garbage):
+    """The d2l-shaped 3-D call with ``value is key`` (one tensor, zeroed once): output and
+    gradients bitwise the clean ones, garbage's own gradient 0."""
+    g = torch.Generator().manual_seed(1)
+    q, mem = torch.randn(4, 1, 6, generator=g), torch.randn(4, 5, 6, generator=g)
+    lens = torch.tensor([5, 3, 1, 2])
+    mask = (torch.arange(5) < lens[:, None])[:, None, :]  # (B, 1, Tk)
+
+    def run(mem):
+        qq, mm = q.clone().requires_grad_(), mem.clone().requires_grad_()
+        r = qkv.attention(qq, mm, mm, mask=mask, score="dot", backend="reference")
+        return r.out, torch.autograd.grad(r.out.square().sum(), (qq, mm))
+
+    clean_out, clean_grads = run(mem)
+    dirty = mem.clone()
+    dirty[1, 3:] = garbage
+    out, grads = run(dirty)
+    assert torch.equal(out, clean_out)
+    for a, b in zip(grads, clean_grads, strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(grads[1][1, 3:], torch.zeros(2, 6))

@@ -137,9 +137,14 @@ def _restorer(n_in: int):
         if n_in >= 4:
             return result
         lead = (0, 0) if n_in == 2 else (slice(None), 0)
+        dims = (0, 1) if n_in == 2 else (1,)  # the dims prepare added, of size 1
 
         def back(t, trailing):
-            return None if t is None else t[(*lead, *([slice(None)] * trailing))]
+            if t is None:
+                return None
+            if all(t.shape[d] == 1 for d in dims):
+                return t.squeeze(dims)  # a view whose backward is one too (no zero-filled copy)
+            return t[(*lead, *([slice(None)] * trailing))]  # weights_for repeating a head
 
         return AttentionOutput(
             out=back(result.out, 2),
@@ -180,6 +185,8 @@ def prepare(
         q, k, v = (t[None, None] for t in (q, k, v))
     elif n_in == 3:  # (B, T, D) -> (B, 1, T, D): one head
         q, k, v = (t.unsqueeze(-3) for t in (q, k, v))
+    if n_in <= 3 and value is key:
+        v = k  # one tensor stays one (the NaN rule then checks and zeroes it once)
     if not hit:
         logits_shape = (*q.shape[:-1], k.shape[-2])  # (..., H, Tq, Tk)
         pattern, tensor_mask, bias = _fit_mask_and_bias(mask, bias, n_in, logits_shape, q)

@@ -13,6 +13,7 @@ mask (or None), a resolved scale.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -266,18 +267,32 @@ def softmax_only(inputs: AttentionInputs, backend: str) -> list[str]:
 
 def zero_unreachable_keys(key: Tensor, value: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     """Zero the keys/values that no query may attend, so NaN/inf placed there cannot leak
-    through ``0 * NaN`` in the matmuls (forward or backward). Their gradients become 0."""
-    reachable = mask.any(dim=-2).unsqueeze(-1)  # (..., Tk, 1)
-    if not torch.compiler.is_compiling() and bool(reachable.all() | _all_finite(key, value)):
-        return key, value  # nothing to zero, or nothing there that 0 * x would not erase
-    return key.masked_fill(~reachable, 0), value.masked_fill(~reachable, 0)
+    through ``0 * NaN`` in the matmuls (forward or backward). Their gradients become 0.
+
+    Nothing is copied when every key is reachable (one reduction over the mask, none when its
+    query dim is 1, a key-padding mask ``(..., 1, Tk)``: the mask is then the reachable keys)
+    or when ``key`` and ``value`` hold only finite numbers (one sum each; one when ``value``
+    is ``key``), which ``0 * x`` erases anyway."""
+    reachable = mask if mask.shape[-2] == 1 else mask.any(dim=-2, keepdim=True)  # (..., 1, Tk)
+    if not torch.compiler.is_compiling() and _nothing_to_zero(key, value, reachable):
+        return key, value
+    keep = reachable.transpose(-2, -1)  # (..., Tk, 1)
+    zeroed = key.masked_fill(~keep, 0)
+    return zeroed, (zeroed if value is key else value.masked_fill(~keep, 0))
 
 
-def _all_finite(key: Tensor, value: Tensor) -> Tensor:
-    """A 0-dim bool: every element of ``key`` and ``value`` is finite (one sum each: a NaN or
-    inf anywhere makes it non-finite; an overflow only answers False, which zeroes as before).
-    Cheaper than zeroing: two reductions instead of two copies."""
-    return torch.isfinite(key.detach().sum(dtype=torch.float32) + value.detach().sum(dtype=torch.float32))
+def _nothing_to_zero(key: Tensor, value: Tensor, reachable: Tensor) -> bool:
+    """Every key is reachable, or every element of ``key`` and ``value`` is finite (a sum in
+    float32: a NaN or inf anywhere makes it non-finite; an overflow only answers False, which
+    zeroes as before). Cheaper than zeroing: reductions instead of copies; the sums run only
+    when some key is unreachable."""
+    with torch.no_grad():
+        if bool(reachable.all()):
+            return True
+        total = key.sum(dtype=torch.float32)
+        if value is not key:
+            total = total + value.sum(dtype=torch.float32)
+        return math.isfinite(float(total))
 
 
 def slice_block(

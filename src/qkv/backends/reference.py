@@ -70,7 +70,7 @@ class ReferenceBackend:
         attn = weights
         if inputs.dropout_active:
             attn = F.dropout(weights, p=inputs.dropout_p, training=True)
-        out = attn.to(v.dtype) @ v  # (..., H, Tq, Dv)
+        out = (attn if attn.dtype == v.dtype else attn.to(v.dtype)) @ v  # (..., H, Tq, Dv)
         return AttentionOutput(
             out=out,
             weights=weights if inputs.need_weights else None,

@@ -9,7 +9,10 @@ is SDPA's own, bit for bit.
 
 The NaN rule costs a reduction only where the kernel breaks it: with a mask (rows with no key),
 the causal kernel, and the sizes where :mod:`qkv.backends.nan_probe` found that unmasked SDPA
-drops a NaN query row.
+drops a NaN query row. With a mask and no autograd graph (inference), one sum over the query and
+the output stands for the sums over the keys and values that would decide whether unreachable
+keys need zeroing: garbage there shows as NaN in the output, and only then are the keys zeroed
+and the kernel run again.
 """
 
 from __future__ import annotations
@@ -87,21 +90,48 @@ class SdpaBackend:
                 out=_nan_rows(out, q, k, v, None, causal=True), weights=None, lse=None, backend=self.name
             )
         mask = inputs.mask
-        if mask is not None:
-            k, v = zero_unreachable_keys(k, v, mask)
         attn_mask = mask
         if bias is not None:
             attn_mask = bias.to(q.dtype)
             if mask is not None:
                 attn_mask = attn_mask.masked_fill(~mask, float("-inf"))
-        lse = None
-        if inputs.need_weights and _lse_kernel(q, k, v, attn_mask, dropout_p, inputs.scale):
-            out, lse = _with_lse(q, k, v, attn_mask, inputs.scale, mask)
-        else:
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=inputs.scale
+
+        def run(k: Tensor, v: Tensor) -> tuple[Tensor, Tensor | None]:
+            return self._fused(inputs, q, k, v, attn_mask, dropout_p)
+
+        if mask is None:
+            out, lse = run(k, v)
+            return AttentionOutput(
+                out=_nan_rows(out, q, k, v, None), weights=None, lse=lse, backend=self.name
             )
+        if not dropout_p and _inference(q, k, v):
+            # Garbage (NaN, inf) in a key no query may attend can only reach the output as NaN
+            # (0 * inf); one sum over the query and the output rules it out, and NaN queries
+            # with it. Only when something is not finite: zero the keys and run again.
+            out, lse = run(k, v)
+            if math.isfinite(float(q.sum(dtype=torch.float32) + out.sum(dtype=torch.float32))):
+                return AttentionOutput(out=out, weights=None, lse=lse, backend=self.name)
+        k, v = zero_unreachable_keys(k, v, mask)  # the backward reads them too
+        out, lse = run(k, v)
         return AttentionOutput(out=_nan_rows(out, q, k, v, mask), weights=None, lse=lse, backend=self.name)
+
+    def _fused(
+        self,
+        inputs: AttentionInputs,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        attn_mask: Tensor | None,
+        dropout_p: float,
+    ) -> tuple[Tensor, Tensor | None]:
+        """``(out, lse)``: SDPA, or its fused CPU kernel with the log-sum-exp when the weights
+        are asked for and it can (``lse`` None otherwise)."""
+        if inputs.need_weights and _lse_kernel(q, k, v, attn_mask, dropout_p, inputs.scale):
+            return _with_lse(q, k, v, attn_mask, inputs.scale, inputs.mask)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=inputs.scale
+        )
+        return out, None
 
     def plain_runner(
         self, inputs: AttentionInputs
@@ -123,6 +153,13 @@ class SdpaBackend:
             return AttentionOutput(out=out, weights=None, lse=None, backend=name)
 
         return run
+
+
+def _inference(q: Tensor, k: Tensor, v: Tensor) -> bool:
+    """No autograd graph is recorded (nothing of the call is read again by a backward), outside
+    ``torch.compile`` (which traces no value checks)."""
+    recorded = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    return not recorded and not torch.compiler.is_compiling()
 
 
 def _lse_kernel(

@@ -68,33 +68,31 @@ def masked_softmax(logits: Tensor, mask: Tensor | None = None, *, dim: int = -1)
         ``dim`` (``-inf`` for rows with nothing to attend). Half-precision logits are
         normalized in float32 and the weights cast back.
 
-    Entries that are masked never reach ``exp``: NaN or inf there changes nothing.
+    Entries that are masked never reach ``exp``: NaN or inf there changes nothing. A row with
+    nothing to attend gets weights 0 and, under autograd, gradients 0 (never NaN).
+
+    It is torch's fused ``torch.softmax`` on the logits with the masked entries set to
+    ``-inf`` (bitwise). The rows with nothing to attend are found from ``lse`` (one test over
+    ``(..., 1)``, not over the mask); only when there is one are their weights set to 0 (and,
+    when autograd records, their ``-inf`` logits replaced by 0 before the softmax, so that its
+    backward stays finite). Under ``torch.compile`` the repair always runs (no value test).
     """
     in_dtype = logits.dtype
-    # Without autograd, the steps after the first copy run in place (one buffer, not four).
-    in_place = not (torch.is_grad_enabled() and logits.requires_grad)
-    owned = False  # logits is a copy of ours
-    if in_dtype in (torch.float16, torch.bfloat16):
-        logits, owned = logits.float(), True
+    grad = torch.is_grad_enabled() and logits.requires_grad
+    x = logits.float() if in_dtype in _HALF else logits  # (..., Tk) in the compute dtype
     if mask is not None:
-        logits = (
-            logits.masked_fill_(~mask, float("-inf"))
-            if owned and in_place
-            else logits.masked_fill(~mask, float("-inf"))
-        )
-        owned = True
-    if logits.shape[dim] == 0:  # no keys at all: every row is empty
-        row_max = logits.new_zeros(1).expand_as(logits.sum(dim, keepdim=True))
+        x = x.masked_fill_(~mask, float("-inf")) if x is not logits else x.masked_fill(~mask, float("-inf"))
+    lse = torch.logsumexp(x, dim, keepdim=True)  # -inf: a row with nothing to attend
+    empty = lse == float("-inf")  # (..., 1)
+    if not torch.compiler.is_compiling() and not bool(empty.any()):
+        weights = torch.softmax(x, dim)  # every row has a key: nothing to repair
+    elif grad:
+        weights = torch.softmax(x.masked_fill(empty, 0.0), dim).masked_fill(empty, 0.0)
     else:
-        # Shift by the row max (detached: softmax does not depend on it); empty rows shift by 0.
-        row_max = logits.detach().amax(dim, keepdim=True)
-        row_max = row_max.masked_fill(row_max == float("-inf"), 0.0)
-    exp = logits.sub_(row_max).exp_() if owned and in_place else torch.exp(logits - row_max)
-    total = exp.sum(dim, keepdim=True)
-    safe_total = torch.where(total == 0, torch.ones_like(total), total)
-    weights = exp.div_(safe_total) if in_place else exp / safe_total
-    lse = (torch.log(total) + row_max).squeeze(dim)
-    return weights.to(in_dtype), lse
+        weights = torch.softmax(x, dim).masked_fill_(empty, 0.0)  # NaN in the empty rows -> 0
+    if weights.dtype != in_dtype:
+        weights = weights.to(in_dtype)
+    return weights, lse.squeeze(dim)
 
 
 # ----------------------------------------------------------------------------- shared plumbing

@@ -289,7 +289,7 @@ class Seq2Seq(nn.Module):
                 query,
                 memory["states"],
                 memory["states"],
-                valid_lens=memory["lengths"],
+                mask=memory["mask"].unsqueeze(1),  # (B, 1, S): the lengths' mask, built once in encode
                 need_weights=True,
                 **self._training_normalizer(sampled),
             )
@@ -337,7 +337,7 @@ class Seq2Seq(nn.Module):
                 h_t,
                 keys,
                 values,
-                valid_lens=memory["lengths"],
+                mask=mask.unsqueeze(1),  # (B, 1, S): the lengths' mask, built once in encode
                 need_weights=True,
                 **self._training_normalizer(sampled),
             )
