@@ -108,7 +108,7 @@ def clip_figure(
         return None
     top, bottom = fig.subplots(2, 1, height_ratios=[1, 1.1])
     side = frames.shape[-1]
-    gap = torch.ones(side, 2)  # white columns between the frames
+    gap = torch.zeros(side, 2)  # white columns between the frames (ink is dark: gray_r)
     strip = torch.cat([torch.cat([fr[0], gap], 1) for fr in frames], 1)[:, :-2]  # (S, F*(S+2)-2)
     top.imshow(strip.numpy(), cmap="gray_r", vmin=0.0, vmax=1.0, interpolation="nearest")
     top.set_axis_off()

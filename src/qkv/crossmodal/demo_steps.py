@@ -37,10 +37,10 @@ __all__ = ["DEMO_RUNS", "DemoContext", "DemoInterrupted", "DemoSection", "captio
            "finished_run", "train_or_reuse"]  # fmt: skip
 
 _SIZE = ["--data.train_size=10000", "--train.epochs=6"]
-_CLIP_SIZE = ["--data.train_size=8000", "--train.epochs=2", "--train.batch_size=32", "--train.lr=1e-3"]
+_CLIP_SIZE = ["--data.train_size=10000", "--train.epochs=2", "--train.batch_size=32", "--train.lr=1e-3"]
 #: Each demo model's preset and overrides: the matcher on 20,000 strips for 8 epochs, the captioners,
 #: the grounded translator and its text-only control on half the strips for 6 epochs; the video
-#: QA model and its question-only control on 8,000 clips for 2 epochs (a few minutes' model:
+#: QA model and its question-only control on 10,000 clips for 2 epochs (a few minutes' model:
 #: the full recipe is 80,000 clips for 3).
 DEMO_RUNS: dict[str, tuple[str, list[str]]] = {
     "clip": ("clip", ["--data.dataset=digit-strips", "--data.train_size=20000", "--train.epochs=8"]),
