@@ -28,8 +28,10 @@ from qkv.crossmodal.clips import (
 )
 from qkv.crossmodal.data import handwriting
 from qkv.models.video_qa import VideoQA, VideoQAConfig
+from qkv.number_words import number_tokens
 
 TOKENIZER = CaptionTokenizer(question_vocabulary(), max_words=MAX_QUESTION_WORDS)
+DIGIT_NAMES = [number_tokens(d, "en")[0] for d in range(10)]
 
 
 def _tiny(variant: str = "full", **kw) -> VideoQA:
@@ -142,9 +144,12 @@ def test_shapes_and_attention_maps(clips):
     assert cross[:, :, 0, 1:][pad[:, None].expand(-1, 2, -1)].abs().max() == 0  # padding never attended
 
 
-@pytest.mark.parametrize("variant", ["full", "question_only", "frames_averaged"])
-def test_padding_frames_change_nothing(clips, variant):
-    model, tokens = _tiny(variant), TOKENIZER.encode(clips.questions)
+@pytest.mark.parametrize(
+    ("variant", "previous_frame"),
+    [("full", False), ("full", True), ("question_only", False), ("frames_averaged", False)],
+)
+def test_padding_frames_change_nothing(clips, variant, previous_frame):
+    model, tokens = _tiny(variant, previous_frame=previous_frame), TOKENIZER.encode(clips.questions)
     garbage = clips.frames.clone()
     pad = torch.arange(MAX_FRAMES)[None, :] >= clips.lengths[:, None]
     garbage[pad] = torch.rand_like(garbage[pad])
@@ -243,6 +248,51 @@ def test_a_tiny_model_learns_position_questions_in_300_steps():
     assert accuracy > 0.9
 
 
+def test_previous_frame_shows_each_frame_the_one_before_it(clips):
+    """Without temporal attention, a frame's memory row depends on that frame and, with
+    ``previous_frame``, on the frame before it, on no other: changing frame 3 moves rows 3 and 4
+    (keys 4 and 5 after the null frame) and leaves every other row bitwise equal."""
+    changed = clips.frames.clone()
+    changed[:, 3] = torch.rand_like(changed[:, 3])
+    for previous, moved in ((False, {4}), (True, {4, 5})):
+        model = _tiny(temporal_depth=0, previous_frame=previous)
+        with torch.no_grad():
+            a = model.encode_frames(clips.frames, clips.lengths, None)[0]
+            b = model.encode_frames(changed, clips.lengths, None)[0]
+        differs = {k for k in range(1 + MAX_FRAMES) if not torch.equal(a[:, k], b[:, k])}
+        assert differs == moved
+
+
+def _after_batch(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Clips of 6 brightness frames (digit d: (d + 1) / 10) showing the digit named exactly once,
+    not last, asked which digit comes after it."""
+    named = torch.randint(10, (n,), generator=g)
+    digits = (named[:, None] + 1 + torch.randint(9, (n, 6), generator=g)) % 10  # never the named one
+    at = torch.randint(5, (n,), generator=g)
+    digits[torch.arange(n), at] = named
+    frames = ((digits + 1) / 10.0)[:, :, None, None, None].expand(n, 6, 1, FRAME_SIZE, FRAME_SIZE)
+    names = [DIGIT_NAMES[k] for k in named.tolist()]
+    tokens = TOKENIZER.encode([f"which digit comes after the {name}" for name in names])
+    return frames.contiguous(), torch.full((n,), 6), tokens, digits[torch.arange(n), at + 1]
+
+
+def test_a_tiny_model_with_the_previous_frame_learns_after_questions_in_500_steps():
+    """The two-hop question (find the named digit, read the next frame) in one cross-attention
+    layer, once each frame shows the one before it (without it: about 0.3 after 1,000 steps)."""
+    torch.set_num_threads(1)
+    model, g = _tiny(max_frames=6, previous_frame=True).train(), torch.Generator().manual_seed(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(500):
+        loss = model.loss(*_after_batch(32, g))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    frames, lengths, tokens, answers = _after_batch(256, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        accuracy = (model.eval()(frames, lengths, tokens).argmax(-1) == answers).float().mean()
+    assert accuracy > 0.85
+
+
 def test_answer_metrics_count_per_kind_and_gold_peaks():
     questions = [
         "what is the first digit",
@@ -282,6 +332,8 @@ def test_bad_model_input_is_named(clips, call, match):
 def test_bad_config_and_mismatched_data_are_named():
     with pytest.raises(ValueError, match="variant: expected one of full, question_only, frames_averaged"):
         VideoQAConfig(vocab_size=10, variant="none")
+    with pytest.raises(ValueError, match="previous_frame: expected a bool, got 1"):
+        VideoQAConfig(vocab_size=10, previous_frame=1)
     from qkv.crossmodal.config import resolve
 
     with pytest.raises(

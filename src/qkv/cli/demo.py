@@ -2,7 +2,8 @@
 :func:`qkv.translation.demo.run_demo`); ``qkv demo vision``: a Vision Transformer on digits and the
 localisation benchmark of its explanations (:func:`qkv.vision.demo.run_vision_demo`); ``qkv demo
 cross-modal``: a CLIP-style matcher, Show, Attend and Tell captioners and a grounded translator on
-strips of handwritten digits (:func:`qkv.crossmodal.demo.run_crossmodal_demo`); ``qkv demo
+strips of handwritten digits, and video question answering on clips of them
+(:func:`qkv.crossmodal.demo.run_crossmodal_demo`); ``qkv demo
 speech``: Listen, Attend and Spell against a Transformer on spoken numbers, and their alignments
 (:func:`qkv.speech.demo.run_speech_demo`); ``qkv demo --examples`` prints the four worked examples
 of the source articles (:mod:`qkv.explain`); the fourth, attention pooling, also trains three tiny
@@ -34,8 +35,9 @@ NEXT_HINT = (
     "and writes runs/demo-vision/report.html (a few minutes on 2 cores)\n"
     "next: `qkv demo cross-modal` trains a CLIP-style matcher of handwritten digit strips and their "
     "captions, Show, Attend and Tell captioners in English, French and German and a translator that reads "
-    "a sentence's hidden number from the strip, and writes runs/demo-cross-modal/report.html (each word's "
-    "attention over the strip; under 5 minutes on 2 cores)"
+    "a sentence's hidden number from the strip, and a model answering questions about clips of the digits, and "
+    "writes runs/demo-cross-modal/report.html (each word's attention over the strip, each question's over the "
+    "frames; under 5 minutes on 2 cores)"
 )
 
 
@@ -64,9 +66,10 @@ def add_parser(sub) -> None:
             "captions (recall@1 and @5 on new handwriting, recall@1 on numbers never captioned in training) and "
             "Show, Attend and Tell captioners in English, French and German (exact match, BLEU, attention "
             "correctness), and an English-to-French translator that reads the sentence's hidden number from "
-            "the strip against its text-only control (exact match); writes runs/demo-cross-modal/ "
-            "(metrics.json, the six checkpoints, report.html with each generated word's attention over the "
-            "strip). "
+            "the strip against its text-only control (exact match), and a video question answering model "
+            "against its question-only control (accuracy per question kind on clips of new handwriting); "
+            "writes runs/demo-cross-modal/ (metrics.json, the eight checkpoints, report.html with each "
+            "generated word's attention over the strip and each question's over the frames). "
             "qkv demo speech: Listen, Attend and Spell and a Transformer trained on numbers spoken by espeak-ng and "
             "flite voices, scored (WER, CER, the share of monotonic alignments) on held-out espeak-ng voices and "
             "flite's kal16; writes runs/demo-speech/ (metrics.json, the two checkpoints, report.html with each "
@@ -82,8 +85,8 @@ def add_parser(sub) -> None:
         default="translation",
         help="translation (the default: the three translators), vision (a ViT on digits, a ViT on located "
         "digits, and how well each image explanation method points at the digit: runs/demo-vision/), "
-        "cross-modal (a matcher, captioners and a grounded translator of handwritten digit strips: "
-        "runs/demo-cross-modal/) or speech (LAS and a Transformer on spoken numbers, their alignments: "
+        "cross-modal (a matcher, captioners and a grounded translator of handwritten digit strips, video "
+        "question answering on clips of them: runs/demo-cross-modal/) or speech (LAS and a Transformer on spoken numbers, their alignments: "
         "runs/demo-speech/)",
     )
     demo.add_argument(

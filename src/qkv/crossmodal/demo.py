@@ -1,21 +1,25 @@
-"""``qkv demo cross-modal``: handwriting matched to words, captioned in three languages and
-read into translations, measured, in a few minutes.
+"""``qkv demo cross-modal``: handwriting matched to words, captioned in three languages, read
+into translations and asked about in videos, measured, in a few minutes.
 
 Runs the steps of :data:`DEMO_STEPS` one after the other (:mod:`qkv.crossmodal.demo_steps`,
 :mod:`qkv.crossmodal.demo_grounded`): the CLIP-style matcher on English captions
 (``runs/demo-cross-modal/clip/``), Show, Attend and Tell in English, French and German
 (``captioner-en/``, ``captioner-fr/``, ``captioner-de/``) and the grounded translator with its
-text-only control (``grounded/``, ``grounded-text/``), each trained at demo size and evaluated,
-and writes ``metrics.json``, one entry per step::
+text-only control (``grounded/``, ``grounded-text/``), the video question answering model and
+its question-only control (``video-qa/``, ``video-qa-question/``), each trained at demo size and
+evaluated, and writes ``metrics.json``, one entry per step::
 
     {"clip": {"test": {"i2t_r1", "t2i_r1", "i2t_r5", "t2i_r5"}, "zero_shot": {"i2t_r1", "t2i_r1"},
               "train_seconds"},
      "captioner": {"en": {"exact_match", "bleu", "attention_correctness", "train_seconds"},
                    "fr": {...}, "de": {...}},
      "grounded": {"with_image", "text_only", "zero_shot": {"with_image", "text_only"},
-                  "train_seconds": {"with_image", "text_only"}}}
+                  "train_seconds": {"with_image", "text_only"}},
+     "video_qa": {"accuracy", "question_only", "per_kind": {"position", "count", "after"},
+                  "question_only_per_kind": {...}, "gold_peak", "frame_accuracy",
+                  "train_seconds": {"full", "question_only"}}}
 
-(recalls and exact match in [0, 1], BLEU in [0, 100]) and ``report.html``: one offline page, its
+(recalls, exact match and accuracies in [0, 1], BLEU in [0, 100]) and ``report.html``: one offline page, its
 figures inlined. A finished model of the same config is reused on the next run (``fresh=True``
 retrains it); ``quick=True`` is a seconds-long smoke run whose numbers mean nothing.
 
@@ -38,6 +42,7 @@ from typing import Any
 
 from .demo_grounded import grounded_step
 from .demo_steps import DemoContext, DemoInterrupted, DemoSection, captioner_step, clip_step
+from .demo_video import video_qa_step
 
 __all__ = ["DEMO_STEPS", "DemoInterrupted", "DemoStep", "run_crossmodal_demo"]
 
@@ -57,6 +62,7 @@ DEMO_STEPS: tuple[DemoStep, ...] = (
     DemoStep("clip", "a CLIP-style matcher on English captions", clip_step),
     DemoStep("captioner", "Show, Attend and Tell captioners in en, fr and de", captioner_step),
     DemoStep("grounded", "grounded translation and its text-only control", grounded_step),
+    DemoStep("video_qa", "video question answering and its question-only control", video_qa_step),
 )
 
 
@@ -104,13 +110,15 @@ def _report_html(parts: list[str], out: Path, *, quick: bool, seconds: float) ->
 <style>body{{font-family:sans-serif;max-width:64em;margin:2em auto}}td,th{{padding:.2em .8em;text-align:right}}
 td:first-child{{text-align:left}}img{{max-width:100%}}.strips{{display:flex;flex-wrap:wrap;gap:1em}}
 figure{{margin:.5em 0}}</style></head><body>
-<h1>Handwriting matched to words, captioned word by word, and read into translations</h1>{note}
+<h1>Handwriting matched to words, captioned word by word, read into translations, and watched</h1>{note}
 <p>Strips of one to four of scikit-learn's 8x8 handwritten digits, captioned by the number they show
 (<i>forty two</i>, <i>quarante deux</i>, <i>zwei und vierzig</i>). Test strips
-show handwriting never seen in training; zero-shot strips show numbers never captioned in training.</p>
+show handwriting never seen in training; zero-shot strips show numbers never captioned in training.
+Clips are short videos of the same handwriting, asked one question each.</p>
 {"".join(parts)}
 <p>Total demo time {seconds:.0f} s. Try <code>qkv caption --checkpoint {run}/captioner-de --index 2</code>,
 <code>qkv match --checkpoint {run}/clip --index 2 "six hundred and two" "six hundred and twenty"</code>
-and <code>qkv evaluate --checkpoint {run}/grounded</code>.</p>
+<code>qkv evaluate --checkpoint {run}/grounded</code>
+and <code>qkv evaluate --checkpoint {run}/video-qa</code>.</p>
 </body></html>
 """

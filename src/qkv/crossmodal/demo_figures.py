@@ -1,5 +1,6 @@
 """The pictures and page pieces of ``qkv demo cross-modal``: a caption with, per word, its
-attention over the strip; a matcher's similarity matrix; PNGs inlined as data URIs, tables.
+attention over the strip; a matcher's similarity matrix; a clip's frames with a question's
+attention over them; PNGs inlined as data URIs, tables.
 
 The figures use :func:`qkv.viz.image_overlay` and :func:`qkv.viz.heatmap` on a matplotlib
 figure outside pyplot (the ``viz`` extra); each drawing function returns ``None`` when
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["caption_figure", "inline_png", "similarity_figure", "table_html"]
+__all__ = ["caption_figure", "clip_figure", "inline_png", "similarity_figure", "table_html"]
 
 #: Inches per attention row of a caption figure (a strip is four times wider than high).
 _ROW = 0.9
@@ -84,6 +85,40 @@ def similarity_figure(
     left.set_title("test strips", fontsize=10)
     heatmap(similarity, [str(i + 1) for i in range(n)], list(captions), ax=right, annotate=True,
             title="cosine similarity: strip x caption")  # fmt: skip
+    fig.savefig(path, format="png", dpi=100)
+    return path
+
+
+def clip_figure(
+    frames: Tensor, weights: Tensor, gold: Sequence[int], *, title: str, path: Path
+) -> Path | None:
+    """A clip's real frames ``(F, 1, S, S)`` side by side, each over a bar of the question's
+    attention on it ``(F,)`` (0 to 1; the gold frames' bars in orange, the others in grey).
+    Writes ``path`` (a PNG) and returns it; ``None`` without matplotlib.
+
+    Raises:
+        ValueError: ``weights`` is not ``(F,)``.
+    """
+    f = frames.shape[0]
+    if weights.shape != (f,):
+        raise ValueError(f"weights: expected ({f},), one per frame, got {tuple(weights.shape)}")
+    try:
+        fig = _agg_figure((0.62 * f + 0.6, 1.9))
+    except ImportError:
+        return None
+    top, bottom = fig.subplots(2, 1, height_ratios=[1, 1.1])
+    side = frames.shape[-1]
+    gap = torch.zeros(side, 2)  # white columns between the frames (ink is dark: gray_r)
+    strip = torch.cat([torch.cat([fr[0], gap], 1) for fr in frames], 1)[:, :-2]  # (S, F*(S+2)-2)
+    top.imshow(strip.numpy(), cmap="gray_r", vmin=0.0, vmax=1.0, interpolation="nearest")
+    top.set_axis_off()
+    top.set_title(title, fontsize=9)
+    colours = ["tab:orange" if t in gold else "tab:gray" for t in range(f)]
+    bottom.bar(range(f), weights.tolist(), color=colours)
+    bottom.set_xlim(-0.5, f - 0.5)
+    bottom.set_ylim(0.0, 1.0)
+    bottom.set_xticks(range(f), [str(t + 1) for t in range(f)], fontsize=8)
+    bottom.tick_params(axis="y", labelsize=7)
     fig.savefig(path, format="png", dpi=100)
     return path
 

@@ -11,6 +11,8 @@ evaluates them and returns a :class:`DemoSection`, its part of ``metrics.json`` 
   the strip.
 - :func:`qkv.crossmodal.demo_grounded.grounded_step`: the grounded translator and its text-only
   control (its own module).
+- :func:`qkv.crossmodal.demo_video.video_qa_step`: the video question answering model and its
+  question-only control (its own module).
 
 A step is a function of a :class:`DemoContext`; :func:`train_or_reuse` trains one of
 :data:`DEMO_RUNS` into ``context.out / name``.
@@ -27,7 +29,7 @@ from typing import Any
 
 from ..train.checkpoint import list_checkpoints, load_checkpoint
 from .captioner import Captioner
-from .config import DataConfig, RunConfig, resolve
+from .config import CLIP_DATASETS, DataConfig, RunConfig, resolve
 from .demo_figures import caption_figure, inline_png, similarity_figure, table_html
 from .matcher import Matcher
 from .training import load_strips, train
@@ -36,8 +38,11 @@ __all__ = ["DEMO_RUNS", "DemoContext", "DemoInterrupted", "DemoSection", "captio
            "finished_run", "train_or_reuse"]  # fmt: skip
 
 _SIZE = ["--data.train_size=10000", "--train.epochs=6"]
+_CLIP_SIZE = ["--data.train_size=10000", "--train.epochs=2", "--train.batch_size=32", "--train.lr=1e-3"]
 #: Each demo model's preset and overrides: the matcher on 20,000 strips for 8 epochs, the captioners,
-#: the grounded translator and its text-only control on half the strips for 6 epochs.
+#: the grounded translator and its text-only control on half the strips for 6 epochs; the video
+#: QA model and its question-only control on 10,000 clips for 2 epochs (a few minutes' model:
+#: the full recipe is 80,000 clips for 3).
 DEMO_RUNS: dict[str, tuple[str, list[str]]] = {
     "clip": ("clip", ["--data.dataset=digit-strips", "--data.train_size=20000", "--train.epochs=8"]),
     "captioner-en": ("captioner", ["--data.dataset=digit-strips", *_SIZE]),
@@ -45,6 +50,11 @@ DEMO_RUNS: dict[str, tuple[str, list[str]]] = {
     "captioner-de": ("captioner", ["--data.dataset=digit-strips-de", *_SIZE]),
     "grounded": ("grounded", ["--data.dataset=digit-strips", *_SIZE]),
     "grounded-text": ("grounded", ["--data.dataset=digit-strips", *_SIZE, "--model.use_image=false"]),
+    "video-qa": ("video-qa", ["--data.dataset=digit-clips", *_CLIP_SIZE]),
+    "video-qa-question": (
+        "video-qa",
+        ["--data.dataset=digit-clips", *_CLIP_SIZE, "--model.variant=question_only"],
+    ),
 }
 #: A seconds-long smoke run: a few strips, 3 steps; its numbers mean nothing.
 _QUICK = ["--data.train_size=128", "--data.valid_size=16", "--data.test_size=16", "--train.max_steps=3",
@@ -128,7 +138,8 @@ def train_or_reuse(context: DemoContext, name: str) -> float:
     else:
         if run.exists():
             shutil.rmtree(run)
-        _say(f"  {name}: training ({cfg.data.train_size:,} strips, {cfg.train.epochs} epochs)")
+        unit = "clips" if cfg.data.dataset in CLIP_DATASETS else "strips"
+        _say(f"  {name}: training ({cfg.data.train_size:,} {unit}, {cfg.train.epochs} epochs)")
         result = train(cfg, run, progress=not context.quick, stream=sys.stderr)
         if result.interrupted:
             raise DemoInterrupted(f"{name}: training interrupted, the demo stops (run it again: this model "

@@ -304,11 +304,13 @@ _FROM_CLIPS = frozenset(
 )
 
 #: ``[model]`` tables of video question answering on 12 x 12 digit clips (patch 4: a 3 x 3
-#: grid per frame; a per-frame digit loss of weight 1, ``--model.frame_loss_weight=0`` for none);
+#: grid per frame; a per-frame digit loss of weight 1, ``--model.frame_loss_weight=0`` for none;
+#: each frame's token also shows the frame before it, ``--model.previous_frame=false`` for not);
 #: ``--model.variant=question_only`` or ``frames_averaged`` for the controls.
 VIDEO_QA_PRESETS: dict[str, dict[str, Any]] = {
     "video-qa": {"kind": "video-qa", "patch_size": 4, "frame_depth": 2, "dim": 64, "heads": 4, "mlp_dim": 128,
-                 "temporal_depth": 2, "question_depth": 2, "cross_depth": 1, "frame_loss_weight": 1.0},
+                 "temporal_depth": 2, "question_depth": 2, "cross_depth": 1, "frame_loss_weight": 1.0,
+                 "previous_frame": True},
 }  # fmt: skip
 
 

@@ -4,7 +4,7 @@ of a clip and the answer is read from what it gathered.
 ::
 
     frames    v_t = ViT(frame_t)                              one vector per frame (the ViT's head projects)
-    time      x = [v_1 .. v_F] + frame positions
+    time      x = [v_1 .. v_F] + frame positions (+ W [0, v_1 .. v_{F-1}]: each frame's predecessor)
               x = x + SelfAttn(LN(x)),  x = x + MLP(LN(x))    padding frames never attended
     question  q = TextEncoder(words)                          the class token of a Transformer over the words
     cross     m = [null; LN(x)]                               a learned null frame: "nothing here"
@@ -73,6 +73,8 @@ class VideoQAConfig:
         frame_classes: the digits a frame can show (the frame head's outputs).
         frame_loss_weight: the weight of the per-frame digit loss (0: none; ``question_only``
             reads no frame and has none).
+        previous_frame: add to each frame's token a learned projection of the frame before it
+            (zeros for the first): the one frame-to-frame step a question about order needs.
     """
 
     vocab_size: int
@@ -94,6 +96,7 @@ class VideoQAConfig:
     variant: str = "full"
     frame_classes: int = 10
     frame_loss_weight: float = 0.0
+    previous_frame: bool = False
 
     def __post_init__(self) -> None:
         for name in ("num_answers", "max_frames", "cross_depth", "frame_classes"):
@@ -109,6 +112,8 @@ class VideoQAConfig:
         w = self.frame_loss_weight
         if isinstance(w, bool) or not isinstance(w, int | float) or not 0 <= w < float("inf"):
             raise ValueError(f"frame_loss_weight: expected a finite number >= 0, got {w!r}")
+        if not isinstance(self.previous_frame, bool):
+            raise ValueError(f"previous_frame: expected a bool, got {self.previous_frame!r}")
         if self.variant not in VARIANTS:
             raise ValueError(f"variant: expected one of {', '.join(VARIANTS)}, got {self.variant!r}")
         self.frame_config()  # checks the frame ViT's fields
@@ -169,6 +174,7 @@ class VideoQA(nn.Module):
         # positions as large as the frame vectors: with 0.02 (a ViT's) the question finds "the
         # third frame" many times slower
         self.frame_pos = nn.Parameter(torch.randn(1, cfg.max_frames, cfg.dim))
+        self.previous = nn.Linear(cfg.dim, cfg.dim) if cfg.previous_frame else None
         self.temporal = nn.ModuleList([PaddedBlock(**block) for _ in range(cfg.temporal_depth)])
         self.frame_norm = nn.LayerNorm(cfg.dim)
         self.null_frame = nn.Parameter(torch.randn(1, 1, cfg.dim) * 0.02)
@@ -214,6 +220,8 @@ class VideoQA(nn.Module):
             padding = torch.zeros_like(padding[:, :1])
         else:
             x = v + self.frame_pos[:, :f]
+            if self.previous is not None:  # frame t also shows frame t - 1 (zeros before the first)
+                x = x + self.previous(nn.functional.pad(v, (0, 0, 1, 0))[:, :f])  # (B, F, E)
             for block in self.temporal:
                 x, w = block(x, padding, maps is not None)
                 if maps is not None:
