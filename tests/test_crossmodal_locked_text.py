@@ -12,6 +12,7 @@ import torch
 
 from qkv.crossmodal.config import resolve
 from qkv.crossmodal.training import build_from_facts, matching_facts
+from qkv.models.clip import CLIP, CLIPConfig
 
 CAPTIONS = ["forty two", "three thousand one hundred", "seven", "nine hundred and five"]
 
@@ -128,4 +129,6 @@ def test_a_locked_run_reloads_from_its_checkpoint_without_the_frozen_weights(tmp
     with pytest.raises(ValueError, match=r"explain: expected .* got text_tower='minilm'"):
         m.explain(torch.rand(1, 1, 8, 32), ["seven"])
     with pytest.raises(ValueError, match=r"text_tower: expected transformer \| minilm, got 'bert'"):
-        resolve({}, preset="clip", overrides=["--model.text_tower=bert"])
+        CLIPConfig(vocab_size=5, text_tower="bert")
+    with pytest.raises(ValueError, match=r"text: expected a locked tower module for text_tower='minilm'"):
+        CLIP(CLIPConfig(vocab_size=5, text_tower="minilm"))
