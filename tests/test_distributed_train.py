@@ -141,7 +141,7 @@ def _equivalence_rank(rank: int, out: Path) -> dict:
 def _every_scenario(rank: int, out: Path) -> None:
     """The runs of every test, in one spawn (start-up is most of the time), saved per rank."""
     runs = {"lines": _equivalence_rank(rank, out / "lines"), "resume": _resume_rank(rank, out / "resume")}
-    for app in ("translation", "vision"):
+    for app in ("translation", "vision", "clip"):
         cfg, train = _application(app, batch_size=8)
         runs[app] = train(cfg, out / app, progress=False)
     torch.save(runs, out / f"rank{rank}.pt")
@@ -244,6 +244,16 @@ def _application(app: str, *, batch_size: int):
             "train": {"epochs": 1, "batch_size": batch_size, "valid_decode": 0, "warmup": 2, "threads": 1},
         }
         return resolve(tables, preset="bahdanau"), train
+    if app == "clip":  # 41 strips: the last step of 2 x 8 has 9, shares of 5 and 4
+        from qkv.crossmodal.config import resolve
+        from qkv.crossmodal.training import train
+
+        overrides = ["--data.train_size=41", "--data.valid_size=8", "--data.augment_shift=1",
+                     "--model.vision_dim=16", "--model.vision_depth=1", "--model.vision_heads=2",
+                     "--model.vision_mlp_dim=16", "--model.text_dim=16", "--model.text_depth=1",
+                     "--model.text_heads=2", "--model.text_mlp_dim=16", "--model.embed_dim=16",
+                     f"--train.batch_size={batch_size}", "--train.epochs=1", "--train.warmup=2"]  # fmt: skip
+        return resolve({}, preset="clip", overrides=overrides), train
     from qkv.vision.config import resolve
     from qkv.vision.training import train
 
@@ -253,9 +263,11 @@ def _application(app: str, *, batch_size: int):
     return resolve(overrides=overrides), train
 
 
-@pytest.mark.parametrize("app", ["translation", "vision"])
+@pytest.mark.parametrize("app", ["translation", "vision", "clip"])
 def test_every_model_the_loop_trains_runs_data_parallel(app, ranks, tmp_path, request):
-    """Translation (bucketed batches) and the ViT (shifted images): 2 ranks of 8 give the
+    """Translation (bucketed batches), the ViT (shifted images) and the CLIP matcher (InfoNCE
+    over the embeddings of every rank, gathered with their gradient; shares of unequal size):
+    2 ranks of 8 give the
     weights of 1 process of 16 within float32 rounding (AdamW, a few steps: relative 1e-5).
     Apart: the key biases, whose exact gradient is zero (softmax ignores a score added to
     every key), so AdamW turns rounding noise into steps of up to the learning rate."""

@@ -136,3 +136,20 @@ def test_a_tiny_model_learns_to_match_digits_to_their_names():
     with torch.no_grad():
         sim = model.encode_image(images) @ model.encode_text(torch.arange(2, 12)[:, None]).T
     assert float((sim.argmax(1) == tokens[:, 0] - 2).float().mean()) >= 0.8
+
+
+def test_info_nce_rows_over_shares_weighted_by_size_is_info_nce():
+    """open_clip's local loss: each share's rows against every pair; the size-weighted mean of
+    the shares (5 and 4 of 9 pairs, repeated captions) is the batch's InfoNCE (float64)."""
+    from qkv.models.clip import info_nce, info_nce_rows
+
+    g = torch.Generator().manual_seed(0)
+    v = torch.nn.functional.normalize(torch.randn(9, 6, generator=g, dtype=torch.float64), dim=-1)
+    t = torch.nn.functional.normalize(torch.randn(9, 6, generator=g, dtype=torch.float64), dim=-1)
+    ids = torch.tensor([0, 1, 2, 1, 3, 4, 0, 5, 6])
+    positives = ids[:, None] == ids[None, :]
+    whole = info_nce(v, t, 7.5, positives)
+    parts = [(s, info_nce_rows(v[s], t[s], v, t, 7.5, positives[s])) for s in (slice(0, 5), slice(5, 9))]
+    weighted = sum(loss * (s.stop - s.start) for s, loss in parts) / 9
+    assert abs(float(weighted - whole)) <= 1e-12
+    assert abs(float(info_nce_rows(v, t, v, t, 7.5, positives) - whole)) <= 1e-12

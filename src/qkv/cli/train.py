@@ -255,12 +255,37 @@ def _launch(args: argparse.Namespace) -> int:
         raise CommandError(f"--nproc: expected an int >= 1, got {args.nproc}")
     if "WORLD_SIZE" in os.environ:
         raise CommandError("--nproc: this process is already one of torchrun's; drop --nproc")
+    _check_data_parallel(args)
     argv = ["train", *([args.config] if args.config else [])]
     for option in ("data", "model", "out"):
         if getattr(args, option) is not None:
             argv += [f"--{option}", getattr(args, option)]
     argv += [f"--{flag}" for flag in ("resume", "quiet") if getattr(args, flag)]
     return launch([*argv, *args.overrides], nproc=args.nproc)
+
+
+def _check_data_parallel(args: argparse.Namespace) -> None:
+    """Refuse ``--nproc`` for the models whose training does not split across processes
+    (before any process starts): the cross-modal kinds but the matcher."""
+    from ..application.run_config import load_toml
+
+    try:
+        file_cfg = load_toml(args.config) if args.config else {}
+        app = application.of_train_args(args.model, file_cfg, args.data)
+        if args.resume and args.out and args.model is None and not file_cfg:
+            app = application.of_checkpoint(args.out)
+        if app != "crossmodal":
+            return
+        from ..crossmodal.config import resolve
+        from ..crossmodal.training import DATA_PARALLEL_KINDS
+
+        overrides = [o for o in args.overrides if o.startswith("--model.")]
+        kind = resolve(file_cfg, preset=args.model, overrides=overrides).model.get("kind", "clip")
+    except USER_ERRORS as e:
+        raise CommandError(error_message(e)) from None
+    if kind not in DATA_PARALLEL_KINDS:
+        raise CommandError(f"--nproc: model kind {kind!r} trains in one process only (data-parallel: "
+                           f"{', '.join(sorted(DATA_PARALLEL_KINDS))}, the translation models, the ViT); drop --nproc")  # fmt: skip
 
 
 def _resumed_config(out: Path, args: argparse.Namespace, overrides: list[str]):

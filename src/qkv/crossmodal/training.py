@@ -13,16 +13,25 @@ video question answering with a :class:`qkv.crossmodal.answering.VideoQATask` on
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from ..application.run import fit_run
-from ..models.builders import CAPTION_KINDS, GROUNDED_KINDS, VIDEO_QA_KINDS, build_matching_model
-from ..models.clip import info_nce_logits
+from ..models.builders import (
+    CAPTION_KINDS,
+    GROUNDED_KINDS,
+    MATCHING_KINDS,
+    VIDEO_QA_KINDS,
+    build_matching_model,
+)
+from ..models.clip import info_nce_logits, info_nce_rows
+from ..parallel.gather import gather_rows
+from ..parallel.sampler import Share, share_of
 from ..train.loop import Trainer, TrainResult
 from .answering import VideoQATask, build_video_qa_from_facts, load_clips, video_qa_facts
 from .captioning import CaptionTask, build_captioner_from_facts, caption_facts
@@ -31,9 +40,17 @@ from .config import DataConfig, RunConfig
 from .data import MAX_DIGITS, MAX_WORDS, SLOT_WIDTH, DigitStrips, caption_vocabulary, digit_strips
 from .grounding import GroundedTask, build_grounded_from_facts, grounded_facts, load_pairs
 from .images import patch_slots, shift_slots
+from .minilm_text import MiniLMCaptions, minilm_text
 from .retrieval import caption_positives, retrieval_recalls
 
-__all__ = ["MatchingTask", "load_strips", "matching_facts", "similarity_matrix", "train"]
+__all__ = [
+    "DATA_PARALLEL_KINDS",
+    "MatchingTask",
+    "load_strips",
+    "matching_facts",
+    "similarity_matrix",
+    "train",
+]
 
 
 def load_strips(d: DataConfig, splits: tuple[str, ...] = ("train", "valid")) -> dict[str, DigitStrips]:
@@ -50,10 +67,15 @@ def matching_facts(d: DataConfig) -> dict[str, Any]:
             "image_size": 8, "image_width": MAX_DIGITS * SLOT_WIDTH, "channels": 1}  # fmt: skip
 
 
-def build_from_facts(model_cfg: dict[str, Any], facts: dict[str, Any]) -> tuple[nn.Module, CaptionTokenizer]:
-    """The model of a ``[model]`` table and the tokenizer of the stored facts."""
-    tokenizer = CaptionTokenizer(facts["vocabulary"], max_words=facts["max_words"])
-    model = build_matching_model(model_cfg, vocab_size=len(tokenizer), image_size=facts["image_size"],
+def build_from_facts(
+    model_cfg: dict[str, Any], facts: dict[str, Any]
+) -> tuple[nn.Module, CaptionTokenizer | MiniLMCaptions]:
+    """The model of a ``[model]`` table and the tokenizer of the stored facts; with
+    ``text_tower = "minilm"`` the locked MiniLM tower and its tokenizer
+    (:func:`~qkv.crossmodal.minilm_text.minilm_text`: the ``minilm`` extra)."""
+    words = CaptionTokenizer(facts["vocabulary"], max_words=facts["max_words"])
+    text, tokenizer = minilm_text() if model_cfg.get("text_tower") == "minilm" else (None, words)
+    model = build_matching_model(model_cfg, text=text, vocab_size=len(words), image_size=facts["image_size"],
                                  image_width=facts["image_width"], channels=facts["channels"],
                                  max_words=facts["max_words"], pad_id=PAD_ID)  # fmt: skip
     return model, tokenizer
@@ -70,6 +92,15 @@ def similarity_matrix(model: nn.Module, images: Tensor, tokens: Tensor, *, batch
     return v @ t.T
 
 
+class _StepRows(NamedTuple):
+    """What a rank's share of a data-parallel matching step knows of the whole step: each rank's
+    number of pairs (``sizes``; 0 for a stand-in share), and ``positives (n, N)``: its pairs
+    against every pair of the step, in rank order (the order :func:`gather_rows` gives)."""
+
+    sizes: tuple[int, ...]
+    positives: Tensor
+
+
 class MatchingTask:
     """The matching side of the :class:`~qkv.train.loop.Trainer`: batches of a seeded
     permutation of the epoch's training pairs (:meth:`epoch_pairs`: with ``[data] redraw``
@@ -77,9 +108,11 @@ class MatchingTask:
     augment_shift`` each batch's digits moved in their slots by the batch's own seeded draw
     (:func:`~qkv.crossmodal.images.shift_slots`). A batch is thus a pure function of the config,
     the epoch and the step, and a resumed run sees the same batches. :func:`info_nce` with every
-    same-caption pair of a batch a positive, validation by loss and recall@1."""
+    same-caption pair of a batch a positive, validation by loss and recall@1. :meth:`shard`
+    gives the task of one rank of a data-parallel run."""
 
     count_unit = "pair"
+    rank, world = 0, 1
 
     def __init__(self, cfg: RunConfig, strips: dict[str, DigitStrips], tokenizer: CaptionTokenizer):
         self.cfg, self.tokenizer = cfg, tokenizer
@@ -92,7 +125,19 @@ class MatchingTask:
         )
         self.batches_per_epoch = -(-len(self.train_images) // self.batch_size)
 
-    def batches(self, epoch: int, start: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    def shard(self, rank: int, world: int) -> MatchingTask:
+        """This task on rank ``rank`` of ``world``: batches of ``world x batch_size`` pairs (the
+        one-process plan, shifted as one), each cut by :func:`~qkv.parallel.sampler.share_of`;
+        its batches are :class:`~qkv.parallel.sampler.Share` objects whose loss gathers every
+        rank's embeddings (:func:`~qkv.parallel.gather.gather_rows`), so the step's loss is the
+        InfoNCE of the whole ``world x batch_size`` batch."""
+        sharded = copy.copy(self)
+        sharded.rank, sharded.world = rank, world
+        sharded.batch_size = self.batch_size * world
+        sharded.batches_per_epoch = -(-len(self.train_images) // sharded.batch_size)
+        return sharded
+
+    def batches(self, epoch: int, start: int) -> Iterator[tuple[Tensor, Tensor, Tensor] | Share]:
         seed, shift = self.cfg.train.seed, self.cfg.data.augment_shift
         all_images, all_tokens, all_ids = self.epoch_pairs(epoch)
         order = torch.randperm(
@@ -104,7 +149,19 @@ class MatchingTask:
             if shift:
                 g = torch.Generator().manual_seed((seed * 100_003 + epoch) * 100_003 + b)
                 images = shift_slots(images, slot_width=SLOT_WIDTH, max_shift=shift, generator=g)
-            yield images, all_tokens[index], ids[:, None] == ids[None, :]
+            if self.world == 1:
+                yield images, all_tokens[index], ids[:, None] == ids[None, :]
+            else:
+                yield self._share(images, all_tokens[index], ids)
+
+    def _share(self, images: Tensor, tokens: Tensor, ids: Tensor) -> Share:
+        """This rank's share of a step's pairs, with what its loss needs of the others'."""
+        shares = [share_of(range(len(ids)), r, self.world) for r in range(self.world)]
+        sizes = tuple(len(s.batch) if s.real else 0 for s in shares)
+        order = torch.tensor([i for s in shares if s.real for i in s.batch])  # rank order
+        mine = shares[self.rank].batch
+        step = _StepRows(sizes, ids[mine][:, None] == ids[order][None, :])
+        return Share((images[mine], tokens[mine], step), shares[self.rank].real)
 
     def epoch_pairs(self, epoch: int) -> tuple[Tensor, Tensor, Tensor]:
         """The training pairs of an epoch: ``(images, word ids, caption ids)``. Epoch 0 (and
@@ -125,9 +182,20 @@ class MatchingTask:
         ids = torch.tensor(_caption_ids(strips.captions))
         return strips.images, self.tokenizer.encode(strips.captions), ids
 
-    def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, int]:
+    def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor, Tensor | _StepRows]) -> tuple[Tensor, int]:
+        """The batch's InfoNCE and its pairs; a data-parallel share's part of the step's
+        InfoNCE (:func:`~qkv.models.clip.info_nce_rows` over the gathered embeddings; a
+        stand-in share: 0, still in the graph and in the gathers)."""
         images, tokens, positives = batch
-        return model.loss(images, tokens, positives), int(images.shape[0])
+        emb = model(images, tokens, embeddings=True)  # through forward: what DDP wraps
+        if not isinstance(positives, _StepRows):
+            return info_nce_logits(emb.scale * emb.image @ emb.text.T, positives), int(images.shape[0])
+        sizes, n = positives.sizes, positives.sizes[self.rank]
+        all_image, all_text = (gather_rows(e, sizes, self.rank) for e in (emb.image, emb.text))
+        if not n:
+            return (all_image.sum() + all_text.sum() + emb.scale) * 0.0, 0
+        loss = info_nce_rows(emb.image, emb.text, all_image, all_text, emb.scale, positives.positives)
+        return loss, n
 
     def validate(self, model: nn.Module) -> dict[str, float | None]:
         if self.valid_tokens is None:
@@ -143,6 +211,12 @@ class MatchingTask:
 
 
 _REDRAW_STRIDE = 1_000_003
+
+#: The model kinds whose task trains data-parallel (has ``shard``): the matcher. The captioners,
+#: the grounded translator and video QA compute their loss in the model's ``loss`` method, which
+#: ``DistributedDataParallel`` does not see (it synchronizes the gradients of ``forward`` only):
+#: they train in one process.
+DATA_PARALLEL_KINDS = frozenset(MATCHING_KINDS)
 
 
 def _words_of(facts: dict[str, Any], unit: str) -> str:
@@ -197,10 +271,12 @@ def _trainer(cfg: RunConfig, ckpt, *, out: Path, progress: bool, stream, announc
     restores it after)."""
     kind = cfg.model.get("kind", RunConfig.DEFAULT_KIND)
     model, task, facts, count = _pieces(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]  # a locked text tower is not
+    opt = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     if announce:
-        params = sum(p.numel() for p in model.parameters())
-        print(f"model: {kind}, {params:,} parameters; {count:,} training {task.count_unit}s, "
+        params, frozen = sum(p.numel() for p in trainable), sum(p.numel() for p in model.parameters())
+        locked = f" (+{frozen - params:,} locked)" if frozen > params else ""
+        print(f"model: {kind}, {params:,} parameters{locked}; {count:,} training {task.count_unit}s, "
               f"{_words_of(facts, task.count_unit)} ({len(facts['vocabulary'])} words)", file=stream)  # fmt: skip
     return Trainer(model, opt, task, config=cfg.train, out_dir=out, run_config=cfg.to_dict(),
                    vocab=facts, desc=f"train {kind}", progress=progress, stream=stream)  # fmt: skip

@@ -106,10 +106,11 @@ def _keys_of(
 
 def _build(
     kinds: dict[str, tuple[type[nn.Module], type]], model_cfg: dict[str, Any], default: str,
-    decided: frozenset[str], facts: dict[str, Any],
+    decided: frozenset[str], facts: dict[str, Any], parts: dict[str, nn.Module] | None = None,
 ) -> nn.Module:  # fmt: skip
-    """The model of ``model_cfg`` (``kind`` defaults to ``default``) with the data's ``facts``;
-    a key the table may not hold or a fact the data does not decide is a clear error."""
+    """The model of ``model_cfg`` (``kind`` defaults to ``default``) with the data's ``facts``
+    (and ``parts``, modules handed to the model's constructor); a key the table may not hold or
+    a fact the data does not decide is a clear error."""
     kind = model_cfg.get("kind", default)
     keys = _keys_of(kinds, kind, decided)
     unknown = sorted(set(model_cfg) - keys)
@@ -121,7 +122,9 @@ def _build(
     if extra:
         raise ValueError(f"facts: unknown {', '.join(extra)}; expected some of {', '.join(sorted(decided))}")
     model_cls, config_cls = kinds[kind]
-    return model_cls(config_cls(**facts, **{k: v for k, v in model_cfg.items() if k != "kind"}))
+    return model_cls(
+        config_cls(**facts, **{k: v for k, v in model_cfg.items() if k != "kind"}), **(parts or {})
+    )
 
 
 def _check_kind(kind: object) -> str:
@@ -188,11 +191,15 @@ def matching_config_keys(kind: str) -> frozenset[str]:
     return _keys_of(MATCHING_KINDS, kind, _FROM_PAIRS)
 
 
-def build_matching_model(model_cfg: dict[str, Any], **facts: Any) -> nn.Module:
+def build_matching_model(
+    model_cfg: dict[str, Any], *, text: nn.Module | None = None, **facts: Any
+) -> nn.Module:
     """An image-text matching model (a :class:`CLIP`) from its ``[model]`` table (``kind``
     defaults to ``"clip"``) and the facts of the data: ``vocab_size``, ``image_size``,
-    ``image_width``, ``channels``, ``max_words``, ``pad_id``."""
-    return _build(MATCHING_KINDS, model_cfg, "clip", _FROM_PAIRS, facts)
+    ``image_width``, ``channels``, ``max_words``, ``pad_id``; ``text``: the locked text tower
+    of ``text_tower = "minilm"`` (:class:`~qkv.models.locked_text.LockedText`, built by whoever
+    holds its weights)."""
+    return _build(MATCHING_KINDS, model_cfg, "clip", _FROM_PAIRS, facts, parts={"text": text} if text else {})
 
 
 #: Captioners: ``kind`` -> (model class, config dataclass).

@@ -9,6 +9,7 @@ than every other pair of the batch::
                   x = x + SelfAttn(LN(x))  (padding never attended)
                   x = x + MLP(LN(x))
                   t = normalize(W_t LN(x)[:, 0])
+      or locked   t = normalize(W_t MeanPool(MiniLM(tokens)))   (text_tower = "minilm": frozen)
     similarity    logits = exp(min(s, ln 100)) * v @ t^T     s learnable, starts at ln(1/0.07)
     loss          InfoNCE both ways: (CE(logits, match) + CE(logits^T, match^T)) / 2
 
@@ -16,6 +17,12 @@ The temperature is clamped as open_clip clamps ``logit_scale``: ``exp(s)`` never
 :attr:`CLIPConfig.max_logit_scale` (100), so the softmax cannot become arbitrarily sharp.
 :func:`info_nce` takes a ``positives`` matrix when a batch holds several pairs of the same
 caption (each row's target is then spread evenly over its positives).
+
+With ``text_tower = "minilm"`` the text tower is a pretrained encoder, locked as open_clip's
+``--lock-text`` locks it (Zhai et al. 2022, "LiT: Zero-Shot Transfer with Locked-image text
+Tuning", the other way round): a :class:`~qkv.models.locked_text.LockedText` the caller builds
+and hands in (``CLIP(config, text=...)``); only the image tower, ``text_proj`` and the
+temperature train.
 
 Zero-shot classification (the paper's section 3.1.2): each class is a caption prompt; an
 image's class probabilities are ``softmax(logits)`` over the prompts.
@@ -40,7 +47,20 @@ from .._types import AttentionMaps
 from ..modules import MultiHeadAttention
 from .vit import MLP, ViT, ViTConfig
 
-__all__ = ["CLIP", "CLIPConfig", "CLIPMaps", "info_nce", "info_nce_logits"]
+__all__ = [
+    "CLIP",
+    "TEXT_TOWERS",
+    "CLIPConfig",
+    "CLIPEmbeddings",
+    "CLIPMaps",
+    "info_nce",
+    "info_nce_logits",
+    "info_nce_rows",
+]
+
+#: ``[model] text_tower``: ``transformer`` (trained from scratch on the caption words) or
+#: ``minilm`` (all-MiniLM-L6-v2, locked; its own WordPiece tokenizer).
+TEXT_TOWERS = ("transformer", "minilm")
 
 
 @dataclass(frozen=True)
@@ -56,6 +76,8 @@ class CLIPConfig:
         embed_dim: ``E``, the shared space.
         patch_size, vision_dim, vision_depth, vision_heads, vision_mlp_dim: the ViT image tower.
         text_dim, text_depth, text_heads, text_mlp_dim: the Transformer text tower.
+        text_tower: one of :data:`TEXT_TOWERS`; ``"minilm"``: a locked pretrained tower
+            handed to :class:`CLIP` (the ``text_*`` sizes and ``max_words`` then unused).
         dropout: in both towers.
         init_temperature: the softmax temperature at the start (``logit_scale = ln(1/T)``).
         max_logit_scale: the clamp of ``exp(logit_scale)``.
@@ -80,8 +102,11 @@ class CLIPConfig:
     dropout: float = 0.0
     init_temperature: float = 0.07
     max_logit_scale: float = 100.0
+    text_tower: str = "transformer"
 
     def __post_init__(self) -> None:
+        if self.text_tower not in TEXT_TOWERS:
+            raise ValueError(f"text_tower: expected {' | '.join(TEXT_TOWERS)}, got {self.text_tower!r}")
         for name in ("vocab_size", "max_words", "embed_dim", "text_dim", "text_heads", "text_mlp_dim"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -125,6 +150,15 @@ class CLIPMaps(NamedTuple):
     text: AttentionMaps
 
 
+class CLIPEmbeddings(NamedTuple):
+    """What ``CLIP(images, tokens, embeddings=True)`` returns: unit-length ``image (B, E)``,
+    ``text (C, E)`` and the clamped ``scale`` (a data-parallel loss gathers the first two)."""
+
+    image: Tensor
+    text: Tensor
+    scale: Tensor
+
+
 def info_nce(
     image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor | float, positives: Tensor | None = None
 ) -> Tensor:
@@ -166,6 +200,32 @@ def info_nce_logits(logits: Tensor, positives: Tensor | None = None) -> Tensor:
     rows = -(p / p.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
     cols = -(p / p.sum(0, keepdim=True) * logits.log_softmax(0)).sum(0).mean()
     return (rows + cols) / 2
+
+
+def info_nce_rows(
+    image_emb: Tensor, text_emb: Tensor, all_image: Tensor, all_text: Tensor, logit_scale: Tensor | float,
+    positives: Tensor,
+) -> Tensor:  # fmt: skip
+    """The part of :func:`info_nce` that ``n`` of the ``N`` pairs carry (open_clip's
+    ``local_loss``): each of these images over all ``N`` captions and each of these captions
+    over all ``N`` images, ``(row_i + col_i) / 2`` averaged over the ``n`` pairs. Over all pairs
+    it is :func:`info_nce`; the mean over shares, weighted by their sizes, is too.
+
+    Args:
+        image_emb, text_emb: ``(n, E)``: the pairs of this share.
+        all_image, all_text: ``(N, E)``: every pair of the batch (these among them).
+        logit_scale: the multiplier ``exp(s)``.
+        positives: ``(n, N)`` bool, True where pair ``i`` of the share has the caption of pair
+            ``j`` of the batch (symmetric matching: the same matrix serves rows and columns).
+    """
+    if positives.shape != (image_emb.shape[0], all_text.shape[0]) or not bool(positives.any(1).all()):
+        raise ValueError(f"positives: expected a ({image_emb.shape[0]}, {all_text.shape[0]}) bool matrix with "
+                         f"a True in every row, got shape {tuple(positives.shape)}")  # fmt: skip
+    p = positives.to(image_emb.dtype)
+    p = p / p.sum(1, keepdim=True)
+    rows = -(p * (logit_scale * image_emb @ all_text.T).log_softmax(1)).sum(1)  # (n,)
+    cols = -(p * (logit_scale * text_emb @ all_image.T).log_softmax(1)).sum(1)  # (n,)
+    return ((rows + cols) / 2).mean()
 
 
 class PaddedBlock(nn.Module):
@@ -240,16 +300,30 @@ class CLIP(nn.Module):
         config: the :class:`CLIPConfig`.
         visual: the image tower, a :class:`ViT` (``grid``, ``num_prefix_tokens``, ``patch_size``
             say where each patch's token is).
-        text: the text tower; ``text_proj``: its projection to ``embed_dim``.
+        text: the text tower (a :class:`TextEncoder`, or the locked tower handed in);
+            ``text_proj``: its projection to ``embed_dim``.
         logit_scale: the learnable ``s`` (``exp(s)`` clamped at ``max_logit_scale``).
+
+    Args:
+        config: the :class:`CLIPConfig`.
+        text: with ``text_tower = "minilm"``, the locked tower (a module mapping ``(C, T)``
+            token ids to ``(C, out_dim)`` with an ``out_dim`` attribute, such as
+            :class:`~qkv.models.locked_text.LockedText`); None for the trained transformer.
+
+    Raises:
+        ValueError: a tower handed in for ``"transformer"``, or none for ``"minilm"``.
     """
 
-    def __init__(self, config: CLIPConfig) -> None:
+    def __init__(self, config: CLIPConfig, *, text: nn.Module | None = None) -> None:
         super().__init__()
         self.config = config
         self.visual = ViT(config.vision_config())
-        self.text = TextEncoder(config)
-        self.text_proj = nn.Linear(config.text_dim, config.embed_dim, bias=False)
+        if (text is None) != (config.text_tower == "transformer"):
+            raise ValueError(f"text: expected a locked tower module for text_tower='minilm' and None for "
+                             f"'transformer'; got {type(text).__name__} with text_tower={config.text_tower!r}")  # fmt: skip
+        self.text = TextEncoder(config) if text is None else text
+        width = config.text_dim if text is None else int(text.out_dim)
+        self.text_proj = nn.Linear(width, config.embed_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / config.init_temperature)))
 
     def scale(self) -> Tensor:
@@ -284,10 +358,14 @@ class CLIP(nn.Module):
         return (emb, maps) if need_weights else emb
 
     def forward(
-        self, images: Tensor, tokens: Tensor, *, need_weights: bool = False
-    ) -> Tensor | tuple[Tensor, CLIPMaps]:
+        self, images: Tensor, tokens: Tensor, *, need_weights: bool = False, embeddings: bool = False
+    ) -> Tensor | tuple[Tensor, CLIPMaps] | CLIPEmbeddings:
         """``logits (B, C) = scale * image_emb @ text_emb^T`` (and :class:`CLIPMaps` when
-        ``need_weights``)."""
+        ``need_weights``); with ``embeddings``, the :class:`CLIPEmbeddings` the logits are made
+        of (what a loss over several processes needs: ``forward`` is what
+        ``DistributedDataParallel`` wraps)."""
+        if embeddings:
+            return CLIPEmbeddings(self.encode_image(images), self.encode_text(tokens), self.scale())
         if need_weights:
             v, image_maps = self.encode_image(images, need_weights=True)
             t, text_maps = self.encode_text(tokens, need_weights=True)
@@ -296,11 +374,17 @@ class CLIP(nn.Module):
 
     def loss(self, images: Tensor, tokens: Tensor, positives: Tensor | None = None) -> Tensor:
         """:func:`info_nce` of a batch of pairs (image ``i`` with caption ``i``)."""
-        return info_nce(self.encode_image(images), self.encode_text(tokens), self.scale(), positives)
+        return info_nce(*self(images, tokens, embeddings=True), positives)
 
     @torch.no_grad()
     def zero_shot(self, images: Tensor, prompts: Tensor) -> tuple[Tensor, Tensor]:
-        """Zero-shot classification: the predicted prompt ``(B,)`` and the probabilities
-        ``(B, K)`` of each image over ``K`` caption prompts ``(K, T)``."""
+        """With ``text_tower = "minilm"`` the text tower is a pretrained encoder, locked as open_clip's
+        ``--lock-text`` locks it (Zhai et al. 2022, "LiT: Zero-Shot Transfer with Locked-image text
+        Tuning", the other way round): a :class:`~qkv.models.locked_text.LockedText` the caller builds
+        and hands in (``CLIP(config, text=...)``); only the image tower, ``text_proj`` and the
+        temperature train.
+
+        Zero-shot classification: the predicted prompt ``(B,)`` and the probabilities
+                ``(B, K)`` of each image over ``K`` caption prompts ``(K, T)``."""
         probs = self(images, prompts).softmax(-1)
         return probs.argmax(-1), probs
