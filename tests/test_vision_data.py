@@ -1,4 +1,4 @@
-"""Vision data: shapes, deterministic splits, shifts, flips, folders with bad files, located digits."""
+"""Vision data: shapes, deterministic splits, shifts, folders with bad files, located digits."""
 
 import gzip
 import warnings
@@ -15,7 +15,6 @@ from qkv.vision.data import (
     load_digits,
     load_fashion_mnist,
     load_image_folder,
-    random_flips,
     random_shifts,
     read_image,
     split,
@@ -61,26 +60,6 @@ def test_random_shifts_move_the_pixels():
         assert float(shifted[i].sum()) == 2.0
     again = random_shifts(images, max_shift=2, generator=torch.Generator().manual_seed(0))
     assert torch.equal(again, shifted)
-
-
-def test_random_flips_mirror_about_half_of_the_images():
-    images = torch.rand(1000, 2, 5, 7)
-    before = images.clone()
-    flipped = random_flips(images, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(images, before)  # the input untouched
-    mirrored = torch.tensor([torch.equal(f, x.flip(-1)) for f, x in zip(flipped, images, strict=True)])
-    kept = torch.tensor([torch.equal(f, x) for f, x in zip(flipped, images, strict=True)])
-    assert bool((mirrored ^ kept).all())  # each image is itself or its mirror, channels together
-    assert abs(int(mirrored.sum()) - 500) <= 64  # Binomial(1000, 1/2): 4 standard deviations
-    again = random_flips(images, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(again, flipped)
-
-
-def test_augment_flip_is_a_switch():
-    assert DataConfig().augment_flip is False
-    assert resolve(overrides=["--data.augment_flip=true"]).data.augment_flip is True
-    with pytest.raises(ValueError, match=r"config \[data\] augment_flip: expected true or false, got 1"):
-        DataConfig(augment_flip=1)
 
 
 def _write_folder(root, with_bad=True):

@@ -90,7 +90,6 @@ class DataConfig:
     valid_frac: float = 0.1  # of the training images (of the digits, for located-digits)
     test_frac: float = 0.2  # digits, folders, located-digits (fashion-mnist has its own test set)
     augment_shift: int = 0  # training images moved by up to this many pixels (0 = no augmentation)
-    augment_flip: bool = False  # each training image mirrored left-right with probability 1/2
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -100,9 +99,6 @@ class DataConfig:
             value = getattr(self, key)
             _expect("data", key, _is_int(value, least), f"an int >= {least}", value)
         _expect("data", "channels", self.channels in (1, 3), "1 (grayscale) or 3 (RGB)", self.channels)
-        _expect(
-            "data", "augment_flip", isinstance(self.augment_flip, bool), "true or false", self.augment_flip
-        )
         for key in ("valid_frac", "test_frac"):
             value = getattr(self, key)
             _expect("data", key, _is_fraction(value), "a fraction in [0, 1)", value)

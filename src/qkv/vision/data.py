@@ -2,9 +2,8 @@
 
 Every loader returns :class:`Images`: ``images (N, C, H, W)`` float32 in ``[0, 1]``, ``labels
 (N,)`` int64, and the class names. :func:`split` cuts a set into train / valid / test by a seeded
-permutation (the same seed, the same split); :func:`random_shifts` and :func:`random_flips`
-are the optional light augmentations (each image moved by up to a few pixels, zeros filling in;
-each image mirrored left-right with probability 1/2).
+permutation (the same seed, the same split); :func:`random_shifts` is the optional light
+augmentation (each image moved by up to a few pixels, zeros filling in).
 
 - :func:`load_digits`: the 1,797 8x8 handwritten digits that ship with scikit-learn (real
   handwriting, 16 gray levels; no download).
@@ -37,7 +36,6 @@ __all__ = [
     "load_digits",
     "load_fashion_mnist",
     "load_image_folder",
-    "random_flips",
     "random_shifts",
     "read_image",
     "split",
@@ -265,10 +263,3 @@ def random_shifts(images: Tensor, *, max_shift: int, generator: torch.Generator)
     return pad.permute(0, 2, 3, 1)[index, rows[:, :, None], cols[:, None, :]].permute(
         0, 3, 1, 2
     )  # (N, C, H, W)
-
-
-def random_flips(images: Tensor, *, generator: torch.Generator) -> Tensor:
-    """Each image of ``(N, C, H, W)`` mirrored left-right (``W`` reversed) with probability 1/2,
-    one draw per image from ``generator``; a new tensor, ``images`` untouched."""
-    flip = torch.rand(images.shape[0], generator=generator) < 0.5  # (N,)
-    return torch.where(flip[:, None, None, None], images.flip(-1), images)

@@ -22,15 +22,7 @@ from ..models.builders import build_image_model
 from ..parallel.sampler import Share, share_of
 from ..train.loop import Trainer, TrainResult
 from .config import DATASETS, DataConfig, RunConfig
-from .data import (
-    Images,
-    load_digits,
-    load_fashion_mnist,
-    load_image_folder,
-    random_flips,
-    random_shifts,
-    split,
-)
+from .data import Images, load_digits, load_fashion_mnist, load_image_folder, random_shifts, split
 from .located import located_digits
 
 __all__ = ["ClassificationTask", "image_facts", "load_splits", "predict_logits", "train"]
@@ -90,9 +82,8 @@ def predict_logits(model: nn.Module, images: Tensor, *, batch_size: int = 512) -
 
 class ClassificationTask:
     """The image side of the :class:`~qkv.train.loop.Trainer`: batches of a seeded permutation
-    of the training images (a pure function of ``(seed, epoch)``; with ``augment_shift`` and
-    ``augment_flip`` each batch shifted, then mirrored, by its own seeded draws, so a resumed run
-    sees the same images), cross entropy, and validation by loss and accuracy;
+    of the training images (a pure function of ``(seed, epoch)``; with ``augment_shift`` each
+    batch shifted by its own seeded draw), cross entropy, and validation by loss and accuracy;
     :meth:`shard` gives the task of one rank of a data-parallel run.
 
     Raises:
@@ -123,17 +114,16 @@ class ClassificationTask:
         return sharded
 
     def batches(self, epoch: int, start: int) -> Iterator[tuple[Tensor, Tensor] | Share]:
-        seed, shift, flip = self.cfg.train.seed, self.cfg.data.augment_shift, self.cfg.data.augment_flip
+        seed, shift = self.cfg.train.seed, self.cfg.data.augment_shift
         order = torch.randperm(
             len(self.train_set), generator=torch.Generator().manual_seed(seed * 100_003 + epoch)
         )
         for b in range(start, self.batches_per_epoch):
             index = order[b * self.batch_size : (b + 1) * self.batch_size]
             images = self.train_set.images[index]
-            if shift or flip:
+            if shift:
                 g = torch.Generator().manual_seed((seed * 100_003 + epoch) * 100_003 + b)
                 images = random_shifts(images, max_shift=shift, generator=g)
-                images = random_flips(images, generator=g) if flip else images
             if self.world == 1:
                 yield images, self.train_set.labels[index]
                 continue
