@@ -39,8 +39,10 @@ REPO = Path(__file__).resolve().parent.parent
 TRAIN = ["--data.dataset=fashion-mnist", "--data.augment_shift=0", "--train.epochs=30", "--train.batch_size=64",
          "--train.lr=2e-3", "--train.warmup=200", "--train.label_smoothing=0.1"]  # fmt: skip
 QUICK = ["--data.size=2000", "--model.dim=16", "--model.depth=1", "--model.heads=2", "--model.mlp_dim=32"]
-#: The share of the budget the timed steps may take (the rest: data, validation each epoch, checkpoints).
-SAFETY = 0.88
+#: The share of the budget the timed steps may take (the rest: data, validation each epoch, checkpoints,
+#: steps slower than the median timed): on 2 quiet cores the 600 s run took 56.2 ms a step against the
+#: 47.0 ms timed, a share of 0.836, so 0.88 ran out of budget 556 steps before the schedule's end.
+SAFETY = 0.81
 
 
 def seconds_per_step(cfg, *, steps: int = 20, warmup: int = 3) -> float:
