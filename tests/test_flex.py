@@ -189,8 +189,9 @@ def test_flex_block_mask_cache(flex):
     qkv.attention(q, k, v, mask=qkv.masks.sliding_window(4), backend="flex")  # a new pattern object
     assert flex.cache_misses == 3
     small = FlexBackend(block_size=BLOCK, cache_size=2)
-    for w in range(4):
-        small.block_mask(qkv.masks.sliding_window(w), 45, 45, "cpu")
+    patterns = [qkv.masks.sliding_window(w) for w in range(4)]  # alive: no id reused by the next one
+    for p in patterns:
+        small.block_mask(p, 45, 45, "cpu")
     assert len(small._cache) == 2
     torch.testing.assert_close(out.out, qkv.attention(q, k, v, mask=pattern, backend="reference").out)
 
