@@ -443,7 +443,8 @@ class RingBackend:
     docstring); runs only inside an active sequence-parallel context.
 
     Args:
-        q_block, kv_block: the tiles of logits within one pair of ranks' blocks (queries, keys).
+        q_block, kv_block: the tiles of logits within one pair of ranks' blocks (queries, keys);
+            the key side (as :meth:`tiles` sizes it) is also the piece a block travels in.
     """
 
     name = "ring"
