@@ -327,11 +327,12 @@ def test_bfloat16_error_ratio(battery, world, request):
 def test_the_memory_plan_per_rank_falls_with_the_world(world):
     """The ring's plan per rank at T = 8192 (the benchmark's problem, causal, with grad) against
     the chunked backend's in one process: its outputs are 1/world of chunked's, and beyond them
-    it holds at most two received blocks, a piece and a tile sized to the shard."""
+    it holds a few pieces of blocks and a tile, both sized to the shard (never a whole received
+    block): within 1/world + 10% of chunked's."""
     from qkv.api.prepare import prepare
     from qkv.backends import sequence_parallel
 
-    t, limit = 8192, {2: 0.57, 4: 0.36, 8: 0.18}[world]
+    t, limit = 8192, {2: 0.44, 4: 0.23, 8: 0.12}[world]
     full = torch.empty(1, 4, t, 64, requires_grad=True)
     chunked = qkv.backends.BACKENDS["chunked"].memory_bytes(
         prepare(full, full, full, mask=qkv.masks.causal())[0]
@@ -340,7 +341,7 @@ def test_the_memory_plan_per_rank_falls_with_the_world(world):
     inputs, _ = prepare(shard, shard, shard, mask=qkv.masks.causal())
     with sequence_parallel.activate(sequence_parallel.SequenceParallel(None, "zigzag", 0, world)):
         ring = qkv.backends.ring.RingBackend().memory_bytes(inputs)
-    assert ring <= limit * chunked
+    assert ring <= limit * chunked <= (1 / world + 0.1) * chunked
     assert ring >= 4 * shard.numel() * 4  # out, dq, dk, dv: never less than the outputs
 
 
