@@ -248,7 +248,8 @@ def to_markdown(res: dict) -> str:
         "",
         f"B={B}, H={H}, D={D}, float32, causal mask, zig-zag layout; forward + backward per step. "
         f"Median of {res['reps']} timed steps (each the slowest rank's, between barriers); one thread per "
-        "rank, the ranks sharing the machine's cores: the times show the ring's overhead, not a speed-up.",
+        "rank, the ranks sharing the machine's cores: the times show the ring's overhead, not a speed-up, "
+        "and they depend on the machine's load (the load average below); the memory numbers do not.",
         "",
         machine_line(res["machine"]),
         "",

@@ -9,8 +9,8 @@ the queries (cross-attention: a decoder's queries over an encoder's memory), of 
 memory's blocks go round. The K/V blocks go round the ring by
 point-to-point messages (``batch_isend_irecv``): at step ``i = 1 .. world - 1`` rank ``r``
 sends its own block to rank ``r + i`` and receives the block of rank ``r - i`` (mod world),
-each block crossing one link once; the messages of step ``i + 1`` are posted before the
-compute of step ``i`` so they travel while it runs. A rank's partial results over the blocks
+each block crossing one link once, in pieces that travel while the piece before them is used
+(below). A rank's partial results over the blocks
 it sees merge exactly by the online softmax (:mod:`qkv.backends.online_softmax`): the running
 max and log-sum-exp, the same arithmetic as the chunked backend. A pair of ranks whose
 positions a pattern never lets meet exchanges nothing (a sliding window talks only to its
@@ -20,15 +20,20 @@ Backward (FlashAttention-2 from the saved ``lse``): the K/V blocks go round agai
 computes ``dQ`` of its queries and the partial ``dK``, ``dV`` of block ``r - i``, and sends
 that partial back to its owner, which sums what it receives in step order (deterministic).
 
-Memory: a rank holds its outputs (``out``, ``dQ``, its own ``dK``, ``dV``: the rows accumulate
-in place in ``out``) and, beyond them, never more than two received blocks and a piece: the
-block in use and the next one in flight (one block at two ranks); the partial of a received
-block is written over it, key block by key block as each is done (keys outer), and goes home
-in :data:`GRAD_PIECES` pieces, the owner adding each piece as it comes through one
-piece-sized buffer. Tiles of logits are sized to the shard (:meth:`RingBackend.tiles`). A block
-(keys and values, or their gradients) travels as a pair of tensors (the gradients in pieces)
-and counts as one receive: dense attention costs ``world - 1`` receives per rank forward and
-``2 (world - 1)`` backward. Every rank must take part in every call (and in its backward).
+Streaming: a block never travels, nor is held, whole. It goes in pieces of ``kv_block`` keys
+(the tiles' key side, :meth:`RingBackend.tiles`), and the pieces of all steps form one stream:
+the messages of the next piece are posted before the current one is used, so a rank holds one
+received piece in use and one in flight (and the copies it is sending of its own). A received
+piece is folded into every query tile, then dropped. In the backward the partial ``dK``,
+``dV`` of a piece is complete once its query tiles are done (keys outer): it goes home at once,
+and its owner adds it in place one piece later (the wait for it lags one piece, so no rank
+waits for a peer still computing). Memory per rank: the outputs (``out``, which the running
+rows accumulate in, ``dQ``, its own ``dK``, ``dV``), the row statistics, a few pieces and one
+tile of logits: beyond ``1 / world`` of one process, nothing that grows with the sequence but
+the pieces and tiles, which shrink with the shard. A block (keys and values, or their
+gradients) counts as one receive however many pieces carry it: dense attention costs
+``world - 1`` receives per rank forward and ``2 (world - 1)`` backward. Every rank must take
+part in every call (and in its backward).
 """
 
 from __future__ import annotations
@@ -48,9 +53,8 @@ from .sequence_parallel import SequenceParallel, active, positions
 
 __all__ = ["RingBackend", "RingCommunicationError"]
 
-_FORWARD_TAG, _BACKWARD_KV_TAG, _BACKWARD_GRAD_TAG = 1 << 10, 2 << 10, 3 << 10
-#: The pieces each of dK, dV travels home in (one piece-sized receive buffer, not a block).
-GRAD_PIECES = 8
+#: Message tags: a stream's base, plus two per piece (its keys and values, or dK and dV).
+_FORWARD_TAG, _BACKWARD_KV_TAG, _BACKWARD_GRAD_TAG = 1 << 24, 2 << 24, 3 << 24
 
 
 class RingCommunicationError(RuntimeError):
@@ -143,20 +147,20 @@ def _peer(group, rank: int) -> int:
 
 
 class _Exchange:
-    """One step's point-to-point messages: send the tensors ``payload`` to ``dst`` and/or
+    """One piece's point-to-point messages: send the tensors ``payload`` to ``dst`` and/or
     receive into the tensors ``bufs`` from ``src`` (either may be None), the ``j``-th tensor
-    each way under tag ``tag + j``. Counted as one receive in the context's stats when
-    ``count`` (one block: its keys and values, or their gradients)."""
+    each way under tag ``tag + j``. The received bytes are counted in the context's stats, as
+    ``receives`` receives (1 for a block's first piece, 0 for the others: a block counts once)."""
 
     def __init__(self, plan: _Plan, step: int, tag: int, payload, dst: int, bufs, src: int, backward: bool,
-                 count: bool = True):  # fmt: skip
+                 receives: int = 1):  # fmt: skip
         self.plan, self.step, self.src, self.backward, self.bufs = plan, step, src, backward, bufs
         group, ops = plan.sp.group, []
         for j, t in enumerate(payload or []):
             ops.append(dist.P2POp(dist.isend, t, _peer(group, dst), group, tag + j))
         for j, t in enumerate(bufs or []):
             ops.append(dist.P2POp(dist.irecv, t, _peer(group, src), group, tag + j))
-        self.payload, self.count = payload, count  # the payload kept alive until the send completes
+        self.payload, self.receives = payload, receives  # the payload kept alive until the send completes
         self.works = self._start(ops) if ops else []
 
     def _start(self, ops):
@@ -172,92 +176,122 @@ class _Exchange:
         )
 
     def wait(self) -> list[Tensor] | None:
-        """Wait for this step's messages; the received tensors (or None)."""
+        """Wait for this piece's messages; the received tensors (or None)."""
         try:
             for work in self.works:
                 work.wait()
         except RuntimeError as e:
             raise self._error(e) from e
         self.payload = None
-        if self.bufs is not None and self.count:
-            self.plan.sp.stats.add(self.backward, self.bufs, self.src)
+        if self.bufs is not None:
+            self.plan.sp.stats.add(self.backward, self.bufs, self.src, self.receives)
         return self.bufs
 
 
-def _kv_exchange(plan: _Plan, step: int, kv: list[Tensor], tag: int, backward: bool) -> _Exchange:
-    """Step ``step``: own block to rank ``r + step`` (if it needs it), block of ``r - step`` in
-    (into new buffers)."""
+def _pieces(plan: _Plan, n: int) -> list[tuple[int, int, int]]:
+    """``(step, j0, j1)``: every piece of ``kv_block`` keys of every other rank's block, in the
+    order they travel (step by step, keys in order)."""
+    return [(step, j0, j1) for step in range(1, plan.world) for j0, j1 in _key_ranges(plan, n)]
+
+
+def _post_kv(plan: _Plan, index: int, piece, kv: list[Tensor], tag: int, backward: bool) -> _Exchange:
+    """The messages of piece ``index`` ``(step, j0, j1)``: keys ``j0:j1`` of this rank's block
+    to rank ``r + step`` (if it needs them; copied when the slice is not contiguous), the same
+    keys of rank ``r - step``'s block in (into new piece-sized buffers)."""
+    step, j0, j1 = piece
     r, w = plan.rank, plan.world
     dst, src = (r + step) % w, (r - step) % w
-    payload = kv if plan.need[dst][r] else None
-    bufs = [torch.empty_like(t) for t in kv] if plan.need[r][src] else None
-    return _Exchange(plan, step, tag + 4 * step, payload, dst, bufs, src, backward)
+    payload = [t[..., j0:j1, :].contiguous() for t in kv] if plan.need[dst][r] else None
+    bufs = [t.new_empty((*t.shape[:-2], j1 - j0, t.shape[-1])) for t in kv] if plan.need[r][src] else None
+    return _Exchange(plan, step, tag + 2 * index, payload, dst, bufs, src, backward, int(j0 == 0))
 
 
-def _return_partial(plan: _Plan, step: int, part: list[Tensor] | None, own: list[Tensor]) -> None:
-    """Step ``step``'s gradients home: ``part`` (this rank's partial ``[dK, dV]`` of the block
-    of ``src = r - step``, or None) back to ``src``, and the partial of this rank's own block
-    from ``dst = r + step`` (when it has one) added to ``own``. Both go in
-    :data:`GRAD_PIECES` pieces per tensor of the flattened gradients, received through one
-    piece-sized buffer: the partial of this rank's block never exists whole here. Counted
-    as one receive."""
+def _kv_stream(plan: _Plan, kv: list[Tensor], tag: int, backward: bool):
+    """Iterate ``(index, (step, j0, j1), src, piece)`` over the pieces of every other rank's
+    block (``piece`` the received ``[k, v]`` of keys ``j0:j1`` of rank ``src``, or None when
+    this rank needs none of them). The first piece's messages are posted now, each next one's
+    before the current piece is handed out: one piece in use, one in flight."""
+    pieces = _pieces(plan, kv[0].shape[-2])
+    first = _post_kv(plan, 0, pieces[0], kv, tag, backward) if pieces else None
+
+    def stream():
+        pending = first
+        for index, piece in enumerate(pieces):
+            got = pending.wait()
+            pending = (
+                _post_kv(plan, index + 1, pieces[index + 1], kv, tag, backward)
+                if index + 1 < len(pieces)
+                else None
+            )
+            yield index, piece, (plan.rank - piece[0]) % plan.world, got
+            got = None  # dropped before the next piece is waited for
+
+    return stream()
+
+
+def _send_home(plan: _Plan, index: int, piece, part: list[Tensor] | None, own: list[Tensor]):
+    """Piece ``index`` ``(step, j0, j1)``'s gradients home: ``part`` (this rank's partial
+    ``[dK, dV]`` of keys ``j0:j1`` of rank ``r - step``, or None) to that rank, and the partial
+    of the same keys of this rank's own block from rank ``r + step`` (when it has one) into
+    new piece-sized buffers. Returns what :func:`_add_home` finishes."""
+    step, j0, j1 = piece
     r, w = plan.rank, plan.world
     src, dst = (r - step) % w, (r + step) % w
-    receiving = plan.need[dst][r]
-    piece = max(1, -(-max(t.numel() for t in own) // GRAD_PIECES))
-    buf = own[0].new_empty(piece) if receiving else None
-    tag = _BACKWARD_GRAD_TAG + 64 * step
-    for i, acc in enumerate(own):
-        for j, start in enumerate(range(0, acc.numel(), piece)):
-            end = min(start + piece, acc.numel())
-            payload = None if part is None else [part[i].view(-1)[start:end]]
-            bufs = [buf[: end - start]] if receiving else None
-            ex = _Exchange(plan, step, tag + 2 * (i * GRAD_PIECES + j), payload, src, bufs, dst, True, False)
-            if ex.wait() is not None:
-                acc.view(-1)[start:end] += buf[: end - start]
-    if receiving:
-        plan.sp.stats.add(True, own, dst)
+    shape = (*own[0].shape[:-2], j1 - j0)
+    bufs = [t.new_empty((*shape, t.shape[-1])) for t in own] if plan.need[dst][r] else None
+    tag = _BACKWARD_GRAD_TAG + 2 * index
+    return _Exchange(plan, step, tag, part, src, bufs, dst, True, int(j0 == 0)), j0, j1
 
 
-def _tiles(plan: _Plan, n_q: int, n_k: int, src: int):
-    """Yield ``(j0, j1, tiles)`` for every ``kv_block`` of the keys of rank ``src``, with
-    ``tiles`` the ``(q0, q1, keep)`` of this rank's ``q_block``s that the mask lets meet it at
-    all and their mask (None: all allowed); empty when none does. Keys outer: a key block's
-    ``dK``, ``dV`` are complete once its tiles are done."""
-    qpos, kpos = plan.qpos[plan.rank], plan.kpos[src]
-    for j0 in range(0, n_k, plan.kv_block):
-        j1, tiles = min(j0 + plan.kv_block, n_k), []
-        for q0 in range(0, n_q, plan.q_block):
-            q1 = min(q0 + plan.q_block, n_q)
-            keep = _keep(plan, qpos[q0:q1], kpos[j0:j1])
-            if keep is None or bool(keep.all()):
-                tiles.append((q0, q1, None))  # nothing to mask in this tile
-            elif bool(keep.any()):
-                tiles.append((q0, q1, keep))
-        yield j0, j1, tiles
+def _add_home(homing, own: list[Tensor]) -> None:
+    """Wait for a piece's gradients (:func:`_send_home`) and add the received partial of this
+    rank's keys to ``own``."""
+    exchange, j0, j1 = homing
+    got = exchange.wait()
+    for acc, g in zip(own, got or []):
+        acc[..., j0:j1, :] += g
 
 
-def _forward_pair(plan: _Plan, rows: list, q: Tensor, k: Tensor, v: Tensor, src: int, logits: list | None):
-    """Fold the keys and values of rank ``src`` into this rank's running softmax (one
-    :class:`OnlineSoftmax` per block of queries, each taking the key blocks in order)."""
-    qpos, kpos = plan.qpos[plan.rank], plan.kpos[src]
-    for j0, j1, tiles in _tiles(plan, q.shape[-2], k.shape[-2], src):
-        for q0, q1, keep in tiles:
-            kb, vb = k[..., j0:j1, :], v[..., j0:j1, :]
-            if keep is not None:
-                kb, vb = zero_unreachable_keys(kb, vb, keep)
-            bias = _bias(plan, qpos[q0:q1], kpos[j0:j1])
-            _, s = block_logits(plan.inputs, plan.inputs.score_fn, q[..., q0:q1, :], kb, bias, keep)
-            rows[q0 // plan.q_block].update(s, vb)
-            if logits is not None:
-                logits.append((q0, q1, kpos[j0:j1], s))
+def _query_tiles(plan: _Plan, n_q: int, src: int, j0: int, j1: int) -> list[tuple[int, int, Tensor | None]]:
+    """``(q0, q1, keep)`` of this rank's ``q_block``s that the mask lets meet keys ``j0:j1`` of
+    rank ``src`` at all, with their mask (None: all allowed); empty when none does."""
+    qpos, kpos, tiles = plan.qpos[plan.rank], plan.kpos[src][j0:j1], []
+    for q0 in range(0, n_q, plan.q_block):
+        q1 = min(q0 + plan.q_block, n_q)
+        keep = _keep(plan, qpos[q0:q1], kpos)
+        if keep is None or bool(keep.all()):
+            tiles.append((q0, q1, None))  # nothing to mask in this tile
+        elif bool(keep.any()):
+            tiles.append((q0, q1, keep))
+    return tiles
+
+
+def _key_ranges(plan: _Plan, n: int) -> list[tuple[int, int]]:
+    """``(j0, j1)`` of the ``kv_block``s of a block of ``n`` keys: the pieces a block travels in
+    (and this rank's own block is used in)."""
+    return [(j0, min(j0 + plan.kv_block, n)) for j0 in range(0, n, plan.kv_block)]
+
+
+def _forward_keys(plan: _Plan, rows: list, q: Tensor, k: Tensor, v: Tensor, src: int, j0: int, logits):
+    """Fold keys ``j0 : j0 + len(k)`` of rank ``src`` (``k``, ``v``: those keys) into this rank's
+    running softmax (one :class:`OnlineSoftmax` per block of queries, each taking the keys in
+    order)."""
+    qpos, kpos = plan.qpos[plan.rank], plan.kpos[src][j0 : j0 + k.shape[-2]]
+    for q0, q1, keep in _query_tiles(plan, q.shape[-2], src, j0, j0 + k.shape[-2]):
+        kb, vb = (k, v) if keep is None else zero_unreachable_keys(k, v, keep)
+        _, s = block_logits(
+            plan.inputs, plan.inputs.score_fn, q[..., q0:q1, :], kb, _bias(plan, qpos[q0:q1], kpos), keep
+        )
+        rows[q0 // plan.q_block].update(s, vb)
+        if logits is not None:
+            logits.append((q0, q1, kpos, s))
 
 
 def _ring_forward(plan: _Plan, q: Tensor, k: Tensor, v: Tensor):
     """``(out, lse, weights or None)`` of this rank's queries over the whole sequence. The
     rows accumulate ``softmax @ v`` in place in ``out`` (in a compute-dtype buffer for half
-    inputs); one K/V block is in use and one in flight."""
-    kv, w, cdt = [k.contiguous(), v.contiguous()], plan.world, compute_dtype(q)
+    inputs); the other ranks' keys come as a stream of pieces (:func:`_kv_stream`)."""
+    kv, cdt = [k.contiguous(), v.contiguous()], compute_dtype(q)
     out = q.new_zeros((*q.shape[:-1], v.shape[-1]), dtype=v.dtype)
     acc = out if out.dtype == cdt else torch.zeros_like(out, dtype=cdt)
     starts = range(0, q.shape[-2], plan.q_block)
@@ -266,14 +300,14 @@ def _ring_forward(plan: _Plan, q: Tensor, k: Tensor, v: Tensor):
         for a in (acc[..., q0 : q0 + plan.q_block, :] for q0 in starts)
     ]
     logits = [] if plan.inputs.need_weights else None
-    pending = None
-    for step in range(w):
-        following = _kv_exchange(plan, step + 1, kv, _FORWARD_TAG, False) if step + 1 < w else None
-        src = (plan.rank - step) % w
-        block = kv if step == 0 else pending.wait()
-        if plan.need[plan.rank][src]:
-            _forward_pair(plan, rows, q, *block, src, logits)
-        block, pending = None, following  # the block just used is freed before the next is taken
+    stream = _kv_stream(plan, kv, _FORWARD_TAG, False)  # the first piece travels while the own block is used
+    if plan.need[plan.rank][plan.rank]:
+        for j0, j1 in _key_ranges(plan, k.shape[-2]):
+            _forward_keys(plan, rows, q, kv[0][..., j0:j1, :], kv[1][..., j0:j1, :], plan.rank, j0, logits)
+    for _, (_, j0, _), src, piece in stream:
+        if piece is not None:
+            _forward_keys(plan, rows, q, *piece, src, j0, logits)
+        piece = None
     lse = q.new_empty(q.shape[:-1], dtype=cdt)
     for q0, r in zip(starts, rows):
         finished = r.out(v.dtype)  # divided in place: already ``out``'s rows when acc is out
@@ -294,8 +328,8 @@ def _weights(plan: _Plan, q: Tensor, v: Tensor, lse: Tensor, logits: list) -> Te
 
 
 class _Backward:
-    """The backward of one rank: ``dQ`` of its queries, the partial ``dK, dV`` of each block it
-    sees (sent back to the block's owner) and the sum of the partials of its own block."""
+    """The backward of one rank: ``dQ`` of its queries, the partial ``dK, dV`` of each piece of
+    keys it sees (sent back to the keys' owner) and the sum of the partials of its own block."""
 
     def __init__(self, plan: _Plan, q, out, lse, d_out) -> None:
         self.plan, self.q = plan, q
@@ -306,29 +340,20 @@ class _Backward:
         self.dq = torch.zeros_like(q, dtype=cdt)
         self.fast = plan.inputs.score.dot_like
 
-    def pair(self, k: Tensor, v: Tensor, src: int, grads: list[Tensor] | None = None) -> list[Tensor]:
-        """``[dK, dV]`` of block ``src`` from this rank's queries (``dQ`` accumulated): added
-        to ``grads`` when given; else written over ``k``, ``v`` key block by key block once
-        each is done (the received buffers, which then hold the partial: no new block), or
-        into new tensors when the compute dtype is not theirs."""
-        plan, cdt = self.plan, self.d_out.dtype
-        into = grads
-        if into is None:
-            same = k.dtype == cdt and v.dtype == cdt
-            into = [k, v] if same else [torch.empty_like(k, dtype=cdt), torch.empty_like(v, dtype=cdt)]
-        qpos, kpos = plan.qpos[plan.rank], plan.kpos[src]
-        for j0, j1, tiles in _tiles(plan, self.q.shape[-2], k.shape[-2], src):
-            kb, vb = k[..., j0:j1, :], v[..., j0:j1, :]
-            tile = [torch.zeros_like(kb, dtype=cdt), torch.zeros_like(vb, dtype=cdt)]
-            for q0, q1, keep in tiles:
-                kt, vt = (kb, vb) if keep is None else zero_unreachable_keys(kb, vb, keep)
-                self._block(q0, q1, tile, kt, vt, keep, _bias(plan, qpos[q0:q1], kpos[j0:j1]))
-            for acc, t in zip(into, tile):
-                if grads is None:
-                    acc[..., j0:j1, :] = t  # over the keys and values this block no longer needs
-                else:
-                    acc[..., j0:j1, :] += t
-        return into
+    def keys(
+        self, k: Tensor, v: Tensor, src: int, j0: int, grads: list[Tensor] | None = None
+    ) -> list[Tensor]:
+        """``[dK, dV]`` of keys ``j0 : j0 + len(k)`` of rank ``src`` (``k``, ``v``: those keys)
+        from this rank's queries (``dQ`` accumulated): added to ``grads`` when given (views of
+        this rank's own gradients), else in new compute-dtype tensors (what goes home)."""
+        cdt, qpos = self.d_out.dtype, self.plan.qpos[self.plan.rank]
+        kpos = self.plan.kpos[src][j0 : j0 + k.shape[-2]]
+        if grads is None:
+            grads = [torch.zeros_like(k, dtype=cdt), torch.zeros_like(v, dtype=cdt)]
+        for q0, q1, keep in _query_tiles(self.plan, self.q.shape[-2], src, j0, j0 + k.shape[-2]):
+            kt, vt = (k, v) if keep is None else zero_unreachable_keys(k, v, keep)
+            self._block(q0, q1, grads, kt, vt, keep, _bias(self.plan, qpos[q0:q1], kpos))
+        return grads
 
     def _block(self, q0: int, q1: int, grads: list[Tensor], kb: Tensor, vb: Tensor, keep, bias) -> None:
         """Add one tile's ``dQ`` rows and its keys' ``dK``, ``dV`` to ``grads``."""
@@ -352,25 +377,30 @@ class _Backward:
 
 
 def _ring_backward(plan: _Plan, saved, d_out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``(dq, dk, dv)`` of this rank's shards (see the module docstring). Held at once: the
-    gradients, one received K/V block (which becomes the partial sent home), the next block
-    in flight and one piece of the partial coming home."""
+    """``(dq, dk, dv)`` of this rank's shards (see the module docstring). Held at once beyond
+    the gradients: a received K/V piece in use and the next in flight, the partial of the
+    piece in use and of the one before it (still going home) and the pieces of this rank's
+    own partial coming home. The partials of a key piece are added in step order
+    (deterministic)."""
     q, k, v, out, lse = saved
     bw = _Backward(plan, q, out, lse, d_out)
-    kv = [k.contiguous(), v.contiguous()]
-    r, w = plan.rank, plan.world
+    kv, r = [k.contiguous(), v.contiguous()], plan.rank
     own = [torch.zeros_like(t, dtype=bw.d_out.dtype) for t in kv]
-    pending = _kv_exchange(plan, 1, kv, _BACKWARD_KV_TAG, True) if w > 1 else None
+    stream = _kv_stream(plan, kv, _BACKWARD_KV_TAG, True)  # the first piece travels meanwhile
     if plan.need[r][r]:
-        bw.pair(*kv, r, own)
-    for step in range(1, w):
-        src = (r - step) % w
-        block = pending.wait()
-        pending = _kv_exchange(plan, step + 1, kv, _BACKWARD_KV_TAG, True) if step + 1 < w else None
-        part = bw.pair(*block, src) if plan.need[r][src] else None
-        block = None
-        _return_partial(plan, step, part, own)  # summed in step order: deterministic
+        for j0, j1 in _key_ranges(plan, k.shape[-2]):
+            bw.keys(kv[0][..., j0:j1, :], kv[1][..., j0:j1, :], r, j0, [g[..., j0:j1, :] for g in own])
+    homing = None
+    for index, piece, src, kv_piece in stream:
+        part = None if kv_piece is None else bw.keys(*kv_piece, src, piece[1])
+        kv_piece = None
+        sent = _send_home(plan, index, piece, part, own)
         part = None
+        if homing is not None:
+            _add_home(homing, own)  # one piece late: the peer had a piece's time to send it
+        homing = sent
+    if homing is not None:
+        _add_home(homing, own)
     return bw.dq.to(q.dtype), own[0].to(k.dtype), own[1].to(v.dtype)
 
 
@@ -421,7 +451,8 @@ class RingBackend:
     docstring); runs only inside an active sequence-parallel context.
 
     Args:
-        q_block, kv_block: the tiles of logits within one pair of ranks' blocks (queries, keys).
+        q_block, kv_block: the tiles of logits within one pair of ranks' blocks (queries, keys);
+            the key side (as :meth:`tiles` sizes it) is also the piece a block travels in.
     """
 
     name = "ring"
@@ -472,29 +503,26 @@ class RingBackend:
 
     def memory_bytes(self, inputs: AttentionInputs) -> int:
         """Peak extra bytes on this rank: the output (the rows accumulate in it; in a compute-
-        dtype buffer as well for half inputs) and the row statistics; with other ranks, the
-        K/V blocks held (``n (D + Dv)`` each: the one in use and, past two ranks, the next in
-        flight); the logits of one tile (:meth:`tiles`; 16 c per element, as chunked); the
-        weights (and their kept logits) when asked. With grad: dq and the own dK/dV in the
-        compute dtype and, with other ranks, one piece of a partial coming home (and a
-        partial of its own for half inputs; else it is written over the received block);
-        8 c per tile element more."""
+        dtype buffer as well for half inputs) and the row statistics; with other ranks, four
+        K/V pieces (``kv_block`` keys each: the one in use, the next in flight, and the copies
+        of this rank's own being sent); the logits of one tile (:meth:`tiles`; 16 c per
+        element, as chunked); the weights (and their kept logits) when asked. With grad: dq
+        and the own dK/dV in the compute dtype and, with other ranks, four pieces of partials
+        in the compute dtype (the one just made, the one before it still going home, and the
+        two of this rank's own coming home); 8 c per tile element more."""
         s = memory.sizes(inputs)
         c, e = s["c"], s["e"]
         world = sp.world if (sp := active()) is not None else 1
         kv = s["n"] * s["tk"] * (s["d"] + s["dv"])
         q_block, kv_block = self.tiles(s["tq"], max(s["d"], s["dv"]))
+        piece = (world > 1) * s["n"] * min(kv_block, s["tk"]) * (s["d"] + s["dv"])
         tile = s["n"] * q_block * kv_block
         rows = s["n"] * s["tq"]
-        total = (
-            rows * s["dv"] * (e + c * (c != e)) + 3 * rows * c + min(world - 1, 2) * kv * e + tile * 16 * c
-        )
+        total = rows * s["dv"] * (e + c * (c != e)) + 3 * rows * c + 4 * piece * e + tile * 16 * c
         if inputs.need_weights:
             total += s["n"] * s["tq"] * s["tk"] * world * (e + c)
         if memory.needs_grad(inputs):
-            total += rows * s["d"] * c + kv * c + tile * 8 * c
-            if world > 1:
-                total += -(-kv // GRAD_PIECES) * c + (c != e) * kv * c
+            total += rows * s["d"] * c + kv * c + 4 * piece * c + tile * 8 * c
         return total
 
     def run(self, inputs: AttentionInputs) -> AttentionOutput:

@@ -40,7 +40,8 @@ LAYOUTS = ("contiguous", "zigzag")
 
 @dataclass
 class RingStats:
-    """What this rank's ring exchanged: point-to-point receives and the bytes they carried,
+    """What this rank's ring exchanged: point-to-point receives (one per block: its keys and
+    values, or their gradients, however many pieces carried it) and the bytes they carried,
     forward and backward (the metadata check at the start of each call is not counted)."""
 
     forward_recvs: int = 0
@@ -49,14 +50,15 @@ class RingStats:
     backward_bytes: int = 0
     peers: set[int] = field(default_factory=set)  # the ranks this rank received from
 
-    def add(self, backward: bool, tensors: list[Tensor], src: int) -> None:
-        """Count one receive (one block: its tensors) from rank ``src``."""
+    def add(self, backward: bool, tensors: list[Tensor], src: int, receives: int = 1) -> None:
+        """Count the bytes of ``tensors`` received from rank ``src`` as ``receives`` receives
+        (a block that travels in pieces counts once: 1 for its first piece, 0 for the rest)."""
         nbytes = sum(t.numel() * t.element_size() for t in tensors)
         if backward:
-            self.backward_recvs += 1
+            self.backward_recvs += receives
             self.backward_bytes += nbytes
         else:
-            self.forward_recvs += 1
+            self.forward_recvs += receives
             self.forward_bytes += nbytes
         self.peers.add(src)
 
