@@ -31,9 +31,15 @@ the uncropped computation (``crop=False``) within floating-point tolerance. When
 reaches past the sequence (``min_h z_h > T - 1``) the mask is all ones and plain (causal)
 attention runs; ``z`` then gets no gradient (it is 0).
 
-Gradients for ``z`` need a differentiable bias, which SDPA does not give: with ``span``
-requiring grad the ``reference`` or ``chunked`` backend runs (see the benchmark,
-``benchmarks/results/adaptive_span.md``).
+Gradients for ``z`` need a differentiable bias, which SDPA does not give. With ``span``
+requiring grad (backend ``auto``, no weights asked, no active dropout), the strips run through
+:class:`qkv.api.span_strips.SpanStrips`: SDPA's fused forward on the bias detached, and a
+FlashAttention-style backward over the same strips (the probabilities recomputed from ``q``,
+``k`` and the bias) that gives ``q``, ``k``, ``v`` and the bias, hence ``z``, their gradients.
+``d log m_z / dz = 1 / (R m_z)`` on the ramp and 0 elsewhere, so only the ramp's keys move
+``z``. Otherwise (an explicit backend, weights, dropout) :func:`qkv.attention` runs the strips
+with the differentiable bias (``reference`` or ``chunked``). See the benchmark,
+``benchmarks/results/adaptive_span.md``.
 
 Shape legend (see :mod:`qkv._types`)::
 
@@ -127,7 +133,8 @@ def adaptive_span_attention(
 
     Returns:
         :class:`qkv.AttentionOutput` with ``out (B, H, T, Dv)``, ``weights`` when asked,
-        ``lse (B, H, T)`` of ``s + log m_z`` when the backend gives it, and the backend that ran.
+        ``lse (B, H, T)`` of ``s + log m_z`` when the backend gives it (not with a learned span
+        on the strips), and the backend that ran (the forward's).
         A query with no key left (all masked) gets output 0, weights 0, no NaN.
 
     Raises:

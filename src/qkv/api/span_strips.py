@@ -82,30 +82,28 @@ class SpanStrips(torch.autograd.Function):
         delta = (do * out.to(dt)).sum(dim=-1, keepdim=True)  # (nb, N, Qb, 1): rowsum(do * o)
         empty = torch.isneginf(bias).all(dim=-1, keepdim=True)  # (nb | 1, N, Qb, 1): rows with no key
         grads = _Grads(
-            dq=q_blocks.new_empty(q_blocks.shape, dtype=dt),
+            dq=q_blocks.new_empty((heads, n, block, q_blocks.shape[3]), dtype=dt),  # (N, nb, Qb, D)
             dk=_key_rows(kp, dt),
             dv=_key_rows(vp, dt),
             dbias=torch.zeros_like(bias, dtype=dt) if ctx.needs_input_grad[3] else None,
         )
+        qs = q_blocks.to(dt) * ctx.scale  # q * scale: s = qs k^T + bias, dk = ds^T qs
+        any_empty = bool(empty.any())
         group = max(1, GROUP_ELEMENTS // (block * ctx.strip))
-        ctx.rows = _strip_rows(min(n, group), block, ctx.strip, kp.device)
-        for h in range(heads):
-            for i0 in range(0, n, group):
-                part = slice(i0, min(n, i0 + group))
-                shared = slice(0, 1) if bias.shape[0] == 1 else part
-                head = (q_blocks[part, h], kp[h], vp[h], bias[shared, h], do[part, h], delta[part, h])
-                _group_grads(grads, h, part, *(x.to(dt) for x in head), empty[shared, h], ctx)
+        strip_rows = _strip_rows(min(n, group), block, ctx.strip, kp.device)
+        for i0 in range(0, n, group):
+            part = slice(i0, min(n, i0 + group))
+            shared = slice(0, 1) if bias.shape[0] == 1 else part
+            k0 = (ctx.first + i0) * block  # the first key row of these strips
+            rows = strip_rows[: (part.stop - i0) * ctx.strip] + k0  # (n * L,): the key row of each strip row
+            for h in range(heads):
+                head = (qs[part, h], kp[h], vp[h], bias[shared, h], do[part, h], delta[part, h])
+                empty_rows = empty[shared, h] if any_empty else None
+                _group_grads(grads, h, part, rows, *(x.to(dt) for x in head), empty_rows, ctx.strip, k0)
+        dq = grads.dq.mul_(ctx.scale).transpose(0, 1)  # dq = ds k * scale, (nb, N, Qb, D)
         dbias = None if grads.dbias is None else grads.dbias.to(bias.dtype)
-        return (
-            grads.dq.to(q_blocks.dtype),
-            grads.dk.to(kp.dtype),
-            grads.dv.to(vp.dtype),
-            dbias,
-            None,
-            None,
-            None,
-            None,
-        )
+        dkp, dvp = grads.dk.to(kp.dtype), grads.dv.to(vp.dtype)
+        return dq.to(q_blocks.dtype), dkp, dvp, dbias, None, None, None, None
 
 
 class _Grads(NamedTuple):
@@ -119,20 +117,20 @@ class _Grads(NamedTuple):
 
 
 def _group_grads(
-    grads: _Grads, h: int, part: slice, q: Tensor, kp: Tensor, vp: Tensor, bias: Tensor,
-    do: Tensor, delta: Tensor, empty: Tensor, ctx: Any,
+    grads: _Grads, h: int, part: slice, rows: Tensor, qs: Tensor, kp: Tensor, vp: Tensor,
+    bias: Tensor, do: Tensor, delta: Tensor, empty: Tensor | None, strip: int, k0: int,
 ) -> None:  # fmt: skip
-    """Head ``h``, blocks ``part``: ``q (n, Qb, D)``, this head's padded keys ``kp (W, D)`` and
-    values ``vp (W, Dv)``, ``bias (n | 1, Qb, L)``, ``do (n, Qb, Dv)``, ``delta (n, Qb, 1)``.
-    The strips are strided views read by ``bmm`` in place."""
-    first, n, block, scale = ctx.first + part.start, q.shape[0], q.shape[1], ctx.scale
-    k0, k1 = first * block, (first + n - 1) * block + ctx.strip
-    ks_t = kp[k0:k1].unfold(0, ctx.strip, block)  # (n, D, L): k^T of each strip, a view
-    vs_t = vp[k0:k1].unfold(0, ctx.strip, block)  # (n, Dv, L)
-    p = torch.softmax(torch.baddbmm(bias, q, ks_t, alpha=scale), dim=-1)  # (n, Qb, L)
-    if bool(empty.any()):
+    """Head ``h``, blocks ``part``: ``qs (n, Qb, D)`` the scaled queries, this head's padded keys
+    ``kp (W, D)`` and values ``vp (W, Dv)``, ``bias (n | 1, Qb, L)``, ``do (n, Qb, Dv)``,
+    ``delta (n, Qb, 1)``, ``empty (n | 1, Qb, 1)`` (rows with no key, None if there are none),
+    ``rows (n * L,)`` the key row of each strip row (the first is ``k0``). The strips are strided views that ``bmm``
+    reads in place. Writes ``dq / scale``."""
+    n, block = qs.shape[:2]
+    ks_t = kp[k0 : k0 + (n - 1) * block + strip].unfold(0, strip, block)  # (n, D, L): k^T per strip
+    vs_t = vp[k0 : k0 + (n - 1) * block + strip].unfold(0, strip, block)  # (n, Dv, L)
+    p = torch.softmax(torch.baddbmm(bias, qs, ks_t), dim=-1)  # (n, Qb, L)
+    if empty is not None:
         p.masked_fill_(empty, 0.0)  # a row with no key: softmax gave NaN, its weights are 0
-    rows = ctx.rows[: n * ctx.strip] + first * block  # (n * L,): the key row of each strip row
     grads.dv[h].index_add_(0, rows, torch.bmm(p.transpose(1, 2), do).flatten(0, 1))  # dv = p^T do
     ds = torch.bmm(do, vs_t).sub_(delta).mul_(p)  # dp = do v^T; ds = p (dp - delta)
     if grads.dbias is not None:
@@ -140,9 +138,8 @@ def _group_grads(
             grads.dbias[0, h] += ds.sum(dim=0)
         else:
             grads.dbias[part, h] = ds
-    grads.dq[part, h] = torch.bmm(ds, ks_t.transpose(1, 2)).mul_(scale)  # dq = ds k
-    dk = torch.bmm(ds.transpose(1, 2), q).mul_(scale)  # dk = ds^T q, (n, L, D)
-    grads.dk[h].index_add_(0, rows, dk.flatten(0, 1))
+    torch.bmm(ds, ks_t.transpose(1, 2), out=grads.dq[h, part])  # dq / scale = ds k
+    grads.dk[h].index_add_(0, rows, torch.bmm(ds.transpose(1, 2), qs).flatten(0, 1))  # dk = ds^T qs
 
 
 def _key_rows(xp: Tensor, dt: torch.dtype) -> Tensor:
