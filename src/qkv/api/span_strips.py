@@ -5,8 +5,8 @@ Adaptive span (:mod:`qkv.api.adaptive_span`) cuts the queries into blocks of ``Q
 block ``n`` score only its strip of ``L`` keys, padded positions ``[(first + n) Qb, (first + n)
 Qb + L)`` of the keys. Its span ``z`` enters through the bias ``log m_z``, which SDPA takes but
 cannot differentiate. :class:`SpanStrips` runs the forward through :func:`qkv.attention` with
-the bias detached (so the fused SDPA kernel runs it) and writes the backward itself, strip by
-strip, recomputing each strip's probabilities (Dao et al. 2022, "FlashAttention", Algorithm 4)::
+the bias detached (so the fused SDPA kernel runs it) and writes the backward itself, recomputing
+each strip's probabilities (Dao et al. 2022, "FlashAttention", Algorithm 4)::
 
     s  = q k^T * scale + bias          p = softmax(s)   (0 in a row with no key)
     dv = p^T do                        dp = do v^T
@@ -14,9 +14,11 @@ strip, recomputing each strip's probabilities (Dao et al. 2022, "FlashAttention"
     d bias = ds, summed over the blocks (and batch) that share the bias
 
 The strips of ``dk`` and ``dv`` overlap: each is added back (``index_add_``) into the padded
-key positions it came from. The blocks are taken a group at a time so that a group's
-``(n, B*H, Qb, L)`` scores stay within :data:`GROUP_ELEMENTS`. Equal to autograd through the
-reference backend within floating-point tolerance (the tests compare them in float64).
+key positions it came from. The backward runs head by head, a group of blocks at a time, so
+that a group's scores ``(n, Qb, L)`` stay within :data:`GROUP_ELEMENTS`; the strips are strided
+views of the keys that ``bmm`` reads in place. Work: the forward's two strip products and five
+in the backward, ``O(T L D)`` per head. Equal to autograd through the reference backend within
+floating-point tolerance (the tests compare them in float64).
 
 Shape legend::
 
