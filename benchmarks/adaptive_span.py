@@ -80,8 +80,8 @@ FWD_BWD_FACTOR = 3.5
 FLOPS_CONVENTION = (
     "4*B*H*D per computed (query, key) score (QK^T and PV); forward+backward 3.5x forward "
     "(FlashAttention convention). Computed pairs: T(T+1)/2 for sdpa-causal (its kernel skips the "
-    "tiles above the diagonal; counted without the diagonal tiles' waste), T^2 for full (SDPA "
-    "with the dense causal mask scores every pair) and for a span covering the sequence, the "
+    "tiles above the diagonal; counted without the diagonal tiles' waste) and for full (qkv "
+    "runs the same is_causal kernel for a plain causal mask), T^2 for a span covering the sequence, the "
     "strips ceil(T / block) * block * (block + W) for a cropped span; useful pairs: those with "
     "a nonzero weight"
 )
@@ -90,10 +90,8 @@ FLOPS_CONVENTION = (
 def pairs(t: int, name: str) -> dict[str, int]:
     """(query, key) pairs computed and useful for contender ``name``."""
     causal = t * (t + 1) // 2
-    if name == "sdpa-causal":
+    if name in ("sdpa-causal", "full"):  # full: qkv runs SDPA's is_causal kernel for causal()
         return {"computed": causal, "useful": causal}
-    if name == "full":
-        return {"computed": t * t, "useful": causal}
     span = int(name.removeprefix("span-"))
     w = min(span_window(span, RAMP), t - 1)
     n_blocks = -(-t // BLOCK)
@@ -310,8 +308,9 @@ def to_markdown(res: dict[str, Any]) -> str:
     lines += [
         "",
         f"- FLOPs: {cfg['flops_convention']}.",
-        "- backend: what `qkv.attention` ran inside (with gradients for the span, SDPA cannot take the "
-        "differentiable bias `log m_z`: the reference or chunked backend runs).",
+        "- backend: what `qkv.attention` ran inside. With gradients for the span, SDPA runs the strips' "
+        "forward on the bias `log m_z` detached, and `qkv.api.span_strips` computes the backward over the "
+        "same strips (q, k, v and the span).",
         f"- Peak MiB: {cfg['memory_method']}",
         "- Other load: mean number of cores kept busy by other processes during the rounds "
         f"(waited up to {cfg['wait_quiet_s']:.0f} s for a quiet machine before each pass; a round "

@@ -31,9 +31,15 @@ the uncropped computation (``crop=False``) within floating-point tolerance. When
 reaches past the sequence (``min_h z_h > T - 1``) the mask is all ones and plain (causal)
 attention runs; ``z`` then gets no gradient (it is 0).
 
-Gradients for ``z`` need a differentiable bias, which SDPA does not give: with ``span``
-requiring grad the ``reference`` or ``chunked`` backend runs (see the benchmark,
-``benchmarks/results/adaptive_span.md``).
+Gradients for ``z`` need a differentiable bias, which SDPA does not give. With ``span``
+requiring grad (backend ``auto``, no weights asked, no active dropout), the strips run through
+:class:`qkv.api.span_strips.SpanStrips`: SDPA's fused forward on the bias detached, and a
+FlashAttention-style backward over the same strips (the probabilities recomputed from ``q``,
+``k`` and the bias) that gives ``q``, ``k``, ``v`` and the bias, hence ``z``, their gradients.
+``d log m_z / dz = 1 / (R m_z)`` on the ramp and 0 elsewhere, so only the ramp's keys move
+``z``. Otherwise (an explicit backend, weights, dropout) :func:`qkv.attention` runs the strips
+with the differentiable bias (``reference`` or ``chunked``). See the benchmark,
+``benchmarks/results/adaptive_span.md``.
 
 Shape legend (see :mod:`qkv._types`)::
 
@@ -53,6 +59,7 @@ from torch import Tensor
 from .._checks import check_bool_mask
 from .._types import AttentionOutput
 from .attention import attention
+from .span_strips import key_strips, span_strips
 
 __all__ = ["adaptive_span_attention", "check_ramp", "soft_span_mask", "span_penalty", "span_window"]
 
@@ -126,7 +133,8 @@ def adaptive_span_attention(
 
     Returns:
         :class:`qkv.AttentionOutput` with ``out (B, H, T, Dv)``, ``weights`` when asked,
-        ``lse (B, H, T)`` of ``s + log m_z`` when the backend gives it, and the backend that ran.
+        ``lse (B, H, T)`` of ``s + log m_z`` when the backend gives it (not with a learned span
+        on the strips), and the backend that ran (the forward's).
         A query with no key left (all masked) gets output 0, weights 0, no NaN.
 
     Raises:
@@ -234,6 +242,7 @@ def _cropped(q, k, v, z, ramp, causal, key_mask, plan: _Plan, **kwargs) -> Atten
     real = torch.zeros(bsz, width, dtype=torch.bool, device=q.device)  # keys that exist
     real[:, left : left + t] = True if key_mask is None else key_mask
 
+    learned = _learned_span(z, kwargs)
     # with padding every block has its own keys: one call; else edge, interior, edge
     ranges = (
         [(0, n_blocks)] if key_mask is not None else [(0, plan.lo), (plan.lo, plan.hi), (plan.hi, n_blocks)]
@@ -242,21 +251,30 @@ def _cropped(q, k, v, z, ramp, causal, key_mask, plan: _Plan, **kwargs) -> Atten
     for n0, n1 in ranges:
         if n0 == n1:
             continue
-        k0, k1 = n0 * block, n1 * block + left + right  # padded positions of these strips
-
-        def strips(xp: Tensor, k0: int = k0, k1: int = k1) -> Tensor:
-            return xp[:, k0:k1].unfold(1, strip, block).permute(1, 0, 3, 2)  # (n, B*H, L, d): a view
-
         if key_mask is None and (n0, n1) == (plan.lo, plan.hi):
             block_bias = bias[None]  # (1, B*H, Qb, L): every key exists
         else:
-            keys = real[:, k0:k1].unfold(1, strip, block)  # (B, n, L)
-            keys = keys.transpose(0, 1).repeat_interleave(heads, dim=1)  # (n, B*H, L)
+            keys = key_strips(real[:, :, None], n0, n1 - n0, block, strip)[..., 0]  # (n, B, L)
+            keys = keys.repeat_interleave(heads, dim=1)  # (n, B*H, L)
             block_bias = bias.masked_fill(~keys[:, :, None, :], float("-inf"))  # (n, B*H, Qb, L)
         qb = qp[:, n0:n1].transpose(0, 1)  # (n, B*H, Qb, D)
-        results.append(attention(qb, strips(kp), strips(vp), bias=block_bias, **kwargs))
+        if learned:  # the fused forward, and a backward that gives the span its gradient
+            out, ran = span_strips(qb, kp, vp, block_bias, first=n0, strip=strip, scale=kwargs["scale"])
+            results.append(AttentionOutput(out=out, weights=None, lse=None, backend=ran))
+        else:
+            ks, vs = (key_strips(x, n0, n1 - n0, block, strip) for x in (kp, vp))  # (n, B*H, L, d): views
+            results.append(attention(qb, ks, vs, bias=block_bias, **kwargs))
 
     return _joined(results, plan, q, dv)
+
+
+def _learned_span(z: Tensor, kwargs: dict) -> bool:
+    """Whether the strips run :func:`~qkv.api.span_strips.span_strips` (the fused forward, its
+    own backward for the span): the span takes a gradient, the backend is ``auto``, and neither
+    weights nor active dropout are asked (those run :func:`qkv.attention` on the strips)."""
+    dropout = kwargs["dropout_p"] > 0 and kwargs["training"]
+    plain = kwargs["backend"] == "auto" and not kwargs["need_weights"] and not dropout
+    return plain and torch.is_grad_enabled() and z.requires_grad
 
 
 def _joined(results: list[AttentionOutput], plan: _Plan, q: Tensor, dv: int) -> AttentionOutput:
