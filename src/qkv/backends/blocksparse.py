@@ -215,10 +215,16 @@ class _Piece:
         return part
 
     def additive(self, dtype: torch.dtype) -> Tensor:
-        """The mask as 0 / -inf in ``dtype`` (same shape as ``keep``), built once per dtype."""
+        """The mask as 0 / -inf in ``dtype`` (same shape as ``keep``), built once per dtype.
+        When every row holds the same mask (a sliding window's band) it is built for one row
+        and broadcast over the others."""
         if dtype not in self._additive:
-            zeros = torch.zeros(self.keep.shape, dtype=dtype, device=self.keep.device)
-            self._additive[dtype] = zeros.masked_fill_(~self.keep, float("-inf"))
+            keep = self.keep
+            first = keep.narrow(keep.dim() - 4, 0, 1)  # the rows are dim 0, or 1 after B
+            if bool((keep == first).all()):
+                keep = first
+            zeros = torch.zeros(keep.shape, dtype=dtype, device=keep.device)
+            self._additive[dtype] = zeros.masked_fill_(~keep, float("-inf")).expand(self.keep.shape)
         return self._additive[dtype]
 
 
@@ -421,17 +427,43 @@ def _blocks(t: Tensor, block: int, n_blocks: int) -> Tensor:
     return t.view(h, n_blocks, block, d)
 
 
+class _KeyRows:
+    """A sample's keys ``(H, Tk, D)`` as rows of ``bk`` keys, ``(H, nKB + 1, bk * D)`` (the last
+    row the zero block of the padding slots), read by block index without copying the keys: the
+    whole blocks are a view, the ragged last block (zero-padded) and the zero block live in a
+    small ``(H, 1 | 2, bk * D)`` tensor."""
+
+    def __init__(self, t: Tensor, bk: int, n_kb: int) -> None:
+        h, tk, d = t.shape
+        self.full = tk // bk  # whole blocks
+        self.shape = (h, n_kb + 1, bk * d)
+        self.whole = t[:, : self.full * bk].reshape(h, self.full, bk * d)  # a view of contiguous keys
+        tail = tk - self.full * bk
+        self.extra = t.new_zeros((h, 2 if tail else 1, bk * d))  # [ragged block,] zero block
+        if tail:
+            self.extra[:, 0, : tail * d] = t[:, self.full * bk :].reshape(h, tail * d)
+
+    def select(self, idx: Tensor) -> Tensor:
+        """Rows ``idx`` (m,), block ids in ``0 .. nKB`` (nKB: the zero block): ``(H, m, bk * D)``."""
+        if self.full == 0:
+            return self.extra.index_select(1, idx)
+        got = self.whole.index_select(1, idx.clamp(max=self.full - 1))
+        over = idx >= self.full
+        if bool(over.any()):
+            got[:, over] = self.extra.index_select(1, idx[over] - self.full)
+        return got
+
+
 class _Sample:
     """The views and gathers of one batch sample ``(H, T, D)`` for the plan's pieces."""
 
     def __init__(self, plan: _Plan, k: Tensor, v: Tensor) -> None:
         self.plan = plan
-        bk = plan.kv_block
         self.k, self.v = k, v  # (H, Tk, D): the band's spans are views of these
-        if any(p.idx is not None for p in plan.pieces):
-            # key/value blocks as rows, plus the zero block for padding slots: (H, nKB + 1, bk * D)
-            self.k_rows = _blocks(k, bk, plan.n_kb + 1).flatten(2)
-            self.v_rows = _blocks(v, bk, plan.n_kb + 1).flatten(2)
+        self.gathered = any(p.idx is not None for p in plan.pieces)
+        if self.gathered:
+            self.k_rows = _KeyRows(k, plan.kv_block, plan.n_kb)
+            self.v_rows = _KeyRows(v, plan.kv_block, plan.n_kb)
 
     def keys(self, p: _Piece, b: int) -> tuple[Tensor, Tensor]:
         """(n, H, S, D) keys and values of piece ``p`` (zeros where no row may attend)."""
@@ -445,12 +477,12 @@ class _Sample:
                 dead = p.dead[b] if plan.per_batch else p.dead
                 ks, vs = ks.masked_fill(dead, 0), vs.masked_fill(dead, 0)
             return ks, vs
-        h = self.k_rows.shape[0]
+        h = self.k.shape[0]
         n = p.rows.numel()
         if p.idx.dim() == 1:  # shared blocks: gathered once, broadcast over the query blocks
             c = p.idx.numel()
-            ks = self.k_rows.index_select(1, p.idx).view(h, c * bk, -1).expand(n, h, c * bk, -1)
-            vs = self.v_rows.index_select(1, p.idx).view(h, c * bk, -1).expand(n, h, c * bk, -1)
+            ks = self.k_rows.select(p.idx).view(h, c * bk, -1).expand(n, h, c * bk, -1)
+            vs = self.v_rows.select(p.idx).view(h, c * bk, -1).expand(n, h, c * bk, -1)
             if p.dead is not None:  # out of place: the rows share one copy
                 dead = p.dead[b] if plan.per_batch else p.dead
                 ks, vs = ks.masked_fill(dead, 0), vs.masked_fill(dead, 0)
@@ -465,13 +497,63 @@ class _Sample:
                 ks, vs = ks.masked_fill(dead, 0), vs.masked_fill(dead, 0)
             return ks, vs
         flat = p.idx.flatten()
-        ks = self.k_rows.index_select(1, flat).view(h, n, c * bk, -1).transpose(0, 1)
-        vs = self.v_rows.index_select(1, flat).view(h, n, c * bk, -1).transpose(0, 1)
+        ks = self.k_rows.select(flat).view(h, n, c * bk, -1).transpose(0, 1)
+        vs = self.v_rows.select(flat).view(h, n, c * bk, -1).transpose(0, 1)
         if p.dead is not None:  # in place: fresh gathers
             dead = p.dead[b] if plan.per_batch else p.dead
             ks.masked_fill_(dead, 0)
             vs.masked_fill_(dead, 0)
         return ks, vs
+
+
+class _RowBlocks:
+    """A sample's rows ``(H, T, X)`` seen as blocks ``(nB, H, block, X)`` without copying them:
+    the whole blocks are a view; a ragged last block is read zero-padded and written back cut.
+    The forward reads its queries and merges into its output and log-sum-exp through these."""
+
+    def __init__(self, t: Tensor, block: int) -> None:
+        self.t, self.block = t, block
+        self.full = t.shape[1] // block  # whole blocks
+        self.tail = t.shape[1] - self.full * block  # rows of the ragged last block
+        self.whole = t[:, : self.full * block].unflatten(1, (self.full, block)).transpose(0, 1)
+
+    def _tail_block(self) -> Tensor:
+        """The ragged last block, zero-padded: (1, H, block, X)."""
+        h, _, x = self.t.shape
+        blk = self.t.new_zeros((1, h, self.block, x))
+        blk[0, :, : self.tail] = self.t[:, self.full * self.block :]
+        return blk
+
+    def read(self, p: _Piece) -> Tensor:
+        """The blocks of piece ``p``'s rows: (n, H, block, X); a view when they are whole and
+        consecutive."""
+        if p.span is not None and p.span.stop <= self.full:
+            return self.whole[p.span]
+        if p.span is not None:  # consecutive, ending with the ragged block
+            return torch.cat([self.whole[p.span.start : self.full], self._tail_block()])
+        if self.full == 0:  # the only block is the ragged one
+            return self._tail_block().expand(p.rows.numel(), -1, -1, -1).clone()
+        got = self.whole.index_select(0, p.rows.clamp(max=self.full - 1))
+        last = p.rows == self.full
+        if self.tail and bool(last.any()):
+            got[last] = self._tail_block()
+        return got
+
+    def write(self, p: _Piece, src: Tensor) -> None:
+        """Write ``src`` (n, H, block, X) as the blocks of piece ``p``'s rows (a view returned by
+        :meth:`read` and updated in place is already there)."""
+        if p.span is not None:
+            a, c = p.span.start, min(p.span.stop, self.full)
+            dst = self.whole[a:c]
+            if c > a and not (dst.data_ptr() == src.data_ptr() and dst.stride() == src.stride()):
+                dst.copy_(src[: c - a])
+            if p.span.stop > self.full:
+                self.t[:, self.full * self.block :] = src[-1, :, : self.tail]
+            return
+        whole = p.rows < self.full
+        self.whole.index_copy_(0, p.rows[whole], src[whole])
+        if self.tail and not bool(whole.all()):
+            self.t[:, self.full * self.block :] = src[~whole][0, :, : self.tail]
 
 
 def _spans(t: Tensor, offset: int, n: int, stride_rows: int, span: int) -> Tensor:
@@ -517,31 +599,44 @@ def _mask(p: _Piece, dtype: torch.dtype, b: int, per_batch: bool) -> Tensor:
     return m[b] if per_batch else m
 
 
+def _parts(plan: _Plan, rows: int, dtype: torch.dtype) -> list[tuple[bool, _Piece]]:
+    """The plan's pieces cut into parts of at most ``rows`` query blocks, each flagged when it
+    belongs to the first piece (whose rows are written, not merged). The parts' masks are views
+    of their piece's, built once per ``dtype`` and kept in the plan."""
+    for whole in plan.pieces:
+        whole.additive(dtype)
+    return [
+        (i == 0, whole.part(a, a + rows, plan.per_batch))
+        for i, whole in enumerate(plan.pieces)
+        for a in range(0, whole.rows.numel(), rows)
+    ]
+
+
 class _BlockSparseAttention(torch.autograd.Function):
     backward_rows = 16  # query blocks per backward kernel call
+    forward_bytes = 4 << 20  # one forward kernel call's output stays under this
 
     @staticmethod
     def forward(ctx, q, k, v, plan: _Plan, scale: float):
-        bq = plan.q_block
         bsz, h, tq, _ = q.shape
-        dv = v.shape[-1]
         cdt = compute_dtype(q)
-        outs, lses = [], []
+        # The pieces merge straight into the output's layout; the kernel's outputs are one
+        # part's rows at a time.
+        out = q.new_zeros((bsz, h, tq, v.shape[-1]), dtype=cdt)  # (B, H, Tq, Dv)
+        lse = q.new_full((bsz, h, tq), float("-inf"), dtype=cdt)  # (B, H, Tq)
+        row_bytes = h * plan.q_block * max(q.shape[-1], v.shape[-1]) * q.element_size()
+        parts = _parts(plan, max(1, _BlockSparseAttention.forward_bytes // row_bytes), q.dtype)
         for b in range(bsz):
             sample = _Sample(plan, k[b], v[b])
-            q5 = _blocks(q[b], bq, plan.n_qb).transpose(0, 1)  # (nQB, H, bq, D)
-            out = q.new_zeros((plan.n_qb, h, bq, dv), dtype=cdt)
-            lse = q.new_full((plan.n_qb, h, bq), float("-inf"), dtype=cdt)
-            for i, p in enumerate(plan.pieces):
+            qb = _RowBlocks(q[b], plan.q_block)  # (nQB, H, bq, D) blocks
+            ob, lb = _RowBlocks(out[b], plan.q_block), _RowBlocks(lse[b].unsqueeze(-1), plan.q_block)
+            for first, p in parts:
                 ks, vs = sample.keys(p, b)
-                o, l_p = _flash(_rows(q5, p), ks, vs, _mask(p, q.dtype, b, plan.per_batch), scale)
+                o, l_p = _flash(qb.read(p), ks, vs, _mask(p, q.dtype, b, plan.per_batch), scale)
                 row_any = p.row_any[b] if plan.per_batch else p.row_any  # (n, 1|H, bq)
                 l_p = l_p.to(cdt).masked_fill(~row_any, float("-inf"))  # the kernel says 0 there
-                _merge(out, lse, p, o.to(cdt), l_p, first=i == 0)
-            outs.append(out.transpose(0, 1).reshape(h, plan.n_qb * bq, dv)[:, :tq])
-            lses.append(lse.transpose(0, 1).reshape(h, plan.n_qb * bq)[:, :tq])
-        out = (outs[0].unsqueeze(0) if bsz == 1 else torch.stack(outs)).to(v.dtype)  # (B, H, Tq, Dv)
-        lse = lses[0].unsqueeze(0) if bsz == 1 else torch.stack(lses)  # (B, H, Tq)
+                _merge(ob, lb, p, o.to(cdt), l_p.unsqueeze(-1), first=first)
+        out = out.to(v.dtype)
         ctx.plan, ctx.scale = plan, scale
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.mark_non_differentiable(lse)
@@ -558,12 +653,7 @@ class _BlockSparseAttention(torch.autograd.Function):
         dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
         d_out = d_out.to(q.dtype)
         # Row slices of each piece bound the kernel's per-span gradient buffers.
-        rows = _BlockSparseAttention.backward_rows
-        parts = [
-            whole.part(a, a + rows, plan.per_batch)
-            for whole in plan.pieces
-            for a in range(0, whole.rows.numel(), rows)
-        ]
+        parts = [p for _, p in _parts(plan, _BlockSparseAttention.backward_rows, q.dtype)]
         for b in range(bsz):
             sample = _Sample(plan, k[b], v[b])
             q5, do5, out5 = (
@@ -596,7 +686,7 @@ class _KeyGradients:
         self.plan, self.dtype = plan, dtype
         (self.h, _, self.d), self.dv = sample.k.shape, sample.v.shape[-1]
         device = sample.k.device
-        self.gathered = hasattr(sample, "k_rows")
+        self.gathered = sample.gathered
         if self.gathered:
             self.dk_rows = torch.zeros(sample.k_rows.shape, dtype=dtype, device=device)
             self.dv_rows = torch.zeros(sample.v_rows.shape, dtype=dtype, device=device)
@@ -639,23 +729,16 @@ class _KeyGradients:
         return gk.to(k_dtype), gv.to(v_dtype)
 
 
-def _merge(out: Tensor, lse: Tensor, p: _Piece, o: Tensor, l_p: Tensor, *, first: bool) -> None:
-    """Fold one piece's (out, lse) into the running ones of its rows (in place); the first
-    piece is simply written (pieces hold distinct tiles, so no row is seen twice by it)."""
+def _merge(out: _RowBlocks, lse: _RowBlocks, p: _Piece, o: Tensor, l_p: Tensor, *, first: bool) -> None:
+    """Fold one piece's ``o (n, H, bq, Dv)`` and ``l_p (n, H, bq, 1)`` into the running output
+    and log-sum-exp of its rows (in place); the first piece is simply written (pieces hold
+    distinct tiles, so no row is seen twice by it)."""
     if first:
-        merged, new_l = o, l_p
-    else:
-        # out' = out + (o - out) * exp(l_p - lse'), lse' = logaddexp(lse, l_p): one fused lerp
-        old_l = _rows(lse, p)
-        new_l = torch.logaddexp(old_l, l_p)
-        weight = torch.exp(l_p - new_l.masked_fill(new_l == float("-inf"), 0.0)).unsqueeze(-1)
-        if p.span is not None:
-            out[p.span].lerp_(o, weight)
-            lse[p.span] = new_l
-            return
-        merged = _rows(out, p).lerp_(o, weight)
-    if p.span is not None:
-        out[p.span], lse[p.span] = merged, new_l
-    else:
-        out.index_copy_(0, p.rows, merged)
-        lse.index_copy_(0, p.rows, new_l)
+        out.write(p, o)
+        lse.write(p, l_p)
+        return
+    # out' = out + (o - out) * exp(l_p - lse'), lse' = logaddexp(lse, l_p): one fused lerp
+    new_l = torch.logaddexp(lse.read(p), l_p)
+    weight = torch.exp(l_p - new_l.masked_fill(new_l == float("-inf"), 0.0))
+    out.write(p, out.read(p).lerp_(o, weight))
+    lse.write(p, new_l)
