@@ -138,8 +138,7 @@ class BlockSparseBackend:
     def run(self, inputs: AttentionInputs) -> AttentionOutput:
         plan = self.plan(inputs)
         key, value = inputs.key, inputs.value
-        nan_keys = torch.isnan(key).any(dim=-1) | torch.isnan(value).any(dim=-1)  # (B, H, Tk)
-        nan_keys = nan_keys if bool(nan_keys.any()) else None
+        nan_keys = _nan_keys(key, value)  # (B, H, Tk) | None
         if nan_keys is not None:  # inside a block, masked entries would meet them as NaN + -inf
             key = key.masked_fill(nan_keys.unsqueeze(-1), 0.0)
             value = value.masked_fill(nan_keys.unsqueeze(-1), 0.0)
@@ -149,6 +148,25 @@ class BlockSparseBackend:
             out = out.masked_fill(hit.unsqueeze(-1), float("nan"))
             lse = lse.masked_fill(hit, float("nan"))
         return AttentionOutput(out=out, weights=None, lse=lse, backend=self.name)
+
+
+def _nan_keys(key: Tensor, value: Tensor) -> Tensor | None:
+    """Which keys hold a NaN in their key or value: bool ``(B, H, Tk)``, or None when none
+    does. Finite sums prove there is none (a NaN anywhere makes its sum NaN) in one read and no
+    temporary; otherwise the keys are checked a slab of at most :data:`GATHER_BYTES` at a time."""
+    if bool(torch.isfinite(key.sum()) & torch.isfinite(value.sum())):
+        return None
+    flags = torch.empty(key.shape[:-1], dtype=torch.bool, device=key.device)
+    row_bytes = (
+        key[..., :1, :].numel() * key.element_size() + value[..., :1, :].numel() * value.element_size()
+    )
+    rows = max(1, GATHER_BYTES // row_bytes)
+    for a in range(0, key.shape[-2], rows):
+        ks, vs = key[..., a : a + rows, :], value[..., a : a + rows, :]
+        torch.logical_or(
+            torch.isnan(ks).any(dim=-1), torch.isnan(vs).any(dim=-1), out=flags[..., a : a + rows]
+        )
+    return flags if bool(flags.any()) else None
 
 
 def _rows_attending(inputs: AttentionInputs, keys: Tensor) -> Tensor:
