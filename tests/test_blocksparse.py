@@ -20,6 +20,7 @@ def small_blocks(request, monkeypatch):
     monkeypatch.setattr(BACKENDS["blocksparse"], "q_block", q_block)
     monkeypatch.setattr(BACKENDS["blocksparse"], "kv_block", kv_block)
     monkeypatch.setattr(blocksparse._BlockSparseAttention, "backward_rows", 3)  # exercise row slices
+    monkeypatch.setattr(blocksparse._BlockSparseAttention, "forward_bytes", 2000)  # 1 to 5 blocks a call
     monkeypatch.setattr(BACKENDS["blocksparse"], "_plans", type(BACKENDS["blocksparse"]._plans)())
 
 

@@ -465,7 +465,9 @@ class _KeyRows:
         """Rows ``idx`` (m,), block ids in ``0 .. nKB`` (nKB: the zero block): ``(H, m, bk * D)``."""
         if self.full == 0:
             return self.extra.index_select(1, idx)
-        got = self.whole.index_select(1, idx.clamp(max=self.full - 1))
+        safe = idx.clamp(max=self.full - 1)
+        # index_select would first copy keys that are not contiguous (a ragged Tk): index them
+        got = self.whole.index_select(1, safe) if self.whole.is_contiguous() else self.whole[:, safe]
         over = idx >= self.full
         if bool(over.any()):
             got[:, over] = self.extra.index_select(1, idx[over] - self.full)
@@ -630,9 +632,22 @@ def _parts(plan: _Plan, rows: int, dtype: torch.dtype) -> list[tuple[bool, _Piec
     ]
 
 
+def _clear_unwritten(out: Tensor, lse: Tensor, plan: _Plan) -> None:
+    """Set the rows the first piece does not write to no keys yet: output 0, log-sum-exp
+    -inf (the first piece writes its rows whole; the others merge into what is there)."""
+    written = torch.zeros(plan.n_qb + 1, dtype=torch.bool)
+    written[plan.pieces[0].rows.cpu()] = True
+    edges = torch.nonzero(written[1:] != written[:-1]).flatten().add(1).tolist()
+    starts = ([0] if not bool(written[0]) else []) + [e for e in edges if not bool(written[e])]
+    for a in starts:
+        c = next((e for e in edges if e > a), plan.n_qb)
+        out[:, :, a * plan.q_block : c * plan.q_block] = 0.0
+        lse[:, :, a * plan.q_block : c * plan.q_block] = float("-inf")
+
+
 class _BlockSparseAttention(torch.autograd.Function):
     backward_rows = 16  # query blocks per backward kernel call
-    forward_bytes = 4 << 20  # one forward kernel call's output stays under this
+    forward_bytes = 8 << 20  # one forward kernel call's output stays under this
 
     @staticmethod
     def forward(ctx, q, k, v, plan: _Plan, scale: float):
@@ -640,8 +655,9 @@ class _BlockSparseAttention(torch.autograd.Function):
         cdt = compute_dtype(q)
         # The pieces merge straight into the output's layout; the kernel's outputs are one
         # part's rows at a time.
-        out = q.new_zeros((bsz, h, tq, v.shape[-1]), dtype=cdt)  # (B, H, Tq, Dv)
-        lse = q.new_full((bsz, h, tq), float("-inf"), dtype=cdt)  # (B, H, Tq)
+        out = q.new_empty((bsz, h, tq, v.shape[-1]), dtype=cdt)  # (B, H, Tq, Dv)
+        lse = q.new_empty((bsz, h, tq), dtype=cdt)  # (B, H, Tq)
+        _clear_unwritten(out, lse, plan)
         row_bytes = h * plan.q_block * max(q.shape[-1], v.shape[-1]) * q.element_size()
         parts = _parts(plan, max(1, _BlockSparseAttention.forward_bytes // row_bytes), q.dtype)
         for b in range(bsz):
