@@ -16,7 +16,12 @@ pair. They are split into pieces, each one call of PyTorch's fused CPU attention
   rows of global tokens), gathered per query block and grouped by count so none is padded.
 
 A row's pieces are merged exactly by their log-sum-exps (``out = sum_p exp(lse_p - lse) out_p``,
-``lse = logsumexp_p lse_p``), the same merge FlashAttention uses across key blocks. The backward
+``lse = logsumexp_p lse_p``), the same merge FlashAttention uses across key blocks, straight into
+the output ``(B, H, Tq, Dv)`` and log-sum-exp: a piece runs a part of its query blocks at a time
+(one kernel output under ``_BlockSparseAttention.forward_bytes``) and its rows are written or
+merged in place, so the forward holds the output, the log-sum-exp and a workspace that does not
+grow with ``T`` (keys are views or gathers of the blocks a part needs, never a padded copy of
+``K``; an additive mask all rows share is built for one row and broadcast). The backward
 runs the fused kernel's backward on each piece with the merged output and log-sum-exp (as ring
 attention does), and adds the key gradients back through the views and gathers.
 """
@@ -121,18 +126,20 @@ class BlockSparseBackend:
         """Peak extra bytes (see :mod:`qkv.backends.memory`): the plan's masks, each allowed
         ``q_block x kv_block`` tile as bool and as additive float (1 + e bytes per element,
         twice for the band's padding; per batch and head when the pattern depends on them), the
-        kernels' blocked copies and outputs (8 N Tq D c), the gathered keys and values (at most
-        :data:`GATHER_BYTES`); with grad, gradient buffers."""
+        output in the compute dtype and one part's kernel output (``forward_bytes``), the
+        gathered keys and values (at most :data:`GATHER_BYTES`); with grad, the backward's
+        blocked copies and outputs (8 N Tq D c) and gradient buffers."""
         s = memory.sizes(inputs)
         c, e = s["c"], s["e"]
         tiles = int(self.layout(inputs).any.sum())
         per = s["n"] if inputs.pattern.depends_on_batch_head else 1
         width = max(s["d"], s["dv"])
         total = 2 * tiles * self.q_block * self.kv_block * (1 + e) * per
-        total += 8 * s["n"] * s["tq"] * width * c + memory.pattern_tables_bytes(inputs)
+        total += s["n"] * s["tq"] * width * c + _BlockSparseAttention.forward_bytes
+        total += memory.pattern_tables_bytes(inputs)
         total += min(GATHER_BYTES, 2 * tiles * self.kv_block * s["n"] * width * e)
         if memory.needs_grad(inputs):
-            total += 4 * s["qkv"] * c
+            total += 8 * s["n"] * s["tq"] * width * c + 4 * s["qkv"] * c
         return total
 
     def run(self, inputs: AttentionInputs) -> AttentionOutput:
@@ -571,8 +578,11 @@ class _RowBlocks:
                 self.t[:, self.full * self.block :] = src[-1, :, : self.tail]
             return
         whole = p.rows < self.full
+        if bool(whole.all()):
+            self.whole.index_copy_(0, p.rows, src)
+            return
         self.whole.index_copy_(0, p.rows[whole], src[whole])
-        if self.tail and not bool(whole.all()):
+        if self.tail:
             self.t[:, self.full * self.block :] = src[~whole][0, :, : self.tail]
 
 
@@ -619,17 +629,33 @@ def _mask(p: _Piece, dtype: torch.dtype, b: int, per_batch: bool) -> Tensor:
     return m[b] if per_batch else m
 
 
-def _parts(plan: _Plan, rows: int, dtype: torch.dtype) -> list[tuple[bool, _Piece]]:
-    """The plan's pieces cut into parts of at most ``rows`` query blocks, each flagged when it
-    belongs to the first piece (whose rows are written, not merged). The parts' masks are views
-    of their piece's, built once per ``dtype`` and kept in the plan."""
+def _parts(plan: _Plan, rows, dtype: torch.dtype) -> list[tuple[bool, _Piece]]:
+    """The plan's pieces cut into parts of at most ``rows(piece)`` query blocks, each flagged
+    when it belongs to the first piece (whose rows are written, not merged). The parts' masks
+    are views of their piece's, built once per ``dtype`` and kept in the plan."""
     for whole in plan.pieces:
         whole.additive(dtype)
     return [
-        (i == 0, whole.part(a, a + rows, plan.per_batch))
+        (i == 0, whole.part(a, a + n, plan.per_batch))
         for i, whole in enumerate(plan.pieces)
-        for a in range(0, whole.rows.numel(), rows)
+        for n in (max(1, rows(whole)),)
+        for a in range(0, whole.rows.numel(), n)
     ]
+
+
+def _forward_rows(plan: _Plan, h: int, width: int, itemsize: int):
+    """Query blocks per forward kernel call: the part's outputs, and its keys and values where
+    they are gathered (not views), stay under ``_BlockSparseAttention.forward_bytes``."""
+    out_row = h * plan.q_block * width * itemsize
+    key_block = 2 * h * plan.kv_block * width * itemsize
+
+    def rows(p: _Piece) -> int:
+        gathered = p.idx is not None and p.idx.dim() == 2 and p.run is None
+        return _BlockSparseAttention.forward_bytes // (
+            out_row + (key_block * p.idx.shape[1] if gathered else 0)
+        )
+
+    return rows
 
 
 def _clear_unwritten(out: Tensor, lse: Tensor, plan: _Plan) -> None:
@@ -658,8 +684,7 @@ class _BlockSparseAttention(torch.autograd.Function):
         out = q.new_empty((bsz, h, tq, v.shape[-1]), dtype=cdt)  # (B, H, Tq, Dv)
         lse = q.new_empty((bsz, h, tq), dtype=cdt)  # (B, H, Tq)
         _clear_unwritten(out, lse, plan)
-        row_bytes = h * plan.q_block * max(q.shape[-1], v.shape[-1]) * q.element_size()
-        parts = _parts(plan, max(1, _BlockSparseAttention.forward_bytes // row_bytes), q.dtype)
+        parts = _parts(plan, _forward_rows(plan, h, max(q.shape[-1], v.shape[-1]), q.element_size()), q.dtype)
         for b in range(bsz):
             sample = _Sample(plan, k[b], v[b])
             qb = _RowBlocks(q[b], plan.q_block)  # (nQB, H, bq, D) blocks
@@ -687,7 +712,7 @@ class _BlockSparseAttention(torch.autograd.Function):
         dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
         d_out = d_out.to(q.dtype)
         # Row slices of each piece bound the kernel's per-span gradient buffers.
-        parts = [p for _, p in _parts(plan, _BlockSparseAttention.backward_rows, q.dtype)]
+        parts = [p for _, p in _parts(plan, lambda p: _BlockSparseAttention.backward_rows, q.dtype)]
         for b in range(bsz):
             sample = _Sample(plan, k[b], v[b])
             q5, do5, out5 = (
