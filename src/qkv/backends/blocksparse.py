@@ -644,16 +644,17 @@ def _parts(plan: _Plan, rows, dtype: torch.dtype) -> list[tuple[bool, _Piece]]:
 
 
 def _forward_rows(plan: _Plan, h: int, width: int, itemsize: int):
-    """Query blocks per forward kernel call: the part's outputs, and its keys and values where
-    they are gathered (not views), stay under ``_BlockSparseAttention.forward_bytes``."""
+    """Query blocks per forward kernel call: the part's outputs stay under
+    ``_BlockSparseAttention.forward_bytes`` and, where its keys and values are gathered (not
+    views), those under :data:`GATHER_BYTES`."""
     out_row = h * plan.q_block * width * itemsize
     key_block = 2 * h * plan.kv_block * width * itemsize
 
     def rows(p: _Piece) -> int:
-        gathered = p.idx is not None and p.idx.dim() == 2 and p.run is None
-        return _BlockSparseAttention.forward_bytes // (
-            out_row + (key_block * p.idx.shape[1] if gathered else 0)
-        )
+        n = _BlockSparseAttention.forward_bytes // out_row
+        if p.idx is not None and p.idx.dim() == 2 and p.run is None:
+            n = min(n, GATHER_BYTES // (key_block * p.idx.shape[1]))
+        return n
 
     return rows
 
