@@ -188,3 +188,13 @@ def test_plan_cache_is_safe_under_threads():
         t.join()
     assert bad == []
     assert len(backend._plans) <= 3
+
+
+def test_a_pattern_allowing_nothing_gives_zero_rows():
+    """No tile at all: every row is output 0 and log-sum-exp -inf, as on the reference."""
+    q, k, v = (torch.randn(1, 2, 40, 8) for _ in range(3))
+    pattern = masks.sliding_window(4) & masks.from_lengths(torch.tensor([0]), 40)
+    got = qkv.attention(q, k, v, mask=pattern, backend="blocksparse")
+    assert torch.equal(got.out, torch.zeros_like(got.out))
+    assert torch.equal(got.lse, torch.full_like(got.lse, float("-inf")))
+    assert torch.equal(got.out, qkv.attention(q, k, v, mask=pattern, backend="reference").out)

@@ -663,7 +663,8 @@ def _clear_unwritten(out: Tensor, lse: Tensor, plan: _Plan) -> None:
     """Set the rows the first piece does not write to no keys yet: output 0, log-sum-exp
     -inf (the first piece writes its rows whole; the others merge into what is there)."""
     written = torch.zeros(plan.n_qb + 1, dtype=torch.bool)
-    written[plan.pieces[0].rows.cpu()] = True
+    if plan.pieces:  # a pattern allowing nothing has none
+        written[plan.pieces[0].rows.cpu()] = True
     edges = torch.nonzero(written[1:] != written[:-1]).flatten().add(1).tolist()
     starts = ([0] if not bool(written[0]) else []) + [e for e in edges if not bool(written[e])]
     for a in starts:
