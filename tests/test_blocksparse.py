@@ -20,6 +20,7 @@ def small_blocks(request, monkeypatch):
     monkeypatch.setattr(BACKENDS["blocksparse"], "q_block", q_block)
     monkeypatch.setattr(BACKENDS["blocksparse"], "kv_block", kv_block)
     monkeypatch.setattr(blocksparse._BlockSparseAttention, "backward_rows", 3)  # exercise row slices
+    monkeypatch.setattr(blocksparse._BlockSparseAttention, "forward_bytes", 2000)  # 1 to 5 blocks a call
     monkeypatch.setattr(BACKENDS["blocksparse"], "_plans", type(BACKENDS["blocksparse"]._plans)())
 
 
@@ -187,3 +188,13 @@ def test_plan_cache_is_safe_under_threads():
         t.join()
     assert bad == []
     assert len(backend._plans) <= 3
+
+
+def test_a_pattern_allowing_nothing_gives_zero_rows():
+    """No tile at all: every row is output 0 and log-sum-exp -inf, as on the reference."""
+    q, k, v = (torch.randn(1, 2, 40, 8) for _ in range(3))
+    pattern = masks.sliding_window(4) & masks.from_lengths(torch.tensor([0]), 40)
+    got = qkv.attention(q, k, v, mask=pattern, backend="blocksparse")
+    assert torch.equal(got.out, torch.zeros_like(got.out))
+    assert torch.equal(got.lse, torch.full_like(got.lse, float("-inf")))
+    assert torch.equal(got.out, qkv.attention(q, k, v, mask=pattern, backend="reference").out)

@@ -16,7 +16,12 @@ pair. They are split into pieces, each one call of PyTorch's fused CPU attention
   rows of global tokens), gathered per query block and grouped by count so none is padded.
 
 A row's pieces are merged exactly by their log-sum-exps (``out = sum_p exp(lse_p - lse) out_p``,
-``lse = logsumexp_p lse_p``), the same merge FlashAttention uses across key blocks. The backward
+``lse = logsumexp_p lse_p``), the same merge FlashAttention uses across key blocks, straight into
+the output ``(B, H, Tq, Dv)`` and log-sum-exp: a piece runs a part of its query blocks at a time
+(one kernel output under ``_BlockSparseAttention.forward_bytes``) and its rows are written or
+merged in place, so the forward holds the output, the log-sum-exp and a workspace that does not
+grow with ``T`` (keys are views or gathers of the blocks a part needs, never a padded copy of
+``K``; an additive mask all rows share is built for one row and broadcast). The backward
 runs the fused kernel's backward on each piece with the merged output and log-sum-exp (as ring
 attention does), and adds the key gradients back through the views and gathers.
 """
@@ -122,18 +127,20 @@ class BlockSparseBackend:
         """Peak extra bytes (see :mod:`qkv.backends.memory`): the plan's masks, each allowed
         ``q_block x kv_block`` tile as bool and as additive float (1 + e bytes per element,
         twice for the band's padding; per batch and head when the pattern depends on them), the
-        kernels' blocked copies and outputs (8 N Tq D c), the gathered keys and values (at most
-        :data:`GATHER_BYTES`); with grad, gradient buffers."""
+        output in the compute dtype and one part's kernel output (``forward_bytes``), the
+        gathered keys and values (at most :data:`GATHER_BYTES`); with grad, the backward's
+        blocked copies and outputs (8 N Tq D c) and gradient buffers."""
         s = memory.sizes(inputs)
         c, e = s["c"], s["e"]
         tiles = self._tiles(inputs)
         per = s["n"] if inputs.pattern.depends_on_batch_head else 1
         width = max(s["d"], s["dv"])
         total = 2 * tiles * self.q_block * self.kv_block * (1 + e) * per
-        total += 8 * s["n"] * s["tq"] * width * c + memory.pattern_tables_bytes(inputs)
+        total += s["n"] * s["tq"] * width * c + _BlockSparseAttention.forward_bytes
+        total += memory.pattern_tables_bytes(inputs)
         total += min(GATHER_BYTES, 2 * tiles * self.kv_block * s["n"] * width * e)
         if memory.needs_grad(inputs):
-            total += 4 * s["qkv"] * c
+            total += 8 * s["n"] * s["tq"] * width * c + 4 * s["qkv"] * c
         return total
 
     def run(self, inputs: AttentionInputs) -> AttentionOutput:
@@ -147,8 +154,7 @@ class BlockSparseBackend:
 
     def attend(self, plan: _Plan, query: Tensor, key: Tensor, value: Tensor, scale: float):
         """``(out, lse)`` of ``plan`` (its pattern) over these inputs, with the NaN rule."""
-        nan_keys = torch.isnan(key).any(dim=-1) | torch.isnan(value).any(dim=-1)  # (B, H, Tk)
-        nan_keys = nan_keys if bool(nan_keys.any()) else None
+        nan_keys = _nan_keys(key, value)  # (B, H, Tk) | None
         if nan_keys is not None:  # inside a block, masked entries would meet them as NaN + -inf
             key = key.masked_fill(nan_keys.unsqueeze(-1), 0.0)
             value = value.masked_fill(nan_keys.unsqueeze(-1), 0.0)
@@ -158,6 +164,25 @@ class BlockSparseBackend:
             out = out.masked_fill(hit.unsqueeze(-1), float("nan"))
             lse = lse.masked_fill(hit, float("nan"))
         return out, lse
+
+
+def _nan_keys(key: Tensor, value: Tensor) -> Tensor | None:
+    """Which keys hold a NaN in their key or value: bool ``(B, H, Tk)``, or None when none
+    does. Finite sums prove there is none (a NaN anywhere makes its sum NaN) in one read and no
+    temporary; otherwise the keys are checked a slab of at most :data:`GATHER_BYTES` at a time."""
+    if bool(torch.isfinite(key.sum()) & torch.isfinite(value.sum())):
+        return None
+    flags = torch.empty(key.shape[:-1], dtype=torch.bool, device=key.device)
+    row_bytes = (
+        key[..., :1, :].numel() * key.element_size() + value[..., :1, :].numel() * value.element_size()
+    )
+    rows = max(1, GATHER_BYTES // row_bytes)
+    for a in range(0, key.shape[-2], rows):
+        ks, vs = key[..., a : a + rows, :], value[..., a : a + rows, :]
+        torch.logical_or(
+            torch.isnan(ks).any(dim=-1), torch.isnan(vs).any(dim=-1), out=flags[..., a : a + rows]
+        )
+    return flags if bool(flags.any()) else None
 
 
 def _rows_attending(plan: _Plan, keys: Tensor) -> Tensor:
@@ -224,10 +249,16 @@ class _Piece:
         return part
 
     def additive(self, dtype: torch.dtype) -> Tensor:
-        """The mask as 0 / -inf in ``dtype`` (same shape as ``keep``), built once per dtype."""
+        """The mask as 0 / -inf in ``dtype`` (same shape as ``keep``), built once per dtype.
+        When every row holds the same mask (a sliding window's band) it is built for one row
+        and broadcast over the others."""
         if dtype not in self._additive:
-            zeros = torch.zeros(self.keep.shape, dtype=dtype, device=self.keep.device)
-            self._additive[dtype] = zeros.masked_fill_(~self.keep, float("-inf"))
+            keep = self.keep
+            first = keep.narrow(keep.dim() - 4, 0, 1)  # the rows are dim 0, or 1 after B
+            if bool((keep == first).all()):
+                keep = first
+            zeros = torch.zeros(keep.shape, dtype=dtype, device=keep.device)
+            self._additive[dtype] = zeros.masked_fill_(~keep, float("-inf")).expand(self.keep.shape)
         return self._additive[dtype]
 
 
@@ -429,17 +460,45 @@ def _blocks(t: Tensor, block: int, n_blocks: int) -> Tensor:
     return t.view(h, n_blocks, block, d)
 
 
+class _KeyRows:
+    """A sample's keys ``(H, Tk, D)`` as rows of ``bk`` keys, ``(H, nKB + 1, bk * D)`` (the last
+    row the zero block of the padding slots), read by block index without copying the keys: the
+    whole blocks are a view, the ragged last block (zero-padded) and the zero block live in a
+    small ``(H, 1 | 2, bk * D)`` tensor."""
+
+    def __init__(self, t: Tensor, bk: int, n_kb: int) -> None:
+        h, tk, d = t.shape
+        self.full = tk // bk  # whole blocks
+        self.shape = (h, n_kb + 1, bk * d)
+        self.whole = t[:, : self.full * bk].reshape(h, self.full, bk * d)  # a view of contiguous keys
+        tail = tk - self.full * bk
+        self.extra = t.new_zeros((h, 2 if tail else 1, bk * d))  # [ragged block,] zero block
+        if tail:
+            self.extra[:, 0, : tail * d] = t[:, self.full * bk :].reshape(h, tail * d)
+
+    def select(self, idx: Tensor) -> Tensor:
+        """Rows ``idx`` (m,), block ids in ``0 .. nKB`` (nKB: the zero block): ``(H, m, bk * D)``."""
+        if self.full == 0:
+            return self.extra.index_select(1, idx)
+        safe = idx.clamp(max=self.full - 1)
+        # index_select would first copy keys that are not contiguous (a ragged Tk): index them
+        got = self.whole.index_select(1, safe) if self.whole.is_contiguous() else self.whole[:, safe]
+        over = idx >= self.full
+        if bool(over.any()):
+            got[:, over] = self.extra.index_select(1, idx[over] - self.full)
+        return got
+
+
 class _Sample:
     """The views and gathers of one batch sample ``(H, T, D)`` for the plan's pieces."""
 
     def __init__(self, plan: _Plan, k: Tensor, v: Tensor) -> None:
         self.plan = plan
-        bk = plan.kv_block
         self.k, self.v = k, v  # (H, Tk, D): the band's spans are views of these
-        if any(p.idx is not None for p in plan.pieces):
-            # key/value blocks as rows, plus the zero block for padding slots: (H, nKB + 1, bk * D)
-            self.k_rows = _blocks(k, bk, plan.n_kb + 1).flatten(2)
-            self.v_rows = _blocks(v, bk, plan.n_kb + 1).flatten(2)
+        self.gathered = any(p.idx is not None for p in plan.pieces)
+        if self.gathered:
+            self.k_rows = _KeyRows(k, plan.kv_block, plan.n_kb)
+            self.v_rows = _KeyRows(v, plan.kv_block, plan.n_kb)
 
     def keys(self, p: _Piece, b: int) -> tuple[Tensor, Tensor]:
         """(n, H, S, D) keys and values of piece ``p`` (zeros where no row may attend)."""
@@ -453,12 +512,12 @@ class _Sample:
                 dead = p.dead[b] if plan.per_batch else p.dead
                 ks, vs = ks.masked_fill(dead, 0), vs.masked_fill(dead, 0)
             return ks, vs
-        h = self.k_rows.shape[0]
+        h = self.k.shape[0]
         n = p.rows.numel()
         if p.idx.dim() == 1:  # shared blocks: gathered once, broadcast over the query blocks
             c = p.idx.numel()
-            ks = self.k_rows.index_select(1, p.idx).view(h, c * bk, -1).expand(n, h, c * bk, -1)
-            vs = self.v_rows.index_select(1, p.idx).view(h, c * bk, -1).expand(n, h, c * bk, -1)
+            ks = self.k_rows.select(p.idx).view(h, c * bk, -1).expand(n, h, c * bk, -1)
+            vs = self.v_rows.select(p.idx).view(h, c * bk, -1).expand(n, h, c * bk, -1)
             if p.dead is not None:  # out of place: the rows share one copy
                 dead = p.dead[b] if plan.per_batch else p.dead
                 ks, vs = ks.masked_fill(dead, 0), vs.masked_fill(dead, 0)
@@ -473,13 +532,66 @@ class _Sample:
                 ks, vs = ks.masked_fill(dead, 0), vs.masked_fill(dead, 0)
             return ks, vs
         flat = p.idx.flatten()
-        ks = self.k_rows.index_select(1, flat).view(h, n, c * bk, -1).transpose(0, 1)
-        vs = self.v_rows.index_select(1, flat).view(h, n, c * bk, -1).transpose(0, 1)
+        ks = self.k_rows.select(flat).view(h, n, c * bk, -1).transpose(0, 1)
+        vs = self.v_rows.select(flat).view(h, n, c * bk, -1).transpose(0, 1)
         if p.dead is not None:  # in place: fresh gathers
             dead = p.dead[b] if plan.per_batch else p.dead
             ks.masked_fill_(dead, 0)
             vs.masked_fill_(dead, 0)
         return ks, vs
+
+
+class _RowBlocks:
+    """A sample's rows ``(H, T, X)`` seen as blocks ``(nB, H, block, X)`` without copying them:
+    the whole blocks are a view; a ragged last block is read zero-padded and written back cut.
+    The forward reads its queries and merges into its output and log-sum-exp through these."""
+
+    def __init__(self, t: Tensor, block: int) -> None:
+        self.t, self.block = t, block
+        self.full = t.shape[1] // block  # whole blocks
+        self.tail = t.shape[1] - self.full * block  # rows of the ragged last block
+        self.whole = t[:, : self.full * block].unflatten(1, (self.full, block)).transpose(0, 1)
+
+    def _tail_block(self) -> Tensor:
+        """The ragged last block, zero-padded: (1, H, block, X)."""
+        h, _, x = self.t.shape
+        blk = self.t.new_zeros((1, h, self.block, x))
+        blk[0, :, : self.tail] = self.t[:, self.full * self.block :]
+        return blk
+
+    def read(self, p: _Piece) -> Tensor:
+        """The blocks of piece ``p``'s rows: (n, H, block, X); a view when they are whole and
+        consecutive."""
+        if p.span is not None and p.span.stop <= self.full:
+            return self.whole[p.span]
+        if p.span is not None:  # consecutive, ending with the ragged block
+            return torch.cat([self.whole[p.span.start : self.full], self._tail_block()])
+        if self.full == 0:  # the only block is the ragged one
+            return self._tail_block().expand(p.rows.numel(), -1, -1, -1).clone()
+        got = self.whole.index_select(0, p.rows.clamp(max=self.full - 1))
+        last = p.rows == self.full
+        if self.tail and bool(last.any()):
+            got[last] = self._tail_block()
+        return got
+
+    def write(self, p: _Piece, src: Tensor) -> None:
+        """Write ``src`` (n, H, block, X) as the blocks of piece ``p``'s rows (a view returned by
+        :meth:`read` and updated in place is already there)."""
+        if p.span is not None:
+            a, c = p.span.start, min(p.span.stop, self.full)
+            dst = self.whole[a:c]
+            if c > a and not (dst.data_ptr() == src.data_ptr() and dst.stride() == src.stride()):
+                dst.copy_(src[: c - a])
+            if p.span.stop > self.full:
+                self.t[:, self.full * self.block :] = src[-1, :, : self.tail]
+            return
+        whole = p.rows < self.full
+        if bool(whole.all()):
+            self.whole.index_copy_(0, p.rows, src)
+            return
+        self.whole.index_copy_(0, p.rows[whole], src[whole])
+        if self.tail:
+            self.t[:, self.full * self.block :] = src[~whole][0, :, : self.tail]
 
 
 def _spans(t: Tensor, offset: int, n: int, stride_rows: int, span: int) -> Tensor:
@@ -525,31 +637,75 @@ def _mask(p: _Piece, dtype: torch.dtype, b: int, per_batch: bool) -> Tensor:
     return m[b] if per_batch else m
 
 
+def _parts(plan: _Plan, rows, dtype: torch.dtype) -> list[tuple[bool, _Piece]]:
+    """The plan's pieces cut into parts of at most ``rows(piece)`` query blocks, each flagged
+    when it belongs to the first piece (whose rows are written, not merged). The parts' masks
+    are views of their piece's, built once per ``dtype`` and kept in the plan."""
+    for whole in plan.pieces:
+        whole.additive(dtype)
+    return [
+        (i == 0, whole.part(a, a + n, plan.per_batch))
+        for i, whole in enumerate(plan.pieces)
+        for n in (max(1, rows(whole)),)
+        for a in range(0, whole.rows.numel(), n)
+    ]
+
+
+def _forward_rows(plan: _Plan, h: int, width: int, itemsize: int):
+    """Query blocks per forward kernel call: the part's outputs stay under
+    ``_BlockSparseAttention.forward_bytes`` and, where its keys and values are gathered (not
+    views), those under :data:`GATHER_BYTES`."""
+    out_row = h * plan.q_block * width * itemsize
+    key_block = 2 * h * plan.kv_block * width * itemsize
+
+    def rows(p: _Piece) -> int:
+        n = _BlockSparseAttention.forward_bytes // out_row
+        if p.idx is not None and p.idx.dim() == 2 and p.run is None:
+            n = min(n, GATHER_BYTES // (key_block * p.idx.shape[1]))
+        return n
+
+    return rows
+
+
+def _clear_unwritten(out: Tensor, lse: Tensor, plan: _Plan) -> None:
+    """Set the rows the first piece does not write to no keys yet: output 0, log-sum-exp
+    -inf (the first piece writes its rows whole; the others merge into what is there)."""
+    written = torch.zeros(plan.n_qb + 1, dtype=torch.bool)
+    if plan.pieces:  # a pattern allowing nothing has none
+        written[plan.pieces[0].rows.cpu()] = True
+    edges = torch.nonzero(written[1:] != written[:-1]).flatten().add(1).tolist()
+    starts = ([0] if not bool(written[0]) else []) + [e for e in edges if not bool(written[e])]
+    for a in starts:
+        c = next((e for e in edges if e > a), plan.n_qb)
+        out[:, :, a * plan.q_block : c * plan.q_block] = 0.0
+        lse[:, :, a * plan.q_block : c * plan.q_block] = float("-inf")
+
+
 class _BlockSparseAttention(torch.autograd.Function):
     backward_rows = 16  # query blocks per backward kernel call
+    forward_bytes = 8 << 20  # one forward kernel call's output stays under this
 
     @staticmethod
     def forward(ctx, q, k, v, plan: _Plan, scale: float):
-        bq = plan.q_block
         bsz, h, tq, _ = q.shape
-        dv = v.shape[-1]
         cdt = compute_dtype(q)
-        outs, lses = [], []
+        # The pieces merge straight into the output's layout; the kernel's outputs are one
+        # part's rows at a time.
+        out = q.new_empty((bsz, h, tq, v.shape[-1]), dtype=cdt)  # (B, H, Tq, Dv)
+        lse = q.new_empty((bsz, h, tq), dtype=cdt)  # (B, H, Tq)
+        _clear_unwritten(out, lse, plan)
+        parts = _parts(plan, _forward_rows(plan, h, max(q.shape[-1], v.shape[-1]), q.element_size()), q.dtype)
         for b in range(bsz):
             sample = _Sample(plan, k[b], v[b])
-            q5 = _blocks(q[b], bq, plan.n_qb).transpose(0, 1)  # (nQB, H, bq, D)
-            out = q.new_zeros((plan.n_qb, h, bq, dv), dtype=cdt)
-            lse = q.new_full((plan.n_qb, h, bq), float("-inf"), dtype=cdt)
-            for i, p in enumerate(plan.pieces):
+            qb = _RowBlocks(q[b], plan.q_block)  # (nQB, H, bq, D) blocks
+            ob, lb = _RowBlocks(out[b], plan.q_block), _RowBlocks(lse[b].unsqueeze(-1), plan.q_block)
+            for first, p in parts:
                 ks, vs = sample.keys(p, b)
-                o, l_p = _flash(_rows(q5, p), ks, vs, _mask(p, q.dtype, b, plan.per_batch), scale)
+                o, l_p = _flash(qb.read(p), ks, vs, _mask(p, q.dtype, b, plan.per_batch), scale)
                 row_any = p.row_any[b] if plan.per_batch else p.row_any  # (n, 1|H, bq)
                 l_p = l_p.to(cdt).masked_fill(~row_any, float("-inf"))  # the kernel says 0 there
-                _merge(out, lse, p, o.to(cdt), l_p, first=i == 0)
-            outs.append(out.transpose(0, 1).reshape(h, plan.n_qb * bq, dv)[:, :tq])
-            lses.append(lse.transpose(0, 1).reshape(h, plan.n_qb * bq)[:, :tq])
-        out = (outs[0].unsqueeze(0) if bsz == 1 else torch.stack(outs)).to(v.dtype)  # (B, H, Tq, Dv)
-        lse = lses[0].unsqueeze(0) if bsz == 1 else torch.stack(lses)  # (B, H, Tq)
+                _merge(ob, lb, p, o.to(cdt), l_p.unsqueeze(-1), first=first)
+        out = out.to(v.dtype)
         ctx.plan, ctx.scale = plan, scale
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.mark_non_differentiable(lse)
@@ -570,12 +726,7 @@ def _backward(plan: _Plan, scale: float, q, k, v, out, lse, d_out) -> tuple[Tens
     dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     d_out = d_out.to(q.dtype)
     # Row slices of each piece bound the kernel's per-span gradient buffers.
-    rows = _BlockSparseAttention.backward_rows
-    parts = [
-        whole.part(a, a + rows, plan.per_batch)
-        for whole in plan.pieces
-        for a in range(0, whole.rows.numel(), rows)
-    ]
+    parts = [p for _, p in _parts(plan, lambda p: _BlockSparseAttention.backward_rows, q.dtype)]
     for b in range(bsz):
         sample = _Sample(plan, k[b], v[b])
         q5, do5, out5 = (
@@ -608,7 +759,7 @@ class _KeyGradients:
         self.plan, self.dtype = plan, dtype
         (self.h, _, self.d), self.dv = sample.k.shape, sample.v.shape[-1]
         device = sample.k.device
-        self.gathered = hasattr(sample, "k_rows")
+        self.gathered = sample.gathered
         if self.gathered:
             self.dk_rows = torch.zeros(sample.k_rows.shape, dtype=dtype, device=device)
             self.dv_rows = torch.zeros(sample.v_rows.shape, dtype=dtype, device=device)
@@ -651,26 +802,19 @@ class _KeyGradients:
         return gk.to(k_dtype), gv.to(v_dtype)
 
 
-def _merge(out: Tensor, lse: Tensor, p: _Piece, o: Tensor, l_p: Tensor, *, first: bool) -> None:
-    """Fold one piece's (out, lse) into the running ones of its rows (in place); the first
-    piece is simply written (pieces hold distinct tiles, so no row is seen twice by it)."""
+def _merge(out: _RowBlocks, lse: _RowBlocks, p: _Piece, o: Tensor, l_p: Tensor, *, first: bool) -> None:
+    """Fold one piece's ``o (n, H, bq, Dv)`` and ``l_p (n, H, bq, 1)`` into the running output
+    and log-sum-exp of its rows (in place); the first piece is simply written (pieces hold
+    distinct tiles, so no row is seen twice by it)."""
     if first:
-        merged, new_l = o, l_p
-    else:
-        # out' = out + (o - out) * exp(l_p - lse'), lse' = logaddexp(lse, l_p): one fused lerp
-        old_l = _rows(lse, p)
-        new_l = torch.logaddexp(old_l, l_p)
-        weight = torch.exp(l_p - new_l.masked_fill(new_l == float("-inf"), 0.0)).unsqueeze(-1)
-        if p.span is not None:
-            out[p.span].lerp_(o, weight)
-            lse[p.span] = new_l
-            return
-        merged = _rows(out, p).lerp_(o, weight)
-    if p.span is not None:
-        out[p.span], lse[p.span] = merged, new_l
-    else:
-        out.index_copy_(0, p.rows, merged)
-        lse.index_copy_(0, p.rows, new_l)
+        out.write(p, o)
+        lse.write(p, l_p)
+        return
+    # out' = out + (o - out) * exp(l_p - lse'), lse' = logaddexp(lse, l_p): one fused lerp
+    new_l = torch.logaddexp(lse.read(p), l_p)
+    weight = torch.exp(l_p - new_l.masked_fill(new_l == float("-inf"), 0.0))
+    out.write(p, out.read(p).lerp_(o, weight))
+    lse.write(p, new_l)
 
 
 # ----------------------------------------------------------------------------- under torch.compile
