@@ -138,6 +138,23 @@ def test_blocksparse_compiled_equals_eager(request, pattern):
         assert torch.equal(gi, gb)
 
 
+def test_blocksparse_compiled_nan_key_gradients_equal_eager():
+    """A key holding NaN: the NaN rule fills the rows that attend it, and those rows pass no
+    gradient back, compiled as in eager (bitwise; no NaN reaches the other rows' gradients)."""
+    q, k, v = (x.requires_grad_() for x in _qkv(LONG, batch=1, seed=3, dtype=torch.float32))
+    with torch.no_grad():
+        k[0, 1, 37, 3] = float("nan")
+    torch._dynamo.reset()
+    compiled = torch.compile(_call(mask=WINDOW, backend="blocksparse"), fullgraph=True)
+    impl, eager = compiled(q, k, v), qkv.attention(q, k, v, mask=WINDOW, backend="blocksparse").out
+    assert torch.equal(impl.isnan(), eager.isnan()) and bool(eager.isnan().any())
+    gi = torch.autograd.grad(impl.nan_to_num().sum(), (q, k, v))
+    ge = torch.autograd.grad(eager.nan_to_num().sum(), (q, k, v))
+    for a, b in zip(gi, ge):
+        assert not bool(a.isnan().any())
+        assert torch.equal(a, b)
+
+
 def test_blocksparse_pattern_made_inside_is_refused():
     """Blocksparse plans on the host: a pattern made inside the traced function has no state
     there yet, and the error says where to make it."""

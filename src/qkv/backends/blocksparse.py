@@ -890,11 +890,15 @@ def _traced_backward(
     token: int,
     scale: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``(dq, dk, dv)`` of :func:`_traced_forward` (keys holding NaN get no gradient, as the
-    eager call's ``masked_fill`` gives them)."""
+    """``(dq, dk, dv)`` of :func:`_traced_forward`, as the eager call's masked fills give
+    them: keys holding NaN get no gradient, and the rows the NaN rule filled pass none back."""
     _, plan = _plan_of(token)
-    nan_keys = (torch.isnan(key).any(dim=-1) | torch.isnan(value).any(dim=-1)).unsqueeze(-1)
+    keys_nan = torch.isnan(key).any(dim=-1) | torch.isnan(value).any(dim=-1)  # (B, H, Tk)
+    nan_keys = keys_nan.unsqueeze(-1)
     key, value = key.masked_fill(nan_keys, 0.0), value.masked_fill(nan_keys, 0.0)
+    filled = _rows_attending(plan, keys_nan).unsqueeze(-1)  # the rows the NaN rule filled
+    d_out, out = d_out.masked_fill(filled, 0.0), out.masked_fill(filled, 0.0)
+    lse = lse.masked_fill(filled.squeeze(-1), float("inf"))  # exp(s - lse) = 0 on those rows
     dq, dk, dv = _backward(plan, scale, query, key, value, out, lse, d_out)
     return dq, dk.masked_fill(nan_keys, 0.0), dv.masked_fill(nan_keys, 0.0)
 
