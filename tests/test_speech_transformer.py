@@ -146,3 +146,37 @@ def test_the_joint_ctc_loss_mixes_cross_entropy_and_ctc_by_its_weight():
         log_probs, torch.tensor([3, 5, 4, 6]), memory["lengths"], torch.tensor([3, 1])
     )
     torch.testing.assert_close(joint.loss(x, lengths, tgt_in, tgt_out), 0.75 * ce + 0.25 * ctc)
+
+
+def test_label_smoothing_moves_epsilon_of_the_target_onto_every_unit():
+    torch.manual_seed(4)
+    x, lengths = pad_features([torch.randn(n, 8) for n in (12, 7)])
+    tgt_in, tgt_out = torch.tensor([[1, 3, 5], [1, 6, 0]]), torch.tensor([[3, 5, 2], [6, 2, 0]])
+    model = _model(label_smoothing=0.1)
+    logp = torch.log_softmax(model(x, lengths, tgt_in), -1)  # (B, U, V)
+    real = tgt_out != 0
+    nll = -logp.gather(-1, tgt_out[..., None])[..., 0][real]  # the target word's, per real token
+    uniform = -logp.mean(-1)[real]  # the mean over all 7 units
+    torch.testing.assert_close(model.loss(x, lengths, tgt_in, tgt_out), (0.9 * nll + 0.1 * uniform).mean())
+
+
+def test_the_front_norm_gives_unit_scale_states_and_padding_still_never_changes_an_utterance():
+    model = _model(front_norm=True, subsample=2)
+    x = torch.randn(1, 21, 8)
+    alone = model.encode(x, torch.tensor([21]))
+    padded = model.encode(torch.cat([x, torch.zeros(1, 9, 8)], 1), torch.tensor([21]))  # as pad_features pads
+    assert alone["lengths"].tolist() == padded["lengths"].tolist() == [6]
+    torch.testing.assert_close(padded["states"][:, :6], alone["states"])
+    h, _ = model.subsample(x, torch.tensor([21]))
+    normed = model.front_norm(model.proj(h))
+    torch.testing.assert_close(normed.std(-1, unbiased=False), torch.ones(1, 6), atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("subsample", [1, 2, 3])
+def test_subsampled_lengths_are_ceil_of_length_over_the_reduction(subsample):
+    model = _model(subsample=subsample)
+    lengths = torch.arange(1, 40)
+    out = model.encode(torch.randn(len(lengths), 39, 8), lengths)
+    r = 2**subsample
+    assert out["lengths"].tolist() == [-(-n // r) for n in range(1, 40)]  # every stride-2 layer rounds up
+    assert out["states"].shape[1] == -(-39 // r)

@@ -6,13 +6,18 @@ speech recognition") on qkv's :class:`qkv.MultiHeadAttention`::
                frames are subsampled by a strided convolution, not stacked, 2^subsample frames
                per state (two layers: one state per 40 ms); a state past an utterance's length
                is set to zero after each layer, so padding never reaches a real state
-    encoder    x = W x + P (sinusoidal positions, Vaswani et al. 2017, section 3.5), then
+    encoder    x = W x + P (sinusoidal positions, Vaswani et al. 2017, section 3.5; with
+               ``front_norm``, x = LN(W x) + P: at initialisation W x has a standard deviation
+               near 0.08 against the positions' 0.59, so without it the first blocks see mostly
+               positions), then
                pre-LN blocks: x = x + SelfAttn(LN(x)) (padding masked), x = x + FFN(LN(x))
     decoder    y = Embed(tokens) + P, pre-LN blocks: y = y + SelfAttn(LN(y), causal),
                y = y + CrossAttn(LN(y), states) (padding masked), y = y + FFN(LN(y))
     output     P(y_i) = softmax(W_o LN(y_i)); the attention of output step i over the states:
                the last decoder block's cross-attention of step i, averaged over its heads
-    loss       (1 - lambda) CE + lambda CTC (``ctc_weight`` = lambda; 0: CE alone): joint
+    loss       (1 - lambda) CE + lambda CTC (``ctc_weight`` = lambda; 0: CE alone), CE with
+               ``label_smoothing`` epsilon (Szegedy et al. 2016: the target is 1 - epsilon on
+               the word, epsilon / V on every unit, <pad> included as torch counts it): joint
                CTC-attention training (Kim, Hori, Watanabe 2017, "Joint CTC-attention based
                end-to-end speech recognition using multi-task learning"), the CTC of a linear
                layer over the encoder states (blank: the <pad> id), which asks the encoder for
@@ -66,6 +71,8 @@ class SpeechTransformerConfig:
     ff_dim: int = 256
     dropout: float = 0.1
     ctc_weight: float = 0.0  # lambda of the joint CTC-attention loss (0: cross-entropy alone)
+    label_smoothing: float = 0.0  # epsilon: the cross-entropy's target keeps 1 - epsilon on the word
+    front_norm: bool = False  # LayerNorm the subsampled states before the positions are added
 
     def __post_init__(self) -> None:
         for name in ("n_mels", "vocab_size", "subsample", "d_model", "heads", "encoder_layers", "decoder_layers",
@@ -80,7 +87,9 @@ class SpeechTransformerConfig:
             raise ValueError(
                 f"SpeechTransformerConfig.d_model: expected a multiple of heads={self.heads}, got {self.d_model}"
             )
-        for name in ("dropout", "ctc_weight"):
+        if not isinstance(self.front_norm, bool):
+            raise ValueError(f"SpeechTransformerConfig.front_norm: expected a bool, got {self.front_norm!r}")
+        for name in ("dropout", "ctc_weight", "label_smoothing"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
                 raise ValueError(f"SpeechTransformerConfig.{name}: expected a float in [0, 1), got {value!r}")
@@ -169,6 +178,7 @@ class SpeechTransformer(nn.Module):
         cfg = self.config = config
         self.subsample = Subsample(cfg)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.front_norm = nn.LayerNorm(cfg.d_model) if cfg.front_norm else nn.Identity()
         self.encoder = nn.ModuleList([EncoderBlock(cfg) for _ in range(cfg.encoder_layers)])
         self.enc_norm = nn.LayerNorm(cfg.d_model)
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=PAD)
@@ -181,7 +191,7 @@ class SpeechTransformer(nn.Module):
     def _encode(self, features: Tensor, lengths: Tensor, maps: AttentionMaps | None) -> dict[str, Tensor]:
         check_features(features, lengths, self.config.n_mels)
         x, lengths = self.subsample(features, lengths)  # (B, S, D), (B,)
-        x = self.drop(self.proj(x) + _positions(x.shape[1], x.shape[2], x))
+        x = self.drop(self.front_norm(self.proj(x)) + _positions(x.shape[1], x.shape[2], x))
         pad = torch.arange(x.shape[1], device=x.device)[None] >= lengths[:, None]  # (B, S), True = padding
         for block in self.encoder:
             x, w = block(x, pad, maps is not None)
@@ -230,11 +240,12 @@ class SpeechTransformer(nn.Module):
 
     def loss(self, features: Tensor, lengths: Tensor, tgt_in: Tensor, tgt_out: Tensor) -> Tensor:
         """The training loss of ``tgt_out`` ``(B, U)`` (``y_1 .. y_U <eos>``, <pad> after) given
-        ``tgt_in``: the mean cross-entropy per target token, mixed with the CTC of the words
+        ``tgt_in``: the mean (label-smoothed) cross-entropy per target token, mixed with the CTC of the words
         (``<eos>`` left out) by ``ctc_weight`` (see the module docstring)."""
         memory = self.encode(features, lengths)
         logits, _ = self.decode(tgt_in, memory)
-        ce = nn.functional.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), ignore_index=PAD)
+        ce = nn.functional.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), ignore_index=PAD,
+                                         label_smoothing=self.config.label_smoothing)  # fmt: skip
         if self.ctc is None:
             return ce
         words = tgt_out > EOS  # (B, U): the words, neither <eos> nor <pad>

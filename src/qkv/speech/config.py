@@ -20,6 +20,7 @@ from ..application import run_config
 from ..models.builders import SPEECH_KINDS, SPEECH_PRESETS, speech_config_keys
 from ..train.config import TrainConfig
 from ..train.config import expect as _expect
+from .spec_augment import SpecAugment
 
 __all__ = [
     "DATASETS",
@@ -68,7 +69,8 @@ class DataConfig:
 @dataclass(frozen=True)
 class SpeechTrainConfig(TrainConfig):
     """The ``[train]`` table of speech: :class:`~qkv.train.config.TrainConfig` with defaults for
-    a small LAS on 3,000 utterances."""
+    a small LAS on 3,000 utterances, and SpecAugment's masks of the training batches
+    (:class:`qkv.speech.spec_augment.SpecAugment`; no masks by default)."""
 
     epochs: int = 10
     batch_size: int = 32
@@ -76,6 +78,20 @@ class SpeechTrainConfig(TrainConfig):
     min_lr: float = 1e-4
     warmup: int = 50
     patience: int = 0
+    freq_masks: int = 0  # SpecAugment: frequency masks per utterance
+    freq_width: int = 0  # the widest, in mel bands
+    time_masks: int = 0  # time masks per utterance
+    time_width: int = 0  # the widest, in frames
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in ("freq_masks", "freq_width", "time_masks", "time_width"):
+            _expect("train", key, _is_int(getattr(self, key), 0), "an int >= 0", getattr(self, key))
+
+    @property
+    def spec_augment(self) -> SpecAugment:
+        """The masking policy of the training batches."""
+        return SpecAugment(self.freq_masks, self.freq_width, self.time_masks, self.time_width)
 
 
 @dataclass(frozen=True)

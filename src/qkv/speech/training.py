@@ -87,7 +87,8 @@ def transcribe_features(model: nn.Module, vocab: WordVocabulary, features: Seque
 
 class SpeechTask:
     """The speech side of the :class:`~qkv.train.loop.Trainer`: batches of a seeded permutation
-    of the training utterances (a pure function of ``(seed, epoch)``), the model's own ``loss``
+    of the training utterances (a pure function of ``(seed, epoch)``), masked by SpecAugment if
+    ``[train]`` asks (:mod:`qkv.speech.spec_augment`), the model's own ``loss``
     (the cross-entropy of the next word; the Transformer may mix in CTC), validation by loss and
     greedy WER."""
 
@@ -98,6 +99,7 @@ class SpeechTask:
         self.batch_size = cfg.train.batch_size
         self.train_set, self.valid = splits["train"], splits.get("valid")
         self.batches_per_epoch = -(-len(self.train_set) // self.batch_size)
+        self.augment = cfg.train.spec_augment
 
     def batches(self, epoch: int, start: int) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:
         g = torch.Generator().manual_seed(self.cfg.train.seed * 100_003 + epoch)
@@ -105,6 +107,8 @@ class SpeechTask:
         for b in range(start, self.batches_per_epoch):
             index = order[b * self.batch_size : (b + 1) * self.batch_size]
             x, lengths = pad_features([self.train_set.features[i] for i in index])
+            if self.augment.enabled:  # masks a pure function of (seed, epoch, batch), as the order is
+                x = self.augment(x, lengths, torch.Generator().manual_seed(g.initial_seed() * 1_009 + b))
             yield (x, lengths, *self.vocab.encode([self.train_set.texts[i] for i in index]))
 
     def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor, Tensor, Tensor]) -> tuple[Tensor, int]:
