@@ -13,7 +13,9 @@ from qkv.speech.training import SpeechTask
 from qkv.speech.vocabulary import WordVocabulary
 
 
-def _expected_zeros(policy: SpecAugment, lengths: list[int], frames: int, bands: int, seed: int) -> torch.Tensor:
+def _expected_zeros(
+    policy: SpecAugment, lengths: list[int], frames: int, bands: int, seed: int
+) -> torch.Tensor:
     """The mask the policy must apply, redrawn span by span from the same seed."""
     g, zero = torch.Generator().manual_seed(seed), torch.zeros(len(lengths), frames, bands, dtype=torch.bool)
     for b, length in enumerate(lengths):
@@ -47,7 +49,7 @@ def test_widths_are_uniform_up_to_the_requested_width_and_stay_inside():
     assert widths.min() == 0 and widths.max() == 6
     counts = torch.bincount(widths, minlength=7).float() / len(widths)
     torch.testing.assert_close(counts, torch.full((7,), 1 / 7), atol=0.02, rtol=0)  # 7 equally likely widths
-    assert all(0 <= s and s + w <= 20 for s, w in spans)
+    assert all(s >= 0 and s + w <= 20 for s, w in spans)
     short = draw_spans(500, 50, 9, g)  # a mask never outgrows a short utterance
     assert max(w for _, w in short) == 9 and all(s + w <= 9 for s, w in short)
 
