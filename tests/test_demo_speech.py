@@ -8,6 +8,7 @@ import pytest
 
 from qkv.cli.main import main
 from qkv.speech import INSTALL, Recognizer
+from qkv.speech.demo import DEMO_RUNS
 
 needs_synthesizers = pytest.mark.skipif(
     shutil.which("espeak-ng") is None or shutil.which("flite") is None,
@@ -25,7 +26,7 @@ def test_quick_speech_demo_writes_metrics_checkpoints_and_an_offline_report(tmp_
     assert printed == metrics
     assert list(metrics) == ["las", "transformer"]
     for m in metrics.values():
-        assert list(m) == ["wer", "cer", "monotonic", "n", "train_seconds"]
+        assert list(m) == ["wer", "cer", "monotonic", "n", "beam", "train_seconds", "train_cpu_seconds"]
         for key in ("wer", "cer", "monotonic", "n"):
             assert set(m[key]) == {"heldout_voices", "flite_kal16"}
         assert m["n"] == {"heldout_voices": 6, "flite_kal16": 6}
@@ -33,7 +34,8 @@ def test_quick_speech_demo_writes_metrics_checkpoints_and_an_offline_report(tmp_
         assert all(
             6 * v == pytest.approx(round(6 * v), abs=1e-3) and 0 <= v <= 1 for v in m["monotonic"].values()
         )
-        assert m["train_seconds"] > 0
+        assert m["train_seconds"] > 0 and m["train_cpu_seconds"] > 0
+    assert [m["beam"] for m in metrics.values()] == [DEMO_RUNS[name][2] for name in metrics] == [4, 1]
     assert "las (additive attention)" in Recognizer.load(out / "las").describe()
     assert (
         Recognizer.load(out / "transformer")

@@ -88,11 +88,12 @@ def test_steps_equal_the_teacher_forced_pass_and_beam_is_never_worse():
         assert hb.attention.shape[0] == len(hb.tokens) + (hb.stop == "eos")
 
 
-def test_a_tiny_recognizer_learns_three_words_within_150_steps():
+@pytest.mark.parametrize("recipe", [{}, {"front_norm": True, "ctc_weight": 0.3, "label_smoothing": 0.1}])
+def test_a_tiny_recognizer_learns_three_words_within_150_steps(recipe):
     with torch_threads(1):
         torch.manual_seed(0)
         vocab = WordVocabulary(WORDS)
-        model = build_speech_model(TINY, n_mels=8, vocab_size=len(vocab))
+        model = build_speech_model({**TINY, **recipe}, n_mels=8, vocab_size=len(vocab))
         opt = torch.optim.Adam(model.parameters(), lr=3e-3)
         for step in range(150):
             feats, texts = word_utterances(16, seed=step)

@@ -3,13 +3,16 @@ where each listens.
 
 Trains both recognizers at demo size on the same spoken numbers (``runs/demo-speech/las/``,
 ``runs/demo-speech/transformer/``), scores them on held-out espeak-ng voices and on flite's
-kal16 (:meth:`qkv.speech.Recognizer.evaluate`, greedy), and writes ``metrics.json``::
+kal16 (:meth:`qkv.speech.Recognizer.evaluate`, each with its beam of :data:`DEMO_RUNS`), and
+writes ``metrics.json``::
 
     {"las": {"wer": {"heldout_voices": ..., "flite_kal16": ...}, "cer": {...},
-             "monotonic": {...}, "n": {...}, "train_seconds": ...},
+             "monotonic": {...}, "n": {...}, "beam": 4, "train_seconds": ...,
+             "train_cpu_seconds": ...},
      "transformer": {...}}
 
-(``monotonic``: the share of transcripts whose alignment moves forward in time), and
+(``monotonic``: the share of transcripts whose alignment moves forward in time; the training
+times are wall and CPU seconds of this process, ``None`` for a reused model), and
 ``report.html``: one offline page, the scores and, for a few held-out utterances, the log-mel
 spectrogram above each word's attention for both models (PNG figures inlined as base64). A
 finished model is reused on the next run (``fresh=True`` retrains it); ``quick=True`` is a
@@ -35,10 +38,14 @@ from .training import load_splits, train
 
 __all__ = ["DEMO_RUNS", "run_speech_demo"]
 
-#: Each model's preset and overrides at demo size (both on the same 2,000 training utterances).
-DEMO_RUNS: dict[str, tuple[str, list[str]]] = {
-    "las": ("las", ["--train.epochs=8"]),
-    "transformer": ("speech-transformer", ["--train.epochs=10"]),
+#: SpecAugment of the Transformer's training batches (:mod:`qkv.speech.spec_augment`).
+SPEC_AUGMENT = ["--train.freq_masks=2", "--train.freq_width=6", "--train.time_masks=2",
+                "--train.time_width=20"]  # fmt: skip
+#: Each model's preset, overrides at demo size (both on the same 2,000 training utterances) and
+#: the beam it is scored with (1: greedy).
+DEMO_RUNS: dict[str, tuple[str, list[str], int]] = {
+    "las": ("las", ["--train.epochs=8"], 4),
+    "transformer": ("speech-transformer", ["--train.epochs=10", *SPEC_AUGMENT], 1),
 }
 #: The demo's spoken numbers: training, validation, and each held-out split's size.
 _DATA = ["--data.train_size=2000", "--data.valid_size=100", "--data.test_size=200"]
@@ -59,28 +66,28 @@ def _say(msg: str) -> None:
 
 
 def _config(name: str, quick: bool):
-    preset, overrides = DEMO_RUNS[name]
+    preset, overrides, _ = DEMO_RUNS[name]
     extra = [*_QUICK_DATA, *_QUICK[name], "--train.max_steps=3"] if quick else _DATA
     return resolve(preset=preset, overrides=[*overrides, "--train.save_every_minutes=0", *extra])
 
 
-def _train_one(name: str, run: Path, *, fresh: bool, quick: bool) -> float | None:
-    """Train ``name`` into ``run`` (seconds), or reuse a finished run there (``None``)."""
+def _train_one(name: str, run: Path, *, fresh: bool, quick: bool) -> tuple[float, float] | None:
+    """Train ``name`` into ``run`` (wall and CPU seconds), or reuse a finished run there (``None``)."""
     if list_checkpoints(run) and not fresh:
         _say(f"{name}: reusing the model in {run} (--fresh retrains it)")
         return None
     if run.exists():
         shutil.rmtree(run)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     train(_config(name, quick), run, progress=not quick, stream=sys.stderr)
-    seconds = time.perf_counter() - t0
-    _say(f"{name}: trained in {seconds:.0f} s")
-    return round(seconds, 1)
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    _say(f"{name}: trained in {seconds:.0f} s ({cpu:.0f} CPU-seconds)")
+    return round(seconds, 1), round(cpu, 1)
 
 
-def _scores(rec: Recognizer, sets: dict[str, Any]) -> dict[str, Any]:
-    """WER, CER and the share of monotonic alignments on each held-out split, greedy."""
-    scores = {SPLITS[s]: rec.evaluate(sets[s]) for s in SPLITS}
+def _scores(rec: Recognizer, sets: dict[str, Any], beam: int) -> dict[str, Any]:
+    """WER, CER and the share of monotonic alignments on each held-out split, decoded with ``beam``."""
+    scores = {SPLITS[s]: rec.evaluate(sets[s], beam=beam) for s in SPLITS}
     return {k: {name: (round(v[k], 4) if k != "n" else v[k]) for name, v in scores.items()}
             for k in ("wer", "cer", "monotonic", "n")}  # fmt: skip
 
@@ -111,11 +118,12 @@ def run_speech_demo(
     recognizers = {}
     for i, name in enumerate(DEMO_RUNS, 2):
         _say(f"[{i}/4] {name}: training ({DEMO_RUNS[name][0]})")
-        seconds = _train_one(name, out / name, fresh=fresh, quick=quick)
-        if seconds is None:
-            seconds = previous.get(name, {}).get("train_seconds")
-        recognizers[name] = Recognizer.load(out / name)
-        metrics[name] = {**_scores(recognizers[name], sets), "train_seconds": seconds}
+        times = _train_one(name, out / name, fresh=fresh, quick=quick)
+        if times is None:
+            times = tuple(previous.get(name, {}).get(k) for k in ("train_seconds", "train_cpu_seconds"))
+        recognizers[name], beam = Recognizer.load(out / name), DEMO_RUNS[name][2]
+        metrics[name] = {**_scores(recognizers[name], sets, beam), "beam": beam, "train_seconds": times[0],
+                         "train_cpu_seconds": times[1]}  # fmt: skip
         _say(f"{name}: WER held-out voices {metrics[name]['wer']['heldout_voices']:.4f}, "
              f"flite kal16 {metrics[name]['wer']['flite_kal16']:.4f}")  # fmt: skip
     _say("[4/4] report: alignments of held-out utterances")
@@ -157,10 +165,18 @@ def _rows(metrics: dict[str, Any]) -> str:
     cells = []
     for name, m in metrics.items():
         secs = "reused" if m["train_seconds"] is None else f"{m['train_seconds']:.0f} s"
+        if m["train_cpu_seconds"] is not None:
+            secs += f" ({m['train_cpu_seconds']:.0f} CPU-s)"
         values = [m[k][s] for k in ("wer", "cer", "monotonic") for s in SPLITS.values()]
         cells.append(f"<tr><td>{html.escape(name)}</td>" + "".join(f"<td>{100 * v:.1f}%</td>" for v in values)
                      + f"<td>{secs}</td></tr>")  # fmt: skip
     return "\n".join(cells)
+
+
+def _decoding(metrics: dict[str, Any]) -> str:
+    """How each model decoded: ``"las: beam 4, transformer: greedy"``."""
+    ways = {name: "greedy" if m["beam"] == 1 else f"beam {m['beam']}" for name, m in metrics.items()}
+    return ", ".join(f"{html.escape(name)}: {way}" for name, way in ways.items())
 
 
 def _report_html(metrics: dict[str, Any], figures: list[Path], *, quick: bool, seconds: float) -> str:
@@ -171,11 +187,12 @@ def _report_html(metrics: dict[str, Any], figures: list[Path], *, quick: bool, s
 <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}td,th{{padding:.2em .8em;text-align:right}}
 td:first-child{{text-align:left}}img{{max-width:100%}}</style></head><body>
 <h1>Listen, Attend and Spell against a Transformer, on spoken numbers</h1>{note}
-<p>Both recognizers learn numbers in English words from espeak-ng and flite voices and are scored, greedy,
-on {n["heldout_voices"]} utterances of espeak-ng voices never heard in training and {n["flite_kal16"]} of
+<p>Both recognizers learn numbers in English words from espeak-ng and flite voices and are scored
+({_decoding(metrics)}) on {n["heldout_voices"]} utterances of espeak-ng voices never heard in training and {n["flite_kal16"]} of
 flite's kal16, another synthesizer's voice, never heard. <i>las</i>: a pyramidal BiLSTM listener over frames
 stacked by 3, an LSTM speller with additive attention. <i>transformer</i>: two stride-2 convolutions over the
-frames, sinusoidal positions, encoder self-attention, a causal decoder with cross-attention to the frames.
+frames, sinusoidal positions, encoder self-attention, a causal decoder with cross-attention to the frames,
+trained jointly with CTC over the encoder states and on SpecAugment-masked spectrograms.
 Monotonic: the share of transcripts whose most attended state never moves back from one word to the next.</p>
 <table><tr><th>model</th><th>WER held-out</th><th>WER kal16</th><th>CER held-out</th><th>CER kal16</th>
 <th>monotonic held-out</th><th>monotonic kal16</th><th>training</th></tr>
