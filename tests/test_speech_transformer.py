@@ -181,3 +181,19 @@ def test_subsampled_lengths_are_ceil_of_length_over_the_reduction(subsample):
     r = 2**subsample
     assert out["lengths"].tolist() == [-(-n // r) for n in range(1, 40)]  # every stride-2 layer rounds up
     assert out["states"].shape[1] == -(-39 // r)
+
+
+def test_the_ctc_term_is_the_probability_of_every_path_that_collapses_to_the_words():
+    """Two states, one word ``a``: the paths a a, a -, - a (``-`` the blank, id 0)."""
+    torch.manual_seed(5)
+    w = 0.4
+    model = _model(ctc_weight=w)  # subsample 1: 3 frames -> 2 states
+    x, lengths = torch.randn(1, 3, 8), torch.tensor([3])
+    tgt_in, tgt_out = torch.tensor([[1, 4]]), torch.tensor([[4, 2]])
+    memory = model.encode(x, lengths)
+    p = torch.softmax(model.ctc(memory["states"]), -1)[0]  # (2 states, V)
+    a, blank = 4, 0
+    paths = p[0, a] * p[1, a] + p[0, a] * p[1, blank] + p[0, blank] * p[1, a]
+    ce = nn.functional.cross_entropy(model(x, lengths, tgt_in)[0], tgt_out[0])
+    ctc = (model.loss(x, lengths, tgt_in, tgt_out) - (1 - w) * ce) / w
+    torch.testing.assert_close(ctc, -torch.log(paths))  # one word: the mean over words is the sum
