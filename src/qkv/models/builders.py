@@ -281,14 +281,14 @@ _FROM_SPEECH = frozenset({"n_mels", "vocab_size"})
 #: (location-aware, Chorowski et al. 2015), each a two-layer listener over frames stacked by 3
 #: (one state per 6 frames); ``speech-transformer``, two stride-2 convolutions (one state per 4
 #: frames), 3 encoder and 2 decoder blocks of width 96, the subsampled states layer-normalised
-#: before the positions (``front_norm``), trained jointly with CTC (``ctc_weight`` 0.3) and with
-#: label smoothing 0.1: the recipe that learned fastest per CPU-second (docs/guides/speech.md).
+#: before the positions (``front_norm``) and trained jointly with CTC (``ctc_weight`` 0.3): the
+#: recipe that learned fastest per CPU-second (docs/guides/speech.md).
 SPEECH_PRESETS: dict[str, dict[str, Any]] = {
     "las": {"kind": "las", "attention": "additive"},
     "las-location": {"kind": "las", "attention": "location"},
     "speech-transformer": {"kind": "speech-transformer", "subsample": 2, "d_model": 96, "heads": 4,
                            "encoder_layers": 3, "decoder_layers": 2, "ff_dim": 256, "front_norm": True,
-                           "ctc_weight": 0.3, "label_smoothing": 0.1},
+                           "ctc_weight": 0.3},
 }  # fmt: skip
 
 
