@@ -108,7 +108,7 @@ class SpeechTask:
             index = order[b * self.batch_size : (b + 1) * self.batch_size]
             x, lengths = pad_features([self.train_set.features[i] for i in index])
             if self.augment.enabled:  # masks a pure function of (seed, epoch, batch), as the order is
-                x = self.augment(x, lengths, torch.Generator().manual_seed(g.initial_seed() * 1_009 + b))
+                x = self.augment(x, lengths, torch.Generator().manual_seed(g.initial_seed() * 1_000_003 + b))
             yield (x, lengths, *self.vocab.encode([self.train_set.texts[i] for i in index]))
 
     def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor, Tensor, Tensor]) -> tuple[Tensor, int]:
