@@ -15,7 +15,7 @@ evaluated, and writes ``metrics.json``, one entry per step::
                    "fr": {...}, "de": {...}},
      "grounded": {"with_image", "text_only", "zero_shot": {"with_image", "text_only"},
                   "train_seconds": {"with_image", "text_only"}},
-     "video_qa": {"accuracy", "question_only", "per_kind": {"position", "count", "after"},
+     "video_qa": {"accuracy", "question_only", "per_kind": {"position", "after"},
                   "question_only_per_kind": {...}, "gold_peak", "frame_accuracy",
                   "train_seconds": {"full", "question_only"}}}
 

@@ -6,12 +6,13 @@ question, both answers and the question's attention over the frames.
 Its ``metrics.json`` entry::
 
     {"accuracy": <test accuracy>, "question_only": <the control's>,
-     "per_kind": {"position", "count", "after"}, "question_only_per_kind": {...},
+     "per_kind": {"position", "after"}, "question_only_per_kind": {...},
      "gold_peak", "frame_accuracy", "train_seconds": {"full", "question_only"}}
 
-(accuracies in [0, 1]; ``gold_peak`` the share of questions with gold frames whose attention
-peaks on one, ``frame_accuracy`` the share of real frames whose digit the frame head reads;
-the seconds from each run's checkpoint).
+(``per_kind``: the kinds of the runs' ``[data] question_kinds``; accuracies in [0, 1];
+``gold_peak`` the share of questions with gold frames whose attention peaks on one,
+``frame_accuracy`` the share of real frames whose digit the frame head reads; the seconds from
+each run's checkpoint).
 """
 
 from __future__ import annotations
