@@ -103,20 +103,36 @@ def test_supervised_attention_loss_by_hand():
         match=r"gold: expected \(B, T <= 3, N\) fitting the attention \(2, 3, 4\), got \(2, 2, 5\)",
     ):
         supervised_attention_loss(attention, torch.zeros(2, 2, 5))
-    # the loss adds mu times the term given gold (and nothing without it)
-    model = tiny("captioner")
+
+
+@pytest.mark.parametrize("kind", ["captioner", "captioner-transformer"])
+def test_the_loss_adds_mu_times_the_supervised_attention_of_the_decoders_own_attention(kind):
+    # given gold, mu times the term on the attention the captioner reports (nothing without gold);
+    # the Transformer's is its last layer's cross-attention averaged over heads
+    model = tiny(kind)
     images, words = torch.rand(2, 1, 8, 32), torch.tensor([[5, 6], [7, 0]])
     gold = torch.zeros(2, 2, 16)
     gold[0, 0, :2], gold[0, 1, 5], gold[1, 0, 15] = 0.5, 1.0, 1.0
     inputs, _ = caption_targets(words, pad_id=0, start_id=2, end_id=3)
     _, att = model(images, inputs)
-    supervised = build_caption_model({**TINY["captioner"], "attention_supervision": 0.25}, **FACTS).eval()
+    if kind == "captioner-transformer":
+        _, maps = model.decode(inputs, model.encode(images)["features"])
+        torch.testing.assert_close(att, maps.cross[-1].mean(1))
+    supervised = build_caption_model({**TINY[kind], "attention_supervision": 0.25}, **FACTS).eval()
     supervised.load_state_dict(model.state_dict())
     expected = model.loss(images, words) + 0.25 * supervised_attention_loss(att, gold)
     torch.testing.assert_close(supervised.loss(images, words, gold), expected)
     torch.testing.assert_close(supervised.loss(images, words), model.loss(images, words))
+    assert float(supervised.loss(images, words, gold) - model.loss(images, words)) > 0.1  # the term counts
+    # and trains the attention: its gradient reaches the supervised attention's query projection
+    _, att = supervised(images, inputs)
+    query = (
+        supervised.attention.score.w_query if kind == "captioner" else supervised.blocks[-1].cross_attn.q_proj
+    )
+    (grad,) = torch.autograd.grad(supervised_attention_loss(att, gold), query.weight)
+    assert float(grad.abs().max()) > 1e-4
     with pytest.raises(ValueError, match="attention_supervision: expected a finite number >= 0, got -1"):
-        build_caption_model({**TINY["captioner"], "attention_supervision": -1}, **FACTS)
+        build_caption_model({**TINY[kind], "attention_supervision": -1}, **FACTS)
 
 
 class NeverEnds(torch.nn.Module):

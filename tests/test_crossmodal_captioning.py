@@ -119,9 +119,17 @@ def test_a_tiny_captioner_learns_one_and_two_digit_strips():
     assert attention_correctness(right, slots, patch_slots(model.grid, 8, 8)) >= 0.9
 
 
-def test_supervised_attention_puts_hundred_on_its_digit():
+DECODERS = {
+    "captioner": {"embed_dim": 16, "hidden_dim": 64, "attention_dim": 32, "stochastic_weight": 0.0},
+    "captioner-transformer": {"decoder_depth": 2, "decoder_heads": 2, "decoder_mlp_dim": 64},
+}
+
+
+@pytest.mark.parametrize("kind", list(DECODERS))
+def test_supervised_attention_puts_hundred_on_its_digit(kind):
     # Unsupervised (attention_supervision 0), "hundred" peaks on a digit after its own (the English
-    # captioner at demo size: 0 of 457 test words); supervised, it learns its gold slot.
+    # captioner at demo size: 0 of 457 test words); supervised, it learns its gold slot (the
+    # Transformer: its last layer's mean over heads).
     def three_digits(strips):
         keep = [i for i, s in enumerate(strips.slots) if max(x for w in s for x in w) == 2]
         return strips.images[keep], [strips.captions[i] for i in keep], [strips.slots[i] for i in keep]
@@ -131,9 +139,8 @@ def test_supervised_attention_puts_hundred_on_its_digit():
     test = three_digits(digit_strips(400, seed=0, split="test"))
     facts = {"vocabulary": ["<start>", "<end>", *caption_vocabulary("en")], "max_words": 6,
              "image_size": 8, "image_width": 32, "channels": 1}  # fmt: skip
-    table = {"kind": "captioner", "patch_size": 8, "dim": 32, "encoder_depth": 1, "encoder_heads": 2,
-             "encoder_mlp_dim": 32, "embed_dim": 16, "hidden_dim": 64, "attention_dim": 32,
-             "stochastic_weight": 0.0, "attention_supervision": 1.0}  # fmt: skip
+    table = {"kind": kind, "patch_size": 8, "dim": 32, "encoder_depth": 1, "encoder_heads": 2,
+             "encoder_mlp_dim": 32, **DECODERS[kind], "attention_supervision": 1.0}  # fmt: skip
     model, tokenizer = build_captioner_from_facts(table, facts)
     slot_of = patch_slots(model.grid, 8, 8)
     words, g = tokenizer.encode(train[1]), torch.Generator().manual_seed(0)

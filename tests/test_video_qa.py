@@ -110,6 +110,11 @@ def test_clips_are_a_function_of_their_arguments_and_kinds_are_balanced():
     counts = [int(x) for x, k in zip(a.answers, kinds) if k == "count"]
     assert set(counts) == {0, 1, 2, 3, 4}
     assert question_kind("how many zeros") == "count"
+    # fewer kinds, each equally often; all three in their order draw the same clips
+    assert digit_clips(300, seed=2, kinds=("position", "count", "after")).questions == a.questions
+    two = digit_clips(300, seed=2, kinds=("after", "position")).kinds()
+    assert set(two) == {"position", "after"} and 120 <= two.count("after") <= 180
+    assert set(digit_clips(20, seed=2, kinds=["count"]).kinds()) == {"count"}
 
 
 @pytest.mark.parametrize(
@@ -118,6 +123,12 @@ def test_clips_are_a_function_of_their_arguments_and_kinds_are_balanced():
         ({"n": -1}, "n: expected"),
         ({"seed": 1.5}, "seed: expected"),
         ({"split": "zero_shot"}, "split: expected"),
+        (
+            {"kinds": ()},
+            r"kinds: expected distinct question kinds among position, count, after \(at least one\), got \(\)",
+        ),
+        ({"kinds": ("after", "after")}, "kinds: expected distinct question kinds"),
+        ({"kinds": "after"}, "kinds: expected distinct question kinds .*, got 'after'"),
     ],
 )
 def test_bad_clip_arguments_are_named(kw, match):
@@ -345,6 +356,11 @@ def test_bad_config_and_mismatched_data_are_named():
     ):
         resolve(preset="clip", overrides=["--data.dataset=digit-clips"])
     assert resolve(preset="video-qa", overrides=["--data.dataset=digit-clips"]).model["kind"] == "video-qa"
+    with pytest.raises(
+        ValueError,
+        match=r"config \[data\] question_kinds: expected distinct kinds among position, count, after, got \['how'\]",
+    ):
+        resolve(preset="video-qa", overrides=["--data.dataset=digit-clips", '--data.question_kinds=["how"]'])
 
 
 def test_train_and_evaluate_commands_report_accuracy_per_kind_and_gold_peaks(tmp_path, capsys):

@@ -46,7 +46,10 @@ __all__ = [
 def load_clips(d: DataConfig, splits: tuple[str, ...] = ("train", "valid")) -> dict[str, DigitClips]:
     """The clips of a ``[data]`` table's splits (the same config, the same clips)."""
     sizes = {"train": d.train_size, "valid": d.valid_size, "test": d.test_size}
-    return {s: digit_clips(sizes[s], seed=d.seed, split=s, split_seed=d.split_seed) for s in splits}
+    return {
+        s: digit_clips(sizes[s], seed=d.seed, split=s, split_seed=d.split_seed, kinds=d.question_kinds)
+        for s in splits
+    }
 
 
 def video_qa_facts(d: DataConfig) -> dict[str, Any]:

@@ -17,7 +17,7 @@ digit 0-9 (a count is 0-4, so the answers are the ten digits, :data:`ANSWERS`)::
 sequence (an ``after`` question about a digit that is not shown exactly once, or shown last,
 has no answer). Positions ask for frames 1 to 6 (every clip has 6); a count clip shows its digit
 0 to 4 times (uniform), an after clip its digit exactly once; each question kind is a third of
-the clips. The gold frames of a question are the frames holding its answer (a count of zero
+the clips (``kinds=`` asks fewer kinds, each equally often). The gold frames of a question are the frames holding its answer (a count of zero
 has none).
 
 Splits: the handwriting of :func:`qkv.crossmodal.data.handwriting` (fixed by ``split_seed``):
@@ -46,6 +46,7 @@ __all__ = [
     "ORDINALS",
     "QUESTION_KINDS",
     "DigitClips",
+    "check_kinds",
     "clip_answer",
     "digit_clips",
     "question_kind",
@@ -177,9 +178,9 @@ def _other_digits(count: int, avoid: int, g: torch.Generator) -> list[int]:
     return [(avoid + 1 + d) % 10 for d in torch.randint(9, (count,), generator=g).tolist()]
 
 
-def _draw_question(length: int, g: torch.Generator) -> tuple[list[int], str]:
-    """A clip's digits and its question (each kind a third; see the module docstring)."""
-    kind = QUESTION_KINDS[_randint(len(QUESTION_KINDS), g)]
+def _draw_question(length: int, kinds: tuple[str, ...], g: torch.Generator) -> tuple[list[int], str]:
+    """A clip's digits and its question (each of ``kinds`` equally often; see the module docstring)."""
+    kind = kinds[_randint(len(kinds), g)]
     if kind == "position":
         digits = torch.randint(10, (length,), generator=g).tolist()
         return digits, f"what is the {ORDINALS[_randint(len(ORDINALS), g)]} digit"
@@ -199,7 +200,22 @@ def _bounce(start: int, step: int, frames: int) -> list[int]:
     return [min(p, period - p) for p in ((start + step * t) % period for t in range(frames))]
 
 
-def digit_clips(n: int, *, seed: int, split: str = "train", split_seed: int = 0) -> DigitClips:
+def check_kinds(kinds: object) -> tuple[str, ...]:
+    """``kinds`` as a tuple: distinct question kinds of :data:`QUESTION_KINDS`, at least one.
+
+    Raises:
+        ValueError: anything else, naming the valid kinds.
+    """
+    ok = isinstance(kinds, list | tuple) and kinds and all(k in QUESTION_KINDS for k in kinds)
+    if not ok or len(set(kinds)) != len(kinds):
+        raise ValueError(f"kinds: expected distinct question kinds among {', '.join(QUESTION_KINDS)} "
+                         f"(at least one), got {kinds!r}")  # fmt: skip
+    return tuple(kinds)
+
+
+def digit_clips(
+    n: int, *, seed: int, split: str = "train", split_seed: int = 0, kinds: tuple[str, ...] = QUESTION_KINDS
+) -> DigitClips:
     """``n`` clips of moving handwritten digits, each with a question (see the module docstring).
 
     Args:
@@ -207,9 +223,11 @@ def digit_clips(n: int, *, seed: int, split: str = "train", split_seed: int = 0)
         seed: the draw; the same ``(n, seed, split, split_seed)``, the same clips.
         split: ``"train"``, ``"valid"`` or ``"test"`` (handwriting never in train).
         split_seed: how the handwriting is split (fixed across a run's splits).
+        kinds: the question kinds asked, each equally often (:data:`QUESTION_KINDS`: the same
+            clips as without the argument).
 
     Raises:
-        ValueError: a bad ``n``, ``seed``, ``split`` or ``split_seed``.
+        ValueError: a bad ``n``, ``seed``, ``split``, ``split_seed`` or ``kinds``.
         ImportError: scikit-learn missing (``pip install 'qkv[vision]'``).
     """
     for name, value in (("n", n), ("seed", seed), ("split_seed", split_seed)):
@@ -217,6 +235,7 @@ def digit_clips(n: int, *, seed: int, split: str = "train", split_seed: int = 0)
             raise ValueError(f"{name}: expected an int >= 0, got {value!r}")
     if split not in CLIP_SPLITS:
         raise ValueError(f"split: expected one of {', '.join(map(repr, CLIP_SPLITS))}, got {split!r}")
+    kinds = check_kinds(kinds)
     images, by_digit = handwriting(split, split_seed)
     g = torch.Generator().manual_seed(seed * 1_000_003 + 17 + CLIP_SPLITS.index(split))
     frames = torch.zeros(n, MAX_FRAMES, 1, FRAME_SIZE, FRAME_SIZE)
@@ -224,7 +243,7 @@ def digit_clips(n: int, *, seed: int, split: str = "train", split_seed: int = 0)
     all_digits = torch.full((n, MAX_FRAMES), -1, dtype=torch.int64)
     questions, answers, gold = [], [], []
     for i, length in enumerate(lengths.tolist()):
-        digits, question = _draw_question(length, g)
+        digits, question = _draw_question(length, kinds, g)
         motion = torch.randint(_MAX_OFFSET + 1, (2,), generator=g).tolist()
         steps = (torch.randint(3, (2,), generator=g) - 1).tolist()
         ys, xs = _bounce(motion[0], steps[0], length), _bounce(motion[1], steps[1], length)

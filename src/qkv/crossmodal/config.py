@@ -41,6 +41,7 @@ from ..models.builders import (
 )
 from ..train.config import TrainConfig
 from ..train.config import expect as _expect
+from .clips import QUESTION_KINDS, check_kinds
 
 __all__ = [
     "CLIP_DATASETS",
@@ -113,6 +114,7 @@ class DataConfig:
     seed: int = 0  # which strips are drawn
     redraw: bool = True  # matching: epochs after the first draw fresh training strips
     augment_shift: int = 0  # matching: training digits moved by up to this many pixels in their slots
+    question_kinds: tuple[str, ...] = QUESTION_KINDS  # clips: the question kinds asked, each equally often
 
     def __post_init__(self) -> None:
         _expect("data", "dataset", self.dataset in DATASETS, " | ".join(DATASETS), self.dataset)
@@ -127,6 +129,11 @@ class DataConfig:
             value = getattr(self, key)
             _expect("data", key, _is_int(value, least), f"an int >= {least}", value)
         _expect("data", "redraw", isinstance(self.redraw, bool), "true or false", self.redraw)
+        try:
+            object.__setattr__(self, "question_kinds", check_kinds(self.question_kinds))
+        except ValueError:
+            _expect("data", "question_kinds", False, f"distinct kinds among {', '.join(QUESTION_KINDS)}",
+                    self.question_kinds)  # fmt: skip
 
     @property
     def lang(self) -> str:

@@ -216,14 +216,17 @@ _FROM_CAPTIONS = _FROM_PAIRS | {"start_id", "end_id"}
 #: less well: 0.947 exact match on English test strips against 0.974). Show, Attend and Tell
 #: learns its attention from its gold slots (``attention_supervision`` 1): unsupervised, the
 #: attention of *hundred* and *thousand*, which the words before them and the number of digits
-#: decide, peaks on the digits after their own (attention correctness 0.766 in English).
+#: decide, peaks on the digits after their own (attention correctness 0.766 in English). The
+#: Transformer decoder learns it too, on its last layer's cross-attention averaged over heads
+#: (0.834 unsupervised on 4,000 English strips for 6 epochs, 1.000 supervised).
 CAPTION_PRESETS: dict[str, dict[str, Any]] = {
     "captioner": {"kind": "captioner", "patch_size": 8, "dim": 64, "encoder_depth": 1, "encoder_heads": 4,
                   "encoder_mlp_dim": 128, "embed_dim": 32, "hidden_dim": 128, "attention_dim": 64,
                   "stochastic_weight": 0.0, "attention_supervision": 1.0},
     "captioner-transformer": {"kind": "captioner-transformer", "patch_size": 8, "dim": 64,
                               "encoder_depth": 1, "encoder_heads": 4, "encoder_mlp_dim": 128,
-                              "decoder_depth": 2, "decoder_heads": 4, "decoder_mlp_dim": 128},
+                              "decoder_depth": 2, "decoder_heads": 4, "decoder_mlp_dim": 128,
+                              "attention_supervision": 1.0},
 }  # fmt: skip
 
 

@@ -21,6 +21,8 @@ blocks (0: the patch embedding alone). Both decoders read its ``N`` patch featur
       y = y + SelfAttn(LN(y), causal);  y = y + CrossAttn(LN(y), a);  y = y + MLP(LN(y))
       p(y_t) = softmax(W_o LN(y_t)); the attention of step t: the last layer's cross-attention
       of word t, averaged over heads
+      loss   = CE + mu * sum_t -sum_i g_ti log alpha_ti      supervised attention (optional), alpha_t
+                                                           that attention of step t
 
 The doubly stochastic penalty (:func:`doubly_stochastic_penalty`) asks every patch to receive
 a total attention of about 1 over the caption (Xu et al. eq. 14, with ``tau = 1`` as the paper
@@ -28,7 +30,10 @@ and the best-known tutorial use it); ``stochastic_weight`` is its ``lambda``. Su
 attention (:func:`supervised_attention_loss`; Liu et al. 2017, "Attention Correctness in Neural
 Image Captioning", strong supervision) is the cross-entropy of each word's attention against a
 gold distribution ``g_t`` over the patches the word names (words that name none are left out);
-``attention_supervision`` is its ``mu`` (0: none, the captioner as Xu et al. train it).
+``attention_supervision`` is its ``mu`` (0: none, the captioner as Xu et al. train it), for
+both captioners. The Transformer's supervised attention is the one it reports (the last layer's
+cross-attention averaged over heads): each head of that layer may look elsewhere as long as
+their mean peaks on the named digit, and the lower layers are left free.
 
 Both share the step interface decoding uses (:mod:`qkv.crossmodal.decode`): ``encode(images)``
 -> ``init_state(memory)`` -> ``step(prev, state, memory)`` repeatedly, every tensor batch
@@ -70,6 +75,11 @@ def _check_int(name: str, value: object, least: int) -> None:
         raise ValueError(f"{name}: expected an int >= {least}, got {value!r}")
 
 
+def _check_weight(name: str, w: object) -> None:
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < math.inf:
+        raise ValueError(f"{name}: expected a finite number >= 0, got {w!r}")
+
+
 @dataclass(frozen=True)
 class CaptionImageConfig:
     """What both captioners share: the data's facts and the patch encoder.
@@ -83,6 +93,9 @@ class CaptionImageConfig:
         patch_size: ``P``; dim: ``D``, the patch features.
         encoder_depth, encoder_heads, encoder_mlp_dim: ViT blocks over the patches (0: none).
         dropout: in the encoder and before the output layer.
+        attention_supervision: ``mu`` of the supervised attention term (0: the loss never sees
+            a gold alignment); the attention it supervises is the decoder's own, for the
+            Transformer the last layer's cross-attention averaged over heads.
     """
 
     vocab_size: int
@@ -99,11 +112,13 @@ class CaptionImageConfig:
     encoder_heads: int = 4
     encoder_mlp_dim: int = 128
     dropout: float = 0.0
+    attention_supervision: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "max_words", "dim"):
             _check_int(name, getattr(self, name), 1)
         _check_int("encoder_depth", self.encoder_depth, 0)
+        _check_weight("attention_supervision", self.attention_supervision)
         for name in ("pad_id", "start_id", "end_id"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < self.vocab_size:
@@ -127,23 +142,18 @@ class CaptionImageConfig:
 class ShowAttendTellConfig(CaptionImageConfig):
     """Hyper-parameters of :class:`ShowAttendTell`: embed_dim (``E``), hidden_dim (the LSTM),
     attention_dim (the additive score's), stochastic_weight (``lambda`` of the doubly stochastic
-    penalty; Xu et al. use 1), attention_supervision (``mu`` of the supervised attention term;
-    0: the loss never sees a gold alignment)."""
+    penalty; Xu et al. use 1)."""
 
     embed_dim: int = 32
     hidden_dim: int = 128
     attention_dim: int = 64
     stochastic_weight: float = 1.0
-    attention_supervision: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         for name in ("embed_dim", "hidden_dim", "attention_dim"):
             _check_int(name, getattr(self, name), 1)
-        for name in ("stochastic_weight", "attention_supervision"):
-            w = getattr(self, name)
-            if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < math.inf:
-                raise ValueError(f"{name}: expected a finite number >= 0, got {w!r}")
+        _check_weight("stochastic_weight", self.stochastic_weight)
 
     def to_dict(self) -> dict:
         return {"kind": "captioner", **asdict(self)}
@@ -295,8 +305,10 @@ class _Captioner(nn.Module):
 
     def attention_penalty(self, attention: Tensor, steps: Tensor, gold: Tensor | None) -> Tensor | float:
         """What the loss adds for the attention ``(B, T, N)`` of the real ``steps`` ``(B, T)``
-        (``gold``: the words' gold attention, or None): nothing."""
-        return 0.0
+        (``gold``: the words' gold attention, or None): given ``gold``, ``attention_supervision``
+        times :func:`supervised_attention_loss` (nothing at weight 0)."""
+        mu = self.config.attention_supervision
+        return mu * supervised_attention_loss(attention, gold) if gold is not None and mu else 0.0
 
 
 class ShowAttendTell(_Captioner):
@@ -323,18 +335,15 @@ class ShowAttendTell(_Captioner):
         self.out = nn.Linear(cfg.hidden_dim + cfg.dim, cfg.vocab_size)
 
     def attention_penalty(self, attention: Tensor, steps: Tensor, gold: Tensor | None) -> Tensor | float:
-        """``stochastic_weight`` times the mean :func:`doubly_stochastic_penalty`, plus, given
-        ``gold``, ``attention_supervision`` times :func:`supervised_attention_loss` (each
-        nothing at weight 0)."""
+        """``stochastic_weight`` times the mean :func:`doubly_stochastic_penalty`, plus the
+        supervised attention term of every captioner (each nothing at weight 0)."""
         cfg = self.config
         out = (
             cfg.stochastic_weight * doubly_stochastic_penalty(attention, steps).mean()
             if cfg.stochastic_weight
             else 0.0
         )
-        if gold is not None and cfg.attention_supervision:
-            out = out + cfg.attention_supervision * supervised_attention_loss(attention, gold)
-        return out
+        return out + super().attention_penalty(attention, steps, gold)
 
     def init_state(self, memory: dict[str, Tensor]) -> dict[str, Tensor]:
         mean = memory["features"].mean(1)  # (B, D)
@@ -367,15 +376,19 @@ class ShowAttendTell(_Captioner):
 class DecoderBlock(nn.Module):
     """A pre-LN decoder block: causal self-attention, cross-attention to the patches, an MLP."""
 
-    def __init__(self, cfg: CaptionTransformerConfig) -> None:
+    def __init__(self, cfg: CaptionTransformerConfig, *, supervised: bool = False) -> None:
+        """``supervised``: the loss reads this block's cross-attention weights, so they must
+        carry gradients: the reference backend builds them in the graph (the others' come from a
+        second pass that builds none)."""
         super().__init__()
         self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(cfg.dim) for _ in range(3))
         self.self_attn = MultiHeadAttention(
             embed_dim=cfg.dim, num_heads=cfg.decoder_heads, dropout=cfg.dropout
         )
         self.cross_attn = MultiHeadAttention(
-            embed_dim=cfg.dim, num_heads=cfg.decoder_heads, dropout=cfg.dropout
-        )
+            embed_dim=cfg.dim, num_heads=cfg.decoder_heads, dropout=cfg.dropout,
+            backend="reference" if supervised else "auto",
+        )  # fmt: skip
         self.mlp = MLP(cfg.dim, cfg.decoder_mlp_dim, cfg.dropout)
         self.drop = nn.Dropout(cfg.dropout)
 
@@ -403,7 +416,10 @@ class CaptionTransformer(_Captioner):
         self._encoder(cfg)
         self.embed = nn.Embedding(cfg.vocab_size, cfg.dim, padding_idx=cfg.pad_id)
         self.pos_embed = nn.Parameter(torch.randn(1, cfg.max_words + 1, cfg.dim) * 0.02)
-        self.blocks = nn.ModuleList([DecoderBlock(cfg) for _ in range(cfg.decoder_depth)])
+        last, supervised = cfg.decoder_depth - 1, cfg.attention_supervision > 0
+        self.blocks = nn.ModuleList(
+            [DecoderBlock(cfg, supervised=supervised and i == last) for i in range(cfg.decoder_depth)]
+        )
         self.norm = nn.LayerNorm(cfg.dim)
         self.drop = nn.Dropout(cfg.dropout)
         self.out = nn.Linear(cfg.dim, cfg.vocab_size)
