@@ -56,12 +56,19 @@ def _logits(inputs: AttentionInputs, q: Tensor, k: Tensor, k0: int, k1: int, row
 
 
 def _one_block(
-    inputs: AttentionInputs, q: Tensor, k: Tensor, rows: Tensor, heads: Tensor | None, lse: Tensor | None
-) -> tuple[Tensor, Tensor]:
+    inputs: AttentionInputs,
+    q: Tensor,
+    k: Tensor,
+    rows: Tensor,
+    heads: Tensor | None,
+    lse: Tensor | None,
+    want_lse: bool = True,
+) -> tuple[Tensor, Tensor | None]:
     """Weights and log-sum-exp of rows whose keys are one block: the masked logits built in
     one tensor (scale, bias and mask applied in place) and normalized in place, a slab of rows
     at a time (:func:`_softmax_rows_`). Rows with no key left (masked out, or every logit
-    ``-inf`` through a bias) are zeros, their ``lse`` ``-inf``."""
+    ``-inf`` through a bias) are zeros, their ``lse`` ``-inf``. Without ``lse`` given and with
+    ``want_lse=False``, the log-sum-exp is not computed (None)."""
     raw = inputs.score_fn(q, k)  # (..., H', Tq', Tk)
     s = raw.to(compute_dtype(q))
     if s is raw and not inputs.score.dot_like:
@@ -79,7 +86,7 @@ def _one_block(
         s.masked_fill_(~keep, float("-inf"))
     # Rows with no key: masked out entirely (known from the mask), or, with a bias, every
     # logit -inf (found per slab: only a bias can close a row the mask leaves open).
-    row_lse = _softmax_rows_(s, want_lse=lse is None, find_closed=bias is not None)
+    row_lse = _softmax_rows_(s, want_lse=lse is None and want_lse, find_closed=bias is not None)
     if keep is not None:
         empty = ~keep.any(dim=-1, keepdim=True)
         s.masked_fill_(empty, 0.0)
@@ -140,9 +147,11 @@ def weights_and_lse(
     rows: Selection = None,
     lse: Tensor | None = None,
     kv_block: int = 1024,
-) -> tuple[Tensor, Tensor]:
+    want_lse: bool = True,
+) -> tuple[Tensor, Tensor | None]:
     """:func:`attention_weights` and the log-sum-exp ``(..., H', Tq')`` of the selected rows
-    (the given ``lse``, or the one the first pass computed)."""
+    (the given ``lse``, or the one the first pass computed). With ``want_lse=False`` rows whose
+    keys are one block skip it and give None (longer rows need it for their weights)."""
     q, k = inputs.query, inputs.key
     dev = q.device
     h_idx = as_index(heads, q.shape[-3], "heads", dev)
@@ -158,7 +167,7 @@ def weights_and_lse(
     cdt = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
     blocks = [(k0, min(k0 + kv_block, tk)) for k0 in range(0, tk, kv_block)]
     if len(blocks) == 1:  # one key block: a softmax of its logits, as accurate as the reference's
-        return _one_block(inputs, q, k, rows_all, h_idx, lse)
+        return _one_block(inputs, q, k, rows_all, h_idx, lse, want_lse)
     if lse is None:  # first pass: the online log-sum-exp of the selected rows
         running = OnlineSoftmax(q.shape[:-1], cdt, dev)
         for k0, k1 in blocks:

@@ -61,6 +61,7 @@ import torch
 from torch import Tensor, nn
 
 from ..api.attention import attention
+from ..api.weights_first import attention_from_weights, weights_first_applies
 from ..masks.core import Mask, causal
 from ..masks.torch_masks import split_float_mask
 from .hf_decoder_mask import DecoderMask, decoder_mask
@@ -349,13 +350,22 @@ def qkv_attention_forward(
     requests = _REQUESTS.get(id(module))
     asked = bool(kwargs.get("output_attentions"))
     heads = _heads_for(requests, query.shape[1], asked)
-    res = attention(
-        query, key, value, mask=mask, bias=bias, scale=scaling, dropout_p=float(dropout),
-        training=module.training and dropout > 0,
-        need_weights=requests is not None or asked,
-        weights_for=None if heads is None else (list(heads), None),
-        backend="reference" if requests and any(r.graph for r in requests) else "auto",
-    )  # fmt: skip
+    training = module.training and dropout > 0
+    graph = bool(requests) and any(r.graph for r in requests)
+    if (
+        (requests is not None or asked)
+        and heads is None
+        and not graph
+        and weights_first_applies(query, key, value, mask, training)
+    ):  # every weight is kept: the output is computed from them, one pass instead of two
+        res = attention_from_weights(query, key, value, mask=mask, bias=bias, scale=scaling)
+    else:
+        res = attention(
+            query, key, value, mask=mask, bias=bias, scale=scaling, dropout_p=float(dropout),
+            training=training, need_weights=requests is not None or asked,
+            weights_for=None if heads is None else (list(heads), None),
+            backend="reference" if graph else "auto",
+        )  # fmt: skip
     for request in requests or ():
         request.hand_heads(heads is not None)
     return res.out.transpose(1, 2).contiguous(), res.weights  # (B, H, Tq, Dv) -> (B, Tq, H, Dv)
