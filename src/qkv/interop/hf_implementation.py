@@ -124,17 +124,22 @@ def qkv_mask(
 
     Returns:
         For the causal mask of a model holding a pattern (plain causal, or Mistral's
-        sliding-window causal), without overlays and with integer cache positions (a dynamic
-        cache): a :class:`~qkv.interop.hf_decoder_mask.DecoderMask` (its cache positions,
-        window and padding, ``O(B Tk)`` memory). For a bidirectional mask that may be skipped
+        sliding-window causal), without overlays, on a dynamic cache or a static one (not under
+        ``torch.compile``): a :class:`~qkv.interop.hf_decoder_mask.DecoderMask` (its cache
+        positions, window and padding, ``O(B Tk)`` memory); the same object when ``generate``
+        hands back the one it prepared for a static cache. For a bidirectional mask that may be skipped
         (``allow_is_bidirectional_skip``): None without padding, else bool ``(B, 1, 1, Tk)`` (True = a real token): ``O(B Tk)`` memory,
         the same attention as ``sdpa_mask``'s ``(B, 1, Tq, Tk)`` matrix. Otherwise what
         ``sdpa_mask`` returns for the same arguments.
     """
     from transformers.masking_utils import bidirectional_mask_function, sdpa_mask
 
+    if isinstance(attention_mask, DecoderMask):  # prepared by generate for this step (static cache)
+        return attention_mask
     patterned = id(kwargs.get("config")) in _PATTERNS  # a model holding a pattern (use_pattern)
-    if patterned and kwargs.get("allow_is_causal_skip", True) and not kwargs.get("use_vmap", False):
+    # Overlays and packed sequences wrap the mask function (decoder_mask leaves them to sdpa_mask);
+    # allow_is_causal_skip is not read: a static cache's decode step turns it off as well.
+    if patterned and not kwargs.get("use_vmap", False):
         decoder = decoder_mask(
             mask_function, kv_length, q_offset, kv_offset, attention_mask, kwargs.get("local_size")
         )
@@ -340,9 +345,11 @@ def qkv_attention_forward(
             is_causal if is_causal is not None else getattr(module, "is_causal", False)
         ):
             raise NotImplementedError(
-                f"use_pattern: {type(module).__name__}'s causal mask reached attn_implementation='qkv' without "
-                "its cache positions (a static or compileable KV cache, a prepared 4-D mask, or mask overlays), "
-                "so the pattern cannot be placed; use the default dynamic cache and a 2-D attention_mask"
+                f"use_pattern: {type(module).__name__}'s causal mask reached attn_implementation='qkv' as a "
+                "tensor, without the cache positions the pattern is placed at: a 4-D attention_mask prepared by "
+                "the caller, a mask overlay or packed sequences (transformers builds those densely), or a static "
+                "cache under torch.compile (its filled length is a tensor, not read while tracing); pass a 2-D "
+                "attention_mask (or none) and run a static cache without torch.compile"
             )
         mask, bias = _mask_and_bias(module, query, attention_mask, is_causal, position_bias)
         if pattern is not None:
