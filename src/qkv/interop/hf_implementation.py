@@ -31,7 +31,7 @@ GQA (``Hkv < H``)     grouped-query attention, key/value heads not copied
 ``sliding_window``    already in the mask (``transformers`` builds the window into it, and
                       skips the mask only where the window cannot bind)
 ``position_bias``     ``bias=`` (T5's relative positions), with the mask
-``output_attentions`` ``need_weights=True``: exact weights from qkv's weights pass
+``output_attentions`` exact weights from qkv's weights pass, the output ``weights @ V``
 ====================  ===================================================================
 
 A sparse pattern set on a module (:func:`patterns_set`, what :func:`qkv.interop.use_pattern`
@@ -47,7 +47,13 @@ input) and paged caches (continuous batching). Rows with no key to attend give 0
 SDPA on CPU; eager gives them a uniform average).
 
 :func:`qkv.capture` asks the hooked modules for weights through :func:`weights_requested`:
-the request is the module's own, for the ``with`` block only.
+the request is the module's own, for the ``with`` block only. A call that returns every head's
+weights (``output_attentions=True``, or a capture of all heads) computes its output from them
+(:func:`qkv.api.weights_first.attention_from_weights`: one pass, as eager does, instead of the
+fused kernel plus the weights pass), where the call qualifies: a tensor mask or none (a
+pattern keeps its block-sparse kernel), no dropout in training, no gradient wanted, no
+``detach=False`` capture (that one runs the reference backend). Its output then equals the
+fused kernel's within tolerance, not bitwise.
 """
 
 from __future__ import annotations
