@@ -206,13 +206,62 @@ def test_a_pattern_wider_than_the_models_own_window_is_refused():
     use_pattern(model, sliding_window(11)).remove()  # exactly the window: accepted
 
 
-def test_a_static_cache_is_refused_naming_it():
+def _static_steps(model, ids, mask, steps: int, max_cache_len: int = 48) -> torch.Tensor:
+    """Logits (B, T + steps, V) of a prefill over ``ids`` into a ``StaticCache`` of
+    ``max_cache_len`` slots, then one token per step (the tokens of ``steps``)."""
+    cache = transformers.StaticCache(config=model.config, max_cache_len=max_cache_len)
+    out = model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True)
+    logits = [out.logits]
+    for token in steps:
+        mask = torch.cat([mask, torch.ones(2, 1, dtype=mask.dtype)], 1)
+        out = model(input_ids=token, attention_mask=mask, past_key_values=cache, use_cache=True)
+        logits.append(out.logits)
+    return torch.cat(logits, 1)
+
+
+def test_a_static_cache_equals_the_float64_dense_reference(request, monkeypatch):
+    """Prefill and decode steps into a StaticCache: queries at the cache's filled length, every
+    key of its 48 slots handed over, the slots not filled yet masked; equal to torch's SDPA over
+    the whole sequence given the dense pattern & causal & padding."""
+    pattern, (ids, mask) = PATTERNS["llama"], _batch(20)
+    steps = [torch.tensor([[5], [9]]), torch.tensor([[17], [4]]), torch.tensor([[33], [41]])]
+    model = _model("llama", "qkv")
+    calls = _spy(monkeypatch)
+    with torch.no_grad(), use_pattern(model, pattern):
+        impl = _static_steps(model, ids, mask, steps)
+    assert [(q, k) for q, k, _, _ in calls] == [(20, 48)] * 2 + [(1, 48)] * 6
+    full_ids = torch.cat([ids, *steps], 1)
+    full_mask = torch.cat([mask, torch.ones(2, len(steps), dtype=mask.dtype)], 1)
+    dense = _dense(pattern, full_mask, None)
+    with torch.no_grad():  # torch's SDPA given the dense bool mask: float64 golden, float32 eager
+        golden = _model("llama", "sdpa", torch.float64)(input_ids=full_ids, attention_mask=dense).logits
+        eager = _model("llama", "sdpa")(input_ids=full_ids, attention_mask=dense).logits
+    real = full_mask.bool()
+    assert_error_ratio(request, impl[real], golden[real], eager[real], what="static cache")
+
+
+def test_static_cache_generation_equals_dynamic_cache_generation_under_the_pattern():
+    pattern, (ids, mask) = PATTERNS["gpt2"], _batch(24)  # a window and a global token
+    model = _model("llama", "qkv", torch.float64)
+    model.generation_config.eos_token_id = None  # 16 new tokens in every row
+    settings = {"attention_mask": mask, "max_new_tokens": 16, "do_sample": False, "pad_token_id": 0}
+    with torch.no_grad():
+        with use_pattern(model, pattern):
+            dynamic = model.generate(ids, **settings)
+            static = model.generate(ids, cache_implementation="static", **settings)
+        plain = model.generate(ids, cache_implementation="static", **settings)
+    assert static.shape == (2, 40)
+    assert torch.equal(static, dynamic)
+    assert not torch.equal(static, plain)  # the pattern changed the generated tokens
+
+
+def test_a_prepared_4d_mask_is_refused_naming_it():
+    """A 4-D mask made by the caller holds no positions to place the pattern at."""
     model = _model("llama", "qkv")
     ids, mask = _batch(12)
+    dense = _dense(causal(), mask, None)
     with (
         use_pattern(model, sliding_window(4)),
-        pytest.raises(NotImplementedError, match=r"static or compileable KV cache"),
+        pytest.raises(NotImplementedError, match=r"a 4-D attention_mask prepared by the caller"),
     ):
-        model.generate(
-            ids, attention_mask=mask, max_new_tokens=2, do_sample=False, cache_implementation="static"
-        )
+        model(input_ids=ids, attention_mask=dense)

@@ -15,7 +15,8 @@ What is recorded (shape legend in :mod:`qkv._types`):
   weights, ``(B, H, 1, T)``: one query row, kind ``"encoder"`` unless its name says otherwise);
 - Hugging Face ``transformers`` models: the modules their class declares as attention
   recorders, run for the duration on qkv's attention implementation (``attn_implementation="qkv"``:
-  the model keeps qkv's fused kernel, the maps come from qkv's exact weights pass), or on eager
+  the maps come from qkv's exact weights pass; a call whose every head is recorded computes its
+  output from them, ``weights @ V``, see :mod:`qkv.interop.hf_attention`), or on eager
   attention for models that do not declare they run registered attention functions (see
   :mod:`qkv.interop.hf_attention`).
 
@@ -134,7 +135,8 @@ def capture(
     Args:
         model: any ``nn.Module`` holding qkv attention modules, or a Hugging Face
             ``transformers`` model (switched to qkv's attention implementation, or to eager,
-            for the duration, then back).
+            for the duration, then back; its outputs equal its own within floating-point
+            tolerance, see :mod:`qkv.interop.hf_attention`).
         kinds: record only these kinds (``"encoder"``, ``"decoder"``, ``"cross"``); other
             attention modules are not hooked at all. Default: all.
         heads: record only these heads (an int or a list) of multi-head modules, saving

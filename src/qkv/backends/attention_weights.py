@@ -56,12 +56,19 @@ def _logits(inputs: AttentionInputs, q: Tensor, k: Tensor, k0: int, k1: int, row
 
 
 def _one_block(
-    inputs: AttentionInputs, q: Tensor, k: Tensor, rows: Tensor, heads: Tensor | None, lse: Tensor | None
-) -> tuple[Tensor, Tensor]:
+    inputs: AttentionInputs,
+    q: Tensor,
+    k: Tensor,
+    rows: Tensor,
+    heads: Tensor | None,
+    lse: Tensor | None,
+    want_lse: bool = True,
+) -> tuple[Tensor, Tensor | None]:
     """Weights and log-sum-exp of rows whose keys are one block: the masked logits built in
     one tensor (scale, bias and mask applied in place) and normalized in place, a slab of rows
     at a time (:func:`_softmax_rows_`). Rows with no key left (masked out, or every logit
-    ``-inf`` through a bias) are zeros, their ``lse`` ``-inf``."""
+    ``-inf`` through a bias) are zeros, their ``lse`` ``-inf``. Without ``lse`` given and with
+    ``want_lse=False``, the log-sum-exp is not computed (None)."""
     raw = inputs.score_fn(q, k)  # (..., H', Tq', Tk)
     s = raw.to(compute_dtype(q))
     if s is raw and not inputs.score.dot_like:
@@ -79,7 +86,7 @@ def _one_block(
         s.masked_fill_(~keep, float("-inf"))
     # Rows with no key: masked out entirely (known from the mask), or, with a bias, every
     # logit -inf (found per slab: only a bias can close a row the mask leaves open).
-    row_lse = _softmax_rows_(s, want_lse=lse is None, find_closed=bias is not None)
+    row_lse = _softmax_rows_(s, want_lse=lse is None and want_lse, find_closed=bias is not None)
     if keep is not None:
         empty = ~keep.any(dim=-1, keepdim=True)
         s.masked_fill_(empty, 0.0)
@@ -87,32 +94,48 @@ def _one_block(
     return s.to(q.dtype), lse if lse is not None else row_lse
 
 
-# Elements of one slab of rows normalized at once: small enough that the softmax's own result
-# stays in cache and is never a fresh large allocation (which costs a page fault per 4 KiB).
+# Elements of one slab of rows normalized at once where torch refuses an in-place softmax: small
+# enough that the softmax's own result stays in cache and is never a fresh large allocation
+# (which costs a page fault per 4 KiB).
 _SLAB = 1 << 18
+_IN_PLACE = True  # torch's softmax kernel writes into its own input (checked on first use)
+
+
+def _softmax_(s: Tensor) -> None:
+    """``s = torch.softmax(s, -1)`` in place, bitwise: torch's kernel with its input as its
+    output (one parallel region, no allocation; each row is read before it is written). Where
+    a torch refuses that aliasing, a slab of rows at a time through a cached result.
+
+    One call, not a loop of slabs: with several threads every op is a parallel region whose
+    threads must all be scheduled, and on a loaded machine a slab loop's hundred regions per
+    call cost more than the softmax itself."""
+    global _IN_PLACE
+    if _IN_PLACE:
+        try:
+            torch.ops.aten._softmax.out(s, -1, False, out=s)
+            return
+        except RuntimeError:  # an overlap check: normalize slab by slab from now on
+            _IN_PLACE = False
+    flat = s.view(-1, s.shape[-1])  # (rows, Tk): s is contiguous
+    step = max(1, _SLAB // s.shape[-1])
+    for r0 in range(0, flat.shape[0], step):
+        rows = flat[r0 : r0 + step]
+        rows.copy_(torch.softmax(rows, dim=-1))
 
 
 def _softmax_rows_(s: Tensor, *, want_lse: bool, find_closed: bool) -> Tensor | None:
-    """Softmax over the last dim of ``s``, in place, a slab of rows at a time (bitwise
-    ``torch.softmax(s, -1)``); with ``find_closed`` a row whose logits are all ``-inf`` is
-    given zeros (softmax's NaN there means "no key"; a NaN logit elsewhere still gives NaN);
-    the rows' log-sum-exp ``(...)`` when ``want_lse`` (``-inf`` for such a row)."""
+    """Softmax over the last dim of the contiguous ``s``, in place (bitwise
+    ``torch.softmax(s, -1)``, :func:`_softmax_`); with ``find_closed`` a row whose logits are
+    all ``-inf`` is given zeros (softmax's NaN there means "no key"; a NaN logit elsewhere
+    still gives NaN); the rows' log-sum-exp ``(...)`` when ``want_lse`` (``-inf`` for such a
+    row)."""
     if s.numel() == 0:
         return s.new_empty(s.shape[:-1]) if want_lse else None
-    flat = s.view(-1, s.shape[-1])  # (rows, Tk): s is contiguous
-    step = max(1, _SLAB // s.shape[-1])
-    lse = []
-    for r0 in range(0, flat.shape[0], step):
-        rows = flat[r0 : r0 + step]
-        top = torch.logsumexp(rows, dim=-1) if want_lse else rows.amax(dim=-1) if find_closed else None
-        if want_lse:
-            lse.append(top)
-        rows.copy_(torch.softmax(rows, dim=-1))
-        if find_closed:
-            rows.masked_fill_((top == float("-inf")).unsqueeze(-1), 0.0)
-    if not want_lse:
-        return None
-    return torch.cat(lse).view(s.shape[:-1])
+    top = torch.logsumexp(s, dim=-1) if want_lse else s.amax(dim=-1) if find_closed else None  # (...)
+    _softmax_(s)
+    if find_closed:
+        s.masked_fill_((top == float("-inf")).unsqueeze(-1), 0.0)
+    return top if want_lse else None
 
 
 @torch.no_grad()
@@ -140,9 +163,11 @@ def weights_and_lse(
     rows: Selection = None,
     lse: Tensor | None = None,
     kv_block: int = 1024,
-) -> tuple[Tensor, Tensor]:
+    want_lse: bool = True,
+) -> tuple[Tensor, Tensor | None]:
     """:func:`attention_weights` and the log-sum-exp ``(..., H', Tq')`` of the selected rows
-    (the given ``lse``, or the one the first pass computed)."""
+    (the given ``lse``, or the one the first pass computed). With ``want_lse=False`` rows whose
+    keys are one block skip it and give None (longer rows need it for their weights)."""
     q, k = inputs.query, inputs.key
     dev = q.device
     h_idx = as_index(heads, q.shape[-3], "heads", dev)
@@ -158,7 +183,7 @@ def weights_and_lse(
     cdt = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
     blocks = [(k0, min(k0 + kv_block, tk)) for k0 in range(0, tk, kv_block)]
     if len(blocks) == 1:  # one key block: a softmax of its logits, as accurate as the reference's
-        return _one_block(inputs, q, k, rows_all, h_idx, lse)
+        return _one_block(inputs, q, k, rows_all, h_idx, lse, want_lse)
     if lse is None:  # first pass: the online log-sum-exp of the selected rows
         running = OnlineSoftmax(q.shape[:-1], cdt, dev)
         for k0, k1 in blocks:

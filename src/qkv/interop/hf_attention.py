@@ -11,9 +11,11 @@ or an ``OutputRecorder(class, index, layer_name)``); those modules return
    (``_supports_attention_backend``), else to ``"eager"``;
 2. on the qkv path, asks the declared attention modules of the chosen kinds and layers for
    weights (:func:`~qkv.interop.hf_implementation.weights_requested`), of the chosen heads
-   only: their calls keep qkv's fused kernel (``auto``'s choice, the same as without capture)
-   and take the weights from qkv's exact weights pass; the other attention modules compute no
-   weights;
+   only: their weights come from qkv's exact weights pass; a call that keeps every head's
+   weights computes its output from them (``weights @ V``, :mod:`qkv.api.weights_first`: one
+   pass instead of the fused kernel and the weights pass, as eager does), a call that keeps
+   some heads keeps qkv's fused kernel (``auto``'s choice, the same as without capture); the
+   other attention modules compute no weights;
 3. puts a forward hook on each of those modules that reads ``output[index]``
    (``(B, H, Tq, Tk)``, or the chosen heads when the call computed those alone) and changes
    nothing;
@@ -24,9 +26,12 @@ of that model runs the switched implementation (from any thread); captures of th
 that overlap share it, and the last one to exit restores the implementation. Nothing else
 changes.
 
-On the qkv path the outputs are bitwise those of the model with ``attn_implementation="qkv"``
-and equal the model's own implementation (``sdpa`` by default) and eager within floating-point
-tolerance; on the eager path they are bitwise the eager model's. With ``detach=False`` the
+On the qkv path the outputs equal the model's own implementation (``sdpa`` by default), eager
+and the model on ``attn_implementation="qkv"`` within floating-point tolerance (the error-ratio
+rule); they are bitwise those of ``attn_implementation="qkv"`` where the capture records some
+heads or no layer (the fused kernel runs), and where it records every head they are bitwise
+that model's with ``output_attentions=True`` (both computed from the weights). On the eager
+path they are bitwise the eager model's. With ``detach=False`` the
 hooked calls run qkv's reference backend, so the recorded weights are the tensor the output is
 computed from. In training mode eager's weights are the ones after attention dropout, qkv's
 the ones before.

@@ -62,13 +62,15 @@ class DecoderMask(Mask):
             binds = binds or self.q_offset + q_len - 1 - self.kv_offset >= self.window
         return self.base if binds or self.padding is not None else None
 
+    # A prepared mask as ``transformers`` reads one: ``generate`` prepares the mask of each step
+    # ahead of the forward pass for a static cache (``contiguous()`` on it), and the model's own
+    # mask function then leaves a 4-D mask as it is (its ``ndim``); the mask interface hands
+    # this one on unchanged (:func:`qkv.interop.hf_implementation.qkv_mask`).
+    ndim = 4
+
     def contiguous(self) -> DecoderMask:
-        """Refused: ``transformers``' ``generate`` calls it on the masks it prepares for a static
-        (compileable) KV cache, whose positions a pattern is not placed on."""
-        raise NotImplementedError(
-            "use_pattern: a static or compileable KV cache (cache_implementation='static') is not supported "
-            "with a pattern; use the default dynamic cache"
-        )
+        """Itself (the mask holds positions and a ``(B, Tk)`` padding, nothing to lay out)."""
+        return self
 
     @property
     def depends_on_batch_head(self) -> bool:
@@ -100,21 +102,32 @@ def decoder_mask(
     local_size: int | None,
 ) -> DecoderMask | None:
     """The :class:`DecoderMask` of a ``transformers`` causal mask request, or None when the
-    request is not a plain causal (or Mistral sliding-window causal) mask with integer cache
-    positions: overlays, packed sequences and static caches (tensor offsets) are left to
-    ``sdpa_mask``."""
+    request is not a plain causal (or Mistral sliding-window causal) mask: overlays and packed
+    sequences (their mask functions wrap the causal one) are left to ``sdpa_mask``, as is a
+    static cache under ``torch.compile``.
+
+    A static cache (``StaticCache``) gives its filled length ``q_offset`` as a 0-d tensor (read
+    here, one host sync per call) and ``kv_length`` its maximum length: the slots past the
+    filled ones lie after every query, so causal masks them, and the padding is extended over
+    them with True (they are not padding; causal keeps them out)."""
     from transformers.masking_utils import causal_mask_function
 
     if isinstance(q_offset, Tensor) or isinstance(kv_offset, Tensor):
-        return None
+        if torch.compiler.is_compiling() or any(
+            isinstance(o, Tensor) and o.numel() != 1 for o in (q_offset, kv_offset)
+        ):
+            return None
+        q_offset, kv_offset = int(q_offset), int(kv_offset)
     window = None if mask_function is causal_mask_function else model_window(mask_function)
     if mask_function is not causal_mask_function and (window is None or window != local_size):
         return None
     padding = None
     if attention_mask is not None:
         padding = attention_mask.to(torch.bool)
-        if padding.shape[-1] < kv_offset + kv_length:  # as transformers' prepare_padding_mask
-            padding = torch.nn.functional.pad(padding, (0, kv_offset + kv_length - padding.shape[-1]))
+        if padding.shape[-1] < kv_offset + kv_length:  # slots after every query: causal masks them
+            padding = torch.nn.functional.pad(
+                padding, (0, kv_offset + kv_length - padding.shape[-1]), value=True
+            )
         padding = padding[:, kv_offset : kv_offset + kv_length]
         padding = None if bool(padding.all()) else padding
     return DecoderMask(int(q_offset), int(kv_offset), window, padding)

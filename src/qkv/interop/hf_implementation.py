@@ -31,7 +31,7 @@ GQA (``Hkv < H``)     grouped-query attention, key/value heads not copied
 ``sliding_window``    already in the mask (``transformers`` builds the window into it, and
                       skips the mask only where the window cannot bind)
 ``position_bias``     ``bias=`` (T5's relative positions), with the mask
-``output_attentions`` ``need_weights=True``: exact weights from qkv's weights pass
+``output_attentions`` exact weights from qkv's weights pass, the output ``weights @ V``
 ====================  ===================================================================
 
 A sparse pattern set on a module (:func:`patterns_set`, what :func:`qkv.interop.use_pattern`
@@ -47,7 +47,13 @@ input) and paged caches (continuous batching). Rows with no key to attend give 0
 SDPA on CPU; eager gives them a uniform average).
 
 :func:`qkv.capture` asks the hooked modules for weights through :func:`weights_requested`:
-the request is the module's own, for the ``with`` block only.
+the request is the module's own, for the ``with`` block only. A call that returns every head's
+weights (``output_attentions=True``, or a capture of all heads) computes its output from them
+(:func:`qkv.api.weights_first.attention_from_weights`: one pass, as eager does, instead of the
+fused kernel plus the weights pass), where the call qualifies: a tensor mask or none (a
+pattern keeps its block-sparse kernel), no dropout in training, no gradient wanted, no
+``detach=False`` capture (that one runs the reference backend). Its output then equals the
+fused kernel's within tolerance, not bitwise.
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ import torch
 from torch import Tensor, nn
 
 from ..api.attention import attention
+from ..api.weights_first import attention_from_weights, weights_first_applies
 from ..masks.core import Mask, causal
 from ..masks.torch_masks import split_float_mask
 from .hf_decoder_mask import DecoderMask, decoder_mask
@@ -123,17 +130,22 @@ def qkv_mask(
 
     Returns:
         For the causal mask of a model holding a pattern (plain causal, or Mistral's
-        sliding-window causal), without overlays and with integer cache positions (a dynamic
-        cache): a :class:`~qkv.interop.hf_decoder_mask.DecoderMask` (its cache positions,
-        window and padding, ``O(B Tk)`` memory). For a bidirectional mask that may be skipped
+        sliding-window causal), without overlays, on a dynamic cache or a static one (not under
+        ``torch.compile``): a :class:`~qkv.interop.hf_decoder_mask.DecoderMask` (its cache
+        positions, window and padding, ``O(B Tk)`` memory); the same object when ``generate``
+        hands back the one it prepared for a static cache. For a bidirectional mask that may be skipped
         (``allow_is_bidirectional_skip``): None without padding, else bool ``(B, 1, 1, Tk)`` (True = a real token): ``O(B Tk)`` memory,
         the same attention as ``sdpa_mask``'s ``(B, 1, Tq, Tk)`` matrix. Otherwise what
         ``sdpa_mask`` returns for the same arguments.
     """
     from transformers.masking_utils import bidirectional_mask_function, sdpa_mask
 
+    if isinstance(attention_mask, DecoderMask):  # prepared by generate for this step (static cache)
+        return attention_mask
     patterned = id(kwargs.get("config")) in _PATTERNS  # a model holding a pattern (use_pattern)
-    if patterned and kwargs.get("allow_is_causal_skip", True) and not kwargs.get("use_vmap", False):
+    # Overlays and packed sequences wrap the mask function (decoder_mask leaves them to sdpa_mask);
+    # allow_is_causal_skip is not read: a static cache's decode step turns it off as well.
+    if patterned and not kwargs.get("use_vmap", False):
         decoder = decoder_mask(
             mask_function, kv_length, q_offset, kv_offset, attention_mask, kwargs.get("local_size")
         )
@@ -339,9 +351,11 @@ def qkv_attention_forward(
             is_causal if is_causal is not None else getattr(module, "is_causal", False)
         ):
             raise NotImplementedError(
-                f"use_pattern: {type(module).__name__}'s causal mask reached attn_implementation='qkv' without "
-                "its cache positions (a static or compileable KV cache, a prepared 4-D mask, or mask overlays), "
-                "so the pattern cannot be placed; use the default dynamic cache and a 2-D attention_mask"
+                f"use_pattern: {type(module).__name__}'s causal mask reached attn_implementation='qkv' as a "
+                "tensor, without the cache positions the pattern is placed at: a 4-D attention_mask prepared by "
+                "the caller, a mask overlay or packed sequences (transformers builds those densely), or a static "
+                "cache under torch.compile (its filled length is a tensor, not read while tracing); pass a 2-D "
+                "attention_mask (or none) and run a static cache without torch.compile"
             )
         mask, bias = _mask_and_bias(module, query, attention_mask, is_causal, position_bias)
         if pattern is not None:
@@ -349,13 +363,22 @@ def qkv_attention_forward(
     requests = _REQUESTS.get(id(module))
     asked = bool(kwargs.get("output_attentions"))
     heads = _heads_for(requests, query.shape[1], asked)
-    res = attention(
-        query, key, value, mask=mask, bias=bias, scale=scaling, dropout_p=float(dropout),
-        training=module.training and dropout > 0,
-        need_weights=requests is not None or asked,
-        weights_for=None if heads is None else (list(heads), None),
-        backend="reference" if requests and any(r.graph for r in requests) else "auto",
-    )  # fmt: skip
+    training = module.training and dropout > 0
+    graph = bool(requests) and any(r.graph for r in requests)
+    if (
+        (requests is not None or asked)
+        and heads is None
+        and not graph
+        and weights_first_applies(query, key, value, mask, training)
+    ):  # every weight is kept: the output is computed from them, one pass instead of two
+        res = attention_from_weights(query, key, value, mask=mask, bias=bias, scale=scaling)
+    else:
+        res = attention(
+            query, key, value, mask=mask, bias=bias, scale=scaling, dropout_p=float(dropout),
+            training=training, need_weights=requests is not None or asked,
+            weights_for=None if heads is None else (list(heads), None),
+            backend="reference" if graph else "auto",
+        )  # fmt: skip
     for request in requests or ():
         request.hand_heads(heads is not None)
     return res.out.transpose(1, 2).contiguous(), res.weights  # (B, H, Tq, Dv) -> (B, Tq, H, Dv)

@@ -24,8 +24,14 @@ padding, ``global_tokens([0])`` is the first slot, a pad token in a padded row. 
 must be causal-compatible (:mod:`qkv.interop.hf_causal_pattern`: a token's row may not depend
 on the sequence length, and every token must see a key at or before it); a model with its own
 sliding window (Mistral's ``config.sliding_window = W``) attends ``pattern & causal &
-window(W)``, and a pattern that reaches outside the window is refused rather than cut. Static
-(compileable) KV caches are refused: use the default dynamic cache.
+window(W)``, and a pattern that reaches outside the window is refused rather than cut.
+A static KV cache (``StaticCache``, ``cache_implementation="static"``) runs the pattern too: the
+queries sit at the cache's filled length, every slot of the cache is a key, and the slots not
+filled yet come after every query, so causal masks them; greedy generation equals generation
+with the default dynamic cache. Refused, named, at the call: a 4-D ``attention_mask`` prepared
+by the caller, mask overlays and packed sequences (``transformers`` builds those as dense
+tensors, without positions), and a static cache under ``torch.compile`` (its filled length is a
+tensor the mask cannot read while tracing).
 
 Which models. A ``transformers`` model on ``attn_implementation="qkv"`` whose attention runs
 ``transformers``' attention functions: BERT-style encoders (BERT, RoBERTa, ELECTRA, all-MiniLM
