@@ -1,11 +1,13 @@
-"""Vision training: the Task learns digits, checkpoints load back as the same model, resume is exact."""
+"""Vision training: the Task learns digits, shifted batches keep labels and ink, checkpoints load back as
+the same model, resume is exact."""
 
 import pytest
 import torch
 
 from qkv.train.checkpoint import load_checkpoint
 from qkv.vision import Classifier, resolve, train
-from qkv.vision.training import load_splits
+from qkv.vision.data import Images
+from qkv.vision.training import ClassificationTask, load_splits
 
 TINY = [
     "--model.dim=32",
@@ -65,3 +67,35 @@ def test_resume_is_exact(tmp_path):
     for name in a.model_state:
         assert torch.equal(a.model_state[name], b.model_state[name]), name
     assert [h["train_loss"] for h in straight.history] == [h["train_loss"] for h in resumed.history]
+
+
+def _blobs(n: int = 24, size: int = 12) -> Images:
+    """``n`` images, each a 2x2 blob of its own brightness in the middle (room to move 3 px)."""
+    images = torch.zeros(n, 1, size, size)
+    for i in range(n):
+        images[i, 0, 5:7, 5:7] = (i + 1) / n
+    return Images(images, torch.arange(n) % 3, ("a", "b", "c"))
+
+
+def _epoch(shift: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    cfg = resolve(overrides=["--data.dataset=digits", f"--data.augment_shift={shift}", "--train.batch_size=8",
+                             f"--train.seed={seed}"])  # fmt: skip
+    data = _blobs()
+    return list(ClassificationTask(cfg, {"train": data, "valid": data.subset(torch.arange(0))}).batches(0, 0))
+
+
+def test_shifted_batches_move_each_image_keeping_its_label_and_ink():
+    plain, shifted = _epoch(0, seed=1), _epoch(2, seed=1)
+    assert len(plain) == len(shifted) == 3
+    moves = []
+    for (x0, y0), (x1, y1) in zip(plain, shifted, strict=True):
+        assert torch.equal(y0, y1)  # the same images in the same order, labels untouched
+        torch.testing.assert_close(x1.sum((1, 2, 3)), x0.sum((1, 2, 3)), rtol=0, atol=0)  # no ink lost
+        for a, b in zip(x0, x1, strict=True):
+            (ya, xa), (yb, xb) = (torch.nonzero(t[0]).min(0).values.tolist() for t in (a, b))
+            assert torch.equal(b[0, yb : yb + 2, xb : xb + 2], a[0, ya : ya + 2, xa : xa + 2])  # moved whole
+            moves.append((yb - ya, xb - xa))
+    assert all(abs(dy) <= 2 and abs(dx) <= 2 for dy, dx in moves)
+    assert len(set(moves)) >= 10  # of the 25 possible moves, 24 images draw many
+    for (xa, _), (xb, _) in zip(_epoch(2, seed=1), shifted, strict=True):
+        assert torch.equal(xa, xb)  # a pure function of (seed, epoch, batch)
