@@ -71,7 +71,7 @@ def test_minilm_hidden_states_and_attentions_equal_transformers(minilm, hf_minil
     real = batch.attention_mask.bool()  # (B, T)
     assert (~real).any(), "the batch must contain padding"
     with torch.no_grad():
-        ours = model(**batch.model_inputs(), need_weights=True)
+        ours = model(**batch.model_inputs(), need_weights=True, output_hidden_states=True)
         ref = hf_minilm(**batch.model_inputs(), output_hidden_states=True, output_attentions=True)
         golden = copy.deepcopy(hf_minilm).double()(
             **batch.model_inputs(), output_hidden_states=True, output_attentions=True
@@ -105,12 +105,15 @@ def test_minilm_without_weights_equals_transformers_sdpa(minilm, hf_minilm):
     hf_minilm.set_attn_implementation("sdpa")
     try:
         with torch.no_grad():
-            ours = model(**batch.model_inputs())
+            ours = model(**batch.model_inputs(), output_hidden_states=True)
             ref = hf_minilm(**batch.model_inputs(), output_hidden_states=True)
+            plain = model(**batch.model_inputs())
     finally:
         hf_minilm.set_attn_implementation("eager")
     worst = max(_maxabs(a, b) for a, b in zip(ours.hidden_states, ref.hidden_states))
     assert worst <= 1e-5  # measured 0.0: the same SDPA kernel on the same inputs
+    assert plain.hidden_states is None  # not asked: not held (transformers' default too)
+    assert torch.equal(plain.last_hidden_state, ours.last_hidden_state)
 
 
 def test_minilm_sentence_embeddings_equal_sentence_transformers(minilm, record_property):
@@ -174,7 +177,7 @@ def test_tiny_checkpoint_parity_with_token_types(tiny):
     mask[1, 7:] = 0
     mask[2, 3:] = 0
     with torch.no_grad():
-        ours = model(ids, mask, types, need_weights=True)
+        ours = model(ids, mask, types, need_weights=True, output_hidden_states=True)
         ref = hf(input_ids=ids, attention_mask=mask, token_type_ids=types, output_hidden_states=True,
                  output_attentions=True)  # fmt: skip
     for a, b in zip(ours.hidden_states, ref.hidden_states):
