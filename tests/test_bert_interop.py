@@ -345,3 +345,29 @@ def test_bert_padding_and_inputs_embeds_invariants():
     assert torch.equal(via_embeds.last_hidden_state, full.last_hidden_state)
     pooled = mean_pool(full.last_hidden_state, mask)
     torch.testing.assert_close(pooled[0], short.last_hidden_state[0].mean(0), rtol=0, atol=1e-12)
+
+
+def test_a_layer_releases_its_attention_output_before_the_feed_forward():
+    """Inference holds one layer's attention output only until its residual LayerNorm: when the
+    feed-forward block starts, that tensor is freed (as in transformers' BertSelfOutput), and
+    without ``output_hidden_states`` no earlier layer's output is held either."""
+    import weakref
+
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=50, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, max_position=16
+    )
+    model = BertModel(cfg).eval()
+    ids = torch.randint(0, 50, (2, 12))
+    mask = torch.ones(2, 12, dtype=torch.long)
+    mask[1, 7:] = 0
+    seen, alive = {}, []
+    for i, layer in enumerate(model.layers):
+        layer.attention.register_forward_hook(lambda m, a, o, i=i: seen.__setitem__(i, weakref.ref(o.out)))
+        layer.ffn_in.register_forward_pre_hook(lambda m, a, i=i: alive.append(seen[i]() is not None))
+    with torch.inference_mode():
+        out = model(ids, mask)
+        full = model(ids, mask, output_hidden_states=True)
+    assert alive == [False, False, False, False]
+    assert out.hidden_states is None and len(full.hidden_states) == 3
+    assert torch.equal(out.last_hidden_state, full.hidden_states[-1])

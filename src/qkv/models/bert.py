@@ -191,11 +191,19 @@ class BertLayer(nn.Module):
 
     def forward(self, x: Tensor, padding: Tensor | None, need_weights: bool) -> tuple[Tensor, Tensor | None]:
         """``x (B, T, E)``, ``padding (B, T)`` True = padding -> ``(B, T, E)``, weights ``(B, H, T, T)``."""
-        a = self.attention(x, key_padding_mask=padding, need_weights=need_weights)
-        x = self.attention_norm(x + self.dropout(a.out))
+        x, weights = self._attention_block(x, padding, need_weights)
         h = self.ffn_out(self.act(self.ffn_in(x)))  # (B, T, F) -> (B, T, E)
         x = self.ffn_norm(x + self.dropout(h))
-        return x, a.weights
+        return x, weights
+
+    def _attention_block(
+        self, x: Tensor, padding: Tensor | None, need_weights: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """``LayerNorm(x + Dropout(MultiHead(x)))`` and the weights. The attention's output is
+        released here, before the feed-forward block allocates its ``(B, T, F)`` tensors, as in
+        ``transformers``' ``BertSelfOutput``: fewer blocks held at once, fewer fresh pages."""
+        a = self.attention(x, key_padding_mask=padding, need_weights=need_weights)
+        return self.attention_norm(x + self.dropout(a.out)), a.weights
 
 
 class BertPooler(nn.Module):
