@@ -425,17 +425,18 @@ def measure(name: str, case: dict[str, Any], reps: int, wait_s: float, max_other
 
 
 def profile(name: str, case: dict[str, Any], rows: int = 25) -> None:
-    """``torch.profiler`` CPU tables (by self time) of one call of each contender, on stderr."""
+    """``torch.profiler`` CPU tables (by self time, one row per op and input shapes) of one call
+    of each contender, on stderr."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     for who in ("qkv", "peer_run"):
         case[who]()  # warm
         c0 = time.process_time()
-        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
             case[who]()
         cpu = time.process_time() - c0
-        events = prof.key_averages()
+        events = prof.key_averages(group_by_input_shape=True)
         table = events.table(sort_by="self_cpu_time_total", row_limit=rows)
         calls = sum(e.count for e in events if e.key.startswith("aten::"))
         print(

@@ -71,7 +71,7 @@ def test_minilm_hidden_states_and_attentions_equal_transformers(minilm, hf_minil
     real = batch.attention_mask.bool()  # (B, T)
     assert (~real).any(), "the batch must contain padding"
     with torch.no_grad():
-        ours = model(**batch.model_inputs(), need_weights=True)
+        ours = model(**batch.model_inputs(), need_weights=True, output_hidden_states=True)
         ref = hf_minilm(**batch.model_inputs(), output_hidden_states=True, output_attentions=True)
         golden = copy.deepcopy(hf_minilm).double()(
             **batch.model_inputs(), output_hidden_states=True, output_attentions=True
@@ -105,12 +105,15 @@ def test_minilm_without_weights_equals_transformers_sdpa(minilm, hf_minilm):
     hf_minilm.set_attn_implementation("sdpa")
     try:
         with torch.no_grad():
-            ours = model(**batch.model_inputs())
+            ours = model(**batch.model_inputs(), output_hidden_states=True)
             ref = hf_minilm(**batch.model_inputs(), output_hidden_states=True)
+            plain = model(**batch.model_inputs())
     finally:
         hf_minilm.set_attn_implementation("eager")
     worst = max(_maxabs(a, b) for a, b in zip(ours.hidden_states, ref.hidden_states))
     assert worst <= 1e-5  # measured 0.0: the same SDPA kernel on the same inputs
+    assert plain.hidden_states is None  # not asked: not held (transformers' default too)
+    assert torch.equal(plain.last_hidden_state, ours.last_hidden_state)
 
 
 def test_minilm_sentence_embeddings_equal_sentence_transformers(minilm, record_property):
@@ -174,7 +177,7 @@ def test_tiny_checkpoint_parity_with_token_types(tiny):
     mask[1, 7:] = 0
     mask[2, 3:] = 0
     with torch.no_grad():
-        ours = model(ids, mask, types, need_weights=True)
+        ours = model(ids, mask, types, need_weights=True, output_hidden_states=True)
         ref = hf(input_ids=ids, attention_mask=mask, token_type_ids=types, output_hidden_states=True,
                  output_attentions=True)  # fmt: skip
     for a, b in zip(ours.hidden_states, ref.hidden_states):
@@ -342,3 +345,29 @@ def test_bert_padding_and_inputs_embeds_invariants():
     assert torch.equal(via_embeds.last_hidden_state, full.last_hidden_state)
     pooled = mean_pool(full.last_hidden_state, mask)
     torch.testing.assert_close(pooled[0], short.last_hidden_state[0].mean(0), rtol=0, atol=1e-12)
+
+
+def test_a_layer_releases_its_attention_output_before_the_feed_forward():
+    """Inference holds one layer's attention output only until its residual LayerNorm: when the
+    feed-forward block starts, that tensor is freed (as in transformers' BertSelfOutput), and
+    without ``output_hidden_states`` no earlier layer's output is held either."""
+    import weakref
+
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=50, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, max_position=16
+    )
+    model = BertModel(cfg).eval()
+    ids = torch.randint(0, 50, (2, 12))
+    mask = torch.ones(2, 12, dtype=torch.long)
+    mask[1, 7:] = 0
+    seen, alive = {}, []
+    for i, layer in enumerate(model.layers):
+        layer.attention.register_forward_hook(lambda m, a, o, i=i: seen.__setitem__(i, weakref.ref(o.out)))
+        layer.ffn_in.register_forward_pre_hook(lambda m, a, i=i: alive.append(seen[i]() is not None))
+    with torch.inference_mode():
+        out = model(ids, mask)
+        full = model(ids, mask, output_hidden_states=True)
+    assert alive == [False, False, False, False]
+    assert out.hidden_states is None and len(full.hidden_states) == 3
+    assert torch.equal(out.last_hidden_state, full.hidden_states[-1])

@@ -231,3 +231,33 @@ def test_a_score_module_is_checked_once_and_never_mistaken_for_another(monkeypat
     ref = qkv.attention(q, k, v, score=second.score, mask=mask, backend="reference")
     torch.testing.assert_close(b1, ref.out, rtol=0, atol=1e-6)
     assert prepare(q, k, v, score=lambda a, b: a @ b.transpose(-2, -1))[0].signature is not None
+
+
+def test_a_method_bound_to_a_score_module_is_cached_by_its_module(monkeypatch):
+    """``AdditiveAttention(..., keys_projected=True)`` scores with the bound method
+    ``score.from_projected_keys``: its second call skips the checks, another module's method gets
+    its own entry, and the output equals the call on the unprojected keys."""
+    from qkv.modules import AdditiveAttention
+
+    prepare_module = importlib.import_module("qkv.api.prepare")
+    torch.manual_seed(0)
+    first, second = (AdditiveAttention(query_dim=8, key_dim=6, hidden_dim=16) for _ in range(2))
+    q, k, v = torch.randn(2, 3, 8), torch.randn(2, 5, 6), torch.randn(2, 5, 4)
+    lens = torch.tensor([5, 3])
+    whole = first(q, k, v, valid_lens=lens, need_weights=True)
+    keys = first.score.project_keys(k)
+    a1 = first(q, keys, v, valid_lens=lens, need_weights=True, keys_projected=True)
+    torch.testing.assert_close(a1.out, whole.out, rtol=0, atol=1e-6)
+    torch.testing.assert_close(a1.weights, whole.weights, rtol=0, atol=1e-6)
+    checks = []
+    original = prepare_module._check_arguments
+    monkeypatch.setattr(prepare_module, "_check_arguments", lambda *a: checks.append(1) or original(*a))
+    again = first(q, keys, v, valid_lens=lens, need_weights=True, keys_projected=True)
+    assert torch.equal(again.out, a1.out) and checks == []
+    b1 = second(
+        q, second.score.project_keys(k), v, valid_lens=lens, need_weights=True, keys_projected=True
+    ).out
+    assert checks == [1] and not torch.allclose(a1.out, b1)
+    assert first.score.from_projected_keys == first.score.from_projected_keys  # a new object each access
+    with pytest.raises(ValueError, match="feature dim 16"):
+        first(q, k, v, valid_lens=lens, keys_projected=True)

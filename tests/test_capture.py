@@ -308,9 +308,9 @@ def test_bert_capture_is_bitwise_and_equals_need_weights():
     mask = torch.ones(2, 12, dtype=torch.long)
     mask[1, 8:] = 0
     with torch.no_grad():
-        plain = model(ids, mask)
+        plain = model(ids, mask, output_hidden_states=True)
         with capture(model) as maps:
-            captured = model(ids, mask)
+            captured = model(ids, mask, output_hidden_states=True)
         asked = model(ids, mask, need_weights=True)
     assert all(torch.equal(a, b) for a, b in zip(plain.hidden_states, captured.hidden_states))
     assert captured.attentions is None
@@ -480,7 +480,7 @@ def _small_bert():
 def test_layers_choose_modules_by_index_name_and_prefix_and_leave_the_others_unhooked():
     model, ids = _small_bert()
     with torch.no_grad():
-        plain = model(ids)
+        plain = model(ids, output_hidden_states=True)
         with capture(model) as every:
             model(ids)
         for layers, want in [
@@ -492,7 +492,7 @@ def test_layers_choose_modules_by_index_name_and_prefix_and_leave_the_others_unh
         ]:
             with capture(model, layers=layers) as maps:
                 hooked = [n for n, m in model.named_modules() if m._forward_hooks or m._forward_pre_hooks]
-                out = model(ids)
+                out = model(ids, output_hidden_states=True)
             assert list(maps) == want
             assert hooked == [f"{n}.attend" for n in want]  # the other modules pay nothing
             assert all(torch.equal(maps[n][0], every[n][0]) for n in want)

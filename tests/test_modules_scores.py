@@ -39,6 +39,23 @@ def test_additive_score_formula_with_loops():
     torch.testing.assert_close(s(q, k), expected, rtol=0, atol=1e-12)
 
 
+def test_additive_score_from_projected_keys_equals_the_score_and_its_gradients():
+    """``W_k k`` made once (``project_keys``) then ``from_projected_keys``: the same logits and
+    the same gradients as the score on the keys, float64."""
+    torch.manual_seed(0)
+    s = AdditiveScore(query_dim=4, key_dim=3, hidden_dim=6).double()
+    q, k = _qk(b=2, tq=2, tk=5, dq=4, dk=3)
+    k.requires_grad_(True)
+    whole = s(q, k)
+    grads = torch.autograd.grad(whole.sin().sum(), (k, s.w_key.weight, s.w_query.weight, s.v))
+    split = s.from_projected_keys(q, s.project_keys(k))
+    assert s.project_keys(k).shape == (2, 5, 6)
+    torch.testing.assert_close(split, whole, rtol=0, atol=1e-12)
+    again = torch.autograd.grad(split.sin().sum(), (k, s.w_key.weight, s.w_query.weight, s.v))
+    for a, b in zip(again, grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("learnable", [False, True])
 def test_gaussian_score_formula(learnable):
     s = GaussianScore(sigma=0.7, learnable=learnable).double()

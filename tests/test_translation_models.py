@@ -181,6 +181,36 @@ def test_tiny_reverse_task_is_learned(kind):
     assert acc >= 0.9, f"{kind} reversed only {acc:.2f} of the test sequences"
 
 
+def test_bahdanau_projects_the_source_once_per_sentence(monkeypatch):
+    """``W_k h_j`` is made once in ``encode`` (one call of ``w_key`` per forward, not one per
+    target step), and the logits, weights and gradients equal the steps that score the
+    unprojected source states, float64."""
+    m = make("bahdanau").double().train()
+    src, lengths, tgt = padded_batch()
+    calls = []
+    m.attn.score.w_key.register_forward_hook(lambda *a: calls.append(1))
+    torch.manual_seed(1)
+    logits, maps = m(src, lengths, tgt, need_weights=True)
+    grads = torch.autograd.grad(logits.sin().sum(), list(m.parameters()), allow_unused=True)
+    assert len(calls) == 1 and tgt.shape[1] > 1
+    original = m.attn.forward
+
+    def unprojected(queries, keys, values, *, keys_projected, **kw):
+        assert keys_projected and keys.shape[-1] == m.config.hidden_dim
+        return original(queries, values, values, **kw)  # the values are the source states
+
+    monkeypatch.setattr(m.attn, "forward", unprojected)
+    torch.manual_seed(1)  # the same dropout draws
+    ref, ref_maps = m(src, lengths, tgt, need_weights=True)
+    ref_grads = torch.autograd.grad(ref.sin().sum(), list(m.parameters()), allow_unused=True)
+    torch.testing.assert_close(logits, ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(maps.cross[0], ref_maps.cross[0], rtol=0, atol=1e-12)
+    for a, b in zip(grads, ref_grads, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
 # ----------------------------------------------------------------------------- local attention
 
 

@@ -225,12 +225,18 @@ _CHECKED = BoundedCache(512)  # call_signature -> what _check_arguments returned
 
 
 def _cacheable_score(score: Any) -> bool:
-    """A name, or a callable compared by identity (a module or a plain function): its checks
-    depend on nothing but the object, which the key holds."""
+    """A name, or a callable compared by identity (a module or a plain function), or a method
+    bound to such a module (compared by its module and function, as Python compares bound
+    methods): its checks depend on nothing but the object, which the key holds."""
     if isinstance(score, str):
         return True
-    by_identity = type(score).__hash__ is object.__hash__ and type(score).__eq__ is object.__eq__
-    return by_identity and isinstance(score, (torch.nn.Module, types.FunctionType))
+    if isinstance(score, types.MethodType):
+        return isinstance(score.__self__, torch.nn.Module) and _by_identity(score.__self__)
+    return _by_identity(score) and isinstance(score, (torch.nn.Module, types.FunctionType))
+
+
+def _by_identity(obj: Any) -> bool:
+    return type(obj).__hash__ is object.__hash__ and type(obj).__eq__ is object.__eq__
 
 
 _PLAIN = (int, float, bool, type(None))
@@ -250,7 +256,8 @@ def call_signature(
     callable score other than a module or a plain function, a :class:`qkv.masks.Mask` pattern,
     ``weights_for``, a non-tensor input, or a graph being traced. A score module (the score of
     :class:`qkv.modules.AdditiveAttention`, say) is in the key itself: compared and hashed by
-    identity, kept alive while its entry is cached, so its checks are made once per module."""
+    identity, kept alive while its entry is cached, so its checks are made once per module; so is
+    a method bound to a module (:meth:`qkv.modules.AdditiveScore.from_projected_keys`)."""
     if score_kwargs or normalize_kwargs or weights_for is not None or torch.compiler.is_compiling():
         return None
     if not (_cacheable_score(score) and isinstance(normalize, str) and normalize == "softmax"):

@@ -36,6 +36,7 @@ __all__ = [
     "ScoreParameter",
     "ScoreSpec",
     "additive",
+    "additive_from_keys",
     "cosine",
     "default_scale",
     "dot",
@@ -88,9 +89,19 @@ def additive(query: Tensor, key: Tensor, w_query: Tensor, w_key: Tensor, v: Tens
         )
     if v.shape != (hidden,):
         raise ValueError(f"additive score: v must have shape (A,) = ({hidden},), got {tuple(v.shape)}")
+    return additive_from_keys(query, key @ w_key.T, w_query, v)  # W_k k: (..., Tk, A)
+
+
+def additive_from_keys(query: Tensor, projected_keys: Tensor, w_query: Tensor, v: Tensor) -> Tensor:
+    """The additive score of keys already projected: ``v^T tanh(W_q q + k')`` with
+    ``k' = W_k k`` ``(..., Tk, A)``, so that ``W_k k`` is computed once per sequence and reused by
+    every query (every decoder step), as Bahdanau et al. precompute ``U_a h_j`` (appendix A.1.2).
+
+    Args:
+        w_query: ``(A, Dq)``; v: ``(A,)``; projected_keys: ``(..., Tk, A)``.
+    """
     q = query @ w_query.T  # (..., Tq, A)
-    k = key @ w_key.T  # (..., Tk, A)
-    features = torch.tanh(q.unsqueeze(-2) + k.unsqueeze(-3))  # (..., Tq, Tk, A)
+    features = torch.tanh(q.unsqueeze(-2) + projected_keys.unsqueeze(-3))  # (..., Tq, Tk, A)
     return features @ v  # (..., Tq, Tk)
 
 

@@ -8,7 +8,7 @@ Shape legend (see :mod:`qkv._types`)::
     L   num_layers
 
     input_ids (B, T) long, attention_mask (B, T) 1 = token / 0 = padding, token_type_ids (B, T)
-    -> last_hidden_state (B, T, E), hidden_states L + 1 x (B, T, E),
+    -> last_hidden_state (B, T, E), hidden_states L + 1 x (B, T, E) (with output_hidden_states),
        attentions: AttentionMaps with L encoder maps (B, H, T, T), pooler_output (B, E)
 
 The layers are post-LN, as in the paper and in every released BERT checkpoint::
@@ -134,7 +134,9 @@ class BertOutput:
 
     Attributes:
         last_hidden_state: ``(B, T, E)``, the output of the last layer.
-        hidden_states: ``L + 1`` tensors ``(B, T, E)``: the embeddings, then each layer's output.
+        hidden_states: with ``output_hidden_states``, ``L + 1`` tensors ``(B, T, E)``: the
+            embeddings, then each layer's output; else ``None`` (as in ``transformers``: the
+            forward then holds one layer's output at a time).
         attentions: with ``need_weights``, an :class:`qkv.AttentionMaps` whose ``encoder`` holds
             each layer's weights ``(B, H, T, T)`` (padding keys get weight 0); else ``None``.
         pooler_output: ``tanh(W h_[CLS] + b)`` ``(B, E)`` when the model has a pooler, else
@@ -142,7 +144,7 @@ class BertOutput:
     """
 
     last_hidden_state: Tensor
-    hidden_states: tuple[Tensor, ...]
+    hidden_states: tuple[Tensor, ...] | None = None
     attentions: AttentionMaps | None = None
     pooler_output: Tensor | None = None
 
@@ -189,11 +191,19 @@ class BertLayer(nn.Module):
 
     def forward(self, x: Tensor, padding: Tensor | None, need_weights: bool) -> tuple[Tensor, Tensor | None]:
         """``x (B, T, E)``, ``padding (B, T)`` True = padding -> ``(B, T, E)``, weights ``(B, H, T, T)``."""
-        a = self.attention(x, key_padding_mask=padding, need_weights=need_weights)
-        x = self.attention_norm(x + self.dropout(a.out))
+        x, weights = self._attention_block(x, padding, need_weights)
         h = self.ffn_out(self.act(self.ffn_in(x)))  # (B, T, F) -> (B, T, E)
         x = self.ffn_norm(x + self.dropout(h))
-        return x, a.weights
+        return x, weights
+
+    def _attention_block(
+        self, x: Tensor, padding: Tensor | None, need_weights: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """``LayerNorm(x + Dropout(MultiHead(x)))`` and the weights. The attention's output is
+        released here, before the feed-forward block allocates its ``(B, T, F)`` tensors, as in
+        ``transformers``' ``BertSelfOutput``: fewer blocks held at once, fewer fresh pages."""
+        a = self.attention(x, key_padding_mask=padding, need_weights=need_weights)
+        return self.attention_norm(x + self.dropout(a.out)), a.weights
 
 
 class BertPooler(nn.Module):
@@ -251,6 +261,7 @@ class BertModel(nn.Module):
         *,
         inputs_embeds: Tensor | None = None,
         need_weights: bool = False,
+        output_hidden_states: bool = False,
     ) -> BertOutput:
         """Encode a batch of token ids.
 
@@ -266,6 +277,8 @@ class BertModel(nn.Module):
             need_weights: also return every layer's attention weights (``attentions``).
                 Asking for weights never changes the kernel, so the hidden states are
                 bitwise those without weights; :func:`qkv.capture` records the weights too.
+            output_hidden_states: also return every layer's output (``hidden_states``); they
+                are then held until the forward returns.
 
         Returns:
             :class:`BertOutput`.
@@ -305,17 +318,21 @@ class BertModel(nn.Module):
         padding = _padding_from_attention_mask(_whole_sequence(attention_mask, bsz, t), bsz, global_length(t))
 
         x = self.embeddings(words, token_type_ids)  # (B, T, E)
-        hidden = [x]
+        hidden = [x] if output_hidden_states else None
         maps = AttentionMaps() if need_weights else None
         for layer in self.layers:
             x, w = layer(x, padding, need_weights)
-            hidden.append(x)
+            if hidden is not None:
+                hidden.append(x)
             if maps is not None:
                 maps.encoder.append(w)  # (B, H, T, T)
         holds_cls = active() is None or int(shard_positions(t)[0]) == 0  # its first row is position 0
         pooled = self.pooler(x) if self.pooler is not None and holds_cls else None
         return BertOutput(
-            last_hidden_state=x, hidden_states=tuple(hidden), attentions=maps, pooler_output=pooled
+            last_hidden_state=x,
+            hidden_states=None if hidden is None else tuple(hidden),
+            attentions=maps,
+            pooler_output=pooled,
         )
 
     @torch.no_grad()

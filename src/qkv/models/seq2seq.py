@@ -228,6 +228,8 @@ class Seq2Seq(nn.Module):
             memory["final_c"] = c
         if self.config.attention in ("luong", "luong-local"):
             memory["keys"] = self.src_proj(out)  # (B, S, H)
+        elif self.config.attention == "bahdanau":  # W_k h_j once per sentence, not once per step
+            memory["keys"] = self.attn.score.project_keys(out)  # (B, S, H)
         return memory
 
     def init_state(self, memory: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -287,10 +289,11 @@ class Seq2Seq(nn.Module):
             query = h_prev[:, -1].unsqueeze(1)  # s_{t-1}, (B, 1, H)
             res = self.attn(
                 query,
-                memory["states"],
+                memory["keys"],  # W_k h_j, projected once in encode
                 memory["states"],
                 mask=memory["mask"].unsqueeze(1),  # (B, 1, S): the lengths' mask, built once in encode
                 need_weights=True,
+                keys_projected=True,
                 **self._training_normalizer(sampled),
             )
             context, weights = res.out.squeeze(1), res.weights.squeeze(1)  # (B, mem), (B, S)

@@ -85,9 +85,13 @@ class AdditiveAttention(nn.Module):
         need_weights: bool = False,
         normalize: str | NormalizerFn | None = None,
         normalize_kwargs: dict[str, Any] | None = None,
+        keys_projected: bool = False,
     ) -> AttentionOutput:
         """Args:
             queries, keys, values: ``(B, Tq, Dq)``, ``(B, Tk, Dk)``, ``(B, Tk, Dv)``.
+            keys_projected: ``keys`` are ``self.score.project_keys(keys)``, ``(B, Tk, A)``:
+                ``W_k k`` made once per sequence and reused by every decoder step (Bahdanau et
+                al., appendix A.1.2); the result equals the call on the unprojected keys.
             valid_lens: integer ``(B,)`` or ``(B, Tq)``: key ``j`` is visible when
                 ``j < valid_len``.
             mask: an extra bool mask (True = may attend) ANDed with ``valid_lens``,
@@ -103,14 +107,15 @@ class AdditiveAttention(nn.Module):
             ValueError: inputs that are not 3-D, feature dims other than ``Dq``/``Dk``,
                 mismatched batch sizes or key/value lengths, bad ``valid_lens`` shapes.
         """
-        _check_d2l_inputs(queries, keys, values, query_dim=self.score.query_dim, key_dim=self.score.key_dim)
+        key_dim = self.score.hidden_dim if keys_projected else self.score.key_dim
+        _check_d2l_inputs(queries, keys, values, query_dim=self.score.query_dim, key_dim=key_dim)
         bsz, q_len, kv_len = queries.shape[0], queries.shape[1], keys.shape[1]
         attn_mask = lengths_mask(valid_lens, mask, batch=bsz, q_len=q_len, kv_len=kv_len)
         return attention(
             queries,
             keys,
             values,
-            score=self.score,
+            score=self.score.from_projected_keys if keys_projected else self.score,
             mask=attn_mask,
             dropout_p=self.dropout,
             training=self.training,

@@ -113,6 +113,17 @@ class AdditiveScore(nn.Module):
     def forward(self, query: Tensor, key: Tensor) -> Tensor:
         return _scores.additive(query, key, self.w_query.weight, self.w_key.weight, self.v)
 
+    def project_keys(self, key: Tensor) -> Tensor:
+        """``W_k k``: keys ``(..., Tk, Dk)`` -> ``(..., Tk, A)``, what :meth:`from_projected_keys`
+        takes; computed once per sequence, it serves every query (every decoder step)."""
+        return self.w_key(key)
+
+    def from_projected_keys(self, query: Tensor, projected_keys: Tensor) -> Tensor:
+        """The score of keys from :meth:`project_keys`: ``(query (..., Tq, Dq), projected_keys
+        (..., Tk, A)) -> logits (..., Tq, Tk)``, equal to ``self(query, key)``. This bound
+        method is itself a score callable of :func:`qkv.attention` (its checks cached per module)."""
+        return _scores.additive_from_keys(query, projected_keys, self.w_query.weight, self.v)
+
     def extra_repr(self) -> str:
         return f"query_dim={self.query_dim}, key_dim={self.key_dim}, hidden_dim={self.hidden_dim}"
 
