@@ -19,11 +19,11 @@ A contender is skipped, with its reason in the results, where its memory would e
 (``min(--max-mem-gib, half of MemAvailable)``: qkv by its own memory plan, ``dispatch_report``;
 sdpa-mask by its bool mask and SDPA's float copy, 5 T^2 bytes; flex by its output, log-sum-exp and
 BlockMask) or where its call, extrapolated from the previous T by the slope of its last two sizes
-(2 before it has two), would take more than ``--max-call-s``. Once skipped, larger T are too.
+(2 before it has two), would take more than ``--max-call-s`` CPU seconds. Once skipped, larger T are too.
 
 Each case: one untimed call (compiles flex), one untimed call under the peak-RSS probe (the memory
 column, :func:`common.peak_rss_growth`), then ``--reps`` interleaved, balanced rounds
-(``--slow-reps`` for a contender whose first call took more than 2 s). Per pattern and contender:
+(``--slow-reps`` for a contender whose first call took more than 2 s of wall time). Per pattern and contender:
 the log-log slope (least squares of log time on log T over the T >= ``--fit-from`` that ran) and
 the crossover, the smallest measured T from which qkv (and flex) is faster than sdpa-mask at every
 larger T where both ran.
@@ -132,7 +132,7 @@ def memory_need(name: str, pattern, q: torch.Tensor) -> tuple[int | None, str]:
 
 def skip_reason(name: str, pattern, q: torch.Tensor, history: list[tuple[int, float]], opts) -> str | None:
     """Why contender ``name`` does not run at ``q``'s T (None: it runs). ``history`` holds its
-    (T, median s) at the smaller T it ran."""
+    (T, median CPU s per call) at the smaller T it ran."""
     t = q.shape[-2]
     need, source = memory_need(name, pattern, q)
     avail = mem_available()
@@ -147,7 +147,7 @@ def skip_reason(name: str, pattern, q: torch.Tensor, history: list[tuple[int, fl
         predicted = s1 * (t / t1) ** slope
         if predicted > opts["max_call_s"]:
             return (
-                f"too slow: about {predicted:.0f} s per call extrapolated from T={t1} (slope {slope:.2f}), "
+                f"too slow: about {predicted:.0f} CPU s per call extrapolated from T={t1} (slope {slope:.2f}), "
                 f"above --max-call-s {opts['max_call_s']:g}"
             )
     return None
@@ -208,7 +208,7 @@ def no_grad(fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
 
 def run_growth_case(pattern_name: str, t: int, opts, history: dict[str, list]) -> list[dict[str, Any]]:
     """Every contender of one (pattern, T) that fits: first call, memory, interleaved reps.
-    Appends each one's (T, median s) to ``history``; returns one row per contender."""
+    Appends each one's (T, median CPU s) to ``history``; returns one row per contender."""
     pattern = opts["patterns"][pattern_name]
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(B, H, t, D, generator=g, dtype=DTYPE) for _ in range(3))
@@ -236,7 +236,7 @@ def run_growth_case(pattern_name: str, t: int, opts, history: dict[str, list]) -
         backend = qkv.dispatch_report(q, k, v, mask=pattern).chosen
         for c in contenders:
             tm = timings[c.name]
-            history[c.name].append((t, tm.median))
+            history[c.name].append((t, tm.cpu_median))
             rows.append(
                 {"pattern": pattern_name, "T": t, "contender": c.name, **tm.to_dict(), **info[c.name],
                  "backend": backend if c.name == "qkv" else None,
@@ -575,7 +575,7 @@ def to_markdown(res: dict[str, Any]) -> str:
         "`qkv.attention(q, k, v, mask=pattern)` (backend auto, the one it ran in `qkv ran`); sdpa-mask = "
         "`F.scaled_dot_product_attention` with the dense bool mask; flex = compiled FlexAttention with the "
         f"pattern's BlockMask at {FLEX_BLOCK[0]}x{FLEX_BLOCK[1]} tiles. Skipped: above the memory budget "
-        f"(min({cfg['max_mem_gib']:g} GiB, half of MemAvailable)) or above {cfg['max_call_s']:g} s per call "
+        f"(min({cfg['max_mem_gib']:g} GiB, half of MemAvailable)) or above {cfg['max_call_s']:g} CPU s per call "
         "extrapolated from the smaller T.",
         "## Time and memory", growth_table(res),
         f"## Fitted slopes (log-log, T >= {cfg['fit_from']}) and crossover", summary_table(res),
@@ -599,12 +599,12 @@ def main(argv: list[str] | None = None) -> int:
         "--contenders", default=",".join(CONTENDERS), help="comma-separated subset of " + ",".join(CONTENDERS)
     )
     p.add_argument("--reps", type=int, default=5, help="timed reps per case (default 5)")
-    p.add_argument("--slow-reps", type=int, default=3, help=f"reps of a call over {SLOW_S:g} s (default 3)")
+    p.add_argument("--slow-reps", type=int, default=2, help=f"reps of a call over {SLOW_S:g} s (default 2)")
     p.add_argument(
         "--max-mem-gib", type=float, default=6.0, help="memory budget of one call, GiB (default 6)"
     )
     p.add_argument(
-        "--max-call-s", type=float, default=12.0, help="skip calls predicted slower than this (default 12)"
+        "--max-call-s", type=float, default=5.0, help="skip calls predicted above this many CPU s (default 5)"
     )
     p.add_argument("--fit-from", type=int, default=4096, help="fit slopes over T >= this (default 4096)")
     p.add_argument(
