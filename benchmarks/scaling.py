@@ -543,21 +543,19 @@ def skipped_table(res: dict[str, Any]) -> str:
 
 
 def per_call_table(res: dict[str, Any]) -> str:
+    """Wall time per call (and the process's CPU time per call in brackets), qkv against SDPA."""
+
+    def us(r: dict[str, Any], name: str) -> str:
+        cpu = r["timings"][name]["cpu_median_s"] / r["calls_per_rep"] * 1e6
+        return f"{r[name + '_us']:.1f} ({cpu:.1f})"
+
     rows = [
-        [r["T"], r["backend"], r["calls_per_rep"], f"{r['sdpa_us']:.1f}", f"{r['qkv_us']:.1f}",
-         f"{r['overhead_us']:+.1f}", f"{r['ratio']:.2f}", f"{r['other_processes_load_cores']:.2f}"]
+        [r["T"], r["backend"], r["calls_per_rep"], us(r, "sdpa"), us(r, "qkv"), f"{r['overhead_us']:+.1f}",
+         f"{r['ratio']:.2f}", f"{r['other_processes_load_cores']:.2f}"]
         for r in res["per_call"]
     ]  # fmt: skip
-    headers = [
-        "T",
-        "qkv ran",
-        "calls per rep",
-        "SDPA us",
-        "qkv.attention us",
-        "qkv - SDPA us",
-        "ratio",
-        "other load",
-    ]
+    headers = ["T", "qkv ran", "calls per rep", "SDPA us (CPU)", "qkv.attention us (CPU)", "qkv - SDPA us", "ratio",
+               "other load"]  # fmt: skip
     return markdown_table(headers, rows, "rlrrrrrr")
 
 
@@ -577,6 +575,7 @@ def to_markdown(res: dict[str, Any]) -> str:
         f"pattern's BlockMask at {FLEX_BLOCK[0]}x{FLEX_BLOCK[1]} tiles. Skipped: above the memory budget "
         f"(min({cfg['max_mem_gib']:g} GiB, half of MemAvailable)) or above {cfg['max_call_s']:g} CPU s per call "
         "extrapolated from the smaller T.",
+        *res.get("notes", []),
         "## Time and memory", growth_table(res),
         f"## Fitted slopes (log-log, T >= {cfg['fit_from']}) and crossover", summary_table(res),
         "## Skipped (first T; larger T skipped too)", skipped_table(res),
