@@ -56,6 +56,7 @@ if __package__:  # imported as a package module (`python -m benchmarks.<suite>`)
     from .common import (
         MEMORY_METHOD,
         Contender,
+        dense_mask,
         int_list,
         log,
         machine_info,
@@ -63,6 +64,7 @@ if __package__:  # imported as a package module (`python -m benchmarks.<suite>`)
         markdown_table,
         matmul_contender,
         measure_roof,
+        mem_available,
         paired_ratio,
         peak_rss_growth,
         time_interleaved,
@@ -73,6 +75,7 @@ else:  # python benchmarks/<suite>.py: the script's directory is first on sys.pa
     from common import (
         MEMORY_METHOD,
         Contender,
+        dense_mask,
         int_list,
         log,
         machine_info,
@@ -80,6 +83,7 @@ else:  # python benchmarks/<suite>.py: the script's directory is first on sys.pa
         markdown_table,
         matmul_contender,
         measure_roof,
+        mem_available,
         paired_ratio,
         peak_rss_growth,
         time_interleaved,
@@ -120,19 +124,6 @@ def make_pattern(name: str):
     }[name]
 
 
-def dense_mask(pattern, t: int, chunk: int = 1024) -> torch.Tensor:
-    """bool (1, 1, T, T) from the pattern's mask_mod, built ``chunk`` rows at a time (the
-    pattern's own ``materialize`` holds int64 T x T temporaries: 8 GiB at T = 32768)."""
-    fn = pattern.mask_mod(t, t)
-    zero = torch.zeros(1, 1, 1, 1, dtype=torch.long)
-    kv = torch.arange(t).view(1, 1, 1, t)
-    out = torch.empty(1, 1, t, t, dtype=torch.bool)
-    for r0 in range(0, t, chunk):
-        q = torch.arange(r0, min(r0 + chunk, t)).view(1, 1, -1, 1)
-        out[:, :, r0 : r0 + chunk] = fn(zero, zero, q, kv)
-    return out
-
-
 def count_pairs(pattern, t: int, chunk: int = 1024) -> int:
     """The pattern's allowed pairs at T, counted ``chunk`` rows at a time."""
     if pattern is None:
@@ -144,18 +135,6 @@ def count_pairs(pattern, t: int, chunk: int = 1024) -> int:
         int(fn(zero, zero, torch.arange(r0, min(r0 + chunk, t))[:, None], kv).sum())
         for r0 in range(0, t, chunk)
     )
-
-
-def mem_available() -> int | None:
-    """MemAvailable of /proc/meminfo in bytes (None where unknown)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def sdpa_mask_skip(t: int, mode: str, opts: dict[str, Any]) -> str | None:

@@ -6,7 +6,9 @@
   other processes kept the CPUs busy (:class:`CpuLoad`, :func:`wait_for_quiet`); report medians
   of the wall time and of the process's CPU time (all its threads) of each call.
 - :func:`matmul_contender` / :func:`measure_roof`: the machine's measured roof, an n^3 matmul.
-- :func:`peak_rss_growth`: peak resident memory of one call above the resident memory before it.
+- :func:`peak_rss_growth`: peak resident memory of one call above the resident memory before it;
+  :func:`mem_available`: what the machine has left; :func:`dense_mask`: a pattern's bool matrix
+  built a slab of rows at a time (SDPA's mask at long T).
 - :func:`machine_info`, :class:`CpuLoad`: what ran where, and how busy the rest of the machine was.
 - :func:`markdown_table`, :func:`write_json`, :func:`log`: output.
 
@@ -44,11 +46,13 @@ __all__ = [
     "CpuLoad",
     "Timing",
     "balanced_orders",
+    "dense_mask",
     "log",
     "machine_info",
     "markdown_table",
     "matmul_contender",
     "measure_roof",
+    "mem_available",
     "paired_ratio",
     "peak_rss_growth",
     "time_interleaved",
@@ -297,6 +301,31 @@ def peak_rss_growth(fn: Callable[[], object], before: Callable[[], object] | Non
         return None
     fn()
     return max(0, _status_kib("VmHWM") - base) * 1024
+
+
+def mem_available() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes (None where unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def dense_mask(pattern, t: int, chunk: int = 1024) -> torch.Tensor:
+    """bool (1, 1, T, T) from the pattern's mask_mod, built ``chunk`` rows at a time (the
+    pattern's own ``materialize`` holds int64 T x T temporaries: 8 GiB at T = 32768)."""
+    fn = pattern.mask_mod(t, t)
+    zero = torch.zeros(1, 1, 1, 1, dtype=torch.long)
+    kv = torch.arange(t).view(1, 1, 1, t)
+    out = torch.empty(1, 1, t, t, dtype=torch.bool)
+    for r0 in range(0, t, chunk):
+        q = torch.arange(r0, min(r0 + chunk, t)).view(1, 1, -1, 1)
+        out[:, :, r0 : r0 + chunk] = fn(zero, zero, q, kv)
+    return out
 
 
 # ----------------------------------------------------------------------------- machine

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import qkv
+from qkv.backends import BACKENDS
 from qkv.functional.normalize import masked_softmax
 
 from helpers import GRAD_FACTOR, assert_error_ratio, naive_attention
@@ -192,6 +193,22 @@ def test_auto_chooses_and_names_backend():
     assert rep.chosen == "reference"
     assert any("cosine" in r for r in rep.reasons["sdpa"])
     assert "sdpa" in str(rep) and "reference" in str(rep)
+
+
+def test_auto_runs_a_long_causal_pattern_as_is_causal(monkeypatch):
+    """Above the dense-mask size auto builds from a pattern, a plain causal pattern still runs
+    on SDPA (as is_causal: no mask is built), equal to torch's; another pattern does not."""
+    monkeypatch.setattr(BACKENDS["sdpa"], "auto_max_dense_mask", 16 * 16 - 1)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 16, 8, generator=g) for _ in range(3))
+    out = qkv.attention(q, k, v, mask=qkv.masks.causal())
+    assert out.backend == "sdpa"
+    torch.testing.assert_close(
+        out.out, F.scaled_dot_product_attention(q, k, v, is_causal=True), rtol=0, atol=1e-6
+    )
+    rep = qkv.dispatch_report(q, k, v, mask=qkv.masks.sliding_window(3))
+    assert rep.chosen != "sdpa"
+    assert any("dense mask would take" in r for r in rep.reasons["sdpa"])
 
 
 def test_explicit_backend_never_falls_back():

@@ -198,3 +198,39 @@ def test_a_pattern_allowing_nothing_gives_zero_rows():
     assert torch.equal(got.out, torch.zeros_like(got.out))
     assert torch.equal(got.lse, torch.full_like(got.lse, float("-inf")))
     assert torch.equal(got.out, qkv.attention(q, k, v, mask=pattern, backend="reference").out)
+
+
+def test_pieces_cut_at_the_ends_of_their_runs_equal_the_reference(request, monkeypatch):
+    """A global token in the middle makes a piece whose query blocks are two runs (before and
+    after the band that covers the token): its parts are cut where a run ends, so each is a span
+    (views, merged in place), and the result still meets the error-ratio rule, forward and backward."""
+    monkeypatch.setattr(blocksparse, "RUN_ROWS", 2)
+    t = 160
+    pattern = masks.longformer(4, [t // 2])
+    g = torch.Generator().manual_seed(5)
+    q64, k64, v64 = (
+        torch.randn(2, 3, t, 8, generator=g, dtype=torch.float64).requires_grad_() for _ in range(3)
+    )
+    q, k, v = (x.detach().float().requires_grad_() for x in (q64, k64, v64))
+    backend = BACKENDS["blocksparse"]
+    plan = backend.plan(prepare(q, k, v, mask=pattern)[0])
+    two_runs = max((p for p in plan.pieces if p.span is None), key=lambda p: p.rows.numel())
+    rows = two_runs.rows.tolist()
+    assert rows != list(range(rows[0], rows[-1] + 1)), "expected a piece whose query blocks are not one run"
+    cuts = blocksparse._cuts(two_runs, 1000)
+    assert len(cuts) == 2 and cuts[0][0] == 0 and cuts[-1][1] == len(rows)
+    spans = [two_runs.part(a, c, plan.per_batch).span for a, c in cuts]
+    assert spans == [slice(rows[a], rows[c - 1] + 1) for a, c in cuts]
+    parts = blocksparse._parts(plan, lambda p: 1000, torch.float32)
+    assert sum(p.rows.numel() for _, p in parts) == sum(p.rows.numel() for p in plan.pieces)
+    golden = qkv.attention(q64, k64, v64, mask=pattern, backend="reference").out
+    impl = qkv.attention(q, k, v, mask=pattern, backend="blocksparse")
+    eager = qkv.attention(q, k, v, mask=pattern, backend="reference").out
+    assert impl.backend == "blocksparse"
+    assert_error_ratio(request, impl.out, golden, eager)
+    go = torch.randn(golden.shape, generator=g, dtype=torch.float64)
+    gg = torch.autograd.grad(golden, (q64, k64, v64), go)
+    gi = torch.autograd.grad(impl.out, (q, k, v), go.float())
+    ge = torch.autograd.grad(eager, (q, k, v), go.float())
+    for a, b, c in zip(gi, gg, ge):
+        assert_error_ratio(request, a, b, c, factor=GRAD_FACTOR, what="grad")

@@ -28,6 +28,7 @@ attention does), and adds the key gradients back through the views and gathers.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ _FLASH = getattr(_ops, "_scaled_dot_product_flash_attention_for_cpu", None)
 _FLASH_BACKWARD = getattr(_ops, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
 
 GATHER_BYTES = 32 << 20  # the keys one gather collects (rows x blocks) stay under this
+RUN_ROWS = 8  # a piece is cut at the ends of its runs of consecutive query blocks when they average this many
 
 
 class BlockSparseBackend:
@@ -231,11 +233,10 @@ class _Piece:
         if a == 0 and b >= self.rows.numel():
             return self
         cut = (slice(None), slice(a, b)) if per_batch else (slice(a, b),)
-        span = (
-            None
-            if self.span is None
-            else slice(self.span.start + a, self.span.start + min(b, self.rows.numel()))
-        )
+        if self.span is not None:
+            span = slice(self.span.start + a, self.span.start + min(b, self.rows.numel()))
+        else:  # rows cut at the end of a run of consecutive blocks are a span themselves
+            span = _as_range(self.rows[a:b].tolist())
         part = _Piece(
             rows=self.rows[a:b],
             span=span,
@@ -644,11 +645,25 @@ def _parts(plan: _Plan, rows, dtype: torch.dtype) -> list[tuple[bool, _Piece]]:
     for whole in plan.pieces:
         whole.additive(dtype)
     return [
-        (i == 0, whole.part(a, a + n, plan.per_batch))
+        (i == 0, whole.part(a, c, plan.per_batch))
         for i, whole in enumerate(plan.pieces)
-        for n in (max(1, rows(whole)),)
-        for a in range(0, whole.rows.numel(), n)
+        for a, c in _cuts(whole, max(1, rows(whole)))
     ]
+
+
+def _cuts(p: _Piece, n: int) -> list[tuple[int, int]]:
+    """Row ranges ``(a, c)`` of piece ``p``, at most ``n`` rows each. A piece whose query blocks
+    are a few runs of consecutive blocks (on average at least :data:`RUN_ROWS`) is also cut
+    where a run ends, so that each part's rows are a span: its queries, output and log-sum-exp
+    are then views, read and merged in place, not gathered and copied back."""
+    count = p.rows.numel()
+    bounds = [0, count]
+    if p.span is None and count > 1:
+        ids = p.rows.cpu()
+        ends = (torch.nonzero(ids[1:] != ids[:-1] + 1).flatten() + 1).tolist()
+        if (len(ends) + 1) * RUN_ROWS <= count:
+            bounds = [0, *ends, count]
+    return [(a, min(a + n, end)) for start, end in itertools.pairwise(bounds) for a in range(start, end, n)]
 
 
 def _forward_rows(plan: _Plan, h: int, width: int, itemsize: int):

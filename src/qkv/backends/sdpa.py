@@ -47,8 +47,14 @@ class SdpaBackend:
         return not_supported_reasons(self.capabilities, inputs)
 
     def auto_skip(self, inputs: AttentionInputs) -> list[str]:
-        """``auto`` does not build a huge dense mask from a pattern: chunked skips blocks."""
-        if inputs.pattern is not None and inputs.q_len * inputs.kv_len > self.auto_max_dense_mask:
+        """``auto`` does not build a huge dense mask from a pattern: chunked skips blocks. A
+        plain causal pattern (no bias) builds none: it runs as ``is_causal``."""
+        plain = inputs.bias is None and plain_causal(inputs)
+        if (
+            inputs.pattern is not None
+            and not plain
+            and inputs.q_len * inputs.kv_len > self.auto_max_dense_mask
+        ):
             mib = inputs.q_len * inputs.kv_len / 2**20
             return [
                 f"a pattern at Tq x Tk = {inputs.q_len} x {inputs.kv_len}: its dense mask would take {mib:.0f} MiB"
