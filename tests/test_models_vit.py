@@ -85,7 +85,7 @@ def test_bad_input_names_the_argument():
 
 
 def test_presets_build():
-    sizes = {"vit-digits": (8, (4, 4)), "vit-fashion-mnist": (28, (4, 4)), "vit-located": (32, (8, 8))}
+    sizes = {"vit-digits": (8, (4, 4)), "vit-fashion-mnist": (28, (7, 7)), "vit-located": (32, (8, 8))}
     assert set(sizes) == set(VIT_PRESETS)
     for name, (size, grid) in sizes.items():
         model = build_image_model(VIT_PRESETS[name], image_size=size, channels=1, num_classes=10)
