@@ -56,7 +56,9 @@ if __package__:  # imported as a package module (`python -m benchmarks.<suite>`)
     from .common import (
         MEMORY_METHOD,
         Contender,
+        compiled_flex,
         dense_mask,
+        flex_status,
         int_list,
         log,
         machine_info,
@@ -75,7 +77,9 @@ else:  # python benchmarks/<suite>.py: the script's directory is first on sys.pa
     from common import (
         MEMORY_METHOD,
         Contender,
+        compiled_flex,
         dense_mask,
+        flex_status,
         int_list,
         log,
         machine_info,
@@ -157,31 +161,6 @@ def sdpa_mask_skip(t: int, mode: str, opts: dict[str, Any]) -> str | None:
 
 
 # ----------------------------------------------------------------------------- peers
-
-
-def flex_status() -> str | None:
-    """None when compiled FlexAttention can run here, else why not."""
-    from qkv.backends.flex import _cpu_compile_supported, flex_available
-
-    if not flex_available():
-        return f"torch {torch.__version__} has no torch.nn.attention.flex_attention"
-    if not _cpu_compile_supported():
-        return "compiled FlexAttention on CPU needs AVX2"
-    return None
-
-
-_FLEX = None
-
-
-def compiled_flex():
-    global _FLEX
-    if _FLEX is None:
-        from torch.nn.attention.flex_attention import flex_attention
-
-        # One graph per (pattern, T): more than torch's default limit of 8 in one run.
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        _FLEX = torch.compile(flex_attention, dynamic=False)
-    return _FLEX
 
 
 def local_attention_module():

@@ -484,3 +484,29 @@ def write_report(out: Path, suite: str, quick: bool, res: dict[str, Any], to_mar
     print(md)
     log(f"wrote {out / stem}.json and .md")
     return md
+
+
+def flex_status() -> str | None:
+    """None when compiled FlexAttention can run here, else why not."""
+    from qkv.backends.flex import _cpu_compile_supported, flex_available
+
+    if not flex_available():
+        return f"torch {torch.__version__} has no torch.nn.attention.flex_attention"
+    if not _cpu_compile_supported():
+        return "compiled FlexAttention on CPU needs AVX2"
+    return None
+
+
+_FLEX = None
+
+
+def compiled_flex():
+    """``torch.compile(flex_attention)``, one per process (one graph per pattern and T)."""
+    global _FLEX
+    if _FLEX is None:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        # One graph per (pattern, T): more than torch's default limit of 8 in one run.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        _FLEX = torch.compile(flex_attention, dynamic=False)
+    return _FLEX

@@ -56,7 +56,9 @@ if __package__:  # imported as a package module (`python -m benchmarks.<suite>`)
     from .common import (
         MEMORY_METHOD,
         Contender,
+        compiled_flex,
         dense_mask,
+        flex_status,
         int_list,
         log,
         machine_info,
@@ -72,7 +74,9 @@ else:  # python benchmarks/<suite>.py: the script's directory is first on sys.pa
     from common import (
         MEMORY_METHOD,
         Contender,
+        compiled_flex,
         dense_mask,
+        flex_status,
         int_list,
         log,
         machine_info,
@@ -154,31 +158,6 @@ def skip_reason(name: str, pattern, q: torch.Tensor, history: list[tuple[int, fl
 
 
 # ----------------------------------------------------------------------------- contenders
-
-
-_FLEX = None
-
-
-def compiled_flex():
-    """torch.compile(flex_attention), one per run (one graph per pattern and T)."""
-    global _FLEX
-    if _FLEX is None:
-        from torch.nn.attention.flex_attention import flex_attention
-
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        _FLEX = torch.compile(flex_attention, dynamic=False)
-    return _FLEX
-
-
-def flex_missing() -> str | None:
-    """None when compiled FlexAttention can run here, else why not."""
-    from qkv.backends.flex import _cpu_compile_supported, flex_available
-
-    if not flex_available():
-        return f"torch {torch.__version__} has no torch.nn.attention.flex_attention"
-    if not _cpu_compile_supported():
-        return "compiled FlexAttention on CPU needs AVX2"
-    return None
 
 
 def contender_fn(name: str, pattern, q, k, v) -> Callable[[], torch.Tensor]:
@@ -406,7 +385,7 @@ def run_suite(opts) -> dict[str, Any]:
     log(f"roof fp32 matmul 2048^3: {roof['gflops']:.1f} GFLOP/s, {torch.get_num_threads()} thread(s)")
     opts["patterns"] = make_patterns()
     opts["stopped"] = {}
-    opts["skip_all"] = {"flex": why} if (why := flex_missing()) is not None else {}
+    opts["skip_all"] = {"flex": why} if (why := flex_status()) is not None else {}
     rows: list[dict[str, Any]] = []
     for pattern in opts["pattern_names"]:
         history: dict[str, list] = {name: [] for name in opts["contenders"]}
