@@ -42,7 +42,7 @@ __all__ = ["DEMO_RUNS", "run_speech_demo"]
 #: the beam it is scored with (1: greedy).
 DEMO_RUNS: dict[str, tuple[str, list[str], int]] = {
     "las": ("las", ["--train.epochs=8"], 4),
-    "transformer": ("speech-transformer", ["--train.epochs=10"], 1),
+    "transformer": ("speech-transformer", ["--train.epochs=20"], 1),
 }
 #: The demo's spoken numbers: training, validation, and each held-out split's size.
 _DATA = ["--data.train_size=2000", "--data.valid_size=100", "--data.test_size=200"]
