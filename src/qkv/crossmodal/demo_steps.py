@@ -153,7 +153,7 @@ def train_or_reuse(context: DemoContext, name: str) -> float:
         if result.interrupted:
             raise DemoInterrupted(f"{name}: training interrupted, the demo stops (run it again: this model "
                                   "starts over, the finished ones are reused)", result.exit_code)  # fmt: skip
-    seconds = round(float(load_checkpoint(run).state["seconds"]), 1)
+    seconds = round(float(load_checkpoint(run).state["seconds"]), 3)
     _say(f"  {name}: {seconds:.0f} s of training")
     return seconds
 
