@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=6, help="timed rounds per shape (default 6)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     p.add_argument("--quick", action="store_true", help="2 x 32 tokens, 2 rounds: a smoke run")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="output folder")
     args = p.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -167,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     res = {"suite": SUITE, "machine": info, "transformers": transformers.__version__, "reps": args.reps,
            "shapes": shapes}  # fmt: skip
-    write_report(REPO / "benchmarks" / "results", SUITE, args.quick, res, to_markdown)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_report(args.out, SUITE, args.quick, res, to_markdown)
     return 0
 
 

@@ -50,12 +50,14 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import threading
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 
 from torch import Tensor, nn
 
 from ._captured import ATTENTION_KINDS, CapturedAttention, attention_kind, select_heads, select_layers
+from ._module_tree import TreeCache
 from ._types import AttentionOutput
 from .modules import (
     AdditiveAttention,
@@ -179,32 +181,47 @@ def capture(
             yield maps
         return
 
-    found = [(n, m) for n, m in model.named_modules() if isinstance(m, _QKV_ATTENTION)]
+    found = [(n, ref()) for n, ref in _WALKS.get(model)]  # walked once, until the tree changes
     if not found:
-        torch_mha = [n or "model" for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
-        hint = (
-            f"; its torch.nn.MultiheadAttention modules ({', '.join(torch_mha[:3])}"
-            f"{', ...' if len(torch_mha) > 3 else ''}) become capturable with "
-            "qkv.interop.swap_attention(model)"
-            if torch_mha
-            else ""
-        )
-        raise ValueError(
-            f"model: {type(model).__name__} holds no qkv attention module "
-            f"({', '.join(c.__name__ for c in _QKV_ATTENTION)}) and is not a transformers model{hint}"
-        )
+        raise ValueError(_no_attention(model))
     kind_of = {n: attention_kind(n, rnn=isinstance(m, _RNN_ATTENTION)) for n, m in found}
     targets = [(n, m) for n, m in found if kind_of[n] in wanted]
     if not targets:
         have = ", ".join(f"{n} ({kind_of[n]})" for n, _ in found)
         raise ValueError(f"kinds: no attention module of kinds {sorted(wanted)} in model; it has {have}")
-    chosen = set(select_layers([n for n, _ in targets], layers))
-    targets = [(n, m) for n, m in targets if n in chosen]
+    if layers is not None:
+        chosen = set(select_layers([n for n, _ in targets], layers))
+        targets = [(n, m) for n, m in targets if n in chosen]
     maps = CapturedAttention([n for n, _ in targets], kind_of)
     with ExitStack() as stack:
         for name, module in targets:
             _hook(stack, name, module, maps, head_list, detach)
         yield maps
+
+
+def _attention_modules(model: nn.Module) -> tuple[tuple[str, weakref.ref], ...]:
+    """``(qualified name, ref to the module)`` of every qkv attention module of ``model``, in
+    model order (held weakly: see :mod:`qkv._module_tree`)."""
+    return tuple((n, weakref.ref(m)) for n, m in model.named_modules() if isinstance(m, _QKV_ATTENTION))
+
+
+_WALKS = TreeCache(_attention_modules)  # per model, walked again when its module tree changes
+
+
+def _no_attention(model: nn.Module) -> str:
+    """Why ``model`` cannot be captured, naming the torch modules a swap would make capturable."""
+    torch_mha = [n or "model" for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
+    hint = (
+        f"; its torch.nn.MultiheadAttention modules ({', '.join(torch_mha[:3])}"
+        f"{', ...' if len(torch_mha) > 3 else ''}) become capturable with "
+        "qkv.interop.swap_attention(model)"
+        if torch_mha
+        else ""
+    )
+    return (
+        f"model: {type(model).__name__} holds no qkv attention module "
+        f"({', '.join(c.__name__ for c in _QKV_ATTENTION)}) and is not a transformers model{hint}"
+    )
 
 
 def _hook_point(module: nn.Module) -> nn.Module:

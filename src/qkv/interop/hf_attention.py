@@ -41,7 +41,8 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Iterable, Iterator
+import weakref
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 
 from torch import nn
@@ -49,7 +50,8 @@ from torch import nn
 # The recorded structure only: qkv.capture imports this module (for transformers models), never
 # the other way round.
 from .._captured import CapturedAttention, attention_kind, select_heads, select_layers
-from .hf_implementation import IMPLEMENTATION, register_hf, weights_requested
+from .._module_tree import TreeCache
+from .hf_implementation import IMPLEMENTATION, WeightsRequest, register_hf, weights_requested
 
 __all__ = ["attention_modules", "capture_hf", "implementation_for_capture", "is_transformers_model"]
 
@@ -86,10 +88,9 @@ def _specs(model: nn.Module) -> list[tuple[str, type | None, str | None, int, st
     return out
 
 
-def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module, int, str]]:
-    """``(qualified name, module, index of the weights in its output, kind)`` of every attention
-    module a ``transformers`` model declares, in model order. Each sub-model (a nested
-    ``PreTrainedModel``, e.g. BART's encoder and decoder) uses its own declarations."""
+def _find_attention(model: nn.Module) -> list[tuple[str, nn.Module, int, str]]:
+    """:func:`attention_modules`, walked: each sub-model (a nested ``PreTrainedModel``) reads its
+    own declarations."""
     from transformers import PreTrainedModel
 
     found: list[tuple[str, nn.Module, int, str]] = []
@@ -116,11 +117,69 @@ def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module, int, str]]
     return found
 
 
-def _configs(model: nn.Module) -> list:
-    from transformers import PreTrainedModel
+class _Walk:
+    """What capture reads from a ``transformers`` model's module tree (kept per model by
+    :data:`_WALKS` until the tree changes; modules held weakly, see :mod:`qkv._module_tree`).
 
+    Attributes:
+        found: ``(name, ref to the module, index of the weights in its output, kind)`` of each
+            declared attention module, in model order.
+        parts: refs to the ``PreTrainedModel`` parts, the model first.
+        implementation: ``"qkv"`` when every part declares it runs registered attention
+            functions (``_supports_attention_backend``), else ``"eager"``.
+        subtrees: name -> the ids of the module and of its submodules (the calls a weights
+            request reaches).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        from transformers import PreTrainedModel
+
+        found = _find_attention(model)
+        parts = [m for m in model.modules() if isinstance(m, PreTrainedModel)]
+        self.found = tuple((n, weakref.ref(m), i, k) for n, m, i, k in found)
+        self.parts = tuple(weakref.ref(m) for m in parts)
+        supported = all(getattr(m, "_supports_attention_backend", False) for m in parts)
+        self.implementation = IMPLEMENTATION if supported else "eager"
+        self.subtrees = {n: tuple(dict.fromkeys(id(s) for s in m.modules())) for n, m, _, _ in found}
+        # implementation -> (refs to the configs, their implementations before, after):
+        # what set_attn_implementation did from those settings, replayed when they recur.
+        self._switches: dict[str, tuple[tuple, tuple, tuple]] = {}
+
+    def replay(self, implementation: str, configs: list, saved: list) -> bool:
+        """Set what ``set_attn_implementation(implementation)`` set last time, if it started
+        from these configs in these settings; whether it did."""
+        memo = self._switches.get(implementation)
+        if memo is None or len(memo[0]) != len(configs):
+            return False
+        refs, before, after = memo
+        if any(r() is not c for r, c in zip(refs, configs)) or before != tuple(v for _, _, v in saved):
+            return False
+        for (cfg, attr, _), value in zip(saved, after):
+            setattr(cfg, attr, value)
+        return True
+
+    def remember(self, implementation: str, configs: list, saved: list) -> None:
+        after = tuple(getattr(cfg, attr) for cfg, attr, _ in saved)
+        refs = tuple(weakref.ref(c) for c in configs)
+        self._switches[implementation] = (refs, tuple(v for _, _, v in saved), after)
+
+
+_WALKS: TreeCache[_Walk] = TreeCache(_Walk)
+
+
+def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module, int, str]]:
+    """``(qualified name, module, index of the weights in its output, kind)`` of every attention
+    module a ``transformers`` model declares, in model order. Each sub-model (a nested
+    ``PreTrainedModel``, e.g. BART's encoder and decoder) uses its own declarations. Walked
+    once per model, again after its module tree changes (:mod:`qkv._module_tree`)."""
+    return [(n, ref(), i, k) for n, ref, i, k in _WALKS.get(model).found]
+
+
+def _configs(parts: Iterable[nn.Module]) -> list:
+    """The configs of the model's parts and their sub-configs (read on each call: a config is a
+    setting, not part of the module tree)."""
     configs, seen = [], set()
-    todo = [getattr(m, "config", None) for m in model.modules() if isinstance(m, PreTrainedModel)]
+    todo = [getattr(m, "config", None) for m in parts]
     while todo:
         cfg = todo.pop(0)
         if cfg is None or id(cfg) in seen:
@@ -138,19 +197,18 @@ def _implementation(cfg) -> str | None:
 def implementation_for_capture(model: nn.Module) -> str:
     """``"qkv"`` when every ``PreTrainedModel`` in ``model`` declares it runs any registered
     attention function (``_supports_attention_backend``), else ``"eager"``."""
-    from transformers import PreTrainedModel
-
-    parts = [m for m in model.modules() if isinstance(m, PreTrainedModel)]
-    return IMPLEMENTATION if all(getattr(m, "_supports_attention_backend", False) for m in parts) else "eager"
+    return _WALKS.get(model).implementation
 
 
-def _switch(model: nn.Module, implementation: str) -> list[tuple[object, str, object]]:
-    """Switch every config of ``model`` to ``implementation``; return what to restore.
+def _switch(model: nn.Module, implementation: str, walk: _Walk) -> list[tuple[object, str, object]]:
+    """Switch every config of ``model`` to ``implementation``; return what to restore. The
+    switch is ``model.set_attn_implementation``'s, replayed without it when it already ran
+    from the same settings on this tree (``walk``).
 
     Raises:
         RuntimeError: some config stays on another implementation (nothing is left switched).
     """
-    configs = _configs(model)
+    configs = _configs(ref() for ref in walk.parts)
     internal = "_attn_implementation_internal"
     saved = [
         (cfg, internal, getattr(cfg, internal))
@@ -159,12 +217,15 @@ def _switch(model: nn.Module, implementation: str) -> list[tuple[object, str, ob
         for cfg in configs
     ]
     try:
-        if any(_implementation(cfg) != implementation for cfg in configs):
+        if any(_implementation(cfg) != implementation for cfg in configs) and not walk.replay(
+            implementation, configs, saved
+        ):
             if hasattr(model, "set_attn_implementation"):
                 model.set_attn_implementation(implementation)
             else:
                 for cfg in configs:
                     cfg._attn_implementation = implementation
+            walk.remember(implementation, configs, saved)
         stuck = sorted(
             {str(_implementation(cfg)) for cfg in configs if _implementation(cfg) != implementation}
         )
@@ -193,14 +254,14 @@ _SWITCH_USERS: dict[int, list] = {}
 
 
 @contextmanager
-def _switched(model: nn.Module, implementation: str) -> Iterator[None]:
+def _switched(model: nn.Module, implementation: str, walk: _Walk) -> Iterator[None]:
     """``implementation`` for every config of ``model`` while any capture of it runs; then the
     old implementations."""
     key = id(model)  # the model outlives the block: its captures hold it
     with _SWITCH_LOCK:
         users = _SWITCH_USERS.get(key)
         if users is None:
-            users = _SWITCH_USERS[key] = [0, _switch(model, implementation)]
+            users = _SWITCH_USERS[key] = [0, _switch(model, implementation, walk)]
         users[0] += 1
     try:
         yield
@@ -229,7 +290,8 @@ def capture_hf(
             implementation capture runs (qkv's or eager).
         ValueError: no attention module of the requested kinds, or ``layers`` chooses none.
     """
-    found = attention_modules(model)
+    walk = _WALKS.get(model)  # the model's structure, walked once (until its tree changes)
+    found = [(n, ref(), i, k) for n, ref, i, k in walk.found]
     if not found:
         import transformers
 
@@ -242,26 +304,39 @@ def capture_hf(
     if not targets:
         have = ", ".join(f"{n} ({k})" for n, _, _, k in found[:6])
         raise ValueError(f"kinds: no attention module of kinds {sorted(kinds)} in model; it has {have}, ...")
-    chosen = set(select_layers([n for n, _, _, _ in targets], layers))
-    targets = [t for t in targets if t[0] in chosen]
+    if layers is not None:
+        chosen = set(select_layers([n for n, _, _, _ in targets], layers))
+        targets = [t for t in targets if t[0] in chosen]
     maps = CapturedAttention([n for n, _, _, _ in targets], {n: k for n, _, _, k in found})
-    implementation = implementation_for_capture(model)
-    if implementation == IMPLEMENTATION:
+    if walk.implementation == IMPLEMENTATION:
         register_hf()
     with ExitStack() as stack:
-        stack.enter_context(_switched(model, implementation))
+        stack.enter_context(_switched(model, walk.implementation, walk))
         request = None
-        if implementation == IMPLEMENTATION:
-            modules = [m for _, m, _, _ in targets]
-            request = stack.enter_context(weights_requested(modules, graph=not detach, heads=heads))
+        if walk.implementation == IMPLEMENTATION:
+            ids = [i for name, _, _, _ in targets for i in walk.subtrees[name]]
+            request = stack.enter_context(
+                weights_requested([m for _, m, _, _ in targets], graph=not detach, heads=heads, ids=ids)
+            )
         for name, module, index, _ in targets:
-
-            def hook(mod, args, output, name=name, index=index):
-                w = output[index] if isinstance(output, tuple) and len(output) > index else None
-                selected = request is not None and request.took_heads()  # w holds `heads` alone
-                if w is not None:
-                    w = w.detach() if detach else w
-                    maps.record(name, w if selected else select_heads(w, heads, name))
-
-            stack.callback(module.register_forward_hook(hook).remove)
+            stack.callback(
+                module.register_forward_hook(_recorder(maps, name, index, request, heads, detach)).remove
+            )
         yield maps
+
+
+def _recorder(
+    maps: CapturedAttention, name: str, index: int, request: WeightsRequest | None, heads, detach: bool
+) -> Callable:
+    """The forward hook of module ``name``: records ``output[index]`` (the chosen heads) in
+    ``maps`` and changes nothing."""
+    narrowed = request is not None and heads is not None  # a call may have computed `heads` alone
+
+    def hook(mod, args, output):
+        w = output[index] if isinstance(output, tuple) and len(output) > index else None
+        selected = narrowed and request.took_heads()  # w holds `heads` alone
+        if w is not None:
+            w = w.detach() if detach else w
+            maps.record(name, w if selected or heads is None else select_heads(w, heads, name))
+
+    return hook

@@ -201,7 +201,11 @@ _REQUESTS: dict[int, list[WeightsRequest]] = {}
 
 @contextmanager
 def weights_requested(
-    modules: Iterable[nn.Module], *, graph: bool, heads: Iterable[int] | None = None
+    modules: Iterable[nn.Module],
+    *,
+    graph: bool,
+    heads: Iterable[int] | None = None,
+    ids: Iterable[int] | None = None,
 ) -> Iterator[WeightsRequest]:
     """While the block runs, calls of ``modules`` (and of their submodules: the one that calls
     the attention function may be a child) return exact weights. With ``graph=True`` those
@@ -209,11 +213,16 @@ def weights_requested(
     from (gradients flow through them). With ``heads``, a call may compute the weights of those
     heads only (see :class:`WeightsRequest`). Overlapping requests (from several threads) stack.
 
+    ``ids``: the ids of ``modules`` and of all their submodules, when the caller holds them
+    (a cached walk of the model): ``modules`` are then not walked.
+
     Yields:
         The :class:`WeightsRequest`.
     """
     request = WeightsRequest(graph=graph, heads=None if heads is None else tuple(heads))
-    keys = list(dict.fromkeys(id(m) for module in modules for m in module.modules()))
+    if ids is None:
+        ids = (id(m) for module in modules for m in module.modules())
+    keys = list(dict.fromkeys(ids))
     with _REQUESTS_LOCK:
         for key in keys:
             _REQUESTS.setdefault(key, []).append(request)
