@@ -272,3 +272,38 @@ def test_without_transformers_the_extra_is_named(monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)
     with pytest.raises(ImportError, match=r"pip install 'qkv\[interop\]'"):
         register_hf()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    ("b", "h", "tq", "tk", "d", "dv"), [(2, 12, 16, 16, 32, 32), (1, 3, 1, 7, 5, 9), (3, 2, 9, 1024, 8, 4)]
+)
+def test_plain_weights_first_is_bitwise_the_general_path(dtype, b, h, tq, tk, d, dv):
+    """An unmasked, unbiased call that keeps every weight runs a handful of ops
+    (``hf_weights_first``): bitwise what ``attention_from_weights`` gives, weights and output, for
+    transformers' (B, H, T, D) views, with or without a scale; anything less plain is declined."""
+    from qkv.api.weights_first import attention_from_weights
+    from qkv.interop.hf_weights_first import plain_weights_first
+
+    g = torch.Generator().manual_seed(tk)
+    q = torch.randn(b, tq, h, d, generator=g, dtype=dtype).transpose(1, 2)  # (B, H, Tq, D), a view
+    k = torch.randn(b, tk, h, d, generator=g, dtype=dtype).transpose(1, 2)
+    v = torch.randn(b, h, tk, dv, generator=g, dtype=dtype)
+    for scale in (None, 0.125, 1.0, 3):
+        out, weights = plain_weights_first(q, k, v, scale)
+        ref = attention_from_weights(q, k, v, scale=scale)
+        assert torch.equal(weights, ref.weights) and torch.equal(out, ref.out)
+    assert (weights.sum(-1) - 1).abs().max() < 1e-6  # rows sum to one
+    long_k, long_v = (torch.zeros(b, h, 1025, t.shape[-1], dtype=dtype) for t in (k, v))
+    declined = [
+        (q[:, :1], k, v, None),  # grouped-query: fewer query heads than key heads here
+        (q, k[:, :1], v[:, :1], None),  # grouped-query key/value heads
+        (q.half(), k.half(), v.half(), None),  # computed in float32: the general path casts
+        (q, k, v, float("nan")),  # a bad scale: the general path reports it
+        (q, long_k, long_v, None),  # past one key block of the weights pass
+        (q, k, v[:, :, :-1] if tk > 1 else v[:, :, :0], None),  # values of another length
+    ]
+    for args in declined:
+        assert plain_weights_first(*args) is None
+    with torch.enable_grad():
+        assert plain_weights_first(q.requires_grad_(), k, v, None) is None

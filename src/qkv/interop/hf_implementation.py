@@ -71,6 +71,7 @@ from ..api.weights_first import attention_from_weights, weights_first_applies
 from ..masks.core import Mask, causal
 from ..masks.torch_masks import split_float_mask
 from .hf_decoder_mask import DecoderMask, decoder_mask
+from .hf_weights_first import plain_weights_first
 
 __all__ = [
     "IMPLEMENTATION",
@@ -374,23 +375,53 @@ def qkv_attention_forward(
     heads = _heads_for(requests, query.shape[1], asked)
     training = module.training and dropout > 0
     graph = bool(requests) and any(r.graph for r in requests)
+    out, weights = _attend(
+        query, key, value, mask, bias, scaling, float(dropout), training,
+        need_weights=requests is not None or asked, heads=heads, graph=graph,
+    )  # fmt: skip
+    for request in requests or ():
+        request.hand_heads(heads is not None)
+    return out.transpose(1, 2).contiguous(), weights  # (B, H, Tq, Dv) -> (B, Tq, H, Dv)
+
+
+def _attend(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    mask: Tensor | Mask | None,
+    bias: Tensor | None,
+    scale: float | None,
+    dropout: float,
+    training: bool,
+    *,
+    need_weights: bool,
+    heads: tuple[int, ...] | None,
+    graph: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """``(out (B, H, Tq, Dv), weights or None)`` of one call. A call that keeps every weight
+    computes its output from them (one pass instead of the kernel and the weights pass): in a
+    handful of ops when there is nothing to mask or add (:mod:`qkv.interop.hf_weights_first`),
+    else through :func:`qkv.api.weights_first.attention_from_weights`. Other calls run
+    :func:`qkv.attention` (``auto``, or the reference backend when the weights carry gradients)."""
     if (
-        (requests is not None or asked)
+        need_weights
         and heads is None
         and not graph
         and weights_first_applies(query, key, value, mask, training)
-    ):  # every weight is kept: the output is computed from them, one pass instead of two
-        res = attention_from_weights(query, key, value, mask=mask, bias=bias, scale=scaling)
+    ):
+        plain = (
+            None if mask is not None or bias is not None else plain_weights_first(query, key, value, scale)
+        )
+        if plain is not None:
+            return plain
+        res = attention_from_weights(query, key, value, mask=mask, bias=bias, scale=scale)
     else:
         res = attention(
-            query, key, value, mask=mask, bias=bias, scale=scaling, dropout_p=float(dropout),
-            training=training, need_weights=requests is not None or asked,
-            weights_for=None if heads is None else (list(heads), None),
+            query, key, value, mask=mask, bias=bias, scale=scale, dropout_p=dropout, training=training,
+            need_weights=need_weights, weights_for=None if heads is None else (list(heads), None),
             backend="reference" if graph else "auto",
         )  # fmt: skip
-    for request in requests or ():
-        request.hand_heads(heads is not None)
-    return res.out.transpose(1, 2).contiguous(), res.weights  # (B, H, Tq, Dv) -> (B, Tq, H, Dv)
+    return res.out, res.weights
 
 
 def _refuse(module: nn.Module, kwargs: dict[str, Any]) -> None:
