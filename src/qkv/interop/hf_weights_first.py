@@ -6,7 +6,7 @@ the call has nothing to mask and nothing to add (no mask, no bias, no pattern: a
 without padding), one head per key/value head, a floating dtype of its own compute precision
 (float32 or float64) and no gradient, that is::
 
-    weights = softmax(Q K^T * scale)      # (B, H, Tq, Tk), normalized in place
+    weights = softmax(Q K^T * scale)      # (B, H, Tq, Tk), scaled and normalized in place
     out     = weights @ V                 # (B, H, Tq, Dv)
 
 exactly the ops :func:`qkv.api.weights_first.attention_from_weights` runs for it, so the result
@@ -25,6 +25,8 @@ import math
 
 import torch
 from torch import Tensor
+
+from ..backends.attention_weights import _softmax_  # the weights pass's own in-place softmax
 
 __all__ = ["plain_weights_first"]
 
@@ -58,5 +60,5 @@ def plain_weights_first(
     logits = query @ key.transpose(-2, -1)  # (B, H, Tq, Tk), a new contiguous tensor
     if scale != 1.0:
         logits.mul_(scale)
-    weights = torch.softmax(logits, dim=-1)  # bitwise the weights pass's in-place softmax
-    return weights @ value, weights
+    _softmax_(logits)  # in place, as the weights pass: no second logit-sized tensor to fault in
+    return logits @ value, logits
