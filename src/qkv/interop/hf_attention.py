@@ -21,6 +21,12 @@ or an ``OutputRecorder(class, index, layer_name)``); those modules return
    nothing;
 4. on exit removes the hooks and requests and restores each config's previous implementation.
 
+Steps 1-3 read the model's structure (its declared attention modules, its sub-models, the
+implementation it supports, the settings ``set_attn_implementation`` gives its configs) from a
+walk kept per model until its module tree changes (:data:`_WALKS`, :mod:`qkv._module_tree`); the
+configs' current implementations are read on each entry, and a switch from settings seen before
+replays what ``set_attn_implementation`` set then.
+
 The switch is the model's own setting, scoped to the ``with`` block: while it lasts, any call
 of that model runs the switched implementation (from any thread); captures of the same model
 that overlap share it, and the last one to exit restores the implementation. Nothing else
