@@ -25,6 +25,7 @@ Three parts, float32 on CPU, one document per batch.
     python -m benchmarks.hf_patterns                                 # 512 to 16384 tokens
     python -m benchmarks.hf_patterns --lengths 512,4096 --dense-max 4096 --windows 64,128
     python -m benchmarks.hf_patterns --quick                         # smoke run
+    python -m benchmarks.hf_patterns --parts decoder --decoder-lengths 256 --reps 1 --out /tmp/hf_patterns
 """
 
 from __future__ import annotations
@@ -258,6 +259,19 @@ def to_markdown(res: dict[str, Any]) -> str:
     )
 
 
+PARTS = ("cost", "decoder", "quality")
+
+
+def _parts(text: str) -> list[str]:
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    bad = [p for p in parts if p not in PARTS]
+    if bad or not parts:
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated subset of {','.join(PARTS)}, got {text!r}"
+        )
+    return parts
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="hf_patterns", description=__doc__.splitlines()[0])
     p.add_argument("--lengths", type=int_list(2), default=[512, 2048, 8192, 16384], help="document lengths")
@@ -275,6 +289,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--quick", action="store_true", help="256 and 512 tokens, 1 round, 2 documents: a smoke run"
     )
+    p.add_argument(
+        "--parts",
+        type=_parts,
+        default=list(PARTS),
+        help=f"parts to run, comma-separated, of {','.join(PARTS)} (default all; a part not run reports no rows)",
+    )
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="output folder")
     args = p.parse_args(argv)
     if args.quick:
         args.lengths, args.reps, args.windows, args.documents = [256, 512], 1, [64], 2
@@ -285,11 +306,16 @@ def main(argv: list[str] | None = None) -> int:
     res = {
         "suite": SUITE, "machine": info, "transformers": transformers.__version__, "reps": args.reps,
         "window": args.window, "dense_max": args.dense_max,
-        "cost": _cost(args.lengths, args.window, args.dense_max, args.reps),
-        "decoder": _decoder_cost(args.decoder_lengths, args.window, args.dense_max, args.reps),
-        "quality": _quality(args.quality_tokens, args.windows, args.documents),
+        "parts": args.parts,
+        "cost": _cost(args.lengths, args.window, args.dense_max, args.reps) if "cost" in args.parts else [],
+        "decoder": (
+            _decoder_cost(args.decoder_lengths, args.window, args.dense_max, args.reps)
+            if "decoder" in args.parts else []
+        ),
+        "quality": _quality(args.quality_tokens, args.windows, args.documents) if "quality" in args.parts else [],
     }  # fmt: skip
-    write_report(REPO / "benchmarks" / "results", SUITE, args.quick, res, to_markdown)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_report(args.out, SUITE, args.quick, res, to_markdown)
     return 0
 
 
