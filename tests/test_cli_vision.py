@@ -64,7 +64,7 @@ def test_show_config_of_a_vit(capsys):
     assert tables["data"]["dataset"] == "located-digits"
     assert tables["model"] == {
         "kind": "vit", "patch_size": 4, "dim": 48, "depth": 4, "heads": 4, "mlp_dim": 128, "dropout": 0.0,
-        "pool": "cls", "positions": "learned", "pixel_mean": 0.5, "pixel_std": 0.5,
+        "pool": "cls", "positions": "learned", "pixel_mean": 0.5, "pixel_std": 0.5, "stem": "patch",
     }  # fmt: skip
     assert tables["train"]["label_smoothing"] == 0.1
 

@@ -373,12 +373,15 @@ def test_clear_errors(toy):
 # ----------------------------------------------------------------------------- qkv's ViT
 
 
+@pytest.mark.parametrize("stem", ["patch", "conv"])
 @pytest.mark.parametrize("pool", ["cls", "mean"])
-def test_qkv_vit_maps_equal_its_own_weights(pool):
+def test_qkv_vit_maps_equal_its_own_weights(pool, stem):
+    # with the convolutional stem the grid the explainers see is the stem's output grid
     from qkv.models.vit import ViT, ViTConfig
 
     torch.manual_seed(6)
-    model = ViT(ViTConfig(image_size=8, patch_size=2, dim=16, depth=2, heads=2, mlp_dim=32, pool=pool)).eval()
+    cfg = ViTConfig(image_size=8, patch_size=2, dim=16, depth=2, heads=2, mlp_dim=32, pool=pool, stem=stem)
+    model = ViT(cfg).eval()
     images = torch.randn(2, 1, 8, 8)
     with torch.no_grad():
         _, maps = model(images, need_weights=True)
@@ -396,3 +399,4 @@ def test_qkv_vit_maps_equal_its_own_weights(pool):
     for method in IMAGE_METHODS:
         exp = explain_image(model, images, method=method)
         assert exp.pixels.shape == (2, 8, 8) and torch.isfinite(exp.pixels).all()
+        assert exp.patches.shape == (2, 4, 4) and exp.grid.patch == (2, 2)

@@ -1,10 +1,11 @@
-"""The Vision Transformer: shapes, row-major patch order, exact attention maps, bad input, learning."""
+"""The Vision Transformer: shapes, row-major patch order, exact attention maps, bad input, learning;
+the convolutional stem against a hand-written float64 reference."""
 
 import pytest
 import torch
 
 from qkv.models.builders import build_image_model
-from qkv.models.vit import ViT, ViTConfig, sincos2d_table
+from qkv.models.vit import ConvStem, ViT, ViTConfig, sincos2d_table
 from qkv.vision.config import VIT_PRESETS
 
 
@@ -82,6 +83,11 @@ def test_bad_input_names_the_argument():
         ViTConfig(image_size=8, patch_size=2, pool="max")
     with pytest.raises(ValueError, match=r"dim: expected a multiple of heads=4, got 10"):
         ViTConfig(image_size=8, patch_size=2, dim=10)
+    with pytest.raises(ValueError, match=r"stem: expected one of patch, conv, got 'hybrid'"):
+        ViTConfig(image_size=8, patch_size=2, stem="hybrid")
+    for patch in (1, 3, 6):
+        with pytest.raises(ValueError, match=rf"patch_size: stem=.conv. needs a power of 2 .*{patch}"):
+            ViTConfig(image_size=12, patch_size=patch, stem="conv")
 
 
 def test_presets_build():
@@ -104,7 +110,8 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def test_tiny_vit_learns_where_the_bright_patch_is(one_thread):
+@pytest.mark.parametrize("stem", ["patch", "conv"])
+def test_tiny_vit_learns_where_the_bright_patch_is(one_thread, stem):
     # class = the quadrant holding a bright 2x2 blob: attention must find the blob's patch
     g = torch.Generator().manual_seed(0)
     n = 192
@@ -114,7 +121,7 @@ def test_tiny_vit_learns_where_the_bright_patch_is(one_thread):
         y = (q // 2) * 4 + int(torch.randint(0, 3, (1,), generator=g))
         x = (q % 2) * 4 + int(torch.randint(0, 3, (1,), generator=g))
         images[i, 0, y : y + 2, x : x + 2] += 1.0
-    m = make(num_classes=4).train()
+    m = make(num_classes=4, stem=stem).train()
     opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
     for _ in range(80):
         loss = torch.nn.functional.cross_entropy(m(images[:128]), labels[:128])
@@ -125,3 +132,106 @@ def test_tiny_vit_learns_where_the_bright_patch_is(one_thread):
     with torch.no_grad():
         accuracy = (m(images[128:]).argmax(-1) == labels[128:]).float().mean().item()
     assert accuracy >= 0.9, accuracy
+
+
+# ----------------------------------------------------------------------------- the convolutional stem
+
+
+def test_conv_stem_layers_shapes_and_grid():
+    m = make(image_size=16, image_width=24, patch_size=4, dim=16, stem="conv", num_classes=3)  # 2 halvings
+    convs = [layer for layer in m.patch_embed.modules() if isinstance(layer, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.stride) for c in convs] == [
+        (1, 8, (3, 3), (2, 2)), (8, 16, (3, 3), (2, 2)), (16, 16, (1, 1), (1, 1))]  # fmt: skip
+    assert m.grid == (4, 6) and m.patch_size == 4 and m.num_prefix_tokens == 1
+    images = torch.rand(5, 1, 16, 24)
+    assert m.patch_embed((images - 0.5) / 0.5).shape == (5, 24, 16)  # (B, N, E)
+    logits, maps = m(images, need_weights=True)
+    assert logits.shape == (5, 3) and [tuple(w.shape) for w in maps.encoder] == [(5, 4, 25, 25)] * 2
+    eight = make(image_size=32, patch_size=8, dim=32, heads=4, stem="conv").patch_embed
+    widths = [c.out_channels for c in eight.modules() if isinstance(c, torch.nn.Conv2d)]
+    assert widths == [8, 16, 32, 32]  # E/4, E/2, E, then the 1x1 to E
+
+
+def test_patch_stem_state_dict_is_unchanged():
+    # checkpoints written before the stem option (no "stem" key) load as the patch stem
+    m = make()
+    stem_keys = {k for k in m.state_dict() if k.startswith("patch_embed.")}
+    assert stem_keys == {"patch_embed.proj.weight", "patch_embed.proj.bias"}
+    fields = {k: v for k, v in m.config.to_dict().items() if k not in ("kind", "stem")}
+    assert ViT(ViTConfig(**fields)).config.stem == "patch"
+
+
+def test_conv_stem_receptive_field_on_the_grid():
+    # a pixel at (y, x) reaches token (i, j) iff 4i-3 <= y <= 4i+3 and 4j-3 <= x <= 4j+3
+    # (two 3x3 stride-2 convolutions, padding 1): the first pixel (4r, 4c) of a patch reaches its
+    # own token only; any other pixel also reaches a neighbour's (but on the last row or column)
+    m = make(image_size=16, patch_size=4, dim=16, stem="conv")
+    base = torch.rand(1, 1, 16, 16)
+    before = m.tokens(base)
+    for y, x in [(0, 0), (12, 8), (5, 9), (6, 7), (15, 3), (13, 13)]:
+        changed = base.clone()
+        changed[0, 0, y, x] += 5.0
+        diff = (m.tokens(changed) - before).abs().amax(dim=-1)[0, 1:]  # (N,) the patch tokens
+        moved = set(torch.nonzero(diff > 0).flatten().tolist())
+        reach = {i * 4 + j for i in range(4) for j in range(4) if abs(y - 4 * i) <= 3 and abs(x - 4 * j) <= 3}
+        assert moved == reach, (y, x)
+        assert (y // 4) * 4 + x // 4 in moved
+        if y % 4 == 0 and x % 4 == 0:
+            assert moved == {(y // 4) * 4 + x // 4}
+
+
+def _conv_by_hand(x, weight, bias, stride, padding):
+    """A convolution written as im2col: every output pixel is one dot product, in float64."""
+    b, _, height, width = x.shape
+    out_c, _, k, _ = weight.shape
+    x = torch.nn.functional.pad(x, (padding,) * 4)
+    oh, ow = (height + 2 * padding - k) // stride + 1, (width + 2 * padding - k) // stride + 1
+    out = torch.zeros(b, out_c, oh, ow, dtype=x.dtype)
+    for i in range(oh):
+        for j in range(ow):
+            window = x[:, :, i * stride : i * stride + k, j * stride : j * stride + k]  # (B, C, k, k)
+            out[:, :, i, j] = window.flatten(1) @ weight.flatten(1).T
+    return out if bias is None else out + bias[None, :, None, None]
+
+
+def _stem_by_hand(stem, x, training):
+    layers = list(stem.convs)
+    for conv, norm in zip(layers[0::3], layers[1::3], strict=True):
+        x = _conv_by_hand(x, conv.weight, None, 2, 1)
+        if training:  # batch statistics, the biased variance
+            mean, var = x.mean(dim=(0, 2, 3)), x.var(dim=(0, 2, 3), unbiased=False)
+        else:
+            mean, var = norm.running_mean, norm.running_var
+        x = (x - mean[:, None, None]) / torch.sqrt(var[:, None, None] + norm.eps)
+        x = (x * norm.weight[:, None, None] + norm.bias[:, None, None]).clamp(min=0)
+    x = _conv_by_hand(x, stem.proj.weight, stem.proj.bias, 1, 0)  # (B, E, h, w)
+    return x.flatten(2).transpose(1, 2)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_conv_stem_equals_a_hand_written_reference_in_float64(training):
+    torch.manual_seed(1)
+    cfg = ViTConfig(image_size=12, image_width=8, patch_size=4, channels=2, dim=8, heads=2, stem="conv")
+    stem = ConvStem(cfg).double()
+    for norm in (m for m in stem.modules() if isinstance(m, torch.nn.BatchNorm2d)):  # non-trivial norms
+        torch.nn.init.uniform_(norm.weight, 0.5, 1.5)
+        torch.nn.init.uniform_(norm.bias, -0.5, 0.5)
+        norm.running_mean.uniform_(-0.3, 0.3)
+        norm.running_var.uniform_(0.5, 2.0)
+    stem.train(training)
+    x = torch.randn(3, 2, 12, 8, dtype=torch.float64)
+    got = stem(x)
+    assert got.shape == (3, 3 * 2, 8)  # (B, N = 3 x 2, E)
+    torch.testing.assert_close(got, _stem_by_hand(stem, x, training), rtol=1e-12, atol=1e-12)
+    stem.eval()
+    x.requires_grad_(True)
+    assert torch.autograd.gradcheck(stem, (x[:1],), eps=1e-6, atol=1e-7)
+
+
+def test_conv_stem_in_eval_keeps_the_images_of_a_batch_apart():
+    m = make(image_size=8, patch_size=4, stem="conv")
+    images = torch.rand(4, 1, 8, 8)
+    other = images.clone()
+    other[2] = torch.rand(1, 8, 8)
+    same = [0, 1, 3]
+    torch.testing.assert_close(m(other)[same], m(images)[same], rtol=0, atol=0)

@@ -185,7 +185,8 @@ def test_resolve_picks_the_preset_of_the_data():
     assert resolve(overrides=["--data.dataset=digits"]).model["patch_size"] == 2
     cfg = resolve(overrides=["--data.dataset=located-digits", "--model.dim=32"])
     assert cfg.model["patch_size"] == 4 and cfg.model["dim"] == 32
-    assert resolve(preset="vit-fashion-mnist").model["depth"] == 4
+    fashion = resolve(preset="vit-fashion-mnist").model
+    assert (fashion["stem"], fashion["patch_size"], fashion["depth"]) == ("conv", 4, 3)
     with pytest.raises(ValueError, match=r"unknown keys \['bogus'\]"):
         resolve(overrides=["--model.bogus=1"])
     with pytest.raises(

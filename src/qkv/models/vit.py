@@ -18,6 +18,24 @@ token ``num_prefix_tokens + r * w + c`` (the class token, when there is one, is 
 explainer finds the grid from the public attributes ``grid = (h, w)``, ``num_prefix_tokens`` and
 ``patch_size``, never from a user's reshape.
 
+Stems: ``stem="patch"`` (the paper's) is the linear patch projection above. ``stem="conv"`` is the
+convolutional stem of Xiao et al. 2021, "Early Convolutions Help Transformers See Better" (and
+the "hybrid architecture" of the ViT paper, sec. 3.1: tokens read from a CNN feature map):
+``log2(P)`` stride-2 ``3 x 3`` convolutions, each followed by BatchNorm and ReLU and doubling
+the channels up to ``E`` (``E/2^(k-1), ..., E/2, E`` for ``k = log2(P)`` convolutions), then a
+``1 x 1`` convolution to ``E``::
+
+    stem "conv"  x = Conv1x1(ReLU(BN(Conv3x3/2( ... ReLU(BN(Conv3x3/2(image))) ... ))))
+
+Each halving of the image is one stride-2 convolution, so ``P`` must be a power of 2 and the
+grid is the same ``h x w = H/P x W/P`` as the patch stem's: token ``r * w + c`` is still the
+feature of the ``P x P`` pixels at grid row ``r``, column ``c`` (its receptive field is wider:
+``2P - 1`` pixels plus the borders' overlap), and every explanation that reads ``grid`` and
+``patch_size`` works unchanged. Xiao et al. found small ViTs with it converge faster and are less
+sensitive to the optimizer's settings; they take one block away to keep the compute equal (the
+stem costs about one block). BatchNorm makes a training step depend on the whole batch; in
+``eval()`` mode (prediction, explanation) each image's output is its own.
+
 Positions: ``"learned"`` (a trained vector per patch and one for the class token, as in the
 paper) or ``"sincos2d"`` (fixed; the first half of the features encode the patch's row, the second
 half its column with :func:`qkv.modules.sinusoidal_table`, the class token gets zeros, as in MAE,
@@ -42,11 +60,12 @@ from .._types import AttentionMaps
 from ..modules import MultiHeadAttention
 from ..modules.positional import sinusoidal_table
 
-__all__ = ["POOLS", "POSITIONS", "ViT", "ViTConfig"]
+__all__ = ["POOLS", "POSITIONS", "STEMS", "ConvStem", "PatchEmbedding", "ViT", "ViTConfig"]
 
-#: The values of :attr:`ViTConfig.pool` and :attr:`ViTConfig.positions`.
+#: The values of :attr:`ViTConfig.pool`, :attr:`ViTConfig.positions` and :attr:`ViTConfig.stem`.
 POOLS = ("cls", "mean")
 POSITIONS = ("learned", "sincos2d")
+STEMS = ("patch", "conv")
 
 
 @dataclass(frozen=True)
@@ -66,6 +85,8 @@ class ViTConfig:
         pool: one of ``POOLS``: read the class token (``"cls"``) or average the patch tokens
             (``"mean"``, no class token).
         positions: one of ``POSITIONS`` (``"sincos2d"`` needs an even ``dim``).
+        stem: one of ``STEMS``: the linear patch projection (``"patch"``) or the convolutional
+            stem (``"conv"``, Xiao et al. 2021; ``patch_size`` a power of 2 >= 2).
         pixel_mean, pixel_std: the model's first step, ``(images - pixel_mean) / pixel_std``, so it
             takes images in [0, 1] as they are drawn (0.5 and 0.5 map them to [-1, 1], as Hugging
             Face's ``ViTImageProcessor`` does; centred inputs train several times faster).
@@ -85,6 +106,7 @@ class ViTConfig:
     pixel_mean: float = 0.5
     pixel_std: float = 0.5
     image_width: int | None = None
+    stem: str = "patch"
 
     def __post_init__(self) -> None:
         for name in ("image_size", "patch_size", "channels", "num_classes", "dim", "heads", "mlp_dim"):
@@ -112,9 +134,12 @@ class ViTConfig:
                 raise ValueError(f"{name}: expected a finite number, got {value!r}")
         if self.pixel_std <= 0:
             raise ValueError(f"pixel_std: expected a number > 0, got {self.pixel_std!r}")
-        for name, valid in (("pool", POOLS), ("positions", POSITIONS)):
+        for name, valid in (("pool", POOLS), ("positions", POSITIONS), ("stem", STEMS)):
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name}: expected one of {', '.join(valid)}, got {getattr(self, name)!r}")
+        if self.stem == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
+            raise ValueError(f"patch_size: stem='conv' needs a power of 2 >= 2 (one stride-2 convolution "
+                             f"per halving), got {self.patch_size}")  # fmt: skip
         if self.positions == "sincos2d" and self.dim % 2:
             raise ValueError(f"dim: positions='sincos2d' needs an even dim, got {self.dim}")
 
@@ -156,6 +181,30 @@ class PatchEmbedding(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         x = self.proj(images)  # (B, E, h, w)
+        return x.flatten(2).transpose(1, 2)  # (B, E, h*w) -> (B, N, E), row-major
+
+
+class ConvStem(nn.Module):
+    """``(B, C, H, W) -> (B, N, E)``: the convolutional stem of Xiao et al. 2021 (see the module
+    docstring): ``k = log2(P)`` stride-2 ``3 x 3`` convolutions (padding 1, no bias), each with
+    BatchNorm and ReLU, widths ``E/2^(k-1), ..., E``, then a ``1 x 1`` convolution to ``E``;
+    flattened row-major like :class:`PatchEmbedding`, on the same ``h x w`` grid."""
+
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__()
+        k = cfg.patch_size.bit_length() - 1  # P = 2^k
+        layers: list[nn.Module] = []
+        width_in = cfg.channels
+        for i in range(k):
+            width = max(1, cfg.dim >> (k - 1 - i))  # E/2^(k-1), ..., E/2, E
+            layers += [nn.Conv2d(width_in, width, kernel_size=3, stride=2, padding=1, bias=False),
+                       nn.BatchNorm2d(width), nn.ReLU()]  # fmt: skip
+            width_in = width
+        self.convs = nn.Sequential(*layers)
+        self.proj = nn.Conv2d(width_in, cfg.dim, kernel_size=1)
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = self.proj(self.convs(images))  # (B, C, H, W) -> (B, E/2^(k-1), H/2, W/2) ... -> (B, E, h, w)
         return x.flatten(2).transpose(1, 2)  # (B, E, h*w) -> (B, N, E), row-major
 
 
@@ -202,7 +251,7 @@ class ViT(nn.Module):
         self.patch_size = cfg.patch_size
         self.num_prefix_tokens = 1 if cfg.pool == "cls" else 0
         num_patches = self.grid[0] * self.grid[1]
-        self.patch_embed = PatchEmbedding(cfg)
+        self.patch_embed = ConvStem(cfg) if cfg.stem == "conv" else PatchEmbedding(cfg)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim)) if self.num_prefix_tokens else None
         if cfg.positions == "learned":  # one vector per token, the class token's included
             self.pos_embed = nn.Parameter(
