@@ -8,7 +8,8 @@ import pytest
 
 from qkv.cli.main import main
 from qkv.speech import INSTALL, Recognizer
-from qkv.speech.demo import DEMO_RUNS
+from qkv.speech.data import cache_key
+from qkv.speech.demo import DEMO_RUNS, LAS_RECIPE
 
 needs_synthesizers = pytest.mark.skipif(
     shutil.which("espeak-ng") is None or shutil.which("flite") is None,
@@ -36,6 +37,13 @@ def test_quick_speech_demo_writes_metrics_checkpoints_and_an_offline_report(tmp_
         )
         assert m["train_seconds"] > 0 and m["train_cpu_seconds"] > 0
     assert [m["beam"] for m in metrics.values()] == [DEMO_RUNS[name][2] for name in metrics] == [4, 1]
+    # LAS trained on half flite speech with warped filterbanks, the Transformer on the default mix;
+    # both scored on the same held-out utterances (one cache file per held-out split)
+    assert LAS_RECIPE == ["--data.warp=0.1", "--data.flite_share=0.5"]
+    cache = tmp_path / "cache" / "speech"
+    trains = {cache_key("train", 16, warp=0.1, flite_share=0.5), cache_key("train", 16)}
+    assert {p.name for p in cache.glob("train-*")} == trains
+    assert len(list(cache.glob("kal16-*"))) == len(list(cache.glob("test-*"))) == 1
     assert "las (additive attention)" in Recognizer.load(out / "las").describe()
     assert (
         Recognizer.load(out / "transformer")

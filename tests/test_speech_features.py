@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from qkv.speech.features import hz_to_mel, log_mel, mel_filterbank, mel_to_hz, resample
+from qkv.speech.features import hz_to_mel, log_mel, mel_filterbank, mel_to_hz, resample, speed_perturb
+from qkv.speech.vtlp import warp_frequencies
 from qkv.speech.wav import read_wav
 
 
@@ -38,6 +39,49 @@ def test_mel_filterbank_equals_the_formula(n_freqs, n_mels, rate, f_min):
     np.testing.assert_allclose(
         fb.double().numpy(), _filterbank_loops(n_freqs, n_mels, rate, f_min, rate / 2), atol=1e-6
     )
+
+
+@pytest.mark.parametrize("alpha", [0.9, 0.95, 1.05, 1.1])
+def test_vtlp_warp_is_alpha_below_the_boundary_and_keeps_both_ends(alpha):
+    f = torch.linspace(0, 8000, 8001, dtype=torch.float64)
+    w = warp_frequencies(f, alpha, 8000.0)
+    boundary = 4800 * min(alpha, 1) / alpha  # the paper's f_hi at 16 kHz
+    low = f <= boundary
+    torch.testing.assert_close(w[low], alpha * f[low], rtol=1e-12, atol=0)
+    assert float(w[0]) == 0.0 and float(w[-1]) == pytest.approx(8000.0, abs=1e-9)
+    assert bool((w.diff() > 0).all())  # increasing: the filters stay in order
+    assert float(w[low].max()) <= 4800 + 1e-9
+    # continuous at the boundary: the two pieces meet
+    b = torch.tensor([boundary - 1e-6, boundary + 1e-6], dtype=torch.float64)
+    assert float(warp_frequencies(b, alpha, 8000.0).diff()) < 1e-5
+    assert warp_frequencies(f, 1.0, 8000.0) is f
+    with pytest.raises(ValueError, match=r"alpha: expected a warp factor in \(0.5, 2\), got 3"):
+        warp_frequencies(f, 3, 8000.0)
+    with pytest.raises(ValueError, match=r"f_hi: expected a frequency in \(0, 8000.0\), got 9000"):
+        warp_frequencies(f, 1.1, 8000.0, f_hi=9000)
+
+
+@pytest.mark.parametrize("alpha", [0.9, 1.1])
+def test_a_warped_filterbank_is_the_formula_on_warped_edges(alpha):
+    n_freqs, n_mels, rate, f_min = 201, 40, 16000, 20.0
+    fb = mel_filterbank(n_freqs, n_mels, rate, f_min, warp=alpha)
+    torch.testing.assert_close(
+        mel_filterbank(n_freqs, n_mels, rate, f_min, warp=1.0), mel_filterbank(n_freqs, n_mels, rate, f_min)
+    )
+    m_lo, m_hi = hz_to_mel(f_min), hz_to_mel(rate / 2)
+    edges = mel_to_hz(torch.linspace(m_lo, m_hi, n_mels + 2, dtype=torch.float64))
+    edges = warp_frequencies(edges, alpha, rate / 2)
+    freqs = torch.linspace(0, rate / 2, n_freqs, dtype=torch.float64)
+    want = np.zeros((n_freqs, n_mels))
+    for m in range(n_mels):  # each filter a triangle on its warped edges, peak 1 at its centre
+        lo, c, hi = (float(e) for e in edges[m : m + 3])
+        want[:, m] = np.interp(freqs.numpy(), [lo, c, hi], [0.0, 1.0, 0.0], left=0.0, right=0.0)
+    np.testing.assert_allclose(fb.double().numpy(), want, atol=1e-6)
+    assert fb.shape == (n_freqs, n_mels) and float(fb.min()) == 0.0 and float(fb.max()) <= 1.0
+    # the low filters' centres move by alpha: the filter that peaks at bin k now peaks near alpha * k
+    base = mel_filterbank(n_freqs, n_mels, rate, f_min)
+    k0, k1 = base[:, 30].argmax(), fb[:, 30].argmax()
+    assert abs(int(k1) - alpha * int(k0)) <= 1
 
 
 def test_mel_scale_round_trip_and_anchor():
@@ -121,3 +165,19 @@ def test_read_wav_refuses_empty_not_audio_and_missing(tmp_path):
         read_wav(bad)
     with pytest.raises(FileNotFoundError, match="no such file"):
         read_wav(tmp_path / "absent.wav")
+
+
+@pytest.mark.parametrize("factor", [0.9, 1.1])
+def test_speed_perturbation_scales_duration_and_frequency_by_the_factor(factor):
+    rate = 16000
+    x = torch.sin(2 * math.pi * 500 * torch.arange(rate) / rate).double()  # 1 s of 500 Hz
+    y = speed_perturb(x, factor, rate)
+    assert y.shape[0] == math.ceil(rate * round(rate / factor / 100) * 100 / rate)
+    assert abs(y.shape[0] / rate - 1 / factor) < 0.005  # duration divided by the factor
+    # played back at the same rate, the tone is factor times higher
+    spectrum = torch.fft.rfft(y[1000:-1000] * torch.hann_window(y.shape[0] - 2000, dtype=torch.float64))
+    peak_hz = float(spectrum.abs().argmax()) * rate / (y.shape[0] - 2000)
+    assert peak_hz == pytest.approx(500 * factor, rel=0.005)
+    assert speed_perturb(x, 1.0, rate) is x
+    with pytest.raises(ValueError, match=r"factor: expected a speed factor in \(0.5, 2\), got 0"):
+        speed_perturb(x, 0, rate)

@@ -4,7 +4,8 @@ qkv.speech``; ``import qkv`` does not load it).
 
 - :mod:`qkv.speech.synthesizers`: espeak-ng and flite voices, :func:`synthesize`.
 - :mod:`qkv.speech.wav`: :func:`read_wav` (standard library ``wave`` + numpy).
-- :mod:`qkv.speech.features`: :func:`resample` (windowed sinc), :func:`mel_filterbank`, :func:`log_mel`.
+- :mod:`qkv.speech.features`: :func:`resample` (windowed sinc), :func:`speed_perturb`, :func:`mel_filterbank`, :func:`log_mel`.
+- :mod:`qkv.speech.vtlp`: :func:`warp_frequencies`, vocal tract length perturbation of the filterbank.
 - :mod:`qkv.speech.data`: :func:`spoken_numbers`, splits holding out whole voices, cached.
 - :mod:`qkv.speech.vocabulary`: :class:`WordVocabulary`, the output words.
 - :mod:`qkv.speech.config`: the run config (``[data]``, ``[model]``, ``[train]``), :func:`resolve`.
@@ -20,12 +21,13 @@ The layers: :mod:`qkv.speech` builds on :mod:`qkv.application`, :mod:`qkv.train`
 from .config import DATASETS, MODEL_PRESETS, DataConfig, RunConfig, SpeechTrainConfig, resolve, resume_config
 from .data import SPLITS, SpokenSet, Utterance, features_of, spoken_numbers, utterances, voice_splits
 from .decode import Hypothesis, beam_search, greedy
-from .features import SAMPLE_RATE, log_mel, mel_filterbank, resample
+from .features import SAMPLE_RATE, log_mel, mel_filterbank, resample, speed_perturb
 from .metrics import error_rates
 from .recognizer import Recognizer, Transcript
 from .synthesizers import INSTALL, SynthesizerMissing, Voice, synthesize
 from .training import SpeechTask, load_splits, train
 from .vocabulary import WordVocabulary, number_vocabulary
+from .vtlp import warp_frequencies
 from .wav import read_wav
 
 __all__ = [
@@ -58,9 +60,11 @@ __all__ = [
     "resample",
     "resolve",
     "resume_config",
+    "speed_perturb",
     "spoken_numbers",
     "synthesize",
     "train",
     "utterances",
     "voice_splits",
+    "warp_frequencies",
 ]

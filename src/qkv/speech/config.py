@@ -42,6 +42,10 @@ def _is_int(value: Any, least: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
+def _is_real(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """The ``[data]`` table: which utterances, how many, how split (:mod:`qkv.speech.data`)."""
@@ -54,6 +58,8 @@ class DataConfig:
     n_mels: int = 40  # log-mel bands
     split_seed: int = 0  # which espeak-ng voices are held out
     seed: int = 0  # which utterances are drawn
+    warp: float = 0.0  # training: vocal tract length perturbation factors drawn in [1 - warp, 1 + warp]
+    flite_share: float = 0.25  # training: the share of utterances spoken by flite's awb, rms and slt
     cache_dir: str = ""  # where generated features are kept ("": $QKV_CACHE/speech or ~/.cache/qkv/speech)
 
     def __post_init__(self) -> None:
@@ -64,6 +70,11 @@ class DataConfig:
             _expect("data", key, _is_int(value, least), f"an int >= {least}", value)
         _expect("data", "max_number", self.max_number <= 999_999, "an int <= 999999", self.max_number)
         _expect("data", "cache_dir", isinstance(self.cache_dir, str), "a path (str)", self.cache_dir)
+        _expect(
+            "data", "warp", _is_real(self.warp) and 0 <= self.warp < 0.5, "a number in [0, 0.5)", self.warp
+        )
+        share = self.flite_share
+        _expect("data", "flite_share", _is_real(share) and 0 <= share <= 1, "a number in [0, 1]", share)
 
 
 @dataclass(frozen=True)

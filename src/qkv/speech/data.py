@@ -4,9 +4,12 @@ Each utterance is one number ``0 .. max_number`` in English words (:func:`qkv.nu
 number_tokens`: ``742`` -> ``"seven hundred and forty two"``), spoken by one voice of
 ``espeak-ng`` (a language voice and a variant, at a drawn speed and pitch) or ``flite`` (awb,
 rms, slt; kal16 only in its own split), read from the WAV the synthesizer wrote, resampled to
-16 kHz (:func:`qkv.speech.features.resample`), perturbed (training: a tempo factor in [0.9,
-1.1] by resampling; every split: white noise at 20-40 dB SNR, seeded per utterance), and turned
-into a log-mel spectrogram normalised per utterance (each mel band's mean 0 and variance 1).
+16 kHz (:func:`qkv.speech.features.resample`), perturbed (training: a speed factor in [0.9,
+1.1] by resampling, :func:`qkv.speech.features.speed_perturb`; every split: white noise at
+20-40 dB SNR, seeded per utterance), and turned into a log-mel spectrogram (training, when
+``warp`` > 0: its filterbank warped by a factor in ``[1 - warp, 1 + warp]``, vocal tract length
+perturbation, :mod:`qkv.speech.vtlp`) normalised per utterance (each mel band's mean 0 and
+variance 1). ``flite_share`` sets how much of the training speech is flite's.
 
 Splits hold out whole voices (:func:`voice_splits`): the espeak-ng voices are shuffled by
 ``split_seed``; ``test`` voices (about 10%) and ``valid`` voices (about 5%) are never heard in
@@ -31,11 +34,20 @@ from torch import Tensor
 
 from ..application.run import torch_threads
 from ..number_words import number_tokens
-from .features import SAMPLE_RATE, log_mel, resample
+from .features import SAMPLE_RATE, log_mel, resample, speed_perturb
 from .synthesizers import ESPEAK_LANGUAGES, ESPEAK_VARIANTS, Voice, require, synthesize
 from .wav import read_wav
 
-__all__ = ["SPLITS", "SpokenSet", "Utterance", "features_of", "spoken_numbers", "utterances", "voice_splits"]
+__all__ = [
+    "SPLITS",
+    "SpokenSet",
+    "Utterance",
+    "cache_key",
+    "features_of",
+    "spoken_numbers",
+    "utterances",
+    "voice_splits",
+]
 
 #: The splits: training voices, two sets of voices never heard in training, flite's kal16.
 SPLITS = ("train", "valid", "test", "kal16")
@@ -54,6 +66,7 @@ class Utterance:
     tempo: float  # resampling factor after synthesis (1.0: none)
     noise_db: float  # signal-to-noise ratio of the added white noise
     seed: int
+    warp: float = 1.0  # vocal tract length perturbation of the mel filterbank (1.0: none)
 
 
 @dataclass
@@ -84,21 +97,26 @@ def voice_splits(split_seed: int = 0) -> dict[str, list[Voice]]:
     }
 
 
-def utterances(
-    split: str, size: int, *, seed: int = 0, split_seed: int = 0, max_number: int = 999
-) -> list[Utterance]:
+def utterances(split: str, size: int, *, seed: int = 0, split_seed: int = 0, max_number: int = 999,
+               warp: float = 0.0, flite_share: float = 0.25) -> list[Utterance]:  # fmt: skip
     """The ``size`` utterances of ``split`` (a pure function of the arguments): numbers drawn
-    uniformly from ``0 .. max_number``; in training a quarter of the utterances are flite's."""
+    uniformly from ``0 .. max_number``; in training a share ``flite_share`` of the utterances
+    are flite's, and each draws a vocal tract length perturbation uniform in ``[1 - warp,
+    1 + warp]`` (from its own random stream: ``warp`` changes no other draw; 0: none)."""
     if split not in SPLITS:
         raise ValueError(f"split: expected one of {', '.join(SPLITS)}, got {split!r}")
+    if not 0 <= warp < 0.5:
+        raise ValueError(f"warp: expected a largest warp deviation in [0, 0.5), got {warp!r}")
+    if not 0 <= flite_share <= 1:
+        raise ValueError(f"flite_share: expected a share in [0, 1], got {flite_share!r}")
     voices = voice_splits(split_seed)[split]
     espeak = [v for v in voices if v.engine == "espeak-ng"]
     flite = [v for v in voices if v.engine == "flite"]
-    rng = random.Random(f"{split}-{seed}")
+    rng, warps = random.Random(f"{split}-{seed}"), random.Random(f"{split}-{seed}-warp")
     out = []
     for _ in range(size):
         text = " ".join(number_tokens(rng.randint(0, max_number), "en"))
-        use_flite = not espeak or (flite and rng.random() < 0.25)
+        use_flite = not espeak or (flite and rng.random() < flite_share)
         voice = rng.choice(flite if use_flite else espeak)
         natural = split == "kal16"
         speed = (
@@ -119,15 +137,16 @@ def utterances(
                 round(tempo, 3),
                 rng.uniform(20, 40),
                 rng.randrange(2**31),
+                round(warps.uniform(1 - warp, 1 + warp), 3) if split == "train" and warp else 1.0,
             )
         )
     return out
 
 
-def features_of(waveform: Tensor, sample_rate: int, *, n_mels: int = 40) -> Tensor:
+def features_of(waveform: Tensor, sample_rate: int, *, n_mels: int = 40, warp: float = 1.0) -> Tensor:
     """The model's input ``(frames, n_mels)`` of a mono waveform at any rate: resampled to 16 kHz,
-    log-mel, each band normalised over time (mean 0, variance 1)."""
-    x = log_mel(resample(waveform, sample_rate, SAMPLE_RATE), n_mels=n_mels)  # (frames, M)
+    log-mel (its filterbank warped by ``warp``), each band normalised over time (mean 0, variance 1)."""
+    x = log_mel(resample(waveform, sample_rate, SAMPLE_RATE), n_mels=n_mels, warp=warp)  # (frames, M)
     return (x - x.mean(0)) / (x.std(0) + 1e-5)
 
 
@@ -135,12 +154,11 @@ def _render(u: Utterance, n_mels: int) -> Tensor:
     """One utterance synthesized, perturbed and turned into features."""
     wave, rate = read_wav(synthesize(u.text, u.voice, speed=u.speed, pitch=u.pitch))
     wave = resample(wave, rate, SAMPLE_RATE)
-    if u.tempo != 1.0:  # faster speech: fewer samples played at the same rate
-        wave = resample(wave, SAMPLE_RATE, round(SAMPLE_RATE / u.tempo / 100) * 100)
+    wave = speed_perturb(wave, u.tempo, SAMPLE_RATE)
     g = torch.Generator().manual_seed(u.seed)
     power = wave.pow(2).mean().clamp_min(1e-10)
     wave = wave + torch.randn(wave.shape, generator=g) * (power / 10 ** (u.noise_db / 10)).sqrt()
-    return features_of(wave, SAMPLE_RATE, n_mels=n_mels)
+    return features_of(wave, SAMPLE_RATE, n_mels=n_mels, warp=u.warp)
 
 
 def default_cache_dir() -> Path:
@@ -149,19 +167,33 @@ def default_cache_dir() -> Path:
     return Path(root) / "speech"
 
 
+def cache_key(split: str, size: int, *, seed: int = 0, split_seed: int = 0, max_number: int = 999,
+              n_mels: int = 40, warp: float = 0.0, flite_share: float = 0.25) -> str:  # fmt: skip
+    """The name of a split's cache file: a hash of every argument that changes what it holds.
+    ``warp`` and ``flite_share`` change only ``train`` (the other splits keep their files)."""
+    recipe = [warp, flite_share] if split == "train" and (warp, flite_share) != (0.0, 0.25) else []
+    key = json.dumps(
+        [_FORMAT, split, size, seed, split_seed, max_number, n_mels, *recipe], separators=(",", ":")
+    )
+    return f"{split}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+
+
 def spoken_numbers(split: str, size: int, *, seed: int = 0, split_seed: int = 0, max_number: int = 999,
-                   n_mels: int = 40, cache_dir: str | Path | None = None, workers: int | None = None) -> SpokenSet:  # fmt: skip
-    """One split of the spoken numbers (see the module docstring), from ``cache_dir``
-    (:func:`default_cache_dir` when None) or generated and cached there.
+                   n_mels: int = 40, warp: float = 0.0, flite_share: float = 0.25,
+                   cache_dir: str | Path | None = None, workers: int | None = None) -> SpokenSet:  # fmt: skip
+    """One split of the spoken numbers (see the module docstring and :func:`utterances` for
+    ``warp`` and ``flite_share``), from ``cache_dir`` (:func:`default_cache_dir` when None) or
+    generated and cached there under :func:`cache_key`.
 
     Raises:
         SynthesizerMissing: espeak-ng or flite is not installed (naming the install command).
     """
-    plan = utterances(split, size, seed=seed, split_seed=split_seed, max_number=max_number)
-    key = json.dumps([_FORMAT, split, size, seed, split_seed, max_number, n_mels], separators=(",", ":"))
-    path = (
-        Path(cache_dir or default_cache_dir()) / f"{split}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+    recipe = {"warp": warp, "flite_share": flite_share}
+    plan = utterances(split, size, seed=seed, split_seed=split_seed, max_number=max_number, **recipe)
+    name = cache_key(
+        split, size, seed=seed, split_seed=split_seed, max_number=max_number, n_mels=n_mels, **recipe
     )
+    path = Path(cache_dir or default_cache_dir()) / name
     if path.is_file():
         stored = torch.load(path, weights_only=True)
         feats = list(torch.split(stored["features"], stored["lengths"].tolist()))

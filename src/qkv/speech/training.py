@@ -44,7 +44,8 @@ def load_splits(d: DataConfig, splits: Sequence[str] = ("train", "valid")) -> di
     """The spoken numbers of a ``[data]`` table's splits (generated once, then read from the cache)."""
     sizes = {"train": d.train_size, "valid": d.valid_size, "test": d.test_size, "kal16": d.test_size}
     return {s: spoken_numbers(s, sizes[s], seed=d.seed, split_seed=d.split_seed, max_number=d.max_number,
-                              n_mels=d.n_mels, cache_dir=d.cache_dir or None) for s in splits}  # fmt: skip
+                              n_mels=d.n_mels, warp=d.warp, flite_share=d.flite_share, cache_dir=d.cache_dir or None)
+            for s in splits}  # fmt: skip
 
 
 def speech_facts(d: DataConfig) -> dict[str, Any]:
