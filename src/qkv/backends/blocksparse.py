@@ -226,6 +226,8 @@ class _Piece:
     keep: Tensor  # bool (n, 1, bq, S) | (B, n, H, bq, S)
     row_any: Tensor  # bool (n, 1, bq) | (B, n, H, bq): the row has a key in this piece
     dead: Tensor | None  # bool (n, 1, S, 1) | (B, n, H, S, 1): real keys no row may attend
+    # every pair of every tile is allowed: the kernel runs with no mask (none is built)
+    open: bool = False
     _additive: dict = field(default_factory=dict, compare=False)
 
     def part(self, a: int, b: int, per_batch: bool) -> _Piece:
@@ -245,6 +247,7 @@ class _Piece:
             keep=self.keep[cut],
             row_any=self.row_any[cut],
             dead=None if self.dead is None else self.dead[cut],
+            open=self.open,
         )
         part._additive.update({dt: m[cut] for dt, m in self._additive.items()})
         return part
@@ -402,7 +405,8 @@ class _Planner:
         for fields, kv_pos, attended, real in raw:
             unreachable = ~reach[self._where(kv_pos)]  # (n, 1, S) | (B, n, H, S)
             dead = (~attended & real & unreachable).unsqueeze(-1)  # (n, 1, S, 1) | (B, n, H, S, 1)
-            pieces.append(_Piece(**fields, dead=dead if bool(dead.any()) else None))
+            open_ = bool(fields["keep"].all())  # then no key is dead either
+            pieces.append(_Piece(**fields, dead=dead if bool(dead.any()) else None, open=open_))
         return pieces
 
     def _extra_pieces(self, extras: Tensor) -> list:
@@ -465,7 +469,9 @@ class _KeyRows:
     """A sample's keys ``(H, Tk, D)`` as rows of ``bk`` keys, ``(H, nKB + 1, bk * D)`` (the last
     row the zero block of the padding slots), read by block index without copying the keys: the
     whole blocks are a view, the ragged last block (zero-padded) and the zero block live in a
-    small ``(H, 1 | 2, bk * D)`` tensor."""
+    small ``(H, 1 | 2, bk * D)`` tensor. Gathers land in one workspace, reused by the next
+    gather (fresh large buffers cost page faults on every call): a gather's result is valid
+    until the next one."""
 
     def __init__(self, t: Tensor, bk: int, n_kb: int) -> None:
         h, tk, d = t.shape
@@ -476,14 +482,26 @@ class _KeyRows:
         self.extra = t.new_zeros((h, 2 if tail else 1, bk * d))  # [ragged block,] zero block
         if tail:
             self.extra[:, 0, : tail * d] = t[:, self.full * bk :].reshape(h, tail * d)
+        self._work = t.new_empty(0)
+
+    def _workspace(self, m: int) -> Tensor:
+        """``(H, m, bk * D)`` of the workspace, grown when a gather needs more."""
+        h, _, row = self.shape
+        if self._work.numel() < h * m * row:
+            self._work = self.whole.new_empty(h * m * row)
+        return self._work[: h * m * row].view(h, m, row)
 
     def select(self, idx: Tensor) -> Tensor:
-        """Rows ``idx`` (m,), block ids in ``0 .. nKB`` (nKB: the zero block): ``(H, m, bk * D)``."""
+        """Rows ``idx`` (m,), block ids in ``0 .. nKB`` (nKB: the zero block): ``(H, m, bk * D)``,
+        in the workspace (valid until the next call)."""
+        got = self._workspace(idx.numel())
         if self.full == 0:
-            return self.extra.index_select(1, idx)
+            return torch.index_select(self.extra, 1, idx, out=got)
         safe = idx.clamp(max=self.full - 1)
-        # index_select would first copy keys that are not contiguous (a ragged Tk): index them
-        got = self.whole.index_select(1, safe) if self.whole.is_contiguous() else self.whole[:, safe]
+        if self.whole.is_contiguous():
+            torch.index_select(self.whole, 1, safe, out=got)
+        else:  # index_select would first copy keys that are not contiguous (a ragged Tk)
+            got.copy_(self.whole[:, safe])
         over = idx >= self.full
         if bool(over.any()):
             got[:, over] = self.extra.index_select(1, idx[over] - self.full)
@@ -633,7 +651,10 @@ def _rows(t: Tensor, p: _Piece) -> Tensor:
     return t[p.span] if p.span is not None else t.index_select(0, p.rows)
 
 
-def _mask(p: _Piece, dtype: torch.dtype, b: int, per_batch: bool) -> Tensor:
+def _mask(p: _Piece, dtype: torch.dtype, b: int, per_batch: bool) -> Tensor | None:
+    """The kernel's additive mask of piece ``p`` (sample ``b``); None when the piece is open."""
+    if p.open:
+        return None
     m = p.additive(dtype)
     return m[b] if per_batch else m
 
@@ -643,7 +664,8 @@ def _parts(plan: _Plan, rows, dtype: torch.dtype) -> list[tuple[bool, _Piece]]:
     when it belongs to the first piece (whose rows are written, not merged). The parts' masks
     are views of their piece's, built once per ``dtype`` and kept in the plan."""
     for whole in plan.pieces:
-        whole.additive(dtype)
+        if not whole.open:
+            whole.additive(dtype)
     return [
         (i == 0, whole.part(a, c, plan.per_batch))
         for i, whole in enumerate(plan.pieces)
@@ -717,8 +739,10 @@ class _BlockSparseAttention(torch.autograd.Function):
             for first, p in parts:
                 ks, vs = sample.keys(p, b)
                 o, l_p = _flash(qb.read(p), ks, vs, _mask(p, q.dtype, b, plan.per_batch), scale)
-                row_any = p.row_any[b] if plan.per_batch else p.row_any  # (n, 1|H, bq)
-                l_p = l_p.to(cdt).masked_fill(~row_any, float("-inf"))  # the kernel says 0 there
+                l_p = l_p.to(cdt)
+                if not p.open:  # a row with no key in the piece: the kernel says 0 there
+                    row_any = p.row_any[b] if plan.per_batch else p.row_any  # (n, 1|H, bq)
+                    l_p = l_p.masked_fill(~row_any, float("-inf"))
                 _merge(ob, lb, p, o.to(cdt), l_p.unsqueeze(-1), first=first)
         out = out.to(v.dtype)
         ctx.plan, ctx.scale = plan, scale
