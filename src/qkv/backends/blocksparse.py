@@ -719,7 +719,8 @@ def _clear_unwritten(out: Tensor, lse: Tensor, plan: _Plan) -> None:
 
 
 class _BlockSparseAttention(torch.autograd.Function):
-    backward_rows = 16  # query blocks per backward kernel call
+    backward_rows = 16  # query blocks per backward kernel call, at most
+    backward_bytes = 8 << 20  # one backward kernel call's key and value gradients stay under this
     forward_bytes = 8 << 20  # one forward kernel call's output stays under this
 
     @staticmethod
@@ -758,14 +759,17 @@ class _BlockSparseAttention(torch.autograd.Function):
 
 
 def _backward(plan: _Plan, scale: float, q, k, v, out, lse, d_out) -> tuple[Tensor, Tensor, Tensor]:
-    """``(dq, dk, dv)`` of :class:`_BlockSparseAttention`'s forward."""
+    """``(dq, dk, dv)`` of :class:`_BlockSparseAttention`'s forward. The gradients accumulate
+    in their own memory when the lengths are whole blocks and the compute dtype is theirs (no
+    second copy); one part's kernel gradients stay under ``_BlockSparseAttention.backward_bytes``."""
     bq = plan.q_block
     bsz, h, tq, d = q.shape
     cdt = compute_dtype(q)
-    dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    dq = torch.zeros(q.shape, dtype=q.dtype, device=q.device)
+    dk = torch.zeros(k.shape, dtype=k.dtype, device=k.device)
+    dv = torch.zeros(v.shape, dtype=v.dtype, device=v.device)
     d_out = d_out.to(q.dtype)
-    # Row slices of each piece bound the kernel's per-span gradient buffers.
-    parts = [p for _, p in _parts(plan, lambda p: _BlockSparseAttention.backward_rows, q.dtype)]
+    parts = [p for _, p in _parts(plan, _backward_rows(h, max(d, v.shape[-1]), q.element_size()), q.dtype)]
     for b in range(bsz):
         sample = _Sample(plan, k[b], v[b])
         q5, do5, out5 = (
@@ -773,8 +777,9 @@ def _backward(plan: _Plan, scale: float, q, k, v, out, lse, d_out) -> tuple[Tens
         )  # (nQB, H, bq, D)
         lse_b = lse[b].masked_fill(lse[b] == float("-inf"), float("inf"))  # exp(s - lse) = 0
         lse5 = _blocks(lse_b.unsqueeze(-1), bq, plan.n_qb).squeeze(-1).transpose(0, 1)  # (nQB, H, bq)
-        dq5 = torch.zeros(q5.shape, dtype=cdt, device=q.device)
-        dkv = _KeyGradients(plan, sample, cdt)
+        direct = tq == plan.n_qb * bq and dq.dtype == cdt
+        dq5 = dq[b].view(h, plan.n_qb, bq, d).transpose(0, 1) if direct else q.new_zeros(q5.shape, dtype=cdt)
+        dkv = _KeyGradients(plan, dk[b], dv[b], cdt)
         for p in parts:
             ks, vs = sample.keys(p, b)
             gq, gk, gv = _flash_backward(
@@ -783,62 +788,67 @@ def _backward(plan: _Plan, scale: float, q, k, v, out, lse, d_out) -> tuple[Tens
             )  # fmt: skip
             dq5.index_add_(0, p.rows, gq.to(cdt))
             dkv.add(p, gk, gv)
-        dq[b] = dq5.transpose(0, 1).reshape(h, plan.n_qb * bq, d)[:, :tq].to(q.dtype)
-        dk[b], dv[b] = dkv.total(k.shape[-2], k.dtype, v.dtype)
+        if not direct:
+            dq[b] = dq5.transpose(0, 1).reshape(h, plan.n_qb * bq, d)[:, :tq]
+        dkv.finish()
     return dq, dk, dv
+
+
+def _backward_rows(h: int, width: int, itemsize: int):
+    """Query blocks per backward kernel call: at most ``_BlockSparseAttention.backward_rows``,
+    and the part's key and value gradients ``2 (n, H, S, D)`` under ``backward_bytes``."""
+
+    def rows(p: _Piece) -> int:
+        per_row = 2 * h * p.keep.shape[-1] * width * itemsize
+        return min(_BlockSparseAttention.backward_rows, _BlockSparseAttention.backward_bytes // per_row)
+
+    return rows
 
 
 class _KeyGradients:
     """The key and value gradients of one batch sample, added back the way
-    :meth:`_Sample.keys` took the keys: through the band's views into ``(H, nKB * bk, D)``
-    buffers, through the gathers into the key-block rows ``(H, nKB + 1, bk * D)`` (the last
-    row is the zero block of the padding slots: its gradient is dropped). In ``dtype``."""
+    :meth:`_Sample.keys` took the keys, into one buffer per tensor seen as blocks of ``bk``
+    keys: the band's views by block, the gathers by key-block row ``(H, nKB, bk * D)``. The
+    zero block of the padding slots is sent to block 0: its probabilities are 0, so it adds
+    exact zeros. When the keys are whole blocks and ``dtype`` is theirs, the buffers are
+    ``dk`` and ``dv`` themselves; else zero-padded ``dtype`` buffers, copied in by :meth:`finish`."""
 
-    def __init__(self, plan: _Plan, sample: _Sample, dtype: torch.dtype) -> None:
-        self.plan, self.dtype = plan, dtype
-        (self.h, _, self.d), self.dv = sample.k.shape, sample.v.shape[-1]
-        device = sample.k.device
-        self.gathered = sample.gathered
-        if self.gathered:
-            self.dk_rows = torch.zeros(sample.k_rows.shape, dtype=dtype, device=device)
-            self.dv_rows = torch.zeros(sample.v_rows.shape, dtype=dtype, device=device)
-        if plan.width:
-            padded = plan.n_kb * plan.kv_block  # the keys zero-padded to whole blocks
-            self.dk_band = torch.zeros((self.h, padded, self.d), dtype=dtype, device=device)
-            self.dv_band = torch.zeros((self.h, padded, self.dv), dtype=dtype, device=device)
+    def __init__(self, plan: _Plan, dk: Tensor, dv: Tensor, dtype: torch.dtype) -> None:
+        self.plan, self.dk, self.dv = plan, dk, dv  # (H, Tk, D), (H, Tk, Dv): the results
+        padded = plan.n_kb * plan.kv_block  # the keys zero-padded to whole blocks
+        self.direct = padded == dk.shape[1] and dk.dtype == dtype and dv.dtype == dtype
+        if self.direct:
+            self.gk, self.gv = dk, dv
+        else:
+            self.gk = dk.new_zeros((dk.shape[0], padded, dk.shape[2]), dtype=dtype)
+            self.gv = dv.new_zeros((dv.shape[0], padded, dv.shape[2]), dtype=dtype)
 
     def add(self, p: _Piece, gk: Tensor, gv: Tensor) -> None:
         """Add piece ``p``'s kernel gradients ``gk (n, H, S, D)`` and ``gv (n, H, S, Dv)``."""
-        h, bk, dtype, n = self.h, self.plan.kv_block, self.dtype, p.rows.numel()
-        if p.idx is None:  # band views: block w of span i is padded block i*step+lo+w
-            gk5 = gk.reshape(n, h, self.plan.width, bk, self.d).to(dtype)
-            gv5 = gv.reshape(n, h, self.plan.width, bk, -1).to(dtype)
-            dkb = self.dk_band.view(h, -1, bk, self.d)
-            dvb = self.dv_band.view(h, -1, bk, self.dv)
-            first = p.rows * self.plan.step + self.plan.lo
-            for w in range(self.plan.width):
-                dkb.index_add_(1, first + w, gk5[:, :, w].transpose(0, 1))
-                dvb.index_add_(1, first + w, gv5[:, :, w].transpose(0, 1))
-        elif p.idx.dim() == 1:  # shared blocks: sum over the query blocks first
-            c = p.idx.numel()
-            self.dk_rows.index_add_(1, p.idx, gk.sum(0).reshape(h, c, -1).to(dtype))
-            self.dv_rows.index_add_(1, p.idx, gv.sum(0).reshape(h, c, -1).to(dtype))
-        else:
-            flat = p.idx.flatten()
-            c = p.idx.shape[1]
-            self.dk_rows.index_add_(1, flat, gk.transpose(0, 1).reshape(h, n * c, -1).to(dtype))
-            self.dv_rows.index_add_(1, flat, gv.transpose(0, 1).reshape(h, n * c, -1).to(dtype))
+        plan, n = self.plan, p.rows.numel()
+        h, bk = self.gk.shape[0], plan.kv_block
+        for g, buf in ((gk, self.gk), (gv, self.gv)):
+            g = g.to(buf.dtype)
+            if p.idx is None:  # band views: block w of span i is block i*step+lo+w
+                blocks = buf.view(h, plan.n_kb, bk, -1)
+                g5 = g.reshape(n, h, plan.width, bk, -1)
+                first = p.rows * plan.step + plan.lo
+                for w in range(plan.width):
+                    blocks.index_add_(1, first + w, g5[:, :, w].transpose(0, 1))
+            elif p.idx.dim() == 1:  # shared blocks: summed over the query blocks first
+                buf.view(h, plan.n_kb, -1).index_add_(1, p.idx, g.sum(0).reshape(h, p.idx.numel(), -1))
+            else:
+                flat = p.idx.flatten()
+                flat = flat.masked_fill(flat == plan.n_kb, 0)  # the zero block: exact zeros
+                rows = g.transpose(0, 1).reshape(h, flat.numel(), -1)
+                buf.view(h, plan.n_kb, -1).index_add_(1, flat, rows)
 
-    def total(self, tk: int, k_dtype: torch.dtype, v_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """``(dk (H, Tk, D), dv (H, Tk, Dv))``: the band's and the gathers' gradients summed."""
-        gk = gv = 0
-        if self.gathered:
-            gk = self.dk_rows.view(self.h, -1, self.d)[:, :tk]
-            gv = self.dv_rows.view(self.h, -1, self.dv)[:, :tk]
-        if self.plan.width:
-            gk = gk + self.dk_band[:, :tk]
-            gv = gv + self.dv_band[:, :tk]
-        return gk.to(k_dtype), gv.to(v_dtype)
+    def finish(self) -> None:
+        """Copy the padded buffers into ``dk`` and ``dv`` (cut to ``Tk``, cast to their dtype)."""
+        if not self.direct:
+            tk = self.dk.shape[1]
+            self.dk.copy_(self.gk[:, :tk])
+            self.dv.copy_(self.gv[:, :tk])
 
 
 def _merge(out: _RowBlocks, lse: _RowBlocks, p: _Piece, o: Tensor, l_p: Tensor, *, first: bool) -> None:
