@@ -234,3 +234,41 @@ def test_pieces_cut_at_the_ends_of_their_runs_equal_the_reference(request, monke
     ge = torch.autograd.grad(eager, (q, k, v), go.float())
     for a, b, c in zip(gi, gg, ge):
         assert_error_ratio(request, a, b, c, factor=GRAD_FACTOR, what="grad")
+
+
+def _assert_parity(request, run, pattern, q64, k64, v64, g):
+    """``run(q, k, v)`` in float32 against the float64 reference: the error-ratio rule on the
+    output and on the three gradients."""
+    q, k, v = (x.detach().float().requires_grad_() for x in (q64, k64, v64))
+    golden = qkv.attention(q64, k64, v64, mask=pattern, backend="reference").out
+    eager = qkv.attention(q, k, v, mask=pattern, backend="reference").out
+    impl = run(q, k, v)
+    assert_error_ratio(request, impl, golden, eager)
+    go = torch.randn(golden.shape, generator=g, dtype=torch.float64)
+    gg = torch.autograd.grad(golden, (q64, k64, v64), go)
+    gi = torch.autograd.grad(impl, (q, k, v), go.float())
+    ge = torch.autograd.grad(eager, (q, k, v), go.float())
+    for a, b, c in zip(gi, gg, ge):
+        assert_error_ratio(request, a, b, c, factor=GRAD_FACTOR, what="grad")
+
+
+@pytest.mark.parametrize("t", [187, 192])
+def test_open_pieces_run_without_a_mask(request, t):
+    """BigBird at its own block size: the random and global tiles are wholly allowed, so their
+    pieces are open, build no additive mask and call the kernel with none; the gathered ones
+    land in the workspace. Forward and backward still meet the error-ratio rule, with a ragged
+    last block (T=187) and query blocks that have no random block outside the band."""
+    backend = blocksparse.BlockSparseBackend(q_block=8, kv_block=8)
+    pattern = masks.bigbird(8, 3, 2, 2, seed=0)
+    plan = backend.plan_for(pattern, t, t, 2, 3, torch.device("cpu"))
+    open_ = [p for p in plan.pieces if p.open]
+    assert any(p.idx is not None and p.idx.dim() == 2 and p.run is None for p in open_)
+    g = torch.Generator().manual_seed(7)
+    q64, k64, v64 = (
+        torch.randn(2, 3, t, 8, generator=g, dtype=torch.float64).requires_grad_() for _ in range(3)
+    )
+    _assert_parity(
+        request, lambda q, k, v: backend.attend(plan, q, k, v, 8**-0.5)[0], pattern, q64, k64, v64, g
+    )
+    assert all(not p._additive for p in open_)
+    assert any(not p.open and p._additive for p in plan.pieces) == any(not p.open for p in plan.pieces)

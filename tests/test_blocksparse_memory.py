@@ -64,3 +64,33 @@ def test_forward_holds_output_lse_and_a_bounded_workspace(monkeypatch, name):
     # besides its 4 MiB output; written in place, the workspace does not grow with T.
     assert 0 <= long <= WORKSPACE, f"{name}: {long / 2**20:.2f} MiB besides the output"
     assert long <= short + 4 * FORWARD_BYTES, (short, long)
+
+
+BACKWARD_BYTES = 256 << 10  # one backward kernel call's key and value gradients
+
+
+def backward_workspace(pattern, t: int) -> int:
+    """Peak bytes of one backward (``_backward`` on a forward's output) beyond the three
+    gradients it returns."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v, d_out = (torch.randn(B, H, t, D, generator=g) for _ in range(4))
+    plan = qkv.backends.BACKENDS["blocksparse"].plan_for(pattern, t, t, B, H, q.device)
+    with torch.no_grad():
+        out, lse = blocksparse._BlockSparseAttention.apply(q, k, v, plan, D**-0.5)
+    held = []
+    peak = peak_allocated(lambda: held.append(blocksparse._backward(plan, D**-0.5, q, k, v, out, lse, d_out)))
+    return peak - sum(x.numel() * x.element_size() for x in held[0])
+
+
+def test_backward_accumulates_into_its_gradients(monkeypatch):
+    """At whole-block lengths in float32 the backward adds every piece's gradients straight into
+    dq, dk and dv: besides them a window's backward holds per-call buffers that do not grow with
+    T. (A row of global tokens is one kernel call over all the keys: its key gradients are as
+    long as the keys, so Longformer and BigBird are not bounded this way.)"""
+    monkeypatch.setattr(blocksparse._BlockSparseAttention, "backward_bytes", BACKWARD_BYTES)
+    pattern = PATTERNS["window"][0]
+    short, long = backward_workspace(pattern, 2048), backward_workspace(pattern, 8192)
+    # With separate band and gathered-row buffers summed at the end it held several times the key
+    # gradients besides them (29 MiB at T=8192, 9 MiB at T=2048).
+    assert 0 <= long <= WORKSPACE, f"{long / 2**20:.2f} MiB besides the gradients"
+    assert long <= short + 4 * BACKWARD_BYTES, (short, long)

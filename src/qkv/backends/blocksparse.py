@@ -226,6 +226,8 @@ class _Piece:
     keep: Tensor  # bool (n, 1, bq, S) | (B, n, H, bq, S)
     row_any: Tensor  # bool (n, 1, bq) | (B, n, H, bq): the row has a key in this piece
     dead: Tensor | None  # bool (n, 1, S, 1) | (B, n, H, S, 1): real keys no row may attend
+    # every pair of every tile is allowed: the kernel runs with no mask (none is built)
+    open: bool = False
     _additive: dict = field(default_factory=dict, compare=False)
 
     def part(self, a: int, b: int, per_batch: bool) -> _Piece:
@@ -245,6 +247,7 @@ class _Piece:
             keep=self.keep[cut],
             row_any=self.row_any[cut],
             dead=None if self.dead is None else self.dead[cut],
+            open=self.open,
         )
         part._additive.update({dt: m[cut] for dt, m in self._additive.items()})
         return part
@@ -402,7 +405,8 @@ class _Planner:
         for fields, kv_pos, attended, real in raw:
             unreachable = ~reach[self._where(kv_pos)]  # (n, 1, S) | (B, n, H, S)
             dead = (~attended & real & unreachable).unsqueeze(-1)  # (n, 1, S, 1) | (B, n, H, S, 1)
-            pieces.append(_Piece(**fields, dead=dead if bool(dead.any()) else None))
+            open_ = bool(fields["keep"].all())  # then no key is dead either
+            pieces.append(_Piece(**fields, dead=dead if bool(dead.any()) else None, open=open_))
         return pieces
 
     def _extra_pieces(self, extras: Tensor) -> list:
@@ -465,7 +469,9 @@ class _KeyRows:
     """A sample's keys ``(H, Tk, D)`` as rows of ``bk`` keys, ``(H, nKB + 1, bk * D)`` (the last
     row the zero block of the padding slots), read by block index without copying the keys: the
     whole blocks are a view, the ragged last block (zero-padded) and the zero block live in a
-    small ``(H, 1 | 2, bk * D)`` tensor."""
+    small ``(H, 1 | 2, bk * D)`` tensor. Gathers land in one workspace, reused by the next
+    gather (fresh large buffers cost page faults on every call): a gather's result is valid
+    until the next one."""
 
     def __init__(self, t: Tensor, bk: int, n_kb: int) -> None:
         h, tk, d = t.shape
@@ -476,14 +482,26 @@ class _KeyRows:
         self.extra = t.new_zeros((h, 2 if tail else 1, bk * d))  # [ragged block,] zero block
         if tail:
             self.extra[:, 0, : tail * d] = t[:, self.full * bk :].reshape(h, tail * d)
+        self._work = t.new_empty(0)
+
+    def _workspace(self, m: int) -> Tensor:
+        """``(H, m, bk * D)`` of the workspace, grown when a gather needs more."""
+        h, _, row = self.shape
+        if self._work.numel() < h * m * row:
+            self._work = self.whole.new_empty(h * m * row)
+        return self._work[: h * m * row].view(h, m, row)
 
     def select(self, idx: Tensor) -> Tensor:
-        """Rows ``idx`` (m,), block ids in ``0 .. nKB`` (nKB: the zero block): ``(H, m, bk * D)``."""
+        """Rows ``idx`` (m,), block ids in ``0 .. nKB`` (nKB: the zero block): ``(H, m, bk * D)``,
+        in the workspace (valid until the next call)."""
+        got = self._workspace(idx.numel())
         if self.full == 0:
-            return self.extra.index_select(1, idx)
+            return torch.index_select(self.extra, 1, idx, out=got)
         safe = idx.clamp(max=self.full - 1)
-        # index_select would first copy keys that are not contiguous (a ragged Tk): index them
-        got = self.whole.index_select(1, safe) if self.whole.is_contiguous() else self.whole[:, safe]
+        if self.whole.is_contiguous():
+            torch.index_select(self.whole, 1, safe, out=got)
+        else:  # index_select would first copy keys that are not contiguous (a ragged Tk)
+            got.copy_(self.whole[:, safe])
         over = idx >= self.full
         if bool(over.any()):
             got[:, over] = self.extra.index_select(1, idx[over] - self.full)
@@ -633,7 +651,10 @@ def _rows(t: Tensor, p: _Piece) -> Tensor:
     return t[p.span] if p.span is not None else t.index_select(0, p.rows)
 
 
-def _mask(p: _Piece, dtype: torch.dtype, b: int, per_batch: bool) -> Tensor:
+def _mask(p: _Piece, dtype: torch.dtype, b: int, per_batch: bool) -> Tensor | None:
+    """The kernel's additive mask of piece ``p`` (sample ``b``); None when the piece is open."""
+    if p.open:
+        return None
     m = p.additive(dtype)
     return m[b] if per_batch else m
 
@@ -643,7 +664,8 @@ def _parts(plan: _Plan, rows, dtype: torch.dtype) -> list[tuple[bool, _Piece]]:
     when it belongs to the first piece (whose rows are written, not merged). The parts' masks
     are views of their piece's, built once per ``dtype`` and kept in the plan."""
     for whole in plan.pieces:
-        whole.additive(dtype)
+        if not whole.open:
+            whole.additive(dtype)
     return [
         (i == 0, whole.part(a, c, plan.per_batch))
         for i, whole in enumerate(plan.pieces)
@@ -697,7 +719,8 @@ def _clear_unwritten(out: Tensor, lse: Tensor, plan: _Plan) -> None:
 
 
 class _BlockSparseAttention(torch.autograd.Function):
-    backward_rows = 16  # query blocks per backward kernel call
+    backward_rows = 16  # query blocks per backward kernel call, at most
+    backward_bytes = 8 << 20  # one backward kernel call's key and value gradients stay under this
     forward_bytes = 8 << 20  # one forward kernel call's output stays under this
 
     @staticmethod
@@ -717,8 +740,10 @@ class _BlockSparseAttention(torch.autograd.Function):
             for first, p in parts:
                 ks, vs = sample.keys(p, b)
                 o, l_p = _flash(qb.read(p), ks, vs, _mask(p, q.dtype, b, plan.per_batch), scale)
-                row_any = p.row_any[b] if plan.per_batch else p.row_any  # (n, 1|H, bq)
-                l_p = l_p.to(cdt).masked_fill(~row_any, float("-inf"))  # the kernel says 0 there
+                l_p = l_p.to(cdt)
+                if not p.open:  # a row with no key in the piece: the kernel says 0 there
+                    row_any = p.row_any[b] if plan.per_batch else p.row_any  # (n, 1|H, bq)
+                    l_p = l_p.masked_fill(~row_any, float("-inf"))
                 _merge(ob, lb, p, o.to(cdt), l_p.unsqueeze(-1), first=first)
         out = out.to(v.dtype)
         ctx.plan, ctx.scale = plan, scale
@@ -734,14 +759,17 @@ class _BlockSparseAttention(torch.autograd.Function):
 
 
 def _backward(plan: _Plan, scale: float, q, k, v, out, lse, d_out) -> tuple[Tensor, Tensor, Tensor]:
-    """``(dq, dk, dv)`` of :class:`_BlockSparseAttention`'s forward."""
+    """``(dq, dk, dv)`` of :class:`_BlockSparseAttention`'s forward. The gradients accumulate
+    in their own memory when the lengths are whole blocks and the compute dtype is theirs (no
+    second copy); one part's kernel gradients stay under ``_BlockSparseAttention.backward_bytes``."""
     bq = plan.q_block
     bsz, h, tq, d = q.shape
     cdt = compute_dtype(q)
-    dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    dq = torch.zeros(q.shape, dtype=q.dtype, device=q.device)
+    dk = torch.zeros(k.shape, dtype=k.dtype, device=k.device)
+    dv = torch.zeros(v.shape, dtype=v.dtype, device=v.device)
     d_out = d_out.to(q.dtype)
-    # Row slices of each piece bound the kernel's per-span gradient buffers.
-    parts = [p for _, p in _parts(plan, lambda p: _BlockSparseAttention.backward_rows, q.dtype)]
+    parts = [p for _, p in _parts(plan, _backward_rows(h, max(d, v.shape[-1]), q.element_size()), q.dtype)]
     for b in range(bsz):
         sample = _Sample(plan, k[b], v[b])
         q5, do5, out5 = (
@@ -749,8 +777,9 @@ def _backward(plan: _Plan, scale: float, q, k, v, out, lse, d_out) -> tuple[Tens
         )  # (nQB, H, bq, D)
         lse_b = lse[b].masked_fill(lse[b] == float("-inf"), float("inf"))  # exp(s - lse) = 0
         lse5 = _blocks(lse_b.unsqueeze(-1), bq, plan.n_qb).squeeze(-1).transpose(0, 1)  # (nQB, H, bq)
-        dq5 = torch.zeros(q5.shape, dtype=cdt, device=q.device)
-        dkv = _KeyGradients(plan, sample, cdt)
+        direct = tq == plan.n_qb * bq and dq.dtype == cdt
+        dq5 = dq[b].view(h, plan.n_qb, bq, d).transpose(0, 1) if direct else q.new_zeros(q5.shape, dtype=cdt)
+        dkv = _KeyGradients(plan, dk[b], dv[b], cdt)
         for p in parts:
             ks, vs = sample.keys(p, b)
             gq, gk, gv = _flash_backward(
@@ -759,62 +788,67 @@ def _backward(plan: _Plan, scale: float, q, k, v, out, lse, d_out) -> tuple[Tens
             )  # fmt: skip
             dq5.index_add_(0, p.rows, gq.to(cdt))
             dkv.add(p, gk, gv)
-        dq[b] = dq5.transpose(0, 1).reshape(h, plan.n_qb * bq, d)[:, :tq].to(q.dtype)
-        dk[b], dv[b] = dkv.total(k.shape[-2], k.dtype, v.dtype)
+        if not direct:
+            dq[b] = dq5.transpose(0, 1).reshape(h, plan.n_qb * bq, d)[:, :tq]
+        dkv.finish()
     return dq, dk, dv
+
+
+def _backward_rows(h: int, width: int, itemsize: int):
+    """Query blocks per backward kernel call: at most ``_BlockSparseAttention.backward_rows``,
+    and the part's key and value gradients ``2 (n, H, S, D)`` under ``backward_bytes``."""
+
+    def rows(p: _Piece) -> int:
+        per_row = 2 * h * p.keep.shape[-1] * width * itemsize
+        return min(_BlockSparseAttention.backward_rows, _BlockSparseAttention.backward_bytes // per_row)
+
+    return rows
 
 
 class _KeyGradients:
     """The key and value gradients of one batch sample, added back the way
-    :meth:`_Sample.keys` took the keys: through the band's views into ``(H, nKB * bk, D)``
-    buffers, through the gathers into the key-block rows ``(H, nKB + 1, bk * D)`` (the last
-    row is the zero block of the padding slots: its gradient is dropped). In ``dtype``."""
+    :meth:`_Sample.keys` took the keys, into one buffer per tensor seen as blocks of ``bk``
+    keys: the band's views by block, the gathers by key-block row ``(H, nKB, bk * D)``. The
+    zero block of the padding slots is sent to block 0: its probabilities are 0, so it adds
+    exact zeros. When the keys are whole blocks and ``dtype`` is theirs, the buffers are
+    ``dk`` and ``dv`` themselves; else zero-padded ``dtype`` buffers, copied in by :meth:`finish`."""
 
-    def __init__(self, plan: _Plan, sample: _Sample, dtype: torch.dtype) -> None:
-        self.plan, self.dtype = plan, dtype
-        (self.h, _, self.d), self.dv = sample.k.shape, sample.v.shape[-1]
-        device = sample.k.device
-        self.gathered = sample.gathered
-        if self.gathered:
-            self.dk_rows = torch.zeros(sample.k_rows.shape, dtype=dtype, device=device)
-            self.dv_rows = torch.zeros(sample.v_rows.shape, dtype=dtype, device=device)
-        if plan.width:
-            padded = plan.n_kb * plan.kv_block  # the keys zero-padded to whole blocks
-            self.dk_band = torch.zeros((self.h, padded, self.d), dtype=dtype, device=device)
-            self.dv_band = torch.zeros((self.h, padded, self.dv), dtype=dtype, device=device)
+    def __init__(self, plan: _Plan, dk: Tensor, dv: Tensor, dtype: torch.dtype) -> None:
+        self.plan, self.dk, self.dv = plan, dk, dv  # (H, Tk, D), (H, Tk, Dv): the results
+        padded = plan.n_kb * plan.kv_block  # the keys zero-padded to whole blocks
+        self.direct = padded == dk.shape[1] and dk.dtype == dtype and dv.dtype == dtype
+        if self.direct:
+            self.gk, self.gv = dk, dv
+        else:
+            self.gk = dk.new_zeros((dk.shape[0], padded, dk.shape[2]), dtype=dtype)
+            self.gv = dv.new_zeros((dv.shape[0], padded, dv.shape[2]), dtype=dtype)
 
     def add(self, p: _Piece, gk: Tensor, gv: Tensor) -> None:
         """Add piece ``p``'s kernel gradients ``gk (n, H, S, D)`` and ``gv (n, H, S, Dv)``."""
-        h, bk, dtype, n = self.h, self.plan.kv_block, self.dtype, p.rows.numel()
-        if p.idx is None:  # band views: block w of span i is padded block i*step+lo+w
-            gk5 = gk.reshape(n, h, self.plan.width, bk, self.d).to(dtype)
-            gv5 = gv.reshape(n, h, self.plan.width, bk, -1).to(dtype)
-            dkb = self.dk_band.view(h, -1, bk, self.d)
-            dvb = self.dv_band.view(h, -1, bk, self.dv)
-            first = p.rows * self.plan.step + self.plan.lo
-            for w in range(self.plan.width):
-                dkb.index_add_(1, first + w, gk5[:, :, w].transpose(0, 1))
-                dvb.index_add_(1, first + w, gv5[:, :, w].transpose(0, 1))
-        elif p.idx.dim() == 1:  # shared blocks: sum over the query blocks first
-            c = p.idx.numel()
-            self.dk_rows.index_add_(1, p.idx, gk.sum(0).reshape(h, c, -1).to(dtype))
-            self.dv_rows.index_add_(1, p.idx, gv.sum(0).reshape(h, c, -1).to(dtype))
-        else:
-            flat = p.idx.flatten()
-            c = p.idx.shape[1]
-            self.dk_rows.index_add_(1, flat, gk.transpose(0, 1).reshape(h, n * c, -1).to(dtype))
-            self.dv_rows.index_add_(1, flat, gv.transpose(0, 1).reshape(h, n * c, -1).to(dtype))
+        plan, n = self.plan, p.rows.numel()
+        h, bk = self.gk.shape[0], plan.kv_block
+        for g, buf in ((gk, self.gk), (gv, self.gv)):
+            g = g.to(buf.dtype)
+            if p.idx is None:  # band views: block w of span i is block i*step+lo+w
+                blocks = buf.view(h, plan.n_kb, bk, -1)
+                g5 = g.reshape(n, h, plan.width, bk, -1)
+                first = p.rows * plan.step + plan.lo
+                for w in range(plan.width):
+                    blocks.index_add_(1, first + w, g5[:, :, w].transpose(0, 1))
+            elif p.idx.dim() == 1:  # shared blocks: summed over the query blocks first
+                buf.view(h, plan.n_kb, -1).index_add_(1, p.idx, g.sum(0).reshape(h, p.idx.numel(), -1))
+            else:
+                flat = p.idx.flatten()
+                flat = flat.masked_fill(flat == plan.n_kb, 0)  # the zero block: exact zeros
+                rows = g.transpose(0, 1).reshape(h, flat.numel(), -1)
+                buf.view(h, plan.n_kb, -1).index_add_(1, flat, rows)
 
-    def total(self, tk: int, k_dtype: torch.dtype, v_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """``(dk (H, Tk, D), dv (H, Tk, Dv))``: the band's and the gathers' gradients summed."""
-        gk = gv = 0
-        if self.gathered:
-            gk = self.dk_rows.view(self.h, -1, self.d)[:, :tk]
-            gv = self.dv_rows.view(self.h, -1, self.dv)[:, :tk]
-        if self.plan.width:
-            gk = gk + self.dk_band[:, :tk]
-            gv = gv + self.dv_band[:, :tk]
-        return gk.to(k_dtype), gv.to(v_dtype)
+    def finish(self) -> None:
+        """Copy the padded buffers into ``dk`` and ``dv`` (cut to ``Tk``, cast to their dtype)."""
+        if not self.direct:
+            tk = self.dk.shape[1]
+            self.dk.copy_(self.gk[:, :tk])
+            self.dv.copy_(self.gv[:, :tk])
 
 
 def _merge(out: _RowBlocks, lse: _RowBlocks, p: _Piece, o: Tensor, l_p: Tensor, *, first: bool) -> None:
