@@ -165,3 +165,50 @@ def test_strips_run_only_for_a_learned_span_without_weights_or_dropout():
     assert dropped.backend != "sdpa"
     with torch.no_grad():
         assert adaptive_span_attention(q, k, v, z, **kw).backend == "sdpa"
+
+
+# ----------------------------------------------------------------------------- the span's gradient
+
+
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("causal", [True, False])
+def test_span_gradient_equals_autograd_through_the_formula(causal, padded):
+    """The span's gradient from the ramp's band alone (several query tiles, integer spans whose
+    ramp starts exactly on a key, a span of 0) equals autograd through the paper's formula
+    written densely, ``softmax(s + log m_z) v``, in float64."""
+    from qkv.api import span_ramp
+    from qkv.api.adaptive_span import soft_span_mask
+
+    t = 2 * span_ramp.TILE + 22
+    q, k, v, g = (rand(2, 3, t, 4, seed=s) for s in range(4))
+    key_mask = (rand(2, t, seed=5) > -1.0) if padded else None
+    z = torch.tensor([0.0, 9.0, 23.4], dtype=F64)
+    _, grads = run(q, k, v, z, g, ramp=5.0, causal=causal, key_mask=key_mask, block_size=8)
+
+    zz = z.clone().requires_grad_()
+    pos = torch.arange(t)
+    x = (pos[:, None] - pos[None, :]).to(F64)  # query i - key j
+    m = soft_span_mask(x if causal else x.abs(), zz.view(-1, 1, 1), 5.0)  # (H, T, T)
+    allowed = (m > 0) & ((x >= 0) if causal else True)
+    if key_mask is not None:
+        allowed = allowed & key_mask[:, None, None, :]
+    logits = (q @ k.transpose(-2, -1)) * 4**-0.5 + torch.log(torch.where(allowed, m, torch.ones_like(m)))
+    out = torch.softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1) @ v
+    (dz,) = torch.autograd.grad((out * g).sum(), zz)
+    assert float(dz.abs().min()) > 1e-6  # every head's span moves
+    torch.testing.assert_close(grads[3], dz, rtol=0, atol=1e-12)
+
+
+def test_ramp_offsets_are_the_band_autograd_sees():
+    """Distances z <= x < z + R (inclusive at m = 1, exclusive at m = 0), within the sequence."""
+    from qkv.api.span_ramp import ramp_offsets
+
+    def offsets(z, causal=True, t=100):
+        return ramp_offsets(torch.tensor(z, dtype=F64), 4.0, causal, t)
+
+    assert offsets(10.0) == [(-13, -10)]
+    assert offsets(10.5) == [(-14, -11)]
+    assert offsets(10.0, causal=False) == [(-13, -10), (10, 13)]
+    assert offsets(0.0, causal=False) == [(-3, 3)]
+    assert offsets(98.0) == [(-99, -98)]  # the sequence ends before the ramp does
+    assert offsets(99.5) == []
