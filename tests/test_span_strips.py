@@ -212,3 +212,17 @@ def test_ramp_offsets_are_the_band_autograd_sees():
     assert offsets(0.0, causal=False) == [(-3, 3)]
     assert offsets(98.0) == [(-99, -98)]  # the sequence ends before the ramp does
     assert offsets(99.5) == []
+
+
+def test_span_gradient_does_not_depend_on_the_sample_chunks(monkeypatch):
+    """The band sums take a few samples at a time: one sample at a time gives the same."""
+    from qkv.api import span_ramp
+
+    q, k, v, g = (rand(3, 2, 90, 4, seed=s) for s in range(4))
+    z = torch.tensor([4.0, 11.5], dtype=F64)
+    key_mask = rand(3, 90, seed=7) > -1.0
+    _, whole = run(q, k, v, z, g, ramp=3.0, causal=False, key_mask=key_mask, block_size=8)
+    monkeypatch.setattr(span_ramp, "CHUNK_ELEMENTS", 1)
+    _, one = run(q, k, v, z, g, ramp=3.0, causal=False, key_mask=key_mask, block_size=8)
+    for a, b in zip(whole, one, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-13)

@@ -9,9 +9,10 @@ is inclusive at ``m = 1``) and 0 elsewhere, and ``p / m = exp(s - lse)``::
     dL/dz_h = 1/R * sum over (b, i, j) with z_h <= x_ij < z_h + R of exp(s_ij - lse_i) (dp_ij - delta_i)
 
 Only the ramp's band of about ``R`` diagonals enters: :class:`SpanRamp` passes the output's
-gradient through unchanged and computes this sum, head by head, over tiles of
-:data:`TILE` queries against the ``TILE + R`` keys their band reaches (two bands when not
-causal: keys before and after the query). ``lse`` is the log-sum-exp of ``s + log m_z`` from
+gradient through unchanged and computes this sum for every head's band at once (two bands
+when not causal: keys before and after the query), over tiles of :data:`TILE` queries against
+the ``TILE + R`` keys their band reaches, gathered (a few samples at a time, at most
+:data:`CHUNK_ELEMENTS` scores). ``lse`` is the log-sum-exp of ``s + log m_z`` from
 the forward; ``s = q k^T * scale``. Work ``O(T (TILE + R) D)`` per head.
 
 Shapes: ``q, k (B, H, T, D)``, ``v, out (B, H, T, Dv)``, ``lse (B, H, T)``, ``span (H,)``,
@@ -27,9 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["TILE", "SpanRamp", "ramp_offsets", "with_span_gradient"]
+__all__ = ["CHUNK_ELEMENTS", "TILE", "SpanRamp", "ramp_offsets", "span_grad", "with_span_gradient"]
 
 TILE = 64  # queries per tile of the band
+CHUNK_ELEMENTS = 1 << 22  # band scores of the samples taken at once (about 16 MiB in float32)
 
 
 def with_span_gradient(
@@ -66,15 +68,25 @@ def span_grad(
     do: Tensor, out: Tensor, span: Tensor, q: Tensor, k: Tensor, v: Tensor, lse: Tensor,
     key_mask: Tensor | None, ramp: float, causal: bool, scale: float,
 ) -> Tensor:  # fmt: skip
-    """``dL/dspan (H,)`` in ``span``'s dtype, given the output's gradient ``do``."""
+    """``dL/dspan (H,)`` in ``span``'s dtype, given the output's gradient ``do``: every head's
+    band (or two) in one batch of tiles (:func:`_band_sums`)."""
     dt = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
-    delta = (do.to(dt) * out.to(dt)).sum(dim=-1)  # (B, H, T)
+    bands = [
+        (h, d0, d1)
+        for h in range(span.shape[0])
+        for d0, d1 in ramp_offsets(span[h], ramp, causal, q.shape[-2])
+    ]
     grad = torch.zeros(span.shape[0], dtype=dt, device=q.device)
-    t = q.shape[-2]
-    for h in range(span.shape[0]):
-        head = [x[:, h].to(dt) for x in (q, k, v, do, lse)]
-        for d0, d1 in ramp_offsets(span[h], ramp, causal, t):
-            grad[h] += _band_sum(*head, delta[:, h], key_mask, d0, d1, scale)
+    if not bands:
+        return grad.to(span.dtype)
+    delta = (do.to(dt) * out.to(dt)).sum(dim=-1)  # (B, H, T)
+    per_sample = len(bands) * -(-q.shape[-2] // TILE) * TILE * (TILE + math.ceil(ramp) + 1)  # band scores
+    step = max(1, CHUNK_ELEMENTS // per_sample)
+    heads = torch.tensor([h for h, _, _ in bands], device=q.device)
+    for b0 in range(0, q.shape[0], step):
+        part = [x[b0 : b0 + step] for x in (q, k, v, do, lse, delta)]
+        mask = None if key_mask is None else key_mask[b0 : b0 + step]
+        grad.index_add_(0, heads, _band_sums(*part, mask, bands, scale, dt))  # (bands,) into (H,)
     return (grad / ramp).to(span.dtype)
 
 
@@ -97,37 +109,43 @@ def ramp_offsets(z: Tensor, ramp: float, causal: bool, t: int) -> list[tuple[int
     return [(-x_hi, x_hi)] if x_lo == 0 else [(-x_hi, -x_lo), (x_lo, x_hi)]
 
 
-def _band_sum(
-    q: Tensor, k: Tensor, v: Tensor, do: Tensor, lse: Tensor, delta: Tensor,
-    key_mask: Tensor | None, d0: int, d1: int, scale: float,
+def _band_sums(
+    q: Tensor, k: Tensor, v: Tensor, do: Tensor, lse: Tensor, delta: Tensor, key_mask: Tensor | None,
+    bands: list[tuple[int, int, int]], scale: float, dt: torch.dtype,
 ) -> Tensor:  # fmt: skip
-    """``sum exp(s_ij - lse_i) (dp_ij - delta_i)`` over the queries ``i`` and keys ``j = i + d``,
-    ``d0 <= d <= d1``, that exist (and that ``key_mask`` allows) for one head: ``q, k (B, T, D)``,
-    ``v, do (B, T, Dv)``, ``lse, delta (B, T)``. Tile ``n`` of :data:`TILE` queries reads keys
-    ``[n TILE + d0, (n + 1) TILE - 1 + d1]``, a strided window of the padded keys."""
-    bsz, t, _ = q.shape
-    width = d1 - d0 + 1
-    reach = TILE + width - 1  # keys a tile's band reaches
+    """``(I,)``: for each band ``(h, d0, d1)``, ``sum exp(s_ij - lse_i) (dp_ij - delta_i)`` over
+    the queries ``i`` and keys ``j = i + d``, ``d0 <= d <= d1``, that exist (and that
+    ``key_mask`` allows) in head ``h``. Tile ``n`` of :data:`TILE` queries reads the keys
+    ``n TILE + d0 + c``, ``0 <= c < TILE + w - 1`` (``w`` the widest band), gathered once for
+    every band; ``(c - r)`` in ``[0, d1 - d0]`` keeps row ``r``'s band."""
+    bsz, _, t, _ = q.shape
+    dev = q.device
+    heads = torch.tensor([h for h, _, _ in bands], device=dev)  # (I,)
+    d0 = torch.tensor([b[1] for b in bands], device=dev)
+    width = torch.tensor([b[2] - b[1] + 1 for b in bands], device=dev)
+    reach = TILE + int(width.max()) - 1
     n_tiles = -(-t // TILE)
-    t_pad = n_tiles * TILE
-    pad_lo, pad_hi = max(0, -d0), max(0, t_pad - 1 + d1 - (t - 1))
-    start = d0 + pad_lo  # padded position of the first tile's first key
+    pos = d0[:, None, None] + (
+        torch.arange(n_tiles, device=dev)[:, None] * TILE + torch.arange(reach, device=dev)
+    )
+    exists = (pos >= 0) & (pos < t)  # (I, nt, reach)
+    pos = pos.clamp(0, t - 1)
 
-    def windows(x: Tensor) -> Tensor:  # (B, T, d) -> (B * n_tiles, d, reach)
-        xp = F.pad(x, (0, 0, pad_lo, pad_hi))[:, start : start + (n_tiles - 1) * TILE + reach]
-        return xp.unfold(1, reach, TILE).reshape(bsz * n_tiles, x.shape[-1], reach)
+    def keys(x: Tensor) -> Tensor:  # (B, H, T, d) -> (B, I, nt, reach, d)
+        return x[:, heads[:, None, None], pos].to(dt)
 
-    def tiles(x: Tensor) -> Tensor:  # (B, T, ...) -> (B * n_tiles, TILE, ...)
-        xp = F.pad(x, (0, 0) * (x.dim() - 2) + (0, t_pad - t))
-        return xp.reshape(bsz * n_tiles, TILE, *x.shape[2:])
+    def tiles(x: Tensor) -> Tensor:  # (B, H, T, ...) -> (B, I, nt, TILE, ...)
+        xp = F.pad(x[:, heads].to(dt), (0, 0) * (x.dim() - 3) + (0, n_tiles * TILE - t))
+        return xp.reshape(bsz, len(bands), n_tiles, TILE, *x.shape[3:])
 
-    s = torch.bmm(tiles(q), windows(k)).mul_(scale)  # (B * n_tiles, TILE, reach)
-    e = torch.exp(s - tiles(lse)[..., None])
-    dp = torch.bmm(tiles(do), windows(v)).sub_(tiles(delta)[..., None])
-    real = torch.ones(bsz, t, dtype=torch.bool, device=q.device) if key_mask is None else key_mask
-    real_keys = windows(real[..., None].to(q.dtype)).squeeze(1) > 0  # (B * n_tiles, reach)
-    c_minus_r = torch.arange(reach, device=q.device)[None, :] - torch.arange(TILE, device=q.device)[:, None]
-    band = (c_minus_r >= 0) & (c_minus_r < width)  # (TILE, reach): key - query in [d0, d1]
-    real_rows = (torch.arange(t_pad, device=q.device) < t).view(1, n_tiles, TILE, 1)
-    valid = band & real_keys[:, None, :] & real_rows.expand(bsz, -1, -1, -1).reshape(-1, TILE, 1)
-    return torch.where(valid, e * dp, 0.0).sum()
+    s = torch.matmul(tiles(q), keys(k).transpose(-1, -2)).mul_(scale)  # (B, I, nt, TILE, reach)
+    e = torch.exp(s.sub_(tiles(lse)[..., None]))
+    dp = torch.matmul(tiles(do), keys(v).transpose(-1, -2)).sub_(tiles(delta)[..., None])
+    c_minus_r = torch.arange(reach, device=dev) - torch.arange(TILE, device=dev)[:, None]  # (TILE, reach)
+    band = (c_minus_r >= 0) & (c_minus_r < width[:, None, None])  # (I, TILE, reach)
+    valid = band[:, None] & exists[:, :, None, :]  # (I, nt, TILE, reach)
+    real_rows = (torch.arange(n_tiles * TILE, device=dev) < t).view(n_tiles, TILE, 1)
+    valid = valid & real_rows
+    if key_mask is not None:
+        valid = valid & key_mask[:, pos][:, :, :, None, :]  # (B, I, nt, TILE, reach)
+    return torch.where(valid, e * dp, 0.0).sum(dim=(0, 2, 3, 4))

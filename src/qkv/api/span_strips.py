@@ -99,11 +99,15 @@ class SpanStrips(torch.autograd.Function):
 
 def _strips_added(strips: Tensor, xp: Tensor, first: int, block: int) -> Tensor:
     """The gradient of the padded rows ``xp (N, W, d)`` from the gradients of their strips
-    ``(n, N, L, d)`` (strip ``i`` = rows from ``(first + i) Qb``): each strip added back into
-    the rows it covers (strips overlap), in the gradient dtype of ``xp``."""
-    grad = xp.new_zeros(xp.shape)
-    strip = strips.shape[2]
-    for i in range(strips.shape[0]):
-        k0 = (first + i) * block
-        grad[:, k0 : k0 + strip] += strips[i]
+    ``(n, N, L, d)`` (strip ``i`` = rows from ``(first + i) Qb``; strips overlap). Rows
+    ``[j, j + Qb)`` of every strip land on rows that no other strip's same rows touch, so each
+    such slice of all the strips is added in one strided write: ``ceil(L / Qb)`` adds."""
+    grad = xp.new_zeros(xp.shape)  # contiguous
+    n, heads, strip, d = strips.shape
+    for j0 in range(0, strip, block):
+        rows = min(block, strip - j0)
+        target = grad.as_strided(
+            (n, heads, rows, d), (block * d, grad.stride(0), d, 1), ((first * block + j0) * d)
+        )
+        target.add_(strips[:, :, j0 : j0 + rows])
     return grad
