@@ -214,6 +214,18 @@ def _span_bias(offset: Tensor, z: Tensor, ramp: float, causal: bool) -> tuple[Te
     return log_m.masked_fill(~allowed, float("-inf")), allowed
 
 
+def _strip_bias(z: Tensor, ramp: float, causal: bool, block: int, strip: int, left: int) -> Tensor:
+    """The span bias of a block's strip, ``(H, Qb, L)``, contiguous (the fused kernels copy any
+    other layout): row ``r``, column ``c`` is key - query offset ``c - left - r``, so it is one
+    row of ``Qb + L - 1`` offsets per head, computed once and gathered (row ``r`` starts
+    ``Qb - 1 - r`` into it)."""
+    dev = z.device
+    offsets = torch.arange(-(left + block - 1), strip - left, device=dev)  # (Qb + L - 1,)
+    table, _ = _span_bias(offsets[None, :], z, ramp, causal)  # (H, 1, Qb + L - 1)
+    index = torch.arange(strip, device=dev) - torch.arange(block, device=dev)[:, None] + block - 1
+    return table[:, 0, index]  # (H, Qb, L)
+
+
 def _dense(q, k, v, z, ramp, causal, key_mask, **kwargs) -> AttentionOutput:
     t = q.shape[-2]
     mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, T)
@@ -251,12 +263,9 @@ def _cropped(q, k, v, z, ramp, causal, key_mask, plan: _Plan, **kwargs) -> Atten
     )
 
     learned = _learned_span(z, q, kwargs)
-    offset = (
-        torch.arange(strip, device=q.device)[None, :] - left - torch.arange(block, device=q.device)[:, None]
-    )
     # (H, Qb, L): key - query is the same in every block; a constant for the fused strips
-    bias, _ = _span_bias(offset, z.detach() if learned else z, ramp, causal)
-    bias = bias.repeat(bsz, 1, 1)  # (B*H, Qb, L), batch-major like the strips
+    bias = _strip_bias(z.detach() if learned else z, ramp, causal, block, strip, left)
+    bias = bias if bsz == 1 else bias.repeat(bsz, 1, 1)  # (B*H, Qb, L), batch-major like the strips
     real = torch.zeros(bsz, width, dtype=torch.bool, device=q.device)  # keys that exist
     real[:, left : left + t] = True if key_mask is None else key_mask
 
@@ -273,7 +282,7 @@ def _cropped(q, k, v, z, ramp, causal, key_mask, plan: _Plan, **kwargs) -> Atten
         else:
             keys = key_strips(real[:, :, None], n0, n1 - n0, block, strip)[..., 0]  # (n, B, L)
             keys = keys.repeat_interleave(heads, dim=1)  # (n, B*H, L)
-            block_bias = bias.masked_fill(~keys[:, :, None, :], float("-inf"))  # (n, B*H, Qb, L)
+            block_bias = torch.where(keys[:, :, None, :], bias, float("-inf"))  # (n, B*H, Qb, L)
         qb = qp[:, n0:n1].transpose(0, 1)  # (n, B*H, Qb, D)
         if learned:  # torch's fused forward and backward; the span's gradient from its ramp below
             out, lse = span_strips(qb, kp, vp, block_bias, first=n0, strip=strip, scale=kwargs["scale"])

@@ -99,15 +99,20 @@ class SpanStrips(torch.autograd.Function):
 
 def _strips_added(strips: Tensor, xp: Tensor, first: int, block: int) -> Tensor:
     """The gradient of the padded rows ``xp (N, W, d)`` from the gradients of their strips
-    ``(n, N, L, d)`` (strip ``i`` = rows from ``(first + i) Qb``; strips overlap). Rows
-    ``[j, j + Qb)`` of every strip land on rows that no other strip's same rows touch, so each
-    such slice of all the strips is added in one strided write: ``ceil(L / Qb)`` adds."""
-    grad = xp.new_zeros(xp.shape)  # contiguous
+    ``(n, N, L, d)`` (strip ``i`` = rows from ``(first + i) Qb``, ``L >= Qb``; strips overlap).
+    Rows ``[j, j + Qb)`` of every strip land on rows that no other strip's same rows touch, so
+    each such slice of all the strips is written in one strided op: the first copied (the rows
+    no strip starts on zeroed), the others added, ``ceil(L / Qb)`` in all."""
     n, heads, strip, d = strips.shape
+    k0 = first * block
+    grad = xp.new_empty(xp.shape)  # contiguous
+    grad[:, :k0].zero_()
+    grad[:, k0 + n * block :].zero_()
     for j0 in range(0, strip, block):
         rows = min(block, strip - j0)
-        target = grad.as_strided(
-            (n, heads, rows, d), (block * d, grad.stride(0), d, 1), ((first * block + j0) * d)
-        )
-        target.add_(strips[:, :, j0 : j0 + rows])
+        target = grad.as_strided((n, heads, rows, d), (block * d, grad.stride(0), d, 1), (k0 + j0) * d)
+        if j0 == 0:
+            target.copy_(strips[:, :, :rows])
+        else:
+            target.add_(strips[:, :, j0 : j0 + rows])
     return grad
