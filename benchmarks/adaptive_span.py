@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 import qkv
-from qkv.api.adaptive_span import adaptive_span_attention, span_window
+from qkv.api.adaptive_span import adaptive_span_attention, fused_block, span_window
 
 # common.py sits beside this file, however it is run (script or -m)
 if __package__:  # imported as a package module (`python -m benchmarks.<suite>`)
@@ -82,21 +82,24 @@ FLOPS_CONVENTION = (
     "(FlashAttention convention). Computed pairs: T(T+1)/2 for sdpa-causal (its kernel skips the "
     "tiles above the diagonal; counted without the diagonal tiles' waste) and for full (qkv "
     "runs the same is_causal kernel for a plain causal mask), T^2 for a span covering the sequence, the "
-    "strips ceil(T / block) * block * (block + W) for a cropped span; useful pairs: those with "
-    "a nonzero weight"
+    "strips ceil(T / block) * block * (block + W) for a cropped span (block 64 forward; with the span "
+    "learned, fused_block(64, W): W/4 rounded up to a power of two, 64 to 256); useful pairs: those "
+    "with a nonzero weight"
 )
 
 
-def pairs(t: int, name: str) -> dict[str, int]:
-    """(query, key) pairs computed and useful for contender ``name``."""
+def pairs(t: int, name: str, mode: str = "fwd") -> dict[str, int]:
+    """(query, key) pairs computed and useful for contender ``name``; with ``mode`` "fwd+bwd"
+    a learned span's strips take query blocks of ``fused_block(BLOCK, W)``."""
     causal = t * (t + 1) // 2
     if name in ("sdpa-causal", "full"):  # full: qkv runs SDPA's is_causal kernel for causal()
         return {"computed": causal, "useful": causal}
     span = int(name.removeprefix("span-"))
     w = min(span_window(span, RAMP), t - 1)
-    n_blocks = -(-t // BLOCK)
-    strip = BLOCK + w
-    computed = n_blocks * BLOCK * strip if n_blocks * BLOCK * strip < t * t else t * t
+    block = fused_block(BLOCK, w) if mode == "fwd+bwd" else BLOCK
+    n_blocks = -(-t // block)
+    strip = block + w
+    computed = n_blocks * block * strip if n_blocks * block * strip < t * t else t * t
     useful = sum(min(i + 1, w + 1) for i in range(t))
     return {"computed": computed, "useful": useful, "window": w}
 
@@ -188,7 +191,7 @@ def run_suite(
         for name in [n for n in timings if n != ROOF]:
             tm = timings[name]
             span = int(name.removeprefix("span-")) if name.startswith("span-") else None
-            p = pairs(t, name)
+            p = pairs(t, name, mode)
             factor = 1.0 if mode == "fwd" else FWD_BWD_FACTOR
             flops = 4 * B * H * D * p["computed"] * factor
             mem = None
@@ -308,9 +311,9 @@ def to_markdown(res: dict[str, Any]) -> str:
     lines += [
         "",
         f"- FLOPs: {cfg['flops_convention']}.",
-        "- backend: what `qkv.attention` ran inside. With gradients for the span, SDPA runs the strips' "
-        "forward on the bias `log m_z` detached, and `qkv.api.span_strips` computes the backward over the "
-        "same strips (q, k, v and the span).",
+        "- backend: what ran inside. With gradients for the span, torch's fused CPU kernels run the strips "
+        "forward and backward on the bias `log m_z` as a constant mask (`qkv.api.span_strips`: q, k, v), "
+        "and `qkv.api.span_ramp` gives the span its gradient from the ramp's band.",
         f"- Peak MiB: {cfg['memory_method']}",
         "- Other load: mean number of cores kept busy by other processes during the rounds "
         f"(waited up to {cfg['wait_quiet_s']:.0f} s for a quiet machine before each pass; a round "

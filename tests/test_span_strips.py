@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qkv.api import span_strips as strips_mod
 from qkv.api.adaptive_span import adaptive_span_attention
 from qkv.api.span_strips import span_strips
 
@@ -39,23 +38,31 @@ def run(q, k, v, z, g, **kwargs):
 # ----------------------------------------------------------------------------- the Function
 
 
+@pytest.mark.parametrize("dv", [1, 3, 5])
 @pytest.mark.parametrize("shared", [True, False])
-def test_gradcheck_strips(shared, one_thread):
-    """q, the padded keys and values, and the bias (shared by the blocks, or one per block with
-    -inf on masked keys and a row with no key at all)."""
+def test_gradcheck_strips(shared, dv, one_thread):
+    """q and the padded keys and values (the bias a constant: shared by the blocks, or one per
+    block with -inf on masked keys and a row with no key at all), value dims below, equal to
+    and above the query's."""
     n, heads, block, d, strip = 3, 2, 2, 3, 4
     width = (n - 1) * block + strip
-    q, kp, vp = rand(n, heads, block, d, seed=1), rand(heads, width, d, seed=2), rand(heads, width, 2, seed=3)
+    q, kp, vp = (
+        rand(n, heads, block, d, seed=1),
+        rand(heads, width, d, seed=2),
+        rand(heads, width, dv, seed=3),
+    )
     bias = rand(1 if shared else n, heads, block, strip, seed=4)
     if not shared:
         bias[0, 1, 0] = float("-inf")  # a row with no key
         bias[2, 0, :, 3] = float("-inf")
-    leaves = [t.requires_grad_() for t in (q, kp, vp, bias)]
+    leaves = [t.requires_grad_() for t in (q, kp, vp)]
 
-    def fn(q, kp, vp, bias):
+    def fn(q, kp, vp):
         return span_strips(q, kp, vp, bias, first=0, strip=strip, scale=0.7)[0]
 
     assert torch.autograd.gradcheck(fn, leaves)
+    if not shared:  # the row with no key: output 0, no NaN
+        assert torch.equal(fn(q, kp, vp)[0, 1, 0], torch.zeros(dv, dtype=F64))
 
 
 @pytest.mark.parametrize("causal", [True, False])
@@ -113,18 +120,6 @@ def test_spans_covering_the_sequence(causal):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 
-def test_groups_of_blocks_change_nothing(monkeypatch):
-    """The backward takes the blocks a group at a time: one block per group gives the same."""
-    q, k, v, g = (rand(1, 2, 30, 4, seed=s) for s in range(4))
-    z = torch.tensor([2.0, 7.5], dtype=F64)
-    whole, g_whole = run(q, k, v, z, g, ramp=2.0, block_size=4)
-    monkeypatch.setattr(strips_mod, "GROUP_ELEMENTS", 1)
-    one, g_one = run(q, k, v, z, g, ramp=2.0, block_size=4)
-    assert torch.equal(whole.out, one.out)
-    for a, b in zip(g_whole, g_one, strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-13)
-
-
 @pytest.mark.parametrize("causal", [True, False])
 def test_float32_error_ratio(request, causal):
     """float32 against the float64 golden, relative to the path it replaces in float32."""
@@ -170,3 +165,64 @@ def test_strips_run_only_for_a_learned_span_without_weights_or_dropout():
     assert dropped.backend != "sdpa"
     with torch.no_grad():
         assert adaptive_span_attention(q, k, v, z, **kw).backend == "sdpa"
+
+
+# ----------------------------------------------------------------------------- the span's gradient
+
+
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("causal", [True, False])
+def test_span_gradient_equals_autograd_through_the_formula(causal, padded):
+    """The span's gradient from the ramp's band alone (several query tiles, integer spans whose
+    ramp starts exactly on a key, a span of 0) equals autograd through the paper's formula
+    written densely, ``softmax(s + log m_z) v``, in float64."""
+    from qkv.api import span_ramp
+    from qkv.api.adaptive_span import soft_span_mask
+
+    t = 2 * span_ramp.TILE + 22
+    q, k, v, g = (rand(2, 3, t, 4, seed=s) for s in range(4))
+    key_mask = (rand(2, t, seed=5) > -1.0) if padded else None
+    z = torch.tensor([0.0, 9.0, 23.4], dtype=F64)
+    _, grads = run(q, k, v, z, g, ramp=5.0, causal=causal, key_mask=key_mask, block_size=8)
+
+    zz = z.clone().requires_grad_()
+    pos = torch.arange(t)
+    x = (pos[:, None] - pos[None, :]).to(F64)  # query i - key j
+    m = soft_span_mask(x if causal else x.abs(), zz.view(-1, 1, 1), 5.0)  # (H, T, T)
+    allowed = (m > 0) & ((x >= 0) if causal else True)
+    if key_mask is not None:
+        allowed = allowed & key_mask[:, None, None, :]
+    logits = (q @ k.transpose(-2, -1)) * 4**-0.5 + torch.log(torch.where(allowed, m, torch.ones_like(m)))
+    out = torch.softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1) @ v
+    (dz,) = torch.autograd.grad((out * g).sum(), zz)
+    assert float(dz.abs().min()) > 1e-6  # every head's span moves
+    torch.testing.assert_close(grads[3], dz, rtol=0, atol=1e-12)
+
+
+def test_ramp_offsets_are_the_band_autograd_sees():
+    """Distances z <= x < z + R (inclusive at m = 1, exclusive at m = 0), within the sequence."""
+    from qkv.api.span_ramp import ramp_offsets
+
+    def offsets(z, causal=True, t=100):
+        return ramp_offsets(torch.tensor(z, dtype=F64), 4.0, causal, t)
+
+    assert offsets(10.0) == [(-13, -10)]
+    assert offsets(10.5) == [(-14, -11)]
+    assert offsets(10.0, causal=False) == [(-13, -10), (10, 13)]
+    assert offsets(0.0, causal=False) == [(-3, 3)]
+    assert offsets(98.0) == [(-99, -98)]  # the sequence ends before the ramp does
+    assert offsets(99.5) == []
+
+
+def test_span_gradient_does_not_depend_on_the_sample_chunks(monkeypatch):
+    """The band sums take a few samples at a time: one sample at a time gives the same."""
+    from qkv.api import span_ramp
+
+    q, k, v, g = (rand(3, 2, 90, 4, seed=s) for s in range(4))
+    z = torch.tensor([4.0, 11.5], dtype=F64)
+    key_mask = rand(3, 90, seed=7) > -1.0
+    _, whole = run(q, k, v, z, g, ramp=3.0, causal=False, key_mask=key_mask, block_size=8)
+    monkeypatch.setattr(span_ramp, "CHUNK_ELEMENTS", 1)
+    _, one = run(q, k, v, z, g, ramp=3.0, causal=False, key_mask=key_mask, block_size=8)
+    for a, b in zip(whole, one, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-13)

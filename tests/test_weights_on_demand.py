@@ -145,3 +145,40 @@ def test_a_row_whose_bias_closes_every_key_has_zero_weights(lse_given):
     inputs, _ = prepare(q, k, v, bias=bias, need_weights=True)
     w, _ = attention_weights.weights_and_lse(inputs)
     assert bool(w[1, 0, 4].isnan().all()) and not bool(w[0].isnan().any())
+
+
+@pytest.mark.parametrize("score", ["scaled_dot", "gaussian"])
+@pytest.mark.parametrize("lse_given", [False, True])
+def test_rows_longer_than_a_key_block_follow_the_error_ratio_rule(request, score, lse_given):
+    """Rows of several key blocks (``kv_block`` < Tk): a dot score is computed in the result
+    itself (one ``baddbmm`` with the log-sum-exp, bias and mask in place, one ``exp``), other
+    scores block by block. Chosen heads and rows, a bias, a padding mask, a row with no key and
+    NaN in the hidden keys: the weights follow the error-ratio rule against float64, the row
+    with no key is zeros, and the garbage changes nothing."""
+    from qkv.backends import attention_weights
+
+    from helpers import assert_error_ratio
+
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 4, 40, 8, generator=g) * 2 for _ in range(3))
+    bias = torch.randn(1, 4, 40, 40, generator=g)
+    mask = torch.ones(2, 1, 40, 40, dtype=torch.bool)
+    mask[1, :, :, 29:] = False
+    mask[0, :, 5] = False  # query 5 of sample 0 has no key
+    heads, rows = [3, 1], [0, 5, 17, 39]
+
+    def weights(q, k, kv_block):
+        kw = dict(score=score, mask=mask, bias=bias.to(q.dtype), need_weights=True)
+        ref = qkv.attention(q, k, v.to(q.dtype), backend="reference", **kw)
+        inputs, _ = prepare(q, k, v.to(q.dtype), **kw)
+        lse = ref.lse if lse_given else None
+        w, _ = attention_weights.weights_and_lse(inputs, heads=heads, rows=rows, lse=lse, kv_block=kv_block)
+        return w, ref.weights[:, heads][:, :, rows]
+
+    ours, eager = weights(q, k, kv_block=16)  # blocks 16, 16, 8
+    golden = weights(q.double(), k.double(), kv_block=40)[1]
+    assert_error_ratio(request, ours, golden, eager, what="weights")
+    assert torch.equal(ours[0, :, 1], torch.zeros(2, 40))  # row 5 of sample 0
+    k_dirty = k.clone()
+    k_dirty[1, :, 29:] = float("nan")
+    assert torch.equal(weights(q, k_dirty, kv_block=16)[0][1], ours[1])

@@ -31,15 +31,17 @@ the uncropped computation (``crop=False``) within floating-point tolerance. When
 reaches past the sequence (``min_h z_h > T - 1``) the mask is all ones and plain (causal)
 attention runs; ``z`` then gets no gradient (it is 0).
 
-Gradients for ``z`` need a differentiable bias, which SDPA does not give. With ``span``
-requiring grad (backend ``auto``, no weights asked, no active dropout), the strips run through
-:class:`qkv.api.span_strips.SpanStrips`: SDPA's fused forward on the bias detached, and a
-FlashAttention-style backward over the same strips (the probabilities recomputed from ``q``,
-``k`` and the bias) that gives ``q``, ``k``, ``v`` and the bias, hence ``z``, their gradients.
-``d log m_z / dz = 1 / (R m_z)`` on the ramp and 0 elsewhere, so only the ramp's keys move
-``z``. Otherwise (an explicit backend, weights, dropout) :func:`qkv.attention` runs the strips
-with the differentiable bias (``reference`` or ``chunked``). See the benchmark,
-``benchmarks/results/adaptive_span.md``.
+Gradients for ``z`` need a differentiable bias, which SDPA's kernels do not give. With ``span``
+requiring grad (backend ``auto``, no weights asked, no active dropout, on the CPU), the strips
+run through :func:`qkv.api.span_strips.span_strips`: torch's fused flash kernels forward *and*
+backward, the bias ``log m_z`` a constant mask, giving ``q``, ``k`` and ``v`` their gradients;
+``z`` gets its own from :mod:`qkv.api.span_ramp`, which sums the logits' gradient over the
+ramp's band alone (``d log m_z / dz = 1 / (R m_z)`` for ``z <= x < z + R``, 0 elsewhere),
+``O(T R D)`` per head. The fused strips take query blocks of at least :func:`fused_block`
+(``W / 4`` rounded up to a power of two, at most 256): torch's backward writes a gradient per
+strip, which longer blocks keep small. Otherwise (an explicit backend, weights, dropout)
+:func:`qkv.attention` runs the strips with the differentiable bias (``reference`` or
+``chunked``). See the benchmark, ``benchmarks/results/adaptive_span.md``.
 
 Shape legend (see :mod:`qkv._types`)::
 
@@ -59,9 +61,20 @@ from torch import Tensor
 from .._checks import check_bool_mask
 from .._types import AttentionOutput
 from .attention import attention
-from .span_strips import key_strips, span_strips
+from .span_ramp import with_span_gradient
+from .span_strips import fused_strips_available, key_strips, span_strips
 
-__all__ = ["adaptive_span_attention", "check_ramp", "soft_span_mask", "span_penalty", "span_window"]
+__all__ = [
+    "FUSED_BLOCK_MAX",
+    "adaptive_span_attention",
+    "check_ramp",
+    "fused_block",
+    "soft_span_mask",
+    "span_penalty",
+    "span_window",
+]
+
+FUSED_BLOCK_MAX = 256  # the longest query block fused_block picks
 
 
 def soft_span_mask(distance: Tensor, span: Tensor | float, ramp: float) -> Tensor:
@@ -128,7 +141,8 @@ def adaptive_span_attention(
         need_weights: also return the weights ``(B, H, T, T)`` (zeros outside the span).
         crop: compute only the keys inside the window (see the module docstring). False
             computes all ``T x T`` scores; the results are equal within tolerance.
-        block_size: query block length of the cropped computation.
+        block_size: query block length of the cropped computation (raised to
+            :func:`fused_block` for a learned span on the fused strips).
         backend: passed to :func:`qkv.attention`.
 
     Returns:
@@ -160,6 +174,8 @@ def adaptive_span_attention(
         scale=scale, dropout_p=dropout_p, training=training, need_weights=need_weights, backend=backend
     )
     window = min(span_window(z, ramp), max(t - 1, 0))
+    if _learned_span(z, q, kwargs):
+        block_size = fused_block(block_size, window)
     plan = _Plan(t, block_size, window, 0 if causal else window)
     if crop and plan.cropped_pairs < t * t:
         return _cropped(q, k, v, z, ramp, causal, key_mask, plan, **kwargs)
@@ -198,6 +214,18 @@ def _span_bias(offset: Tensor, z: Tensor, ramp: float, causal: bool) -> tuple[Te
     return log_m.masked_fill(~allowed, float("-inf")), allowed
 
 
+def _strip_bias(z: Tensor, ramp: float, causal: bool, block: int, strip: int, left: int) -> Tensor:
+    """The span bias of a block's strip, ``(H, Qb, L)``, contiguous (the fused kernels copy any
+    other layout): row ``r``, column ``c`` is key - query offset ``c - left - r``, so it is one
+    row of ``Qb + L - 1`` offsets per head, computed once and gathered (row ``r`` starts
+    ``Qb - 1 - r`` into it)."""
+    dev = z.device
+    offsets = torch.arange(-(left + block - 1), strip - left, device=dev)  # (Qb + L - 1,)
+    table, _ = _span_bias(offsets[None, :], z, ramp, causal)  # (H, 1, Qb + L - 1)
+    index = torch.arange(strip, device=dev) - torch.arange(block, device=dev)[:, None] + block - 1
+    return table[:, 0, index]  # (H, Qb, L)
+
+
 def _dense(q, k, v, z, ramp, causal, key_mask, **kwargs) -> AttentionOutput:
     t = q.shape[-2]
     mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, T)
@@ -234,15 +262,13 @@ def _cropped(q, k, v, z, ramp, causal, key_mask, plan: _Plan, **kwargs) -> Atten
         F.pad(x, (0, 0, left, width - left - t)).reshape(bsz * heads, width, x.shape[-1]) for x in (k, v)
     )
 
-    offset = (
-        torch.arange(strip, device=q.device)[None, :] - left - torch.arange(block, device=q.device)[:, None]
-    )
-    bias, _ = _span_bias(offset, z, ramp, causal)  # (H, Qb, L): key - query is the same in every block
-    bias = bias.repeat(bsz, 1, 1)  # (B*H, Qb, L), batch-major like the strips
+    learned = _learned_span(z, q, kwargs)
+    # (H, Qb, L): key - query is the same in every block; a constant for the fused strips
+    bias = _strip_bias(z.detach() if learned else z, ramp, causal, block, strip, left)
+    bias = bias if bsz == 1 else bias.repeat(bsz, 1, 1)  # (B*H, Qb, L), batch-major like the strips
     real = torch.zeros(bsz, width, dtype=torch.bool, device=q.device)  # keys that exist
     real[:, left : left + t] = True if key_mask is None else key_mask
 
-    learned = _learned_span(z, kwargs)
     # with padding every block has its own keys: one call; else edge, interior, edge
     ranges = (
         [(0, n_blocks)] if key_mask is not None else [(0, plan.lo), (plan.lo, plan.hi), (plan.hi, n_blocks)]
@@ -256,25 +282,43 @@ def _cropped(q, k, v, z, ramp, causal, key_mask, plan: _Plan, **kwargs) -> Atten
         else:
             keys = key_strips(real[:, :, None], n0, n1 - n0, block, strip)[..., 0]  # (n, B, L)
             keys = keys.repeat_interleave(heads, dim=1)  # (n, B*H, L)
-            block_bias = bias.masked_fill(~keys[:, :, None, :], float("-inf"))  # (n, B*H, Qb, L)
+            block_bias = torch.where(keys[:, :, None, :], bias, float("-inf"))  # (n, B*H, Qb, L)
         qb = qp[:, n0:n1].transpose(0, 1)  # (n, B*H, Qb, D)
-        if learned:  # the fused forward, and a backward that gives the span its gradient
-            out, ran = span_strips(qb, kp, vp, block_bias, first=n0, strip=strip, scale=kwargs["scale"])
-            results.append(AttentionOutput(out=out, weights=None, lse=None, backend=ran))
+        if learned:  # torch's fused forward and backward; the span's gradient from its ramp below
+            out, lse = span_strips(qb, kp, vp, block_bias, first=n0, strip=strip, scale=kwargs["scale"])
+            results.append(AttentionOutput(out=out, weights=None, lse=lse, backend="sdpa"))
         else:
             ks, vs = (key_strips(x, n0, n1 - n0, block, strip) for x in (kp, vp))  # (n, B*H, L, d): views
             results.append(attention(qb, ks, vs, bias=block_bias, **kwargs))
 
-    return _joined(results, plan, q, dv)
+    res = _joined(results, plan, q, dv)
+    if not learned:
+        return res
+    scale = d**-0.5 if kwargs["scale"] is None else kwargs["scale"]
+    out = with_span_gradient(
+        res.out, z, q, k, v, res.lse, key_mask=key_mask, ramp=ramp, causal=causal, scale=scale
+    )
+    return AttentionOutput(out=out, weights=None, lse=None, backend=res.backend)
 
 
-def _learned_span(z: Tensor, kwargs: dict) -> bool:
-    """Whether the strips run :func:`~qkv.api.span_strips.span_strips` (the fused forward, its
-    own backward for the span): the span takes a gradient, the backend is ``auto``, and neither
-    weights nor active dropout are asked (those run :func:`qkv.attention` on the strips)."""
+def fused_block(block_size: int, window: int) -> int:
+    """The query block of the fused strips: ``block_size``, raised to the power of two at least
+    ``W / 4`` (at most :data:`FUSED_BLOCK_MAX`). Torch's fused backward writes a gradient per
+    strip, ``(T / Qb) (Qb + W)`` key rows per head, then added back: longer blocks keep that
+    near ``T`` at the price of ``Qb`` more scores per query."""
+    wanted = 1 << max(0, math.ceil(math.log2(max(window, 1) / 4)))
+    return max(block_size, min(wanted, FUSED_BLOCK_MAX))
+
+
+def _learned_span(z: Tensor, q: Tensor, kwargs: dict) -> bool:
+    """Whether the strips run :func:`~qkv.api.span_strips.span_strips` (torch's fused forward
+    and backward, the span's gradient from :mod:`~qkv.api.span_ramp`): the span takes a
+    gradient, the backend is ``auto``, neither weights nor active dropout are asked, and the
+    fused CPU kernels are there (otherwise :func:`qkv.attention` runs the strips with a
+    differentiable bias)."""
     dropout = kwargs["dropout_p"] > 0 and kwargs["training"]
     plain = kwargs["backend"] == "auto" and not kwargs["need_weights"] and not dropout
-    return plain and torch.is_grad_enabled() and z.requires_grad
+    return plain and torch.is_grad_enabled() and z.requires_grad and fused_strips_available(q)
 
 
 def _joined(results: list[AttentionOutput], plan: _Plan, q: Tensor, dv: int) -> AttentionOutput:

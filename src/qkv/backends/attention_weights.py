@@ -7,7 +7,10 @@ be visualized.
 Rows of at most ``kv_block`` keys are one block: their weights are a softmax of that block's
 logits (the row maximum subtracted), as accurate as the reference backend's. Longer rows take
 the row's log-sum-exp ``lse`` from the backend when it returns one (chunked, sdpa's fused CPU
-kernel) or from a first online pass over the key blocks, for the chosen rows only. Shapes::
+kernel) or from a first online pass over the key blocks, for the chosen rows only; a
+dot-product score's weights are then written into the result itself (one matrix product that
+subtracts ``lse``, one in-place ``exp``: no other buffer of the result's size), other scores'
+a key block at a time. Shapes::
 
     query (..., H, Tq, D), key (..., H, Tk, D) -> weights (..., H', Tq', Tk)
 
@@ -190,8 +193,36 @@ def weights_and_lse(
             running.update(_logits(inputs, q, k[..., k0:k1, :], k0, k1, rows_all, h_idx))
         lse = running.lse()
     lse_safe = lse.to(cdt).masked_fill(lse == float("-inf"), float("inf")).unsqueeze(-1)
+    if inputs.score.dot_like and cdt == q.dtype and q.shape[:-2] == k.shape[:-2]:
+        return _dot_weights(inputs, q, k, blocks, rows_all, h_idx, lse_safe), lse
     out = q.new_empty((*q.shape[:-1], tk), dtype=q.dtype)
     for k0, k1 in blocks:
         s = _logits(inputs, q, k[..., k0:k1, :], k0, k1, rows_all, h_idx)
         out[..., k0:k1] = torch.exp(s - lse_safe).to(q.dtype)
     return out, lse
+
+
+def _dot_weights(
+    inputs: AttentionInputs, q: Tensor, k: Tensor, blocks: list[tuple[int, int]], rows: Tensor,
+    heads: Tensor | None, lse_safe: Tensor,
+) -> Tensor:  # fmt: skip
+    """The weights of a dot-product score in the result itself, no other buffer: one
+    ``baddbmm`` writes ``q k^T * scale - lse`` (the scale and the log-sum-exp applied inside
+    the matrix product), the bias and the mask are applied in place a key block at a time,
+    and one in-place ``exp`` ends it. ``q (..., H', Tq', D)`` and ``k (..., H', Tk, D)`` share
+    their leading dims and the compute dtype; ``lse_safe (..., H', Tq', 1)`` is ``+inf`` in
+    rows with no key (their weights come out 0)."""
+    tq, tk = q.shape[-2], k.shape[-2]
+    out = q.new_empty((*q.shape[:-1], tk))
+    flat = out.view(-1, tq, tk)
+    neg_lse = lse_safe.neg().reshape(-1, tq, 1).expand(flat.shape)
+    q3, k3 = q.reshape(-1, tq, q.shape[-1]), k.reshape(-1, tk, k.shape[-1])
+    torch.baddbmm(neg_lse, q3, k3.transpose(1, 2), alpha=inputs.scale, out=flat)
+    for k0, k1 in blocks:
+        bias = inputs.bias_block(0, inputs.q_len, k0, k1, rows=rows, heads=heads)
+        keep = inputs.mask_block(0, inputs.q_len, k0, k1, rows=rows, heads=heads)
+        if bias is not None:
+            out[..., k0:k1].add_(bias.to(out.dtype))
+        if keep is not None:
+            out[..., k0:k1].masked_fill_(~keep, float("-inf"))
+    return out.exp_()
