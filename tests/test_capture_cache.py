@@ -253,3 +253,24 @@ def test_hf_model_changed_between_captures_is_walked_again_and_captured_right(ch
     old = maps.layers()[1]
     _, one = _hf_captured(model, inputs, layers=1, heads=[2])  # the new layer, its head 2 alone
     assert torch.equal(one.layers()[0], old[:, [2]])
+
+
+def test_hf_layer_copied_with_its_own_config_is_switched_and_restored():
+    """A layer made with ``copy.deepcopy`` reads its own copy of the config, which
+    ``set_attn_implementation`` never reaches: capture switches it too, records its map, and
+    restores its setting on exit."""
+    model, inputs = _hf_bert(), _hf_inputs()
+    model.encoder.layer[1] = copy.deepcopy(model.encoder.layer[0])
+    own = model.encoder.layer[1].attention.self.config
+    assert own is not model.config
+    out, maps = _hf_captured(model, inputs)
+    assert own._attn_implementation == "sdpa" and model.config._attn_implementation == "sdpa"
+    assert len(maps.layers()) == 2
+    for m in model.modules():  # the reference: every config, the copied one included, on eager
+        if getattr(m, "config", None) is not None:
+            m.config._attn_implementation = "eager"
+    with torch.no_grad():
+        ref = model(**inputs, output_attentions=True)
+    torch.testing.assert_close(out.last_hidden_state, ref.last_hidden_state, rtol=1e-5, atol=1e-6)
+    for a, want in zip(maps.layers(), ref.attentions, strict=True):
+        torch.testing.assert_close(a, want, rtol=1e-5, atol=1e-6)

@@ -5,7 +5,8 @@
 or an ``OutputRecorder(class, index, layer_name)``); those modules return
 ``(output, weights, ...)`` whenever their attention function gives weights. Capture:
 
-1. switches every config of the model to qkv's attention implementation
+1. switches every config of the model, and the config of each declared attention module (a layer
+   copied with ``copy.deepcopy`` carries its own), to qkv's attention implementation
    (``attn_implementation="qkv"``, :mod:`qkv.interop.hf_implementation`, registered on first
    use) when the model declares it runs any registered attention function
    (``_supports_attention_backend``), else to ``"eager"``;
@@ -182,8 +183,8 @@ def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module, int, str]]
 
 
 def _configs(parts: Iterable[nn.Module]) -> list:
-    """The configs of the model's parts and their sub-configs (read on each call: a config is a
-    setting, not part of the module tree)."""
+    """The configs of ``parts`` and their sub-configs (read on each call: a config is a setting,
+    not part of the module tree)."""
     configs, seen = [], set()
     todo = [getattr(m, "config", None) for m in parts]
     while todo:
@@ -215,6 +216,11 @@ def _switch(model: nn.Module, implementation: str, walk: _Walk) -> list[tuple[ob
         RuntimeError: some config stays on another implementation (nothing is left switched).
     """
     configs = _configs(ref() for ref in walk.parts)
+    # An attention module reads its own config: one copied with its layer (copy.deepcopy) is
+    # reachable from no part, so set_attn_implementation never reaches it; it is set directly.
+    known = {id(cfg) for cfg in configs}
+    own = [cfg for cfg in _configs(ref() for _, ref, _, _ in walk.found) if id(cfg) not in known]
+    configs += own
     internal = "_attn_implementation_internal"
     saved = [
         (cfg, internal, getattr(cfg, internal))
@@ -231,6 +237,8 @@ def _switch(model: nn.Module, implementation: str, walk: _Walk) -> list[tuple[ob
             else:
                 for cfg in configs:
                     cfg._attn_implementation = implementation
+            for cfg in own:
+                cfg._attn_implementation = implementation
             walk.remember(implementation, configs, saved)
         stuck = sorted(
             {str(_implementation(cfg)) for cfg in configs if _implementation(cfg) != implementation}
