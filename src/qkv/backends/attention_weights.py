@@ -28,7 +28,7 @@ from torch import Tensor
 from .base import AttentionInputs
 from .online_softmax import OnlineSoftmax, block_logits, compute_dtype
 
-__all__ = ["as_index", "attention_weights", "weights_and_lse"]
+__all__ = ["as_index", "attention_weights", "softmax_in_place", "weights_and_lse"]
 
 Selection = int | Sequence[int] | slice | Tensor | None
 
@@ -104,7 +104,7 @@ _SLAB = 1 << 18
 _IN_PLACE = True  # torch's softmax kernel writes into its own input (checked on first use)
 
 
-def _softmax_(s: Tensor) -> None:
+def softmax_in_place(s: Tensor) -> None:
     """``s = torch.softmax(s, -1)`` in place, bitwise: torch's kernel with its input as its
     output (one parallel region, no allocation; each row is read before it is written). Where
     a torch refuses that aliasing, a slab of rows at a time through a cached result.
@@ -128,14 +128,14 @@ def _softmax_(s: Tensor) -> None:
 
 def _softmax_rows_(s: Tensor, *, want_lse: bool, find_closed: bool) -> Tensor | None:
     """Softmax over the last dim of the contiguous ``s``, in place (bitwise
-    ``torch.softmax(s, -1)``, :func:`_softmax_`); with ``find_closed`` a row whose logits are
+    ``torch.softmax(s, -1)``, :func:`softmax_in_place`); with ``find_closed`` a row whose logits are
     all ``-inf`` is given zeros (softmax's NaN there means "no key"; a NaN logit elsewhere
     still gives NaN); the rows' log-sum-exp ``(...)`` when ``want_lse`` (``-inf`` for such a
     row)."""
     if s.numel() == 0:
         return s.new_empty(s.shape[:-1]) if want_lse else None
     top = torch.logsumexp(s, dim=-1) if want_lse else s.amax(dim=-1) if find_closed else None  # (...)
-    _softmax_(s)
+    softmax_in_place(s)
     if find_closed:
         s.masked_fill_((top == float("-inf")).unsqueeze(-1), 0.0)
     return top if want_lse else None

@@ -26,7 +26,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..backends.attention_weights import _softmax_  # the weights pass's own in-place softmax
+from ..backends.attention_weights import softmax_in_place  # the weights pass's own in-place softmax
 
 __all__ = ["plain_weights_first"]
 
@@ -60,5 +60,5 @@ def plain_weights_first(
     logits = query @ key.transpose(-2, -1)  # (B, H, Tq, Tk), a new contiguous tensor
     if scale != 1.0:
         logits.mul_(scale)
-    _softmax_(logits)  # in place, as the weights pass: no second logit-sized tensor to fault in
+    softmax_in_place(logits)  # in place, as the weights pass: no second logit-sized tensor to fault in
     return logits @ value, logits
