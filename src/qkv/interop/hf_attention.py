@@ -207,14 +207,15 @@ def implementation_for_capture(model: nn.Module) -> str:
     return _WALKS.get(model).implementation
 
 
-def _switch(model: nn.Module, implementation: str, walk: _Walk) -> list[tuple[object, str, object]]:
-    """Switch every config of ``model`` to ``implementation``; return what to restore. The
+def _switch(model: nn.Module, walk: _Walk) -> list[tuple[object, str, object]]:
+    """Switch every config of ``model`` to ``walk.implementation``; return what to restore. The
     switch is ``model.set_attn_implementation``'s, replayed without it when it already ran
     from the same settings on this tree (``walk``).
 
     Raises:
         RuntimeError: some config stays on another implementation (nothing is left switched).
     """
+    implementation = walk.implementation
     configs = _configs(ref() for ref in walk.parts)
     # An attention module reads its own config: one copied with its layer (copy.deepcopy) is
     # reachable from no part, so set_attn_implementation never reaches it; it is set directly.
@@ -268,14 +269,14 @@ _SWITCH_USERS: dict[int, list] = {}
 
 
 @contextmanager
-def _switched(model: nn.Module, implementation: str, walk: _Walk) -> Iterator[None]:
-    """``implementation`` for every config of ``model`` while any capture of it runs; then the
-    old implementations."""
+def _switched(model: nn.Module, walk: _Walk) -> Iterator[None]:
+    """``walk.implementation`` for every config of ``model`` while any capture of it runs; then
+    the old implementations."""
     key = id(model)  # the model outlives the block: its captures hold it
     with _SWITCH_LOCK:
         users = _SWITCH_USERS.get(key)
         if users is None:
-            users = _SWITCH_USERS[key] = [0, _switch(model, implementation, walk)]
+            users = _SWITCH_USERS[key] = [0, _switch(model, walk)]
         users[0] += 1
     try:
         yield
@@ -325,7 +326,7 @@ def capture_hf(
     if walk.implementation == IMPLEMENTATION:
         register_hf()
     with ExitStack() as stack:
-        stack.enter_context(_switched(model, walk.implementation, walk))
+        stack.enter_context(_switched(model, walk))
         request = None
         if walk.implementation == IMPLEMENTATION:
             ids = [i for name, _, _, _ in targets for i in walk.subtrees[name]]
