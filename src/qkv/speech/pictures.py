@@ -5,7 +5,8 @@ same time axis, one panel per model: a row per emitted word (and ``<eos>``), its
 the model's states spread over the frames each state covers (``frames_per_state``), each row
 scaled to its own peak (dark: where that word listens most). When the
 alignment works the rows' bright cells step down and to the right with the words: monotonic
-(:func:`qkv.speech.recognizer.is_monotonic`).
+(:func:`qkv.speech.recognizer.is_monotonic` of the words' rows; the <eos> row is drawn but not
+counted).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def alignment_figure(
                   extent=(0, span, att.shape[0] - 0.5, -0.5))  # fmt: skip
         words = t.text.split() + (["<eos>"] if t.stop == "eos" else [])
         ax.set_yticks(range(len(words)), words, fontsize=8)
-        order = "monotonic" if is_monotonic(t.attention) else "not monotonic"
+        order = "monotonic" if is_monotonic(t.word_attention) else "not monotonic"
         ax.set_title(f"{name}: \u201c{t.text}\u201d ({order})", fontsize=9, loc="left")
     axes[-1].set_xlim(0, frames)
     axes[-1].set_xlabel("frame (10 ms)")

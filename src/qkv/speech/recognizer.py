@@ -38,10 +38,17 @@ class Transcript:
     score: float
     stop: str
 
+    @property
+    def word_attention(self) -> Tensor:
+        """The rows of :attr:`attention` that belong to words ``(words, S)``: without the
+        <eos> row (the step deciding to stop listens to no word)."""
+        return self.attention[:-1] if self.stop == "eos" else self.attention
+
 
 def is_monotonic(attention: Tensor) -> bool:
-    """Whether each output step's most attended listener state ``(steps, S)`` is at or after the
-    previous step's: the alignment of speech to its words moves forward in time."""
+    """Whether each row's most attended listener state ``(rows, S)`` is at or after the
+    previous row's: given a transcript's :attr:`Transcript.word_attention`, whether the
+    alignment of speech to its words moves forward in time from one word to the next."""
     peaks = attention.argmax(-1).tolist()
     return peaks == sorted(peaks)
 
@@ -129,9 +136,10 @@ class Recognizer:
 
     def evaluate(self, spoken: SpokenSet, *, beam: int = 1) -> dict[str, float]:
         """WER and CER on a set of spoken numbers, and the fraction of transcripts whose
-        alignment is monotonic (:func:`is_monotonic`): ``{"wer", "cer", "monotonic", "n"}``."""
+        words' alignment is monotonic (:func:`is_monotonic` of each :attr:`Transcript.word_attention`):
+        ``{"wer", "cer", "monotonic", "n"}``."""
         transcripts = self.transcribe_features(spoken.features, beam=beam)
-        monotonic = sum(is_monotonic(t.attention) for t in transcripts) / max(len(transcripts), 1)
+        monotonic = sum(is_monotonic(t.word_attention) for t in transcripts) / max(len(transcripts), 1)
         return {
             **error_rates(spoken.texts, [t.text for t in transcripts]),
             "monotonic": monotonic,
