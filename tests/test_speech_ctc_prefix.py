@@ -55,7 +55,9 @@ def test_prefix_and_end_scores_equal_the_sum_over_all_alignments(seed):
                 assert float(scores[c]) == pytest.approx(want, abs=1e-10), (prefix, c)
         assert float(scores[EOS]) == pytest.approx(_brute(x, prefix, complete=True), abs=1e-10)
         assert scores[BLANK] == -math.inf
-        assert scorer.score(prefix, complete=False) == pytest.approx(_brute(x, prefix, complete=False), abs=1e-10)
+        assert scorer.score(prefix, complete=False) == pytest.approx(
+            _brute(x, prefix, complete=False), abs=1e-10
+        )
 
 
 def test_hypotheses_are_extended_side_by_side_as_alone():
