@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["CTCPrefixScorer", "PrefixState"]
+__all__ = ["CTCPrefixScorer", "Extensions", "PrefixState"]
 
 
 @dataclass
