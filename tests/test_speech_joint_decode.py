@@ -59,11 +59,11 @@ def test_weight_zero_is_the_attention_search_bit_for_bit():
         assert torch.equal(a.attention, b.attention)
 
 
-@pytest.mark.parametrize("weight", [0.3, 0.7, 1.0])
-def test_the_joint_score_is_recomputed_and_never_below_greedys(weight):
+@pytest.mark.parametrize(("beam", "weight"), [(3, 0.3), (3, 0.7), (3, 1.0), (1, 0.5)])
+def test_the_joint_score_is_recomputed_and_never_below_greedys(beam, weight):
     model, (x, lengths) = _model(), _batch()
     firsts = greedy(model, x, lengths, max_len=6)
-    for i, h in enumerate(beam_search(model, x, lengths, beam=3, max_len=6, ctc_weight=weight)):
+    for i, h in enumerate(beam_search(model, x, lengths, beam=beam, max_len=6, ctc_weight=weight)):
         n = int(lengths[i])
         ended = h.stop == "eos"
         assert h.attention.shape[0] == len(h.tokens) + ended

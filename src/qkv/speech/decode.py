@@ -156,9 +156,8 @@ def _beam_one(
     s = int(memory["lengths"][0])
     state = model.init_state(memory)
     joint = _Joint(model, memory, ctc_weight) if ctc_weight else None
-    live: list[tuple[float, float, list[int], list[Tensor]]] = [
-        (0.0, 0.0, [], [])
-    ]  # (score, att log p, tokens, rows)
+    # live hypotheses: (score, attention log-probability, tokens, attention rows)
+    live: list[tuple[float, float, list[int], list[Tensor]]] = [(0.0, 0.0, [], [])]
     finished = [first if joint is None else joint.rescored(first)]
     prev = torch.tensor([SOS])
     for _ in range(max_len):
