@@ -4,6 +4,7 @@
 
     qkv transcribe --checkpoint runs/las one.wav two.wav
     qkv transcribe --checkpoint runs/las --beam 4 --json one.wav
+    qkv transcribe --checkpoint runs/demo-speech/transformer --beam 8 --ctc-weight 0.3 one.wav
 
 Each file is read at its own sample rate (any rate, stereo averaged to mono), resampled to 16 kHz
 and transcribed (:meth:`qkv.speech.recognizer.Recognizer.transcribe`). ``--json`` adds each
