@@ -27,7 +27,16 @@ def test_quick_speech_demo_writes_metrics_checkpoints_and_an_offline_report(tmp_
     assert printed == metrics
     assert list(metrics) == ["las", "transformer"]
     for m in metrics.values():
-        assert list(m) == ["wer", "cer", "monotonic", "n", "beam", "train_seconds", "train_cpu_seconds"]
+        assert list(m) == [
+            "wer",
+            "cer",
+            "monotonic",
+            "n",
+            "beam",
+            "ctc_weight",
+            "train_seconds",
+            "train_cpu_seconds",
+        ]
         for key in ("wer", "cer", "monotonic", "n"):
             assert set(m[key]) == {"heldout_voices", "flite_kal16"}
         assert m["n"] == {"heldout_voices": 6, "flite_kal16": 6}
@@ -37,6 +46,9 @@ def test_quick_speech_demo_writes_metrics_checkpoints_and_an_offline_report(tmp_
         )
         assert m["train_seconds"] > 0 and m["train_cpu_seconds"] > 0
     assert [m["beam"] for m in metrics.values()] == [DEMO_RUNS[name][2] for name in metrics] == [4, 1]
+    assert (
+        [m["ctc_weight"] for m in metrics.values()] == [DEMO_RUNS[name][3] for name in metrics] == [0.0, 0.0]
+    )
     # LAS trained on half flite speech with warped filterbanks, the Transformer on the default mix;
     # both scored on the same held-out utterances (one cache file per held-out split)
     assert LAS_RECIPE == ["--data.warp=0.1", "--data.flite_share=0.5"]

@@ -1,5 +1,6 @@
 """qkv.speech end to end on a few real utterances: qkv train --model las, qkv evaluate --json,
-qkv transcribe (WAV files at 22.05 kHz and 8 kHz, a file that is not audio), Recognizer.load."""
+qkv transcribe (WAV files at 22.05 kHz and 8 kHz, a file that is not audio), Recognizer.load,
+--ctc-weight refused by name."""
 
 import json
 import shutil
@@ -44,6 +45,16 @@ def test_evaluate_reports_both_held_out_splits(run, capsys):
     assert set(result["wer"]) == set(result["cer"]) == {"heldout_voices", "flite_kal16"}
     assert result["n"] == {"heldout_voices": 3, "flite_kal16": 3}
     assert all(v >= 0.0 for v in result["wer"].values())
+
+
+def test_ctc_weight_is_refused_by_name_out_of_range_or_without_a_ctc_head(run, capsys):
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(run), "--beam", "2", "--ctc-weight", "1.5"]) == 2
+    assert "--ctc-weight: expected a float in [0, 1], got 1.5" in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", str(run), "--beam", "2", "--ctc-weight", "0.5"]) == 2
+    assert "ctc_weight: LAS has no CTC head" in capsys.readouterr().err
+    assert main(["transcribe", "--checkpoint", str(run), "--ctc-weight", "-1", "x.wav"]) == 2
+    assert "--ctc-weight: expected a float in [0, 1], got -1.0" in capsys.readouterr().err
 
 
 def test_transcribe_wav_files_at_any_rate(run, tmp_path, capsys):

@@ -5,7 +5,9 @@ for a grounded translator, :meth:`qkv.crossmodal.grounded_translator.GroundedTra
 sentence and number-word exact match; for a speech recognizer, :meth:`qkv.speech.recognizer.Recognizer.evaluate`: word and character
 error rates on voices never heard in training).
 
-qkv evaluate --checkpoint DIR [--data FILE.tsv | --split test] [--beam K] [--limit N] [--json]
+qkv evaluate --checkpoint DIR [--data FILE.tsv | --split test] [--beam K] [--ctc-weight L] [--limit N] [--json]
+
+(``--ctc-weight``: a speech recognizer with a CTC head only, joint CTC/attention beam search.)
 
 The application is the one of the checkpoint's stored ``[model]`` kind
 (:func:`qkv.cli.application.of_checkpoint`).
@@ -50,6 +52,14 @@ def add_parser(sub) -> None:
         default=None,
         help="the split of the run's corpus: train, valid, test or test_long (default test; not with --data)",
     )
+    ev.add_argument(
+        "--ctc-weight",
+        type=float,
+        default=0.0,
+        metavar="L",
+        help="a speech recognizer with a CTC head (speech-transformer): rank beam hypotheses by "
+        "L * CTC + (1 - L) * attention log-probability (0, the default: attention alone)",
+    )
     ev.add_argument("--limit", type=int, default=0, help="evaluate only the first N examples")
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
     ev.set_defaults(handler=run)
@@ -83,6 +93,10 @@ def run(args: argparse.Namespace) -> int:
     if args.data and args.split is not None:
         raise CommandError(f"--split {args.split}: not used with --data (the whole file is evaluated)")
     app = application.of_checkpoint(args.checkpoint)
+    if args.ctc_weight and app != "speech":
+        raise CommandError(
+            f"--ctc-weight {args.ctc_weight}: only a speech recognizer decodes with a CTC head"
+        )
     if app == "vision":
         return _run_vision(args)
     if app == "crossmodal":
@@ -357,17 +371,21 @@ def _run_speech(args: argparse.Namespace) -> int:
             f"--split: expected {', '.join(_SPEECH_SPLITS)} for a speech recognizer, got {args.split!r}"
         )
     splits = ("test", "kal16") if args.split is None else (args.split,)
+    if not 0.0 <= args.ctc_weight <= 1.0:
+        raise CommandError(f"--ctc-weight: expected a float in [0, 1], got {args.ctc_weight}")
     try:
         rec = Recognizer.load(args.checkpoint)
         with warnings_as_messages():
             sets = load_splits(DataConfig(**rec.config["data"]), splits)
         scores = {
-            _SPEECH_SPLITS[s]: rec.evaluate(_first_spoken(sets[s], args.limit), beam=args.beam)
+            _SPEECH_SPLITS[s]: rec.evaluate(
+                _first_spoken(sets[s], args.limit), beam=args.beam, ctc_weight=args.ctc_weight
+            )
             for s in splits
         }
     except USER_ERRORS as e:
         raise CommandError(error_message(e)) from None
-    result = {"model": rec.describe(), "beam": args.beam,
+    result = {"model": rec.describe(), "beam": args.beam, "ctc_weight": args.ctc_weight,
               "wer": {k: round(v["wer"], 4) for k, v in scores.items()},
               "cer": {k: round(v["cer"], 4) for k, v in scores.items()},
               "monotonic": {k: round(v["monotonic"], 4) for k, v in scores.items()},
@@ -375,7 +393,7 @@ def _run_speech(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"model: {result['model']}; beam {args.beam}")
+    print(f"model: {result['model']}; beam {args.beam}, CTC weight {args.ctc_weight}")
     for name in scores:
         print(
             f"{name}: {result['n'][name]} utterances  WER {result['wer'][name]:.4f}  CER {result['cer'][name]:.4f}  "

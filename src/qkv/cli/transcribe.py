@@ -4,6 +4,7 @@
 
     qkv transcribe --checkpoint runs/las one.wav two.wav
     qkv transcribe --checkpoint runs/las --beam 4 --json one.wav
+    qkv transcribe --checkpoint runs/demo-speech/transformer --beam 8 --ctc-weight 0.3 one.wav
 
 Each file is read at its own sample rate (any rate, stereo averaged to mono), resampled to 16 kHz
 and transcribed (:meth:`qkv.speech.recognizer.Recognizer.transcribe`). ``--json`` adds each
@@ -32,6 +33,14 @@ def add_parser(sub) -> None:
     )
     t.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy)")
     t.add_argument(
+        "--ctc-weight",
+        type=float,
+        default=0.0,
+        metavar="L",
+        help="a model with a CTC head (speech-transformer): rank beam hypotheses by L * CTC + (1 - L) * "
+        "attention log-probability (0, the default: attention alone)",
+    )
+    t.add_argument(
         "--json", action="store_true", help="print transcripts and each word's attention peak as JSON"
     )
     t.add_argument("files", nargs="+", metavar="FILE.wav", help="the WAV files to transcribe")
@@ -44,13 +53,15 @@ def run(args: argparse.Namespace) -> int:
 
     if args.beam < 1:
         raise CommandError(f"--beam: expected an int >= 1, got {args.beam}")
+    if not 0.0 <= args.ctc_weight <= 1.0:
+        raise CommandError(f"--ctc-weight: expected a float in [0, 1], got {args.ctc_weight}")
     try:
         rec = Recognizer.load(args.checkpoint)
     except USER_ERRORS as e:
         raise CommandError(f"--checkpoint: {error_message(e)}") from None
     try:
         with warnings_as_messages():
-            transcripts = rec.transcribe(list(args.files), beam=args.beam)
+            transcripts = rec.transcribe(list(args.files), beam=args.beam, ctc_weight=args.ctc_weight)
     except USER_ERRORS as e:
         raise CommandError(error_message(e)) from None
     if args.json:

@@ -10,7 +10,9 @@ qkv.speech``; ``import qkv`` does not load it).
 - :mod:`qkv.speech.vocabulary`: :class:`WordVocabulary`, the output words.
 - :mod:`qkv.speech.config`: the run config (``[data]``, ``[model]``, ``[train]``), :func:`resolve`.
 - :mod:`qkv.speech.training`: :func:`train` (what ``qkv train --model las`` runs), :class:`SpeechTask`.
-- :mod:`qkv.speech.decode`: :func:`greedy` and :func:`beam_search` (never less probable than greedy).
+- :mod:`qkv.speech.ctc_prefix`: :class:`CTCPrefixScorer`, the CTC prefix and end scores of hypotheses.
+- :mod:`qkv.speech.decode`: :func:`greedy` and :func:`beam_search` (never less probable than greedy;
+  ``ctc_weight``: joint CTC/attention ranking for a model with a CTC head).
 - :mod:`qkv.speech.recognizer`: :class:`Recognizer`, a trained model: ``transcribe`` with attention, ``evaluate``.
 - :mod:`qkv.speech.metrics`: :func:`error_rates` (WER, CER with jiwer).
 
@@ -19,6 +21,7 @@ The layers: :mod:`qkv.speech` builds on :mod:`qkv.application`, :mod:`qkv.train`
 """
 
 from .config import DATASETS, MODEL_PRESETS, DataConfig, RunConfig, SpeechTrainConfig, resolve, resume_config
+from .ctc_prefix import CTCPrefixScorer
 from .data import SPLITS, SpokenSet, Utterance, features_of, spoken_numbers, utterances, voice_splits
 from .decode import Hypothesis, beam_search, greedy
 from .features import SAMPLE_RATE, log_mel, mel_filterbank, resample, speed_perturb
@@ -36,6 +39,7 @@ __all__ = [
     "MODEL_PRESETS",
     "SAMPLE_RATE",
     "SPLITS",
+    "CTCPrefixScorer",
     "DataConfig",
     "Hypothesis",
     "Recognizer",

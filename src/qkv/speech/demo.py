@@ -3,12 +3,12 @@ where each listens.
 
 Trains both recognizers at demo size on spoken numbers (``runs/demo-speech/las/``,
 ``runs/demo-speech/transformer/``; LAS's training speech of :data:`LAS_RECIPE`), scores them on held-out espeak-ng voices and on flite's
-kal16 (:meth:`qkv.speech.Recognizer.evaluate`, each with its beam of :data:`DEMO_RUNS`), and
-writes ``metrics.json``::
+kal16 (:meth:`qkv.speech.Recognizer.evaluate`, each with its beam and CTC weight of
+:data:`DEMO_RUNS`), and writes ``metrics.json``::
 
     {"las": {"wer": {"heldout_voices": ..., "flite_kal16": ...}, "cer": {...},
-             "monotonic": {...}, "n": {...}, "beam": 4, "train_seconds": ...,
-             "train_cpu_seconds": ...},
+             "monotonic": {...}, "n": {...}, "beam": 4, "ctc_weight": 0.0,
+             "train_seconds": ..., "train_cpu_seconds": ...},
      "transformer": {...}}
 
 (``monotonic``: the share of transcripts whose alignment moves forward in time; the training
@@ -43,10 +43,13 @@ __all__ = ["DEMO_RUNS", "LAS_RECIPE", "run_speech_demo"]
 #: Transformer trains on the default mix: in 20 epochs it learns this one too slowly.
 LAS_RECIPE = ["--data.warp=0.1", "--data.flite_share=0.5"]
 #: Each model's preset, overrides at demo size (2,000 training utterances each; the same
-#: held-out utterances) and the beam it is scored with (1: greedy).
-DEMO_RUNS: dict[str, tuple[str, list[str], int]] = {
-    "las": ("las", ["--train.epochs=8", *LAS_RECIPE], 4),
-    "transformer": ("speech-transformer", ["--train.epochs=20"], 1),
+#: held-out utterances), the beam it is scored with (1: greedy) and the weight of its CTC head
+#: in the beam's ranking (:mod:`qkv.speech.decode`; 0: attention alone). The Transformer stays
+#: greedy: joint CTC/attention beam search (beam 4 or 8, weight 0.1 to 0.7) scores it no better
+#: on kal16 and worse on the held-out voices (docs/guides/speech.md, "Joint CTC/attention decoding").
+DEMO_RUNS: dict[str, tuple[str, list[str], int, float]] = {
+    "las": ("las", ["--train.epochs=8", *LAS_RECIPE], 4, 0.0),
+    "transformer": ("speech-transformer", ["--train.epochs=20"], 1, 0.0),
 }
 #: The demo's spoken numbers: training, validation, and each held-out split's size.
 _DATA = ["--data.train_size=2000", "--data.valid_size=100", "--data.test_size=200"]
@@ -67,7 +70,7 @@ def _say(msg: str) -> None:
 
 
 def _config(name: str, quick: bool):
-    preset, overrides, _ = DEMO_RUNS[name]
+    preset, overrides, *_ = DEMO_RUNS[name]
     extra = [*_QUICK_DATA, *_QUICK[name], "--train.max_steps=3"] if quick else _DATA
     return resolve(preset=preset, overrides=[*overrides, "--train.save_every_minutes=0", *extra])
 
@@ -86,9 +89,10 @@ def _train_one(name: str, run: Path, *, fresh: bool, quick: bool) -> tuple[float
     return round(seconds, 1), round(cpu, 1)
 
 
-def _scores(rec: Recognizer, sets: dict[str, Any], beam: int) -> dict[str, Any]:
-    """WER, CER and the share of monotonic alignments on each held-out split, decoded with ``beam``."""
-    scores = {SPLITS[s]: rec.evaluate(sets[s], beam=beam) for s in SPLITS}
+def _scores(rec: Recognizer, sets: dict[str, Any], beam: int, ctc_weight: float) -> dict[str, Any]:
+    """WER, CER and the share of monotonic alignments on each held-out split, decoded with ``beam``
+    and ``ctc_weight``."""
+    scores = {SPLITS[s]: rec.evaluate(sets[s], beam=beam, ctc_weight=ctc_weight) for s in SPLITS}
     return {k: {name: (round(v[k], 4) if k != "n" else v[k]) for name, v in scores.items()}
             for k in ("wer", "cer", "monotonic", "n")}  # fmt: skip
 
@@ -122,9 +126,9 @@ def run_speech_demo(
         times = _train_one(name, out / name, fresh=fresh, quick=quick)
         if times is None:
             times = tuple(previous.get(name, {}).get(k) for k in ("train_seconds", "train_cpu_seconds"))
-        recognizers[name], beam = Recognizer.load(out / name), DEMO_RUNS[name][2]
-        metrics[name] = {**_scores(recognizers[name], sets, beam), "beam": beam, "train_seconds": times[0],
-                         "train_cpu_seconds": times[1]}  # fmt: skip
+        recognizers[name], (beam, ctc) = Recognizer.load(out / name), DEMO_RUNS[name][2:]
+        metrics[name] = {**_scores(recognizers[name], sets, beam, ctc), "beam": beam, "ctc_weight": ctc,
+                         "train_seconds": times[0], "train_cpu_seconds": times[1]}  # fmt: skip
         _say(f"{name}: WER held-out voices {metrics[name]['wer']['heldout_voices']:.4f}, "
              f"flite kal16 {metrics[name]['wer']['flite_kal16']:.4f}")  # fmt: skip
     _say("[4/4] report: alignments of held-out utterances")
@@ -175,9 +179,16 @@ def _rows(metrics: dict[str, Any]) -> str:
 
 
 def _decoding(metrics: dict[str, Any]) -> str:
-    """How each model decoded: ``"las: beam 4, transformer: greedy"``."""
-    ways = {name: "greedy" if m["beam"] == 1 else f"beam {m['beam']}" for name, m in metrics.items()}
-    return ", ".join(f"{html.escape(name)}: {way}" for name, way in ways.items())
+    """How each model decoded: ``"las: beam 4, transformer: greedy"`` (``"beam 8, CTC weight 0.3"``)."""
+    return ", ".join(
+        f"{html.escape(name)}: {_way(m['beam'], m['ctc_weight'])}" for name, m in metrics.items()
+    )
+
+
+def _way(beam: int, ctc_weight: float) -> str:
+    if beam == 1 and not ctc_weight:
+        return "greedy"
+    return f"beam {beam}" + (f", CTC weight {ctc_weight}" if ctc_weight else "")
 
 
 def _report_html(metrics: dict[str, Any], figures: list[Path], *, quick: bool, seconds: float) -> str:

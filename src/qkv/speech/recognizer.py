@@ -113,32 +113,47 @@ class Recognizer:
         return out
 
     def transcribe(
-        self, waveforms_or_paths: Any, sample_rate: int | None = None, *, beam: int = 1
+        self,
+        waveforms_or_paths: Any,
+        sample_rate: int | None = None,
+        *,
+        beam: int = 1,
+        ctc_weight: float = 0.0,
     ) -> list[Transcript]:
         """Transcripts of WAV files or waveforms (see :meth:`features`), greedy (``beam=1``) or by
-        beam search; each with its attention over the frames."""
-        return self.transcribe_features(self.features(waveforms_or_paths, sample_rate), beam=beam)
+        beam search, ranked with ``ctc_weight`` lambda by the joint CTC/attention score (a model
+        with a CTC head; :mod:`qkv.speech.decode`); each with its attention over the frames.
+
+        Raises:
+            ValueError: ``beam`` < 1, ``ctc_weight`` outside [0, 1] or above 0 without a CTC head.
+        """
+        return self.transcribe_features(
+            self.features(waveforms_or_paths, sample_rate), beam=beam, ctc_weight=ctc_weight
+        )
 
     def transcribe_features(
-        self, features: Sequence[Tensor], *, beam: int = 1, batch_size: int = 64
+        self, features: Sequence[Tensor], *, beam: int = 1, batch_size: int = 64, ctc_weight: float = 0.0
     ) -> list[Transcript]:
-        """Transcripts of features ``(frames, n_mels)``, ``batch_size`` at a time."""
+        """Transcripts of features ``(frames, n_mels)``, ``batch_size`` at a time (``beam=1`` with
+        ``ctc_weight`` above 0: a one-hypothesis joint search, not greedy)."""
         out = []
         for i in range(0, len(features), batch_size):
             x, lengths = pad_features(features[i : i + batch_size])
-            if beam == 1:
+            if beam == 1 and ctc_weight == 0:
                 hyps = greedy(self.model, x, lengths, max_len=MAX_WORDS)
             else:
-                hyps = beam_search(self.model, x, lengths, beam=beam, max_len=MAX_WORDS)
+                hyps = beam_search(
+                    self.model, x, lengths, beam=beam, max_len=MAX_WORDS, ctc_weight=ctc_weight
+                )
             out += [Transcript(self.vocab.decode(h.tokens), h.attention, self.model.config.reduction, h.score, h.stop)
                     for h in hyps]  # fmt: skip
         return out
 
-    def evaluate(self, spoken: SpokenSet, *, beam: int = 1) -> dict[str, float]:
+    def evaluate(self, spoken: SpokenSet, *, beam: int = 1, ctc_weight: float = 0.0) -> dict[str, float]:
         """WER and CER on a set of spoken numbers, and the fraction of transcripts whose
         words' alignment is monotonic (:func:`is_monotonic` of each :attr:`Transcript.word_attention`):
-        ``{"wer", "cer", "monotonic", "n"}``."""
-        transcripts = self.transcribe_features(spoken.features, beam=beam)
+        ``{"wer", "cer", "monotonic", "n"}``; decoded as :meth:`transcribe` does."""
+        transcripts = self.transcribe_features(spoken.features, beam=beam, ctc_weight=ctc_weight)
         monotonic = sum(is_monotonic(t.word_attention) for t in transcripts) / max(len(transcripts), 1)
         return {
             **error_rates(spoken.texts, [t.text for t in transcripts]),
