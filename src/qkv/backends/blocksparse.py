@@ -13,7 +13,10 @@ pair. They are split into pieces, each one call of PyTorch's fused CPU attention
 * the **band**: the run of key blocks that slides with the query block (a sliding window's
   diagonal). Every query block's span is an overlapping strided *view* of the keys: no copy.
 * the **extras**: the other tiles of each query block (global columns, random blocks, whole
-  rows of global tokens), gathered per query block and grouped by count so none is padded.
+  rows of global tokens), gathered per query block and grouped by count; a group whose rows
+  have a few tiles fewer joins a larger one, padded with a masked zero block, while the padding
+  stays under :data:`PAD_SHARE` of the group's tiles (fewer, larger kernel calls, and rows that
+  form one run of consecutive query blocks are views, not gathers).
 
 A row's pieces are merged exactly by their log-sum-exps (``out = sum_p exp(lse_p - lse) out_p``,
 ``lse = logsumexp_p lse_p``), the same merge FlashAttention uses across key blocks, straight into
@@ -49,6 +52,7 @@ _FLASH = getattr(_ops, "_scaled_dot_product_flash_attention_for_cpu", None)
 _FLASH_BACKWARD = getattr(_ops, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
 
 GATHER_BYTES = 32 << 20  # the keys one gather collects (rows x blocks) stay under this
+PAD_SHARE = 0.125  # a group of gathered tiles joins a larger one while its padding stays under this share
 RUN_ROWS = 8  # a piece is cut at the ends of its runs of consecutive query blocks when they average this many
 
 
@@ -296,6 +300,24 @@ def _run(idx: Tensor | None, n_kb: int, tk: int, bk: int) -> tuple[int, int] | N
     return first, step
 
 
+def _join_groups(groups: list[list[int]], counts: list[int]) -> list[list[int]]:
+    """Groups of query blocks (ids into ``counts``, each block's number of gathered tiles),
+    largest count first, a group joining the one before it while the joined group's padding
+    (its rows' tiles short of its largest count, filled with the masked zero block) stays
+    under :data:`PAD_SHARE` of its real tiles. Each group's rows come out sorted."""
+    joined: list[list[int]] = []
+    for members in sorted(groups, key=lambda g: -max(counts[i] for i in g)):
+        if joined:
+            merged = joined[-1] + members
+            top = max(counts[i] for i in merged)
+            real = sum(counts[i] for i in merged)
+            if len(merged) * top - real <= PAD_SHARE * real:
+                joined[-1] = merged
+                continue
+        joined.append(members)
+    return [sorted(g) for g in joined]
+
+
 def _as_range(ids: list[int]) -> slice | None:
     return slice(ids[0], ids[-1] + 1) if ids and ids == list(range(ids[0], ids[-1] + 1)) else None
 
@@ -427,18 +449,25 @@ class _Planner:
         for i, c in enumerate(counts.tolist()):
             if c:
                 groups.setdefault(c if distinct <= 16 else (c - 1).bit_length(), []).append(i)
+        # groups whose tiles are consecutive key blocks stay apart: their keys are views
+        runs = [g for g in groups.values() if _run(self._gather_idx(g, extras), self.n_kb, self.tk, self.bk)]
+        others = [g for g in groups.values() if g not in runs]
         cap = max(1, GATHER_BYTES // (self.b * self.bq * self.bk * 4))  # bound one gather's rows x blocks
-        for members in groups.values():
-            c_max = int(counts[members].max())
-            per_piece = max(1, cap // c_max)
+        for members in runs + _join_groups(others, counts.tolist()):
+            per_piece = max(1, cap // int(counts[members].max()))
             for start in range(0, len(members), per_piece):
                 rows = members[start : start + per_piece]
-                cols = [torch.nonzero(extras[i]).flatten() for i in rows]
-                idx = torch.full((len(rows), c_max), self.n_kb, dtype=torch.long)
-                for j, c in enumerate(cols):
-                    idx[j, : c.numel()] = c
-                pieces.append(self._piece(rows, idx.to(self.dev)))
+                pieces.append(self._piece(rows, self._gather_idx(rows, extras).to(self.dev)))
         return pieces
+
+    def _gather_idx(self, rows: list[int], extras: Tensor) -> Tensor:
+        """The key blocks ``(n, C)`` of query blocks ``rows`` in ``extras``, C the largest
+        count among them, the shorter rows padded with the zero block (``nKB``)."""
+        cols = [torch.nonzero(extras[i]).flatten() for i in rows]
+        idx = torch.full((len(rows), max(c.numel() for c in cols)), self.n_kb, dtype=torch.long)
+        for j, c in enumerate(cols):
+            idx[j, : c.numel()] = c
+        return idx
 
     def plan(self) -> _Plan:
         pieces = []
@@ -859,11 +888,12 @@ def _merge(out: _RowBlocks, lse: _RowBlocks, p: _Piece, o: Tensor, l_p: Tensor, 
         out.write(p, o)
         lse.write(p, l_p)
         return
-    # out' = out + (o - out) * exp(l_p - lse'), lse' = logaddexp(lse, l_p): one fused lerp
-    new_l = torch.logaddexp(lse.read(p), l_p)
-    weight = torch.exp(l_p - new_l.masked_fill(new_l == float("-inf"), 0.0))
+    # out' = out + (o - out) * w, w = exp(l_p - lse') = sigmoid(l_p - lse), lse' = logaddexp(lse, l_p);
+    # a row with no key yet on either side gives NaN there, and keeps its 0: w = 0
+    old = lse.read(p)
+    weight = torch.sub(l_p, old).sigmoid_().nan_to_num_(0.0)
     out.write(p, out.read(p).lerp_(o, weight))
-    lse.write(p, new_l)
+    lse.write(p, torch.logaddexp(old, l_p, out=old))
 
 
 # ----------------------------------------------------------------------------- under torch.compile
