@@ -520,10 +520,11 @@ class _KeyRows:
             self._work = self.whole.new_empty(h * m * row)
         return self._work[: h * m * row].view(h, m, row)
 
-    def select(self, idx: Tensor) -> Tensor:
+    def select(self, idx: Tensor, *, keep: bool = False) -> Tensor:
         """Rows ``idx`` (m,), block ids in ``0 .. nKB`` (nKB: the zero block): ``(H, m, bk * D)``,
-        in the workspace (valid until the next call)."""
-        got = self._workspace(idx.numel())
+        in the workspace (valid until the next call), or with ``keep`` in a tensor of its own."""
+        got = self.whole.new_empty((self.shape[0], idx.numel(), self.shape[2])) if keep else None
+        got = self._workspace(idx.numel()) if got is None else got
         if self.full == 0:
             return torch.index_select(self.extra, 1, idx, out=got)
         safe = idx.clamp(max=self.full - 1)
@@ -532,8 +533,11 @@ class _KeyRows:
         else:  # index_select would first copy keys that are not contiguous (a ragged Tk)
             got.copy_(self.whole[:, safe])
         over = idx >= self.full
-        if bool(over.any()):
-            got[:, over] = self.extra.index_select(1, idx[over] - self.full)
+        if bool(over.any()):  # the zero block filled in place; the ragged block copied
+            zero = idx == self.shape[1] - 1
+            got.index_fill_(1, torch.nonzero(zero).flatten(), 0.0)
+            if self.extra.shape[1] == 2:  # a ragged last block
+                got[:, over & ~zero] = self.extra[:, :1]
         return got
 
 
@@ -544,6 +548,7 @@ class _Sample:
         self.plan = plan
         self.k, self.v = k, v  # (H, Tk, D): the band's spans are views of these
         self.gathered = any(p.idx is not None for p in plan.pieces)
+        self._shared: dict[int, tuple[Tensor, Tensor]] = {}  # shared blocks by their index tensor
         if self.gathered:
             self.k_rows = _KeyRows(k, plan.kv_block, plan.n_kb)
             self.v_rows = _KeyRows(v, plan.kv_block, plan.n_kb)
@@ -562,10 +567,14 @@ class _Sample:
             return ks, vs
         h = self.k.shape[0]
         n = p.rows.numel()
-        if p.idx.dim() == 1:  # shared blocks: gathered once, broadcast over the query blocks
+        if p.idx.dim() == 1:  # shared blocks: gathered once a sample, broadcast over the query blocks
             c = p.idx.numel()
-            ks = self.k_rows.select(p.idx).view(h, c * bk, -1).expand(n, h, c * bk, -1)
-            vs = self.v_rows.select(p.idx).view(h, c * bk, -1).expand(n, h, c * bk, -1)
+            if p.idx.data_ptr() not in self._shared:  # the parts of a piece share its idx
+                self._shared[p.idx.data_ptr()] = (
+                    self.k_rows.select(p.idx, keep=True).view(h, c * bk, -1),
+                    self.v_rows.select(p.idx, keep=True).view(h, c * bk, -1),
+                )
+            ks, vs = (t.expand(n, h, c * bk, -1) for t in self._shared[p.idx.data_ptr()])
             if p.dead is not None:  # out of place: the rows share one copy
                 dead = p.dead[b] if plan.per_batch else p.dead
                 ks, vs = ks.masked_fill(dead, 0), vs.masked_fill(dead, 0)
