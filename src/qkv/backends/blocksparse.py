@@ -53,6 +53,8 @@ _FLASH_BACKWARD = getattr(_ops, "_scaled_dot_product_flash_attention_for_cpu_bac
 
 GATHER_BYTES = 32 << 20  # the keys one gather collects (rows x blocks) stay under this
 PAD_SHARE = 0.125  # a group of gathered tiles joins a larger one while its padding stays under this share
+BACKWARD_Q_SCALE = 2  # the backward's query blocks are this many times taller ...
+BACKWARD_MAX_WORK = 1.4  # ... when that computes at most this many times the pairs
 RUN_ROWS = 8  # a piece is cut at the ends of its runs of consecutive query blocks when they average this many
 
 
@@ -112,22 +114,36 @@ class BlockSparseBackend:
         b, h = inputs.query.shape[:2]
         return self.plan_for(inputs.pattern, inputs.q_len, inputs.kv_len, b, h, inputs.query.device)
 
-    def plan_for(self, pattern, q_len: int, kv_len: int, b: int, h: int, device) -> _Plan:
-        """:meth:`plan` from the pattern, the lengths, the batch and head counts and the device."""
-        key = (id(pattern), q_len, kv_len, b, h, self.q_block, self.kv_block, device)
+    def plan_for(self, pattern, q_len: int, kv_len: int, b: int, h: int, device, q_block: int = 0) -> _Plan:
+        """:meth:`plan` from the pattern, the lengths, the batch and head counts and the device
+        (with query blocks of ``q_block`` rows when given, else the backend's)."""
+        q_block = q_block or self.q_block
+        key = (id(pattern), q_len, kv_len, b, h, q_block, self.kv_block, device)
         with self._lock:  # an OrderedDict is not safe to reorder from several threads
             hit = self._plans.get(key)
             if hit is not None and hit[0] is pattern:
                 self._plans.move_to_end(key)
                 return hit[1]
-        layout = pattern.block_layout(q_len, kv_len, self.q_block, self.kv_block)
-        plan = _Planner(pattern, (q_len, kv_len, b, h, device), layout, self.q_block, self.kv_block).plan()
+        layout = pattern.block_layout(q_len, kv_len, q_block, self.kv_block)
+        plan = _Planner(pattern, (q_len, kv_len, b, h, device), layout, q_block, self.kv_block).plan()
         with self._lock:
             self._plans[key] = (pattern, plan)
             self._plans.move_to_end(key)
             while len(self._plans) > self.cache_size:
                 self._plans.popitem(last=False)
         return plan
+
+    def backward_plan(self, plan: _Plan, query: Tensor) -> _Plan:
+        """The plan the backward runs (any plan of the pattern gives the exact gradients from
+        the merged output and log-sum-exp): query blocks :data:`BACKWARD_Q_SCALE` times taller
+        when that computes at most :data:`BACKWARD_MAX_WORK` times the pairs (a sliding
+        window: the fused backward kernel runs tall query blocks much faster), else ``plan``."""
+        q_block = BACKWARD_Q_SCALE * plan.q_block
+        if plan.q_len < 2 * q_block or plan.q_block % plan.kv_block:
+            return plan
+        b, h = query.shape[:2]
+        tall = self.plan_for(plan.pattern, plan.q_len, plan.kv_len, b, h, query.device, q_block)
+        return tall if _work(tall) <= BACKWARD_MAX_WORK * _work(plan) else plan
 
     def memory_bytes(self, inputs: AttentionInputs) -> int:
         """Peak extra bytes (see :mod:`qkv.backends.memory`): the plan's masks, each allowed
@@ -164,12 +180,17 @@ class BlockSparseBackend:
         if nan_keys is not None:  # inside a block, masked entries would meet them as NaN + -inf
             key = key.masked_fill(nan_keys.unsqueeze(-1), 0.0)
             value = value.masked_fill(nan_keys.unsqueeze(-1), 0.0)
-        out, lse = _BlockSparseAttention.apply(query, key, value, plan, scale)
+        out, lse = _BlockSparseAttention.apply(query, key, value, plan, scale, self)
         if nan_keys is not None:
             hit = _rows_attending(plan, nan_keys)  # (B, H, Tq)
             out = out.masked_fill(hit.unsqueeze(-1), float("nan"))
             lse = lse.masked_fill(hit, float("nan"))
         return out, lse
+
+
+def _work(plan: _Plan) -> int:
+    """The (query, key) pairs the plan's kernel calls compute, masked or not."""
+    return sum(p.rows.numel() * p.keep.shape[-2] * p.keep.shape[-1] for p in plan.pieces)
 
 
 def _nan_keys(key: Tensor, value: Tensor) -> Tensor | None:
@@ -758,11 +779,11 @@ def _clear_unwritten(out: Tensor, lse: Tensor, plan: _Plan) -> None:
 
 class _BlockSparseAttention(torch.autograd.Function):
     backward_rows = 16  # query blocks per backward kernel call, at most
-    backward_bytes = 8 << 20  # one backward kernel call's key and value gradients stay under this
+    backward_bytes = 32 << 20  # one backward kernel call's key and value gradients stay under this
     forward_bytes = 8 << 20  # one forward kernel call's output stays under this
 
     @staticmethod
-    def forward(ctx, q, k, v, plan: _Plan, scale: float):
+    def forward(ctx, q, k, v, plan: _Plan, scale: float, backend: BlockSparseBackend):
         bsz, h, tq, _ = q.shape
         cdt = compute_dtype(q)
         # The pieces merge straight into the output's layout; the kernel's outputs are one
@@ -784,7 +805,7 @@ class _BlockSparseAttention(torch.autograd.Function):
                     l_p = l_p.masked_fill(~row_any, float("-inf"))
                 _merge(ob, lb, p, o.to(cdt), l_p.unsqueeze(-1), first=first)
         out = out.to(v.dtype)
-        ctx.plan, ctx.scale = plan, scale
+        ctx.plan, ctx.scale, ctx.backend = plan, scale, backend
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.mark_non_differentiable(lse)
         return out, lse
@@ -793,7 +814,8 @@ class _BlockSparseAttention(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_out, _d_lse):
         q, k, v, out, lse = ctx.saved_tensors
-        return (*_backward(ctx.plan, ctx.scale, q, k, v, out, lse, d_out), None, None)
+        plan = ctx.backend.backward_plan(ctx.plan, q)
+        return (*_backward(plan, ctx.scale, q, k, v, out, lse, d_out), None, None, None)
 
 
 def _backward(plan: _Plan, scale: float, q, k, v, out, lse, d_out) -> tuple[Tensor, Tensor, Tensor]:
@@ -824,7 +846,10 @@ def _backward(plan: _Plan, scale: float, q, k, v, out, lse, d_out) -> tuple[Tens
                 _rows(do5, p).contiguous(), _rows(q5, p), ks, vs, _rows(out5, p).contiguous(),
                 _rows(lse5, p).contiguous(), _mask(p, q.dtype, b, plan.per_batch), scale,
             )  # fmt: skip
-            dq5.index_add_(0, p.rows, gq.to(cdt))
+            if p.span is not None:
+                dq5[p.span].add_(gq.to(cdt))
+            else:
+                dq5.index_add_(0, p.rows, gq.to(cdt))
             dkv.add(p, gk, gv)
         if not direct:
             dq[b] = dq5.transpose(0, 1).reshape(h, plan.n_qb * bq, d)[:, :tq]
@@ -870,6 +895,11 @@ class _KeyGradients:
             if p.idx is None:  # band views: block w of span i is block i*step+lo+w
                 blocks = buf.view(h, plan.n_kb, bk, -1)
                 g5 = g.reshape(n, h, plan.width, bk, -1)
+                if p.span is not None:  # consecutive rows: each offset w adds one strided slice
+                    a, s = p.span.start * plan.step + plan.lo, plan.step
+                    for w in range(plan.width):
+                        blocks[:, a + w : a + w + (n - 1) * s + 1 : s].add_(g5[:, :, w].transpose(0, 1))
+                    continue
                 first = p.rows * plan.step + plan.lo
                 for w in range(plan.width):
                     blocks.index_add_(1, first + w, g5[:, :, w].transpose(0, 1))
@@ -980,14 +1010,14 @@ def _traced_backward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(dq, dk, dv)`` of :func:`_traced_forward`, as the eager call's masked fills give
     them: keys holding NaN get no gradient, and the rows the NaN rule filled pass none back."""
-    _, plan = _plan_of(token)
+    backend, plan = _plan_of(token)
     keys_nan = torch.isnan(key).any(dim=-1) | torch.isnan(value).any(dim=-1)  # (B, H, Tk)
     nan_keys = keys_nan.unsqueeze(-1)
     key, value = key.masked_fill(nan_keys, 0.0), value.masked_fill(nan_keys, 0.0)
     filled = _rows_attending(plan, keys_nan).unsqueeze(-1)  # the rows the NaN rule filled
     d_out, out = d_out.masked_fill(filled, 0.0), out.masked_fill(filled, 0.0)
     lse = lse.masked_fill(filled.squeeze(-1), float("inf"))  # exp(s - lse) = 0 on those rows
-    dq, dk, dv = _backward(plan, scale, query, key, value, out, lse, d_out)
+    dq, dk, dv = _backward(backend.backward_plan(plan, query), scale, query, key, value, out, lse, d_out)
     return dq, dk.masked_fill(nan_keys, 0.0), dv.masked_fill(nan_keys, 0.0)
 
 
