@@ -26,7 +26,11 @@ merged in place, so the forward holds the output, the log-sum-exp and a workspac
 grow with ``T`` (keys are views or gathers of the blocks a part needs, never a padded copy of
 ``K``; an additive mask all rows share is built for one row and broadcast). The backward
 runs the fused kernel's backward on each piece with the merged output and log-sum-exp (as ring
-attention does), and adds the key gradients back through the views and gathers.
+attention does), and adds the key gradients back through the views and gathers. Any split of
+the allowed pairs into pieces gives the same gradients from the merged output, so the backward
+may run another plan of the pattern: one with taller query blocks
+(:meth:`BlockSparseBackend.backward_plan`), fewer and larger kernel calls, which the fused
+backward kernel runs faster per pair.
 """
 
 from __future__ import annotations
