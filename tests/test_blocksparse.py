@@ -272,3 +272,56 @@ def test_open_pieces_run_without_a_mask(request, t):
     )
     assert all(not p._additive for p in open_)
     assert any(not p.open and p._additive for p in plan.pieces) == any(not p.open for p in plan.pieces)
+
+
+def _float64_run(pattern, t, seed=11):
+    """Output and gradients of blocksparse in float64 on random inputs (B=2, H=3, D=8)."""
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(2, 3, t, 8, generator=g, dtype=torch.float64).requires_grad_() for _ in range(3))
+    out = qkv.attention(q, k, v, mask=pattern, backend="blocksparse").out
+    go = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    return (out, *torch.autograd.grad(out, (q, k, v), go))
+
+
+def test_joined_groups_equal_separate_pieces(monkeypatch):
+    """BigBird's query blocks whose random block falls in the band have one gathered tile fewer:
+    their group joins the larger one, padded with the masked zero block, so the plan has fewer
+    pieces; the output and gradients equal those of the separate pieces in float64."""
+    backend = BACKENDS["blocksparse"]
+    t = 200
+    pattern = masks.bigbird(backend.kv_block, 3, 1, 2, seed=0)
+    joined = len(backend.plan_for(pattern, t, t, 2, 3, torch.device("cpu")).pieces)
+    together = _float64_run(pattern, t)
+    monkeypatch.setattr(blocksparse, "PAD_SHARE", 0.0)
+    monkeypatch.setattr(backend, "_plans", type(backend._plans)())
+    apart = len(backend.plan_for(pattern, t, t, 2, 3, torch.device("cpu")).pieces)
+    assert joined < apart
+    for a, b in zip(together, _float64_run(pattern, t)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["window", "longformer", "padded_window"])
+def test_tall_backward_plan_equals_the_forward_plan(monkeypatch, name):
+    """The backward runs query blocks BACKWARD_Q_SCALE times taller when that computes at most
+    BACKWARD_MAX_WORK times the pairs: the gradients equal those of the forward's own plan in
+    float64."""
+    backend = BACKENDS["blocksparse"]
+    t = 64
+    pattern = PATTERNS[name](t)
+    plan = backend.plan_for(pattern, t, t, 2, 3, torch.device("cpu"))
+    tall = backend.backward_plan(plan, torch.empty(2, 3, t, 8))
+    work = blocksparse._work
+    assert tall is plan or (tall.q_block == 2 * plan.q_block and work(tall) <= 1.4 * work(plan))
+    tall_grads = _float64_run(pattern, t)
+    monkeypatch.setattr(blocksparse, "BACKWARD_Q_SCALE", 1)
+    for a, b in zip(tall_grads, _float64_run(pattern, t)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_window_backward_runs_tall_query_blocks():
+    """At the backend's own tiles a window's backward plan has query blocks twice as tall."""
+    backend = blocksparse.BlockSparseBackend()
+    plan = backend.plan_for(masks.sliding_window(256), 4096, 4096, 1, 2, torch.device("cpu"))
+    tall = backend.backward_plan(plan, torch.empty(1, 2, 4096, 8))
+    assert tall.q_block == 128 and tall.width > 0
+    assert blocksparse._work(tall) <= blocksparse.BACKWARD_MAX_WORK * blocksparse._work(plan)

@@ -74,11 +74,15 @@ def backward_workspace(pattern, t: int) -> int:
     gradients it returns."""
     g = torch.Generator().manual_seed(0)
     q, k, v, d_out = (torch.randn(B, H, t, D, generator=g) for _ in range(4))
-    plan = qkv.backends.BACKENDS["blocksparse"].plan_for(pattern, t, t, B, H, q.device)
+    backend = qkv.backends.BACKENDS["blocksparse"]
+    plan = backend.plan_for(pattern, t, t, B, H, q.device)
     with torch.no_grad():
-        out, lse = blocksparse._BlockSparseAttention.apply(q, k, v, plan, D**-0.5)
+        out, lse = blocksparse._BlockSparseAttention.apply(q, k, v, plan, D**-0.5, backend)
+    tall = backend.backward_plan(plan, q)  # the plan the backward runs
+    assert tall.q_block == blocksparse.BACKWARD_Q_SCALE * plan.q_block
+    blocksparse._backward(tall, D**-0.5, q, k, v, out, lse, d_out)  # builds the plan's masks
     held = []
-    peak = peak_allocated(lambda: held.append(blocksparse._backward(plan, D**-0.5, q, k, v, out, lse, d_out)))
+    peak = peak_allocated(lambda: held.append(blocksparse._backward(tall, D**-0.5, q, k, v, out, lse, d_out)))
     return peak - sum(x.numel() * x.element_size() for x in held[0])
 
 

@@ -13,7 +13,10 @@ pair. They are split into pieces, each one call of PyTorch's fused CPU attention
 * the **band**: the run of key blocks that slides with the query block (a sliding window's
   diagonal). Every query block's span is an overlapping strided *view* of the keys: no copy.
 * the **extras**: the other tiles of each query block (global columns, random blocks, whole
-  rows of global tokens), gathered per query block and grouped by count so none is padded.
+  rows of global tokens), gathered per query block and grouped by count; a group whose rows
+  have a few tiles fewer joins a larger one, padded with a masked zero block, while the padding
+  stays under :data:`PAD_SHARE` of the group's tiles (fewer, larger kernel calls, and rows that
+  form one run of consecutive query blocks are views, not gathers).
 
 A row's pieces are merged exactly by their log-sum-exps (``out = sum_p exp(lse_p - lse) out_p``,
 ``lse = logsumexp_p lse_p``), the same merge FlashAttention uses across key blocks, straight into
@@ -23,7 +26,11 @@ merged in place, so the forward holds the output, the log-sum-exp and a workspac
 grow with ``T`` (keys are views or gathers of the blocks a part needs, never a padded copy of
 ``K``; an additive mask all rows share is built for one row and broadcast). The backward
 runs the fused kernel's backward on each piece with the merged output and log-sum-exp (as ring
-attention does), and adds the key gradients back through the views and gathers.
+attention does), and adds the key gradients back through the views and gathers. Any split of
+the allowed pairs into pieces gives the same gradients from the merged output, so the backward
+may run another plan of the pattern: one with taller query blocks
+(:meth:`BlockSparseBackend.backward_plan`), fewer and larger kernel calls, which the fused
+backward kernel runs faster per pair.
 """
 
 from __future__ import annotations
@@ -49,6 +56,9 @@ _FLASH = getattr(_ops, "_scaled_dot_product_flash_attention_for_cpu", None)
 _FLASH_BACKWARD = getattr(_ops, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
 
 GATHER_BYTES = 32 << 20  # the keys one gather collects (rows x blocks) stay under this
+PAD_SHARE = 0.125  # a group of gathered tiles joins a larger one while its padding stays under this share
+BACKWARD_Q_SCALE = 2  # the backward's query blocks are this many times taller ...
+BACKWARD_MAX_WORK = 1.4  # ... when that computes at most this many times the pairs
 RUN_ROWS = 8  # a piece is cut at the ends of its runs of consecutive query blocks when they average this many
 
 
@@ -108,22 +118,36 @@ class BlockSparseBackend:
         b, h = inputs.query.shape[:2]
         return self.plan_for(inputs.pattern, inputs.q_len, inputs.kv_len, b, h, inputs.query.device)
 
-    def plan_for(self, pattern, q_len: int, kv_len: int, b: int, h: int, device) -> _Plan:
-        """:meth:`plan` from the pattern, the lengths, the batch and head counts and the device."""
-        key = (id(pattern), q_len, kv_len, b, h, self.q_block, self.kv_block, device)
+    def plan_for(self, pattern, q_len: int, kv_len: int, b: int, h: int, device, q_block: int = 0) -> _Plan:
+        """:meth:`plan` from the pattern, the lengths, the batch and head counts and the device
+        (with query blocks of ``q_block`` rows when given, else the backend's)."""
+        q_block = q_block or self.q_block
+        key = (id(pattern), q_len, kv_len, b, h, q_block, self.kv_block, device)
         with self._lock:  # an OrderedDict is not safe to reorder from several threads
             hit = self._plans.get(key)
             if hit is not None and hit[0] is pattern:
                 self._plans.move_to_end(key)
                 return hit[1]
-        layout = pattern.block_layout(q_len, kv_len, self.q_block, self.kv_block)
-        plan = _Planner(pattern, (q_len, kv_len, b, h, device), layout, self.q_block, self.kv_block).plan()
+        layout = pattern.block_layout(q_len, kv_len, q_block, self.kv_block)
+        plan = _Planner(pattern, (q_len, kv_len, b, h, device), layout, q_block, self.kv_block).plan()
         with self._lock:
             self._plans[key] = (pattern, plan)
             self._plans.move_to_end(key)
             while len(self._plans) > self.cache_size:
                 self._plans.popitem(last=False)
         return plan
+
+    def backward_plan(self, plan: _Plan, query: Tensor) -> _Plan:
+        """The plan the backward runs (any plan of the pattern gives the exact gradients from
+        the merged output and log-sum-exp): query blocks :data:`BACKWARD_Q_SCALE` times taller
+        when that computes at most :data:`BACKWARD_MAX_WORK` times the pairs (a sliding
+        window: the fused backward kernel runs tall query blocks much faster), else ``plan``."""
+        q_block = BACKWARD_Q_SCALE * plan.q_block
+        if plan.q_len < 2 * q_block or plan.q_block % plan.kv_block:
+            return plan
+        b, h = query.shape[:2]
+        tall = self.plan_for(plan.pattern, plan.q_len, plan.kv_len, b, h, query.device, q_block)
+        return tall if _work(tall) <= BACKWARD_MAX_WORK * _work(plan) else plan
 
     def memory_bytes(self, inputs: AttentionInputs) -> int:
         """Peak extra bytes (see :mod:`qkv.backends.memory`): the plan's masks, each allowed
@@ -160,12 +184,17 @@ class BlockSparseBackend:
         if nan_keys is not None:  # inside a block, masked entries would meet them as NaN + -inf
             key = key.masked_fill(nan_keys.unsqueeze(-1), 0.0)
             value = value.masked_fill(nan_keys.unsqueeze(-1), 0.0)
-        out, lse = _BlockSparseAttention.apply(query, key, value, plan, scale)
+        out, lse = _BlockSparseAttention.apply(query, key, value, plan, scale, self)
         if nan_keys is not None:
             hit = _rows_attending(plan, nan_keys)  # (B, H, Tq)
             out = out.masked_fill(hit.unsqueeze(-1), float("nan"))
             lse = lse.masked_fill(hit, float("nan"))
         return out, lse
+
+
+def _work(plan: _Plan) -> int:
+    """The (query, key) pairs the plan's kernel calls compute, masked or not."""
+    return sum(p.rows.numel() * p.keep.shape[-2] * p.keep.shape[-1] for p in plan.pieces)
 
 
 def _nan_keys(key: Tensor, value: Tensor) -> Tensor | None:
@@ -294,6 +323,24 @@ def _run(idx: Tensor | None, n_kb: int, tk: int, bk: int) -> tuple[int, int] | N
     if step < 0 or not torch.equal(idx.cpu(), expected) or (int(expected.max()) + 1) * bk > tk:
         return None
     return first, step
+
+
+def _join_groups(groups: list[list[int]], counts: list[int]) -> list[list[int]]:
+    """Groups of query blocks (ids into ``counts``, each block's number of gathered tiles),
+    largest count first, a group joining the one before it while the joined group's padding
+    (its rows' tiles short of its largest count, filled with the masked zero block) stays
+    under :data:`PAD_SHARE` of its real tiles. Each group's rows come out sorted."""
+    joined: list[list[int]] = []
+    for members in sorted(groups, key=lambda g: -max(counts[i] for i in g)):
+        if joined:
+            merged = joined[-1] + members
+            top = max(counts[i] for i in merged)
+            real = sum(counts[i] for i in merged)
+            if len(merged) * top - real <= PAD_SHARE * real:
+                joined[-1] = merged
+                continue
+        joined.append(members)
+    return [sorted(g) for g in joined]
 
 
 def _as_range(ids: list[int]) -> slice | None:
@@ -427,18 +474,25 @@ class _Planner:
         for i, c in enumerate(counts.tolist()):
             if c:
                 groups.setdefault(c if distinct <= 16 else (c - 1).bit_length(), []).append(i)
+        # groups whose tiles are consecutive key blocks stay apart: their keys are views
+        runs = [g for g in groups.values() if _run(self._gather_idx(g, extras), self.n_kb, self.tk, self.bk)]
+        others = [g for g in groups.values() if g not in runs]
         cap = max(1, GATHER_BYTES // (self.b * self.bq * self.bk * 4))  # bound one gather's rows x blocks
-        for members in groups.values():
-            c_max = int(counts[members].max())
-            per_piece = max(1, cap // c_max)
+        for members in runs + _join_groups(others, counts.tolist()):
+            per_piece = max(1, cap // int(counts[members].max()))
             for start in range(0, len(members), per_piece):
                 rows = members[start : start + per_piece]
-                cols = [torch.nonzero(extras[i]).flatten() for i in rows]
-                idx = torch.full((len(rows), c_max), self.n_kb, dtype=torch.long)
-                for j, c in enumerate(cols):
-                    idx[j, : c.numel()] = c
-                pieces.append(self._piece(rows, idx.to(self.dev)))
+                pieces.append(self._piece(rows, self._gather_idx(rows, extras).to(self.dev)))
         return pieces
+
+    def _gather_idx(self, rows: list[int], extras: Tensor) -> Tensor:
+        """The key blocks ``(n, C)`` of query blocks ``rows`` in ``extras``, C the largest
+        count among them, the shorter rows padded with the zero block (``nKB``)."""
+        cols = [torch.nonzero(extras[i]).flatten() for i in rows]
+        idx = torch.full((len(rows), max(c.numel() for c in cols)), self.n_kb, dtype=torch.long)
+        for j, c in enumerate(cols):
+            idx[j, : c.numel()] = c
+        return idx
 
     def plan(self) -> _Plan:
         pieces = []
@@ -491,10 +545,11 @@ class _KeyRows:
             self._work = self.whole.new_empty(h * m * row)
         return self._work[: h * m * row].view(h, m, row)
 
-    def select(self, idx: Tensor) -> Tensor:
+    def select(self, idx: Tensor, *, keep: bool = False) -> Tensor:
         """Rows ``idx`` (m,), block ids in ``0 .. nKB`` (nKB: the zero block): ``(H, m, bk * D)``,
-        in the workspace (valid until the next call)."""
-        got = self._workspace(idx.numel())
+        in the workspace (valid until the next call), or with ``keep`` in a tensor of its own."""
+        got = self.whole.new_empty((self.shape[0], idx.numel(), self.shape[2])) if keep else None
+        got = self._workspace(idx.numel()) if got is None else got
         if self.full == 0:
             return torch.index_select(self.extra, 1, idx, out=got)
         safe = idx.clamp(max=self.full - 1)
@@ -503,8 +558,11 @@ class _KeyRows:
         else:  # index_select would first copy keys that are not contiguous (a ragged Tk)
             got.copy_(self.whole[:, safe])
         over = idx >= self.full
-        if bool(over.any()):
-            got[:, over] = self.extra.index_select(1, idx[over] - self.full)
+        if bool(over.any()):  # the zero block filled in place; the ragged block copied
+            zero = idx == self.shape[1] - 1
+            got.index_fill_(1, torch.nonzero(zero).flatten(), 0.0)
+            if self.extra.shape[1] == 2:  # a ragged last block
+                got[:, over & ~zero] = self.extra[:, :1]
         return got
 
 
@@ -515,6 +573,7 @@ class _Sample:
         self.plan = plan
         self.k, self.v = k, v  # (H, Tk, D): the band's spans are views of these
         self.gathered = any(p.idx is not None for p in plan.pieces)
+        self._shared: dict[int, tuple[Tensor, Tensor]] = {}  # shared blocks by their index tensor
         if self.gathered:
             self.k_rows = _KeyRows(k, plan.kv_block, plan.n_kb)
             self.v_rows = _KeyRows(v, plan.kv_block, plan.n_kb)
@@ -533,10 +592,14 @@ class _Sample:
             return ks, vs
         h = self.k.shape[0]
         n = p.rows.numel()
-        if p.idx.dim() == 1:  # shared blocks: gathered once, broadcast over the query blocks
+        if p.idx.dim() == 1:  # shared blocks: gathered once a sample, broadcast over the query blocks
             c = p.idx.numel()
-            ks = self.k_rows.select(p.idx).view(h, c * bk, -1).expand(n, h, c * bk, -1)
-            vs = self.v_rows.select(p.idx).view(h, c * bk, -1).expand(n, h, c * bk, -1)
+            if p.idx.data_ptr() not in self._shared:  # the parts of a piece share its idx
+                self._shared[p.idx.data_ptr()] = (
+                    self.k_rows.select(p.idx, keep=True).view(h, c * bk, -1),
+                    self.v_rows.select(p.idx, keep=True).view(h, c * bk, -1),
+                )
+            ks, vs = (t.expand(n, h, c * bk, -1) for t in self._shared[p.idx.data_ptr()])
             if p.dead is not None:  # out of place: the rows share one copy
                 dead = p.dead[b] if plan.per_batch else p.dead
                 ks, vs = ks.masked_fill(dead, 0), vs.masked_fill(dead, 0)
@@ -720,11 +783,11 @@ def _clear_unwritten(out: Tensor, lse: Tensor, plan: _Plan) -> None:
 
 class _BlockSparseAttention(torch.autograd.Function):
     backward_rows = 16  # query blocks per backward kernel call, at most
-    backward_bytes = 8 << 20  # one backward kernel call's key and value gradients stay under this
+    backward_bytes = 32 << 20  # one backward kernel call's key and value gradients stay under this
     forward_bytes = 8 << 20  # one forward kernel call's output stays under this
 
     @staticmethod
-    def forward(ctx, q, k, v, plan: _Plan, scale: float):
+    def forward(ctx, q, k, v, plan: _Plan, scale: float, backend: BlockSparseBackend):
         bsz, h, tq, _ = q.shape
         cdt = compute_dtype(q)
         # The pieces merge straight into the output's layout; the kernel's outputs are one
@@ -746,7 +809,7 @@ class _BlockSparseAttention(torch.autograd.Function):
                     l_p = l_p.masked_fill(~row_any, float("-inf"))
                 _merge(ob, lb, p, o.to(cdt), l_p.unsqueeze(-1), first=first)
         out = out.to(v.dtype)
-        ctx.plan, ctx.scale = plan, scale
+        ctx.plan, ctx.scale, ctx.backend = plan, scale, backend
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.mark_non_differentiable(lse)
         return out, lse
@@ -755,7 +818,8 @@ class _BlockSparseAttention(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_out, _d_lse):
         q, k, v, out, lse = ctx.saved_tensors
-        return (*_backward(ctx.plan, ctx.scale, q, k, v, out, lse, d_out), None, None)
+        plan = ctx.backend.backward_plan(ctx.plan, q)
+        return (*_backward(plan, ctx.scale, q, k, v, out, lse, d_out), None, None, None)
 
 
 def _backward(plan: _Plan, scale: float, q, k, v, out, lse, d_out) -> tuple[Tensor, Tensor, Tensor]:
@@ -786,7 +850,10 @@ def _backward(plan: _Plan, scale: float, q, k, v, out, lse, d_out) -> tuple[Tens
                 _rows(do5, p).contiguous(), _rows(q5, p), ks, vs, _rows(out5, p).contiguous(),
                 _rows(lse5, p).contiguous(), _mask(p, q.dtype, b, plan.per_batch), scale,
             )  # fmt: skip
-            dq5.index_add_(0, p.rows, gq.to(cdt))
+            if p.span is not None:
+                dq5[p.span].add_(gq.to(cdt))
+            else:
+                dq5.index_add_(0, p.rows, gq.to(cdt))
             dkv.add(p, gk, gv)
         if not direct:
             dq[b] = dq5.transpose(0, 1).reshape(h, plan.n_qb * bq, d)[:, :tq]
@@ -832,6 +899,11 @@ class _KeyGradients:
             if p.idx is None:  # band views: block w of span i is block i*step+lo+w
                 blocks = buf.view(h, plan.n_kb, bk, -1)
                 g5 = g.reshape(n, h, plan.width, bk, -1)
+                if p.span is not None:  # consecutive rows: each offset w adds one strided slice
+                    a, s = p.span.start * plan.step + plan.lo, plan.step
+                    for w in range(plan.width):
+                        blocks[:, a + w : a + w + (n - 1) * s + 1 : s].add_(g5[:, :, w].transpose(0, 1))
+                    continue
                 first = p.rows * plan.step + plan.lo
                 for w in range(plan.width):
                     blocks.index_add_(1, first + w, g5[:, :, w].transpose(0, 1))
@@ -859,11 +931,12 @@ def _merge(out: _RowBlocks, lse: _RowBlocks, p: _Piece, o: Tensor, l_p: Tensor, 
         out.write(p, o)
         lse.write(p, l_p)
         return
-    # out' = out + (o - out) * exp(l_p - lse'), lse' = logaddexp(lse, l_p): one fused lerp
-    new_l = torch.logaddexp(lse.read(p), l_p)
-    weight = torch.exp(l_p - new_l.masked_fill(new_l == float("-inf"), 0.0))
+    # out' = out + (o - out) * w, w = exp(l_p - lse') = sigmoid(l_p - lse), lse' = logaddexp(lse, l_p);
+    # a row with no key yet on either side gives NaN there, and keeps its 0: w = 0
+    old = lse.read(p)
+    weight = torch.sub(l_p, old).sigmoid_().nan_to_num_(0.0)
     out.write(p, out.read(p).lerp_(o, weight))
-    lse.write(p, new_l)
+    lse.write(p, torch.logaddexp(old, l_p, out=old))
 
 
 # ----------------------------------------------------------------------------- under torch.compile
@@ -941,14 +1014,14 @@ def _traced_backward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(dq, dk, dv)`` of :func:`_traced_forward`, as the eager call's masked fills give
     them: keys holding NaN get no gradient, and the rows the NaN rule filled pass none back."""
-    _, plan = _plan_of(token)
+    backend, plan = _plan_of(token)
     keys_nan = torch.isnan(key).any(dim=-1) | torch.isnan(value).any(dim=-1)  # (B, H, Tk)
     nan_keys = keys_nan.unsqueeze(-1)
     key, value = key.masked_fill(nan_keys, 0.0), value.masked_fill(nan_keys, 0.0)
     filled = _rows_attending(plan, keys_nan).unsqueeze(-1)  # the rows the NaN rule filled
     d_out, out = d_out.masked_fill(filled, 0.0), out.masked_fill(filled, 0.0)
     lse = lse.masked_fill(filled.squeeze(-1), float("inf"))  # exp(s - lse) = 0 on those rows
-    dq, dk, dv = _backward(plan, scale, query, key, value, out, lse, d_out)
+    dq, dk, dv = _backward(backend.backward_plan(plan, query), scale, query, key, value, out, lse, d_out)
     return dq, dk.masked_fill(nan_keys, 0.0), dv.masked_fill(nan_keys, 0.0)
 
 
