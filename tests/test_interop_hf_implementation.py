@@ -307,3 +307,76 @@ def test_plain_weights_first_is_bitwise_the_general_path(dtype, b, h, tq, tk, d,
         assert plain_weights_first(*args) is None
     with torch.enable_grad():
         assert plain_weights_first(q.requires_grad_(), k, v, None) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_plain_weights_first_with_masks_is_bitwise_the_general_path(dtype):
+    """A padded call (bool key-padding mask, True = takes part), a float additive mask (finite
+    entries, ``finfo.min`` and ``-inf``), both, and rows left no key: ``hf_weights_first`` is
+    bitwise ``attention_from_weights`` (what the general path runs with ``_mask_and_bias``'s
+    mask and bias), NaN in keys no row attends changes nothing; masks that grow the logits, of
+    another dtype or a position bias are declined."""
+    from qkv.api.weights_first import attention_from_weights
+    from qkv.interop.hf_weights_first import plain_weights_first
+    from qkv.masks.torch_masks import split_float_mask
+
+    g = torch.Generator().manual_seed(3)
+    b, h, t, d = 3, 4, 9, 8
+    q, k, v = (torch.randn(b, t, h, d, generator=g, dtype=dtype).transpose(1, 2) for _ in range(3))
+    lengths = torch.tensor([9, 4, 0])  # sample 2 fully padded: its rows have no key
+    padding = (torch.arange(t) < lengths[:, None])[:, None, None, :]  # (B, 1, 1, Tk)
+    additive = torch.randn(b, 1, t, t, generator=g, dtype=dtype)
+    additive[0, 0, 2, 5] = torch.finfo(dtype).min
+    additive[1, 0, :, 1::2] = float("-inf")
+    additive[0, 0, 3, :] = float("-inf")  # a row the additive mask closes
+    v[1, :, 5] = float("nan")  # a key no row of sample 1 attends (padded, or -inf in the additive mask)
+    cases = [(padding, None), (padding[:2], None)]
+    for float_mask, pad in ((additive, None), (additive, padding)):
+        keep, bias = split_float_mask(float_mask)  # as qkv_attention_forward hands them over
+        keep = keep if pad is None else keep & pad
+        cases.append((None if bool(keep.all()) else keep, bias))
+    for mask, bias in cases:
+        qq, kk, vv = (x[: mask.shape[0]] if mask is not None else x for x in (q, k, v))
+        for _ in range(2):  # the second call reads the kept mask
+            out, weights = plain_weights_first(qq, kk, vv, 0.3, mask, bias)
+            ref = attention_from_weights(qq, kk, vv, mask=mask, bias=bias, scale=0.3)
+            assert torch.equal(weights, ref.weights) and torch.equal(out, ref.out)
+        assert not out.isnan().any() and not weights.isnan().any()
+    assert torch.equal(weights[2], torch.zeros_like(weights[2]))  # no key: 0, as the general path
+    declined = [
+        (padding.expand(b, h, 2 * t, t), None),  # grows the logits
+        (padding.float(), None),  # not a bool mask
+        (None, additive.float() if dtype == torch.float64 else additive.double()),  # another dtype
+        (padding[:, 0], None),  # 3-D
+    ]
+    for mask, bias in declined:
+        assert plain_weights_first(q, k, v, None, mask, bias) is None
+
+
+def test_padded_and_additive_masks_take_the_plain_path_and_position_bias_does_not(monkeypatch):
+    """``_attend`` runs ``hf_weights_first`` for a bool mask and for a float attention mask's
+    additive part, and the general path for a position bias (T5's), a pattern and dropout in
+    training."""
+    from qkv.interop import hf_weights_first
+
+    taken = []
+    plain = hf_weights_first.plain_weights_first
+    monkeypatch.setattr(
+        hf_implementation, "plain_weights_first", lambda *a: taken.append(plain(*a) is not None) or plain(*a)
+    )
+    module = torch.nn.Module().eval()
+    q, k, v = (torch.randn(2, 3, 5, 4) for _ in range(3))
+    padding = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])[:, None, None, :]
+    floats = torch.zeros(2, 1, 5, 5).masked_fill(~padding, torch.finfo(torch.float32).min)
+    for mask in (padding, floats):
+        hf_implementation.qkv_attention_forward(module, q, k, v, mask, output_attentions=True)
+    assert taken == [True, True]
+    general = [
+        dict(attention_mask=padding, position_bias=torch.randn(1, 3, 5, 5)),
+        dict(attention_mask=None, is_causal=True),  # a causal pattern
+    ]
+    for kwargs in general:
+        hf_implementation.qkv_attention_forward(module, q, k, v, output_attentions=True, **kwargs)
+    module.train()
+    hf_implementation.qkv_attention_forward(module, q, k, v, padding, dropout=0.1, output_attentions=True)
+    assert taken == [True, True]

@@ -377,7 +377,7 @@ def qkv_attention_forward(
     graph = bool(requests) and any(r.graph for r in requests)
     out, weights = _attend(
         query, key, value, mask, bias, scaling, float(dropout), training,
-        need_weights=requests is not None or asked, heads=heads, graph=graph,
+        need_weights=requests is not None or asked, heads=heads, graph=graph, bias_is_mask=position_bias is None,
     )  # fmt: skip
     for request in requests or ():
         request.hand_heads(heads is not None)
@@ -397,12 +397,15 @@ def _attend(
     need_weights: bool,
     heads: tuple[int, ...] | None,
     graph: bool,
+    bias_is_mask: bool = True,
 ) -> tuple[Tensor, Tensor | None]:
     """``(out (B, H, Tq, Dv), weights or None)`` of one call. A call that keeps every weight
     computes its output from them (one pass instead of the kernel and the weights pass): in a
-    handful of ops when there is nothing to mask or add (:mod:`qkv.interop.hf_weights_first`),
-    else through :func:`qkv.api.weights_first.attention_from_weights`. Other calls run
-    :func:`qkv.attention` (``auto``, or the reference backend when the weights carry gradients)."""
+    handful of ops when it has at most a tensor mask and an additive mask to apply (``bias``
+    is one when ``bias_is_mask``: a float ``attention_mask``'s finite part, no position bias;
+    :mod:`qkv.interop.hf_weights_first`), else through
+    :func:`qkv.api.weights_first.attention_from_weights`. Other calls run :func:`qkv.attention`
+    (``auto``, or the reference backend when the weights carry gradients)."""
     if (
         need_weights
         and heads is None
@@ -410,7 +413,9 @@ def _attend(
         and weights_first_applies(query, key, value, mask, training)
     ):
         plain = (
-            None if mask is not None or bias is not None else plain_weights_first(query, key, value, scale)
+            plain_weights_first(query, key, value, scale, mask, bias)
+            if bias is None or bias_is_mask
+            else None
         )
         if plain is not None:
             return plain
