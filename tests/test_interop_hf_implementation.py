@@ -6,6 +6,7 @@ KV cache gives the same tokens."""
 from __future__ import annotations
 
 import copy
+import itertools
 import sys
 
 import pytest
@@ -329,14 +330,15 @@ def test_plain_weights_first_with_masks_is_bitwise_the_general_path(dtype):
     additive[0, 0, 2, 5] = torch.finfo(dtype).min
     additive[1, 0, :, 1::2] = float("-inf")
     additive[0, 0, 3, :] = float("-inf")  # a row the additive mask closes
-    v[1, :, 5] = float("nan")  # a key no row of sample 1 attends (padded, or -inf in the additive mask)
     cases = [(padding, None), (padding[:2], None)]
     for float_mask, pad in ((additive, None), (additive, padding)):
         keep, bias = split_float_mask(float_mask)  # as qkv_attention_forward hands them over
         keep = keep if pad is None else keep & pad
         cases.append((None if bool(keep.all()) else keep, bias))
-    for mask, bias in cases:
-        qq, kk, vv = (x[: mask.shape[0]] if mask is not None else x for x in (q, k, v))
+    dirty_k, dirty_v = k.clone(), v.clone()
+    dirty_k[1, :, 5], dirty_v[1, :, 5] = float("inf"), float("nan")  # a key no row of sample 1 attends
+    for (mask, bias), (kk, vv) in itertools.product(cases, ((k, v), (dirty_k, v), (k, dirty_v))):
+        qq, kk, vv = (x[: mask.shape[0]] if mask is not None else x for x in (q, kk, vv))
         for _ in range(2):  # the second call reads the kept mask
             out, weights = plain_weights_first(qq, kk, vv, 0.3, mask, bias)
             ref = attention_from_weights(qq, kk, vv, mask=mask, bias=bias, scale=0.3)
@@ -380,3 +382,21 @@ def test_padded_and_additive_masks_take_the_plain_path_and_position_bias_does_no
     module.train()
     hf_implementation.qkv_attention_forward(module, q, k, v, padding, dropout=0.1, output_attentions=True)
     assert taken == [True, True]
+
+
+def test_plain_weights_first_reads_a_mask_changed_in_place_again():
+    """What the plain path keeps of the last mask (its complement, its empty rows) follows the
+    tensor's version counter: a mask changed in place between calls is read again."""
+    from qkv.api.weights_first import attention_from_weights
+    from qkv.interop.hf_weights_first import plain_weights_first
+
+    q, k, v = (torch.randn(2, 3, 6, 4, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    padding = torch.ones(2, 1, 1, 6, dtype=torch.bool)
+    padding[1, ..., 4:] = False
+    for change in (None, (0, 2), (1, 0), (0, slice(None))):  # the last one closes sample 0 entirely
+        if change is not None:
+            padding[change[0], ..., change[1]] = False
+        out, weights = plain_weights_first(q, k, v, None, padding)
+        ref = attention_from_weights(q, k, v, mask=padding)
+        assert torch.equal(weights, ref.weights) and torch.equal(out, ref.out)
+    assert torch.equal(weights[0], torch.zeros_like(weights[0]))

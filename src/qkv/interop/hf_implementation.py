@@ -71,7 +71,7 @@ from ..api.weights_first import attention_from_weights, weights_first_applies
 from ..masks.core import Mask, causal
 from ..masks.torch_masks import split_float_mask
 from .hf_decoder_mask import DecoderMask, decoder_mask
-from .hf_weights_first import plain_weights_first
+from .hf_weights_first import own_mask, plain_weights_first
 
 __all__ = [
     "IMPLEMENTATION",
@@ -159,7 +159,7 @@ def qkv_mask(
         if padding.shape[-1] < kv_offset + kv_length:  # as transformers' prepare_padding_mask
             padding = torch.nn.functional.pad(padding, (0, kv_offset + kv_length - padding.shape[-1]))
         padding = padding[:, kv_offset : kv_offset + kv_length]
-        return None if bool(padding.all()) else padding[:, None, None, :]  # (B, 1, 1, Tk)
+        return None if bool(padding.all()) else own_mask(padding[:, None, None, :])  # (B, 1, 1, Tk)
     return sdpa_mask(
         batch_size, q_length, kv_length, q_offset=q_offset, kv_offset=kv_offset,
         mask_function=mask_function, attention_mask=attention_mask,

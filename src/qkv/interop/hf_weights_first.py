@@ -21,9 +21,14 @@ microseconds of Python instead of a few hundred between a model's matrix product
 interpreter's caches are cold), which is what made a capture of every map cost more than eager
 attention at short lengths. The layers of one forward pass share one mask tensor: what is read
 from it (its complement, its rows left no key) is kept for the last mask seen while the tensor
-is unchanged (its version counter; an inference tensor has none and is read on each call). Every other call takes the general path. The
-arguments come from ``transformers``, which built them as ``(B, H, T, D)`` tensors of one dtype
-and device; a mismatch goes to the general path, whose checks report it.
+is unchanged (its version counter), or, for the padding mask ``qkv_mask`` made for the pass
+(:func:`own_mask`; under ``torch.inference_mode`` a tensor keeps no version counter), while it
+is the last one made; an inference tensor made elsewhere is read on each call. A key-padding
+mask is added to the logits as ``0``/``-inf`` (a vectorized add; ``masked_fill`` is several
+times slower on CPU), the same logits as long as the keys it closes are finite: when one is
+not, the logits are filled instead. Every other call takes the general path. The arguments
+come from ``transformers``, which built them as ``(B, H, T, D)`` tensors of one dtype and
+device; a mismatch goes to the general path, whose checks report it.
 """
 
 from __future__ import annotations
@@ -36,35 +41,67 @@ from torch import Tensor
 from ..backends.attention_weights import softmax_in_place  # the weights pass's own in-place softmax
 from ..backends.base import zero_unreachable_keys
 
-__all__ = ["plain_weights_first"]
+__all__ = ["own_mask", "plain_weights_first"]
 
 _DTYPES = (torch.float32, torch.float64)  # their own compute dtype: the logits are not cast
 _KEY_BLOCK = 1024  # one key block of the weights pass: longer rows normalize by log-sum-exp
 
-# The last bool mask read: (mask, its version, ~mask, rows left no key (..., 1) or None).
-_LAST_MASK: tuple[Tensor, int, Tensor, Tensor | None] | None = None
-
 
 def _fits(t: Tensor, shape: tuple[int, ...]) -> bool:
-    """A 4-D ``t`` that broadcasts to ``shape`` without growing it, on the logits' device."""
+    """A 4-D ``t`` that broadcasts to ``shape`` without growing it."""
     return t.dim() == 4 and all(a == 1 or a == b for a, b in zip(t.shape, shape))
 
 
-def _closed(mask: Tensor) -> tuple[Tensor, Tensor | None]:
-    """``(~mask, rows of mask left no key or None when every row has one)``, kept for the last
-    mask (one forward pass's layers share it) while the tensor is unchanged; an inference
-    tensor, which keeps no version counter, is read on each call."""
+_OWN = -1  # the version kept for a mask qkv_mask made (trusted by identity: see own_mask)
+
+
+class _MaskPlan:
+    """What the calls of one forward pass read from their shared bool mask: its complement,
+    its rows left no key (``(..., 1)``, or None when every row has one) and, per dtype, the
+    mask as ``0``/``-inf`` to add to the logits (a key-padding mask only)."""
+
+    def __init__(self, mask: Tensor) -> None:
+        self.closed = ~mask
+        empty = self.closed.all(dim=-1, keepdim=True)  # as the weights pass: those rows give 0
+        self.empty = empty if bool(empty.any()) else None
+        self._added: dict[torch.dtype, Tensor] = {}
+
+    def added(self, dtype: torch.dtype) -> Tensor:
+        hit = self._added.get(dtype)
+        if hit is None:
+            hit = self._added[dtype] = torch.zeros(self.closed.shape, dtype=dtype, device=self.closed.device)
+            hit.masked_fill_(self.closed, float("-inf"))
+        return hit
+
+
+# The last mask read: (mask, its version or _OWN, its plan, or None until a call reads it).
+_LAST_MASK: tuple[Tensor, int, _MaskPlan | None] | None = None
+
+
+def own_mask(mask: Tensor) -> Tensor:
+    """Mark ``mask``, a bool tensor :func:`~qkv.interop.hf_implementation.qkv_mask` has just
+    made for one forward pass, as read once for all its calls (an inference tensor keeps no
+    version counter; this one is handed from the mask interface to the attention calls alone)."""
     global _LAST_MASK
-    version = None if mask.is_inference() else mask._version
+    _LAST_MASK = (mask, _OWN, None)  # read by the first call that needs it
+    return mask
+
+
+def _plan(mask: Tensor) -> _MaskPlan:
+    """The plan of ``mask``, kept for the last mask while the tensor is unchanged (its version
+    counter), or for the mask :func:`own_mask` marked; an inference tensor made elsewhere,
+    which keeps no version counter, is read on each call."""
+    global _LAST_MASK
     last = _LAST_MASK
-    if version is not None and last is not None and last[0] is mask and last[1] == version:
-        return last[2], last[3]
-    closed = ~mask
-    empty = closed.all(dim=-1, keepdim=True)  # as the weights pass: those rows give 0
-    empty = empty if bool(empty.any()) else None
+    version = None if mask.is_inference() else mask._version
+    if last is not None and last[0] is mask and (last[1] == _OWN or last[1] == version):
+        if last[2] is None:
+            last = _LAST_MASK = (mask, last[1], _MaskPlan(mask))
+        return last[2]
+    plan = _MaskPlan(mask)
     if version is not None:
-        _LAST_MASK = (mask, version, closed, empty)
-    return closed, empty
+        _LAST_MASK = (mask, version, plan)
+    return plan
 
 
 def plain_weights_first(
@@ -106,28 +143,35 @@ def plain_weights_first(
     ):
         return None
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else float(scale)  # as qkv.attention's
+    add = mask is not None and mask.shape[-2] == 1  # a key-padding mask, added as 0 / -inf
+    if mask is not None:  # NaN or inf in a key no row attends stays out (of V, as the general path)
+        zeroed, value_zeroed = zero_unreachable_keys(key, value, mask)
+        if zeroed is not key:  # some were not finite: V zeroed there, the logits filled
+            value, add = value_zeroed, False
     logits = query @ key.transpose(-2, -1)  # (B, H, Tq, Tk), a new contiguous tensor
     if scale != 1.0:
         logits.mul_(scale)
-    return _normalize_and_apply(logits, value, mask, additive)
+    return _normalize_and_apply(logits, value, mask, additive, add)
 
 
 def _normalize_and_apply(
-    logits: Tensor, value: Tensor, mask: Tensor | None, additive: Tensor | None
+    logits: Tensor, value: Tensor, mask: Tensor | None, additive: Tensor | None, add: bool
 ) -> tuple[Tensor, Tensor]:
-    """The weights pass's one-block steps after the scaled logits, in its order, then ``@ V``."""
-    empty = None
+    """The weights pass's one-block steps after the scaled logits, in its order, then ``@ V``.
+    With ``add`` (a key-padding mask ``(..., 1, Tk)`` whose closed keys and values are finite)
+    the mask is added as ``0``/``-inf``, one vectorized add instead of a ``masked_fill``
+    (several times slower on CPU): the same logits, ``finite - inf = -inf``."""
+    plan = None if mask is None else _plan(mask)
     if additive is not None:
         logits.add_(additive)
-    if mask is not None:
-        closed, empty = _closed(mask)
-        logits.masked_fill_(closed, float("-inf"))
+    if plan is not None and add:
+        logits.add_(plan.added(logits.dtype))
+    elif plan is not None:
+        logits.masked_fill_(plan.closed, float("-inf"))
     top = logits.amax(dim=-1, keepdim=True) if additive is not None else None  # rows the mask closed
     softmax_in_place(logits)  # in place, as the weights pass: no second logit-sized tensor to fault in
     if top is not None:
         logits.masked_fill_(top == float("-inf"), 0.0)
-    if empty is not None:
-        logits.masked_fill_(empty, 0.0)
-    if mask is not None:
-        _, value = zero_unreachable_keys(value, value, mask)  # NaN in a key no row attends stays out
+    if plan is not None and plan.empty is not None:
+        logits.masked_fill_(plan.empty, 0.0)
     return logits @ value, logits
