@@ -573,3 +573,27 @@ def test_hf_capture_of_a_padded_batch_is_bitwise_eager(hf_bert, dtype):
         assert torch.equal(ours[:3], eager[:3])
         assert torch.equal(ours[3], torch.zeros_like(ours[3]))  # no key to attend: 0
         assert torch.equal(eager[3], torch.full_like(eager[3], 1 / 9))  # eager: uniform over the padding
+
+
+@pytest.mark.parametrize("heads", [0, [1, 2], [3, 1]])
+def test_hf_capture_of_some_heads_is_bitwise_eager_for_them(hf_bert, heads):
+    """Some heads of a padded batch: their maps are bitwise eager's for those heads (the plain
+    weights of those heads alone), the output bitwise the model's on attn_implementation="qkv"
+    without capture (the same fused call)."""
+    from qkv.interop import register_hf
+
+    register_hf()
+    ids = torch.randint(0, 60, (3, 9), generator=torch.Generator().manual_seed(4))
+    mask = (torch.arange(9) < torch.tensor([9, 6, 3])[:, None]).long()
+    with torch.no_grad():
+        hf_bert.set_attn_implementation("eager")
+        ref = hf_bert(input_ids=ids, attention_mask=mask, output_attentions=True)
+        hf_bert.set_attn_implementation("qkv")
+        fused = hf_bert(input_ids=ids, attention_mask=mask)
+        hf_bert.set_attn_implementation("sdpa")
+        with capture(hf_bert, heads=heads) as maps:
+            out = hf_bert(input_ids=ids, attention_mask=mask)
+    chosen = [heads] if isinstance(heads, int) else heads
+    assert torch.equal(out.last_hidden_state, fused.last_hidden_state)
+    for ours, eager in zip(maps.layers(), ref.attentions, strict=True):
+        assert torch.equal(ours, eager[:, chosen])

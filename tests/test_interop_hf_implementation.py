@@ -400,3 +400,28 @@ def test_plain_weights_first_reads_a_mask_changed_in_place_again():
         ref = attention_from_weights(q, k, v, mask=padding)
         assert torch.equal(weights, ref.weights) and torch.equal(out, ref.out)
     assert torch.equal(weights[0], torch.zeros_like(weights[0]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_plain_weights_of_some_heads_are_those_of_every_head(dtype):
+    """``plain_weights``: the weights of the chosen heads alone are bitwise those heads' rows of
+    ``plain_weights_first`` (unmasked, padded, with closed keys not finite), and equal
+    ``qkv.attention``'s weights pass for them; per-head masks and bad heads are declined."""
+    from qkv.api.attention import attention
+    from qkv.interop.hf_weights_first import plain_weights, plain_weights_first
+
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(2, 7, 4, 8, generator=g, dtype=dtype).transpose(1, 2) for _ in range(3))
+    padding = torch.tensor([[True] * 7, [True] * 3 + [False] * 4])[:, None, None, :]
+    dirty = k.clone()
+    dirty[1, :, 5] = float("nan")
+    for kk, mask, heads in itertools.product((k, dirty), (None, padding), ((0,), (1, 2), (3, 0))):
+        if mask is None and kk is dirty:
+            continue
+        weights = plain_weights(q, kk, 0.25, heads, mask)
+        _, every = plain_weights_first(q, kk, v, 0.25, mask)
+        assert torch.equal(weights, every[:, list(heads)])
+        ref = attention(q, kk, v, mask=mask, scale=0.25, need_weights=True, weights_for=(list(heads), None))
+        torch.testing.assert_close(weights, ref.weights, rtol=0, atol=1e-6)
+    for heads, mask in (((4,), None), ((), None), ((-1,), None), ((0,), padding.expand(2, 4, 1, 7))):
+        assert plain_weights(q, k, None, heads, mask) is None

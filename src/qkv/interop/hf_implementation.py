@@ -71,7 +71,7 @@ from ..api.weights_first import attention_from_weights, weights_first_applies
 from ..masks.core import Mask, causal
 from ..masks.torch_masks import split_float_mask
 from .hf_decoder_mask import DecoderMask, decoder_mask
-from .hf_weights_first import own_mask, plain_weights_first
+from .hf_weights_first import own_mask, plain_weights, plain_weights_first
 
 __all__ = [
     "IMPLEMENTATION",
@@ -404,21 +404,28 @@ def _attend(
     handful of ops when it has at most a tensor mask and an additive mask to apply (``bias``
     is one when ``bias_is_mask``: a float ``attention_mask``'s finite part, no position bias;
     :mod:`qkv.interop.hf_weights_first`), else through
-    :func:`qkv.api.weights_first.attention_from_weights`. Other calls run :func:`qkv.attention`
-    (``auto``, or the reference backend when the weights carry gradients)."""
+    :func:`qkv.api.weights_first.attention_from_weights`. A call that keeps some heads' weights
+    runs :func:`qkv.attention` without weights for its output (the call it makes without a
+    capture) and, when plain, those heads' weights by the same ops (:func:`plain_weights`).
+    Other calls run :func:`qkv.attention` (``auto``, or the reference backend when the weights
+    carry gradients), with the weights pass for the heads asked."""
+    plain = need_weights and not graph and (bias is None or bias_is_mask)
+    if plain and heads is not None and weights_first_applies(query, key, value, mask, training):
+        weights = plain_weights(query, key, scale, heads, mask, bias)
+        if weights is not None:  # the output: the same call as without weights
+            out = attention(
+                query, key, value, mask=mask, bias=bias, scale=scale, dropout_p=dropout, training=training
+            )
+            return out.out, weights
     if (
         need_weights
         and heads is None
         and not graph
         and weights_first_applies(query, key, value, mask, training)
     ):
-        plain = (
-            plain_weights_first(query, key, value, scale, mask, bias)
-            if bias is None or bias_is_mask
-            else None
-        )
-        if plain is not None:
-            return plain
+        both = plain_weights_first(query, key, value, scale, mask, bias) if plain else None
+        if both is not None:
+            return both
         res = attention_from_weights(query, key, value, mask=mask, bias=bias, scale=scale)
     else:
         res = attention(

@@ -41,7 +41,7 @@ from torch import Tensor
 from ..backends.attention_weights import softmax_in_place  # the weights pass's own in-place softmax
 from ..backends.base import zero_unreachable_keys
 
-__all__ = ["own_mask", "plain_weights_first"]
+__all__ = ["own_mask", "plain_weights", "plain_weights_first"]
 
 _DTYPES = (torch.float32, torch.float64)  # their own compute dtype: the logits are not cast
 _KEY_BLOCK = 1024  # one key block of the weights pass: longer rows normalize by log-sum-exp
@@ -104,19 +104,16 @@ def _plan(mask: Tensor) -> _MaskPlan:
     return plan
 
 
-def plain_weights_first(
+def _declined(
     query: Tensor,
     key: Tensor,
-    value: Tensor,
+    value: Tensor | None,
     scale: float | None,
-    mask: Tensor | None = None,
-    additive: Tensor | None = None,
-) -> tuple[Tensor, Tensor] | None:
-    """``(out (B, H, Tq, Dv), weights (B, H, Tq, Tk))`` of a call with as many key/value heads
-    as query heads, at most a bool ``mask`` (True = takes part) and a float ``additive`` mask,
-    both 4-D and broadcastable to the weights without growing them, or None when the call is
-    not that plain (then :func:`qkv.api.weights_first.attention_from_weights` runs it). The
-    caller has checked that there is no pattern, no position bias and no active dropout."""
+    mask: Tensor | None,
+    additive: Tensor | None,
+) -> bool:
+    """Whether a call is not plain: see :func:`plain_weights_first` (``value`` None: not read)."""
+    value = key if value is None else value
     if (
         query.dim() != 4
         or key.shape[:2] != query.shape[:2]
@@ -132,35 +129,84 @@ def plain_weights_first(
         or (torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad))
         or not (scale is None or (type(scale) in (int, float) and math.isfinite(scale)))
     ):
-        return None
+        return True
     shape = (*query.shape[:3], key.shape[-2])
     if mask is not None and (
         mask.dtype != torch.bool or mask.device != query.device or not _fits(mask, shape)
     ):
-        return None
-    if additive is not None and (
+        return True
+    return additive is not None and (
         additive.dtype != query.dtype or additive.device != query.device or not _fits(additive, shape)
-    ):
+    )
+
+
+def plain_weights_first(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    scale: float | None,
+    mask: Tensor | None = None,
+    additive: Tensor | None = None,
+) -> tuple[Tensor, Tensor] | None:
+    """``(out (B, H, Tq, Dv), weights (B, H, Tq, Tk))`` of a call with as many key/value heads
+    as query heads, at most a bool ``mask`` (True = takes part) and a float ``additive`` mask,
+    both 4-D and broadcastable to the weights without growing them, or None when the call is
+    not that plain (then :func:`qkv.api.weights_first.attention_from_weights` runs it). The
+    caller has checked that there is no pattern, no position bias and no active dropout."""
+    if _declined(query, key, value, scale, mask, additive):
         return None
-    scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else float(scale)  # as qkv.attention's
     add = mask is not None and mask.shape[-2] == 1  # a key-padding mask, added as 0 / -inf
     if mask is not None:  # NaN or inf in a key no row attends stays out (of V, as the general path)
         zeroed, value_zeroed = zero_unreachable_keys(key, value, mask)
         if zeroed is not key:  # some were not finite: V zeroed there, the logits filled
             value, add = value_zeroed, False
+    weights = _weights(query, key, scale, mask, additive, add)
+    return weights @ value, weights
+
+
+def plain_weights(
+    query: Tensor,
+    key: Tensor,
+    scale: float | None,
+    heads: tuple[int, ...],
+    mask: Tensor | None = None,
+    additive: Tensor | None = None,
+) -> Tensor | None:
+    """The weights ``(B, len(heads), Tq, Tk)`` of ``heads`` alone (each in ``[0, H)``) of a
+    call :func:`plain_weights_first` would run, by the same ops on those heads' queries and
+    keys, or None when the call is not that plain or a mask differs per head."""
+    if (
+        _declined(query, key, None, scale, mask, additive)
+        or not heads
+        or any(type(h) is not int or not 0 <= h < query.shape[1] for h in heads)
+        or any(t is not None and t.shape[1] != 1 for t in (mask, additive))
+    ):
+        return None
+    if heads == tuple(range(heads[0], heads[0] + len(heads))):  # a range: views, as eager's
+        query, key = query[:, heads[0] : heads[0] + len(heads)], key[:, heads[0] : heads[0] + len(heads)]
+    else:
+        index = torch.tensor(heads, device=query.device)
+        query, key = query.index_select(1, index), key.index_select(1, index)
+    add = mask is not None and mask.shape[-2] == 1 and zero_unreachable_keys(key, key, mask)[0] is key
+    return _weights(query, key, scale, mask, additive, add)
+
+
+def _weights(
+    query: Tensor, key: Tensor, scale: float | None, mask: Tensor | None, additive: Tensor | None, add: bool
+) -> Tensor:
+    """The normalized weights of a plain call: the logits, scaled, masked and normalized in place."""
+    scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else float(scale)  # as qkv.attention's
     logits = query @ key.transpose(-2, -1)  # (B, H, Tq, Tk), a new contiguous tensor
     if scale != 1.0:
         logits.mul_(scale)
-    return _normalize_and_apply(logits, value, mask, additive, add)
+    return _normalize(logits, mask, additive, add)
 
 
-def _normalize_and_apply(
-    logits: Tensor, value: Tensor, mask: Tensor | None, additive: Tensor | None, add: bool
-) -> tuple[Tensor, Tensor]:
-    """The weights pass's one-block steps after the scaled logits, in its order, then ``@ V``.
-    With ``add`` (a key-padding mask ``(..., 1, Tk)`` whose closed keys and values are finite)
-    the mask is added as ``0``/``-inf``, one vectorized add instead of a ``masked_fill``
-    (several times slower on CPU): the same logits, ``finite - inf = -inf``."""
+def _normalize(logits: Tensor, mask: Tensor | None, additive: Tensor | None, add: bool) -> Tensor:
+    """The weights pass's one-block steps after the scaled logits, in its order.
+    With ``add`` (a key-padding mask ``(..., 1, Tk)`` whose closed keys are finite) the mask is
+    added as ``0``/``-inf``, one vectorized add instead of a ``masked_fill`` (several times
+    slower on CPU): the same logits, ``finite - inf = -inf``."""
     plan = None if mask is None else _plan(mask)
     if additive is not None:
         logits.add_(additive)
@@ -174,4 +220,4 @@ def _normalize_and_apply(
         logits.masked_fill_(top == float("-inf"), 0.0)
     if plan is not None and plan.empty is not None:
         logits.masked_fill_(plan.empty, 0.0)
-    return logits @ value, logits
+    return logits
