@@ -53,7 +53,10 @@ weights (``output_attentions=True``, or a capture of all heads) computes its out
 fused kernel plus the weights pass), where the call qualifies: a tensor mask or none (a
 pattern keeps its block-sparse kernel), no dropout in training, no gradient wanted, no
 ``detach=False`` capture (that one runs the reference backend). Its output then equals the
-fused kernel's within tolerance, not bitwise.
+fused kernel's within tolerance, not bitwise. Plain calls (at most a padding or additive
+mask: an encoder's) run that in a handful of ops (:mod:`qkv.interop.hf_weights_first`),
+bitwise the general path and eager's; a plain call keeping some heads runs the fused kernel
+for its output and those heads' weights by the same ops.
 """
 
 from __future__ import annotations
