@@ -552,16 +552,18 @@ def test_hf_capture_of_one_layer_and_one_head_equals_the_full_capture(hf_bert):
     assert torch.equal(asked.attentions[1], every["encoder.layer.1.attention.self"][0])
 
 
+@pytest.mark.parametrize("grad_mode", [torch.no_grad, torch.inference_mode])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_hf_capture_of_a_padded_batch_is_bitwise_eager(hf_bert, dtype):
+def test_hf_capture_of_a_padded_batch_is_bitwise_eager(hf_bert, dtype, grad_mode):
     """A padded batch (samples of different lengths) runs the plain weights-first path with its
     key-padding mask: outputs and every map bitwise ``transformers``' eager attention with
     ``output_attentions=True``. A fully padded sample has rows with no key: qkv gives them 0
-    (eager a uniform average over the padding); the other samples stay bitwise eager."""
+    (eager a uniform average over the padding); the other samples stay bitwise eager. Under
+    ``no_grad`` and ``inference_mode`` alike."""
     model = copy.deepcopy(hf_bert).to(dtype)
     ids = torch.randint(0, 60, (4, 9), generator=torch.Generator().manual_seed(2))
     mask = (torch.arange(9) < torch.tensor([9, 5, 2, 0])[:, None]).long()
-    with torch.no_grad():
+    with grad_mode():  # under inference_mode the mask keeps no version counter
         model.set_attn_implementation("eager")
         ref = model(input_ids=ids, attention_mask=mask, output_attentions=True)
         model.set_attn_implementation("sdpa")

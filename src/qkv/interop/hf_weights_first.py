@@ -83,7 +83,8 @@ def own_mask(mask: Tensor) -> Tensor:
     made for one forward pass, as read once for all its calls (an inference tensor keeps no
     version counter; this one is handed from the mask interface to the attention calls alone)."""
     global _LAST_MASK
-    _LAST_MASK = (mask, _OWN, None)  # read by the first call that needs it
+    version = _OWN if mask.is_inference() else mask._version  # a version counter is still read
+    _LAST_MASK = (mask, version, None)  # read by the first call that needs it
     return mask
 
 
