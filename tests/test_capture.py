@@ -550,3 +550,52 @@ def test_hf_capture_of_one_layer_and_one_head_equals_the_full_capture(hf_bert):
     torch.testing.assert_close(full.last_hidden_state, fused.last_hidden_state, rtol=0, atol=1e-5)
     assert [a.shape[1] for a in asked.attentions] == [4, 4]  # the caller's weights stay whole
     assert torch.equal(asked.attentions[1], every["encoder.layer.1.attention.self"][0])
+
+
+@pytest.mark.parametrize("grad_mode", [torch.no_grad, torch.inference_mode])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_hf_capture_of_a_padded_batch_is_bitwise_eager(hf_bert, dtype, grad_mode):
+    """A padded batch (samples of different lengths) runs the plain weights-first path with its
+    key-padding mask: outputs and every map bitwise ``transformers``' eager attention with
+    ``output_attentions=True``. A fully padded sample has rows with no key: qkv gives them 0
+    (eager a uniform average over the padding); the other samples stay bitwise eager. Under
+    ``no_grad`` and ``inference_mode`` alike."""
+    model = copy.deepcopy(hf_bert).to(dtype)
+    ids = torch.randint(0, 60, (4, 9), generator=torch.Generator().manual_seed(2))
+    mask = (torch.arange(9) < torch.tensor([9, 5, 2, 0])[:, None]).long()
+    with grad_mode():  # under inference_mode the mask keeps no version counter
+        model.set_attn_implementation("eager")
+        ref = model(input_ids=ids, attention_mask=mask, output_attentions=True)
+        model.set_attn_implementation("sdpa")
+        with capture(model) as maps:
+            out = model(input_ids=ids, attention_mask=mask)
+    assert model.config._attn_implementation == "sdpa"
+    assert torch.equal(out.last_hidden_state[:3], ref.last_hidden_state[:3])
+    for ours, eager in zip(maps.layers(), ref.attentions, strict=True):
+        assert torch.equal(ours[:3], eager[:3])
+        assert torch.equal(ours[3], torch.zeros_like(ours[3]))  # no key to attend: 0
+        assert torch.equal(eager[3], torch.full_like(eager[3], 1 / 9))  # eager: uniform over the padding
+
+
+@pytest.mark.parametrize("heads", [0, [1, 2], [3, 1]])
+def test_hf_capture_of_some_heads_is_bitwise_eager_for_them(hf_bert, heads):
+    """Some heads of a padded batch: their maps are bitwise eager's for those heads (the plain
+    weights of those heads alone), the output bitwise the model's on attn_implementation="qkv"
+    without capture (the same fused call)."""
+    from qkv.interop import register_hf
+
+    register_hf()
+    ids = torch.randint(0, 60, (3, 9), generator=torch.Generator().manual_seed(4))
+    mask = (torch.arange(9) < torch.tensor([9, 6, 3])[:, None]).long()
+    with torch.no_grad():
+        hf_bert.set_attn_implementation("eager")
+        ref = hf_bert(input_ids=ids, attention_mask=mask, output_attentions=True)
+        hf_bert.set_attn_implementation("qkv")
+        fused = hf_bert(input_ids=ids, attention_mask=mask)
+        hf_bert.set_attn_implementation("sdpa")
+        with capture(hf_bert, heads=heads) as maps:
+            out = hf_bert(input_ids=ids, attention_mask=mask)
+    chosen = [heads] if isinstance(heads, int) else heads
+    assert torch.equal(out.last_hidden_state, fused.last_hidden_state)
+    for ours, eager in zip(maps.layers(), ref.attentions, strict=True):
+        assert torch.equal(ours, eager[:, chosen])

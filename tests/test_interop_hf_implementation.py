@@ -6,6 +6,7 @@ KV cache gives the same tokens."""
 from __future__ import annotations
 
 import copy
+import itertools
 import sys
 
 import pytest
@@ -307,3 +308,120 @@ def test_plain_weights_first_is_bitwise_the_general_path(dtype, b, h, tq, tk, d,
         assert plain_weights_first(*args) is None
     with torch.enable_grad():
         assert plain_weights_first(q.requires_grad_(), k, v, None) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_plain_weights_first_with_masks_is_bitwise_the_general_path(dtype):
+    """A padded call (bool key-padding mask, True = takes part), a float additive mask (finite
+    entries, ``finfo.min`` and ``-inf``), both, and rows left no key: ``hf_weights_first`` is
+    bitwise ``attention_from_weights`` (what the general path runs with ``_mask_and_bias``'s
+    mask and bias), NaN in keys no row attends changes nothing; masks that grow the logits, of
+    another dtype or a position bias are declined."""
+    from qkv.api.weights_first import attention_from_weights
+    from qkv.interop.hf_weights_first import plain_weights_first
+    from qkv.masks.torch_masks import split_float_mask
+
+    g = torch.Generator().manual_seed(3)
+    b, h, t, d = 3, 4, 9, 8
+    q, k, v = (torch.randn(b, t, h, d, generator=g, dtype=dtype).transpose(1, 2) for _ in range(3))
+    lengths = torch.tensor([9, 4, 0])  # sample 2 fully padded: its rows have no key
+    padding = (torch.arange(t) < lengths[:, None])[:, None, None, :]  # (B, 1, 1, Tk)
+    additive = torch.randn(b, 1, t, t, generator=g, dtype=dtype)
+    additive[0, 0, 2, 5] = torch.finfo(dtype).min
+    additive[1, 0, :, 1::2] = float("-inf")
+    additive[0, 0, 3, :] = float("-inf")  # a row the additive mask closes
+    cases = [(padding, None), (padding[:2], None)]
+    for float_mask, pad in ((additive, None), (additive, padding)):
+        keep, bias = split_float_mask(float_mask)  # as qkv_attention_forward hands them over
+        keep = keep if pad is None else keep & pad
+        cases.append((None if bool(keep.all()) else keep, bias))
+    dirty_k, dirty_v = k.clone(), v.clone()
+    dirty_k[1, :, 5], dirty_v[1, :, 5] = float("inf"), float("nan")  # a key no row of sample 1 attends
+    for (mask, bias), (kk, vv) in itertools.product(cases, ((k, v), (dirty_k, v), (k, dirty_v))):
+        qq, kk, vv = (x[: mask.shape[0]] if mask is not None else x for x in (q, kk, vv))
+        for _ in range(2):  # the second call reads the kept mask
+            out, weights = plain_weights_first(qq, kk, vv, 0.3, mask, bias)
+            ref = attention_from_weights(qq, kk, vv, mask=mask, bias=bias, scale=0.3)
+            assert torch.equal(weights, ref.weights) and torch.equal(out, ref.out)
+        assert not out.isnan().any() and not weights.isnan().any()
+    assert torch.equal(weights[2], torch.zeros_like(weights[2]))  # no key: 0, as the general path
+    declined = [
+        (padding.expand(b, h, 2 * t, t), None),  # grows the logits
+        (padding.float(), None),  # not a bool mask
+        (None, additive.float() if dtype == torch.float64 else additive.double()),  # another dtype
+        (padding[:, 0], None),  # 3-D
+    ]
+    for mask, bias in declined:
+        assert plain_weights_first(q, k, v, None, mask, bias) is None
+
+
+def test_padded_and_additive_masks_take_the_plain_path_and_position_bias_does_not(monkeypatch):
+    """``_attend`` runs ``hf_weights_first`` for a bool mask and for a float attention mask's
+    additive part, and the general path for a position bias (T5's), a pattern and dropout in
+    training."""
+    from qkv.interop import hf_weights_first
+
+    taken = []
+    plain = hf_weights_first.plain_weights_first
+    monkeypatch.setattr(
+        hf_implementation, "plain_weights_first", lambda *a: taken.append(plain(*a) is not None) or plain(*a)
+    )
+    module = torch.nn.Module().eval()
+    q, k, v = (torch.randn(2, 3, 5, 4) for _ in range(3))
+    padding = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])[:, None, None, :]
+    floats = torch.zeros(2, 1, 5, 5).masked_fill(~padding, torch.finfo(torch.float32).min)
+    for mask in (padding, floats):
+        hf_implementation.qkv_attention_forward(module, q, k, v, mask, output_attentions=True)
+    assert taken == [True, True]
+    general = [
+        dict(attention_mask=padding, position_bias=torch.randn(1, 3, 5, 5)),
+        dict(attention_mask=None, is_causal=True),  # a causal pattern
+    ]
+    for kwargs in general:
+        hf_implementation.qkv_attention_forward(module, q, k, v, output_attentions=True, **kwargs)
+    module.train()
+    hf_implementation.qkv_attention_forward(module, q, k, v, padding, dropout=0.1, output_attentions=True)
+    assert taken == [True, True]
+
+
+def test_plain_weights_first_reads_a_mask_changed_in_place_again():
+    """What the plain path keeps of the last mask (its complement, its empty rows) follows the
+    tensor's version counter: a mask changed in place between calls is read again."""
+    from qkv.api.weights_first import attention_from_weights
+    from qkv.interop.hf_weights_first import plain_weights_first
+
+    q, k, v = (torch.randn(2, 3, 6, 4, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    padding = torch.ones(2, 1, 1, 6, dtype=torch.bool)
+    padding[1, ..., 4:] = False
+    for change in (None, (0, 2), (1, 0), (0, slice(None))):  # the last one closes sample 0 entirely
+        if change is not None:
+            padding[change[0], ..., change[1]] = False
+        out, weights = plain_weights_first(q, k, v, None, padding)
+        ref = attention_from_weights(q, k, v, mask=padding)
+        assert torch.equal(weights, ref.weights) and torch.equal(out, ref.out)
+    assert torch.equal(weights[0], torch.zeros_like(weights[0]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_plain_weights_of_some_heads_are_those_of_every_head(dtype):
+    """``plain_weights``: the weights of the chosen heads alone are bitwise those heads' rows of
+    ``plain_weights_first`` (unmasked, padded, with closed keys not finite), and equal
+    ``qkv.attention``'s weights pass for them; per-head masks and bad heads are declined."""
+    from qkv.api.attention import attention
+    from qkv.interop.hf_weights_first import plain_weights, plain_weights_first
+
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(2, 7, 4, 8, generator=g, dtype=dtype).transpose(1, 2) for _ in range(3))
+    padding = torch.tensor([[True] * 7, [True] * 3 + [False] * 4])[:, None, None, :]
+    dirty = k.clone()
+    dirty[1, :, 5] = float("nan")
+    for kk, mask, heads in itertools.product((k, dirty), (None, padding), ((0,), (1, 2), (3, 0))):
+        if mask is None and kk is dirty:
+            continue
+        weights = plain_weights(q, kk, 0.25, heads, mask)
+        _, every = plain_weights_first(q, kk, v, 0.25, mask)
+        assert torch.equal(weights, every[:, list(heads)])
+        ref = attention(q, kk, v, mask=mask, scale=0.25, need_weights=True, weights_for=(list(heads), None))
+        torch.testing.assert_close(weights, ref.weights, rtol=0, atol=1e-6)
+    for heads, mask in (((4,), None), ((), None), ((-1,), None), ((0,), padding.expand(2, 4, 1, 7))):
+        assert plain_weights(q, k, None, heads, mask) is None

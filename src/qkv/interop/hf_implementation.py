@@ -53,7 +53,10 @@ weights (``output_attentions=True``, or a capture of all heads) computes its out
 fused kernel plus the weights pass), where the call qualifies: a tensor mask or none (a
 pattern keeps its block-sparse kernel), no dropout in training, no gradient wanted, no
 ``detach=False`` capture (that one runs the reference backend). Its output then equals the
-fused kernel's within tolerance, not bitwise.
+fused kernel's within tolerance, not bitwise. Plain calls (at most a padding or additive
+mask: an encoder's) run that in a handful of ops (:mod:`qkv.interop.hf_weights_first`),
+bitwise the general path and eager's; a plain call keeping some heads runs the fused kernel
+for its output and those heads' weights by the same ops.
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ from ..api.weights_first import attention_from_weights, weights_first_applies
 from ..masks.core import Mask, causal
 from ..masks.torch_masks import split_float_mask
 from .hf_decoder_mask import DecoderMask, decoder_mask
-from .hf_weights_first import plain_weights_first
+from .hf_weights_first import own_mask, plain_weights, plain_weights_first
 
 __all__ = [
     "IMPLEMENTATION",
@@ -159,7 +162,7 @@ def qkv_mask(
         if padding.shape[-1] < kv_offset + kv_length:  # as transformers' prepare_padding_mask
             padding = torch.nn.functional.pad(padding, (0, kv_offset + kv_length - padding.shape[-1]))
         padding = padding[:, kv_offset : kv_offset + kv_length]
-        return None if bool(padding.all()) else padding[:, None, None, :]  # (B, 1, 1, Tk)
+        return None if bool(padding.all()) else own_mask(padding[:, None, None, :])  # (B, 1, 1, Tk)
     return sdpa_mask(
         batch_size, q_length, kv_length, q_offset=q_offset, kv_offset=kv_offset,
         mask_function=mask_function, attention_mask=attention_mask,
@@ -377,7 +380,7 @@ def qkv_attention_forward(
     graph = bool(requests) and any(r.graph for r in requests)
     out, weights = _attend(
         query, key, value, mask, bias, scaling, float(dropout), training,
-        need_weights=requests is not None or asked, heads=heads, graph=graph,
+        need_weights=requests is not None or asked, heads=heads, graph=graph, bias_is_mask=position_bias is None,
     )  # fmt: skip
     for request in requests or ():
         request.hand_heads(heads is not None)
@@ -397,23 +400,35 @@ def _attend(
     need_weights: bool,
     heads: tuple[int, ...] | None,
     graph: bool,
+    bias_is_mask: bool = True,
 ) -> tuple[Tensor, Tensor | None]:
     """``(out (B, H, Tq, Dv), weights or None)`` of one call. A call that keeps every weight
     computes its output from them (one pass instead of the kernel and the weights pass): in a
-    handful of ops when there is nothing to mask or add (:mod:`qkv.interop.hf_weights_first`),
-    else through :func:`qkv.api.weights_first.attention_from_weights`. Other calls run
-    :func:`qkv.attention` (``auto``, or the reference backend when the weights carry gradients)."""
+    handful of ops when it has at most a tensor mask and an additive mask to apply (``bias``
+    is one when ``bias_is_mask``: a float ``attention_mask``'s finite part, no position bias;
+    :mod:`qkv.interop.hf_weights_first`), else through
+    :func:`qkv.api.weights_first.attention_from_weights`. A call that keeps some heads' weights
+    runs :func:`qkv.attention` without weights for its output (the call it makes without a
+    capture) and, when plain, those heads' weights by the same ops (:func:`plain_weights`).
+    Other calls run :func:`qkv.attention` (``auto``, or the reference backend when the weights
+    carry gradients), with the weights pass for the heads asked."""
+    plain = need_weights and not graph and (bias is None or bias_is_mask)
+    if plain and heads is not None and weights_first_applies(query, key, value, mask, training):
+        weights = plain_weights(query, key, scale, heads, mask, bias)
+        if weights is not None:  # the output: the same call as without weights
+            out = attention(
+                query, key, value, mask=mask, bias=bias, scale=scale, dropout_p=dropout, training=training
+            )
+            return out.out, weights
     if (
         need_weights
         and heads is None
         and not graph
         and weights_first_applies(query, key, value, mask, training)
     ):
-        plain = (
-            None if mask is not None or bias is not None else plain_weights_first(query, key, value, scale)
-        )
-        if plain is not None:
-            return plain
+        both = plain_weights_first(query, key, value, scale, mask, bias) if plain else None
+        if both is not None:
+            return both
         res = attention_from_weights(query, key, value, mask=mask, bias=bias, scale=scale)
     else:
         res = attention(
