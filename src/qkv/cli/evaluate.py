@@ -103,6 +103,11 @@ def run(args: argparse.Namespace) -> int:
         return _run_crossmodal(args)
     if app == "speech":
         return _run_speech(args)
+    return _run_translation(args)
+
+
+def _run_translation(args: argparse.Namespace) -> int:
+    """Exact match, BLEU and chrF (and AER where the corpus has alignments) of a translator."""
     tr = load_translator(args.checkpoint)
     try:
         with warnings_as_messages():
