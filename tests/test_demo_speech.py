@@ -9,7 +9,7 @@ import pytest
 from qkv.cli.main import main
 from qkv.speech import INSTALL, Recognizer
 from qkv.speech.data import cache_key
-from qkv.speech.demo import DEMO_RUNS, LAS_RECIPE
+from qkv.speech.demo import DEMO_RUNS, LAS_RECIPE, TRANSFORMER_RECIPE
 
 needs_synthesizers = pytest.mark.skipif(
     shutil.which("espeak-ng") is None or shutil.which("flite") is None,
@@ -49,7 +49,8 @@ def test_quick_speech_demo_writes_metrics_checkpoints_and_an_offline_report(tmp_
     assert (
         [m["ctc_weight"] for m in metrics.values()] == [DEMO_RUNS[name][3] for name in metrics] == [0.0, 0.0]
     )
-    # LAS trained on half flite speech with warped filterbanks, the Transformer on the default mix;
+    # LAS trained on half flite speech with warped filterbanks, the Transformer on the default mix
+    # (with its conv2d front);
     # both scored on the same held-out utterances (one cache file per held-out split)
     assert LAS_RECIPE == ["--data.warp=0.1", "--data.flite_share=0.5"]
     cache = tmp_path / "cache" / "speech"
@@ -57,11 +58,9 @@ def test_quick_speech_demo_writes_metrics_checkpoints_and_an_offline_report(tmp_
     assert {p.name for p in cache.glob("train-*")} == trains
     assert len(list(cache.glob("kal16-*"))) == len(list(cache.glob("test-*"))) == 1
     assert "las (additive attention)" in Recognizer.load(out / "las").describe()
-    assert (
-        Recognizer.load(out / "transformer")
-        .describe()
-        .startswith("speech-transformer (1 + 1 blocks, width 16)")
-    )
+    transformer = Recognizer.load(out / "transformer")
+    assert transformer.describe().startswith("speech-transformer (1 + 1 blocks, width 16)")
+    assert TRANSFORMER_RECIPE == ["--model.front=conv2d"] and transformer.model.config.front == "conv2d"
     page = (out / "report.html").read_text()
     assert "http://" not in page and "https://" not in page and "<script" not in page
     assert page.count("data:image/png;base64,") == 3 and "A --quick run" in page

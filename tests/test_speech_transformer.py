@@ -88,7 +88,11 @@ def test_steps_equal_the_teacher_forced_pass_and_beam_is_never_worse():
         assert hb.attention.shape[0] == len(hb.tokens) + (hb.stop == "eos")
 
 
-@pytest.mark.parametrize("recipe", [{}, {"front_norm": True, "ctc_weight": 0.3, "label_smoothing": 0.1}])
+PRESETLIKE = {"front_norm": True, "ctc_weight": 0.3}
+
+
+@pytest.mark.parametrize("recipe", [{}, {**PRESETLIKE, "label_smoothing": 0.1},
+                                    {**PRESETLIKE, "front": "conv2d", "channels": 16}])  # fmt: skip
 def test_a_tiny_recognizer_learns_three_words_within_150_steps(recipe):
     with torch_threads(1):
         torch.manual_seed(0)
@@ -124,6 +128,11 @@ def test_bad_input_is_refused_by_name():
         ValueError, match=r"SpeechTransformerConfig\.ctc_weight: expected a float in \[0, 1\)"
     ):
         SpeechTransformerConfig(n_mels=8, vocab_size=6, ctc_weight=1.0)
+    with pytest.raises(ValueError, match=r"SpeechTransformerConfig\.front: expected one of 'conv1d', 'conv2d', "
+                                         r"got 'conv3d'"):  # fmt: skip
+        SpeechTransformerConfig(n_mels=8, vocab_size=6, front="conv3d")
+    with pytest.raises(ValueError, match=r"SpeechTransformerConfig\.channels: expected an int >= 1, got 0"):
+        SpeechTransformerConfig(n_mels=8, vocab_size=6, front="conv2d", channels=0)
     with pytest.raises(ValueError, match="unknown key"):
         build_speech_model({"kind": "speech-transformer", "attention": "location"}, n_mels=8, vocab_size=6)
 
@@ -173,9 +182,10 @@ def test_the_front_norm_gives_unit_scale_states_and_padding_still_never_changes_
     torch.testing.assert_close(normed.std(-1, unbiased=False), torch.ones(1, 6), atol=1e-3, rtol=0)
 
 
+@pytest.mark.parametrize("front", ["conv1d", "conv2d"])
 @pytest.mark.parametrize("subsample", [1, 2, 3])
-def test_subsampled_lengths_are_ceil_of_length_over_the_reduction(subsample):
-    model = _model(subsample=subsample)
+def test_subsampled_lengths_are_ceil_of_length_over_the_reduction(subsample, front):
+    model = _model(subsample=subsample, front=front, channels=4)
     lengths = torch.arange(1, 40)
     out = model.encode(torch.randn(len(lengths), 39, 8), lengths)
     r = 2**subsample
@@ -197,3 +207,50 @@ def test_the_ctc_term_is_the_probability_of_every_path_that_collapses_to_the_wor
     ce = nn.functional.cross_entropy(model(x, lengths, tgt_in)[0], tgt_out[0])
     ctc = (model.loss(x, lengths, tgt_in, tgt_out) - (1 - w) * ce) / w
     torch.testing.assert_close(ctc, -torch.log(paths))  # one word: the mean over words is the sum
+
+
+@pytest.mark.parametrize("n_mels", [7, 8])
+def test_the_conv2d_front_halves_time_and_mel_bands_per_layer_rounding_up(n_mels):
+    torch.manual_seed(0)
+    model = build_speech_model({**TINY, "subsample": 2, "front": "conv2d", "channels": 5}, n_mels=n_mels,
+                               vocab_size=7).eval()  # fmt: skip
+    assert [tuple(c.weight.shape) for c in model.subsample.convs] == [(5, 1, 3, 3), (5, 5, 3, 3)]
+    x, lengths = torch.randn(3, 21, n_mels), torch.tensor([21, 17, 3])
+    with torch.no_grad():
+        h, out_lengths = model.subsample(x, lengths)
+    assert h.shape == (3, 6, 5 * 2) and model.subsample.out_dim == 10  # ceil(ceil(n_mels / 2) / 2) = 2
+    assert out_lengths.tolist() == [6, 5, 1]  # ceil(ceil(n / 2) / 2)
+    assert float(h[1, 5:].abs().sum()) == 0.0 and float(h[2, 1:].abs().sum()) == 0.0  # zero past the length
+    memory = model.encode(x, lengths)
+    assert memory["states"].shape == (3, 6, 32) and memory["lengths"].tolist() == [6, 5, 1]
+    assert model.config.reduction == 4  # frames per state: the front does not change it
+
+
+@pytest.mark.parametrize("front", ["conv1d", "conv2d"])
+def test_whatever_fills_the_padding_never_changes_a_valid_state(front):
+    torch.manual_seed(0)
+    model = build_speech_model({**TINY, "subsample": 2, "front": front, "channels": 6}, n_mels=8,
+                               vocab_size=7).double().eval()  # fmt: skip
+    a, b = torch.randn(13, 8, dtype=torch.float64), torch.randn(22, 8, dtype=torch.float64)
+    x, lengths = pad_features([a, b])
+    x[0, 13:] = 1e3 * torch.randn(9, 8, dtype=torch.float64)  # not zeros: the front masks the input itself
+    batched = model.encode(x, lengths)
+    assert batched["lengths"].tolist() == [4, 6]
+    for i, u in enumerate((a, b)):
+        alone = model.encode(u[None], torch.tensor([len(u)]))
+        n = alone["states"].shape[1]
+        torch.testing.assert_close(batched["states"][i, :n], alone["states"][0], atol=1e-12, rtol=0)
+
+
+def test_the_default_front_keeps_its_parameters_so_older_checkpoints_load():
+    model = _model(subsample=2)
+    assert model.config.front == "conv1d"
+    front = {k: tuple(v.shape) for k, v in model.state_dict().items() if k.startswith(("subsample", "proj"))}
+    assert front == {"subsample.convs.0.weight": (32, 8, 3), "subsample.convs.0.bias": (32,),
+                     "subsample.convs.1.weight": (32, 32, 3), "subsample.convs.1.bias": (32,),
+                     "proj.weight": (32, 32), "proj.bias": (32,)}  # fmt: skip
+    assert len(model.state_dict()) == 55
+    older = {k: v for k, v in model.config.to_dict().items() if k not in ("front", "channels", "n_mels",
+                                                                           "vocab_size")}  # fmt: skip
+    again = build_speech_model({"kind": "speech-transformer", **older}, n_mels=8, vocab_size=7)  # no "front"
+    again.load_state_dict(model.state_dict())  # strict: the same keys and shapes

@@ -2,10 +2,16 @@
 shape (Dong, Xu, Xu 2018, "Speech-Transformer: a no-recurrence sequence-to-sequence model for
 speech recognition") on qkv's :class:`qkv.MultiHeadAttention`::
 
-    subsample  ``subsample`` Conv1d layers over time (kernel 3, stride 2, padding 1, GELU): the
-               frames are subsampled by a strided convolution, not stacked, 2^subsample frames
-               per state (two layers: one state per 40 ms); a state past an utterance's length
-               is set to zero after each layer, so padding never reaches a real state
+    subsample  ``front="conv1d"``: ``subsample`` Conv1d layers over time (kernel 3, stride 2,
+               padding 1, GELU), the mel bands as channels; ``front="conv2d"`` (Dong et al. 2018;
+               ESPnet's Conv2dSubsampling): ``subsample`` 3x3 Conv2d layers of ``channels``
+               channels over (time, mel), stride 2 on both, GELU, whose (channels x
+               ceil(M / 2^subsample)) outputs per state the projection W below maps to D (a
+               formant moved along the mel axis meets the same filters, which Conv1d's mel
+               channels do not give). Either way the frames are subsampled by a strided
+               convolution, not stacked, 2^subsample frames per state (two layers: one state
+               per 40 ms); frames past an utterance's length are set to zero before the first
+               layer and after each, so padding never reaches a real state
     encoder    x = W x + P (sinusoidal positions, Vaswani et al. 2017, section 3.5; with
                ``front_norm``, x = LN(W x) + P: at initialisation W x has a standard deviation
                near 0.08 against the positions' 0.59, so without it the first blocks see mostly
@@ -55,6 +61,8 @@ from .las import check_features
 __all__ = ["SpeechTransformer", "SpeechTransformerConfig"]
 
 PAD, SOS, EOS = 0, 1, 2
+#: The subsampling fronts (``SpeechTransformerConfig.front``).
+FRONTS = ("conv1d", "conv2d")
 
 
 @dataclass(frozen=True)
@@ -73,10 +81,12 @@ class SpeechTransformerConfig:
     ctc_weight: float = 0.0  # lambda of the joint CTC-attention loss (0: cross-entropy alone)
     label_smoothing: float = 0.0  # epsilon: the cross-entropy's target keeps 1 - epsilon on the word
     front_norm: bool = False  # LayerNorm the subsampled states before the positions are added
+    front: str = "conv1d"  # the subsampling convolutions: "conv1d" over time, "conv2d" over (time, mel)
+    channels: int = 32  # the conv2d front's channels (unused by conv1d)
 
     def __post_init__(self) -> None:
         for name in ("n_mels", "vocab_size", "subsample", "d_model", "heads", "encoder_layers", "decoder_layers",
-                     "ff_dim"):  # fmt: skip
+                     "ff_dim", "channels"):  # fmt: skip
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"SpeechTransformerConfig.{name}: expected an int >= 1, got {value!r}")
@@ -87,6 +97,9 @@ class SpeechTransformerConfig:
             raise ValueError(
                 f"SpeechTransformerConfig.d_model: expected a multiple of heads={self.heads}, got {self.d_model}"
             )
+        if self.front not in FRONTS:
+            raise ValueError(f"SpeechTransformerConfig.front: expected one of {', '.join(map(repr, FRONTS))}, "
+                             f"got {self.front!r}")  # fmt: skip
         if not isinstance(self.front_norm, bool):
             raise ValueError(f"SpeechTransformerConfig.front_norm: expected a bool, got {self.front_norm!r}")
         for name in ("dropout", "ctc_weight", "label_smoothing"):
@@ -108,25 +121,54 @@ def _positions(n: int, dim: int, like: Tensor) -> Tensor:
     return sinusoidal_table(torch.arange(n, device=like.device), dim, dtype=like.dtype)[None]
 
 
+def _keep_valid(x: Tensor, lengths: Tensor) -> Tensor:
+    """``x`` ``(B, T, ...)`` with every frame at or past its utterance's length set to zero."""
+    valid = torch.arange(x.shape[1], device=x.device)[None] < lengths[:, None]  # (B, T)
+    return x * valid.reshape(*valid.shape, *[1] * (x.dim() - 2)).to(x.dtype)
+
+
 class Subsample(nn.Module):
     """Strided convolutions over time: ``(B, T, M)`` -> ``(B, ceil(T / 2^k), D)`` and lengths."""
 
     def __init__(self, cfg: SpeechTransformerConfig) -> None:
         super().__init__()
-        d = cfg.d_model
+        d = self.out_dim = cfg.d_model
         self.convs = nn.ModuleList(
             [nn.Conv1d(cfg.n_mels if i == 0 else d, d, 3, stride=2, padding=1) for i in range(cfg.subsample)]
         )
         self.act = nn.GELU()
 
     def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        x = x.transpose(1, 2)  # (B, T, M) -> (B, M, T): Conv1d's channels first
+        x = _keep_valid(x, lengths)
         for conv in self.convs:
-            x = self.act(conv(x))  # (B, D, ceil(T / 2))
+            x = self.act(conv(x.transpose(1, 2))).transpose(1, 2)  # (B, ceil(T / 2), D)
             lengths = torch.div(lengths + 1, 2, rounding_mode="floor")  # ceil(length / 2)
-            valid = torch.arange(x.shape[-1], device=x.device)[None] < lengths[:, None]  # (B, S)
-            x = x * valid[:, None].to(x.dtype)  # padding stays zero: the next layer reads zeros there
-        return x.transpose(1, 2), lengths  # (B, S, D)
+            x = _keep_valid(x, lengths)  # padding stays zero: the next layer reads zeros there
+        return x, lengths  # (B, S, D)
+
+
+class Subsample2d(nn.Module):
+    """Strided 3x3 convolutions over (time, mel): ``(B, T, M)`` -> ``(B, ceil(T / 2^k), C ceil(M / 2^k))``
+    (``out_dim``; each state's channels by reduced mel bands, channel-major) and lengths."""
+
+    def __init__(self, cfg: SpeechTransformerConfig) -> None:
+        super().__init__()
+        c, mels = cfg.channels, cfg.n_mels
+        self.convs = nn.ModuleList(
+            [nn.Conv2d(1 if i == 0 else c, c, 3, stride=2, padding=1) for i in range(cfg.subsample)]
+        )
+        for _ in range(cfg.subsample):
+            mels = (mels + 1) // 2
+        self.out_dim = c * mels
+        self.act = nn.GELU()
+
+    def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        x = _keep_valid(x, lengths)[:, None]  # (B, 1, T, M)
+        for conv in self.convs:
+            x = self.act(conv(x))  # (B, C, ceil(T / 2), ceil(M / 2))
+            lengths = torch.div(lengths + 1, 2, rounding_mode="floor")  # ceil(length / 2)
+            x = _keep_valid(x.transpose(1, 2), lengths).transpose(1, 2)  # zero past the length
+        return x.permute(0, 2, 1, 3).flatten(2), lengths  # (B, S, C * M')
 
 
 class FeedForward(nn.Sequential):
@@ -176,8 +218,8 @@ class SpeechTransformer(nn.Module):
     def __init__(self, config: SpeechTransformerConfig) -> None:
         super().__init__()
         cfg = self.config = config
-        self.subsample = Subsample(cfg)
-        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.subsample = Subsample(cfg) if cfg.front == "conv1d" else Subsample2d(cfg)
+        self.proj = nn.Linear(self.subsample.out_dim, cfg.d_model)
         self.front_norm = nn.LayerNorm(cfg.d_model) if cfg.front_norm else nn.Identity()
         self.encoder = nn.ModuleList([EncoderBlock(cfg) for _ in range(cfg.encoder_layers)])
         self.enc_norm = nn.LayerNorm(cfg.d_model)
@@ -190,8 +232,9 @@ class SpeechTransformer(nn.Module):
 
     def _encode(self, features: Tensor, lengths: Tensor, maps: AttentionMaps | None) -> dict[str, Tensor]:
         check_features(features, lengths, self.config.n_mels)
-        x, lengths = self.subsample(features, lengths)  # (B, S, D), (B,)
-        x = self.drop(self.front_norm(self.proj(x)) + _positions(x.shape[1], x.shape[2], x))
+        x, lengths = self.subsample(features, lengths)  # (B, S, D) or (B, S, C M'), (B,)
+        x = self.proj(x)  # (B, S, D)
+        x = self.drop(self.front_norm(x) + _positions(x.shape[1], x.shape[2], x))
         pad = torch.arange(x.shape[1], device=x.device)[None] >= lengths[:, None]  # (B, S), True = padding
         for block in self.encoder:
             x, w = block(x, pad, maps is not None)
