@@ -783,7 +783,7 @@ def _clear_unwritten(out: Tensor, lse: Tensor, plan: _Plan) -> None:
 
 class _BlockSparseAttention(torch.autograd.Function):
     backward_rows = 16  # query blocks per backward kernel call, at most
-    backward_bytes = 32 << 20  # one backward kernel call's key and value gradients stay under this
+    backward_bytes = 8 << 20  # one backward kernel call's key and value gradients stay under this
     forward_bytes = 8 << 20  # one forward kernel call's output stays under this
 
     @staticmethod
