@@ -115,6 +115,28 @@ def test_multihead_compiled_equals_eager(request):
     assert_error_ratio(request, impl, golden, eager)
 
 
+def test_multihead_causal_padding_compiled_at_blocksparse_lengths(request):
+    """Causal with padding at a length where auto weighs blocksparse: the pattern joined with
+    the padding inside the traced forward is run by the dense kernels, in one graph, under
+    the error-ratio rule (golden: the module in float64)."""
+    m = _module()
+    golden_m = copy.deepcopy(m).double()
+    t = 4 * qkv.backends.blocksparse.BlockSparseBackend().q_block
+    x = torch.randn(2, t, 16)
+    pad = torch.zeros(2, t, dtype=torch.bool)
+    pad[1, t - 37 :] = True
+    causal = masks.causal()
+    call = lambda x, p: m(x, mask=causal, key_padding_mask=p).out  # noqa: E731
+    assert _breaks(call, x, pad) == (0, 1)
+    torch._dynamo.reset()
+    compiled = torch.compile(m, fullgraph=True)
+    with torch.no_grad():
+        impl = compiled(x, mask=causal, key_padding_mask=pad).out
+        eager = m(x, mask=causal, key_padding_mask=pad).out
+        golden = golden_m(x.double(), mask=causal, key_padding_mask=pad).out
+    assert_error_ratio(request, impl, golden, eager)
+
+
 @pytest.mark.parametrize("pattern", [WINDOW, BIGBIRD], ids=["window", "bigbird"])
 def test_blocksparse_compiled_equals_eager(request, pattern):
     """Forward and backward of the compiled operator: the error-ratio rule against float64, and

@@ -98,6 +98,10 @@ class BlockSparseBackend:
             return ["a plain causal mask: SDPA's is_causal kernel is faster"]
         if inputs.q_len < 2 * self.q_block or inputs.kv_len < 2 * self.kv_block:
             return ["short sequences: the dense kernels are faster"]
+        if torch.compiler.is_compiling() and inputs.pattern.depends_on_batch_head:
+            # a pattern joined with a tensor (padding) inside the traced function has no host
+            # object to plan from; the dense kernels run it in the graph
+            return ["a pattern holding a tensor, under torch.compile: blocksparse plans on the host"]
         n_qb, n_kb = -(-inputs.q_len // self.q_block), -(-inputs.kv_len // self.kv_block)
         density = self._tiles(inputs) / (n_qb * n_kb)
         if density > self.auto_max_density:
