@@ -209,7 +209,8 @@ def run_growth_case(pattern_name: str, t: int, opts, history: dict[str, list]) -
         contenders.append(
             Contender(name, run, reps=opts["slow_reps"] if first_s > SLOW_S else None, warmup=0)
         )
-        log(f"{pattern_name} T={t} {name}: first call {first_s:.2f} s, peak {mem and mem / 2**20:.0f} MiB")
+        peak = "not measured" if mem is None else f"{mem / 2**20:.0f} MiB"
+        log(f"{pattern_name} T={t} {name}: first call {first_s:.2f} s, peak {peak}")
     if contenders:
         timings = time_interleaved(contenders, opts["reps"], label=f"{pattern_name} T={t}", progress=False)
         backend = qkv.dispatch_report(q, k, v, mask=pattern).chosen
