@@ -552,8 +552,11 @@ class _KeyRows:
     def select(self, idx: Tensor, *, keep: bool = False) -> Tensor:
         """Rows ``idx`` (m,), block ids in ``0 .. nKB`` (nKB: the zero block): ``(H, m, bk * D)``,
         in the workspace (valid until the next call), or with ``keep`` in a tensor of its own."""
-        got = self.whole.new_empty((self.shape[0], idx.numel(), self.shape[2])) if keep else None
-        got = self._workspace(idx.numel()) if got is None else got
+        got = (
+            self.whole.new_empty((self.shape[0], idx.numel(), self.shape[2]))
+            if keep
+            else self._workspace(idx.numel())
+        )
         if self.full == 0:
             return torch.index_select(self.extra, 1, idx, out=got)
         safe = idx.clamp(max=self.full - 1)

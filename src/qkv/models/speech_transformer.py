@@ -121,10 +121,13 @@ def _positions(n: int, dim: int, like: Tensor) -> Tensor:
     return sinusoidal_table(torch.arange(n, device=like.device), dim, dtype=like.dtype)[None]
 
 
-def _keep_valid(x: Tensor, lengths: Tensor) -> Tensor:
-    """``x`` ``(B, T, ...)`` with every frame at or past its utterance's length set to zero."""
-    valid = torch.arange(x.shape[1], device=x.device)[None] < lengths[:, None]  # (B, T)
-    return x * valid.reshape(*valid.shape, *[1] * (x.dim() - 2)).to(x.dtype)
+def _keep_valid(x: Tensor, lengths: Tensor, dim: int = 1) -> Tensor:
+    """``x`` ``(B, ...)`` with every frame (along ``dim``, time) at or past its utterance's
+    length set to zero."""
+    valid = torch.arange(x.shape[dim], device=x.device)[None] < lengths[:, None]  # (B, T)
+    shape = [1] * x.dim()
+    shape[0], shape[dim] = valid.shape
+    return x * valid.view(shape).to(x.dtype)
 
 
 class Subsample(nn.Module):
@@ -139,12 +142,12 @@ class Subsample(nn.Module):
         self.act = nn.GELU()
 
     def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        x = _keep_valid(x, lengths)
+        x = _keep_valid(x, lengths).transpose(1, 2)  # (B, M, T): Conv1d's channels first
         for conv in self.convs:
-            x = self.act(conv(x.transpose(1, 2))).transpose(1, 2)  # (B, ceil(T / 2), D)
+            x = self.act(conv(x))  # (B, D, ceil(T / 2))
             lengths = torch.div(lengths + 1, 2, rounding_mode="floor")  # ceil(length / 2)
-            x = _keep_valid(x, lengths)  # padding stays zero: the next layer reads zeros there
-        return x, lengths  # (B, S, D)
+            x = _keep_valid(x, lengths, dim=2)  # padding stays zero: the next layer reads zeros there
+        return x.transpose(1, 2), lengths  # (B, S, D)
 
 
 class Subsample2d(nn.Module):
@@ -167,7 +170,7 @@ class Subsample2d(nn.Module):
         for conv in self.convs:
             x = self.act(conv(x))  # (B, C, ceil(T / 2), ceil(M / 2))
             lengths = torch.div(lengths + 1, 2, rounding_mode="floor")  # ceil(length / 2)
-            x = _keep_valid(x.transpose(1, 2), lengths).transpose(1, 2)  # zero past the length
+            x = _keep_valid(x, lengths, dim=2)  # zero past the length
         return x.permute(0, 2, 1, 3).flatten(2), lengths  # (B, S, C * M')
 
 
