@@ -599,3 +599,31 @@ def test_hf_capture_of_some_heads_is_bitwise_eager_for_them(hf_bert, heads):
     assert torch.equal(out.last_hidden_state, fused.last_hidden_state)
     for ours, eager in zip(maps.layers(), ref.attentions, strict=True):
         assert torch.equal(ours, eager[:, chosen])
+
+
+def test_hf_capture_of_some_heads_on_minilm_matches_eager_layer_by_layer(request):
+    """On all-MiniLM-L6-v2 (a padded batch) the chosen heads' maps are eager's ops on each
+    layer's inputs, over those heads alone (a product over fewer heads may round differently),
+    and later layers read the fused kernel's outputs (as without capture): the maps follow
+    eager's under the error-ratio rule (golden: the model in float64)."""
+    transformers = pytest.importorskip("transformers")
+    from qkv.interop import minilm_path
+
+    path = str(minilm_path())
+    model = transformers.AutoModel.from_pretrained(path).eval()
+    golden = transformers.AutoModel.from_pretrained(path, attn_implementation="eager").eval().double()
+    tok = transformers.AutoTokenizer.from_pretrained(path)
+    batch = tok(["attention maps of a padded batch", "short"], padding=True, return_tensors="pt")
+    heads = [3, 1]
+    with torch.no_grad():
+        model.set_attn_implementation("eager")
+        ref = model(**batch, output_attentions=True).attentions
+        model.set_attn_implementation("sdpa")
+        gold = golden(**batch, output_attentions=True).attentions
+        with capture(model, heads=heads) as maps:
+            model(**batch)
+    ours = maps.layers()
+    assert len(ours) == len(ref) == 6
+    valid = batch["attention_mask"].bool()[:, None, :, None]  # rows of real tokens
+    for a, e, g in zip(ours, ref, gold, strict=True):
+        assert_error_ratio(request, a * valid, g[:, heads] * valid, e[:, heads] * valid, what="weights")

@@ -17,8 +17,10 @@ or an ``OutputRecorder(class, index, layer_name)``); those modules return
    pass instead of the fused kernel and the weights pass, as eager does), a call that keeps
    some heads keeps qkv's fused kernel (``auto``'s choice, the same as without capture) and,
    where the call is plain (an encoder's, padded or not), computes those heads' weights by the
-   ops eager runs (:func:`~qkv.interop.hf_weights_first.plain_weights`: bitwise eager's maps
-   for them); the other attention modules compute no weights;
+   ops eager runs (:func:`~qkv.interop.hf_weights_first.plain_weights`: for them, eager's maps within float
+   rounding: a product over fewer heads may round differently, and later layers read the
+   fused kernel's outputs);
+   the other attention modules compute no weights;
 3. puts a forward hook on each of those modules that reads ``output[index]``
    (``(B, H, Tq, Tk)``, or the chosen heads when the call computed those alone) and changes
    nothing;
